@@ -1,0 +1,3 @@
+from retranscope.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""Unit tests of the recorder's pure parts: BTF parsing, reasons, decoding, writing.
+(The recorder itself is tested against the real kernel in test_record_lab.py.)"""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from retranscope.record import reasons as R
+from retranscope.record.btf import BTF, BTFError, VMLINUX_BTF, kernel_offsets
+from retranscope.record.decode import decode, format_addrs
+from retranscope.record.writer import RotatingWriter
+from retranscope.schemas.events import EVENT_SCHEMA, F_HAS_CA_STATE, F_HAS_SEQ, RAW_DTYPE
+
+
+def _btf(types: list[bytes], strings: bytes) -> bytes:
+    tsec = b"".join(types)
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(tsec), len(tsec), len(strings))
+    return hdr + tsec + strings
+
+
+def test_btf_member_offsets_through_anonymous_unions_and_bitfields():
+    strings = b"\0outer\0a\0b\0inner\0c\0int\0"
+    off = {s: strings.index(s.encode() + b"\0") for s in ("outer", "a", "b", "inner", "c", "int")}
+    t_int = struct.pack("<III", off["int"], 1 << 24, 4) + struct.pack("<I", 32)  # id 1
+    # id 2: struct inner { int c; } (anonymous member of outer, at byte 8)
+    t_inner = struct.pack("<III", 0, (4 << 24) | 1, 4) + struct.pack("<III", off["c"], 1, 0)
+    # id 3: struct outer { int a; bitfield b:5 at bit 35; <anon inner> at 64 } kind_flag set
+    t_outer = struct.pack("<III", off["outer"], (1 << 31) | (4 << 24) | 3, 16)
+    t_outer += struct.pack("<III", off["a"], 1, 0)
+    t_outer += struct.pack("<III", off["b"], 1, (5 << 24) | 35)
+    t_outer += struct.pack("<III", 0, 2, 64)
+    btf = BTF(_btf([t_int, t_inner, t_outer], strings))
+    assert btf.offset("outer", "a") == 0
+    assert btf.offset("outer", "c") == 8
+    m = btf.member("outer", "b")
+    assert (m.offset_bits, m.bitfield_size) == (35, 5)
+    with pytest.raises(BTFError):
+        btf.offset("outer", "b")
+    with pytest.raises(BTFError):
+        btf.offset("outer", "nope")
+    with pytest.raises(BTFError):
+        BTF(b"\0" * 30)
+
+
+@pytest.mark.skipif(not VMLINUX_BTF.exists(), reason="no kernel BTF on this machine")
+def test_running_kernel_offsets_are_all_found():
+    values, missing = kernel_offsets(BTF.load())
+    assert missing == []
+    assert values["RTS_OFF_TCB_END_SEQ"] == values["RTS_OFF_TCB_SEQ"] + 4
+    assert 0 < values["RTS_OFF_SKB_CB"] < 256
+
+
+def test_caller_codes_first_known_frame_wins():
+    syms = R.KernelSymbols(np.array([0x1000, 0x2000, 0x3000, 0x4000], dtype=np.uint64),
+                           np.array([0, R.CALLER_TLP, R.CALLER_XMIT_QUEUE, 0], dtype=np.uint8))
+    stacks = np.zeros((3, 8), dtype=np.uint64)
+    stacks[0, :3] = [0x1010, 0x2010, 0x3010]  # tlp first
+    stacks[1, :3] = [0x1010, 0x3010, 0x2010]  # queue first
+    stacks[2, :3] = [0x1010, 0x4010, 0x0900]  # none (0x900 is below every symbol)
+    codes = syms.caller_codes(stacks, np.array([3, 3, 3]))
+    assert codes.tolist() == [R.CALLER_TLP, R.CALLER_XMIT_QUEUE, R.CALLER_NONE]
+    # Frames beyond stack_len do not count.
+    assert syms.caller_codes(stacks[:1], np.array([1])).tolist() == [R.CALLER_NONE]
+
+
+def test_reasons_from_caller_state_and_ca_state():
+    caller = np.array([R.CALLER_TLP, R.CALLER_TIMER, R.CALLER_TIMER, R.CALLER_XMIT_QUEUE,
+                       R.CALLER_XMIT_QUEUE, R.CALLER_NONE, R.CALLER_NONE])
+    event_type = np.array([1, 1, 1, 1, 1, 1, 2])
+    state = np.array([1, 1, 2, 1, 1, 1, 12])
+    ca = np.array([0, 4, 0, 3, 4, 0, 0])
+    known = np.ones(7, dtype=bool)
+    out = R.reasons(caller, event_type, state, ca, known).tolist()
+    assert out == ["tlp", "rto", "syn", "fast", "rto_recovery", "other", "synack"]
+
+
+def test_decode_builds_the_event_schema():
+    raw = np.zeros(2, dtype=RAW_DTYPE)
+    raw["family"] = [2, 10]
+    raw["saddr"][0, :4] = [10, 0, 0, 1]
+    raw["saddr"][1] = np.frombuffer(bytes.fromhex("fd000000000000000000000000000001"), np.uint8)
+    raw["sport"] = [5001, 443]
+    raw["seq"] = [4294967295, 7]
+    raw["end_seq"] = [1447, 8]
+    raw["flags"] = [F_HAS_SEQ | F_HAS_CA_STATE, 0]
+    raw["ca_state"] = [3, 0]
+    raw["state"] = [1, 1]
+    raw["event_type"] = [1, 1]
+    raw["ts_mono_ns"] = [100, 200]
+    syms = R.KernelSymbols(np.array([1], dtype=np.uint64), np.array([0], dtype=np.uint8))
+    t = decode(raw, syms, wall_offset_ns=1_000)
+    assert t.schema.equals(EVENT_SCHEMA, check_metadata=False)
+    d = t.to_pydict()
+    assert d["saddr"] == ["10.0.0.1", "fd00::1"]
+    assert d["family"] == [4, 6]
+    assert d["seq"] == [4294967295, None]
+    assert d["ca_state"] == ["Recovery", None]
+    assert d["ts_wall_ns"] == [1100, 1200]
+
+
+def test_format_addrs_distinguishes_family():
+    raw = np.zeros((2, 16), dtype=np.uint8)
+    raw[:, :4] = [10, 0, 0, 1]
+    out = format_addrs(raw, np.array([True, False]))
+    assert out.tolist() == ["10.0.0.1", "a00:1::"]
+
+
+def test_writer_rotates_by_rows_and_files_are_complete(tmp_path):
+    syms = R.KernelSymbols(np.array([1], dtype=np.uint64), np.array([0], dtype=np.uint8))
+    raw = np.zeros(10, dtype=RAW_DTYPE)
+    raw["family"] = 2
+    raw["ts_mono_ns"] = np.arange(10)
+    w = RotatingWriter(tmp_path, EVENT_SCHEMA, rotate_seconds=3600, rotate_rows=4,
+                       file_metadata={"run_id": "x"})
+    for i in range(10):
+        w.append(decode(raw[i:i + 1], syms, 0))
+    w.flush()
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["events-00001.parquet", "events-00002.parquet", "events-00003.parquet"]
+    rows = [pq.read_table(tmp_path / n).num_rows for n in names]
+    assert rows == [4, 4, 2]
+    md = pq.read_schema(tmp_path / names[0]).metadata
+    assert md[b"run_id"] == b"x" and md[b"schema_version"] == b"1"
+    json.dumps(w.files)
