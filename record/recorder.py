@@ -128,6 +128,7 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
     from retranscope.record.reasons import KernelSymbols
     from retranscope.record.tcpdump import Tcpdump
 
+    check_environment_or_raise()
     if opts.out is None and opts.pcap is not None:
         raise BadInput("--pcap needs --out DIR (the events and metadata go there)")
     if opts.pid is not None and not Path(f"/proc/{opts.pid}").exists():
@@ -158,7 +159,11 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
     }
     probe = dump = writer = None
     try:
-        symbols = KernelSymbols.load()
+        try:
+            symbols = KernelSymbols.load()
+        except (OSError, PermissionError) as exc:
+            raise EnvironmentProblem(f"cannot read kernel symbols ({exc}); run as root "
+                                     "with kernel.kptr_restrict <= 1") from exc
         missing = symbols.has_all_callers()
         probe = Probe(cfg)
         for notice in probe.info.notices:

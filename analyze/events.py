@@ -1,0 +1,87 @@
+"""Reading the recorder's output (I/O edge): events/*.parquet and run.json.
+
+Refuses Parquet of another schema or schema version with one clear line, and files
+that are not Parquet at all; never reads a partial table as if complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retranscope.errors import BadInput, SchemaMismatch
+from retranscope.schemas.events import EVENT_SCHEMA, SCHEMA_NAME, SCHEMA_VERSION
+
+
+@dataclass
+class Events:
+    table: pd.DataFrame
+    run: dict = field(default_factory=dict)  # run.json, {} if absent
+    files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_schema(path: Path, schema: pa.Schema) -> None:
+    md = schema.metadata or {}
+    name = md.get(b"schema", b"").decode()
+    version = md.get(b"schema_version", b"").decode()
+    if name != SCHEMA_NAME:
+        raise SchemaMismatch(f"{path}: not a retranscope events file (schema {name or 'none'}); "
+                             "give the directory written by `retranscope record --out`")
+    if version != str(SCHEMA_VERSION):
+        raise SchemaMismatch(f"{path}: events schema version {version}, this retranscope reads "
+                             f"version {SCHEMA_VERSION}; analyze it with the retranscope that "
+                             "recorded it, or record again")
+    missing = [f.name for f in EVENT_SCHEMA if f.name not in schema.names]
+    if missing:
+        raise SchemaMismatch(f"{path}: columns missing: {', '.join(missing)}")
+
+
+def read_events(path: str | Path) -> Events:
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"no such file or directory: {path}")
+    run: dict = {}
+    warnings: list[str] = []
+    if path.is_dir():
+        run_file = path / "run.json"
+        if run_file.exists():
+            try:
+                run = json.loads(run_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise BadInput(f"{run_file}: unreadable run metadata ({exc})") from exc
+        folder = path / "events" if (path / "events").is_dir() else path
+        files = sorted(folder.glob("events-*.parquet")) or sorted(folder.glob("*.parquet"))
+        if not files:
+            raise BadInput(f"{path}: no events-*.parquet files; give the directory written by "
+                           "`retranscope record --out`")
+    else:
+        files = [path]
+    tables = []
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise BadInput(f"{f}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
+        _check_schema(f, schema)
+        tables.append(pq.read_table(f, schema=EVENT_SCHEMA.remove_metadata()
+                                    .with_metadata(schema.metadata)))
+    table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
+    if run:
+        if run.get("schema_version") not in (None, SCHEMA_VERSION):
+            raise SchemaMismatch(f"{path}/run.json: schema version {run.get('schema_version')},"
+                                 f" this retranscope reads {SCHEMA_VERSION}")
+        if not run.get("complete", False):
+            warnings.append(f"the recording did not end cleanly (status: {run.get('status')}); "
+                            "events of its last rotation interval are missing")
+        lost = run.get("events_lost_in_kernel") or 0
+        if lost:
+            warnings.append(f"{lost} events were lost in the kernel buffer while recording")
+    df = table.to_pandas()
+    df = df.sort_values("ts_mono_ns", kind="stable").reset_index(drop=True)
+    return Events(table=df, run=run, files=[str(f) for f in files], warnings=warnings)

@@ -1,0 +1,103 @@
+"""Run a lab scenario with the real recorder attached: kernel events + capture + metadata.
+
+This is how ground truth is made: the recorder (`retranscope record`) runs inside the
+retransmitting namespace, with tcpdump on that namespace's interface, while the scenario
+makes real loss. Used by the recorder's tests, the accuracy corpus and `retranscope demo`.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from retranscope.lab.netns import Lab
+from retranscope.lab.scenarios import Scenario, ScenarioResult, run_scenario
+
+READY_MARK = "retranscope: recording"
+
+
+@dataclass
+class RecordedRun:
+    scenario: Scenario
+    out_dir: Path
+    capture: Path
+    result: ScenarioResult
+    run_meta: dict
+    recorder_stderr: list[str]
+    recorder_returncode: int
+
+
+class RecorderProcess:
+    """`python -m retranscope record ...` in a namespace; ready when it says so."""
+
+    def __init__(self, lab: Lab, ns: str, args: list[str], ready_timeout_s: float = 60.0):
+        self.stderr_lines: list[str] = []
+        self.proc = lab.popen(ns, [sys.executable, "-m", "retranscope", "record", *args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + ready_timeout_s
+        assert self.proc.stderr is not None
+        while True:
+            if self.proc.poll() is not None:
+                rest = self.proc.stderr.read() or ""
+                self.stderr_lines += rest.splitlines()
+                raise RuntimeError("recorder exited before it was ready: "
+                                   + " | ".join(self.stderr_lines[-5:]))
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"recorder not ready after {ready_timeout_s:.0f} s")
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
+            if ready:
+                line = self.proc.stderr.readline()
+                self.stderr_lines.append(line.rstrip())
+                if READY_MARK in line:
+                    break
+        # Keep draining stderr so the recorder never blocks on a full pipe.
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line.rstrip())
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+def record_scenario(scenario: Scenario, out_dir: Path, *, extra_args: tuple[str, ...] = (),
+                    settle_s: float = 0.3, lab_kw: dict | None = None) -> RecordedRun:
+    """Build the scenario's lab, record while it runs, tear everything down."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    capture = out_dir / "capture.pcap"
+    with scenario.lab(**(lab_kw or {})) as lab:
+        ns = scenario.retransmitting_ns(lab)
+        iface = lab.sender_if if scenario.retransmitter == "client" else lab.receiver_if
+        rec = RecorderProcess(lab, ns, ["--out", str(out_dir), "--pcap", str(capture),
+                                        "--interface", iface, "--quiet", *extra_args])
+        try:
+            result = run_scenario(lab, scenario)
+            time.sleep(settle_s)  # late retransmissions (a FIN's probe) still land
+        finally:
+            code = rec.stop()
+    meta = json.loads((out_dir / "run.json").read_text())
+    meta["scenario"] = {"name": scenario.name, "family": scenario.family, "tso": scenario.tso,
+                        "rtt_ms": scenario.rtt_ms, "expected": sorted(scenario.expected),
+                        "counters": result.deltas()}
+    (out_dir / "scenario.json").write_text(json.dumps(meta["scenario"], indent=2) + "\n")
+    return RecordedRun(scenario, out_dir, capture, result, meta, rec.stderr_lines, code)
