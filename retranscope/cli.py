@@ -68,6 +68,132 @@ def record(
         _fail(err)
 
 
+class _Progress:
+    """A progress bar on a terminal, nothing otherwise."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.on = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.on or total <= 0:
+            return
+        pct = int(100 * done / total)
+        if pct != self.last:
+            self.last = pct
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r{self.label} [{bar:<25}] {pct:3d}%")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on and self.last >= 0:
+            sys.stderr.write("\n")
+
+
+@app.command()
+def analyze(
+    pcap: Optional[Path] = typer.Option(None, "--pcap", help="Capture (pcap or pcapng) taken on the sender."),
+    events: Optional[Path] = typer.Option(None, "--events", help="Directory written by `retranscope record --out`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for retransmits.parquet, flows.parquet, summary.json."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stdout."),
+) -> None:
+    """Classify every retransmission (RTO, fast, TLP, ...) from a capture and/or events."""
+    try:
+        if pcap is None and events is None:
+            raise BadInput("give --pcap CAPTURE, --events DIR, or both")
+        run_analysis(pcap, events, out, quiet)
+    except RetranscopeError as err:
+        _fail(err)
+
+
+def run_analysis(pcap: Optional[Path], events: Optional[Path], out: Path, quiet: bool = True):
+    from retranscope.analyze.outputs import write_outputs
+    from retranscope.analyze.pipeline import analyze as run
+
+    capture = ev = None
+    if pcap is not None:
+        from retranscope.analyze.pcap import read_capture
+
+        bar = _Progress("reading capture")
+        try:
+            capture = read_capture(pcap, progress=bar)
+        finally:
+            bar.close()
+        for w in capture.meta.warnings:
+            typer.echo(f"retranscope: warning: {w}", err=True)
+    if events is not None:
+        from retranscope.analyze.events import read_events
+
+        ev = read_events(events)
+        for w in ev.warnings:
+            typer.echo(f"retranscope: warning: {w}", err=True)
+    result = run(capture=capture, events=ev)
+    write_outputs(result, out)
+    m = result.summary.get("match")
+    if m and m["events"] and not m["events_matched"]:
+        typer.echo("retranscope: warning: no kernel event matched any frame: the capture and "
+                   "the events are from different hosts, namespaces or times", err=True)
+    if not quiet:
+        from retranscope.report.render import load, render_terminal
+
+        typer.echo(render_terminal([load(out, name=str(pcap or events))]))
+    return result
+
+
+@app.command()
+def report(
+    analyses: list[Path] = typer.Argument(..., help="Directories written by `retranscope analyze --out`."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="report.html path or directory (report.md beside it)."),
+) -> None:
+    """Write the postmortem (HTML and Markdown) and print its summary."""
+    from retranscope.report.render import load, render_terminal, write_report
+
+    try:
+        loaded = [load(a) for a in analyses]
+        paths = write_report(loaded, out)
+        typer.echo(render_terminal(loaded))
+        typer.echo(f"wrote {', '.join(str(p) for p in paths)}")
+    except RetranscopeError as err:
+        _fail(err)
+
+
+DEMO_SCENARIOS = ("slow_server_tlp", "tail_drop_tlp", "fast_nth", "blackhole_rto", "random_loss_rtt")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Where recordings, analyses and the report go."),
+    scenarios: Optional[list[str]] = typer.Option(None, "--scenario", help="Lab scenarios (default: a mix)."),
+) -> None:
+    """Make real retransmissions in a namespace lab, record, analyze and report them (root)."""
+    try:
+        from retranscope.lab.recorded import record_scenario
+        from retranscope.lab.scenarios import SCENARIOS
+        from retranscope.record.recorder import check_environment_or_raise
+        from retranscope.report.render import load, render_terminal, write_report
+
+        check_environment_or_raise()
+        names = list(scenarios or DEMO_SCENARIOS)
+        unknown = [n for n in names if n not in SCENARIOS]
+        if unknown:
+            raise BadInput(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+        loaded = []
+        for name in names:
+            typer.echo(f"demo: {name}: {SCENARIOS[name].description}", err=True)
+            run = record_scenario(SCENARIOS[name], out / name)
+            if run.recorder_returncode != 0:
+                raise RetranscopeError(f"the recorder failed in scenario {name}: "
+                                       + " | ".join(run.recorder_stderr[-3:]))
+            run_analysis(run.capture, run.out_dir, out / name / "analysis")
+            loaded.append(load(out / name / "analysis", name=name))
+        paths = write_report(loaded, out)
+        typer.echo(render_terminal(loaded))
+        typer.echo(f"wrote {', '.join(str(p) for p in paths)}")
+    except RetranscopeError as err:
+        _fail(err)
+
+
 def main() -> None:
     try:
         app()
