@@ -8,7 +8,6 @@ makes real loss. Used by the recorder's tests, the accuracy corpus and `retransc
 from __future__ import annotations
 
 import json
-import select
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retranscope.lab.netns import Lab
+from retranscope.lines import LineReader
 from retranscope.lab.scenarios import Scenario, ScenarioResult, run_scenario
 
 READY_MARK = "retranscope: recording"
@@ -40,32 +40,36 @@ class RecorderProcess:
     def __init__(self, lab: Lab, ns: str, args: list[str], ready_timeout_s: float = 60.0):
         self.stderr_lines: list[str] = []
         self.proc = lab.popen(ns, [sys.executable, "-m", "retranscope", "record", *args],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + ready_timeout_s
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
+        self._lines = LineReader(self.proc.stderr.fileno())
+        deadline = time.monotonic() + ready_timeout_s
         while True:
-            if self.proc.poll() is not None:
-                rest = self.proc.stderr.read() or ""
-                self.stderr_lines += rest.splitlines()
+            line = self._lines.readline(timeout_s=0.2)
+            if line is not None:
+                self.stderr_lines.append(line)
+                if READY_MARK in line:
+                    break
+                continue
+            if self._lines.eof or self.proc.poll() is not None:
+                self.proc.wait()
+                self.stderr_lines += self._lines.rest().splitlines()
                 raise RuntimeError("recorder exited before it was ready: "
-                                   + " | ".join(self.stderr_lines[-5:]))
+                                   + " | ".join(x for x in self.stderr_lines[-5:] if x))
             if time.monotonic() > deadline:
                 self.proc.kill()
                 raise RuntimeError(f"recorder not ready after {ready_timeout_s:.0f} s")
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
-            if ready:
-                line = self.proc.stderr.readline()
-                self.stderr_lines.append(line.rstrip())
-                if READY_MARK in line:
-                    break
         # Keep draining stderr so the recorder never blocks on a full pipe.
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 
     def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line.rstrip())
+        while True:
+            line = self._lines.readline(timeout_s=1.0)
+            if line is not None:
+                self.stderr_lines.append(line)
+            elif self._lines.eof:
+                return
 
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -80,14 +84,16 @@ class RecorderProcess:
 
 
 def record_scenario(scenario: Scenario, out_dir: Path, *, extra_args: tuple[str, ...] = (),
-                    settle_s: float = 0.3, lab_kw: dict | None = None) -> RecordedRun:
+                    settle_s: float = 0.3, lab_kw: dict | None = None,
+                    interface: str | None = None) -> RecordedRun:
     """Build the scenario's lab, record while it runs, tear everything down."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     capture = out_dir / "capture.pcap"
     with scenario.lab(**(lab_kw or {})) as lab:
         ns = scenario.retransmitting_ns(lab)
-        iface = lab.sender_if if scenario.retransmitter == "client" else lab.receiver_if
+        iface = interface or (lab.sender_if if scenario.retransmitter == "client"
+                              else lab.receiver_if)
         rec = RecorderProcess(lab, ns, ["--out", str(out_dir), "--pcap", str(capture),
                                         "--interface", iface, "--quiet", *extra_args])
         try:

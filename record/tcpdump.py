@@ -8,7 +8,6 @@ list (never a shell). Its drop counts are parsed from what it prints at exit.
 from __future__ import annotations
 
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 from retranscope.errors import EnvironmentProblem
+from retranscope.lines import LineReader
 
 # Headers only: SLL2 (20) + IPv6 (40) + 8 bytes of extension headers + TCP with
 # the maximum 40 bytes of options (60) = 128, plus two VLAN tags' worth of slack.
@@ -49,27 +49,29 @@ class Tcpdump:
         self.proc: subprocess.Popen | None = None
         self.stderr_lines: list[str] = []
         self.stats: dict[str, int | None] = {}
+        self._lines: LineReader | None = None
 
-    def start(self, timeout_s: float = 10.0) -> None:
+    def start(self, timeout_s: float = 30.0) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Run as root: tcpdump would otherwise drop to the tcpdump user, which may not be
         # allowed to write into the output directory.
         self.argv[1:1] = ["-Z", "root"]
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + timeout_s
+                                     stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
+        self._lines = LineReader(self.proc.stderr.fileno())
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = (self.proc.stderr.read() or "").strip().splitlines()
-                raise EnvironmentProblem(f"tcpdump exited at start: {err[-1] if err else '?'}"
-                                         f" (argv: {' '.join(self.argv)})")
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
-            if ready:
-                line = self.proc.stderr.readline()
+            line = self._lines.readline(timeout_s=0.2)
+            if line is not None:
                 self.stderr_lines.append(line.rstrip())
                 if "listening on" in line:
                     return
+            elif self._lines.eof or self.proc.poll() is not None:
+                self.proc.wait()
+                err = [ln for ln in self.stderr_lines if ln.strip()]
+                raise EnvironmentProblem(f"tcpdump exited at start: {err[-1] if err else '?'}"
+                                         f" (argv: {' '.join(self.argv)})")
         self.stop()
         raise EnvironmentProblem(f"tcpdump did not start within {timeout_s:.0f} s")
 
@@ -79,11 +81,11 @@ class Tcpdump:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            _, err = self.proc.communicate(timeout=timeout_s)
+            self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
-        self.stderr_lines += (err or "").splitlines()
+            self.proc.wait()
+        self.stderr_lines += self._lines.rest().splitlines()
         text = "\n".join(self.stderr_lines)
 
         def grab(pattern: str) -> int | None:

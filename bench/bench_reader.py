@@ -1,0 +1,215 @@
+"""Time the capture reader on a large synthetic capture.
+
+    .venv/bin/python bench/bench_reader.py                # 1.3M packets, snaplen 128
+    .venv/bin/python bench/bench_reader.py -n 200000 --keep
+
+The capture imitates `tcpdump -s 128 -w` of a few bulk transfers on Ethernet: full-size
+data segments cut at the snaplen, pure ACKs, SACK ACKs with 1-3 blocks, a share of IPv6
+and 802.1Q-tagged frames, all with the timestamps option. It is written with numpy (one
+template per kind of packet, fields stamped in by column), which takes a second or two
+rather than the minutes scapy would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+PCAP_GLOBAL_HEADER = struct.Struct("<IHHiIII")  # magic, v2.4, thiszone, sigfigs, snaplen, link
+LINKTYPE_ETHERNET = 1
+MSS_V4 = 1448  # 1500 - 20 (IPv4) - 20 (TCP) - 12 (timestamps option)
+MSS_V6 = 1428  # 1500 - 40 (IPv6) - 20 (TCP) - 12 (timestamps option)
+
+
+def _frame_template(
+    *, v6: bool, vlan: bool, payload_len: int, sack_blocks: int
+) -> tuple[np.ndarray, dict[str, int]]:
+    """One Ethernet frame's header bytes, and where the fields that vary sit in it."""
+    eth = bytearray(b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01")
+    if vlan:
+        eth += struct.pack(">HH", 0x8100, 42)  # 802.1Q TCI: VLAN 42
+    eth += struct.pack(">H", 0x86DD if v6 else 0x0800)
+    # TCP options: NOP NOP TS (RFC 7323 appendix A layout), then NOP NOP SACK (RFC 2018).
+    opts = b"\x01\x01\x08\x0a" + b"\x00" * 8
+    if sack_blocks:
+        opts += b"\x01\x01" + bytes([5, 2 + 8 * sack_blocks]) + b"\x00" * (8 * sack_blocks)
+    tcp_len = 20 + len(opts)
+    tcp = bytearray(20) + opts
+    tcp[12] = (tcp_len // 4) << 4
+    tcp[13] = 0x10  # ACK
+    if v6:
+        ip = bytearray(40)
+        ip[0] = 0x60
+        ip[4:6] = struct.pack(">H", tcp_len + payload_len)
+        ip[6] = 6
+        ip[7] = 64
+        ip[8:10] = b"\xfd\x00"
+        ip[24:26] = b"\xfd\x00"
+    else:
+        ip = bytearray(20)
+        ip[0] = 0x45
+        ip[2:4] = struct.pack(">H", 20 + tcp_len + payload_len)
+        ip[6] = 0x40  # DF
+        ip[8] = 64
+        ip[9] = 6
+    frame = bytes(eth + ip + tcp)
+    l3 = len(eth)
+    l4 = l3 + len(ip)
+    where = {
+        "l3": l3,
+        "l4": l4,
+        "saddr": l3 + (8 if v6 else 12),
+        "daddr": l3 + (24 if v6 else 16),
+        "ipid": -1 if v6 else l3 + 4,
+        "tsopt": l4 + 20 + 4,
+        "sack": l4 + 20 + 16 if sack_blocks else -1,
+        "wire_len": len(frame) + payload_len,
+    }
+    return np.frombuffer(frame, dtype=np.uint8), where
+
+
+def _put_be(rows: np.ndarray, offset: int, values: np.ndarray, nbytes: int) -> None:
+    dtype = {2: ">u2", 4: ">u4", 8: ">u8"}[nbytes]
+    rows[:, offset : offset + nbytes] = (
+        np.ascontiguousarray(values, dtype=dtype).view(np.uint8).reshape(-1, nbytes)
+    )
+
+
+def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: int = 1) -> int:
+    """Write a pcap of ``n_packets`` TCP segments; return its size in bytes."""
+    rng = np.random.default_rng(seed)
+    n_flows = 64
+    # kinds: (v6, vlan, payload, sack blocks, is data, share)
+    kinds = [
+        (False, False, MSS_V4, 0, True, 0.52),
+        (False, False, 0, 0, False, 0.22),
+        (False, False, 0, 1, False, 0.03),
+        (False, False, 0, 3, False, 0.02),
+        (False, True, MSS_V4, 0, True, 0.05),
+        (False, True, 0, 0, False, 0.02),
+        (True, False, MSS_V6, 0, True, 0.08),
+        (True, False, 0, 0, False, 0.03),
+        (True, False, 0, 2, False, 0.01),
+        (False, False, 300, 0, True, 0.02),
+    ]
+    shares = np.array([k[5] for k in kinds])
+    kind = rng.choice(len(kinds), size=n_packets, p=shares / shares.sum()).astype(np.int8)
+    flow = rng.integers(0, n_flows, size=n_packets)
+    ts_us = 1_700_000_000_000_000 + np.cumsum(rng.integers(1, 40, size=n_packets))
+    # int64 holds 2**32 + n * 1000 comfortably; each field is masked to 32 bits when written.
+    seq = rng.integers(0, 2**32, size=n_flows)[flow] + np.arange(n_packets) * 1000
+    ack = rng.integers(0, 2**32, size=n_flows)[flow] + np.arange(n_packets) * 7
+
+    templates = [
+        _frame_template(v6=v6, vlan=vlan, payload_len=pay, sack_blocks=sb)
+        for v6, vlan, pay, sb, _, _ in kinds
+    ]
+    caplen_of = np.array([min(len(t), snaplen) if pay == 0 else min(w["wire_len"], snaplen)
+                          for (t, w), (_, _, pay, _, _, _) in zip(templates, kinds)])
+    record_len = 16 + caplen_of[kind]
+    offsets = 24 + np.concatenate(([0], np.cumsum(record_len)[:-1]))
+    total = int(24 + record_len.sum())
+
+    out = np.zeros(total, dtype=np.uint8)
+    out[:24] = np.frombuffer(
+        PCAP_GLOBAL_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET), np.uint8
+    )
+    for k, ((template, where), (v6, _vlan, _payload, sack_blocks, is_data, _)) in enumerate(
+        zip(templates, kinds)
+    ):
+        idx = np.flatnonzero(kind == k)
+        if idx.size == 0:
+            continue
+        caplen = int(caplen_of[k])
+        frame = np.zeros(max(caplen, len(template)), dtype=np.uint8)
+        frame[: len(template)] = template
+        rows = np.empty((idx.size, 16 + caplen), dtype=np.uint8)
+        rows[:, 16:] = frame[:caplen]
+        hdr = np.empty((idx.size, 4), dtype="<u4")
+        hdr[:, 0] = ts_us[idx] // 1_000_000
+        hdr[:, 1] = ts_us[idx] % 1_000_000
+        hdr[:, 2] = caplen
+        hdr[:, 3] = where["wire_len"]
+        rows[:, :16] = hdr.view(np.uint8)
+        # Field positions beyond the snaplen are simply not written (as tcpdump -s does).
+        full = np.zeros((idx.size, len(template)), dtype=np.uint8)
+        full[:] = template
+        f = flow[idx]
+        client = 0xC0A80000 + f
+        server = np.full(idx.size, 0x0A000001)
+        src, dst = (client, server) if is_data else (server, client)
+        if v6:
+            _put_be(full, where["saddr"] + 8, src, 8)
+            _put_be(full, where["daddr"] + 8, dst, 8)
+        else:
+            _put_be(full, where["saddr"], src, 4)
+            _put_be(full, where["daddr"], dst, 4)
+            _put_be(full, where["ipid"], idx & 0xFFFF, 2)
+        sport, dport = (40000 + f, 5001 + 0 * f) if is_data else (5001 + 0 * f, 40000 + f)
+        _put_be(full, where["l4"], sport, 2)
+        _put_be(full, where["l4"] + 2, dport, 2)
+        _put_be(full, where["l4"] + 4, seq[idx] & 0xFFFFFFFF, 4)
+        _put_be(full, where["l4"] + 8, ack[idx] & 0xFFFFFFFF, 4)
+        _put_be(full, where["l4"] + 14, np.full(idx.size, 502), 2)
+        _put_be(full, where["tsopt"], (ts_us[idx] // 1000) & 0xFFFFFFFF, 4)
+        _put_be(full, where["tsopt"] + 4, (ts_us[idx] // 1000 - 20) & 0xFFFFFFFF, 4)
+        if sack_blocks:
+            left = seq[idx] + 5 * MSS_V4
+            for b in range(sack_blocks):
+                _put_be(full, where["sack"] + 8 * b, (left + 2 * b * MSS_V4) & 0xFFFFFFFF, 4)
+                _put_be(full, where["sack"] + 8 * b + 4,
+                        (left + (2 * b + 1) * MSS_V4) & 0xFFFFFFFF, 4)
+        keep = min(caplen, len(template))
+        rows[:, 16 : 16 + keep] = full[:, :keep]
+        window = as_strided(out, shape=(total - rows.shape[1] + 1, rows.shape[1]), strides=(1, 1))
+        window[offsets[idx]] = rows
+    with open(path, "wb") as fh:
+        fh.write(memoryview(out))
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--packets", type=int, default=1_300_000)
+    parser.add_argument("--snaplen", type=int, default=128)
+    parser.add_argument("--path", default="/tmp/retranscope_bench_reader.pcap")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs; the best is shown")
+    parser.add_argument("--keep", action="store_true", help="keep the capture afterwards")
+    args = parser.parse_args(argv)
+
+    t0 = time.perf_counter()
+    size_bytes = make_synthetic_pcap(args.path, args.packets, snaplen=args.snaplen)
+    print(f"wrote {args.path}: {args.packets:,} packets, {size_bytes / 1e6:.1f} MB "
+          f"in {time.perf_counter() - t0:.2f} s")
+
+    t0 = time.perf_counter()
+    from retranscope.analyze.pcap import read_capture
+
+    import_s = time.perf_counter() - t0
+    best_s = float("inf")
+    try:
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            cap = read_capture(args.path)
+            best_s = min(best_s, time.perf_counter() - t0)
+    finally:
+        if not args.keep:
+            os.unlink(args.path)
+    n = len(cap.packets["frame"])
+    if n != args.packets:
+        print(f"error: read {n} packets, wrote {args.packets}", file=sys.stderr)
+        return 1
+    print(f"import {import_s * 1000:.0f} ms; read_capture best of {args.repeat}: "
+          f"{best_s:.3f} s, {n / best_s / 1e6:.2f} M packets/s, "
+          f"{size_bytes / best_s / 1e6:.0f} MB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

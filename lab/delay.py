@@ -1,0 +1,182 @@
+"""A delay line between two interfaces: real round-trip times without netem.
+
+``python -m retranscope.lab.delay IF_A IF_B --delay-ms X`` reads every frame arriving on
+either interface with an AF_PACKET socket and writes it out of the other one ``X`` ms later
+(one-way delay: the RTT through it is ``2·X``). One select loop and a heap of release times
+serve both directions; FIFO order per direction is kept because the delay is constant and
+ties are broken by arrival order. Good for about 10k frames/s, far more than a lab flow needs.
+
+The kernel has no ``sch_netem`` here (FIELD-NOTES), so ``Lab(rtt_ms=...)`` starts this in a
+middle namespace that joins the sender's and the receiver's veth pairs.
+
+Frames are read and written with ``PACKET_VNET_HDR``: each carries a ``virtio_net_hdr`` that
+keeps the GSO type/size and the partial-checksum offsets (``virtio_net_hdr_from_skb`` on
+receive, ``virtio_net_hdr_to_skb`` on send). So a 64 KB TSO super-frame from a sender with TSO
+on crosses the line intact (a plain packet socket would refuse it: larger than the MTU), and a
+frame whose checksum was left to offload still has it filled in later instead of arriving with
+a bad checksum. Without vnet headers the caller must turn TX checksum offload off instead.
+
+It prints ``READY`` on stdout once both sockets are bound, and one JSON line of counters on
+stderr when it stops (SIGTERM/SIGINT). It asks the kernel to SIGTERM it when its parent dies
+(``PR_SET_PDEATHSIG``), so a lab killed with SIGKILL does not leave it spinning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import heapq
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from retranscope.lab._child import die_with_parent
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15  # linux/if_packet.h
+PACKET_IGNORE_OUTGOING = 23  # linux/if_packet.h, since 4.20
+PACKET_OUTGOING = 4  # sll_pkttype of a frame this host sent
+VNET_HDR_LEN = 10  # sizeof(struct virtio_net_hdr)
+FRAME_MAX = 65536 + VNET_HDR_LEN + 64  # a full GSO super-frame plus headers
+SOCK_BUF_BYTES = 8 << 20  # absorb bursts at line rate without socket drops
+QUEUE_MAX_FRAMES = 200_000  # a queue limit, as a real bottleneck would have
+
+
+def _open(ifname: str, vnet_hdr: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    if vnet_hdr:
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    try:
+        # Frames we write out of this interface must not be read back and forwarded again.
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    except OSError:
+        pass  # older kernels: the sll_pkttype check in the loop covers it
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCK_BUF_BYTES)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF_BYTES)
+    sock.bind((ifname, ETH_P_ALL))
+    sock.setblocking(False)
+    return sock
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave the select loop at once."""
+
+
+class DelayLine:
+    """Forward frames between two packet sockets after ``delay_ms``, both directions."""
+
+    def __init__(self, if_a: str, if_b: str, delay_ms: float, vnet_hdr: bool = True):
+        self.delay_s = delay_ms / 1000.0
+        self.sock_a = _open(if_a, vnet_hdr)
+        self.sock_b = _open(if_b, vnet_hdr)
+        self.peer = {self.sock_a.fileno(): self.sock_b, self.sock_b.fileno(): self.sock_a}
+        # (release_monotonic_s, arrival_no, out_socket, frame)
+        self.heap: list[tuple[float, int, socket.socket, bytes]] = []
+        self.arrivals = 0
+        self.forwarded = 0
+        self.dropped_queue_full = 0
+        self.send_errors = 0
+
+    def _drain(self, sock: socket.socket, now_s: float) -> None:
+        out = self.peer[sock.fileno()]
+        while True:
+            try:
+                frame, addr = sock.recvfrom(FRAME_MAX)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            if addr[2] == PACKET_OUTGOING:
+                continue
+            if len(self.heap) >= QUEUE_MAX_FRAMES:
+                self.dropped_queue_full += 1
+                continue
+            self.arrivals += 1
+            heapq.heappush(self.heap, (now_s + self.delay_s, self.arrivals, out, frame))
+
+    def _release(self, now_s: float) -> None:
+        while self.heap and self.heap[0][0] <= now_s:
+            _, _, out, frame = heapq.heappop(self.heap)
+            try:
+                out.send(frame)
+                self.forwarded += 1
+            except OSError as err:
+                # ENOBUFS/EAGAIN: the peer's queue is full; a real link would drop it too.
+                if err.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ENETDOWN, errno.ENXIO):
+                    raise
+                self.send_errors += 1
+
+    def run(self) -> None:
+        socks = [self.sock_a, self.sock_b]
+        while True:
+            now_s = time.monotonic()
+            timeout_s = max(0.0, self.heap[0][0] - now_s) if self.heap else 0.5
+            try:
+                readable, _, _ = select.select(socks, [], [], timeout_s)
+            except InterruptedError:
+                continue
+            now_s = time.monotonic()
+            for sock in readable:
+                self._drain(sock, now_s)
+            self._release(time.monotonic())
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "arrivals": self.arrivals,
+            "forwarded": self.forwarded,
+            "queued": len(self.heap),
+            "dropped_queue_full": self.dropped_queue_full,
+            "send_errors": self.send_errors,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m retranscope.lab.delay", description=__doc__)
+    parser.add_argument("if_a")
+    parser.add_argument("if_b")
+    parser.add_argument("--delay-ms", type=float, required=True, help="one-way delay")
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run under SCHED_FIFO so a busy machine does not stretch the delay",
+    )
+    parser.add_argument(
+        "--no-vnet-hdr",
+        action="store_true",
+        help="plain frames (then turn TX checksum offload and TSO off on both ends)",
+    )
+    args = parser.parse_args(argv)
+    if args.delay_ms < 0:
+        parser.error("--delay-ms must be >= 0")
+    die_with_parent()
+    if args.realtime:
+        try:
+            # It sleeps in select() between frames, so it cannot starve the machine; what
+            # it gains is being scheduled at once when a frame is due, under load too.
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        except (OSError, AttributeError) as err:
+            print(f"delay: no SCHED_FIFO ({err}); timing may stretch under load",
+                  file=sys.stderr)
+    line = DelayLine(args.if_a, args.if_b, args.delay_ms, vnet_hdr=not args.no_vnet_hdr)
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise _Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print("READY", flush=True)
+    try:
+        line.run()
+    except _Stop:
+        pass
+    print(json.dumps(line.stats()), file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

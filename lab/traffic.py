@@ -1,0 +1,349 @@
+"""Traffic programs the lab runs inside its namespaces.
+
+    python -m retranscope.lab.traffic server --port P --mode sink|echo-slow [--think-ms 15-30]
+    python -m retranscope.lab.traffic bulk --host H --port P --bytes N [--conns K]
+    python -m retranscope.lab.traffic requests --host H --port P --count N --burst K --size S
+    python -m retranscope.lab.traffic connect --host H --port P
+
+The server prints one line, ``LISTENING <family> <addr> <port>``, once its socket listens: the
+caller waits for that line instead of sleeping. Every client prints one JSON line with what it
+did and how long it took, and exits 0 on success, 1 if the peer answered wrongly, 2 on a
+socket error and 124 when its ``--timeout-s`` deadline passes (the deadline covers the whole
+program, so no scenario can hang). IPv4 or IPv6 follows from the address given.
+
+Wire protocol (both ends are ours, so it is as simple as the scenarios allow):
+
+* ``sink``: the client sends its bytes and shuts down its write side; the server counts to EOF
+  and answers ``b"<count>\\n"``. The client checks the count, so it exits only after every
+  byte (and every retransmission of it) was delivered.
+* ``echo-slow``: the client sends bursts of ``--burst`` requests, each its own ``send()`` with
+  TCP_NODELAY set, each framed by an 8-byte header ``!IHH`` = (payload bytes, index in burst,
+  burst length). The server "thinks" ``--think-ms`` per burst and sends one reply (same
+  header, ``--reply-bytes`` payload) after the burst's last request; the client waits for it
+  before the next burst.
+
+  By default the server thinks *before* reading the burst (a busy server whose requests wait
+  in the receive queue). With 15-30 ms that is the no-loss spurious TLP of FIELD-NOTES: the
+  server's delayed ACK outlasts the client's PTO = 2·SRTT + 2 ms (``tcp_schedule_loss_probe``),
+  the probe is answered with a D-SACK (RFC 2883). Thinking *after* reading
+  (``--think-where after-read``) almost never gives one, measured: reading a small pushed
+  segment until the queue is empty makes ``tcp_cleanup_rbuf`` ACK at once, and the burst's
+  last segment then sits alone in flight, where PTO includes the 200 ms RTO floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+from retranscope.lab._child import die_with_parent
+
+REQ_HDR = struct.Struct("!IHH")  # payload bytes, index in burst, burst length
+CHUNK_BYTES = 64 * 1024
+EXIT_OK, EXIT_BAD_PEER, EXIT_SOCKET, EXIT_TIMEOUT = 0, 1, 2, 124
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _arm_deadline(timeout_s: float, role: str) -> None:
+    """Exit with 124 when the whole program has run ``timeout_s`` (any thread may be stuck)."""
+
+    def expire(_signum: int, _frame: object) -> None:
+        print(json.dumps({"role": role, "error": f"timeout after {timeout_s} s"}), flush=True)
+        os._exit(EXIT_TIMEOUT)
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+
+
+def _recv_exact(sock: socket.socket, n_bytes: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n_bytes:
+        chunk = sock.recv(n_bytes - len(buf))
+        if not chunk:
+            raise ConnectionError(f"peer closed after {len(buf)} of {n_bytes} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv_to_eof(sock: socket.socket) -> bytes:
+    buf = bytearray()
+    while True:
+        chunk = sock.recv(CHUNK_BYTES)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+
+
+def _parse_think_ms(text: str) -> tuple[float, float]:
+    lo, _, hi = text.partition("-")
+    lo_ms = float(lo)
+    hi_ms = float(hi) if hi else lo_ms
+    if lo_ms < 0 or hi_ms < lo_ms:
+        raise argparse.ArgumentTypeError(f"--think-ms {text!r}: want X or LO-HI with 0 <= LO <= HI")
+    return lo_ms, hi_ms
+
+
+# --- server -----------------------------------------------------------------------------
+
+
+def _serve_sink(conn: socket.socket) -> None:
+    count = 0
+    while True:
+        chunk = conn.recv(CHUNK_BYTES)
+        if not chunk:
+            break
+        count += len(chunk)
+    conn.sendall(b"%d\n" % count)
+
+
+def _serve_echo_slow(conn: socket.socket, think_ms: tuple[float, float], reply_bytes: int,
+                     rng: random.Random, think_where: str = "before-read") -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    fresh_burst = True
+    while True:
+        if think_where == "before-read" and fresh_burst:
+            # A busy server: the request waits unread in the receive queue while it thinks.
+            select.select([conn], [], [], conn.gettimeout())
+            time.sleep(rng.uniform(*think_ms) / 1000.0)
+        hdr = conn.recv(REQ_HDR.size, socket.MSG_WAITALL)
+        if not hdr:
+            return
+        if len(hdr) < REQ_HDR.size:
+            raise ConnectionError(f"short request header: got {len(hdr)}, {REQ_HDR.size} needed")
+        size, index, burst = REQ_HDR.unpack(hdr)
+        _recv_exact(conn, size)
+        fresh_burst = index + 1 == burst
+        if fresh_burst:
+            if think_where == "after-read":
+                time.sleep(rng.uniform(*think_ms) / 1000.0)
+            conn.sendall(REQ_HDR.pack(reply_bytes, 0, 1) + b"r" * reply_bytes)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    _arm_deadline(args.timeout_s, "server")
+    family = _family(args.bind) if args.bind else (
+        socket.AF_INET6 if args.family == 6 else socket.AF_INET)
+    bind = args.bind or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    lsock = socket.socket(family, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    lsock.bind((bind, args.port))
+    lsock.listen(128)
+    print(f"LISTENING {6 if family == socket.AF_INET6 else 4} {bind} {args.port}", flush=True)
+    rng = random.Random(args.seed)
+    errors: list[str] = []
+    threads: list[threading.Thread] = []
+
+    def handle(conn: socket.socket, conn_rng: random.Random) -> None:
+        try:
+            conn.settimeout(args.timeout_s)
+            if args.mode == "sink":
+                _serve_sink(conn)
+            else:
+                _serve_echo_slow(conn, args.think_ms, args.reply_bytes, conn_rng,
+                                 args.think_where)
+        except OSError as err:
+            errors.append(repr(err))
+        finally:
+            conn.close()
+
+    accepted = 0
+    while args.max_conns == 0 or accepted < args.max_conns:
+        conn, _ = lsock.accept()
+        accepted += 1
+        thread = threading.Thread(target=handle, args=(conn, random.Random(rng.random())),
+                                  daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    print(json.dumps({"role": "server", "conns": accepted, "errors": errors}), flush=True)
+    return EXIT_SOCKET if errors else EXIT_OK
+
+
+# --- clients ----------------------------------------------------------------------------
+
+
+TCPI_RTT_OFFSET = 68  # struct tcp_info: 8 bytes of u8 fields, then 15 u32s before tcpi_rtt
+
+
+def tcpi_rtt_us(sock: socket.socket) -> int:
+    """The kernel's smoothed RTT of the connection (tcp_info.tcpi_rtt, microseconds).
+
+    Right after connect() it is the handshake's RTT as the kernel timed it in softirq
+    (tcp_synack_rtt_meas on the client side too), unaffected by when this process runs.
+    """
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, TCPI_RTT_OFFSET)[0]
+
+
+def _connect(args: argparse.Namespace) -> tuple[socket.socket, float]:
+    sock = socket.socket(_family(args.host), socket.SOCK_STREAM)
+    sock.settimeout(args.timeout_s)
+    start = time.monotonic()
+    sock.connect((args.host, args.port))
+    return sock, time.monotonic() - start
+
+
+def _bulk_one(args: argparse.Namespace, out: dict) -> None:
+    start = time.monotonic()
+    try:
+        sock, connect_s = _connect(args)
+        with sock:
+            out["connect_s"] = connect_s
+            payload = b"\0" * CHUNK_BYTES
+            left = args.bytes
+            while left > 0:
+                sent = sock.send(payload[: min(left, CHUNK_BYTES)])
+                left -= sent
+            sock.shutdown(socket.SHUT_WR)
+            reply = _recv_to_eof(sock)
+        out["server_count"] = int(reply or b"-1")
+        out["ok"] = out["server_count"] == args.bytes
+    except OSError as err:
+        out["error"] = repr(err)
+        out["ok"] = False
+    out["duration_s"] = time.monotonic() - start
+
+
+def cmd_bulk(args: argparse.Namespace) -> int:
+    _arm_deadline(args.timeout_s, "bulk")
+    results: list[dict] = [{"conn": i, "bytes": args.bytes} for i in range(args.conns)]
+    threads = [threading.Thread(target=_bulk_one, args=(args, r), daemon=True) for r in results]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ok = all(r["ok"] for r in results)
+    print(json.dumps({"role": "bulk", "ok": ok, "duration_s": time.monotonic() - start,
+                      "conns": results}), flush=True)
+    if ok:
+        return EXIT_OK
+    return EXIT_SOCKET if any("error" in r for r in results) else EXIT_BAD_PEER
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    _arm_deadline(args.timeout_s, "requests")
+    start = time.monotonic()
+    round_ms: list[float] = []
+    try:
+        sock, connect_s = _connect(args)
+        with sock:
+            # Each request must leave as its own segment: that is what lets the last one of a
+            # burst be the tail a TLP repairs, and the burst keep packets_out > 1.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(args.count):
+                t0 = time.monotonic()
+                for index in range(args.burst):
+                    sock.sendall(REQ_HDR.pack(args.size, index, args.burst) + b"q" * args.size)
+                size, _, _ = REQ_HDR.unpack(_recv_exact(sock, REQ_HDR.size))
+                _recv_exact(sock, size)
+                round_ms.append((time.monotonic() - t0) * 1000.0)
+                if args.gap_ms:
+                    time.sleep(args.gap_ms / 1000.0)
+            sock.shutdown(socket.SHUT_WR)
+            if _recv_to_eof(sock):
+                raise ConnectionError("server sent data after the last reply")
+    except OSError as err:
+        print(json.dumps({"role": "requests", "ok": False, "error": repr(err),
+                          "rounds_done": len(round_ms)}), flush=True)
+        return EXIT_SOCKET
+    median_ms = sorted(round_ms)[len(round_ms) // 2] if round_ms else 0.0
+    print(json.dumps({"role": "requests", "ok": True, "connect_s": connect_s,
+                      "duration_s": time.monotonic() - start, "rounds": len(round_ms),
+                      "round_ms_max": max(round_ms, default=0.0),
+                      "round_ms_median": median_ms}), flush=True)
+    return EXIT_OK
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    _arm_deadline(args.timeout_s, "connect")
+    start = time.monotonic()
+    try:
+        sock, connect_s = _connect(args)
+        with sock:
+            rtt_us = tcpi_rtt_us(sock)
+            sock.sendall(b"c" * args.bytes)
+            sock.shutdown(socket.SHUT_WR)
+            reply = _recv_to_eof(sock)
+    except OSError as err:
+        print(json.dumps({"role": "connect", "ok": False, "error": repr(err)}), flush=True)
+        return EXIT_SOCKET
+    ok = int(reply or b"-1") == args.bytes
+    print(json.dumps({"role": "connect", "ok": ok, "connect_s": connect_s,
+                      "tcpi_rtt_us": rtt_us, "duration_s": time.monotonic() - start}),
+          flush=True)
+    return EXIT_OK if ok else EXIT_BAD_PEER
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m retranscope.lab.traffic",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    server = sub.add_parser("server", help="listen; sink bytes or answer bursts slowly")
+    server.add_argument("--port", type=int, required=True)
+    server.add_argument("--mode", choices=("sink", "echo-slow"), default="sink")
+    server.add_argument("--family", type=int, choices=(4, 6), default=4)
+    server.add_argument("--bind", default="", help="address to bind (default: any)")
+    server.add_argument("--think-ms", type=_parse_think_ms, default=(0.0, 0.0),
+                        help="echo-slow: delay before each reply, X or LO-HI (uniform)")
+    server.add_argument("--think-where", choices=("after-read", "before-read"),
+                        default="before-read",
+                        help="echo-slow: think before reading the burst (a busy server: the "
+                             "default) or after reading it")
+    server.add_argument("--reply-bytes", type=int, default=100)
+    server.add_argument("--seed", type=int, default=1, help="think-time RNG seed")
+    server.add_argument("--max-conns", type=int, default=0,
+                        help="exit after serving this many connections (0: until killed)")
+    server.add_argument("--timeout-s", type=float, default=30.0)
+    server.set_defaults(func=cmd_server)
+
+    def client(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--host", required=True)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--timeout-s", type=float, default=20.0)
+        return p
+
+    bulk = client("bulk", "send N bytes on each of K parallel connections")
+    bulk.add_argument("--bytes", type=int, required=True)
+    bulk.add_argument("--conns", type=int, default=1)
+    bulk.set_defaults(func=cmd_bulk)
+
+    req = client("requests", "bursts of small requests with TCP_NODELAY, one reply each")
+    req.add_argument("--count", type=int, default=10, help="bursts")
+    req.add_argument("--burst", type=int, default=3, help="requests per burst")
+    req.add_argument("--size", type=int, default=100, help="payload bytes per request")
+    req.add_argument("--gap-ms", type=float, default=0.0, help="pause between bursts")
+    req.set_defaults(func=cmd_requests)
+
+    conn = client("connect", "connect, send a little, close")
+    conn.add_argument("--bytes", type=int, default=100)
+    conn.set_defaults(func=cmd_connect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    die_with_parent()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

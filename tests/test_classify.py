@@ -1,0 +1,350 @@
+"""Classification of retransmissions: one trace per kernel rule.
+
+Each trace is what tcpdump on the sender's host would show; the expected kind is the Linux
+function that would have sent the segment (see analyze/classify.py).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from packet_builder import Trace
+
+from retranscope.analyze.classify import classify, rtt_estimator
+from retranscope.analyze.flows import assign_flows
+from retranscope.analyze.retrans import find_retransmissions
+
+MSS = 1448
+RTT = 10.0  # ms
+
+
+def run(tr: Trace) -> pd.DataFrame:
+    pk = tr.packets()
+    fid, flows = assign_flows(pk)
+    return classify(pk, fid, flows, find_retransmissions(pk, fid, flows))
+
+
+def warm(c, t: float, seq: int = 1, n: int = 5, size: int = 100, rtt: float = RTT):
+    """Request/ACK exchanges so the sender has an SRTT of ``rtt``; returns (t, next seq)."""
+    for _ in range(n):
+        c.send(t, seq, size)
+        c.ack(t + rtt, seq + size)
+        seq += size
+        t += 2 * rtt
+    return t, seq
+
+
+def start(**kw):
+    tr = Trace()
+    c = tr.conn(**kw)
+    t = c.handshake(0, RTT)
+    t, seq = warm(c, t + 5)
+    return tr, c, t, seq
+
+
+# --- tail loss probe -------------------------------------------------------------------
+
+def test_tlp_after_two_srtt_of_silence_resends_the_tail():
+    tr, c, t, seq = start()
+    c.send(t, seq, 100)
+    c.send(t + 0.1, seq + 100, 100)
+    c.send(t + 0.2, seq + 200, 100)
+    probe = c.send(t + 0.2 + 22.5, seq + 200, 100)  # PTO = 2*SRTT + 2 ms
+    c.ack(t + 0.2 + 32.5, seq + 300)
+    r = run(tr)
+    assert len(r) == 1
+    row = r.iloc[0]
+    assert row["frame"] == tr.frame_of(probe)
+    assert row["kind_pcap"] == "tlp" and row["family"] == "tlp"
+    assert row["position"] == "tail" and row["clock"] == "timer"
+    assert row["srtt_us"] == 10_000
+    assert row["expected_pto_ns"] == 22_000_000
+    assert row["since_last_send_ns"] == 22_500_000
+    assert not row["spurious"]
+
+
+def test_spurious_tlp_reported_by_dsack():
+    # FIELD-NOTES: small requests, a slow server whose delayed ACK outlasts the PTO; the
+    # probe duplicates the last request and the server answers with a D-SACK.
+    tr, c, t, seq = start()
+    for i in range(3):
+        c.send(t + 0.05 * i, seq + 100 * i, 100)
+    c.send(t + 0.1 + 22.5, seq + 200, 100)
+    c.ack(t + 0.1 + 30, seq + 300)  # the delayed ACK of the originals
+    c.ack(t + 0.1 + 32.5, seq + 300, sack=((seq + 200, seq + 300),))  # D-SACK: below ack
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp"]
+    assert bool(r["spurious"].iloc[0]) and r["spurious_by"].iloc[0] == "dsack"
+
+
+def test_single_outstanding_segment_probe_waits_for_the_rto_then_rto_backs_off():
+    # packets_out == 1: PTO = 2*SRTT + TCP_RTO_MIN, clamped to the RTO (tcp_schedule_loss_probe).
+    # The probe goes first, then the RTO from the probe on, then doubling timeouts.
+    tr, c, t, seq = start()
+    c.send(t, seq, 100)
+    c.send(t + 210, seq, 100)
+    c.send(t + 420, seq, 100)
+    c.send(t + 840, seq, 100)
+    c.send(t + 1680, seq, 100)
+    c.ack(t + 1690, seq + 100)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp", "rto", "rto", "rto"]
+    assert r["backoff"].tolist()[1:] == [0, 1, 2]
+    rto = r["expected_rto_ns"].tolist()
+    assert rto[2] == 2 * rto[1] and rto[3] == 4 * rto[1]
+    assert 200_000_000 <= rto[1] <= 220_000_000
+    assert r["expected_pto_ns"].iloc[0] == rto[1]  # clamped to the RTO
+    assert r["ca_state"].tolist() == ["Open", "Loss", "Loss", "Loss"]
+
+
+def test_only_one_probe_per_flight():
+    # After a TLP, the next timer-driven retransmission is the RTO of the head, even when
+    # the head is also the tail (tlp_high_seq still set, tcp_send_loss_probe).
+    tr, c, t, seq = start()
+    c.send(t, seq, 100)
+    c.send(t + 0.1, seq + 100, 100)
+    c.send(t + 22.1, seq + 100, 100)  # TLP of the tail
+    c.ack(t + 32, seq + 100)  # the head arrives, the tail and its probe don't
+    c.send(t + 242, seq + 100, 100)  # the RTO of what is now head and tail
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp", "rto"]
+
+
+def test_probe_not_cleared_by_an_ack_exactly_at_tlp_high_seq():
+    # The probe repaired a tail loss: the ACK is exactly tlp_high_seq and advances snd_una,
+    # which leaves tlp_high_seq set (tcp_process_tlp_ack). The next flight's tail loss is
+    # therefore an RTO, not another probe.
+    tr, c, t, seq = start()
+    c.send(t, seq, 100)
+    c.send(t + 0.1, seq + 100, 100)
+    c.send(t + 22.1, seq + 100, 100)  # TLP, repairs the lost tail
+    c.ack(t + 32.1, seq + 200)
+    c.send(t + 50, seq + 200, 100)
+    c.send(t + 50.1, seq + 300, 100)
+    c.send(t + 50.1 + 210, seq + 200, 100)  # timer, head: RTO (probe refused)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp", "rto"]
+
+
+def test_no_tlp_without_sack():
+    tr, c, t, seq = start(sack=False)
+    c.send(t, seq, 100)
+    c.send(t + 0.1, seq + 100, 100)
+    c.send(t + 210, seq, 100)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["rto"]
+    assert r["position"].tolist() == ["head"]
+
+
+# --- RTO --------------------------------------------------------------------------------
+
+def test_rto_resends_the_head_after_the_probe_then_doubles():
+    tr, c, t, seq = start()
+    t_last, nxt = c.burst(t, seq, 4, size=MSS)
+    c.send(t_last + 22, nxt - MSS, MSS)  # TLP of the tail
+    t_rto = t_last + 22 + 210
+    h1 = c.send(t_rto, seq, MSS)  # RTO: head
+    h2 = c.send(t_rto + 420, seq, MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp", "rto", "rto"]
+    assert r["frame"].tolist()[1:] == [tr.frame_of(h1), tr.frame_of(h2)]
+    assert r["position"].tolist()[1:] == ["head", "head"]
+    assert r["backoff"].tolist()[1:] == [0, 1]
+    assert r["tx_index"].tolist() == [2, 2, 3]
+
+
+def test_slow_start_retransmits_after_an_rto_until_high_seq_then_fast_again():
+    tr, c, t, seq = start()
+    t_last, nxt = c.burst(t, seq, 7, size=MSS)  # all lost
+    segs = [seq + i * MSS for i in range(7)]
+    c.send(t_last + 22, segs[6], MSS)  # TLP
+    t1 = t_last + 22 + 210
+    c.send(t1, segs[0], MSS)  # RTO
+    c.ack(t1 + 10, segs[1])
+    c.send(t1 + 10.02, segs[1], MSS)  # cwnd 2: slow start
+    c.send(t1 + 10.03, segs[2], MSS)
+    c.ack(t1 + 20, segs[3])
+    for i, s in enumerate(segs[3:6]):
+        c.send(t1 + 20.02 + 0.01 * i, s, MSS)
+    c.ack(t1 + 30, nxt)  # snd_una passes high_seq: Loss is over
+    # New data, then a hole revealed by SACK: fast retransmit in Recovery.
+    t2 = t1 + 40
+    c.burst(t2, nxt, 4, size=MSS)
+    sack = c.ack(t2 + 10, nxt, sack=((nxt + MSS, nxt + 4 * MSS),))
+    c.send(t2 + 10.02, nxt, MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp", "rto"] + ["rto_recovery"] * 5 + ["fast"]
+    assert r["ca_state"].tolist()[2:7] == ["Loss"] * 5
+    last = r.iloc[-1]
+    assert last["trigger_frame"] == tr.frame_of(sack)
+
+
+def test_fast_retransmit_right_after_a_sack_showing_a_hole():
+    tr, c, t, seq = start()
+    t_last, nxt = c.burst(t, seq, 6, size=MSS)
+    sack = c.ack(t + RTT, seq, sack=((seq + MSS, seq + 4 * MSS),))
+    fr = c.send(t + RTT + 0.02, seq, MSS)
+    r = run(tr)
+    row = r.iloc[0]
+    assert row["frame"] == tr.frame_of(fr)
+    assert row["kind_pcap"] == "fast" and row["clock"] == "ack"
+    assert row["trigger_frame"] == tr.frame_of(sack)
+    assert row["since_trigger_ns"] == 20_000
+    assert row["ca_state"] == "Recovery"
+
+
+def test_rack_reorder_timer_retransmission_is_fast():
+    # A SACK arrives for a later segment while the hole was sent less than reo_wnd before:
+    # no immediate retransmit; the RACK reorder timer fires a few ms later
+    # (tcp_rack_reo_timeout -> tcp_xmit_retransmit_queue), still a fast retransmit.
+    tr, c, t, seq = start()
+    c.send(t, seq, MSS)
+    c.send(t + 0.5, seq + MSS, MSS)
+    c.ack(t + 0.5 + RTT, seq, sack=((seq + MSS, seq + 2 * MSS),))
+    c.send(t + 0.5 + RTT + 4.5, seq, MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["fast"]
+    assert r["clock"].tolist() == ["timer"]
+
+
+def test_lost_retransmission_in_loss_moves_to_recovery():
+    # In Loss, a retransmission resent on an ACK means RACK marked it lost again
+    # (FLAG_LOST_RETRANS): tcp_fastretrans_alert enters Recovery, so that one is fast.
+    tr, c, t, seq = start()
+    t_last, nxt = c.burst(t, seq, 6, size=MSS)
+    segs = [seq + i * MSS for i in range(6)]
+    c.send(t_last + 22, segs[5], MSS)  # TLP
+    t1 = t_last + 232
+    c.send(t1, segs[0], MSS)  # RTO
+    c.ack(t1 + 10, segs[1])
+    c.send(t1 + 10.02, segs[1], MSS)  # slow start, this one is lost again
+    c.send(t1 + 10.03, segs[2], MSS)
+    c.ack(t1 + 20, segs[1], sack=((segs[2], segs[3]),))
+    c.send(t1 + 20.02, segs[1], MSS)  # lost retransmit resent: fast
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp", "rto", "rto_recovery", "rto_recovery", "fast"]
+    assert r["tx_index"].tolist()[-1] == 3
+
+
+def test_spurious_rto_found_by_timestamp_echo_then_loss_is_undone():
+    # No SACK: the first timeout is an RTO. The ACK echoes the original's TSval, not the
+    # retransmission's (Eifel, RFC 3522): spurious; tcp_try_undo_loss leaves Loss, so a
+    # later ACK-clocked retransmission is fast, not a slow-start retransmit.
+    tr, c, t, seq = start(sack=False)
+    o = c.send(t, seq, MSS)
+    c.send(t + 0.01, seq + MSS, MSS)
+    c.send(t + 0.02, seq + 2 * MSS, MSS)
+    c.send(t + 0.03, seq + 3 * MSS, MSS)
+    c.send(t + 210, seq, MSS)  # RTO
+    c.ack(t + 215, seq + MSS, tsecr=o["tsval"])  # delayed ACK of the original
+    for i in range(3):  # three duplicate ACKs: NewReno fast retransmit
+        c.ack(t + 220 + i, seq + MSS, tsecr=o["tsval"])
+    c.send(t + 222.02, seq + MSS, MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["rto", "fast"]
+    assert bool(r["spurious"].iloc[0]) and r["spurious_by"].iloc[0] == "ts_echo"
+    assert not r["spurious"].iloc[1]
+
+
+# --- handshake --------------------------------------------------------------------------
+
+def test_syn_resent_after_one_second():
+    tr = Trace()
+    c = tr.conn()
+    c.syn(0)
+    s1 = c.syn(1000)
+    s2 = c.syn(2000)  # linear SYN timeouts (tcp_syn_linear_timeouts) on recent kernels
+    c.synack(2010)
+    r = run(tr)
+    assert r["frame"].tolist() == [tr.frame_of(s1), tr.frame_of(s2)]
+    assert r["kind_pcap"].tolist() == ["syn", "syn"]
+    assert r["family"].tolist() == ["rto", "rto"]
+    assert r["backoff"].tolist() == [0, 1]
+    assert r["since_original_ns"].tolist() == [1_000_000_000, 2_000_000_000]
+
+
+def test_synack_resent():
+    tr = Trace()
+    c = tr.conn()
+    c.syn(0)
+    c.synack(0.1)
+    c.synack(1000.1)
+    c.packet(1010, "c", seq=1, ack=1, flags=0)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["synack"]
+
+
+# --- not retransmissions / odd captures ----------------------------------------------------
+
+def test_keepalive_is_not_an_rto():
+    tr, c, t, seq = start()
+    c.send(t + 7_200_000, seq - 1, 0)  # keep-alive after two hours idle
+    r = run(tr)
+    assert r["probe"].tolist() == ["keepalive"]
+    assert r["kind_pcap"].tolist() == ["unknown"]
+    assert not r["spurious"].iloc[0]
+
+
+def test_capture_started_late_still_classified():
+    tr = Trace()
+    c = tr.conn()
+    sack = c.ack(0, 5001, sack=((6449, 20001),))
+    c.send(0.02, 5001, MSS)  # ACK-clocked right after the SACK: fast
+    r = run(tr)
+    assert r["orig_frame"].tolist() == [-1]
+    assert r["kind_pcap"].tolist() == ["fast"]
+    assert r["trigger_frame"].tolist() == [tr.frame_of(sack)]
+
+
+def test_sequence_wraparound_does_not_disturb_classification():
+    tr = Trace()
+    c = tr.conn(isn_c=0xFFFFFFFF - 700)
+    t = c.handshake(0, RTT)
+    t, seq = warm(c, t + 5)
+    c.send(t, seq, 600)   # wraps here
+    c.send(t + 0.1, seq + 600, 600)
+    c.send(t + 22.1, seq + 600, 600)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp"]
+    assert r["seq_abs"].tolist() == [seq + 600]
+
+
+def test_ipv6_fast_retransmit():
+    tr, c, t, seq = start(client="2001:db8::1", server="2001:db8::2")
+    c.burst(t, seq, 5, size=MSS)
+    c.ack(t + RTT, seq, sack=((seq + MSS, seq + 4 * MSS),))
+    c.send(t + RTT + 0.02, seq, MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["fast"]
+
+
+def test_reused_tuple_keeps_state_apart():
+    # The second connection on the same 4-tuple starts Open, whatever the first ended in.
+    tr, c, t, seq = start(isn_c=500, isn_s=900)
+    c.send(t, seq, 100)
+    c.send(t + 210, seq, 100)  # a probe (the flight's first timeout) ...
+    c.send(t + 420, seq, 100)  # ... then an RTO: the first connection ends in Loss
+    c.rst(t + 500, seq + 100)
+    c2 = tr.conn(isn_c=777_777, isn_s=12345)
+    t2 = c2.handshake(t + 1000, RTT)
+    t2, seq2 = warm(c2, t2 + 5)
+    c2.send(t2, seq2, 100)
+    c2.send(t2 + 0.1, seq2 + 100, 100)
+    c2.send(t2 + 22.1, seq2 + 100, 100)
+    r = run(tr)
+    assert r["flow_id"].nunique() == 2
+    assert r["kind_pcap"].tolist()[-1] == "tlp"
+
+
+# --- the estimator -------------------------------------------------------------------------
+
+def test_rtt_estimator_follows_rfc6298_with_linux_floor():
+    import numpy as np
+
+    g = np.zeros(3, dtype=np.int64)
+    srtt, rto = rtt_estimator(g, np.array([100_000, 100_000, 180_000]))
+    assert srtt[0] == 100_000 and rto[0] == pytest.approx(100_000 + 200_000)
+    assert srtt[2] == pytest.approx(100_000 + 80_000 / 8)
+    # Two groups do not mix.
+    srtt2, _ = rtt_estimator(np.array([0, 1]), np.array([5_000, 50_000]))
+    assert srtt2.tolist() == [5_000, 50_000]

@@ -1,0 +1,330 @@
+"""The lab: namespaces come and go cleanly, the delay line gives the RTT it is asked for,
+and every scenario moves the kernel's own per-namespace counters the way it says.
+
+The counters (/proc/net/snmp, /proc/net/netstat read inside the namespace) are per network
+namespace, so they are exact ground truth for the lab's flows: nothing else runs there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from retranscope.lab import netns as lab_netns
+from retranscope.lab.netns import Lab, LabError, cleanup_stale, parse_counters
+from retranscope.lab.scenarios import (
+    BASE_SCENARIOS,
+    REASON_COUNTERS,
+    REASONS,
+    SCENARIOS,
+    Scenario,
+    run_scenario,
+    variants,
+)
+from retranscope.lab.traffic import build_parser
+
+PYTHON = sys.executable
+
+
+def _netns_names() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); it is gone for our purpose once it is not running.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+_netns_problem: str | None = None
+
+
+@pytest.fixture(scope="module")
+def netns_ok() -> None:
+    """Skip unless root with working `ip netns`, nft and ethtool."""
+    global _netns_problem
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces, nftables and ethtool")
+    if _netns_problem is None:
+        try:
+            with Lab(ipv6=False):
+                pass
+            _netns_problem = ""
+        except (LabError, OSError) as err:
+            _netns_problem = f"cannot build a lab here ({err})"
+    if _netns_problem:
+        pytest.skip(_netns_problem)
+    cleanup_stale()  # leftovers of earlier crashed runs would not hurt, but keep hosts tidy
+
+
+# --- pure parts: no root needed -----------------------------------------------------------
+
+
+def test_parse_counters_reads_snmp_netstat_and_snmp6() -> None:
+    text = textwrap.dedent("""\
+        Tcp: RtoAlgorithm RetransSegs InErrs
+        Tcp: 1 17 0
+        TcpExt: SyncookiesSent TCPLossProbes TCPFastRetrans
+        TcpExt: 0 3 5
+        Ip6InReceives                   	42
+        """)
+    counters = parse_counters(text)
+    assert counters["TcpRetransSegs"] == 17
+    assert counters["TcpExtTCPLossProbes"] == 3
+    assert counters["TcpExtTCPFastRetrans"] == 5
+    assert counters["Ip6InReceives"] == 42
+
+
+def test_catalogue_is_consistent() -> None:
+    wanted = {"fast_nth", "tail_drop_tlp", "blackhole_rto", "syn_drop", "synack_drop",
+              "slow_server_tlp", "random_loss", "random_loss_rtt"}
+    assert wanted <= {s.name for s in BASE_SCENARIOS}
+    covered = set()
+    for sc in SCENARIOS.values():
+        assert sc.expected, sc.name
+        assert sc.expected <= set(REASONS)
+        covered |= sc.expected
+        # expected counters must not also be forbidden
+        assert not {REASON_COUNTERS[r] for r in sc.expected} & sc.forbidden_counters()
+    assert covered == set(REASONS), "every reason has a scenario that must produce it"
+    for base in BASE_SCENARIOS:
+        names = {v.name for v in variants(base)}
+        assert names == {f"{base.name}_v6", f"{base.name}_notso", f"{base.name}_v6_notso"}
+        assert names <= set(SCENARIOS)
+    assert SCENARIOS["synack_drop"].retransmitter == "server"
+    assert SCENARIOS["random_loss_rtt"].rtt_ms == 20.0
+
+
+def test_scenario_rejects_unknown_reason() -> None:
+    with pytest.raises(ValueError, match="unknown reasons"):
+        Scenario(name="x", description="", traffic=BASE_SCENARIOS[0].traffic,
+                 expected=frozenset({"rto_by_magic"}))
+
+
+def test_traffic_think_ms_accepts_a_range() -> None:
+    args = build_parser().parse_args(["server", "--port", "1", "--think-ms", "15-30"])
+    assert args.think_ms == (15.0, 30.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["server", "--port", "1", "--think-ms", "30-15"])
+
+
+def test_lab_validates_arguments() -> None:
+    with pytest.raises(ValueError):
+        Lab(prefix="bad name")
+    with pytest.raises(ValueError):
+        Lab(rtt_ms=-1)
+    lab = Lab(prefix="averyveryverylongprefix")
+    assert len(lab.sender_if) <= 15 and len(lab.middle_ifs[0]) <= 15
+    assert lab.middle_ifs[0] != lab.middle_ifs[1]
+
+
+# --- the lab itself -------------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_lab_up_and_down_leaves_nothing(netns_ok: None) -> None:
+    with Lab() as lab:
+        assert set(lab.namespaces) <= _netns_names()
+        assert lab.middle_ns is None
+        server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
+                              ["server", "--port", "5001", "--max-conns", "1"])
+        assert server.stdout.readline().startswith("LISTENING")
+        res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "connect",
+                                      "--host", lab.receiver_addr(4), "--port", "5001"])
+        assert json.loads(res.stdout)["ok"] is True
+        sleeper = lab.popen(lab.sender_ns, ["sleep", "600"])
+        pids = [server.pid, sleeper.pid]
+        names = lab.namespaces
+    assert not set(names) & _netns_names()
+    assert all(_pid_gone(pid) for pid in pids)
+
+
+@pytest.mark.root
+def test_lab_cleans_up_when_the_body_raises(netns_ok: None) -> None:
+    names: list[str] = []
+    pids: list[int] = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with Lab(rtt_ms=10) as lab:
+            names = lab.namespaces
+            assert lab.delay_proc is not None
+            pids = [lab.popen(lab.receiver_ns, ["sleep", "600"]).pid, lab.delay_proc.pid]
+            raise RuntimeError("boom")
+    assert len(names) == 3
+    assert not set(names) & _netns_names()
+    assert all(_pid_gone(pid) for pid in pids)
+
+
+@pytest.mark.root
+def test_lab_refuses_foreign_namespaces_and_shell_strings(netns_ok: None) -> None:
+    with Lab(ipv6=False) as lab:
+        with pytest.raises(LabError):
+            lab.popen("some-other-ns", ["true"])
+        with pytest.raises(LabError):
+            lab.add_rule("tcp dport 1 drop", ns="some-other-ns")
+        with pytest.raises(TypeError):
+            lab.popen(lab.sender_ns, "sleep 1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            lab.sysctl(lab.sender_ns, "kernel.panic", 1)
+        with pytest.raises(LabError):
+            lab.receiver_addr(6)
+
+
+@pytest.mark.root
+def test_rules_add_remove_clear(netns_ok: None) -> None:
+    with Lab(ipv6=False) as lab:
+        def listed(ns: str) -> str:
+            return lab.run(ns, ["nft", "list", "chain", "inet", "retranscope", "input"]).stdout
+
+        rule = lab.add_rule("tcp dport 5001 ct original packets 6 drop")
+        assert rule.ns == lab.receiver_ns and rule.handle > 0
+        assert "ct original packets 6 drop" in listed(lab.receiver_ns)
+        lab.remove_rule(rule)
+        assert "drop" not in listed(lab.receiver_ns)
+        lab.add_rule("tcp dport 5001 drop")
+        lab.add_rule("tcp sport 5001 drop", ns=lab.sender_ns)
+        assert len(lab.rules) == 2
+        lab.clear_rules()
+        assert lab.rules == []
+        assert "drop" not in listed(lab.receiver_ns) + listed(lab.sender_ns)
+
+
+@pytest.mark.root
+def test_tso_setting_reaches_the_sender_interface(netns_ok: None) -> None:
+    for tso in (True, False):
+        with Lab(tso=tso, ipv6=False) as lab:
+            out = lab.run(lab.sender_ns, ["ethtool", "-k", lab.sender_if]).stdout
+            line = next(ln for ln in out.splitlines()
+                        if ln.startswith("tcp-segmentation-offload:"))
+            assert line.split(":")[1].split()[0] == ("on" if tso else "off")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("family", [4, 6])
+def test_delay_line_gives_the_configured_rtt(netns_ok: None, family: int) -> None:
+    """20 ms configured: the kernel times the TCP handshake (one RTT) at 20-21 ms.
+
+    tcpi_rtt is timed in softirq, so a busy machine does not inflate it the way it inflates
+    the client's own connect() time (checked more loosely)."""
+    with Lab(rtt_ms=20) as lab:
+        server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
+                              ["server", "--port", "5001", "--family", str(family)])
+        assert server.stdout.readline().startswith("LISTENING")
+        rtts_ms, connects_ms = [], []
+        for _ in range(5):
+            res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "connect",
+                                          "--host", lab.receiver_addr(family), "--port", "5001"])
+            out = json.loads(res.stdout)
+            rtts_ms.append(out["tcpi_rtt_us"] / 1000.0)
+            connects_ms.append(out["connect_s"] * 1000.0)
+        # A bulk transfer also crosses it intact, TSO super-frames included (vnet headers).
+        res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "bulk",
+                                      "--bytes", "1000000", "--host",
+                                      lab.receiver_addr(family), "--port", "5001"])
+        assert json.loads(res.stdout)["ok"] is True
+        stats = lab.delay_stats()
+    assert 19.8 <= statistics.median(rtts_ms) <= 22.0, rtts_ms
+    assert 19.8 <= min(connects_ms) <= 23.0, connects_ms
+    assert stats is not None and stats["forwarded"] > 0
+    assert stats["dropped_queue_full"] == 0 and stats["send_errors"] == 0
+
+
+_CHILD = textwrap.dedent("""\
+    import sys, time
+    from retranscope.lab.netns import Lab
+    lab = Lab(rtt_ms=float(sys.argv[1])).start()
+    print(lab.prefix, lab.delay_proc.pid if lab.delay_proc else 0, flush=True)
+    time.sleep(60)
+    """)
+
+
+@pytest.mark.root
+def test_sigterm_cleans_up(netns_ok: None) -> None:
+    child = subprocess.Popen([PYTHON, "-c", _CHILD, "10"], stdout=subprocess.PIPE, text=True)
+    try:
+        prefix, delay_pid = child.stdout.readline().split()  # type: ignore[union-attr]
+        names = {f"{prefix}-snd", f"{prefix}-rcv", f"{prefix}-mid"}
+        assert names <= _netns_names()
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=20) == -signal.SIGTERM  # the default action still happens
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert not names & _netns_names()
+    assert _pid_gone(int(delay_pid))
+
+
+@pytest.mark.root
+def test_cleanup_stale_removes_only_dead_runs(netns_ok: None) -> None:
+    child = subprocess.Popen([PYTHON, "-c", _CHILD, "10"], stdout=subprocess.PIPE, text=True)
+    try:
+        prefix, delay_pid = child.stdout.readline().split()  # type: ignore[union-attr]
+    finally:
+        child.kill()  # SIGKILL: no handler runs, the namespaces stay behind
+        child.wait()
+    names = {f"{prefix}-snd", f"{prefix}-rcv", f"{prefix}-mid"}
+    assert names <= _netns_names()
+    # PR_SET_PDEATHSIG: the delay line went with its parent.
+    deadline = time.monotonic() + 5
+    while not _pid_gone(int(delay_pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pid_gone(int(delay_pid))
+    with Lab(ipv6=False) as live:
+        removed = cleanup_stale()
+        # (A parallel run's own cleanup_stale may have been first: the owner is dead.)
+        assert not names & _netns_names()
+        assert set(live.namespaces) <= _netns_names(), "a live lab of this process was removed"
+    # Someone else's namespaces are never candidates.
+    assert all(lab_netns.re.fullmatch(lab_netns.DEFAULT_STALE_PATTERN, n.rpartition("-")[0])
+               for n in removed)
+
+
+# --- scenarios against the kernel's counters ------------------------------------------------
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_moves_kernel_counters(netns_ok: None, name: str) -> None:
+    sc = SCENARIOS[name]
+    with sc.lab() as lab:
+        result = run_scenario(lab, sc)
+        client_side = lab.tcp_counters(lab.sender_ns)
+        pids = [p.pid for p in lab._procs]
+    assert all(_pid_gone(pid) for pid in pids)
+    deltas = result.deltas()
+    assert result.ok, (result.client_returncode, result.client_output)
+    assert result.duration_s < 5.0, "scenarios must stay short"
+    assert sc.check(deltas) == [], deltas
+    if name.startswith("slow_server_tlp"):
+        # No loss: every probe was needless, and the receiver said so with a D-SACK.
+        assert not sc.rules
+        assert deltas["TcpExtTCPDSACKRecv"] > 0, deltas
+    if name.startswith("synack_drop"):
+        # The client's SYN retransmission is due at the same moment as the server's SYN-ACK
+        # one: whether it happens (and is dropped) depends on which timer runs first.
+        assert client_side["TcpExtTCPSynRetrans"] in (0, 1)
+
+
+def test_check_tolerates_only_dsacked_extras() -> None:
+    sc = SCENARIOS["fast_nth_notso"]
+    clean = {"TcpRetransSegs": 1, "TcpExtTCPFastRetrans": 1}
+    assert sc.check(clean) == []
+    noisy = {**clean, "TcpRetransSegs": 2, "TcpExtTCPLossProbes": 1, "TcpExtTCPDSACKRecv": 1}
+    assert sc.check(noisy) == []
+    wrong = {**clean, "TcpRetransSegs": 2, "TcpExtTCPLossProbes": 1}
+    assert len(sc.check(wrong)) == 2
+    assert sc.check({}) != []

@@ -1,0 +1,627 @@
+"""The capture reader against scapy's and tshark's reading of the same files.
+
+Fixtures live in tests/fixtures/reader/ and are written by
+tests/fixtures/make_reader_fixtures.py (scapy-built packets). Every decodable fixture is
+compared row by row, field by field, with scapy's dissection of the same file, and with
+tshark's where tshark is installed; then each scenario checks what it exists for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from retranscope.analyze.pcap import Capture, read_capture
+from retranscope.schemas.packets import PACKET_COLUMNS, addr_from_str
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
+from scapy.utils import RawPcapNgReader, RawPcapReader
+
+from retranscope.errors import (
+    BadInput,
+    CaptureError,
+    NotACapture,
+    TruncatedCapture,
+    UnknownLinkType,
+)
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = HERE / "fixtures" / "reader"
+TSHARK = shutil.which("tshark")
+
+DECODABLE = [
+    "eth_v4_v6.pcap",
+    "eth_vlan_qinq.pcap",
+    "eth_v4_options_fragments.pcap",
+    "eth_v6_ext_headers.pcap",
+    "sll_v1.pcap",
+    "sll_v2.pcap",
+    "raw_101.pcap",
+    "raw_dlt12.pcap",
+    "raw_dlt14.pcap",
+    "ipv4_228.pcap",
+    "ipv6_229.pcap",
+    "null_le.pcap",
+    "null_be_host.pcap",
+    "loop_108.pcap",
+    "headers_only_s80.pcap",
+    "headers_only_s64.pcap",
+    "headers_only_s40.pcap",
+    "ns_resolution.pcap",
+    "big_endian_us.pcap",
+    "big_endian_ns.pcap",
+    "malformed_tcp_options.pcap",
+    "pcapng_two_ifaces.pcapng",
+    "pcapng_big_endian_s96.pcapng",
+    "pcapng_two_sections.pcapng",
+    "pcapng_scapy.pcapng",
+    # damaged, but read up to the damage
+    "truncated_mid_record.pcap",
+    "truncated_mid_record_header.pcap",
+    "corrupt_caplen.pcap",
+    "truncated_mid_block.pcapng",
+]
+
+
+def read(name: str) -> Capture:
+    return read_capture(FIXTURES / name)
+
+
+def rows(cap: Capture) -> list[dict]:
+    n = len(cap.packets["frame"])
+    return [{k: v[i].item() for k, v in cap.packets.items()} for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------
+# What scapy says
+# ----------------------------------------------------------------------------------------
+
+AF_INET6_ANY = (10, 24, 28, 30)
+
+
+def _dissect(linktype: int, data: bytes):
+    """scapy's packet for one frame, and the Linux pkttype where the link layer has one."""
+    if linktype == 1:
+        return Ether(data), -1
+    if linktype == 113:
+        p = CookedLinux(data)
+        return p, p.pkttype
+    if linktype == 276:
+        p = CookedLinuxV2(data)
+        return p, p.pkttype
+    if linktype in (0, 108):
+        order = "big" if linktype == 108 else "little"
+        af = int.from_bytes(data[:4], order)
+        if af > 0xFFFF:
+            af = int.from_bytes(data[:4], "big")
+        if af == 2:
+            return IP(data[4:]), -1
+        return (IPv6(data[4:]), -1) if af in AF_INET6_ANY else (None, -1)
+    if linktype in (12, 14, 101):
+        return (IP(data) if data[0] >> 4 == 4 else IPv6(data)), -1
+    if linktype == 228:
+        return IP(data), -1
+    if linktype == 229:
+        return IPv6(data), -1
+    raise AssertionError(f"fixture with link type {linktype}")
+
+
+def _ext_bytes(pkt) -> int:
+    """Bytes of IPv6 extension headers before TCP, as scapy dissected them."""
+    total = 0
+    layer = pkt.getlayer(IPv6).payload
+    while not isinstance(layer, TCP):
+        if isinstance(layer, IPv6ExtHdrFragment):
+            total += 8
+        elif isinstance(layer, (IPv6ExtHdrHopByHop, IPv6ExtHdrDestOpt, IPv6ExtHdrRouting)):
+            total += (layer.len + 1) * 8
+        else:
+            raise AssertionError(f"unexpected layer {layer.name}")
+        layer = layer.payload
+    return total
+
+
+def scapy_rows(path: Path, *, options: bool = True) -> list[dict]:
+    """One expected row per frame in which scapy finds a whole TCP header; the option
+    columns too, where the options were captured whole and ``options`` is set."""
+    ng = path.suffix == ".pcapng"
+    reader = RawPcapNgReader(str(path)) if ng else RawPcapReader(str(path))
+    out = []
+    prev_ts = 0
+    linktypes_seen: list[int] = []
+    with reader:
+        for frame, (data, meta) in enumerate(reader, start=1):
+            if ng:
+                linktype = meta.linktype
+                if meta.tshigh is None:  # an SPB: the reader gives it the previous time
+                    ts_ns = prev_ts
+                else:
+                    ts_ns = ((meta.tshigh << 32) | meta.tslow) * 10**9 // meta.tsresol
+            else:
+                linktype = reader.linktype
+                ts_ns = meta.sec * 10**9 + meta.usec * (1 if reader.nano else 1000)
+            prev_ts = ts_ns
+            if linktype not in linktypes_seen:
+                linktypes_seen.append(linktype)
+            pkt, pkttype = _dissect(linktype, data)
+            tcp = pkt.getlayer(TCP) if pkt is not None else None
+            if tcp is None or len(tcp.original) < 20:
+                continue
+            if pkt.haslayer(IP):
+                ip = pkt[IP]
+                family, src, dst = 4, ip.src, ip.dst
+                seg_len = ip.len - ip.ihl * 4
+            else:
+                ip = pkt[IPv6]
+                family, src, dst = 6, ip.src, ip.dst
+                seg_len = ip.plen - _ext_bytes(pkt)
+            s_hi, s_lo, _ = addr_from_str(src)
+            d_hi, d_lo, _ = addr_from_str(dst)
+            opts_cut = len(tcp.original) < tcp.dataofs * 4
+            row = {
+                "frame": frame, "ts_ns": ts_ns, "pkttype": pkttype, "family": family,
+                "saddr_hi": s_hi, "saddr_lo": s_lo, "daddr_hi": d_hi, "daddr_lo": d_lo,
+                "sport": tcp.sport, "dport": tcp.dport, "seq": tcp.seq, "ack": tcp.ack,
+                "flags": int(tcp.flags), "win": tcp.window,
+                "payload_len": seg_len - tcp.dataofs * 4, "opts_cut": opts_cut,
+                # the two fixtures with several interfaces have one link type each
+                "iface": linktypes_seen.index(linktype) if ng else 0,
+            }
+            if options and not opts_cut:
+                opts = dict((k, v) for k, v in tcp.options if k not in ("NOP", "EOL"))
+                sack = list(opts.get("SAck", ()))
+                row.update({
+                    "opt_mss": opts.get("MSS", 0),
+                    "opt_wscale": opts.get("WScale", -1),
+                    "opt_sackok": "SAckOK" in opts,
+                    "opt_ts": "Timestamp" in opts,
+                    "tsval": opts.get("Timestamp", (0, 0))[0],
+                    "tsecr": opts.get("Timestamp", (0, 0))[1],
+                    "sack_n": len(sack) // 2,
+                })
+                sack += [0] * (8 - len(sack))
+                for b in range(4):
+                    row[f"sack_l{b}"], row[f"sack_r{b}"] = sack[2 * b], sack[2 * b + 1]
+            out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("name", DECODABLE)
+def test_table_has_exactly_the_declared_columns(name):
+    cap = read(name)
+    assert list(cap.packets) == [c[0] for c in PACKET_COLUMNS]
+    lengths = {len(v) for v in cap.packets.values()}
+    assert lengths == {cap.meta.tcp_packets}
+    for col, dtype, _ in PACKET_COLUMNS:
+        assert cap.packets[col].dtype == np.dtype(dtype), col
+        assert cap.packets[col].flags.c_contiguous, col
+
+
+@pytest.mark.parametrize("name", DECODABLE)
+def test_matches_scapy_field_by_field(name, tmp_path):
+    cap = read(name)
+    got = rows(cap)
+    if cap.meta.truncated:
+        # scapy reads damaged files differently (some raise, some return garbage): the
+        # rows before the damage are what both must agree on
+        want = scapy_rows_upto(FIXTURES / name, len(got), tmp_path)
+    elif name == "pcapng_two_sections.pcapng":
+        want = scapy_rows_by_section(FIXTURES / name, tmp_path)
+    else:
+        # scapy's rules for broken options are not Linux's: a test below has those
+        want = scapy_rows(FIXTURES / name, options=name != "malformed_tcp_options.pcap")
+    assert [r["frame"] for r in got] == [r["frame"] for r in want]
+    for g, w in zip(got, want):
+        for key, value in w.items():
+            assert g[key] == value, f"frame {g['frame']} {key}: {g[key]} != {value}"
+
+
+def scapy_rows_by_section(path: Path, tmp_path: Path) -> list[dict]:
+    """scapy keeps the first section's interfaces for the whole file: give it one section
+    at a time, then number frames and interfaces on through the file."""
+    data = path.read_bytes()
+    second = data.index(struct.pack(">I", 0x0A0D0D0A), 4)  # the next SHB
+    out: list[dict] = []
+    frames_before = 0
+    for i, part in enumerate((data[:second], data[second:])):
+        one = tmp_path / f"section{i}.pcapng"
+        one.write_bytes(part)
+        for r in scapy_rows(one):
+            r["frame"] += frames_before
+            r["iface"] += i
+            out.append(r)
+        with RawPcapNgReader(str(one)) as reader:
+            frames_before += sum(1 for _ in reader)
+    return out
+
+
+def scapy_rows_upto(path: Path, n_rows: int, tmp_path: Path) -> list[dict]:
+    """scapy's rows for a damaged file: read from a copy cut where the reader stopped."""
+    meta = read_capture(path).meta
+    cut = tmp_path / path.name
+    cut.write_bytes(path.read_bytes()[: meta.truncated_at_offset])
+    return scapy_rows(cut)[:n_rows]
+
+
+@pytest.mark.parametrize("name", DECODABLE)
+def test_every_record_is_accounted_for(name):
+    m = read(name).meta
+    assert m.tcp_packets + m.skipped_non_tcp + sum(m.skipped_other.values()) == m.records
+    json.dumps(m.to_dict())  # the report stores it as JSON
+
+
+# ----------------------------------------------------------------------------------------
+# What tshark says
+# ----------------------------------------------------------------------------------------
+
+TSHARK_FIELDS = ["frame.number", "tcp.srcport", "tcp.dstport", "tcp.seq_raw", "tcp.ack_raw",
+                 "tcp.len", "tcp.flags", "tcp.window_size_value", "tcp.options.mss_val",
+                 "tcp.options.wscale.shift", "tcp.options.timestamp.tsval",
+                 "tcp.options.timestamp.tsecr", "tcp.options.sack_le", "tcp.options.sack_re"]
+
+
+def tshark_rows(path: Path) -> list[dict]:
+    cmd = [TSHARK, "-r", str(path), "-n", "-Y", "tcp", "-T", "fields", "-E", "separator=|",
+           "-o", "tcp.relative_sequence_numbers:FALSE", "-o", "ip.defragment:FALSE",
+           "-o", "ipv6.defragment:FALSE"]
+    for f in TSHARK_FIELDS:
+        cmd += ["-e", f]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = []
+    for line in proc.stdout.splitlines():
+        out.append(dict(zip(TSHARK_FIELDS, line.split("|"))))
+    return out
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+@pytest.mark.parametrize("name", [n for n in DECODABLE if "truncated" not in n
+                                  and "corrupt" not in n])
+def test_matches_tshark(name):
+    cap = read(name)
+    ours = {r["frame"]: r for r in rows(cap)}
+    theirs = tshark_rows(FIXTURES / name)
+    # tshark also shows TCP in frames whose TCP header is cut; the reader skips those
+    complete = [t for t in theirs if int(t["frame.number"]) in ours]
+    assert len(complete) == len(ours)
+    for t in complete:
+        r = ours[int(t["frame.number"])]
+        assert (r["sport"], r["dport"]) == (int(t["tcp.srcport"]), int(t["tcp.dstport"]))
+        assert (r["seq"], r["ack"]) == (int(t["tcp.seq_raw"]), int(t["tcp.ack_raw"]))
+        assert r["flags"] == int(t["tcp.flags"], 16)
+        assert r["win"] == int(t["tcp.window_size_value"])
+        if t["tcp.len"]:  # empty for first fragments, whose length tshark leaves open
+            assert r["payload_len"] == int(t["tcp.len"])
+        if r["opts_cut"] or name == "malformed_tcp_options.pcap":
+            continue  # tshark reads into a cut option; the reader does not
+        assert r["opt_mss"] == int(t["tcp.options.mss_val"] or 0)
+        assert r["opt_wscale"] == int(t["tcp.options.wscale.shift"] or -1)
+        assert r["tsval"] == int(t["tcp.options.timestamp.tsval"] or 0)
+        assert r["tsecr"] == int(t["tcp.options.timestamp.tsecr"] or 0)
+        le = [int(x) for x in t["tcp.options.sack_le"].split(",") if x]
+        re_ = [int(x) for x in t["tcp.options.sack_re"].split(",") if x]
+        assert r["sack_n"] == len(le)
+        assert [r[f"sack_l{b}"] for b in range(len(le))] == le
+        assert [r[f"sack_r{b}"] for b in range(len(re_))] == re_
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+def test_bulk_synthetic_capture_matches_tshark(tmp_path):
+    """The benchmark's generator at a few thousand packets: every vectorised path at once
+    (VLAN and untagged, v4 and v6, SACK with 1-3 blocks, headers-only snaplen)."""
+    spec = importlib.util.spec_from_file_location("bench_reader",
+                                                  HERE.parent / "bench" / "bench_reader.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_reader"] = bench
+    spec.loader.exec_module(bench)
+    path = tmp_path / "synthetic.pcap"
+    bench.make_synthetic_pcap(str(path), 4000, snaplen=128, seed=7)
+    cap = read_capture(path)
+    assert cap.meta.tcp_packets == 4000
+    theirs = tshark_rows(path)
+    p = cap.packets
+    assert [int(t["frame.number"]) for t in theirs] == p["frame"].tolist()
+    assert [int(t["tcp.seq_raw"]) for t in theirs] == p["seq"].tolist()
+    assert [int(t["tcp.ack_raw"]) for t in theirs] == p["ack"].tolist()
+    assert [int(t["tcp.len"]) for t in theirs] == p["payload_len"].tolist()
+    assert [int(t["tcp.options.timestamp.tsval"]) for t in theirs] == p["tsval"].tolist()
+    sack_n = [len([x for x in t["tcp.options.sack_le"].split(",") if x]) for t in theirs]
+    assert sack_n == p["sack_n"].tolist()
+    assert sum(sack_n) > 0
+    first_edges = [int(t["tcp.options.sack_le"].split(",")[0] or 0) for t in theirs]
+    assert first_edges == p["sack_l0"].tolist()
+
+
+# ----------------------------------------------------------------------------------------
+# Scenarios
+# ----------------------------------------------------------------------------------------
+
+def by_frame(cap: Capture) -> dict[int, dict]:
+    return {r["frame"]: r for r in rows(cap)}
+
+
+def test_ethernet_conversation_and_non_tcp():
+    cap = read("eth_v4_v6.pcap")
+    m = cap.meta
+    assert (m.format, m.linktypes, m.ts_resolution_ns) == ("pcap", [1], 1000)
+    assert m.skipped_non_tcp == 3 and m.skipped_other == {}  # ARP, UDP, ICMP
+    p = cap.packets
+    assert set(p["family"].tolist()) == {4, 6}
+    assert (p["flags"] & 0x100).any()  # the AE bit is kept
+    syn = rows(cap)[0]
+    assert (syn["opt_mss"], syn["opt_wscale"], syn["opt_sackok"], syn["opt_ts"]) == (
+        1460, 7, True, True)
+    assert (p["sack_n"] == 4).sum() == 2  # one per family
+    assert m.first_ts_ns == 1_700_000_000 * 10**9
+    assert not m.truncated and m.warnings == []
+
+
+def test_vlan_and_qinq():
+    cap = read("eth_vlan_qinq.pcap")
+    assert cap.meta.tcp_packets == 9 and cap.meta.skipped_non_tcp == 1  # the tagged ARP
+    assert cap.packets["family"].tolist() == [4, 4, 4, 6, 6, 6, 4, 4, 4]
+
+
+def test_ipv4_options_and_fragments():
+    cap = read("eth_v4_options_fragments.pcap")
+    m = cap.meta
+    # 4 with options, the first fragment of a TCP segment; 2 later TCP fragments; a UDP
+    # datagram in 2 fragments is not TCP
+    assert m.tcp_packets == 5
+    assert m.skipped_other == {"ip_fragment": 2}
+    assert m.skipped_non_tcp == 2
+    assert any("first IPv4 fragments" in w for w in m.warnings)
+    first_frag = rows(cap)[-1]
+    assert first_frag["payload_len"] == 1400 - 20  # that fragment's share only
+
+
+def test_ipv6_extension_headers():
+    cap = read("eth_v6_ext_headers.pcap")
+    m = cap.meta
+    assert m.tcp_packets == 6
+    assert m.skipped_other == {"ip_fragment": 1} and m.skipped_non_tcp == 1
+    assert any("first IPv6 fragments" in w for w in m.warnings)
+
+
+@pytest.mark.parametrize("name", ["sll_v1.pcap", "sll_v2.pcap"])
+def test_linux_cooked_pkttype(name):
+    cap = read(name)
+    p = cap.packets
+    outgoing = p["sport"] == 40000  # the client side wrote these: PACKET_OUTGOING
+    assert (p["pkttype"][outgoing] == 4).all() and (p["pkttype"][~outgoing] == 0).all()
+    assert outgoing.any() and (~outgoing).any()
+    assert cap.meta.skipped_non_tcp == 1
+
+
+@pytest.mark.parametrize("name,linktype", [("raw_101.pcap", 101), ("raw_dlt12.pcap", 12),
+                                           ("raw_dlt14.pcap", 14), ("ipv4_228.pcap", 228),
+                                           ("ipv6_229.pcap", 229), ("null_le.pcap", 0),
+                                           ("null_be_host.pcap", 0), ("loop_108.pcap", 108)])
+def test_link_types_without_ethernet(name, linktype):
+    cap = read(name)
+    assert cap.meta.linktypes == [linktype]
+    assert cap.meta.tcp_packets > 0
+    assert (cap.packets["pkttype"] == -1).all()
+
+
+def test_bsd_loopback_address_families():
+    # AF_INET6 as Linux, the BSDs, FreeBSD and Darwin write it; an unknown AF is not TCP
+    cap = read("null_le.pcap")
+    assert cap.packets["family"].tolist() == [4, 4, 4, 4, 6, 6, 6]
+    assert cap.meta.skipped_non_tcp == 1
+
+
+def test_headers_only_snaplen():
+    cut = read("headers_only_s80.pcap")
+    assert cut.meta.snaplen == 80
+    full = read("eth_v4_v6.pcap")
+    # same segments, in another order: payload lengths come from IP, not the capture
+    assert sorted(cut.packets["payload_len"].tolist()) == sorted(
+        full.packets["payload_len"].tolist())
+    assert cut.packets["payload_len"].max() == 1000
+
+
+def test_options_cut_by_snaplen():
+    cap = read("headers_only_s64.pcap")  # 10 option bytes survive
+    r = rows(cap)
+    assert all(x["opts_cut"] for x in r[:4])  # SYN 20, SYN-ACK 12, NOP NOP TS 12 bytes
+    assert r[0]["opt_mss"] == 1460 and r[0]["opt_sackok"]  # wholly captured: kept
+    assert not r[0]["opt_ts"] and r[0]["opt_wscale"] == -1  # cut: not guessed
+    assert not any(x["opt_ts"] for x in r)
+    assert cap.meta.skipped_other == {}
+
+
+def test_tcp_header_cut_is_counted():
+    m = read("headers_only_s40.pcap").meta
+    assert m.records == 3 and m.tcp_packets == 0 and m.skipped_other == {"tcp_header_cut": 3}
+
+
+def test_resolutions_and_byte_orders():
+    ns = read("ns_resolution.pcap")
+    us = read("big_endian_us.pcap")
+    assert ns.meta.ts_resolution_ns == 1 and us.meta.ts_resolution_ns == 1000
+    # the generator spaces frames by 1_000_003 ns and 1_001 µs within each second
+    assert ns.packets["ts_ns"][1] - ns.packets["ts_ns"][0] == 1_000_003
+    assert us.packets["ts_ns"][1] - us.packets["ts_ns"][0] == 1_001_000
+    assert us.packets["seq"].tolist() == read("eth_v4_v6.pcap").packets["seq"][:5].tolist()
+
+
+def test_malformed_tcp_options_stop_parsing():
+    cap = read("malformed_tcp_options.pcap")
+    r = rows(cap)
+    assert any("6 TCP segments" in w or "3 TCP segments have malformed" in w
+               for w in cap.meta.warnings)
+    assert (r[0]["opt_mss"], r[0]["opt_ts"]) == (1460, False)  # TS with length 0
+    assert (r[1]["opt_ts"], r[1]["tsval"], r[1]["sack_n"]) == (True, 1, 0)  # SACK too long
+    assert (r[2]["opt_mss"], r[2]["opt_wscale"]) == (0, 7)  # MSS of length 5 ignored
+    assert (r[3]["opt_ts"], r[3]["tsval"], r[3]["tsecr"]) == (True, 3, 4)  # kind 30 skipped
+    assert r[4]["opt_sackok"] is False  # a kind byte with no room for its length
+    assert (r[5]["opt_ts"], r[5]["opt_mss"]) == (False, 0)  # EOL first
+    assert not any(x["opts_cut"] for x in r)
+
+
+def test_pcapng_two_interfaces_and_statistics():
+    cap = read("pcapng_two_ifaces.pcapng")
+    m = cap.meta
+    assert (m.format, m.linktypes) == ("pcapng", [1, 276])
+    # the last ISB of each interface: (3 + 2) + (0 + 4)
+    assert m.if_drops == 9
+    assert any("dropped 9 packets" in w for w in m.warnings)
+    p = cap.packets
+    assert p["iface"].tolist()[:10] == [0, 1] * 5
+    cooked = p["iface"] == 1
+    assert (p["pkttype"][cooked] >= 0).all() and (p["pkttype"][~cooked] == -1).all()
+    # interface 1 has if_tsresol 9: nanoseconds survive
+    assert (p["ts_ns"][p["iface"] == 1] % 1000 == 1).all()
+    # the SPB (last frame) has no timestamp: it carries the previous one, and says so
+    assert p["ts_ns"][-1] == p["ts_ns"][-2]
+    assert any("Simple Packet Blocks" in w for w in m.warnings)
+    assert m.records == 11
+
+
+def test_pcapng_sections_of_both_byte_orders():
+    cap = read("pcapng_two_sections.pcapng")
+    assert cap.meta.linktypes == [1, 101]
+    assert cap.packets["iface"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert cap.packets["family"].tolist() == [4, 4, 4, 6, 6, 6]
+    assert cap.meta.if_drops is None
+
+
+def test_pcapng_big_endian_headers_only():
+    cap = read("pcapng_big_endian_s96.pcapng")
+    assert cap.meta.snaplen == 96
+    assert cap.packets["payload_len"].tolist() == [0, 0, 0, 1000, 1000, 0]
+
+
+# ----------------------------------------------------------------------------------------
+# Damaged and wrong input
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,got", [("truncated_mid_record.pcap", "got 46 bytes, 82 needed"),
+                                      ("truncated_mid_record_header.pcap",
+                                       "got 10 bytes, 16 needed")])
+def test_truncated_pcap_keeps_what_came_before(name, got):
+    cap = read(name)
+    m = cap.meta
+    assert m.truncated and m.truncated_at_offset == 114
+    assert m.records == 1 and cap.packets["frame"].tolist() == [1]
+    assert len(m.warnings) == 1 and "offset 114" in m.warnings[0] and got in m.warnings[0]
+
+
+def test_corrupt_record_length_stops_there():
+    m = read("corrupt_caplen.pcap").meta
+    assert m.truncated and m.truncated_at_offset == 114 and m.records == 1
+    assert "corrupt" in m.warnings[0] and "offset 114" in m.warnings[0]
+
+
+def test_truncated_pcapng():
+    cap = read("truncated_mid_block.pcapng")
+    m = cap.meta
+    assert m.truncated and m.records == 4
+    assert "ends inside the packet block" in m.warnings[0]
+    assert m.if_drops == 1  # only the ISB before the damage counts
+
+
+def test_missing_file():
+    with pytest.raises(BadInput, match="no such file: .*nowhere.pcap"):
+        read_capture(FIXTURES / "nowhere.pcap")
+
+
+def test_directory_is_not_a_capture():
+    with pytest.raises(BadInput, match="not a regular file"):
+        read_capture(FIXTURES)
+
+
+def test_empty_file():
+    with pytest.raises(NotACapture, match="empty"):
+        read("empty.pcap")
+
+
+def test_wrong_magic():
+    with pytest.raises(NotACapture, match=r"magic 0x47455420.*tcpdump -w"):
+        read("not_a_capture.txt")
+
+
+def test_cut_inside_file_header():
+    with pytest.raises(TruncatedCapture, match="got 10 bytes, 24 needed"):
+        read("cut_in_file_header.pcap")
+
+
+def test_unknown_link_type():
+    with pytest.raises(UnknownLinkType, match="link type 147"):
+        read("unknown_linktype_147.pcap")
+
+
+def test_errors_are_typed_for_the_cli():
+    for exc in (NotACapture, TruncatedCapture, UnknownLinkType):
+        assert issubclass(exc, CaptureError) and exc.exit_code == 2
+
+
+def test_gzip_gets_a_hint(tmp_path):
+    path = tmp_path / "cap.pcap.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00" + b"\0" * 20)
+    with pytest.raises(NotACapture, match="gunzip"):
+        read_capture(path)
+
+
+def test_pcapng_cut_inside_section_header(tmp_path):
+    path = tmp_path / "cut.pcapng"
+    path.write_bytes((FIXTURES / "pcapng_scapy.pcapng").read_bytes()[:20])
+    with pytest.raises(TruncatedCapture, match="section header"):
+        read_capture(path)
+
+
+def test_header_only_pcap_has_no_rows(tmp_path):
+    path = tmp_path / "none.pcap"
+    path.write_bytes((FIXTURES / "eth_v4_v6.pcap").read_bytes()[:24])
+    cap = read_capture(path)
+    assert cap.meta.records == 0 and not cap.meta.truncated
+    assert cap.meta.first_ts_ns is None
+    assert list(cap.packets) == [c[0] for c in PACKET_COLUMNS]
+
+
+def test_garbage_after_valid_records_is_reported(tmp_path):
+    good = (FIXTURES / "eth_v4_v6.pcap").read_bytes()
+    path = tmp_path / "garbage.pcap"
+    path.write_bytes(good + struct.pack("<IIII", 1, 5_000_000, 10, 10) + b"z" * 10)
+    m = read_capture(path).meta
+    assert m.records == 25 and m.truncated and m.truncated_at_offset == len(good)
+
+
+# ----------------------------------------------------------------------------------------
+# Progress, fixtures
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["eth_v4_v6.pcap", "pcapng_two_ifaces.pcapng"])
+def test_progress_reports_bytes(name):
+    calls = []
+    read_capture(FIXTURES / name, progress=lambda done, total: calls.append((done, total)))
+    size = (FIXTURES / name).stat().st_size
+    assert 1 <= len(calls) <= 40
+    assert all(total == size for _, total in calls)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == size
+
+
+def test_fixtures_are_reproducible(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "make_reader_fixtures", HERE / "fixtures" / "make_reader_fixtures.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    made = gen.write_all(tmp_path)
+    assert {p.name for p in made} <= {p.name for p in FIXTURES.iterdir()}
+    for p in made:
+        assert p.read_bytes() == (FIXTURES / p.name).read_bytes(), p.name
