@@ -23,6 +23,8 @@ NULLABLE_INT = {"seq": pa.uint32(), "end_seq": pa.uint32(), "since_original_ns":
                 "kernel_srtt_us": pa.uint32(), "kernel_backoff": pa.int32()}
 FLOAT_COLS = {"srtt_us": pa.float64()}
 BOOL_COLS = {"spurious", "kind_agrees"}
+STRING_COLS = {"source", "saddr", "daddr", "kind", "kind_pcap", "spurious_by", "match",
+               "kernel_ca_state"}
 
 
 def _to_arrow(df: pd.DataFrame) -> pa.Table:
@@ -43,7 +45,7 @@ def _to_arrow(df: pd.DataFrame) -> pa.Table:
             vals = s.to_numpy(object)
             mask = pd.isna(s).to_numpy()
             arr = pa.array([bool(v) if not m else None for v, m in zip(vals, mask)], pa.bool_())
-        elif s.dtype == object or str(s.dtype).startswith("string"):
+        elif col in STRING_COLS or pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s):
             arr = pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
                             for v in s.to_numpy(object)], pa.string())
         else:

@@ -1,0 +1,202 @@
+"""`retranscope analyze` and `report` driven through the CLI: exit codes, one-line errors,
+outputs that pandas and pyarrow read as they are, and one test per corpus recording."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from retranscope.cli import app
+
+CORPUS = Path(__file__).parent / "fixtures" / "corpus"
+RECORDINGS = sorted(p.name for p in CORPUS.iterdir() if (p / "run.json").exists())
+runner = CliRunner()
+
+
+def cli(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def one_error_line(result) -> str:
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    assert lines[0].startswith("retranscope: error: ")
+    return lines[0]
+
+
+def test_missing_capture_is_one_line_exit_2(tmp_path):
+    r = cli("analyze", "--pcap", str(tmp_path / "nope.pcap"), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    assert "nope.pcap" in one_error_line(r)
+
+
+def test_not_a_capture(tmp_path):
+    bad = tmp_path / "x.pcap"
+    bad.write_bytes(b"this is not a capture at all, just text\n" * 3)
+    r = cli("analyze", "--pcap", str(bad), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    assert "pcap" in one_error_line(r)
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_empty_capture(tmp_path):
+    bad = tmp_path / "empty.pcap"
+    bad.write_bytes(b"")
+    r = cli("analyze", "--pcap", str(bad), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    one_error_line(r)
+
+
+def test_unknown_link_type(tmp_path):
+    import struct
+
+    bad = tmp_path / "lt.pcap"
+    bad.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 147)
+                    + struct.pack("<IIII", 0, 0, 4, 4) + b"abcd")
+    r = cli("analyze", "--pcap", str(bad), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    assert "147" in one_error_line(r)
+
+
+def test_truncated_capture_warns_and_keeps_packets_before(tmp_path):
+    src = CORPUS / "random_loss_notso" / "capture.pcap"
+    data = src.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) // 2 + 7])  # ends inside a record
+    out = tmp_path / "o"
+    r = cli("analyze", "--pcap", str(cut), "--out", str(out), "-q")
+    assert r.exit_code == 0, r.output
+    assert "retranscope: warning: capture ends inside record" in r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["capture"]["truncated"] is True
+    assert summary["warnings"] and "records before it" in summary["warnings"][0]
+    assert summary["capture"]["records"] > 1000
+
+
+def test_events_of_another_schema_version(tmp_path):
+    src = CORPUS / "fast_nth"
+    dst = tmp_path / "rec"
+    shutil.copytree(src, dst)
+    f = next((dst / "events").glob("*.parquet"))
+    t = pq.read_table(f)
+    md = dict(t.schema.metadata)
+    md[b"schema_version"] = b"999"
+    pq.write_table(t.replace_schema_metadata(md), f)
+    r = cli("analyze", "--events", str(dst), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    assert "version 999" in one_error_line(r)
+
+
+def test_events_dir_without_events(tmp_path):
+    r = cli("analyze", "--events", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    one_error_line(r)
+
+
+def test_no_input_at_all(tmp_path):
+    r = cli("analyze", "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    one_error_line(r)
+
+
+def test_capture_and_events_from_different_runs_says_so(tmp_path):
+    r = cli("analyze", "--pcap", str(CORPUS / "fast_nth" / "capture.pcap"),
+            "--events", str(CORPUS / "slow_server_tlp"), "--out", str(tmp_path / "o"), "-q")
+    assert r.exit_code == 0
+    assert "no kernel event matched any frame" in r.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["match"]["events_matched"] == 0
+
+
+@pytest.mark.parametrize("name", RECORDINGS)
+def test_corpus_recording_analyzes_with_every_event_matched(tmp_path, name):
+    d = CORPUS / name
+    out = tmp_path / "o"
+    r = cli("analyze", "--pcap", str(d / "capture.pcap"), "--events", str(d), "--out", str(out), "-q")
+    assert r.exit_code == 0, r.output
+    rt = pd.read_parquet(out / "retransmits.parquet")
+    flows = pd.read_parquet(out / "flows.parquet")
+    summary = json.loads((out / "summary.json").read_text())
+    ev = rt[rt["source"] != "capture"]
+    run = json.loads((d / "run.json").read_text())
+    assert len(ev) == run["events_written"]
+    unmatched = ev[ev["match"] != "matched"]
+    if name.endswith("__late"):
+        # The capture was cut: only events from before its start may lack frames.
+        assert set(unmatched["match"]) <= {"before_capture"}, unmatched["match"].value_counts()
+    else:
+        assert unmatched.empty, unmatched[["kind", "match", "seq"]].to_string()
+    assert summary["complete"] and summary["retransmissions"] == len(rt)
+    assert flows["retransmissions"].sum() >= (rt["flow_id"] >= 0).sum() - len(unmatched)
+    for col in ("ts_wall_ns", "saddr", "sport", "daddr", "dport", "seq", "end_seq", "kind",
+                "spurious", "since_original_ns", "since_last_send_ns", "since_last_ack_ns"):
+        assert col in rt, col
+
+
+def test_capture_only_and_events_only(tmp_path):
+    d = CORPUS / "blackhole_rto"
+    r = cli("analyze", "--pcap", str(d / "capture.pcap"), "--out", str(tmp_path / "c"), "-q")
+    assert r.exit_code == 0, r.output
+    rt = pd.read_parquet(tmp_path / "c" / "retransmits.parquet")
+    assert (rt["source"] == "capture").all() and (rt["kind"] == rt["kind_pcap"]).all()
+    r = cli("analyze", "--events", str(d), "--out", str(tmp_path / "e"), "-q")
+    assert r.exit_code == 0, r.output
+    rt = pd.read_parquet(tmp_path / "e" / "retransmits.parquet")
+    assert (rt["source"] == "event").all()
+    kernel = pd.read_parquet(d / "events")
+    assert sorted(rt["kind"]) == sorted(kernel["reason"])
+    assert {"rto", "rto_recovery"} <= set(rt["kind"])
+
+
+def test_report_html_and_markdown(tmp_path):
+    d = CORPUS / "slow_server_tlp"
+    cli("analyze", "--pcap", str(d / "capture.pcap"), "--events", str(d), "--out", str(tmp_path / "a"), "-q")
+    r = cli("report", str(tmp_path / "a"), "--out", str(tmp_path / "rep.html"))
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "rep.html").read_text()
+    md = (tmp_path / "rep.md").read_text()
+    assert "tail loss probes" in html and "<svg" in html
+    assert "| tlp |" in md
+    assert "Probe gap" in html
+
+
+def test_report_of_a_non_analysis(tmp_path):
+    r = cli("report", str(tmp_path), "--out", str(tmp_path / "r.html"))
+    assert r.exit_code == 2
+    one_error_line(r)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (./setup.sh installs it)")
+def test_report_renders_in_a_real_browser(tmp_path):
+    d = CORPUS / "blackhole_rto"
+    cli("analyze", "--pcap", str(d / "capture.pcap"), "--events", str(d), "--out", str(tmp_path / "a"), "-q")
+    cli("report", str(tmp_path / "a"), "--out", str(tmp_path / "rep.html"))
+    prof = tmp_path / "profile"
+    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={prof}"]
+    dom = subprocess.run(base + ["--dump-dom", (tmp_path / "rep.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert "retranscope report" in dom.stdout
+    assert dom.stdout.count("<svg") >= 2 and "<circle" in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run(base + ["--window-size=1000,1400", f"--screenshot={shot}",
+                           (tmp_path / "rep.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_module_entry_point():
+    r = subprocess.run([sys.executable, "-m", "retranscope", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "analyze" in r.stdout
