@@ -21,9 +21,17 @@ Cleanup is guaranteed three ways: ``__exit__`` (also when the body raises), an `
 hook, and SIGTERM/SIGHUP handlers (installed from the main thread, chaining to any previous
 handler) for every lab still open. Each kills the process groups of the commands this lab
 started (by the PIDs it recorded; every command is started in its own session) and deletes
-the namespaces it created. Programs the lab starts ask for SIGTERM when the lab's process
-dies (``PR_SET_PDEATHSIG``), and :func:`cleanup_stale` removes namespaces left by a run that
-was SIGKILLed: only names of this lab's pattern whose owning PID is gone.
+the namespaces it created (after SIGKILLing anything still inside them, ``ip netns pids``).
+Against a SIGKILL of the lab's own process nothing in-process can help: the lab's own
+programs (delay line, traffic) ask for SIGTERM when their parent dies (``PR_SET_PDEATHSIG``)
+and have overall deadlines, and :func:`cleanup_stale` (``python -m retranscope.lab.netns
+cleanup-stale``) removes the namespaces left behind: only names of this lab's pattern whose
+owning PID is gone.
+
+Other things the lab sets up, and why: static neighbour entries (no ARP/ND before the first
+SYN), RPS steering every lab interface to one CPU (veth must not reorder a flow, or RACK
+fast-retransmits spuriously), ``tcp_no_metrics_save`` (no flow inherits the previous one's
+ssthresh), and no IPv6 link-local addresses (quiet captures).
 """
 
 from __future__ import annotations
@@ -61,7 +69,8 @@ _COUNTER_FILES = ("/proc/net/snmp", "/proc/net/netstat", "/proc/net/snmp6")
 _instances = itertools.count()
 _live_labs: set[Lab] = set()
 _live_lock = threading.RLock()  # re-entered by the signal handler
-_handlers_installed = False
+_atexit_registered = False
+_signals_installed = False
 
 
 class LabError(RuntimeError):
@@ -103,13 +112,13 @@ def _netns_list() -> list[str]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, not yet reaped) counts as gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state not in ("Z", "X")
 
 
 def cleanup_stale(prefix_pattern: str = DEFAULT_STALE_PATTERN) -> list[str]:
@@ -170,18 +179,19 @@ _previous_handlers: dict[int, Any] = {}
 
 
 def _install_handlers() -> None:
-    global _handlers_installed
-    if _handlers_installed:
-        return
-    atexit.register(_cleanup_all_labs)
-    if threading.current_thread() is threading.main_thread():
+    global _atexit_registered, _signals_installed
+    if not _atexit_registered:
+        atexit.register(_cleanup_all_labs)
+        _atexit_registered = True
+    # signal.signal() works only in the main thread; a lab made elsewhere still has atexit.
+    if not _signals_installed and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGHUP):
             previous = signal.getsignal(signum)
             if previous == signal.SIG_IGN:
                 continue
             _previous_handlers[signum] = previous
             signal.signal(signum, _on_signal)
-    _handlers_installed = True
+        _signals_installed = True
 
 
 class Lab:
@@ -197,7 +207,8 @@ class Lab:
         0: one veth pair. > 0: a middle namespace with the delay line forwarding each
         direction after ``rtt_ms / 2``.
     ipv6:
-        Also configure IPv6 addresses (``nodad``, usable at once).
+        Also configure IPv6 addresses (``nodad``, usable at once); False disables IPv6 on
+        the lab's interfaces.
     tso:
         TSO/GSO/GRO on or off (``ethtool -K``) on both endpoint interfaces. Off, the sender
         emits MSS-sized segments, one per packet the receiver's rules see.
@@ -373,7 +384,10 @@ class Lab:
     def popen(self, ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` in namespace ``ns`` (``ip netns exec``, which execs in place, so the
         PID is the command's). It gets its own session, and ``close()`` kills that process
-        group. Keyword arguments go to :class:`subprocess.Popen`."""
+        group. Keyword arguments go to :class:`subprocess.Popen`.
+
+        The command sees the namespace's own ``/sys`` (no tracefs mounted there): a BPF
+        recorder started this way must mount tracefs itself."""
         self._check_ns(ns)
         if self._closed:
             raise LabError("lab is closed")
@@ -466,9 +480,9 @@ class Lab:
         proc = self.pymodule(self.middle_ns, "retranscope.lab.delay",
                              [*self.middle_ifs, "--delay-ms", one_way_ms, "--realtime"])
         self.delay_proc = proc
-        line = _read_line(proc, timeout_s=10.0)
+        line = read_first_line(proc, timeout_s=10.0)
         if line.strip() != "READY":
-            raise LabError(f"delay line did not start: {line!r} {_stderr_of(proc)}")
+            raise LabError(f"delay line did not start: {line!r} {stderr_if_exited(proc)}")
 
     def delay_stats(self) -> dict[str, int] | None:
         """Stop the delay line and return its counters (None without one)."""
@@ -560,7 +574,7 @@ def parse_counters(text: str) -> dict[str, int]:
     return counters
 
 
-def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
+def read_first_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
     """First stdout line of ``proc``, or "" if it exits or stays silent for ``timeout_s``."""
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s
@@ -573,7 +587,7 @@ def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
             return proc.stdout.readline()
 
 
-def _stderr_of(proc: subprocess.Popen[str]) -> str:
+def stderr_if_exited(proc: subprocess.Popen[str]) -> str:
     """The stderr of a process that has exited (for error messages), else ""."""
     if proc.poll() is None or proc.stderr is None:
         return ""
@@ -606,3 +620,22 @@ def _kill_group(proc: subprocess.Popen[Any], grace_s: float = 2.0) -> None:
         proc.wait(timeout=1)
     except subprocess.TimeoutExpired:
         pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m retranscope.lab.netns cleanup-stale``: remove dead runs' namespaces."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m retranscope.lab.netns")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    stale = sub.add_parser("cleanup-stale", help="delete namespaces of crashed lab runs")
+    stale.add_argument("--pattern", default=DEFAULT_STALE_PATTERN,
+                       help="regex for the prefix; group 1 = owner PID (default: %(default)s)")
+    args = parser.parse_args(argv)
+    for name in cleanup_stale(args.pattern):
+        print(f"deleted {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retranscope.lab.netns import Lab
-from retranscope.lines import LineReader
 from retranscope.lab.scenarios import Scenario, ScenarioResult, run_scenario
+
+from retranscope.lines import LineReader
 
 READY_MARK = "retranscope: recording"
 

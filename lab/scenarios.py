@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from retranscope.lab.netns import Lab, LabError, RuleHandle, _read_line, _stderr_of
+from retranscope.lab.netns import Lab, LabError, RuleHandle, read_first_line, stderr_if_exited
 
 REASONS = ("fast", "tlp", "rto", "rto_recovery", "syn", "synack")
 #: The per-namespace counter that each reason moves (see the table above).
@@ -191,6 +191,7 @@ class ScenarioResult:
     name: str
     client_returncode: int
     client_output: dict[str, Any]
+    client_stderr: str
     server_returncode: int | None
     duration_s: float
     counters_before: dict[str, int]
@@ -217,16 +218,17 @@ class ScenarioResult:
         return {n: d for n in sorted(names) if (d := self.delta(n))}
 
 
-def _client_argv(lab: Lab, scenario: Scenario) -> list[str]:
+def client_args(lab: Lab, scenario: Scenario) -> list[str]:
+    """Arguments of ``python -m retranscope.lab.traffic`` for the scenario's client."""
     t = scenario.traffic
-    return [lab.python_exe, "-m", TRAFFIC_MODULE, t.client,
-            "--host", lab.receiver_addr(scenario.family), "--port", str(scenario.port),
-            "--timeout-s", f"{t.timeout_s:g}", *t.client_args]
+    return [t.client, "--host", lab.receiver_addr(scenario.family), "--port",
+            str(scenario.port), "--timeout-s", f"{t.timeout_s:g}", *t.client_args]
 
 
-def _server_argv(lab: Lab, scenario: Scenario) -> list[str]:
+def server_args(scenario: Scenario) -> list[str]:
+    """Arguments of ``python -m retranscope.lab.traffic`` for the scenario's server."""
     t = scenario.traffic
-    return [lab.python_exe, "-m", TRAFFIC_MODULE, "server", "--port", str(scenario.port),
+    return ["server", "--port", str(scenario.port),
             "--family", str(scenario.family), "--mode", t.server_mode,
             "--timeout-s", f"{t.timeout_s + 5:g}", "--max-conns", str(t.conns),
             *t.server_args]
@@ -250,24 +252,28 @@ def run_scenario(lab: Lab, scenario: Scenario) -> ScenarioResult:
     check_lab(lab, scenario)
     retrans_ns = scenario.retransmitting_ns(lab)
     where_ns = {"receiver": lab.receiver_ns, "sender": lab.sender_ns}
-    for where, key, value in scenario.sysctls:
-        lab.sysctl(where_ns[where], key, value)
 
-    server = lab.pymodule(lab.receiver_ns, TRAFFIC_MODULE, _server_argv(lab, scenario)[3:])
+    restore = []
+    for where, key, value in scenario.sysctls:
+        ns = where_ns[where]
+        old = lab.run(ns, ["sysctl", "-n", key]).stdout.strip()
+        lab.sysctl(ns, key, value)
+        restore.append((ns, key, old))
+    server = lab.pymodule(lab.receiver_ns, TRAFFIC_MODULE, server_args(scenario))
     installed: list[tuple[Rule, RuleHandle]] = []
     client: subprocess.Popen[str] | None = None
     try:
-        line = _read_line(server, timeout_s=SERVER_READY_TIMEOUT_S)
+        line = read_first_line(server, timeout_s=SERVER_READY_TIMEOUT_S)
         if not line.startswith("LISTENING"):
             time.sleep(0.1)
             raise LabError(f"{scenario.name}: server did not start: {line!r} "
-                           f"{_stderr_of(server)}")
+                           f"{stderr_if_exited(server)}")
         before = lab.tcp_counters(retrans_ns)
         for rule in scenario.rules:
             expr = rule.render(scenario.port)
             installed.append((rule, lab.add_rule(expr, ns=where_ns[rule.where])))
         start = time.monotonic()
-        client = lab.pymodule(lab.sender_ns, TRAFFIC_MODULE, _client_argv(lab, scenario)[3:])
+        client = lab.pymodule(lab.sender_ns, TRAFFIC_MODULE, client_args(lab, scenario))
         pending = sorted((r for r in installed if r[0].remove_after_s is not None),
                          key=lambda r: r[0].remove_after_s or 0.0)
         deadline = start + scenario.traffic.timeout_s + 5.0
@@ -283,7 +289,7 @@ def run_scenario(lab: Lab, scenario: Scenario) -> ScenarioResult:
                 pass
         if client.poll() is None:
             client.kill()
-        out, _ = client.communicate(timeout=5)
+        out, err = client.communicate(timeout=5)
         duration_s = time.monotonic() - start
         # Retransmissions can still be in flight after the client exits (a FIN's TLP):
         # give the kernel a moment before reading the counters.
@@ -304,11 +310,15 @@ def run_scenario(lab: Lab, scenario: Scenario) -> ScenarioResult:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+        # Scenario sysctls (tcp_autocorking...) must not leak into the lab's next scenario.
+        for ns, key, old in restore:
+            lab.sysctl(ns, key, old)
     last = [ln for ln in (out or "").splitlines() if ln.startswith("{")]
     return ScenarioResult(
         name=scenario.name,
         client_returncode=client.returncode,
         client_output=json.loads(last[-1]) if last else {},
+        client_stderr=(err or "")[-4000:],
         server_returncode=server.returncode,
         duration_s=duration_s,
         counters_before=before,
@@ -415,20 +425,23 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         name="random_loss",
-        description="Bulk 4 MB on each of 2 parallel connections; 3% of client->server packets "
+        description="Bulk 8 MB on each of 2 parallel connections; 3% of client->server packets "
                     "dropped at random (nft numgen). Mostly fast recovery; TLPs and RTOs "
-                    "when a tail or a retransmission is lost.",
-        traffic=_bulk(4_000_000, conns=2),
+                    "when a tail or a retransmission is lost. (8 MB: with TSO on a flow is "
+                    "only ~200 super-packets, too few to be sure of a loss.)",
+        traffic=_bulk(8_000_000, conns=2),
         rules=(Rule("tcp dport {port} numgen random mod 100 < 3 drop"),),
         expected=frozenset({"fast"}),
         possible=_RANDOM_LOSS_POSSIBLE,
     ),
     Scenario(
         name="random_loss_rtt",
-        description="Bulk 2 MB through the 20 ms delay line, 3% random loss: the same "
-                    "mechanisms at a realistic RTT, where timing rules tuned on veth RTTs of "
-                    "microseconds break.",
-        traffic=_bulk(2_000_000),
+        description="Bulk 4 MB on each of 2 connections through the 20 ms delay line, 3% "
+                    "random loss: the same mechanisms at a realistic RTT, where timing rules "
+                    "tuned on veth RTTs of microseconds break. (With TSO on the receiver sees "
+                    "~190 super-packets per flow: 2 flows make a run without any fast "
+                    "retransmit improbable, ~1e-5.)",
+        traffic=_bulk(4_000_000, conns=2),
         rules=(Rule("tcp dport {port} numgen random mod 100 < 3 drop"),),
         rtt_ms=20.0,
         expected=frozenset({"fast"}),

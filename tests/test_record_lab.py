@@ -57,14 +57,19 @@ def test_every_kernel_retransmission_recorded_once_with_reason(recorded, name):
     counters = meta["counters_delta"]
     reasons = ev["reason"].value_counts().to_dict()
 
-    # Reasons: what the scenario makes, and nothing outside what it may make.
+    # Reasons: the scenario makes what it is built for (a loaded machine may add a real
+    # probe or two, so extra reasons are judged by the counters below, not by the scenario).
     sc = run.scenario
     assert set(sc.expected) <= set(reasons), (reasons, counters)
-    assert set(reasons) <= set(sc.expected) | set(sc.possible), (reasons, counters)
-    # Per-reason kernel counters (per network namespace, include/uapi/linux/snmp.h).
-    assert reasons.get("tlp", 0) == counters["TcpExt:TCPLossProbes"]
-    assert reasons.get("rto", 0) + reasons.get("syn", 0) == counters["TcpExt:TCPTimeouts"]
-    assert reasons.get("syn", 0) == counters["TcpExt:TCPSynRetrans"]
+    # Per-reason kernel counters (per network namespace, include/uapi/linux/snmp.h):
+    # TCPLossProbes counts each probe (tcp_send_loss_probe); TCPTimeouts each RTO expiry,
+    # including the SYN and SYN-ACK timers; TCPSynRetrans each SYN or SYN-ACK resent.
+    n = reasons.get
+    assert n("tlp", 0) == counters["TcpExt:TCPLossProbes"], (reasons, counters)
+    assert n("rto", 0) + n("syn", 0) + n("synack", 0) == counters["TcpExt:TCPTimeouts"]
+    assert n("syn", 0) + n("synack", 0) == counters["TcpExt:TCPSynRetrans"]
+    assert (n("fast", 0) > 0) == (counters["TcpExt:TCPFastRetrans"] > 0)
+    assert (n("rto_recovery", 0) > 0) == (counters["TcpExt:TCPSlowStartRetrans"] > 0)
 
     cap = _capture(run)
     pk = cap.packets
