@@ -148,9 +148,10 @@ static __always_inline void rts_submit(void *ctx, struct rts_event *e)
 	k.sport = e->sport;
 	k.dport = e->dport;
 	k.family = e->family;
-	u64 one = 1;
-	u64 *c = counts.lookup_or_try_init(&k, &one);
-	if (c && c != &one)
+	u64 zero = 0;
+	/* Returns the map's own value (inserted as 0 if new): always add. */
+	u64 *c = counts.lookup_or_try_init(&k, &zero);
+	if (c)
 		__sync_fetch_and_add(c, 1);
 #endif
 #ifdef RTS_USE_RINGBUF
