@@ -91,9 +91,12 @@ def verdict(h: dict) -> str:
     parts = [f"{n} retransmissions: {_pct(h['tlp_share'])} tail loss probes, "
              f"{_pct(h['fast_share'])} fast retransmits, {_pct(h['rto_share'])} timeouts "
              "(RTO, SYN, slow-start after RTO)."]
-    if h["tlp"]:
+    if h["tlp"] and h["spurious_tlp"]:
         parts.append(f"{h['spurious_tlp']} of the {h['tlp']} probes were spurious: the data had "
                      "arrived and only the ACK was late; those inflate RetransSegs without any loss.")
+    elif h["tlp"]:
+        parts.append(f"None of the {h['tlp']} probes was shown spurious: they repaired real "
+                     "tail losses (or the receiver could not tell: no D-SACK, no timestamps).")
     parts.append(f"In all, {h['spurious']} ({_pct(h['spurious_share'])}) retransmissions were "
                  "shown spurious by the receiver (D-SACK or timestamp echo).")
     return " ".join(parts)

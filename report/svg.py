@@ -63,7 +63,8 @@ def histogram(values_ms: np.ndarray, title: str, xlabel: str, bins: int = 40,
     for frac in (0, 0.5, 1):
         x = lo + (hi - lo) * frac
         label = f"{10 ** x:.3g}" if log_x else f"{x:.3g}"
-        out.append(f'<text x="{left + pw * frac:.1f}" y="{height - 18}" text-anchor="middle">'
+        anchor = {0: "start", 0.5: "middle", 1: "end"}[frac]
+        out.append(f'<text x="{left + pw * frac:.1f}" y="{height - 18}" text-anchor="{anchor}">'
                    f"{label}</text>")
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 3}" text-anchor="middle">'
                f"{escape(xlabel)}</text>")
