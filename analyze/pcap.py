@@ -45,14 +45,16 @@ MAX_CAPLEN_BYTES = 262144
 PROGRESS_CALLS = 32  # the walk reports this many times per file, at most
 
 # ---------------------------------------------------------------------------------------
-# File formats, as data: (field, struct code, offset in bytes)
+# File formats. Field positions are data: byte offsets (or 32-bit word indexes, "_WORD")
+# from the start of each header, which the code below reads by name.
 # ---------------------------------------------------------------------------------------
 
 # pcap file header (draft-ietf-opsawg-pcap §4): 24 bytes
 PCAP_FILE_HEADER = struct.Struct("IHHiIII")  # magic, major, minor, thiszone, sigfigs, snaplen, lt
 PCAP_FILE_HEADER_BYTES = 24
-# pcap record header (§5): ts_sec, ts_frac (µs or ns), caplen, origlen; 16 bytes
+# pcap record header (§5): 16 bytes, four 32-bit words
 PCAP_RECORD_HEADER_BYTES = 16
+PCAP_RECORD_WORD = {"ts_sec": 0, "ts_frac": 1, "caplen": 2, "origlen": 3}  # ts_frac: µs/ns
 PCAP_MAGIC = {  # as read little-endian: (byte order of the file, ns per timestamp unit)
     0xA1B2C3D4: ("<", 1000),
     0xD4C3B2A1: (">", 1000),
@@ -70,9 +72,11 @@ PCAPNG_PB = 0x00000002  # obsolete Packet Block (Appendix A)
 PCAPNG_SPB = 0x00000003
 PCAPNG_ISB = 0x00000005
 PCAPNG_EPB = 0x00000006
-# EPB body (§4.3): interface id u32 @8, ts high u32 @12, ts low u32 @16, caplen u32 @20,
-# origlen u32 @24, data @28. The obsolete PB is the same but interface id is u16 @8 with a
-# u16 drops count @10. SPB (§4.4): origlen u32 @8, data @12, no timestamp.
+# EPB (§4.3), 32-bit words from the block start, data after them. The obsolete PB is the
+# same but for a u16 interface id and a u16 drops count in word 2. SPB (§4.4): origlen in
+# word 2, data at byte 12, no timestamp.
+EPB_WORD = {"type": 0, "length": 1, "iface": 2, "ts_high": 3, "ts_low": 4, "caplen": 5,
+            "origlen": 6}
 EPB_DATA_OFFSET = 28
 EPB_MIN_BYTES = 32
 SPB_DATA_OFFSET = 12
@@ -133,14 +137,19 @@ ETHERTYPES_UNSUPPORTED = (0x8864, 0x8847, 0x8848)
 # Darwin (the list Wireshark's packet-null.c accepts)
 AF_INET = 2
 AF_INET6_VALUES = (10, 24, 28, 30)
-LINK_WINDOW_BYTES = 32  # covers SLL2 (20) + 3 VLAN tags, Ethernet + 4 tags
 
 # ---------------------------------------------------------------------------------------
 # IP and TCP
 # ---------------------------------------------------------------------------------------
 IPPROTO_TCP = 6
-IPV4_MIN_HEADER_BYTES = 20  # RFC 791: IHL 5..15 words
+IPV4_MIN_HEADER_BYTES = 20  # RFC 791 §3.1: IHL 5..15 words
+IPV4_AT = {"version_ihl": 0, "total_length": 2, "flags_fragment": 6, "protocol": 9,
+           "src": 12, "dst": 16}
 IPV6_HEADER_BYTES = 40  # RFC 8200 §3
+IPV6_AT = {"version": 0, "payload_length": 4, "next_header": 6, "src": 8, "dst": 24}
+# extension headers (RFC 8200 §4.3-4.6): next header, length; the fragment header has the
+# offset (13 bits, in 8-byte units) and the M flag in bytes 2-3
+IPV6_EXT_AT = {"next_header": 0, "length": 1, "fragment": 2}
 # IPv6 extension headers walked to find TCP (RFC 8200 §4): hop-by-hop, routing,
 # destination options (length in 8-octet units, not counting the first 8), fragment
 # (fixed 8 bytes), and AH (RFC 4302: length in 4-octet units minus 2)
@@ -148,9 +157,9 @@ IPV6_EXT_8OCTET = (0, 43, 60)
 IPV6_FRAGMENT = 44
 IPV6_AH = 51
 IPV6_EXT_MAX = 8
-IP_WINDOW_BYTES = 40
 TCP_MIN_HEADER_BYTES = 20  # RFC 9293 §3.1
-TCP_WINDOW_BYTES = 60  # data offset 15 words
+TCP_AT = {"sport": 0, "dport": 2, "seq": 4, "ack": 8, "data_offset": 12, "flags": 13,
+          "window": 14}
 TCP_MAX_OPTION_BYTES = 40
 # TCP option kinds, with the lengths Linux's tcp_parse_options() accepts
 TCPOPT_EOL = 0
@@ -270,10 +279,10 @@ class _Records:
 
     frame: np.ndarray  # int64, 1-based number among all packet records
     data_off: np.ndarray  # int64, absolute byte offset of the frame's first byte
-    caplen: np.ndarray  # int64
-    origlen: np.ndarray  # int64
+    caplen: np.ndarray  # int32 or int64
+    origlen: np.ndarray  # any unsigned or signed integer type
     ts_ns: np.ndarray  # int64
-    iface: np.ndarray  # int64, index into ifaces
+    iface: np.ndarray  # int16 or int64, index into ifaces
     ifaces: list[_Iface]
     fmt: str
     snaplen: int
@@ -460,20 +469,22 @@ def _walk_pcap(path: str, mm: mmap.mmap, n: int, magic: int, progress: Progress 
     buf = np.frombuffer(mm, dtype=np.uint8)
     hdr = _windows(buf, offsets, PCAP_RECORD_HEADER_BYTES).view(order + "u4")
     del buf
-    ts_sec = hdr[:, 0].astype(np.int64)
-    ts_frac = hdr[:, 1].astype(np.int64)
-    caplen = hdr[:, 2].astype(np.int64)
-    origlen = hdr[:, 3].astype(np.int64)
-    data_off = offsets + PCAP_RECORD_HEADER_BYTES
+    # views on the gathered headers: columns are copied once, into what is kept
+    ts_sec, ts_frac, caplen_u32, origlen = (
+        hdr[:, PCAP_RECORD_WORD[k]] for k in ("ts_sec", "ts_frac", "caplen", "origlen"))
 
-    # Where to stop: at the first impossible record (a length no writer produces, or a
-    # sub-second field out of range: what garbage in a record header looks like), or at a
-    # record running past the end of the file. Only the last record can do that: every
-    # earlier one ends where a record header was read.
+    # Where to stop: at the first impossible record (a length no writer produces, a
+    # sub-second field out of range, an all-zero header: what garbage in a record header
+    # looks like), or at a record running past the end of the file. Only the last record
+    # can do that: every earlier one ends where a record header was read.
     good = offsets.size
     truncated_at = None
-    overrun = bool(offsets.size) and int(data_off[-1] + caplen[-1]) > n
-    bad = (caplen > MAX_CAPLEN_BYTES) | (ts_frac >= 1_000_000_000 // frac_ns)
+    last_end = int(offsets[-1]) + PCAP_RECORD_HEADER_BYTES + int(caplen_u32[-1]) if good else 0
+    overrun = last_end > n
+    bad = (caplen_u32 > MAX_CAPLEN_BYTES) | (ts_frac >= 1_000_000_000 // frac_ns)
+    # a zero-filled tail (space allocated but never written, as after a crash): no packet
+    # has wire length 0 at time 0
+    bad |= (origlen == 0) & (ts_sec == 0)
     if overrun and n - int(offsets[-1]) < PCAP_RECORD_HEADER_BYTES:
         bad[-1] = False  # its header is cut: the fields read are partly padding
     first_bad = _first(bad)
@@ -482,34 +493,39 @@ def _walk_pcap(path: str, mm: mmap.mmap, n: int, magic: int, progress: Progress 
         truncated_at = int(offsets[first_bad])
         warnings.append(
             f"record {first_bad + 1} at offset {truncated_at} is corrupt (caplen "
-            f"{caplen[first_bad]} bytes, at most {MAX_CAPLEN_BYTES}; sub-second field "
-            f"{ts_frac[first_bad]}): read the {first_bad} records before it and stopped there"
+            f"{caplen_u32[first_bad]} bytes, at most {MAX_CAPLEN_BYTES}; sub-second field "
+            f"{ts_frac[first_bad]}; wire length {origlen[first_bad]}): read the {first_bad} "
+            "records before it and stopped there"
         )
     elif overrun:
         good = offsets.size - 1
         truncated_at = int(offsets[-1])
         have = n - truncated_at
-        need = PCAP_RECORD_HEADER_BYTES + (int(caplen[-1]) if have >= 12 else 0)
+        need = PCAP_RECORD_HEADER_BYTES + (int(caplen_u32[-1]) if have >= 12 else 0)
         warnings.append(
             f"capture ends inside record {good + 1} at offset {truncated_at} (got {have} "
             f"bytes, {need} needed): read the {good} records before it; was the file "
             "copied while tcpdump was still writing?"
         )
     if good < offsets.size:
-        ts_sec, ts_frac, caplen, origlen, data_off = (
-            a[:good] for a in (ts_sec, ts_frac, caplen, origlen, data_off)
+        ts_sec, ts_frac, caplen_u32, origlen, offsets = (
+            a[:good] for a in (ts_sec, ts_frac, caplen_u32, origlen, offsets)
         )
     if snaplen:
-        over = int(np.count_nonzero(caplen > snaplen))
+        over = int(np.count_nonzero(caplen_u32 > snaplen))
         if over:
             warnings.append(f"{over} records are longer than the file's snaplen {snaplen} "
                             "bytes: read in full")
+    offsets += PCAP_RECORD_HEADER_BYTES  # now where each frame's data starts
+    ts_ns = ts_sec.astype(np.int64)
+    ts_ns *= 1_000_000_000
+    ts_ns += ts_frac.astype(np.int64) * frac_ns
     return _Records(
         frame=np.arange(1, good + 1, dtype=np.int64),
-        data_off=data_off,
-        caplen=caplen,
+        data_off=offsets,
+        caplen=caplen_u32.astype(np.int32),
         origlen=origlen,
-        ts_ns=ts_sec * 1_000_000_000 + ts_frac * frac_ns,
+        ts_ns=ts_ns,
         iface=np.zeros(good, dtype=np.int16),
         ifaces=[_Iface(linktype, snaplen)],
         fmt="pcap",
@@ -607,7 +623,7 @@ def _walk_pcapng(path: str, mm: mmap.mmap, n: int, progress: Progress | None) ->
             try:
                 while True:
                     btype, blen = fast(view, off)
-                    if btype != PCAPNG_EPB or blen < EPB_MIN_BYTES or blen & 3:
+                    if btype != PCAPNG_EPB or blen < EPB_MIN_BYTES:  # & 3: checked in bulk
                         break
                     append(off)
                     off += blen
@@ -645,7 +661,7 @@ def _walk_pcapng(path: str, mm: mmap.mmap, n: int, progress: Progress | None) ->
     del buf
     ends = pk["block_off"] + pk["blen"]
     bad = ((pk["caplen"] > MAX_CAPLEN_BYTES) | (pk["caplen"] > pk["blen"] - EPB_MIN_BYTES)
-           | (pk["trailer"] != pk["blen"]))
+           | (pk["trailer"] != pk["blen"]) | (pk["blen"] & 3 != 0))
     i = _first(bad)
     if i is not None and (stop is None or pk["block_off"][i] < stop.offset):
         at = int(pk["block_off"][i])
@@ -696,15 +712,15 @@ def _walk_pcapng(path: str, mm: mmap.mmap, n: int, progress: Progress | None) ->
     for g in (np.unique(iface) if len(iface_list) > 1 else range(len(iface_list))):
         sel = iface == g if len(iface_list) > 1 else slice(None)
         ts_ns[sel] = _units_to_ns(pk["ts_units"][sel], iface_list[int(g)])
-    no_ts = ~pk["has_ts"]
-    if no_ts.any():
-        # An SPB has no timestamp (§4.4): it takes the one of the packet before it, so the
-        # table stays in time order; the warning says so.
-        src = np.maximum.accumulate(np.where(no_ts, 0, np.arange(no_ts.size)))
-        ts_ns = np.where(no_ts, ts_ns[src], ts_ns)
-        ts_ns[no_ts & (src == 0) & no_ts[0]] = 0
-        warnings.append(f"{int(no_ts.sum())} Simple Packet Blocks carry no timestamp: each "
-                        "was given the timestamp of the packet before it")
+    has_ts = pk["has_ts"]
+    if not has_ts.all():
+        # An SPB has no timestamp (§4.4): it takes the one of the packet before it (0 if
+        # none), so the table stays in time order; the warning says so.
+        before = np.maximum.accumulate(np.where(has_ts, np.arange(has_ts.size), -1))
+        ts_ns = np.where(has_ts, ts_ns,
+                         np.where(before >= 0, ts_ns[np.maximum(before, 0)], 0))
+        warnings.append(f"{int(np.count_nonzero(~has_ts))} Simple Packet Blocks carry no "
+                        "timestamp: each was given the timestamp of the packet before it")
 
     if_drops = None
     if isb:
@@ -810,37 +826,42 @@ def _block(path, mm, n, off, sections, ifaces, epb, simple, isb) -> str | None:
 
 
 def _gather_epbs(buf: np.ndarray, offs: np.ndarray, sections: list[_Section]):
-    """The fixed EPB fields (§4.3) of every EPB, in their section's byte order."""
-    m = offs.size
+    """The fixed EPB fields (§4.3) of every EPB, in their section's byte order, and the
+    trailing length of each block (which must repeat the leading one)."""
     n = buf.size
-    pk = {
-        "block_off": offs,
-        "blen": np.empty(m, np.int64),
-        "local_iface": np.empty(m, np.int64),
-        "ts_units": np.empty(m, np.uint64),
-        "caplen": np.empty(m, np.int64),
-        "origlen": np.empty(m, np.int64),
-        "trailer": np.empty(m, np.int64),
-        "data_off": offs + EPB_DATA_OFFSET,
-        "section": np.zeros(m, np.int64),
-        "has_ts": np.ones(m, bool),
-    }
+    groups: list[tuple[int, np.ndarray | None]] = [(0, None)]
+    section = np.zeros(offs.size, np.int64)
     if len(sections) > 1:
         starts = np.array([s.offset for s in sections], np.int64)
-        pk["section"] = np.searchsorted(starts, offs, side="right") - 1
-    for s_i, sec in enumerate(sections):
-        sel = slice(None) if len(sections) == 1 else np.flatnonzero(pk["section"] == s_i)
-        o = offs[sel]
-        hdr = _windows(buf, o, EPB_DATA_OFFSET).view(sec.order + "u4")
-        blen = hdr[:, 1].astype(np.int64)
-        pk["blen"][sel] = blen
-        pk["local_iface"][sel] = hdr[:, 2]
-        pk["ts_units"][sel] = (hdr[:, 3].astype(np.uint64) << np.uint64(32)) | hdr[:, 4]
-        pk["caplen"][sel] = hdr[:, 5]
-        pk["origlen"][sel] = hdr[:, 6]
+        section = np.searchsorted(starts, offs, side="right") - 1
+        groups = [(i, np.flatnonzero(section == i)) for i in range(len(sections))]
+    parts = []
+    for s_i, sel in groups:
+        order = sections[s_i].order + "u4"
+        o = _take(offs, sel)
+        hdr = _windows(buf, o, EPB_DATA_OFFSET).view(order)
+        blen = hdr[:, EPB_WORD["length"]].astype(np.int64)
         end = o + blen
-        tail = _windows(buf, np.clip(end - 4, 0, max(n - 4, 0)), 4).view(sec.order + "u4")
-        pk["trailer"][sel] = np.where(end <= n, tail[:, 0].astype(np.int64), -1)
+        inside = end <= n
+        tail = _windows(buf, np.where(inside, end - 4, 0), 4).view(order)[:, 0]
+        parts.append({
+            "block_off": o,
+            "blen": blen,
+            "local_iface": hdr[:, EPB_WORD["iface"]],
+            "ts_units": (hdr[:, EPB_WORD["ts_high"]].astype(np.uint64) << np.uint64(32))
+            | hdr[:, EPB_WORD["ts_low"]],
+            "caplen": hdr[:, EPB_WORD["caplen"]].astype(np.int64),
+            "origlen": hdr[:, EPB_WORD["origlen"]],
+            "trailer": np.where(inside, tail, -1),
+            "section": _take(section, sel),
+        })
+    if len(parts) == 1:
+        pk = parts[0]
+    else:  # back into file order
+        by_offset = np.argsort(np.concatenate([p["block_off"] for p in parts]), kind="stable")
+        pk = {k: np.concatenate([p[k] for p in parts])[by_offset] for k in parts[0]}
+    pk["data_off"] = pk["block_off"] + EPB_DATA_OFFSET
+    pk["has_ts"] = np.ones(offs.size, bool)
     return pk
 
 
@@ -960,7 +981,7 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
     linktypes = [i.linktype for i in recs.ifaces]
     several = len(set(linktypes)) > 1
     lt_of = np.array(linktypes, np.int64)[recs.iface] if several else None
-    present = [int(lt) for lt in np.unique(lt_of)] if several else linktypes[:1]
+    present = [int(lt) for lt in np.unique(lt_of)] if lt_of is not None else linktypes[:1]
     unsupported = [lt for lt in present if lt not in SUPPORTED_LINKTYPES]
     if len(unsupported) == len(present):
         raise UnknownLinkType(_unknown_linktype_message(path, unsupported))
@@ -969,8 +990,8 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
         l3_rel = np.zeros(n_rec, np.int32)
         want = np.zeros(n_rec, np.uint8)
     for lt in present:
-        sel = np.flatnonzero(lt_of == lt) if several else None
-        if lt not in SUPPORTED_LINKTYPES:
+        sel = np.flatnonzero(lt_of == lt) if lt_of is not None else None
+        if lt not in SUPPORTED_LINKTYPES and sel is not None:  # another one is supported
             why[sel] = _WHY["unsupported_linktype"]
             notes.append(f"{sel.size} packets on interfaces with link type {lt} skipped: "
                          "that link type is not decoded here")
@@ -994,7 +1015,7 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
     h = _windows(buf, off_ip + l3r, IPV4_MIN_HEADER_BYTES)
     m = h.shape[0]
     avail = cap_ip - l3r
-    version = h[:, 0] >> 4
+    version = h[:, IPV4_AT["version_ihl"]] >> 4  # the same nibble in IPv6
     if np.ndim(want_ip) == 0 and want_ip:
         wrong = version != want_ip
     else:
@@ -1012,9 +1033,9 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
     # IPv4-mapped (RFC 4291 §2.5.5.2): high half 0, low half 0000ffff:<address>
     addr = {
         "saddr_hi": np.zeros(m, np.uint64),
-        "saddr_lo": _field(h, 12, 4) | V4_MAPPED_LO_PREFIX,
+        "saddr_lo": _field(h, IPV4_AT["src"], 4) | V4_MAPPED_LO_PREFIX,
         "daddr_hi": np.zeros(m, np.uint64),
-        "daddr_lo": _field(h, 16, 4) | V4_MAPPED_LO_PREFIX,
+        "daddr_lo": _field(h, IPV4_AT["dst"], 4) | V4_MAPPED_LO_PREFIX,
     }
     is6 = (code == 0) & (version == 6)
     if is6.any():
@@ -1024,8 +1045,8 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
         code[s6], l4r[s6], seg_len[s6] = _ipv6(
             buf, h6, avail[s6], recs.origlen[_compose(ip, s6)], _take(l3r, s6), start6,
             _take(off_ip, s6) + cap_ip[s6], notes)
-        for name, col in (("saddr_hi", 8), ("saddr_lo", 16), ("daddr_hi", 24),
-                          ("daddr_lo", 32)):
+        for name, col in (("saddr_hi", IPV6_AT["src"]), ("saddr_lo", IPV6_AT["src"] + 8),
+                          ("daddr_hi", IPV6_AT["dst"]), ("daddr_lo", IPV6_AT["dst"] + 8)):
             addr[name][s6] = _field(h6, col, 8)
     if ip is None:
         why = code
@@ -1038,7 +1059,7 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
     tcp_at = _take(off_ip, tcp) + _take(l4r, tcp)
     th = _windows(buf, tcp_at, TCP_MIN_HEADER_BYTES)
     tcp_avail = _take(cap_ip, tcp) - _take(l4r, tcp)
-    doff_bytes = (th[:, 12] >> 4).astype(np.int32) * 4
+    doff_bytes = (th[:, TCP_AT["data_offset"]] >> 4).astype(np.int32) * 4
     seg = _take(seg_len, tcp)
     cut = tcp_avail < TCP_MIN_HEADER_BYTES
     bad = ~cut & ((doff_bytes < TCP_MIN_HEADER_BYTES) | (doff_bytes > seg))
@@ -1059,13 +1080,14 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
         "pkttype": _take(pkttype, rows),
         "family": _take(version, tcp),
         **{name: _take(a, tcp) for name, a in addr.items()},
-        "sport": _field(th, 0, 2),
-        "dport": _field(th, 2, 2),
-        "seq": _field(th, 4, 4),
-        "ack": _field(th, 8, 4),
-        # AE (formerly NS, RFC 3540) is the low bit of byte 12 (RFC 9293 §3.1)
-        "flags": ((th[:, 12].astype(np.uint16) & 1) << 8) | th[:, 13],
-        "win": _field(th, 14, 2),
+        "sport": _field(th, TCP_AT["sport"], 2),
+        "dport": _field(th, TCP_AT["dport"], 2),
+        "seq": _field(th, TCP_AT["seq"], 4),
+        "ack": _field(th, TCP_AT["ack"], 4),
+        # AE (formerly NS, RFC 3540) is the low bit of the data offset byte (RFC 9293 §3.1)
+        "flags": ((th[:, TCP_AT["data_offset"]].astype(np.uint16) & 1) << 8)
+        | th[:, TCP_AT["flags"]],
+        "win": _field(th, TCP_AT["window"], 2),
         # from the IP length, so that a headers-only snaplen does not shrink it
         "payload_len": seg - doff_bytes,
     }
@@ -1139,19 +1161,19 @@ def _ipv4(h, avail, origlen, l3_rel, is4, notes):
     """IPv4 (RFC 791) from a 20-byte window per packet, for the rows ``is4``. Returns
     (skip code, offset of the TCP header in the frame, TCP segment length: header +
     payload), each an array over all rows."""
-    ihl_bytes = (h[:, 0] & 0x0F).astype(np.int32) * 4
-    total = _field(h, 2, 2).astype(np.int64)
-    frag = _field(h, 6, 2)
+    ihl_bytes = (h[:, IPV4_AT["version_ihl"]] & 0x0F).astype(np.int32) * 4
+    total = _field(h, IPV4_AT["total_length"], 2).astype(np.int64)
+    frag = _field(h, IPV4_AT["flags_fragment"], 2)  # RF DF MF, then the offset
     # Total length 0 is what a TSO super-frame captured before segmentation can show
     # (Wireshark: "may be caused by TSO"): the frame's own length stands in for it.
     tso = (total == 0) & is4
     n_tso = int(np.count_nonzero(tso))
     if n_tso:
-        total = np.where(tso, origlen - l3_rel, total)
+        total = np.where(tso, origlen.astype(np.int64) - l3_rel, total)
     code = np.select(
         [avail < IPV4_MIN_HEADER_BYTES,
          (ihl_bytes < IPV4_MIN_HEADER_BYTES) | (total < ihl_bytes),
-         h[:, 9] != IPPROTO_TCP,
+         h[:, IPV4_AT["protocol"]] != IPPROTO_TCP,
          (frag & 0x1FFF) != 0],  # a later fragment: the TCP header is in the first one
         [_WHY["ip_header_cut"], _WHY["bad_ip_header"], _WHY["non_tcp"], _WHY["ip_fragment"]],
         0,
@@ -1173,8 +1195,8 @@ def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
     m = h.shape[0]
     code = np.zeros(m, np.int8)
     code[avail < IPV6_HEADER_BYTES] = _WHY["ip_header_cut"]
-    plen = _field(h, 4, 2).astype(np.int64)
-    nh = h[:, 6].astype(np.int64)
+    plen = _field(h, IPV6_AT["payload_length"], 2).astype(np.int64)
+    nh = h[:, IPV6_AT["next_header"]].astype(np.int64)
     cur = start + IPV6_HEADER_BYTES  # absolute
     ext_bytes = np.zeros(m, np.int64)
     first_frag = np.zeros(m, bool)
@@ -1188,19 +1210,18 @@ def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
         act = act[~cut]
         e = _windows(buf, cur[act], 8)
         kind = nh[act]
-        nxt = e[:, 0].astype(np.int64)
-        ext_len = np.select(
-            [kind == IPV6_FRAGMENT, kind == IPV6_AH],
-            [8, (e[:, 1].astype(np.int64) + 2) * 4],
-            (e[:, 1].astype(np.int64) + 1) * 8,
-        )
+        nxt = e[:, IPV6_EXT_AT["next_header"]].astype(np.int64)
+        length = e[:, IPV6_EXT_AT["length"]].astype(np.int64)
+        ext_len = np.select([kind == IPV6_FRAGMENT, kind == IPV6_AH],
+                            [8, (length + 2) * 4], (length + 1) * 8)
         is_frag = kind == IPV6_FRAGMENT
-        later = is_frag & ((_field(e, 2, 2) >> 3) != 0)
+        frag = _field(e, IPV6_EXT_AT["fragment"], 2)
+        later = is_frag & ((frag >> 3) != 0)
         # a later fragment has no TCP header; a later fragment of another protocol is
         # simply not TCP
         code[act[later]] = np.where(nxt[later] == IPPROTO_TCP, _WHY["ip_fragment"],
                                     _WHY["non_tcp"])
-        first_frag[act[is_frag & ~later & ((e[:, 3] & 1) != 0)]] = True
+        first_frag[act[is_frag & ~later & ((frag & 1) != 0)]] = True  # M set
         nh[act] = nxt
         cur[act] += ext_len
         ext_bytes[act] += ext_len
@@ -1209,7 +1230,7 @@ def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
     # Payload length 0 is a jumbogram (RFC 2675) or a GSO/BIG TCP super-frame: the
     # frame's own length stands in for it, as for IPv4 TSO.
     jumbo = plen == 0
-    plen = np.where(jumbo, origlen - l3_rel - IPV6_HEADER_BYTES, plen)
+    plen = np.where(jumbo, origlen.astype(np.int64) - l3_rel - IPV6_HEADER_BYTES, plen)
     code[(code == 0) & (plen < ext_bytes)] = _WHY["bad_ip_header"]
     ok = code == 0
     n_first = int(np.count_nonzero(ok & first_frag))

@@ -625,3 +625,170 @@ def test_fixtures_are_reproducible(tmp_path):
     assert {p.name for p in made} <= {p.name for p in FIXTURES.iterdir()}
     for p in made:
         assert p.read_bytes() == (FIXTURES / p.name).read_bytes(), p.name
+
+
+# ----------------------------------------------------------------------------------------
+# Odd records, made on the spot
+# ----------------------------------------------------------------------------------------
+
+def _generator():
+    spec = importlib.util.spec_from_file_location(
+        "make_reader_fixtures", HERE / "fixtures" / "make_reader_fixtures.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    return gen
+
+
+def test_broken_headers_are_counted_not_decoded(tmp_path):
+    gen = _generator()
+    tcp = TCP(sport=1, dport=2, flags="A", seq=10, ack=20)
+    ip = IP(src=gen.C4, dst=gen.S4)
+    eth = Ether(src=gen.MAC_C, dst=gen.MAC_S)
+    pppoe_session = b"\x11\x00\x00\x01\x00\x2a\x00\x21"  # RFC 2516 header, PPP IPv4
+    frames = [
+        eth / ip / tcp,  # fine
+        eth / IP(src=gen.C4, dst=gen.S4, ihl=4) / tcp,  # IHL below 5
+        Ether(src=gen.MAC_C, dst=gen.MAC_S, type=0x86DD) / ip / tcp,  # v4 in a v6 EtherType
+        eth / ip / TCP(dataofs=3),  # data offset below 5
+        eth / IP(src=gen.C4, dst=gen.S4, len=30) / tcp,  # IP length < TCP header
+        Ether(src=gen.MAC_C, dst=gen.MAC_S, type=0x8864) / (pppoe_session + bytes(ip / tcp)),
+        bytes(eth)[:10],  # shorter than an Ethernet header
+        eth / ip / tcp,  # fine again
+        b"",  # an empty record, last in the file
+    ]
+    path = tmp_path / "broken.pcap"
+    gen.write_pcap(path, frames, 1)
+    cap = read_capture(path)
+    m = cap.meta
+    assert cap.packets["frame"].tolist() == [1, 8]
+    assert m.skipped_other == {"bad_ip_header": 2, "bad_tcp_header": 2,
+                               "unsupported_encapsulation": 1, "link_header_cut": 2}
+    assert m.records == 9 and not m.truncated
+
+
+def _ng(gen, order="<"):
+    ng = gen.NgWriter(order)
+    ng.shb()
+    return ng
+
+
+def test_pcapng_interface_without_idb_is_skipped_and_counted(tmp_path):
+    gen = _generator()
+    c4, s4 = gen.v4()
+    frames = [bytes(f) for f in gen.eth(gen.conversation(c4, s4)[:3])]
+    ng = _ng(gen)
+    ng.idb(1)
+    ng.epb(0, 1, frames[0])
+    ng.epb(5, 2, frames[1])  # interface 5 was never described
+    ng.epb(0, 3, frames[2])
+    path = tmp_path / "noidb.pcapng"
+    path.write_bytes(ng.bytes())
+    cap = read_capture(path)
+    assert cap.packets["frame"].tolist() == [1, 3]  # numbering counts the skipped block
+    assert cap.meta.skipped_other == {"unknown_interface": 1}
+    assert any("no interface description" in w for w in cap.meta.warnings)
+
+
+def test_pcapng_unsupported_interface_beside_a_supported_one(tmp_path):
+    gen = _generator()
+    c4, s4 = gen.v4()
+    frames = [bytes(f) for f in gen.eth(gen.conversation(c4, s4)[:2])]
+    ng = _ng(gen)
+    ng.idb(1)
+    ng.idb(147)
+    ng.epb(0, 1, frames[0])
+    ng.epb(1, 2, b"\0" * 30)
+    ng.epb(0, 3, frames[1])
+    path = tmp_path / "mixed.pcapng"
+    path.write_bytes(ng.bytes())
+    cap = read_capture(path)
+    assert cap.packets["frame"].tolist() == [1, 3]
+    assert cap.meta.skipped_other == {"unsupported_linktype": 1}
+    assert any("link type 147" in w for w in cap.meta.warnings)
+    only = _ng(gen)
+    only.idb(147)
+    only.epb(0, 1, b"\0" * 30)
+    path.write_bytes(only.bytes())
+    with pytest.raises(UnknownLinkType, match="link type 147"):
+        read_capture(path)
+
+
+def test_pcapng_binary_resolution_and_offset(tmp_path):
+    gen = _generator()
+    c4, s4 = gen.v4()
+    frame = bytes(gen.eth(gen.conversation(c4, s4)[:1])[0])
+    ng = _ng(gen)
+    ng.idb(1, tsresol=0x80 | 20, tsoffset_s=1_000)  # units of 2^-20 s, since epoch + 1000 s
+    units = (1_700_000_000 << 20) + (1 << 19)  # 1_700_000_000.5 s
+    ng.epb(0, units, frame)
+    path = tmp_path / "binres.pcapng"
+    path.write_bytes(ng.bytes())
+    cap = read_capture(path)
+    assert cap.packets["ts_ns"].tolist() == [1_700_001_000_500_000_000]
+    assert cap.meta.ts_resolution_ns == 954  # 2^-20 s = 953.7 ns, rounded up
+
+
+def test_pcapng_corrupt_block_length(tmp_path):
+    data = bytearray((FIXTURES / "pcapng_two_ifaces.pcapng").read_bytes())
+    shb_len, = struct.unpack_from("<I", data, 4)
+    idb1_len, = struct.unpack_from("<I", data, shb_len + 4)
+    at = shb_len + idb1_len  # the second IDB
+    struct.pack_into("<I", data, at + 4, 13)  # not a multiple of 4
+    path = tmp_path / "corrupt.pcapng"
+    path.write_bytes(bytes(data))
+    m = read_capture(path).meta
+    assert m.truncated and m.truncated_at_offset == at and m.records == 0
+    assert "corrupt" in m.warnings[0] and f"offset {at}" in m.warnings[0]
+
+
+def test_zero_filled_tail_is_not_read_as_packets(tmp_path):
+    good = (FIXTURES / "eth_v4_v6.pcap").read_bytes()
+    path = tmp_path / "zeros.pcap"
+    path.write_bytes(good + b"\0" * 4096)  # preallocated, never written
+    m = read_capture(path).meta
+    assert m.records == 25 and m.truncated and m.truncated_at_offset == len(good)
+    assert "corrupt" in m.warnings[0]
+
+
+def test_pcapng_obsolete_packet_block(tmp_path):
+    gen = _generator()
+    c4, s4 = gen.v4()
+    frames = [bytes(f) for f in gen.eth(gen.conversation(c4, s4)[:2])]
+    ng = _ng(gen)
+    ng.idb(1)
+    ng.epb(0, 1_700_000_000_000_001, frames[0])
+    units = 1_700_000_000_000_002
+    data = frames[1] + b"\0" * (-len(frames[1]) % 4)
+    # PB (pcapng Appendix A): interface u16, drops u16, ts high, ts low, caplen, origlen
+    ng.block(2, struct.pack("<HHIIII", 0, 0, units >> 32, units & 0xFFFFFFFF, len(frames[1]),
+                            len(frames[1])) + data)
+    path = tmp_path / "pb.pcapng"
+    path.write_bytes(ng.bytes())
+    cap = read_capture(path)
+    assert cap.meta.records == 2
+    assert cap.packets["ts_ns"].tolist() == [1_700_000_000_000_001_000,
+                                             1_700_000_000_000_002_000]
+    assert cap.packets["seq"].tolist() == read("eth_v4_v6.pcap").packets["seq"][:2].tolist()
+
+
+CORPUS = sorted((HERE / "fixtures" / "corpus").glob("*/capture.pcap"))
+
+
+@pytest.mark.skipif(TSHARK is None or not CORPUS, reason="needs tshark and the lab corpus")
+@pytest.mark.parametrize("path", CORPUS, ids=[p.parent.name for p in CORPUS])
+def test_real_lab_captures_match_tshark(path):
+    """tcpdump's own captures from the lab (Ethernet and -i any, TSO on and off, v4 and v6,
+    headers-only snaplen): every TCP segment tshark sees, field by field."""
+    cap = read_capture(path)
+    p = cap.packets
+    theirs = tshark_rows(path)
+    assert p["frame"].tolist() == [int(t["frame.number"]) for t in theirs]
+    assert p["seq"].tolist() == [int(t["tcp.seq_raw"]) for t in theirs]
+    assert p["ack"].tolist() == [int(t["tcp.ack_raw"]) for t in theirs]
+    assert p["payload_len"].tolist() == [int(t["tcp.len"]) for t in theirs]
+    assert p["flags"].tolist() == [int(t["tcp.flags"], 16) for t in theirs]
+    assert p["tsval"].tolist() == [int(t["tcp.options.timestamp.tsval"] or 0) for t in theirs]
+    sack_l0 = [int(t["tcp.options.sack_le"].split(",")[0] or 0) for t in theirs]
+    assert p["sack_l0"].tolist() == sack_l0
+    assert cap.meta.records == cap.meta.tcp_packets + cap.meta.skipped_non_tcp + sum(
+        cap.meta.skipped_other.values())
