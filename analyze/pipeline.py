@@ -170,9 +170,9 @@ def _merge(ev, ev_rows, wire, packets, capture, summary) -> pd.DataFrame:
     out["source"] = np.where(frames > 0, "event+capture", "event")
     # flows_in_capture: does this event's flow appear in the capture at all?
     flows_seen = set(zip(wire["saddr"], wire["sport"], wire["daddr"], wire["dport"]))
-    from retranscope.analyze.flows import assign_flows  # noqa: F401  (flows already built)
     in_cap = np.array([(a, p, b, q) in flows_seen or bool(f) for a, p, b, q, f in
-                       zip(ev["saddr"], ev["sport"], ev["daddr"], ev["dport"], frames)])
+                       zip(ev["saddr"], ev["sport"], ev["daddr"], ev["dport"], frames)],
+                      dtype=bool)
     meta = capture.meta
     why = why_unmatched(ev, frames, meta.first_ts_ns, meta.last_ts_ns, in_cap, meta.if_drops)
     out["match"] = np.where(frames > 0, "matched", why)
@@ -181,13 +181,14 @@ def _merge(ev, ev_rows, wire, packets, capture, summary) -> pd.DataFrame:
     out["kind_agrees"] = np.where(kp.notna(), agrees, None)
     # Retransmitted frames no event explains: kept, as their own rows.
     orphan = wire[wire_ev < 0].copy()
-    orphan["match"] = "no_event"
+    orphan["match"] = _why_no_event(orphan, summary.get("recording") or {})
     summary["match"] = {
         "events": int(len(ev)),
         "events_matched": int((frames > 0).sum()),
         "unmatched_events": pd.Series(why[frames == 0]).value_counts().to_dict(),
         "frames_matched": int((event_of_row >= 0).sum()),
         "frames_without_event": int(len(orphan)),
+        "frames_without_event_by": orphan["match"].value_counts().to_dict(),
         "disagreements": int((out["kind_agrees"] == False).sum()),  # noqa: E712
     }
     if len(ev) and not (frames > 0).any():
@@ -195,6 +196,26 @@ def _merge(ev, ev_rows, wire, packets, capture, summary) -> pd.DataFrame:
             "no kernel event matched any frame: the capture and the events are from different "
             "hosts, namespaces or times")
     return pd.concat([out, orphan], ignore_index=True)
+
+
+def _why_no_event(frames: pd.DataFrame, rec: dict) -> np.ndarray:
+    """Why a retransmitted frame has no kernel event: outside the recording, outside the
+    recorder's filters, or unexplained (no_event: a lost sample would be counted in
+    run.json; another namespace's socket; a retransmission the kernel did not trace)."""
+    out = np.full(len(frames), "no_event", dtype=object)
+    ts = frames["ts_wall_ns"].to_numpy(np.int64)
+    filters = rec.get("filters") or {}
+    port, family = filters.get("port"), filters.get("family")
+    if port is not None:
+        outside = (frames["sport"].to_numpy() != port) & (frames["dport"].to_numpy() != port)
+        out[outside] = "filtered_out"
+    if family is not None:
+        out[frames["family"].to_numpy() != family] = "filtered_out"
+    if rec.get("started_wall_ns"):
+        out[ts < rec["started_wall_ns"]] = "before_recording"
+    if rec.get("ended_wall_ns"):
+        out[ts > rec["ended_wall_ns"]] = "after_recording"
+    return out
 
 
 def _flows_out(flows: pd.DataFrame | None, rows: pd.DataFrame) -> pd.DataFrame:

@@ -155,9 +155,8 @@ def quality(a: Analysis) -> list[str]:
     m = s.get("match") or {}
     for key, count in sorted((m.get("unmatched_events") or {}).items()):
         lines.append(f"{count} kernel events have no frame in the capture ({key}).")
-    if m.get("frames_without_event"):
-        lines.append(f"{m['frames_without_event']} retransmitted frames have no kernel event "
-                     "(recording window, namespace or filters).")
+    for key, count in sorted((m.get("frames_without_event_by") or {}).items()):
+        lines.append(f"{count} retransmitted frames have no kernel event ({key}).")
     if m.get("disagreements"):
         lines.append(f"The capture's verdict differs from the kernel's reason for "
                      f"{m['disagreements']} retransmissions (kind_agrees = false).")

@@ -44,8 +44,9 @@ RETRANSMIT_COLUMNS = (
     ("frame", "first capture frame of this retransmission (-1 if none)"),
     ("frames", "capture frames it covers"),
     ("tx_index", "2 = first retransmission of these bytes, 3 = second, ..."),
-    ("match", "'matched', or why not: no_event, no_frame, not_sent, before_capture, after_capture, "
-              "capture_dropped, flow_not_in_capture"),
+    ("match", "'matched', or why not: for events no_frame, not_sent, before_capture, "
+              "after_capture, capture_dropped, flow_not_in_capture; for frames no_event, "
+              "before_recording, after_recording, filtered_out"),
     ("kernel_ca_state", "the socket's congestion-avoidance state (event)"),
     ("kernel_srtt_us", "the socket's SRTT (event)"),
     ("kernel_backoff", "icsk_backoff (event)"),

@@ -200,3 +200,21 @@ def test_report_renders_in_a_real_browser(tmp_path):
 def test_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "retranscope", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "analyze" in r.stdout
+
+
+def test_frames_outside_the_recording_are_said_so(tmp_path):
+    """Events recorded for a port filter: frames of other ports are 'filtered_out'."""
+    d = CORPUS / "random_loss_notso"
+    rec = tmp_path / "rec"
+    shutil.copytree(d, rec)
+    run = json.loads((rec / "run.json").read_text())
+    run["filters"]["port"] = 1  # pretend the recorder only watched port 1
+    (rec / "run.json").write_text(json.dumps(run))
+    ev = pq.read_table(next((rec / "events").glob("*.parquet")))
+    pq.write_table(ev.slice(0, 0), next((rec / "events").glob("*.parquet")))
+    r = cli("analyze", "--pcap", str(d / "capture.pcap"), "--events", str(rec),
+            "--out", str(tmp_path / "o"), "-q")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["match"]["frames_without_event_by"] == {"filtered_out": s["match"]["frames_without_event"]}
+    assert s["match"]["frames_without_event"] > 0
