@@ -15,8 +15,29 @@ Linux retransmits from four places (net/ipv4/tcp_output.c, tcp_timer.c, tcp_reco
 
 The capture is taken on the sender's host, so an ACK-clocked retransmission leaves within
 microseconds of the ACK that released it, while every timer fires at least
-TCP_TIMEOUT_MIN_US (2 ms) after the event that armed it. That, which segment is resent
-(head or tail), and the congestion state replayed below decide the kind.
+TCP_TIMEOUT_MIN_US (2 ms) after the event that armed it. That clock, which segment is resent
+(head = snd_una, tail = the last MSS below snd_nxt), how much is resent at once (the timers
+resend one MSS), and the congestion state replayed below decide the kind.
+
+The replayed state (tcp_fastretrans_alert, tcp_process_loss, tcp_process_tlp_ack):
+
+* Open / Disorder: Disorder while the receiver reports SACKed data above snd_una, or
+  after recovery while the segment at snd_una was ever resent (tcp_try_keep_open). A probe
+  is only scheduled in Open (and CWR), on a SACK connection, with tlp_high_seq clear.
+* Recovery: entered by the first fast retransmit (an ACK with loss news, or the RACK
+  reorder timer; high_seq = snd_nxt), left when snd_una reaches high_seq or when D-SACKs
+  report every retransmission of the episode duplicate (tcp_try_undo_dsack).
+* Loss: entered by an RTO (high_seq = snd_nxt, tlp_high_seq cleared), left when snd_una
+  reaches high_seq, on an Eifel undo (the ACK echoes a TSval older than the first
+  retransmission, tcp_packet_delayed), an F-RTO undo (never-resent data acknowledged, RFC
+  5682), a D-SACK undo, or for Recovery when RACK finds a retransmission lost again
+  (FLAG_LOST_RETRANS: a range already resent in this Loss episode is resent on an ACK).
+* tlp_high_seq: set by a probe; cleared by an ACK beyond it, a D-SACK or pure duplicate
+  ACK at it, entering Recovery or Loss; an ACK exactly at it leaves it set.
+
+A capture that starts mid-connection is read with the same rules: a gap before the next
+new data shows how far snd_nxt already was (retrans.py marks the segments before it), and
+a retransmission with no ACK seen yet is timed from the capture's start.
 
 Work is bulk first: SRTT samples, ACK tables, D-SACK matching and bursts are vectorised; a
 tight loop then walks only the *bursts* of retransmissions of each flow (not every packet),
@@ -31,9 +52,16 @@ from bisect import bisect_left, bisect_right
 import numpy as np
 import pandas as pd
 
-from retranscope.analyze.flows import sequence_space
+from retranscope.analyze.flows import (
+    NO_VALUE,
+    by_group,
+    group_numbers,
+    sack_blocks,
+    seg_cummax,
+    sequence_space,
+)
 from retranscope.analyze.retrans import sender_context
-from retranscope.schemas.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from retranscope.schemas.packets import TCP_ACK, TCP_RST, TCP_SYN
 
 KINDS = ("tlp", "fast", "rto", "rto_recovery", "syn", "synack", "unknown")
 #: The three families the kernel's counters distinguish (TCPTimeouts+TCPSlowStartRetrans+
@@ -50,6 +78,11 @@ TCP_TIMEOUT_MIN_US = 2_000        # TCP_TIMEOUT_MIN_US: floor of the PTO and RAC
 #: A retransmission this soon after an ACK was sent while processing it: no timer can fire
 #: earlier than TCP_TIMEOUT_MIN_US after the ACK that (re)armed it.
 ACK_CLOCK_NS = TCP_TIMEOUT_MIN_US * 1000 // 2
+#: No timer fires sooner than this after the ACK that re-armed it: an ACK that advances
+#: snd_una re-arms the probe/RTO timer (tcp_set_xmit_timer) or the RACK reorder timer, both
+#: at least TCP_TIMEOUT_MIN_US away. Closer than that, a retransmission answers that ACK
+#: even if the stack processed it late (socket owned by the writer: the backlog).
+TIMER_MIN_NS = TCP_TIMEOUT_MIN_US * 1000
 #: Wire segments of one kernel retransmit call (a GSO skb split, or the rest of the queue
 #: walk) leave back to back, with no ACK in between.
 BURST_GAP_NS = TCP_TIMEOUT_MIN_US * 1000 // 2
@@ -57,7 +90,7 @@ BURST_GAP_NS = TCP_TIMEOUT_MIN_US * 1000 // 2
 OPEN, DISORDER, CWR, RECOVERY, LOSS = 0, 1, 2, 3, 4  # enum tcp_ca_state
 CA_NAMES = {OPEN: "Open", DISORDER: "Disorder", CWR: "CWR", RECOVERY: "Recovery", LOSS: "Loss"}
 
-_NONE = np.iinfo(np.int64).min // 4
+_NONE = NO_VALUE  # "no value": the floor of seg_cummax
 _INF = np.iinfo(np.int64).max // 4
 
 CLASSIFY_COLUMNS = (
@@ -70,23 +103,32 @@ CLASSIFY_COLUMNS = (
 # --- bulk helpers ------------------------------------------------------------------------
 
 def _affine_scan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """y[i] = a[i] * y[i-1] + b[i] (y[-1] = 0), as a parallel prefix (Hillis-Steele).
-
-    A row with a = 0 restarts the recurrence, which is how groups are kept apart. All
-    |a| <= 1, so the composed coefficients only shrink: numerically stable.
+    """y[i] = a[i] * y[i-1] + b[i] (y[-1] = 0), blocked: sequential over sqrt(n) positions
+    with every block at once, then over the blocks. A row with a = 0 restarts the
+    recurrence (how groups are kept apart); |a| <= 1 keeps it numerically stable.
     """
-    A = a.astype(np.float64).copy()
-    B = b.astype(np.float64).copy()
-    n = len(A)
-    d = 1
-    while d < n:
-        nB = B.copy()
-        nB[d:] += A[d:] * B[:-d]
-        nA = A.copy()
-        nA[d:] *= A[:-d]
-        A, B = nA, nB
-        d *= 2
-    return B
+    n = len(a)
+    if n == 0:
+        return np.zeros(0)
+    width = max(16, int(np.sqrt(n)))
+    nb = -(-n // width)
+    pad = nb * width - n
+    A = np.concatenate([a.astype(np.float64), np.ones(pad)]).reshape(nb, width)
+    B = np.concatenate([b.astype(np.float64), np.zeros(pad)]).reshape(nb, width)
+    Y = np.empty_like(B)   # within-block result, as if the block started from y = 0
+    P = np.empty_like(A)   # product of a over the block up to each position
+    Y[:, 0] = B[:, 0]
+    P[:, 0] = A[:, 0]
+    for i in range(1, width):
+        Y[:, i] = A[:, i] * Y[:, i - 1] + B[:, i]
+        P[:, i] = A[:, i] * P[:, i - 1]
+    carry = np.zeros(nb)   # y just before each block
+    c = 0.0
+    last_y, last_p = Y[:, -1].tolist(), P[:, -1].tolist()
+    for k in range(nb):
+        carry[k] = c
+        c = last_p[k] * c + last_y[k]
+    return (Y + P * carry[:, None]).ravel()[:n]
 
 
 def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +155,11 @@ def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np
     prev[1:] = srtt[:-1]
     err = m - prev
     aerr = np.abs(err)
+    # mdev <= max(2*m0, 4*max|err|): when that stays under TCP_RTO_MIN, rttvar is the
+    # floor itself and the two mdev passes can be skipped (the common short-RTT case).
+    if max(float((2.0 * m[start]).max()), float(4.0 * aerr[~start].max(initial=0.0))) \
+            < TCP_RTO_MIN_US:
+        return srtt, np.minimum(srtt + TCP_RTO_MIN_US, TCP_RTO_MAX_US)
     # mdev: linearise the branch (which depends on mdev itself) with one refinement pass.
     a1 = np.where(start, 0.0, 0.75)
     b1 = np.where(start, 2.0 * m, aerr)
@@ -129,16 +176,41 @@ def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np
     return srtt, rto
 
 
+_KEY_BAND = np.int64(1) << np.int64(42)
+_KEY_LIM = (np.int64(1) << np.int64(41)) - 1
+
+
+def _key(g: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(group, value) as one sortable int64: values (sequence offsets, frame numbers) fit
+    well inside +-2**41, groups (flow ids) below 2**21."""
+    return g.astype(np.int64) * _KEY_BAND + (np.clip(v, -_KEY_LIM, _KEY_LIM) + (_KEY_BAND >> 1))
+
+
 def _grp_search(grp_sorted: np.ndarray, val_sorted: np.ndarray, q_grp: np.ndarray,
                 q_val: np.ndarray, side: str = "right") -> np.ndarray:
-    """searchsorted of (group, value) pairs; rows sorted by group then value (int64 values)."""
-    band = np.int64(1) << np.int64(42)
-    lim = (np.int64(1) << np.int64(41)) - 1
+    """searchsorted of (group, value) pairs; rows sorted by group then value."""
+    return np.searchsorted(_key(grp_sorted, val_sorted), _key(q_grp, q_val), side=side)
 
-    def key(g, v):
-        return g.astype(np.int64) * band + (np.clip(v, -lim, lim) + (band >> 1))
 
-    return np.searchsorted(key(grp_sorted, val_sorted), key(q_grp, q_val), side=side)
+class _Originals:
+    """First transmissions of the data flows, by flow then capture order (which is also
+    sequence order), with their search keys built once."""
+
+    def __init__(self, packets, space, flow_id, sel):
+        self.sel = sel
+        self.flow = flow_id[sel]
+        self.seq = space["seq_abs"][sel]
+        self.end = space["end_abs"][sel]
+        self.ts = packets["ts_ns"][sel]
+        self.key_seq = _key(self.flow, self.seq)
+        self.key_frame = _key(self.flow, packets["frame"][sel])
+
+    def containing(self, f: np.ndarray, byte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, index) of the first transmission of flow f holding sequence ``byte``."""
+        p = np.searchsorted(self.key_seq, _key(f, byte), side="right") - 1
+        ok = (p >= 0) & (_at(self.flow, p, p >= 0, -1) == f)
+        ok &= (_at(self.seq, p, ok, 0) <= byte) & (_at(self.end, p, ok, _NONE) > byte)
+        return ok, np.clip(p, 0, None)
 
 
 class _FlowArrays:
@@ -185,44 +257,57 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
     want[data_flows] = True
 
     # ---- ACK table: packets of the reverse flows of flows with retransmissions ---------
-    pk_flow_of_ack = np.where(flow_id >= 0, rev_of[flow_id], -1)
-    ack_sel = np.flatnonzero(space["ack_flag"] & (pk_flow_of_ack >= 0)
-                             & want[np.clip(pk_flow_of_ack, 0, None)]
+    frame = packets["frame"]
+    sorted_cap = len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1]))
+    want_rev = np.zeros(n_flows, dtype=bool)
+    rv = rev_of[data_flows]
+    want_rev[rv[rv >= 0]] = True
+    ack_sel = np.flatnonzero(space["ack_flag"] & want_rev[flow_id]
                              & ((flags_all & TCP_RST) == 0))
-    a_flow = pk_flow_of_ack[ack_sel]
-    o = np.lexsort((packets["frame"][ack_sel], a_flow))
-    ack_sel, a_flow = ack_sel[o], a_flow[o]
-    una_init = _first_seq(space, flow_id, n_flows)
+    if not sorted_cap:
+        ack_sel = ack_sel[np.argsort(packets["frame"][ack_sel], kind="stable")]
+    ack_sel = by_group(ack_sel, rev_of[flow_id[ack_sel]])
+    a_flow = rev_of[flow_id[ack_sel]]
+    una_init = _first_seq(space, flow_id, flows, packets["frame"])
     A = _ack_table(packets, space, ack_sel, a_flow, una_init)
     a_idx = _FlowArrays(a_flow, n_flows)
 
     # ---- originals and transmissions of the data flows -----------------------------------
     seg_len = space["seg_len"]
     tx_sel = np.flatnonzero((seg_len > 0) & want[flow_id] & ((flags_all & TCP_RST) == 0))
-    tx_sel = tx_sel[np.lexsort((packets["frame"][tx_sel], flow_id[tx_sel]))]
+    if not sorted_cap:
+        tx_sel = tx_sel[np.argsort(packets["frame"][tx_sel], kind="stable")]
+    tx_sel = by_group(tx_sel, flow_id[tx_sel])
     tx_flow = flow_id[tx_sel]
     tx_ts = ts_all[tx_sel]
     is_rtx_pkt = np.zeros(len(flow_id), dtype=bool)
     is_rtx_pkt[r_pkt] = True
+    # First transmissions, by flow then capture order, which is also sequence order.
     orig_sel = tx_sel[~is_rtx_pkt[tx_sel]]
-    orig_sel = orig_sel[np.lexsort((space["seq_abs"][orig_sel], flow_id[orig_sel]))]
-
-    una_init = _first_seq(space, flow_id, n_flows)
+    origs = _Originals(packets, space, flow_id, orig_sel)
+    # What the sender had been told before each ACK (highest SACKed sequence), and whether
+    # it sent new data between this ACK and the next (F-RTO step 2.b).
+    A["sack_top"] = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
+    nx = np.searchsorted(origs.key_frame, _key(a_flow, A["frame"]), side="right")
+    nx_frame = _at(packets["frame"][orig_sel], nx,
+                   (nx < len(orig_sel)) & (_at(origs.flow, nx, nx < len(orig_sel), -1) == a_flow),
+                   np.iinfo(np.int64).max)
+    next_ack_frame = np.r_[A["frame"][1:], np.iinfo(np.int64).max]
+    same_next = np.r_[a_flow[1:] == a_flow[:-1], False]
+    A["new_after"] = nx_frame < np.where(same_next, next_ack_frame, np.iinfo(np.int64).max)
 
     # ---- RTT samples -> SRTT / RTO (tcp_ack_update_rtt) ----------------------------------
-    s_flow, s_frame, s_srtt, s_rto = _rtt_samples(packets, space, A, a_flow, orig_sel, out,
-                                                  flow_id, ts_ok_f, una_init)
-    s_idx = _FlowArrays(s_flow, n_flows)
+    s_flow, s_frame, s_srtt, s_rto = _rtt_samples(packets, space, A, a_flow, origs, out,
+                                                  flow_id, ts_ok_f, una_init,
+                                                  _remote_shift_us(flows))
 
     # ---- per-retransmission evidence (vectorised) ----------------------------------------
-    last_rev = context["last_rev"][r_pkt]
     # Previous data transmission of the same flow (retransmission or not).
     pos_in_tx = np.searchsorted(_pair_key(tx_flow, packets["frame"][tx_sel]),
                                 _pair_key(r_flow, out["frame"].to_numpy()), side="left")
     prev_tx = pos_in_tx - 1
     prev_ok = (prev_tx >= 0) & (_at(tx_flow, prev_tx, prev_tx >= 0, -1) == r_flow)
     prev_tx_ts = _at(tx_ts, prev_tx, prev_ok, _NONE)
-    prev_tx_pkt = _at(tx_sel, prev_tx, prev_ok, -1)
     since_last_send = np.where(prev_ok, r_ts - prev_tx_ts, _NONE)
     # The last ACK from the receiver before it: index into the ACK table.
     k_last = _grp_search(a_flow, packets["frame"][ack_sel], r_flow, out["frame"].to_numpy(),
@@ -231,6 +316,24 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
     k_last = np.where(k_ok, k_last, -1)
     last_ack_ts = _at(A["ts"], k_last, k_ok, _NONE)
     since_last_ack = np.where(k_ok, r_ts - last_ack_ts, _NONE)
+
+    # A flow sent by the capture's peer (flows.local is False): its segments reach us
+    # half a path RTT after they left, our ACKs reach it half an RTT after we saw them. In
+    # the sender's own time, an ACK-clocked retransmission follows the ACK by 0, not by
+    # the path RTT: compare in that time.
+    shift_f = _remote_shift_us(flows) * 1000
+    shift = shift_f[r_flow]
+    rem = shift > ACK_CLOCK_NS
+    if rem.any() and len(a_flow):
+        t_ref = int(ts_all.min())
+        k2 = np.searchsorted(_key(a_flow, (A["ts"] - t_ref) // 1000),
+                             _key(r_flow[rem], (r_ts[rem] - shift[rem] - t_ref) // 1000),
+                             side="right") - 1
+        ok2 = (k2 >= 0) & (_at(a_flow, k2, k2 >= 0, -1) == r_flow[rem])
+        k_last[rem] = np.where(ok2, k2, -1)
+        k_ok[rem] = ok2
+        since_last_ack[rem] = np.where(ok2, r_ts[rem] - shift[rem] - _at(A["ts"], k2, ok2, 0),
+                                       _NONE)
 
     # SRTT/RTO in force at each retransmission (the last sample before it).
     s_pos = np.searchsorted(_pair_key(s_flow, s_frame),
@@ -241,17 +344,13 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
 
     # Bursts: a retransmission continues the previous one of its flow when no ACK arrived
     # in between and the flow's previous transmission left just before it.
-    prev_r_same = np.zeros(m, dtype=bool)
     order_r = np.lexsort((out["frame"].to_numpy(), r_flow))
-    inv = np.empty(m, dtype=np.int64)
-    inv[order_r] = np.arange(m)
     rf, rk = r_flow[order_r], k_last[order_r]
     cont = np.zeros(m, dtype=bool)
     cont[1:] = (rf[1:] == rf[:-1]) & (rk[1:] == rk[:-1])
     cont &= (since_last_send[order_r] >= 0) & (since_last_send[order_r] <= BURST_GAP_NS)
     cont &= ~r_probe[order_r]
     cont[1:] &= ~r_probe[order_r][:-1]
-    prev_r_same[order_r] = cont
     burst_id_sorted = np.cumsum(~cont) - 1
     burst_of = np.empty(m, dtype=np.int64)
     burst_of[order_r] = burst_id_sorted
@@ -260,18 +359,39 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
     dsack_ts = _dsack_times(A, a_flow, out)
     ts_echo = _ts_echo_spurious(packets, A, a_flow, a_idx, out, ts_ok_f)
 
+    # snd_nxt when it was sent. New data always leaves at snd_nxt, so the next first
+    # transmission after a retransmission starts at the sender's snd_nxt: when that is
+    # beyond what the capture has seen (it started late, or missed packets), the bytes in
+    # between were outstanding too, and the retransmission was not of the tail.
+    snd_nxt_r = out["snd_nxt_abs"].to_numpy(dtype=np.int64, na_value=_NONE).copy()
+    nxt = np.searchsorted(origs.key_frame, _key(r_flow, out["frame"].to_numpy()), side="right")
+    nxt_ok = (nxt < len(origs.sel)) & (_at(origs.flow, nxt, nxt < len(origs.sel), -1) == r_flow)
+    nxt_seq = _at(origs.seq, nxt, nxt_ok, _NONE)
+    snd_nxt_r = np.maximum(snd_nxt_r, np.where(nxt_ok, nxt_seq, _NONE))
+
     # MSS in use, to count packets_out for the PTO (tcp_schedule_loss_probe).
     mss = _flow_mss(packets, flows, flow_id, tx_sel)
     una_at = np.where(k_ok, _at(A["una"], k_last, k_ok, 0), una_init[r_flow])
-    pkts_out = _packets_out(space, flow_id, orig_sel, mss, r_flow, una_at,
-                            out["snd_nxt_abs"].to_numpy())
+    pkts_out = _packets_out(origs, mss, r_flow, una_at, snd_nxt_r)
 
-    res = _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe,
-                  flags_all[r_pkt], out["snd_nxt_abs"].to_numpy(),
-                  packets["tsval"][r_pkt].astype(np.int64),
-                  packets["opt_ts"][r_pkt].astype(bool),
-                  k_last, since_last_ack, srtt_us, rto_us, A, a_idx, sack_ok_f, mss,
-                  una_init, dsack_ts, pkts_out)
+    # When the segment at snd_una last left (its first transmission here; the replay adds
+    # its retransmissions): the RTO runs from it or from the last ACK that advanced.
+    p_ok, p = origs.containing(r_flow, una_at)
+    head_orig_ts = _at(origs.ts, p, p_ok, _NONE)
+    adv_ff = _ffill_adv(A["adv"], a_flow)
+
+    rows_in = {
+        "seq": r_seq, "end": r_end, "ts": r_ts, "flags": flags_all[r_pkt], "snd_nxt": snd_nxt_r,
+        "tsval": packets["tsval"][r_pkt].astype(np.int64),
+        "has_ts": packets["opt_ts"][r_pkt].astype(bool), "k": k_last, "sla": since_last_ack,
+        "srtt": srtt_us, "rto": rto_us, "probe": r_probe, "dsack": dsack_ts,
+        "pkts_out": pkts_out, "head_ts": head_orig_ts,
+    }
+    flows_in = {
+        "sack_ok": sack_ok_f, "mss": mss, "mss_known": flows["handshake_seen"].to_numpy(bool),
+        "una0": una_init, "a_start": a_idx.start, "a_end": a_idx.end,
+    }
+    res = _replay(rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, int(ts_all.min()))
 
     kind = res["kind"]
     out["kind_pcap"] = kind
@@ -285,14 +405,16 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
     out["since_last_send_ns"] = _nullable(since_last_send, since_last_send != _NONE)
     out["since_last_ack_ns"] = _nullable(since_last_ack, k_ok)
     out["srtt_us"] = _nullable(np.round(srtt_us).astype(np.int64), s_ok)
-    out["expected_pto_ns"] = _nullable(res["pto_ns"], ~r_probe)
-    out["expected_rto_ns"] = _nullable(res["rto_ns"], ~r_probe)
-    out["backoff"] = _nullable(res["backoff"], res["backoff"] >= 0)
-    trig = res["trigger"]
-    tk = np.clip(trig, 0, None)
-    out["trigger_frame"] = _nullable(_at(A["frame"], tk, trig >= 0, 0), trig >= 0)
-    out["since_trigger_ns"] = _nullable(r_ts - _at(A["ts"], tk, trig >= 0, 0), trig >= 0)
-    out["ca_state"] = [CA_NAMES.get(int(s)) if s >= 0 else None for s in res["ca"]]
+    pto = np.array(res["pto_ns"], dtype=np.int64)
+    rto = np.array(res["rto_ns"], dtype=np.int64)
+    out["expected_pto_ns"] = _nullable(pto, ~r_probe)
+    out["expected_rto_ns"] = _nullable(rto, ~r_probe)
+    bo = np.array(res["backoff"], dtype=np.int64)
+    out["backoff"] = _nullable(bo, bo >= 0)
+    trig = np.array(res["trigger"], dtype=np.int64)
+    out["trigger_frame"] = _nullable(_at(A["frame"], trig, trig >= 0, 0), trig >= 0)
+    out["since_trigger_ns"] = _nullable(r_ts - _at(A["ts"], trig, trig >= 0, 0), trig >= 0)
+    out["ca_state"] = [CA_NAMES.get(s) for s in res["ca"]]
     out["clock"] = res["clock"]
     out["position"] = res["position"]
     out["burst"] = burst_of
@@ -313,36 +435,36 @@ def _nullable(values: np.ndarray, valid: np.ndarray) -> pd.api.extensions.Extens
 
 
 def _pair_key(grp: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """(flow, frame) as one sortable int64 (frames < 2**40)."""
-    return grp.astype(np.int64) * (np.int64(1) << np.int64(40)) + order.astype(np.int64)
+    """(flow, frame) as one sortable int64."""
+    return _key(grp, order)
 
 
-def _packets_out(space, flow_id, orig_sel, mss, r_flow, una, snd_nxt) -> np.ndarray:
+def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
     """tp->packets_out: segments (MSS units of each skb) between snd_una and snd_nxt."""
-    if len(orig_sel) == 0:
+    if len(origs.sel) == 0:
         return np.maximum(1, -(-(snd_nxt - una) // mss[r_flow]))
-    o_flow = flow_id[orig_sel]
-    o_seq = space["seq_abs"][orig_sel]
-    o_len = space["end_abs"][orig_sel] - o_seq
-    pc = np.maximum(1, -(-o_len // mss[o_flow]))
+    pc = np.maximum(1, -(-(origs.end - origs.seq) // mss[origs.flow]))
     cum = np.cumsum(pc)
-    lo = _grp_search(o_flow, o_seq, r_flow, una, side="left")
-    hi = _grp_search(o_flow, o_seq, r_flow, snd_nxt, side="left")
+    lo = np.searchsorted(origs.key_seq, _key(r_flow, una), side="left")
+    hi = np.searchsorted(origs.key_seq, _key(r_flow, snd_nxt), side="left")
     c_hi = np.where(hi > 0, cum[np.clip(hi - 1, 0, None)], 0)
     c_lo = np.where(lo > 0, cum[np.clip(lo - 1, 0, None)], 0)
     # The segment holding snd_una (partly acked) still counts.
-    lo_part = (lo > 0) & (_at(o_flow, lo - 1, lo > 0, -1) == r_flow) & \
-        (_at(space["end_abs"][orig_sel], lo - 1, lo > 0, 0) > una)
-    n = c_hi - c_lo + lo_part
-    return np.maximum(n, 1)
+    lo_part = (lo > 0) & (_at(origs.flow, lo - 1, lo > 0, -1) == r_flow) & \
+        (_at(origs.end, lo - 1, lo > 0, 0) > una)
+    return np.maximum(c_hi - c_lo + lo_part, 1)
 
 
-def _first_seq(space, flow_id, n_flows) -> np.ndarray:
+def _first_seq(space, flow_id, flows, frame) -> np.ndarray:
     """snd_una before any ACK: the first sequence number each flow used."""
-    out = np.zeros(n_flows, dtype=np.int64)
-    idx = np.arange(len(flow_id))[::-1]
-    out[flow_id[idx]] = space["seq_abs"][idx]
-    return out
+    first = flows["first_frame"].to_numpy()
+    if len(frame) and bool(np.all(frame[1:] > frame[:-1])):
+        idx = np.searchsorted(frame, first)
+    else:
+        idx = np.full(len(flows), 0, dtype=np.int64)
+        o = np.arange(len(flow_id))[::-1]
+        idx[flow_id[o]] = o
+    return space["seq_abs"][idx]
 
 
 def _flow_mss(packets, flows, flow_id, tx_sel) -> np.ndarray:
@@ -352,7 +474,11 @@ def _flow_mss(packets, flows, flow_id, tx_sel) -> np.ndarray:
     peer_mss = np.where(rev >= 0, flows["mss"].to_numpy()[np.clip(rev, 0, None)], 0)
     peer_mss = peer_mss.astype(np.int64) - np.where(flows["ts_ok"].to_numpy(), 12, 0)
     biggest = np.zeros(n_flows, dtype=np.int64)
-    np.maximum.at(biggest, flow_id[tx_sel], packets["payload_len"][tx_sel].astype(np.int64))
+    if len(tx_sel):
+        f = flow_id[tx_sel]  # grouped by flow
+        starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
+        biggest[f[starts]] = np.maximum.reduceat(
+            packets["payload_len"][tx_sel].astype(np.int64), starts)
     return np.where(peer_mss > 0, peer_mss, np.where(biggest > 0, np.minimum(biggest, 1448),
                                                      1448))
 
@@ -360,7 +486,8 @@ def _flow_mss(packets, flows, flow_id, tx_sel) -> np.ndarray:
 def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
     """The receiver's ACKs per data flow, in capture order, with what each one says."""
     ack = space["ack_abs"][sel]
-    una = pd.Series(ack).groupby(a_flow, sort=False).cummax().to_numpy() if len(sel) else ack
+    gno = group_numbers(a_flow)
+    una = seg_cummax(ack, gno)
     start = np.ones(len(sel), dtype=bool)
     start[1:] = a_flow[1:] != a_flow[:-1]
     prev_una = np.empty_like(una)
@@ -368,21 +495,23 @@ def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
         prev_una[1:] = una[:-1]
         prev_una[start] = una_init[a_flow[start]]
     sn = packets["sack_n"][sel].astype(np.int64)
-    L = space["sack_l_abs"][sel]
-    R = space["sack_r_abs"][sel]
+    L, R = sack_blocks(space, sel)
     # D-SACK, RFC 2883 §4: the first block is at or below the cumulative ACK, or lies
     # inside the second block.
     dsack = (sn >= 1) & ((R[:, 0] <= ack) | ((sn >= 2) & (L[:, 1] <= L[:, 0])
                                              & (R[:, 0] <= R[:, 1])))
     sack_hi = np.full(len(sel), _NONE, dtype=np.int64)
+    sack_hi_left = np.full(len(sel), _NONE, dtype=np.int64)  # left edge of that block
     for b in range(4):
-        use = (sn > b) & ~((b == 0) & dsack)
-        sack_hi = np.where(use, np.maximum(sack_hi, R[:, b]), sack_hi)
+        use = (sn > b) & ~((b == 0) & dsack) & (R[:, b] > sack_hi)
+        sack_hi = np.where(use, R[:, b], sack_hi)
+        sack_hi_left = np.where(use, L[:, b], sack_hi_left)
     payload = packets["payload_len"][sel].astype(np.int64)
     return {
         "pkt": sel, "ts": packets["ts_ns"][sel], "frame": packets["frame"][sel],
         "ack": ack, "una": una, "prev_una": prev_una, "adv": una > prev_una,
-        "sack_hi": sack_hi, "dsack": dsack, "dsack_l": np.where(dsack, L[:, 0], 0),
+        "sack_hi": sack_hi, "sack_hi_left": sack_hi_left, "dsack": dsack,
+        "dsack_l": np.where(dsack, L[:, 0], 0),
         "dsack_r": np.where(dsack, R[:, 0], 0), "tsecr": packets["tsecr"][sel].astype(np.int64),
         "opt_ts": packets["opt_ts"][sel].astype(bool), "payload": payload, "sack_n": sn,
         "win": packets["win"][sel].astype(np.int64),
@@ -390,7 +519,19 @@ def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
     }
 
 
-def _rtt_samples(packets, space, A, a_flow, orig_sel, rtx, flow_id, ts_ok_f, una_init):
+def _remote_shift_us(flows: pd.DataFrame) -> np.ndarray:
+    """Path RTT (us) to add to RTT samples of flows sent by the capture's peer, else 0."""
+    out = np.zeros(len(flows), dtype=np.int64)
+    if "local" not in flows:
+        return out
+    remote = (flows["local"] == False).fillna(False).to_numpy(dtype=bool)  # noqa: E712
+    prtt = flows["path_rtt_ns"].fillna(0).to_numpy(dtype=np.int64)
+    out[remote] = prtt[remote] // 1000
+    return out
+
+
+def _rtt_samples(packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_ok_f, una_init,
+                 shift_us):
     """RTT samples the sender took (tcp_clean_rtx_queue / tcp_sacktag / tcp_ack_update_rtt).
 
     * An ACK advancing snd_una: now - send time of the first newly acknowledged segment, if
@@ -399,10 +540,6 @@ def _rtt_samples(packets, space, A, a_flow, orig_sel, rtx, flow_id, ts_ok_f, una
       tcp_rtt_tsopt_us: millisecond granularity, at least 1 ms).
     * An ACK that only SACKs new data at the top: now - send time of that segment.
     """
-    o_flow = flow_id[orig_sel]
-    o_seq = space["seq_abs"][orig_sel]
-    o_end = space["end_abs"][orig_sel]
-    o_ts = packets["ts_ns"][orig_sel]
     # Union of retransmitted ranges per flow (Karn): sorted, merged intervals.
     rf = rtx["flow_id"].to_numpy()
     rs = rtx["seq_abs"].to_numpy()
@@ -420,12 +557,8 @@ def _rtt_samples(packets, space, A, a_flow, orig_sel, rtx, flow_id, ts_ok_f, una
         return (p >= 0) & (rf[pc] == f) & (run_end[pc] > lo)
 
     def orig_containing(f, byte):
-        if len(orig_sel) == 0:
-            return np.zeros(len(f), dtype=bool), np.zeros(len(f), dtype=np.int64)
-        p = _grp_search(o_flow, o_seq, f, byte, side="right") - 1
-        pc = np.clip(p, 0, None)
-        ok = (p >= 0) & (o_flow[pc] == f) & (o_seq[pc] <= byte) & (o_end[pc] > byte)
-        return ok, o_ts[pc]
+        ok, p = origs.containing(f, byte)
+        return ok, _at(origs.ts, p, ok, 0)
 
     t = A["ts"]
     adv = A["adv"]
@@ -435,10 +568,7 @@ def _rtt_samples(packets, space, A, a_flow, orig_sel, rtx, flow_id, ts_ok_f, una
     seq_ok = adv & ok1 & ~karn & (t1 <= t)
     rtt = np.where(seq_ok, (t - t1) // 1000, -1)
     # SACK samples: new data SACKed at the top (first_sackt), no cumulative advance.
-    prev_hi = pd.Series(A["sack_hi"]).groupby(a_flow, sort=False).cummax().shift(1).to_numpy()
-    start = np.ones(len(a_flow), dtype=bool)
-    start[1:] = a_flow[1:] != a_flow[:-1]
-    prev_hi = np.where(start | np.isnan(prev_hi.astype(float)), _NONE, prev_hi).astype(np.int64)
+    prev_hi = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
     new_top = ~adv & (A["sack_hi"] > np.maximum(prev_hi, A["una"]))
     ok2, t2 = orig_containing(a_flow, A["sack_hi"] - 1)
     karn2 = overlaps_rtx(a_flow, A["sack_hi"] - 1, A["sack_hi"])
@@ -450,6 +580,8 @@ def _rtt_samples(packets, space, A, a_flow, orig_sel, rtx, flow_id, ts_ok_f, una
         ts_rtt = _ts_rtt_us(packets, flow_id, a_flow, A, ts_ok)
         rtt = np.where(ts_ok & (ts_rtt >= 0), ts_rtt, rtt)
     keep = rtt >= 0
+    # For a flow sent by the peer, ACK leaves here -> data arrived here is RTT less the path.
+    rtt = rtt + np.where(keep, shift_us[a_flow], 0)
     s_flow = a_flow[keep]
     srtt, rto = rtt_estimator(s_flow, np.maximum(rtt[keep], 1))
     return s_flow, A["frame"][keep], srtt, rto
@@ -462,15 +594,20 @@ def _ts_rtt_us(packets, flow_id, a_flow, A, mask) -> np.ndarray:
     connection (RFC 7323 §5.4, a per-connection offset), so its median gives the offset.
     """
     out = np.full(len(a_flow), -1, dtype=np.int64)
-    has = packets["opt_ts"].astype(bool) & (packets["tsval"] != 0)
+    flows_needed = np.unique(a_flow[mask])
+    offset = np.full(int(flow_id.max()) + 1, -1, dtype=np.int64)
+    has = packets["opt_ts"].astype(bool) & (packets["tsval"] != 0) & \
+        np.isin(flow_id, flows_needed)
     sel = np.flatnonzero(has)
     if not len(sel):
         return out
-    off = (packets["tsval"][sel].astype(np.int64) - packets["ts_ns"][sel] // 1_000_000) \
-        & 0xFFFFFFFF
-    med = pd.Series(off).groupby(flow_id[sel]).median()
-    offset = np.full(int(flow_id.max()) + 1, -1, dtype=np.int64)
-    offset[med.index.to_numpy()] = med.to_numpy().astype(np.int64)
+    # The first TSval of each flow against its capture time (1 ms phase error at most).
+    first = np.full(len(offset), -1, dtype=np.int64)
+    first[flow_id[sel[::-1]]] = sel[::-1]
+    fs = first[flows_needed]
+    fs = fs[fs >= 0]
+    offset[flow_id[fs]] = (packets["tsval"][fs].astype(np.int64)
+                           - packets["ts_ns"][fs] // 1_000_000) & 0xFFFFFFFF
     f = a_flow[mask]
     now_ts = (A["ts"][mask] // 1_000_000 + offset[f]) & 0xFFFFFFFF
     delta = (now_ts - A["tsecr"][mask]) & 0xFFFFFFFF
@@ -546,51 +683,47 @@ def _ts_echo_spurious(packets, A, a_flow, a_idx, rtx: pd.DataFrame, ts_ok_f) -> 
 
 # --- the replay --------------------------------------------------------------------------
 
-def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags, r_sndnxt,
-            r_tsval, r_has_ts, k_last, since_last_ack, srtt_us, rto_us, A, a_idx, sack_ok_f,
-            mss_f, una_init, dsack_ts, pkts_out_r):
-    """Walk each flow's retransmission bursts in order, replaying the congestion state."""
-    m = len(out)
-    kind = np.full(m, "unknown", dtype=object)
-    clock = np.full(m, None, dtype=object)
-    position = np.full(m, None, dtype=object)
-    ca = np.full(m, -1, dtype=np.int64)
-    backoff = np.full(m, -1, dtype=np.int64)
-    trigger = np.full(m, -1, dtype=np.int64)
-    pto_ns = np.zeros(m, dtype=np.int64)
-    rto_ns = np.zeros(m, dtype=np.int64)
+def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
+            burst_of: np.ndarray, r_flow: np.ndarray, t_cap0: int) -> dict:
+    """Walk each flow's retransmission bursts in order, replaying the congestion state.
+
+    ``R``: per retransmission row, ``F``: per flow, ``A``: the ACK table (see classify).
+    Between two bursts the ACKs' effect on the state (leaving Recovery/Loss when snd_una
+    reaches high_seq, undo, the end of a probe episode) is found by binary search over the
+    flow's cumulative ACKs; the burst's kind then follows from its clock, which segment it
+    resends, and the state.
+    """
+    m = len(r_flow)
+    kind = ["unknown"] * m
+    clock: list = [None] * m
+    position: list = [None] * m
+    ca = [-1] * m
+    backoff = [-1] * m
+    trigger = [-1] * m
+    pto_ns = [0] * m
+    rto_ns = [0] * m
 
     # Burst table (one row per burst, in flow/time order).
-    rows_sorted = order_r
-    b_sorted = burst_of[rows_sorted]
+    b_sorted = burst_of[order_r]
     b_first = np.flatnonzero(np.r_[True, b_sorted[1:] != b_sorted[:-1]])
-    b_last = np.r_[b_first[1:], len(rows_sorted)]
-    first_row = rows_sorted[b_first]
-    seg_lo = np.minimum.reduceat(r_seq[rows_sorted], b_first)
-    seg_hi = np.maximum.reduceat(r_end[rows_sorted], b_first)
-    b_flow = r_flow[first_row]
+    b_last = np.r_[b_first[1:], len(order_r)]
+    seg_lo = np.minimum.reduceat(R["seq"][order_r], b_first)
+    seg_hi = np.maximum.reduceat(R["end"][order_r], b_first)
+    b_flow = r_flow[order_r[b_first]]
 
     # Python lists: scalar access in the loop is several times faster than numpy's.
-    L = {k: A[k].tolist() for k in ("ts", "una", "ack", "adv", "sack_hi", "dsack", "tsecr",
-                                     "payload", "sack_n", "prev_una")}
-    a_ts, a_una, a_ack, a_adv = L["ts"], L["una"], L["ack"], L["adv"]
-    a_sack_hi, a_dsack, a_tsecr = L["sack_hi"], L["dsack"], L["tsecr"]
-    a_payload, a_sack_n, a_prev_una = L["payload"], L["sack_n"], L["prev_una"]
-    a_start, a_end = a_idx.start.tolist(), a_idx.end.tolist()
-
-    rs_l, re_l, rts_l = r_seq.tolist(), r_end.tolist(), r_ts.tolist()
-    flags_l = r_flags.tolist()
-    snd_l = r_sndnxt.tolist()
-    tsval_l, hts_l = r_tsval.tolist(), r_has_ts.tolist()
-    kl_l = k_last.tolist()
-    sla_l = since_last_ack.tolist()
-    srtt_l, rto_l = srtt_us.tolist(), rto_us.tolist()
-    probe_l = r_probe.tolist()
-    dsack_l = dsack_ts.tolist()
-    sack_ok_l = sack_ok_f.tolist()
-    pkts_l = pkts_out_r.tolist()
-    una0_l = una_init.tolist()
-    rows_l = rows_sorted.tolist()
+    a_ts, a_una, a_ack, a_adv, a_sack_hi, a_dsack, a_tsecr, a_payload, a_sack_n, \
+        a_sack_top, a_new_after, a_prev_una, a_sack_left = (A[k].tolist() for k in (
+            "ts", "una", "ack", "adv", "sack_hi", "dsack", "tsecr", "payload", "sack_n",
+            "sack_top", "new_after", "prev_una", "sack_hi_left"))
+    rs_l, rts_l, flags_l, snd_l, tsval_l, hts_l, kl_l, sla_l, srtt_l, rto_l, probe_l, \
+        dsack_l, pkts_l, head_ts_l = (R[k].tolist() for k in (
+            "seq", "ts", "flags", "snd_nxt", "tsval", "has_ts", "k", "sla", "srtt", "rto",
+            "probe", "dsack", "pkts_out", "head_ts"))
+    sack_ok_l, mss_l, mss_known_l, una0_l, a_start, a_end = (F[k].tolist() for k in (
+        "sack_ok", "mss", "mss_known", "una0", "a_start", "a_end"))
+    adv_ff_l = adv_ff.tolist()
+    rows_l = order_r.tolist()
     bf_l, bl_l = b_first.tolist(), b_last.tolist()
     lo_l, hi_l = seg_lo.tolist(), seg_hi.tolist()
     bflow_l = b_flow.tolist()
@@ -606,17 +739,18 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
             st = OPEN
             high_seq = 0
             entry_k = -1           # ACK index current when the state was entered
-            loss_ranges = []       # ranges retransmitted since the last RTO (Loss episode)
-            episode = []           # retransmissions since the last Open (undo accounting)
+            loss_ranges = _Ranges()  # ranges resent since the last RTO (the Loss episode)
+            episode_n = 0          # retransmissions since the last Open (undo accounting)
+            episode_dmax = _NONE   # ... and when the last of their D-SACKs arrived
             retrans_stamp = None   # TSval of the episode's first retransmission
             frto = False
-            frto_acks = 0
             tlp_high = None
             tlp_k = -1
             chain_head = None      # head seq of the current run of timeouts
             chain_n = 0
             chain_una = None
             syn_n = 0
+            last_rtx_ts = {}       # seq -> time of its latest retransmission
             fa, fb_ = a_start[f], a_end[f]
         lo, hi = lo_l[bi], hi_l[bi]
         t0 = rts_l[r0]
@@ -628,9 +762,7 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
         sla = sla_l[r0]
 
         if probe_l[r0]:
-            for r in rows:
-                clock[r] = None
-            continue
+            continue  # keep-alive / window probe: not a retransmission of data
 
         # ---- ACK-driven transitions between the previous burst and this one -------------
         if k >= 0:
@@ -641,23 +773,29 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
                 exit_k = j if j < fb_ and a_una[j] >= high_seq else _INF
                 undo_k = _INF
                 if st == LOSS:
-                    undo_k = _loss_undo(entry_k, min(k, exit_k), fa, a_una, a_adv, a_tsecr,
-                                        a_sack_hi, a_payload, a_sack_n, a_ts, retrans_stamp,
-                                        frto, loss_ranges, high_seq, a_prev_una)
-                if episode and min(exit_k, undo_k) > k:
+                    undo_k = _loss_undo(entry_k, min(k, exit_k), fa, a_una, a_prev_una, a_adv,
+                                        a_tsecr, a_sack_hi, a_sack_left, a_sack_top,
+                                        a_payload, a_new_after, retrans_stamp, frto,
+                                        loss_ranges, high_seq)
+                if episode_n and min(exit_k, undo_k) > k:
                     # tcp_try_undo_dsack / undo_retrans == 0: every retransmission of the
                     # episode was reported duplicate (tcp_try_undo_loss, tcp_try_undo_dsack).
-                    last_d = max(dsack_l[r] for r in episode)
+                    last_d = episode_dmax
                     if last_d < _INF:
                         jd = bisect_left(a_ts, last_d, max(entry_k + 1, fa), fb_)
                         if jd <= k:
                             undo_k = min(undo_k, jd)
                 if min(exit_k, undo_k) <= k:
-                    st = OPEN
-                    episode = []
+                    # tcp_try_to_open -> tcp_try_keep_open: Disorder, not Open, while the
+                    # segment at snd_una was ever resent (tcp_any_retrans_done); no probe
+                    # is scheduled in Disorder (tcp_schedule_loss_probe).
+                    st = DISORDER if una in last_rtx_ts else OPEN
+                    episode_n, episode_dmax = 0, _NONE
                     retrans_stamp = None
-                    loss_ranges = []
+                    loss_ranges = _Ranges()
                     frto = False
+            elif st == DISORDER and una not in last_rtx_ts:
+                st = OPEN
             if tlp_high is not None:
                 if _tlp_cleared(tlp_high, tlp_k, k, fa, fb_, a_una, a_ack, a_adv, a_dsack,
                                 a_payload, a_sack_n):
@@ -677,7 +815,16 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
                if srtt > 0 else TCP_TIMEOUT_INIT_US)
         pto = min(pto, rto_base)
         fl = flags_l[r0]
-        ack_clocked = 0 <= sla <= ACK_CLOCK_NS
+        # The RTO runs from the later of the head's last transmission and the last ACK that
+        # advanced snd_una (tcp_rearm_rto, tcp_rto_delta_us); backed off per timeout.
+        head_tx = max(head_ts_l[r0], last_rtx_ts.get(una, _NONE))
+        ka = adv_ff_l[k] if k >= 0 else -1
+        t_adv = a_ts[ka] if ka >= fa else _NONE
+        since_arm = t0 - max(head_tx, t_adv)
+        bo_next = chain_n + 1 if (chain_head == lo and chain_una == una) else 0
+        rto_due = since_arm >= 0.5 * rto_base * 1000 * (1 << min(bo_next, 10))
+        ack_clocked = 0 <= sla <= ACK_CLOCK_NS or (
+            0 <= sla < TIMER_MIN_NS and k >= 0 and a_adv[k] and not (head and rto_due))
         if ack_clocked and st == OPEN and k >= 0:
             # In Open, only an ACK with news enters tcp_fastretrans_alert (tcp_ack_is_dubious):
             # a SACK, a duplicate ACK, or progress. Peer data alone releases nothing.
@@ -696,7 +843,7 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
         elif ack_clocked:
             clk = "ack"
             trig = k
-            if st == LOSS and not _overlaps(loss_ranges, lo, hi):
+            if st == LOSS and not loss_ranges.overlaps(lo, hi):
                 knd = "rto_recovery"
             else:
                 # A retransmission resent on an ACK in Loss means RACK found it lost again:
@@ -706,7 +853,7 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
                     high_seq = snd_nxt
                     entry_k = k
                     tlp_high = None  # tcp_init_cwnd_reduction
-                    loss_ranges = []
+                    loss_ranges = _Ranges()
                 knd = "fast"
             state_sent = st
             rto_us = rto_base
@@ -714,8 +861,32 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
             clk = "timer"
             timeout_like = sla < 0 or sla >= 0.75 * rto_base * 1000
             reo_like = 0 <= sla <= (0.5 * srtt + 15_000) * 1000
-            if not sack_ok:
-                knd = "rto"
+            # tcp_retransmit_timer and tcp_send_loss_probe resend one MSS (segs = 1, and
+            # tcp_retrans_try_collapse stays within it): more at once is
+            # tcp_xmit_retransmit_queue, from the RACK reorder timer or an ACK not seen.
+            multi = len(rows) > 1 or (mss_known_l[f] and hi - lo > mss_l[f])
+            # No ACK of this flow yet in the capture. Unless the capture only just began,
+            # none arrived lately either: the silence is at least (now - capture start).
+            # Just after the start the clock is unknown: if the receiver's next ACK shows
+            # data it held beyond this segment, the sender had SACK news, and fast
+            # recovery (not a timeout) is what resends.
+            if k < 0:
+                sla = t0 - t_cap0
+                timeout_like = sla >= 0.75 * rto_base * 1000
+                reo_like = False
+            held_beyond = (k < 0 and sla <= ACK_CLOCK_NS and fa < fb_
+                           and (a_sack_hi[fa] > hi or a_una[fa] > hi))
+            if multi or held_beyond:
+                knd = "rto_recovery" if st == LOSS else "fast"
+            elif not sack_ok:
+                # Without SACK the only timer is the RTO (no TLP, no RACK reorder timer):
+                # a retransmission that cannot be one was clocked by a late-processed ACK.
+                if head and (rto_due or k < 0):
+                    knd = "rto"
+                else:
+                    knd = "rto_recovery" if st == LOSS else "fast"
+                    clk = "ack"
+                    trig = k
             elif st == LOSS:
                 knd = "fast" if (sacked and not head and reo_like) else "rto"
             elif st == OPEN and not sacked:
@@ -732,11 +903,14 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
                     knd = "rto"
                 else:
                     knd = "fast"
-            if knd == "fast" and st != RECOVERY:
-                st = RECOVERY
-                high_seq = snd_nxt
-                entry_k = k
-                tlp_high = None
+            if knd == "fast":
+                # The RACK reorder timer was armed by the last ACK (its SACK): the trigger.
+                trig = k
+                if st != RECOVERY:
+                    st = RECOVERY
+                    high_seq = snd_nxt
+                    entry_k = k
+                    tlp_high = None
             if knd == "rto":
                 if chain_head is not None and chain_head == lo and chain_una == una:
                     chain_n += 1
@@ -747,11 +921,10 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
                 st = LOSS
                 high_seq = snd_nxt
                 entry_k = k
-                loss_ranges = []
+                loss_ranges = _Ranges()
                 tlp_high = None  # tcp_enter_loss
                 # F-RTO (RFC 5682 §3.1 step 1) unless recovery was already underway.
                 frto = prev_st < RECOVERY or chain_n > 0
-                frto_acks = 0
             if knd == "tlp":
                 tlp_high = snd_nxt
                 tlp_k = k
@@ -760,12 +933,16 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
             rto_us = min(rto_us, TCP_RTO_MAX_US)
 
         if knd in ("rto", "rto_recovery"):
-            loss_ranges.append((lo, hi))
+            loss_ranges.add(lo, hi)
         if knd != "tlp":
-            if not episode and knd not in ("syn", "synack"):
+            if not episode_n and knd not in ("syn", "synack"):
                 retrans_stamp = tsval_l[r0] if hts_l[r0] else None
-            episode.extend(rows)
+            episode_n += len(rows)
+            for r in rows:
+                if dsack_l[r] > episode_dmax:
+                    episode_dmax = dsack_l[r]
         for r in rows:
+            last_rtx_ts[rs_l[r]] = rts_l[r]
             kind[r] = knd
             clock[r] = clk if r == r0 else "burst"
             position[r] = pos
@@ -774,55 +951,95 @@ def _replay(out, order_r, burst_of, r_flow, r_ts, r_seq, r_end, r_probe, r_flags
             trigger[r] = trig
             pto_ns[r] = int(pto * 1000)
             rto_ns[r] = int(rto_us * 1000)
-    del frto_acks
     return {"kind": kind, "clock": clock, "position": position, "ca": ca, "backoff": backoff,
             "trigger": trigger, "pto_ns": pto_ns, "rto_ns": rto_ns}
 
 
-def _overlaps(ranges, lo, hi) -> bool:
-    for a, b in ranges:
-        if a < hi and lo < b:
-            return True
-    return False
+def _ffill_adv(adv: np.ndarray, a_flow: np.ndarray) -> np.ndarray:
+    """Per ACK row, the row of the last ACK at or before it (same flow) that advanced
+    snd_una, else -1."""
+    m = len(adv)
+    idx = np.where(adv, np.arange(m), -1)
+    last = np.maximum.accumulate(idx) if m else idx
+    if m:
+        same = last >= 0
+        same[same] = a_flow[last[same]] == a_flow[same]
+        last = np.where(same, last, -1)
+    return last
 
 
-def _loss_undo(entry_k, upto_k, fa, a_una, a_adv, a_tsecr, a_sack_hi, a_payload, a_sack_n,
-               a_ts, retrans_stamp, frto, loss_ranges, high_seq, a_prev_una) -> int:
+class _Ranges:
+    """A set of disjoint [lo, hi) sequence ranges, merged on insertion (bisect, no scans)."""
+
+    __slots__ = ("lo", "hi")
+
+    def __init__(self) -> None:
+        self.lo: list[int] = []
+        self.hi: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.lo)
+
+    def add(self, lo: int, hi: int) -> None:
+        i = bisect_left(self.hi, lo)          # first range ending at or after lo
+        j = bisect_right(self.lo, hi)         # ranges starting at or before hi
+        if i < j:
+            lo = min(lo, self.lo[i])
+            hi = max(hi, self.hi[j - 1])
+        self.lo[i:j] = [lo]
+        self.hi[i:j] = [hi]
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        i = bisect_right(self.hi, lo)         # first range ending after lo
+        return i < len(self.lo) and self.lo[i] < hi
+
+    def covers(self, lo: int, hi: int) -> bool:
+        i = bisect_right(self.lo, lo) - 1
+        return i >= 0 and self.hi[i] >= hi
+
+
+def _loss_undo(entry_k, upto_k, fa, a_una, a_prev_una, a_adv, a_tsecr, a_sack_hi, a_sack_left,
+               a_sack_top, a_payload, a_new_after, retrans_stamp, frto, loss_ranges,
+               high_seq) -> int:
     """First ACK index in (entry_k, upto_k] at which the Loss state is undone, else _INF.
 
-    tcp_process_loss: on an ACK advancing snd_una, tcp_try_undo_loss undoes when the ACK
-    echoes a TSval older than the first retransmission (tcp_packet_delayed, Eifel). With
-    F-RTO (RFC 5682 §3.1 step 3.b) an ACK of never-retransmitted data also proves the
-    timeout spurious; a duplicate ACK or SACK first (step 3.a) proves the loss real.
+    tcp_process_loss, per ACK: one advancing snd_una undoes when it echoes a TSval older
+    than the episode's first retransmission (tcp_try_undo_loss -> tcp_packet_delayed,
+    Eifel). With F-RTO (RFC 5682 §3.1), an ACK or SACK of never-retransmitted, never-SACKed
+    data below high_seq proves the timeout spurious (step 3.b, FLAG_ORIG_SACK_ACKED); once
+    new data went out, a SACK or duplicate ACK proves the loss real (step 3.a); the first
+    partial ACK with no new data to send falls back to conventional recovery (step 2.b).
     """
     j = max(entry_k + 1, fa)
     steps = 0
+    new_sent = False
     while j <= upto_k and steps < 8:
-        if a_adv[j]:
-            if retrans_stamp is not None and a_tsecr[j] and \
-                    ((a_tsecr[j] - retrans_stamp) & 0xFFFFFFFF) >= (1 << 31):
-                return j
-            if frto:
-                lo, hi = a_prev_una[j], min(a_una[j], high_seq)
-                if hi > lo and not _covered(loss_ranges, lo, hi):
+        prev_una = a_prev_una[j]
+        adv = a_adv[j]
+        if adv and retrans_stamp is not None and a_tsecr[j] and \
+                ((a_tsecr[j] - retrans_stamp) & 0xFFFFFFFF) >= (1 << 31):
+            return j
+        if frto:
+            top = a_sack_top[j]
+            if adv:
+                lo, hi = max(prev_una, top), min(a_una[j], high_seq)
+                if hi > lo and not loss_ranges.covers(lo, hi):
                     return j
-        elif frto and (a_sack_n[j] > 0 or a_payload[j] == 0):
-            frto = False
+            if a_sack_hi[j] > top:
+                lo, hi = max(top, a_sack_left[j], a_una[j]), min(a_sack_hi[j], high_seq)
+                if hi > lo and not loss_ranges.covers(lo, hi):
+                    return j
+            if new_sent:
+                if a_sack_hi[j] > top or (not adv and a_payload[j] == 0):
+                    frto = False
+            elif adv and a_una[j] < high_seq:
+                if a_new_after[j]:
+                    new_sent = True
+                else:
+                    frto = False
         steps += 1
         j += 1
     return _INF
-
-
-def _covered(ranges, lo, hi) -> bool:
-    """Is [lo, hi) entirely inside the union of ``ranges``?"""
-    pos = lo
-    for a, b in sorted(ranges):
-        if a > pos:
-            break
-        pos = max(pos, b)
-        if pos >= hi:
-            return True
-    return pos >= hi
 
 
 def _tlp_cleared(tlp_high, tlp_k, k, fa, fb, a_una, a_ack, a_adv, a_dsack, a_payload,
@@ -850,4 +1067,4 @@ def family_of(kind: pd.Series) -> pd.Series:
     return kind.map(FAMILY)
 
 
-__all__ = ["classify", "rtt_estimator", "KINDS", "FAMILY", "TCP_FIN"]
+__all__ = ["classify", "family_of", "rtt_estimator", "CLASSIFY_COLUMNS", "FAMILY", "KINDS"]

@@ -23,6 +23,7 @@ FLOW_COLUMNS = (
     "first_frame", "first_ts_ns", "last_ts_ns", "n_packets", "n_data",
     "isn", "base_seq", "ack_base", "syn_seen", "synack_seen", "fin_seen", "rst_seen",
     "mss", "wscale", "sack_perm", "ts_opt", "sack_ok", "ts_ok", "handshake_seen",
+    "local", "path_rtt_ns",
 )
 
 _U64 = np.uint64
@@ -71,19 +72,14 @@ def _group_starts(keys_sorted: np.ndarray) -> np.ndarray:
     return start
 
 
-def _ffill_index(mask: np.ndarray) -> np.ndarray:
-    """For each position, the last position <= it where ``mask`` holds (-1 if none)."""
-    idx = np.where(mask, np.arange(len(mask)), -1)
-    return np.maximum.accumulate(idx) if len(idx) else idx
-
-
 def assign_flows(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, pd.DataFrame]:
     """Give each packet a flow id; describe the flows.
 
     A flow is one direction of one connection. Packets of one 4-tuple are split into
-    connections at a handshake packet that names a different connection from the previous
-    one (a SYN with a new ISN, or a SYN-ACK answering one): a reused 4-tuple after close,
-    RST or a long silence starts a new pair of flows. Flow ids follow first appearance.
+    connections at each handshake packet that names another connection than the previous
+    one did (a SYN with a new ISN, or a SYN-ACK answering one), which is how a 4-tuple
+    reused after a close, an RST or a long silence shows; a resent SYN (same ISN) does not
+    split. Flow ids follow first appearance in the capture.
     """
     n = len(packets["frame"])
     if n == 0:
@@ -156,6 +152,52 @@ def assign_flows(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, pd.DataFra
     return flow_id, flows
 
 
+_VMIN = -(1 << 41)
+_VMAX = (1 << 41) - 1
+_BAND = 1 << 42
+#: "No sequence number yet": the floor seg_cummax returns for empty history.
+NO_VALUE = _VMIN
+
+
+def seg_cummax(values: np.ndarray, grp_no: np.ndarray, exclusive: bool = False) -> np.ndarray:
+    """Running maximum restarted at each group (groups contiguous, numbered 0, 1, ...).
+
+    Values are sequence offsets (well inside +-2**41); each group is lifted into its own
+    2**42-wide band so one np.maximum.accumulate serves all groups. Values below the band
+    (the "nothing yet" sentinel) come back as that sentinel's floor, -2**41. ``exclusive``:
+    the maximum over earlier rows only.
+    """
+    m = len(values)
+    if m == 0:
+        return values.astype(np.int64)
+    g = grp_no.astype(np.int64)
+    if int(g[-1]) >= (1 << 20):
+        inc = pd.Series(np.clip(values, _VMIN, _VMAX)).groupby(g, sort=False).cummax().to_numpy()
+    else:
+        lifted = g * _BAND + (np.clip(values, _VMIN, _VMAX) - _VMIN)
+        inc = np.maximum.accumulate(lifted) - g * _BAND + _VMIN
+    if not exclusive:
+        return inc
+    out = np.empty_like(inc)
+    out[0] = _VMIN
+    out[1:] = inc[:-1]
+    out[1:][g[1:] != g[:-1]] = _VMIN
+    return out
+
+
+def group_numbers(keys_sorted: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... numbering of runs of equal keys in a sorted array."""
+    if len(keys_sorted) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.cumsum(_group_starts(keys_sorted)) - 1
+
+
+def by_group(sel: np.ndarray, group_of_sel: np.ndarray) -> np.ndarray:
+    """Reorder ``sel`` (increasing row numbers of a capture-ordered table) by group,
+    keeping capture order inside each group (a stable sort)."""
+    return sel[np.argsort(group_of_sel, kind="stable")]
+
+
 def capture_order(frame: np.ndarray) -> np.ndarray:
     """Permutation into capture order: the identity when rows already are (the reader's)."""
     if len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1])):
@@ -176,12 +218,11 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow) -> pd.D
     ts = packets["ts_ns"]
     # Packets are in capture order (frame order) by contract; be safe for arbitrary input.
     cap = capture_order(frame)
-    first_idx = np.full(n_flows, -1, dtype=np.int64)
-    first_idx[flow_id[cap[::-1]]] = cap[::-1]
-    last_ts = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(last_ts, flow_id, ts)
+    first_idx = _first_where_cap(flow_id, np.ones(n, dtype=bool), n_flows, cap)
+    last_ts = pd.Series(ts).groupby(flow_id).max().reindex(
+        np.arange(n_flows), fill_value=0).to_numpy()
     n_packets = np.bincount(flow_id, minlength=n_flows)
-    n_data = np.bincount(flow_id, weights=(packets["payload_len"] > 0), minlength=n_flows)
+    n_data = np.bincount(flow_id[packets["payload_len"] > 0], minlength=n_flows)
 
     syn = (flags & TCP_SYN) != 0
     ack = (flags & TCP_ACK) != 0
@@ -189,8 +230,8 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow) -> pd.D
     syn_seen = syn_idx >= 0
     synack_seen = np.zeros(n_flows, dtype=bool)
     synack_seen[syn_seen] = (flags[syn_idx[syn_seen]] & TCP_ACK) != 0
-    fin_seen = np.bincount(flow_id, weights=(flags & TCP_FIN) != 0, minlength=n_flows) > 0
-    rst_seen = np.bincount(flow_id, weights=(flags & TCP_RST) != 0, minlength=n_flows) > 0
+    fin_seen = np.bincount(flow_id[(flags & TCP_FIN) != 0], minlength=n_flows) > 0
+    rst_seen = np.bincount(flow_id[(flags & TCP_RST) != 0], minlength=n_flows) > 0
 
     seq = packets["seq"]
     base_seq = np.where(syn_seen, seq[np.where(syn_seen, syn_idx, first_idx)],
@@ -217,12 +258,19 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow) -> pd.D
     # carry (a SACK block proves SACK was negotiated, RFC 2018 §2; a TS option proves TS).
     rev_c = np.clip(rev, 0, None)
     both = syn_seen & (rev >= 0) & syn_seen[rev_c]
-    any_sack = np.bincount(flow_id, weights=packets["sack_n"] > 0, minlength=n_flows) > 0
-    any_ts = np.bincount(flow_id, weights=packets["opt_ts"], minlength=n_flows)
+    any_sack = np.bincount(flow_id[packets["sack_n"] > 0], minlength=n_flows) > 0
+    any_ts = np.bincount(flow_id[packets["opt_ts"].astype(bool)], minlength=n_flows)
     ts_frac = any_ts / np.maximum(n_packets, 1)
     sack_any_dir = any_sack | np.where(rev >= 0, any_sack[rev_c], False)
-    sack_ok = np.where(both, sack_perm & sack_perm[rev_c], sack_any_dir)
+    # Without the handshake, assume SACK (every current stack offers it) unless the peer
+    # sends duplicate ACKs without SACK blocks, which a SACK receiver would not
+    # (RFC 2018 §4: a SACK-permitted receiver reports out-of-order data in every dup ACK).
+    plain_dup = _dupacks_without_sack(packets, flow_id, n_flows, ~both)
+    sack_unrefuted = sack_any_dir | ~(plain_dup | np.where(rev >= 0, plain_dup[rev_c], False))
+    sack_ok = np.where(both, sack_perm & sack_perm[rev_c], sack_unrefuted)
     ts_ok = np.where(both, ts_opt & ts_opt[rev_c], ts_frac > 0.5)
+
+    local, path_rtt = _local_side(packets, flow_id, n_flows, rev, syn_idx, cap)
 
     conn = key_of_flow >> 1
     dirb = key_of_flow & 1
@@ -262,32 +310,108 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow) -> pd.D
         "sack_ok": sack_ok.astype(bool),
         "ts_ok": ts_ok.astype(bool),
         "handshake_seen": both,
+        "local": local,
+        "path_rtt_ns": path_rtt,
     })
     assert len(df) == n_flows and n >= n_flows
     return df
 
 
 def _first_where_cap(flow_id, mask, n_flows, cap):
-    """Like _first_where but in capture (frame) order given by the permutation ``cap``."""
+    """Row of the first packet (in capture order ``cap``) of each flow where ``mask``; -1."""
     out = np.full(n_flows, -1, dtype=np.int64)
-    sel = cap[mask[cap]][::-1]
-    out[flow_id[sel]] = sel
+    sel = cap[mask[cap]]
+    if len(sel):
+        firsts = pd.Series(flow_id[sel]).drop_duplicates()
+        out[firsts.to_numpy()] = sel[firsts.index.to_numpy()]
     return out
+
+
+def _dupacks_without_sack(packets, flow_id, n_flows, wanted) -> np.ndarray:
+    """Per flow (of those ``wanted``, or whose reverse is): did it send three duplicate
+    ACKs in a row that carry no SACK block?"""
+    out = np.zeros(n_flows, dtype=bool)
+    if not wanted.any():
+        return out
+    flags = packets["flags"]
+    pure = ((flags & TCP_ACK) != 0) & ((flags & (TCP_SYN | TCP_FIN | TCP_RST)) == 0) & \
+        (packets["payload_len"] == 0)
+    sel = by_group(np.flatnonzero(pure), flow_id[pure])
+    if len(sel) < 4:
+        return out
+    f = flow_id[sel]
+    same = (f[1:] == f[:-1]) & (packets["ack"][sel][1:] == packets["ack"][sel][:-1]) & \
+        (packets["win"][sel][1:] == packets["win"][sel][:-1]) & (packets["sack_n"][sel][1:] == 0)
+    # three consecutive duplicates: same[i] & same[i+1] & same[i+2]
+    three = same[:-2] & same[1:-1] & same[2:]
+    out[f[1:-2][three]] = True
+    return out
+
+
+PACKET_HOST, PACKET_OUTGOING = 0, 4  # sll_pkttype, linux/if_packet.h
+
+
+def _local_side(packets, flow_id, n_flows, rev, syn_idx, cap):
+    """Was each flow sent by the capturing host? And the path RTT seen from that host.
+
+    A Linux cooked capture says it per packet (sll_pkttype PACKET_OUTGOING). Otherwise the
+    handshake does: the capturing host answers at once, its peer one path RTT later. On the
+    client's host SYN -> SYN-ACK takes the RTT and SYN-ACK -> ACK microseconds; on the
+    server's host, the other way round. Unknown (NA) when neither is available.
+    """
+    local = pd.array(np.zeros(n_flows, dtype=bool), dtype="boolean")
+    local[:] = pd.NA
+    path_rtt = pd.array(np.zeros(n_flows, dtype=np.int64), dtype="Int64")
+    path_rtt[:] = pd.NA
+    pt = packets["pkttype"]
+    out_n = np.bincount(flow_id[pt == PACKET_OUTGOING], minlength=n_flows)
+    in_n = np.bincount(flow_id[(pt >= 0) & (pt != PACKET_OUTGOING)], minlength=n_flows)
+    known = (out_n + in_n) > 0
+    local[known] = out_n[known] > in_n[known]
+
+    ts = packets["ts_ns"]
+    flags = packets["flags"]
+    # Client flow c (its first SYN is a pure SYN) with server flow s = rev[c].
+    c = np.flatnonzero((syn_idx >= 0) & (rev >= 0))
+    c = c[(flags[syn_idx[c]] & TCP_ACK) == 0]
+    s = rev[c]
+    ok = syn_idx[s] >= 0
+    c, s = c[ok], s[ok]
+    if len(c):
+        t_synack = ts[syn_idx[s]]
+        # The SYN answered: the last one sent before the SYN-ACK (SYNs may be resent).
+        pure_syn = ((flags & TCP_SYN) != 0) & ((flags & TCP_ACK) == 0)
+        synack_t_of = np.full(n_flows, np.iinfo(np.int64).max, dtype=np.int64)
+        synack_t_of[c] = t_synack
+        rows = np.flatnonzero(pure_syn)
+        rows = rows[ts[rows] <= synack_t_of[flow_id[rows]]]
+        last_syn = pd.Series(ts[rows]).groupby(flow_id[rows]).max()
+        t_syn = last_syn.reindex(c).to_numpy()
+        # The client's first packet after the SYN-ACK (its ACK of it).
+        after = np.flatnonzero(((flags & TCP_SYN) == 0) & ((flags & TCP_ACK) != 0))
+        first_after = pd.Series(ts[after]).groupby(flow_id[after]).min().reindex(c).to_numpy()
+        good = ~np.isnan(t_syn) & ~np.isnan(first_after) & (first_after >= t_synack) & \
+            (t_syn <= t_synack)
+        g1 = t_synack[good] - t_syn[good].astype(np.int64)
+        g2 = first_after[good].astype(np.int64) - t_synack[good]
+        cg, sg = c[good], s[good]
+        client_local = g1 > g2
+        undecided = ~known[cg] & ~known[sg]
+        local[cg[undecided]] = client_local[undecided]
+        local[sg[undecided]] = ~client_local[undecided]
+        rtt = np.maximum(g1, g2)
+        path_rtt[cg] = rtt
+        path_rtt[sg] = rtt
+    return local, path_rtt
 
 
 def _addr_strings(hi: np.ndarray, lo: np.ndarray, family: np.ndarray) -> np.ndarray:
-    """Text form of addresses (one per flow, so a loop over flows only, not packets)."""
-    out = np.empty(len(hi), dtype=object)
-    v4 = family == 4
-    if v4.any():
-        v = (lo[v4] & _U64(0xFFFFFFFF)).astype(np.int64)
-        parts = [((v >> s) & 255).astype(str) for s in (24, 16, 8, 0)]
-        out[v4] = np.char.add(np.char.add(np.char.add(np.char.add(parts[0], "."), parts[1]),
-                                          np.char.add(".", parts[2])),
-                              np.char.add(".", parts[3])).astype(object)
-    for i in np.flatnonzero(~v4):
-        out[i] = addr_to_str(int(hi[i]), int(lo[i]), int(family[i]))
-    return out
+    """Text form of addresses, one per flow; each distinct address is formatted once."""
+    codes = _factorize_rows([hi, lo, family.astype(np.uint64)])
+    first = pd.Series(codes).drop_duplicates().index.to_numpy()
+    text = np.array([addr_to_str(int(hi[i]), int(lo[i]), int(family[i])) for i in first],
+                    dtype=object)
+    return text[codes] if len(codes) else np.empty(0, dtype=object)
 
 
 # --- sequence space ---------------------------------------------------------------------
@@ -322,8 +446,9 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
 
     Returns ``seq_abs``, ``end_abs`` (seq_abs + payload + SYN + FIN: the sequence space the
     segment occupies, RFC 9293 §3.4), ``seg_len``, ``ack_abs`` (in the reverse flow's space;
-    meaningful only where the ACK flag is set) and ``sack_l_abs``/``sack_r_abs`` (n x 4,
-    in the reverse flow's space, valid for block index < sack_n).
+    meaningful only where the ACK flag is set) and, for the rows ``sack_rows`` that carry
+    SACK blocks, ``sack_l_abs``/``sack_r_abs`` (len(sack_rows) x 4, in the reverse flow's
+    space, valid for block index < sack_n): use sack_blocks() for a dense view.
     """
     n = len(flow_id)
     flags = packets["flags"].astype(np.int64)
@@ -344,24 +469,44 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
         ack_abs[o_ack] = _unwrap_in_order(packets["ack"][o_ack], g_ack,
                                           flows["ack_base"].to_numpy()[g_ack])
 
-    sack_n = packets["sack_n"].astype(np.int64)
-    ack_raw = packets["ack"].astype(np.int64)
-    sack_l_abs = np.zeros((n, 4), dtype=np.int64)
-    sack_r_abs = np.zeros((n, 4), dtype=np.int64)
-    for b in range(4):
-        have = sack_n > b
-        if not have.any():
-            continue
-        for side, out in (("l", sack_l_abs), ("r", sack_r_abs)):
-            d = packets[f"sack_{side}{b}"].astype(np.int64) - ack_raw
-            d = ((d + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-            out[:, b] = np.where(have, ack_abs + d, 0)
+    # SACK edges lie near the ACK number: offset them from it. Only rows carrying SACK
+    # blocks are stored (sparse): see sack_blocks().
+    rows = np.flatnonzero(packets["sack_n"] > 0)
+    sack_l_abs = np.zeros((len(rows), 4), dtype=np.int64)
+    sack_r_abs = np.zeros((len(rows), 4), dtype=np.int64)
+    if len(rows):
+        sn = packets["sack_n"][rows]
+        base_abs = ack_abs[rows]
+        base_raw = packets["ack"][rows].astype(np.int64)
+        for b in range(4):
+            have = sn > b
+            if not have.any():
+                break
+            for side, out in (("l", sack_l_abs), ("r", sack_r_abs)):
+                d = packets[f"sack_{side}{b}"][rows].astype(np.int64) - base_raw
+                d = ((d + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+                out[:, b] = np.where(have, base_abs + d, 0)
     return {
         "seq_abs": seq_abs,
         "end_abs": end_abs,
         "seg_len": seg_len,
         "ack_abs": ack_abs,
         "ack_flag": ack_flag,
+        "sack_rows": rows,
         "sack_l_abs": sack_l_abs,
         "sack_r_abs": sack_r_abs,
     }
+
+
+def sack_blocks(space: dict[str, np.ndarray], sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense (len(sel) x 4) left and right SACK edges for packet rows ``sel`` (0 if none)."""
+    rows = space["sack_rows"]
+    L = np.zeros((len(sel), 4), dtype=np.int64)
+    R = np.zeros((len(sel), 4), dtype=np.int64)
+    if len(rows) and len(sel):
+        pos = np.searchsorted(rows, sel)
+        pc = np.clip(pos, 0, len(rows) - 1)
+        hit = rows[pc] == sel
+        L[hit] = space["sack_l_abs"][pc[hit]]
+        R[hit] = space["sack_r_abs"][pc[hit]]
+    return L, R

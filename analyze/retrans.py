@@ -20,8 +20,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from retranscope.analyze.flows import sequence_space
-from retranscope.schemas.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from retranscope.analyze.flows import (
+    NO_VALUE,
+    by_group,
+    capture_order,
+    group_numbers,
+    seg_cummax,
+    sequence_space,
+)
+from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
 
 RETRANS_COLUMNS = (
     "pkt", "frame", "ts_ns", "flow_id", "seq", "end_seq", "seq_abs", "end_abs",
@@ -29,27 +36,15 @@ RETRANS_COLUMNS = (
     "since_original_ns", "probe",
 )
 
-_NONE = np.iinfo(np.int64).min // 4
+_NONE = NO_VALUE  # "nothing sent yet": the floor of seg_cummax
 
 
 def conn_order(packets: dict[str, np.ndarray], flow_id: np.ndarray,
                flows: pd.DataFrame) -> np.ndarray:
     """Permutation putting packets in (connection, capture order)."""
     conn = flows["conn_id"].to_numpy()[flow_id]
-    return np.lexsort((packets["frame"], conn))
-
-
-def _running_max_excl(values: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Maximum of ``values`` over earlier rows of the same group (rows grouped, in order)."""
-    inc = pd.Series(values).groupby(group, sort=False).cummax().to_numpy()
-    out = np.empty_like(inc)
-    if len(inc):
-        out[0] = _NONE
-        out[1:] = inc[:-1]
-        start = np.ones(len(group), dtype=bool)
-        start[1:] = group[1:] != group[:-1]
-        out[start] = _NONE
-    return out
+    cap = capture_order(packets["frame"])
+    return cap[np.argsort(conn[cap], kind="stable")]
 
 
 def _ffill_in_group(mask: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -77,14 +72,20 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: p
     n = len(flow_id)
     order = conn_order(packets, flow_id, flows)
     conn = flows["conn_id"].to_numpy()[flow_id][order]
-    d = flows["dir"].to_numpy()[flow_id][order].astype(np.int64)
-    flags = packets["flags"][order].astype(np.int64)
+    gno = group_numbers(conn)
+    d = flows["dir"].to_numpy()[flow_id][order]
+    flags = packets["flags"][order]
     end = space["end_abs"][order]
     ack_ok = space["ack_flag"][order]
-    fb = np.where(ack_ok, space["ack_abs"][order], _NONE)
-    sn = packets["sack_n"][order]
-    for b in range(4):
-        fb = np.where(sn > b, np.maximum(fb, space["sack_r_abs"][order, b]), fb)
+    fb = np.where(ack_ok, space["ack_abs"], _NONE)
+    rows = space["sack_rows"]
+    if len(rows):
+        sn = packets["sack_n"][rows]
+        top = space["sack_r_abs"][:, 0].copy()
+        for b in range(1, 4):
+            top = np.where(sn > b, np.maximum(top, space["sack_r_abs"][:, b]), top)
+        fb[rows] = np.maximum(fb[rows], top)
+    fb = fb[order]
     not_rst = (flags & TCP_RST) == 0
     own_end = np.where(not_rst, end, _NONE)
 
@@ -96,8 +97,8 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: p
         # Evidence for the flow of direction `side`: its own segment ends and the other
         # direction's acknowledgements (which are in this flow's sequence space).
         ev = np.where(own, own_end, np.where(~own & not_rst, fb, _NONE))
-        hi = _running_max_excl(ev, conn)
-        nx = _running_max_excl(np.where(own, own_end, _NONE), conn)
+        hi = seg_cummax(ev, gno, exclusive=True)
+        nx = seg_cummax(np.where(own, own_end, _NONE), gno, exclusive=True)
         lr = _ffill_in_group(~own, conn)
         sel = order[own]
         sent_hi[sel] = hi[own]
@@ -116,7 +117,6 @@ def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray,
         space = sequence_space(packets, flow_id, flows)
     if context is None:
         context = sender_context(packets, flow_id, flows, space)
-    n = len(flow_id)
     flags = packets["flags"].astype(np.int64)
     seq_abs, end_abs, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
     sent_hi, last_rev = context["sent_hi"], context["last_rev"]
@@ -125,6 +125,8 @@ def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     payload = packets["payload_len"].astype(np.int64)
 
     is_rtx = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi)
+    is_rtx |= _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
+                                is_rst)
 
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
     # byte, sent when everything is acknowledged. Zero-window probe (§3.8.6.1): 0/1 byte
@@ -143,7 +145,9 @@ def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     fid = flow_id[rows]
     # Originals: first transmissions, in increasing sequence order within a flow.
     orig = np.flatnonzero((seg_len > 0) & ~is_rst & ~is_rtx)
-    orig = orig[np.lexsort((seq_abs[orig], flow_id[orig]))]
+    # In capture order a flow's first transmissions have increasing sequence numbers
+    # (each starts at or above everything sent before it), so grouping by flow sorts them.
+    orig = by_group(orig, flow_id[orig])
     orig_frame = np.full(len(rows), -1, dtype=np.int64)
     orig_ts = np.full(len(rows), _NONE, dtype=np.int64)
     if len(orig) and len(rows):
@@ -177,7 +181,7 @@ def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray,
         "end_abs": end_abs[rows],
         "payload_len": packets["payload_len"][rows],
         "flags": packets["flags"][rows],
-        "snd_nxt_abs": context["snd_nxt"][rows],
+        "snd_nxt_abs": pd.array(context["snd_nxt"][rows], dtype="Int64"),
         "orig_frame": orig_frame,
         "orig_ts_ns": pd.array(np.where(has_orig, orig_ts, 0), dtype="Int64"),
         "tx_index": tx_index.astype(np.int64),
@@ -185,7 +189,42 @@ def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray,
         "probe": probe,
     })
     df.loc[~has_orig, ["orig_ts_ns", "since_original_ns"]] = pd.NA
+    df.loc[df["snd_nxt_abs"] <= _NONE, "snd_nxt_abs"] = pd.NA
     return df.sort_values("frame", kind="stable").reset_index(drop=True)
+
+
+def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
+                      is_rst) -> np.ndarray:
+    """Capture started mid-connection: segments sent before the first gap in new data.
+
+    New data always leaves at snd_nxt, contiguously. When a flow's first transmission
+    after the capture began starts beyond everything seen so far, the bytes in between
+    were sent before the capture began, so the segments seen before it (below it) were
+    sent while snd_nxt was already past them: they were retransmissions (an RTO or probe
+    caught mid-chain, say). Only for flows whose SYN was not captured.
+    """
+    out = np.zeros(len(flow_id), dtype=bool)
+    late = ~flows["syn_seen"].to_numpy(dtype=bool)
+    data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
+    if len(data) < 2:
+        return out
+    data = by_group(data, flow_id[data])
+    f = flow_id[data]
+    first_of_flow = np.r_[True, f[1:] != f[:-1]]
+    gap = ~is_rtx[data] & (seq_abs[data] > sent_hi[data]) & ~first_of_flow
+    gaps = data[gap]
+    if not len(gaps):
+        return out
+    gf = flow_id[gaps]
+    keep = np.r_[True, gf[1:] != gf[:-1]]           # the first gap of each flow
+    first_gap_seq = np.full(len(flows), _NONE, dtype=np.int64)
+    first_gap_frame = np.full(len(flows), -1, dtype=np.int64)
+    first_gap_seq[gf[keep]] = seq_abs[gaps[keep]]
+    first_gap_frame[gf[keep]] = packets["frame"][gaps[keep]]
+    fr = packets["frame"][data]
+    hit = (fr < first_gap_frame[f]) & (seq_abs[data] < first_gap_seq[f])
+    out[data[hit]] = True
+    return out
 
 
 def _search_pairs(a_grp, a_val, q_grp, q_val, side="left") -> np.ndarray:
@@ -225,13 +264,3 @@ def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
     counts = np.bincount(qi[hit], minlength=m)
     out[o] = counts
     return out
-
-
-def is_syn(flags: np.ndarray) -> np.ndarray:
-    f = flags.astype(np.int64)
-    return ((f & TCP_SYN) != 0) & ((f & TCP_ACK) == 0)
-
-
-def is_synack(flags: np.ndarray) -> np.ndarray:
-    f = flags.astype(np.int64)
-    return ((f & TCP_SYN) != 0) & ((f & TCP_ACK) != 0)

@@ -50,7 +50,7 @@ class Conn:
     trace: Trace
     c: Side
     s: Side
-    mss: int = 1448
+    mss: int = 1460  # the SYN option; payloads are 12 bytes less with timestamps
     sack: bool = True
     ts: bool = True
     wscale: int = 7
@@ -116,7 +116,7 @@ class Conn:
     def burst(self, t_ms: float, seq: int, n: int, *, gap_ms: float = 0.01,
               size: int | None = None, by: str = "c") -> tuple[float, int]:
         """``n`` full segments back to back; returns (time of the last, next seq)."""
-        size = size or self.mss
+        size = size or (self.mss - 12 if self.ts else self.mss)
         t = t_ms
         for i in range(n):
             t = t_ms + i * gap_ms

@@ -348,3 +348,151 @@ def test_rtt_estimator_follows_rfc6298_with_linux_floor():
     # Two groups do not mix.
     srtt2, _ = rtt_estimator(np.array([0, 1]), np.array([5_000, 50_000]))
     assert srtt2.tolist() == [5_000, 50_000]
+
+
+def test_peer_sent_flow_is_judged_in_the_senders_time():
+    # Captured on the client; the *server* retransmits. Our SACK reaches it half an RTT
+    # after we see it leave, and its fast retransmit reaches us half an RTT later: one path
+    # RTT (20 ms, from the handshake) after the SACK, yet ACK-clocked at the server.
+    tr = Trace()
+    c = tr.conn()
+    c.syn(0)
+    c.synack(20)                                # SYN-ACK after the path RTT: we are the client
+    c.packet(20.02, "c", seq=1, ack=1, flags=0)
+    t, seq = 40.0, 1
+    for _ in range(5):                          # server data, our immediate ACKs
+        c.send(t, seq, 1000, by="s")
+        c.ack(t + 0.05, seq + 1000, by="c")
+        seq += 1000
+        t += 40
+    for i in range(5):
+        c.send(t + 0.01 * i, seq + 1000 * i, 1000, by="s")
+    c.ack(t + 0.05, seq, by="c", sack=((seq + 1000, seq + 5000),))
+    c.send(t + 20.1, seq, 1000, by="s")         # arrives one RTT after our SACK
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["fast"]
+    assert r["clock"].tolist() == ["ack"]
+    assert r["since_last_ack_ns"].iloc[0] < 1_000_000
+
+
+def test_ack_processed_late_still_clocks_the_retransmission():
+    # No SACK: three duplicate ACKs, and the stack (socket owned by the writer: backlog)
+    # sends the NewReno fast retransmit 1.6 ms later. No timer can be due that soon after
+    # the ACKs (the RTO runs from the head's send, RFC 6298 §5), so the ACK clocked it.
+    tr, c, t, seq = start(sack=False)
+    c.burst(t, seq, 6, size=MSS)
+    for i in range(3):
+        c.ack(t + RTT + 0.01 * i, seq)
+    c.send(t + RTT + 1.62, seq, MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["fast"]
+    assert r["clock"].tolist() == ["ack"]
+
+
+def test_capture_started_in_a_timeout_chain_then_slow_start():
+    # The capture opens on the third RTO of a blackhole (its earlier copies unseen): the
+    # gap before the next new data shows it resent the head of a large flight, so it is
+    # the RTO, and the ACK-clocked resends that follow are Loss-state slow start.
+    tr = Trace()
+    c = tr.conn()
+    c.send(0, 1, MSS)                       # RTO (head), original long before the capture
+    c.ack(10, 1 + MSS)
+    c.send(10.02, 80_001, MSS)              # F-RTO: new data first (RFC 5682 step 2b)
+    c.send(10.03, 80_001 + MSS, MSS)
+    c.ack(20, 1 + MSS, sack=((80_001, 80_001 + MSS),))
+    c.send(20.02, 1 + MSS, MSS)             # the loss was real: slow-start retransmits
+    c.send(20.03, 1 + 2 * MSS, MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["rto", "rto_recovery", "rto_recovery"]
+    assert r["orig_frame"].tolist()[0] == -1
+
+
+def test_multi_segment_timer_burst_is_not_a_timeout():
+    # tcp_retransmit_timer and tcp_send_loss_probe resend a single MSS: two segments
+    # released together by a timer come from the RACK reorder timer's queue walk.
+    tr, c, t, seq = start()
+    c.burst(t, seq, 6, size=MSS)
+    c.ack(t + RTT, seq, sack=((seq + 3 * MSS, seq + 6 * MSS),))
+    c.send(t + RTT + 40, seq, MSS)          # late for the reorder timer, early for an RTO
+    c.send(t + RTT + 40.01, seq + MSS, MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["fast", "fast"]
+
+
+def test_capture_start_next_ack_shows_data_beyond_so_fast():
+    # No ACK seen before the first retransmission: its clock is unknown. The receiver's
+    # next ACK jumps past it (it held the data above), so the sender had SACK news: fast.
+    tr = Trace()
+    c = tr.conn()
+    c.send(0, 1, MSS)
+    c.ack(10, 1 + 5 * MSS)
+    c.send(10.02, 1 + 20 * MSS, MSS)  # new data well beyond: the first one was resent
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["fast"]
+
+
+def test_mid_connection_capture_assumes_sack_until_refuted():
+    # No handshake and no SACK block seen: SACK is still assumed (every current stack
+    # offers it), so the timer-driven tail resend is a probe.
+    tr = Trace()
+    c = tr.conn()
+    for i in range(5):
+        c.send(20 * i, 1 + 100 * i, 100)
+        c.ack(20 * i + RTT, 101 + 100 * i)
+    c.send(100, 501, 100)
+    c.send(100.1, 601, 100)
+    c.send(122.1, 601, 100)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp"]
+
+
+def test_frto_spurious_timeout_undone_without_timestamps():
+    # A delay spike, no timestamps (so no Eifel): after the probe and the RTO, the late ACK
+    # covers data that was never retransmitted. F-RTO (RFC 5682 §3.1 step 3.b,
+    # FLAG_ORIG_SACK_ACKED) calls the timeout spurious and leaves Loss; a hole later in
+    # that window is then repaired by fast recovery, not by slow-start retransmits.
+    tr, c, t, seq = start(ts=False)
+    t_last, nxt = c.burst(t, seq, 8, size=MSS)
+    segs = [seq + i * MSS for i in range(8)]
+    c.send(t_last + 22, segs[7], MSS)       # TLP
+    t1 = t_last + 232
+    c.send(t1, segs[0], MSS)                # RTO
+    c.ack(t1 + 5, segs[3])                  # the delayed ACK: segs 1-2 never resent
+    c.ack(t1 + 6, segs[3], sack=((segs[4], nxt),))
+    c.send(t1 + 6.02, segs[3], MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp", "rto", "fast"]
+
+
+def test_after_undo_a_resent_head_keeps_disorder_so_the_timer_is_an_rto():
+    # A spurious RTO is undone by the D-SACK of its retransmission, but the segment now at
+    # snd_una is the one the probe resent: tcp_try_keep_open leaves the socket in Disorder
+    # (tcp_any_retrans_done), where no probe is scheduled. Its next timeout is an RTO.
+    tr, c, t, seq = start()
+    c.send(t, seq, MSS)
+    c.send(t + 0.01, seq + MSS, 400)
+    c.send(t + 22, seq + MSS, 400)                       # TLP of the tail
+    c.send(t + 250, seq, MSS)                            # RTO of the head (spurious)
+    c.ack(t + 260, seq + MSS, sack=((seq, seq + MSS),))  # D-SACK: it had arrived
+    c.send(t + 700, seq + MSS, 400)                      # head and tail now: RTO
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["tlp", "rto", "rto"]
+    assert r["spurious_by"].tolist()[1] == "dsack"
+
+
+def test_row_order_does_not_matter():
+    import numpy as np
+
+    tr, c, t, seq = start()
+    t_last, nxt = c.burst(t, seq, 5, size=MSS)
+    c.send(t_last + 22, nxt - MSS, MSS)   # TLP
+    c.send(t_last + 232, seq, MSS)        # RTO
+    c.ack(t_last + 242, seq + MSS)
+    c.send(t_last + 242.02, seq + MSS, MSS)
+    pk = tr.packets()
+    perm = np.random.default_rng(7).permutation(len(pk["frame"]))
+    shuffled = {k: v[perm] for k, v in pk.items()}
+    fid, flows = assign_flows(shuffled)
+    r = classify(shuffled, fid, flows, find_retransmissions(shuffled, fid, flows))
+    assert r.sort_values("frame")["kind_pcap"].tolist() == run(tr)["kind_pcap"].tolist() \
+        == ["tlp", "rto", "rto_recovery"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from packet_builder import Trace
 
-from retranscope.analyze.flows import assign_flows, sequence_space
+from retranscope.analyze.flows import assign_flows, sack_blocks, sequence_space
 from retranscope.schemas.packets import empty_packets
 
 
@@ -103,7 +103,8 @@ def test_capture_started_mid_connection():
     sp = sequence_space(pk, fid, flows)
     assert sp["seq_abs"][0] == 0
     assert sp["ack_abs"][1] == 1000
-    assert sp["sack_l_abs"][1, 0] == 2000 and sp["sack_r_abs"][1, 0] == 3000
+    L, R = sack_blocks(sp, np.array([1]))
+    assert L[0, 0] == 2000 and R[0, 0] == 3000
 
 
 def test_ipv6_flows():
@@ -134,3 +135,14 @@ def test_interleaved_connections_numbered_by_first_appearance():
 def test_empty_capture():
     fid, flows = assign_flows(empty_packets())
     assert len(fid) == 0 and len(flows) == 0
+
+
+def test_sack_refuted_by_plain_duplicate_acks_mid_connection():
+    tr = Trace()
+    c = tr.conn()
+    for i in range(4):
+        c.send(i * 0.01, 1 + 1000 * i, 1000)
+    for i in range(4):  # an ACK, then three duplicates without SACK blocks: no SACK here
+        c.ack(10 + i, 1001)
+    _, _, flows = _flows(tr)
+    assert not flows["sack_ok"].any()

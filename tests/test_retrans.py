@@ -146,3 +146,26 @@ def test_syn_and_fin_retransmissions():
     r = _rtx(tr)
     assert r["frame"].tolist() == [tr.frame_of(s2), tr.frame_of(f2)]
     assert r["seq_abs"].tolist() == [0, 1]
+
+
+def test_capture_started_mid_timeout_chain_gap_in_new_data():
+    # Mid-connection capture: the first segment seen is the head, resent by the RTO; new
+    # data then starts far above it. New data leaves at snd_nxt contiguously, so snd_nxt
+    # was already past the head: that first segment was a retransmission (RFC 9293 §3.4).
+    tr = Trace()
+    c = tr.conn()
+    first = c.send(0, 1, MSS)
+    c.ack(10, 1 + MSS)
+    c.send(10.02, 80_001, MSS)  # new data after a gap
+    r = _rtx(tr)
+    assert r["frame"].tolist() == [tr.frame_of(first)]
+    assert r["orig_frame"].tolist() == [-1]
+
+
+def test_no_gap_no_guess():
+    tr = Trace()
+    c = tr.conn()
+    c.send(0, 1, MSS)  # an ordinary mid-connection start: contiguous new data
+    c.send(0.01, 1 + MSS, MSS)
+    c.ack(10, 1 + 2 * MSS)
+    assert len(_rtx(tr)) == 0

@@ -1,0 +1,117 @@
+"""Accuracy against the kernel's own reasons, on real lab captures.
+
+Each corpus directory (tests/fixtures/corpus/<scenario>/, made by
+tests/fixtures/make_corpus.py) holds capture.pcap (tcpdump on the retransmitting host) and
+the recorder's events (the kernel's reason per tcp_retransmit_skb call). Every wire
+retransmission the pipeline finds is matched to the kernel event whose flow and
+[seq, end_seq) range contain it, nearest in time (analyze/join.py), and its kind compared.
+
+    .venv/bin/pytest -s tests/test_accuracy.py          # prints the tables
+    RETRANSCOPE_CORPUS=/path/to/corpus .venv/bin/pytest -s tests/test_accuracy.py
+
+Families are what the kernel's counters separate: RTO (rto, rto_recovery, syn, synack),
+fast, and tlp.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retranscope.analyze.classify import FAMILY, classify
+from retranscope.analyze.events import read_events
+from retranscope.analyze.flows import assign_flows
+from retranscope.analyze.join import join_events
+from retranscope.analyze.pcap import read_capture
+from retranscope.analyze.retrans import find_retransmissions
+
+CORPUS = Path(os.environ.get("RETRANSCOPE_CORPUS",
+                             Path(__file__).parent / "fixtures" / "corpus"))
+#: The bar the held-out captures must clear, per wire retransmission.
+FAMILY_TARGET = 0.99
+
+
+def _scenarios() -> list[Path]:
+    if not CORPUS.is_dir():
+        return []
+    return sorted(d for d in CORPUS.iterdir()
+                  if (d / "capture.pcap").is_file()
+                  and ((d / "events.parquet").is_file() or any(d.glob("events/*.parquet"))))
+
+
+def evaluate(directory: Path) -> pd.DataFrame:
+    """Classified wire retransmissions of one scenario with the kernel's reason beside."""
+    packets = read_capture(directory / "capture.pcap").packets
+    ev_path = directory / "events.parquet"
+    events = read_events(ev_path if ev_path.is_file() else directory).table
+    flow_id, flows = assign_flows(packets)
+    rtx = find_retransmissions(packets, flow_id, flows)
+    out = classify(packets, flow_id, flows, rtx)
+    event_of_row, _ = join_events(events, packets)
+    ev = event_of_row[out["pkt"].to_numpy()]
+    ok = ev >= 0
+    out["truth"] = np.where(ok, events["reason"].to_numpy()[np.clip(ev, 0, None)], None)
+    out["kernel_ca_state"] = np.where(ok, events["ca_state"].to_numpy()[np.clip(ev, 0, None)],
+                                      None)
+    out["scenario"] = directory.name
+    return out
+
+
+def family(kind: pd.Series) -> pd.Series:
+    return kind.map(lambda k: FAMILY.get(k, k))
+
+
+@pytest.fixture(scope="module")
+def results() -> pd.DataFrame:
+    dirs = _scenarios()
+    if not dirs:
+        pytest.skip(f"no corpus at {CORPUS} (tests/fixtures/make_corpus.py makes it)")
+    return pd.concat([evaluate(d) for d in dirs], ignore_index=True)
+
+
+def _matched(res: pd.DataFrame) -> pd.DataFrame:
+    # Keep-alives and window probes are not retransmissions the kernel reports.
+    return res[res["truth"].notna() & res["probe"].isna()]
+
+
+def test_report_accuracy_tables(results):
+    m = _matched(results)
+    fam_ok = family(m["kind_pcap"]) == family(m["truth"])
+    per_scenario = pd.DataFrame({
+        "wire_rtx": results.groupby("scenario").size(),
+        "matched": m.groupby("scenario").size(),
+        "kind_acc": (m["kind_pcap"] == m["truth"]).groupby(m["scenario"]).mean(),
+        "family_acc": fam_ok.groupby(m["scenario"]).mean(),
+    }).fillna(0)
+    per_kind = pd.DataFrame({
+        "n": m.groupby("truth").size(),
+        "kind_acc": (m["kind_pcap"] == m["truth"]).groupby(m["truth"]).mean(),
+        "family_acc": fam_ok.groupby(m["truth"]).mean(),
+    })
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print("\n== accuracy per scenario ==")
+        print(per_scenario.to_string(float_format=lambda v: f"{v:.4f}"))
+        print("\n== accuracy per kernel reason ==")
+        print(per_kind.to_string(float_format=lambda v: f"{v:.4f}"))
+        print("\n== confusion (rows: kernel, columns: capture) ==")
+        print(pd.crosstab(m["truth"], m["kind_pcap"], margins=True).to_string())
+        print(f"\noverall family accuracy: {fam_ok.mean():.4f} over {len(m)} matched wire "
+              f"retransmissions ({int(results['truth'].isna().sum())} without a kernel event)")
+    assert len(m) > 0
+
+
+def test_family_accuracy_meets_target(results):
+    m = _matched(results)
+    fam_ok = family(m["kind_pcap"]) == family(m["truth"])
+    assert fam_ok.mean() >= FAMILY_TARGET, (
+        m.loc[~fam_ok, ["scenario", "frame", "kind_pcap", "truth", "kernel_ca_state",
+                        "ca_state", "clock", "position"]].head(30).to_string())
+
+
+def test_every_retransmission_is_classified(results):
+    m = _matched(results)
+    assert (m["kind_pcap"] != "unknown").all()
