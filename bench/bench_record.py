@@ -40,22 +40,38 @@ class KernelCount:
     def __init__(self):
         from bcc import BPF
 
-        self.bpf = BPF(src_file=str(HERE / "retrans_counter.bpf.c").encode(),
-                       cflags=[f"-DBENCH_PORT={PORT}"])
+        self.bpf = BPF(
+            src_file=str(HERE / "retrans_counter.bpf.c").encode(), cflags=[f"-DBENCH_PORT={PORT}"]
+        )
 
     def read(self) -> int:
         return sum(int(v) for v in self.bpf["made"][ct.c_int(0)])
 
 
 def storm(lab, seconds: float, conns: int):
-    server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                          ["server", "--port", str(PORT), "--mode", "sink",
-                           "--timeout-s", str(seconds + 30)])
+    server = lab.pymodule(
+        lab.receiver_ns,
+        "retranscope.lab.traffic",
+        ["server", "--port", str(PORT), "--mode", "sink", "--timeout-s", str(seconds + 30)],
+    )
     server.stdout.readline()
-    client = lab.pymodule(lab.sender_ns, "retranscope.lab.traffic",
-                          ["bulk", "--host", lab.receiver_addr(4), "--port", str(PORT),
-                           "--bytes", str(10**11), "--conns", str(conns),
-                           "--timeout-s", str(seconds + 20)])
+    client = lab.pymodule(
+        lab.sender_ns,
+        "retranscope.lab.traffic",
+        [
+            "bulk",
+            "--host",
+            lab.receiver_addr(4),
+            "--port",
+            str(PORT),
+            "--bytes",
+            str(10**11),
+            "--conns",
+            str(conns),
+            "--timeout-s",
+            str(seconds + 20),
+        ],
+    )
     time.sleep(seconds)
     client.send_signal(signal.SIGKILL)
     client.wait()
@@ -136,8 +152,10 @@ def main() -> int:
     best = [r for r in rows if r["tool"] == "retranscope record" and r["kept"] >= r["kernel"]]
     if best:
         top = max(best, key=lambda r: r["kernel"])
-        print(f"highest rate with zero loss (retranscope): {top['kernel'] / args.seconds:,.0f} "
-              f"retransmissions/s (loss {top['loss_pct']}%)")
+        print(
+            f"highest rate with zero loss (retranscope): {top['kernel'] / args.seconds:,.0f} "
+            f"retransmissions/s (loss {top['loss_pct']}%)"
+        )
     return 0
 
 
@@ -145,9 +163,12 @@ def print_row(r: dict, seconds: float) -> None:
     lost = r["kernel"] - r["kept"]
     rate = r["kernel"] / seconds
     per = r["cpu_s"] / max(1, r["kept"]) * 1e6
-    print(f"{r['tool']:20} loss {r['loss_pct']:>2}%  kernel made {r['kernel']:>8}  kept "
-          f"{r['kept']:>8}  lost {lost:>6} ({100 * lost / max(1, r['kernel']):.2f}%)  "
-          f"rate {rate:>8,.0f}/s  cpu {r['cpu_s']:.2f} s = {per:.1f} us/event", flush=True)
+    print(
+        f"{r['tool']:20} loss {r['loss_pct']:>2}%  kernel made {r['kernel']:>8}  kept "
+        f"{r['kept']:>8}  lost {lost:>6} ({100 * lost / max(1, r['kernel']):.2f}%)  "
+        f"rate {rate:>8,.0f}/s  cpu {r['cpu_s']:.2f} s = {per:.1f} us/event",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

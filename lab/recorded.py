@@ -18,7 +18,6 @@ from pathlib import Path
 
 from retranscope.lab.netns import Lab
 from retranscope.lab.scenarios import Scenario, ScenarioResult, run_scenario
-
 from retranscope.lines import LineReader
 
 READY_MARK = "retranscope: recording"
@@ -40,8 +39,12 @@ class RecorderProcess:
 
     def __init__(self, lab: Lab, ns: str, args: list[str], ready_timeout_s: float = 60.0):
         self.stderr_lines: list[str] = []
-        self.proc = lab.popen(ns, [sys.executable, "-m", "retranscope", "record", *args],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = lab.popen(
+            ns,
+            [sys.executable, "-m", "retranscope", "record", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         assert self.proc.stderr is not None
         self._lines = LineReader(self.proc.stderr.fileno())
         deadline = time.monotonic() + ready_timeout_s
@@ -55,8 +58,10 @@ class RecorderProcess:
             if self._lines.eof or self.proc.poll() is not None:
                 self.proc.wait()
                 self.stderr_lines += self._lines.rest().splitlines()
-                raise RuntimeError("recorder exited before it was ready: "
-                                   + " | ".join(x for x in self.stderr_lines[-5:] if x))
+                raise RuntimeError(
+                    "recorder exited before it was ready: "
+                    + " | ".join(x for x in self.stderr_lines[-5:] if x)
+                )
             if time.monotonic() > deadline:
                 self.proc.kill()
                 raise RuntimeError(f"recorder not ready after {ready_timeout_s:.0f} s")
@@ -84,27 +89,51 @@ class RecorderProcess:
         return self.proc.returncode
 
 
-def record_scenario(scenario: Scenario, out_dir: Path, *, extra_args: tuple[str, ...] = (),
-                    settle_s: float = 0.3, lab_kw: dict | None = None,
-                    interface: str | None = None) -> RecordedRun:
+def record_scenario(
+    scenario: Scenario,
+    out_dir: Path,
+    *,
+    extra_args: tuple[str, ...] = (),
+    settle_s: float = 0.3,
+    lab_kw: dict | None = None,
+    interface: str | None = None,
+) -> RecordedRun:
     """Build the scenario's lab, record while it runs, tear everything down."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     capture = out_dir / "capture.pcap"
     with scenario.lab(**(lab_kw or {})) as lab:
         ns = scenario.retransmitting_ns(lab)
-        iface = interface or (lab.sender_if if scenario.retransmitter == "client"
-                              else lab.receiver_if)
-        rec = RecorderProcess(lab, ns, ["--out", str(out_dir), "--pcap", str(capture),
-                                        "--interface", iface, "--quiet", *extra_args])
+        iface = interface or (
+            lab.sender_if if scenario.retransmitter == "client" else lab.receiver_if
+        )
+        rec = RecorderProcess(
+            lab,
+            ns,
+            [
+                "--out",
+                str(out_dir),
+                "--pcap",
+                str(capture),
+                "--interface",
+                iface,
+                "--quiet",
+                *extra_args,
+            ],
+        )
         try:
             result = run_scenario(lab, scenario)
             time.sleep(settle_s)  # late retransmissions (a FIN's probe) still land
         finally:
             code = rec.stop()
     meta = json.loads((out_dir / "run.json").read_text())
-    meta["scenario"] = {"name": scenario.name, "family": scenario.family, "tso": scenario.tso,
-                        "rtt_ms": scenario.rtt_ms, "expected": sorted(scenario.expected),
-                        "counters": result.deltas()}
+    meta["scenario"] = {
+        "name": scenario.name,
+        "family": scenario.family,
+        "tso": scenario.tso,
+        "rtt_ms": scenario.rtt_ms,
+        "expected": sorted(scenario.expected),
+        "counters": result.deltas(),
+    }
     (out_dir / "scenario.json").write_text(json.dumps(meta["scenario"], indent=2) + "\n")
     return RecordedRun(scenario, out_dir, capture, result, meta, rec.stderr_lines, code)

@@ -22,8 +22,14 @@ KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = 17, 18, 19
 
 # Bytes that follow the 12-byte btf_type header, per kind (vlen = number of entries).
 _FIXED_EXTRA = {KIND_INT: 4, KIND_ARRAY: 12, KIND_VAR: 4, KIND_DECL_TAG: 4}
-_PER_VLEN = {KIND_STRUCT: 12, KIND_UNION: 12, KIND_ENUM: 8, KIND_FUNC_PROTO: 8,
-             KIND_DATASEC: 12, KIND_ENUM64: 12}
+_PER_VLEN = {
+    KIND_STRUCT: 12,
+    KIND_UNION: 12,
+    KIND_ENUM: 8,
+    KIND_FUNC_PROTO: 8,
+    KIND_DATASEC: 12,
+    KIND_ENUM64: 12,
+}
 _MODIFIERS = (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG)
 
 
@@ -98,14 +104,16 @@ class BTF:
                 if self._types[inner][0] in (KIND_STRUCT, KIND_UNION):
                     found = self._find(inner, name)
                     if found is not None:
-                        return Member(m.offset_bits + found.offset_bits, found.bitfield_size,
-                                      found.type_id)
+                        return Member(
+                            m.offset_bits + found.offset_bits, found.bitfield_size, found.type_id
+                        )
         return None
 
     def member(self, struct_name: str, path: str) -> Member:
         """Offset of `path` ("a.b.c") inside `struct struct_name`, in bits."""
-        ids = [i for i in self._by_name.get(struct_name, ())
-               if self._types[i][0] == KIND_STRUCT] or self._by_name.get(struct_name, [])
+        ids = [
+            i for i in self._by_name.get(struct_name, ()) if self._types[i][0] == KIND_STRUCT
+        ] or self._by_name.get(struct_name, [])
         if not ids:
             raise BTFError(f"no struct {struct_name} in BTF")
         type_id, total = ids[0], 0

@@ -37,8 +37,9 @@ def format_addrs(raw: np.ndarray, family4: np.ndarray) -> np.ndarray:
     texts = []
     for u in uniq:
         b = bytes(u)
-        texts.append(str(ipaddress.IPv4Address(b[:4])) if b[16] else
-                     str(ipaddress.IPv6Address(b[:16])))
+        texts.append(
+            str(ipaddress.IPv4Address(b[:4])) if b[16] else str(ipaddress.IPv6Address(b[:16]))
+        )
     return np.array(texts, dtype=object)[inverse.ravel()]
 
 
@@ -83,8 +84,9 @@ def decode(raw: np.ndarray, symbols: KernelSymbols, wall_offset_ns: int) -> pa.T
         "end_seq": masked("end_seq", has_seq, pa.uint32()),
         "state": pa.array(_lookup(TCP_STATES, raw["state"], "UNKNOWN"), pa.string()),
         "state_raw": pa.array(raw["state"], pa.uint8()),
-        "ca_state": pa.array(_lookup(CA_STATES, raw["ca_state"], "unknown"), pa.string(),
-                             mask=~has_ca),
+        "ca_state": pa.array(
+            _lookup(CA_STATES, raw["ca_state"], "unknown"), pa.string(), mask=~has_ca
+        ),
         "ca_state_raw": masked("ca_state", has_ca, pa.uint8()),
         "err": masked("err", has_err, pa.int32()),
         "srtt_us": masked("srtt_us8", has_sock, pa.uint32(), raw["srtt_us8"] >> 3),

@@ -18,7 +18,7 @@ import numpy as np
 
 from retranscope.bpf import BPF_DIR
 from retranscope.errors import EnvironmentProblem
-from retranscope.record.btf import VMLINUX_BTF, BTF, BTFError, kernel_offsets
+from retranscope.record.btf import BTF, VMLINUX_BTF, BTFError, kernel_offsets
 from retranscope.schemas.events import RAW_DTYPE
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -54,27 +54,36 @@ def ensure_tracefs() -> None:
     if (TRACEFS / "events").is_dir():
         return
     try:
-        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=True,
-                       capture_output=True, timeout=10)
+        subprocess.run(
+            ["mount", "-t", "tracefs", "nodev", str(TRACEFS)],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise EnvironmentProblem(
             f"tracefs is not mounted at {TRACEFS} and mounting it failed ({exc}); "
-            f"run: mount -t tracefs nodev {TRACEFS}") from exc
+            f"run: mount -t tracefs nodev {TRACEFS}"
+        ) from exc
     if not (TRACEFS / "events").is_dir():
-        raise EnvironmentProblem(f"tracefs mounted but {TRACEFS}/events is missing; "
-                                 "is CONFIG_FTRACE enabled in this kernel?")
+        raise EnvironmentProblem(
+            f"tracefs mounted but {TRACEFS}/events is missing; "
+            "is CONFIG_FTRACE enabled in this kernel?"
+        )
 
 
 def check_environment() -> None:
     if os.geteuid() != 0:
-        raise EnvironmentProblem("retranscope record needs root (BPF and tracefs): "
-                                 "run it with sudo")
+        raise EnvironmentProblem(
+            "retranscope record needs root (BPF and tracefs): run it with sudo"
+        )
     release = platform.release()
     build = Path("/lib/modules") / release / "build"
     if not build.exists():
         raise EnvironmentProblem(
             f"no kernel headers at {build} (bcc compiles the probe against them): run "
-            f"./setup.sh, or apt-get install linux-headers-{release}")
+            f"./setup.sh, or apt-get install linux-headers-{release}"
+        )
 
 
 def _import_bcc():
@@ -83,7 +92,8 @@ def _import_bcc():
     except ImportError as exc:
         raise EnvironmentProblem(
             "the bcc Python module is not importable: run ./setup.sh (it installs "
-            "python3-bpfcc and links it into .venv)") from exc
+            "python3-bpfcc and links it into .venv)"
+        ) from exc
     return bcc
 
 
@@ -92,7 +102,7 @@ def _tracepoint_fields(fmt: Path) -> set[str]:
     for line in fmt.read_text().splitlines():
         line = line.strip()
         if line.startswith("field:"):
-            decl = line.split(";", 1)[0][len("field:"):]
+            decl = line.split(";", 1)[0][len("field:") :]
             names.add(decl.split()[-1].split("[", 1)[0])
     return names
 
@@ -119,7 +129,8 @@ class Probe:
         if btf is None:
             self.info.notices.append(
                 "no kernel BTF (/sys/kernel/btf/vmlinux): seq/end_seq and socket state "
-                "cannot be read safely and are left empty")
+                "cannot be read safely and are left empty"
+            )
 
         have_tp = TP_FORMAT.exists()
         cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"]
@@ -131,8 +142,10 @@ class Probe:
                 self.info.tracepoint_has_err = True
         else:
             cflags.append("-DRTS_KPROBE_RETRANSMIT")
-        if offsets["RTS_OFF_CA_STATE_BYTE"] < 0 and (
-                TRACEFS / "events/tcp/tcp_cong_state_set").exists():
+        if (
+            offsets["RTS_OFF_CA_STATE_BYTE"] < 0
+            and (TRACEFS / "events/tcp/tcp_cong_state_set").exists()
+        ):
             cflags.append("-DRTS_CA_FROM_MAP")
         if cfg.family is not None:
             cflags.append(f"-DRTS_FILTER_FAMILY={2 if cfg.family == 4 else 10}")
@@ -160,8 +173,11 @@ class Probe:
             except Exception as exc:  # bcc raises bare Exception on compile/load failure
                 errors.append(f"{transport}: {exc}")
         if self.bpf is None:
-            raise EnvironmentProblem("the BPF program failed to load: " + "; ".join(errors)
-                                     + " (check kernel headers: ./setup.sh)")
+            raise EnvironmentProblem(
+                "the BPF program failed to load: "
+                + "; ".join(errors)
+                + " (check kernel headers: ./setup.sh)"
+            )
 
         if have_tp:
             self.info.attach.append("tracepoint:tcp:tcp_retransmit_skb")
@@ -175,22 +191,25 @@ class Probe:
             self.bpf["events"].open_ring_buffer(self._on_ring)
         else:
             # 256 pages per CPU; lost samples are reported by the kernel through lost_cb.
-            self.bpf["events"].open_perf_buffer(self._on_perf, page_cnt=256,
-                                                lost_cb=self._on_lost)
+            self.bpf["events"].open_perf_buffer(self._on_perf, page_cnt=256, lost_cb=self._on_lost)
 
     def _attach_kprobe(self, function: str, fn_name: str, required: bool) -> None:
         try:
             self.bpf.attach_kprobe(event=function, fn_name=fn_name)
             self.info.attach.append(f"kprobe:{function}")
         except Exception as exc:
-            msg = (f"kprobe on {function} unavailable ({str(exc).splitlines()[0]}); "
-                   "this kernel has no kprobes (CONFIG_KPROBES)")
+            msg = (
+                f"kprobe on {function} unavailable ({str(exc).splitlines()[0]}); "
+                "this kernel has no kprobes (CONFIG_KPROBES)"
+            )
             if required:
-                raise EnvironmentProblem(msg + " and no tcp:tcp_retransmit_skb tracepoint: "
-                                         "cannot trace retransmits here") from exc
+                raise EnvironmentProblem(
+                    msg + " and no tcp:tcp_retransmit_skb tracepoint: cannot trace retransmits here"
+                ) from exc
             self.info.notices.append(
                 msg + ": -l cannot show probe attempts that send new data; TLP "
-                "retransmissions are still recorded with reason=tlp")
+                "retransmissions are still recorded with reason=tlp"
+            )
 
     def _on_ring(self, _ctx, data, size):
         self._chunks.append(ct.string_at(data, EVENT_SIZE))
@@ -240,8 +259,9 @@ class Probe:
         out = []
         for k, v in self.bpf["counts"].items():
             fam = 4 if k.family == 2 else 6
-            out.append((fam, bytes(k.saddr), int(k.sport), bytes(k.daddr), int(k.dport),
-                        int(v.value)))
+            out.append(
+                (fam, bytes(k.saddr), int(k.sport), bytes(k.daddr), int(k.dport), int(v.value))
+            )
         return out
 
     def close(self) -> None:

@@ -34,10 +34,17 @@ def read_counters(paths=(Path("/proc/net/snmp"), Path("/proc/net/netstat"))) -> 
 
 
 RETRANS_COUNTERS = (
-    "Tcp:RetransSegs", "TcpExt:TCPLossProbes", "TcpExt:TCPLossProbeRecovery",
-    "TcpExt:TCPFastRetrans", "TcpExt:TCPSlowStartRetrans", "TcpExt:TCPTimeouts",
-    "TcpExt:TCPSynRetrans", "TcpExt:TCPRetransFail", "TcpExt:TCPSpuriousRTOs",
-    "TcpExt:TCPDSACKRecv", "TcpExt:TCPLostRetransmit",
+    "Tcp:RetransSegs",
+    "TcpExt:TCPLossProbes",
+    "TcpExt:TCPLossProbeRecovery",
+    "TcpExt:TCPFastRetrans",
+    "TcpExt:TCPSlowStartRetrans",
+    "TcpExt:TCPTimeouts",
+    "TcpExt:TCPSynRetrans",
+    "TcpExt:TCPRetransFail",
+    "TcpExt:TCPSpuriousRTOs",
+    "TcpExt:TCPDSACKRecv",
+    "TcpExt:TCPLostRetransmit",
 )
 
 

@@ -81,8 +81,13 @@ class KernelSymbols:
         return out
 
 
-def reasons(caller: np.ndarray, event_type: np.ndarray, state: np.ndarray,
-            ca_state: np.ndarray, ca_known: np.ndarray) -> np.ndarray:
+def reasons(
+    caller: np.ndarray,
+    event_type: np.ndarray,
+    state: np.ndarray,
+    ca_state: np.ndarray,
+    ca_known: np.ndarray,
+) -> np.ndarray:
     """The reason string per event (object array), from caller code, socket and CA state."""
     out = np.full(len(caller), "other", dtype=object)
     timer = caller == CALLER_TIMER

@@ -89,8 +89,12 @@ def live_lines(table: pa.Table, sequence: bool) -> list[str]:
         ms = (d["ts_wall_ns"][i] // 1_000_000) % 1000
         typ = "L>" if d["event_type"][i] == "tlp_attempt" else "R>"
         fam = d["family"][i]
-        la = f"{d['saddr'][i]}:{d['sport'][i]}" if fam == 4 else f"[{d['saddr'][i]}]:{d['sport'][i]}"
-        ra = f"{d['daddr'][i]}:{d['dport'][i]}" if fam == 4 else f"[{d['daddr'][i]}]:{d['dport'][i]}"
+        la = (
+            f"{d['saddr'][i]}:{d['sport'][i]}" if fam == 4 else f"[{d['saddr'][i]}]:{d['sport'][i]}"
+        )
+        ra = (
+            f"{d['daddr'][i]}:{d['dport'][i]}" if fam == 4 else f"[{d['daddr'][i]}]:{d['dport'][i]}"
+        )
         line = f"{ts}.{ms:03d} {d['pid'][i]:<7} {fam}  {la:<24} {typ} {ra:<24} {d['state'][i]:<12}"
         if sequence:
             seq = d["seq"][i]
@@ -144,17 +148,30 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
         except ValueError as exc:
             raise BadInput(f"--netns {opts.netns!r}: give auto, all, self or an inode") from exc
 
-    cfg = ProbeConfig(family=opts.family, port=opts.port, netns_ino=netns_ino,
-                      count=opts.count, lossprobe=opts.lossprobe,
-                      force_perf_buffer=opts.force_perf_buffer)
+    cfg = ProbeConfig(
+        family=opts.family,
+        port=opts.port,
+        netns_ino=netns_ino,
+        count=opts.count,
+        lossprobe=opts.lossprobe,
+        force_perf_buffer=opts.force_perf_buffer,
+    )
     stop = _Stop()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     run_id = uuid.uuid4().hex
     meta: dict = {
-        "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "run_id": run_id,
-        "status": "starting", "complete": False, **ident,
-        "filters": {"family": opts.family, "port": opts.port, "pid": opts.pid,
-                    "netns_ino": netns_ino},
+        "schema": SCHEMA_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "starting",
+        "complete": False,
+        **ident,
+        "filters": {
+            "family": opts.family,
+            "port": opts.port,
+            "pid": opts.pid,
+            "netns_ino": netns_ino,
+        },
         "argv": sys.argv,
     }
     probe = dump = writer = None
@@ -162,24 +179,31 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
         try:
             symbols = KernelSymbols.load()
         except (OSError, PermissionError) as exc:
-            raise EnvironmentProblem(f"cannot read kernel symbols ({exc}); run as root "
-                                     "with kernel.kptr_restrict <= 1") from exc
+            raise EnvironmentProblem(
+                f"cannot read kernel symbols ({exc}); run as root with kernel.kptr_restrict <= 1"
+            ) from exc
         missing = symbols.has_all_callers()
         probe = Probe(cfg)
         for notice in probe.info.notices:
             print(f"retranscope: notice: {notice}", file=stderr)
         if missing:
-            print(f"retranscope: notice: kernel symbols not found: {', '.join(missing)}; "
-                  "those reasons will read 'other'", file=stderr)
+            print(
+                f"retranscope: notice: kernel symbols not found: {', '.join(missing)}; "
+                "those reasons will read 'other'",
+                file=stderr,
+            )
         meta["probe"] = asdict(probe.info)
         meta["missing_callers"] = missing
         if opts.out is not None:
-            writer = RotatingWriter(Path(opts.out) / "events", _events_schema(), rotate_seconds=opts.rotate_seconds,
-                                    rotate_rows=opts.rotate_rows,
-                                    file_metadata={"run_id": run_id})
+            writer = RotatingWriter(
+                Path(opts.out) / "events",
+                _events_schema(),
+                rotate_seconds=opts.rotate_seconds,
+                rotate_rows=opts.rotate_rows,
+                file_metadata={"run_id": run_id},
+            )
         if opts.pcap is not None:
-            dump = Tcpdump(opts.pcap, interface=opts.interface, family=opts.family,
-                           port=opts.port)
+            dump = Tcpdump(opts.pcap, interface=opts.interface, family=opts.family, port=opts.port)
             dump.start()
             meta["pcap"] = {"path": str(opts.pcap), "argv": dump.argv}
         mono0, off0, unc0 = procnet.clock_offset_ns()
@@ -190,14 +214,21 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
         if opts.out is not None:
             write_json_atomic(Path(opts.out) / RUN_META, meta)
         what = "per-flow counts" if opts.count and opts.out is None else "retransmits"
-        print(f"retranscope: recording {what} ({probe.info.transport}, "
-              f"{', '.join(probe.info.attach)}"
-              f"{'; netns ' + str(netns_ino) if netns_ino else ''}); Ctrl-C to stop",
-              file=stderr, flush=True)
+        print(
+            f"retranscope: recording {what} ({probe.info.transport}, "
+            f"{', '.join(probe.info.attach)}"
+            f"{'; netns ' + str(netns_ino) if netns_ino else ''}); Ctrl-C to stop",
+            file=stderr,
+            flush=True,
+        )
         if opts.live and not opts.count:
-            hdr = f"{'TIME':<12} {'PID':<7} IP {'LADDR:LPORT':<24} T> {'RADDR:RPORT':<24} {'STATE':<12}"
-            print(hdr + (f" {'SEQ':<10}" if opts.sequence else "") + " REASON", file=stdout,
-                  flush=True)
+            hdr = (f"{'TIME':<12} {'PID':<7} IP {'LADDR:LPORT':<24} T> "
+                   f"{'RADDR:RPORT':<24} {'STATE':<12}")
+            print(
+                hdr + (f" {'SEQ':<10}" if opts.sequence else "") + " REASON",
+                file=stdout,
+                flush=True,
+            )
 
         pid_filter = PidSockets(opts.pid) if opts.pid is not None else None
         filtered_pid = 0
@@ -219,7 +250,8 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
                 if writer is not None and writer.append(table):
                     mono, offset, unc = procnet.clock_offset_ns()
                     meta["clock_offsets"].append(
-                        {"mono_ns": mono, "offset_ns": offset, "uncertainty_ns": unc})
+                        {"mono_ns": mono, "offset_ns": offset, "uncertainty_ns": unc}
+                    )
                     _update_meta(meta, probe, writer, received, filtered_pid)
                     write_json_atomic(Path(opts.out) / RUN_META, meta)
             elif writer is not None:
@@ -244,8 +276,7 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
         meta["clock_offsets"].append({"mono_ns": mono1, "offset_ns": off1, "uncertainty_ns": unc1})
         meta["ended_wall_ns"] = mono1 + off1
         meta["counters_end"] = procnet.read_counters()
-        meta["counters_delta"] = procnet.counter_delta(meta["counters_start"],
-                                                       meta["counters_end"])
+        meta["counters_delta"] = procnet.counter_delta(meta["counters_start"], meta["counters_end"])
         if writer is not None:
             writer.flush()
         _update_meta(meta, probe, writer, received, filtered_pid)
@@ -262,14 +293,19 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
         meta["status"] = "complete"
         meta["complete"] = True
         lost = meta["events_lost_in_kernel"]
-        msg = (f"retranscope: {meta['events_received']} events received, {lost} lost in the "
-               f"kernel buffer" + (f", {filtered_pid} filtered by --pid" if pid_filter else ""))
+        msg = (
+            f"retranscope: {meta['events_received']} events received, {lost} lost in the "
+            f"kernel buffer" + (f", {filtered_pid} filtered by --pid" if pid_filter else "")
+        )
         if writer is not None:
             msg += f"; {writer.rows_written} written to {opts.out}"
         print(msg, file=stderr, flush=True)
         if lost:
-            print(f"retranscope: warning: {lost} events were lost (buffer full); they are "
-                  "counted in run.json", file=stderr)
+            print(
+                f"retranscope: warning: {lost} events were lost (buffer full); they are "
+                "counted in run.json",
+                file=stderr,
+            )
         return meta
     except BaseException as exc:
         meta["status"] = f"failed: {exc}"
@@ -309,11 +345,14 @@ def _count_rows(raw: list[tuple]) -> list[dict]:
     fam4 = np.array([r[0] == 4 for r in raw])
     saddr = format_addrs(np.frombuffer(b"".join(r[1] for r in raw), np.uint8).reshape(-1, 16), fam4)
     daddr = format_addrs(np.frombuffer(b"".join(r[3] for r in raw), np.uint8).reshape(-1, 16), fam4)
-    return [{"family": r[0], "saddr": s, "sport": r[2], "daddr": d, "dport": r[4],
-             "retransmits": r[5]} for r, s, d in zip(raw, saddr, daddr)]
+    return [
+        {"family": r[0], "saddr": s, "sport": r[2], "daddr": d, "dport": r[4], "retransmits": r[5]}
+        for r, s, d in zip(raw, saddr, daddr)
+    ]
 
 
 def check_environment_or_raise() -> None:
     if os.geteuid() != 0:
-        raise EnvironmentProblem("retranscope record needs root (BPF and tracefs): "
-                                 "run it with sudo")
+        raise EnvironmentProblem(
+            "retranscope record needs root (BPF and tracefs): run it with sudo"
+        )

@@ -34,15 +34,33 @@ def capture_filter(family: int | None, port: int | None) -> list[str]:
 
 
 class Tcpdump:
-    def __init__(self, path: Path, interface: str = "any", family: int | None = None,
-                 port: int | None = None, snaplen: int = SNAPLEN):
+    def __init__(
+        self,
+        path: Path,
+        interface: str = "any",
+        family: int | None = None,
+        port: int | None = None,
+        snaplen: int = SNAPLEN,
+    ):
         exe = shutil.which("tcpdump")
         if exe is None:
-            raise EnvironmentProblem("--pcap needs tcpdump: apt-get install tcpdump "
-                                     "(./setup.sh does)")
+            raise EnvironmentProblem(
+                "--pcap needs tcpdump: apt-get install tcpdump (./setup.sh does)"
+            )
         self.path = Path(path)
-        self.argv = [exe, "-i", interface, "-s", str(snaplen), "-n", "-U",
-                     "--immediate-mode", "-w", str(self.path), *capture_filter(family, port)]
+        self.argv = [
+            exe,
+            "-i",
+            interface,
+            "-s",
+            str(snaplen),
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-w",
+            str(self.path),
+            *capture_filter(family, port),
+        ]
         if interface == "any":
             # pcapng would be fine too; pcap keeps tcpdump's SLL2 link type for "any".
             pass
@@ -56,8 +74,7 @@ class Tcpdump:
         # Run as root: tcpdump would otherwise drop to the tcpdump user, which may not be
         # allowed to write into the output directory.
         self.argv[1:1] = ["-Z", "root"]
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
         self._lines = LineReader(self.proc.stderr.fileno())
         deadline = time.monotonic() + timeout_s
@@ -70,8 +87,10 @@ class Tcpdump:
             elif self._lines.eof or self.proc.poll() is not None:
                 self.proc.wait()
                 err = [ln for ln in self.stderr_lines if ln.strip()]
-                raise EnvironmentProblem(f"tcpdump exited at start: {err[-1] if err else '?'}"
-                                         f" (argv: {' '.join(self.argv)})")
+                raise EnvironmentProblem(
+                    f"tcpdump exited at start: {err[-1] if err else '?'}"
+                    f" (argv: {' '.join(self.argv)})"
+                )
         self.stop()
         raise EnvironmentProblem(f"tcpdump did not start within {timeout_s:.0f} s")
 

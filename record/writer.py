@@ -33,9 +33,16 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 class RotatingWriter:
-    def __init__(self, out_dir: Path, schema: pa.Schema, *, prefix: str = "events",
-                 rotate_seconds: float = 10.0, rotate_rows: int = 200_000,
-                 file_metadata: dict[str, str] | None = None):
+    def __init__(
+        self,
+        out_dir: Path,
+        schema: pa.Schema,
+        *,
+        prefix: str = "events",
+        rotate_seconds: float = 10.0,
+        rotate_rows: int = 200_000,
+        file_metadata: dict[str, str] | None = None,
+    ):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.schema = schema
@@ -78,8 +85,7 @@ class RotatingWriter:
         meta.update({k.encode(): str(v).encode() for k, v in self.file_metadata.items()})
         meta[b"file_index"] = str(index).encode()
         table = table.replace_schema_metadata(meta)
-        write_atomic(self.out_dir / name,
-                     lambda p: pq.write_table(table, p, compression="zstd"))
+        write_atomic(self.out_dir / name, lambda p: pq.write_table(table, p, compression="zstd"))
         info: dict[str, object] = {"name": name, "rows": table.num_rows}
         if "ts_wall_ns" in table.column_names:
             ts = table.column("ts_wall_ns")

@@ -44,14 +44,18 @@ def load(path: str | Path, name: str | None = None) -> Analysis:
     need = [path / "retransmits.parquet", path / "flows.parquet", path / "summary.json"]
     for f in need:
         if not f.exists():
-            raise BadInput(f"{f} is missing: give a directory written by `retranscope analyze --out`")
+            raise BadInput(
+                f"{f} is missing: give a directory written by `retranscope analyze --out`"
+            )
     try:
         summary = json.loads(need[2].read_text())
     except ValueError as exc:
         raise BadInput(f"{need[2]}: not JSON ({exc})") from exc
     if summary.get("output_schema_version") != OUTPUT_SCHEMA_VERSION:
-        raise SchemaMismatch(f"{path}: analysis output version {summary.get('output_schema_version')},"
-                             f" this retranscope reads {OUTPUT_SCHEMA_VERSION}: analyze again")
+        raise SchemaMismatch(
+            f"{path}: analysis output version {summary.get('output_schema_version')},"
+            f" this retranscope reads {OUTPUT_SCHEMA_VERSION}: analyze again"
+        )
     return Analysis(name or path.name, pd.read_parquet(need[0]), pd.read_parquet(need[1]), summary)
 
 
@@ -88,17 +92,25 @@ def verdict(h: dict) -> str:
     n = h["retransmissions"]
     if not n:
         return "No retransmissions."
-    parts = [f"{n} retransmissions: {_pct(h['tlp_share'])} tail loss probes, "
-             f"{_pct(h['fast_share'])} fast retransmits, {_pct(h['rto_share'])} timeouts "
-             "(RTO, SYN, slow-start after RTO)."]
+    parts = [
+        f"{n} retransmissions: {_pct(h['tlp_share'])} tail loss probes, "
+        f"{_pct(h['fast_share'])} fast retransmits, {_pct(h['rto_share'])} timeouts "
+        "(RTO, SYN, slow-start after RTO)."
+    ]
     if h["tlp"] and h["spurious_tlp"]:
-        parts.append(f"{h['spurious_tlp']} of the {h['tlp']} probes were spurious: the data had "
-                     "arrived and only the ACK was late; those inflate RetransSegs without any loss.")
+        parts.append(
+            f"{h['spurious_tlp']} of the {h['tlp']} probes were spurious: the data had "
+            "arrived and only the ACK was late; those inflate RetransSegs without any loss."
+        )
     elif h["tlp"]:
-        parts.append(f"None of the {h['tlp']} probes was shown spurious: they repaired real "
-                     "tail losses (or the receiver could not tell: no D-SACK, no timestamps).")
-    parts.append(f"In all, {h['spurious']} ({_pct(h['spurious_share'])}) retransmissions were "
-                 "shown spurious by the receiver (D-SACK or timestamp echo).")
+        parts.append(
+            f"None of the {h['tlp']} probes was shown spurious: they repaired real "
+            "tail losses (or the receiver could not tell: no D-SACK, no timestamps)."
+        )
+    parts.append(
+        f"In all, {h['spurious']} ({_pct(h['spurious_share'])}) retransmissions were "
+        "shown spurious by the receiver (D-SACK or timestamp echo)."
+    )
     return " ".join(parts)
 
 
@@ -124,11 +136,20 @@ def rto_chains(a: Analysis, n: int = 10) -> pd.DataFrame:
         if len(g) < 2:
             continue
         gaps = np.diff(g["ts_wall_ns"].to_numpy()) / 1e6
-        rows.append({"flow": f"{key[0]}:{key[1]} → {key[2]}:{key[3]}", "timeouts": len(g),
-                     "kinds": "/".join(sorted(set(g["kind"]))),
-                     "gaps_ms": ", ".join(f"{x:.0f}" for x in gaps[:8])
-                     + (" …" if len(gaps) > 8 else "")})
-    return pd.DataFrame(rows).sort_values("timeouts", ascending=False).head(n) if rows else pd.DataFrame()
+        rows.append(
+            {
+                "flow": f"{key[0]}:{key[1]} → {key[2]}:{key[3]}",
+                "timeouts": len(g),
+                "kinds": "/".join(sorted(set(g["kind"]))),
+                "gaps_ms": ", ".join(f"{x:.0f}" for x in gaps[:8])
+                + (" …" if len(gaps) > 8 else ""),
+            }
+        )
+    return (
+        pd.DataFrame(rows).sort_values("timeouts", ascending=False).head(n)
+        if rows
+        else pd.DataFrame()
+    )
 
 
 def quality(a: Analysis) -> list[str]:
@@ -139,8 +160,10 @@ def quality(a: Analysis) -> list[str]:
     if cap:
         drops = cap.get("if_drops")
         if cap.get("truncated"):
-            lines.append(f"The capture is truncated at byte {cap.get('truncated_at_offset')}: "
-                         "packets after that are missing.")
+            lines.append(
+                f"The capture is truncated at byte {cap.get('truncated_at_offset')}: "
+                "packets after that are missing."
+            )
         if drops:
             lines.append(f"The capture reports {drops} packets dropped by the interface/kernel.")
     rec = s.get("recording") or {}
@@ -158,8 +181,10 @@ def quality(a: Analysis) -> list[str]:
     for key, count in sorted((m.get("frames_without_event_by") or {}).items()):
         lines.append(f"{count} retransmitted frames have no kernel event ({key}).")
     if m.get("disagreements"):
-        lines.append(f"The capture's verdict differs from the kernel's reason for "
-                     f"{m['disagreements']} retransmissions (kind_agrees = false).")
+        lines.append(
+            f"The capture's verdict differs from the kernel's reason for "
+            f"{m['disagreements']} retransmissions (kind_agrees = false)."
+        )
     lines += [f"Warning: {w}" for w in s.get("warnings", [])]
     return lines or ["Nothing was lost or left unmatched."]
 
@@ -178,8 +203,10 @@ def _table_html(df: pd.DataFrame) -> str:
     if df.empty:
         return "<p>(none)</p>"
     head = "".join(f"<th>{escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>"
-                   for row in df.itertuples(index=False))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in df.itertuples(index=False)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -193,10 +220,12 @@ def timing_table(a: Analysis) -> pd.DataFrame:
     rows = []
     for kind, g in r.groupby("kind"):
         row = {"kind": kind, "count": len(g)}
-        for col, label in (("since_last_send_ns", "since last send (median)"),
-                           ("since_original_ns", "since original (median)"),
-                           ("expected_pto_ns", "expected PTO (median)"),
-                           ("expected_rto_ns", "expected RTO (median)")):
+        for col, label in (
+            ("since_last_send_ns", "since last send (median)"),
+            ("since_original_ns", "since original (median)"),
+            ("expected_pto_ns", "expected PTO (median)"),
+            ("expected_rto_ns", "expected RTO (median)"),
+        ):
             if col in g and g[col].notna().any():
                 row[label] = _ms(g[col].median())
         rows.append(row)
@@ -211,61 +240,115 @@ def render_markdown(analyses: list[Analysis]) -> str:
         out += ["| kind | count | share | meaning |", "|---|---|---|---|"]
         for k, c in h["by_kind"].items():
             out.append(f"| {k} | {c} | {_pct(c / h['retransmissions'])} | {KIND_TEXT.get(k, '')} |")
-        out += ["", "### Timing", "", _table_md(timing_table(a)),
-                "### Flows that suffered most", "", _table_md(top_flows(a)),
-                "### RTO backoff chains", "", _table_md(rto_chains(a)),
-                "### Kernel counters over the recording", "", _table_md(kernel_counters(a)),
-                "### What was lost or not matched", ""]
+        out += [
+            "",
+            "### Timing",
+            "",
+            _table_md(timing_table(a)),
+            "### Flows that suffered most",
+            "",
+            _table_md(top_flows(a)),
+            "### RTO backoff chains",
+            "",
+            _table_md(rto_chains(a)),
+            "### Kernel counters over the recording",
+            "",
+            _table_md(kernel_counters(a)),
+            "### What was lost or not matched",
+            "",
+        ]
         out += [f"- {line}" for line in quality(a)] + [""]
     return "\n".join(out)
 
 
-CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
-th{background:#f4f4f4}.verdict{font-size:1.1em;background:#fff8e6;border-left:4px solid #e69f00;padding:.6em 1em}
-svg.chart{display:block;margin:.5em 0;font-size:12px}svg .ttl{font-weight:600}svg .small{font-size:10px}
-.quality li{margin:.2em 0}"""
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;
+  color:#222}
+h1{font-size:1.6em}
+h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0 1em}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+th{background:#f4f4f4}
+.verdict{font-size:1.1em;background:#fff8e6;border-left:4px solid #e69f00;padding:.6em 1em}
+svg.chart{display:block;margin:.5em 0;font-size:12px}
+svg .ttl{font-weight:600}
+svg .small{font-size:10px}
+.quality li{margin:.2em 0}
+"""
 
 
 def render_html(analyses: list[Analysis]) -> str:
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>retranscope report</title>"
-             f"<style>{CSS}</style></head><body><h1>retranscope report</h1>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>retranscope report</title>"
+        f"<style>{CSS}</style></head><body><h1>retranscope report</h1>"
+    ]
     for a in analyses:
         h = headline(a)
         r = a.retransmits
-        parts.append(f"<section class='analysis' data-name='{escape(a.name)}'>"
-                     f"<h2>{escape(a.name)}</h2><p class='verdict'>{escape(verdict(h))}</p>")
+        parts.append(
+            f"<section class='analysis' data-name='{escape(a.name)}'>"
+            f"<h2>{escape(a.name)}</h2><p class='verdict'>{escape(verdict(h))}</p>"
+        )
         if h["retransmissions"]:
             parts.append(svg.bars(list(h["by_kind"].items()), "Retransmissions by kind"))
-            kt = pd.DataFrame([{"kind": k, "count": c, "share": _pct(c / h["retransmissions"]),
-                                "meaning": KIND_TEXT.get(k, "")} for k, c in h["by_kind"].items()])
+            kt = pd.DataFrame(
+                [
+                    {
+                        "kind": k,
+                        "count": c,
+                        "share": _pct(c / h["retransmissions"]),
+                        "meaning": KIND_TEXT.get(k, ""),
+                    }
+                    for k, c in h["by_kind"].items()
+                ]
+            )
             parts.append(_table_html(kt))
             tlp = r[r["kind"] == "tlp"]
             if len(tlp) and tlp["since_last_send_ns"].notna().any():
-                parts.append(svg.histogram(tlp["since_last_send_ns"].dropna().to_numpy() / 1e6,
-                                           "Probe gap: TLP time since the previous send",
-                                           "milliseconds"))
+                parts.append(
+                    svg.histogram(
+                        tlp["since_last_send_ns"].dropna().to_numpy() / 1e6,
+                        "Probe gap: TLP time since the previous send",
+                        "milliseconds",
+                    )
+                )
             if r["since_original_ns"].notna().any():
-                parts.append(svg.histogram(r["since_original_ns"].dropna().to_numpy() / 1e6,
-                                           "Time since the original transmission (log scale)",
-                                           "milliseconds", log_x=True))
+                parts.append(
+                    svg.histogram(
+                        r["since_original_ns"].dropna().to_numpy() / 1e6,
+                        "Time since the original transmission (log scale)",
+                        "milliseconds",
+                        log_x=True,
+                    )
+                )
             flows = top_flows(a, 20)
             lanes_key = r[["saddr", "sport", "daddr", "dport"]].astype(str).agg(" ".join, axis=1)
             labels = [f"{f.saddr}:{f.sport}→{f.dport}" for f in flows.itertuples()]
-            keys = [" ".join(map(str, (f.saddr, f.sport, f.daddr, f.dport))) for f in flows.itertuples()]
+            keys = [
+                " ".join(map(str, (f.saddr, f.sport, f.daddr, f.dport))) for f in flows.itertuples()
+            ]
             lane_of = {k: i for i, k in enumerate(keys)}
             sel = lanes_key.isin(lane_of)
-            parts.append(svg.timeline(r.loc[sel, "ts_wall_ns"].to_numpy() / 1e9,
-                                      lanes_key[sel].map(lane_of).to_numpy(),
-                                      r.loc[sel, "kind"].to_numpy(), labels,
-                                      "Retransmissions over time, by flow and kind"))
+            parts.append(
+                svg.timeline(
+                    r.loc[sel, "ts_wall_ns"].to_numpy() / 1e9,
+                    lanes_key[sel].map(lane_of).to_numpy(),
+                    r.loc[sel, "kind"].to_numpy(),
+                    labels,
+                    "Retransmissions over time, by flow and kind",
+                )
+            )
         parts.append("<h3>Timing</h3>" + _table_html(timing_table(a)))
         parts.append("<h3>Flows that suffered most</h3>" + _table_html(top_flows(a)))
         parts.append("<h3>RTO backoff chains</h3>" + _table_html(rto_chains(a)))
-        parts.append("<h3>Kernel counters over the recording</h3>" + _table_html(kernel_counters(a)))
-        parts.append("<h3>What was lost or not matched</h3><ul class='quality'>"
-                     + "".join(f"<li>{escape(x)}</li>" for x in quality(a)) + "</ul></section>")
+        parts.append(
+            "<h3>Kernel counters over the recording</h3>" + _table_html(kernel_counters(a))
+        )
+        parts.append(
+            "<h3>What was lost or not matched</h3><ul class='quality'>"
+            + "".join(f"<li>{escape(x)}</li>" for x in quality(a))
+            + "</ul></section>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -15,9 +15,12 @@ import typer
 
 from retranscope.errors import BadInput, RetranscopeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Explain Linux TCP retransmissions: record them with the kernel's "
-                       "reason, classify them from packet captures, report.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Explain Linux TCP retransmissions: record them with the kernel's "
+    "reason, classify them from packet captures, report.",
+)
 
 
 @app.callback()
@@ -32,22 +35,42 @@ def _fail(err: RetranscopeError) -> None:
 
 @app.command()
 def record(
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for events-*.parquet and run.json."),
-    pcap: Optional[Path] = typer.Option(None, "--pcap", help="Also capture packets (tcpdump) into this file."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Directory for events-*.parquet and run.json."
+    ),
+    pcap: Optional[Path] = typer.Option(
+        None, "--pcap", help="Also capture packets (tcpdump) into this file."
+    ),
     interface: str = typer.Option("any", "--interface", "-i", help="Interface for --pcap."),
-    sequence: bool = typer.Option(False, "--sequence", "-s", help="Show TCP sequence numbers (like tcpretrans -s)."),
-    lossprobe: bool = typer.Option(False, "--lossprobe", "-l", help="Include TLP attempts (kprobe tcp_send_loss_probe)."),
-    count: bool = typer.Option(False, "--count", "-c", help="Count retransmits per flow in the kernel; print at exit."),
+    sequence: bool = typer.Option(
+        False, "--sequence", "-s", help="Show TCP sequence numbers (like tcpretrans -s)."
+    ),
+    lossprobe: bool = typer.Option(
+        False, "--lossprobe", "-l", help="Include TLP attempts (kprobe tcp_send_loss_probe)."
+    ),
+    count: bool = typer.Option(
+        False, "--count", "-c", help="Count retransmits per flow in the kernel; print at exit."
+    ),
     ipv4: bool = typer.Option(False, "--ipv4", "-4", help="IPv4 only."),
     ipv6: bool = typer.Option(False, "--ipv6", "-6", help="IPv6 only."),
     port: Optional[int] = typer.Option(None, "--port", help="Only this local or remote port."),
     pid: Optional[int] = typer.Option(None, "--pid", help="Only sockets held by this process."),
-    netns: str = typer.Option("auto", "--netns", help="auto | all | self | INODE: which network namespace's retransmits."),
-    duration: Optional[float] = typer.Option(None, "--duration", "-d", help="Stop after this many seconds."),
+    netns: str = typer.Option(
+        "auto", "--netns", help="auto | all | self | INODE: which network namespace's retransmits."
+    ),
+    duration: Optional[float] = typer.Option(
+        None, "--duration", "-d", help="Stop after this many seconds."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live line per event."),
-    rotate_seconds: float = typer.Option(10.0, "--rotate-seconds", help="Close a Parquet file at least this often."),
-    rotate_rows: int = typer.Option(200_000, "--rotate-rows", help="Close a Parquet file at this many rows."),
-    perf_buffer: bool = typer.Option(False, "--perf-buffer", help="Use the perf buffer even where a ring buffer exists."),
+    rotate_seconds: float = typer.Option(
+        10.0, "--rotate-seconds", help="Close a Parquet file at least this often."
+    ),
+    rotate_rows: int = typer.Option(
+        200_000, "--rotate-rows", help="Close a Parquet file at this many rows."
+    ),
+    perf_buffer: bool = typer.Option(
+        False, "--perf-buffer", help="Use the perf buffer even where a ring buffer exists."
+    ),
 ) -> None:
     """Trace every TCP retransmission with the kernel's reason (needs root)."""
     from retranscope.record.recorder import RecordOptions
@@ -58,11 +81,23 @@ def record(
             raise BadInput("-4 and -6 exclude each other")
         if port is not None and not 0 < port < 65536:
             raise BadInput(f"--port {port}: not a TCP port")
-        opts = RecordOptions(out=out, pcap=pcap, interface=interface,
-                             family=4 if ipv4 else 6 if ipv6 else None, port=port, pid=pid,
-                             netns=netns, duration_s=duration, count=count, lossprobe=lossprobe,
-                             sequence=sequence, live=not quiet, rotate_seconds=rotate_seconds,
-                             rotate_rows=rotate_rows, force_perf_buffer=perf_buffer)
+        opts = RecordOptions(
+            out=out,
+            pcap=pcap,
+            interface=interface,
+            family=4 if ipv4 else 6 if ipv6 else None,
+            port=port,
+            pid=pid,
+            netns=netns,
+            duration_s=duration,
+            count=count,
+            lossprobe=lossprobe,
+            sequence=sequence,
+            live=not quiet,
+            rotate_seconds=rotate_seconds,
+            rotate_rows=rotate_rows,
+            force_perf_buffer=perf_buffer,
+        )
         run(opts)
     except RetranscopeError as err:
         _fail(err)
@@ -93,9 +128,15 @@ class _Progress:
 
 @app.command()
 def analyze(
-    pcap: Optional[Path] = typer.Option(None, "--pcap", help="Capture (pcap or pcapng) taken on the sender."),
-    events: Optional[Path] = typer.Option(None, "--events", help="Directory written by `retranscope record --out`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for retransmits.parquet, flows.parquet, summary.json."),
+    pcap: Optional[Path] = typer.Option(
+        None, "--pcap", help="Capture (pcap or pcapng) taken on the sender."
+    ),
+    events: Optional[Path] = typer.Option(
+        None, "--events", help="Directory written by `retranscope record --out`."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Directory for retransmits.parquet, flows.parquet, summary.json."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stdout."),
 ) -> None:
     """Classify every retransmission (RTO, fast, TLP, ...) from a capture and/or events."""
@@ -132,8 +173,11 @@ def run_analysis(pcap: Optional[Path], events: Optional[Path], out: Path, quiet:
     write_outputs(result, out)
     m = result.summary.get("match")
     if m and m["events"] and not m["events_matched"]:
-        typer.echo("retranscope: warning: no kernel event matched any frame: the capture and "
-                   "the events are from different hosts, namespaces or times", err=True)
+        typer.echo(
+            "retranscope: warning: no kernel event matched any frame: the capture and "
+            "the events are from different hosts, namespaces or times",
+            err=True,
+        )
     if not quiet:
         from retranscope.report.render import load, render_terminal
 
@@ -143,8 +187,15 @@ def run_analysis(pcap: Optional[Path], events: Optional[Path], out: Path, quiet:
 
 @app.command()
 def report(
-    analyses: list[Path] = typer.Argument(..., help="Directories written by `retranscope analyze --out`."),
-    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="report.html path or directory (report.md beside it)."),
+    analyses: list[Path] = typer.Argument(
+        ..., help="Directories written by `retranscope analyze --out`."
+    ),
+    out: Path = typer.Option(
+        Path("report.html"),
+        "--out",
+        "-o",
+        help="report.html path or directory (report.md beside it).",
+    ),
 ) -> None:
     """Write the postmortem (HTML and Markdown) and print its summary."""
     from retranscope.report.render import load, render_terminal, write_report
@@ -158,13 +209,23 @@ def report(
         _fail(err)
 
 
-DEMO_SCENARIOS = ("slow_server_tlp", "tail_drop_tlp", "fast_nth", "blackhole_rto", "random_loss_rtt")
+DEMO_SCENARIOS = (
+    "slow_server_tlp",
+    "tail_drop_tlp",
+    "fast_nth",
+    "blackhole_rto",
+    "random_loss_rtt",
+)
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Where recordings, analyses and the report go."),
-    scenarios: Optional[list[str]] = typer.Option(None, "--scenario", help="Lab scenarios (default: a mix)."),
+    out: Path = typer.Option(
+        Path("demo-out"), "--out", "-o", help="Where recordings, analyses and the report go."
+    ),
+    scenarios: Optional[list[str]] = typer.Option(
+        None, "--scenario", help="Lab scenarios (default: a mix)."
+    ),
 ) -> None:
     """Make real retransmissions in a namespace lab, record, analyze and report them (root)."""
     try:
@@ -183,8 +244,10 @@ def demo(
             typer.echo(f"demo: {name}: {SCENARIOS[name].description}", err=True)
             run = record_scenario(SCENARIOS[name], out / name)
             if run.recorder_returncode != 0:
-                raise RetranscopeError(f"the recorder failed in scenario {name}: "
-                                       + " | ".join(run.recorder_stderr[-3:]))
+                raise RetranscopeError(
+                    f"the recorder failed in scenario {name}: "
+                    + " | ".join(run.recorder_stderr[-3:])
+                )
             run_analysis(run.capture, run.out_dir, out / name / "analysis")
             loaded.append(load(out / name / "analysis", name=name))
         paths = write_report(loaded, out)

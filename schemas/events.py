@@ -61,7 +61,7 @@ C_TO_NUMPY = {
 
 def raw_dtype() -> np.dtype:
     """numpy dtype of one ``struct rts_event`` as the kernel writes it (little-endian x86/arm)."""
-    fields = []
+    fields: list[tuple] = []
     for name, ctype, count in RAW_FIELDS:
         if ctype == "char":
             fields.append((name, f"S{count}"))
@@ -85,9 +85,19 @@ F_CA_FROM_MAP = 0x10
 
 # include/net/tcp_states.h
 TCP_STATES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
-    11: "CLOSING", 12: "NEW_SYN_RECV", 13: "BOUND_INACTIVE",
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+    13: "BOUND_INACTIVE",
 }
 # enum tcp_ca_state, include/net/tcp.h
 CA_STATES = {0: "Open", 1: "Disorder", 2: "CWR", 3: "Recovery", 4: "Loss"}

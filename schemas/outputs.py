@@ -12,8 +12,16 @@ OUTPUT_SCHEMA_VERSION = 1
 
 KINDS = ("tlp", "fast", "rto", "rto_recovery", "syn", "synack", "unknown")
 # Families the accuracy is judged in: what an engineer needs to tell apart.
-FAMILY_OF_KIND = {"tlp": "tlp", "fast": "fast", "rto": "rto", "rto_recovery": "rto",
-                  "syn": "rto", "synack": "rto", "unknown": "unknown", "other": "unknown"}
+FAMILY_OF_KIND = {
+    "tlp": "tlp",
+    "fast": "fast",
+    "rto": "rto",
+    "rto_recovery": "rto",
+    "syn": "rto",
+    "synack": "rto",
+    "unknown": "unknown",
+    "other": "unknown",
+}
 
 # (column, meaning). Types are fixed by analyze/outputs.py.
 RETRANSMIT_COLUMNS = (
@@ -29,14 +37,20 @@ RETRANSMIT_COLUMNS = (
     ("end_seq", "raw 32-bit, exclusive"),
     ("kind", "the kernel's reason when there is an event, else kind_pcap"),
     ("kind_pcap", "the capture's verdict (sender state replay), null without a frame"),
-    ("kind_agrees", "kind_pcap is in the same family as the kernel's reason (null if either is missing)"),
+    (
+        "kind_agrees",
+        "kind_pcap is in the same family as the kernel's reason (null if either is missing)",
+    ),
     ("spurious", "a D-SACK (RFC 2883) or a timestamp echo (RFC 3522) showed it was not needed"),
     ("spurious_by", "'dsack' | 'ts_echo' | null"),
     ("since_original_ns", "since the first transmission of this data"),
     ("since_last_send_ns", "since the flow's previous transmission (for a TLP: the probe gap)"),
     ("since_last_ack_ns", "since the last ACK from the receiver"),
     ("srtt_us", "smoothed RTT estimated from the capture at that moment"),
-    ("expected_pto_ns", "PTO the sender would have armed (RFC 8985, Linux tcp_schedule_loss_probe)"),
+    (
+        "expected_pto_ns",
+        "PTO the sender would have armed (RFC 8985, Linux tcp_schedule_loss_probe)",
+    ),
     ("expected_rto_ns", "RTO incl. backoff (RFC 6298, 200 ms floor)"),
     ("backoff", "index within an RTO chain: 0 first timeout, 1, 2, ..."),
     ("trigger_frame", "fast retransmit: the ACK that triggered it"),
@@ -44,9 +58,12 @@ RETRANSMIT_COLUMNS = (
     ("frame", "first capture frame of this retransmission (-1 if none)"),
     ("frames", "capture frames it covers"),
     ("tx_index", "2 = first retransmission of these bytes, 3 = second, ..."),
-    ("match", "'matched', or why not: for events no_frame, not_sent, before_capture, "
-              "after_capture, capture_dropped, flow_not_in_capture; for frames no_event, "
-              "before_recording, after_recording, filtered_out"),
+    (
+        "match",
+        "'matched', or why not: for events no_frame, not_sent, before_capture, "
+        "after_capture, capture_dropped, flow_not_in_capture; for frames no_event, "
+        "before_recording, after_recording, filtered_out",
+    ),
     ("kernel_ca_state", "the socket's congestion-avoidance state (event)"),
     ("kernel_srtt_us", "the socket's SRTT (event)"),
     ("kernel_backoff", "icsk_backoff (event)"),

@@ -26,8 +26,12 @@ PACKET_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("dport", "uint16", "TCP destination port, host byte order"),
     ("seq", "uint32", "raw 32-bit sequence number"),
     ("ack", "uint32", "raw 32-bit acknowledgment number"),
-    ("flags", "uint16", "TCP flags: FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 "
-                        "ECE 0x40 CWR 0x80 (AE/NS 0x100)"),
+    (
+        "flags",
+        "uint16",
+        "TCP flags: FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 "
+        "ECE 0x40 CWR 0x80 (AE/NS 0x100)",
+    ),
     ("win", "uint16", "raw window field, not scaled"),
     ("payload_len", "uint32", "TCP payload bytes from the IP length (right under a short snaplen)"),
     ("opt_mss", "uint16", "MSS option (RFC 9293), 0 if absent"),

@@ -60,8 +60,11 @@ def test_unknown_link_type(tmp_path):
     import struct
 
     bad = tmp_path / "lt.pcap"
-    bad.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 147)
-                    + struct.pack("<IIII", 0, 0, 4, 4) + b"abcd")
+    bad.write_bytes(
+        struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 147)
+        + struct.pack("<IIII", 0, 0, 4, 4)
+        + b"abcd"
+    )
     r = cli("analyze", "--pcap", str(bad), "--out", str(tmp_path / "o"))
     assert r.exit_code == 2
     assert "147" in one_error_line(r)
@@ -109,8 +112,16 @@ def test_no_input_at_all(tmp_path):
 
 
 def test_capture_and_events_from_different_runs_says_so(tmp_path):
-    r = cli("analyze", "--pcap", str(CORPUS / "fast_nth" / "capture.pcap"),
-            "--events", str(CORPUS / "slow_server_tlp"), "--out", str(tmp_path / "o"), "-q")
+    r = cli(
+        "analyze",
+        "--pcap",
+        str(CORPUS / "fast_nth" / "capture.pcap"),
+        "--events",
+        str(CORPUS / "slow_server_tlp"),
+        "--out",
+        str(tmp_path / "o"),
+        "-q",
+    )
     assert r.exit_code == 0
     assert "no kernel event matched any frame" in r.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
@@ -121,7 +132,9 @@ def test_capture_and_events_from_different_runs_says_so(tmp_path):
 def test_corpus_recording_analyzes_with_every_event_matched(tmp_path, name):
     d = CORPUS / name
     out = tmp_path / "o"
-    r = cli("analyze", "--pcap", str(d / "capture.pcap"), "--events", str(d), "--out", str(out), "-q")
+    r = cli(
+        "analyze", "--pcap", str(d / "capture.pcap"), "--events", str(d), "--out", str(out), "-q"
+    )
     assert r.exit_code == 0, r.output
     rt = pd.read_parquet(out / "retransmits.parquet")
     flows = pd.read_parquet(out / "flows.parquet")
@@ -137,8 +150,20 @@ def test_corpus_recording_analyzes_with_every_event_matched(tmp_path, name):
         assert unmatched.empty, unmatched[["kind", "match", "seq"]].to_string()
     assert summary["complete"] and summary["retransmissions"] == len(rt)
     assert flows["retransmissions"].sum() >= (rt["flow_id"] >= 0).sum() - len(unmatched)
-    for col in ("ts_wall_ns", "saddr", "sport", "daddr", "dport", "seq", "end_seq", "kind",
-                "spurious", "since_original_ns", "since_last_send_ns", "since_last_ack_ns"):
+    for col in (
+        "ts_wall_ns",
+        "saddr",
+        "sport",
+        "daddr",
+        "dport",
+        "seq",
+        "end_seq",
+        "kind",
+        "spurious",
+        "since_original_ns",
+        "since_last_send_ns",
+        "since_last_ack_ns",
+    ):
         assert col in rt, col
 
 
@@ -159,7 +184,16 @@ def test_capture_only_and_events_only(tmp_path):
 
 def test_report_html_and_markdown(tmp_path):
     d = CORPUS / "slow_server_tlp"
-    cli("analyze", "--pcap", str(d / "capture.pcap"), "--events", str(d), "--out", str(tmp_path / "a"), "-q")
+    cli(
+        "analyze",
+        "--pcap",
+        str(d / "capture.pcap"),
+        "--events",
+        str(d),
+        "--out",
+        str(tmp_path / "a"),
+        "-q",
+    )
     r = cli("report", str(tmp_path / "a"), "--out", str(tmp_path / "rep.html"))
     assert r.exit_code == 0, r.output
     html = (tmp_path / "rep.html").read_text()
@@ -181,24 +215,52 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (./setup.sh installs it)")
 def test_report_renders_in_a_real_browser(tmp_path):
     d = CORPUS / "blackhole_rto"
-    cli("analyze", "--pcap", str(d / "capture.pcap"), "--events", str(d), "--out", str(tmp_path / "a"), "-q")
+    cli(
+        "analyze",
+        "--pcap",
+        str(d / "capture.pcap"),
+        "--events",
+        str(d),
+        "--out",
+        str(tmp_path / "a"),
+        "-q",
+    )
     cli("report", str(tmp_path / "a"), "--out", str(tmp_path / "rep.html"))
     prof = tmp_path / "profile"
-    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={prof}"]
-    dom = subprocess.run(base + ["--dump-dom", (tmp_path / "rep.html").as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    base = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={prof}",
+    ]
+    dom = subprocess.run(
+        base + ["--dump-dom", (tmp_path / "rep.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "retranscope report" in dom.stdout
     assert dom.stdout.count("<svg") >= 2 and "<circle" in dom.stdout
     shot = tmp_path / "shot.png"
-    subprocess.run(base + ["--window-size=1000,1400", f"--screenshot={shot}",
-                           (tmp_path / "rep.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        base
+        + ["--window-size=1000,1400", f"--screenshot={shot}", (tmp_path / "rep.html").as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
 def test_module_entry_point():
-    r = subprocess.run([sys.executable, "-m", "retranscope", "--help"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "retranscope", "--help"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "analyze" in r.stdout
 
 
@@ -212,9 +274,19 @@ def test_frames_outside_the_recording_are_said_so(tmp_path):
     (rec / "run.json").write_text(json.dumps(run))
     ev = pq.read_table(next((rec / "events").glob("*.parquet")))
     pq.write_table(ev.slice(0, 0), next((rec / "events").glob("*.parquet")))
-    r = cli("analyze", "--pcap", str(d / "capture.pcap"), "--events", str(rec),
-            "--out", str(tmp_path / "o"), "-q")
+    r = cli(
+        "analyze",
+        "--pcap",
+        str(d / "capture.pcap"),
+        "--events",
+        str(rec),
+        "--out",
+        str(tmp_path / "o"),
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert s["match"]["frames_without_event_by"] == {"filtered_out": s["match"]["frames_without_event"]}
+    assert s["match"]["frames_without_event_by"] == {
+        "filtered_out": s["match"]["frames_without_event"]
+    }
     assert s["match"]["frames_without_event"] > 0

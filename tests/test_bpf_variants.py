@@ -10,19 +10,32 @@ import pytest
 pytestmark = pytest.mark.root
 
 VARIANTS = {
-    "kprobe_fallback_ringbuf": (["-DRTS_KPROBE_RETRANSMIT", "-DRTS_KPROBE_TLP", "-DRTS_USE_RINGBUF"],
-                                [("rts_kprobe_retransmit", "KPROBE"), ("rts_kprobe_tlp", "KPROBE")]),
+    "kprobe_fallback_ringbuf": (
+        ["-DRTS_KPROBE_RETRANSMIT", "-DRTS_KPROBE_TLP", "-DRTS_USE_RINGBUF"],
+        [("rts_kprobe_retransmit", "KPROBE"), ("rts_kprobe_tlp", "KPROBE")],
+    ),
     "kprobe_fallback_perf": (["-DRTS_KPROBE_RETRANSMIT"], [("rts_kprobe_retransmit", "KPROBE")]),
     "tracepoints_perf_filters_count_camap": (
-        ["-DRTS_HAVE_TP", "-DRTS_TP_HAS_ERR", "-DRTS_CA_FROM_MAP", "-DRTS_COUNT",
-         "-DRTS_FILTER_PORT=5001", "-DRTS_FILTER_FAMILY=10", "-DRTS_FILTER_NETNS=7"],
-        [("tracepoint__tcp__tcp_retransmit_skb", "TRACEPOINT"),
-         ("tracepoint__tcp__tcp_retransmit_synack", "TRACEPOINT"),
-         ("tracepoint__tcp__tcp_cong_state_set", "TRACEPOINT"),
-         ("tracepoint__tcp__tcp_destroy_sock", "TRACEPOINT")]),
+        [
+            "-DRTS_HAVE_TP",
+            "-DRTS_TP_HAS_ERR",
+            "-DRTS_CA_FROM_MAP",
+            "-DRTS_COUNT",
+            "-DRTS_FILTER_PORT=5001",
+            "-DRTS_FILTER_FAMILY=10",
+            "-DRTS_FILTER_NETNS=7",
+        ],
+        [
+            ("tracepoint__tcp__tcp_retransmit_skb", "TRACEPOINT"),
+            ("tracepoint__tcp__tcp_retransmit_synack", "TRACEPOINT"),
+            ("tracepoint__tcp__tcp_cong_state_set", "TRACEPOINT"),
+            ("tracepoint__tcp__tcp_destroy_sock", "TRACEPOINT"),
+        ],
+    ),
     "tracepoints_ringbuf_no_offsets": (
         ["-DRTS_HAVE_TP", "-DRTS_USE_RINGBUF", "NO_OFFSETS"],
-        [("tracepoint__tcp__tcp_retransmit_skb", "TRACEPOINT")]),
+        [("tracepoint__tcp__tcp_retransmit_skb", "TRACEPOINT")],
+    ),
 }
 
 

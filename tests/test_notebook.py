@@ -16,7 +16,14 @@ def test_notebook_code_cells_run(tmp_path, monkeypatch, capsys):
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), "notebook", "exec"), env)
     rt = env["rt"]
-    assert len(rt) > 0 and set(rt["kind"]) <= {"tlp", "fast", "rto", "rto_recovery", "syn",
-                                                "synack", "unknown"}
+    assert len(rt) > 0 and set(rt["kind"]) <= {
+        "tlp",
+        "fast",
+        "rto",
+        "rto_recovery",
+        "syn",
+        "synack",
+        "unknown",
+    }
     assert (rt["kind"] == "tlp").any()
     assert os.path.exists(env["ANALYSIS"] / "summary.json")

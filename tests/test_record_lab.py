@@ -24,9 +24,18 @@ from retranscope.schemas.packets import addr_to_str
 pytestmark = pytest.mark.root
 
 SCENARIOS = [
-    "fast_nth", "fast_nth_v6", "fast_nth_notso", "fast_nth_v6_notso",
-    "tail_drop_tlp", "tail_drop_tlp_v6", "blackhole_rto", "syn_drop", "synack_drop",
-    "slow_server_tlp", "random_loss", "random_loss_rtt",
+    "fast_nth",
+    "fast_nth_v6",
+    "fast_nth_notso",
+    "fast_nth_v6_notso",
+    "tail_drop_tlp",
+    "tail_drop_tlp_v6",
+    "blackhole_rto",
+    "syn_drop",
+    "synack_drop",
+    "slow_server_tlp",
+    "random_loss",
+    "random_loss_rtt",
 ]
 RTO_FAMILY = {"rto", "rto_recovery", "syn", "synack"}
 
@@ -95,20 +104,41 @@ def test_every_kernel_retransmission_recorded_once_with_reason(recorded, name):
 
     # And every retransmitted data segment in the capture belongs to some event
     # (an independent check: per-flow highest sequence sent so far).
-    df = pd.DataFrame({k: pk[k] for k in ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo",
-                                          "sport", "dport", "seq", "payload_len", "flags",
-                                          "family", "ts_ns")})
+    df = pd.DataFrame(
+        {
+            k: pk[k]
+            for k in (
+                "saddr_hi",
+                "saddr_lo",
+                "daddr_hi",
+                "daddr_lo",
+                "sport",
+                "dport",
+                "seq",
+                "payload_len",
+                "flags",
+                "family",
+                "ts_ns",
+            )
+        }
+    )
     df["len"] = df["payload_len"].astype(np.int64) + ((df["flags"] & 0x03) != 0)
     src = ev[["saddr", "sport"]].drop_duplicates()
     wanted = set(zip(src["saddr"], src["sport"]))
-    own = np.array([(addr_to_str(h, lo, f), p) in wanted for h, lo, f, p in
-                    zip(df["saddr_hi"], df["saddr_lo"], df["family"], df["sport"])])
+    own = np.array(
+        [
+            (addr_to_str(h, lo, f), p) in wanted
+            for h, lo, f, p in zip(df["saddr_hi"], df["saddr_lo"], df["family"], df["sport"])
+        ]
+    )
     d = df[own & (df["len"] > 0)].copy()
     d["row"] = d.index
     retrans_rows = []
     for _, g in d.groupby(["saddr_hi", "saddr_lo", "sport", "daddr_hi", "daddr_lo", "dport"]):
         seq = g["seq"].to_numpy(np.int64)
-        seq = np.concatenate([[seq[0]], seq[0] + np.cumsum(((np.diff(seq) + (1 << 31)) % (1 << 32)) - (1 << 31))])
+        seq = np.concatenate(
+            [[seq[0]], seq[0] + np.cumsum(((np.diff(seq) + (1 << 31)) % (1 << 32)) - (1 << 31))]
+        )
         end = seq + g["len"].to_numpy()
         prev_max = np.maximum.accumulate(np.concatenate([[seq[0]], end[:-1]]))
         retrans_rows += list(g["row"].to_numpy()[seq < prev_max])
@@ -126,8 +156,15 @@ def test_flow_and_addresses_v6(recorded):
 def test_metadata_has_clocks_counters_and_capture_stats(recorded):
     run = recorded("fast_nth")
     meta = json.loads((run.out_dir / "run.json").read_text())
-    for key in ("boot_id", "kernel_release", "clock_offsets", "counters_start",
-                "counters_end", "events_lost_in_kernel", "files"):
+    for key in (
+        "boot_id",
+        "kernel_release",
+        "clock_offsets",
+        "counters_start",
+        "counters_end",
+        "events_lost_in_kernel",
+        "files",
+    ):
         assert key in meta, key
     assert meta["pcap"]["tcpdump"]["dropped_by_kernel"] == 0
     assert meta["netns_ino"] == meta["filters"]["netns_ino"]  # inside a namespace: its own
@@ -144,14 +181,30 @@ def test_sigkill_leaves_only_readable_files(tmp_path):
     with Lab(ipv6=False) as lab:
         lab.add_rule("tcp dport 5001 numgen random mod 100 < 5 drop")
         out = tmp_path / "rec"
-        rec = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "--quiet",
-                                                   "--rotate-seconds", "0.5"])
-        server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                              ["server", "--port", "5001", "--mode", "sink", "--timeout-s", "30"])
+        rec = RecorderProcess(
+            lab, lab.sender_ns, ["--out", str(out), "--quiet", "--rotate-seconds", "0.5"]
+        )
+        server = lab.pymodule(
+            lab.receiver_ns,
+            "retranscope.lab.traffic",
+            ["server", "--port", "5001", "--mode", "sink", "--timeout-s", "30"],
+        )
         server.stdout.readline()
-        client = lab.pymodule(lab.sender_ns, "retranscope.lab.traffic",
-                              ["bulk", "--host", lab.receiver_addr(4), "--port", "5001",
-                               "--bytes", "400000000", "--timeout-s", "20"])
+        client = lab.pymodule(
+            lab.sender_ns,
+            "retranscope.lab.traffic",
+            [
+                "bulk",
+                "--host",
+                lab.receiver_addr(4),
+                "--port",
+                "5001",
+                "--bytes",
+                "400000000",
+                "--timeout-s",
+                "20",
+            ],
+        )
         time.sleep(3.0)
         rec.proc.send_signal(signal.SIGKILL)
         rec.proc.wait()
@@ -169,9 +222,23 @@ def test_sigkill_leaves_only_readable_files(tmp_path):
 def test_no_root_is_one_clear_line(tmp_path):
     import subprocess
 
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        sys.executable, "-m", "retranscope", "record", "--out", str(tmp_path / "x")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "retranscope",
+            "record",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "retranscope: error: retranscope record needs root (BPF and tracefs): run it with sudo"]
+        "retranscope: error: retranscope record needs root (BPF and tracefs): run it with sudo"
+    ]

@@ -25,15 +25,41 @@ def _traffic(lab: Lab, seconds_bytes: int = 3_000_000):
     lab.add_rule(f"tcp dport {{ {PORT4}, {PORT6} }} numgen random mod 100 < 5 drop")
     servers, clients = [], []
     for fam, port in ((4, PORT4), (6, PORT6)):
-        s = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                         ["server", "--port", str(port), "--family", str(fam), "--mode", "sink",
-                          "--timeout-s", "30"])
+        s = lab.pymodule(
+            lab.receiver_ns,
+            "retranscope.lab.traffic",
+            [
+                "server",
+                "--port",
+                str(port),
+                "--family",
+                str(fam),
+                "--mode",
+                "sink",
+                "--timeout-s",
+                "30",
+            ],
+        )
         s.stdout.readline()
         servers.append(s)
     for fam, port in ((4, PORT4), (6, PORT6)):
-        clients.append(lab.pymodule(lab.sender_ns, "retranscope.lab.traffic",
-                                    ["bulk", "--host", lab.receiver_addr(fam), "--port", str(port),
-                                     "--bytes", str(seconds_bytes), "--timeout-s", "20"]))
+        clients.append(
+            lab.pymodule(
+                lab.sender_ns,
+                "retranscope.lab.traffic",
+                [
+                    "bulk",
+                    "--host",
+                    lab.receiver_addr(fam),
+                    "--port",
+                    str(port),
+                    "--bytes",
+                    str(seconds_bytes),
+                    "--timeout-s",
+                    "20",
+                ],
+            )
+        )
     return servers, clients
 
 
@@ -47,8 +73,13 @@ def _record(tmp_path, args: list[str], slow_clients: bool = False):
         time.sleep(0.3)
         rec.stop()
         live = rec.stderr_lines
-    ev = pd.concat([pq.read_table(f).to_pandas() for f in sorted((out / "events").glob("*.parquet"))]) \
-        if list((out / "events").glob("*.parquet")) else pd.DataFrame()
+    ev = (
+        pd.concat(
+            [pq.read_table(f).to_pandas() for f in sorted((out / "events").glob("*.parquet"))]
+        )
+        if list((out / "events").glob("*.parquet"))
+        else pd.DataFrame()
+    )
     return out, ev, live
 
 
@@ -80,9 +111,13 @@ def test_count_mode_matches_events(tmp_path):
 
 def test_count_mode_prints_like_tcpretrans(tmp_path):
     with Lab(ipv6=True, tso=False) as lab:
-        proc = lab.popen(lab.sender_ns, [sys.executable, "-m", "retranscope", "record", "-c",
-                                         "-d", "6"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        proc = lab.popen(
+            lab.sender_ns,
+            [sys.executable, "-m", "retranscope", "record", "-c", "-d", "6"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.5)  # compile and attach
         _traffic(lab, 1_500_000)
         out, err = proc.communicate(timeout=60)
@@ -94,16 +129,35 @@ def test_count_mode_prints_like_tcpretrans(tmp_path):
 def test_live_lines_with_sequence(tmp_path):
     with Lab(ipv6=False, tso=False) as lab:
         lab.add_rule(f"tcp dport {PORT4} numgen random mod 100 < 5 drop")
-        proc = lab.popen(lab.sender_ns, [sys.executable, "-m", "retranscope", "record", "-s",
-                                         "-d", "6"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        proc = lab.popen(
+            lab.sender_ns,
+            [sys.executable, "-m", "retranscope", "record", "-s", "-d", "6"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(2.5)
-        s = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                         ["server", "--port", str(PORT4), "--mode", "sink", "--timeout-s", "20"])
+        s = lab.pymodule(
+            lab.receiver_ns,
+            "retranscope.lab.traffic",
+            ["server", "--port", str(PORT4), "--mode", "sink", "--timeout-s", "20"],
+        )
         s.stdout.readline()
-        c = lab.pymodule(lab.sender_ns, "retranscope.lab.traffic",
-                         ["bulk", "--host", lab.receiver_addr(4), "--port", str(PORT4),
-                          "--bytes", "1500000", "--timeout-s", "15"])
+        c = lab.pymodule(
+            lab.sender_ns,
+            "retranscope.lab.traffic",
+            [
+                "bulk",
+                "--host",
+                lab.receiver_addr(4),
+                "--port",
+                str(PORT4),
+                "--bytes",
+                "1500000",
+                "--timeout-s",
+                "15",
+            ],
+        )
         c.wait(timeout=30)
         out, err = proc.communicate(timeout=60)
     lines = out.strip().splitlines()
@@ -119,23 +173,78 @@ def test_pid_filter_keeps_only_that_process(tmp_path):
     with Lab(ipv6=True, tso=False) as lab:
         out = tmp_path / "rec"
         lab.add_rule(f"tcp dport {{ {PORT4}, {PORT6} }} numgen random mod 100 < 5 drop")
-        s4 = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                          ["server", "--port", str(PORT4), "--family", "4", "--mode",
-                           "echo-slow", "--think-ms", "0", "--timeout-s", "40"])
-        s6 = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                          ["server", "--port", str(PORT6), "--family", "6", "--mode", "sink",
-                           "--timeout-s", "40"])
+        s4 = lab.pymodule(
+            lab.receiver_ns,
+            "retranscope.lab.traffic",
+            [
+                "server",
+                "--port",
+                str(PORT4),
+                "--family",
+                "4",
+                "--mode",
+                "echo-slow",
+                "--think-ms",
+                "0",
+                "--timeout-s",
+                "40",
+            ],
+        )
+        s6 = lab.pymodule(
+            lab.receiver_ns,
+            "retranscope.lab.traffic",
+            [
+                "server",
+                "--port",
+                str(PORT6),
+                "--family",
+                "6",
+                "--mode",
+                "sink",
+                "--timeout-s",
+                "40",
+            ],
+        )
         s4.stdout.readline()
         s6.stdout.readline()
         # The process to follow: request/response for several seconds (probes and RTOs).
-        c4 = lab.pymodule(lab.sender_ns, "retranscope.lab.traffic",
-                          ["requests", "--host", lab.receiver_addr(4), "--port", str(PORT4),
-                           "--count", "400", "--burst", "3", "--size", "3000", "--gap-ms", "10",
-                           "--timeout-s", "30"])
+        c4 = lab.pymodule(
+            lab.sender_ns,
+            "retranscope.lab.traffic",
+            [
+                "requests",
+                "--host",
+                lab.receiver_addr(4),
+                "--port",
+                str(PORT4),
+                "--count",
+                "400",
+                "--burst",
+                "3",
+                "--size",
+                "3000",
+                "--gap-ms",
+                "10",
+                "--timeout-s",
+                "30",
+            ],
+        )
         rec = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "-q", "--pid", str(c4.pid)])
-        c6 = lab.pymodule(lab.sender_ns, "retranscope.lab.traffic",
-                          ["bulk", "--host", lab.receiver_addr(6), "--port", str(PORT6),
-                           "--bytes", "20000000", "--timeout-s", "30"])
+        c6 = lab.pymodule(
+            lab.sender_ns,
+            "retranscope.lab.traffic",
+            [
+                "bulk",
+                "--host",
+                lab.receiver_addr(6),
+                "--port",
+                str(PORT6),
+                "--bytes",
+                "20000000",
+                "--timeout-s",
+                "30",
+            ],
+        )
         c6.wait(timeout=40)
         c4.wait(timeout=40)
         rec.stop()

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from retranscope.record import reasons as R
-from retranscope.record.btf import BTF, BTFError, VMLINUX_BTF, kernel_offsets
+from retranscope.record.btf import BTF, VMLINUX_BTF, BTFError, kernel_offsets
 from retranscope.record.decode import decode, format_addrs
 from retranscope.record.writer import RotatingWriter
 from retranscope.schemas.events import EVENT_SCHEMA, F_HAS_CA_STATE, F_HAS_SEQ, RAW_DTYPE
@@ -55,8 +55,10 @@ def test_running_kernel_offsets_are_all_found():
 
 
 def test_caller_codes_first_known_frame_wins():
-    syms = R.KernelSymbols(np.array([0x1000, 0x2000, 0x3000, 0x4000], dtype=np.uint64),
-                           np.array([0, R.CALLER_TLP, R.CALLER_XMIT_QUEUE, 0], dtype=np.uint8))
+    syms = R.KernelSymbols(
+        np.array([0x1000, 0x2000, 0x3000, 0x4000], dtype=np.uint64),
+        np.array([0, R.CALLER_TLP, R.CALLER_XMIT_QUEUE, 0], dtype=np.uint8),
+    )
     stacks = np.zeros((3, 8), dtype=np.uint64)
     stacks[0, :3] = [0x1010, 0x2010, 0x3010]  # tlp first
     stacks[1, :3] = [0x1010, 0x3010, 0x2010]  # queue first
@@ -68,8 +70,17 @@ def test_caller_codes_first_known_frame_wins():
 
 
 def test_reasons_from_caller_state_and_ca_state():
-    caller = np.array([R.CALLER_TLP, R.CALLER_TIMER, R.CALLER_TIMER, R.CALLER_XMIT_QUEUE,
-                       R.CALLER_XMIT_QUEUE, R.CALLER_NONE, R.CALLER_NONE])
+    caller = np.array(
+        [
+            R.CALLER_TLP,
+            R.CALLER_TIMER,
+            R.CALLER_TIMER,
+            R.CALLER_XMIT_QUEUE,
+            R.CALLER_XMIT_QUEUE,
+            R.CALLER_NONE,
+            R.CALLER_NONE,
+        ]
+    )
     event_type = np.array([1, 1, 1, 1, 1, 1, 2])
     state = np.array([1, 1, 2, 1, 1, 1, 12])
     ca = np.array([0, 4, 0, 3, 4, 0, 0])
@@ -114,10 +125,11 @@ def test_writer_rotates_by_rows_and_files_are_complete(tmp_path):
     raw = np.zeros(10, dtype=RAW_DTYPE)
     raw["family"] = 2
     raw["ts_mono_ns"] = np.arange(10)
-    w = RotatingWriter(tmp_path, EVENT_SCHEMA, rotate_seconds=3600, rotate_rows=4,
-                       file_metadata={"run_id": "x"})
+    w = RotatingWriter(
+        tmp_path, EVENT_SCHEMA, rotate_seconds=3600, rotate_rows=4, file_metadata={"run_id": "x"}
+    )
     for i in range(10):
-        w.append(decode(raw[i:i + 1], syms, 0))
+        w.append(decode(raw[i : i + 1], syms, 0))
     w.flush()
     names = sorted(os.listdir(tmp_path))
     assert names == ["events-00001.parquet", "events-00002.parquet", "events-00003.parquet"]

@@ -14,7 +14,7 @@ C_SIZES = {"__u64": 8, "__u32": 4, "__s32": 4, "__u16": 2, "__u8": 1, "char": 1}
 
 
 def parse_struct(text: str, name: str) -> list[tuple[str, str, int]]:
-    body = re.search(r"struct %s \{(.*?)\n\};" % name, text, re.S).group(1)
+    body = re.search(rf"struct {name} \{{(.*?)\n\}};", text, re.S).group(1)
     defines = dict(re.findall(r"#define (\w+) (\d+)", text))
     fields = []
     for line in body.splitlines():
@@ -52,7 +52,7 @@ def test_defines_match():
     assert f"#define RTS_STACK_DEPTH {events.STACK_DEPTH}" in header
     assert f"#define RTS_COMM_LEN {events.COMM_LEN}" in header
     for code, name in events.EVENT_TYPES.items():
-        assert re.search(r"#define RTS_EV_\w+ %d\b" % code, header), name
+        assert re.search(rf"#define RTS_EV_\w+ {code}\b", header), name
 
 
 def test_arrow_schema_is_versioned():
