@@ -130,13 +130,40 @@ static __always_inline struct rts_event *rts_reserve(void)
 #endif
 }
 
+/* A full buffer is a lost event: counted as made ([1]) and lost ([0]), never silent. */
+static __always_inline struct rts_event *rts_reserve_counted(void)
+{
+	struct rts_event *e = rts_reserve();
+	if (!e) {
+		rts_stat(0);
+		rts_stat(1);
+	}
+	return e;
+}
+
+static __always_inline void rts_discard(struct rts_event *e)
+{
+#ifdef RTS_USE_RINGBUF
+	events.ringbuf_discard(e, 0);
+#endif
+}
+
+/* TCP_SKB_CB(skb)->seq / end_seq: the TCP header is not built yet where we look. */
+static __always_inline void rts_read_skb_seq(struct rts_event *e, const void *skb)
+{
+#if RTS_OFF_SKB_CB >= 0
+	const char *cb = (const char *)skb + RTS_OFF_SKB_CB;
+	bpf_probe_read_kernel(&e->seq, 4, cb + RTS_OFF_TCB_SEQ);
+	bpf_probe_read_kernel(&e->end_seq, 4, cb + RTS_OFF_TCB_END_SEQ);
+	e->flags |= RTS_F_HAS_SEQ;
+#endif
+}
+
 static __always_inline void rts_submit(void *ctx, struct rts_event *e)
 {
 #ifdef RTS_FILTER_NETNS
 	if (e->netns_ino != RTS_FILTER_NETNS) {
-#ifdef RTS_USE_RINGBUF
-		events.ringbuf_discard(e, 0);
-#endif
+		rts_discard(e);
 		return;
 	}
 #endif
@@ -181,12 +208,9 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 	u16 family = args->family;
 	if (rts_filtered(family, args->sport, args->dport))
 		return 0;
-	struct rts_event *e = rts_reserve();
-	if (!e) {
-		rts_stat(0);
-		rts_stat(1);
+	struct rts_event *e = rts_reserve_counted();
+	if (!e)
 		return 0;
-	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->family = family;
 	e->sport = args->sport;   /* the tracepoint stores ports in host order */
@@ -205,13 +229,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 #endif
 	e->skaddr = (u64)args->skaddr;
 	e->skbaddr = (u64)args->skbaddr;
-#if RTS_OFF_SKB_CB >= 0
-	/* TCP_SKB_CB(skb)->seq / end_seq: the header is not built yet at this point. */
-	const char *cb = (const char *)args->skbaddr + RTS_OFF_SKB_CB;
-	bpf_probe_read_kernel(&e->seq, 4, cb + RTS_OFF_TCB_SEQ);
-	bpf_probe_read_kernel(&e->end_seq, 4, cb + RTS_OFF_TCB_END_SEQ);
-	e->flags |= RTS_F_HAS_SEQ;
-#endif
+	rts_read_skb_seq(e, args->skbaddr);
 	rts_read_sock(e, args->skaddr);
 	rts_common(args, e, RTS_EV_RETRANSMIT);
 	rts_submit(args, e);
@@ -223,12 +241,9 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 	u16 family = args->family;
 	if (rts_filtered(family, args->sport, args->dport))
 		return 0;
-	struct rts_event *e = rts_reserve();
-	if (!e) {
-		rts_stat(0);
-		rts_stat(1);
+	struct rts_event *e = rts_reserve_counted();
+	if (!e)
 		return 0;
-	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->family = family;
 	e->sport = args->sport;
@@ -296,39 +311,36 @@ static __always_inline void rts_flow_from_sock(struct rts_event *e, const void *
 	}
 }
 
+/* One kprobe event: flow and state from the socket itself (no tracepoint args). */
+static __always_inline int rts_kprobe_event(struct pt_regs *ctx, const void *sk,
+					    const void *skb, u8 type)
+{
+	struct rts_event *e = rts_reserve_counted();
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	rts_flow_from_sock(e, sk);
+	if (rts_filtered(e->family, e->sport, e->dport)) {
+		rts_discard(e);
+		return 0;
+	}
+	e->skaddr = (u64)sk;
+	e->skbaddr = (u64)skb;
+	if (skb)
+		rts_read_skb_seq(e, skb);
+	rts_read_sock(e, sk);
+	rts_common(ctx, e, type);
+	rts_submit(ctx, e);
+	return 0;
+}
+
 #ifdef RTS_KPROBE_RETRANSMIT
 /* Fallback for kernels without tcp:tcp_retransmit_skb (before 4.15):
  * int tcp_retransmit_skb(struct sock *sk, struct sk_buff *skb, int segs). */
 int rts_kprobe_retransmit(struct pt_regs *ctx)
 {
-	const void *sk = (const void *)PT_REGS_PARM1(ctx);
-	const void *skb = (const void *)PT_REGS_PARM2(ctx);
-	struct rts_event *e = rts_reserve();
-	if (!e) {
-		rts_stat(0);
-		rts_stat(1);
-		return 0;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	rts_flow_from_sock(e, sk);
-	if (rts_filtered(e->family, e->sport, e->dport)) {
-#ifdef RTS_USE_RINGBUF
-		events.ringbuf_discard(e, 0);
-#endif
-		return 0;
-	}
-	e->skaddr = (u64)sk;
-	e->skbaddr = (u64)skb;
-#if RTS_OFF_SKB_CB >= 0
-	const char *cb = (const char *)skb + RTS_OFF_SKB_CB;
-	bpf_probe_read_kernel(&e->seq, 4, cb + RTS_OFF_TCB_SEQ);
-	bpf_probe_read_kernel(&e->end_seq, 4, cb + RTS_OFF_TCB_END_SEQ);
-	e->flags |= RTS_F_HAS_SEQ;
-#endif
-	rts_read_sock(e, sk);
-	rts_common(ctx, e, RTS_EV_RETRANSMIT);
-	rts_submit(ctx, e);
-	return 0;
+	return rts_kprobe_event(ctx, (const void *)PT_REGS_PARM1(ctx),
+				(const void *)PT_REGS_PARM2(ctx), RTS_EV_RETRANSMIT);
 }
 #endif
 
@@ -337,25 +349,6 @@ int rts_kprobe_retransmit(struct pt_regs *ctx)
  * new data instead of retransmitting (RFC 8985 §7.3), which no retransmit event shows. */
 int rts_kprobe_tlp(struct pt_regs *ctx)
 {
-	const void *sk = (const void *)PT_REGS_PARM1(ctx);
-	struct rts_event *e = rts_reserve();
-	if (!e) {
-		rts_stat(0);
-		rts_stat(1);
-		return 0;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	rts_flow_from_sock(e, sk);
-	if (rts_filtered(e->family, e->sport, e->dport)) {
-#ifdef RTS_USE_RINGBUF
-		events.ringbuf_discard(e, 0);
-#endif
-		return 0;
-	}
-	e->skaddr = (u64)sk;
-	rts_read_sock(e, sk);
-	rts_common(ctx, e, RTS_EV_TLP_ATTEMPT);
-	rts_submit(ctx, e);
-	return 0;
+	return rts_kprobe_event(ctx, (const void *)PT_REGS_PARM1(ctx), 0, RTS_EV_TLP_ATTEMPT);
 }
 #endif
