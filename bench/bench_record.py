@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes as ct
+import json
 import os
 import re
 import shutil
@@ -49,28 +50,22 @@ class KernelCount:
 
 
 def storm(lab, seconds: float, conns: int):
-    server = lab.pymodule(
-        lab.receiver_ns,
-        "retranscope.lab.traffic",
-        ["server", "--port", str(PORT), "--mode", "sink", "--timeout-s", str(seconds + 30)],
-    )
-    server.stdout.readline()
-    client = lab.pymodule(
-        lab.sender_ns,
-        "retranscope.lab.traffic",
-        [
-            "bulk",
-            "--host",
-            lab.receiver_addr(4),
-            "--port",
-            str(PORT),
-            "--bytes",
-            str(10**11),
-            "--conns",
-            str(conns),
-            "--timeout-s",
-            str(seconds + 20),
-        ],
+    from retranscope.lab.recorded import start_client, start_server
+
+    server = start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", seconds + 30)
+    client = start_client(
+        lab,
+        "bulk",
+        "--host",
+        lab.receiver_addr(4),
+        "--port",
+        PORT,
+        "--bytes",
+        10**11,
+        "--conns",
+        conns,
+        "--timeout-s",
+        seconds + 20,
     )
     time.sleep(seconds)
     client.send_signal(signal.SIGKILL)
@@ -90,7 +85,14 @@ def run_recorder(lab, seconds: float, conns: int, kc: KernelCount, out: Path) ->
     cpu = cpu_seconds(rec.proc.pid)
     rec.stop()
     kept = sum(pq.read_table(f).num_rows for f in (out / "events").glob("*.parquet"))
-    return {"tool": "retranscope record", "kernel": k1 - k0, "kept": kept, "cpu_s": cpu}
+    meta = json.loads((out / "run.json").read_text())
+    return {
+        "tool": "retranscope record",
+        "kernel": k1 - k0,
+        "kept": kept,
+        "cpu_s": cpu,
+        "self_reported_lost": meta.get("events_lost_in_kernel"),
+    }
 
 
 def run_tcpretrans(lab, seconds: float, conns: int, kc: KernelCount, out: Path) -> dict | None:
@@ -166,7 +168,12 @@ def print_row(r: dict, seconds: float) -> None:
     print(
         f"{r['tool']:20} loss {r['loss_pct']:>2}%  kernel made {r['kernel']:>8}  kept "
         f"{r['kept']:>8}  lost {lost:>6} ({100 * lost / max(1, r['kernel']):.2f}%)  "
-        f"rate {rate:>8,.0f}/s  cpu {r['cpu_s']:.2f} s = {per:.1f} us/event",
+        f"rate {rate:>8,.0f}/s  cpu {r['cpu_s']:.2f} s = {per:.1f} us/event"
+        + (
+            f"  (lost by its own count: {r['self_reported_lost']})"
+            if "self_reported_lost" in r
+            else ""
+        ),
         flush=True,
     )
 

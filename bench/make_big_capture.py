@@ -20,6 +20,7 @@ PORT = 5001
 
 def main() -> int:
     from retranscope.lab.netns import Lab
+    from retranscope.lab.recorded import start_client, start_server
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "data" / "big.pcap")
@@ -29,17 +30,44 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with Lab(ipv6=False, tso=False) as lab:
         lab.add_rule(f"tcp dport {PORT} numgen random mod 1000 < {args.loss_permille} drop")
-        dump = lab.popen(lab.sender_ns, ["tcpdump", "-Z", "root", "-i", lab.sender_if, "-s", "128",
-                                         "-B", "65536", "-n", "-w", str(args.out),
-                                         "-c", str(args.packets), "tcp"],
-                         stderr=subprocess.PIPE, text=True)
+        dump = lab.popen(
+            lab.sender_ns,
+            [
+                "tcpdump",
+                "-Z",
+                "root",
+                "-i",
+                lab.sender_if,
+                "-s",
+                "128",
+                "-B",
+                "65536",
+                "-n",
+                "-w",
+                str(args.out),
+                "-c",
+                str(args.packets),
+                "tcp",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(1.0)
-        server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                              ["server", "--port", str(PORT), "--mode", "sink", "--timeout-s", "300"])
-        server.stdout.readline()
-        client = lab.pymodule(lab.sender_ns, "retranscope.lab.traffic",
-                              ["bulk", "--host", lab.receiver_addr(4), "--port", str(PORT),
-                               "--bytes", str(10**12), "--conns", "4", "--timeout-s", "280"])
+        server = start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", "300")
+        client = start_client(
+            lab,
+            "bulk",
+            "--host",
+            lab.receiver_addr(4),
+            "--port",
+            PORT,
+            "--bytes",
+            10**12,
+            "--conns",
+            "4",
+            "--timeout-s",
+            "280",
+        )
         try:
             dump.wait(timeout=280)
         finally:

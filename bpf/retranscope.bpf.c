@@ -67,13 +67,18 @@ static __always_inline const void *rts_read_ptr(const void *base, long off)
 	return p;
 }
 
+static __always_inline u32 rts_netns_ino(const void *sk)
+{
+	const void *net = rts_read_ptr(sk, RTS_OFF_SK_NET);
+	return rts_read_u32(net, RTS_OFF_NET_INUM);
+}
+
 /* Socket-side facts: namespace, socket inode, congestion state, RTT and send window. */
 static __always_inline void rts_read_sock(struct rts_event *e, const void *sk)
 {
 	if (!sk)
 		return;
-	const void *net = rts_read_ptr(sk, RTS_OFF_SK_NET);
-	e->netns_ino = rts_read_u32(net, RTS_OFF_NET_INUM);
+	e->netns_ino = rts_netns_ino(sk);
 
 	/* SOCK_INODE(): the inode sits beside the socket in struct socket_alloc. */
 	const char *sock = rts_read_ptr(sk, RTS_OFF_SK_SOCKET);
@@ -107,8 +112,15 @@ static __always_inline void rts_read_sock(struct rts_event *e, const void *sk)
 #endif
 }
 
-static __always_inline int rts_filtered(u16 family, u16 sport, u16 dport)
+/* Filters run before a buffer slot is reserved: another namespace's storm must neither
+ * take ring space (a discarded record still occupies it until consumed) nor be counted
+ * as lost here. */
+static __always_inline int rts_filtered(const void *sk, u16 family, u16 sport, u16 dport)
 {
+#ifdef RTS_FILTER_NETNS
+	if (rts_netns_ino(sk) != RTS_FILTER_NETNS)
+		return 1;
+#endif
 #ifdef RTS_FILTER_FAMILY
 	if (family != RTS_FILTER_FAMILY)
 		return 1;
@@ -141,13 +153,6 @@ static __always_inline struct rts_event *rts_reserve_counted(void)
 	return e;
 }
 
-static __always_inline void rts_discard(struct rts_event *e)
-{
-#ifdef RTS_USE_RINGBUF
-	events.ringbuf_discard(e, 0);
-#endif
-}
-
 /* TCP_SKB_CB(skb)->seq / end_seq: the TCP header is not built yet where we look. */
 static __always_inline void rts_read_skb_seq(struct rts_event *e, const void *skb)
 {
@@ -161,12 +166,6 @@ static __always_inline void rts_read_skb_seq(struct rts_event *e, const void *sk
 
 static __always_inline void rts_submit(void *ctx, struct rts_event *e)
 {
-#ifdef RTS_FILTER_NETNS
-	if (e->netns_ino != RTS_FILTER_NETNS) {
-		rts_discard(e);
-		return;
-	}
-#endif
 	rts_stat(1);
 #ifdef RTS_COUNT
 	struct rts_flow_key k = {};
@@ -206,7 +205,7 @@ static __always_inline void rts_common(void *ctx, struct rts_event *e, u8 type)
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
 	u16 family = args->family;
-	if (rts_filtered(family, args->sport, args->dport))
+	if (rts_filtered(args->skaddr, family, args->sport, args->dport))
 		return 0;
 	struct rts_event *e = rts_reserve_counted();
 	if (!e)
@@ -239,7 +238,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 {
 	u16 family = args->family;
-	if (rts_filtered(family, args->sport, args->dport))
+	if (rts_filtered(args->skaddr, family, args->sport, args->dport))
 		return 0;
 	struct rts_event *e = rts_reserve_counted();
 	if (!e)
@@ -264,8 +263,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 	e->end_seq = e->seq + 1;
 	e->flags |= RTS_F_HAS_SEQ;
 #endif
-	const void *net = rts_read_ptr(args->skaddr, RTS_OFF_SK_NET);
-	e->netns_ino = rts_read_u32(net, RTS_OFF_NET_INUM);
+	e->netns_ino = rts_netns_ino(args->skaddr);
 	rts_common(args, e, RTS_EV_SYNACK);
 	rts_submit(args, e);
 	return 0;
@@ -315,15 +313,17 @@ static __always_inline void rts_flow_from_sock(struct rts_event *e, const void *
 static __always_inline int rts_kprobe_event(struct pt_regs *ctx, const void *sk,
 					    const void *skb, u8 type)
 {
+	u16 family = 0, lport = 0, dport_be = 0;
+	bpf_probe_read_kernel(&family, 2, (const char *)sk + RTS_OFF_SKC_FAMILY);
+	bpf_probe_read_kernel(&lport, 2, (const char *)sk + RTS_OFF_SKC_NUM);
+	bpf_probe_read_kernel(&dport_be, 2, (const char *)sk + RTS_OFF_SKC_DPORT);
+	if (rts_filtered(sk, family, lport, __builtin_bswap16(dport_be)))
+		return 0;
 	struct rts_event *e = rts_reserve_counted();
 	if (!e)
 		return 0;
 	__builtin_memset(e, 0, sizeof(*e));
 	rts_flow_from_sock(e, sk);
-	if (rts_filtered(e->family, e->sport, e->dport)) {
-		rts_discard(e);
-		return 0;
-	}
 	e->skaddr = (u64)sk;
 	e->skbaddr = (u64)skb;
 	if (skb)

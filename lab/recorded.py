@@ -137,3 +137,22 @@ def record_scenario(
     }
     (out_dir / "scenario.json").write_text(json.dumps(meta["scenario"], indent=2) + "\n")
     return RecordedRun(scenario, out_dir, capture, result, meta, rec.stderr_lines, code)
+
+
+def start_server(lab: Lab, *args: object, ready_timeout_s: float = 10.0) -> subprocess.Popen:
+    """`python -m retranscope.lab.traffic server ARGS` in the receiver namespace, returned
+    once it says it is listening."""
+    proc = lab.pymodule(
+        lab.receiver_ns, "retranscope.lab.traffic", ["server", *(str(a) for a in args)]
+    )
+    reader = LineReader(proc.stdout.fileno())
+    line = reader.readline(timeout_s=ready_timeout_s)
+    if not line or not line.startswith("LISTENING"):
+        raise RuntimeError(f"traffic server did not start: {line!r}")
+    return proc
+
+
+def start_client(lab: Lab, *args: object) -> subprocess.Popen:
+    """`python -m retranscope.lab.traffic ARGS` (bulk, requests, connect) in the sender
+    namespace."""
+    return lab.pymodule(lab.sender_ns, "retranscope.lab.traffic", [str(a) for a in args])

@@ -33,7 +33,9 @@ class ProbeConfig:
     netns_ino: int | None = None
     count: bool = False  # -c: per-flow counts in the kernel
     lossprobe: bool = False  # -l: kprobe on tcp_send_loss_probe
-    ringbuf_pages: int = 1024  # 4 MiB: ~21,000 events of slack at 192 bytes each
+    # 16 MiB: ~87,000 events of slack at 192 bytes each, several seconds of a storm of
+    # ~19,000 retransmissions/s if the reader is starved of CPU.
+    buffer_mb: int = 16
     force_perf_buffer: bool = False
 
 
@@ -165,7 +167,9 @@ class Probe:
         for transport in transports:
             flags = list(cflags)
             if transport == "ringbuf":
-                flags += ["-DRTS_USE_RINGBUF", f"-DRTS_RINGBUF_PAGES={cfg.ringbuf_pages}"]
+                # The ring buffer's size must be a power of two pages.
+                pages = 1 << max(0, (cfg.buffer_mb * 256 - 1).bit_length())
+                flags += ["-DRTS_USE_RINGBUF", f"-DRTS_RINGBUF_PAGES={pages}"]
             try:
                 self.bpf = bcc.BPF(src_file=src.encode(), cflags=flags)
                 self.info.transport = transport
@@ -263,6 +267,16 @@ class Probe:
                 (fam, bytes(k.saddr), int(k.sport), bytes(k.daddr), int(k.dport), int(v.value))
             )
         return out
+
+    def detach(self) -> None:
+        """Stop producing events but keep the maps and buffers: after this, a final drain()
+        and kernel_stats() agree exactly (no event can slip in between them)."""
+        if self.bpf is None:
+            return
+        for tp in list(self.bpf.tracepoint_fds):
+            self.bpf.detach_tracepoint(tp)
+        for ev in list(self.bpf.kprobe_fds):
+            self.bpf.detach_kprobe_event(ev)
 
     def close(self) -> None:
         if self.bpf is not None:

@@ -44,6 +44,7 @@ class RecordOptions:
     rotate_seconds: float = 10.0
     rotate_rows: int = 200_000
     force_perf_buffer: bool = False
+    buffer_mb: int = 16
 
 
 class PidSockets:
@@ -155,6 +156,7 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
         count=opts.count,
         lossprobe=opts.lossprobe,
         force_perf_buffer=opts.force_perf_buffer,
+        buffer_mb=opts.buffer_mb,
     )
     stop = _Stop()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -222,8 +224,10 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
             flush=True,
         )
         if opts.live and not opts.count:
-            hdr = (f"{'TIME':<12} {'PID':<7} IP {'LADDR:LPORT':<24} T> "
-                   f"{'RADDR:RPORT':<24} {'STATE':<12}")
+            hdr = (
+                f"{'TIME':<12} {'PID':<7} IP {'LADDR:LPORT':<24} T> "
+                f"{'RADDR:RPORT':<24} {'STATE':<12}"
+            )
             print(
                 hdr + (f" {'SEQ':<10}" if opts.sequence else "") + " REASON",
                 file=stdout,
@@ -235,43 +239,40 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
         received = 0
         offset = off0
         deadline = None if opts.duration_s is None else time.monotonic() + opts.duration_s
-        while True:
-            done = stop.requested or (deadline is not None and time.monotonic() >= deadline)
-            raw = probe.drain() if done else probe.poll(100)
+
+        def handle(raw: np.ndarray) -> bool:
+            """One batch: filter, decode, show, write. True when a file was closed."""
+            nonlocal received, filtered_pid
             received += len(raw)
             if pid_filter is not None and len(raw):
                 keep = pid_filter.mask(raw["sock_ino"])
                 filtered_pid += int((~keep).sum())
                 raw = raw[keep]
-            if len(raw):
-                table = decode(raw, symbols, offset)
-                if opts.live and not opts.count:
-                    print("\n".join(live_lines(table, opts.sequence)), file=stdout, flush=True)
-                if writer is not None and writer.append(table):
-                    mono, offset, unc = procnet.clock_offset_ns()
-                    meta["clock_offsets"].append(
-                        {"mono_ns": mono, "offset_ns": offset, "uncertainty_ns": unc}
-                    )
-                    _update_meta(meta, probe, writer, received, filtered_pid)
-                    write_json_atomic(Path(opts.out) / RUN_META, meta)
-            elif writer is not None:
-                writer.maybe_rotate()
+            if not len(raw):
+                return writer.maybe_rotate() if writer is not None else False
+            table = decode(raw, symbols, offset)
+            if opts.live and not opts.count:
+                print("\n".join(live_lines(table, opts.sequence)), file=stdout, flush=True)
+            return writer.append(table) if writer is not None else False
+
+        while True:
+            done = stop.requested or (deadline is not None and time.monotonic() >= deadline)
+            # Once stopping, drain what the kernel already handed over, without waiting.
+            rotated = handle(probe.drain() if done else probe.poll(100))
+            if rotated:
+                # A file was closed: resample the clock offset and make run.json describe it.
+                mono, offset, unc = procnet.clock_offset_ns()
+                meta["clock_offsets"].append(
+                    {"mono_ns": mono, "offset_ns": offset, "uncertainty_ns": unc}
+                )
+                _update_meta(meta, probe, writer, received, filtered_pid)
+                write_json_atomic(Path(opts.out) / RUN_META, meta)
             if done:
                 break
         meta["stopped_by"] = stop.signal or ("duration" if deadline else None)
-        # Anything that arrived between the last poll and now.
-        rest = probe.drain()
-        if len(rest):
-            received += len(rest)
-            if pid_filter is not None:
-                keep = pid_filter.mask(rest["sock_ino"])
-                filtered_pid += int((~keep).sum())
-                rest = rest[keep]
-            table = decode(rest, symbols, offset)
-            if opts.live and not opts.count:
-                print("\n".join(live_lines(table, opts.sequence)), file=stdout, flush=True)
-            if writer is not None:
-                writer.append(table)
+        # Detach, then take what is left: the kernel's count is final from here on.
+        probe.detach()
+        handle(probe.drain())
         mono1, off1, unc1 = procnet.clock_offset_ns()
         meta["clock_offsets"].append({"mono_ns": mono1, "offset_ns": off1, "uncertainty_ns": unc1})
         meta["ended_wall_ns"] = mono1 + off1

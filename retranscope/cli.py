@@ -68,6 +68,11 @@ def record(
     rotate_rows: int = typer.Option(
         200_000, "--rotate-rows", help="Close a Parquet file at this many rows."
     ),
+    buffer_mb: int = typer.Option(
+        16,
+        "--buffer-mb",
+        help="Kernel buffer for events (ring buffer, or perf buffer over all CPUs).",
+    ),
     perf_buffer: bool = typer.Option(
         False, "--perf-buffer", help="Use the perf buffer even where a ring buffer exists."
     ),
@@ -97,6 +102,7 @@ def record(
             rotate_seconds=rotate_seconds,
             rotate_rows=rotate_rows,
             force_perf_buffer=perf_buffer,
+            buffer_mb=buffer_mb,
         )
         run(opts)
     except RetranscopeError as err:

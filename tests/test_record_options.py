@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from retranscope.lab.netns import Lab
-from retranscope.lab.recorded import RecorderProcess
+from retranscope.lab.recorded import RecorderProcess, start_client, start_server
 
 pytestmark = pytest.mark.root
 
@@ -25,39 +25,23 @@ def _traffic(lab: Lab, seconds_bytes: int = 3_000_000):
     lab.add_rule(f"tcp dport {{ {PORT4}, {PORT6} }} numgen random mod 100 < 5 drop")
     servers, clients = [], []
     for fam, port in ((4, PORT4), (6, PORT6)):
-        s = lab.pymodule(
-            lab.receiver_ns,
-            "retranscope.lab.traffic",
-            [
-                "server",
-                "--port",
-                str(port),
-                "--family",
-                str(fam),
-                "--mode",
-                "sink",
-                "--timeout-s",
-                "30",
-            ],
+        s = start_server(
+            lab, "--port", port, "--family", fam, "--mode", "sink", "--timeout-s", "30"
         )
-        s.stdout.readline()
         servers.append(s)
     for fam, port in ((4, PORT4), (6, PORT6)):
         clients.append(
-            lab.pymodule(
-                lab.sender_ns,
-                "retranscope.lab.traffic",
-                [
-                    "bulk",
-                    "--host",
-                    lab.receiver_addr(fam),
-                    "--port",
-                    str(port),
-                    "--bytes",
-                    str(seconds_bytes),
-                    "--timeout-s",
-                    "20",
-                ],
+            start_client(
+                lab,
+                "bulk",
+                "--host",
+                lab.receiver_addr(fam),
+                "--port",
+                port,
+                "--bytes",
+                seconds_bytes,
+                "--timeout-s",
+                "20",
             )
         )
     return servers, clients
@@ -137,26 +121,18 @@ def test_live_lines_with_sequence(tmp_path):
             text=True,
         )
         time.sleep(2.5)
-        s = lab.pymodule(
-            lab.receiver_ns,
-            "retranscope.lab.traffic",
-            ["server", "--port", str(PORT4), "--mode", "sink", "--timeout-s", "20"],
-        )
-        s.stdout.readline()
-        c = lab.pymodule(
-            lab.sender_ns,
-            "retranscope.lab.traffic",
-            [
-                "bulk",
-                "--host",
-                lab.receiver_addr(4),
-                "--port",
-                str(PORT4),
-                "--bytes",
-                "1500000",
-                "--timeout-s",
-                "15",
-            ],
+        start_server(lab, "--port", PORT4, "--mode", "sink", "--timeout-s", "20")
+        c = start_client(
+            lab,
+            "bulk",
+            "--host",
+            lab.receiver_addr(4),
+            "--port",
+            PORT4,
+            "--bytes",
+            "1500000",
+            "--timeout-s",
+            "15",
         )
         c.wait(timeout=30)
         out, err = proc.communicate(timeout=60)
@@ -173,77 +149,51 @@ def test_pid_filter_keeps_only_that_process(tmp_path):
     with Lab(ipv6=True, tso=False) as lab:
         out = tmp_path / "rec"
         lab.add_rule(f"tcp dport {{ {PORT4}, {PORT6} }} numgen random mod 100 < 5 drop")
-        s4 = lab.pymodule(
-            lab.receiver_ns,
-            "retranscope.lab.traffic",
-            [
-                "server",
-                "--port",
-                str(PORT4),
-                "--family",
-                "4",
-                "--mode",
-                "echo-slow",
-                "--think-ms",
-                "0",
-                "--timeout-s",
-                "40",
-            ],
+        start_server(
+            lab,
+            "--port",
+            PORT4,
+            "--family",
+            "4",
+            "--mode",
+            "echo-slow",
+            "--think-ms",
+            "0",
+            "--timeout-s",
+            "40",
         )
-        s6 = lab.pymodule(
-            lab.receiver_ns,
-            "retranscope.lab.traffic",
-            [
-                "server",
-                "--port",
-                str(PORT6),
-                "--family",
-                "6",
-                "--mode",
-                "sink",
-                "--timeout-s",
-                "40",
-            ],
-        )
-        s4.stdout.readline()
-        s6.stdout.readline()
+        start_server(lab, "--port", PORT6, "--family", "6", "--mode", "sink", "--timeout-s", "40")
         # The process to follow: request/response for several seconds (probes and RTOs).
-        c4 = lab.pymodule(
-            lab.sender_ns,
-            "retranscope.lab.traffic",
-            [
-                "requests",
-                "--host",
-                lab.receiver_addr(4),
-                "--port",
-                str(PORT4),
-                "--count",
-                "400",
-                "--burst",
-                "3",
-                "--size",
-                "3000",
-                "--gap-ms",
-                "10",
-                "--timeout-s",
-                "30",
-            ],
+        c4 = start_client(
+            lab,
+            "requests",
+            "--host",
+            lab.receiver_addr(4),
+            "--port",
+            PORT4,
+            "--count",
+            "400",
+            "--burst",
+            "3",
+            "--size",
+            "3000",
+            "--gap-ms",
+            "10",
+            "--timeout-s",
+            "30",
         )
         rec = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "-q", "--pid", str(c4.pid)])
-        c6 = lab.pymodule(
-            lab.sender_ns,
-            "retranscope.lab.traffic",
-            [
-                "bulk",
-                "--host",
-                lab.receiver_addr(6),
-                "--port",
-                str(PORT6),
-                "--bytes",
-                "20000000",
-                "--timeout-s",
-                "30",
-            ],
+        c6 = start_client(
+            lab,
+            "bulk",
+            "--host",
+            lab.receiver_addr(6),
+            "--port",
+            PORT6,
+            "--bytes",
+            "20000000",
+            "--timeout-s",
+            "30",
         )
         c6.wait(timeout=40)
         c4.wait(timeout=40)
@@ -269,3 +219,38 @@ def test_lossprobe_flag_says_plainly_when_kprobes_are_missing(tmp_path):
         notes = [ln for ln in rec.stderr_lines if "tcp_send_loss_probe" in ln]
         assert len(notes) == 1 and notes[0].startswith("retranscope: notice: kprobe on ")
         assert "reason=tlp" in notes[0]
+
+
+def test_other_namespace_storm_is_neither_recorded_nor_counted_lost(tmp_path):
+    """The recorder in a quiet namespace while another namespace storms: its filter runs
+    before any buffer slot is taken, so nothing is recorded and nothing counts as lost
+    (even with a small buffer)."""
+    import json
+
+    with Lab(ipv6=False, tso=False) as quiet, Lab(ipv6=False, tso=False) as busy:
+        out = tmp_path / "rec"
+        rec = RecorderProcess(quiet, quiet.sender_ns, ["--out", str(out), "-q", "--buffer-mb", "1"])
+        busy.add_rule(f"tcp dport {PORT4} numgen random mod 100 < 15 drop")
+        start_server(busy, "--port", PORT4, "--mode", "sink", "--timeout-s", "20")
+        c = start_client(
+            busy,
+            "bulk",
+            "--host",
+            busy.receiver_addr(4),
+            "--port",
+            PORT4,
+            "--bytes",
+            10**11,
+            "--conns",
+            4,
+            "--timeout-s",
+            "10",
+        )
+        time.sleep(3)
+        made = busy.tcp_counters(busy.sender_ns).get("TcpRetransSegs", 0)
+        c.kill()
+        rec.stop()
+    meta = json.loads((out / "run.json").read_text())
+    assert made > 1000  # the storm was real
+    assert meta["events_in_kernel"] == 0 and meta["events_lost_in_kernel"] == 0
+    assert meta["events_written"] == 0
