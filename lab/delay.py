@@ -16,6 +16,18 @@ on crosses the line intact (a plain packet socket would refuse it: larger than t
 frame whose checksum was left to offload still has it filled in later instead of arriving with
 a bad checksum. Without vnet headers the caller must turn TX checksum offload off instead.
 
+Disorder, for reordering scenarios (all off by default; each applies to the frames arriving
+on ``IF_A``, i.e. the sender->receiver direction of a lab, unless ``--disorder-dir both``):
+
+* ``--reorder-pct P --reorder-ms X``: P % of the frames (chosen at random) are held X ms
+  longer than the rest, so the frames sent just after them overtake them: the receiver sees
+  a hole, SACKs beyond it, and the sender's RACK may retransmit a segment that was never lost
+  (answered by a D-SACK).
+* ``--jitter-ms J``: every frame gets an extra delay uniform in [0, J] ms; frames closer
+  together than the jitter leave out of order.
+
+FIFO order per direction holds only with both off (constant delay, ties by arrival order).
+
 It prints ``READY`` on stdout once both sockets are bound, and one JSON line of counters on
 stderr when it stops (SIGTERM/SIGINT). It asks the kernel to SIGTERM it when its parent dies
 (``PR_SET_PDEATHSIG``), so a lab killed with SIGKILL does not leave it spinning.
@@ -28,6 +40,7 @@ import errno
 import heapq
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -70,17 +83,45 @@ class _Stop(Exception):
 class DelayLine:
     """Forward frames between two packet sockets after ``delay_ms``, both directions."""
 
-    def __init__(self, if_a: str, if_b: str, delay_ms: float, vnet_hdr: bool = True):
+    def __init__(self, if_a: str, if_b: str, delay_ms: float, vnet_hdr: bool = True,
+                 reorder_pct: float = 0.0, reorder_ms: float = 0.0, jitter_ms: float = 0.0,
+                 disorder_dir: str = "a", seed: int | None = None):
+        if not 0.0 <= reorder_pct <= 100.0:
+            raise ValueError(f"reorder_pct={reorder_pct}: want 0-100")
+        if reorder_ms < 0 or jitter_ms < 0:
+            raise ValueError("reorder_ms and jitter_ms must be >= 0")
+        if disorder_dir not in ("a", "both"):
+            raise ValueError(f"disorder_dir={disorder_dir!r}: want 'a' or 'both'")
         self.delay_s = delay_ms / 1000.0
+        self.reorder_p = reorder_pct / 100.0
+        self.reorder_s = reorder_ms / 1000.0
+        self.jitter_s = jitter_ms / 1000.0
+        self.rng = random.Random(seed)
         self.sock_a = _open(if_a, vnet_hdr)
         self.sock_b = _open(if_b, vnet_hdr)
         self.peer = {self.sock_a.fileno(): self.sock_b, self.sock_b.fileno(): self.sock_a}
+        #: Input sockets whose frames get the disorder (reorder/jitter), by fileno.
+        self.disordered = ({self.sock_a.fileno()} if disorder_dir == "a"
+                           else {self.sock_a.fileno(), self.sock_b.fileno()})
+        self.held_back = 0
         # (release_monotonic_s, arrival_no, out_socket, frame)
         self.heap: list[tuple[float, int, socket.socket, bytes]] = []
         self.arrivals = 0
         self.forwarded = 0
         self.dropped_queue_full = 0
         self.send_errors = 0
+
+    def _extra_s(self, fileno: int) -> float:
+        """Extra delay of one frame from this input (0 without reorder/jitter)."""
+        if fileno not in self.disordered:
+            return 0.0
+        extra = 0.0
+        if self.jitter_s:
+            extra += self.rng.uniform(0.0, self.jitter_s)
+        if self.reorder_p and self.rng.random() < self.reorder_p:
+            extra += self.reorder_s
+            self.held_back += 1
+        return extra
 
     def _drain(self, sock: socket.socket, now_s: float) -> None:
         out = self.peer[sock.fileno()]
@@ -97,7 +138,8 @@ class DelayLine:
                 self.dropped_queue_full += 1
                 continue
             self.arrivals += 1
-            heapq.heappush(self.heap, (now_s + self.delay_s, self.arrivals, out, frame))
+            release_s = now_s + self.delay_s + self._extra_s(sock.fileno())
+            heapq.heappush(self.heap, (release_s, self.arrivals, out, frame))
 
     def _release(self, now_s: float) -> None:
         while self.heap and self.heap[0][0] <= now_s:
@@ -132,6 +174,7 @@ class DelayLine:
             "queued": len(self.heap),
             "dropped_queue_full": self.dropped_queue_full,
             "send_errors": self.send_errors,
+            "held_back": self.held_back,
         }
 
 
@@ -150,9 +193,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="plain frames (then turn TX checksum offload and TSO off on both ends)",
     )
+    parser.add_argument("--reorder-pct", type=float, default=0.0,
+                        help="share of frames (%%) held --reorder-ms longer than the rest")
+    parser.add_argument("--reorder-ms", type=float, default=0.0,
+                        help="extra delay of the held-back frames")
+    parser.add_argument("--jitter-ms", type=float, default=0.0,
+                        help="extra delay uniform in [0, J] ms for every frame")
+    parser.add_argument("--disorder-dir", choices=("a", "both"), default="a",
+                        help="disorder frames arriving on IF_A only (default) or both ways")
+    parser.add_argument("--seed", type=int, default=None, help="disorder RNG seed")
     args = parser.parse_args(argv)
     if args.delay_ms < 0:
         parser.error("--delay-ms must be >= 0")
+    if not 0 <= args.reorder_pct <= 100 or args.reorder_ms < 0 or args.jitter_ms < 0:
+        parser.error("--reorder-pct must be 0-100; --reorder-ms and --jitter-ms >= 0")
     die_with_parent()
     if args.realtime:
         try:
@@ -162,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, AttributeError) as err:
             print(f"delay: no SCHED_FIFO ({err}); timing may stretch under load",
                   file=sys.stderr)
-    line = DelayLine(args.if_a, args.if_b, args.delay_ms, vnet_hdr=not args.no_vnet_hdr)
+    line = DelayLine(args.if_a, args.if_b, args.delay_ms, vnet_hdr=not args.no_vnet_hdr,
+                     reorder_pct=args.reorder_pct, reorder_ms=args.reorder_ms,
+                     jitter_ms=args.jitter_ms, disorder_dir=args.disorder_dir, seed=args.seed)
 
     def stop(_signum: int, _frame: object) -> None:
         raise _Stop

@@ -218,19 +218,45 @@ class Lab:
         CPU whose backlog receives every frame of the lab's interfaces (RPS), so that veth
         never reorders a flow; None leaves RPS off (reordering then happens now and then,
         and with it spurious fast retransmits).
+    mtu:
+        None keeps the veth default (1500); otherwise the MTU of every lab interface (the
+        middle namespace's too), e.g. 1000 for a smaller MSS.
+    reorder_pct, reorder_ms, jitter_ms:
+        Disorder in the delay line (``rtt_ms > 0`` only), sender->receiver frames only:
+        ``reorder_pct`` % of them held ``reorder_ms`` longer than the rest, and/or every one
+        delayed by an extra uniform [0, ``jitter_ms``] ms (see :mod:`retranscope.lab.delay`).
+        ``disorder_seed`` seeds the choice.
+    sysctls:
+        ``(role, key, value)`` triples, role ``"sender"`` or ``"receiver"``: per-namespace
+        ``net.*`` sysctls set while the lab is built (before anything runs in it), e.g.
+        ``("sender", "net.ipv4.tcp_sack", "0")``.
 
     Attributes: ``sender_ns``, ``receiver_ns``, ``middle_ns`` (None without delay),
     ``sender_if``, ``receiver_if``, ``sender_addr4/6``, ``receiver_addr4/6``.
     """
 
     def __init__(self, prefix: str | None = None, rtt_ms: float = 0.0, ipv6: bool = True,
-                 tso: bool = True, python: str | None = None, rx_cpu: int | None = 0):
+                 tso: bool = True, python: str | None = None, rx_cpu: int | None = 0,
+                 mtu: int | None = None, reorder_pct: float = 0.0, reorder_ms: float = 0.0,
+                 jitter_ms: float = 0.0, disorder_seed: int | None = None,
+                 sysctls: tuple[tuple[str, str, str], ...] = ()):
         if prefix is None:
             prefix = f"{DEFAULT_PREFIX_BASE}{os.getpid()}n{next(_instances)}"
         if not _NAME_OK.match(prefix):
             raise ValueError(f"prefix {prefix!r}: use letters, digits, '_', '.', '-' only")
         if rtt_ms < 0:
             raise ValueError(f"rtt_ms={rtt_ms}: must be >= 0")
+        if mtu is not None and not 576 <= mtu <= 65535:
+            raise ValueError(f"mtu={mtu}: want 576-65535 (IPv6 needs >= 1280)")
+        if mtu is not None and ipv6 and mtu < 1280:
+            raise ValueError(f"mtu={mtu}: IPv6 needs >= 1280 (or ipv6=False)")
+        if reorder_pct < 0 or reorder_pct > 100 or reorder_ms < 0 or jitter_ms < 0:
+            raise ValueError("reorder_pct must be 0-100; reorder_ms and jitter_ms >= 0")
+        if (reorder_pct or jitter_ms) and rtt_ms <= 0:
+            raise ValueError("reordering and jitter need the delay line (rtt_ms > 0)")
+        for role, key, _value in sysctls:
+            if role not in ("sender", "receiver"):
+                raise ValueError(f"sysctl {key}: role {role!r}, want 'sender' or 'receiver'")
         n_cpus = os.cpu_count() or 1
         if rx_cpu is not None and not 0 <= rx_cpu < n_cpus:
             raise ValueError(f"rx_cpu={rx_cpu}: this machine has CPUs 0-{n_cpus - 1}")
@@ -240,6 +266,12 @@ class Lab:
         self.tso = tso
         self.python_exe = python or sys.executable
         self.rx_cpu = rx_cpu
+        self.mtu = mtu
+        self.reorder_pct = float(reorder_pct)
+        self.reorder_ms = float(reorder_ms)
+        self.jitter_ms = float(jitter_ms)
+        self.disorder_seed = disorder_seed
+        self.sysctls = tuple(sysctls)
         self.sender_ns = f"{prefix}-snd"
         self.receiver_ns = f"{prefix}-rcv"
         self.middle_ns: str | None = f"{prefix}-mid" if rtt_ms > 0 else None
@@ -308,6 +340,8 @@ class Lab:
             for ifname in self.middle_ifs:
                 # GRO would merge frames before the packet socket sees them; keep them as sent.
                 self._ethtool(self.middle_ns, ifname, gro="off")
+                if self.mtu is not None:
+                    self._ip(self.middle_ns, "link", "set", ifname, "mtu", str(self.mtu))
                 self._ip(self.middle_ns, "link", "set", ifname, "up")
         for role, ns, ifname in (("sender", self.sender_ns, self.sender_if),
                                  ("receiver", self.receiver_ns, self.receiver_if)):
@@ -325,6 +359,11 @@ class Lab:
             # tcp_init_metrics() would seed a new flow's ssthresh and RTT from the previous
             # flow to the same host: scenarios must not depend on what ran before them.
             self.sysctl(ns, "net.ipv4.tcp_no_metrics_save", "1")
+            for where, key, value in self.sysctls:
+                if where == role:
+                    self.sysctl(ns, key, value)
+            if self.mtu is not None:
+                self._ip(ns, "link", "set", ifname, "mtu", str(self.mtu))
             self._ip(ns, "link", "set", ifname, "up")
             self._nft_setup(ns)
         self._static_neighbours()
@@ -477,8 +516,15 @@ class Lab:
     def _start_delay_line(self) -> None:
         assert self.middle_ns is not None
         one_way_ms = f"{self.rtt_ms / 2.0:g}"
-        proc = self.pymodule(self.middle_ns, "retranscope.lab.delay",
-                             [*self.middle_ifs, "--delay-ms", one_way_ms, "--realtime"])
+        args = [*self.middle_ifs, "--delay-ms", one_way_ms, "--realtime"]
+        if self.reorder_pct:
+            args += ["--reorder-pct", f"{self.reorder_pct:g}",
+                     "--reorder-ms", f"{self.reorder_ms:g}"]
+        if self.jitter_ms:
+            args += ["--jitter-ms", f"{self.jitter_ms:g}"]
+        if self.disorder_seed is not None:
+            args += ["--seed", str(self.disorder_seed)]
+        proc = self.pymodule(self.middle_ns, "retranscope.lab.delay", args)
         self.delay_proc = proc
         line = read_first_line(proc, timeout_s=10.0)
         if line.strip() != "READY":

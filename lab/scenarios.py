@@ -15,9 +15,15 @@ reason             kernel path                                      counter (ret
 ``synack``         ``tcp_rtx_synack``                               ``TcpExtTCPSynRetrans``
 =================  ===============================================  ==========================
 
+Besides loss rules a scenario can shape the lab: RTT (the delay line), reordering and jitter
+in the delay line (``reorder_pct``/``reorder_ms``, ``jitter_ms``), the MTU, per-namespace
+sysctls (SACK or timestamps off, autocorking), extra nftables sets for rules that remember
+packets (``nft_sets``: drop a segment *and* its first retransmission), and which IPv6 /
+TSO-off twins it has (``twins``).
+
 The client always runs in ``lab.sender_ns`` and the server in ``lab.receiver_ns``;
-``scenario.retransmitter`` says which side retransmits (``"server"`` only for
-``synack_drop``), and :meth:`Scenario.retransmitting_ns` maps it to the namespace whose
+``scenario.retransmitter`` says which side retransmits (``"server"`` for ``synack_drop``
+and ``server_reply_loss``), and :meth:`Scenario.retransmitting_ns` maps it to the namespace whose
 counters are the ground truth.
 
 Run one from a shell::
@@ -37,9 +43,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from retranscope.lab.netns import Lab, LabError, RuleHandle, read_first_line, stderr_if_exited
+from retranscope.lab.netns import (
+    NFT_TABLE,
+    Lab,
+    LabError,
+    RuleHandle,
+    read_first_line,
+    stderr_if_exited,
+)
 
 REASONS = ("fast", "tlp", "rto", "rto_recovery", "syn", "synack")
+#: Twins a base scenario may have (see :func:`variants`).
+TWINS = ("v6", "notso", "v6_notso")
 #: The per-namespace counter that each reason moves (see the table above).
 REASON_COUNTERS: Mapping[str, str] = {
     "fast": "TcpExtTCPFastRetrans",
@@ -67,6 +82,13 @@ WATCHED_COUNTERS = (
     "TcpExtTCPSynRetrans",
     "TcpExtTCPDSACKRecv",
     "TcpExtTCPSpuriousRtxHostQueues",
+    # How recovery went (reported, not checked by Scenario.check):
+    "TcpExtTCPSackRecovery",
+    "TcpExtTCPRenoRecovery",
+    "TcpExtTCPLostRetransmit",
+    "TcpExtTCPSpuriousRTOs",
+    "TcpExtTCPDSACKUndo",
+    "TcpExtTCPLossUndo",
 )
 TRAFFIC_MODULE = "retranscope.lab.traffic"
 SERVER_READY_TIMEOUT_S = 10.0
@@ -92,7 +114,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Traffic:
-    """What runs: one server, one client program (``bulk``/``requests``/``connect``)."""
+    """What runs: one server, one client program (``bulk``/``requests``/``connect``/
+    ``trickle``)."""
 
     client: str
     client_args: tuple[str, ...] = ()
@@ -129,8 +152,23 @@ class Scenario:
     port: int = 5001
     exact: Mapping[str, int] = field(default_factory=dict)
     exact_notso: Mapping[str, int] = field(default_factory=dict)
-    #: Per-namespace sysctls, (where, key, value), set before the traffic starts.
+    #: Per-namespace sysctls, (where, key, value), set before the traffic starts. The lab
+    #: made by :meth:`lab` has them from the start (so a recorder started in it sees them);
+    #: run_scenario sets them again on any lab, and restores the old values after.
     sysctls: tuple[tuple[str, str, str], ...] = ()
+    #: MTU of every lab interface (None: the veth default, 1500).
+    mtu: int | None = None
+    #: Disorder in the delay line (``rtt_ms > 0``), sender->receiver frames only: this share
+    #: (%) of frames held ``reorder_ms`` longer than the rest; extra uniform [0, jitter_ms].
+    reorder_pct: float = 0.0
+    reorder_ms: float = 0.0
+    jitter_ms: float = 0.0
+    #: Extra nftables sets the rules use, (where, name, spec), e.g.
+    #: ``("receiver", "lost", "typeof tcp sequence; flags dynamic;")``; made before the
+    #: rules go in and deleted after they go.
+    nft_sets: tuple[tuple[str, str, str], ...] = ()
+    #: Which twins :func:`variants` derives from this base scenario.
+    twins: tuple[str, ...] = ("v6", "notso", "v6_notso")
 
     def __post_init__(self) -> None:
         unknown = (self.expected | self.possible) - set(REASONS)
@@ -138,13 +176,18 @@ class Scenario:
             raise ValueError(f"{self.name}: unknown reasons {sorted(unknown)}")
         if self.retransmitter not in ("client", "server"):
             raise ValueError(f"{self.name}: retransmitter must be 'client' or 'server'")
+        unknown_twins = set(self.twins) - set(TWINS)
+        if unknown_twins:
+            raise ValueError(f"{self.name}: unknown twins {sorted(unknown_twins)}")
 
     def retransmitting_ns(self, lab: Lab) -> str:
         return lab.sender_ns if self.retransmitter == "client" else lab.receiver_ns
 
     def lab(self, **kw: Any) -> Lab:
         """A Lab built the way this scenario needs (not started)."""
-        return Lab(rtt_ms=self.rtt_ms, tso=self.tso, ipv6=self.family == 6, **kw)
+        return Lab(rtt_ms=self.rtt_ms, tso=self.tso, ipv6=self.family == 6, mtu=self.mtu,
+                   reorder_pct=self.reorder_pct, reorder_ms=self.reorder_ms,
+                   jitter_ms=self.jitter_ms, sysctls=self.sysctls, **kw)
 
     def exact_counters(self) -> dict[str, int]:
         return {**self.exact, **({} if self.tso else self.exact_notso)}
@@ -241,6 +284,11 @@ def check_lab(lab: Lab, scenario: Scenario) -> None:
                        f"rtt_ms={scenario.rtt_ms}; lab has tso={lab.tso} rtt_ms={lab.rtt_ms}")
     if scenario.family == 6 and not lab.ipv6:
         raise LabError(f"scenario {scenario.name} is IPv6; the lab was built with ipv6=False")
+    lab_shape = (lab.mtu, lab.reorder_pct, lab.reorder_ms, lab.jitter_ms)
+    want = (scenario.mtu, scenario.reorder_pct, scenario.reorder_ms, scenario.jitter_ms)
+    if lab_shape != want:
+        raise LabError(f"scenario {scenario.name} needs (mtu, reorder_pct, reorder_ms, "
+                       f"jitter_ms)={want}; lab has {lab_shape}")
 
 
 def run_scenario(lab: Lab, scenario: Scenario) -> ScenarioResult:
@@ -261,8 +309,13 @@ def run_scenario(lab: Lab, scenario: Scenario) -> ScenarioResult:
         restore.append((ns, key, old))
     server = lab.pymodule(lab.receiver_ns, TRAFFIC_MODULE, server_args(scenario))
     installed: list[tuple[Rule, RuleHandle]] = []
+    sets_made: list[tuple[str, str]] = []
     client: subprocess.Popen[str] | None = None
     try:
+        for where, set_name, spec in scenario.nft_sets:
+            ns = where_ns[where]
+            lab.run(ns, ["nft", "add", "set", "inet", NFT_TABLE, set_name, f"{{ {spec} }}"])
+            sets_made.append((ns, set_name))
         line = read_first_line(server, timeout_s=SERVER_READY_TIMEOUT_S)
         if not line.startswith("LISTENING"):
             time.sleep(0.1)
@@ -299,6 +352,8 @@ def run_scenario(lab: Lab, scenario: Scenario) -> ScenarioResult:
         for _, handle in installed:
             if handle in lab.rules:
                 lab.remove_rule(handle)
+        for ns, set_name in sets_made:
+            lab.run(ns, ["nft", "delete", "set", "inet", NFT_TABLE, set_name], check=False)
         # The server exits by itself after --max-conns connections; a failed client may leave
         # it waiting.
         try:
@@ -335,10 +390,23 @@ def _bulk(n_bytes: int, conns: int = 1, timeout_s: float = 15.0) -> Traffic:
 
 
 def _requests(count: int, burst: int, size: int, think_ms: str = "0",
-              timeout_s: float = 15.0) -> Traffic:
+              timeout_s: float = 15.0, server_extra: tuple[str, ...] = ()) -> Traffic:
     return Traffic("requests", ("--count", str(count), "--burst", str(burst),
                                 "--size", str(size)),
-                   "echo-slow", ("--think-ms", think_ms), timeout_s=timeout_s)
+                   "echo-slow", ("--think-ms", think_ms, *server_extra), timeout_s=timeout_s)
+
+
+def _trickle(count: int, size: str, interval_ms: str, seed: int = 1,
+             timeout_s: float = 15.0) -> Traffic:
+    return Traffic("trickle", ("--count", str(count), "--size", size,
+                               "--interval-ms", interval_ms, "--seed", str(seed)),
+                   "sink", timeout_s=timeout_s)
+
+
+def _random_drop(pct: int, where: str = "receiver") -> Rule:
+    """Drop ``pct`` % of the packets towards the server (receiver) or the client (sender)."""
+    direction = "dport" if where == "receiver" else "sport"
+    return Rule(f"tcp {direction} {{port}} numgen random mod 100 < {pct} drop", where=where)
 
 
 _RANDOM_LOSS_POSSIBLE = frozenset({"tlp", "rto", "rto_recovery", "syn"})
@@ -447,18 +515,338 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
         expected=frozenset({"fast"}),
         possible=_RANDOM_LOSS_POSSIBLE,
     ),
+    # --- beyond RTT 0/20, one or two flows, SACK and timestamps on ---------------------
+    Scenario(
+        name="reqresp_loss_both",
+        description="Request/response at RTT 10 ms: 60 bursts of 3 requests (300 B, "
+                    "TCP_NODELAY, autocorking off), each answered with a 3000 B reply after "
+                    "0-4 ms; 4% of packets are dropped at random in BOTH directions (requests "
+                    "at the server, replies and ACKs at the client). Few packets in flight: "
+                    "a lost tail request or a lost reply/ACK gives a TLP (the latter "
+                    "spurious, D-SACKed), a lost middle request a RACK fast retransmit with a "
+                    "tiny window, a lost probe an RTO. The server's own retransmissions of "
+                    "lost replies are in the capture too (not the client's counters).",
+        traffic=_requests(count=60, burst=3, size=300, think_ms="0-4",
+                          server_extra=("--reply-bytes", "3000")),
+        rules=(_random_drop(4), _random_drop(4, where="sender")),
+        rtt_ms=10.0,
+        sysctls=(("sender", "net.ipv4.tcp_autocorking", "0"),),
+        expected=frozenset({"tlp"}),
+        possible=frozenset({"fast", "rto", "rto_recovery", "syn"}),
+        twins=("v6",),
+    ),
+    Scenario(
+        name="multi_flow_rtt50",
+        description="Bulk 1.5 MB on each of 4 parallel connections through the delay line at "
+                    "RTT 50 ms, 2% random loss towards the server: fast recovery (RACK) at a "
+                    "WAN-like RTT, where the reordering window (min_rtt/4) and the PTO "
+                    "(2*SRTT) are tens of ms; TLPs and RTOs when a tail or a retransmission "
+                    "is lost.",
+        traffic=_bulk(1_500_000, conns=4),
+        rules=(_random_drop(2),),
+        rtt_ms=50.0,
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=("v6",),
+    ),
+    Scenario(
+        name="multi_flow_rtt100",
+        description="Bulk 1 MB on each of 3 parallel connections at RTT 100 ms, 2% random "
+                    "loss: long RTTs, where a connection spends most of its life in slow "
+                    "start and a loss is found a whole RTT after it happened.",
+        traffic=_bulk(1_000_000, conns=3),
+        # SYNs spared: a 1 s SYN timeout at this RTT would make the run too long.
+        rules=(Rule("tcp dport {port} tcp flags & syn == 0 numgen random mod 100 < 2 drop"),),
+        rtt_ms=100.0,
+        expected=frozenset({"fast"}),
+        possible=frozenset({"tlp", "rto", "rto_recovery"}),
+        twins=(),
+    ),
+    Scenario(
+        name="ts_off_loss_rtt5",
+        description="Bulk 3.5 MB on each of 2 connections at RTT 5 ms with TCP timestamps "
+                    "off (net.ipv4.tcp_timestamps=0 at the client: not negotiated), 4% random "
+                    "loss. Without timestamps RTT samples come only from never-retransmitted "
+                    "segments (Karn) and spurious retransmissions show only by D-SACK; the "
+                    "TCP header is 20 bytes, the MSS 12 bytes larger.",
+        traffic=_bulk(3_500_000, conns=2),
+        rules=(_random_drop(4),),
+        rtt_ms=5.0,
+        sysctls=(("sender", "net.ipv4.tcp_timestamps", "0"),),
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=("notso",),
+    ),
+    Scenario(
+        name="sack_off_loss",
+        description="Bulk 2 MB on each of 2 connections at RTT 20 ms with SACK off "
+                    "(net.ipv4.tcp_sack=0 at the client), 2% random loss. NewReno: fast "
+                    "retransmit after 3 duplicate ACKs, one hole repaired per RTT (partial "
+                    "ACKs), more RTOs; and no TLP at all (tcp_schedule_loss_probe requires "
+                    "SACK, RFC 8985), so tlp is forbidden here.",
+        traffic=_bulk(2_000_000, conns=2),
+        rules=(_random_drop(2),),
+        rtt_ms=20.0,
+        sysctls=(("sender", "net.ipv4.tcp_sack", "0"),),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"rto", "rto_recovery", "syn"}),
+        twins=("notso",),
+    ),
+    Scenario(
+        name="reno_ts_off_loss",
+        description="The oldest-style TCP: SACK and timestamps both off at the client, TSO "
+                    "off, bulk 1.5 MB on each of 2 connections at RTT 5 ms, 2% random loss. "
+                    "NewReno recovery from duplicate ACKs alone, RTT samples only from "
+                    "never-retransmitted segments, no D-SACK, no TLP.",
+        traffic=_bulk(1_500_000, conns=2),
+        rules=(_random_drop(2),),
+        tso=False,
+        rtt_ms=5.0,
+        sysctls=(("sender", "net.ipv4.tcp_sack", "0"),
+                 ("sender", "net.ipv4.tcp_timestamps", "0")),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"rto", "rto_recovery", "syn"}),
+        twins=("v6",),
+    ),
+    Scenario(
+        name="tail_drop_nosack",
+        description="tail_drop_tlp with SACK off (net.ipv4.tcp_sack=0 at the client): the "
+                    "first burst's last request is dropped and, with no TLP allowed without "
+                    "SACK, the retransmission timer resends it after the 200 ms RTO floor: "
+                    "an RTO where the SACK scenario has a TLP.",
+        traffic=_requests(count=3, burst=4, size=200),
+        rules=(Rule("tcp dport {port} ct original packets 6 drop"),),
+        sysctls=(("sender", "net.ipv4.tcp_autocorking", "0"),
+                 ("sender", "net.ipv4.tcp_sack", "0")),
+        expected=frozenset({"rto"}),
+        exact={"TcpRetransSegs": 1, "TcpExtTCPTimeouts": 1},
+        twins=(),
+    ),
+    Scenario(
+        name="tail_drop_rtt50",
+        description="tail_drop_tlp at RTT 50 ms: the first burst's last request (packet 6) "
+                    "is dropped; the three before it are ACKed, so it is alone in flight and "
+                    "the PTO is 2*SRTT + 200 ms clamped to the RTO (about SRTT + 200 ms): "
+                    "the TLP fires at the RTO time, a quarter second after the original.",
+        traffic=_requests(count=3, burst=4, size=200),
+        rules=(Rule("tcp dport {port} ct original packets 6 drop"),),
+        rtt_ms=50.0,
+        sysctls=(("sender", "net.ipv4.tcp_autocorking", "0"),),
+        expected=frozenset({"tlp"}),
+        exact={"TcpRetransSegs": 1, "TcpExtTCPLossProbes": 1},
+        twins=("v6",),
+    ),
+    Scenario(
+        name="fin_drop_rtt50",
+        description="Bulk 300 KB at RTT 50 ms; the first segment carrying the client's FIN "
+                    "(alone or on the last data) is dropped once (nft set @once). Nothing "
+                    "follows a FIN, so no SACK can reveal it: the TLP retransmits it. With "
+                    "TSO on the FIN rides on the last super-packet: the probe resends only "
+                    "its last MSS (with the FIN), whose SACK then lets RACK mark the rest of "
+                    "the super-packet lost: one TLP plus a fast retransmit. TSO off: the TLP "
+                    "alone.",
+        traffic=_bulk(300_000),
+        rules=(Rule("tcp dport {port} tcp flags & fin == fin tcp sport != @once "
+                    "add @once { tcp sport } drop"),),
+        rtt_ms=50.0,
+        expected=frozenset({"tlp"}),
+        possible=frozenset({"fast", "rto"}),
+        exact={"TcpExtTCPLossProbes": 1},
+        exact_notso={"TcpRetransSegs": 1},
+        twins=("notso",),
+    ),
+    Scenario(
+        name="burst_loss",
+        description="Bulk 1.5 MB, TSO off, RTT 20 ms; packets 200-215 of the flow (16 "
+                    "consecutive MSS segments) are dropped: one recovery episode repairs a "
+                    "hole of 16 segments (RACK marks them all lost once later data is SACKed; "
+                    "cwnd limits how fast they go).",
+        traffic=_bulk(1_500_000),
+        rules=(Rule("tcp dport {port} ct original packets 200-215 drop"),),
+        tso=False,
+        rtt_ms=20.0,
+        expected=frozenset({"fast"}),
+        exact={"TcpRetransSegs": 16, "TcpExtTCPFastRetrans": 16},
+        twins=("v6",),
+    ),
+    Scenario(
+        name="lost_retransmit",
+        description="Bulk 1.5 MB, TSO off, RTT 10 ms; packet 100 of the flow is dropped and so "
+                    "is its first retransmission (its sequence number is remembered in an nft "
+                    "set): RACK notices the retransmission lost once a segment sent after it "
+                    "is SACKed (TCPLostRetransmit) and retransmits it again, still in fast "
+                    "recovery.",
+        traffic=_bulk(1_500_000),
+        rules=(
+            Rule("tcp dport {port} ct original packets 100 add @lost { tcp sequence } drop"),
+            Rule("tcp dport {port} tcp sequence @lost tcp sequence != @lost2 "
+                 "add @lost2 { tcp sequence } drop"),
+        ),
+        nft_sets=(("receiver", "lost", "typeof tcp sequence; flags dynamic;"),
+                  ("receiver", "lost2", "typeof tcp sequence; flags dynamic;")),
+        tso=False,
+        rtt_ms=10.0,
+        expected=frozenset({"fast"}),
+        exact={"TcpRetransSegs": 2, "TcpExtTCPFastRetrans": 2, "TcpExtTCPLostRetransmit": 1},
+        twins=("v6",),
+    ),
+    Scenario(
+        name="ack_loss_requests",
+        description="Request/response at RTT 20 ms, no data loss: 30 bursts of 3 requests to "
+                    "a server that reads them, ACKs at once (tcp_cleanup_rbuf) and thinks "
+                    "45-70 ms before replying; 35% of the server's pure ACKs (short, non-SYN "
+                    "packets) are dropped at the client. With the ACK gone the client's PTO "
+                    "(2*SRTT + 2 ms, about 42 ms) expires before the reply: a spurious TLP, "
+                    "answered by a D-SACK (itself a pure ACK, so sometimes lost too: then "
+                    "the kernel counts the probe as a recovery).",
+        traffic=_requests(count=30, burst=3, size=200, think_ms="45-70",
+                          server_extra=("--think-where", "after-read")),
+        rules=(Rule("tcp sport {port} tcp flags & syn == 0 meta length < 120 "
+                    "numgen random mod 100 < 35 drop", where="sender"),),
+        rtt_ms=20.0,
+        sysctls=(("sender", "net.ipv4.tcp_autocorking", "0"),),
+        expected=frozenset({"tlp"}),
+        possible=frozenset({"rto", "fast", "rto_recovery"}),
+        twins=("v6",),
+    ),
+    Scenario(
+        name="ack_blackhole_rto",
+        description="Bulk 3 MB at RTT 10 ms; after the 20th packet from the server every "
+                    "server->client packet (ACKs) is dropped at the client for 1 s. The data "
+                    "all arrives, but the client hears nothing: a TLP, then RTOs backing off "
+                    "(about 0.2, 0.6 s); the third RTO's answer gets through, and D-SACKs "
+                    "show the retransmissions were spurious (F-RTO / undo).",
+        traffic=_bulk(3_000_000),
+        rules=(Rule("tcp sport {port} ct reply packets > 20 drop", where="sender",
+                    remove_after_s=1.0),),
+        rtt_ms=10.0,
+        expected=frozenset({"tlp", "rto"}),
+        possible=frozenset({"rto_recovery"}),
+        exact={"TcpExtTCPTimeouts": 3, "TcpExtTCPLossProbes": 1},
+        twins=("notso",),
+    ),
+    Scenario(
+        name="blackhole_long",
+        description="Bulk 4 MB at RTT 5 ms; after its 50th packet every client->server packet "
+                    "is dropped until 2.2 s after the start: a TLP, then a long RTO backoff "
+                    "chain (about 0.2, 0.6, 1.4, 3.0 s after the stall); the fourth RTO gets "
+                    "through and the rest of the window goes by slow-start retransmits.",
+        traffic=_bulk(4_000_000),
+        rules=(Rule("tcp dport {port} ct original packets > 50 drop", remove_after_s=2.2),),
+        rtt_ms=5.0,
+        expected=frozenset({"tlp", "rto", "rto_recovery"}),
+        exact={"TcpExtTCPTimeouts": 4},
+        twins=(),
+    ),
+    Scenario(
+        name="syn_drop_twice",
+        description="RTT 100 ms; every SYN is dropped until 2 s after the start: the SYN "
+                    "times out twice and the third one completes the handshake. The SYN "
+                    "timer does not back off here: net.ipv4.tcp_syn_linear_timeouts (4 by "
+                    "default since Linux 6.5) keeps the first four SYN retransmissions 1 s "
+                    "apart, so they go about 1 s and 2 s after the first SYN.",
+        traffic=Traffic("connect"),
+        rules=(Rule("tcp dport {port} tcp flags & (syn|ack) == syn drop",
+                    remove_after_s=2.0),),
+        rtt_ms=100.0,
+        expected=frozenset({"syn"}),
+        exact={"TcpRetransSegs": 2, "TcpExtTCPSynRetrans": 2, "TcpExtTCPTimeouts": 2},
+        twins=("v6",),
+    ),
+    Scenario(
+        name="trickle_loss",
+        description="An app-limited sender at RTT 20 ms: 100 writes of 100-1400 B, 10-40 ms "
+                    "apart (TCP_NODELAY), so one or two segments are in flight; packet 30 is "
+                    "dropped plus 3% at random. A loss followed by a later write is repaired "
+                    "by RACK from a single SACK (no 3 duplicate ACKs); a loss with nothing "
+                    "after it waits for the PTO (2*SRTT + 200 ms clamped to the RTO with one "
+                    "segment out).",
+        traffic=_trickle(100, "100-1400", "10-40"),
+        rules=(Rule("tcp dport {port} ct original packets 30 drop"), _random_drop(3)),
+        rtt_ms=20.0,
+        expected=frozenset({"fast"}),
+        possible=frozenset({"tlp", "rto", "rto_recovery", "syn"}),
+        twins=("v6",),
+    ),
+    Scenario(
+        name="reorder_rtt20",
+        description="No loss: bulk 2.5 MB on each of 2 connections at RTT 20 ms where the "
+                    "delay line holds 3% of the client->server frames 8 ms longer than the "
+                    "rest, so later frames overtake them. The receiver SACKs past the "
+                    "apparent hole; once three "
+                    "segments are SACKed RACK (reordering not yet seen: no window) "
+                    "retransmits the overtaken one: a spurious fast retransmit, D-SACKed, "
+                    "after which RACK widens its reordering window.",
+        traffic=_bulk(2_500_000, conns=2),
+        rtt_ms=20.0,
+        reorder_pct=3.0,
+        reorder_ms=8.0,
+        expected=frozenset({"fast"}),
+        possible=frozenset({"tlp"}),
+        twins=("notso",),
+    ),
+    Scenario(
+        name="mtu1000_loss",
+        description="Bulk 1 MB on each of 2 connections over interfaces with MTU 1000 (MSS "
+                    "948 with timestamps), TSO off, RTT 10 ms, 3% random loss: segment sizes "
+                    "other than 1448.",
+        traffic=_bulk(1_000_000, conns=2),
+        rules=(_random_drop(3),),
+        tso=False,
+        mtu=1000,
+        rtt_ms=10.0,
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=(),
+    ),
+    Scenario(
+        name="jitter_loss_rtt30",
+        description="Bulk 2 MB at RTT 30 ms, TSO off, every client->server frame delayed by "
+                    "an extra 0-3 ms (jitter: segments close together arrive out of order) "
+                    "and 1% dropped: RACK must tell reordering from loss; some fast "
+                    "retransmits are spurious (D-SACK), the others repair real holes.",
+        traffic=_bulk(2_000_000),
+        rules=(_random_drop(1),),
+        tso=False,
+        rtt_ms=30.0,
+        jitter_ms=3.0,
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=(),
+    ),
+    Scenario(
+        name="server_reply_loss",
+        description="The server retransmits (capture and counters on the server's side, the "
+                    "passive opener): 40 requests at RTT 20 ms, each answered with a 30 KB "
+                    "reply; 3% of the server's non-SYN packets are dropped at the client. A "
+                    "lost segment inside a reply is repaired by fast recovery, a lost tail "
+                    "of a reply by a TLP; replies start from an idle, application-limited "
+                    "connection each time.",
+        traffic=_requests(count=40, burst=1, size=100, think_ms="0-2",
+                          server_extra=("--reply-bytes", "30000")),
+        rules=(Rule("tcp sport {port} tcp flags & syn == 0 numgen random mod 100 < 3 drop",
+                    where="sender"),),
+        rtt_ms=20.0,
+        retransmitter="server",
+        expected=frozenset({"fast"}),
+        possible=frozenset({"tlp", "rto", "rto_recovery"}),
+        twins=(),
+    ),
 )
 
 
 def variants(scenario: Scenario) -> list[Scenario]:
-    """The IPv6, TSO-off and IPv6+TSO-off twins of a base (IPv4, TSO on) scenario."""
-    if scenario.family != 4 or not scenario.tso:
-        raise ValueError(f"{scenario.name}: variants derive from an IPv4, TSO-on scenario")
-    return [
-        replace(scenario, name=f"{scenario.name}_v6", family=6),
-        replace(scenario, name=f"{scenario.name}_notso", tso=False),
-        replace(scenario, name=f"{scenario.name}_v6_notso", family=6, tso=False),
-    ]
+    """The twins of a base scenario that its ``twins`` asks for: IPv6 (``_v6``), TSO off
+    (``_notso``), both (``_v6_notso``). By default all three, from an IPv4, TSO-on base."""
+    out = []
+    for twin in scenario.twins:
+        family = 6 if "v6" in twin else scenario.family
+        tso = False if "notso" in twin else scenario.tso
+        if (family == 6 and scenario.family != 4) or ("notso" in twin and not scenario.tso):
+            raise ValueError(f"{scenario.name}: twin {twin} needs an IPv4, TSO-on base")
+        out.append(replace(scenario, name=f"{scenario.name}_{twin}", family=family, tso=tso,
+                           twins=()))
+    return out
 
 
 #: Every scenario by name: the base ones and their variants.

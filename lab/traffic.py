@@ -4,6 +4,8 @@
     python -m retranscope.lab.traffic bulk --host H --port P --bytes N [--conns K]
     python -m retranscope.lab.traffic requests --host H --port P --count N --burst K --size S
     python -m retranscope.lab.traffic connect --host H --port P
+    python -m retranscope.lab.traffic trickle --host H --port P --count N --size 100-1400 \
+        --interval-ms 10-30
 
 The server prints one line, ``LISTENING <family> <addr> <port>``, once its socket listens: the
 caller waits for that line instead of sleeping. Every client prints one JSON line with what it
@@ -16,6 +18,11 @@ Wire protocol (both ends are ours, so it is as simple as the scenarios allow):
 * ``sink``: the client sends its bytes and shuts down its write side; the server counts to EOF
   and answers ``b"<count>\\n"``. The client checks the count, so it exits only after every
   byte (and every retransmission of it) was delivered.
+* ``trickle`` (to a ``sink`` server): an app-limited sender. ``--count`` writes of
+  ``--size`` bytes (uniform in LO-HI), ``--interval-ms`` apart (uniform in LO-HI), with
+  TCP_NODELAY unless ``--nagle``: each write leaves at once as its own segment, so only one
+  or two segments are in flight (PTO = 2*SRTT + 200 ms clamped to the RTO with one;
+  FIELD-NOTES). Then the same shutdown/count check as ``bulk``.
 * ``echo-slow``: the client sends bursts of ``--burst`` requests, each its own ``send()`` with
   TCP_NODELAY set, each framed by an 8-byte header ``!IHH`` = (payload bytes, index in burst,
   burst length). The server "thinks" ``--think-ms`` per burst and sends one reply (same
@@ -86,12 +93,13 @@ def _recv_to_eof(sock: socket.socket) -> bytes:
         buf += chunk
 
 
-def _parse_think_ms(text: str) -> tuple[float, float]:
+def _parse_range(text: str) -> tuple[float, float]:
+    """``X`` or ``LO-HI`` (non-negative) as (lo, hi)."""
     lo, _, hi = text.partition("-")
     lo_ms = float(lo)
     hi_ms = float(hi) if hi else lo_ms
     if lo_ms < 0 or hi_ms < lo_ms:
-        raise argparse.ArgumentTypeError(f"--think-ms {text!r}: want X or LO-HI with 0 <= LO <= HI")
+        raise argparse.ArgumentTypeError(f"{text!r}: want X or LO-HI with 0 <= LO <= HI")
     return lo_ms, hi_ms
 
 
@@ -270,6 +278,33 @@ def cmd_requests(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_trickle(args: argparse.Namespace) -> int:
+    _arm_deadline(args.timeout_s, "trickle")
+    rng = random.Random(args.seed)
+    start = time.monotonic()
+    total = 0
+    try:
+        sock, connect_s = _connect(args)
+        with sock:
+            if not args.nagle:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(args.count):
+                size = int(rng.uniform(*args.size))
+                sock.sendall(b"t" * max(1, size))
+                total += max(1, size)
+                time.sleep(rng.uniform(*args.interval_ms) / 1000.0)
+            sock.shutdown(socket.SHUT_WR)
+            reply = _recv_to_eof(sock)
+    except OSError as err:
+        print(json.dumps({"role": "trickle", "ok": False, "error": repr(err),
+                          "bytes_sent": total}), flush=True)
+        return EXIT_SOCKET
+    ok = int(reply or b"-1") == total
+    print(json.dumps({"role": "trickle", "ok": ok, "connect_s": connect_s, "bytes": total,
+                      "duration_s": time.monotonic() - start}), flush=True)
+    return EXIT_OK if ok else EXIT_BAD_PEER
+
+
 def cmd_connect(args: argparse.Namespace) -> int:
     _arm_deadline(args.timeout_s, "connect")
     start = time.monotonic()
@@ -301,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--mode", choices=("sink", "echo-slow"), default="sink")
     server.add_argument("--family", type=int, choices=(4, 6), default=4)
     server.add_argument("--bind", default="", help="address to bind (default: any)")
-    server.add_argument("--think-ms", type=_parse_think_ms, default=(0.0, 0.0),
+    server.add_argument("--think-ms", type=_parse_range, default=(0.0, 0.0),
                         help="echo-slow: delay before each reply, X or LO-HI (uniform)")
     server.add_argument("--think-where", choices=("after-read", "before-read"),
                         default="before-read",
@@ -332,6 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--size", type=int, default=100, help="payload bytes per request")
     req.add_argument("--gap-ms", type=float, default=0.0, help="pause between bursts")
     req.set_defaults(func=cmd_requests)
+
+    trickle = client("trickle", "small writes at intervals to a sink (app-limited)")
+    trickle.add_argument("--count", type=int, default=100, help="writes")
+    trickle.add_argument("--size", type=_parse_range, default=(100.0, 100.0),
+                         help="bytes per write, X or LO-HI (uniform)")
+    trickle.add_argument("--interval-ms", type=_parse_range, default=(20.0, 20.0),
+                         help="pause after each write, X or LO-HI (uniform)")
+    trickle.add_argument("--nagle", action="store_true", help="leave Nagle on (no NODELAY)")
+    trickle.add_argument("--seed", type=int, default=1, help="size/interval RNG seed")
+    trickle.set_defaults(func=cmd_trickle)
 
     conn = client("connect", "connect, send a little, close")
     conn.add_argument("--bytes", type=int, default=100)

@@ -16,8 +16,10 @@ import sys
 import textwrap
 import time
 import warnings
+from dataclasses import replace
 
 import pytest
+
 from retranscope.lab import netns as lab_netns
 from retranscope.lab.netns import Lab, LabError, cleanup_stale, parse_counters
 from retranscope.lab.scenarios import (
@@ -25,6 +27,7 @@ from retranscope.lab.scenarios import (
     REASON_COUNTERS,
     REASONS,
     SCENARIOS,
+    TWINS,
     Scenario,
     run_scenario,
     variants,
@@ -32,6 +35,9 @@ from retranscope.lab.scenarios import (
 from retranscope.lab.traffic import build_parser
 
 PYTHON = sys.executable
+#: The first catalogue: every one of these has all three twins.
+ORIGINAL_BASES = ("fast_nth", "tail_drop_tlp", "blackhole_rto", "syn_drop", "synack_drop",
+                  "slow_server_tlp", "random_loss", "random_loss_rtt")
 
 
 def _netns_names() -> set[str]:
@@ -92,9 +98,7 @@ def test_parse_counters_reads_snmp_netstat_and_snmp6() -> None:
 
 
 def test_catalogue_is_consistent() -> None:
-    wanted = {"fast_nth", "tail_drop_tlp", "blackhole_rto", "syn_drop", "synack_drop",
-              "slow_server_tlp", "random_loss", "random_loss_rtt"}
-    assert wanted <= {s.name for s in BASE_SCENARIOS}
+    assert set(ORIGINAL_BASES) <= {s.name for s in BASE_SCENARIOS}
     covered = set()
     for sc in SCENARIOS.values():
         assert sc.expected, sc.name
@@ -104,11 +108,65 @@ def test_catalogue_is_consistent() -> None:
         assert not {REASON_COUNTERS[r] for r in sc.expected} & sc.forbidden_counters()
     assert covered == set(REASONS), "every reason has a scenario that must produce it"
     for base in BASE_SCENARIOS:
-        names = {v.name for v in variants(base)}
-        assert names == {f"{base.name}_v6", f"{base.name}_notso", f"{base.name}_v6_notso"}
-        assert names <= set(SCENARIOS)
+        twins = variants(base)
+        assert {v.name for v in twins} == {f"{base.name}_{t}" for t in base.twins}
+        assert {v.name for v in twins} <= set(SCENARIOS)
+        for twin in twins:
+            assert twin.family == (6 if "v6" in twin.name[len(base.name):] else base.family)
+            assert twin.tso == (base.tso and "notso" not in twin.name[len(base.name):])
+            assert (twin.rules, twin.sysctls, twin.rtt_ms, twin.mtu) == (
+                base.rules, base.sysctls, base.rtt_ms, base.mtu)
+    for name in ORIGINAL_BASES:  # the first catalogue keeps all three twins
+        assert {v.name for v in variants(SCENARIOS[name])} == {f"{name}_{t}" for t in TWINS}
+    assert len(SCENARIOS) == len(BASE_SCENARIOS) + sum(len(b.twins) for b in BASE_SCENARIOS)
     assert SCENARIOS["synack_drop"].retransmitter == "server"
+    assert SCENARIOS["server_reply_loss"].retransmitter == "server"
     assert SCENARIOS["random_loss_rtt"].rtt_ms == 20.0
+
+
+def test_catalogue_is_diverse() -> None:
+    """The corpus is only as good as the ways it makes the kernel retransmit: RTTs from
+    veth to 100 ms, SACK and timestamps off, a small MTU, reordering and jitter, loss in
+    both directions, app-limited senders, the server retransmitting."""
+    base = {s.name: s for s in BASE_SCENARIOS}
+    assert len(base) >= len(ORIGINAL_BASES) + 12
+    assert {s.rtt_ms for s in base.values()} >= {0.0, 5.0, 10.0, 20.0, 50.0, 100.0}
+    sysctls = {(k, v) for s in base.values() for _, k, v in s.sysctls}
+    assert {("net.ipv4.tcp_sack", "0"), ("net.ipv4.tcp_timestamps", "0")} <= sysctls
+    assert any(s.mtu for s in base.values())
+    assert any(s.reorder_pct for s in base.values()) and any(s.jitter_ms for s in base.values())
+    assert any(s.nft_sets for s in base.values())
+    assert {r.where for s in base.values() for r in s.rules} == {"receiver", "sender"}
+    assert {s.traffic.client for s in base.values()} >= {"bulk", "requests", "connect",
+                                                        "trickle"}
+    assert max(s.traffic.conns for s in base.values()) >= 4
+    # No TLP without SACK (RFC 8985; tcp_schedule_loss_probe checks tcp_is_sack).
+    for sc in SCENARIOS.values():
+        if ("sender", "net.ipv4.tcp_sack", "0") in sc.sysctls:
+            assert "tlp" not in sc.expected | sc.possible, sc.name
+
+
+def test_variants_follow_twins() -> None:
+    base = SCENARIOS["burst_loss"]
+    assert not base.tso and base.twins == ("v6",)
+    (twin,) = variants(base)
+    assert (twin.name, twin.family, twin.tso, twin.twins) == ("burst_loss_v6", 6, False, ())
+    with pytest.raises(ValueError, match="needs an IPv4, TSO-on base"):
+        variants(replace(base, twins=("notso",)))
+    with pytest.raises(ValueError, match="unknown twins"):
+        replace(base, twins=("v5",))
+
+
+def test_lab_refuses_a_scenario_it_was_not_built_for() -> None:
+    from retranscope.lab.scenarios import check_lab
+
+    sc = SCENARIOS["reorder_rtt20"]
+    check_lab(sc.lab(), sc)
+    with pytest.raises(LabError, match="reorder_pct"):
+        check_lab(Lab(rtt_ms=sc.rtt_ms, tso=sc.tso), sc)
+    sc = SCENARIOS["mtu1000_loss"]
+    with pytest.raises(LabError, match="mtu"):
+        check_lab(Lab(rtt_ms=sc.rtt_ms, tso=sc.tso, ipv6=False), sc)
 
 
 def test_scenario_rejects_unknown_reason() -> None:
@@ -124,11 +182,28 @@ def test_traffic_think_ms_accepts_a_range() -> None:
         build_parser().parse_args(["server", "--port", "1", "--think-ms", "30-15"])
 
 
+def test_traffic_trickle_arguments() -> None:
+    args = build_parser().parse_args(["trickle", "--host", "h", "--port", "1", "--count", "5",
+                                      "--size", "100-1400", "--interval-ms", "10-40"])
+    assert (args.count, args.size, args.interval_ms, args.nagle) == (
+        5, (100.0, 1400.0), (10.0, 40.0), False)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["trickle", "--host", "h", "--port", "1", "--size", "9-1"])
+
+
 def test_lab_validates_arguments() -> None:
     with pytest.raises(ValueError):
         Lab(prefix="bad name")
     with pytest.raises(ValueError):
         Lab(rtt_ms=-1)
+    with pytest.raises(ValueError, match="delay line"):
+        Lab(reorder_pct=5, reorder_ms=5)  # reordering needs rtt_ms > 0
+    with pytest.raises(ValueError):
+        Lab(rtt_ms=10, reorder_pct=101)
+    with pytest.raises(ValueError, match="IPv6"):
+        Lab(mtu=1000)  # ipv6=True needs >= 1280
+    with pytest.raises(ValueError):
+        Lab(sysctls=(("middle", "net.ipv4.tcp_sack", "0"),))
     lab = Lab(prefix="averyveryverylongprefix")
     assert len(lab.sender_if) <= 15 and len(lab.middle_ifs[0]) <= 15
     assert lab.middle_ifs[0] != lab.middle_ifs[1]
@@ -202,6 +277,57 @@ def test_rules_add_remove_clear(netns_ok: None) -> None:
         lab.clear_rules()
         assert lab.rules == []
         assert "drop" not in listed(lab.receiver_ns) + listed(lab.sender_ns)
+
+
+@pytest.mark.root
+def test_mtu_and_sysctls_reach_the_lab(netns_ok: None) -> None:
+    sysctls = (("sender", "net.ipv4.tcp_sack", "0"), ("receiver", "net.ipv4.tcp_timestamps", "0"))
+    with Lab(rtt_ms=4, ipv6=False, mtu=1000, sysctls=sysctls) as lab:
+        assert lab.middle_ns is not None
+        for ns, ifname in ((lab.sender_ns, lab.sender_if), (lab.receiver_ns, lab.receiver_if),
+                           (lab.middle_ns, lab.middle_ifs[0]), (lab.middle_ns, lab.middle_ifs[1])):
+            info = json.loads(lab.run(ns, ["ip", "-j", "link", "show", "dev", ifname]).stdout)
+            assert info[0]["mtu"] == 1000, (ns, ifname)
+
+        def value(ns: str, key: str) -> str:
+            return lab.run(ns, ["sysctl", "-n", key]).stdout.strip()
+
+        assert value(lab.sender_ns, "net.ipv4.tcp_sack") == "0"
+        assert value(lab.receiver_ns, "net.ipv4.tcp_sack") == "1"
+        assert value(lab.receiver_ns, "net.ipv4.tcp_timestamps") == "0"
+        assert value(lab.sender_ns, "net.ipv4.tcp_timestamps") == "1"
+        # Frames of 1000 bytes cross the delay line; the MSS follows the MTU.
+        server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
+                              ["server", "--port", "5001", "--max-conns", "1"])
+        assert server.stdout.readline().startswith("LISTENING")
+        res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "bulk",
+                                      "--bytes", "300000", "--host", lab.receiver_addr(4),
+                                      "--port", "5001"])
+        assert json.loads(res.stdout)["ok"] is True
+
+
+@pytest.mark.root
+def test_delay_line_reorders_and_jitters_when_asked(netns_ok: None) -> None:
+    """Held-back frames are overtaken: the receiver sees out-of-order data (its
+    TcpExtTCPOFOQueue moves); a plain delay line keeps order (checked by the lab's RPS
+    steering and every other scenario)."""
+    for kw in ({"reorder_pct": 10.0, "reorder_ms": 5.0}, {"jitter_ms": 3.0}):
+        with Lab(rtt_ms=10, ipv6=False, tso=False, disorder_seed=7, **kw) as lab:
+            server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
+                                  ["server", "--port", "5001", "--max-conns", "1"])
+            assert server.stdout.readline().startswith("LISTENING")
+            before = lab.tcp_counters(lab.receiver_ns)
+            res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "bulk",
+                                          "--bytes", "1000000", "--host", lab.receiver_addr(4),
+                                          "--port", "5001"])
+            assert json.loads(res.stdout)["ok"] is True
+            ofo = (lab.tcp_counters(lab.receiver_ns)["TcpExtTCPOFOQueue"]
+                   - before["TcpExtTCPOFOQueue"])
+            stats = lab.delay_stats()
+        assert stats is not None and stats["send_errors"] == 0, stats
+        if "reorder_pct" in kw:
+            assert 0.03 * stats["arrivals"] < stats["held_back"] < 0.2 * stats["arrivals"]
+        assert ofo > 0, (kw, stats)
 
 
 @pytest.mark.root
@@ -305,6 +431,11 @@ def _run_and_check(sc: Scenario) -> tuple[list[str], dict[str, int], dict[str, i
         result = run_scenario(lab, sc)
         client_side = lab.tcp_counters(lab.sender_ns)
         pids = [p.pid for p in lab._procs]
+        # The scenario took its rules and extra sets away with it.
+        for ns in (lab.sender_ns, lab.receiver_ns):
+            table = lab.run(ns, ["nft", "list", "table", "inet", "retranscope"]).stdout
+            assert "drop" not in table and "set once" in table
+            assert not any(f"set {name} " in table for _, name, _ in sc.nft_sets)
     assert all(_pid_gone(pid) for pid in pids)
     assert result.ok, (result.client_returncode, result.client_output)
     assert result.duration_s < 5.0, "scenarios must stay short"
@@ -333,6 +464,33 @@ def test_scenario_moves_kernel_counters(netns_ok: None, name: str) -> None:
         # The client's SYN retransmission is due at the same moment as the server's SYN-ACK
         # one: whether it happens (and is dropped) depends on which timer runs first.
         assert client_side["TcpExtTCPSynRetrans"] in (0, 1)
+    _check_mechanism(sc, deltas)
+
+
+def _check_mechanism(sc: Scenario, deltas: dict[str, int]) -> None:
+    """What each newer scenario is about, beyond the reasons its counters show."""
+    name = sc.name
+    sack_off = ("sender", "net.ipv4.tcp_sack", "0") in sc.sysctls
+    if sack_off:
+        # SACK really is off: recovery is NewReno's, and no D-SACK can come back.
+        assert deltas["TcpExtTCPSackRecovery"] == 0 and deltas["TcpExtTCPDSACKRecv"] == 0
+        if deltas["TcpExtTCPFastRetrans"]:
+            assert deltas["TcpExtTCPRenoRecovery"] > 0, deltas
+    elif deltas["TcpExtTCPFastRetrans"]:
+        assert deltas["TcpExtTCPSackRecovery"] > 0, deltas
+    if name.startswith(("reorder_", "ack_loss_requests")):
+        # Nothing was lost on the way to the server: the receiver said so with D-SACKs
+        # (ack_loss_requests: unless the D-SACK's own ACK was dropped too, when the kernel
+        # counts a TCPLossProbeRecovery instead).
+        assert deltas["TcpExtTCPDSACKRecv"] + deltas["TcpExtTCPLossProbeRecovery"] > 0, deltas
+        if name.startswith("reorder_"):
+            assert deltas["TcpExtTCPDSACKRecv"] > 0, deltas
+    if name.startswith("ack_blackhole_rto"):
+        # Every retransmission was needless: D-SACKed, and the RTO's cwnd cut undone.
+        assert deltas["TcpExtTCPDSACKRecv"] > 0, deltas
+        assert deltas["TcpExtTCPLossUndo"] + deltas["TcpExtTCPSpuriousRTOs"] > 0, deltas
+    if name.startswith("lost_retransmit"):
+        assert deltas["TcpExtTCPLostRetransmit"] >= 1, deltas
 
 
 def test_check_tolerates_only_dsacked_extras() -> None:
