@@ -48,20 +48,32 @@ flow's cumulative-ACK array.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from retranscope.analyze.flows import (
     NO_VALUE,
     by_group,
+    flows_as_table,
     group_numbers,
     sack_blocks,
     seg_cummax,
     sequence_space,
 )
-from retranscope.analyze.retrans import sender_context
+from retranscope.analyze.table import (
+    Nullable,
+    Table,
+    filled,
+    from_pandas,
+    nullable,
+    present,
+    to_pandas,
+)
 from retranscope.schemas.packets import TCP_ACK, TCP_RST, TCP_SYN
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 KINDS = ("tlp", "fast", "rto", "rto_recovery", "syn", "synack", "unknown")
 #: The three families the kernel's counters distinguish (TCPTimeouts+TCPSlowStartRetrans+
@@ -192,9 +204,39 @@ def _grp_search(grp_sorted: np.ndarray, val_sorted: np.ndarray, q_grp: np.ndarra
     return np.searchsorted(_key(grp_sorted, val_sorted), _key(q_grp, q_val), side=side)
 
 
+class _GroupedSearch:
+    """searchsorted of (group, value) queries among rows sorted by group, then value.
+
+    With few groups queried (the usual capture: a few bulk flows) each group's slice is
+    searched on its own; with many, one search over (group, value) keys (_key), built on
+    first use. The two agree: the keys order rows as the slices do.
+    """
+
+    MAX_SLICES = 32
+
+    def __init__(self, grp_sorted: np.ndarray, val_sorted: np.ndarray):
+        self.grp, self.val = grp_sorted, val_sorted
+        self._keys: np.ndarray | None = None
+
+    def __call__(self, q_grp: np.ndarray, q_val: np.ndarray, side: str) -> np.ndarray:
+        groups = np.flatnonzero(np.bincount(q_grp)) if len(q_grp) else q_grp
+        if len(groups) > self.MAX_SLICES:
+            if self._keys is None:
+                self._keys = _key(self.grp, self.val)
+            return np.searchsorted(self._keys, _key(q_grp, q_val), side=side)
+        out = np.empty(len(q_grp), dtype=np.int64)
+        lo = np.searchsorted(self.grp, groups, side="left")
+        hi = np.searchsorted(self.grp, groups, side="right")
+        for g, a, b in zip(groups.tolist(), lo.tolist(), hi.tolist()):
+            q = np.flatnonzero(q_grp == g) if len(groups) > 1 else slice(None)
+            v = np.clip(q_val[q], -_KEY_LIM, _KEY_LIM)  # as _key clips
+            out[q] = a + np.searchsorted(self.val[a:b], v, side=side)
+        return out
+
+
 class _Originals:
     """First transmissions of the data flows, by flow then capture order (which is also
-    sequence order), with their search keys built once."""
+    sequence order), searchable by sequence and by frame."""
 
     def __init__(self, packets, space, flow_id, sel):
         self.sel = sel
@@ -202,12 +244,12 @@ class _Originals:
         self.seq = space["seq_abs"][sel]
         self.end = space["end_abs"][sel]
         self.ts = packets["ts_ns"][sel]
-        self.key_seq = _key(self.flow, self.seq)
-        self.key_frame = _key(self.flow, packets["frame"][sel])
+        self.by_seq = _GroupedSearch(self.flow, self.seq)
+        self.by_frame = _GroupedSearch(self.flow, packets["frame"][sel])
 
     def containing(self, f: np.ndarray, byte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found, index) of the first transmission of flow f holding sequence ``byte``."""
-        p = np.searchsorted(self.key_seq, _key(f, byte), side="right") - 1
+        p = self.by_seq(f, byte, "right") - 1
         ok = (p >= 0) & (_at(self.flow, p, p >= 0, -1) == f)
         ok &= (_at(self.seq, p, ok, 0) <= byte) & (_at(self.end, p, ok, _NONE) > byte)
         return ok, np.clip(p, 0, None)
@@ -223,36 +265,54 @@ class _FlowArrays:
 
 # --- the classifier ----------------------------------------------------------------------
 
-def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.DataFrame,
-             retrans: pd.DataFrame, *, space: dict[str, np.ndarray] | None = None,
-             context: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """``retrans`` plus the kernel reason and the evidence for it (CLASSIFY_COLUMNS)."""
+def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows, retrans, *,
+             space: dict[str, np.ndarray] | None = None):
+    """``retrans`` (a DataFrame of find_retransmissions) plus the kernel reason and the
+    evidence for it (CLASSIFY_COLUMNS), as a DataFrame: ``classify_table`` for pandas."""
+    import pandas as pd
+
     out = retrans.copy().reset_index(drop=True)
-    m = len(out)
-    if m == 0:
+    if len(out) == 0:
         for c in CLASSIFY_COLUMNS:
             out[c] = pd.Series([], dtype=object)
         return out
+    res = classify_table(packets, flow_id, flows_as_table(flows), from_pandas(out),
+                         space=space)
+    new = to_pandas({c: res[c] for c in CLASSIFY_COLUMNS})
+    for c in CLASSIFY_COLUMNS:
+        out[c] = new[c]
+    return out
+
+
+def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: Table,
+                   retrans: Table, *, space: dict[str, np.ndarray] | None = None) -> Table:
+    """``retrans`` (a retransmission_table) plus the kernel reason and the evidence for it
+    (CLASSIFY_COLUMNS; the optional ones Nullable)."""
+    out = dict(retrans)
+    m = len(out["pkt"])
+    if m == 0:
+        for c in CLASSIFY_COLUMNS:
+            out[c] = np.zeros(0, dtype=object)
+        return out
     if space is None:
         space = sequence_space(packets, flow_id, flows)
-    if context is None:
-        context = sender_context(packets, flow_id, flows, space)
 
-    n_flows = len(flows)
+    n_flows = len(flows["flow_id"])
     flags_all = packets["flags"].astype(np.int64)
     ts_all = packets["ts_ns"]
-    rev_of = flows["rev_flow_id"].to_numpy()
-    sack_ok_f = flows["sack_ok"].to_numpy().astype(bool)
-    ts_ok_f = flows["ts_ok"].to_numpy().astype(bool)
+    rev_of = flows["rev_flow_id"]
+    sack_ok_f = flows["sack_ok"].astype(bool)
+    ts_ok_f = flows["ts_ok"].astype(bool)
 
-    r_pkt = out["pkt"].to_numpy()
-    r_flow = out["flow_id"].to_numpy()
-    r_ts = out["ts_ns"].to_numpy()
-    r_seq = out["seq_abs"].to_numpy()
-    r_end = out["end_abs"].to_numpy()
-    r_probe = out["probe"].notna().to_numpy()
+    r_pkt = out["pkt"]
+    r_flow = out["flow_id"]
+    r_ts = out["ts_ns"]
+    r_seq = out["seq_abs"]
+    r_end = out["end_abs"]
+    r_frame = out["frame"]
+    r_probe = present(out["probe"])
 
-    data_flows = np.unique(r_flow)
+    data_flows = np.flatnonzero(np.bincount(r_flow))  # np.unique would import numpy.ma
     want = np.zeros(n_flows, dtype=bool)
     want[data_flows] = True
 
@@ -288,7 +348,7 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
     # What the sender had been told before each ACK (highest SACKed sequence), and whether
     # it sent new data between this ACK and the next (F-RTO step 2.b).
     A["sack_top"] = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
-    nx = np.searchsorted(origs.key_frame, _key(a_flow, A["frame"]), side="right")
+    nx = origs.by_frame(a_flow, A["frame"], "right")
     nx_frame = _at(packets["frame"][orig_sel], nx,
                    (nx < len(orig_sel)) & (_at(origs.flow, nx, nx < len(orig_sel), -1) == a_flow),
                    np.iinfo(np.int64).max)
@@ -303,14 +363,13 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
 
     # ---- per-retransmission evidence (vectorised) ----------------------------------------
     # Previous data transmission of the same flow (retransmission or not).
-    pos_in_tx = np.searchsorted(_pair_key(tx_flow, packets["frame"][tx_sel]),
-                                _pair_key(r_flow, out["frame"].to_numpy()), side="left")
+    pos_in_tx = _GroupedSearch(tx_flow, packets["frame"][tx_sel])(r_flow, r_frame, "left")
     prev_tx = pos_in_tx - 1
     prev_ok = (prev_tx >= 0) & (_at(tx_flow, prev_tx, prev_tx >= 0, -1) == r_flow)
     prev_tx_ts = _at(tx_ts, prev_tx, prev_ok, _NONE)
     since_last_send = np.where(prev_ok, r_ts - prev_tx_ts, _NONE)
     # The last ACK from the receiver before it: index into the ACK table.
-    k_last = _grp_search(a_flow, packets["frame"][ack_sel], r_flow, out["frame"].to_numpy(),
+    k_last = _grp_search(a_flow, packets["frame"][ack_sel], r_flow, r_frame,
                          side="left") - 1
     k_ok = (k_last >= 0) & (_at(a_flow, k_last, k_last >= 0, -1) == r_flow)
     k_last = np.where(k_ok, k_last, -1)
@@ -337,14 +396,14 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
 
     # SRTT/RTO in force at each retransmission (the last sample before it).
     s_pos = np.searchsorted(_pair_key(s_flow, s_frame),
-                            _pair_key(r_flow, out["frame"].to_numpy()), side="left") - 1
+                            _pair_key(r_flow, r_frame), side="left") - 1
     s_ok = (s_pos >= 0) & (_at(s_flow, s_pos, s_pos >= 0, -1) == r_flow)
     srtt_us = _at(s_srtt, s_pos, s_ok, 0.0).astype(np.float64)
     rto_us = _at(s_rto, s_pos, s_ok, float(TCP_TIMEOUT_INIT_US)).astype(np.float64)
 
     # Bursts: a retransmission continues the previous one of its flow when no ACK arrived
     # in between and the flow's previous transmission left just before it.
-    order_r = np.lexsort((out["frame"].to_numpy(), r_flow))
+    order_r = np.lexsort((r_frame, r_flow))
     rf, rk = r_flow[order_r], k_last[order_r]
     cont = np.zeros(m, dtype=bool)
     cont[1:] = (rf[1:] == rf[:-1]) & (rk[1:] == rk[:-1])
@@ -363,8 +422,8 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
     # transmission after a retransmission starts at the sender's snd_nxt: when that is
     # beyond what the capture has seen (it started late, or missed packets), the bytes in
     # between were outstanding too, and the retransmission was not of the tail.
-    snd_nxt_r = out["snd_nxt_abs"].to_numpy(dtype=np.int64, na_value=_NONE).copy()
-    nxt = np.searchsorted(origs.key_frame, _key(r_flow, out["frame"].to_numpy()), side="right")
+    snd_nxt_r = filled(out["snd_nxt_abs"], _NONE).astype(np.int64)
+    nxt = origs.by_frame(r_flow, r_frame, "right")
     nxt_ok = (nxt < len(origs.sel)) & (_at(origs.flow, nxt, nxt < len(origs.sel), -1) == r_flow)
     nxt_seq = _at(origs.seq, nxt, nxt_ok, _NONE)
     snd_nxt_r = np.maximum(snd_nxt_r, np.where(nxt_ok, nxt_seq, _NONE))
@@ -388,35 +447,35 @@ def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.Data
         "pkts_out": pkts_out, "head_ts": head_orig_ts,
     }
     flows_in = {
-        "sack_ok": sack_ok_f, "mss": mss, "mss_known": flows["handshake_seen"].to_numpy(bool),
+        "sack_ok": sack_ok_f, "mss": mss, "mss_known": flows["handshake_seen"].astype(bool),
         "una0": una_init, "a_start": a_idx.start, "a_end": a_idx.end,
     }
     res = _replay(rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, int(ts_all.min()))
 
     kind = res["kind"]
-    out["kind_pcap"] = kind
-    out["family"] = [FAMILY[k] for k in kind]
+    out["kind_pcap"] = np.array(kind, dtype=object)
+    out["family"] = np.array([FAMILY[k] for k in kind], dtype=object)
     spurious_by = np.full(m, None, dtype=object)
     spurious_by[ts_echo] = "ts_echo"
     spurious_by[dsack_ts < _INF] = "dsack"
     spurious_by[r_probe] = None
-    out["spurious"] = pd.array(spurious_by != None, dtype="boolean")  # noqa: E711
+    out["spurious"] = Nullable(spurious_by != None, np.ones(m, dtype=bool))  # noqa: E711
     out["spurious_by"] = spurious_by
-    out["since_last_send_ns"] = _nullable(since_last_send, since_last_send != _NONE)
-    out["since_last_ack_ns"] = _nullable(since_last_ack, k_ok)
-    out["srtt_us"] = _nullable(np.round(srtt_us).astype(np.int64), s_ok)
+    out["since_last_send_ns"] = nullable(since_last_send, since_last_send != _NONE)
+    out["since_last_ack_ns"] = nullable(since_last_ack, k_ok)
+    out["srtt_us"] = nullable(np.round(srtt_us).astype(np.int64), s_ok)
     pto = np.array(res["pto_ns"], dtype=np.int64)
     rto = np.array(res["rto_ns"], dtype=np.int64)
-    out["expected_pto_ns"] = _nullable(pto, ~r_probe)
-    out["expected_rto_ns"] = _nullable(rto, ~r_probe)
+    out["expected_pto_ns"] = nullable(pto, ~r_probe)
+    out["expected_rto_ns"] = nullable(rto, ~r_probe)
     bo = np.array(res["backoff"], dtype=np.int64)
-    out["backoff"] = _nullable(bo, bo >= 0)
+    out["backoff"] = nullable(bo, bo >= 0)
     trig = np.array(res["trigger"], dtype=np.int64)
-    out["trigger_frame"] = _nullable(_at(A["frame"], trig, trig >= 0, 0), trig >= 0)
-    out["since_trigger_ns"] = _nullable(r_ts - _at(A["ts"], trig, trig >= 0, 0), trig >= 0)
-    out["ca_state"] = [CA_NAMES.get(s) for s in res["ca"]]
-    out["clock"] = res["clock"]
-    out["position"] = res["position"]
+    out["trigger_frame"] = nullable(_at(A["frame"], trig, trig >= 0, 0), trig >= 0)
+    out["since_trigger_ns"] = nullable(r_ts - _at(A["ts"], trig, trig >= 0, 0), trig >= 0)
+    out["ca_state"] = np.array([CA_NAMES.get(s) for s in res["ca"]], dtype=object)
+    out["clock"] = np.array(res["clock"], dtype=object)
+    out["position"] = np.array(res["position"], dtype=object)
     out["burst"] = burst_of
     return out
 
@@ -426,12 +485,6 @@ def _at(a: np.ndarray, idx: np.ndarray, valid: np.ndarray, fill) -> np.ndarray:
     if len(a) == 0:
         return np.full(len(idx), fill)
     return np.where(valid, a[np.clip(idx, 0, len(a) - 1)], fill)
-
-
-def _nullable(values: np.ndarray, valid: np.ndarray) -> pd.api.extensions.ExtensionArray:
-    arr = pd.array(np.where(valid, values, 0).astype(np.int64), dtype="Int64")
-    arr[~np.asarray(valid, dtype=bool)] = pd.NA
-    return arr
 
 
 def _pair_key(grp: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -445,8 +498,8 @@ def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
         return np.maximum(1, -(-(snd_nxt - una) // mss[r_flow]))
     pc = np.maximum(1, -(-(origs.end - origs.seq) // mss[origs.flow]))
     cum = np.cumsum(pc)
-    lo = np.searchsorted(origs.key_seq, _key(r_flow, una), side="left")
-    hi = np.searchsorted(origs.key_seq, _key(r_flow, snd_nxt), side="left")
+    lo = origs.by_seq(r_flow, una, "left")
+    hi = origs.by_seq(r_flow, snd_nxt, "left")
     c_hi = np.where(hi > 0, cum[np.clip(hi - 1, 0, None)], 0)
     c_lo = np.where(lo > 0, cum[np.clip(lo - 1, 0, None)], 0)
     # The segment holding snd_una (partly acked) still counts.
@@ -457,11 +510,11 @@ def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
 
 def _first_seq(space, flow_id, flows, frame) -> np.ndarray:
     """snd_una before any ACK: the first sequence number each flow used."""
-    first = flows["first_frame"].to_numpy()
+    first = flows["first_frame"]
     if len(frame) and bool(np.all(frame[1:] > frame[:-1])):
         idx = np.searchsorted(frame, first)
     else:
-        idx = np.full(len(flows), 0, dtype=np.int64)
+        idx = np.full(len(first), 0, dtype=np.int64)
         o = np.arange(len(flow_id))[::-1]
         idx[flow_id[o]] = o
     return space["seq_abs"][idx]
@@ -469,10 +522,10 @@ def _first_seq(space, flow_id, flows, frame) -> np.ndarray:
 
 def _flow_mss(packets, flows, flow_id, tx_sel) -> np.ndarray:
     """Sender MSS: the peer's SYN MSS less the timestamp option, else the largest segment."""
-    n_flows = len(flows)
-    rev = flows["rev_flow_id"].to_numpy()
-    peer_mss = np.where(rev >= 0, flows["mss"].to_numpy()[np.clip(rev, 0, None)], 0)
-    peer_mss = peer_mss.astype(np.int64) - np.where(flows["ts_ok"].to_numpy(), 12, 0)
+    rev = flows["rev_flow_id"]
+    n_flows = len(rev)
+    peer_mss = np.where(rev >= 0, flows["mss"][np.clip(rev, 0, None)], 0)
+    peer_mss = peer_mss.astype(np.int64) - np.where(flows["ts_ok"], 12, 0)
     biggest = np.zeros(n_flows, dtype=np.int64)
     if len(tx_sel):
         f = flow_id[tx_sel]  # grouped by flow
@@ -519,13 +572,13 @@ def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
     }
 
 
-def _remote_shift_us(flows: pd.DataFrame) -> np.ndarray:
+def _remote_shift_us(flows: Table) -> np.ndarray:
     """Path RTT (us) to add to RTT samples of flows sent by the capture's peer, else 0."""
-    out = np.zeros(len(flows), dtype=np.int64)
+    out = np.zeros(len(flows["flow_id"]), dtype=np.int64)
     if "local" not in flows:
         return out
-    remote = (flows["local"] == False).fillna(False).to_numpy(dtype=bool)  # noqa: E712
-    prtt = flows["path_rtt_ns"].fillna(0).to_numpy(dtype=np.int64)
+    remote = ~filled(flows["local"], True).astype(bool)
+    prtt = filled(flows["path_rtt_ns"], 0).astype(np.int64)
     out[remote] = prtt[remote] // 1000
     return out
 
@@ -541,12 +594,12 @@ def _rtt_samples(packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_
     * An ACK that only SACKs new data at the top: now - send time of that segment.
     """
     # Union of retransmitted ranges per flow (Karn): sorted, merged intervals.
-    rf = rtx["flow_id"].to_numpy()
-    rs = rtx["seq_abs"].to_numpy()
-    re_ = rtx["end_abs"].to_numpy()
+    rf = rtx["flow_id"]
+    rs = rtx["seq_abs"]
+    re_ = rtx["end_abs"]
     ro = np.lexsort((rs, rf))
     rf, rs, re_ = rf[ro], rs[ro], re_[ro]
-    run_end = pd.Series(re_).groupby(rf, sort=False).cummax().to_numpy() if len(rf) else re_
+    run_end = seg_cummax(re_, group_numbers(rf)) if len(rf) else re_
 
     def overlaps_rtx(f, lo, hi):
         """Does [lo, hi) of flow f overlap any retransmitted range?"""
@@ -594,10 +647,11 @@ def _ts_rtt_us(packets, flow_id, a_flow, A, mask) -> np.ndarray:
     connection (RFC 7323 §5.4, a per-connection offset), so its median gives the offset.
     """
     out = np.full(len(a_flow), -1, dtype=np.int64)
-    flows_needed = np.unique(a_flow[mask])
+    flows_needed = np.flatnonzero(np.bincount(a_flow[mask]))
     offset = np.full(int(flow_id.max()) + 1, -1, dtype=np.int64)
-    has = packets["opt_ts"].astype(bool) & (packets["tsval"] != 0) & \
-        np.isin(flow_id, flows_needed)
+    needed = np.zeros(len(offset), dtype=bool)
+    needed[flows_needed] = True
+    has = packets["opt_ts"].astype(bool) & (packets["tsval"] != 0) & needed[flow_id]
     sel = np.flatnonzero(has)
     if not len(sel):
         return out
@@ -616,21 +670,21 @@ def _ts_rtt_us(packets, flow_id, a_flow, A, mask) -> np.ndarray:
     return out
 
 
-def _dsack_times(A, a_flow, rtx: pd.DataFrame) -> np.ndarray:
+def _dsack_times(A, a_flow, rtx: Table) -> np.ndarray:
     """Per retransmission: time of the first D-SACK reporting it as a duplicate (else _INF).
 
     A D-SACK block [l, r) (RFC 2883) reports a segment that arrived twice; it is matched to
     the latest transmission of each overlapped range sent before the D-SACK arrived.
     """
-    m = len(rtx)
+    m = len(rtx["pkt"])
     out = np.full(m, _INF, dtype=np.int64)
     d = np.flatnonzero(A["dsack"])
     if not len(d) or not m:
         return out
-    rf = rtx["flow_id"].to_numpy()
-    rs = rtx["seq_abs"].to_numpy()
-    re_ = rtx["end_abs"].to_numpy()
-    rt = rtx["ts_ns"].to_numpy()
+    rf = rtx["flow_id"]
+    rs = rtx["seq_abs"]
+    re_ = rtx["end_abs"]
+    rt = rtx["ts_ns"]
     o = np.lexsort((rs, rf))
     sf, ss, se, st = rf[o], rs[o], re_[o], rt[o]
     maxlen = int((se - ss).max()) if m else 0
@@ -647,34 +701,38 @@ def _dsack_times(A, a_flow, rtx: pd.DataFrame) -> np.ndarray:
     qi, cj = qi[hit], cj[hit]
     if not len(qi):
         return out
-    # Keep, per (D-SACK, start seq), the latest transmission before the D-SACK.
-    pairs = pd.DataFrame({"q": qi, "s": ss[cj], "t": st[cj], "j": cj})
-    best = pairs.sort_values("t").groupby(["q", "s"], sort=False).tail(1)
-    rows = o[best["j"].to_numpy()]
-    times = dt[best["q"].to_numpy()]
+    # Keep, per (D-SACK, start seq), the latest transmission before the D-SACK: the last
+    # in time order (ties: numpy's default sort, as pandas' sort_values uses).
+    by_t = np.argsort(st[cj], kind="quicksort")
+    q_t, s_t = qi[by_t], ss[cj][by_t]
+    o2 = np.lexsort((np.arange(len(by_t)), s_t, q_t))
+    last = np.r_[(q_t[o2][1:] != q_t[o2][:-1]) | (s_t[o2][1:] != s_t[o2][:-1]), True]
+    best = by_t[o2[last]]
+    rows = o[cj[best]]
+    times = dt[qi[best]]
     np.minimum.at(out, rows, times)
     return out
 
 
-def _ts_echo_spurious(packets, A, a_flow, a_idx, rtx: pd.DataFrame, ts_ok_f) -> np.ndarray:
+def _ts_echo_spurious(packets, A, a_flow, a_idx, rtx: Table, ts_ok_f) -> np.ndarray:
     """Eifel detection (RFC 3522 §3.2): the first ACK after the retransmission that covers
     it echoes a TSval older than the retransmission's, so an earlier copy arrived first."""
-    m = len(rtx)
+    m = len(rtx["pkt"])
     out = np.zeros(m, dtype=bool)
     if not len(A["ts"]):
         return out
-    rf = rtx["flow_id"].to_numpy()
-    pk = rtx["pkt"].to_numpy()
+    rf = rtx["flow_id"]
+    pk = rtx["pkt"]
     tsval = packets["tsval"][pk].astype(np.int64)
     have = packets["opt_ts"][pk].astype(bool) & ts_ok_f[rf] & (tsval != 0)
     # First ACK (in the flow's ACK list) arriving after the retransmission...
     k_after = np.searchsorted(_pair_key(a_flow, A["frame"]),
-                              _pair_key(rf, rtx["frame"].to_numpy()), side="right")
+                              _pair_key(rf, rtx["frame"]), side="right")
     # ...and the first one whose cumulative ACK covers its end.
-    k_cover = _grp_search(a_flow, A["una"], rf, rtx["end_abs"].to_numpy(), side="left")
+    k_cover = _grp_search(a_flow, A["una"], rf, rtx["end_abs"], side="left")
     k = np.maximum(k_after, k_cover)
     kc = np.clip(k, 0, len(a_flow) - 1)
-    ok = have & (k < len(a_flow)) & (a_flow[kc] == rf) & (A["una"][kc] >= rtx["end_abs"].to_numpy())
+    ok = have & (k < len(a_flow)) & (a_flow[kc] == rf) & (A["una"][kc] >= rtx["end_abs"])
     ecr = A["tsecr"][kc]
     before = (((ecr - tsval) & 0xFFFFFFFF) >= (1 << 31)) & (ecr != 0)
     out[ok & before & A["opt_ts"][kc]] = True
@@ -771,6 +829,12 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
                 # tcp_process_loss "recovered").
                 j = bisect_left(a_una, high_seq, max(entry_k + 1, fa), fb_)
                 exit_k = j if j < fb_ and a_una[j] >= high_seq else _INF
+                if st == RECOVERY and not sack_ok_l[f]:
+                    # Reno holds Recovery while snd_una == high_seq, until something above
+                    # it is acked (tcp_try_undo_recovery; RFC 6582 against false fast
+                    # retransmits): a timeout meanwhile interrupts recovery (no F-RTO).
+                    j = bisect_right(a_una, high_seq, max(entry_k + 1, fa), fb_)
+                    exit_k = j if j < fb_ and a_una[j] > high_seq else _INF
                 undo_k = _INF
                 if st == LOSS:
                     undo_k = _loss_undo(entry_k, min(k, exit_k), fa, a_una, a_prev_una, a_adv,
@@ -843,7 +907,11 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
         elif ack_clocked:
             clk = "ack"
             trig = k
-            if st == LOSS and not loss_ranges.overlaps(lo, hi):
+            # Only RACK can find a retransmission lost again (tcp_identify_packet_loss sets
+            # FLAG_LOST_RETRANS from tcp_rack_mark_lost), and RACK needs SACK: a Reno flow
+            # stays in Loss, resending in slow start, until snd_una passes high_seq
+            # (tcp_process_loss; tcp_newreno_mark_lost marks nothing in Loss).
+            if st == LOSS and (not sack_ok or not loss_ranges.overlaps(lo, hi)):
                 knd = "rto_recovery"
             else:
                 # A retransmission resent on an ACK in Loss means RACK found it lost again:

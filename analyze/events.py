@@ -67,7 +67,8 @@ def read_events(path: str | Path) -> Events:
         try:
             schema = pq.read_schema(f)
         except (OSError, pa.ArrowInvalid) as exc:
-            raise BadInput(f"{f}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
+            first_line = str(exc).splitlines()[0]
+            raise BadInput(f"{f}: not a readable Parquet file ({first_line})") from exc
         _check_schema(f, schema)
         tables.append(pq.read_table(f, schema=EVENT_SCHEMA.remove_metadata()
                                     .with_metadata(schema.metadata)))

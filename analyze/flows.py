@@ -1,20 +1,23 @@
 """Flows: one direction of one TCP connection, and its sequence space unwrapped.
 
-``assign_flows(packets)`` gives every packet a ``flow_id`` and describes each flow (its
+``flow_table(packets)`` gives every packet a ``flow_id`` and describes each flow (its
 4-tuple, reverse flow, handshake options). ``sequence_space(packets, flow_id, flows)`` turns
 the raw 32-bit seq/ack/SACK numbers into int64 offsets from each flow's base (the ISN when
 the SYN was captured, else the first sequence number seen), so that later stages compare
 sequence numbers with plain integer operations.
 
 Everything is vectorised: one stable sort by connection gives each connection's packets in
-capture order, and the per-flow facts come from reductions over that order.
+capture order, and the per-flow facts come from reductions over that order. Pure numpy
+(tables as in analyze/table.py); ``assign_flows`` is the same as a pandas DataFrame.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+from collections.abc import Mapping
 
+import numpy as np
+
+from retranscope.analyze.table import Nullable, Table, to_pandas
 from retranscope.schemas.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, addr_to_str
 
 FLOW_COLUMNS = (
@@ -27,6 +30,12 @@ FLOW_COLUMNS = (
 )
 
 _U64 = np.uint64
+_BIG = np.iinfo(np.int64).max
+
+
+def col(table, name: str) -> np.ndarray:
+    """A column as a numpy array, from a table or a DataFrame with numpy-typed columns."""
+    return np.asarray(table[name])
 
 
 def _mix64(cols: list[np.ndarray]) -> np.ndarray:
@@ -35,28 +44,31 @@ def _mix64(cols: list[np.ndarray]) -> np.ndarray:
     h = np.full(n, 0x9E3779B97F4A7C15, dtype=_U64)
     with np.errstate(over="ignore"):
         for c in cols:
-            h = h ^ c.astype(_U64)
-            h = h * _U64(0xBF58476D1CE4E5B9)
-            h = h ^ (h >> _U64(31))
-            h = h * _U64(0x94D049BB133111EB)
-            h = h ^ (h >> _U64(29))
+            h ^= c.astype(_U64)
+            h *= _U64(0xBF58476D1CE4E5B9)
+            h ^= h >> _U64(31)
+            h *= _U64(0x94D049BB133111EB)
+            h ^= h >> _U64(29)
     return h
 
 
-def _factorize_rows(cols: list[np.ndarray]) -> np.ndarray:
-    """Dense ids for distinct rows of ``cols`` (int64), via a hash checked for collisions."""
-    codes, _ = pd.factorize(_mix64(cols))
-    codes = codes.astype(np.int64)
-    # Verify: every row of a group equals the group's first row. A collision (never seen in
-    # practice for 64-bit hashes) falls back to an exact, slower unique over the columns.
-    first = np.full(codes.max() + 1 if len(codes) else 0, -1, dtype=np.int64)
-    first[codes[::-1]] = np.arange(len(codes))[::-1]
-    rep = first[codes]
-    if all(np.array_equal(c, c[rep]) for c in cols):
-        return codes
-    rec = np.rec.fromarrays(cols)
-    _, inv = np.unique(rec, return_inverse=True)
-    return inv.astype(np.int64).ravel()
+def group_sort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative integer keys, as radix sorts.
+
+    numpy's stable sort is a radix sort for 16-bit keys and a merge sort otherwise: on
+    1.3M rows, 12 ms against 55 ms. Keys (flow, connection numbers) almost always fit 16
+    bits; wider ones take one more 16-bit pass per 16 bits (LSD order).
+    """
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    top = int(keys.max())
+    if top < (1 << 16):
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    if top >= (1 << 32):
+        return np.argsort(keys, kind="stable")
+    k = keys.astype(np.uint32)
+    o = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
+    return o[np.argsort((k[o] >> 16).astype(np.uint16), kind="stable")]
 
 
 def _endpoint_less(a_hi, a_lo, a_p, b_hi, b_lo, b_p) -> np.ndarray:
@@ -68,12 +80,52 @@ def _group_starts(keys_sorted: np.ndarray) -> np.ndarray:
     """Boolean mask: the row starts a new run of equal keys."""
     start = np.ones(len(keys_sorted), dtype=bool)
     if len(keys_sorted):
-        start[1:] = keys_sorted[1:] != keys_sorted[:-1]
+        np.not_equal(keys_sorted[1:], keys_sorted[:-1], out=start[1:])
     return start
 
 
-def assign_flows(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, pd.DataFrame]:
-    """Give each packet a flow id; describe the flows.
+def _same_as_first(cols: list[np.ndarray], start: np.ndarray) -> bool:
+    """Does every row of each run (``start`` marks run heads) equal its run's first row?"""
+    rep = np.flatnonzero(start)[np.cumsum(start) - 1]
+    return all(np.array_equal(c, c[rep]) for c in cols)
+
+
+def _tuple_order(cap: np.ndarray | None, ports: list[np.ndarray],
+                 addrs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by 4-tuple, capture order inside (``cap``: None when the rows already
+    are); and where each tuple's run starts in that order.
+
+    The port pair separates the tuples of nearly every capture, and two 16-bit radix
+    passes sort by it; the addresses are then only checked to be constant in each run.
+    When they are not (one port pair between several address pairs), the rows are sorted
+    by a hash of the whole tuple instead, checked for collisions.
+    """
+    n = len(ports[0])
+    base = np.arange(n) if cap is None else cap
+    o = base[np.argsort(ports[1][base], kind="stable")]
+    o = o[np.argsort(ports[0][o], kind="stable")]
+    a_s, b_s = ports[0][o], ports[1][o]
+    start = _group_starts(a_s)
+    start[1:] |= b_s[1:] != b_s[:-1]
+    if _same_as_first([a[o] for a in addrs], start):
+        return o, start
+    h = _mix64(addrs + ports)
+    uniq = np.unique(h)
+    tid = np.searchsorted(uniq, h)
+    o = base[group_sort(tid[base])]
+    start = _group_starts(tid[o])
+    if _same_as_first([c[o] for c in addrs + ports], start):
+        return o, start
+    # A 64-bit hash collision (never seen): an exact, slower sort over the columns.
+    keys = np.stack([c.astype(np.uint64) for c in addrs + ports], axis=1)
+    _, tid = np.unique(keys, axis=0, return_inverse=True)
+    tid = tid.ravel()
+    o = base[np.argsort(tid[base], kind="stable")]
+    return o, _group_starts(tid[o])
+
+
+def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
+    """Give each packet a flow id; describe the flows (FLOW_COLUMNS).
 
     A flow is one direction of one connection. Packets of one 4-tuple are split into
     connections at each handshake packet that names another connection than the previous
@@ -83,78 +135,110 @@ def assign_flows(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, pd.DataFra
     """
     n = len(packets["frame"])
     if n == 0:
-        return np.zeros(0, dtype=np.int64), pd.DataFrame({c: [] for c in FLOW_COLUMNS})
+        return np.zeros(0, dtype=np.int64), _describe_flows(
+            packets, np.zeros(0, np.int64), 0, np.zeros(0, np.int64),
+            np.zeros(0, np.int64), None)
 
     s_hi, s_lo = packets["saddr_hi"], packets["saddr_lo"]
     d_hi, d_lo = packets["daddr_hi"], packets["daddr_lo"]
     sp, dp = packets["sport"], packets["dport"]
-    flags = packets["flags"].astype(np.int64)
     frame = packets["frame"]
+    cap = capture_order(frame)
 
     # Canonical (unordered) endpoint pair: dir 0 is the packet sent by the lesser endpoint.
     src_first = _endpoint_less(s_hi, s_lo, sp, d_hi, d_lo, dp)
-    a_hi = np.where(src_first, s_hi, d_hi)
-    a_lo = np.where(src_first, s_lo, d_lo)
     a_p = np.where(src_first, sp, dp)
-    b_hi = np.where(src_first, d_hi, s_hi)
-    b_lo = np.where(src_first, d_lo, s_lo)
     b_p = np.where(src_first, dp, sp)
-    dirbit = (~src_first).astype(np.int64)
-    tuple_id = _factorize_rows([a_hi, a_lo, b_hi, b_lo, a_p.astype(np.int64), b_p.astype(np.int64)])
-
+    # IPv4 (IPv4-mapped) addresses have a zero high half: the low halves tell them apart.
+    halves = [(s_lo, d_lo)] if not (s_hi.any() or d_hi.any()) else [(s_hi, d_hi), (s_lo, d_lo)]
+    addrs = [np.where(src_first, a, b) for a, b in halves] + \
+        [np.where(src_first, b, a) for a, b in halves]
     # Capture order within each 4-tuple (frames are capture order; the reader emits rows
     # in capture order, so a stable sort by tuple keeps it).
-    cap = capture_order(frame)
-    order = cap[np.argsort(tuple_id[cap], kind="stable")]
-    t_sorted = tuple_id[order]
-    first_in_tuple = _group_starts(t_sorted)
+    order, first_in_tuple = _tuple_order(cap, [a_p, b_p], addrs)
+    del addrs
+    dirbit = ~src_first
 
     # Handshake signature: which side is the client and its ISN. A retransmitted SYN (same
-    # ISN) or its SYN-ACK (ack = ISN + 1) keep the signature; anything else is a new connection.
-    f_s = flags[order]
-    syn = (f_s & TCP_SYN) != 0
-    has_ack = (f_s & TCP_ACK) != 0
-    seq_s = packets["seq"][order].astype(np.int64)
-    ack_s = packets["ack"][order].astype(np.int64)
-    dir_s = dirbit[order]
-    client_dir = np.where(has_ack, 1 - dir_s, dir_s)
-    client_isn = np.where(has_ack, (ack_s - 1) & 0xFFFFFFFF, seq_s)
-    sig = client_dir * (1 << 33) + client_isn
-    hs_pos = np.flatnonzero(syn)
-    new_conn = first_in_tuple.copy()
+    # ISN) or its SYN-ACK (ack = ISN + 1) keep the signature; anything else is a new
+    # connection. Only the handshake packets are looked at.
+    flags = packets["flags"]
+    hs_pos = np.flatnonzero((flags[order] & TCP_SYN) != 0)
+    new_conn = first_in_tuple
     if len(hs_pos):
-        prev_hs = np.empty(len(hs_pos), dtype=np.int64)
-        prev_hs[0] = -1
-        prev_hs[1:] = hs_pos[:-1]
-        same_tuple_prev = np.zeros(len(hs_pos), dtype=bool)
-        same_tuple_prev[1:] = t_sorted[hs_pos[1:]] == t_sorted[hs_pos[:-1]]
+        hs_rows = order[hs_pos]
+        has_ack = (flags[hs_rows] & TCP_ACK) != 0
+        d_hs = dirbit[hs_rows].astype(np.int64)
+        client_dir = np.where(has_ack, 1 - d_hs, d_hs)
+        client_isn = np.where(has_ack, (packets["ack"][hs_rows].astype(np.int64) - 1)
+                              & 0xFFFFFFFF, packets["seq"][hs_rows].astype(np.int64))
+        sig = client_dir * (1 << 33) + client_isn
         differs = np.ones(len(hs_pos), dtype=bool)
-        ok = same_tuple_prev
-        differs[ok] = sig[hs_pos[ok]] != sig[prev_hs[ok]]
-        # The first handshake packet of a tuple after packets of an older connection
-        # (capture began mid-connection, then the tuple was reused) also starts one.
+        # Within a tuple: another handshake than the tuple's previous one. The first
+        # handshake packet of a tuple after packets of an older connection (capture
+        # began mid-connection, then the tuple was reused) also starts one.
+        tuple_no = np.cumsum(first_in_tuple)[hs_pos]
+        same_tuple_prev = tuple_no[1:] == tuple_no[:-1]
+        differs[1:][same_tuple_prev] = sig[1:][same_tuple_prev] != sig[:-1][same_tuple_prev]
         new_conn[hs_pos] |= differs
-    conn_sorted = np.cumsum(new_conn) - 1
+    conn_sorted = _number_by_first_row(np.cumsum(new_conn) - 1, order, first_in_tuple)
+    n_conn = int(conn_sorted.max()) + 1
     conn_id = np.empty(n, dtype=np.int64)
     conn_id[order] = conn_sorted
 
-    # Flow = (connection, direction), numbered by first appearance (factorize numbers keys
-    # in order of appearance, and ``cap`` is capture order).
+    # Flow = (connection, direction), numbered by first appearance in capture order.
     fkey = conn_id * 2 + dirbit
-    codes, key_of_flow = pd.factorize(fkey[cap])
-    flow_id = np.empty(n, dtype=np.int64)
-    flow_id[cap] = codes
-    key_of_flow = np.asarray(key_of_flow, dtype=np.int64)
+    first_frame = np.full(2 * n_conn + 2, _BIG, dtype=np.int64)
+    np.minimum.at(first_frame, fkey, frame)
+    keys = np.flatnonzero(first_frame < _BIG)
+    key_of_flow = keys[np.argsort(first_frame[keys], kind="stable")]
     n_flows = len(key_of_flow)
-    rev_flow_id = pd.Index(key_of_flow).get_indexer(key_of_flow ^ 1).astype(np.int64)
+    code = np.full(len(first_frame), -1, dtype=np.int64)
+    code[key_of_flow] = np.arange(n_flows)
+    flow_id = code[fkey]
+    rev_flow_id = code[key_of_flow ^ 1]
 
-    flows = _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow)
+    flows = _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap)
     return flow_id, flows
+
+
+def _number_by_first_row(conn: np.ndarray, order: np.ndarray,
+                         tuple_start: np.ndarray) -> np.ndarray:
+    """Renumber connections (``conn``: 0, 1, ... along ``order``, whose runs of 4-tuples
+    start at ``tuple_start``) so that 4-tuples count in order of their first row, and the
+    connections of a 4-tuple in capture order: conn_id is an output column, and that is
+    how it has always been numbered."""
+    starts = np.flatnonzero(tuple_start)
+    first_row = np.minimum.reduceat(order, starts)
+    if len(starts) < 2 or bool(np.all(first_row[1:] > first_row[:-1])):
+        return conn
+    by_first = np.argsort(first_row, kind="stable")
+    n_conns = np.diff(np.r_[conn[starts], conn[-1] + 1])
+    new_start = np.empty(len(starts), dtype=np.int64)
+    new_start[by_first] = np.cumsum(n_conns[by_first]) - n_conns[by_first]
+    tuple_no = np.cumsum(tuple_start) - 1
+    return conn + (new_start - conn[starts])[tuple_no]
+
+
+def assign_flows(packets: Mapping[str, np.ndarray]):
+    """``flow_table`` with the flows as a pandas DataFrame (nullable columns as NA)."""
+    flow_id, flows = flow_table(packets)
+    return flow_id, to_pandas(flows)
+
+
+def flows_as_table(flows) -> Table:
+    """The flows of ``assign_flows`` (a DataFrame) or ``flow_table`` as a table."""
+    if isinstance(flows, dict):
+        return flows
+    from retranscope.analyze.table import from_pandas
+
+    return from_pandas(flows)
 
 
 _VMIN = -(1 << 41)
 _VMAX = (1 << 41) - 1
 _BAND = 1 << 42
+_BAND_GROUPS = 1 << 20
 #: "No sequence number yet": the floor seg_cummax returns for empty history.
 NO_VALUE = _VMIN
 
@@ -163,25 +247,72 @@ def seg_cummax(values: np.ndarray, grp_no: np.ndarray, exclusive: bool = False) 
     """Running maximum restarted at each group (groups contiguous, numbered 0, 1, ...).
 
     Values are sequence offsets (well inside +-2**41); each group is lifted into its own
-    2**42-wide band so one np.maximum.accumulate serves all groups. Values below the band
-    (the "nothing yet" sentinel) come back as that sentinel's floor, -2**41. ``exclusive``:
-    the maximum over earlier rows only.
+    2**42-wide band so one np.maximum.accumulate serves all groups (2**20 groups at a
+    time, so the lift stays inside int64). Values below the band (the "nothing yet"
+    sentinel) come back as that sentinel's floor, -2**41. ``exclusive``: the maximum over
+    earlier rows only.
     """
     m = len(values)
     if m == 0:
         return values.astype(np.int64)
     g = grp_no.astype(np.int64)
-    if int(g[-1]) >= (1 << 20):
-        inc = pd.Series(np.clip(values, _VMIN, _VMAX)).groupby(g, sort=False).cummax().to_numpy()
+    if int(g[-1]) >= _BAND_GROUPS:
+        inc = np.empty(m, dtype=np.int64)
+        cuts = np.searchsorted(g, np.arange(0, int(g[-1]) + 1 + _BAND_GROUPS, _BAND_GROUPS))
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            if hi > lo:
+                inc[lo:hi] = seg_cummax(values[lo:hi], g[lo:hi] - g[lo])
     else:
-        lifted = g * _BAND + (np.clip(values, _VMIN, _VMAX) - _VMIN)
-        inc = np.maximum.accumulate(lifted) - g * _BAND + _VMIN
+        lifted = np.clip(values, _VMIN, _VMAX)
+        lifted -= _VMIN
+        lifted += g * _BAND
+        inc = np.maximum.accumulate(lifted)
+        inc -= g * _BAND
+        inc += _VMIN
     if not exclusive:
         return inc
     out = np.empty_like(inc)
     out[0] = _VMIN
     out[1:] = inc[:-1]
     out[1:][g[1:] != g[:-1]] = _VMIN
+    return out
+
+
+def seg_cummax_before(values: list, grp_no: np.ndarray,
+                      where: np.ndarray | None = None) -> list[np.ndarray]:
+    """seg_cummax(v, grp_no, exclusive=True) for each of ``values``, sharing the groups'
+    lift and starts (the lift is the cost when the values are 1.3M packets). A value may
+    be a pair (a, b), read as np.where(where, a, b) (a, b arrays or scalars) without
+    building that array: each new 10 MB array is ~2,500 pages to fault in."""
+    m = len(grp_no)
+
+    def value(v):
+        if not isinstance(v, tuple):
+            return v
+        return np.where(where, *v)
+
+    if m == 0 or int(grp_no[-1]) >= _BAND_GROUPS:
+        return [seg_cummax(value(v), grp_no, exclusive=True) for v in values]
+    lift = grp_no.astype(np.int64) * _BAND
+    lift -= _VMIN
+    starts = _group_starts(grp_no)
+    out = []
+    for v in values:
+        # the maximum over earlier rows: shift by one row, then a running maximum
+        t = np.empty(m, dtype=np.int64)
+        t[0] = _VMIN
+        if isinstance(v, tuple):
+            a, b = v
+            np.copyto(t[1:], b[:-1] if np.ndim(b) else b)
+            np.copyto(t[1:], a[:-1] if np.ndim(a) else a, where=where[:-1])
+        else:
+            t[1:] = v[:-1]
+        np.clip(t, _VMIN, _VMAX, out=t)
+        t[starts] = _VMIN
+        t += lift
+        np.maximum.accumulate(t, out=t)
+        t -= lift
+        out.append(t)
     return out
 
 
@@ -195,38 +326,60 @@ def group_numbers(keys_sorted: np.ndarray) -> np.ndarray:
 def by_group(sel: np.ndarray, group_of_sel: np.ndarray) -> np.ndarray:
     """Reorder ``sel`` (increasing row numbers of a capture-ordered table) by group,
     keeping capture order inside each group (a stable sort)."""
-    return sel[np.argsort(group_of_sel, kind="stable")]
+    return sel[group_sort(group_of_sel)]
 
 
-def capture_order(frame: np.ndarray) -> np.ndarray:
-    """Permutation into capture order: the identity when rows already are (the reader's)."""
+def capture_order(frame: np.ndarray) -> np.ndarray | None:
+    """Permutation into capture order; None when rows already are (the reader's)."""
     if len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1])):
-        return np.arange(len(frame))
+        return None
     return np.argsort(frame, kind="stable")
 
 
 def flow_order(frame: np.ndarray, flow_id: np.ndarray) -> np.ndarray:
     """Permutation grouping packets by flow, each flow in capture order."""
     cap = capture_order(frame)
-    return cap[np.argsort(flow_id[cap], kind="stable")]
+    if cap is None:
+        return group_sort(flow_id)
+    return cap[group_sort(flow_id[cap])]
 
 
-def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow) -> pd.DataFrame:
+def _first_where(flow_id, mask, n_flows, rank, cap) -> np.ndarray:
+    """Row of the first packet (in capture order) of each flow where ``mask`` (None: all);
+    -1 where none. ``rank``: each row's capture rank; ``cap`` its inverse (None: both are
+    the row number)."""
+    best = np.full(n_flows, _BIG, dtype=np.int64)
+    if mask is None:
+        np.minimum.at(best, flow_id, rank)
+    else:
+        np.minimum.at(best, flow_id[mask], rank[mask])
+    found = best < _BIG
+    rows = np.where(found, best, 0)
+    if cap is not None:
+        rows = cap[rows]
+    return np.where(found, rows, -1)
+
+
+def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) -> Table:
     n = len(flow_id)
-    flags = packets["flags"].astype(np.int64)
+    flags = packets["flags"]
     frame = packets["frame"]
     ts = packets["ts_ns"]
     # Packets are in capture order (frame order) by contract; be safe for arbitrary input.
-    cap = capture_order(frame)
-    first_idx = _first_where_cap(flow_id, np.ones(n, dtype=bool), n_flows, cap)
-    last_ts = pd.Series(ts).groupby(flow_id).max().reindex(
-        np.arange(n_flows), fill_value=0).to_numpy()
+    if cap is None:
+        rank = np.arange(n)
+    else:
+        rank = np.empty(n, dtype=np.int64)
+        rank[cap] = np.arange(n)
+    first_idx = _first_where(flow_id, None, n_flows, rank, cap)
+    last_ts = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last_ts, flow_id, ts)
     n_packets = np.bincount(flow_id, minlength=n_flows)
     n_data = np.bincount(flow_id[packets["payload_len"] > 0], minlength=n_flows)
 
     syn = (flags & TCP_SYN) != 0
     ack = (flags & TCP_ACK) != 0
-    syn_idx = _first_where_cap(flow_id, syn, n_flows, cap)
+    syn_idx = _first_where(flow_id, syn, n_flows, rank, cap)
     syn_seen = syn_idx >= 0
     synack_seen = np.zeros(n_flows, dtype=bool)
     synack_seen[syn_seen] = (flags[syn_idx[syn_seen]] & TCP_ACK) != 0
@@ -234,19 +387,24 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow) -> pd.D
     rst_seen = np.bincount(flow_id[(flags & TCP_RST) != 0], minlength=n_flows) > 0
 
     seq = packets["seq"]
-    base_seq = np.where(syn_seen, seq[np.where(syn_seen, syn_idx, first_idx)],
-                        seq[first_idx]).astype(np.int64)
+    fi = np.clip(first_idx, 0, None)
+    base_seq = np.where(syn_seen, seq[np.where(syn_seen, syn_idx, fi)],
+                        seq[fi]).astype(np.int64)
     # Acks in a flow count the reverse flow's bytes: their base is the reverse flow's base,
     # or (one-way capture) the first ack value seen.
-    ack_idx = _first_where_cap(flow_id, ack, n_flows, cap)
     rev = rev_flow_id
-    ack_base = np.where(rev >= 0, base_seq[np.clip(rev, 0, None)],
-                        np.where(ack_idx >= 0, packets["ack"][np.clip(ack_idx, 0, None)], 0))
+    rev_c = np.clip(rev, 0, None)
+    if (rev >= 0).all():
+        ack_base = base_seq[rev_c]
+    else:
+        ack_idx = _first_where(flow_id, ack, n_flows, rank, cap)
+        ack_base = np.where(rev >= 0, base_seq[rev_c],
+                            np.where(ack_idx >= 0, packets["ack"][np.clip(ack_idx, 0, None)], 0))
     ack_base = ack_base.astype(np.int64)
 
-    def _syn_opt(col, missing):
-        v = np.full(n_flows, missing, dtype=np.asarray(packets[col]).dtype)
-        v[syn_seen] = packets[col][syn_idx[syn_seen]]
+    def _syn_opt(name, missing):
+        v = np.full(n_flows, missing, dtype=np.asarray(packets[name]).dtype)
+        v[syn_seen] = packets[name][syn_idx[syn_seen]]
         return v
 
     mss = _syn_opt("opt_mss", 0)
@@ -256,10 +414,9 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow) -> pd.D
 
     # Negotiated options need both SYNs; without the handshake, infer from what the flows
     # carry (a SACK block proves SACK was negotiated, RFC 2018 §2; a TS option proves TS).
-    rev_c = np.clip(rev, 0, None)
     both = syn_seen & (rev >= 0) & syn_seen[rev_c]
     any_sack = np.bincount(flow_id[packets["sack_n"] > 0], minlength=n_flows) > 0
-    any_ts = np.bincount(flow_id[packets["opt_ts"].astype(bool)], minlength=n_flows)
+    any_ts = np.bincount(flow_id[np.asarray(packets["opt_ts"], dtype=bool)], minlength=n_flows)
     ts_frac = any_ts / np.maximum(n_packets, 1)
     sack_any_dir = any_sack | np.where(rev >= 0, any_sack[rev_c], False)
     # Without the handshake, assume SACK (every current stack offers it) unless the peer
@@ -270,25 +427,26 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow) -> pd.D
     sack_ok = np.where(both, sack_perm & sack_perm[rev_c], sack_unrefuted)
     ts_ok = np.where(both, ts_opt & ts_opt[rev_c], ts_frac > 0.5)
 
-    local, path_rtt = _local_side(packets, flow_id, n_flows, rev, syn_idx, cap)
+    local, path_rtt = _local_side(packets, flow_id, n_flows, rev, syn_idx)
 
     conn = key_of_flow >> 1
     dirb = key_of_flow & 1
-    fi = first_idx
-    df = pd.DataFrame({
+    family = packets["family"][fi]
+    s_hi, s_lo = packets["saddr_hi"][fi], packets["saddr_lo"][fi]
+    d_hi, d_lo = packets["daddr_hi"][fi], packets["daddr_lo"][fi]
+    text = _addr_strings([(s_hi, s_lo), (d_hi, d_lo)], family)
+    table = {
         "flow_id": np.arange(n_flows, dtype=np.int64),
         "rev_flow_id": rev_flow_id.astype(np.int64),
         "conn_id": conn.astype(np.int64),
         "dir": dirb.astype(np.int8),
-        "family": packets["family"][fi],
-        "saddr_hi": packets["saddr_hi"][fi],
-        "saddr_lo": packets["saddr_lo"][fi],
-        "daddr_hi": packets["daddr_hi"][fi],
-        "daddr_lo": packets["daddr_lo"][fi],
-        "saddr": _addr_strings(packets["saddr_hi"][fi], packets["saddr_lo"][fi],
-                               packets["family"][fi]),
-        "daddr": _addr_strings(packets["daddr_hi"][fi], packets["daddr_lo"][fi],
-                               packets["family"][fi]),
+        "family": family,
+        "saddr_hi": s_hi,
+        "saddr_lo": s_lo,
+        "daddr_hi": d_hi,
+        "daddr_lo": d_lo,
+        "saddr": text[0],
+        "daddr": text[1],
         "sport": packets["sport"][fi],
         "dport": packets["dport"][fi],
         "first_frame": frame[fi],
@@ -312,19 +470,9 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow) -> pd.D
         "handshake_seen": both,
         "local": local,
         "path_rtt_ns": path_rtt,
-    })
-    assert len(df) == n_flows and n >= n_flows
-    return df
-
-
-def _first_where_cap(flow_id, mask, n_flows, cap):
-    """Row of the first packet (in capture order ``cap``) of each flow where ``mask``; -1."""
-    out = np.full(n_flows, -1, dtype=np.int64)
-    sel = cap[mask[cap]]
-    if len(sel):
-        firsts = pd.Series(flow_id[sel]).drop_duplicates()
-        out[firsts.to_numpy()] = sel[firsts.index.to_numpy()]
-    return out
+    }
+    assert n >= n_flows
+    return table
 
 
 def _dupacks_without_sack(packets, flow_id, n_flows, wanted) -> np.ndarray:
@@ -351,23 +499,25 @@ def _dupacks_without_sack(packets, flow_id, n_flows, wanted) -> np.ndarray:
 PACKET_HOST, PACKET_OUTGOING = 0, 4  # sll_pkttype, linux/if_packet.h
 
 
-def _local_side(packets, flow_id, n_flows, rev, syn_idx, cap):
+def _local_side(packets, flow_id, n_flows, rev, syn_idx):
     """Was each flow sent by the capturing host? And the path RTT seen from that host.
 
     A Linux cooked capture says it per packet (sll_pkttype PACKET_OUTGOING). Otherwise the
     handshake does: the capturing host answers at once, its peer one path RTT later. On the
     client's host SYN -> SYN-ACK takes the RTT and SYN-ACK -> ACK microseconds; on the
-    server's host, the other way round. Unknown (NA) when neither is available.
+    server's host, the other way round. Unknown (null) when neither is available.
     """
-    local = pd.array(np.zeros(n_flows, dtype=bool), dtype="boolean")
-    local[:] = pd.NA
-    path_rtt = pd.array(np.zeros(n_flows, dtype=np.int64), dtype="Int64")
-    path_rtt[:] = pd.NA
+    local = np.zeros(n_flows, dtype=bool)
+    local_known = np.zeros(n_flows, dtype=bool)
+    path_rtt = np.zeros(n_flows, dtype=np.int64)
+    rtt_known = np.zeros(n_flows, dtype=bool)
     pt = packets["pkttype"]
-    out_n = np.bincount(flow_id[pt == PACKET_OUTGOING], minlength=n_flows)
-    in_n = np.bincount(flow_id[(pt >= 0) & (pt != PACKET_OUTGOING)], minlength=n_flows)
-    known = (out_n + in_n) > 0
-    local[known] = out_n[known] > in_n[known]
+    if (pt >= 0).any():
+        out_n = np.bincount(flow_id[pt == PACKET_OUTGOING], minlength=n_flows)
+        in_n = np.bincount(flow_id[(pt >= 0) & (pt != PACKET_OUTGOING)], minlength=n_flows)
+        local_known = (out_n + in_n) > 0
+        local = local_known & (out_n > in_n)
+    known = local_known.copy()
 
     ts = packets["ts_ns"]
     flags = packets["flags"]
@@ -380,68 +530,90 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx, cap):
     if len(c):
         t_synack = ts[syn_idx[s]]
         # The SYN answered: the last one sent before the SYN-ACK (SYNs may be resent).
-        pure_syn = ((flags & TCP_SYN) != 0) & ((flags & TCP_ACK) == 0)
+        is_syn = (flags & TCP_SYN) != 0
+        rows = np.flatnonzero(is_syn)
+        rows = rows[(flags[rows] & TCP_ACK) == 0]
         synack_t_of = np.full(n_flows, np.iinfo(np.int64).max, dtype=np.int64)
         synack_t_of[c] = t_synack
-        rows = np.flatnonzero(pure_syn)
         rows = rows[ts[rows] <= synack_t_of[flow_id[rows]]]
-        last_syn = pd.Series(ts[rows]).groupby(flow_id[rows]).max()
-        t_syn = last_syn.reindex(c).to_numpy()
+        last_syn = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last_syn, flow_id[rows], ts[rows])
+        t_syn = last_syn[c]
         # The client's first packet after the SYN-ACK (its ACK of it).
-        after = np.flatnonzero(((flags & TCP_SYN) == 0) & ((flags & TCP_ACK) != 0))
-        first_after = pd.Series(ts[after]).groupby(flow_id[after]).min().reindex(c).to_numpy()
-        good = ~np.isnan(t_syn) & ~np.isnan(first_after) & (first_after >= t_synack) & \
-            (t_syn <= t_synack)
-        g1 = t_synack[good] - t_syn[good].astype(np.int64)
-        g2 = first_after[good].astype(np.int64) - t_synack[good]
+        is_client = np.zeros(n_flows, dtype=bool)
+        is_client[c] = True
+        after = ~is_syn & ((flags & TCP_ACK) != 0) & is_client[flow_id]
+        first_after_of = np.full(n_flows, _BIG, dtype=np.int64)
+        np.minimum.at(first_after_of, flow_id[after], ts[after])
+        first_after = first_after_of[c]
+        good = (t_syn > np.iinfo(np.int64).min) & (first_after < _BIG) & \
+            (first_after >= t_synack) & (t_syn <= t_synack)
+        g1 = t_synack[good] - t_syn[good]
+        g2 = first_after[good] - t_synack[good]
         cg, sg = c[good], s[good]
         client_local = g1 > g2
         undecided = ~known[cg] & ~known[sg]
         local[cg[undecided]] = client_local[undecided]
         local[sg[undecided]] = ~client_local[undecided]
+        local_known[cg[undecided]] = True
+        local_known[sg[undecided]] = True
         rtt = np.maximum(g1, g2)
         path_rtt[cg] = rtt
         path_rtt[sg] = rtt
-    return local, path_rtt
+        rtt_known[cg] = True
+        rtt_known[sg] = True
+    return Nullable(local, local_known), Nullable(path_rtt, rtt_known)
 
 
-def _addr_strings(hi: np.ndarray, lo: np.ndarray, family: np.ndarray) -> np.ndarray:
+def _addr_strings(pairs: list[tuple[np.ndarray, np.ndarray]], family: np.ndarray) -> list:
     """Text form of addresses, one per flow; each distinct address is formatted once."""
-    codes = _factorize_rows([hi, lo, family.astype(np.uint64)])
-    first = pd.Series(codes).drop_duplicates().index.to_numpy()
-    text = np.array([addr_to_str(int(hi[i]), int(lo[i]), int(family[i])) for i in first],
-                    dtype=object)
-    return text[codes] if len(codes) else np.empty(0, dtype=object)
+    cache: dict = {}
+    fam = family.tolist()
+    out = []
+    for hi, lo in pairs:
+        text = []
+        for h, lo_, f in zip(hi.tolist(), lo.tolist(), fam):
+            key = (h, lo_, f)
+            s = cache.get(key)
+            if s is None:
+                s = cache[key] = addr_to_str(h, lo_, f)
+            text.append(s)
+        out.append(np.array(text, dtype=object))
+    return out
 
 
 # --- sequence space ---------------------------------------------------------------------
 
-def _unwrap_in_order(raw: np.ndarray, grp: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """Unwrap 32-bit values taken in order within groups into int64 offsets from ``base``.
+def _unwrap_in_order(raw: np.ndarray, grp: np.ndarray, base_of: np.ndarray) -> np.ndarray:
+    """Unwrap 32-bit values taken in order within groups into int64 offsets from a base.
 
     ``raw``/``grp`` are in processing order (grouped, each group in capture order) and
-    ``base`` is one raw value per row's group. Consecutive values of a group are assumed to
-    differ by less than 2**31 (RFC 9293 §3.4: the window is far smaller), so the signed
-    32-bit difference between neighbours is the true step.
+    ``base_of[g]`` is the raw base of group g. Consecutive values of a group are assumed
+    to differ by less than 2**31 (RFC 9293 §3.4: the window is far smaller), so the
+    signed 32-bit difference between neighbours is the true step: uint32 subtraction,
+    read as int32.
     """
     m = len(raw)
     if m == 0:
         return np.zeros(0, dtype=np.int64)
-    raw64 = raw.astype(np.int64)
+    raw = raw.astype(np.uint32, copy=False)
     start = _group_starts(grp)
-    step = np.empty(m, dtype=np.int64)
-    step[1:] = raw64[1:] - raw64[:-1]
-    step[start] = raw64[start] - base[start]
-    step = ((step + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-    cs = np.cumsum(step)
     start_pos = np.flatnonzero(start)
-    grp_no = np.cumsum(start) - 1
+    step = np.empty(m, dtype=np.uint32)
+    np.subtract(raw[1:], raw[:-1], out=step[1:])
+    step[start_pos] = raw[start_pos] - base_of[grp[start_pos]].astype(np.uint32)
+    step = step.view(np.int32)
+    cs = np.cumsum(step, dtype=np.int64)
     offset = cs[start_pos] - step[start_pos]
-    return cs - offset[grp_no]
+    if len(start_pos) == 1:
+        cs -= offset[0]
+        return cs
+    cs -= np.repeat(offset, np.diff(np.r_[start_pos, m]))
+    return cs
 
 
 def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
-                   flows: pd.DataFrame) -> dict[str, np.ndarray]:
+                   flows, order: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Unwrapped sequence numbers per packet, as int64 offsets from each flow's base.
 
     Returns ``seq_abs``, ``end_abs`` (seq_abs + payload + SYN + FIN: the sequence space the
@@ -449,14 +621,15 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     meaningful only where the ACK flag is set) and, for the rows ``sack_rows`` that carry
     SACK blocks, ``sack_l_abs``/``sack_r_abs`` (len(sack_rows) x 4, in the reverse flow's
     space, valid for block index < sack_n): use sack_blocks() for a dense view.
+    ``order``: flow_order(packets["frame"], flow_id), when the caller has it.
     """
     n = len(flow_id)
     flags = packets["flags"].astype(np.int64)
-    order = flow_order(packets["frame"], flow_id)
+    if order is None:
+        order = flow_order(packets["frame"], flow_id)
     grp = flow_id[order]
-    base = flows["base_seq"].to_numpy()[grp]
     seq_abs = np.empty(n, dtype=np.int64)
-    seq_abs[order] = _unwrap_in_order(packets["seq"][order], grp, base)
+    seq_abs[order] = _unwrap_in_order(packets["seq"][order], grp, col(flows, "base_seq"))
     seg_len = (packets["payload_len"].astype(np.int64) + ((flags & TCP_SYN) != 0)
                + ((flags & TCP_FIN) != 0))
     end_abs = seq_abs + seg_len
@@ -467,7 +640,7 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     if len(o_ack):
         g_ack = flow_id[o_ack]
         ack_abs[o_ack] = _unwrap_in_order(packets["ack"][o_ack], g_ack,
-                                          flows["ack_base"].to_numpy()[g_ack])
+                                          col(flows, "ack_base"))
 
     # SACK edges lie near the ACK number: offset them from it. Only rows carrying SACK
     # blocks are stored (sparse): see sack_blocks().

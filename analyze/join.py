@@ -88,7 +88,8 @@ def join_events(events: pd.DataFrame, packets: dict[str, np.ndarray],
     if pairs.empty:
         return event_of_row, frames
     # Overlap of [w_seq, w_seq + w_len) and [e_seq, e_seq + e_len) in 32-bit sequence space.
-    d = ((pairs["w_seq"].to_numpy() - pairs["e_seq"].to_numpy() + (1 << 31)) % (1 << 32)) - (1 << 31)
+    d = pairs["w_seq"].to_numpy() - pairs["e_seq"].to_numpy()
+    d = ((d + (1 << 31)) % (1 << 32)) - (1 << 31)
     overlap = (d < pairs["e_len"].to_numpy()) & (d + pairs["w_len"].to_numpy() > 0)
     dt = np.abs(pairs["w_ts"].to_numpy() - pairs["e_ts"].to_numpy())
     ok = (overlap | ~pairs["e_has_seq"].to_numpy()) & (dt <= tolerance_ns)

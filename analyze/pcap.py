@@ -20,12 +20,12 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from array import array
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
-from retranscope.schemas.packets import PACKET_DTYPES, V4_MAPPED_LO_PREFIX, empty_packets
 
 from retranscope.errors import (
     BadInput,
@@ -34,6 +34,7 @@ from retranscope.errors import (
     TruncatedCapture,
     UnknownLinkType,
 )
+from retranscope.schemas.packets import PACKET_DTYPES, V4_MAPPED_LO_PREFIX, empty_packets
 
 __all__ = ["Capture", "CaptureMeta", "read_capture", "SUPPORTED_LINKTYPES"]
 
@@ -293,6 +294,13 @@ class _Records:
     if_drops: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)
 
+    def rows(self, lo: int, hi: int) -> _Records:
+        """The records lo:hi (views), for decoding in chunks."""
+        return _Records(self.frame[lo:hi], self.data_off[lo:hi], self.caplen[lo:hi],
+                        self.origlen[lo:hi], self.ts_ns[lo:hi], self.iface[lo:hi],
+                        self.ifaces, self.fmt, self.snaplen, self.ts_resolution_ns,
+                        self.records)
+
 
 def _read_mapped(path: str, mm: mmap.mmap, progress: Progress | None) -> Capture:
     n = len(mm)
@@ -322,7 +330,7 @@ def _read_mapped(path: str, mm: mmap.mmap, progress: Progress | None) -> Capture
 
     buf = np.frombuffer(mm, dtype=np.uint8)
     try:
-        packets, skipped, notes = _decode(path, buf, recs)
+        packets, skipped, notes = _decode_in_chunks(path, buf, recs)
     finally:
         del buf
     if progress is not None:
@@ -395,6 +403,56 @@ def _first(mask: np.ndarray) -> int | None:
     return int(np.argmax(mask)) if mask.any() else None
 
 
+# Options read for every segment at once: NOP, NOP, timestamps (see _tcp_options)
+TCP_FAST_OPTION_BYTES = 12
+
+
+def _frame_head_bytes(linktypes: list[int]) -> int:
+    """How much of each frame to gather up front: the link header and a 20-byte IPv4 and
+    TCP header with the usual 12 option bytes. Longer headers (VLAN tags, IPv6, IP
+    options) read what lies beyond from the file."""
+    link = max((COOKED_LAYOUT[lt][0] if lt in COOKED_LAYOUT else
+                4 if lt in (LINKTYPE_NULL, LINKTYPE_LOOP) else 0) for lt in linktypes)
+    return link + IPV4_MIN_HEADER_BYTES + TCP_MIN_HEADER_BYTES + TCP_FAST_OPTION_BYTES
+
+
+class _FrameBytes:
+    """Byte windows at offsets into the frames: served from the frame heads gathered in
+    one pass (row gathers of a small matrix, or views), else read from the file."""
+
+    def __init__(self, buf: np.ndarray, data_off: np.ndarray, head: np.ndarray):
+        self.buf, self.data_off, self.head = buf, data_off, head
+
+    def window(self, rows, rel, width: int) -> np.ndarray:
+        """``width`` bytes at ``rel`` (scalar or per row) into the frames ``rows`` (None:
+        every record), rows of a (len, width) uint8 matrix (may be a view)."""
+        hw = self.head.shape[1]
+        if np.ndim(rel) and rel.size:
+            lo, hi = int(rel.min()), int(rel.max())
+            if lo == hi:
+                rel = lo
+            elif lo >= 0 and hi + width <= hw:
+                values = np.unique(rel)
+                if values.size <= 4:  # a few layouts (VLAN tags, IP options): one each
+                    out = np.empty((rel.size, width), np.uint8)
+                    base = np.arange(rel.size) if rows is None else rows
+                    for v in values.tolist():
+                        k = np.flatnonzero(rel == v)
+                        out[k] = self.head[base[k], v:v + width]
+                    return out
+        if np.ndim(rel) == 0 and 0 <= rel and rel + width <= hw:
+            # A copy, not a view: each field is then read from a narrow contiguous
+            # matrix, not with the stride of the whole head.
+            if rows is None:
+                return np.ascontiguousarray(self.head[:, rel:rel + width])
+            return self.head[rows, rel:rel + width]
+        return _windows(self.buf, _take(self.data_off, rows) + rel, width)
+
+    def field(self, rows, rel, nbytes: int) -> np.ndarray:
+        """The big-endian unsigned field of ``nbytes`` at ``rel``, native order."""
+        return self.window(rows, rel, nbytes).view(f">u{nbytes}")[:, 0].astype(f"=u{nbytes}")
+
+
 # ---------------------------------------------------------------------------------------
 # pcap
 # ---------------------------------------------------------------------------------------
@@ -413,11 +471,13 @@ def _walk_pcap_offsets(mm: mmap.mmap, n: int, order: str,
     offsets in about the same time, because each step's gather touches 2,500 cold pages
     (~90 ns a record, memory latency) where this loop streams through the file.
     Progress comes from walking the file in slices: the error at a slice's end resumes
-    the loop on a longer slice.
+    the loop on a longer slice. The loop keeps the captured lengths, not the offsets, in
+    a typed array: the offsets are their running sum, and no Python int is kept per
+    record (1.3M of them were ~40 MB of fresh memory).
     """
     unpack_caplen = struct.Struct(order + "8xI").unpack_from  # caplen, @8 of the header
-    offsets: list[int] = []
-    append = offsets.append
+    caplens = array("I")  # 32 bits, as the field
+    append = caplens.append
     mv = memoryview(mm)
     step = max(n // PROGRESS_CALLS, 1 << 20)
     limit = off = PCAP_FILE_HEADER_BYTES
@@ -427,19 +487,24 @@ def _walk_pcap_offsets(mm: mmap.mmap, n: int, order: str,
             with mv[:limit] as view:
                 try:
                     while True:
-                        append(off)
-                        off += PCAP_RECORD_HEADER_BYTES + unpack_caplen(view, off)[0]
+                        caplen = unpack_caplen(view, off)[0]
+                        append(caplen)
+                        off += PCAP_RECORD_HEADER_BYTES + caplen
                 except struct.error:
-                    offsets.pop()  # its caplen lies past this slice: read it from the next
+                    pass  # this header lies past the slice: read it from the next
             if progress is not None:
                 progress(min(off, n), n)
             if limit >= n:
                 break
     finally:
         mv.release()
-    if off < n:  # 1-11 bytes of a record header: validated (and cut) below
-        offsets.append(off)
-    return np.array(offsets, dtype=np.int64)
+    offsets = np.empty(len(caplens) + 1, dtype=np.int64)
+    offsets[0] = 0
+    np.cumsum(np.frombuffer(caplens, dtype=np.uint32), out=offsets[1:])
+    offsets += PCAP_RECORD_HEADER_BYTES * np.arange(offsets.size) + PCAP_FILE_HEADER_BYTES
+    # offsets[-1] is where the walk stopped: 1-11 bytes of a record header there are
+    # validated (and cut) below
+    return offsets if off < n else offsets[:-1]
 
 
 def _walk_pcap(path: str, mm: mmap.mmap, n: int, magic: int, progress: Progress | None):
@@ -968,23 +1033,95 @@ def _unknown_linktype_message(path: str, linktypes: list[int]) -> str:
     )
 
 
-def _decode(path: str, buf: np.ndarray, recs: _Records):
-    """Link layer, IP, TCP for every record; returns the table, skip counts, notes."""
+class _Notes:
+    """Notes about the packets, counted: the chunks of a capture add to the same line."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple, list] = {}
+
+    def add(self, key: tuple, template: str, n: int) -> None:
+        """``key`` orders the lines (the decoder's order: link, IPv4, IPv6, TCP);
+        ``template`` has {n} where the count goes."""
+        if n:
+            self.counts.setdefault(key, [template, 0])[1] += int(n)
+
+    def lines(self) -> list[str]:
+        return [t.replace("{n}", str(n)) for _, (t, n) in sorted(self.counts.items())]
+
+
+# Records decoded at a time: the byte windows and masks of a chunk take a few MB, reused
+# from chunk to chunk and warm in the cache. Decoding all records at once took hundreds of
+# MB of temporaries, and fresh memory is not free (~0.6 ms a MB to fault in on the VMs
+# measured, more than the decoding arithmetic on it).
+DECODE_CHUNK_RECORDS = 1 << 16
+
+
+def _columns(n: int, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    """Empty columns of ``n`` rows, carved out of one allocation: the kernel maps one big
+    block with huge pages (numpy asks for them), where 32 separate ~10 MB arrays were
+    faulted in 4 KB at a time (~40k page faults for 1.3M rows)."""
+    starts, size = [], 0
+    for dt in dtypes.values():
+        size = -(-size // 64) * 64  # each column on its own cache line
+        starts.append(size)
+        size += n * dt.itemsize
+    block = np.empty(size, dtype=np.uint8)
+    return {name: block[at:at + n * dt.itemsize].view(dt)
+            for (name, dt), at in zip(dtypes.items(), starts)}
+
+
+def _present_linktypes(recs: _Records) -> tuple[list[int], np.ndarray | None]:
+    """Link types that records use (sorted), and the link type of every record when the
+    interfaces have several (else None)."""
+    linktypes = [i.linktype for i in recs.ifaces]
+    if len(set(linktypes)) > 1:
+        lt_of = np.array(linktypes, np.int64)[recs.iface]
+        return [int(lt) for lt in np.unique(lt_of)], lt_of
+    return linktypes[:1], None
+
+
+def _decode_in_chunks(path: str, buf: np.ndarray, recs: _Records):
+    """_decode, DECODE_CHUNK_RECORDS at a time, into one table; returns the table, skip
+    counts, notes."""
     n_rec = recs.data_off.size
     if n_rec == 0:
         return empty_packets(), {}, []
-    notes: list[str] = []
+    present, _ = _present_linktypes(recs)
+    unsupported = [lt for lt in present if lt not in SUPPORTED_LINKTYPES]
+    if len(unsupported) == len(present):
+        raise UnknownLinkType(_unknown_linktype_message(path, unsupported))
+    notes = _Notes()
+    if n_rec <= DECODE_CHUNK_RECORDS:
+        packets, skipped = _decode(path, buf, recs, notes)
+        return packets, skipped, notes.lines()
+    table = _columns(n_rec, PACKET_DTYPES)
+    rows = 0
+    skipped: dict[str, int] = {}
+    for lo in range(0, n_rec, DECODE_CHUNK_RECORDS):
+        part, part_skipped = _decode(path, buf, recs.rows(lo, lo + DECODE_CHUNK_RECORDS), notes)
+        m = part["frame"].size
+        for name, col in table.items():
+            col[rows:rows + m] = part[name]
+        rows += m
+        for why, count in part_skipped.items():
+            skipped[why] = skipped.get(why, 0) + count
+    # the tail of each column beyond the TCP rows was never written (nor faulted in)
+    return {name: col[:rows] for name, col in table.items()}, skipped, notes.lines()
+
+
+def _decode(path: str, buf: np.ndarray, recs: _Records, notes: _Notes):
+    """Link layer, IP, TCP for every record; returns the table and skip counts (and adds
+    to ``notes``). The caller checked that some link type is decoded here."""
+    n_rec = recs.data_off.size
     why = np.zeros(n_rec, dtype=np.int8)  # SKIP_REASONS code per record; 0 = a TCP row
     data_off, caplen = recs.data_off, recs.caplen
 
     # --- link layer: offset of the IP header in the frame, the family it announces
-    linktypes = [i.linktype for i in recs.ifaces]
-    several = len(set(linktypes)) > 1
-    lt_of = np.array(linktypes, np.int64)[recs.iface] if several else None
-    present = [int(lt) for lt in np.unique(lt_of)] if lt_of is not None else linktypes[:1]
-    unsupported = [lt for lt in present if lt not in SUPPORTED_LINKTYPES]
-    if len(unsupported) == len(present):
-        raise UnknownLinkType(_unknown_linktype_message(path, unsupported))
+    present, lt_of = _present_linktypes(recs)
+    several = lt_of is not None
+    # One gather of the first bytes of every frame: the link, IP and TCP headers.
+    frames = _FrameBytes(buf, data_off, _windows(buf, data_off, _frame_head_bytes(
+        [lt for lt in present if lt in SUPPORTED_LINKTYPES] or [LINKTYPE_RAW])))
     pkttype = np.full(n_rec, -1, np.int8)
     if several:
         l3_rel = np.zeros(n_rec, np.int32)
@@ -993,10 +1130,10 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
         sel = np.flatnonzero(lt_of == lt) if lt_of is not None else None
         if lt not in SUPPORTED_LINKTYPES and sel is not None:  # another one is supported
             why[sel] = _WHY["unsupported_linktype"]
-            notes.append(f"{sel.size} packets on interfaces with link type {lt} skipped: "
-                         "that link type is not decoded here")
+            notes.add((0, lt), f"{{n}} packets on interfaces with link type {lt} skipped: "
+                      "that link type is not decoded here", sel.size)
             continue
-        rel, fam, ptype, code = _link_layer(buf, lt, _take(data_off, sel), _take(caplen, sel))
+        rel, fam, ptype, code = _link_layer(frames, sel, lt, _take(caplen, sel))
         if several:
             l3_rel[sel], want[sel] = rel, fam
         else:
@@ -1012,7 +1149,7 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
     cap_ip = _take(caplen, ip)
     l3r = _take(l3_rel, ip)
     want_ip = _take(want, ip)
-    h = _windows(buf, off_ip + l3r, IPV4_MIN_HEADER_BYTES)
+    h = frames.window(ip, l3r, IPV4_MIN_HEADER_BYTES)
     m = h.shape[0]
     avail = cap_ip - l3r
     version = h[:, IPV4_AT["version_ihl"]] >> 4  # the same nibble in IPv6
@@ -1041,7 +1178,7 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
     if is6.any():
         s6 = np.flatnonzero(is6)
         start6 = _take(off_ip, s6) + _take(l3r, s6)
-        h6 = _windows(buf, start6, IPV6_HEADER_BYTES)
+        h6 = frames.window(_compose(ip, s6), _take(l3r, s6), IPV6_HEADER_BYTES)
         code[s6], l4r[s6], seg_len[s6] = _ipv6(
             buf, h6, avail[s6], recs.origlen[_compose(ip, s6)], _take(l3r, s6), start6,
             _take(off_ip, s6) + cap_ip[s6], notes)
@@ -1056,8 +1193,9 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
     # --- TCP (RFC 9293 §3.1): the 20-byte header; options below
     tcp = _subset(code == 0)  # index among the IP rows
     rows = _compose(ip, tcp)  # index among the records
-    tcp_at = _take(off_ip, tcp) + _take(l4r, tcp)
-    th = _windows(buf, tcp_at, TCP_MIN_HEADER_BYTES)
+    tcp_rel = _take(l4r, tcp)
+    tcp_at = _take(off_ip, tcp) + tcp_rel
+    th = frames.window(rows, tcp_rel, TCP_MIN_HEADER_BYTES)
     tcp_avail = _take(cap_ip, tcp) - _take(l4r, tcp)
     doff_bytes = (th[:, TCP_AT["data_offset"]] >> 4).astype(np.int32) * 4
     seg = _take(seg_len, tcp)
@@ -1070,6 +1208,7 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
         keep = np.flatnonzero(~(cut | bad))
         th, tcp_at, tcp_avail, doff_bytes, seg = (
             a[keep] for a in (th, tcp_at, tcp_avail, doff_bytes, seg))
+        tcp_rel = _take(tcp_rel, keep)
         tcp = _compose(tcp, keep)
         rows = _compose(ip, tcp)
 
@@ -1093,32 +1232,35 @@ def _decode(path: str, buf: np.ndarray, recs: _Records):
     }
     opt_len = doff_bytes - TCP_MIN_HEADER_BYTES
     opt_avail = np.minimum(tcp_avail - TCP_MIN_HEADER_BYTES, opt_len)  # >= 0: cut ones left
-    opts, malformed = _tcp_options(buf, tcp_at + TCP_MIN_HEADER_BYTES, opt_len, opt_avail)
+    opt_rel = tcp_rel + TCP_MIN_HEADER_BYTES
+    opts, malformed = _tcp_options(
+        buf, tcp_at + TCP_MIN_HEADER_BYTES, opt_len, opt_avail,
+        lambda idx: frames.window(_compose(rows, idx), _take(opt_rel, idx),
+                                  TCP_FAST_OPTION_BYTES))
     out.update(opts)
     out["opts_cut"] = opt_avail < opt_len
-    if malformed:
-        notes.append(f"{malformed} TCP segments have malformed options: each was read up to "
-                     "the bad option")
+    notes.add((5,), "{n} TCP segments have malformed options: each was read up to the bad "
+              "option", malformed)
 
     packets = {name: np.ascontiguousarray(out[name], dtype=dt)
                for name, dt in PACKET_DTYPES.items()}
     counts = np.bincount(why[why != 0], minlength=len(SKIP_REASONS))
     skipped = {SKIP_REASONS[c]: int(counts[c]) for c in range(1, len(SKIP_REASONS))
                if counts[c]}
-    return packets, skipped, notes
+    return packets, skipped
 
 
-def _link_layer(buf, lt, data_off, caplen):
+def _link_layer(frames: _FrameBytes, sel, lt, caplen):
     """Offset of the IP header in the frame, the family the link layer announces (0: read
-    the IP version), pkttype, skip code; each an array over the records, a scalar holding
-    for all of them, or None."""
+    the IP version), pkttype, skip code; each an array over the records ``sel`` (None:
+    all), a scalar holding for all of them, or None."""
     if lt in RAW_LINKTYPES:
         return 0, 0, None, None
     if lt in (LINKTYPE_IPV4, LINKTYPE_IPV6):
         return 0, (4 if lt == LINKTYPE_IPV4 else 6), None, None
     pkttype = None
     if lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
-        af = _be(buf, data_off, 4)
+        af = frames.field(sel, 0, 4)
         if lt == LINKTYPE_NULL:
             # DLT_NULL's AF_ value is in the capturing host's byte order: a value with
             # bits in its high half was written by the other endianness (packet-null.c)
@@ -1129,12 +1271,16 @@ def _link_layer(buf, lt, data_off, caplen):
         unsupported = None
     else:
         fixed_len, ethertype_at, pkttype_at = COOKED_LAYOUT[lt]
-        ethertype = _be(buf, data_off + ethertype_at, 2)
+        ethertype = frames.field(sel, ethertype_at, 2)
         hdr_len = fixed_len
         if lt == LINKTYPE_LINUX_SLL:
-            pkttype = np.minimum(_be(buf, data_off + pkttype_at, 2), 127).astype(np.int8)
+            pkttype = np.minimum(frames.field(sel, pkttype_at, 2), 127).astype(np.int8)
         elif lt == LINKTYPE_LINUX_SLL2:
-            pkttype = np.minimum(_be(buf, data_off + pkttype_at, 1), 127).astype(np.int8)
+            pkttype = np.minimum(frames.field(sel, pkttype_at, 1), 127).astype(np.int8)
+        if (ethertype == ETHERTYPE_IPV4).all():  # the usual capture: untagged IPv4 only
+            short = caplen < hdr_len
+            code = np.where(short, np.int8(_WHY["link_header_cut"]), np.int8(0))
+            return hdr_len, np.uint8(4), pkttype, code if short.any() else None
         # VLAN tags (IEEE 802.1Q §9.5): TPID, TCI, then the next EtherType; QinQ stacks
         # an 802.1ad S-tag over a C-tag
         tagged = _is_any(ethertype, VLAN_TPIDS)
@@ -1144,7 +1290,7 @@ def _link_layer(buf, lt, data_off, caplen):
                 t = np.flatnonzero(tagged)
                 if t.size == 0:
                     break
-                ethertype[t] = _be(buf, data_off[t] + hdr_len[t] + 2, 2)
+                ethertype[t] = frames.field(_compose(sel, t), hdr_len[t] + 2, 2)
                 hdr_len[t] += 4
                 tagged[t] = _is_any(ethertype[t], VLAN_TPIDS)
         fam = np.where(ethertype == ETHERTYPE_IPV4, 4,
@@ -1180,12 +1326,11 @@ def _ipv4(h, avail, origlen, l3_rel, is4, notes):
     ).astype(np.int8)
     ok = (code == 0) & is4
     first_frag = int(np.count_nonzero(ok & ((frag & 0x2000) != 0)))  # MF set, offset 0
-    if first_frag:
-        notes.append(f"{first_frag} TCP segments are first IPv4 fragments: kept, with a "
-                     "payload_len counting that fragment only")
-    if n_tso and (n_tso := int(np.count_nonzero(ok & tso))):
-        notes.append(f"{n_tso} IPv4 packets have total length 0 (TSO): their length was "
-                     "taken from the frame")
+    notes.add((1,), "{n} TCP segments are first IPv4 fragments: kept, with a payload_len "
+              "counting that fragment only", first_frag)
+    if n_tso:
+        notes.add((2,), "{n} IPv4 packets have total length 0 (TSO): their length was "
+                  "taken from the frame", int(np.count_nonzero(ok & tso)))
     return code, l3_rel + ihl_bytes, total - ihl_bytes
 
 
@@ -1234,13 +1379,12 @@ def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
     code[(code == 0) & (plen < ext_bytes)] = _WHY["bad_ip_header"]
     ok = code == 0
     n_first = int(np.count_nonzero(ok & first_frag))
-    if n_first:
-        notes.append(f"{n_first} TCP segments are first IPv6 fragments: kept, with a "
-                     "payload_len counting that fragment only")
+    notes.add((3,), "{n} TCP segments are first IPv6 fragments: kept, with a payload_len "
+              "counting that fragment only", n_first)
     n_jumbo = int(np.count_nonzero(ok & jumbo))
     if n_jumbo:
-        notes.append(f"{n_jumbo} IPv6 packets have payload length 0 (jumbogram or GSO): "
-                     "their length was taken from the frame")
+        notes.add((4,), "{n} IPv6 packets have payload length 0 (jumbogram or GSO): "
+                  "their length was taken from the frame", n_jumbo)
     return code, l3_rel + IPV6_HEADER_BYTES + ext_bytes, plen - ext_bytes
 
 
@@ -1250,11 +1394,13 @@ def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
 NOP_NOP_TS = (TCPOPT_NOP << 24) | (TCPOPT_NOP << 16) | (TCPOPT_TIMESTAMP << 8) | 10
 
 
-def _tcp_options(buf, opt_at, opt_len, opt_avail):
+def _tcp_options(buf, opt_at, opt_len, opt_avail, fast_window):
     """Parse the options of every segment at once, one option per step for all of them.
 
     ``opt_at`` is the absolute offset of each segment's options, ``opt_len`` their length
-    from the data offset, ``opt_avail`` how many of those bytes were captured.
+    from the data offset, ``opt_avail`` how many of those bytes were captured;
+    ``fast_window(idx)`` gives the first TCP_FAST_OPTION_BYTES of the segments ``idx``
+    (None: all), from the frame heads.
     Follows Linux tcp_parse_options(): EOL ends the list, NOP is one byte, any other kind
     has a length byte; a length < 2 or one running past the data offset ends parsing (the
     segment counts as malformed); a known kind with the wrong length is ignored. An option
@@ -1276,9 +1422,17 @@ def _tcp_options(buf, opt_at, opt_len, opt_avail):
     malformed = np.zeros(m, bool)
     pos = np.zeros(m, np.int32)  # offset within the options reached so far
 
-    head = _subset(opt_avail >= 12)
-    if head is None or head.size:
-        w = _windows(buf, _take(opt_at, head), 12)
+    head = _subset(opt_avail >= TCP_FAST_OPTION_BYTES)
+    if head is None:
+        # every segment has room for them: masks, no index arrays
+        w = fast_window(None)
+        fast = _field(w, 0, 4) == NOP_NOP_TS
+        out["opt_ts"] = fast
+        out["tsval"] = np.where(fast, _field(w, 4, 4), 0).astype(np.uint32)
+        out["tsecr"] = np.where(fast, _field(w, 8, 4), 0).astype(np.uint32)
+        pos = np.where(fast, np.int32(TCP_FAST_OPTION_BYTES), np.int32(0))
+    elif head.size:
+        w = fast_window(head)
         fast = _field(w, 0, 4) == NOP_NOP_TS
         f = _subset(fast)
         rows = _compose(head, f)
@@ -1287,7 +1441,7 @@ def _tcp_options(buf, opt_at, opt_len, opt_avail):
         wf = _take(w, f)
         out["tsval"][sl] = _field(wf, 4, 4)
         out["tsecr"][sl] = _field(wf, 8, 4)
-        pos[sl] = 12
+        pos[sl] = TCP_FAST_OPTION_BYTES
     act = np.flatnonzero(pos < opt_avail)  # segments with options still to parse
     pos = pos[act]
     for _ in range(TCP_MAX_OPTION_BYTES):

@@ -3,19 +3,23 @@
     capture --pcap.read_capture--> packets --flows--> flow ids --retrans--> retransmitted
     segments --classify--> kind_pcap + timing;  events --join--> kernel reason per frame
 
-Pure assembly over DataFrames: the reading happens in analyze/pcap.py and
-analyze/events.py, the writing in analyze/outputs.py.
+Pure assembly: the reading happens in analyze/pcap.py and analyze/events.py, the writing in
+analyze/outputs.py. A capture alone is assembled over numpy tables (analyze/table.py) and
+never imports pandas; with events, the join and the merge run over DataFrames.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from retranscope.analyze.join import join_events, why_unmatched
-from retranscope.schemas.outputs import FAMILY_OF_KIND, OUTPUT_SCHEMA_VERSION
+from retranscope.analyze.table import Nullable, Table, filled, take, to_pandas
+from retranscope.schemas.outputs import FAMILY_OF_KIND, KINDS, OUTPUT_SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CLASSIFY_COLUMNS = ("kind_pcap", "spurious", "spurious_by", "since_original_ns",
                     "since_last_send_ns", "since_last_ack_ns", "srtt_us", "expected_pto_ns",
@@ -24,20 +28,29 @@ CLASSIFY_COLUMNS = ("kind_pcap", "spurious", "spurious_by", "since_original_ns",
 
 @dataclass
 class Result:
-    retransmits: pd.DataFrame
-    flows: pd.DataFrame
+    """``retransmits`` and ``flows``: tables (a capture alone) or DataFrames (with events);
+    analyze/outputs.py writes either."""
+
+    retransmits: Any
+    flows: Any
     summary: dict = field(default_factory=dict)
 
 
-def classify_capture(packets: dict[str, np.ndarray]):
-    """flows + per-wire-segment classification of a capture (row index into packets kept)."""
-    from retranscope.analyze.classify import classify
-    from retranscope.analyze.flows import assign_flows
-    from retranscope.analyze.retrans import find_retransmissions
+def classify_capture(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, Table, Table]:
+    """flows + per-wire-segment classification of a capture (row index into packets kept).
 
-    flow_id, flows = assign_flows(packets)
-    retrans = find_retransmissions(packets, flow_id, flows)
-    classified = classify(packets, flow_id, flows, retrans)
+    The sequence space and the sender context are computed once, for both the detection
+    of retransmissions and their classification.
+    """
+    from retranscope.analyze.classify import classify_table
+    from retranscope.analyze.flows import flow_table, sequence_space
+    from retranscope.analyze.retrans import retransmission_table, sender_context
+
+    flow_id, flows = flow_table(packets)
+    space = sequence_space(packets, flow_id, flows)
+    context = sender_context(packets, flow_id, flows, space)
+    retrans = retransmission_table(packets, flow_id, flows, space, context)
+    classified = classify_table(packets, flow_id, flows, retrans, space=space)
     return flow_id, flows, classified
 
 
@@ -46,8 +59,38 @@ def _row_of_frame(packets: dict[str, np.ndarray], frames: np.ndarray) -> np.ndar
     return np.searchsorted(packets["frame"], frames)
 
 
+def _wire_table(flows: Table, c: Table) -> Table:
+    """Classified wire segments -> output rows (source 'capture'), as a table: the columns
+    and types of _wire_rows."""
+    fid = c["flow_id"]
+    m = len(fid)
+    out = {
+        "ts_wall_ns": c["ts_ns"].astype(np.int64),
+        "source": np.full(m, "capture", dtype=object),
+        "family": flows["family"][fid].astype(np.uint8),
+        "saddr": flows["saddr"][fid],
+        "sport": flows["sport"][fid].astype(np.uint16),
+        "daddr": flows["daddr"][fid],
+        "dport": flows["dport"][fid].astype(np.uint16),
+        "flow_id": fid.astype(np.int64),
+        "seq": c["seq"].astype(np.uint32),
+        "end_seq": c["end_seq"].astype(np.uint32),
+        "kind": c["kind_pcap"],
+    }
+    for name in CLASSIFY_COLUMNS:
+        out[name] = c[name] if name in c else np.full(m, None, dtype=object)
+    out["frame"] = c["frame"].astype(np.int64)
+    out["frames"] = np.ones(m, dtype=np.int64)
+    out["tx_index"] = c["tx_index"] if "tx_index" in c else np.full(m, None, dtype=object)
+    out["match"] = np.full(m, None, dtype=object)
+    out["kind_agrees"] = np.full(m, None, dtype=object)
+    return out
+
+
 def _wire_rows(packets, flows: pd.DataFrame, c: pd.DataFrame) -> pd.DataFrame:
-    """Classified wire segments -> output rows (source 'capture')."""
+    """Classified wire segments -> output rows (source 'capture'), for the events merge."""
+    import pandas as pd
+
     f = flows.set_index("flow_id")
     fid = c["flow_id"].to_numpy()
     out = pd.DataFrame({
@@ -78,33 +121,32 @@ def analyze(capture=None, events=None) -> Result:
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
     summary: dict = {"output_schema_version": OUTPUT_SCHEMA_VERSION, "warnings": []}
-    wire = flows = None
-    packets = None
+    wire = flows = packets = None
     if capture is not None:
         packets = capture.packets
         summary["capture"] = capture.meta.to_dict()
         summary["warnings"] += list(capture.meta.warnings)
         _flow_id, flows, classified = classify_capture(packets)
-        wire = _wire_rows(packets, flows, classified)
-    if events is not None:
-        summary["recording"] = {k: events.run.get(k) for k in (
-            "host", "kernel_release", "boot_id", "run_id", "complete", "status",
-            "events_lost_in_kernel", "events_in_kernel", "events_written", "counters_delta",
-            "filters", "started_wall_ns", "ended_wall_ns")}
-        summary["recording"]["tcpdump"] = (events.run.get("pcap") or {}).get("tcpdump")
-        summary["warnings"] += events.warnings
-    ev = events.table if events is not None else None
-
-    if ev is None:
-        rows = wire
-        rows["source"] = "capture"
+        if events is None:
+            rows = _wire_table(flows, classified)
+            rows = take(rows, np.argsort(rows["ts_wall_ns"], kind="stable"))
+            summary.update(_totals_table(rows))
+            return Result(rows, _flows_table(flows, rows), summary)
+        flows = to_pandas(flows)
+        wire = _wire_rows(packets, flows, to_pandas(classified))
+    summary["recording"] = {k: events.run.get(k) for k in (
+        "host", "kernel_release", "boot_id", "run_id", "complete", "status",
+        "events_lost_in_kernel", "events_in_kernel", "events_written", "counters_delta",
+        "filters", "started_wall_ns", "ended_wall_ns")}
+    summary["recording"]["tcpdump"] = (events.run.get("pcap") or {}).get("tcpdump")
+    summary["warnings"] += events.warnings
+    ev = events.table
+    ev_rows = _event_rows(ev)
+    if wire is not None:
+        rows = _merge(ev, ev_rows, wire, packets, capture, summary)
     else:
-        ev_rows = _event_rows(ev)
-        if packets is not None and wire is not None:
-            rows = _merge(ev, ev_rows, wire, packets, capture, summary)
-        else:
-            rows = ev_rows
-            rows["match"] = "no_capture"
+        rows = ev_rows
+        rows["match"] = "no_capture"
     rows = rows.sort_values(["ts_wall_ns"], kind="stable").reset_index(drop=True)
     flows_out = _flows_out(flows, rows)
     summary.update(_totals(rows))
@@ -113,6 +155,8 @@ def analyze(capture=None, events=None) -> Result:
 
 def _event_rows(ev: pd.DataFrame) -> pd.DataFrame:
     """One row per kernel event, timing from the events alone (no wire evidence)."""
+    import pandas as pd
+
     out = pd.DataFrame({
         "ts_wall_ns": ev["ts_wall_ns"].to_numpy(np.int64),
         "source": "event",
@@ -143,6 +187,10 @@ def _event_rows(ev: pd.DataFrame) -> pd.DataFrame:
 
 
 def _merge(ev, ev_rows, wire, packets, capture, summary) -> pd.DataFrame:
+    import pandas as pd
+
+    from retranscope.analyze.join import join_events, why_unmatched
+
     event_of_row, frames = join_events(ev, packets)
     wire_row = _row_of_frame(packets, wire["frame"].to_numpy())
     wire_ev = event_of_row[wire_row]
@@ -243,6 +291,92 @@ def _flows_out(flows: pd.DataFrame | None, rows: pd.DataFrame) -> pd.DataFrame:
     srtt = rows.groupby(key)["srtt_us"].median().rename("srtt_us_median")
     base = base.merge(srtt, left_on=key, right_index=True, how="left")
     return base.reset_index(drop=True)
+
+
+def _value_counts(values: np.ndarray) -> dict:
+    """{value: count}, most frequent first, ties in order of first appearance (as pandas'
+    value_counts orders them: summary.json keeps its key order)."""
+    counts: dict = {}
+    for v in values.tolist():
+        counts[v] = counts.get(v, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _totals_table(rows: Table) -> dict:
+    """_totals over a table."""
+    spurious = filled(rows["spurious"], False).astype(bool)
+    return {
+        "retransmissions": int(len(rows["kind"])),
+        "by_kind": {str(k): int(v) for k, v in _value_counts(rows["kind"]).items()},
+        "spurious": int(spurious.sum()),
+        "spurious_by_kind": {str(k): int(v) for k, v in
+                             _value_counts(rows["kind"][spurious]).items()},
+    }
+
+
+FLOW_OUT_COLUMNS = ("flow_id", "rev_flow_id", "conn_id", "family", "saddr", "sport", "daddr",
+                    "dport", "first_ts_ns", "last_ts_ns", "n_packets", "n_data", "mss",
+                    "sack_ok", "ts_ok")
+
+
+def _flows_table(flows: Table, rows: Table) -> Table:
+    """_flows_out over tables: per flow, its retransmissions (by flow id) and, per kind,
+    those of its 4-tuple (all connections of the address/port pair, as _flows_out counts)."""
+    n_flows = len(flows["flow_id"])
+    base = {k: flows[k] for k in FLOW_OUT_COLUMNS if k in flows}
+    fid = rows["flow_id"]
+    own = fid >= 0
+    retx = np.bincount(fid[own], minlength=n_flows).astype(np.int64)
+    base["retransmissions"] = retx
+    # 4-tuple of each flow, as its text columns show it (the rows carry the same text).
+    tuple_of_flow = _text_tuple_ids(flows)
+    n_tuples = int(tuple_of_flow.max()) + 1 if n_flows else 0
+    t_row = tuple_of_flow[fid[own]]
+    kind = rows["kind"][own]
+    for k in KINDS:
+        per_tuple = np.bincount(t_row[kind == k], minlength=n_tuples)
+        base[k] = per_tuple[tuple_of_flow].astype(np.int64)
+    spurious = filled(rows["spurious"], False).astype(bool)[own]
+    sp = np.bincount(t_row[spurious], minlength=n_tuples)[tuple_of_flow].astype(np.int64)
+    base["spurious"] = sp
+    base["spurious_share"] = np.where(retx > 0, sp / np.clip(retx, 1, None), 0.0)
+    base["srtt_us_median"] = _median_by(t_row, rows["srtt_us"][own], n_tuples)[tuple_of_flow]
+    return base
+
+
+def _text_tuple_ids(flows: Table) -> np.ndarray:
+    """Dense ids of the flows' (saddr, sport, daddr, dport) as written (the address text
+    is a function of family and address)."""
+    if len(flows["flow_id"]) == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = [np.asarray(flows[k]) for k in (
+        "family", "saddr_hi", "saddr_lo", "sport", "daddr_hi", "daddr_lo", "dport")]
+    o = np.lexsort(keys[::-1])
+    new = np.zeros(len(o), dtype=bool)
+    new[0] = True
+    for k in keys:
+        new[1:] |= k[o][1:] != k[o][:-1]
+    ids = np.empty(len(o), dtype=np.int64)
+    ids[o] = np.cumsum(new) - 1
+    return ids
+
+
+def _median_by(group: np.ndarray, values, n_groups: int) -> np.ndarray:
+    """Median of the non-null ``values`` per group (float64; NaN for a group without any)."""
+    out = np.full(n_groups, np.nan)
+    valid = values.valid if isinstance(values, Nullable) else np.ones(len(values), bool)
+    g = group[valid]
+    v = filled(values, 0)[valid].astype(np.float64)
+    if not len(v):
+        return out
+    o = np.lexsort((v, g))
+    g, v = g[o], v[o]
+    start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    count = np.diff(np.r_[start, len(g)])
+    lo = start + (count - 1) // 2
+    hi = start + count // 2
+    out[g[start]] = (v[lo] + v[hi]) / 2
+    return out
 
 
 def _totals(rows: pd.DataFrame) -> dict:

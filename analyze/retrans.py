@@ -18,16 +18,19 @@ retransmissions of lost data (RFC 9293 §3.8.4, §3.8.6.1).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from retranscope.analyze.flows import (
     NO_VALUE,
     by_group,
     capture_order,
+    col,
+    flows_as_table,
     group_numbers,
-    seg_cummax,
+    group_sort,
+    seg_cummax_before,
     sequence_space,
 )
+from retranscope.analyze.table import Table, nullable, take, to_pandas
 from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
 
 RETRANS_COLUMNS = (
@@ -39,80 +42,87 @@ RETRANS_COLUMNS = (
 _NONE = NO_VALUE  # "nothing sent yet": the floor of seg_cummax
 
 
-def conn_order(packets: dict[str, np.ndarray], flow_id: np.ndarray,
-               flows: pd.DataFrame) -> np.ndarray:
+def conn_order(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows) -> np.ndarray:
     """Permutation putting packets in (connection, capture order)."""
-    conn = flows["conn_id"].to_numpy()[flow_id]
+    conn = col(flows, "conn_id")[flow_id]
     cap = capture_order(packets["frame"])
-    return cap[np.argsort(conn[cap], kind="stable")]
+    if cap is None:
+        return group_sort(conn)
+    return cap[group_sort(conn[cap])]
 
 
-def _ffill_in_group(mask: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Index (into the ordered rows) of the last earlier row with ``mask`` in the group, -1."""
-    m = len(mask)
-    idx = np.where(mask, np.arange(m), -1)
-    last = np.maximum.accumulate(idx) if m else idx
-    prev = np.full(m, -1, dtype=np.int64)
-    if m:
-        prev[1:] = last[:-1]
-        ok = prev >= 0
-        ok[ok] = group[prev[ok]] == group[ok]
-        prev[~ok] = -1
-    return prev
-
-
-def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: pd.DataFrame,
-                   space: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
+                   space: dict[str, np.ndarray],
+                   order: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per packet, what its sender knew just before sending it (all vectorised).
 
     ``sent_hi``: highest sequence known sent in the packet's flow (own segments, plus the
     reverse flow's ACK/SACK). ``snd_nxt``: the highest own segment end only. ``last_rev``:
-    index of the last packet of the reverse direction before it (-1 if none).
+    index of the last packet of the reverse direction before it (-1 if none), for the
+    packets that can be probes (at most one byte of payload); -1 for the others.
+    ``order``: conn_order(packets, flow_id, flows), when the caller has it.
     """
     n = len(flow_id)
-    order = conn_order(packets, flow_id, flows)
-    conn = flows["conn_id"].to_numpy()[flow_id][order]
-    gno = group_numbers(conn)
-    d = flows["dir"].to_numpy()[flow_id][order]
-    flags = packets["flags"][order]
-    end = space["end_abs"][order]
-    ack_ok = space["ack_flag"][order]
-    fb = np.where(ack_ok, space["ack_abs"], _NONE)
+    if order is None:
+        order = conn_order(packets, flow_id, flows)
+    # Everything below is in connection order; arrays are filled in place where they can
+    # be (each new 1.3M-row array costs its page faults).
+    f_o = flow_id[order]
+    gno = group_numbers(col(flows, "conn_id")[f_o])
+    d1 = col(flows, "dir")[f_o] != 0          # the packet is of direction 1
+    del f_o
+    pos_of = np.empty(n, dtype=np.int64)      # position of each packet in that order
+    pos_of[order] = np.arange(n)
+    not_rst = (packets["flags"] & TCP_RST) == 0
+    rst_o = ~not_rst[order]
+    own_end = space["end_abs"][order]
+    own_end[rst_o] = _NONE
+    # What the peer acknowledged or SACKed: evidence for the reverse flow.
+    fb = space["ack_abs"][order]
+    np.copyto(fb, _NONE, where=~space["ack_flag"][order] | rst_o)
     rows = space["sack_rows"]
     if len(rows):
         sn = packets["sack_n"][rows]
         top = space["sack_r_abs"][:, 0].copy()
         for b in range(1, 4):
             top = np.where(sn > b, np.maximum(top, space["sack_r_abs"][:, b]), top)
-        fb[rows] = np.maximum(fb[rows], top)
-    fb = fb[order]
-    not_rst = (flags & TCP_RST) == 0
-    own_end = np.where(not_rst, end, _NONE)
+        at = pos_of[rows]
+        fb[at] = np.where(not_rst[rows], np.maximum(fb[at], top), _NONE)
 
+    # Evidence for the flow of each direction: its own segment ends and the other
+    # direction's acknowledgements (which are in this flow's sequence space).
     sent_hi = np.empty(n, dtype=np.int64)
     snd_nxt = np.empty(n, dtype=np.int64)
-    last_rev = np.empty(n, dtype=np.int64)
-    for side in (0, 1):
-        own = d == side
-        # Evidence for the flow of direction `side`: its own segment ends and the other
-        # direction's acknowledgements (which are in this flow's sequence space).
-        ev = np.where(own, own_end, np.where(~own & not_rst, fb, _NONE))
-        hi = seg_cummax(ev, gno, exclusive=True)
-        nx = seg_cummax(np.where(own, own_end, _NONE), gno, exclusive=True)
-        lr = _ffill_in_group(~own, conn)
-        sel = order[own]
-        sent_hi[sel] = hi[own]
-        snd_nxt[sel] = nx[own]
-        lr_own = lr[own]
-        last_rev[sel] = np.where(lr_own >= 0, order[np.clip(lr_own, 0, None)], -1)
+    for out, (v0, v1) in ((sent_hi, ((fb, own_end), (own_end, fb))),
+                          (snd_nxt, ((_NONE, own_end), (own_end, _NONE)))):
+        m0, m1 = seg_cummax_before([v0, v1], gno, where=d1)
+        np.copyto(m0, m1, where=d1)
+        out[order] = m0
+        del m0, m1
+
+    # Last packet of the other direction, in the same connection: binary searches among
+    # the positions (in connection order) of each direction's packets.
+    last_rev = np.full(n, -1, dtype=np.int64)
+    rows = np.flatnonzero(packets["payload_len"] <= 1)
+    if len(rows):
+        p = pos_of[rows]
+        mine = d1[p]
+        lr = np.empty(len(rows), dtype=np.int64)
+        for side, other in ((True, np.flatnonzero(~d1)), (False, np.flatnonzero(d1))):
+            q = mine == side
+            k = np.searchsorted(other, p[q]) - 1
+            lr[q] = np.where(k >= 0, other[np.clip(k, 0, None)], -1)
+        first_of_conn = np.flatnonzero(np.r_[True, gno[1:] != gno[:-1]])
+        same = (lr >= 0) & (lr >= first_of_conn[gno[p]])
+        last_rev[rows] = np.where(same, order[np.clip(lr, 0, None)], -1)
     return {"sent_hi": sent_hi, "snd_nxt": snd_nxt, "last_rev": last_rev}
 
 
-def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray,
-                         flows: pd.DataFrame,
+def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
                          space: dict[str, np.ndarray] | None = None,
-                         context: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """One row per retransmitted wire segment (and per keep-alive / window probe)."""
+                         context: dict[str, np.ndarray] | None = None) -> Table:
+    """One row per retransmitted wire segment (and per keep-alive / window probe), in
+    frame order (RETRANS_COLUMNS; the optional columns are Nullable)."""
     if space is None:
         space = sequence_space(packets, flow_id, flows)
     if context is None:
@@ -169,7 +179,8 @@ def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     probe[zwp[rows]] = "zero_window"
     ts = packets["ts_ns"][rows]
     has_orig = orig_frame >= 0
-    df = pd.DataFrame({
+    snd_nxt = context["snd_nxt"][rows]
+    table = {
         "pkt": rows.astype(np.int64),
         "frame": packets["frame"][rows],
         "ts_ns": ts,
@@ -181,16 +192,25 @@ def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray,
         "end_abs": end_abs[rows],
         "payload_len": packets["payload_len"][rows],
         "flags": packets["flags"][rows],
-        "snd_nxt_abs": pd.array(context["snd_nxt"][rows], dtype="Int64"),
+        "snd_nxt_abs": nullable(snd_nxt, snd_nxt > _NONE),
         "orig_frame": orig_frame,
-        "orig_ts_ns": pd.array(np.where(has_orig, orig_ts, 0), dtype="Int64"),
+        "orig_ts_ns": nullable(orig_ts, has_orig),
         "tx_index": tx_index.astype(np.int64),
-        "since_original_ns": pd.array(np.where(has_orig, ts - orig_ts, 0), dtype="Int64"),
+        "since_original_ns": nullable(ts - orig_ts, has_orig),
         "probe": probe,
-    })
-    df.loc[~has_orig, ["orig_ts_ns", "since_original_ns"]] = pd.NA
-    df.loc[df["snd_nxt_abs"] <= _NONE, "snd_nxt_abs"] = pd.NA
-    return df.sort_values("frame", kind="stable").reset_index(drop=True)
+    }
+    fr = table["frame"]
+    if len(fr) > 1 and not bool(np.all(fr[1:] >= fr[:-1])):
+        table = take(table, np.argsort(fr, kind="stable"))
+    return table
+
+
+def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
+                         space: dict[str, np.ndarray] | None = None,
+                         context: dict[str, np.ndarray] | None = None):
+    """``retransmission_table`` as a pandas DataFrame (optional columns nullable Int64)."""
+    return to_pandas(retransmission_table(packets, flow_id, flows_as_table(flows), space,
+                                          context))
 
 
 def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
@@ -204,7 +224,7 @@ def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx
     caught mid-chain, say). Only for flows whose SYN was not captured.
     """
     out = np.zeros(len(flow_id), dtype=bool)
-    late = ~flows["syn_seen"].to_numpy(dtype=bool)
+    late = ~col(flows, "syn_seen").astype(bool)
     data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
     if len(data) < 2:
         return out
@@ -217,8 +237,9 @@ def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx
         return out
     gf = flow_id[gaps]
     keep = np.r_[True, gf[1:] != gf[:-1]]           # the first gap of each flow
-    first_gap_seq = np.full(len(flows), _NONE, dtype=np.int64)
-    first_gap_frame = np.full(len(flows), -1, dtype=np.int64)
+    n_flows = len(col(flows, "flow_id"))
+    first_gap_seq = np.full(n_flows, _NONE, dtype=np.int64)
+    first_gap_frame = np.full(n_flows, -1, dtype=np.int64)
     first_gap_seq[gf[keep]] = seq_abs[gaps[keep]]
     first_gap_frame[gf[keep]] = packets["frame"][gaps[keep]]
     fr = packets["frame"][data]
@@ -250,7 +271,10 @@ def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
         return out
     o = np.lexsort((seq, fid))
     sf, ss, se, sfr = fid[o], seq[o], end[o], frame[o]
-    maxlen = pd.Series(se - ss).groupby(sf).transform("max").to_numpy()
+    span = se - ss
+    top = np.zeros(int(sf.max()) + 1, dtype=np.int64)
+    np.maximum.at(top, sf, span)
+    maxlen = top[sf]
     lo = _search_pairs(sf, ss, sf, ss - maxlen, side="left")
     hi = _search_pairs(sf, ss, sf, ss, side="right")
     cnt = hi - lo

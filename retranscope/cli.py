@@ -155,8 +155,11 @@ def analyze(
 
 
 def run_analysis(pcap: Optional[Path], events: Optional[Path], out: Path, quiet: bool = True):
+    from retranscope.analyze.memory import reuse_freed_memory
     from retranscope.analyze.outputs import write_outputs
     from retranscope.analyze.pipeline import analyze as run
+
+    reuse_freed_memory()
 
     capture = ev = None
     if pcap is not None:

@@ -257,6 +257,21 @@ def scapy_rows_upto(path: Path, n_rows: int, tmp_path: Path) -> list[dict]:
     return scapy_rows(cut)[:n_rows]
 
 
+@pytest.mark.parametrize("name", DECODABLE + ["malformed_tcp_options.pcap"])
+def test_decoding_in_chunks_changes_nothing(name, monkeypatch):
+    # Big captures are decoded DECODE_CHUNK_RECORDS at a time: the same rows, skip counts
+    # and notes (counts summed over the chunks) as in one pass.
+    import retranscope.analyze.pcap as pcap
+
+    whole = read_capture(FIXTURES / name)
+    monkeypatch.setattr(pcap, "DECODE_CHUNK_RECORDS", 3)
+    chunked = read_capture(FIXTURES / name)
+    assert chunked.meta == whole.meta
+    for col, _, _ in PACKET_COLUMNS:
+        assert chunked.packets[col].dtype == whole.packets[col].dtype
+        assert np.array_equal(chunked.packets[col], whole.packets[col]), col
+
+
 @pytest.mark.parametrize("name", DECODABLE)
 def test_every_record_is_accounted_for(name):
     m = read(name).meta
