@@ -50,23 +50,10 @@ class KernelCount:
 
 
 def storm(lab, seconds: float, conns: int):
-    from retranscope.lab.recorded import start_client, start_server
+    from retranscope.lab.recorded import start_bulk, start_server
 
     server = start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", seconds + 30)
-    client = start_client(
-        lab,
-        "bulk",
-        "--host",
-        lab.receiver_addr(4),
-        "--port",
-        PORT,
-        "--bytes",
-        10**11,
-        "--conns",
-        conns,
-        "--timeout-s",
-        seconds + 20,
-    )
+    client = start_bulk(lab, PORT, 10**11, conns=conns, timeout_s=seconds + 20)
     time.sleep(seconds)
     client.send_signal(signal.SIGKILL)
     client.wait()
@@ -84,7 +71,10 @@ def run_recorder(lab, seconds: float, conns: int, kc: KernelCount, out: Path) ->
     k1 = kc.read()
     cpu = cpu_seconds(rec.proc.pid)
     rec.stop()
-    kept = sum(pq.read_table(f).num_rows for f in (out / "events").glob("*.parquet"))
+    kept = sum(
+        pq.read_table(f, filters=[("dport", "=", PORT)]).num_rows
+        for f in (out / "events").glob("*.parquet")
+    )
     meta = json.loads((out / "run.json").read_text())
     return {
         "tool": "retranscope record",
@@ -114,7 +104,8 @@ def run_tcpretrans(lab, seconds: float, conns: int, kc: KernelCount, out: Path) 
     proc.wait(timeout=30)
     log.close()
     text = (out / "tcpretrans.txt").read_text()
-    port_re = re.compile(rf":{PORT}\b")
+    # "R> RADDR:RPORT": retransmissions sent to the server's port, as counted in the kernel.
+    port_re = re.compile(rf"[RL]> +\S+:{PORT}\b")
     kept = sum(1 for line in text.splitlines() if port_re.search(line))
     return {"tool": "tcpretrans-bpfcc", "kernel": k1 - k0, "kept": kept, "cpu_s": cpu}
 

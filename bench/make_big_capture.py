@@ -20,7 +20,7 @@ PORT = 5001
 
 def main() -> int:
     from retranscope.lab.netns import Lab
-    from retranscope.lab.recorded import start_client, start_server
+    from retranscope.lab.recorded import start_bulk, start_server
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "data" / "big.pcap")
@@ -54,20 +54,7 @@ def main() -> int:
         )
         time.sleep(1.0)
         server = start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", "300")
-        client = start_client(
-            lab,
-            "bulk",
-            "--host",
-            lab.receiver_addr(4),
-            "--port",
-            PORT,
-            "--bytes",
-            10**12,
-            "--conns",
-            "4",
-            "--timeout-s",
-            "280",
-        )
+        client = start_bulk(lab, PORT, 10**12, conns="4", timeout_s=280)
         try:
             dump.wait(timeout=280)
         finally:

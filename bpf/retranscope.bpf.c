@@ -201,6 +201,23 @@ static __always_inline void rts_common(void *ctx, struct rts_event *e, u8 type)
 	e->stack_len = n > 0 ? (long)((unsigned long)n >> 3) : n;
 }
 
+/* Flow fields from a tcp tracepoint's arguments (ports there are host order; IPv4
+ * addresses go in the first 4 bytes). */
+static __always_inline void rts_set_flow(struct rts_event *e, u16 family, u16 sport, u16 dport,
+					 const u8 *s4, const u8 *d4, const u8 *s6, const u8 *d6)
+{
+	e->family = family;
+	e->sport = sport;
+	e->dport = dport;
+	if (family == 10) {
+		__builtin_memcpy(e->saddr, s6, 16);
+		__builtin_memcpy(e->daddr, d6, 16);
+	} else {
+		__builtin_memcpy(e->saddr, s4, 4);
+		__builtin_memcpy(e->daddr, d4, 4);
+	}
+}
+
 #ifdef RTS_HAVE_TP
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
@@ -211,17 +228,9 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 	if (!e)
 		return 0;
 	__builtin_memset(e, 0, sizeof(*e));
-	e->family = family;
-	e->sport = args->sport;   /* the tracepoint stores ports in host order */
-	e->dport = args->dport;
+	rts_set_flow(e, family, args->sport, args->dport, args->saddr, args->daddr,
+		     args->saddr_v6, args->daddr_v6);
 	e->state = args->state;
-	if (family == 10) {
-		__builtin_memcpy(e->saddr, args->saddr_v6, 16);
-		__builtin_memcpy(e->daddr, args->daddr_v6, 16);
-	} else {
-		__builtin_memcpy(e->saddr, args->saddr, 4);
-		__builtin_memcpy(e->daddr, args->daddr, 4);
-	}
 #ifdef RTS_TP_HAS_ERR
 	e->err = args->err;
 	e->flags |= RTS_F_HAS_ERR;
@@ -244,17 +253,9 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 	if (!e)
 		return 0;
 	__builtin_memset(e, 0, sizeof(*e));
-	e->family = family;
-	e->sport = args->sport;
-	e->dport = args->dport;
+	rts_set_flow(e, family, args->sport, args->dport, args->saddr, args->daddr,
+		     args->saddr_v6, args->daddr_v6);
 	e->state = 12; /* TCP_NEW_SYN_RECV: the request socket's state */
-	if (family == 10) {
-		__builtin_memcpy(e->saddr, args->saddr_v6, 16);
-		__builtin_memcpy(e->daddr, args->daddr_v6, 16);
-	} else {
-		__builtin_memcpy(e->saddr, args->saddr, 4);
-		__builtin_memcpy(e->daddr, args->daddr, 4);
-	}
 	e->skaddr = (u64)args->skaddr;
 	e->skbaddr = (u64)args->req;
 #if RTS_OFF_TREQ_SNT_ISN >= 0

@@ -156,3 +156,23 @@ def start_client(lab: Lab, *args: object) -> subprocess.Popen:
     """`python -m retranscope.lab.traffic ARGS` (bulk, requests, connect) in the sender
     namespace."""
     return lab.pymodule(lab.sender_ns, "retranscope.lab.traffic", [str(a) for a in args])
+
+
+def start_bulk(
+    lab: Lab, port: int, nbytes: int, *, family: int = 4, conns: int = 1, timeout_s: float = 20.0
+) -> subprocess.Popen:
+    """A bulk sender to the receiver (`traffic bulk`), started in the sender namespace."""
+    return start_client(
+        lab,
+        "bulk",
+        "--host",
+        lab.receiver_addr(family),
+        "--port",
+        port,
+        "--bytes",
+        nbytes,
+        "--conns",
+        conns,
+        "--timeout-s",
+        timeout_s,
+    )

@@ -176,7 +176,7 @@ def test_sigkill_leaves_only_readable_files(tmp_path):
     """A SIGKILLed recorder: every file left behind is complete and readable, and the
     closed files hold every event but those of the last rotation interval."""
     from retranscope.lab.netns import Lab
-    from retranscope.lab.recorded import RecorderProcess, start_client, start_server
+    from retranscope.lab.recorded import RecorderProcess, start_bulk, start_server
 
     with Lab(ipv6=False) as lab:
         lab.add_rule("tcp dport 5001 numgen random mod 100 < 5 drop")
@@ -185,18 +185,7 @@ def test_sigkill_leaves_only_readable_files(tmp_path):
             lab, lab.sender_ns, ["--out", str(out), "--quiet", "--rotate-seconds", "0.5"]
         )
         start_server(lab, "--port", "5001", "--mode", "sink", "--timeout-s", "30")
-        client = start_client(
-            lab,
-            "bulk",
-            "--host",
-            lab.receiver_addr(4),
-            "--port",
-            "5001",
-            "--bytes",
-            "400000000",
-            "--timeout-s",
-            "20",
-        )
+        client = start_bulk(lab, "5001", "400000000", timeout_s=20)
         time.sleep(3.0)
         rec.proc.send_signal(signal.SIGKILL)
         rec.proc.wait()

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from retranscope.lab.netns import Lab
-from retranscope.lab.recorded import RecorderProcess, start_client, start_server
+from retranscope.lab.recorded import RecorderProcess, start_bulk, start_client, start_server
 
 pytestmark = pytest.mark.root
 
@@ -30,20 +30,7 @@ def _traffic(lab: Lab, seconds_bytes: int = 3_000_000):
         )
         servers.append(s)
     for fam, port in ((4, PORT4), (6, PORT6)):
-        clients.append(
-            start_client(
-                lab,
-                "bulk",
-                "--host",
-                lab.receiver_addr(fam),
-                "--port",
-                port,
-                "--bytes",
-                seconds_bytes,
-                "--timeout-s",
-                "20",
-            )
-        )
+        clients.append(start_bulk(lab, port, seconds_bytes, family=fam, timeout_s=20))
     return servers, clients
 
 
@@ -122,18 +109,7 @@ def test_live_lines_with_sequence(tmp_path):
         )
         time.sleep(2.5)
         start_server(lab, "--port", PORT4, "--mode", "sink", "--timeout-s", "20")
-        c = start_client(
-            lab,
-            "bulk",
-            "--host",
-            lab.receiver_addr(4),
-            "--port",
-            PORT4,
-            "--bytes",
-            "1500000",
-            "--timeout-s",
-            "15",
-        )
+        c = start_bulk(lab, PORT4, "1500000", timeout_s=15)
         c.wait(timeout=30)
         out, err = proc.communicate(timeout=60)
     lines = out.strip().splitlines()
@@ -183,18 +159,7 @@ def test_pid_filter_keeps_only_that_process(tmp_path):
             "30",
         )
         rec = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "-q", "--pid", str(c4.pid)])
-        c6 = start_client(
-            lab,
-            "bulk",
-            "--host",
-            lab.receiver_addr(6),
-            "--port",
-            PORT6,
-            "--bytes",
-            "20000000",
-            "--timeout-s",
-            "30",
-        )
+        c6 = start_bulk(lab, PORT6, "20000000", family=6, timeout_s=30)
         c6.wait(timeout=40)
         c4.wait(timeout=40)
         rec.stop()
@@ -232,20 +197,7 @@ def test_other_namespace_storm_is_neither_recorded_nor_counted_lost(tmp_path):
         rec = RecorderProcess(quiet, quiet.sender_ns, ["--out", str(out), "-q", "--buffer-mb", "1"])
         busy.add_rule(f"tcp dport {PORT4} numgen random mod 100 < 15 drop")
         start_server(busy, "--port", PORT4, "--mode", "sink", "--timeout-s", "20")
-        c = start_client(
-            busy,
-            "bulk",
-            "--host",
-            busy.receiver_addr(4),
-            "--port",
-            PORT4,
-            "--bytes",
-            10**11,
-            "--conns",
-            4,
-            "--timeout-s",
-            "10",
-        )
+        c = start_bulk(busy, PORT4, 10**11, conns=4, timeout_s=10)
         time.sleep(3)
         made = busy.tcp_counters(busy.sender_ns).get("TcpRetransSegs", 0)
         c.kill()
