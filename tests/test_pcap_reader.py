@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from retranscope.analyze.pcap import Capture, read_capture
-from retranscope.schemas.packets import PACKET_COLUMNS, addr_from_str
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import (
     IPv6,
@@ -31,6 +29,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
 from scapy.utils import RawPcapNgReader, RawPcapReader
 
+from retranscope.analyze.pcap import Capture, read_capture
 from retranscope.errors import (
     BadInput,
     CaptureError,
@@ -38,6 +37,7 @@ from retranscope.errors import (
     TruncatedCapture,
     UnknownLinkType,
 )
+from retranscope.schemas.packets import PACKET_COLUMNS, addr_from_str
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "reader"
