@@ -840,7 +840,7 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
                     undo_k = _loss_undo(entry_k, min(k, exit_k), fa, a_una, a_prev_una, a_adv,
                                         a_tsecr, a_sack_hi, a_sack_left, a_sack_top,
                                         a_payload, a_new_after, retrans_stamp, frto,
-                                        loss_ranges, high_seq)
+                                        loss_ranges, high_seq, sack_ok_l[f])
                 if episode_n and min(exit_k, undo_k) > k:
                     # tcp_try_undo_dsack / undo_retrans == 0: every retransmission of the
                     # episode was reported duplicate (tcp_try_undo_loss, tcp_try_undo_dsack).
@@ -1068,7 +1068,7 @@ class _Ranges:
 
 def _loss_undo(entry_k, upto_k, fa, a_una, a_prev_una, a_adv, a_tsecr, a_sack_hi, a_sack_left,
                a_sack_top, a_payload, a_new_after, retrans_stamp, frto, loss_ranges,
-               high_seq) -> int:
+               high_seq, sack_ok=True) -> int:
     """First ACK index in (entry_k, upto_k] at which the Loss state is undone, else _INF.
 
     tcp_process_loss, per ACK: one advancing snd_una undoes when it echoes a TSval older
@@ -1077,6 +1077,8 @@ def _loss_undo(entry_k, upto_k, fa, a_una, a_prev_una, a_adv, a_tsecr, a_sack_hi
     data below high_seq proves the timeout spurious (step 3.b, FLAG_ORIG_SACK_ACKED); once
     new data went out, a SACK or duplicate ACK proves the loss real (step 3.a); the first
     partial ACK with no new data to send falls back to conventional recovery (step 2.b).
+    Without SACK only the F-RTO undo reopens the connection: tcp_try_undo_loss restores
+    cwnd on an Eifel undo but leaves a Reno sender in Loss (`frto_undo || tcp_is_sack`).
     """
     j = max(entry_k + 1, fa)
     steps = 0
@@ -1084,7 +1086,7 @@ def _loss_undo(entry_k, upto_k, fa, a_una, a_prev_una, a_adv, a_tsecr, a_sack_hi
     while j <= upto_k and steps < 8:
         prev_una = a_prev_una[j]
         adv = a_adv[j]
-        if adv and retrans_stamp is not None and a_tsecr[j] and \
+        if sack_ok and adv and retrans_stamp is not None and a_tsecr[j] and \
                 ((a_tsecr[j] - retrans_stamp) & 0xFFFFFFFF) >= (1 << 31):
             return j
         if frto:

@@ -228,8 +228,11 @@ def test_lost_retransmission_in_loss_moves_to_recovery():
 
 def test_spurious_rto_found_by_timestamp_echo_then_loss_is_undone():
     # No SACK: the first timeout is an RTO. The ACK echoes the original's TSval, not the
-    # retransmission's (Eifel, RFC 3522): spurious; tcp_try_undo_loss leaves Loss, so a
-    # later ACK-clocked retransmission is fast, not a slow-start retransmit.
+    # retransmission's (Eifel, RFC 3522): spurious, and tcp_try_undo_loss restores cwnd.
+    # But without SACK only an F-RTO undo reopens the connection (`if (frto_undo ||
+    # tcp_is_sack(tp))`, tcp_input.c since "tcp: fix early ETIMEDOUT after spurious
+    # non-SACK RTO", 2022): the sender stays in Loss, and the later retransmission on the
+    # duplicate ACKs is a slow-start retransmit (TCPSlowStartRetrans), not fast.
     tr, c, t, seq = start(sack=False)
     o = c.send(t, seq, MSS)
     c.send(t + 0.01, seq + MSS, MSS)
@@ -241,7 +244,7 @@ def test_spurious_rto_found_by_timestamp_echo_then_loss_is_undone():
         c.ack(t + 220 + i, seq + MSS, tsecr=o["tsval"])
     c.send(t + 222.02, seq + MSS, MSS)
     r = run(tr)
-    assert r["kind_pcap"].tolist() == ["rto", "fast"]
+    assert r["kind_pcap"].tolist() == ["rto", "rto_recovery"]
     assert bool(r["spurious"].iloc[0]) and r["spurious_by"].iloc[0] == "ts_echo"
     assert not r["spurious"].iloc[1]
 
