@@ -60,8 +60,7 @@ def _row_of_frame(packets: dict[str, np.ndarray], frames: np.ndarray) -> np.ndar
 
 
 def _wire_table(flows: Table, c: Table) -> Table:
-    """Classified wire segments -> output rows (source 'capture'), as a table: the columns
-    and types of _wire_rows."""
+    """Classified wire segments -> output rows (source 'capture')."""
     fid = c["flow_id"]
     m = len(fid)
     out = {
@@ -87,35 +86,6 @@ def _wire_table(flows: Table, c: Table) -> Table:
     return out
 
 
-def _wire_rows(packets, flows: pd.DataFrame, c: pd.DataFrame) -> pd.DataFrame:
-    """Classified wire segments -> output rows (source 'capture'), for the events merge."""
-    import pandas as pd
-
-    f = flows.set_index("flow_id")
-    fid = c["flow_id"].to_numpy()
-    out = pd.DataFrame({
-        "ts_wall_ns": c["ts_ns"].to_numpy(np.int64),
-        "source": "capture",
-        "family": f.loc[fid, "family"].to_numpy(np.uint8),
-        "saddr": f.loc[fid, "saddr"].to_numpy(),
-        "sport": f.loc[fid, "sport"].to_numpy(np.uint16),
-        "daddr": f.loc[fid, "daddr"].to_numpy(),
-        "dport": f.loc[fid, "dport"].to_numpy(np.uint16),
-        "flow_id": fid.astype(np.int64),
-        "seq": c["seq"].to_numpy(np.uint32),
-        "end_seq": c["end_seq"].to_numpy(np.uint32),
-        "kind": c["kind_pcap"].to_numpy(object),
-    })
-    for col in CLASSIFY_COLUMNS:
-        out[col] = c[col].to_numpy() if col in c else None
-    out["frame"] = c["frame"].to_numpy(np.int64)
-    out["frames"] = 1
-    out["tx_index"] = c["tx_index"].to_numpy() if "tx_index" in c else None
-    out["match"] = None
-    out["kind_agrees"] = None
-    return out
-
-
 def analyze(capture=None, events=None) -> Result:
     """capture: analyze.pcap.Capture or None; events: analyze.events.Events or None."""
     if capture is None and events is None:
@@ -132,8 +102,9 @@ def analyze(capture=None, events=None) -> Result:
             rows = take(rows, np.argsort(rows["ts_wall_ns"], kind="stable"))
             summary.update(_totals_table(rows))
             return Result(rows, _flows_table(flows, rows), summary)
+        # With events the merge runs over DataFrames: the same rows, converted once.
+        wire = to_pandas(_wire_table(flows, classified))
         flows = to_pandas(flows)
-        wire = _wire_rows(packets, flows, to_pandas(classified))
     summary["recording"] = {k: events.run.get(k) for k in (
         "host", "kernel_release", "boot_id", "run_id", "complete", "status",
         "events_lost_in_kernel", "events_in_kernel", "events_written", "counters_delta",
@@ -149,7 +120,8 @@ def analyze(capture=None, events=None) -> Result:
         rows["match"] = "no_capture"
     rows = rows.sort_values(["ts_wall_ns"], kind="stable").reset_index(drop=True)
     flows_out = _flows_out(flows, rows)
-    summary.update(_totals(rows))
+    summary.update(_totals_table({"kind": rows["kind"].to_numpy(object),
+                                  "spurious": rows["spurious"].fillna(False).to_numpy(bool)}))
     return Result(rows, flows_out, summary)
 
 
@@ -303,7 +275,7 @@ def _value_counts(values: np.ndarray) -> dict:
 
 
 def _totals_table(rows: Table) -> dict:
-    """_totals over a table."""
+    """Totals by kind and spurious (summary.json)."""
     spurious = filled(rows["spurious"], False).astype(bool)
     return {
         "retransmissions": int(len(rows["kind"])),
@@ -377,15 +349,3 @@ def _median_by(group: np.ndarray, values, n_groups: int) -> np.ndarray:
     hi = start + count // 2
     out[g[start]] = (v[lo] + v[hi]) / 2
     return out
-
-
-def _totals(rows: pd.DataFrame) -> dict:
-    kinds = rows["kind"].value_counts().to_dict()
-    spurious = rows["spurious"].fillna(False).astype(bool)
-    return {
-        "retransmissions": int(len(rows)),
-        "by_kind": {str(k): int(v) for k, v in kinds.items()},
-        "spurious": int(spurious.sum()),
-        "spurious_by_kind": {str(k): int(v) for k, v in
-                             rows[spurious]["kind"].value_counts().to_dict().items()},
-    }

@@ -201,6 +201,19 @@ static __always_inline void rts_common(void *ctx, struct rts_event *e, u8 type)
 	e->stack_len = n > 0 ? (long)((unsigned long)n >> 3) : n;
 }
 
+/* Start an event: filters first (nothing reserved for what is filtered out), then a
+ * zeroed buffer slot; NULL when filtered out or when the buffer is full (counted lost). */
+static __always_inline struct rts_event *rts_begin(const void *sk, u16 family, u16 sport,
+						   u16 dport)
+{
+	if (rts_filtered(sk, family, sport, dport))
+		return 0;
+	struct rts_event *e = rts_reserve_counted();
+	if (e)
+		__builtin_memset(e, 0, sizeof(*e));
+	return e;
+}
+
 /* Flow fields from a tcp tracepoint's arguments (ports there are host order; IPv4
  * addresses go in the first 4 bytes). */
 static __always_inline void rts_set_flow(struct rts_event *e, u16 family, u16 sport, u16 dport,
@@ -222,12 +235,9 @@ static __always_inline void rts_set_flow(struct rts_event *e, u16 family, u16 sp
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
 	u16 family = args->family;
-	if (rts_filtered(args->skaddr, family, args->sport, args->dport))
-		return 0;
-	struct rts_event *e = rts_reserve_counted();
+	struct rts_event *e = rts_begin(args->skaddr, family, args->sport, args->dport);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
 	rts_set_flow(e, family, args->sport, args->dport, args->saddr, args->daddr,
 		     args->saddr_v6, args->daddr_v6);
 	e->state = args->state;
@@ -247,12 +257,9 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 {
 	u16 family = args->family;
-	if (rts_filtered(args->skaddr, family, args->sport, args->dport))
-		return 0;
-	struct rts_event *e = rts_reserve_counted();
+	struct rts_event *e = rts_begin(args->skaddr, family, args->sport, args->dport);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
 	rts_set_flow(e, family, args->sport, args->dport, args->saddr, args->daddr,
 		     args->saddr_v6, args->daddr_v6);
 	e->state = 12; /* TCP_NEW_SYN_RECV: the request socket's state */
@@ -318,12 +325,9 @@ static __always_inline int rts_kprobe_event(struct pt_regs *ctx, const void *sk,
 	bpf_probe_read_kernel(&family, 2, (const char *)sk + RTS_OFF_SKC_FAMILY);
 	bpf_probe_read_kernel(&lport, 2, (const char *)sk + RTS_OFF_SKC_NUM);
 	bpf_probe_read_kernel(&dport_be, 2, (const char *)sk + RTS_OFF_SKC_DPORT);
-	if (rts_filtered(sk, family, lport, __builtin_bswap16(dport_be)))
-		return 0;
-	struct rts_event *e = rts_reserve_counted();
+	struct rts_event *e = rts_begin(sk, family, lport, __builtin_bswap16(dport_be));
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
 	rts_flow_from_sock(e, sk);
 	e->skaddr = (u64)sk;
 	e->skbaddr = (u64)skb;

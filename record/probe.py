@@ -74,11 +74,15 @@ def ensure_tracefs() -> None:
         )
 
 
-def check_environment() -> None:
+def require_root() -> None:
     if os.geteuid() != 0:
         raise EnvironmentProblem(
             "retranscope record needs root (BPF and tracefs): run it with sudo"
         )
+
+
+def check_environment() -> None:
+    require_root()
     release = platform.release()
     build = Path("/lib/modules") / release / "build"
     if not build.exists():

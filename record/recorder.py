@@ -22,9 +22,12 @@ import pyarrow.parquet as pq
 
 from retranscope.errors import BadInput, EnvironmentProblem
 from retranscope.record import procnet
-from retranscope.record.decode import format_addrs
+from retranscope.record.decode import decode, format_addrs
+from retranscope.record.probe import Probe, ProbeConfig, require_root
+from retranscope.record.reasons import KernelSymbols
+from retranscope.record.tcpdump import Tcpdump
 from retranscope.record.writer import RUN_META, RotatingWriter, write_json_atomic
-from retranscope.schemas.events import COUNTS_SCHEMA, SCHEMA_NAME, SCHEMA_VERSION
+from retranscope.schemas.events import COUNTS_SCHEMA, EVENT_SCHEMA, SCHEMA_NAME, SCHEMA_VERSION
 
 
 @dataclass
@@ -127,13 +130,7 @@ class _Stop:
 
 def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> dict:
     """Run the recorder until a signal, --duration, or an error. Returns the run metadata."""
-    # Imported here so that `retranscope analyze` never needs bcc.
-    from retranscope.record.decode import decode
-    from retranscope.record.probe import Probe, ProbeConfig
-    from retranscope.record.reasons import KernelSymbols
-    from retranscope.record.tcpdump import Tcpdump
-
-    check_environment_or_raise()
+    require_root()
     if opts.out is None and opts.pcap is not None:
         raise BadInput("--pcap needs --out DIR (the events and metadata go there)")
     if opts.pid is not None and not Path(f"/proc/{opts.pid}").exists():
@@ -199,7 +196,7 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
         if opts.out is not None:
             writer = RotatingWriter(
                 Path(opts.out) / "events",
-                _events_schema(),
+                EVENT_SCHEMA,
                 rotate_seconds=opts.rotate_seconds,
                 rotate_rows=opts.rotate_rows,
                 file_metadata={"run_id": run_id},
@@ -322,12 +319,6 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
             signal.signal(s, h)
 
 
-def _events_schema():
-    from retranscope.schemas.events import EVENT_SCHEMA
-
-    return EVENT_SCHEMA
-
-
 def _update_meta(meta: dict, probe, writer, received: int, filtered_pid: int) -> None:
     seen, lost = probe.kernel_stats()
     meta["events_in_kernel"] = seen
@@ -350,10 +341,3 @@ def _count_rows(raw: list[tuple]) -> list[dict]:
         {"family": r[0], "saddr": s, "sport": r[2], "daddr": d, "dport": r[4], "retransmits": r[5]}
         for r, s, d in zip(raw, saddr, daddr)
     ]
-
-
-def check_environment_or_raise() -> None:
-    if os.geteuid() != 0:
-        raise EnvironmentProblem(
-            "retranscope record needs root (BPF and tracefs): run it with sudo"
-        )

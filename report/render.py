@@ -232,6 +232,15 @@ def timing_table(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The tables every rendering shows, in order, after the kinds and plots.
+TABLE_SECTIONS = (
+    ("Timing", timing_table),
+    ("Flows that suffered most", top_flows),
+    ("RTO backoff chains", rto_chains),
+    ("Kernel counters over the recording", kernel_counters),
+)
+
+
 def render_markdown(analyses: list[Analysis]) -> str:
     out = ["# retranscope report", ""]
     for a in analyses:
@@ -240,23 +249,10 @@ def render_markdown(analyses: list[Analysis]) -> str:
         out += ["| kind | count | share | meaning |", "|---|---|---|---|"]
         for k, c in h["by_kind"].items():
             out.append(f"| {k} | {c} | {_pct(c / h['retransmissions'])} | {KIND_TEXT.get(k, '')} |")
-        out += [
-            "",
-            "### Timing",
-            "",
-            _table_md(timing_table(a)),
-            "### Flows that suffered most",
-            "",
-            _table_md(top_flows(a)),
-            "### RTO backoff chains",
-            "",
-            _table_md(rto_chains(a)),
-            "### Kernel counters over the recording",
-            "",
-            _table_md(kernel_counters(a)),
-            "### What was lost or not matched",
-            "",
-        ]
+        out.append("")
+        for title, table in TABLE_SECTIONS:
+            out += [f"### {title}", "", _table_md(table(a))]
+        out += ["### What was lost or not matched", ""]
         out += [f"- {line}" for line in quality(a)] + [""]
     return "\n".join(out)
 
@@ -338,12 +334,8 @@ def render_html(analyses: list[Analysis]) -> str:
                     "Retransmissions over time, by flow and kind",
                 )
             )
-        parts.append("<h3>Timing</h3>" + _table_html(timing_table(a)))
-        parts.append("<h3>Flows that suffered most</h3>" + _table_html(top_flows(a)))
-        parts.append("<h3>RTO backoff chains</h3>" + _table_html(rto_chains(a)))
-        parts.append(
-            "<h3>Kernel counters over the recording</h3>" + _table_html(kernel_counters(a))
-        )
+        for title, table in TABLE_SECTIONS:
+            parts.append(f"<h3>{escape(title)}</h3>" + _table_html(table(a)))
         parts.append(
             "<h3>What was lost or not matched</h3><ul class='quality'>"
             + "".join(f"<li>{escape(x)}</li>" for x in quality(a))

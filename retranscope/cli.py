@@ -240,10 +240,10 @@ def demo(
     try:
         from retranscope.lab.recorded import record_scenario
         from retranscope.lab.scenarios import SCENARIOS
-        from retranscope.record.recorder import check_environment_or_raise
+        from retranscope.record.probe import require_root
         from retranscope.report.render import load, render_terminal, write_report
 
-        check_environment_or_raise()
+        require_root()
         names = list(scenarios or DEMO_SCENARIOS)
         unknown = [n for n in names if n not in SCENARIOS]
         if unknown:

@@ -25,6 +25,11 @@ def cli(*args: str):
     return runner.invoke(app, list(args))
 
 
+def analyze_both(capture, events, out):
+    """`retranscope analyze --pcap CAPTURE --events DIR --out OUT -q`."""
+    return cli("analyze", "--pcap", str(capture), "--events", str(events), "--out", str(out), "-q")
+
+
 def one_error_line(result) -> str:
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, result.output
@@ -112,15 +117,10 @@ def test_no_input_at_all(tmp_path):
 
 
 def test_capture_and_events_from_different_runs_says_so(tmp_path):
-    r = cli(
-        "analyze",
-        "--pcap",
+    r = analyze_both(
         str(CORPUS / "fast_nth" / "capture.pcap"),
-        "--events",
         str(CORPUS / "slow_server_tlp"),
-        "--out",
         str(tmp_path / "o"),
-        "-q",
     )
     assert r.exit_code == 0
     assert "no kernel event matched any frame" in r.output
@@ -132,9 +132,7 @@ def test_capture_and_events_from_different_runs_says_so(tmp_path):
 def test_corpus_recording_analyzes_with_every_event_matched(tmp_path, name):
     d = CORPUS / name
     out = tmp_path / "o"
-    r = cli(
-        "analyze", "--pcap", str(d / "capture.pcap"), "--events", str(d), "--out", str(out), "-q"
-    )
+    r = analyze_both(d / "capture.pcap", d, out)
     assert r.exit_code == 0, r.output
     rt = pd.read_parquet(out / "retransmits.parquet")
     flows = pd.read_parquet(out / "flows.parquet")
@@ -184,16 +182,7 @@ def test_capture_only_and_events_only(tmp_path):
 
 def test_report_html_and_markdown(tmp_path):
     d = CORPUS / "slow_server_tlp"
-    cli(
-        "analyze",
-        "--pcap",
-        str(d / "capture.pcap"),
-        "--events",
-        str(d),
-        "--out",
-        str(tmp_path / "a"),
-        "-q",
-    )
+    analyze_both(d / "capture.pcap", d, tmp_path / "a")
     r = cli("report", str(tmp_path / "a"), "--out", str(tmp_path / "rep.html"))
     assert r.exit_code == 0, r.output
     html = (tmp_path / "rep.html").read_text()
@@ -215,16 +204,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (./setup.sh installs it)")
 def test_report_renders_in_a_real_browser(tmp_path):
     d = CORPUS / "blackhole_rto"
-    cli(
-        "analyze",
-        "--pcap",
-        str(d / "capture.pcap"),
-        "--events",
-        str(d),
-        "--out",
-        str(tmp_path / "a"),
-        "-q",
-    )
+    analyze_both(d / "capture.pcap", d, tmp_path / "a")
     cli("report", str(tmp_path / "a"), "--out", str(tmp_path / "rep.html"))
     prof = tmp_path / "profile"
     base = [
@@ -274,16 +254,7 @@ def test_frames_outside_the_recording_are_said_so(tmp_path):
     (rec / "run.json").write_text(json.dumps(run))
     ev = pq.read_table(next((rec / "events").glob("*.parquet")))
     pq.write_table(ev.slice(0, 0), next((rec / "events").glob("*.parquet")))
-    r = cli(
-        "analyze",
-        "--pcap",
-        str(d / "capture.pcap"),
-        "--events",
-        str(rec),
-        "--out",
-        str(tmp_path / "o"),
-        "-q",
-    )
+    r = analyze_both(d / "capture.pcap", rec, tmp_path / "o")
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["match"]["frames_without_event_by"] == {
