@@ -798,6 +798,7 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
             high_seq = 0
             entry_k = -1           # ACK index current when the state was entered
             loss_ranges = _Ranges()  # ranges resent since the last RTO (the Loss episode)
+            ever_resent = _Ranges()  # every range ever resent (TCPCB_EVER_RETRANS)
             episode_n = 0          # retransmissions since the last Open (undo accounting)
             episode_dmax = _NONE   # ... and when the last of their D-SACKs arrived
             retrans_stamp = None   # TSval of the episode's first retransmission
@@ -840,7 +841,7 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
                     undo_k = _loss_undo(entry_k, min(k, exit_k), fa, a_una, a_prev_una, a_adv,
                                         a_tsecr, a_sack_hi, a_sack_left, a_sack_top,
                                         a_payload, a_new_after, retrans_stamp, frto,
-                                        loss_ranges, high_seq, sack_ok_l[f])
+                                        loss_ranges, high_seq, sack_ok_l[f], ever_resent)
                 if episode_n and min(exit_k, undo_k) > k:
                     # tcp_try_undo_dsack / undo_retrans == 0: every retransmission of the
                     # episode was reported duplicate (tcp_try_undo_loss, tcp_try_undo_dsack).
@@ -1002,6 +1003,7 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
 
         if knd in ("rto", "rto_recovery"):
             loss_ranges.add(lo, hi)
+        ever_resent.add(lo, hi)
         if knd != "tlp":
             if not episode_n and knd not in ("syn", "synack"):
                 retrans_stamp = tsval_l[r0] if hts_l[r0] else None
@@ -1068,7 +1070,7 @@ class _Ranges:
 
 def _loss_undo(entry_k, upto_k, fa, a_una, a_prev_una, a_adv, a_tsecr, a_sack_hi, a_sack_left,
                a_sack_top, a_payload, a_new_after, retrans_stamp, frto, loss_ranges,
-               high_seq, sack_ok=True) -> int:
+               high_seq, sack_ok=True, ever_resent: _Ranges | None = None) -> int:
     """First ACK index in (entry_k, upto_k] at which the Loss state is undone, else _INF.
 
     tcp_process_loss, per ACK: one advancing snd_una undoes when it echoes a TSval older
@@ -1079,7 +1081,11 @@ def _loss_undo(entry_k, upto_k, fa, a_una, a_prev_una, a_adv, a_tsecr, a_sack_hi
     partial ACK with no new data to send falls back to conventional recovery (step 2.b).
     Without SACK only the F-RTO undo reopens the connection: tcp_try_undo_loss restores
     cwnd on an Eifel undo but leaves a Reno sender in Loss (`frto_undo || tcp_is_sack`).
+    And without SACK a cumulative ACK proves nothing if it also covers a segment that was
+    ever resent (tcp_clean_rtx_queue drops FLAG_ORIG_SACK_ACKED on FLAG_RETRANS_DATA_ACKED
+    for Reno): only an ACK of never-resent data alone undoes.
     """
+    resent = ever_resent if ever_resent is not None else loss_ranges
     j = max(entry_k + 1, fa)
     steps = 0
     new_sent = False
@@ -1093,7 +1099,10 @@ def _loss_undo(entry_k, upto_k, fa, a_una, a_prev_una, a_adv, a_tsecr, a_sack_hi
             top = a_sack_top[j]
             if adv:
                 lo, hi = max(prev_una, top), min(a_una[j], high_seq)
-                if hi > lo and not loss_ranges.covers(lo, hi):
+                if sack_ok:
+                    if hi > lo and not loss_ranges.covers(lo, hi):
+                        return j
+                elif hi > lo and not resent.overlaps(prev_una, a_una[j]):
                     return j
             if a_sack_hi[j] > top:
                 lo, hi = max(top, a_sack_left[j], a_una[j]), min(a_sack_hi[j], high_seq)

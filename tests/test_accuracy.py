@@ -124,29 +124,17 @@ def test_family_accuracy_meets_target_on_sack_flows(results):
     assert ok.mean() >= FAMILY_TARGET, _misses(m, ok)
 
 
-# Without SACK (Reno/NewReno, RFC 6582) the replay still leaves fast recovery a little
-# early in some episodes (see the closing note of the analyzer issue): an RTO that the
-# kernel took *inside* recovery (no F-RTO, no undo) is then followed by slow-start
-# retransmits that the replay calls fast. Guarded here so it cannot get worse...
-RENO_FLOOR = 0.85
-
-
-def test_family_accuracy_floor_on_reno_flows(results):
+def test_family_accuracy_meets_target_on_reno_flows(results):
+    """Without SACK (Reno/NewReno, RFC 6582): the same target. These flows exercise what
+    SACK flows never reach: Recovery held at snd_una == high_seq, F-RTO undo only on an ACK
+    of never-resent data alone, Loss left only above high_seq."""
     m = _matched(results)
     m = m[~m["sack"]]
     if m.empty:
         pytest.skip("no non-SACK recordings in the corpus")
     ok = _family_ok(m)
     print(f"\nnon-SACK flows: family accuracy {ok.mean():.4f} over {len(m)}")
-    assert ok.mean() >= RENO_FLOOR, _misses(m, ok)
-
-
-# ...and this one says when it is fixed (strict: an unexpected pass fails the run).
-@pytest.mark.xfail(strict=True, reason="known gap: Reno recovery exit vs RTO, see RENO_FLOOR")
-def test_family_accuracy_meets_target_on_reno_flows(results):
-    m = _matched(results)
-    m = m[~m["sack"]]
-    assert not m.empty and _family_ok(m).mean() >= FAMILY_TARGET
+    assert ok.mean() >= FAMILY_TARGET, _misses(m, ok)
 
 
 def test_every_retransmission_is_classified(results):

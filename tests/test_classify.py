@@ -249,6 +249,46 @@ def test_spurious_rto_found_by_timestamp_echo_then_loss_is_undone():
     assert not r["spurious"].iloc[1]
 
 
+def _reno_timeout_then_cumulative_ack(first_ack_covers_head_only: bool):
+    """No SACK, Open, eight segments out; the head is lost, the RTO resends it (F-RTO armed:
+    tcp_enter_loss from Open). Returns the trace and the seqs of the flight."""
+    tr, c, t, seq = start(sack=False)
+    segs = [seq + i * MSS for i in range(8)]
+    c.burst(t, seq, 8, size=MSS)
+    c.send(t + 210, seq, MSS)  # RTO
+    if first_ack_covers_head_only:
+        c.ack(t + 220, segs[1])            # the resent head alone (F-RTO step 2)
+        c.send(t + 220.02, segs[8 - 1] + MSS, MSS)  # new data (step 2.b)
+        c.ack(t + 221, segs[6])            # never-resent data alone: spurious (step 3.b)
+    else:
+        c.ack(t + 220, segs[5])            # the resent head *and* never-resent data
+    return tr, c, t, segs
+
+
+def test_reno_ack_covering_the_resent_head_does_not_undo_frto():
+    # Without SACK a cumulative ACK that also covers a resent segment cannot show that the
+    # originals arrived: tcp_clean_rtx_queue clears FLAG_ORIG_SACK_ACKED on
+    # FLAG_RETRANS_DATA_ACKED for Reno ("tcp: prevent bogus FRTO undos with non-SACK
+    # flows"), so the sender stays in Loss and resends the rest in slow start.
+    tr, c, t, segs = _reno_timeout_then_cumulative_ack(False)
+    c.send(t + 220.02, segs[5], MSS)
+    c.send(t + 220.03, segs[6], MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["rto", "rto_recovery", "rto_recovery"]
+
+
+def test_reno_ack_of_never_resent_data_alone_undoes_frto():
+    # The same timeout, but the first ACK covers only the resent head and the next one only
+    # never-resent data: F-RTO proves the timeout spurious and reopens (tcp_try_undo_loss
+    # with frto_undo). Three duplicate ACKs then start NewReno fast recovery.
+    tr, c, t, segs = _reno_timeout_then_cumulative_ack(True)
+    for i in range(3):
+        c.ack(t + 230 + i, segs[6])
+    c.send(t + 232.02, segs[6], MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["rto", "fast"]
+
+
 # --- handshake --------------------------------------------------------------------------
 
 def test_syn_resent_after_one_second():
