@@ -908,6 +908,19 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
         elif ack_clocked:
             clk = "ack"
             trig = k
+            if not sack_ok and st != LOSS and (not head or len(rows) > 1
+                                                or (mss_known_l[f] and hi - lo > mss_l[f])):
+                # NewReno recovery resends only the segment at snd_una, one MSS per partial
+                # ACK (tcp_newreno_mark_lost marks just the head, cut to one MSS). More at
+                # once, or a segment above snd_una, is the Loss state's walk over all that a
+                # timeout marked lost (tcp_timeout_mark_lost): a timeout before the capture
+                # began. Its high_seq is at least what has been sent.
+                st = LOSS
+                high_seq = snd_nxt
+                entry_k = k
+                loss_ranges = _Ranges()
+                tlp_high = None
+                frto = False
             # Only RACK can find a retransmission lost again (tcp_identify_packet_loss sets
             # FLAG_LOST_RETRANS from tcp_rack_mark_lost), and RACK needs SACK: a Reno flow
             # stays in Loss, resending in slow start, until snd_una passes high_seq
@@ -936,16 +949,25 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
             multi = len(rows) > 1 or (mss_known_l[f] and hi - lo > mss_l[f])
             # No ACK of this flow yet in the capture. Unless the capture only just began,
             # none arrived lately either: the silence is at least (now - capture start).
-            # Just after the start the clock is unknown: if the receiver's next ACK shows
-            # data it held beyond this segment, the sender had SACK news, and fast
-            # recovery (not a timeout) is what resends.
+            # Just after the start the clock is unknown. A capture that starts at a random
+            # moment far more often opens in the silence before a timer (hundreds of ms
+            # before an RTO) than in the microseconds between an ACK and the fast
+            # retransmit it clocks: so a resend that the receiver's next ACK shows was at
+            # the head (snd_una moves past it) while it held data beyond is the RTO ending
+            # that silence; one that was not at the head, with data held beyond it, was
+            # sent on SACK news (fast recovery).
             if k < 0:
                 sla = t0 - t_cap0
                 timeout_like = sla >= 0.75 * rto_base * 1000
                 reo_like = False
             held_beyond = (k < 0 and sla <= ACK_CLOCK_NS and fa < fb_
                            and (a_sack_hi[fa] > hi or a_una[fa] > hi))
-            if multi or held_beyond:
+            if held_beyond and not multi and a_una[fa] > lo:
+                knd = "rto"
+                # snd_nxt was at least what the receiver shows it held (sent before the
+                # capture): the Loss episode lasts until snd_una passes it.
+                snd_nxt = max(snd_nxt, a_una[fa], a_sack_hi[fa])
+            elif multi or held_beyond:
                 knd = "rto_recovery" if st == LOSS else "fast"
             elif not sack_ok:
                 # Without SACK the only timer is the RTO (no TLP, no RACK reorder timer):
@@ -1096,7 +1118,9 @@ def _loss_undo(entry_k, upto_k, fa, a_una, a_prev_una, a_adv, a_tsecr, a_sack_hi
                 ((a_tsecr[j] - retrans_stamp) & 0xFFFFFFFF) >= (1 << 31):
             return j
         if frto:
-            top = a_sack_top[j]
+            # What was SACKed before: at the flow's first ACK in the capture nothing is
+            # known, and its blocks (from before the capture) are not news.
+            top = a_sack_top[j] if j > fa else max(a_sack_top[j], a_sack_hi[j])
             if adv:
                 lo, hi = max(prev_una, top), min(a_una[j], high_seq)
                 if sack_ok:

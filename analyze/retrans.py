@@ -137,6 +137,7 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     is_rtx = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi)
     is_rtx |= _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
                                 is_rst)
+    is_rtx |= _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst)
 
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
     # byte, sent when everything is acknowledged. Zero-window probe (§3.8.6.1): 0/1 byte
@@ -245,6 +246,73 @@ def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx
     fr = packets["frame"][data]
     hit = (fr < first_gap_frame[f]) & (seq_abs[data] < first_gap_seq[f])
     out[data[hit]] = True
+    return out
+
+
+#: How many of a late flow's first reverse packets may show data sent before the capture.
+EARLY_EVIDENCE_ACKS = 4
+
+
+def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> np.ndarray:
+    """Capture started mid-connection: segments resent before the receiver's first ACKs.
+
+    When one of the first ACKs of a flow whose SYN was not captured acknowledges or SACKs
+    bytes beyond everything the capture has shown sent so far, those bytes left before the
+    capture began; new data leaves in order, so every segment seen before that ACK lies
+    below the sender's snd_nxt at the capture start: it was resent (typically the RTO that
+    ends a silence the capture started in). Only the first EARLY_EVIDENCE_ACKS reverse
+    packets count, so a frame the capture itself dropped later on cannot turn a flow's
+    earlier segments into retransmissions.
+    """
+    n = len(flow_id)
+    out = np.zeros(n, dtype=bool)
+    late = ~col(flows, "syn_seen").astype(bool)
+    if not late.any():
+        return out
+    rev = col(flows, "rev_flow_id")
+    frame = packets["frame"]
+    # Evidence per reverse packet, in the sequence space of the flow it acknowledges.
+    fb = np.where(space["ack_flag"] & ~is_rst, space["ack_abs"], _NONE)
+    rows = space["sack_rows"]
+    if len(rows):
+        sn = packets["sack_n"][rows]
+        top = space["sack_r_abs"][:, 0].copy()
+        for b in range(1, 4):
+            top = np.where(sn > b, np.maximum(top, space["sack_r_abs"][:, b]), top)
+        fb[rows] = np.where(is_rst[rows], _NONE, np.maximum(fb[rows], top))
+    acked = rev[flow_id]                       # the flow each packet's ACK speaks for
+    cand = np.flatnonzero((fb > _NONE) & (acked >= 0))
+    cand = cand[late[acked[cand]]]
+    if not len(cand):
+        return out
+    cand = by_group(cand, acked[cand])         # per acknowledged flow, in capture order
+    g = acked[cand]
+    first = np.r_[True, g[1:] != g[:-1]]
+    rank = np.arange(len(cand)) - np.maximum.accumulate(np.where(first, np.arange(len(cand)),
+                                                                   0))
+    cand, g = cand[rank < EARLY_EVIDENCE_ACKS], g[rank < EARLY_EVIDENCE_ACKS]
+    data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
+    if not len(data):
+        return out
+    data = by_group(data, flow_id[data])       # per flow, in capture order
+    df = flow_id[data]
+    end = space["end_abs"][data]
+    # Highest end sent by the flow before each candidate ACK: a prefix maximum per flow.
+    first_d = np.r_[True, df[1:] != df[:-1]]
+    seg_id = np.cumsum(first_d) - 1
+    big = np.int64(1) << np.int64(42)
+    run_max = np.maximum.accumulate(end + seg_id * big) - seg_id * big
+    pos = _search_pairs(df, frame[data], g, frame[cand], side="left") - 1
+    pc = np.clip(pos, 0, None)
+    has = (pos >= 0) & (df[pc] == g)
+    own_hi = np.where(has, run_max[pc], _NONE)
+    beyond = fb[cand] > own_hi
+    if not beyond.any():
+        return out
+    n_flows = len(rev)
+    upto = np.full(n_flows, -1, dtype=np.int64)
+    np.maximum.at(upto, g[beyond], frame[cand[beyond]])
+    out[data[frame[data] < upto[df]]] = True
     return out
 
 

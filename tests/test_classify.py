@@ -462,16 +462,52 @@ def test_multi_segment_timer_burst_is_not_a_timeout():
     assert r["kind_pcap"].tolist() == ["fast", "fast"]
 
 
-def test_capture_start_next_ack_shows_data_beyond_so_fast():
-    # No ACK seen before the first retransmission: its clock is unknown. The receiver's
-    # next ACK jumps past it (it held the data above), so the sender had SACK news: fast.
+def test_capture_start_head_resend_with_data_held_beyond_is_the_rto():
+    # No ACK seen before the first retransmission: its clock is unknown. A capture that
+    # starts at a random moment far more often opens in the silence before a timeout than
+    # in the microseconds between an ACK and a fast retransmit: the receiver's next ACK
+    # shows the resend was at the head while it held data beyond, so it is the RTO, and
+    # the ACK-clocked resends that follow are the Loss state's slow start.
     tr = Trace()
     c = tr.conn()
     c.send(0, 1, MSS)
-    c.ack(10, 1 + 5 * MSS)
-    c.send(10.02, 1 + 20 * MSS, MSS)  # new data well beyond: the first one was resent
+    c.ack(10, 1 + MSS, sack=((1 + 5 * MSS, 1 + 20 * MSS),))
+    c.send(10.02, 1 + MSS, MSS)
+    c.send(10.03, 1 + 2 * MSS, MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["rto", "rto_recovery", "rto_recovery"]
+    assert r["orig_frame"].tolist() == [-1, -1, -1]
+
+
+def test_capture_start_resend_above_the_head_with_data_beyond_is_fast():
+    # The same opening, but the receiver's next ACK does not move past the resent segment
+    # (a hole below it remains): not the head, so not the RTO; SACK news resent it.
+    tr = Trace()
+    c = tr.conn()
+    c.send(0, 1 + 2 * MSS, MSS)
+    c.ack(10, 1, sack=((1 + 2 * MSS, 1 + 20 * MSS),))
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["fast"]
+
+
+def test_capture_start_reno_slow_start_walk_is_loss():
+    # No SACK, capture opened inside a Loss episode: each ACK releases several segments,
+    # and segments above snd_una. NewReno recovery resends only the segment at snd_una,
+    # one MSS per partial ACK, so these are slow-start retransmissions after a timeout
+    # the capture did not see.
+    tr = Trace()
+    c = tr.conn(sack=False)
+    for i in range(4):  # duplicate ACKs without SACK blocks: the receiver has no SACK
+        c.ack(0.01 * i, 1 + MSS)
+    c.send(0.05, 1 + MSS, MSS)
+    c.send(0.06, 1 + 2 * MSS, MSS)
+    c.ack(10, 1 + 2 * MSS)
+    c.send(10.02, 1 + 3 * MSS, MSS)
+    c.send(10.03, 1 + 4 * MSS, MSS)
+    c.send(10.04, 1 + 5 * MSS, MSS)
+    c.send(10.05, 1 + 40 * MSS, MSS)  # new data: everything below it was sent before
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["rto_recovery"] * 5
 
 
 def test_mid_connection_capture_assumes_sack_until_refuted():

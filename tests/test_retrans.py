@@ -169,3 +169,32 @@ def test_no_gap_no_guess():
     c.send(0.01, 1 + MSS, MSS)
     c.ack(10, 1 + 2 * MSS)
     assert len(_rtx(tr)) == 0
+
+
+def test_capture_started_late_receiver_shows_data_sent_before_it():
+    # Mid-connection capture opening on the RTO that ends a silence: the receiver's first
+    # ACK acknowledges the resent head and SACKs data the capture never showed being sent.
+    # That data left before the capture began, and new data leaves in order, so the
+    # segment seen before the ACK was below snd_nxt: a retransmission.
+    tr = Trace()
+    c = tr.conn()
+    first = c.send(0, 1, MSS)
+    c.ack(10, 1 + MSS, sack=((1 + 5 * MSS, 1 + 20 * MSS),))
+    r = _rtx(tr)
+    assert r["frame"].tolist() == [tr.frame_of(first)]
+    assert r["orig_frame"].tolist() == [-1]
+
+
+def test_frame_missing_from_the_capture_later_does_not_make_early_segments_resends():
+    # Only the receiver's first ACKs count as evidence of data sent before the capture: an
+    # ACK much later that covers a frame the capture dropped says nothing about the start.
+    tr = Trace()
+    c = tr.conn()
+    seq = 1
+    for i in range(6):
+        c.send(20 * i, seq, MSS)
+        c.ack(20 * i + 10, seq + MSS)
+        seq += MSS
+    c.send(130, seq, MSS)
+    c.ack(140, seq + 2 * MSS)  # covers a segment the capture did not record
+    assert len(_rtx(tr)) == 0
