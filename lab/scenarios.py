@@ -609,6 +609,49 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
         twins=("v6",),
     ),
     Scenario(
+        name="nosack_heavy_rtt30",
+        description="NewReno under heavy loss: SACK off at the client, TSO off, bulk 1.5 MB on "
+                    "each of 2 connections at RTT 30 ms, 5% random loss. Holes pile up faster "
+                    "than one per RTT can repair them: RTOs in the middle of fast recovery, "
+                    "long Loss episodes of slow-start retransmits, F-RTO tried and refused "
+                    "(an ACK that also covers a resent segment proves nothing without SACK).",
+        traffic=_bulk(1_500_000, conns=2),
+        rules=(_random_drop(5),),
+        tso=False,
+        rtt_ms=30.0,
+        sysctls=(("sender", "net.ipv4.tcp_sack", "0"),),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"rto", "rto_recovery", "syn"}),
+        twins=("v6",),
+    ),
+    Scenario(
+        name="heavy_loss_rtt10",
+        description="SACK recovery under heavy loss: bulk 2 MB on each of 2 connections at "
+                    "RTT 10 ms, TSO off, 8% random loss: many holes per window, retransmissions "
+                    "lost again (RACK, FLAG_LOST_RETRANS), the odd RTO.",
+        traffic=_bulk(2_000_000, conns=2),
+        rules=(_random_drop(8),),
+        tso=False,
+        rtt_ms=10.0,
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=(),
+    ),
+    Scenario(
+        name="bbr_loss_rtt20",
+        description="Another congestion control: BBR at the client (net.ipv4."
+                    "tcp_congestion_control=bbr), bulk 3 MB on each of 2 connections at RTT "
+                    "20 ms, 2% random loss. BBR paces and sets cwnd itself, but loss detection "
+                    "(RACK, TLP, RTO) is the same state machine.",
+        traffic=_bulk(3_000_000, conns=2),
+        rules=(_random_drop(2),),
+        rtt_ms=20.0,
+        sysctls=(("sender", "net.ipv4.tcp_congestion_control", "bbr"),),
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=(),
+    ),
+    Scenario(
         name="tail_drop_nosack",
         description="tail_drop_tlp with SACK off (net.ipv4.tcp_sack=0 at the client): the "
                     "first burst's last request is dropped and, with no TLP allowed without "

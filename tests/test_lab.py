@@ -132,7 +132,8 @@ def test_catalogue_is_diverse() -> None:
     assert len(base) >= len(ORIGINAL_BASES) + 12
     assert {s.rtt_ms for s in base.values()} >= {0.0, 5.0, 10.0, 20.0, 50.0, 100.0}
     sysctls = {(k, v) for s in base.values() for _, k, v in s.sysctls}
-    assert {("net.ipv4.tcp_sack", "0"), ("net.ipv4.tcp_timestamps", "0")} <= sysctls
+    assert {("net.ipv4.tcp_sack", "0"), ("net.ipv4.tcp_timestamps", "0"),
+            ("net.ipv4.tcp_congestion_control", "bbr")} <= sysctls
     assert any(s.mtu for s in base.values())
     assert any(s.reorder_pct for s in base.values()) and any(s.jitter_ms for s in base.values())
     assert any(s.nft_sets for s in base.values())
