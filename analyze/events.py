@@ -83,6 +83,10 @@ def read_events(path: str | Path) -> Events:
         lost = run.get("events_lost_in_kernel") or 0
         if lost:
             warnings.append(f"{lost} events were lost in the kernel buffer while recording")
+        unseen = (run.get("accounting") or {}).get("unreported_segments") or 0
+        if unseen:
+            warnings.append(f"the kernel retransmitted {unseen} segments that no event reported "
+                            "(it ran no probe for them; see summary.json recording.accounting)")
     df = table.to_pandas()
     df = df.sort_values("ts_mono_ns", kind="stable").reset_index(drop=True)
     return Events(table=df, run=run, files=[str(f) for f in files], warnings=warnings)

@@ -45,13 +45,29 @@ def segment_len(packets: dict[str, np.ndarray]) -> np.ndarray:
             + ((flags & TCP_FIN) != 0))
 
 
+def eligible_rows(n_rows: int, retrans_rows: np.ndarray, flow_id: np.ndarray,
+                  syn_seen: np.ndarray) -> np.ndarray:
+    """Which frames may carry a kernel retransmission: those the capture found resent, and
+    any frame of a flow whose handshake it missed (its original may predate the capture).
+    A first transmission of a fully captured flow never does, however close in time and
+    range to an event: without this, an event whose resent frame the capture lost would
+    still "match" its original."""
+    ok = np.zeros(n_rows, dtype=bool)
+    ok[retrans_rows] = True
+    if len(flow_id):
+        ok |= ~np.asarray(syn_seen, dtype=bool)[flow_id]
+    return ok
+
+
 def join_events(events: pd.DataFrame, packets: dict[str, np.ndarray],
-                tolerance_ns: int = DEFAULT_TOLERANCE_NS) -> tuple[np.ndarray, np.ndarray]:
+                tolerance_ns: int = DEFAULT_TOLERANCE_NS,
+                eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Match frames to events.
 
     Returns (event_of_row, frames_per_event): for every packet-table row the index (in
     ``events``) of the event it belongs to or -1, and for every event how many frames it got.
-    Events without ``seq`` (unreadable skb) match on flow and time alone.
+    Events without ``seq`` (unreadable skb) match on flow and time alone. ``eligible``
+    (see eligible_rows) limits the frames considered; None considers every frame.
     """
     n_rows = len(packets["ts_ns"])
     event_of_row = np.full(n_rows, -1, dtype=np.int64)
@@ -67,7 +83,10 @@ def join_events(events: pd.DataFrame, packets: dict[str, np.ndarray],
     pos = np.searchsorted(order, ts)
     near_next = np.abs(order[np.clip(pos, 0, len(order) - 1)] - ts)
     near_prev = np.abs(order[np.clip(pos - 1, 0, len(order) - 1)] - ts)
-    cand = np.flatnonzero((seglen > 0) & (np.minimum(near_next, near_prev) <= tolerance_ns))
+    near = (seglen > 0) & (np.minimum(near_next, near_prev) <= tolerance_ns)
+    if eligible is not None:
+        near &= eligible
+    cand = np.flatnonzero(near)
     if not len(cand):
         return event_of_row, frames
 

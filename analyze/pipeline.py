@@ -91,30 +91,34 @@ def analyze(capture=None, events=None) -> Result:
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
     summary: dict = {"output_schema_version": OUTPUT_SCHEMA_VERSION, "warnings": []}
-    wire = flows = packets = None
+    wire = flows = packets = eligible = None
     if capture is not None:
         packets = capture.packets
         summary["capture"] = capture.meta.to_dict()
         summary["warnings"] += list(capture.meta.warnings)
-        _flow_id, flows, classified = classify_capture(packets)
+        flow_id, flows, classified = classify_capture(packets)
         if events is None:
             rows = _wire_table(flows, classified)
             rows = take(rows, np.argsort(rows["ts_wall_ns"], kind="stable"))
             summary.update(_totals_table(rows))
             return Result(rows, _flows_table(flows, rows), summary)
         # With events the merge runs over DataFrames: the same rows, converted once.
+        from retranscope.analyze.join import eligible_rows
+
         wire = to_pandas(_wire_table(flows, classified))
+        eligible = eligible_rows(len(flow_id), classified["pkt"], flow_id, flows["syn_seen"])
         flows = to_pandas(flows)
     summary["recording"] = {k: events.run.get(k) for k in (
         "host", "kernel_release", "boot_id", "run_id", "complete", "status",
-        "events_lost_in_kernel", "events_in_kernel", "events_written", "counters_delta",
+        "events_lost_in_kernel", "events_in_kernel", "events_written", "accounting",
+        "counters_delta",
         "filters", "started_wall_ns", "ended_wall_ns")}
     summary["recording"]["tcpdump"] = (events.run.get("pcap") or {}).get("tcpdump")
     summary["warnings"] += events.warnings
     ev = events.table
     ev_rows = _event_rows(ev)
     if wire is not None:
-        rows = _merge(ev, ev_rows, wire, packets, capture, summary)
+        rows = _merge(ev, ev_rows, wire, packets, capture, summary, eligible)
     else:
         rows = ev_rows
         rows["match"] = "no_capture"
@@ -158,12 +162,13 @@ def _event_rows(ev: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _merge(ev, ev_rows, wire, packets, capture, summary) -> pd.DataFrame:
+def _merge(ev, ev_rows, wire, packets, capture, summary, eligible) -> pd.DataFrame:
     import pandas as pd
 
+    from retranscope.analyze.gaps import gap_intervals
     from retranscope.analyze.join import join_events, why_unmatched
 
-    event_of_row, frames = join_events(ev, packets)
+    event_of_row, frames = join_events(ev, packets, eligible=eligible)
     wire_row = _row_of_frame(packets, wire["frame"].to_numpy())
     wire_ev = event_of_row[wire_row]
     # Per event: the capture's evidence from its first retransmitted frame.
@@ -201,7 +206,7 @@ def _merge(ev, ev_rows, wire, packets, capture, summary) -> pd.DataFrame:
     out["kind_agrees"] = np.where(kp.notna(), agrees, None)
     # Retransmitted frames no event explains: kept, as their own rows.
     orphan = wire[wire_ev < 0].copy()
-    orphan["match"] = _why_no_event(orphan, summary.get("recording") or {})
+    orphan["match"] = _why_no_event(orphan, summary.get("recording") or {}, gap_intervals(ev))
     summary["match"] = {
         "events": int(len(ev)),
         "events_matched": int((frames > 0).sum()),
@@ -218,12 +223,20 @@ def _merge(ev, ev_rows, wire, packets, capture, summary) -> pd.DataFrame:
     return pd.concat([out, orphan], ignore_index=True)
 
 
-def _why_no_event(frames: pd.DataFrame, rec: dict) -> np.ndarray:
+def _why_no_event(frames: pd.DataFrame, rec: dict, gaps: pd.DataFrame) -> np.ndarray:
     """Why a retransmitted frame has no kernel event: outside the recording, outside the
-    recorder's filters, or unexplained (no_event: a lost sample would be counted in
-    run.json; another namespace's socket; a retransmission the kernel did not trace)."""
+    recorder's filters, resent while the kernel ran no probe (unreported: the socket's own
+    retransmission count grew past its events just there, analyze/gaps.py), or unexplained
+    (no_event: another namespace's socket, say)."""
     out = np.full(len(frames), "no_event", dtype=object)
     ts = frames["ts_wall_ns"].to_numpy(np.int64)
+    if len(gaps) and len(frames):
+        key = ["saddr", "sport", "daddr", "dport"]
+        f = frames[key].assign(i=np.arange(len(frames)), ts=ts)
+        g = gaps.astype({"sport": f["sport"].dtype, "dport": f["dport"].dtype})
+        m = f.merge(g, on=key)
+        inside = m[(m["ts"] > m["from_ns"]) & (m["ts"] <= m["to_ns"] + 1_000_000)]
+        out[inside["i"].to_numpy()] = "unreported"
     filters = rec.get("filters") or {}
     port, family = filters.get("port"), filters.get("family")
     if port is not None:

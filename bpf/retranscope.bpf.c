@@ -107,6 +107,12 @@ static __always_inline void rts_read_sock(struct rts_event *e, const void *sk)
 	e->packets_out = rts_read_u32(sk, RTS_OFF_TP_PACKETS_OUT);
 	e->flags |= RTS_F_HAS_SOCK;
 #endif
+#if RTS_OFF_TP_TOTAL_RETRANS >= 0
+	/* Read where the tracepoint fires, at the end of __tcp_retransmit_skb: this
+	 * retransmission's segments are already in it. */
+	e->total_retrans = rts_read_u32(sk, RTS_OFF_TP_TOTAL_RETRANS);
+	e->flags |= RTS_F_HAS_TOTAL;
+#endif
 #if RTS_OFF_ICSK_BACKOFF >= 0
 	bpf_probe_read_kernel(&e->backoff, 1, (const char *)sk + RTS_OFF_ICSK_BACKOFF);
 #endif
@@ -161,6 +167,15 @@ static __always_inline void rts_read_skb_seq(struct rts_event *e, const void *sk
 	bpf_probe_read_kernel(&e->seq, 4, cb + RTS_OFF_TCB_SEQ);
 	bpf_probe_read_kernel(&e->end_seq, 4, cb + RTS_OFF_TCB_END_SEQ);
 	e->flags |= RTS_F_HAS_SEQ;
+#endif
+#if RTS_OFF_SKB_HEAD >= 0 && RTS_OFF_SKB_END >= 0 && RTS_OFF_SHINFO_GSO_SEGS >= 0
+	/* tcp_skb_pcount(skb) = skb_shinfo(skb)->gso_segs (TCP sets it on every skb). */
+	const char *head = rts_read_ptr(skb, RTS_OFF_SKB_HEAD);
+	u32 end = rts_read_u32(skb, RTS_OFF_SKB_END);
+	if (head) {
+		bpf_probe_read_kernel(&e->segs, 2, head + end + RTS_OFF_SHINFO_GSO_SEGS);
+		e->flags |= RTS_F_HAS_SEGS;
+	}
 #endif
 }
 

@@ -24,6 +24,8 @@
 #define RTS_F_HAS_CA_STATE 0x04 /* ca_state is known */
 #define RTS_F_HAS_SOCK 0x08     /* srtt/snd_una/snd_nxt/packets_out/backoff were read */
 #define RTS_F_CA_FROM_MAP 0x10  /* ca_state came from tcp:tcp_cong_state_set, not the socket */
+#define RTS_F_HAS_SEGS 0x20     /* segs was read from skb_shinfo(skb)->gso_segs */
+#define RTS_F_HAS_TOTAL 0x40    /* total_retrans was read from the socket */
 
 struct rts_event {
 	__u64 ts_mono_ns;               /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -41,11 +43,13 @@ struct rts_event {
 	__u32 snd_nxt;                  /* tp->snd_nxt */
 	__u32 srtt_us8;                 /* tp->srtt_us: smoothed RTT in us, left-shifted by 3 */
 	__u32 packets_out;              /* tp->packets_out */
+	__u32 total_retrans;            /* tp->total_retrans: segments the socket has resent, this one included */
 	__s32 err;                      /* the tracepoint's err (0 if absent) */
 	__s32 stack_len;                /* frames in stack[], or a negative errno */
 	__u16 sport;                    /* host byte order */
 	__u16 dport;                    /* host byte order */
 	__u16 family;                   /* AF_INET 2, AF_INET6 10 */
+	__u16 segs;                     /* tcp_skb_pcount(skb): segments in this retransmission */
 	__u8 state;                     /* sk_state: TCP_ESTABLISHED 1, TCP_SYN_SENT 2, ... */
 	__u8 ca_state;                  /* icsk_ca_state: Open 0, Disorder 1, CWR 2, Recovery 3, Loss 4 */
 	__u8 backoff;                   /* icsk_backoff: RTO backoff exponent */
@@ -53,6 +57,7 @@ struct rts_event {
 	__u8 flags;                     /* RTS_F_* */
 	__u8 pad0;
 	char comm[RTS_COMM_LEN];
+	__u8 pad1[2];
 };
 
 /* Per-flow counts for -c, aggregated in the kernel like tcpretrans -c. */

@@ -41,6 +41,7 @@ Wire protocol (both ends are ours, so it is as simple as the scenarios allow):
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import random
@@ -244,6 +245,21 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     return EXIT_SOCKET if any("error" in r for r in results) else EXIT_BAD_PEER
 
 
+SIOCOUTQNSD = 0x894B  # linux/sockios.h: bytes in the send queue not yet sent
+
+
+def _wait_sent(sock: socket.socket, timeout_s: float = 0.05) -> None:
+    """Until the socket has handed every byte written so far to the device (TCP_NODELAY
+    alone does not promise it: a request written while the previous one is still queued in
+    the host joins its skb, and two requests leave as one segment)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, b"\0" * 4))[0]
+        if unsent == 0:
+            return
+        time.sleep(0.0001)
+
+
 def cmd_requests(args: argparse.Namespace) -> int:
     _arm_deadline(args.timeout_s, "requests")
     start = time.monotonic()
@@ -258,6 +274,7 @@ def cmd_requests(args: argparse.Namespace) -> int:
                 t0 = time.monotonic()
                 for index in range(args.burst):
                     sock.sendall(REQ_HDR.pack(args.size, index, args.burst) + b"q" * args.size)
+                    _wait_sent(sock)
                 size, _, _ = REQ_HDR.unpack(_recv_exact(sock, REQ_HDR.size))
                 _recv_exact(sock, size)
                 round_ms.append((time.monotonic() - t0) * 1000.0)

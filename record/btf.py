@@ -150,6 +150,12 @@ OFFSETS = {
     "RTS_OFF_TP_SND_UNA": ("tcp_sock", "snd_una"),
     "RTS_OFF_TP_SND_NXT": ("tcp_sock", "snd_nxt"),
     "RTS_OFF_TP_PACKETS_OUT": ("tcp_sock", "packets_out"),
+    "RTS_OFF_TP_TOTAL_RETRANS": ("tcp_sock", "total_retrans"),
+    # skb_shinfo(skb) = skb->head + skb->end (an offset on 64-bit kernels:
+    # NET_SKBUFF_DATA_USES_OFFSET); its gso_segs is tcp_skb_pcount().
+    "RTS_OFF_SKB_HEAD": ("sk_buff", "head"),
+    "RTS_OFF_SKB_END": ("sk_buff", "end"),
+    "RTS_OFF_SHINFO_GSO_SEGS": ("skb_shared_info", "gso_segs"),
     "RTS_OFF_TREQ_SNT_ISN": ("tcp_request_sock", "snt_isn"),
     "RTS_OFF_SKC_FAMILY": ("sock_common", "skc_family"),
     "RTS_OFF_SKC_STATE": ("sock_common", "skc_state"),

@@ -18,8 +18,10 @@ from retranscope.schemas.events import (
     EVENT_TYPES,
     F_HAS_CA_STATE,
     F_HAS_ERR,
+    F_HAS_SEGS,
     F_HAS_SEQ,
     F_HAS_SOCK,
+    F_HAS_TOTAL,
     TCP_STATES,
 )
 
@@ -82,6 +84,8 @@ def decode(raw: np.ndarray, symbols: KernelSymbols, wall_offset_ns: int) -> pa.T
         "dport": pa.array(raw["dport"], pa.uint16()),
         "seq": masked("seq", has_seq, pa.uint32()),
         "end_seq": masked("end_seq", has_seq, pa.uint32()),
+        "segs": masked("segs", (flags & F_HAS_SEGS) != 0, pa.uint16()),
+        "total_retrans": masked("total_retrans", (flags & F_HAS_TOTAL) != 0, pa.uint32()),
         "state": pa.array(_lookup(TCP_STATES, raw["state"], "UNKNOWN"), pa.string()),
         "state_raw": pa.array(raw["state"], pa.uint8()),
         "ca_state": pa.array(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes as ct
 import os
 import platform
+import struct
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,33 @@ def _tracepoint_fields(fmt: Path) -> set[str]:
             decl = line.split(";", 1)[0][len("field:") :]
             names.add(decl.split()[-1].split("[", 1)[0])
     return names
+
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
+_BPF_OBJ_GET_INFO_BY_FD = 15
+#: struct bpf_prog_info (include/uapi/linux/bpf.h): ``recursion_misses`` since 5.12.
+_PROG_INFO_SIZE = 232
+_PROG_INFO_RECURSION_MISSES = 208
+
+
+def prog_recursion_misses(fd: int) -> int | None:
+    """How many times the kernel skipped this BPF program because a BPF program was
+    already running on that CPU (trace_call_bpf's bpf_prog_active; the event happened but
+    the program did not run). None where the kernel cannot say."""
+    if _SYS_BPF is None:
+        return None
+    info = ct.create_string_buffer(_PROG_INFO_SIZE)
+    attr = struct.pack("=IIQ", fd, _PROG_INFO_SIZE, ct.addressof(info))
+    attr_buf = ct.create_string_buffer(attr, 128)
+    libc = ct.CDLL(None, use_errno=True)
+    rc = libc.syscall(ct.c_long(_SYS_BPF), ct.c_int(_BPF_OBJ_GET_INFO_BY_FD), attr_buf,
+                      ct.c_uint(128))
+    if rc != 0:
+        return None
+    info_len = struct.unpack_from("=I", attr_buf.raw, 4)[0]
+    if info_len < _PROG_INFO_RECURSION_MISSES + 8:
+        return None
+    return struct.unpack_from("=Q", info.raw, _PROG_INFO_RECURSION_MISSES)[0]
 
 
 class Probe:
@@ -259,6 +287,18 @@ class Probe:
         lost = sum(int(v) for v in vals[ct.c_int(0)])
         seen = sum(int(v) for v in vals[ct.c_int(1)])
         return seen, lost + self._perf_lost
+
+    def missed(self) -> int | None:
+        """Events the kernel made but our programs never saw: runs skipped because another
+        BPF program was active on the CPU (an interrupt arriving while one ran). Summed over
+        the attached programs; None if the kernel does not report it."""
+        total = 0
+        for fn in self.bpf.funcs.values():
+            n = prog_recursion_misses(fn.fd)
+            if n is None:
+                return None
+            total += n
+        return total
 
     def flow_counts(self) -> list[tuple[int, bytes, int, bytes, int, int]]:
         """-c: (family, saddr16, sport, daddr16, dport, count) per flow."""

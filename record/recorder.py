@@ -18,8 +18,10 @@ from typing import TextIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from retranscope.analyze.gaps import GapTracker
 from retranscope.errors import BadInput, EnvironmentProblem
 from retranscope.record import procnet
 from retranscope.record.decode import decode, format_addrs
@@ -232,6 +234,7 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
             )
 
         pid_filter = PidSockets(opts.pid) if opts.pid is not None else None
+        gaps = GapTracker()
         filtered_pid = 0
         received = 0
         offset = off0
@@ -248,6 +251,7 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
             if not len(raw):
                 return writer.maybe_rotate() if writer is not None else False
             table = decode(raw, symbols, offset)
+            gaps.update(*_gap_columns(table))
             if opts.live and not opts.count:
                 print("\n".join(live_lines(table, opts.sequence)), file=stdout, flush=True)
             return writer.append(table) if writer is not None else False
@@ -288,6 +292,7 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
         if dump is not None:
             meta["pcap"]["tcpdump"] = dump.stop()
             dump = None
+        meta["accounting"] = _accounting(gaps, meta, opts)
         meta["status"] = "complete"
         meta["complete"] = True
         lost = meta["events_lost_in_kernel"]
@@ -302,6 +307,14 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
             print(
                 f"retranscope: warning: {lost} events were lost (buffer full); they are "
                 "counted in run.json",
+                file=stderr,
+            )
+        unseen = meta["accounting"].get("unreported_segments") or 0
+        if unseen:
+            print(
+                f"retranscope: warning: the kernel retransmitted {unseen} segments that no event "
+                "reported (its per-socket and namespace counts say so; the kernel did not run "
+                "the probe for them); counted in run.json under accounting",
                 file=stderr,
             )
         return meta
@@ -323,12 +336,49 @@ def _update_meta(meta: dict, probe, writer, received: int, filtered_pid: int) ->
     seen, lost = probe.kernel_stats()
     meta["events_in_kernel"] = seen
     meta["events_lost_in_kernel"] = lost
+    meta["events_missed_in_kernel"] = probe.missed()
     meta["events_received"] = received
     meta["events_filtered_pid"] = filtered_pid
     if writer is not None:
         meta["events_written"] = writer.rows_written
         meta["events_pending"] = writer.pending_rows
         meta["files"] = writer.files
+
+
+def _gap_columns(table: pa.Table) -> tuple[np.ndarray, ...]:
+    """The columns GapTracker.update takes, from a decoded batch."""
+    segs = table["segs"].to_numpy(zero_copy_only=False)
+    total = table["total_retrans"].to_numpy(zero_copy_only=False)
+    valid = (pc.equal(table["event_type"], "retransmit").to_numpy(zero_copy_only=False)
+             & table["segs"].is_valid().to_numpy(zero_copy_only=False)
+             & table["total_retrans"].is_valid().to_numpy(zero_copy_only=False))
+    sent = table["err"].fill_null(0).to_numpy(zero_copy_only=False) == 0
+    # A SYN-ACK resent from a request socket is one segment (tcp_rtx_synack).
+    synacks = int((pc.equal(table["event_type"], "synack").to_numpy(zero_copy_only=False)
+                   & sent).sum())
+    return (table["skaddr"].to_numpy(), table["ts_mono_ns"].to_numpy(),
+            np.nan_to_num(segs.astype(np.float64)).astype(np.int64),
+            np.nan_to_num(total.astype(np.float64)).astype(np.int64), valid, sent, synacks)
+
+
+def _accounting(gaps: GapTracker, meta: dict, opts) -> dict:
+    """Retransmitted segments the kernel made vs those the events reported.
+
+    Two independent checks: each socket's own total between two of its events (exact, per
+    socket), and the namespace's RetransSegs counter against the events' segments (only
+    when the recording is of one namespace and nothing else filters the events).
+    """
+    out: dict = dict(gaps.summary())
+    kernel = (meta.get("counters_delta") or {}).get("Tcp:RetransSegs")
+    filters = meta.get("filters") or {}
+    unfiltered = not any(filters.get(k) is not None for k in ("port", "family", "pid"))
+    out["kernel_retrans_segs"] = kernel
+    namespace_gap = None
+    if kernel is not None and unfiltered and filters.get("netns_ino") is not None:
+        namespace_gap = max(0, int(kernel) - gaps.segs)
+    out["namespace_counter_gap"] = namespace_gap
+    out["unreported_segments"] = max(gaps.between_events, namespace_gap or 0)
+    return out
 
 
 def _count_rows(raw: list[tuple]) -> list[dict]:

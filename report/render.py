@@ -170,6 +170,12 @@ def quality(a: Analysis) -> list[str]:
     if rec:
         if rec.get("events_lost_in_kernel"):
             lines.append(f"{rec['events_lost_in_kernel']} kernel events were lost while recording.")
+        acct = rec.get("accounting") or {}
+        if acct.get("unreported_segments"):
+            lines.append(
+                f"The kernel retransmitted {acct['unreported_segments']} segments that no event "
+                "reported (its own per-socket and namespace counts show the gap; it ran no "
+                "probe for them).")
         td = rec.get("tcpdump") or {}
         if td.get("dropped_by_kernel"):
             lines.append(f"tcpdump dropped {td['dropped_by_kernel']} packets.")

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 # Bump on any change to EVENT_SCHEMA; readers refuse other versions with a clear line.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_NAME = "retranscope.events"
 
 STACK_DEPTH = 8  # RTS_STACK_DEPTH
@@ -35,11 +35,13 @@ RAW_FIELDS: tuple[tuple[str, str, int], ...] = (
     ("snd_nxt", "__u32", 1),
     ("srtt_us8", "__u32", 1),
     ("packets_out", "__u32", 1),
+    ("total_retrans", "__u32", 1),
     ("err", "__s32", 1),
     ("stack_len", "__s32", 1),
     ("sport", "__u16", 1),
     ("dport", "__u16", 1),
     ("family", "__u16", 1),
+    ("segs", "__u16", 1),
     ("state", "__u8", 1),
     ("ca_state", "__u8", 1),
     ("backoff", "__u8", 1),
@@ -47,6 +49,7 @@ RAW_FIELDS: tuple[tuple[str, str, int], ...] = (
     ("flags", "__u8", 1),
     ("pad0", "__u8", 1),
     ("comm", "char", COMM_LEN),
+    ("pad1", "__u8", 2),
 )
 
 C_TO_NUMPY = {
@@ -82,6 +85,8 @@ F_HAS_SEQ = 0x02
 F_HAS_CA_STATE = 0x04
 F_HAS_SOCK = 0x08
 F_CA_FROM_MAP = 0x10
+F_HAS_SEGS = 0x20
+F_HAS_TOTAL = 0x40
 
 # include/net/tcp_states.h
 TCP_STATES = {
@@ -121,6 +126,12 @@ EVENT_SCHEMA = pa.schema(
         pa.field("dport", pa.uint16(), nullable=False),
         pa.field("seq", pa.uint32()),  # null when the skb could not be read
         pa.field("end_seq", pa.uint32()),
+        # Segments in this retransmission (tcp_skb_pcount: what RetransSegs adds), and the
+        # socket's running total of resent segments (tp->total_retrans, this one included):
+        # between two events of one socket the total grows by exactly the later one's segs
+        # unless retransmissions went unreported (analyze/gaps.py).
+        pa.field("segs", pa.uint16()),
+        pa.field("total_retrans", pa.uint32()),
         pa.field("state", pa.string(), nullable=False),
         pa.field("state_raw", pa.uint8(), nullable=False),
         pa.field("ca_state", pa.string()),  # null when unknown

@@ -27,7 +27,7 @@ import pytest
 from retranscope.analyze.classify import FAMILY, classify
 from retranscope.analyze.events import read_events
 from retranscope.analyze.flows import assign_flows
-from retranscope.analyze.join import join_events
+from retranscope.analyze.join import eligible_rows, join_events
 from retranscope.analyze.pcap import read_capture
 from retranscope.analyze.retrans import find_retransmissions
 
@@ -53,7 +53,9 @@ def evaluate(directory: Path) -> pd.DataFrame:
     flow_id, flows = assign_flows(packets)
     rtx = find_retransmissions(packets, flow_id, flows)
     out = classify(packets, flow_id, flows, rtx)
-    event_of_row, _ = join_events(events, packets)
+    eligible = eligible_rows(len(flow_id), rtx["pkt"].to_numpy(), flow_id,
+                             flows["syn_seen"].to_numpy())
+    event_of_row, _ = join_events(events, packets, eligible=eligible)
     ev = event_of_row[out["pkt"].to_numpy()]
     ok = ev >= 0
     out["truth"] = np.where(ok, events["reason"].to_numpy()[np.clip(ev, 0, None)], None)

@@ -148,6 +148,16 @@ def test_corpus_recording_analyzes_with_every_event_matched(tmp_path, name):
         assert unmatched.empty, unmatched[["kind", "match", "seq"]].to_string()
     assert summary["complete"] and summary["retransmissions"] == len(rt)
     assert flows["retransmissions"].sum() >= (rt["flow_id"] >= 0).sum() - len(unmatched)
+    if not name.endswith("__late"):
+        # Events take only resent frames (never an original that overlaps their range):
+        # with the capture's every retransmitted frame, matched or not, accounted once.
+        wire = cli("analyze", "--pcap", str(d / "capture.pcap"), "--out", str(tmp_path / "c"),
+                   "-q")
+        assert wire.exit_code == 0, wire.output
+        n_wire = len(pd.read_parquet(tmp_path / "c" / "retransmits.parquet"))
+        m = summary["match"]
+        assert m["frames_matched"] + m["frames_without_event"] == n_wire, (m, n_wire)
+        assert int(ev["frames"].sum()) == m["frames_matched"]
     for col in (
         "ts_wall_ns",
         "saddr",

@@ -8,7 +8,6 @@ and the reason the scenario produces."""
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 import time
@@ -77,33 +76,42 @@ def test_every_kernel_retransmission_recorded_once_with_reason(recorded, name):
     # TCPLossProbes counts each probe (tcp_send_loss_probe), also those that send new data
     # instead of retransmitting (no retransmit event then); TCPTimeouts each RTO expiry,
     # including the SYN and SYN-ACK timers; TCPSynRetrans each SYN or SYN-ACK resent.
+    # The kernel sometimes runs no BPF program for a tracepoint hit (analyze/gaps.py): the
+    # recorder cannot see those, but must count them. Two independent counts: each
+    # socket's own tp->total_retrans between its events, and the namespace's RetransSegs
+    # against the events' segments; the per-socket one can only see less.
+    acct = meta["accounting"]
+    unseen = acct["unreported_segments"]
+    assert acct["event_segments"] + acct["namespace_counter_gap"] == counters["Tcp:RetransSegs"]
+    assert (acct["unreported_between_events"] + acct["before_first_event"]
+            <= acct["namespace_counter_gap"] == unseen), acct
     n = reasons.get
-    assert n("tlp", 0) <= counters["TcpExt:TCPLossProbes"], (reasons, counters)
-    if "tlp" in sc.expected and sc.traffic.client != "bulk":
-        # No unsent data waits behind these probes: every probe is a retransmission.
-        assert n("tlp", 0) == counters["TcpExt:TCPLossProbes"], (reasons, counters)
-    assert n("rto", 0) + n("syn", 0) + n("synack", 0) == counters["TcpExt:TCPTimeouts"]
-    assert n("syn", 0) + n("synack", 0) == counters["TcpExt:TCPSynRetrans"]
-    assert (n("fast", 0) > 0) == (counters["TcpExt:TCPFastRetrans"] > 0)
-    assert (n("rto_recovery", 0) > 0) == (counters["TcpExt:TCPSlowStartRetrans"] > 0)
+
+    def exact(ours: int, kernel: int) -> bool:  # equal, but for what the kernel hid
+        return 0 <= kernel - ours <= unseen
+
+    assert exact(n("tlp", 0), counters["TcpExt:TCPLossProbes"]) or (
+        n("tlp", 0) <= counters["TcpExt:TCPLossProbes"]
+        and not ("tlp" in sc.expected and sc.traffic.client != "bulk")), (reasons, counters)
+    assert exact(n("rto", 0) + n("syn", 0) + n("synack", 0), counters["TcpExt:TCPTimeouts"])
+    assert exact(n("syn", 0) + n("synack", 0), counters["TcpExt:TCPSynRetrans"])
+    assert (n("fast", 0) > 0) == (counters["TcpExt:TCPFastRetrans"] > 0) or unseen
+    assert (n("rto_recovery", 0) > 0) == (counters["TcpExt:TCPSlowStartRetrans"] > 0) or unseen
 
     cap = _capture(run)
     pk = cap.packets
     sent = ev["err"].fillna(0) == 0
-    # RetransSegs counts segments (tcp_skb_pcount): one event covers ceil(len / mss).
+    # Each event's segs (read from skb_shinfo) is ceil(len / mss) of its range, the
+    # segments RetransSegs adds (tcp_skb_pcount).
     if "synack" not in reasons:
         mss = _mss(pk)
         length = (ev["end_seq"].astype(np.int64) - ev["seq"].astype(np.int64)) % (1 << 32)
-        segs = sum(max(1, math.ceil(n / mss)) for n in length[sent])
-        assert segs == counters["Tcp:RetransSegs"], (segs, counters, mss)
+        from_len = np.maximum(1, -(-length.to_numpy() // mss))
+        assert (ev["segs"].to_numpy() == from_len).all(), (mss, ev[["segs", "seq", "end_seq"]])
+        assert int(ev.loc[sent, "segs"].sum()) == acct["event_segments"]
 
-    # Flow and sequence numbers: every sent event has its frames in the capture.
-    event_of_row, frames = join_events(ev, pk)
-    missing = ev.loc[sent & (frames == 0)]
-    assert missing.empty, missing[["reason", "saddr", "sport", "seq", "end_seq"]].to_string()
-
-    # And every retransmitted data segment in the capture belongs to some event
-    # (an independent check: per-flow highest sequence sent so far).
+    # Retransmitted data segments in the capture, by an independent check (per-flow
+    # highest sequence sent so far); every one belongs to some event.
     df = pd.DataFrame(
         {
             k: pk[k]
@@ -142,8 +150,15 @@ def test_every_kernel_retransmission_recorded_once_with_reason(recorded, name):
         end = seq + g["len"].to_numpy()
         prev_max = np.maximum.accumulate(np.concatenate([[seq[0]], end[:-1]]))
         retrans_rows += list(g["row"].to_numpy()[seq < prev_max])
+    # Flow and sequence numbers: every sent event has its resent frames in the capture
+    # (only resent frames: an original overlapping the range must not stand in for it).
+    eligible = np.zeros(len(pk["ts_ns"]), dtype=bool)
+    eligible[retrans_rows] = True
+    event_of_row, frames = join_events(ev, pk, eligible=eligible)
+    missing = ev.loc[sent & (frames == 0)]
+    assert missing.empty, missing[["reason", "saddr", "sport", "seq", "end_seq"]].to_string()
     unmatched = [r for r in retrans_rows if event_of_row[r] < 0]
-    assert not unmatched, f"{len(unmatched)} retransmitted frames with no event"
+    assert len(unmatched) <= unseen, f"{len(unmatched)} retransmitted frames with no event"
 
 
 def test_flow_and_addresses_v6(recorded):

@@ -13,7 +13,13 @@ from retranscope.record import reasons as R
 from retranscope.record.btf import BTF, VMLINUX_BTF, BTFError, kernel_offsets
 from retranscope.record.decode import decode, format_addrs
 from retranscope.record.writer import RotatingWriter
-from retranscope.schemas.events import EVENT_SCHEMA, F_HAS_CA_STATE, F_HAS_SEQ, RAW_DTYPE
+from retranscope.schemas.events import (
+    EVENT_SCHEMA,
+    F_HAS_CA_STATE,
+    F_HAS_SEQ,
+    RAW_DTYPE,
+    SCHEMA_VERSION,
+)
 
 
 def _btf(types: list[bytes], strings: bytes) -> bytes:
@@ -136,5 +142,5 @@ def test_writer_rotates_by_rows_and_files_are_complete(tmp_path):
     rows = [pq.read_table(tmp_path / n).num_rows for n in names]
     assert rows == [4, 4, 2]
     md = pq.read_schema(tmp_path / names[0]).metadata
-    assert md[b"run_id"] == b"x" and md[b"schema_version"] == b"1"
+    assert md[b"run_id"] == b"x" and md[b"schema_version"] == str(SCHEMA_VERSION).encode()
     json.dumps(w.files)

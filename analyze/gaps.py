@@ -1,0 +1,123 @@
+"""Retransmissions the kernel made but no event reported, from the sockets' own counts.
+
+Every retransmit event carries ``segs`` (tcp_skb_pcount of the skb) and ``total_retrans``
+(tp->total_retrans, read where tcp:tcp_retransmit_skb fires, at the end of
+__tcp_retransmit_skb, so this retransmission's segments are already in it). Between two
+events of one socket the total grows by exactly the later event's segs; anything more was
+retransmitted without reaching the recorder. That happens: the kernel does not run BPF
+programs for a tracepoint hit in some contexts (seen here: softirq work on top of another
+process's thread, while ftrace saw the hit), and says nothing. A loss before a socket's
+first event (or before the recording began) shows as that event's total exceeding its segs.
+
+Pure numpy over the event columns; the recorder uses it at the end of a run, the analyzer
+on any events it reads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def unreported_segments(skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray,
+                        total: np.ndarray, valid: np.ndarray) -> dict[str, int]:
+    """Segments resent without an event.
+
+    ``valid`` marks the retransmit events whose segs and total_retrans were read. A
+    socket address reused by a new socket restarts its total (it drops): a new socket.
+
+    Returns ``between_events`` (gaps between two reported retransmissions of a socket:
+    unreported for certain), ``before_first_event`` (resent before a socket's first event:
+    before the recording began, or unreported), ``sockets_with_gaps``.
+    """
+    idx = np.flatnonzero(valid)
+    if not len(idx):
+        return {"between_events": 0, "before_first_event": 0, "sockets_with_gaps": 0}
+    order = idx[np.lexsort((ts_ns[idx], skaddr[idx]))]
+    sk = skaddr[order]
+    seg = segs[order].astype(np.int64)
+    tot = total[order].astype(np.int64)
+    prev_tot = np.r_[0, tot[:-1]]
+    new_sock = np.r_[True, sk[1:] != sk[:-1]] | (tot < prev_tot)
+    gap = np.where(new_sock, 0, np.maximum(tot - prev_tot - seg, 0))
+    first = np.where(new_sock, np.maximum(tot - seg, 0), 0)
+    sock_id = np.cumsum(new_sock)
+    gapped = np.unique(sock_id[gap > 0])
+    return {
+        "between_events": int(gap.sum()),
+        "before_first_event": int(first.sum()),
+        "sockets_with_gaps": int(len(gapped)),
+    }
+
+
+class GapTracker:
+    """unreported_segments, batch by batch, for a recorder that sees events as they come."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, int] = {}  # socket address -> its latest total_retrans
+        self.between_events = 0
+        self.before_first_event = 0
+        self.segs = 0                    # segments the events reported (sent ones)
+        self._gapped: set[int] = set()
+
+    def update(self, skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray,
+               total: np.ndarray, valid: np.ndarray, sent: np.ndarray,
+               other_segments: int = 0) -> None:
+        """One batch. ``sent``: the retransmission went out (err 0); ``other_segments``:
+        segments of events without a socket total (a SYN-ACK resent: one)."""
+        self.segs += int(segs[valid & sent].sum()) + other_segments
+        idx = np.flatnonzero(valid)
+        if not len(idx):
+            return
+        order = idx[np.lexsort((ts_ns[idx], skaddr[idx]))]
+        sk = skaddr[order].astype(np.int64)
+        seg = segs[order].astype(np.int64)
+        tot = total[order].astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+        carried = np.array([self._last.get(int(s), -1) for s in sk[starts]], dtype=np.int64)
+        prev = np.r_[0, tot[:-1]]
+        prev[starts] = carried
+        new_sock = (prev < 0) | (tot < prev)
+        gap = np.where(new_sock, 0, np.maximum(tot - prev - seg, 0))
+        self.between_events += int(gap.sum())
+        self.before_first_event += int(np.where(new_sock, np.maximum(tot - seg, 0), 0).sum())
+        self._gapped.update(int(s) for s in np.unique(sk[gap > 0]))
+        ends = np.r_[starts[1:], len(sk)] - 1
+        self._last.update(zip(sk[ends].tolist(), tot[ends].tolist()))
+
+    def summary(self) -> dict[str, int]:
+        return {"event_segments": self.segs, "unreported_between_events": self.between_events,
+                "before_first_event": self.before_first_event,
+                "sockets_with_gaps": len(self._gapped)}
+
+
+def gap_intervals(events: pd.DataFrame) -> pd.DataFrame:
+    """Where each socket's total grew by more than its next event's segs: one row per gap,
+    with the flow, the wall-clock interval (previous event, event] the missing
+    retransmissions fell in, and how many segments are missing. ``events`` is the events
+    DataFrame (analyze.events)."""
+    import pandas as pd
+
+    cols = ["saddr", "sport", "daddr", "dport", "from_ns", "to_ns", "segments"]
+    if not {"segs", "total_retrans"} <= set(events.columns) or events.empty:
+        return pd.DataFrame(columns=cols)
+    ev = events[(events["event_type"] == "retransmit") & events["segs"].notna()
+                & events["total_retrans"].notna()]
+    ev = ev.sort_values(["skaddr", "ts_wall_ns"], kind="stable")
+    sk = ev["skaddr"].to_numpy()
+    tot = ev["total_retrans"].to_numpy(np.int64)
+    seg = ev["segs"].to_numpy(np.int64)
+    prev = np.r_[0, tot[:-1]]
+    same = np.r_[False, sk[1:] == sk[:-1]] & (tot >= prev)
+    missing = np.where(same, tot - prev - seg, 0)
+    hit = np.flatnonzero(missing > 0)
+    ts = ev["ts_wall_ns"].to_numpy(np.int64)
+    out = ev.iloc[hit][["saddr", "sport", "daddr", "dport"]].copy()
+    out["from_ns"] = ts[hit - 1] if len(hit) else np.zeros(0, np.int64)
+    out["to_ns"] = ts[hit]
+    out["segments"] = missing[hit]
+    return out.reset_index(drop=True)
