@@ -118,7 +118,7 @@ def analyze(capture=None, events=None) -> Result:
     ev = events.table
     ev_rows = _event_rows(ev)
     if wire is not None:
-        rows = _merge(ev, ev_rows, wire, packets, capture, summary, eligible)
+        rows = _merge(ev, ev_rows, wire, packets, capture, summary, eligible, flows)
     else:
         rows = ev_rows
         rows["match"] = "no_capture"
@@ -162,7 +162,7 @@ def _event_rows(ev: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _merge(ev, ev_rows, wire, packets, capture, summary, eligible) -> pd.DataFrame:
+def _merge(ev, ev_rows, wire, packets, capture, summary, eligible, flows) -> pd.DataFrame:
     import pandas as pd
 
     from retranscope.analyze.gaps import gap_intervals
@@ -207,6 +207,12 @@ def _merge(ev, ev_rows, wire, packets, capture, summary, eligible) -> pd.DataFra
     # Retransmitted frames no event explains: kept, as their own rows.
     orphan = wire[wire_ev < 0].copy()
     orphan["match"] = _why_no_event(orphan, summary.get("recording") or {}, gap_intervals(ev))
+    # Sent by the peer, not by the host the capture (and so the recorder) ran on: its
+    # retransmissions are the other host's, which this recording cannot have.
+    local = flows.set_index("flow_id")["local"] if "local" in flows else None
+    if local is not None and len(orphan):
+        peer = orphan["flow_id"].map(local).astype("boolean").eq(False).fillna(False).to_numpy()
+        orphan.loc[peer & (orphan["match"] == "no_event").to_numpy(), "match"] = "peer_sent"
     summary["match"] = {
         "events": int(len(ev)),
         "events_matched": int((frames > 0).sum()),

@@ -20,6 +20,15 @@ from retranscope.errors import BadInput, SchemaMismatch
 from retranscope.report import svg
 from retranscope.schemas.outputs import FAMILY_OF_KIND, KINDS, OUTPUT_SCHEMA_VERSION
 
+#: Why a retransmitted frame has no kernel event, in words (analyze/pipeline._why_no_event).
+FRAME_WITHOUT_EVENT = {
+    "peer_sent": "the other host sent them; a recording on this host cannot have them",
+    "unreported": "the kernel resent them but ran no probe; counted in the accounting",
+    "before_recording": "sent before the recorder started",
+    "after_recording": "sent after the recorder stopped",
+    "filtered_out": "outside the recorder's --port/-4/-6 filter",
+}
+
 KIND_TEXT = {
     "tlp": "tail loss probe (RFC 8985): the timer fired ~2·SRTT after the last send",
     "fast": "fast retransmit / SACK-RACK recovery (RFC 6675, 8985): the receiver showed a hole",
@@ -185,7 +194,9 @@ def quality(a: Analysis) -> list[str]:
     for key, count in sorted((m.get("unmatched_events") or {}).items()):
         lines.append(f"{count} kernel events have no frame in the capture ({key}).")
     for key, count in sorted((m.get("frames_without_event_by") or {}).items()):
-        lines.append(f"{count} retransmitted frames have no kernel event ({key}).")
+        why = FRAME_WITHOUT_EVENT.get(key)
+        lines.append(f"{count} retransmitted frames have no kernel event ({key}"
+                     + (f": {why}" if why else "") + ").")
     if m.get("disagreements"):
         lines.append(
             f"The capture's verdict differs from the kernel's reason for "

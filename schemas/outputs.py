@@ -62,7 +62,8 @@ RETRANSMIT_COLUMNS = (
         "match",
         "'matched', or why not: for events no_frame, not_sent, before_capture, "
         "after_capture, capture_dropped, flow_not_in_capture; for frames no_event, "
-        "before_recording, after_recording, filtered_out",
+        "before_recording, after_recording, filtered_out, peer_sent (the other host "
+        "sent it), unreported (the kernel resent it but ran no probe: see accounting)",
     ),
     ("kernel_ca_state", "the socket's congestion-avoidance state (event)"),
     ("kernel_srtt_us", "the socket's SRTT (event)"),
