@@ -65,11 +65,11 @@ class GapTracker:
         self._gapped: set[int] = set()
 
     def update(self, skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray,
-               total: np.ndarray, valid: np.ndarray, sent: np.ndarray,
-               other_segments: int = 0) -> None:
-        """One batch. ``sent``: the retransmission went out (err 0); ``other_segments``:
-        segments of events without a socket total (a SYN-ACK resent: one)."""
-        self.segs += int(segs[valid & sent].sum()) + other_segments
+               total: np.ndarray, valid: np.ndarray, other_segments: int = 0) -> None:
+        """One batch. ``other_segments``: segments of events without a socket total (a
+        SYN-ACK resent: one). A retransmission that failed in the device still counts: the
+        kernel adds to RetransSegs and total_retrans before it transmits."""
+        self.segs += int(segs[valid].sum()) + other_segments
         idx = np.flatnonzero(valid)
         if not len(idx):
             return

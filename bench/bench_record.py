@@ -82,6 +82,9 @@ def run_recorder(lab, seconds: float, conns: int, kc: KernelCount, out: Path) ->
         "kept": kept,
         "cpu_s": cpu,
         "self_reported_lost": meta.get("events_lost_in_kernel"),
+        # Segments the kernel resent without running any probe (the reference counter,
+        # a BPF program too, cannot see those either): from the sockets' own totals.
+        "unreported": (meta.get("accounting") or {}).get("unreported_segments"),
     }
 
 
@@ -161,7 +164,8 @@ def print_row(r: dict, seconds: float) -> None:
         f"{r['kept']:>8}  lost {lost:>6} ({100 * lost / max(1, r['kernel']):.2f}%)  "
         f"rate {rate:>8,.0f}/s  cpu {r['cpu_s']:.2f} s = {per:.1f} us/event"
         + (
-            f"  (lost by its own count: {r['self_reported_lost']})"
+            f"  (lost by its own count: {r['self_reported_lost']}; segments the kernel "
+            f"resent without running a probe: {r['unreported']})"
             if "self_reported_lost" in r
             else ""
         ),

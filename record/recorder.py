@@ -353,12 +353,13 @@ def _gap_columns(table: pa.Table) -> tuple[np.ndarray, ...]:
              & table["segs"].is_valid().to_numpy(zero_copy_only=False)
              & table["total_retrans"].is_valid().to_numpy(zero_copy_only=False))
     sent = table["err"].fill_null(0).to_numpy(zero_copy_only=False) == 0
-    # A SYN-ACK resent from a request socket is one segment (tcp_rtx_synack).
+    # A SYN-ACK resent from a request socket is one segment (tcp_rtx_synack counts it in
+    # RetransSegs only when it went out).
     synacks = int((pc.equal(table["event_type"], "synack").to_numpy(zero_copy_only=False)
                    & sent).sum())
     return (table["skaddr"].to_numpy(), table["ts_mono_ns"].to_numpy(),
             np.nan_to_num(segs.astype(np.float64)).astype(np.int64),
-            np.nan_to_num(total.astype(np.float64)).astype(np.int64), valid, sent, synacks)
+            np.nan_to_num(total.astype(np.float64)).astype(np.int64), valid, synacks)
 
 
 def _accounting(gaps: GapTracker, meta: dict, opts) -> dict:
