@@ -82,12 +82,8 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     np.copyto(fb, _NONE, where=~space["ack_flag"][order] | rst_o)
     rows = space["sack_rows"]
     if len(rows):
-        sn = packets["sack_n"][rows]
-        top = space["sack_r_abs"][:, 0].copy()
-        for b in range(1, 4):
-            top = np.where(sn > b, np.maximum(top, space["sack_r_abs"][:, b]), top)
         at = pos_of[rows]
-        fb[at] = np.where(not_rst[rows], np.maximum(fb[at], top), _NONE)
+        fb[at] = np.where(not_rst[rows], np.maximum(fb[at], _sack_tops(packets, space)), _NONE)
 
     # Evidence for the flow of each direction: its own segment ends and the other
     # direction's acknowledgements (which are in this flow's sequence space).
@@ -116,6 +112,15 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
         same = (lr >= 0) & (lr >= first_of_conn[gno[p]])
         last_rev[rows] = np.where(same, order[np.clip(lr, 0, None)], -1)
     return {"sent_hi": sent_hi, "snd_nxt": snd_nxt, "last_rev": last_rev}
+
+
+def _sack_tops(packets: dict[str, np.ndarray], space: dict[str, np.ndarray]) -> np.ndarray:
+    """Per row of ``space["sack_rows"]``, the highest right edge among its SACK blocks."""
+    sn = packets["sack_n"][space["sack_rows"]]
+    top = space["sack_r_abs"][:, 0].copy()
+    for b in range(1, 4):
+        top = np.where(sn > b, np.maximum(top, space["sack_r_abs"][:, b]), top)
+    return top
 
 
 def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
@@ -275,11 +280,7 @@ def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> n
     fb = np.where(space["ack_flag"] & ~is_rst, space["ack_abs"], _NONE)
     rows = space["sack_rows"]
     if len(rows):
-        sn = packets["sack_n"][rows]
-        top = space["sack_r_abs"][:, 0].copy()
-        for b in range(1, 4):
-            top = np.where(sn > b, np.maximum(top, space["sack_r_abs"][:, b]), top)
-        fb[rows] = np.where(is_rst[rows], _NONE, np.maximum(fb[rows], top))
+        fb[rows] = np.where(is_rst[rows], _NONE, np.maximum(fb[rows], _sack_tops(packets, space)))
     acked = rev[flow_id]                       # the flow each packet's ACK speaks for
     cand = np.flatnonzero((fb > _NONE) & (acked >= 0))
     cand = cand[late[acked[cand]]]
