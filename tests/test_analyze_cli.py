@@ -271,3 +271,31 @@ def test_frames_outside_the_recording_are_said_so(tmp_path):
         "filtered_out": s["match"]["frames_without_event"]
     }
     assert s["match"]["frames_without_event"] > 0
+
+
+@pytest.mark.parametrize("with_events", [False, True])
+def test_outputs_read_as_they_are_by_polars_and_duckdb(tmp_path, with_events):
+    """The promise in the README: pandas, DuckDB and Polars read the outputs as they are."""
+    polars = pytest.importorskip("polars")
+    duckdb = pytest.importorskip("duckdb")
+    d = CORPUS / "reqresp_loss_both"
+    out = tmp_path / "o"
+    if with_events:
+        r = analyze_both(d / "capture.pcap", d, out)
+    else:
+        r = cli("analyze", "--pcap", str(d / "capture.pcap"), "--out", str(out), "-q")
+    assert r.exit_code == 0, r.output
+    for name in ("retransmits", "flows"):
+        path = out / f"{name}.parquet"
+        pdf = pd.read_parquet(path)
+        pl = polars.read_parquet(path)
+        assert pl.height == len(pdf) > 0 and pl.columns == list(pdf.columns)
+        n = duckdb.sql(f"SELECT count(*) FROM '{path}'").fetchall()[0][0]
+        assert n == len(pdf)
+    rt = polars.read_parquet(out / "retransmits.parquet")
+    assert rt.schema["seq"] == polars.UInt32 and rt.schema["ts_wall_ns"] == polars.Int64
+    kinds = duckdb.sql(f"SELECT kind, count(*) FROM '{out / 'retransmits.parquet'}' "
+                       "GROUP BY kind").fetchall()
+    assert sum(c for _, c in kinds) == rt.height
+    by_pandas = pd.read_parquet(out / "retransmits.parquet")["kind"].value_counts()
+    assert dict(kinds) == by_pandas.to_dict()
