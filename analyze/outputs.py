@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 INT_COLS = {"ts_wall_ns": "int64", "flow_id": "int64", "frame": "int64", "frames": "int64",
+            "spurious_frames": "int64",
             "sport": "uint16", "dport": "uint16", "family": "uint8"}
 NULLABLE_INT = {"seq": pa.uint32(), "end_seq": pa.uint32(), "since_original_ns": pa.int64(),
                 "since_last_send_ns": pa.int64(), "since_last_ack_ns": pa.int64(),

@@ -59,6 +59,12 @@ def _row_of_frame(packets: dict[str, np.ndarray], frames: np.ndarray) -> np.ndar
     return np.searchsorted(packets["frame"], frames)
 
 
+def filled_bool(a: np.ndarray) -> np.ndarray:
+    """An object/nullable boolean column as plain bool (null is False)."""
+    return np.array([bool(v) if v is not None and v == v else False for v in a], dtype=bool) \
+        if a.dtype == object else np.nan_to_num(a.astype(float)).astype(bool)
+
+
 def _wire_table(flows: Table, c: Table) -> Table:
     """Classified wire segments -> output rows (source 'capture')."""
     fid = c["flow_id"]
@@ -80,6 +86,7 @@ def _wire_table(flows: Table, c: Table) -> Table:
         out[name] = c[name] if name in c else np.full(m, None, dtype=object)
     out["frame"] = c["frame"].astype(np.int64)
     out["frames"] = np.ones(m, dtype=np.int64)
+    out["spurious_frames"] = filled(c["spurious"], False).astype(np.int64)
     out["tx_index"] = c["tx_index"] if "tx_index" in c else np.full(m, None, dtype=object)
     out["match"] = np.full(m, None, dtype=object)
     out["kind_agrees"] = np.full(m, None, dtype=object)
@@ -157,6 +164,7 @@ def _event_rows(ev: pd.DataFrame) -> pd.DataFrame:
     out["kernel_backoff"] = ev["backoff"].to_numpy()
     out["frame"] = -1
     out["frames"] = 0
+    out["spurious_frames"] = 0
     out["tx_index"] = None
     out["kind_agrees"] = None
     return out
@@ -181,6 +189,20 @@ def _merge(ev, ev_rows, wire, packets, capture, summary, eligible, flows) -> pd.
     for col in CLASSIFY_COLUMNS + ("flow_id", "tx_index", "frame"):
         vals = first.reindex(idx)[col].to_numpy()
         out[col] = np.where(has, vals, out[col].to_numpy() if col in out else None)
+    # One event can resend several segments, only some of which the receiver lacked (a
+    # GSO skb, a slow-start burst): spurious as a whole only when every resent frame was
+    # shown needless; spurious_frames says how many were.
+    on = wire_ev >= 0
+    n_wire = np.bincount(wire_ev[on], minlength=len(ev))
+    sp_wire = filled_bool(wire["spurious"].to_numpy()) & on
+    n_sp = np.bincount(wire_ev[sp_wire], minlength=len(ev))
+    out["spurious_frames"] = n_sp.astype(np.int64)
+    all_sp = (n_wire > 0) & (n_sp == n_wire)
+    out["spurious"] = np.where(n_wire > 0, all_sp, out["spurious"].to_numpy())
+    out["spurious_by"] = np.where(all_sp, out["spurious_by"].to_numpy(), None)
+    if all_sp.any():
+        by = w[sp_wire].drop_duplicates("ev").set_index("ev")["spurious_by"]
+        out.loc[all_sp, "spurious_by"] = by.reindex(np.flatnonzero(all_sp)).to_numpy()
     # A matched event whose frames the capture did not see as retransmissions (say, its
     # original was before the capture started) still has frames; count them.
     out["frames"] = frames

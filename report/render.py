@@ -86,6 +86,13 @@ def headline(a: Analysis) -> dict:
         "spurious_tlp": int((spurious & tlp).sum()),
         "tlp": int(tlp.sum()),
         "flows_with_retransmissions": int(r["flow_id"].nunique()) if n else 0,
+        # Needless segments inside retransmissions that also repaired something (one
+        # event resending a GSO skb or a slow-start burst): not in "spurious" above.
+        "partly_spurious": int((r["spurious_frames"].fillna(0).astype(int) > 0)
+                               .where(~spurious, False).sum())
+        if n and "spurious_frames" in r else 0,
+        "needless_frames": int(r.loc[~spurious, "spurious_frames"].fillna(0).sum())
+        if n and "spurious_frames" in r else 0,
     }
 
 
@@ -120,6 +127,11 @@ def verdict(h: dict) -> str:
         f"In all, {h['spurious']} ({_pct(h['spurious_share'])}) retransmissions were "
         "shown spurious by the receiver (D-SACK or timestamp echo)."
     )
+    if h.get("partly_spurious"):
+        parts.append(
+            f"{h['partly_spurious']} more resent a lost segment together with "
+            f"{h['needless_frames']} segments the receiver already had."
+        )
     return " ".join(parts)
 
 

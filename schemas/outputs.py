@@ -43,6 +43,8 @@ RETRANSMIT_COLUMNS = (
     ),
     ("spurious", "a D-SACK (RFC 2883) or a timestamp echo (RFC 3522) showed it was not needed"),
     ("spurious_by", "'dsack' | 'ts_echo' | null"),
+    ("spurious_frames", "of its wire frames, how many were shown needless: one kernel event "
+                        "can resend segments the receiver had beside the one it lacked"),
     ("since_original_ns", "since the first transmission of this data"),
     ("since_last_send_ns", "since the flow's previous transmission (for a TLP: the probe gap)"),
     ("since_last_ack_ns", "since the last ACK from the receiver"),
@@ -65,6 +67,7 @@ RETRANSMIT_COLUMNS = (
         "before_recording, after_recording, filtered_out, peer_sent (the other host "
         "sent it), unreported (the kernel resent it but ran no probe: see accounting)",
     ),
+    ("since_prev_retransmit_ns", "events: since the same socket's previous retransmission"),
     ("kernel_ca_state", "the socket's congestion-avoidance state (event)"),
     ("kernel_srtt_us", "the socket's SRTT (event)"),
     ("kernel_backoff", "icsk_backoff (event)"),

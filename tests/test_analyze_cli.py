@@ -299,3 +299,18 @@ def test_outputs_read_as_they_are_by_polars_and_duckdb(tmp_path, with_events):
     assert sum(c for _, c in kinds) == rt.height
     by_pandas = pd.read_parquet(out / "retransmits.parquet")["kind"].value_counts()
     assert dict(kinds) == by_pandas.to_dict()
+
+
+def test_every_output_column_is_documented(tmp_path):
+    """schemas/outputs.py says what each column of retransmits.parquet means: all of them."""
+    from retranscope.schemas.outputs import RETRANSMIT_COLUMNS
+
+    documented = [c for c, _ in RETRANSMIT_COLUMNS]
+    d = CORPUS / "random_loss_notso"
+    assert analyze_both(d / "capture.pcap", d, tmp_path / "b").exit_code == 0
+    both = list(pd.read_parquet(tmp_path / "b" / "retransmits.parquet").columns)
+    r = cli("analyze", "--pcap", str(d / "capture.pcap"), "--out", str(tmp_path / "c"), "-q")
+    assert r.exit_code == 0, r.output
+    alone = list(pd.read_parquet(tmp_path / "c" / "retransmits.parquet").columns)
+    assert set(both) | set(alone) == set(documented)
+    assert set(alone) <= set(both)
