@@ -898,6 +898,23 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
 
         trig = -1
         bo = -1
+        # tcp_retransmit_timer and tcp_send_loss_probe resend one MSS (segs = 1, and
+        # tcp_retrans_try_collapse stays within it): more at once is
+        # tcp_xmit_retransmit_queue, from an ACK (perhaps one not seen) or the RACK timer.
+        multi = len(rows) > 1 or (mss_known_l[f] and hi - lo > mss_l[f])
+        if not sack_ok and st != LOSS and not fl & TCP_SYN and (multi or not head):
+            # NewReno recovery resends only the segment at snd_una, one MSS per partial
+            # ACK (tcp_newreno_mark_lost marks just the head, cut to one MSS), whatever
+            # clocks it (an ACK, or TSQ's tasklet once the device drains). More at once,
+            # or a segment above snd_una, is the Loss state's walk over all that a timeout
+            # marked lost (tcp_timeout_mark_lost): a timeout the capture did not show. Its
+            # high_seq is at least what has been sent.
+            st = LOSS
+            high_seq = snd_nxt
+            entry_k = k
+            loss_ranges = _Ranges()
+            tlp_high = None
+            frto = False
         if fl & TCP_SYN:
             knd = "synack" if fl & TCP_ACK else "syn"
             bo = syn_n
@@ -908,19 +925,6 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
         elif ack_clocked:
             clk = "ack"
             trig = k
-            if not sack_ok and st != LOSS and (not head or len(rows) > 1
-                                                or (mss_known_l[f] and hi - lo > mss_l[f])):
-                # NewReno recovery resends only the segment at snd_una, one MSS per partial
-                # ACK (tcp_newreno_mark_lost marks just the head, cut to one MSS). More at
-                # once, or a segment above snd_una, is the Loss state's walk over all that a
-                # timeout marked lost (tcp_timeout_mark_lost): a timeout before the capture
-                # began. Its high_seq is at least what has been sent.
-                st = LOSS
-                high_seq = snd_nxt
-                entry_k = k
-                loss_ranges = _Ranges()
-                tlp_high = None
-                frto = False
             # Only RACK can find a retransmission lost again (tcp_identify_packet_loss sets
             # FLAG_LOST_RETRANS from tcp_rack_mark_lost), and RACK needs SACK: a Reno flow
             # stays in Loss, resending in slow start, until snd_una passes high_seq
@@ -943,10 +947,6 @@ def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
             clk = "timer"
             timeout_like = sla < 0 or sla >= 0.75 * rto_base * 1000
             reo_like = 0 <= sla <= (0.5 * srtt + 15_000) * 1000
-            # tcp_retransmit_timer and tcp_send_loss_probe resend one MSS (segs = 1, and
-            # tcp_retrans_try_collapse stays within it): more at once is
-            # tcp_xmit_retransmit_queue, from the RACK reorder timer or an ACK not seen.
-            multi = len(rows) > 1 or (mss_known_l[f] and hi - lo > mss_l[f])
             # No ACK of this flow yet in the capture. Unless the capture only just began,
             # none arrived lately either: the silence is at least (now - capture start).
             # Just after the start the clock is unknown. A capture that starts at a random

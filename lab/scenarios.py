@@ -610,12 +610,12 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         name="nosack_heavy_rtt30",
-        description="NewReno under heavy loss: SACK off at the client, TSO off, bulk 1.5 MB on "
+        description="NewReno under heavy loss: SACK off at the client, TSO off, bulk 1 MB on "
                     "each of 2 connections at RTT 30 ms, 5% random loss. Holes pile up faster "
                     "than one per RTT can repair them: RTOs in the middle of fast recovery, "
                     "long Loss episodes of slow-start retransmits, F-RTO tried and refused "
                     "(an ACK that also covers a resent segment proves nothing without SACK).",
-        traffic=_bulk(1_500_000, conns=2),
+        traffic=_bulk(1_000_000, conns=2),
         rules=(_random_drop(5),),
         tso=False,
         rtt_ms=30.0,
