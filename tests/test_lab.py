@@ -449,11 +449,16 @@ def _run_and_check(sc: Scenario) -> tuple[list[str], dict[str, int], dict[str, i
 def test_scenario_moves_kernel_counters(netns_ok: None, name: str) -> None:
     sc = SCENARIOS[name]
     problems, deltas, client_side = _run_and_check(sc)
-    if problems:
-        # On an idle machine every scenario passed every run (see the report). On a loaded
-        # one an ACK clock stalled past the ~2 ms PTO of a veth RTT adds a genuine TLP: a
-        # run of different traffic, not a lab bug. A bug fails the second run too.
-        warnings.warn(f"{name}: first run off ({problems}; {deltas}), running it again",
+    # On an idle machine every scenario passed every run (see the report). On a loaded one
+    # an ACK clock stalled past the ~2 ms PTO of a veth RTT adds a genuine TLP: a run of
+    # different traffic, not a lab bug. And a scenario of random loss that must show a
+    # reason (a probe among 60 bursts at 4% loss, say) misses it in some runs (about one in
+    # seven for reqresp_loss_both). A bug fails every run.
+    tries = 3 if any("numgen random" in r.expr for r in sc.rules) else 2
+    for attempt in range(1, tries):
+        if not problems:
+            break
+        warnings.warn(f"{name}: run {attempt} off ({problems}; {deltas}), running it again",
                       stacklevel=1)
         problems, deltas, client_side = _run_and_check(sc)
     assert problems == [], deltas
