@@ -23,9 +23,23 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def _socket_gaps(sk: np.ndarray, seg: np.ndarray, tot: np.ndarray,
+                 carried: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one rule, over events sorted by (socket, time): per event, is it a new socket
+    (its first event, or its address reused: the total dropped), and how many segments
+    were resent since the socket's previous event without one. ``carried``: per socket
+    run, its total before this batch (-1 if unknown). Returns (starts, new_sock, gap)."""
+    starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]]) if len(sk) else np.zeros(0, int)
+    prev = np.r_[0, tot[:-1]]
+    prev[starts] = carried
+    new_sock = (prev < 0) | (tot < prev)
+    gap = np.where(new_sock, 0, np.maximum(tot - prev - seg, 0))
+    return starts, new_sock, gap
+
+
 def unreported_segments(skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray,
                         total: np.ndarray, valid: np.ndarray) -> dict[str, int]:
-    """Segments resent without an event.
+    """Segments resent without an event, over one whole set of events.
 
     ``valid`` marks the retransmit events whose segs and total_retrans were read. A
     socket address reused by a new socket restarts its total (it drops): a new socket.
@@ -34,24 +48,12 @@ def unreported_segments(skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray,
     unreported for certain), ``before_first_event`` (resent before a socket's first event:
     before the recording began, or unreported), ``sockets_with_gaps``.
     """
-    idx = np.flatnonzero(valid)
-    if not len(idx):
-        return {"between_events": 0, "before_first_event": 0, "sockets_with_gaps": 0}
-    order = idx[np.lexsort((ts_ns[idx], skaddr[idx]))]
-    sk = skaddr[order]
-    seg = segs[order].astype(np.int64)
-    tot = total[order].astype(np.int64)
-    prev_tot = np.r_[0, tot[:-1]]
-    new_sock = np.r_[True, sk[1:] != sk[:-1]] | (tot < prev_tot)
-    gap = np.where(new_sock, 0, np.maximum(tot - prev_tot - seg, 0))
-    first = np.where(new_sock, np.maximum(tot - seg, 0), 0)
-    sock_id = np.cumsum(new_sock)
-    gapped = np.unique(sock_id[gap > 0])
-    return {
-        "between_events": int(gap.sum()),
-        "before_first_event": int(first.sum()),
-        "sockets_with_gaps": int(len(gapped)),
-    }
+    g = GapTracker()
+    g.update(skaddr, ts_ns, segs, total, valid)
+    s = g.summary()
+    return {"between_events": s["unreported_between_events"],
+            "before_first_event": s["before_first_event"],
+            "sockets_with_gaps": s["sockets_with_gaps"]}
 
 
 class GapTracker:
@@ -61,7 +63,7 @@ class GapTracker:
         self._last: dict[int, int] = {}  # socket address -> its latest total_retrans
         self.between_events = 0
         self.before_first_event = 0
-        self.segs = 0                    # segments the events reported (sent ones)
+        self.segs = 0                    # segments the events reported
         self._gapped: set[int] = set()
 
     def update(self, skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray,
@@ -77,12 +79,9 @@ class GapTracker:
         sk = skaddr[order].astype(np.int64)
         seg = segs[order].astype(np.int64)
         tot = total[order].astype(np.int64)
-        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-        carried = np.array([self._last.get(int(s), -1) for s in sk[starts]], dtype=np.int64)
-        prev = np.r_[0, tot[:-1]]
-        prev[starts] = carried
-        new_sock = (prev < 0) | (tot < prev)
-        gap = np.where(new_sock, 0, np.maximum(tot - prev - seg, 0))
+        runs = sk[np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])]
+        carried = np.array([self._last.get(int(s), -1) for s in runs], dtype=np.int64)
+        starts, new_sock, gap = _socket_gaps(sk, seg, tot, carried)
         self.between_events += int(gap.sum())
         self.before_first_event += int(np.where(new_sock, np.maximum(tot - seg, 0), 0).sum())
         self._gapped.update(int(s) for s in np.unique(sk[gap > 0]))
@@ -108,12 +107,11 @@ def gap_intervals(events: pd.DataFrame) -> pd.DataFrame:
     ev = events[(events["event_type"] == "retransmit") & events["segs"].notna()
                 & events["total_retrans"].notna()]
     ev = ev.sort_values(["skaddr", "ts_wall_ns"], kind="stable")
-    sk = ev["skaddr"].to_numpy()
+    sk = ev["skaddr"].to_numpy(np.int64)
     tot = ev["total_retrans"].to_numpy(np.int64)
     seg = ev["segs"].to_numpy(np.int64)
-    prev = np.r_[0, tot[:-1]]
-    same = np.r_[False, sk[1:] == sk[:-1]] & (tot >= prev)
-    missing = np.where(same, tot - prev - seg, 0)
+    n_runs = int(np.count_nonzero(np.r_[True, sk[1:] != sk[:-1]])) if len(sk) else 0
+    _, _, missing = _socket_gaps(sk, seg, tot, np.full(n_runs, -1, dtype=np.int64))
     hit = np.flatnonzero(missing > 0)
     ts = ev["ts_wall_ns"].to_numpy(np.int64)
     out = ev.iloc[hit][["saddr", "sport", "daddr", "dport"]].copy()

@@ -59,12 +59,6 @@ def _row_of_frame(packets: dict[str, np.ndarray], frames: np.ndarray) -> np.ndar
     return np.searchsorted(packets["frame"], frames)
 
 
-def filled_bool(a: np.ndarray) -> np.ndarray:
-    """An object/nullable boolean column as plain bool (null is False)."""
-    return np.array([bool(v) if v is not None and v == v else False for v in a], dtype=bool) \
-        if a.dtype == object else np.nan_to_num(a.astype(float)).astype(bool)
-
-
 def _wire_table(flows: Table, c: Table) -> Table:
     """Classified wire segments -> output rows (source 'capture')."""
     fid = c["flow_id"]
@@ -194,7 +188,7 @@ def _merge(ev, ev_rows, wire, packets, capture, summary, eligible, flows) -> pd.
     # shown needless; spurious_frames says how many were.
     on = wire_ev >= 0
     n_wire = np.bincount(wire_ev[on], minlength=len(ev))
-    sp_wire = filled_bool(wire["spurious"].to_numpy()) & on
+    sp_wire = wire["spurious"].fillna(False).astype(bool).to_numpy() & on
     n_sp = np.bincount(wire_ev[sp_wire], minlength=len(ev))
     out["spurious_frames"] = n_sp.astype(np.int64)
     all_sp = (n_wire > 0) & (n_sp == n_wire)

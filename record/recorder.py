@@ -347,8 +347,6 @@ def _update_meta(meta: dict, probe, writer, received: int, filtered_pid: int) ->
 
 def _gap_columns(table: pa.Table) -> tuple[np.ndarray, ...]:
     """The columns GapTracker.update takes, from a decoded batch."""
-    segs = table["segs"].to_numpy(zero_copy_only=False)
-    total = table["total_retrans"].to_numpy(zero_copy_only=False)
     valid = (pc.equal(table["event_type"], "retransmit").to_numpy(zero_copy_only=False)
              & table["segs"].is_valid().to_numpy(zero_copy_only=False)
              & table["total_retrans"].is_valid().to_numpy(zero_copy_only=False))
@@ -358,8 +356,8 @@ def _gap_columns(table: pa.Table) -> tuple[np.ndarray, ...]:
     synacks = int((pc.equal(table["event_type"], "synack").to_numpy(zero_copy_only=False)
                    & sent).sum())
     return (table["skaddr"].to_numpy(), table["ts_mono_ns"].to_numpy(),
-            np.nan_to_num(segs.astype(np.float64)).astype(np.int64),
-            np.nan_to_num(total.astype(np.float64)).astype(np.int64), valid, synacks)
+            table["segs"].fill_null(0).to_numpy().astype(np.int64),
+            table["total_retrans"].fill_null(0).to_numpy().astype(np.int64), valid, synacks)
 
 
 def _accounting(gaps: GapTracker, meta: dict, opts) -> dict:
