@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retranscope.analyze.table import Nullable
-from retranscope.record.writer import write_atomic
+from retranscope.fileio import write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -167,7 +167,7 @@ def _event_rows(ev: pd.DataFrame) -> pd.DataFrame:
 def _merge(ev, ev_rows, wire, packets, capture, summary, eligible, flows) -> pd.DataFrame:
     import pandas as pd
 
-    from retranscope.analyze.gaps import gap_intervals
+    from retranscope.accounting import gap_intervals
     from retranscope.analyze.join import join_events, why_unmatched
 
     event_of_row, frames = join_events(ev, packets, eligible=eligible)
@@ -248,7 +248,7 @@ def _merge(ev, ev_rows, wire, packets, capture, summary, eligible, flows) -> pd.
 def _why_no_event(frames: pd.DataFrame, rec: dict, gaps: pd.DataFrame) -> np.ndarray:
     """Why a retransmitted frame has no kernel event: outside the recording, outside the
     recorder's filters, resent while the kernel ran no probe (unreported: the socket's own
-    retransmission count grew past its events just there, analyze/gaps.py), or unexplained
+    retransmission count grew past its events just there, retranscope/accounting.py), or unexplained
     (no_event: another namespace's socket, say)."""
     out = np.full(len(frames), "no_event", dtype=object)
     ts = frames["ts_wall_ns"].to_numpy(np.int64)

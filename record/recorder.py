@@ -21,14 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from retranscope.analyze.gaps import GapTracker
+from retranscope.accounting import GapTracker
 from retranscope.errors import BadInput, EnvironmentProblem
+from retranscope.fileio import write_json_atomic
 from retranscope.record import procnet
 from retranscope.record.decode import decode, format_addrs
 from retranscope.record.probe import Probe, ProbeConfig, require_root
 from retranscope.record.reasons import KernelSymbols
 from retranscope.record.tcpdump import Tcpdump
-from retranscope.record.writer import RUN_META, RotatingWriter, write_json_atomic
+from retranscope.record.writer import RUN_META, RotatingWriter
 from retranscope.schemas.events import COUNTS_SCHEMA, EVENT_SCHEMA, SCHEMA_NAME, SCHEMA_VERSION
 
 

@@ -9,27 +9,15 @@ way at every rotation, so it always describes the files that exist.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retranscope.fileio import write_atomic
+
 RUN_META = "run.json"
-
-
-def write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 
 
 class RotatingWriter:

@@ -155,38 +155,15 @@ def analyze(
 
 
 def run_analysis(pcap: Optional[Path], events: Optional[Path], out: Path, quiet: bool = True):
-    from retranscope.analyze.memory import reuse_freed_memory
-    from retranscope.analyze.outputs import write_outputs
-    from retranscope.analyze.pipeline import analyze as run
+    """analyze/run.py with a progress bar and warnings on stderr, and the summary on stdout."""
+    from retranscope.analyze.run import run_analysis as run
 
-    reuse_freed_memory()
-
-    capture = ev = None
-    if pcap is not None:
-        from retranscope.analyze.pcap import read_capture
-
-        bar = _Progress("reading capture")
-        try:
-            capture = read_capture(pcap, progress=bar)
-        finally:
-            bar.close()
-        for w in capture.meta.warnings:
-            typer.echo(f"retranscope: warning: {w}", err=True)
-    if events is not None:
-        from retranscope.analyze.events import read_events
-
-        ev = read_events(events)
-        for w in ev.warnings:
-            typer.echo(f"retranscope: warning: {w}", err=True)
-    result = run(capture=capture, events=ev)
-    write_outputs(result, out)
-    m = result.summary.get("match")
-    if m and m["events"] and not m["events_matched"]:
-        typer.echo(
-            "retranscope: warning: no kernel event matched any frame: the capture and "
-            "the events are from different hosts, namespaces or times",
-            err=True,
-        )
+    bar = _Progress("reading capture")
+    try:
+        result = run(pcap, events, out, progress=bar,
+                     warn=lambda w: typer.echo(f"retranscope: warning: {w}", err=True))
+    finally:
+        bar.close()
     if not quiet:
         from retranscope.report.render import load, render_terminal
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from retranscope.schemas.vocabulary import CA_STATES, REASONS  # noqa: F401 (re-exported)
+
 # Bump on any change to EVENT_SCHEMA; readers refuse other versions with a clear line.
 SCHEMA_VERSION = 2
 SCHEMA_NAME = "retranscope.events"
@@ -104,11 +106,6 @@ TCP_STATES = {
     12: "NEW_SYN_RECV",
     13: "BOUND_INACTIVE",
 }
-# enum tcp_ca_state, include/net/tcp.h
-CA_STATES = {0: "Open", 1: "Disorder", 2: "CWR", 3: "Recovery", 4: "Loss"}
-
-# The kernel's reasons (see record/reasons.py for how they are derived).
-REASONS = ("tlp", "rto", "syn", "synack", "fast", "rto_recovery", "other")
 
 # The Parquet layout. Ports are host byte order; addresses are text (ipaddress form);
 # seq/end_seq are raw 32-bit as in the skb; `*_raw` keep the undecoded value beside the name.
@@ -129,7 +126,7 @@ EVENT_SCHEMA = pa.schema(
         # Segments in this retransmission (tcp_skb_pcount: what RetransSegs adds), and the
         # socket's running total of resent segments (tp->total_retrans, this one included):
         # between two events of one socket the total grows by exactly the later one's segs
-        # unless retransmissions went unreported (analyze/gaps.py).
+        # unless retransmissions went unreported (retranscope/accounting.py).
         pa.field("segs", pa.uint16()),
         pa.field("total_retrans", pa.uint32()),
         pa.field("state", pa.string(), nullable=False),

@@ -8,20 +8,9 @@ summary.json: totals, match accounting, capture/record quality, kernel counter d
 
 from __future__ import annotations
 
-OUTPUT_SCHEMA_VERSION = 1
+from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS  # noqa: F401 (re-exported)
 
-KINDS = ("tlp", "fast", "rto", "rto_recovery", "syn", "synack", "unknown")
-# Families the accuracy is judged in: what an engineer needs to tell apart.
-FAMILY_OF_KIND = {
-    "tlp": "tlp",
-    "fast": "fast",
-    "rto": "rto",
-    "rto_recovery": "rto",
-    "syn": "rto",
-    "synack": "rto",
-    "unknown": "unknown",
-    "other": "unknown",
-}
+OUTPUT_SCHEMA_VERSION = 1
 
 # (column, meaning). Types are fixed by analyze/outputs.py.
 RETRANSMIT_COLUMNS = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from retranscope.analyze.gaps import GapTracker, gap_intervals, unreported_segments
+from retranscope.accounting import GapTracker, gap_intervals, unreported_segments
 
 # Two sockets. Socket 1: events of 2, 1, 3 segments; its total jumps by 4 (not 1) at the
 # second event, so 3 segments were resent between the first two events with no event.

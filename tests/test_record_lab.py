@@ -76,7 +76,7 @@ def test_every_kernel_retransmission_recorded_once_with_reason(recorded, name):
     # TCPLossProbes counts each probe (tcp_send_loss_probe), also those that send new data
     # instead of retransmitting (no retransmit event then); TCPTimeouts each RTO expiry,
     # including the SYN and SYN-ACK timers; TCPSynRetrans each SYN or SYN-ACK resent.
-    # The kernel sometimes runs no BPF program for a tracepoint hit (analyze/gaps.py): the
+    # The kernel sometimes runs no BPF program for a tracepoint hit (retranscope/accounting.py): the
     # recorder cannot see those, but must count them. Two independent counts: each
     # socket's own tp->total_retrans between its events, and the namespace's RetransSegs
     # against the events' segments; the per-socket one can only see less.

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MYPY_MODULES = ["record/decode.py", "record/reasons.py", "record/btf.py", "schemas",
-                "report", "analyze/join.py", "analyze/table.py", "analyze/gaps.py"]
+                "report", "analyze/join.py", "analyze/table.py", "retranscope/accounting.py"]
 
 
 def _tool(name: str) -> str:

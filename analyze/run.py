@@ -1,0 +1,47 @@
+"""`retranscope analyze` as a function of paths: read the inputs, analyze, write the outputs.
+
+The one entry point that the CLI, the demo, the fleet and the tests all call, so each of
+them runs exactly what a user runs. Messages for a person (warnings) go to ``warn``;
+errors are raised as RetranscopeError subclasses (retranscope/errors.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from retranscope.analyze.memory import reuse_freed_memory
+from retranscope.analyze.outputs import write_outputs
+from retranscope.analyze.pipeline import Result, analyze
+
+Progress = Callable[[int, int], None]
+
+NO_MATCH_WARNING = ("no kernel event matched any frame: the capture and the events are from "
+                    "different hosts, namespaces or times")
+
+
+def run_analysis(pcap: Path | None, events: Path | None, out: Path, *,
+                 progress: Progress | None = None,
+                 warn: Callable[[str], None] = lambda _line: None) -> Result:
+    """Analyze ``pcap`` and/or the recording directory ``events`` into ``out``
+    (retransmits.parquet, flows.parquet, summary.json: analyze/outputs.py)."""
+    reuse_freed_memory()
+    capture = ev = None
+    if pcap is not None:
+        from retranscope.analyze.pcap import read_capture
+
+        capture = read_capture(pcap, progress=progress)
+        for w in capture.meta.warnings:
+            warn(w)
+    if events is not None:
+        from retranscope.analyze.events import read_events
+
+        ev = read_events(events)
+        for w in ev.warnings:
+            warn(w)
+    result = analyze(capture=capture, events=ev)
+    write_outputs(result, out)
+    m = result.summary.get("match")
+    if m and m["events"] and not m["events_matched"]:
+        warn(NO_MATCH_WARNING)
+    return result
