@@ -15,7 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retranscope.errors import BadInput, SchemaMismatch
-from retranscope.schemas.events import EVENT_SCHEMA, SCHEMA_NAME, SCHEMA_VERSION
+from retranscope.fileio import read_arrow_stream
+from retranscope.schemas.events import (
+    EVENT_SCHEMA,
+    EVENTS_DIR,
+    JOURNAL_SUFFIX,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    event_files,
+)
 
 
 @dataclass
@@ -42,28 +50,25 @@ def _check_schema(path: Path, schema: pa.Schema) -> None:
         raise SchemaMismatch(f"{path}: columns missing: {', '.join(missing)}")
 
 
-def read_events(path: str | Path) -> Events:
-    path = Path(path)
-    if not path.exists():
-        raise BadInput(f"no such file or directory: {path}")
-    run: dict = {}
-    warnings: list[str] = []
+def read_event_files(path: Path) -> tuple[list[pa.Table], list[Path], list[str]]:
+    """The tables of a recording's event files, in file order, with warnings: closed
+    Parquet files, then the journal (Arrow IPC stream) a running or killed recorder
+    writes, up to its last complete batch. ``path``: the recording, its events/ folder,
+    or one file."""
     if path.is_dir():
-        run_file = path / "run.json"
-        if run_file.exists():
-            try:
-                run = json.loads(run_file.read_text())
-            except (OSError, ValueError) as exc:
-                raise BadInput(f"{run_file}: unreadable run metadata ({exc})") from exc
-        folder = path / "events" if (path / "events").is_dir() else path
-        files = sorted(folder.glob("events-*.parquet")) or sorted(folder.glob("*.parquet"))
-        if not files:
+        folder = path / EVENTS_DIR if (path / EVENTS_DIR).is_dir() else path
+        parquet, journals = event_files(folder)
+        if not parquet and not journals:
+            parquet = sorted(folder.glob("*.parquet"))
+        if not parquet and not journals:
             raise BadInput(f"{path}: no events-*.parquet files; give the directory written by "
                            "`retranscope record --out`")
+    elif path.name.endswith(JOURNAL_SUFFIX):
+        parquet, journals = [], [path]
     else:
-        files = [path]
-    tables = []
-    for f in files:
+        parquet, journals = [path], []
+    tables, warnings = [], []
+    for f in parquet:
         try:
             schema = pq.read_schema(f)
         except (OSError, pa.ArrowInvalid) as exc:
@@ -72,6 +77,36 @@ def read_events(path: str | Path) -> Events:
         _check_schema(f, schema)
         tables.append(pq.read_table(f, schema=EVENT_SCHEMA.remove_metadata()
                                     .with_metadata(schema.metadata)))
+    for f in journals:
+        table, clean = read_arrow_stream(f)
+        if table is None:
+            warnings.append(f"{f.name}: an events journal without a complete batch (skipped)")
+            continue
+        _check_schema(f, table.schema)
+        tables.append(table.select(EVENT_SCHEMA.names).cast(
+            EVENT_SCHEMA.with_metadata(table.schema.metadata)))
+        warnings.append(f"{f.name}: {table.num_rows} events read from the journal of a "
+                        "recorder still running or stopped uncleanly"
+                        + ("" if clean else ", up to its last complete batch (it ends "
+                           "mid-write)"))
+    if not tables:
+        raise BadInput(f"{path}: no complete events in its files")
+    return tables, parquet + journals, warnings
+
+
+def read_events(path: str | Path) -> Events:
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"no such file or directory: {path}")
+    run: dict = {}
+    if path.is_dir():
+        run_file = path / "run.json"
+        if run_file.exists():
+            try:
+                run = json.loads(run_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise BadInput(f"{run_file}: unreadable run metadata ({exc})") from exc
+    tables, files, warnings = read_event_files(path)
     table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
     if run:
         if run.get("schema_version") not in (None, SCHEMA_VERSION):
@@ -79,7 +114,7 @@ def read_events(path: str | Path) -> Events:
                                  f" this retranscope reads {SCHEMA_VERSION}")
         if not run.get("complete", False):
             warnings.append(f"the recording did not end cleanly (status: {run.get('status')}); "
-                            "events of its last rotation interval are missing")
+                            "events after its last write to disk are missing")
         lost = run.get("events_lost_in_kernel") or 0
         if lost:
             warnings.append(f"{lost} events were lost in the kernel buffer while recording")

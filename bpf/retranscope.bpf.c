@@ -10,6 +10,8 @@
  *   RTS_HAVE_TP              attach to tracepoints (else: kprobe fallback for old kernels)
  *   RTS_COUNT                aggregate per-flow counts in the kernel (-c)
  *   RTS_CA_FROM_MAP          track icsk_ca_state via tcp:tcp_cong_state_set (no BTF offset)
+ *   RTS_SOCK_GONE            tell user space when a socket it has events of is destroyed
+ *                            (tcp:tcp_destroy_sock), so its per-socket state can be dropped
  *   RTS_FILTER_FAMILY        2 or 10 (-4 / -6)
  *   RTS_FILTER_PORT          host-order port matched against sport or dport
  *   RTS_FILTER_NETNS         network namespace inode
@@ -42,6 +44,14 @@ BPF_HASH(counts, struct rts_flow_key, u64, 65536);
 
 #ifdef RTS_CA_FROM_MAP
 BPF_HASH(ca_states, u64, u8, 65536);
+#endif
+
+#ifdef RTS_SOCK_GONE
+/* Sockets that have had a retransmit event: their destruction is reported (one
+ * RTS_EV_SOCK_GONE record), so user space keeps per-socket state only for live sockets.
+ * Full (65536 live sockets with retransmissions): the socket is not reported when it
+ * goes, and user space keeps its state until the recording ends. */
+BPF_HASH(reported, u64, u8, 65536);
 #endif
 
 static __always_inline void rts_stat(int idx)
@@ -266,6 +276,11 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 	rts_read_sock(e, args->skaddr);
 	rts_common(args, e, RTS_EV_RETRANSMIT);
 	rts_submit(args, e);
+#ifdef RTS_SOCK_GONE
+	u64 key = (u64)args->skaddr;
+	u8 one = 1;
+	reported.update(&key, &one);
+#endif
 	return 0;
 }
 
@@ -301,10 +316,34 @@ TRACEPOINT_PROBE(tcp, tcp_cong_state_set)
 	return 0;
 }
 
+#endif
+
+#if defined(RTS_CA_FROM_MAP) || defined(RTS_SOCK_GONE)
 TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 {
 	u64 key = (u64)args->skaddr;
+#ifdef RTS_CA_FROM_MAP
 	ca_states.delete(&key);
+#endif
+#ifdef RTS_SOCK_GONE
+	if (!reported.lookup(&key))
+		return 0;
+	reported.delete(&key);
+	/* Not a retransmission: neither counted in stats nor written out. A full buffer
+	 * only means user space keeps this socket's state longer. */
+	struct rts_event *e = rts_reserve();
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_mono_ns = bpf_ktime_get_ns();
+	e->skaddr = key;
+	e->event_type = RTS_EV_SOCK_GONE;
+#ifdef RTS_USE_RINGBUF
+	events.ringbuf_submit(e, 0);
+#else
+	events.perf_submit(args, e, sizeof(*e));
+#endif
+#endif
 	return 0;
 }
 #endif

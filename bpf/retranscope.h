@@ -17,6 +17,7 @@
 #define RTS_EV_RETRANSMIT 1  /* tcp:tcp_retransmit_skb (or the kprobe fallback) */
 #define RTS_EV_SYNACK 2      /* tcp:tcp_retransmit_synack */
 #define RTS_EV_TLP_ATTEMPT 3 /* kprobe tcp_send_loss_probe (-l): an attempt, maybe new data */
+#define RTS_EV_SOCK_GONE 4   /* tcp:tcp_destroy_sock of a socket that had events (not written) */
 
 /* flags */
 #define RTS_F_HAS_ERR 0x01      /* the tracepoint carries err (recent kernels) */

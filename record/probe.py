@@ -10,8 +10,8 @@ from __future__ import annotations
 import ctypes as ct
 import os
 import platform
-import struct
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +19,15 @@ import numpy as np
 
 from retranscope.bpf import BPF_DIR
 from retranscope.errors import EnvironmentProblem
+from retranscope.record import ringbuf
+from retranscope.record.bpfsys import prog_recursion_misses
 from retranscope.record.btf import BTF, VMLINUX_BTF, BTFError, kernel_offsets
+from retranscope.record.privileges import capability_problem
 from retranscope.schemas.events import RAW_DTYPE
 
 TRACEFS = Path("/sys/kernel/tracing")
 TP_FORMAT = TRACEFS / "events/tcp/tcp_retransmit_skb/format"
+MOUNTS = Path("/proc/self/mounts")
 EVENT_SIZE = RAW_DTYPE.itemsize
 
 
@@ -38,6 +42,12 @@ class ProbeConfig:
     # ~19,000 retransmissions/s if the reader is starved of CPU.
     buffer_mb: int = 16
     force_perf_buffer: bool = False
+    # "mmap": read the ring buffer's memory in batches (record/ringbuf.py); "bcc": bcc's
+    # per-record callback (kept as the fallback, and for comparison in bench_record.py).
+    ring_reader: str = "mmap"
+    # With the mmap reader: gather at least this long between reads, so that a storm is
+    # read in batches of hundreds (one wakeup and one decode per batch, not per event).
+    batch_ms: float = 100.0
 
 
 @dataclass
@@ -45,6 +55,7 @@ class ProbeInfo:
     """What was attached and how: saved in the run metadata."""
 
     transport: str = ""  # "ringbuf" | "perf"
+    reader: str = ""  # "mmap" (direct, in batches) | "bcc" (bcc's callback per record)
     attach: list[str] = field(default_factory=list)
     tracepoint_has_err: bool = False
     offsets: dict[str, int] = field(default_factory=dict)
@@ -52,9 +63,20 @@ class ProbeInfo:
     notices: list[str] = field(default_factory=list)
 
 
+def tracefs_mounted(mounts: Path = MOUNTS) -> bool:
+    """From the mount table, not from a stat of TRACEFS: a recorder without root may not
+    look into tracefs (0700) even where it is mounted."""
+    try:
+        text = mounts.read_text()
+    except OSError:
+        return (TRACEFS / "events").is_dir()
+    return any(f[1] == str(TRACEFS) and f[2] == "tracefs"
+               for f in (line.split() for line in text.splitlines()) if len(f) > 2)
+
+
 def ensure_tracefs() -> None:
     """Mount tracefs if it is not: `ip netns exec` gives a fresh /sys without it."""
-    if (TRACEFS / "events").is_dir():
+    if tracefs_mounted():
         return
     try:
         subprocess.run(
@@ -76,14 +98,20 @@ def ensure_tracefs() -> None:
 
 
 def require_root() -> None:
+    """For the lab (`demo`): namespaces and nftables need root itself."""
     if os.geteuid() != 0:
         raise EnvironmentProblem(
             "retranscope record needs root (BPF and tracefs): run it with sudo"
         )
 
 
-def check_environment() -> None:
-    require_root()
+def check_environment(pcap: bool = False) -> None:
+    """Capabilities (not euid 0: record/privileges.py), tracefs, kernel headers; each
+    problem is one line."""
+    ensure_tracefs()
+    problem = capability_problem(TP_FORMAT, pcap)
+    if problem:
+        raise EnvironmentProblem(problem)
     release = platform.release()
     build = Path("/lib/modules") / release / "build"
     if not build.exists():
@@ -114,33 +142,6 @@ def _tracepoint_fields(fmt: Path) -> set[str]:
     return names
 
 
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
-_BPF_OBJ_GET_INFO_BY_FD = 15
-#: struct bpf_prog_info (include/uapi/linux/bpf.h): ``recursion_misses`` since 5.12.
-_PROG_INFO_SIZE = 232
-_PROG_INFO_RECURSION_MISSES = 208
-
-
-def prog_recursion_misses(fd: int) -> int | None:
-    """How many times the kernel skipped this BPF program because a BPF program was
-    already running on that CPU (trace_call_bpf's bpf_prog_active; the event happened but
-    the program did not run). None where the kernel cannot say."""
-    if _SYS_BPF is None:
-        return None
-    info = ct.create_string_buffer(_PROG_INFO_SIZE)
-    attr = struct.pack("=IIQ", fd, _PROG_INFO_SIZE, ct.addressof(info))
-    attr_buf = ct.create_string_buffer(attr, 128)
-    libc = ct.CDLL(None, use_errno=True)
-    rc = libc.syscall(ct.c_long(_SYS_BPF), ct.c_int(_BPF_OBJ_GET_INFO_BY_FD), attr_buf,
-                      ct.c_uint(128))
-    if rc != 0:
-        return None
-    info_len = struct.unpack_from("=I", attr_buf.raw, 4)[0]
-    if info_len < _PROG_INFO_RECURSION_MISSES + 8:
-        return None
-    return struct.unpack_from("=Q", info.raw, _PROG_INFO_RECURSION_MISSES)[0]
-
-
 class Probe:
     """The attached BPF program. Use as a context manager; ``poll()`` returns a batch."""
 
@@ -152,6 +153,8 @@ class Probe:
         self.info = ProbeInfo()
         self._chunks: list[bytes] = []
         self._perf_lost = 0
+        self._ring: ringbuf.RingReader | None = None
+        self._last_read = 0.0
 
         try:
             btf = BTF.load(VMLINUX_BTF) if VMLINUX_BTF.exists() else None
@@ -191,6 +194,8 @@ class Probe:
             cflags.append("-DRTS_COUNT")
         if cfg.lossprobe:
             cflags.append("-DRTS_KPROBE_TLP")
+        if have_tp and (TRACEFS / "events/tcp/tcp_destroy_sock").exists():
+            cflags.append("-DRTS_SOCK_GONE")
 
         src = str(BPF_DIR / "retranscope.bpf.c")
         self.bpf = None
@@ -224,10 +229,26 @@ class Probe:
             self._attach_kprobe("tcp_send_loss_probe", "rts_kprobe_tlp", required=False)
 
         if self.info.transport == "ringbuf":
-            self.bpf["events"].open_ring_buffer(self._on_ring)
+            self._open_ring()
         else:
+            self.info.reader = "bcc"
             # 256 pages per CPU; lost samples are reported by the kernel through lost_cb.
             self.bpf["events"].open_perf_buffer(self._on_perf, page_cnt=256, lost_cb=self._on_lost)
+
+    def _open_ring(self) -> None:
+        """The direct reader where it is safe, else bcc's callback."""
+        why = "asked for" if self.cfg.ring_reader == "bcc" else ringbuf.available()
+        if why is None:
+            try:
+                self._ring = ringbuf.RingReader(self.bpf["events"].map_fd, RAW_DTYPE)
+                self.info.reader = "mmap"
+                return
+            except (OSError, ValueError) as exc:
+                why = str(exc)
+        if self.cfg.ring_reader != "bcc":
+            self.info.notices.append(f"reading the ring buffer through bcc ({why})")
+        self.bpf["events"].open_ring_buffer(self._on_ring)
+        self.info.reader = "bcc"
 
     def _attach_kprobe(self, function: str, fn_name: str, required: bool) -> None:
         try:
@@ -260,6 +281,15 @@ class Probe:
 
     def poll(self, timeout_ms: int = 100) -> np.ndarray:
         """Wait up to timeout_ms for events; return every event that arrived, decoded."""
+        if self._ring is not None:
+            # Let a batch gather: the kernel wakes us once the first record lands, and
+            # the rest of a storm's records then wait in the ring (it holds seconds).
+            gather = self.cfg.batch_ms / 1000 - (time.monotonic() - self._last_read)
+            if gather > 0:
+                time.sleep(gather)
+            self._ring.wait(timeout_ms)
+            self._last_read = time.monotonic()
+            return self._ring.read()
         if self.info.transport == "ringbuf":
             self.bpf.ring_buffer_poll(timeout_ms)
         else:
@@ -268,6 +298,8 @@ class Probe:
 
     def drain(self) -> np.ndarray:
         """Everything still in the buffers, without waiting."""
+        if self._ring is not None:
+            return self._ring.read()
         if self.info.transport == "ringbuf":
             self.bpf.ring_buffer_consume()
         else:
@@ -323,6 +355,9 @@ class Probe:
             self.bpf.detach_kprobe_event(ev)
 
     def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None

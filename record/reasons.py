@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retranscope.schemas.vocabulary import REASONS
+
 KALLSYMS = Path("/proc/kallsyms")
 
 CALLER_NONE, CALLER_TLP, CALLER_TIMER, CALLER_XMIT_QUEUE = 0, 1, 2, 3
@@ -81,24 +83,32 @@ class KernelSymbols:
         return out
 
 
-def reasons(
+def reason_codes(
     caller: np.ndarray,
     event_type: np.ndarray,
     state: np.ndarray,
     ca_state: np.ndarray,
     ca_known: np.ndarray,
 ) -> np.ndarray:
-    """The reason string per event (object array), from caller code, socket and CA state."""
-    out = np.full(len(caller), "other", dtype=object)
+    """The reason per event as an index into REASONS (uint8), from caller code, socket
+    and CA state."""
+    code = {name: i for i, name in enumerate(REASONS)}
+    out = np.full(len(caller), code["other"], dtype=np.uint8)
     timer = caller == CALLER_TIMER
-    out[timer] = "rto"
-    out[timer & ((state == TCP_SYN_SENT) | (state == TCP_SYN_RECV))] = "syn"
+    out[timer] = code["rto"]
+    out[timer & ((state == TCP_SYN_SENT) | (state == TCP_SYN_RECV))] = code["syn"]
     # A SYN-ACK resent by the fast-open timer on a SYN_RECV child socket is a synack.
-    out[timer & (state == TCP_SYN_RECV)] = "synack"
-    out[caller == CALLER_TLP] = "tlp"
+    out[timer & (state == TCP_SYN_RECV)] = code["synack"]
+    out[caller == CALLER_TLP] = code["tlp"]
     queue = caller == CALLER_XMIT_QUEUE
-    out[queue] = "fast"
-    out[queue & ca_known & (ca_state == CA_LOSS)] = "rto_recovery"
-    out[event_type == 2] = "synack"  # RTS_EV_SYNACK
-    out[event_type == 3] = "tlp"  # RTS_EV_TLP_ATTEMPT: by definition a probe
+    out[queue] = code["fast"]
+    out[queue & ca_known & (ca_state == CA_LOSS)] = code["rto_recovery"]
+    out[event_type == 2] = code["synack"]  # RTS_EV_SYNACK
+    out[event_type == 3] = code["tlp"]  # RTS_EV_TLP_ATTEMPT: by definition a probe
     return out
+
+
+def reasons(caller, event_type, state, ca_state, ca_known) -> np.ndarray:
+    """The reason string per event (object array)."""
+    names = np.array(REASONS, dtype=object)
+    return names[reason_codes(caller, event_type, state, ca_state, ca_known)]

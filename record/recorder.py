@@ -1,8 +1,15 @@
-"""`retranscope record`: the loop that joins the probe, the writer, tcpdump and the metadata.
+"""`retranscope record`: the loop that joins the probe, the writer, tcpdump, the metrics
+and the run's metadata.
 
-Kernel events -> probe (bulk decode) -> Arrow batches -> rotating Parquet + run.json.
-SIGINT/SIGTERM end the loop cleanly: the buffers are drained, the last file written,
-tcpdump stopped, and the kernel's lost-event count saved. Nothing is dropped silently.
+Kernel events -> probe (read in batches) -> decode -> journal (synced every 0.5 s) ->
+Parquet at each rotation; run.json rewritten at each rotation, so it always describes the
+files that exist. How a run ends:
+  SIGINT, SIGTERM or --duration: the buffers drained, the last file closed, tcpdump
+      stopped, the kernel's lost-event count saved; exit 0.
+  a full disk (less than --min-free-mb left, or a write failing) or tcpdump dying: the
+      same closing as far as the disk allows, what was kept and what was not in run.json,
+      and one line; exit 1.
+Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -24,13 +31,34 @@ import pyarrow.parquet as pq
 from retranscope.accounting import GapTracker
 from retranscope.errors import BadInput, EnvironmentProblem
 from retranscope.fileio import write_json_atomic
+from retranscope.record import probe as probe_mod
 from retranscope.record import procnet
-from retranscope.record.decode import decode, format_addrs
-from retranscope.record.probe import Probe, ProbeConfig, require_root
+from retranscope.record.decode import decode
+from retranscope.record.privileges import OUTPUT_UMASK, Owner
 from retranscope.record.reasons import KernelSymbols
 from retranscope.record.tcpdump import Tcpdump
-from retranscope.record.writer import RUN_META, RotatingWriter
-from retranscope.schemas.events import COUNTS_SCHEMA, EVENT_SCHEMA, SCHEMA_NAME, SCHEMA_VERSION
+from retranscope.record.terminal import count_rows, format_counts, live_header, live_lines
+from retranscope.record.writer import (
+    LOCK_NAME,
+    RESERVE_NAME,
+    RUN_META,
+    EventWriter,
+    OutputFailed,
+    SpaceReserve,
+    lock_output,
+)
+from retranscope.schemas.events import (
+    COUNTS_SCHEMA,
+    EV_SOCK_GONE,
+    EVENT_SCHEMA,
+    EVENTS_DIR,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+)
+
+TICK_S = 1.0  # free space, tcpdump's health, metrics: this often
+TCPDUMP_STATS_S = 5.0
+CLOCK_OFFSETS_KEPT = 100  # run.json keeps the first and the latest samples
 
 
 @dataclass
@@ -49,16 +77,60 @@ class RecordOptions:
     live: bool = True
     rotate_seconds: float = 10.0
     rotate_rows: int = 200_000
+    flush_seconds: float = 0.5
+    max_size_mb: int | None = None
+    max_files: int | None = None
+    min_free_mb: float = 1.0
+    metrics: str | None = None
+    metrics_remote: bool = False
     force_perf_buffer: bool = False
+    ring_reader: str = "mmap"
     buffer_mb: int = 16
 
 
+def check_options(opts: RecordOptions) -> None:
+    if opts.out is None:
+        for given, flag in (
+            (opts.pcap, "--pcap"),
+            (opts.max_size_mb, "--max-size"),
+            (opts.max_files, "--max-files"),
+        ):
+            if given is not None:
+                raise BadInput(f"{flag} needs --out DIR (the events and metadata go there)")
+    if opts.pid is not None and not Path(f"/proc/{opts.pid}").exists():
+        raise BadInput(f"--pid {opts.pid}: no such process")
+    if not 0 < opts.flush_seconds <= 1:
+        raise BadInput(f"--flush-seconds {opts.flush_seconds}: give a value in (0, 1]")
+    if opts.max_files is not None and opts.max_files < 2:
+        raise BadInput(f"--max-files {opts.max_files}: at least 2 (the open file and one more)")
+    if opts.max_size_mb is not None and opts.max_size_mb < 1:
+        raise BadInput(f"--max-size {opts.max_size_mb}: at least 1 (MB)")
+    if opts.max_files is not None and opts.max_size_mb is None and opts.pcap is not None:
+        raise BadInput("--max-files with --pcap needs --max-size (tcpdump's -W needs -C)")
+    if opts.ring_reader not in ("mmap", "bcc"):
+        raise BadInput(f"--ring-reader {opts.ring_reader!r}: give mmap or bcc")
+
+
+def netns_filter(netns: str, ident: dict) -> int | None:
+    if netns == "self" or (netns == "auto" and ident.get("in_init_netns") is False):
+        return ident["netns_ino"]
+    if netns in ("auto", "all"):
+        return None
+    try:
+        return int(netns)
+    except ValueError as exc:
+        raise BadInput(f"--netns {netns!r}: give auto, all, self or an inode") from exc
+
+
 class PidSockets:
-    """--pid: the socket inodes a process holds (/proc/PID/fd -> socket:[INODE])."""
+    """--pid: the socket inodes a process holds (/proc/PID/fd -> socket:[INODE]). Two
+    generations are kept, so a socket closed just before its last events still counts
+    and the set does not grow with every socket the process ever had."""
 
     def __init__(self, pid: int):
         self.pid = pid
         self.inodes: set[int] = set()
+        self._older: set[int] = set()
         self._last_scan = 0.0
         self.refresh(force=True)
 
@@ -67,58 +139,51 @@ class PidSockets:
         if not force and now - self._last_scan < 0.2:
             return
         self._last_scan = now
-        fd_dir = Path(f"/proc/{self.pid}/fd")
+        found = set()
         try:
-            for fd in fd_dir.iterdir():
+            for fd in Path(f"/proc/{self.pid}/fd").iterdir():
                 try:
                     target = os.readlink(fd)
                 except OSError:
                     continue
                 if target.startswith("socket:["):
-                    self.inodes.add(int(target[8:-1]))
+                    found.add(int(target[8:-1]))
+        except PermissionError as exc:
+            raise EnvironmentProblem(
+                f"--pid {self.pid}: cannot read /proc/{self.pid}/fd (another user's process "
+                "needs CAP_SYS_PTRACE)"
+            ) from exc
         except OSError:
-            pass
+            return  # the process has gone: keep what it had
+        self._older, self.inodes = self.inodes, found
 
     def mask(self, sock_ino: np.ndarray) -> np.ndarray:
-        keep = np.isin(sock_ino, list(self.inodes))
+        keep = np.isin(sock_ino, list(self.inodes | self._older))
         if not keep.all():
             self.refresh()
-            keep = np.isin(sock_ino, list(self.inodes))
+            keep = np.isin(sock_ino, list(self.inodes | self._older))
         return keep
 
 
-def live_lines(table: pa.Table, sequence: bool) -> list[str]:
-    """tcpretrans-style lines: TIME PID IP LADDR:LPORT T> RADDR:RPORT STATE [SEQ] REASON."""
-    d = table.to_pydict()
-    out = []
-    for i in range(table.num_rows):
-        ts = time.strftime("%H:%M:%S", time.localtime(d["ts_wall_ns"][i] / 1e9))
-        ms = (d["ts_wall_ns"][i] // 1_000_000) % 1000
-        typ = "L>" if d["event_type"][i] == "tlp_attempt" else "R>"
-        fam = d["family"][i]
-        la = (
-            f"{d['saddr'][i]}:{d['sport'][i]}" if fam == 4 else f"[{d['saddr'][i]}]:{d['sport'][i]}"
-        )
-        ra = (
-            f"{d['daddr'][i]}:{d['dport'][i]}" if fam == 4 else f"[{d['daddr'][i]}]:{d['dport'][i]}"
-        )
-        line = f"{ts}.{ms:03d} {d['pid'][i]:<7} {fam}  {la:<24} {typ} {ra:<24} {d['state'][i]:<12}"
-        if sequence:
-            seq = d["seq"][i]
-            line += f" {seq if seq is not None and typ == 'R>' else 0:<10}"
-        line += f" {d['reason'][i]}"
-        out.append(line)
-    return out
+class LiveGapTracker(GapTracker):
+    """GapTracker for a recorder that runs for days: it forgets the sockets the kernel
+    destroyed (RTS_EV_SOCK_GONE records), so its state is the live sockets' only."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.forgotten_with_gaps = 0
 
-def format_counts(rows: list[dict]) -> str:
-    """Like tcpretrans -c."""
-    lines = [f"{'LADDR:LPORT':<24} {'RADDR:RPORT':<28} RETRANSMITS"]
-    for r in sorted(rows, key=lambda r: -r["retransmits"]):
-        la = f"{r['saddr']}:{r['sport']}"
-        ra = f"{r['daddr']}:{r['dport']}"
-        lines.append(f"{la:<24} <-> {ra:<24} {r['retransmits']:>10}")
-    return "\n".join(lines)
+    def forget(self, skaddrs: np.ndarray) -> None:
+        for sk in skaddrs.astype(np.int64).tolist():
+            self._last.pop(sk, None)
+            if sk in self._gapped:
+                self._gapped.discard(sk)
+                self.forgotten_with_gaps += 1
+
+    def summary(self) -> dict[str, int]:
+        out = super().summary()
+        out["sockets_with_gaps"] += self.forgotten_with_gaps
+        return out
 
 
 class _Stop:
@@ -133,235 +198,412 @@ class _Stop:
 
 def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> dict:
     """Run the recorder until a signal, --duration, or an error. Returns the run metadata."""
-    require_root()
-    if opts.out is None and opts.pcap is not None:
-        raise BadInput("--pcap needs --out DIR (the events and metadata go there)")
-    if opts.pid is not None and not Path(f"/proc/{opts.pid}").exists():
-        raise BadInput(f"--pid {opts.pid}: no such process")
+    return Recorder(opts, stdout, stderr).run()
 
-    ident = procnet.host_identity()
-    netns_ino = None
-    if opts.netns == "self" or (opts.netns == "auto" and ident.get("in_init_netns") is False):
-        netns_ino = ident["netns_ino"]
-    elif opts.netns not in ("auto", "all", "self"):
-        try:
-            netns_ino = int(opts.netns)
-        except ValueError as exc:
-            raise BadInput(f"--netns {opts.netns!r}: give auto, all, self or an inode") from exc
 
-    cfg = ProbeConfig(
-        family=opts.family,
-        port=opts.port,
-        netns_ino=netns_ino,
-        count=opts.count,
-        lossprobe=opts.lossprobe,
-        force_perf_buffer=opts.force_perf_buffer,
-        buffer_mb=opts.buffer_mb,
-    )
-    stop = _Stop()
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    run_id = uuid.uuid4().hex
-    meta: dict = {
-        "schema": SCHEMA_NAME,
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "status": "starting",
-        "complete": False,
-        **ident,
-        "filters": {
-            "family": opts.family,
-            "port": opts.port,
-            "pid": opts.pid,
-            "netns_ino": netns_ino,
-        },
-        "argv": sys.argv,
-    }
-    probe = dump = writer = None
-    try:
+class Recorder:
+    def __init__(self, opts: RecordOptions, stdout: TextIO, stderr: TextIO):
+        self.opts = opts
+        self.stdout, self.stderr = stdout, stderr
+        self.out = Path(opts.out) if opts.out is not None else None
+        self.owner = Owner.from_environment()
+        self.meta: dict = {}
+        self.probe: probe_mod.Probe | None = None
+        self.writer: EventWriter | None = None
+        self.dump: Tcpdump | None = None
+        self.metrics = None
+        self.reserve: SpaceReserve | None = None
+        self.lock_fd: int | None = None
+        self.gaps = LiveGapTracker()
+        self.pid_filter: PidSockets | None = None
+        self.received = self.filtered_pid = 0
+        self.offset_ns = 0
+        self.stop = _Stop()
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> dict:
+        check_options(self.opts)
+        probe_mod.check_environment(pcap=self.opts.pcap is not None)
+        old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_umask = os.umask(OUTPUT_UMASK)
         try:
-            symbols = KernelSymbols.load()
+            self._start()
+            failure = self._loop()
+            return self._finish(failure)
+        except BaseException as exc:
+            self.meta["status"] = f"failed: {exc}"
+            self.meta["complete"] = False
+            raise
+        finally:
+            self._cleanup()
+            for s, h in old.items():
+                signal.signal(s, h)
+            os.umask(old_umask)
+
+    def _start(self) -> None:
+        opts = self.opts
+        ident = procnet.host_identity()
+        netns_ino = netns_filter(opts.netns, ident)
+        run_id = uuid.uuid4().hex
+        self.meta = {
+            "schema": SCHEMA_NAME,
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "status": "starting",
+            "complete": False,
+            **ident,
+            "filters": {
+                "family": opts.family,
+                "port": opts.port,
+                "pid": opts.pid,
+                "netns_ino": netns_ino,
+            },
+            "argv": sys.argv,
+            "outputs": {
+                "owner_uid": self.owner.uid,
+                "umask": oct(OUTPUT_UMASK),
+                "flush_seconds": opts.flush_seconds,
+            },
+        }
+        if self.out is not None:
+            self.owner.make_dir(self.out)
+            self.lock_fd = lock_output(self.out)
+            self.reserve = SpaceReserve(self.out / RESERVE_NAME)
+        try:
+            self.symbols = KernelSymbols.load()
         except (OSError, PermissionError) as exc:
             raise EnvironmentProblem(
-                f"cannot read kernel symbols ({exc}); run as root with kernel.kptr_restrict <= 1"
+                f"cannot read kernel symbols ({exc}); needs CAP_SYSLOG, or "
+                "kernel.kptr_restrict=0 with kernel.perf_event_paranoid<=1"
             ) from exc
-        missing = symbols.has_all_callers()
-        probe = Probe(cfg)
-        for notice in probe.info.notices:
-            print(f"retranscope: notice: {notice}", file=stderr)
-        if missing:
-            print(
-                f"retranscope: notice: kernel symbols not found: {', '.join(missing)}; "
-                "those reasons will read 'other'",
-                file=stderr,
+        missing = self.symbols.has_all_callers()
+        self.probe = probe_mod.Probe(
+            probe_mod.ProbeConfig(
+                family=opts.family,
+                port=opts.port,
+                netns_ino=netns_ino,
+                count=opts.count,
+                lossprobe=opts.lossprobe,
+                force_perf_buffer=opts.force_perf_buffer,
+                ring_reader=opts.ring_reader,
+                buffer_mb=opts.buffer_mb,
             )
-        meta["probe"] = asdict(probe.info)
-        meta["missing_callers"] = missing
-        if opts.out is not None:
-            writer = RotatingWriter(
-                Path(opts.out) / "events",
+        )
+        for notice in self.probe.info.notices:
+            self._say(f"notice: {notice}")
+        if missing:
+            self._say(
+                f"notice: kernel symbols not found: {', '.join(missing)}; "
+                "those reasons will read 'other'"
+            )
+        self.meta["probe"] = asdict(self.probe.info)
+        self.meta["missing_callers"] = missing
+        if self.out is not None:
+            self.writer = EventWriter(
+                self.out / EVENTS_DIR,
                 EVENT_SCHEMA,
                 rotate_seconds=opts.rotate_seconds,
                 rotate_rows=opts.rotate_rows,
+                flush_seconds=opts.flush_seconds,
+                max_bytes=None if opts.max_size_mb is None else opts.max_size_mb * 1_000_000,
+                max_files=opts.max_files,
                 file_metadata={"run_id": run_id},
+                owner=self.owner,
             )
-        if opts.pcap is not None:
-            dump = Tcpdump(opts.pcap, interface=opts.interface, family=opts.family, port=opts.port)
-            dump.start()
-            meta["pcap"] = {"path": str(opts.pcap), "argv": dump.argv}
+        self._start_outputs()
         mono0, off0, unc0 = procnet.clock_offset_ns()
-        meta["clock_offsets"] = [{"mono_ns": mono0, "offset_ns": off0, "uncertainty_ns": unc0}]
-        meta["started_wall_ns"] = mono0 + off0
-        meta["counters_start"] = procnet.read_counters()
-        meta["status"] = "recording"
-        if opts.out is not None:
-            write_json_atomic(Path(opts.out) / RUN_META, meta)
+        self.offset_ns = off0
+        self.meta["clock_offsets"] = [{"mono_ns": mono0, "offset_ns": off0, "uncertainty_ns": unc0}]
+        self.meta["started_wall_ns"] = mono0 + off0
+        self.meta["counters_start"] = procnet.read_counters()
+        self.meta["status"] = "recording"
+        self._update_meta()
+        self._write_meta()
         what = "per-flow counts" if opts.count and opts.out is None else "retransmits"
-        print(
-            f"retranscope: recording {what} ({probe.info.transport}, "
-            f"{', '.join(probe.info.attach)}"
-            f"{'; netns ' + str(netns_ino) if netns_ino else ''}); Ctrl-C to stop",
-            file=stderr,
-            flush=True,
+        info = self.probe.info
+        self._say(
+            f"recording {what} ({info.transport}/{info.reader}, {', '.join(info.attach)}"
+            f"{'; netns ' + str(netns_ino) if netns_ino else ''}"
+            f"{'; metrics on ' + self.metrics.address if self.metrics else ''}"
+            "); Ctrl-C to stop"
         )
         if opts.live and not opts.count:
-            hdr = (
-                f"{'TIME':<12} {'PID':<7} IP {'LADDR:LPORT':<24} T> "
-                f"{'RADDR:RPORT':<24} {'STATE':<12}"
+            print(live_header(opts.sequence), file=self.stdout, flush=True)
+        if opts.pid is not None:
+            self.pid_filter = PidSockets(opts.pid)
+
+    def _start_outputs(self) -> None:
+        """tcpdump and the metrics endpoint."""
+        opts = self.opts
+        if opts.pcap is not None:
+            self.owner.make_dir(Path(opts.pcap).parent)
+            self.dump = Tcpdump(
+                opts.pcap,
+                interface=opts.interface,
+                family=opts.family,
+                port=opts.port,
+                user=self.owner.tcpdump_user,
+                max_size_mb=opts.max_size_mb,
+                max_files=opts.max_files,
             )
-            print(
-                hdr + (f" {'SEQ':<10}" if opts.sequence else "") + " REASON",
-                file=stdout,
-                flush=True,
-            )
+            self.dump.start()
+            self.meta["pcap"] = {"path": str(opts.pcap), "argv": self.dump.argv}
+        if opts.metrics is not None:
+            from retranscope.record.metrics import RecorderMetrics
 
-        pid_filter = PidSockets(opts.pid) if opts.pid is not None else None
-        gaps = GapTracker()
-        filtered_pid = 0
-        received = 0
-        offset = off0
-        deadline = None if opts.duration_s is None else time.monotonic() + opts.duration_s
+            self.metrics = RecorderMetrics(opts.metrics, remote=opts.metrics_remote)
+            self.meta["metrics"] = self.metrics.address
 
-        def handle(raw: np.ndarray) -> bool:
-            """One batch: filter, decode, show, write. True when a file was closed."""
-            nonlocal received, filtered_pid
-            received += len(raw)
-            if pid_filter is not None and len(raw):
-                keep = pid_filter.mask(raw["sock_ino"])
-                filtered_pid += int((~keep).sum())
-                raw = raw[keep]
-            if not len(raw):
-                return writer.maybe_rotate() if writer is not None else False
-            table = decode(raw, symbols, offset)
-            gaps.update(*_gap_columns(table))
-            if opts.live and not opts.count:
-                print("\n".join(live_lines(table, opts.sequence)), file=stdout, flush=True)
-            return writer.append(table) if writer is not None else False
-
+    def _loop(self) -> OutputFailed | None:
+        """Until asked to stop; returns the failure that ended it, if one did."""
+        deadline = None if self.opts.duration_s is None else time.monotonic() + self.opts.duration_s
+        next_tick = time.monotonic() + TICK_S
+        next_stats = time.monotonic()
+        assert self.probe is not None
         while True:
-            done = stop.requested or (deadline is not None and time.monotonic() >= deadline)
-            # Once stopping, drain what the kernel already handed over, without waiting.
-            rotated = handle(probe.drain() if done else probe.poll(100))
-            if rotated:
-                # A file was closed: resample the clock offset and make run.json describe it.
-                mono, offset, unc = procnet.clock_offset_ns()
-                meta["clock_offsets"].append(
-                    {"mono_ns": mono, "offset_ns": offset, "uncertainty_ns": unc}
-                )
-                _update_meta(meta, probe, writer, received, filtered_pid)
-                write_json_atomic(Path(opts.out) / RUN_META, meta)
+            done = self.stop.requested or (deadline is not None and time.monotonic() >= deadline)
+            try:
+                # Once stopping, drain what the kernel already handed over, without waiting.
+                rotated = self._handle(self.probe.drain() if done else self.probe.poll(100))
+                if rotated:
+                    self._rotated()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_S
+                    self._tick(stats=now >= next_stats)
+                    if now >= next_stats:
+                        next_stats = now + TCPDUMP_STATS_S
+            except OutputFailed as err:
+                self.meta["stopped_by"] = "output_failed"
+                return err
             if done:
-                break
-        meta["stopped_by"] = stop.signal or ("duration" if deadline else None)
+                self.meta["stopped_by"] = self.stop.signal or ("duration" if deadline else None)
+                return None
+
+    def _handle(self, raw: np.ndarray) -> bool:
+        """One batch: filter, decode, count, show, write. True when a file was closed."""
+        gone = raw["event_type"] == EV_SOCK_GONE
+        gone_sockets = raw["skaddr"][gone] if gone.any() else None
+        if gone_sockets is not None:
+            raw = raw[~gone]
+        self.received += len(raw)
+        if self.pid_filter is not None and len(raw):
+            keep = self.pid_filter.mask(raw["sock_ino"])
+            self.filtered_pid += int((~keep).sum())
+            raw = raw[keep]
+        rotated = False
+        if len(raw):
+            table = decode(raw, self.symbols, self.offset_ns)
+            self.gaps.update(*_gap_columns(table))
+            if self.metrics is not None:
+                self.metrics.count(table)
+            if self.opts.live and not self.opts.count:
+                print(
+                    "\n".join(live_lines(table, self.opts.sequence)), file=self.stdout, flush=True
+                )
+            if self.writer is not None:
+                rotated = self.writer.append(table)
+        elif self.writer is not None:
+            rotated = self.writer.tick()
+        if gone_sockets is not None:
+            self.gaps.forget(gone_sockets)
+        return rotated
+
+    def _rotated(self) -> None:
+        """A file was closed: resample the clock offset and make run.json describe it."""
+        mono, self.offset_ns, unc = procnet.clock_offset_ns()
+        offsets = self.meta["clock_offsets"]
+        offsets.append({"mono_ns": mono, "offset_ns": self.offset_ns, "uncertainty_ns": unc})
+        if len(offsets) > CLOCK_OFFSETS_KEPT:
+            del offsets[1]
+        self._update_meta()
+        self._write_meta()
+
+    def _tick(self, stats: bool) -> None:
+        """About once a second: room on disk, tcpdump alive, metrics."""
+        for path in {
+            p for p in (self.out, self.opts.pcap and Path(self.opts.pcap).parent) if p is not None
+        }:
+            st = os.statvfs(path)
+            free = st.f_bavail * st.f_frsize
+            if free < self.opts.min_free_mb * 1e6:
+                raise OutputFailed(
+                    f"no space left on device ({free / 1e6:.1f} MB free in "
+                    f"{path}, less than --min-free-mb {self.opts.min_free_mb:g})"
+                )
+        if self.dump is not None:
+            ended = self.dump.exited()
+            if ended:
+                raise OutputFailed(f"{ended}; the capture stopped")
+            if stats:
+                self.dump.request_stats()
+        if self.metrics is not None:
+            assert self.probe is not None
+            _seen, lost = self.probe.kernel_stats()
+            self.metrics.set(
+                events_lost=lost,
+                events_missed=self.probe.missed(),
+                unreported_segments=self.gaps.between_events,
+                events_written=self.writer.rows_written if self.writer else None,
+            )
+            if self.dump is not None:
+                self.metrics.set_tcpdump(self.dump.read_stats())
+
+    def _finish(self, failure: OutputFailed | None) -> dict:
+        """Detach, take what is left, close the files, account; the last word."""
+        meta = self.meta
+        assert self.probe is not None
         # Detach, then take what is left: the kernel's count is final from here on.
-        probe.detach()
-        handle(probe.drain())
+        self.probe.detach()
+        self._handle(self.probe.drain())
         mono1, off1, unc1 = procnet.clock_offset_ns()
         meta["clock_offsets"].append({"mono_ns": mono1, "offset_ns": off1, "uncertainty_ns": unc1})
         meta["ended_wall_ns"] = mono1 + off1
         meta["counters_end"] = procnet.read_counters()
         meta["counters_delta"] = procnet.counter_delta(meta["counters_start"], meta["counters_end"])
-        if writer is not None:
-            writer.flush()
-        _update_meta(meta, probe, writer, received, filtered_pid)
-        if opts.count:
-            rows = _count_rows(probe.flow_counts())
-            meta["flow_counts"] = len(rows)
-            print(format_counts(rows), file=stdout, flush=True)
-            if opts.out is not None:
-                table = pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA)
-                pq.write_table(table, Path(opts.out) / "counts.parquet")
-        if dump is not None:
-            meta["pcap"]["tcpdump"] = dump.stop()
-            dump = None
-        meta["accounting"] = _accounting(gaps, meta, opts)
+        if self.writer is not None and not self.writer.failed:
+            try:
+                self.writer.close()
+            except OutputFailed as err:
+                failure = failure or err
+        if self.opts.count:
+            self._write_counts()
+        if self.dump is not None:
+            meta["pcap"]["tcpdump"] = self.dump.stop()
+            self.dump = None
+        self._update_meta()
+        meta["accounting"] = _accounting(self.gaps, meta)
+        if failure is not None:
+            raise self._failed(failure)
         meta["status"] = "complete"
         meta["complete"] = True
+        self._summary()
+        return meta
+
+    def _failed(self, failure: OutputFailed) -> OutputFailed:
+        """run.json and the one line for a run the disk (or tcpdump) ended."""
+        meta = self.meta
+        meta["status"] = f"failed: {failure}"
+        meta["complete"] = False
+        if self.reserve is not None:
+            self.reserve.release()  # room for run.json
+        w = self.writer
+        kept = ""
+        if w is not None:
+            closed = sum(int(f["rows"]) for f in w.files)  # type: ignore[call-overload]
+            journal = w.rows_written - closed
+            kept = (
+                f"; {len(w.files)} event files are complete ({closed} events)"
+                + (f", the journal holds {journal} more" if journal > 0 else "")
+                + f"; {meta.get('events_not_written', 0)} events were not written"
+            )
+        where = f"; run.json in {self.out} says what was kept" if self.out else ""
+        return OutputFailed(f"recording stopped: {failure}{kept}{where}")
+
+    def _write_counts(self) -> None:
+        assert self.probe is not None
+        rows = count_rows(self.probe.flow_counts())
+        self.meta["flow_counts"] = len(rows)
+        print(format_counts(rows), file=self.stdout, flush=True)
+        if self.out is not None:
+            path = self.out / "counts.parquet"
+            pq.write_table(pa.Table.from_pylist(rows, schema=COUNTS_SCHEMA), path)
+            self.owner.apply(path)
+
+    def _summary(self) -> None:
+        meta = self.meta
         lost = meta["events_lost_in_kernel"]
-        msg = (
-            f"retranscope: {meta['events_received']} events received, {lost} lost in the "
-            f"kernel buffer" + (f", {filtered_pid} filtered by --pid" if pid_filter else "")
+        msg = f"{meta['events_received']} events received, {lost} lost in the kernel buffer" + (
+            f", {self.filtered_pid} filtered by --pid" if self.pid_filter else ""
         )
-        if writer is not None:
-            msg += f"; {writer.rows_written} written to {opts.out}"
-        print(msg, file=stderr, flush=True)
+        if self.writer is not None:
+            msg += f"; {self.writer.rows_written} written to {self.out}"
+        self._say(msg)
         if lost:
-            print(
-                f"retranscope: warning: {lost} events were lost (buffer full); they are "
-                "counted in run.json",
-                file=stderr,
+            self._say(
+                f"warning: {lost} events were lost (buffer full); they are counted in run.json"
             )
         unseen = meta["accounting"].get("unreported_segments") or 0
         if unseen:
-            print(
-                f"retranscope: warning: the kernel retransmitted {unseen} segments that no event "
-                "reported (its per-socket and namespace counts say so; the kernel did not run "
-                "the probe for them); counted in run.json under accounting",
-                file=stderr,
+            self._say(
+                f"warning: the kernel retransmitted {unseen} segments that no event "
+                "reported (its per-socket and namespace counts say so; the kernel did "
+                "not run the probe for them); counted in run.json under accounting"
             )
-        return meta
-    except BaseException as exc:
-        meta["status"] = f"failed: {exc}"
-        raise
-    finally:
-        if dump is not None:
-            meta.setdefault("pcap", {})["tcpdump"] = dump.stop()
-        if opts.out is not None and Path(opts.out).exists():
-            write_json_atomic(Path(opts.out) / RUN_META, meta)
-        if probe is not None:
-            probe.close()
-        for s, h in old.items():
-            signal.signal(s, h)
 
+    def _cleanup(self) -> None:
+        if self.dump is not None:
+            self.meta.setdefault("pcap", {})["tcpdump"] = self.dump.stop()
+            self.dump = None
+        if self.reserve is not None:
+            self.reserve.release()
+        if self.lock_fd is not None and self.meta:  # never another recorder's run.json
+            self._write_meta()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.probe is not None:
+            self.probe.close()
+        if self.lock_fd is not None and self.out is not None:
+            (self.out / LOCK_NAME).unlink(missing_ok=True)
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
-def _update_meta(meta: dict, probe, writer, received: int, filtered_pid: int) -> None:
-    seen, lost = probe.kernel_stats()
-    meta["events_in_kernel"] = seen
-    meta["events_lost_in_kernel"] = lost
-    meta["events_missed_in_kernel"] = probe.missed()
-    meta["events_received"] = received
-    meta["events_filtered_pid"] = filtered_pid
-    if writer is not None:
-        meta["events_written"] = writer.rows_written
-        meta["events_pending"] = writer.pending_rows
-        meta["files"] = writer.files
+    # -- metadata ------------------------------------------------------------------------
+    def _update_meta(self) -> None:
+        meta = self.meta
+        if self.probe is not None:
+            seen, lost = self.probe.kernel_stats()
+            meta["events_in_kernel"] = seen
+            meta["events_lost_in_kernel"] = lost
+            meta["events_missed_in_kernel"] = self.probe.missed()
+        meta["events_received"] = self.received
+        meta["events_filtered_pid"] = self.filtered_pid
+        if self.writer is not None:
+            w = self.writer
+            meta["events_written"] = w.rows_written
+            meta["events_pending"] = w.pending_rows
+            # Pending rows wait for the next flush, unless the writer has failed.
+            waiting = 0 if w.failed else w.pending_rows
+            meta["events_not_written"] = max(
+                0, self.received - self.filtered_pid - w.rows_written - waiting
+            )
+            meta.update(w.state())
+
+    def _write_meta(self) -> None:
+        if self.out is None:
+            return
+        path = self.out / RUN_META
+        write_json_atomic(path, self.meta)
+        self.owner.apply(path)
+
+    def _say(self, text: str) -> None:
+        print(f"retranscope: {text}", file=self.stderr, flush=True)
 
 
 def _gap_columns(table: pa.Table) -> tuple[np.ndarray, ...]:
     """The columns GapTracker.update takes, from a decoded batch."""
-    valid = (pc.equal(table["event_type"], "retransmit").to_numpy(zero_copy_only=False)
-             & table["segs"].is_valid().to_numpy(zero_copy_only=False)
-             & table["total_retrans"].is_valid().to_numpy(zero_copy_only=False))
+    valid = (
+        pc.equal(table["event_type"], "retransmit").to_numpy(zero_copy_only=False)
+        & table["segs"].is_valid().to_numpy(zero_copy_only=False)
+        & table["total_retrans"].is_valid().to_numpy(zero_copy_only=False)
+    )
     sent = table["err"].fill_null(0).to_numpy(zero_copy_only=False) == 0
     # A SYN-ACK resent from a request socket is one segment (tcp_rtx_synack counts it in
     # RetransSegs only when it went out).
-    synacks = int((pc.equal(table["event_type"], "synack").to_numpy(zero_copy_only=False)
-                   & sent).sum())
-    return (table["skaddr"].to_numpy(), table["ts_mono_ns"].to_numpy(),
-            table["segs"].fill_null(0).to_numpy().astype(np.int64),
-            table["total_retrans"].fill_null(0).to_numpy().astype(np.int64), valid, synacks)
+    synacks = int(
+        (pc.equal(table["event_type"], "synack").to_numpy(zero_copy_only=False) & sent).sum()
+    )
+    return (
+        table["skaddr"].to_numpy(),
+        table["ts_mono_ns"].to_numpy(),
+        table["segs"].fill_null(0).to_numpy().astype(np.int64),
+        table["total_retrans"].fill_null(0).to_numpy().astype(np.int64),
+        valid,
+        synacks,
+    )
 
 
-def _accounting(gaps: GapTracker, meta: dict, opts) -> dict:
+def _accounting(gaps: GapTracker, meta: dict) -> dict:
     """Retransmitted segments the kernel made vs those the events reported.
 
     Two independent checks: each socket's own total between two of its events (exact, per
@@ -379,15 +621,3 @@ def _accounting(gaps: GapTracker, meta: dict, opts) -> dict:
     out["namespace_counter_gap"] = namespace_gap
     out["unreported_segments"] = max(gaps.between_events, namespace_gap or 0)
     return out
-
-
-def _count_rows(raw: list[tuple]) -> list[dict]:
-    if not raw:
-        return []
-    fam4 = np.array([r[0] == 4 for r in raw])
-    saddr = format_addrs(np.frombuffer(b"".join(r[1] for r in raw), np.uint8).reshape(-1, 16), fam4)
-    daddr = format_addrs(np.frombuffer(b"".join(r[3] for r in raw), np.uint8).reshape(-1, 16), fam4)
-    return [
-        {"family": r[0], "saddr": s, "sport": r[2], "daddr": d, "dport": r[4], "retransmits": r[5]}
-        for r, s, d in zip(raw, saddr, daddr)
-    ]

@@ -2,7 +2,14 @@
 
 tcpdump runs in the recorder's own network namespace (it inherits it), with a
 headers-only snaplen and a filter built from the recorder's own filters, from an argv
-list (never a shell). Its drop counts are parsed from what it prints at exit.
+list (never a shell). As root it drops to the user the outputs belong to (-Z); without
+root it runs on the ambient capabilities it inherits. A ring of capture files comes from
+tcpdump's own -C/-W. Its drop counts are parsed from what it prints on SIGUSR1 (while
+recording) and at exit.
+
+tcpdump does not check its writes (print-and-go: pcap_dump, pcap_dump_flush), so a full
+disk leaves it running with a capture that silently stops growing: the recorder watches
+the free space itself (recorder.py).
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ class Tcpdump:
         family: int | None = None,
         port: int | None = None,
         snaplen: int = SNAPLEN,
+        user: str | None = None,
+        max_size_mb: int | None = None,
+        max_files: int | None = None,
     ):
         exe = shutil.which("tcpdump")
         if exe is None:
@@ -71,9 +81,6 @@ class Tcpdump:
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Run as root: tcpdump would otherwise drop to the tcpdump user, which may not be
-        # allowed to write into the output directory.
-        self.argv[1:1] = ["-Z", "root"]
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
         self._lines = LineReader(self.proc.stderr.fileno())
@@ -94,6 +101,27 @@ class Tcpdump:
         self.stop()
         raise EnvironmentProblem(f"tcpdump did not start within {timeout_s:.0f} s")
 
+    def exited(self) -> str | None:
+        """None while tcpdump runs; else how it ended (its last words)."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        self.stderr_lines += self._lines.rest().splitlines() if self._lines else []
+        err = [ln for ln in self.stderr_lines if ln.strip() and "packets" not in ln]
+        return f"tcpdump exited ({self.proc.returncode}): {err[-1] if err else '?'}"
+
+    def request_stats(self) -> None:
+        """tcpdump prints its counts on SIGUSR1 (SIGNAL_REQ_INFO on Linux)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+
+    def read_stats(self) -> dict[str, int | None]:
+        """The latest counts tcpdump printed, without waiting."""
+        if self._lines is not None and self.proc is not None:
+            while (line := self._lines.readline(timeout_s=0.001)) is not None:
+                self.stderr_lines.append(line.rstrip())
+        self.stats.update(_parse_counts(self.stderr_lines))
+        return self.stats
+
     def stop(self, timeout_s: float = 10.0) -> dict[str, int | None]:
         if self.proc is None:
             return self.stats
@@ -105,18 +133,23 @@ class Tcpdump:
             self.proc.kill()
             self.proc.wait()
         self.stderr_lines += self._lines.rest().splitlines()
-        text = "\n".join(self.stderr_lines)
-
-        def grab(pattern: str) -> int | None:
-            m = re.search(r"(\d+) packets? " + pattern, text)
-            return int(m.group(1)) if m else None
-
-        self.stats = {
-            "captured": grab("captured"),
-            "received_by_filter": grab("received by filter"),
-            "dropped_by_kernel": grab("dropped by kernel"),
-            "dropped_by_interface": grab("dropped by interface"),
-            "exit_code": self.proc.returncode,
-        }
+        self.stats = {**_parse_counts(self.stderr_lines), "exit_code": self.proc.returncode}
         self.proc = None
         return self.stats
+
+
+def _parse_counts(lines: list[str]) -> dict[str, int | None]:
+    """The last report's counts (at exit, or the latest SIGUSR1 line)."""
+    reports = [ln for ln in lines if "captured" in ln or "dropped" in ln or "by filter" in ln]
+    text = "\n".join(reports[-4:])
+
+    def grab(pattern: str) -> int | None:
+        found = re.findall(r"(\d+) packets? " + pattern, text)
+        return int(found[-1]) if found else None
+
+    return {
+        "captured": grab("captured"),
+        "received_by_filter": grab("received by filter"),
+        "dropped_by_kernel": grab("dropped by kernel"),
+        "dropped_by_interface": grab("dropped by interface"),
+    }

@@ -76,8 +76,35 @@ def record(
     perf_buffer: bool = typer.Option(
         False, "--perf-buffer", help="Use the perf buffer even where a ring buffer exists."
     ),
+    flush_seconds: float = typer.Option(
+        0.5, "--flush-seconds", help="Sync the events journal this often (a crash loses at "
+        "most this much; at most 1)."
+    ),
+    max_size: Optional[int] = typer.Option(
+        None, "--max-size", help="MB (10^6 bytes) per event file and per capture file "
+        "(like tcpdump -C)."
+    ),
+    max_files: Optional[int] = typer.Option(
+        None, "--max-files", help="Keep at most this many event files and capture files, "
+        "deleting the oldest (like tcpdump -W)."
+    ),
+    min_free_mb: float = typer.Option(
+        1.0, "--min-free-mb", help="Stop cleanly when the output filesystem has less than "
+        "this many MB free."
+    ),
+    metrics: Optional[str] = typer.Option(
+        None, "--metrics", help="Serve Prometheus metrics at ADDR:PORT (e.g. 127.0.0.1:9977)."
+    ),
+    metrics_remote: bool = typer.Option(
+        False, "--metrics-remote", help="Label retransmission metrics with the remote address."
+    ),
+    ring_reader: str = typer.Option(
+        "mmap", "--ring-reader", help="mmap: read the ring buffer directly, in batches; "
+        "bcc: bcc's per-event callback."
+    ),
 ) -> None:
-    """Trace every TCP retransmission with the kernel's reason (needs root)."""
+    """Trace every TCP retransmission with the kernel's reason (root, or CAP_BPF +
+    CAP_PERFMON and the others docs/recorder.md lists)."""
     from retranscope.record.recorder import RecordOptions
     from retranscope.record.recorder import record as run
 
@@ -103,6 +130,13 @@ def record(
             rotate_rows=rotate_rows,
             force_perf_buffer=perf_buffer,
             buffer_mb=buffer_mb,
+            flush_seconds=flush_seconds,
+            max_size_mb=max_size,
+            max_files=max_files,
+            min_free_mb=min_free_mb,
+            metrics=metrics,
+            metrics_remote=metrics_remote,
+            ring_reader=ring_reader,
         )
         run(opts)
     except RetranscopeError as err:

@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
+
 
 def write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -21,3 +23,22 @@ def write_atomic(path: Path, write) -> None:
 
 def write_json_atomic(path: Path, obj) -> None:
     write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+
+
+def read_arrow_stream(path: Path) -> tuple[pa.Table | None, bool]:
+    """Every complete record batch of an Arrow IPC stream that may end mid-batch (a
+    writer killed, or a disk that filled): (the table, or None if not even the schema
+    is there; whether the stream ended cleanly)."""
+    batches = []
+    schema = None
+    try:
+        with pa.memory_map(str(path)) as src:
+            reader = pa.ipc.open_stream(src)
+            schema = reader.schema
+            for batch in reader:
+                batches.append(batch)
+        return pa.Table.from_batches(batches, schema=schema), True
+    except (OSError, pa.ArrowInvalid):
+        if schema is None:
+            return None, False
+        return pa.Table.from_batches(batches, schema=schema), False

@@ -8,6 +8,8 @@ schema of the Parquet files the recorder writes (``EVENT_SCHEMA``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 
@@ -81,6 +83,38 @@ RAW_DTYPE = raw_dtype()
 
 # event_type (RTS_EV_*)
 EVENT_TYPES = {1: "retransmit", 2: "synack", 3: "tlp_attempt"}
+# A record that is no event (RTS_EV_SOCK_GONE): a socket that had events was destroyed;
+# the recorder drops its per-socket state and writes nothing for it.
+EV_SOCK_GONE = 4
+
+# The recorder's files, under <out>/events/: events-NNNNN.parquet once closed; the file
+# being written is events-NNNNN.arrows, an Arrow IPC stream (the journal) flushed at least
+# every second and readable up to its last complete batch. A journal beside a Parquet file
+# of the same number was converted but not yet removed: the Parquet file is the one to read.
+EVENTS_DIR = "events"
+EVENTS_PREFIX = "events"
+PARQUET_SUFFIX = ".parquet"
+JOURNAL_SUFFIX = ".arrows"
+
+
+def event_file_index(path: Path) -> int | None:
+    """NNNNN of events-NNNNN.parquet / .arrows; None for any other name. Numeric: past
+    99999 the names grow a digit and no longer sort as text."""
+    stem = path.name.split(".", 1)[0]
+    head, _, num = stem.rpartition("-")
+    return int(num) if head == EVENTS_PREFIX and num.isdigit() else None
+
+
+def event_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(closed Parquet files, journals without a Parquet twin), each in file order."""
+    found = [p for p in folder.iterdir() if event_file_index(p) is not None]
+    parquet = sorted((p for p in found if p.name.endswith(PARQUET_SUFFIX)),
+                     key=event_file_index)
+    names = {p.name for p in parquet}
+    journals = sorted((p for p in found if p.name.endswith(JOURNAL_SUFFIX)
+                       and p.name[: -len(JOURNAL_SUFFIX)] + PARQUET_SUFFIX not in names),
+                      key=event_file_index)
+    return parquet, journals
 # flags (RTS_F_*)
 F_HAS_ERR = 0x01
 F_HAS_SEQ = 0x02

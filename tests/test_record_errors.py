@@ -50,7 +50,7 @@ def test_no_bcc(monkeypatch, tmp_path, as_root):
             raise ImportError("No module named 'bcc'")
         return real_import(name, *a, **k)
 
-    monkeypatch.setattr(probe, "check_environment", lambda: None)
+    monkeypatch.setattr(probe, "check_environment", lambda **_: None)
     monkeypatch.setattr(probe, "ensure_tracefs", lambda: None)
     monkeypatch.setattr(builtins, "__import__", fake_import)
     r = runner.invoke(app, ["record", "--out", str(tmp_path / "o")])
@@ -60,7 +60,7 @@ def test_no_bcc(monkeypatch, tmp_path, as_root):
 
 
 def test_tracefs_cannot_be_mounted(monkeypatch, tmp_path, as_root):
-    monkeypatch.setattr(probe, "check_environment", lambda: None)
+    monkeypatch.setattr(probe, "check_environment", lambda **_: None)
     monkeypatch.setattr(probe, "TRACEFS", tmp_path / "no-tracefs")
 
     def fail(*a, **k):

@@ -6,13 +6,16 @@ import os
 import struct
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from retranscope.analyze.events import read_event_files, read_events
+from retranscope.fileio import read_arrow_stream
 from retranscope.record import reasons as R
 from retranscope.record.btf import BTF, VMLINUX_BTF, BTFError, kernel_offsets
 from retranscope.record.decode import decode, format_addrs
-from retranscope.record.writer import RotatingWriter
+from retranscope.record.writer import EventWriter
 from retranscope.schemas.events import (
     EVENT_SCHEMA,
     F_HAS_CA_STATE,
@@ -126,21 +129,105 @@ def test_format_addrs_distinguishes_family():
     assert out.tolist() == ["10.0.0.1", "a00:1::"]
 
 
-def test_writer_rotates_by_rows_and_files_are_complete(tmp_path):
+def _events(n: int, start: int = 0):
     syms = R.KernelSymbols(np.array([1], dtype=np.uint64), np.array([0], dtype=np.uint8))
-    raw = np.zeros(10, dtype=RAW_DTYPE)
+    raw = np.zeros(n, dtype=RAW_DTYPE)
     raw["family"] = 2
-    raw["ts_mono_ns"] = np.arange(10)
-    w = RotatingWriter(
-        tmp_path, EVENT_SCHEMA, rotate_seconds=3600, rotate_rows=4, file_metadata={"run_id": "x"}
-    )
+    raw["ts_mono_ns"] = np.arange(start, start + n)
+    return decode(raw, syms, 0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_writer_rotates_by_rows_and_files_are_complete(tmp_path):
+    w = EventWriter(tmp_path, EVENT_SCHEMA, rotate_seconds=3600, rotate_rows=4,
+                    file_metadata={"run_id": "x"}, sync=False)
     for i in range(10):
-        w.append(decode(raw[i : i + 1], syms, 0))
-    w.flush()
+        w.append(_events(1, i))
+    w.close()
     names = sorted(os.listdir(tmp_path))
     assert names == ["events-00001.parquet", "events-00002.parquet", "events-00003.parquet"]
     rows = [pq.read_table(tmp_path / n).num_rows for n in names]
     assert rows == [4, 4, 2]
     md = pq.read_schema(tmp_path / names[0]).metadata
     assert md[b"run_id"] == b"x" and md[b"schema_version"] == str(SCHEMA_VERSION).encode()
-    json.dumps(w.files)
+    assert w.rows_written == 10 and [f["rows"] for f in w.files] == [4, 4, 2]
+    json.dumps(w.state())
+
+
+def test_journal_is_flushed_on_time_and_readable_while_open(tmp_path):
+    """Rows reach the journal within flush_seconds, and a directory that ends in a journal
+    reads as every flushed row (what a SIGKILL leaves)."""
+    clock = Clock()
+    w = EventWriter(tmp_path / "events", EVENT_SCHEMA, rotate_seconds=10, flush_seconds=0.5,
+                    sync=False, clock=clock)
+    w.append(_events(3, 0))
+    assert w.rows_written == 0 and not list((tmp_path / "events").glob("*.arrows"))
+    clock.now = 0.5
+    w.append(_events(2, 3))
+    assert w.rows_written == 5
+    clock.now = 0.7
+    w.append(_events(4, 5))  # pending: not on disk yet
+    tables, files, warnings = read_event_files(tmp_path)
+    assert [f.name for f in files] == ["events-00001.arrows"]
+    got = pa.concat_tables(tables)
+    assert got["ts_mono_ns"].to_pylist() == list(range(5))
+    assert len(warnings) == 1 and "5 events read from the journal" in warnings[0]
+    clock.now = 10.0  # rotation: the journal becomes Parquet with every row
+    assert w.tick() is True
+    assert sorted(os.listdir(tmp_path / "events")) == ["events-00001.parquet"]
+    assert pq.read_table(tmp_path / "events" / "events-00001.parquet").num_rows == 9
+    assert read_events(tmp_path).table["ts_mono_ns"].tolist() == list(range(9))
+
+
+def test_journal_cut_mid_batch_reads_up_to_its_last_complete_batch(tmp_path):
+    clock = Clock()
+    w = EventWriter(tmp_path, EVENT_SCHEMA, flush_seconds=0, sync=False, clock=clock)
+    w.append(_events(7, 0))
+    w.append(_events(5, 7))
+    journal = tmp_path / "events-00001.arrows"
+    size = journal.stat().st_size
+    os.truncate(journal, size - 9)  # the power went while the second batch was written
+    table, clean = read_arrow_stream(journal)
+    assert not clean and table["ts_mono_ns"].to_pylist() == list(range(7))
+
+
+def test_a_new_writer_recovers_the_journal_a_crash_left(tmp_path):
+    clock = Clock()
+    w = EventWriter(tmp_path, EVENT_SCHEMA, flush_seconds=0, sync=False, clock=clock)
+    w.append(_events(6, 0))  # flushed, then the process dies: no rotation
+    w2 = EventWriter(tmp_path, EVENT_SCHEMA, flush_seconds=0, sync=False, clock=clock)
+    assert [r["rows"] for r in w2.recovered] == [6]
+    assert sorted(os.listdir(tmp_path)) == ["events-00001.parquet"]
+    w2.append(_events(2, 6))
+    w2.close()  # the new run numbers its files after the old ones
+    assert sorted(os.listdir(tmp_path)) == ["events-00001.parquet", "events-00002.parquet"]
+    assert read_events(tmp_path).table["ts_mono_ns"].tolist() == list(range(8))
+
+
+def test_ring_keeps_max_files_and_counts_what_it_deleted(tmp_path):
+    w = EventWriter(tmp_path, EVENT_SCHEMA, rotate_rows=3, max_files=3, sync=False)
+    for i in range(8):
+        w.append(_events(2, 2 * i))  # 16 rows: files of 4 rows (rotation after a batch)
+    w.close()
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["events-00003.parquet", "events-00004.parquet"]
+    assert w.ring_deleted == {"files": 2, "rows": 8}
+    kept = read_events(tmp_path).table["ts_mono_ns"].tolist()
+    assert kept == list(range(8, 16))
+
+
+def test_max_bytes_rotates_the_journal(tmp_path):
+    w = EventWriter(tmp_path, EVENT_SCHEMA, flush_seconds=0, max_bytes=20_000, sync=False)
+    for i in range(40):
+        w.append(_events(50, 50 * i))
+    w.close()
+    files = sorted(tmp_path.glob("events-*.parquet"))
+    assert len(files) > 3
+    assert sum(pq.read_metadata(f).num_rows for f in files) == 2000
