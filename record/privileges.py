@@ -50,7 +50,6 @@ IMPLIED_BY = {
     "CAP_DAC_READ_SEARCH": "CAP_DAC_OVERRIDE",
 }
 OUTPUT_UMASK = 0o027  # files 0640, directories 0750
-KALLSYMS = Path("/proc/kallsyms")
 
 
 def capability_sets(status: Path = Path("/proc/self/status")) -> dict[str, int]:
@@ -77,31 +76,27 @@ def _last_cap() -> int:
         return CAP["CAP_BPF"]
 
 
-def kallsyms_shows_addresses(path: Path = KALLSYMS) -> bool:
+def _sysctl(name: str, default: int) -> int:
     try:
-        with open(path) as f:
-            for line in f:
-                return int(line.split()[0], 16) != 0
-    except (OSError, ValueError, IndexError):
-        return False
-    return False
+        return int(Path("/proc/sys/kernel", name).read_text())
+    except (OSError, ValueError):
+        return default
 
 
-def readable(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-        return True
-    except OSError:
-        return False
+def kallsyms_needs_syslog() -> bool:
+    """kernel/ksyms_common.c, kallsyms_show_value: addresses for anyone only with
+    kptr_restrict=0 and perf_event_paranoid<=1; otherwise for CAP_SYSLOG (none at 2)."""
+    return not (_sysctl("kptr_restrict", 1) == 0 and _sysctl("perf_event_paranoid", 2) <= 1)
 
 
 def required_capabilities(tracefs_file: Path, pcap: bool) -> list[str]:
-    """The capabilities this machine asks of the recorder, in the order they are needed."""
+    """The capabilities this machine asks of the recorder, in the order they are needed.
+    (access(2) judges a non-root caller by its uid and groups alone, without
+    capabilities: what tracefs grants without CAP_DAC_READ_SEARCH.)"""
     need = ["CAP_BPF", "CAP_PERFMON"] if _last_cap() >= CAP["CAP_BPF"] else ["CAP_SYS_ADMIN"]
-    if not kallsyms_shows_addresses():
+    if kallsyms_needs_syslog():
         need.append("CAP_SYSLOG")
-    if not readable(tracefs_file):
+    if not os.access(tracefs_file, os.R_OK):
         need.append("CAP_DAC_READ_SEARCH")
     if pcap:
         need += ["CAP_NET_ADMIN", "CAP_NET_RAW"]
@@ -131,14 +126,14 @@ def capability_problem(tracefs_file: Path, pcap: bool) -> str | None:
     missing = missing_capabilities(need)
     if not missing:
         return None
-    net = [m for m in missing if m in ("CAP_NET_ADMIN", "CAP_NET_RAW")]
-    how = (
-        "run it with sudo, or grant them (setpriv --ambient-caps, systemd "
+    note = ""
+    if os.geteuid() != 0 and {"CAP_NET_ADMIN", "CAP_NET_RAW"} & set(missing):
+        note = " (tcpdump inherits them only as ambient capabilities)"
+    return (
+        f"retranscope record needs {', '.join(need)}; missing here: {', '.join(missing)}"
+        f"{note}: run it with sudo, or grant them (setpriv --ambient-caps, systemd "
         "AmbientCapabilities=; docs/recorder.md)"
     )
-    if net and len(net) == len(missing) and os.geteuid() != 0:
-        how = "tcpdump inherits only ambient capabilities: grant them as ambient (" + how[7:]
-    return f"retranscope record needs {', '.join(need)}; missing here: {', '.join(missing)}: " + how
 
 
 @dataclass

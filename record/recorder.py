@@ -219,6 +219,7 @@ class Recorder:
         self.received = self.filtered_pid = 0
         self.offset_ns = 0
         self.stop = _Stop()
+        self._space_paths: set[Path] = set()
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> dict:
@@ -231,7 +232,8 @@ class Recorder:
             failure = self._loop()
             return self._finish(failure)
         except BaseException as exc:
-            self.meta["status"] = f"failed: {exc}"
+            if not str(self.meta.get("status", "")).startswith("failed"):
+                self.meta["status"] = f"failed: {exc}"
             self.meta["complete"] = False
             raise
         finally:
@@ -311,6 +313,8 @@ class Recorder:
                 owner=self.owner,
             )
         self._start_outputs()
+        pcap_dir = Path(opts.pcap).parent if opts.pcap is not None else None
+        self._space_paths = {p for p in (self.out, pcap_dir) if p is not None}
         mono0, off0, unc0 = procnet.clock_offset_ns()
         self.offset_ns = off0
         self.meta["clock_offsets"] = [{"mono_ns": mono0, "offset_ns": off0, "uncertainty_ns": unc0}]
@@ -367,6 +371,7 @@ class Recorder:
                 rotated = self._handle(self.probe.drain() if done else self.probe.poll(100))
                 if rotated:
                     self._rotated()
+                self._check_space()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK_S
@@ -419,11 +424,10 @@ class Recorder:
         self._update_meta()
         self._write_meta()
 
-    def _tick(self, stats: bool) -> None:
-        """About once a second: room on disk, tcpdump alive, metrics."""
-        for path in {
-            p for p in (self.out, self.opts.pcap and Path(self.opts.pcap).parent) if p is not None
-        }:
+    def _check_space(self) -> None:
+        """Stop while files can still be closed: tcpdump does not check its writes, and a
+        capture fills a small disk in a fraction of a second. (A statvfs: microseconds.)"""
+        for path in self._space_paths:
             st = os.statvfs(path)
             free = st.f_bavail * st.f_frsize
             if free < self.opts.min_free_mb * 1e6:
@@ -431,6 +435,9 @@ class Recorder:
                     f"no space left on device ({free / 1e6:.1f} MB free in "
                     f"{path}, less than --min-free-mb {self.opts.min_free_mb:g})"
                 )
+
+    def _tick(self, stats: bool) -> None:
+        """About once a second: tcpdump alive, metrics."""
         if self.dump is not None:
             ended = self.dump.exited()
             if ended:
@@ -497,6 +504,8 @@ class Recorder:
                 + (f", the journal holds {journal} more" if journal > 0 else "")
                 + f"; {meta.get('events_not_written', 0)} events were not written"
             )
+        if self.opts.pcap is not None and "no space" in str(failure):
+            kept += "; the capture may end mid-packet (tcpdump does not check its writes)"
         where = f"; run.json in {self.out} says what was kept" if self.out else ""
         return OutputFailed(f"recording stopped: {failure}{kept}{where}")
 
@@ -616,7 +625,11 @@ def _accounting(gaps: GapTracker, meta: dict) -> dict:
     unfiltered = not any(filters.get(k) is not None for k in ("port", "family", "pid"))
     out["kernel_retrans_segs"] = kernel
     namespace_gap = None
-    if kernel is not None and unfiltered and filters.get("netns_ino") is not None:
+    # The counters are those of the recorder's own namespace: they describe the events
+    # only when the filter is that namespace (not --netns INODE of another one).
+    own = filters.get("netns_ino") is not None and filters.get("netns_ino") == meta.get(
+        "netns_ino")
+    if kernel is not None and unfiltered and own:
         namespace_gap = max(0, int(kernel) - gaps.segs)
     out["namespace_counter_gap"] = namespace_gap
     out["unreported_segments"] = max(gaps.between_events, namespace_gap or 0)

@@ -67,13 +67,15 @@ class Tcpdump:
             "-n",
             "-U",
             "--immediate-mode",
-            "-w",
-            str(self.path),
-            *capture_filter(family, port),
         ]
-        if interface == "any":
-            # pcapng would be fine too; pcap keeps tcpdump's SLL2 link type for "any".
-            pass
+        if user is not None:
+            self.argv += ["-Z", user]
+        if max_size_mb is not None:
+            # -C: a new file every max_size_mb million bytes; -W: keep that many (a ring).
+            self.argv += ["-C", str(int(max_size_mb))]
+            if max_files is not None:
+                self.argv += ["-W", str(int(max_files))]
+        self.argv += ["-w", str(self.path), *capture_filter(family, port)]
         self.proc: subprocess.Popen | None = None
         self.stderr_lines: list[str] = []
         self.stats: dict[str, int | None] = {}

@@ -134,8 +134,11 @@ class _Journal:
                 os.fdatasync(self.sink.fileno())
         except OSError:
             # Back to the last complete batch; nothing more goes to this file.
-            os.truncate(self.path, self.good)
             self.abandon()
+            if self.good:
+                os.truncate(self.path, self.good)
+            else:
+                self.path.unlink(missing_ok=True)
             raise
         self.good = self.sink.tell()
         self.rows += table.num_rows
@@ -262,6 +265,9 @@ class EventWriter:
             j.close()
             info = self._convert(j.path)
         except OSError as exc:
+            # The journal stays, closed and whole, for readers to take as it is.
+            if j.path.exists() and j.rows:
+                self.files.append({"name": j.path.name, "rows": j.rows, "bytes": j.good})
             self._fail(exc)
         if info is not None:
             self.files.append(info)
@@ -339,12 +345,14 @@ class EventWriter:
             self.ring_deleted["rows"] += int(rows)  # type: ignore[call-overload]
 
     def _fail(self, exc: OSError) -> None:
-        if self._journal is not None:
-            self._journal.abandon()
-            self._journal = None
+        j, self._journal = self._journal, None
+        if j is not None:
+            j.abandon()
+            if j.rows and j.path.exists():  # cut back to its last complete batch
+                self.files.append({"name": j.path.name, "rows": j.rows, "bytes": j.good})
         what = "no space left on device" if is_disk_full(exc) else str(exc)
         self.failed = what
-        raise OutputFailed(f"writing events to {self.out_dir} failed: {what}") from exc
+        raise OutputFailed(f"{what} writing events to {self.out_dir}") from exc
 
     # -- what run.json says --------------------------------------------------------------
     @property
