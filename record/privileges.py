@@ -62,6 +62,12 @@ def capability_sets(status: Path = Path("/proc/self/status")) -> dict[str, int]:
     return out
 
 
+def effective_capabilities() -> list[str]:
+    """Those of CAP this process holds (all of them for root): for run.json."""
+    eff = capability_sets().get("CapEff", 0)
+    return sorted(name for name, bit in CAP.items() if eff >> bit & 1)
+
+
 def _has(mask: int, name: str) -> bool:
     if mask >> CAP[name] & 1:
         return True

@@ -34,7 +34,7 @@ from retranscope.fileio import write_json_atomic
 from retranscope.record import probe as probe_mod
 from retranscope.record import procnet
 from retranscope.record.decode import decode
-from retranscope.record.privileges import OUTPUT_UMASK, Owner
+from retranscope.record.privileges import OUTPUT_UMASK, Owner, effective_capabilities
 from retranscope.record.reasons import KernelSymbols
 from retranscope.record.tcpdump import Tcpdump
 from retranscope.record.terminal import count_rows, format_counts, live_header, live_lines
@@ -261,6 +261,7 @@ class Recorder:
                 "netns_ino": netns_ino,
             },
             "argv": sys.argv,
+            "process": {"euid": os.geteuid(), "capabilities": effective_capabilities()},
             "outputs": {
                 "owner_uid": self.owner.uid,
                 "umask": oct(OUTPUT_UMASK),
@@ -627,8 +628,7 @@ def _accounting(gaps: GapTracker, meta: dict) -> dict:
     namespace_gap = None
     # The counters are those of the recorder's own namespace: they describe the events
     # only when the filter is that namespace (not --netns INODE of another one).
-    own = filters.get("netns_ino") is not None and filters.get("netns_ino") == meta.get(
-        "netns_ino")
+    own = filters.get("netns_ino") is not None and filters.get("netns_ino") == meta.get("netns_ino")
     if kernel is not None and unfiltered and own:
         namespace_gap = max(0, int(kernel) - gaps.segs)
     out["namespace_counter_gap"] = namespace_gap
