@@ -14,7 +14,9 @@ command -v apt-get >/dev/null || die "no apt-get: install bcc (python3), tcpdump
 
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(python3-bpfcc bpfcc-tools tcpdump tshark tcptrace nftables iproute2 ethtool python3-venv
-      python3-pip kmod chromium)
+      python3-pip kmod chromium
+      # tests: a real Prometheus scrapes `record --metrics`; systemd-analyze verifies deploy/
+      prometheus systemd util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
