@@ -1,13 +1,18 @@
 """Recorder under a retransmission storm, side by side with bcc's tcpretrans.
 
-    sudo .venv/bin/python bench/bench_record.py [--seconds 8] [--loss 15 20 25] [--conns 8]
+    sudo .venv/bin/python bench/bench_record.py [--seconds 8] [--loss 15] [--conns 8]
+        [--repeat 3] [--tools retranscope retranscope-bcc tcpretrans]
 
 A lab (two namespaces, veth, TSO off) carries several bulk flows through nftables random
 loss. An independent BPF counter (bench/retrans_counter.bpf.c) counts every
-tcp_retransmit_skb the kernel made. Each tool runs on its own storm of the same shape;
-printed: events the tool kept vs the kernel's count, lost, rate, CPU time per event.
-Not a test: no assertion on timing. Prints the highest rate at which the recorder lost
-nothing.
+tcp_retransmit_skb the kernel made. Each tool runs on its own storm of the same shape, the
+tools in turn (A B C A B C ...: paired runs on a machine whose load drifts); printed per
+run: events the tool kept vs the kernel's count, lost, rate, and CPU time per event during
+the storm (the tool's user + system time from the storm's start to its end, so neither
+tool's start-up compile counts); then per tool the median over the runs.
+``retranscope`` reads the ring buffer's memory directly (record/ringbuf.py);
+``retranscope-bcc`` is the same recorder through bcc's per-event callback
+(--ring-reader bcc), for comparison. Not a test: no assertion on timing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,15 +67,16 @@ def storm(lab, seconds: float, conns: int):
     server.wait()
 
 
-def run_recorder(lab, seconds: float, conns: int, kc: KernelCount, out: Path) -> dict:
+def run_recorder(lab, seconds: float, conns: int, kc: KernelCount, out: Path,
+                 reader: str = "mmap") -> dict:
     from retranscope.lab.recorded import RecorderProcess
 
-    rec = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "--quiet", "--port", str(PORT)])
-    k0 = kc.read()
+    rec = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "--quiet", "--port",
+                                               str(PORT), "--ring-reader", reader])
+    k0, cpu0 = kc.read(), cpu_seconds(rec.proc.pid)
     storm(lab, seconds, conns)
     time.sleep(0.5)
-    k1 = kc.read()
-    cpu = cpu_seconds(rec.proc.pid)
+    k1, cpu1 = kc.read(), cpu_seconds(rec.proc.pid)
     rec.stop()
     kept = sum(
         pq.read_table(f, filters=[("dport", "=", PORT)]).num_rows
@@ -77,10 +84,10 @@ def run_recorder(lab, seconds: float, conns: int, kc: KernelCount, out: Path) ->
     )
     meta = json.loads((out / "run.json").read_text())
     return {
-        "tool": "retranscope record",
+        "tool": "retranscope" if reader == "mmap" else "retranscope-bcc",
         "kernel": k1 - k0,
         "kept": kept,
-        "cpu_s": cpu,
+        "cpu_s": cpu1 - cpu0,
         "self_reported_lost": meta.get("events_lost_in_kernel"),
         # Segments the kernel resent without running any probe (the reference counter,
         # a BPF program too, cannot see those either): from the sockets' own totals.
@@ -98,11 +105,10 @@ def run_tcpretrans(lab, seconds: float, conns: int, kc: KernelCount, out: Path) 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and "TIME" not in (out / "tcpretrans.txt").read_text():
         time.sleep(0.1)
-    k0 = kc.read()
+    k0, cpu0 = kc.read(), cpu_seconds(proc.pid)
     storm(lab, seconds, conns)
     time.sleep(0.5)
-    k1 = kc.read()
-    cpu = cpu_seconds(proc.pid)
+    k1, cpu1 = kc.read(), cpu_seconds(proc.pid)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     log.close()
@@ -110,7 +116,7 @@ def run_tcpretrans(lab, seconds: float, conns: int, kc: KernelCount, out: Path) 
     # "R> RADDR:RPORT": retransmissions sent to the server's port, as counted in the kernel.
     port_re = re.compile(rf"[RL]> +\S+:{PORT}\b")
     kept = sum(1 for line in text.splitlines() if port_re.search(line))
-    return {"tool": "tcpretrans-bpfcc", "kernel": k1 - k0, "kept": kept, "cpu_s": cpu}
+    return {"tool": "tcpretrans-bpfcc", "kernel": k1 - k0, "kept": kept, "cpu_s": cpu1 - cpu0}
 
 
 def main() -> int:
@@ -118,7 +124,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--loss", type=int, nargs="+", default=[15])
     ap.add_argument("--conns", type=int, default=8)
-    ap.add_argument("--no-tcpretrans", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3, help="paired runs per tool and loss")
+    ap.add_argument("--tools", nargs="+", default=["retranscope", "retranscope-bcc",
+                                                   "tcpretrans"],
+                    choices=["retranscope", "retranscope-bcc", "tcpretrans"])
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_record: needs root", file=sys.stderr)
@@ -131,28 +140,36 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for loss in args.loss:
-            for tool in ("retranscope", "tcpretrans"):
-                if tool == "tcpretrans" and args.no_tcpretrans:
-                    continue
-                out = Path(tmp) / f"{tool}-{loss}"
-                out.mkdir()
-                with Lab(ipv6=False, tso=False) as lab:
-                    lab.add_rule(f"tcp dport {PORT} numgen random mod 100 < {loss} drop")
-                    fn = run_recorder if tool == "retranscope" else run_tcpretrans
-                    r = fn(lab, args.seconds, args.conns, kc, out)
-                if r is None:
-                    continue
-                r["loss_pct"] = loss
-                rows.append(r)
-                print_row(r, args.seconds)
-    best = [r for r in rows if r["tool"] == "retranscope record" and r["kept"] >= r["kernel"]]
-    if best:
-        top = max(best, key=lambda r: r["kernel"])
-        print(
-            f"highest rate with zero loss (retranscope): {top['kernel'] / args.seconds:,.0f} "
-            f"retransmissions/s (loss {top['loss_pct']}%)"
-        )
+            for rep in range(args.repeat):
+                for tool in args.tools:
+                    out = Path(tmp) / f"{tool}-{loss}-{rep}"
+                    out.mkdir()
+                    with Lab(ipv6=False, tso=False) as lab:
+                        lab.add_rule(f"tcp dport {PORT} numgen random mod 100 < {loss} drop")
+                        if tool == "tcpretrans":
+                            r = run_tcpretrans(lab, args.seconds, args.conns, kc, out)
+                        else:
+                            r = run_recorder(lab, args.seconds, args.conns, kc, out,
+                                             "mmap" if tool == "retranscope" else "bcc")
+                    if r is None:
+                        continue
+                    r["loss_pct"] = loss
+                    rows.append(r)
+                    print_row(r, args.seconds)
+    print_medians(rows, args.seconds)
     return 0
+
+
+def print_medians(rows: list[dict], seconds: float) -> None:
+    print("\nmedians over the paired runs:")
+    for tool in dict.fromkeys(r["tool"] for r in rows):
+        mine = [r for r in rows if r["tool"] == tool]
+        per = statistics.median(r["cpu_s"] / max(1, r["kept"]) * 1e6 for r in mine)
+        lost = statistics.median(100 * (r["kernel"] - r["kept"]) / max(1, r["kernel"])
+                                 for r in mine)
+        rate = statistics.median(r["kernel"] / seconds for r in mine)
+        print(f"{tool:20} {per:5.2f} us of CPU per event, {lost:.2f}% lost, at "
+              f"{rate:,.0f} retransmissions/s ({len(mine)} runs)")
 
 
 def print_row(r: dict, seconds: float) -> None:
@@ -162,7 +179,7 @@ def print_row(r: dict, seconds: float) -> None:
     print(
         f"{r['tool']:20} loss {r['loss_pct']:>2}%  kernel made {r['kernel']:>8}  kept "
         f"{r['kept']:>8}  lost {lost:>6} ({100 * lost / max(1, r['kernel']):.2f}%)  "
-        f"rate {rate:>8,.0f}/s  cpu {r['cpu_s']:.2f} s = {per:.1f} us/event"
+        f"rate {rate:>8,.0f}/s  cpu in the storm {r['cpu_s']:.2f} s = {per:.2f} us/event"
         + (
             f"  (lost by its own count: {r['self_reported_lost']}; segments the kernel "
             f"resent without running a probe: {r['unreported']})"

@@ -1,7 +1,8 @@
 """Every compile-time variant of bpf/retranscope.bpf.c compiles and passes the kernel's
 verifier, including those this machine cannot attach: the kprobe fallback for kernels
 without tcp:tcp_retransmit_skb, -l's kprobe on tcp_send_loss_probe (no CONFIG_KPROBES
-here), the perf buffer, the cong-state map for kernels without a usable BTF offset."""
+here), the perf buffer, the cong-state map for kernels without a usable BTF offset, the
+socket-gone records (tcp:tcp_destroy_sock) with either buffer."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ VARIANTS = {
             "-DRTS_FILTER_PORT=5001",
             "-DRTS_FILTER_FAMILY=10",
             "-DRTS_FILTER_NETNS=7",
+            "-DRTS_SOCK_GONE",
         ],
         [
             ("tracepoint__tcp__tcp_retransmit_skb", "TRACEPOINT"),
@@ -35,6 +37,14 @@ VARIANTS = {
     "tracepoints_ringbuf_no_offsets": (
         ["-DRTS_HAVE_TP", "-DRTS_USE_RINGBUF", "NO_OFFSETS"],
         [("tracepoint__tcp__tcp_retransmit_skb", "TRACEPOINT")],
+    ),
+    # What the recorder loads here: ring buffer, socket-gone records, no cong-state map.
+    "tracepoints_ringbuf_sock_gone": (
+        ["-DRTS_HAVE_TP", "-DRTS_TP_HAS_ERR", "-DRTS_USE_RINGBUF", "-DRTS_SOCK_GONE"],
+        [
+            ("tracepoint__tcp__tcp_retransmit_skb", "TRACEPOINT"),
+            ("tracepoint__tcp__tcp_destroy_sock", "TRACEPOINT"),
+        ],
     ),
 }
 

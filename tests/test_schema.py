@@ -65,3 +65,14 @@ def test_arrow_schema_is_versioned():
 def test_bpf_sources_are_real_files():
     assert (BPF_DIR / "retranscope.bpf.c").read_text().count('#include "retranscope.h"') == 1
     assert Path(BPF_DIR / "retranscope.h").exists()
+
+
+def test_flags_and_record_kinds_match_the_header():
+    header = (BPF_DIR / "retranscope.h").read_text()
+    defines = {k: int(v, 0) for k, v in re.findall(r"#define (RTS_\w+) (0x[0-9a-fA-F]+|\d+)",
+                                                    header)}
+    flags = {k[len("RTS_F_"):]: v for k, v in defines.items() if k.startswith("RTS_F_")}
+    ours = {k[len("F_"):]: v for k, v in vars(events).items() if re.fullmatch(r"F_[A-Z_]+", k)}
+    assert flags == ours
+    assert defines["RTS_EV_SOCK_GONE"] == events.EV_SOCK_GONE
+    assert events.EV_SOCK_GONE not in events.EVENT_TYPES  # never written to a file
