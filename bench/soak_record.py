@@ -31,11 +31,15 @@ PORT = 5001
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and its parts: RssAnon (the heap: what a leak grows), RssFile (mapped files:
+    the libraries, LLVM's among them), RssShmem (shared mappings: the BPF ring buffer)."""
+    out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
 
 
 def cpu_s(pid: int) -> float:
@@ -91,6 +95,7 @@ def main() -> int:
     ap.add_argument("--bytes", type=int, default=20_000_000)
     ap.add_argument("--metrics-port", type=int, default=19977)
     ap.add_argument("--max-growth-mb", type=float, default=5.0)
+    ap.add_argument("--sample-s", type=float, default=60.0, help="seconds between samples")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("soak_record: needs root (a lab of network namespaces)", file=sys.stderr)
@@ -99,50 +104,16 @@ def main() -> int:
     from retranscope.lab.recorded import start_bulk, start_server
 
     metrics = f"127.0.0.1:{args.metrics_port}"
-    seconds = args.minutes * 60
-    series: list[tuple[float, float, float, int]] = []  # minute, rss MB, cpu s, events
+    samples = int(args.minutes * 60 / args.sample_s)
+    series: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp, Lab(ipv6=False, tso=False) as lab:
         out = Path(tmp) / "rec"
         lab.add_rule(f"tcp dport {PORT} numgen random mod 1000 < {int(args.loss * 10)} drop")
-        start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", seconds + 120)
+        start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", args.minutes * 60 + 120)
         ino = os.stat(f"/run/netns/{lab.sender_ns}").st_ino
         rec = start_recorder(out, ino, metrics)
         try:
-            t0 = time.monotonic()
-            next_client = t0
-            next_report = t0 + 60
-            clients: list = []
-            print(
-                f"{'min':>4} {'events':>10} {'rate/s':>8} {'RSS MB':>8} {'CPU s':>7} "
-                f"{'CPU %':>6} {'scraped':>10}",
-                flush=True,
-            )
-            last_cpu, last_events = cpu_s(rec.pid), 0
-            while len(series) < int(args.minutes):
-                now = time.monotonic()
-                if now >= next_client:
-                    clients = [c for c in clients if c.poll() is None]
-                    clients.append(
-                        start_bulk(lab, PORT, args.bytes, conns=args.conns, timeout_s=60)
-                    )
-                    next_client = now + args.every
-                if now >= next_report:
-                    next_report += 60
-                    minute = round((now - t0) / 60)
-                    meta = json.loads((out / "run.json").read_text())
-                    events = int(meta.get("events_received", 0))
-                    rss, cpu = rss_mb(rec.pid), cpu_s(rec.pid)
-                    series.append((minute, rss, cpu, events))
-                    print(
-                        f"{minute:>4} {events:>10} {(events - last_events) / 60:>8.0f} "
-                        f"{rss:>8.1f} {cpu:>7.1f} {100 * (cpu - last_cpu) / 60:>6.1f} "
-                        f"{scrape(metrics):>10.0f}",
-                        flush=True,
-                    )
-                    last_cpu, last_events = cpu, events
-                time.sleep(0.2)
-            for c in clients:
-                c.kill()
+            series = watch(lab, rec, out, metrics, args, samples, start_bulk)
         finally:
             rec.send_signal(signal.SIGINT)
             try:
@@ -154,26 +125,75 @@ def main() -> int:
     return report(series, meta, code, args.max_growth_mb)
 
 
-def report(series, meta: dict, code: int, limit_mb: float) -> int:
-    steady = [rss for minute, rss, _, _ in series if minute >= 2]
-    if not steady:
+def watch(lab, rec, out: Path, metrics: str, args, samples: int, start_bulk) -> list[dict]:
+    """Start clients as the load asks, and sample the recorder until the end."""
+    t0 = time.monotonic()
+    next_client = t0
+    next_sample = t0 + args.sample_s
+    clients: list = []
+    series: list[dict] = []
+    print(
+        f"{'min':>5} {'events':>9} {'rate/s':>6} {'RSS':>6} {'anon':>6} {'file':>6} "
+        f"{'shmem':>6} {'CPU s':>6} {'CPU %':>5} {'scraped':>9}   (MB)",
+        flush=True,
+    )
+    last = {"cpu": cpu_s(rec.pid), "events": 0}
+    while len(series) < samples:
+        now = time.monotonic()
+        if now >= next_client:
+            clients = [c for c in clients if c.poll() is None]
+            clients.append(start_bulk(lab, PORT, args.bytes, conns=args.conns, timeout_s=60))
+            next_client = now + args.every
+        if now >= next_sample:
+            next_sample += args.sample_s
+            meta = json.loads((out / "run.json").read_text())
+            row = {
+                "minute": (now - t0) / 60,
+                "cpu": cpu_s(rec.pid),
+                "events": int(meta.get("events_received", 0)),
+                **memory_mb(rec.pid),
+            }
+            series.append(row)
+            print(
+                f"{row['minute']:>5.1f} {row['events']:>9} "
+                f"{(row['events'] - last['events']) / args.sample_s:>6.0f} "
+                f"{row['VmRSS']:>6.1f} {row['RssAnon']:>6.1f} {row['RssFile']:>6.1f} "
+                f"{row['RssShmem']:>6.1f} {row['cpu']:>6.1f} "
+                f"{100 * (row['cpu'] - last['cpu']) / args.sample_s:>5.1f} "
+                f"{scrape(metrics):>9.0f}",
+                flush=True,
+            )
+            last = row
+        time.sleep(0.2)
+    for c in clients:
+        c.kill()
+    return series
+
+
+def report(series: list[dict], meta: dict, code: int, limit_mb: float) -> int:
+    steady = [r for r in series if r["minute"] >= 2 - 1e-9]
+    if len(steady) < 2:
         print("soak too short for a figure (needs 3 minutes)")
         return 1
-    spread = max(steady) - min(steady)
-    cpu = series[-1][2] - series[0][2]
-    events = series[-1][3] - series[0][3]
+    rss = [r["VmRSS"] for r in steady]
+    anon = [r["RssAnon"] for r in steady]
+    cpu = series[-1]["cpu"] - series[0]["cpu"]
+    events = series[-1]["events"] - series[0]["events"]
+    span_s = 60 * (series[-1]["minute"] - series[0]["minute"])
     print(
         f"recorder exit {code}; {meta.get('events_written')} events written, "
         f"{meta.get('events_lost_in_kernel')} lost in the kernel buffer; ring deleted "
         f"{(meta.get('ring') or {}).get('deleted_files')} files"
     )
     print(
-        f"RSS from minute 2 to {series[-1][0]}: min {min(steady):.1f} MB, max "
-        f"{max(steady):.1f} MB, last {steady[-1]:.1f} MB: spread {spread:.1f} MB "
-        f"(limit {limit_mb:g}); CPU {cpu / max(1, events) * 1e6:.1f} us per event at "
-        f"{events / max(1, 60 * (series[-1][0] - series[0][0])):.0f} events/s"
+        f"from minute 2 to {steady[-1]['minute']:.0f}: RSS min {min(rss):.1f} MB, max "
+        f"{max(rss):.1f} MB, last {rss[-1]:.1f} MB (spread {max(rss) - min(rss):.1f} MB); "
+        f"anonymous min {min(anon):.1f}, max {max(anon):.1f} (spread "
+        f"{max(anon) - min(anon):.1f} MB; limit {limit_mb:g}); CPU "
+        f"{cpu / max(1, events) * 1e6:.1f} us per event at {events / max(1, span_s):.0f} "
+        "events/s"
     )
-    ok = spread <= limit_mb and code == 0 and not meta.get("events_lost_in_kernel")
+    ok = max(rss) - min(rss) <= limit_mb and code == 0 and not meta.get("events_lost_in_kernel")
     print("flat" if ok else "NOT flat (or the recorder failed)")
     return 0 if ok else 1
 

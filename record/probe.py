@@ -70,8 +70,11 @@ def tracefs_mounted(mounts: Path = MOUNTS) -> bool:
         text = mounts.read_text()
     except OSError:
         return (TRACEFS / "events").is_dir()
-    return any(f[1] == str(TRACEFS) and f[2] == "tracefs"
-               for f in (line.split() for line in text.splitlines()) if len(f) > 2)
+    return any(
+        f[1] == str(TRACEFS) and f[2] == "tracefs"
+        for f in (line.split() for line in text.splitlines())
+        if len(f) > 2
+    )
 
 
 def ensure_tracefs() -> None:

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +55,9 @@ from retranscope.schemas.events import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
 )
+
+if TYPE_CHECKING:
+    from retranscope.record.metrics import RecorderMetrics
 
 TICK_S = 1.0  # free space, tcpdump's health, metrics: this often
 TCPDUMP_STATS_S = 5.0
@@ -211,7 +214,7 @@ class Recorder:
         self.probe: probe_mod.Probe | None = None
         self.writer: EventWriter | None = None
         self.dump: Tcpdump | None = None
-        self.metrics = None
+        self.metrics: RecorderMetrics | None = None
         self.reserve: SpaceReserve | None = None
         self.lock_fd: int | None = None
         self.gaps = LiveGapTracker()
@@ -498,7 +501,7 @@ class Recorder:
         w = self.writer
         kept = ""
         if w is not None:
-            closed = sum(int(f["rows"]) for f in w.files)  # type: ignore[call-overload]
+            closed = sum(int(f["rows"]) for f in w.files)
             journal = w.rows_written - closed
             kept = (
                 f"; {len(w.files)} event files are complete ({closed} events)"
@@ -590,7 +593,9 @@ class Recorder:
         print(f"retranscope: {text}", file=self.stderr, flush=True)
 
 
-def _gap_columns(table: pa.Table) -> tuple[np.ndarray, ...]:
+def _gap_columns(
+    table: pa.Table,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """The columns GapTracker.update takes, from a decoded batch."""
     valid = (
         pc.equal(table["event_type"], "retransmit").to_numpy(zero_copy_only=False)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import mmap
 import os
 import select
-import struct
 
 import numpy as np
 
@@ -118,7 +117,7 @@ class RingReader:
         data = self._data
         while cons < prod:
             off = cons & self.mask
-            (length,) = struct.unpack_from("<I", data, off)
+            length = int(data[off : off + 4].view("<u4")[0])
             if length & BUSY_BIT:
                 break
             size = length & ~(BUSY_BIT | DISCARD_BIT)

@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -188,7 +189,7 @@ class EventWriter:
         self.max_files = max_files
         self.sync = sync
         self._clock = clock
-        self.files: list[dict[str, object]] = []  # closed files of this run, on disk
+        self.files: list[dict[str, Any]] = []  # closed files of this run, on disk
         self.ring_deleted = {"files": 0, "rows": 0}
         self.rows_written = 0  # on disk: in closed files or flushed to the journal
         self.failed: str | None = None
@@ -278,7 +279,7 @@ class EventWriter:
             self.rotate()
 
     # -- files ---------------------------------------------------------------------------
-    def _convert(self, journal: Path) -> dict[str, object] | None:
+    def _convert(self, journal: Path) -> dict[str, Any] | None:
         table, _ = read_arrow_stream(journal)
         if table is None or not table.num_rows:
             journal.unlink()
@@ -302,7 +303,7 @@ class EventWriter:
         journal.unlink()
         if self.sync:
             _fsync_dir(self.out_dir)
-        info: dict[str, object] = {
+        info: dict[str, Any] = {
             "name": final.name,
             "rows": table.num_rows,
             "bytes": final.stat().st_size,
@@ -313,7 +314,7 @@ class EventWriter:
             info["last_ts_wall_ns"] = ts[-1].as_py()
         return info
 
-    def _recover_journals(self) -> list[dict[str, object]]:
+    def _recover_journals(self) -> list[dict[str, Any]]:
         """Journals a crashed recorder left: to Parquet (their complete batches). One with
         a Parquet twin was converted but not yet removed when the recorder died."""
         for path in self.out_dir.glob(f"{EVENTS_PREFIX}-*{JOURNAL_SUFFIX}"):
@@ -342,7 +343,7 @@ class EventWriter:
             if mine:
                 self.files.remove(mine)
             self.ring_deleted["files"] += 1
-            self.ring_deleted["rows"] += int(rows)  # type: ignore[call-overload]
+            self.ring_deleted["rows"] += int(rows)
 
     def _fail(self, exc: OSError) -> None:
         j, self._journal = self._journal, None
@@ -359,7 +360,7 @@ class EventWriter:
     def pending_rows(self) -> int:
         return self._pending_rows
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> dict[str, Any]:
         j = self._journal
         return {
             "files": list(self.files),
