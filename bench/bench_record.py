@@ -5,7 +5,8 @@
 
 A lab (two namespaces, veth, TSO off) carries several bulk flows through nftables random
 loss. An independent BPF counter (bench/retrans_counter.bpf.c) counts every
-tcp_retransmit_skb the kernel made. Each tool runs on its own storm of the same shape, the
+tcp_retransmit_skb the kernel made in the lab's namespace (other labs on the machine may
+use the same port). Each tool runs on its own storm of the same shape, the
 tools in turn (A B C A B C ...: paired runs on a machine whose load drifts); printed per
 run: events the tool kept vs the kernel's count, lost, rate, and CPU time per event during
 the storm (the tool's user + system time from the storm's start to its end, so neither
@@ -31,8 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 HERE = Path(__file__).resolve().parent
 PORT = 5001
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -47,12 +46,24 @@ class KernelCount:
     def __init__(self):
         from bcc import BPF
 
+        from retranscope.record.btf import BTF, kernel_offsets
+
+        offsets, _ = kernel_offsets(BTF.load())
         self.bpf = BPF(
-            src_file=str(HERE / "retrans_counter.bpf.c").encode(), cflags=[f"-DBENCH_PORT={PORT}"]
+            src_file=str(HERE / "retrans_counter.bpf.c").encode(),
+            cflags=[
+                f"-DBENCH_PORT={PORT}",
+                *(f"-D{k}={offsets[k]}" for k in ("RTS_OFF_SK_NET", "RTS_OFF_NET_INUM")),
+            ],
         )
 
+    def watch(self, lab) -> None:
+        """Count only the lab's sender namespace."""
+        ino = os.stat(f"/run/netns/{lab.sender_ns}").st_ino
+        self.bpf[b"watch"][ct.c_int(0)] = ct.c_uint32(ino)
+
     def read(self) -> int:
-        return sum(int(v) for v in self.bpf["made"][ct.c_int(0)])
+        return sum(int(v) for v in self.bpf[b"made"][ct.c_int(0)])
 
 
 def storm(lab, seconds: float, conns: int):
@@ -67,28 +78,34 @@ def storm(lab, seconds: float, conns: int):
     server.wait()
 
 
-def run_recorder(lab, seconds: float, conns: int, kc: KernelCount, out: Path,
-                 reader: str = "mmap") -> dict:
+def run_recorder(
+    lab, seconds: float, conns: int, kc: KernelCount, out: Path, reader: str = "mmap"
+) -> dict:
+    from retranscope.analyze.events import read_events
     from retranscope.lab.recorded import RecorderProcess
 
-    rec = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "--quiet", "--port",
-                                               str(PORT), "--ring-reader", reader])
+    rec = RecorderProcess(
+        lab,
+        lab.sender_ns,
+        ["--out", str(out), "--quiet", "--port", str(PORT), "--ring-reader", reader],
+    )
     k0, cpu0 = kc.read(), cpu_seconds(rec.proc.pid)
     storm(lab, seconds, conns)
     time.sleep(0.5)
     k1, cpu1 = kc.read(), cpu_seconds(rec.proc.pid)
-    rec.stop()
-    kept = sum(
-        pq.read_table(f, filters=[("dport", "=", PORT)]).num_rows
-        for f in (out / "events").glob("*.parquet")
-    )
+    code = rec.stop()
     meta = json.loads((out / "run.json").read_text())
+    if code != 0 or not meta.get("complete"):
+        print(f"recorder exit {code}, status {meta.get('status')}: {rec.stderr_lines[-2:]}")
+    ev = read_events(out).table
+    kept = int((ev["dport"] == PORT).sum())
     return {
         "tool": "retranscope" if reader == "mmap" else "retranscope-bcc",
         "kernel": k1 - k0,
         "kept": kept,
         "cpu_s": cpu1 - cpu0,
         "self_reported_lost": meta.get("events_lost_in_kernel"),
+        "missed": meta.get("events_missed_in_kernel"),
         # Segments the kernel resent without running any probe (the reference counter,
         # a BPF program too, cannot see those either): from the sockets' own totals.
         "unreported": (meta.get("accounting") or {}).get("unreported_segments"),
@@ -125,9 +142,12 @@ def main() -> int:
     ap.add_argument("--loss", type=int, nargs="+", default=[15])
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3, help="paired runs per tool and loss")
-    ap.add_argument("--tools", nargs="+", default=["retranscope", "retranscope-bcc",
-                                                   "tcpretrans"],
-                    choices=["retranscope", "retranscope-bcc", "tcpretrans"])
+    ap.add_argument(
+        "--tools",
+        nargs="+",
+        default=["retranscope", "retranscope-bcc", "tcpretrans"],
+        choices=["retranscope", "retranscope-bcc", "tcpretrans"],
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_record: needs root", file=sys.stderr)
@@ -146,11 +166,18 @@ def main() -> int:
                     out.mkdir()
                     with Lab(ipv6=False, tso=False) as lab:
                         lab.add_rule(f"tcp dport {PORT} numgen random mod 100 < {loss} drop")
+                        kc.watch(lab)
                         if tool == "tcpretrans":
                             r = run_tcpretrans(lab, args.seconds, args.conns, kc, out)
                         else:
-                            r = run_recorder(lab, args.seconds, args.conns, kc, out,
-                                             "mmap" if tool == "retranscope" else "bcc")
+                            r = run_recorder(
+                                lab,
+                                args.seconds,
+                                args.conns,
+                                kc,
+                                out,
+                                "mmap" if tool == "retranscope" else "bcc",
+                            )
                     if r is None:
                         continue
                     r["loss_pct"] = loss
@@ -165,11 +192,14 @@ def print_medians(rows: list[dict], seconds: float) -> None:
     for tool in dict.fromkeys(r["tool"] for r in rows):
         mine = [r for r in rows if r["tool"] == tool]
         per = statistics.median(r["cpu_s"] / max(1, r["kept"]) * 1e6 for r in mine)
-        lost = statistics.median(100 * (r["kernel"] - r["kept"]) / max(1, r["kernel"])
-                                 for r in mine)
+        lost = statistics.median(
+            100 * (r["kernel"] - r["kept"]) / max(1, r["kernel"]) for r in mine
+        )
         rate = statistics.median(r["kernel"] / seconds for r in mine)
-        print(f"{tool:20} {per:5.2f} us of CPU per event, {lost:.2f}% lost, at "
-              f"{rate:,.0f} retransmissions/s ({len(mine)} runs)")
+        print(
+            f"{tool:20} {per:5.2f} us of CPU per event, {lost:.2f}% lost, at "
+            f"{rate:,.0f} retransmissions/s ({len(mine)} runs)"
+        )
 
 
 def print_row(r: dict, seconds: float) -> None:
@@ -181,7 +211,8 @@ def print_row(r: dict, seconds: float) -> None:
         f"{r['kept']:>8}  lost {lost:>6} ({100 * lost / max(1, r['kernel']):.2f}%)  "
         f"rate {rate:>8,.0f}/s  cpu in the storm {r['cpu_s']:.2f} s = {per:.2f} us/event"
         + (
-            f"  (lost by its own count: {r['self_reported_lost']}; segments the kernel "
+            f"  (lost by its own count: {r['self_reported_lost']}, program not run: "
+            f"{r['missed']}; segments the kernel "
             f"resent without running a probe: {r['unreported']})"
             if "self_reported_lost" in r
             else ""
