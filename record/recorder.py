@@ -1,7 +1,7 @@
 """`retranscope record`: the loop that joins the probe, the writer, tcpdump, the metrics
 and the run's metadata.
 
-Kernel events -> probe (read in batches) -> decode -> journal (synced every 0.5 s) ->
+Kernel events -> probe (read in batches) -> decode -> journal (synced every 0.25 s) ->
 Parquet at each rotation; run.json rewritten at each rotation, so it always describes the
 files that exist. How a run ends:
   SIGINT, SIGTERM or --duration: the buffers drained, the last file closed, tcpdump
@@ -80,7 +80,7 @@ class RecordOptions:
     live: bool = True
     rotate_seconds: float = 10.0
     rotate_rows: int = 200_000
-    flush_seconds: float = 0.5
+    flush_seconds: float = 0.25
     max_size_mb: int | None = None
     max_files: int | None = None
     min_free_mb: float = 1.0

@@ -1,9 +1,10 @@
 """Event files that survive a crash, on a bounded amount of disk.
 
 While recording, events go to ``events/events-NNNNN.arrows``, an Arrow IPC stream (the
-journal): rows are flushed to it at least every ``flush_seconds`` (0.5 s by default) as
+journal): rows are flushed to it at least every ``flush_seconds`` (0.25 s by default) as
 one record batch, and synced (fdatasync), so a SIGKILL, an OOM kill or a power cut loses
-at most the rows of the last half second. A stream is readable up to its last complete
+only the rows of the last flush interval (plus what the reader had not yet taken from
+the kernel: record/probe.py reads every 0.1 s). A stream is readable up to its last complete
 batch. At rotation (by time, rows or size, whichever comes first) the journal is closed,
 converted to ``events-NNNNN.parquet`` (written to a temporary name, synced, renamed) and
 removed; a reader that finds both takes the Parquet file. A recorder that starts in a
@@ -165,7 +166,7 @@ class EventWriter:
         *,
         rotate_seconds: float = 10.0,
         rotate_rows: int = 200_000,
-        flush_seconds: float = 0.5,
+        flush_seconds: float = 0.25,
         max_bytes: int | None = None,
         max_files: int | None = None,
         file_metadata: dict[str, str] | None = None,

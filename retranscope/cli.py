@@ -77,7 +77,7 @@ def record(
         False, "--perf-buffer", help="Use the perf buffer even where a ring buffer exists."
     ),
     flush_seconds: float = typer.Option(
-        0.5, "--flush-seconds", help="Sync the events journal this often (a crash loses at "
+        0.25, "--flush-seconds", help="Sync the events journal this often (a crash loses at "
         "most this much; at most 1)."
     ),
     max_size: Optional[int] = typer.Option(
