@@ -67,6 +67,10 @@ def read_event_files(path: Path) -> tuple[list[pa.Table], list[Path], list[str]]
         parquet, journals = [], [path]
     else:
         parquet, journals = [path], []
+    # A running recorder may convert a journal between the listing and the reading.
+    converted = [f.with_suffix(".parquet") for f in journals if not f.exists()]
+    parquet += [f for f in converted if f.exists()]
+    journals = [f for f in journals if f.exists()]
     tables, warnings = [], []
     for f in parquet:
         try:
