@@ -14,6 +14,7 @@ Nothing is dropped silently.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -279,6 +280,7 @@ class Recorder:
             self.owner.make_dir(self.out)
             self.lock_fd = lock_output(self.out)
             self.reserve = SpaceReserve(self.out / RESERVE_NAME)
+            self.meta["previous_runs"] = _previous_runs(self.out / RUN_META)
         try:
             self.symbols = KernelSymbols.load()
         except (OSError, PermissionError) as exc:
@@ -595,6 +597,28 @@ class Recorder:
 
     def _say(self, text: str) -> None:
         print(f"retranscope: {text}", file=self.stderr, flush=True)
+
+
+def _previous_runs(path: Path) -> list[dict]:
+    """A recorder restarted on the same --out (a service, within one boot) continues in
+    it: what run.json said of the runs before, in brief, so that none goes unmentioned."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    keys = (
+        "run_id",
+        "status",
+        "complete",
+        "started_wall_ns",
+        "ended_wall_ns",
+        "events_written",
+        "events_not_written",
+        "events_lost_in_kernel",
+    )
+    brief = {k: old.get(k) for k in keys}
+    brief["unreported_segments"] = (old.get("accounting") or {}).get("unreported_segments")
+    return [*old.get("previous_runs", []), brief]
 
 
 def _gap_columns(

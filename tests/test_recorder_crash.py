@@ -117,3 +117,46 @@ def test_sigkill_mid_storm_loses_at_most_the_last_second(tmp_path):
         f"older is on disk ({kept.sum()} events read)"
     )
     assert lost_window_ms < 1000
+
+
+def test_a_restarted_recorder_recovers_what_the_killed_one_left(tmp_path):
+    """A service restarted on the same --out: the journal the killed recorder left becomes
+    Parquet with every row it held, the new run's files come after it, and run.json
+    keeps a word on the run before."""
+    from retranscope.analyze.events import read_events
+    from retranscope.lab.netns import Lab
+    from retranscope.lab.recorded import RecorderProcess, start_bulk, start_server
+
+    out = tmp_path / "rec"
+    with Lab(ipv6=False, tso=False) as lab:
+        lab.add_rule(f"tcp dport {PORT} numgen random mod 100 < 10 drop")
+        start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", "60")
+        client = start_bulk(lab, PORT, 10**11, conns=4, timeout_s=40)
+        first = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "--quiet"])
+        time.sleep(2.0)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+        left = read_events(out).table
+        journals = sorted((out / "events").glob("*.arrows"))
+        assert len(journals) == 1 and len(left) > 1000
+        second = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "--quiet"])
+        time.sleep(1.5)
+        assert second.stop() == 0, second.stderr_lines[-3:]
+        client.kill()
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["complete"] and [p["complete"] for p in meta["previous_runs"]] == [False]
+    assert meta["recovered_journals"] == [
+        {
+            **meta["recovered_journals"][0],
+            "name": journals[0].with_suffix(".parquet").name,
+            "rows": len(left),
+        }
+    ]
+    names = sorted(p.name for p in (out / "events").iterdir())
+    assert names[0] == journals[0].with_suffix(".parquet").name and len(names) >= 2
+    assert all(n.endswith(".parquet") for n in names)
+    both = read_events(out).table
+    key = ["skaddr", "ts_mono_ns"]
+    before = left[key].merge(both[key], how="left", indicator=True)
+    assert (before["_merge"] == "both").all()  # every row the killed run left is kept
+    assert len(both) == len(left) + meta["events_written"]
