@@ -25,7 +25,7 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retranscope.errors import BadInput, RetranscopeError
-from retranscope.fileio import read_arrow_stream
 from retranscope.record.privileges import Owner
 from retranscope.schemas.events import (
     EVENT_SCHEMA,
@@ -156,6 +155,34 @@ class _Journal:
             self.sink.close()
         except OSError:
             pass
+
+
+ROW_GROUP_ROWS = 65_536
+
+
+def _row_groups(src) -> Iterator[pa.Table]:
+    """Tables of about ROW_GROUP_ROWS rows from an Arrow IPC stream's complete batches
+    (one cut short by a crash ends it)."""
+    try:
+        reader = pa.ipc.open_stream(src)
+    except (OSError, pa.ArrowInvalid):
+        return
+    chunk: list[pa.RecordBatch] = []
+    rows = 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (OSError, pa.ArrowInvalid):
+            break  # the batch a crash cut short: everything before it is whole
+        chunk.append(batch)
+        rows += batch.num_rows
+        if rows >= ROW_GROUP_ROWS:
+            yield pa.Table.from_batches(chunk).combine_chunks()
+            chunk, rows = [], 0
+    if rows:
+        yield pa.Table.from_batches(chunk).combine_chunks()
 
 
 class EventWriter:
@@ -281,18 +308,32 @@ class EventWriter:
 
     # -- files ---------------------------------------------------------------------------
     def _convert(self, journal: Path) -> dict[str, Any] | None:
-        table, _ = read_arrow_stream(journal)
-        if table is None or not table.num_rows:
-            journal.unlink()
-            return None
-        meta = dict(table.schema.metadata or {})
-        index = event_file_index(journal)
-        meta[b"file_index"] = str(index).encode()
-        table = table.replace_schema_metadata(meta)
+        """The journal's complete batches into Parquet, a row group at a time (so that a
+        storm's 200,000-row file never sits whole in memory), then the journal removed."""
         final = journal.with_suffix(PARQUET_SUFFIX)
         tmp = final.with_name(f".{final.name}.tmp")
+        info: dict[str, Any] = {"name": final.name, "rows": 0}
         try:
-            pq.write_table(table.combine_chunks(), tmp, **PARQUET_OPTIONS)
+            with pa.memory_map(str(journal)) as src:
+                writer = None
+                for group in _row_groups(src):
+                    if writer is None:
+                        meta = {
+                            **(group.schema.metadata or {}),
+                            b"file_index": str(event_file_index(journal)).encode(),
+                        }
+                        writer = pq.ParquetWriter(
+                            tmp, group.schema.with_metadata(meta), **PARQUET_OPTIONS
+                        )
+                        info["first_ts_wall_ns"] = group["ts_wall_ns"][0].as_py()
+                    writer.write_table(group.replace_schema_metadata(writer.schema.metadata))
+                    info["rows"] += group.num_rows
+                    info["last_ts_wall_ns"] = group["ts_wall_ns"][-1].as_py()
+                if writer is not None:
+                    writer.close()
+            if not info["rows"]:
+                journal.unlink()
+                return None
             if self.sync:
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
@@ -304,15 +345,7 @@ class EventWriter:
         journal.unlink()
         if self.sync:
             _fsync_dir(self.out_dir)
-        info: dict[str, Any] = {
-            "name": final.name,
-            "rows": table.num_rows,
-            "bytes": final.stat().st_size,
-        }
-        if "ts_wall_ns" in table.column_names and table.num_rows:
-            ts = table.column("ts_wall_ns")
-            info["first_ts_wall_ns"] = ts[0].as_py()
-            info["last_ts_wall_ns"] = ts[-1].as_py()
+        info["bytes"] = final.stat().st_size
         return info
 
     def _recover_journals(self) -> list[dict[str, Any]]:
