@@ -89,7 +89,7 @@ def test_count_mode_prints_like_tcpretrans(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(2.5)  # compile and attach
+        _wait_ready(proc)
         _traffic(lab, 1_500_000)
         out, err = proc.communicate(timeout=60)
     lines = out.strip().splitlines()
@@ -107,18 +107,33 @@ def test_live_lines_with_sequence(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(2.5)
+        _wait_ready(proc)  # compiled and attached (seconds on a loaded machine)
         start_server(lab, "--port", PORT4, "--mode", "sink", "--timeout-s", "20")
         c = start_bulk(lab, PORT4, "1500000", timeout_s=15)
         c.wait(timeout=30)
         out, err = proc.communicate(timeout=60)
     lines = out.strip().splitlines()
     assert lines[0].split()[:4] == ["TIME", "PID", "IP", "LADDR:LPORT"] and "SEQ" in lines[0]
-    body = [ln for ln in lines[1:] if f":{PORT4}" in ln]
+    # Retransmissions of the transfer itself (those after its close read FIN_WAIT1).
+    body = [ln.split() for ln in lines[1:] if f":{PORT4}" in ln and " ESTABLISHED " in ln]
     assert body, out
-    fields = body[0].split()
-    assert fields[4] == "R>" and fields[6] == "ESTABLISHED" and fields[7].isdigit()
-    assert fields[8] in {"fast", "tlp", "rto", "rto_recovery"}
+    for fields in body:
+        assert fields[4] == "R>" and fields[7].isdigit()
+        assert fields[8] in {"fast", "tlp", "rto", "rto_recovery"}
+
+
+def _wait_ready(proc, timeout_s: float = 60.0) -> None:
+    from retranscope.lab.recorded import READY_MARK
+    from retranscope.lines import LineReader
+
+    lines = LineReader(proc.stderr.fileno())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = lines.readline(timeout_s=0.5)
+        if line is not None and READY_MARK in line:
+            return
+        assert not lines.eof, "the recorder exited before it was ready"
+    raise AssertionError("the recorder was not ready in time")
 
 
 def test_pid_filter_keeps_only_that_process(tmp_path):
