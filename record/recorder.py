@@ -206,6 +206,8 @@ def record(opts: RecordOptions, stdout: TextIO = sys.stdout, stderr: TextIO = sy
     # The C library's allocator, not Arrow's default (mimalloc, which keeps freed memory
     # for a while): measured by bench/soak_record.py, RSS then stays within 0.3 MB over
     # minutes instead of wandering by 4-14 MB, 16 MB smaller, at the same CPU per event.
+    # The CLI sets ARROW_DEFAULT_MEMORY_POOL=system before pyarrow loads, so that mimalloc
+    # never starts; here for callers that import pyarrow first.
     pa.set_memory_pool(pa.system_memory_pool())
     return Recorder(opts, stdout, stderr).run()
 

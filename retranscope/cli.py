@@ -105,6 +105,10 @@ def record(
 ) -> None:
     """Trace every TCP retransmission with the kernel's reason (root, or CAP_BPF +
     CAP_PERFMON and the others docs/recorder.md lists)."""
+    import os
+
+    # Before pyarrow loads: Arrow on the C library's allocator (record/recorder.py, record).
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     from retranscope.record.recorder import RecordOptions
     from retranscope.record.recorder import record as run
 
