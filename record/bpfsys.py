@@ -7,6 +7,7 @@ the kernel copies at most ``info_len`` bytes and says how many it knows of.
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import os
 import struct
 
@@ -19,6 +20,11 @@ _PROG_INFO_RECURSION_MISSES = 208
 _MAP_INFO_SIZE = 88
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ct.CDLL:
+    return ct.CDLL(None, use_errno=True)
+
+
 def _obj_info(fd: int, size: int) -> tuple[bytes, int] | None:
     """(info bytes, how many the kernel filled) or None if the call fails."""
     if _SYS_BPF is None:
@@ -26,8 +32,7 @@ def _obj_info(fd: int, size: int) -> tuple[bytes, int] | None:
     info = ct.create_string_buffer(size)
     attr = struct.pack("=IIQ", fd, size, ct.addressof(info))
     attr_buf = ct.create_string_buffer(attr, 128)
-    libc = ct.CDLL(None, use_errno=True)
-    rc = libc.syscall(
+    rc = _libc().syscall(
         ct.c_long(_SYS_BPF), ct.c_int(_BPF_OBJ_GET_INFO_BY_FD), attr_buf, ct.c_uint(128)
     )
     if rc != 0:
