@@ -301,16 +301,24 @@ def test_outputs_read_as_they_are_by_polars_and_duckdb(tmp_path, with_events):
     assert dict(kinds) == by_pandas.to_dict()
 
 
-def test_every_output_column_is_documented(tmp_path):
-    """schemas/outputs.py says what each column of retransmits.parquet means: all of them."""
-    from retranscope.schemas.outputs import RETRANSMIT_COLUMNS
+def test_outputs_have_the_declared_schemas_whatever_the_inputs(tmp_path):
+    """retransmits.parquet and flows.parquet have exactly the schemas of schemas/outputs.py
+    (same columns, order and types for a capture, events or both), and every column carries
+    its meaning as field metadata."""
+    from retranscope.schemas.outputs import FLOWS_SCHEMA, RETRANSMITS_SCHEMA
 
-    documented = [c for c, _ in RETRANSMIT_COLUMNS]
     d = CORPUS / "random_loss_notso"
-    assert analyze_both(d / "capture.pcap", d, tmp_path / "b").exit_code == 0
-    both = list(pd.read_parquet(tmp_path / "b" / "retransmits.parquet").columns)
-    r = cli("analyze", "--pcap", str(d / "capture.pcap"), "--out", str(tmp_path / "c"), "-q")
-    assert r.exit_code == 0, r.output
-    alone = list(pd.read_parquet(tmp_path / "c" / "retransmits.parquet").columns)
-    assert set(both) | set(alone) == set(documented)
-    assert set(alone) <= set(both)
+    runs = {
+        "both": ("--pcap", str(d / "capture.pcap"), "--events", str(d)),
+        "capture": ("--pcap", str(d / "capture.pcap")),
+        "events": ("--events", str(d)),
+    }
+    for mode, args in runs.items():
+        r = cli("analyze", *args, "--out", str(tmp_path / mode), "-q")
+        assert r.exit_code == 0, r.output
+        for name, declared in (("retransmits", RETRANSMITS_SCHEMA), ("flows", FLOWS_SCHEMA)):
+            written = pq.read_schema(tmp_path / mode / f"{name}.parquet")
+            assert written.names == declared.names, (mode, name)
+            assert written.types == declared.types, (mode, name)
+            for f in written:
+                assert (f.metadata or {}).get(b"doc"), f"{name}.{f.name} has no doc ({mode})"
