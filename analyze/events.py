@@ -2,6 +2,11 @@
 
 Refuses Parquet of another schema or schema version with one clear line, and files
 that are not Parquet at all; never reads a partial table as if complete.
+
+The events become a table of analyze/table.py (numpy columns; Nullable where the schema
+allows nulls; text as object arrays), the type every stage of analyze/ works on, with the
+addresses also as the packet table's numeric halves (``saddr_hi``/``saddr_lo``, ...):
+each distinct address is parsed once here, and the join compares numbers.
 """
 
 from __future__ import annotations
@@ -10,17 +15,19 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retranscope.analyze.table import Nullable, Table, take
 from retranscope.errors import BadInput, SchemaMismatch
 from retranscope.schemas.events import EVENT_SCHEMA, SCHEMA_NAME, SCHEMA_VERSION
+from retranscope.schemas.packets import addr_from_str
 
 
 @dataclass
 class Events:
-    table: pd.DataFrame
+    table: Table  # one row per event, in CLOCK_MONOTONIC order
     run: dict = field(default_factory=dict)  # run.json, {} if absent
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -87,6 +94,35 @@ def read_events(path: str | Path) -> Events:
         if unseen:
             warnings.append(f"the kernel retransmitted {unseen} segments that no event reported "
                             "(it ran no probe for them; see summary.json recording.accounting)")
-    df = table.to_pandas()
-    df = df.sort_values("ts_mono_ns", kind="stable").reset_index(drop=True)
-    return Events(table=df, run=run, files=[str(f) for f in files], warnings=warnings)
+    events = events_table(table)
+    return Events(table=events, run=run, files=[str(f) for f in files], warnings=warnings)
+
+
+def events_table(table: pa.Table) -> Table:
+    """An events Arrow table -> analyze/table.py's type, sorted by ts_mono_ns (stable),
+    with numeric address halves beside the text."""
+    out: Table = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_string(col.type):
+            out[name] = np.array(col.to_pylist(), dtype=object)
+        elif col.null_count:
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            values = col.fill_null(0).to_numpy()
+            out[name] = Nullable(values, valid)
+        else:
+            out[name] = col.to_numpy()
+    for side in ("saddr", "daddr"):
+        out[f"{side}_hi"], out[f"{side}_lo"] = address_halves(out[side])
+    return take(out, np.argsort(out["ts_mono_ns"], kind="stable"))
+
+
+def address_halves(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Addresses as text -> the packet table's (hi, lo) uint64 halves, each distinct
+    address parsed once."""
+    uniq, codes = np.unique(text.astype(str), return_inverse=True)
+    parsed = np.array([addr_from_str(a)[:2] for a in uniq.tolist()],
+                      dtype=np.uint64).reshape(-1, 2)
+    if not len(uniq):
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    return parsed[codes, 0], parsed[codes, 1]

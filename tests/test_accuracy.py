@@ -58,8 +58,8 @@ def evaluate(directory: Path) -> pd.DataFrame:
     event_of_row, _ = join_events(events, packets, eligible=eligible)
     ev = event_of_row[out["pkt"].to_numpy()]
     ok = ev >= 0
-    out["truth"] = np.where(ok, events["reason"].to_numpy()[np.clip(ev, 0, None)], None)
-    out["kernel_ca_state"] = np.where(ok, events["ca_state"].to_numpy()[np.clip(ev, 0, None)],
+    out["truth"] = np.where(ok, np.asarray(events["reason"])[np.clip(ev, 0, None)], None)
+    out["kernel_ca_state"] = np.where(ok, np.asarray(events["ca_state"])[np.clip(ev, 0, None)],
                                       None)
     out["scenario"] = directory.name
     sack = flows.set_index("flow_id")["sack_ok"]
