@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up retranscope on a Debian/Ubuntu machine, as root: system packages (bcc, tcpdump,
-# tshark, tcptrace, nftables, ...), kernel headers for bcc (the workaround from
-# FIELD-NOTES.md only where no matching headers exist), tracefs, and .venv/ with the
+# tshark, tcptrace, nftables, ...), kernel headers for bcc (the workaround in
+# docs/kernel-notes.md only where no matching headers exist), tracefs, and .venv/ with the
 # project installed and Debian's bcc module linked in. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -44,7 +44,7 @@ if [ ! -e "$BUILD/include" ]; then
     mkdir -p "/lib/modules/$REL"
     ln -sfn "$HDR" "$BUILD"
     ln -sfn "$COMMON" "/lib/modules/$REL/source"
-    say "no headers for $REL: using $(basename "$HDR") (workaround: FIELD-NOTES.md)"
+    say "no headers for $REL: using $(basename "$HDR") (workaround: docs/kernel-notes.md)"
   fi
 fi
 

@@ -1,7 +1,7 @@
 """Join kernel events to the capture's frames: by flow, sequence range and time.
 
 One event (one tcp_retransmit_skb call) covers [seq, end_seq) of one skb, which can be
-several wire segments (GSO/TSO; FIELD-NOTES.md), and the same range can be resent many
+several wire segments (GSO/TSO; docs/kernel-notes.md), and the same range can be resent many
 times (an RTO chain), so the time decides between events of the same range: each frame
 goes to the overlapping event nearest to it in time. Both clocks are the recording
 host's CLOCK_REALTIME (events: CLOCK_MONOTONIC + the offset saved in run.json).

@@ -6,7 +6,7 @@ either interface with an AF_PACKET socket and writes it out of the other one ``X
 serve both directions; FIFO order per direction is kept because the delay is constant and
 ties are broken by arrival order. Good for about 10k frames/s, far more than a lab flow needs.
 
-The kernel has no ``sch_netem`` here (FIELD-NOTES), so ``Lab(rtt_ms=...)`` starts this in a
+The kernel has no ``sch_netem`` here (docs/kernel-notes.md), so ``Lab(rtt_ms=...)`` starts this in a
 middle namespace that joins the sender's and the receiver's veth pairs.
 
 Frames are read and written with ``PACKET_VNET_HDR``: each carries a ``virtio_net_hdr`` that

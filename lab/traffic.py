@@ -22,7 +22,7 @@ Wire protocol (both ends are ours, so it is as simple as the scenarios allow):
   ``--size`` bytes (uniform in LO-HI), ``--interval-ms`` apart (uniform in LO-HI), with
   TCP_NODELAY unless ``--nagle``: each write leaves at once as its own segment, so only one
   or two segments are in flight (PTO = 2*SRTT + 200 ms clamped to the RTO with one;
-  FIELD-NOTES). Then the same shutdown/count check as ``bulk``.
+  docs/kernel-notes.md). Then the same shutdown/count check as ``bulk``.
 * ``echo-slow``: the client sends bursts of ``--burst`` requests, each its own ``send()`` with
   TCP_NODELAY set, each framed by an 8-byte header ``!IHH`` = (payload bytes, index in burst,
   burst length). The server "thinks" ``--think-ms`` per burst and sends one reply (same
@@ -30,7 +30,7 @@ Wire protocol (both ends are ours, so it is as simple as the scenarios allow):
   before the next burst.
 
   By default the server thinks *before* reading the burst (a busy server whose requests wait
-  in the receive queue). With 15-30 ms that is the no-loss spurious TLP of FIELD-NOTES: the
+  in the receive queue). With 15-30 ms that is the no-loss spurious TLP of docs/kernel-notes.md: the
   server's delayed ACK outlasts the client's PTO = 2·SRTT + 2 ms (``tcp_schedule_loss_probe``),
   the probe is answered with a D-SACK (RFC 2883). Thinking *after* reading
   (``--think-where after-read``) almost never gives one, measured: reading a small pushed

@@ -64,7 +64,7 @@ def test_tlp_after_two_srtt_of_silence_resends_the_tail():
 
 
 def test_spurious_tlp_reported_by_dsack():
-    # FIELD-NOTES: small requests, a slow server whose delayed ACK outlasts the PTO; the
+    # docs/kernel-notes.md: small requests, a slow server whose delayed ACK outlasts the PTO; the
     # probe duplicates the last request and the server answers with a D-SACK.
     tr, c, t, seq = start()
     for i in range(3):
