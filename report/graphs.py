@@ -29,6 +29,9 @@ from retranscope.report.packets import (
 
 #: Flows graphed per analysis when none is asked for.
 DEFAULT_GRAPHS = 3
+#: Flows whose probes get an ACK delay from the capture, at most (those with the most
+#: probes; each flow costs a little Python, a fleet-sized capture has many).
+MAX_DELAY_FLOWS = 2000
 
 _ENDPOINT = r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+):(\d+)"
 _SPEC = re.compile(rf"^{_ENDPOINT}\s*(?:-|->|→|,)\s*{_ENDPOINT}$")
@@ -132,7 +135,14 @@ def gather(a, opts: GraphOptions) -> Evidence:
             )
         return ev
     chosen = choose_flows(flows, opts.flows, opts.top, ev.missing)
-    tlp_flow_ids = set(r.loc[r["kind"] == "tlp", "flow_id"]) - {-1}
+    probes = r.loc[(r["kind"] == "tlp") & (r["flow_id"] >= 0), "flow_id"].value_counts()
+    if len(probes) > MAX_DELAY_FLOWS:
+        ev.notes.append(
+            f"ACK delays measured for the probes of the {MAX_DELAY_FLOWS:,} flows with the "
+            f"most probes ({int(probes.iloc[:MAX_DELAY_FLOWS].sum()):,} of "
+            f"{int(probes.sum()):,} probes)."
+        )
+    tlp_flow_ids = set(probes.index[:MAX_DELAY_FLOWS].tolist())
     tlp_flows = flows[flows["flow_id"].isin(tlp_flow_ids)]
     if chosen.empty and tlp_flows.empty:
         return ev

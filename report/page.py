@@ -61,7 +61,10 @@ def table_html(df: pd.DataFrame, row_class: list[str] | None = None) -> str:
             for v in row
         )
         rows.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return (
+        f"<div class='tw'><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def table_md(df: pd.DataFrame) -> str:

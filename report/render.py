@@ -283,6 +283,16 @@ def timing_table(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _fields(one_row: pd.DataFrame) -> pd.DataFrame:
+    """A one-row table as field/value pairs (a single capture's figures)."""
+    row = one_row.iloc[0]
+    return pd.DataFrame({"": list(row.index), "value": [_cell_text(v) for v in row]})
+
+
+def _cell_text(v) -> str:
+    return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
+
+
 # The tables every rendering shows, in order, after the kinds and plots.
 TABLE_SECTIONS = (
     ("Timing", timing_table),
@@ -317,6 +327,7 @@ def capture_table(a: Analysis) -> pd.DataFrame:
     capture set's ``files`` list, or the single capture."""
     cap = a.summary.get("capture") or {}
     files = cap.get("files")
+    entries: list[dict]
     if files:
         entries = [f if isinstance(f, dict) else {"path": str(f)} for f in files]
     elif cap.get("path"):
@@ -340,13 +351,24 @@ def capture_table(a: Analysis) -> pd.DataFrame:
         for k in ("first_ts_ns", "last_ts_ns"):
             if k in row:
                 row[k] = _wall(row[k])
-        if e.get("first_ts_ns") is not None and e.get("last_ts_ns") is not None:
-            row["duration"] = f"{(e['last_ts_ns'] - e['first_ts_ns']) / 1e9:.3f} s"
+        first, last = e.get("first_ts_ns"), e.get("last_ts_ns")
+        if first is not None and last is not None:
+            row["duration"] = f"{(int(last) - int(first)) / 1e9:.3f} s"
         rows.append(row)
     out = pd.DataFrame(rows).rename(
         columns={"first_ts_ns": "first packet", "last_ts_ns": "last packet"}
     )
     return out
+
+
+def _fields(one_row: pd.DataFrame) -> pd.DataFrame:
+    """A one-row table as field/value pairs (a single capture's figures)."""
+    row = one_row.iloc[0]
+    return pd.DataFrame({"": list(row.index), "value": [_cell_text(v) for v in row]})
+
+
+def _cell_text(v) -> str:
+    return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
 
 
 # The tables every rendering shows, in order, after the kinds and plots.
@@ -423,9 +445,10 @@ def analysis_html(a: Analysis, ev: graphs.Evidence | None = None, level: int = 2
         f"<h{level}>{escape(a.name)}</h{level}><p class='verdict'>{escape(verdict(h))}</p>"
     ]
     cap = capture_table(a)
-    if not cap.empty:
-        title = f"Capture set: {len(cap)} files" if len(cap) > 1 else "Capture"
-        parts.append(section(title, table_html(cap)))
+    if len(cap) > 1:
+        parts.append(section(f"Capture set: {len(cap)} files", table_html(cap)))
+    elif len(cap):
+        parts.append(section("Capture", table_html(_fields(cap))))
     if h["retransmissions"]:
         parts.append(svg.bars(list(h["by_kind"].items()), "Retransmissions by kind"))
         parts.append(table_html(kinds_table(h)))
@@ -566,8 +589,9 @@ def render_markdown(analyses: list[Analysis], evidence: list | None = None) -> s
         h = headline(a)
         out += [f"## {a.name}", "", verdict(h), ""]
         cap = capture_table(a)
-        if not cap.empty:
-            out += ["### Capture", "", table_md(cap)]
+        if len(cap):
+            title = f"Capture set: {len(cap)} files" if len(cap) > 1 else "Capture"
+            out += [f"### {title}", "", table_md(cap if len(cap) > 1 else _fields(cap))]
         if h["retransmissions"]:
             out += [table_md(kinds_table(h))]
             p = probegap.probe_table(a.retransmits, e.ack_delay if e else None)
