@@ -152,15 +152,15 @@ def plot(p: pd.DataFrame, title: str, width: int = 560, height: int = 420) -> st
         )
         fill = "#fff" if row.spurious else color
         out.append(
-            f'<circle class="probe" cx="{cx:.1f}" cy="{cy:.1f}" r="4.5" fill="{fill}" '
-            f'stroke="{color}" stroke-width="1.8"><title>{escape(tip)}</title></circle>'
+            f'<circle class="probe" cx="{cx:.1f}" cy="{cy:.1f}" r="6" fill="{fill}" '
+            f'stroke="{color}" stroke-width="2.2"><title>{escape(tip)}</title></circle>'
         )
         if not pd.isna(row.ack_delay_ms):
             ay = y(row.ack_delay_ms)
-            up = "m6 -6v-14m-3 3l3 -3l3 3" if row.after_probe else ""
+            up = "m4 -4v-14m-3 3l3 -3l3 3" if row.after_probe else ""
             out.append(
-                f'<path class="ackdelay" d="M{cx - 6:.1f} {ay - 6:.1f}l12 12m0 -12'
-                f'l-12 12{up}" fill="none" stroke="#0072b2" stroke-width="1.6">'
+                f'<path class="ackdelay" d="M{cx - 4:.1f} {ay - 4:.1f}l8 8m0 -8'
+                f'l-8 8{up}" fill="none" stroke="#0072b2" stroke-width="1.4">'
                 f"<title>{escape(tip)}</title></path>"
             )
     lx = left + 8

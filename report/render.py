@@ -283,25 +283,6 @@ def timing_table(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fields(one_row: pd.DataFrame) -> pd.DataFrame:
-    """A one-row table as field/value pairs (a single capture's figures)."""
-    row = one_row.iloc[0]
-    return pd.DataFrame({"": list(row.index), "value": [_cell_text(v) for v in row]})
-
-
-def _cell_text(v) -> str:
-    return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
-
-
-# The tables every rendering shows, in order, after the kinds and plots.
-TABLE_SECTIONS = (
-    ("Timing", timing_table),
-    ("Flows that suffered most", top_flows),
-    ("RTO backoff chains", rto_chains),
-    ("Kernel counters over the recording", kernel_counters),
-)
-
-
 def _wall(ns) -> str:
     if ns is None or pd.isna(ns):
         return ""

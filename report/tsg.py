@@ -22,6 +22,7 @@ import pandas as pd
 
 from retranscope.report import causes
 from retranscope.report.packets import FlowView
+from retranscope.report.page import table_html
 from retranscope.report.svg import COLORS
 from retranscope.schemas.vocabulary import KINDS
 
@@ -249,8 +250,10 @@ def flow_label(flow) -> str:
 
 def _json_script(data: dict) -> str:
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    # Inside <script>, "</" would end the element early; "<\/" is the same JSON string.
-    return text.replace("</", "<\\/")
+    # Inside <script>, "</script" ends the element and "<!--" changes how the rest is
+    # parsed (HTML's script data states); "<" only occurs inside JSON strings, where
+    # "\u003c" is the same character.
+    return text.replace("<", "\\u003c")
 
 
 LEGEND = (
@@ -279,8 +282,6 @@ def figure_html(data: dict, graph_id: str, rows: pd.DataFrame) -> str:
         f"<span class='lg'><i class='sw {c}'></i>{escape(t)}</span>" for c, t in LEGEND
     )
     table, left_out = causes.why_table(rows, limit=200)
-    from retranscope.report.page import table_html
-
     more = f"<p>{left_out:,} more in retransmits.parquet.</p>" if left_out else ""
     return (
         f"<figure class='tsg' id='{graph_id}'>"
