@@ -46,7 +46,7 @@ class Sampled:
         if self.stride <= 1:
             return f"all {self.total:,} {what}"
         near = (
-            f"all within {self.neighbours} of a retransmission"
+            f"all within {self.neighbours} of a retransmission or of the original it resent"
             if self.neighbours >= 0
             else "all in the same stretches of time around each retransmission"
         )
@@ -66,15 +66,14 @@ def _focus_mask(n: int, pos: np.ndarray, k: int) -> np.ndarray:
     return np.cumsum(diff[:n]) > 0
 
 
-def sample(t: np.ndarray, rtx_t: np.ndarray, budget: int = SAMPLE_BUDGET) -> Sampled:
-    """Rows of a time-ordered series to draw: all if they fit the budget; else every row
-    within ``k`` of a retransmission's time (k from FOCUS_MAX down to 1, so that about
-    half the budget goes there) and every ``stride``-th row elsewhere."""
-    n = len(t)
+def sample(n: int, pos: np.ndarray, budget: int = SAMPLE_BUDGET) -> Sampled:
+    """Rows of a series of ``n`` to draw: all if they fit the budget; else every row within
+    ``k`` of a position in ``pos`` (where a retransmission left, and the original it
+    resent; k from FOCUS_MAX down to 1, so that about half the budget goes there) and
+    every ``stride``-th row elsewhere."""
     if n <= budget:
         return Sampled(np.arange(n), n, 0, 1)
-    pos = np.searchsorted(t, rtx_t)
-    k = int(np.clip(budget // max(1, 4 * len(rtx_t)), 1, FOCUS_MAX)) if len(rtx_t) else 0
+    k = int(np.clip(budget // max(1, 4 * len(pos)), 1, FOCUS_MAX)) if len(pos) else 0
     focus = _focus_mask(n, pos, k) if k else np.zeros(n, bool)
     rest = np.flatnonzero(~focus)
     room = max(budget - int(focus.sum()), budget // 4)
@@ -162,10 +161,15 @@ def graph_data(
     r_s = view.place(rows["ts_wall_ns"].to_numpy(np.int64), rows["seq"].to_numpy(np.int64))
     r_e = r_s + ((rows["end_seq"].to_numpy(np.int64) - rows["seq"].to_numpy(np.int64)) & 0xFFFFFFFF)
     o = np.flatnonzero(view.original)
-    orig = sample(view.t_ns[o], r_t, budget)
+    # Where each retransmission left among the originals, and the original that carried
+    # its first byte: zoomed in on either, the segments around it are there.
+    reach = np.maximum.accumulate(view.end[o]) if len(o) else np.zeros(0, np.int64)
+    pos = np.concatenate(
+        [np.searchsorted(view.t_ns[o], r_t), np.searchsorted(reach, r_s, side="right")]
+    )
+    orig = sample(len(o), pos, budget)
     o_keep = o[orig.keep]
     k = max(orig.neighbours, 1)
-    pos = np.searchsorted(view.t_ns[o], r_t)
     windows = (
         view.t_ns[o][np.clip(pos - k, 0, max(len(o) - 1, 0))] if len(o) else r_t,
         view.t_ns[o][np.clip(pos + k, 0, max(len(o) - 1, 0))] if len(o) else r_t,

@@ -51,7 +51,7 @@
       st: undelta(data.sack.t), sl: data.sack.l, sr: data.sack.r, sd: data.sack.d,
       rt: data.rtx.t, rs: data.rtx.s, re: data.rtx.e, rk: data.rtx.k, rsp: data.rtx.sp,
       rf: data.rtx.frame, why: data.rtx.why, timer: data.rtx.timer,
-      kinds: data.kinds, colors: data.colors
+      kinds: data.kinds, colors: data.colors, sampled: data.sampled
     };
     this.build();
     this.full = this.extent();
@@ -215,6 +215,10 @@
       el("line", { x1: M.l, x2: W - M.r, y1: y, y2: y, "class": "grid" }, g);
       el("text", { x: M.l - 4, y: y + 4, "text-anchor": "end" }, g).textContent =
         fmtBytes(t, ys);
+    }
+    if (this.d.sampled) {
+      el("text", { x: M.l + 6, y: M.t + 14, "class": "lab" }, this.gTop).textContent =
+        "originals and ACKs sampled, every retransmission drawn (see the note below)";
     }
     if (this.rwndAbove && this.sy(this.wmax) < M.t) {
       el("text", { x: W - M.r - 6, y: M.t + 14, "text-anchor": "end", "class": "lab" },
