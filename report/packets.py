@@ -222,10 +222,11 @@ def read_flow_packets(
             _check_same_capture(cap.meta, summary, path, i)
         p = cap.packets
         pre = np.flatnonzero(np.isin(p["sport"], ports))  # a cheap first cut
-        sub = {k: p[k][pre] for k in USED_COLUMNS}
-        keep = np.isin(_packet_keys(sub), want_keys)
-        parts.append({k: v[keep] for k, v in sub.items()})
-        del cap, p, sub
+        key_cols = ("saddr_hi", "saddr_lo", "sport", "daddr_hi", "daddr_lo", "dport")
+        keys = _key(*(p[k][pre] for k in key_cols))
+        rows = pre[np.isin(keys, want_keys)]
+        parts.append({k: p[k][rows] for k in USED_COLUMNS})
+        del cap, p
     return PacketIndex({k: np.concatenate([part[k] for part in parts]) for k in USED_COLUMNS})
 
 
