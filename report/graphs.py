@@ -162,15 +162,17 @@ def gather(a, opts: GraphOptions) -> Evidence:
         check=bool(opts.pcap),
     )
     delays = []
+    probe_rows = r[(r["kind"] == "tlp") & r["flow_id"].isin(tlp_flow_ids)].groupby("flow_id")
+    drawn = set(chosen["flow_id"].tolist())
     for _, flow in wanted.iterrows():
         span = flow_span(flows, flow)
         view = flow_view(index, flow, span)
         fid = int(flow["flow_id"])
         if fid in tlp_flow_ids:
-            t = r[(r["flow_id"] == fid) & (r["kind"] == "tlp")]
+            t = probe_rows.get_group(fid)
             ends = view.place(t["ts_wall_ns"].to_numpy("int64"), t["end_seq"].to_numpy("int64"))
             delays.append(pd.Series(ack_delay_ns(view, ends), index=t.index))
-        if fid in set(chosen["flow_id"]):
+        if fid in drawn:
             rows = tsg.rows_of_flow(r, flow, span)
             data = tsg.graph_data(view, flow, rows, f"{tsg.flow_label(flow)} (flow {fid})")
             ev.figures.append(tsg.figure_html(data, f"tsg-{opts.key}{fid}", rows))
