@@ -6,7 +6,7 @@ time-sequence graphs and the receiver's ACK delay need them, so the report reads
 capture again (the path summary.json's ``capture`` section records, or ``--pcap``), keeps
 only the packets of the flows it draws, and unwraps their 32-bit sequence numbers.
 
-The capture is read through the analyzer's public reader only (``_read_capture``: the one
+The capture is read through the analyzer's public reader only (``read_capture_file``: the one
 line to change when the reader moves), file by file, each file filtered to the wanted
 4-tuples before the next is read, so a capture set never sits in memory whole.
 """
@@ -54,7 +54,7 @@ class CaptureMissing(BadInput):
     """The capture an analysis was made from is not where summary.json says."""
 
 
-def _read_capture(path: Path):
+def read_capture_file(path: Path):
     """The analyzer's public capture reader (moving to retranscope.analyze.capture)."""
     from retranscope.analyze.pcap import read_capture
 
@@ -217,7 +217,7 @@ def read_flow_packets(
     ports = np.unique(np.array([f.sport for f in wanted], dtype=np.uint16))
     parts = []
     for i, path in enumerate(paths):
-        cap = _read_capture(path)
+        cap = read_capture_file(path)
         if check:
             _check_same_capture(cap.meta, summary, path, i)
         p = cap.packets
