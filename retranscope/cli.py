@@ -174,7 +174,7 @@ def run_analysis(pcap: Optional[Path], events: Optional[Path], out: Path, quiet:
 @app.command()
 def report(
     analyses: list[Path] = typer.Argument(
-        ..., help="Directories written by `retranscope analyze --out`."
+        ..., help="Directories written by `retranscope analyze --out` (two: compare them)."
     ),
     out: Path = typer.Option(
         Path("report.html"),
@@ -182,13 +182,34 @@ def report(
         "-o",
         help="report.html path or directory (report.md beside it).",
     ),
+    flow: Optional[list[str]] = typer.Option(
+        None,
+        "--flow",
+        help="Draw this flow's time-sequence graph: a flow_id or ADDR:PORT-ADDR:PORT "
+        "(repeatable).",
+    ),
+    pcap: Optional[list[Path]] = typer.Option(
+        None,
+        "--pcap",
+        help="The capture the analysis read, if not where summary.json says (one analysis: "
+        "its file(s); several: one per analysis, in order).",
+    ),
+    graphs: int = typer.Option(
+        3, "--graphs", help="Time-sequence graphs of the flows that suffered most (0: none)."
+    ),
 ) -> None:
     """Write the postmortem (HTML and Markdown) and print its summary."""
-    from retranscope.report.render import load, render_terminal, write_report
+    from retranscope.report.render import ReportOptions, load, render_terminal, write_report
 
     try:
         loaded = [load(a) for a in analyses]
-        paths = write_report(loaded, out)
+        opts = ReportOptions(
+            flows=list(flow or []),
+            pcap=list(pcap or []),
+            top=max(0, graphs),
+            warn=lambda w: typer.echo(f"retranscope: warning: {w}", err=True),
+        )
+        paths = write_report(loaded, out, opts)
         typer.echo(render_terminal(loaded))
         typer.echo(f"wrote {', '.join(str(p) for p in paths)}")
     except RetranscopeError as err:
