@@ -7,8 +7,8 @@
 
 Loss comes from nftables rules in an ``input`` chain of the lab's own table (``inet
 retranscope``) in the receiver's namespace (or, for SYN-ACKs, the sender's): this kernel has
-no netem (docs/kernel-notes.md). Round-trip times come from :mod:`retranscope.lab.delay`, an AF_PACKET
-delay line in the middle namespace. The veth ends are created directly inside the lab's
+no netem (docs/kernel-notes.md). Round-trip times come from :mod:`retranscope.lab.delay`,
+an AF_PACKET delay line in the middle namespace. The veth ends are created directly inside the lab's
 namespaces (``ip link add ... netns``), so nothing of the lab ever exists in the root
 namespace, and deleting the namespaces deletes the veths.
 
