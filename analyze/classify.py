@@ -1,53 +1,17 @@
-"""Why was each segment retransmitted? Replay the Linux sender's loss recovery.
+"""Why was each segment retransmitted? The evidence, in bulk, for the sender's replay.
 
-Linux retransmits from four places (net/ipv4/tcp_output.c, tcp_timer.c, tcp_recovery.c):
-
-* ``tcp_send_loss_probe`` (**tlp**, RFC 8985 §7): the probe timer fired ~2·SRTT after the
-  last transmission or ACK, in the Open/CWR state, on a SACK connection, with no probe
-  already outstanding (``tlp_high_seq``); it resends the *tail* (the last MSS below snd_nxt).
-* ``tcp_retransmit_timer`` (**rto**, RFC 6298 §5): the retransmission timer fired; it
-  enters the Loss state and resends the *head* (snd_una), one MSS, doubling the timer on each
-  consecutive timeout (``backoff``). In SYN_SENT that is a **syn**; a SYN-ACK is a **synack**.
-* ``tcp_xmit_retransmit_queue`` called while processing an ACK (or from the RACK reorder
-  timer, tcp_rack_reo_timeout): **fast** when the congestion state is not Loss (SACK/RACK
-  recovery, RFC 6675 / RFC 8985 §6), **rto_recovery** in the Loss state (the slow-start
-  retransmits of the rest of the window after an RTO, until snd_una passes high_seq).
-
-The capture is taken on the sender's host, so an ACK-clocked retransmission leaves within
-microseconds of the ACK that released it, while every timer fires at least
-TCP_TIMEOUT_MIN_US (2 ms) after the event that armed it. That clock, which segment is resent
-(head = snd_una, tail = the last MSS below snd_nxt), how much is resent at once (the timers
-resend one MSS), and the congestion state replayed below decide the kind.
-
-The replayed state (tcp_fastretrans_alert, tcp_process_loss, tcp_process_tlp_ack):
-
-* Open / Disorder: Disorder while the receiver reports SACKed data above snd_una, or
-  after recovery while the segment at snd_una was ever resent (tcp_try_keep_open). A probe
-  is only scheduled in Open (and CWR), on a SACK connection, with tlp_high_seq clear.
-* Recovery: entered by the first fast retransmit (an ACK with loss news, or the RACK
-  reorder timer; high_seq = snd_nxt), left when snd_una reaches high_seq or when D-SACKs
-  report every retransmission of the episode duplicate (tcp_try_undo_dsack).
-* Loss: entered by an RTO (high_seq = snd_nxt, tlp_high_seq cleared), left when snd_una
-  reaches high_seq, on an Eifel undo (the ACK echoes a TSval older than the first
-  retransmission, tcp_packet_delayed), an F-RTO undo (never-resent data acknowledged, RFC
-  5682), a D-SACK undo, or for Recovery when RACK finds a retransmission lost again
-  (FLAG_LOST_RETRANS: a range already resent in this Loss episode is resent on an ACK).
-* tlp_high_seq: set by a probe; cleared by an ACK beyond it, a D-SACK or pure duplicate
-  ACK at it, entering Recovery or Loss; an ACK exactly at it leaves it set.
-
-A capture that starts mid-connection is read with the same rules: a gap before the next
-new data shows how far snd_nxt already was (retrans.py marks the segments before it), and
-a retransmission with no ACK seen yet is timed from the capture's start.
-
-Work is bulk first: SRTT samples, ACK tables, D-SACK matching and bursts are vectorised; a
-tight loop then walks only the *bursts* of retransmissions of each flow (not every packet),
-applying the ACK-driven state changes between two bursts with binary searches over the
-flow's cumulative-ACK array.
+analyze/sender.py replays the Linux sender's loss recovery burst by burst and names the
+kernel function that resent each one (its module docstring is the specification). This
+module computes, vectorised over the whole capture, what that replay reads: the receiver's
+ACKs per data flow (cumulative ACK, SACK news, D-SACKs, timestamps echoed), the RTT samples
+and the SRTT/RTO they give (tcp_rtt_estimator), each retransmission's clock (time since the
+last ACK, in the sender's own time), snd_nxt and packets_out when it left, its bursts, and
+whether a D-SACK or a timestamp echo (Eifel) showed it spurious. The replay then walks only
+the bursts, with binary searches over each flow's cumulative-ACK array between them.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,6 +25,15 @@ from retranscope.analyze.flows import (
     seg_cummax,
     sequence_space,
 )
+from retranscope.analyze.sender import (
+    ACK_CLOCK_NS,
+    BURST_GAP_NS,
+    NEVER,
+    TCP_RTO_MAX_US,
+    TCP_RTO_MIN_US,
+    TCP_TIMEOUT_INIT_US,
+    replay,
+)
 from retranscope.analyze.table import (
     Nullable,
     Table,
@@ -70,7 +43,8 @@ from retranscope.analyze.table import (
     present,
     to_pandas,
 )
-from retranscope.schemas.packets import TCP_ACK, TCP_RST, TCP_SYN
+from retranscope.schemas.packets import TCP_RST
+from retranscope.schemas.vocabulary import CA_STATES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,29 +55,8 @@ KINDS = ("tlp", "fast", "rto", "rto_recovery", "syn", "synack", "unknown")
 FAMILY = {"rto": "rto", "rto_recovery": "rto", "syn": "rto", "synack": "rto",
           "fast": "fast", "tlp": "tlp", "unknown": "unknown"}
 
-# include/net/tcp.h
-TCP_RTO_MIN_US = 200_000          # TCP_RTO_MIN (HZ/5)
-TCP_RTO_MAX_US = 120_000_000      # TCP_RTO_MAX
-TCP_TIMEOUT_INIT_US = 1_000_000   # TCP_TIMEOUT_INIT, RFC 6298 §2.1
-TCP_TIMEOUT_MIN_US = 2_000        # TCP_TIMEOUT_MIN_US: floor of the PTO and RACK timers
-
-#: A retransmission this soon after an ACK was sent while processing it: no timer can fire
-#: earlier than TCP_TIMEOUT_MIN_US after the ACK that (re)armed it.
-ACK_CLOCK_NS = TCP_TIMEOUT_MIN_US * 1000 // 2
-#: No timer fires sooner than this after the ACK that re-armed it: an ACK that advances
-#: snd_una re-arms the probe/RTO timer (tcp_set_xmit_timer) or the RACK reorder timer, both
-#: at least TCP_TIMEOUT_MIN_US away. Closer than that, a retransmission answers that ACK
-#: even if the stack processed it late (socket owned by the writer: the backlog).
-TIMER_MIN_NS = TCP_TIMEOUT_MIN_US * 1000
-#: Wire segments of one kernel retransmit call (a GSO skb split, or the rest of the queue
-#: walk) leave back to back, with no ACK in between.
-BURST_GAP_NS = TCP_TIMEOUT_MIN_US * 1000 // 2
-
-OPEN, DISORDER, CWR, RECOVERY, LOSS = 0, 1, 2, 3, 4  # enum tcp_ca_state
-CA_NAMES = {OPEN: "Open", DISORDER: "Disorder", CWR: "CWR", RECOVERY: "Recovery", LOSS: "Loss"}
-
 _NONE = NO_VALUE  # "no value": the floor of seg_cummax
-_INF = np.iinfo(np.int64).max // 4
+_INF = NEVER
 
 CLASSIFY_COLUMNS = (
     "kind_pcap", "family", "spurious", "spurious_by", "since_last_send_ns", "since_last_ack_ns",
@@ -450,7 +403,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
         "sack_ok": sack_ok_f, "mss": mss, "mss_known": flows["handshake_seen"].astype(bool),
         "una0": una_init, "a_start": a_idx.start, "a_end": a_idx.end,
     }
-    res = _replay(rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, int(ts_all.min()))
+    res = replay(rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, int(ts_all.min()))
 
     kind = res["kind"]
     out["kind_pcap"] = np.array(kind, dtype=object)
@@ -473,7 +426,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     trig = np.array(res["trigger"], dtype=np.int64)
     out["trigger_frame"] = nullable(_at(A["frame"], trig, trig >= 0, 0), trig >= 0)
     out["since_trigger_ns"] = nullable(r_ts - _at(A["ts"], trig, trig >= 0, 0), trig >= 0)
-    out["ca_state"] = np.array([CA_NAMES.get(s) for s in res["ca"]], dtype=object)
+    out["ca_state"] = np.array([CA_STATES.get(s) for s in res["ca"]], dtype=object)
     out["clock"] = np.array(res["clock"], dtype=object)
     out["position"] = np.array(res["position"], dtype=object)
     out["burst"] = burst_of
@@ -739,314 +692,6 @@ def _ts_echo_spurious(packets, A, a_flow, a_idx, rtx: Table, ts_ok_f) -> np.ndar
     return out
 
 
-# --- the replay --------------------------------------------------------------------------
-
-def _replay(R: dict, F: dict, A: dict, adv_ff: np.ndarray, order_r: np.ndarray,
-            burst_of: np.ndarray, r_flow: np.ndarray, t_cap0: int) -> dict:
-    """Walk each flow's retransmission bursts in order, replaying the congestion state.
-
-    ``R``: per retransmission row, ``F``: per flow, ``A``: the ACK table (see classify).
-    Between two bursts the ACKs' effect on the state (leaving Recovery/Loss when snd_una
-    reaches high_seq, undo, the end of a probe episode) is found by binary search over the
-    flow's cumulative ACKs; the burst's kind then follows from its clock, which segment it
-    resends, and the state.
-    """
-    m = len(r_flow)
-    kind = ["unknown"] * m
-    clock: list = [None] * m
-    position: list = [None] * m
-    ca = [-1] * m
-    backoff = [-1] * m
-    trigger = [-1] * m
-    pto_ns = [0] * m
-    rto_ns = [0] * m
-
-    # Burst table (one row per burst, in flow/time order).
-    b_sorted = burst_of[order_r]
-    b_first = np.flatnonzero(np.r_[True, b_sorted[1:] != b_sorted[:-1]])
-    b_last = np.r_[b_first[1:], len(order_r)]
-    seg_lo = np.minimum.reduceat(R["seq"][order_r], b_first)
-    seg_hi = np.maximum.reduceat(R["end"][order_r], b_first)
-    b_flow = r_flow[order_r[b_first]]
-
-    # Python lists: scalar access in the loop is several times faster than numpy's.
-    a_ts, a_una, a_ack, a_adv, a_sack_hi, a_dsack, a_tsecr, a_payload, a_sack_n, \
-        a_sack_top, a_new_after, a_prev_una, a_sack_left = (A[k].tolist() for k in (
-            "ts", "una", "ack", "adv", "sack_hi", "dsack", "tsecr", "payload", "sack_n",
-            "sack_top", "new_after", "prev_una", "sack_hi_left"))
-    rs_l, rts_l, flags_l, snd_l, tsval_l, hts_l, kl_l, sla_l, srtt_l, rto_l, probe_l, \
-        dsack_l, pkts_l, head_ts_l = (R[k].tolist() for k in (
-            "seq", "ts", "flags", "snd_nxt", "tsval", "has_ts", "k", "sla", "srtt", "rto",
-            "probe", "dsack", "pkts_out", "head_ts"))
-    sack_ok_l, mss_l, mss_known_l, una0_l, a_start, a_end = (F[k].tolist() for k in (
-        "sack_ok", "mss", "mss_known", "una0", "a_start", "a_end"))
-    adv_ff_l = adv_ff.tolist()
-    rows_l = order_r.tolist()
-    bf_l, bl_l = b_first.tolist(), b_last.tolist()
-    lo_l, hi_l = seg_lo.tolist(), seg_hi.tolist()
-    bflow_l = b_flow.tolist()
-
-    cur_flow = -1
-    st = OPEN
-    for bi in range(len(bf_l)):
-        f = bflow_l[bi]
-        rows = rows_l[bf_l[bi]:bl_l[bi]]
-        r0 = rows[0]
-        if f != cur_flow:
-            cur_flow = f
-            st = OPEN
-            high_seq = 0
-            entry_k = -1           # ACK index current when the state was entered
-            loss_ranges = _Ranges()  # ranges resent since the last RTO (the Loss episode)
-            ever_resent = _Ranges()  # every range ever resent (TCPCB_EVER_RETRANS)
-            episode_n = 0          # retransmissions since the last Open (undo accounting)
-            episode_dmax = _NONE   # ... and when the last of their D-SACKs arrived
-            retrans_stamp = None   # TSval of the episode's first retransmission
-            frto = False
-            tlp_high = None
-            tlp_k = -1
-            chain_head = None      # head seq of the current run of timeouts
-            chain_n = 0
-            chain_una = None
-            syn_n = 0
-            last_rtx_ts = {}       # seq -> time of its latest retransmission
-            fa, fb_ = a_start[f], a_end[f]
-        lo, hi = lo_l[bi], hi_l[bi]
-        t0 = rts_l[r0]
-        k = kl_l[r0]                       # last ACK before the burst (absolute index)
-        una = a_una[k] if k >= 0 else una0_l[f]
-        snd_nxt = snd_l[r0]
-        srtt = srtt_l[r0]
-        rto_base = rto_l[r0]
-        sla = sla_l[r0]
-
-        if probe_l[r0]:
-            continue  # keep-alive / window probe: not a retransmission of data
-
-        # ---- ACK-driven transitions between the previous burst and this one -------------
-        if k >= 0:
-            if st in (RECOVERY, LOSS):
-                # Leave when snd_una reaches high_seq (tcp_fastretrans_alert step D,
-                # tcp_process_loss "recovered").
-                j = bisect_left(a_una, high_seq, max(entry_k + 1, fa), fb_)
-                exit_k = j if j < fb_ and a_una[j] >= high_seq else _INF
-                if st == RECOVERY and not sack_ok_l[f]:
-                    # Reno holds Recovery while snd_una == high_seq, until something above
-                    # it is acked (tcp_try_undo_recovery; RFC 6582 against false fast
-                    # retransmits): a timeout meanwhile interrupts recovery (no F-RTO).
-                    j = bisect_right(a_una, high_seq, max(entry_k + 1, fa), fb_)
-                    exit_k = j if j < fb_ and a_una[j] > high_seq else _INF
-                undo_k = _INF
-                if st == LOSS:
-                    undo_k = _loss_undo(entry_k, min(k, exit_k), fa, a_una, a_prev_una, a_adv,
-                                        a_tsecr, a_sack_hi, a_sack_left, a_sack_top,
-                                        a_payload, a_new_after, retrans_stamp, frto,
-                                        loss_ranges, high_seq, sack_ok_l[f], ever_resent)
-                if episode_n and min(exit_k, undo_k) > k:
-                    # tcp_try_undo_dsack / undo_retrans == 0: every retransmission of the
-                    # episode was reported duplicate (tcp_try_undo_loss, tcp_try_undo_dsack).
-                    last_d = episode_dmax
-                    if last_d < _INF:
-                        jd = bisect_left(a_ts, last_d, max(entry_k + 1, fa), fb_)
-                        if jd <= k:
-                            undo_k = min(undo_k, jd)
-                if min(exit_k, undo_k) <= k:
-                    # tcp_try_to_open -> tcp_try_keep_open: Disorder, not Open, while the
-                    # segment at snd_una was ever resent (tcp_any_retrans_done); no probe
-                    # is scheduled in Disorder (tcp_schedule_loss_probe).
-                    st = DISORDER if una in last_rtx_ts else OPEN
-                    episode_n, episode_dmax = 0, _NONE
-                    retrans_stamp = None
-                    loss_ranges = _Ranges()
-                    frto = False
-            elif st == DISORDER and una not in last_rtx_ts:
-                st = OPEN
-            if tlp_high is not None:
-                if _tlp_cleared(tlp_high, tlp_k, k, fa, fb_, a_una, a_ack, a_adv, a_dsack,
-                                a_payload, a_sack_n):
-                    tlp_high = None
-            if chain_una is not None and una > chain_una:
-                chain_head = None
-                chain_n = 0
-                chain_una = None
-
-        sack_ok = sack_ok_l[f]
-        sacked = k >= 0 and a_sack_hi[k] > una
-        head = lo <= una
-        tail = hi >= snd_nxt
-        pos = "head+tail" if head and tail else "head" if head else "tail" if tail else "middle"
-        pkts_out = pkts_l[r0]
-        pto = (2 * srtt + (TCP_RTO_MIN_US if pkts_out == 1 else TCP_TIMEOUT_MIN_US)
-               if srtt > 0 else TCP_TIMEOUT_INIT_US)
-        pto = min(pto, rto_base)
-        fl = flags_l[r0]
-        # The RTO runs from the later of the head's last transmission and the last ACK that
-        # advanced snd_una (tcp_rearm_rto, tcp_rto_delta_us); backed off per timeout.
-        head_tx = max(head_ts_l[r0], last_rtx_ts.get(una, _NONE))
-        ka = adv_ff_l[k] if k >= 0 else -1
-        t_adv = a_ts[ka] if ka >= fa else _NONE
-        since_arm = t0 - max(head_tx, t_adv)
-        bo_next = chain_n + 1 if (chain_head == lo and chain_una == una) else 0
-        rto_due = since_arm >= 0.5 * rto_base * 1000 * (1 << min(bo_next, 10))
-        ack_clocked = 0 <= sla <= ACK_CLOCK_NS or (
-            0 <= sla < TIMER_MIN_NS and k >= 0 and a_adv[k] and not (head and rto_due))
-        if ack_clocked and st == OPEN and k >= 0:
-            # In Open, only an ACK with news enters tcp_fastretrans_alert (tcp_ack_is_dubious):
-            # a SACK, a duplicate ACK, or progress. Peer data alone releases nothing.
-            if not (a_sack_n[k] > 0 or a_adv[k] or a_payload[k] == 0):
-                ack_clocked = False
-
-        trig = -1
-        bo = -1
-        # tcp_retransmit_timer and tcp_send_loss_probe resend one MSS (segs = 1, and
-        # tcp_retrans_try_collapse stays within it): more at once is
-        # tcp_xmit_retransmit_queue, from an ACK (perhaps one not seen) or the RACK timer.
-        multi = len(rows) > 1 or (mss_known_l[f] and hi - lo > mss_l[f])
-        if not sack_ok and st != LOSS and not fl & TCP_SYN and (multi or not head):
-            # NewReno recovery resends only the segment at snd_una, one MSS per partial
-            # ACK (tcp_newreno_mark_lost marks just the head, cut to one MSS), whatever
-            # clocks it (an ACK, or TSQ's tasklet once the device drains). More at once,
-            # or a segment above snd_una, is the Loss state's walk over all that a timeout
-            # marked lost (tcp_timeout_mark_lost): a timeout the capture did not show. Its
-            # high_seq is at least what has been sent.
-            st = LOSS
-            high_seq = snd_nxt
-            entry_k = k
-            loss_ranges = _Ranges()
-            tlp_high = None
-            frto = False
-        if fl & TCP_SYN:
-            knd = "synack" if fl & TCP_ACK else "syn"
-            bo = syn_n
-            syn_n += 1
-            clk = "timer"
-            state_sent = OPEN
-            rto_us = TCP_TIMEOUT_INIT_US * (1 << min(bo, 7))
-        elif ack_clocked:
-            clk = "ack"
-            trig = k
-            # Only RACK can find a retransmission lost again (tcp_identify_packet_loss sets
-            # FLAG_LOST_RETRANS from tcp_rack_mark_lost), and RACK needs SACK: a Reno flow
-            # stays in Loss, resending in slow start, until snd_una passes high_seq
-            # (tcp_process_loss; tcp_newreno_mark_lost marks nothing in Loss).
-            if st == LOSS and (not sack_ok or not loss_ranges.overlaps(lo, hi)):
-                knd = "rto_recovery"
-            else:
-                # A retransmission resent on an ACK in Loss means RACK found it lost again:
-                # FLAG_LOST_RETRANS moves Loss to Recovery (tcp_fastretrans_alert).
-                if st != RECOVERY:
-                    st = RECOVERY
-                    high_seq = snd_nxt
-                    entry_k = k
-                    tlp_high = None  # tcp_init_cwnd_reduction
-                    loss_ranges = _Ranges()
-                knd = "fast"
-            state_sent = st
-            rto_us = rto_base
-        else:
-            clk = "timer"
-            timeout_like = sla < 0 or sla >= 0.75 * rto_base * 1000
-            reo_like = 0 <= sla <= (0.5 * srtt + 15_000) * 1000
-            # No ACK of this flow yet in the capture. Unless the capture only just began,
-            # none arrived lately either: the silence is at least (now - capture start).
-            # Just after the start the clock is unknown. A capture that starts at a random
-            # moment far more often opens in the silence before a timer (hundreds of ms
-            # before an RTO) than in the microseconds between an ACK and the fast
-            # retransmit it clocks: so a resend that the receiver's next ACK shows was at
-            # the head (snd_una moves past it) while it held data beyond is the RTO ending
-            # that silence; one that was not at the head, with data held beyond it, was
-            # sent on SACK news (fast recovery).
-            if k < 0:
-                sla = t0 - t_cap0
-                timeout_like = sla >= 0.75 * rto_base * 1000
-                reo_like = False
-            held_beyond = (k < 0 and sla <= ACK_CLOCK_NS and fa < fb_
-                           and (a_sack_hi[fa] > hi or a_una[fa] > hi))
-            if held_beyond and not multi and a_una[fa] > lo:
-                knd = "rto"
-                # snd_nxt was at least what the receiver shows it held (sent before the
-                # capture): the Loss episode lasts until snd_una passes it.
-                snd_nxt = max(snd_nxt, a_una[fa], a_sack_hi[fa])
-            elif multi or held_beyond:
-                knd = "rto_recovery" if st == LOSS else "fast"
-            elif not sack_ok:
-                # Without SACK the only timer is the RTO (no TLP, no RACK reorder timer):
-                # a retransmission that cannot be one was clocked by a late-processed ACK.
-                if head and (rto_due or k < 0):
-                    knd = "rto"
-                else:
-                    knd = "rto_recovery" if st == LOSS else "fast"
-                    clk = "ack"
-                    trig = k
-            elif st == LOSS:
-                knd = "fast" if (sacked and not head and reo_like) else "rto"
-            elif st == OPEN and not sacked:
-                if tail and tlp_high is None:
-                    knd = "tlp"
-                elif head:
-                    knd = "rto"
-                else:
-                    knd = "tlp" if tail else "fast"
-            else:
-                # Disorder or Recovery: the RACK reorder timer (fast) fires within reo_wnd +
-                # 2 ms of the ACK that armed it; the RTO only after the whole RTO.
-                if head and (timeout_like or not reo_like):
-                    knd = "rto"
-                else:
-                    knd = "fast"
-            if knd == "fast":
-                # The RACK reorder timer was armed by the last ACK (its SACK): the trigger.
-                trig = k
-                if st != RECOVERY:
-                    st = RECOVERY
-                    high_seq = snd_nxt
-                    entry_k = k
-                    tlp_high = None
-            if knd == "rto":
-                if chain_head is not None and chain_head == lo and chain_una == una:
-                    chain_n += 1
-                else:
-                    chain_head, chain_n, chain_una = lo, 0, una
-                bo = chain_n
-                prev_st = st
-                st = LOSS
-                high_seq = snd_nxt
-                entry_k = k
-                loss_ranges = _Ranges()
-                tlp_high = None  # tcp_enter_loss
-                # F-RTO (RFC 5682 §3.1 step 1) unless recovery was already underway.
-                frto = prev_st < RECOVERY or chain_n > 0
-            if knd == "tlp":
-                tlp_high = snd_nxt
-                tlp_k = k
-            state_sent = st
-            rto_us = rto_base * (1 << min(max(bo, 0), 10))
-            rto_us = min(rto_us, TCP_RTO_MAX_US)
-
-        if knd in ("rto", "rto_recovery"):
-            loss_ranges.add(lo, hi)
-        ever_resent.add(lo, hi)
-        if knd != "tlp":
-            if not episode_n and knd not in ("syn", "synack"):
-                retrans_stamp = tsval_l[r0] if hts_l[r0] else None
-            episode_n += len(rows)
-            for r in rows:
-                if dsack_l[r] > episode_dmax:
-                    episode_dmax = dsack_l[r]
-        for r in rows:
-            last_rtx_ts[rs_l[r]] = rts_l[r]
-            kind[r] = knd
-            clock[r] = clk if r == r0 else "burst"
-            position[r] = pos
-            ca[r] = state_sent
-            backoff[r] = bo
-            trigger[r] = trig
-            pto_ns[r] = int(pto * 1000)
-            rto_ns[r] = int(rto_us * 1000)
-    return {"kind": kind, "clock": clock, "position": position, "ca": ca, "backoff": backoff,
-            "trigger": trigger, "pto_ns": pto_ns, "rto_ns": rto_ns}
-
-
 def _ffill_adv(adv: np.ndarray, a_flow: np.ndarray) -> np.ndarray:
     """Per ACK row, the row of the last ACK at or before it (same flow) that advanced
     snd_una, else -1."""
@@ -1058,111 +703,6 @@ def _ffill_adv(adv: np.ndarray, a_flow: np.ndarray) -> np.ndarray:
         same[same] = a_flow[last[same]] == a_flow[same]
         last = np.where(same, last, -1)
     return last
-
-
-class _Ranges:
-    """A set of disjoint [lo, hi) sequence ranges, merged on insertion (bisect, no scans)."""
-
-    __slots__ = ("lo", "hi")
-
-    def __init__(self) -> None:
-        self.lo: list[int] = []
-        self.hi: list[int] = []
-
-    def __bool__(self) -> bool:
-        return bool(self.lo)
-
-    def add(self, lo: int, hi: int) -> None:
-        i = bisect_left(self.hi, lo)          # first range ending at or after lo
-        j = bisect_right(self.lo, hi)         # ranges starting at or before hi
-        if i < j:
-            lo = min(lo, self.lo[i])
-            hi = max(hi, self.hi[j - 1])
-        self.lo[i:j] = [lo]
-        self.hi[i:j] = [hi]
-
-    def overlaps(self, lo: int, hi: int) -> bool:
-        i = bisect_right(self.hi, lo)         # first range ending after lo
-        return i < len(self.lo) and self.lo[i] < hi
-
-    def covers(self, lo: int, hi: int) -> bool:
-        i = bisect_right(self.lo, lo) - 1
-        return i >= 0 and self.hi[i] >= hi
-
-
-def _loss_undo(entry_k, upto_k, fa, a_una, a_prev_una, a_adv, a_tsecr, a_sack_hi, a_sack_left,
-               a_sack_top, a_payload, a_new_after, retrans_stamp, frto, loss_ranges,
-               high_seq, sack_ok=True, ever_resent: _Ranges | None = None) -> int:
-    """First ACK index in (entry_k, upto_k] at which the Loss state is undone, else _INF.
-
-    tcp_process_loss, per ACK: one advancing snd_una undoes when it echoes a TSval older
-    than the episode's first retransmission (tcp_try_undo_loss -> tcp_packet_delayed,
-    Eifel). With F-RTO (RFC 5682 §3.1), an ACK or SACK of never-retransmitted, never-SACKed
-    data below high_seq proves the timeout spurious (step 3.b, FLAG_ORIG_SACK_ACKED); once
-    new data went out, a SACK or duplicate ACK proves the loss real (step 3.a); the first
-    partial ACK with no new data to send falls back to conventional recovery (step 2.b).
-    Without SACK only the F-RTO undo reopens the connection: tcp_try_undo_loss restores
-    cwnd on an Eifel undo but leaves a Reno sender in Loss (`frto_undo || tcp_is_sack`).
-    And without SACK a cumulative ACK proves nothing if it also covers a segment that was
-    ever resent (tcp_clean_rtx_queue drops FLAG_ORIG_SACK_ACKED on FLAG_RETRANS_DATA_ACKED
-    for Reno): only an ACK of never-resent data alone undoes.
-    """
-    resent = ever_resent if ever_resent is not None else loss_ranges
-    j = max(entry_k + 1, fa)
-    steps = 0
-    new_sent = False
-    while j <= upto_k and steps < 8:
-        prev_una = a_prev_una[j]
-        adv = a_adv[j]
-        if sack_ok and adv and retrans_stamp is not None and a_tsecr[j] and \
-                ((a_tsecr[j] - retrans_stamp) & 0xFFFFFFFF) >= (1 << 31):
-            return j
-        if frto:
-            # What was SACKed before: at the flow's first ACK in the capture nothing is
-            # known, and its blocks (from before the capture) are not news.
-            top = a_sack_top[j] if j > fa else max(a_sack_top[j], a_sack_hi[j])
-            if adv:
-                lo, hi = max(prev_una, top), min(a_una[j], high_seq)
-                if sack_ok:
-                    if hi > lo and not loss_ranges.covers(lo, hi):
-                        return j
-                elif hi > lo and not resent.overlaps(prev_una, a_una[j]):
-                    return j
-            if a_sack_hi[j] > top:
-                lo, hi = max(top, a_sack_left[j], a_una[j]), min(a_sack_hi[j], high_seq)
-                if hi > lo and not loss_ranges.covers(lo, hi):
-                    return j
-            if new_sent:
-                if a_sack_hi[j] > top or (not adv and a_payload[j] == 0):
-                    frto = False
-            elif adv and a_una[j] < high_seq:
-                if a_new_after[j]:
-                    new_sent = True
-                else:
-                    frto = False
-        steps += 1
-        j += 1
-    return _INF
-
-
-def _tlp_cleared(tlp_high, tlp_k, k, fa, fb, a_una, a_ack, a_adv, a_dsack, a_payload,
-                 a_sack_n) -> bool:
-    """Did an ACK in (tlp_k, k] end the probe episode? (tcp_process_tlp_ack)
-
-    An ACK beyond tlp_high_seq ends it (loss repaired, or new data acknowledged); so does a
-    D-SACK at or above it (original and probe both arrived) or a pure duplicate ACK at it.
-    An ACK exactly at tlp_high_seq that advances snd_una leaves it set.
-    """
-    lo = max(tlp_k + 1, fa)
-    j = bisect_right(a_una, tlp_high, lo, fb)
-    if j <= k and j < fb:
-        return True
-    stop = min(k, j - 1, lo + 64)
-    for i in range(lo, stop + 1):
-        if a_ack[i] >= tlp_high and (a_dsack[i] or (not a_adv[i] and a_payload[i] == 0
-                                                    and a_sack_n[i] == 0)):
-            return True
-    return False
 
 
 def family_of(kind: pd.Series) -> pd.Series:
