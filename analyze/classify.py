@@ -16,15 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retranscope.analyze.flows import (
-    NO_VALUE,
-    by_group,
-    flows_as_table,
-    group_numbers,
-    sack_blocks,
-    seg_cummax,
-    sequence_space,
-)
+from retranscope.analyze.flows import flows_as_table, sack_blocks, sequence_space
 from retranscope.analyze.sender import (
     ACK_CLOCK_NS,
     BURST_GAP_NS,
@@ -35,12 +27,21 @@ from retranscope.analyze.sender import (
     replay,
 )
 from retranscope.analyze.table import (
+    NO_VALUE,
+    GroupedSearch,
     Nullable,
     Table,
+    by_group,
     filled,
     from_pandas,
+    gather,
+    group_bounds,
+    group_numbers,
+    last_where,
     nullable,
+    pair_search,
     present,
+    seg_cummax,
     to_pandas,
 )
 from retranscope.schemas.packets import TCP_RST
@@ -141,52 +142,6 @@ def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np
     return srtt, rto
 
 
-_KEY_BAND = np.int64(1) << np.int64(42)
-_KEY_LIM = (np.int64(1) << np.int64(41)) - 1
-
-
-def _key(g: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """(group, value) as one sortable int64: values (sequence offsets, frame numbers) fit
-    well inside +-2**41, groups (flow ids) below 2**21."""
-    return g.astype(np.int64) * _KEY_BAND + (np.clip(v, -_KEY_LIM, _KEY_LIM) + (_KEY_BAND >> 1))
-
-
-def _grp_search(grp_sorted: np.ndarray, val_sorted: np.ndarray, q_grp: np.ndarray,
-                q_val: np.ndarray, side: str = "right") -> np.ndarray:
-    """searchsorted of (group, value) pairs; rows sorted by group then value."""
-    return np.searchsorted(_key(grp_sorted, val_sorted), _key(q_grp, q_val), side=side)
-
-
-class _GroupedSearch:
-    """searchsorted of (group, value) queries among rows sorted by group, then value.
-
-    With few groups queried (the usual capture: a few bulk flows) each group's slice is
-    searched on its own; with many, one search over (group, value) keys (_key), built on
-    first use. The two agree: the keys order rows as the slices do.
-    """
-
-    MAX_SLICES = 32
-
-    def __init__(self, grp_sorted: np.ndarray, val_sorted: np.ndarray):
-        self.grp, self.val = grp_sorted, val_sorted
-        self._keys: np.ndarray | None = None
-
-    def __call__(self, q_grp: np.ndarray, q_val: np.ndarray, side: str) -> np.ndarray:
-        groups = np.flatnonzero(np.bincount(q_grp)) if len(q_grp) else q_grp
-        if len(groups) > self.MAX_SLICES:
-            if self._keys is None:
-                self._keys = _key(self.grp, self.val)
-            return np.searchsorted(self._keys, _key(q_grp, q_val), side=side)
-        out = np.empty(len(q_grp), dtype=np.int64)
-        lo = np.searchsorted(self.grp, groups, side="left")
-        hi = np.searchsorted(self.grp, groups, side="right")
-        for g, a, b in zip(groups.tolist(), lo.tolist(), hi.tolist()):
-            q = np.flatnonzero(q_grp == g) if len(groups) > 1 else slice(None)
-            v = np.clip(q_val[q], -_KEY_LIM, _KEY_LIM)  # as _key clips
-            out[q] = a + np.searchsorted(self.val[a:b], v, side=side)
-        return out
-
-
 class _Originals:
     """First transmissions of the data flows, by flow then capture order (which is also
     sequence order), searchable by sequence and by frame."""
@@ -197,23 +152,15 @@ class _Originals:
         self.seq = space["seq_abs"][sel]
         self.end = space["end_abs"][sel]
         self.ts = packets["ts_ns"][sel]
-        self.by_seq = _GroupedSearch(self.flow, self.seq)
-        self.by_frame = _GroupedSearch(self.flow, packets["frame"][sel])
+        self.by_seq = GroupedSearch(self.flow, self.seq)
+        self.by_frame = GroupedSearch(self.flow, packets["frame"][sel])
 
     def containing(self, f: np.ndarray, byte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found, index) of the first transmission of flow f holding sequence ``byte``."""
         p = self.by_seq(f, byte, "right") - 1
-        ok = (p >= 0) & (_at(self.flow, p, p >= 0, -1) == f)
-        ok &= (_at(self.seq, p, ok, 0) <= byte) & (_at(self.end, p, ok, _NONE) > byte)
+        ok = (p >= 0) & (gather(self.flow, p, p >= 0, -1) == f)
+        ok &= (gather(self.seq, p, ok, 0) <= byte) & (gather(self.end, p, ok, _NONE) > byte)
         return ok, np.clip(p, 0, None)
-
-
-class _FlowArrays:
-    """Per-flow slices of a table sorted by (flow, order): start/end offsets."""
-
-    def __init__(self, flow_sorted: np.ndarray, n_flows: int):
-        self.start = np.searchsorted(flow_sorted, np.arange(n_flows), side="left")
-        self.end = np.searchsorted(flow_sorted, np.arange(n_flows), side="right")
 
 
 # --- the classifier ----------------------------------------------------------------------
@@ -283,7 +230,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     a_flow = rev_of[flow_id[ack_sel]]
     una_init = _first_seq(space, flow_id, flows, packets["frame"])
     A = _ack_table(packets, space, ack_sel, a_flow, una_init)
-    a_idx = _FlowArrays(a_flow, n_flows)
+    a_start, a_end = group_bounds(a_flow, n_flows)
 
     # ---- originals and transmissions of the data flows -----------------------------------
     seg_len = space["seg_len"]
@@ -302,9 +249,10 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     # it sent new data between this ACK and the next (F-RTO step 2.b).
     A["sack_top"] = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
     nx = origs.by_frame(a_flow, A["frame"], "right")
-    nx_frame = _at(packets["frame"][orig_sel], nx,
-                   (nx < len(orig_sel)) & (_at(origs.flow, nx, nx < len(orig_sel), -1) == a_flow),
-                   np.iinfo(np.int64).max)
+    nx_in = nx < len(orig_sel)
+    nx_frame = gather(packets["frame"][orig_sel], nx,
+                      nx_in & (gather(origs.flow, nx, nx_in, -1) == a_flow),
+                      np.iinfo(np.int64).max)
     next_ack_frame = np.r_[A["frame"][1:], np.iinfo(np.int64).max]
     same_next = np.r_[a_flow[1:] == a_flow[:-1], False]
     A["new_after"] = nx_frame < np.where(same_next, next_ack_frame, np.iinfo(np.int64).max)
@@ -316,17 +264,17 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
 
     # ---- per-retransmission evidence (vectorised) ----------------------------------------
     # Previous data transmission of the same flow (retransmission or not).
-    pos_in_tx = _GroupedSearch(tx_flow, packets["frame"][tx_sel])(r_flow, r_frame, "left")
+    pos_in_tx = GroupedSearch(tx_flow, packets["frame"][tx_sel])(r_flow, r_frame, "left")
     prev_tx = pos_in_tx - 1
-    prev_ok = (prev_tx >= 0) & (_at(tx_flow, prev_tx, prev_tx >= 0, -1) == r_flow)
-    prev_tx_ts = _at(tx_ts, prev_tx, prev_ok, _NONE)
+    prev_ok = (prev_tx >= 0) & (gather(tx_flow, prev_tx, prev_tx >= 0, -1) == r_flow)
+    prev_tx_ts = gather(tx_ts, prev_tx, prev_ok, _NONE)
     since_last_send = np.where(prev_ok, r_ts - prev_tx_ts, _NONE)
     # The last ACK from the receiver before it: index into the ACK table.
-    k_last = _grp_search(a_flow, packets["frame"][ack_sel], r_flow, r_frame,
+    k_last = pair_search(a_flow, packets["frame"][ack_sel], r_flow, r_frame,
                          side="left") - 1
-    k_ok = (k_last >= 0) & (_at(a_flow, k_last, k_last >= 0, -1) == r_flow)
+    k_ok = (k_last >= 0) & (gather(a_flow, k_last, k_last >= 0, -1) == r_flow)
     k_last = np.where(k_ok, k_last, -1)
-    last_ack_ts = _at(A["ts"], k_last, k_ok, _NONE)
+    last_ack_ts = gather(A["ts"], k_last, k_ok, _NONE)
     since_last_ack = np.where(k_ok, r_ts - last_ack_ts, _NONE)
 
     # A flow sent by the capture's peer (flows.local is False): its segments reach us
@@ -338,21 +286,20 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     rem = shift > ACK_CLOCK_NS
     if rem.any() and len(a_flow):
         t_ref = int(ts_all.min())
-        k2 = np.searchsorted(_key(a_flow, (A["ts"] - t_ref) // 1000),
-                             _key(r_flow[rem], (r_ts[rem] - shift[rem] - t_ref) // 1000),
-                             side="right") - 1
-        ok2 = (k2 >= 0) & (_at(a_flow, k2, k2 >= 0, -1) == r_flow[rem])
+        k2 = pair_search(a_flow, (A["ts"] - t_ref) // 1000,
+                         r_flow[rem], (r_ts[rem] - shift[rem] - t_ref) // 1000,
+                         side="right") - 1
+        ok2 = (k2 >= 0) & (gather(a_flow, k2, k2 >= 0, -1) == r_flow[rem])
         k_last[rem] = np.where(ok2, k2, -1)
         k_ok[rem] = ok2
-        since_last_ack[rem] = np.where(ok2, r_ts[rem] - shift[rem] - _at(A["ts"], k2, ok2, 0),
+        since_last_ack[rem] = np.where(ok2, r_ts[rem] - shift[rem] - gather(A["ts"], k2, ok2, 0),
                                        _NONE)
 
     # SRTT/RTO in force at each retransmission (the last sample before it).
-    s_pos = np.searchsorted(_pair_key(s_flow, s_frame),
-                            _pair_key(r_flow, r_frame), side="left") - 1
-    s_ok = (s_pos >= 0) & (_at(s_flow, s_pos, s_pos >= 0, -1) == r_flow)
-    srtt_us = _at(s_srtt, s_pos, s_ok, 0.0).astype(np.float64)
-    rto_us = _at(s_rto, s_pos, s_ok, float(TCP_TIMEOUT_INIT_US)).astype(np.float64)
+    s_pos = pair_search(s_flow, s_frame, r_flow, r_frame, side="left") - 1
+    s_ok = (s_pos >= 0) & (gather(s_flow, s_pos, s_pos >= 0, -1) == r_flow)
+    srtt_us = gather(s_srtt, s_pos, s_ok, 0.0).astype(np.float64)
+    rto_us = gather(s_rto, s_pos, s_ok, float(TCP_TIMEOUT_INIT_US)).astype(np.float64)
 
     # Bursts: a retransmission continues the previous one of its flow when no ACK arrived
     # in between and the flow's previous transmission left just before it.
@@ -369,7 +316,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
 
     # Spurious: D-SACK (RFC 2883) or an Eifel timestamp echo (RFC 3522).
     dsack_ts = _dsack_times(A, a_flow, out)
-    ts_echo = _ts_echo_spurious(packets, A, a_flow, a_idx, out, ts_ok_f)
+    ts_echo = _ts_echo_spurious(packets, A, a_flow, out, ts_ok_f)
 
     # snd_nxt when it was sent. New data always leaves at snd_nxt, so the next first
     # transmission after a retransmission starts at the sender's snd_nxt: when that is
@@ -377,20 +324,20 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     # between were outstanding too, and the retransmission was not of the tail.
     snd_nxt_r = filled(out["snd_nxt_abs"], _NONE).astype(np.int64)
     nxt = origs.by_frame(r_flow, r_frame, "right")
-    nxt_ok = (nxt < len(origs.sel)) & (_at(origs.flow, nxt, nxt < len(origs.sel), -1) == r_flow)
-    nxt_seq = _at(origs.seq, nxt, nxt_ok, _NONE)
+    nxt_ok = (nxt < len(origs.sel)) & (gather(origs.flow, nxt, nxt < len(origs.sel), -1) == r_flow)
+    nxt_seq = gather(origs.seq, nxt, nxt_ok, _NONE)
     snd_nxt_r = np.maximum(snd_nxt_r, np.where(nxt_ok, nxt_seq, _NONE))
 
     # MSS in use, to count packets_out for the PTO (tcp_schedule_loss_probe).
     mss = _flow_mss(packets, flows, flow_id, tx_sel)
-    una_at = np.where(k_ok, _at(A["una"], k_last, k_ok, 0), una_init[r_flow])
+    una_at = np.where(k_ok, gather(A["una"], k_last, k_ok, 0), una_init[r_flow])
     pkts_out = _packets_out(origs, mss, r_flow, una_at, snd_nxt_r)
 
     # When the segment at snd_una last left (its first transmission here; the replay adds
     # its retransmissions): the RTO runs from it or from the last ACK that advanced.
     p_ok, p = origs.containing(r_flow, una_at)
-    head_orig_ts = _at(origs.ts, p, p_ok, _NONE)
-    adv_ff = _ffill_adv(A["adv"], a_flow)
+    head_orig_ts = gather(origs.ts, p, p_ok, _NONE)
+    adv_ff = last_where(A["adv"], a_flow)
 
     rows_in = {
         "seq": r_seq, "end": r_end, "ts": r_ts, "flags": flags_all[r_pkt], "snd_nxt": snd_nxt_r,
@@ -401,7 +348,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     }
     flows_in = {
         "sack_ok": sack_ok_f, "mss": mss, "mss_known": flows["handshake_seen"].astype(bool),
-        "una0": una_init, "a_start": a_idx.start, "a_end": a_idx.end,
+        "una0": una_init, "a_start": a_start, "a_end": a_end,
     }
     res = replay(rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, int(ts_all.min()))
 
@@ -424,25 +371,13 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     bo = np.array(res["backoff"], dtype=np.int64)
     out["backoff"] = nullable(bo, bo >= 0)
     trig = np.array(res["trigger"], dtype=np.int64)
-    out["trigger_frame"] = nullable(_at(A["frame"], trig, trig >= 0, 0), trig >= 0)
-    out["since_trigger_ns"] = nullable(r_ts - _at(A["ts"], trig, trig >= 0, 0), trig >= 0)
+    out["trigger_frame"] = nullable(gather(A["frame"], trig, trig >= 0, 0), trig >= 0)
+    out["since_trigger_ns"] = nullable(r_ts - gather(A["ts"], trig, trig >= 0, 0), trig >= 0)
     out["ca_state"] = np.array([CA_STATES.get(s) for s in res["ca"]], dtype=object)
     out["clock"] = np.array(res["clock"], dtype=object)
     out["position"] = np.array(res["position"], dtype=object)
     out["burst"] = burst_of
     return out
-
-
-def _at(a: np.ndarray, idx: np.ndarray, valid: np.ndarray, fill) -> np.ndarray:
-    """a[idx] where ``valid`` (idx in range), ``fill`` elsewhere; safe when ``a`` is empty."""
-    if len(a) == 0:
-        return np.full(len(idx), fill)
-    return np.where(valid, a[np.clip(idx, 0, len(a) - 1)], fill)
-
-
-def _pair_key(grp: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """(flow, frame) as one sortable int64."""
-    return _key(grp, order)
 
 
 def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
@@ -456,8 +391,8 @@ def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
     c_hi = np.where(hi > 0, cum[np.clip(hi - 1, 0, None)], 0)
     c_lo = np.where(lo > 0, cum[np.clip(lo - 1, 0, None)], 0)
     # The segment holding snd_una (partly acked) still counts.
-    lo_part = (lo > 0) & (_at(origs.flow, lo - 1, lo > 0, -1) == r_flow) & \
-        (_at(origs.end, lo - 1, lo > 0, 0) > una)
+    lo_part = (lo > 0) & (gather(origs.flow, lo - 1, lo > 0, -1) == r_flow) & \
+        (gather(origs.end, lo - 1, lo > 0, 0) > una)
     return np.maximum(c_hi - c_lo + lo_part, 1)
 
 
@@ -558,13 +493,13 @@ def _rtt_samples(packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_
         """Does [lo, hi) of flow f overlap any retransmitted range?"""
         if len(rf) == 0:
             return np.zeros(len(f), dtype=bool)
-        p = _grp_search(rf, rs, f, hi - 1, side="right") - 1
+        p = pair_search(rf, rs, f, hi - 1, side="right") - 1
         pc = np.clip(p, 0, None)
         return (p >= 0) & (rf[pc] == f) & (run_end[pc] > lo)
 
     def orig_containing(f, byte):
         ok, p = origs.containing(f, byte)
-        return ok, _at(origs.ts, p, ok, 0)
+        return ok, gather(origs.ts, p, ok, 0)
 
     t = A["ts"]
     adv = A["adv"]
@@ -642,8 +577,8 @@ def _dsack_times(A, a_flow, rtx: Table) -> np.ndarray:
     sf, ss, se, st = rf[o], rs[o], re_[o], rt[o]
     maxlen = int((se - ss).max()) if m else 0
     df, dl, dr, dt = a_flow[d], A["dsack_l"][d], A["dsack_r"][d], A["ts"][d]
-    lo = _grp_search(sf, ss, df, dl - maxlen, side="left")
-    hi = _grp_search(sf, ss, df, dr, side="left")
+    lo = pair_search(sf, ss, df, dl - maxlen, side="left")
+    hi = pair_search(sf, ss, df, dr, side="left")
     cnt = np.maximum(hi - lo, 0)
     total = int(cnt.sum())
     if total == 0:
@@ -667,7 +602,7 @@ def _dsack_times(A, a_flow, rtx: Table) -> np.ndarray:
     return out
 
 
-def _ts_echo_spurious(packets, A, a_flow, a_idx, rtx: Table, ts_ok_f) -> np.ndarray:
+def _ts_echo_spurious(packets, A, a_flow, rtx: Table, ts_ok_f) -> np.ndarray:
     """Eifel detection (RFC 3522 §3.2): the first ACK after the retransmission that covers
     it echoes a TSval older than the retransmission's, so an earlier copy arrived first."""
     m = len(rtx["pkt"])
@@ -679,10 +614,9 @@ def _ts_echo_spurious(packets, A, a_flow, a_idx, rtx: Table, ts_ok_f) -> np.ndar
     tsval = packets["tsval"][pk].astype(np.int64)
     have = packets["opt_ts"][pk].astype(bool) & ts_ok_f[rf] & (tsval != 0)
     # First ACK (in the flow's ACK list) arriving after the retransmission...
-    k_after = np.searchsorted(_pair_key(a_flow, A["frame"]),
-                              _pair_key(rf, rtx["frame"]), side="right")
+    k_after = pair_search(a_flow, A["frame"], rf, rtx["frame"], side="right")
     # ...and the first one whose cumulative ACK covers its end.
-    k_cover = _grp_search(a_flow, A["una"], rf, rtx["end_abs"], side="left")
+    k_cover = pair_search(a_flow, A["una"], rf, rtx["end_abs"], side="left")
     k = np.maximum(k_after, k_cover)
     kc = np.clip(k, 0, len(a_flow) - 1)
     ok = have & (k < len(a_flow)) & (a_flow[kc] == rf) & (A["una"][kc] >= rtx["end_abs"])
@@ -690,19 +624,6 @@ def _ts_echo_spurious(packets, A, a_flow, a_idx, rtx: Table, ts_ok_f) -> np.ndar
     before = (((ecr - tsval) & 0xFFFFFFFF) >= (1 << 31)) & (ecr != 0)
     out[ok & before & A["opt_ts"][kc]] = True
     return out
-
-
-def _ffill_adv(adv: np.ndarray, a_flow: np.ndarray) -> np.ndarray:
-    """Per ACK row, the row of the last ACK at or before it (same flow) that advanced
-    snd_una, else -1."""
-    m = len(adv)
-    idx = np.where(adv, np.arange(m), -1)
-    last = np.maximum.accumulate(idx) if m else idx
-    if m:
-        same = last >= 0
-        same[same] = a_flow[last[same]] == a_flow[same]
-        last = np.where(same, last, -1)
-    return last
 
 
 def family_of(kind: pd.Series) -> pd.Series:

@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from retranscope.analyze.flows import (
+from retranscope.analyze.flows import col, flows_as_table, sequence_space
+from retranscope.analyze.table import (
     NO_VALUE,
+    Table,
     by_group,
     capture_order,
-    col,
-    flows_as_table,
     group_numbers,
+    group_rank,
     group_sort,
+    nullable,
+    pair_search,
+    seg_cummax,
     seg_cummax_before,
-    sequence_space,
+    take,
+    to_pandas,
 )
-from retranscope.analyze.table import Table, nullable, take, to_pandas
 from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
 
 RETRANS_COLUMNS = (
@@ -168,7 +172,7 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     orig_ts = np.full(len(rows), _NONE, dtype=np.int64)
     if len(orig) and len(rows):
         o_flow = flow_id[orig]
-        pos = _search_pairs(o_flow, seq_abs[orig], fid, seq_abs[rows], side="right") - 1
+        pos = pair_search(o_flow, seq_abs[orig], fid, seq_abs[rows], side="right") - 1
         ok = pos >= 0
         pc = np.clip(pos, 0, None)
         cand = orig[pc]
@@ -288,9 +292,7 @@ def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> n
         return out
     cand = by_group(cand, acked[cand])         # per acknowledged flow, in capture order
     g = acked[cand]
-    first = np.r_[True, g[1:] != g[:-1]]
-    rank = np.arange(len(cand)) - np.maximum.accumulate(np.where(first, np.arange(len(cand)),
-                                                                   0))
+    rank = group_rank(g)
     cand, g = cand[rank < EARLY_EVIDENCE_ACKS], g[rank < EARLY_EVIDENCE_ACKS]
     data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
     if not len(data):
@@ -299,11 +301,8 @@ def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> n
     df = flow_id[data]
     end = space["end_abs"][data]
     # Highest end sent by the flow before each candidate ACK: a prefix maximum per flow.
-    first_d = np.r_[True, df[1:] != df[:-1]]
-    seg_id = np.cumsum(first_d) - 1
-    big = np.int64(1) << np.int64(42)
-    run_max = np.maximum.accumulate(end + seg_id * big) - seg_id * big
-    pos = _search_pairs(df, frame[data], g, frame[cand], side="left") - 1
+    run_max = seg_cummax(end, group_numbers(df))
+    pos = pair_search(df, frame[data], g, frame[cand], side="left") - 1
     pc = np.clip(pos, 0, None)
     has = (pos >= 0) & (df[pc] == g)
     own_hi = np.where(has, run_max[pc], _NONE)
@@ -315,17 +314,6 @@ def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> n
     np.maximum.at(upto, g[beyond], frame[cand[beyond]])
     out[data[frame[data] < upto[df]]] = True
     return out
-
-
-def _search_pairs(a_grp, a_val, q_grp, q_val, side="left") -> np.ndarray:
-    """searchsorted over rows sorted by (group, value), for (group, value) queries."""
-    # Map (group, value) to one sortable int64: values are sequence offsets (|v| < 2**40),
-    # groups are flow ids; shift values to be non-negative inside a 2**41 band per group.
-    band = np.int64(1) << np.int64(41)
-    lim = (np.int64(1) << np.int64(40)) - 1
-    ka = a_grp.astype(np.int64) * band + np.clip(a_val, -lim, lim) + (band >> 1)
-    kq = q_grp.astype(np.int64) * band + np.clip(q_val, -lim, lim) + (band >> 1)
-    return np.searchsorted(ka, kq, side=side)
 
 
 def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
@@ -344,8 +332,8 @@ def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
     top = np.zeros(int(sf.max()) + 1, dtype=np.int64)
     np.maximum.at(top, sf, span)
     maxlen = top[sf]
-    lo = _search_pairs(sf, ss, sf, ss - maxlen, side="left")
-    hi = _search_pairs(sf, ss, sf, ss, side="right")
+    lo = pair_search(sf, ss, sf, ss - maxlen, side="left")
+    hi = pair_search(sf, ss, sf, ss, side="right")
     cnt = hi - lo
     total = int(cnt.sum())
     if total == 0:

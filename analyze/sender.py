@@ -52,6 +52,7 @@ from bisect import bisect_left, bisect_right
 
 import numpy as np
 
+from retranscope.analyze.table import NO_VALUE
 from retranscope.schemas.packets import TCP_ACK, TCP_SYN
 from retranscope.schemas.vocabulary import (
     TCP_CA_DISORDER,
@@ -78,8 +79,7 @@ TIMER_MIN_NS = TCP_TIMEOUT_MIN_US * 1000
 #: walk) leave back to back, with no ACK in between.
 BURST_GAP_NS = TCP_TIMEOUT_MIN_US * 1000 // 2
 
-#: "No sequence number / time yet" (the floor of table.seg_cummax) and "never".
-NO_VALUE = -(1 << 41)
+#: "Never" (no D-SACK, no exit): later than any time or ACK index.
 NEVER = int(np.iinfo(np.int64).max // 4)
 
 OPEN, DISORDER, RECOVERY, LOSS = TCP_CA_OPEN, TCP_CA_DISORDER, TCP_CA_RECOVERY, TCP_CA_LOSS
