@@ -12,11 +12,9 @@ the bursts, with binary searches over each flow's cumulative-ACK array between t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from retranscope.analyze.flows import flows_as_table, sack_blocks, sequence_space
+from retranscope.analyze.flows import sack_blocks, sequence_space
 from retranscope.analyze.sender import (
     ACK_CLOCK_NS,
     BURST_GAP_NS,
@@ -33,7 +31,6 @@ from retranscope.analyze.table import (
     Table,
     by_group,
     filled,
-    from_pandas,
     gather,
     group_bounds,
     group_numbers,
@@ -42,19 +39,9 @@ from retranscope.analyze.table import (
     pair_search,
     present,
     seg_cummax,
-    to_pandas,
 )
 from retranscope.schemas.packets import TCP_RST
-from retranscope.schemas.vocabulary import CA_STATES
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-KINDS = ("tlp", "fast", "rto", "rto_recovery", "syn", "synack", "unknown")
-#: The three families the kernel's counters distinguish (TCPTimeouts+TCPSlowStartRetrans+
-#: TCPSynRetrans / TCPFastRetrans / TCPLossProbes).
-FAMILY = {"rto": "rto", "rto_recovery": "rto", "syn": "rto", "synack": "rto",
-          "fast": "fast", "tlp": "tlp", "unknown": "unknown"}
+from retranscope.schemas.vocabulary import CA_STATES, FAMILY_OF_KIND
 
 _NONE = NO_VALUE  # "no value": the floor of seg_cummax
 _INF = NEVER
@@ -164,25 +151,6 @@ class _Originals:
 
 
 # --- the classifier ----------------------------------------------------------------------
-
-def classify(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows, retrans, *,
-             space: dict[str, np.ndarray] | None = None):
-    """``retrans`` (a DataFrame of find_retransmissions) plus the kernel reason and the
-    evidence for it (CLASSIFY_COLUMNS), as a DataFrame: ``classify_table`` for pandas."""
-    import pandas as pd
-
-    out = retrans.copy().reset_index(drop=True)
-    if len(out) == 0:
-        for c in CLASSIFY_COLUMNS:
-            out[c] = pd.Series([], dtype=object)
-        return out
-    res = classify_table(packets, flow_id, flows_as_table(flows), from_pandas(out),
-                         space=space)
-    new = to_pandas({c: res[c] for c in CLASSIFY_COLUMNS})
-    for c in CLASSIFY_COLUMNS:
-        out[c] = new[c]
-    return out
-
 
 def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: Table,
                    retrans: Table, *, space: dict[str, np.ndarray] | None = None) -> Table:
@@ -354,7 +322,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
 
     kind = res["kind"]
     out["kind_pcap"] = np.array(kind, dtype=object)
-    out["family"] = np.array([FAMILY[k] for k in kind], dtype=object)
+    out["family"] = np.array([FAMILY_OF_KIND[k] for k in kind], dtype=object)
     spurious_by = np.full(m, None, dtype=object)
     spurious_by[ts_echo] = "ts_echo"
     spurious_by[dsack_ts < _INF] = "dsack"
@@ -626,9 +594,4 @@ def _ts_echo_spurious(packets, A, a_flow, rtx: Table, ts_ok_f) -> np.ndarray:
     return out
 
 
-def family_of(kind: pd.Series) -> pd.Series:
-    """Map kind_pcap to its family (rto / fast / tlp / unknown)."""
-    return kind.map(FAMILY)
-
-
-__all__ = ["classify", "family_of", "rtt_estimator", "CLASSIFY_COLUMNS", "FAMILY", "KINDS"]
+__all__ = ["classify_table", "rtt_estimator", "CLASSIFY_COLUMNS"]

@@ -8,7 +8,7 @@ sequence numbers with plain integer operations.
 
 Everything is vectorised: one stable sort by connection gives each connection's packets in
 capture order, and the per-flow facts come from reductions over that order. Pure numpy
-(tables as in analyze/table.py); ``assign_flows`` is the same as a pandas DataFrame.
+(tables as in analyze/table.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from retranscope.analyze.table import (
     capture_order,
     group_sort,
     group_starts,
-    to_pandas,
 )
 from retranscope.schemas.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, addr_to_str
 
@@ -39,11 +38,6 @@ FLOW_COLUMNS = (
 
 _U64 = np.uint64
 _BIG = np.iinfo(np.int64).max
-
-
-def col(table, name: str) -> np.ndarray:
-    """A column as a numpy array, from a table or a DataFrame with numpy-typed columns."""
-    return np.asarray(table[name])
 
 
 def _mix64(cols: list[np.ndarray]) -> np.ndarray:
@@ -199,21 +193,6 @@ def _number_by_first_row(conn: np.ndarray, order: np.ndarray,
     new_start[by_first] = np.cumsum(n_conns[by_first]) - n_conns[by_first]
     tuple_no = np.cumsum(tuple_start) - 1
     return conn + (new_start - conn[starts])[tuple_no]
-
-
-def assign_flows(packets: Mapping[str, np.ndarray]):
-    """``flow_table`` with the flows as a pandas DataFrame (nullable columns as NA)."""
-    flow_id, flows = flow_table(packets)
-    return flow_id, to_pandas(flows)
-
-
-def flows_as_table(flows) -> Table:
-    """The flows of ``assign_flows`` (a DataFrame) or ``flow_table`` as a table."""
-    if isinstance(flows, dict):
-        return flows
-    from retranscope.analyze.table import from_pandas
-
-    return from_pandas(flows)
 
 
 def flow_order(frame: np.ndarray, flow_id: np.ndarray) -> np.ndarray:
@@ -509,7 +488,7 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
         order = flow_order(packets["frame"], flow_id)
     grp = flow_id[order]
     seq_abs = np.empty(n, dtype=np.int64)
-    seq_abs[order] = _unwrap_in_order(packets["seq"][order], grp, col(flows, "base_seq"))
+    seq_abs[order] = _unwrap_in_order(packets["seq"][order], grp, flows["base_seq"])
     seg_len = (packets["payload_len"].astype(np.int64) + ((flags & TCP_SYN) != 0)
                + ((flags & TCP_FIN) != 0))
     end_abs = seq_abs + seg_len
@@ -520,7 +499,7 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     if len(o_ack):
         g_ack = flow_id[o_ack]
         ack_abs[o_ack] = _unwrap_in_order(packets["ack"][o_ack], g_ack,
-                                          col(flows, "ack_base"))
+                                          flows["ack_base"])
 
     # SACK edges lie near the ACK number: offset them from it. Only rows carrying SACK
     # blocks are stored (sparse): see sack_blocks().

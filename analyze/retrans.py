@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retranscope.analyze.flows import col, flows_as_table, sequence_space
+from retranscope.analyze.flows import sequence_space
 from retranscope.analyze.table import (
     NO_VALUE,
     Table,
@@ -33,7 +33,6 @@ from retranscope.analyze.table import (
     seg_cummax,
     seg_cummax_before,
     take,
-    to_pandas,
 )
 from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
 
@@ -48,7 +47,7 @@ _NONE = NO_VALUE  # "nothing sent yet": the floor of seg_cummax
 
 def conn_order(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows) -> np.ndarray:
     """Permutation putting packets in (connection, capture order)."""
-    conn = col(flows, "conn_id")[flow_id]
+    conn = flows["conn_id"][flow_id]
     cap = capture_order(packets["frame"])
     if cap is None:
         return group_sort(conn)
@@ -72,8 +71,8 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     # Everything below is in connection order; arrays are filled in place where they can
     # be (each new 1.3M-row array costs its page faults).
     f_o = flow_id[order]
-    gno = group_numbers(col(flows, "conn_id")[f_o])
-    d1 = col(flows, "dir")[f_o] != 0          # the packet is of direction 1
+    gno = group_numbers(flows["conn_id"][f_o])
+    d1 = flows["dir"][f_o] != 0          # the packet is of direction 1
     del f_o
     pos_of = np.empty(n, dtype=np.int64)      # position of each packet in that order
     pos_of[order] = np.arange(n)
@@ -215,14 +214,6 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     return table
 
 
-def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
-                         space: dict[str, np.ndarray] | None = None,
-                         context: dict[str, np.ndarray] | None = None):
-    """``retransmission_table`` as a pandas DataFrame (optional columns nullable Int64)."""
-    return to_pandas(retransmission_table(packets, flow_id, flows_as_table(flows), space,
-                                          context))
-
-
 def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
                       is_rst) -> np.ndarray:
     """Capture started mid-connection: segments sent before the first gap in new data.
@@ -234,7 +225,7 @@ def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx
     caught mid-chain, say). Only for flows whose SYN was not captured.
     """
     out = np.zeros(len(flow_id), dtype=bool)
-    late = ~col(flows, "syn_seen").astype(bool)
+    late = ~flows["syn_seen"].astype(bool)
     data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
     if len(data) < 2:
         return out
@@ -247,7 +238,7 @@ def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx
         return out
     gf = flow_id[gaps]
     keep = np.r_[True, gf[1:] != gf[:-1]]           # the first gap of each flow
-    n_flows = len(col(flows, "flow_id"))
+    n_flows = len(flows["flow_id"])
     first_gap_seq = np.full(n_flows, _NONE, dtype=np.int64)
     first_gap_frame = np.full(n_flows, -1, dtype=np.int64)
     first_gap_seq[gf[keep]] = seq_abs[gaps[keep]]
@@ -275,10 +266,10 @@ def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> n
     """
     n = len(flow_id)
     out = np.zeros(n, dtype=bool)
-    late = ~col(flows, "syn_seen").astype(bool)
+    late = ~flows["syn_seen"].astype(bool)
     if not late.any():
         return out
-    rev = col(flows, "rev_flow_id")
+    rev = flows["rev_flow_id"]
     frame = packets["frame"]
     # Evidence per reverse packet, in the sequence space of the flow it acknowledges.
     fb = np.where(space["ack_flag"] & ~is_rst, space["ack_abs"], _NONE)

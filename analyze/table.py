@@ -91,25 +91,6 @@ def to_pandas(table: Mapping[str, np.ndarray]):
     return pd.DataFrame(cols)
 
 
-def from_pandas(df) -> Table:
-    """Table of a DataFrame: nullable Int64 / boolean columns become Nullable, string
-    columns object arrays with None for null."""
-    import pandas as pd
-
-    out: Table = {}
-    for name in df.columns:
-        s = df[name]
-        if isinstance(s.dtype, (pd.Int64Dtype, pd.BooleanDtype)):
-            mask = s.isna().to_numpy()
-            kind = bool if isinstance(s.dtype, pd.BooleanDtype) else np.int64
-            out[name] = Nullable(s.to_numpy(dtype=kind, na_value=0), ~mask)
-        elif s.dtype == object or pd.api.types.is_string_dtype(s.dtype):
-            out[name] = s.to_numpy(dtype=object, na_value=None)
-        else:
-            out[name] = s.to_numpy()
-    return out
-
-
 # --- grouped rows ---------------------------------------------------------------------
 
 def group_starts(keys_sorted: np.ndarray) -> np.ndarray:

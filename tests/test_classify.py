@@ -10,18 +10,22 @@ import pandas as pd
 import pytest
 from packet_builder import Trace
 
-from retranscope.analyze.classify import classify, rtt_estimator
-from retranscope.analyze.flows import assign_flows
-from retranscope.analyze.retrans import find_retransmissions
+from retranscope.analyze.classify import rtt_estimator
+from retranscope.analyze.pipeline import classify_capture
+from retranscope.analyze.table import to_pandas
 
 MSS = 1448
 RTT = 10.0  # ms
 
 
+def classified(packets: dict) -> pd.DataFrame:
+    """What production classifies (pipeline.classify_capture), as a DataFrame to read."""
+    _, _, table = classify_capture(packets)
+    return to_pandas(table)
+
+
 def run(tr: Trace) -> pd.DataFrame:
-    pk = tr.packets()
-    fid, flows = assign_flows(pk)
-    return classify(pk, fid, flows, find_retransmissions(pk, fid, flows))
+    return classified(tr.packets())
 
 
 def warm(c, t: float, seq: int = 1, n: int = 5, size: int = 100, rtt: float = RTT):
@@ -571,7 +575,6 @@ def test_row_order_does_not_matter():
     pk = tr.packets()
     perm = np.random.default_rng(7).permutation(len(pk["frame"]))
     shuffled = {k: v[perm] for k, v in pk.items()}
-    fid, flows = assign_flows(shuffled)
-    r = classify(shuffled, fid, flows, find_retransmissions(shuffled, fid, flows))
+    r = classified(shuffled)
     assert r.sort_values("frame")["kind_pcap"].tolist() == run(tr)["kind_pcap"].tolist() \
         == ["tlp", "rto", "rto_recovery"]
