@@ -157,185 +157,94 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     """``retrans`` (a retransmission_table) plus the kernel reason and the evidence for it
     (CLASSIFY_COLUMNS; the optional ones Nullable)."""
     out = dict(retrans)
-    m = len(out["pkt"])
-    if m == 0:
+    if len(out["pkt"]) == 0:
         for c in CLASSIFY_COLUMNS:
             out[c] = np.zeros(0, dtype=object)
         return out
     if space is None:
         space = sequence_space(packets, flow_id, flows)
-
     n_flows = len(flows["flow_id"])
-    flags_all = packets["flags"].astype(np.int64)
-    ts_all = packets["ts_ns"]
-    rev_of = flows["rev_flow_id"]
-    sack_ok_f = flows["sack_ok"].astype(bool)
-    ts_ok_f = flows["ts_ok"].astype(bool)
-
-    r_pkt = out["pkt"]
-    r_flow = out["flow_id"]
-    r_ts = out["ts_ns"]
-    r_seq = out["seq_abs"]
-    r_end = out["end_abs"]
-    r_frame = out["frame"]
+    r_pkt, r_flow, r_ts, r_frame = out["pkt"], out["flow_id"], out["ts_ns"], out["frame"]
     r_probe = present(out["probe"])
-
     data_flows = np.flatnonzero(np.bincount(r_flow))  # np.unique would import numpy.ma
-    want = np.zeros(n_flows, dtype=bool)
-    want[data_flows] = True
-
-    # ---- ACK table: packets of the reverse flows of flows with retransmissions ---------
     frame = packets["frame"]
     sorted_cap = len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1]))
-    want_rev = np.zeros(n_flows, dtype=bool)
-    rv = rev_of[data_flows]
-    want_rev[rv[rv >= 0]] = True
-    ack_sel = np.flatnonzero(space["ack_flag"] & want_rev[flow_id]
-                             & ((flags_all & TCP_RST) == 0))
-    if not sorted_cap:
-        ack_sel = ack_sel[np.argsort(packets["frame"][ack_sel], kind="stable")]
-    ack_sel = by_group(ack_sel, rev_of[flow_id[ack_sel]])
-    a_flow = rev_of[flow_id[ack_sel]]
-    una_init = _first_seq(space, flow_id, flows, packets["frame"])
-    A = _ack_table(packets, space, ack_sel, a_flow, una_init)
-    a_start, a_end = group_bounds(a_flow, n_flows)
 
-    # ---- originals and transmissions of the data flows -----------------------------------
-    seg_len = space["seg_len"]
-    tx_sel = np.flatnonzero((seg_len > 0) & want[flow_id] & ((flags_all & TCP_RST) == 0))
-    if not sorted_cap:
-        tx_sel = tx_sel[np.argsort(packets["frame"][tx_sel], kind="stable")]
-    tx_sel = by_group(tx_sel, flow_id[tx_sel])
-    tx_flow = flow_id[tx_sel]
-    tx_ts = ts_all[tx_sel]
+    # The receiver's ACKs of the flows with retransmissions, and their first transmissions.
+    ack_sel = _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap)
+    a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
+    una_init = _first_seq(space, flow_id, flows, frame)
+    A = _ack_table(packets, space, ack_sel, a_flow, una_init)
+    tx_sel = _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap)
     is_rtx_pkt = np.zeros(len(flow_id), dtype=bool)
     is_rtx_pkt[r_pkt] = True
     # First transmissions, by flow then capture order, which is also sequence order.
-    orig_sel = tx_sel[~is_rtx_pkt[tx_sel]]
-    origs = _Originals(packets, space, flow_id, orig_sel)
-    # What the sender had been told before each ACK (highest SACKed sequence), and whether
-    # it sent new data between this ACK and the next (F-RTO step 2.b).
-    A["sack_top"] = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
-    nx = origs.by_frame(a_flow, A["frame"], "right")
-    nx_in = nx < len(orig_sel)
-    nx_frame = gather(packets["frame"][orig_sel], nx,
-                      nx_in & (gather(origs.flow, nx, nx_in, -1) == a_flow),
-                      np.iinfo(np.int64).max)
-    next_ack_frame = np.r_[A["frame"][1:], np.iinfo(np.int64).max]
-    same_next = np.r_[a_flow[1:] == a_flow[:-1], False]
-    A["new_after"] = nx_frame < np.where(same_next, next_ack_frame, np.iinfo(np.int64).max)
+    origs = _Originals(packets, space, flow_id, tx_sel[~is_rtx_pkt[tx_sel]])
+    _ack_news(A, a_flow, origs, frame)
 
-    # ---- RTT samples -> SRTT / RTO (tcp_ack_update_rtt) ----------------------------------
+    # RTT samples -> SRTT / RTO (tcp_ack_update_rtt); those in force at each retransmission.
     s_flow, s_frame, s_srtt, s_rto = _rtt_samples(packets, space, A, a_flow, origs, out,
-                                                  flow_id, ts_ok_f, una_init,
-                                                  _remote_shift_us(flows))
-
-    # ---- per-retransmission evidence (vectorised) ----------------------------------------
-    # Previous data transmission of the same flow (retransmission or not).
-    pos_in_tx = GroupedSearch(tx_flow, packets["frame"][tx_sel])(r_flow, r_frame, "left")
-    prev_tx = pos_in_tx - 1
-    prev_ok = (prev_tx >= 0) & (gather(tx_flow, prev_tx, prev_tx >= 0, -1) == r_flow)
-    prev_tx_ts = gather(tx_ts, prev_tx, prev_ok, _NONE)
-    since_last_send = np.where(prev_ok, r_ts - prev_tx_ts, _NONE)
-    # The last ACK from the receiver before it: index into the ACK table.
-    k_last = pair_search(a_flow, packets["frame"][ack_sel], r_flow, r_frame,
-                         side="left") - 1
-    k_ok = (k_last >= 0) & (gather(a_flow, k_last, k_last >= 0, -1) == r_flow)
-    k_last = np.where(k_ok, k_last, -1)
-    last_ack_ts = gather(A["ts"], k_last, k_ok, _NONE)
-    since_last_ack = np.where(k_ok, r_ts - last_ack_ts, _NONE)
-
-    # A flow sent by the capture's peer (flows.local is False): its segments reach us
-    # half a path RTT after they left, our ACKs reach it half an RTT after we saw them. In
-    # the sender's own time, an ACK-clocked retransmission follows the ACK by 0, not by
-    # the path RTT: compare in that time.
-    shift_f = _remote_shift_us(flows) * 1000
-    shift = shift_f[r_flow]
-    rem = shift > ACK_CLOCK_NS
-    if rem.any() and len(a_flow):
-        t_ref = int(ts_all.min())
-        k2 = pair_search(a_flow, (A["ts"] - t_ref) // 1000,
-                         r_flow[rem], (r_ts[rem] - shift[rem] - t_ref) // 1000,
-                         side="right") - 1
-        ok2 = (k2 >= 0) & (gather(a_flow, k2, k2 >= 0, -1) == r_flow[rem])
-        k_last[rem] = np.where(ok2, k2, -1)
-        k_ok[rem] = ok2
-        since_last_ack[rem] = np.where(ok2, r_ts[rem] - shift[rem] - gather(A["ts"], k2, ok2, 0),
-                                       _NONE)
-
-    # SRTT/RTO in force at each retransmission (the last sample before it).
+                                                  flow_id, flows["ts_ok"].astype(bool),
+                                                  una_init, _remote_shift_us(flows))
     s_pos = pair_search(s_flow, s_frame, r_flow, r_frame, side="left") - 1
     s_ok = (s_pos >= 0) & (gather(s_flow, s_pos, s_pos >= 0, -1) == r_flow)
     srtt_us = gather(s_srtt, s_pos, s_ok, 0.0).astype(np.float64)
     rto_us = gather(s_rto, s_pos, s_ok, float(TCP_TIMEOUT_INIT_US)).astype(np.float64)
 
-    # Bursts: a retransmission continues the previous one of its flow when no ACK arrived
-    # in between and the flow's previous transmission left just before it.
-    order_r = np.lexsort((r_frame, r_flow))
-    rf, rk = r_flow[order_r], k_last[order_r]
-    cont = np.zeros(m, dtype=bool)
-    cont[1:] = (rf[1:] == rf[:-1]) & (rk[1:] == rk[:-1])
-    cont &= (since_last_send[order_r] >= 0) & (since_last_send[order_r] <= BURST_GAP_NS)
-    cont &= ~r_probe[order_r]
-    cont[1:] &= ~r_probe[order_r][:-1]
-    burst_id_sorted = np.cumsum(~cont) - 1
-    burst_of = np.empty(m, dtype=np.int64)
-    burst_of[order_r] = burst_id_sorted
-
-    # Spurious: D-SACK (RFC 2883) or an Eifel timestamp echo (RFC 3522).
+    # Per retransmission: its clock, bursts, spuriousness, snd_nxt and packets_out.
+    since_last_send = _since_last_send(flow_id[tx_sel], packets["ts_ns"][tx_sel],
+                                       frame[tx_sel], r_flow, r_frame, r_ts)
+    k_last, k_ok, since_last_ack = _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts,
+                                             int(packets["ts_ns"].min()))
+    order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, r_probe)
     dsack_ts = _dsack_times(A, a_flow, out)
-    ts_echo = _ts_echo_spurious(packets, A, a_flow, out, ts_ok_f)
-
-    # snd_nxt when it was sent. New data always leaves at snd_nxt, so the next first
-    # transmission after a retransmission starts at the sender's snd_nxt: when that is
-    # beyond what the capture has seen (it started late, or missed packets), the bytes in
-    # between were outstanding too, and the retransmission was not of the tail.
-    snd_nxt_r = filled(out["snd_nxt_abs"], _NONE).astype(np.int64)
-    nxt = origs.by_frame(r_flow, r_frame, "right")
-    nxt_ok = (nxt < len(origs.sel)) & (gather(origs.flow, nxt, nxt < len(origs.sel), -1) == r_flow)
-    nxt_seq = gather(origs.seq, nxt, nxt_ok, _NONE)
-    snd_nxt_r = np.maximum(snd_nxt_r, np.where(nxt_ok, nxt_seq, _NONE))
-
-    # MSS in use, to count packets_out for the PTO (tcp_schedule_loss_probe).
+    ts_echo = _ts_echo_spurious(packets, A, a_flow, out, flows["ts_ok"].astype(bool))
+    snd_nxt_r = _snd_nxt_at(out, origs)
     mss = _flow_mss(packets, flows, flow_id, tx_sel)
     una_at = np.where(k_ok, gather(A["una"], k_last, k_ok, 0), una_init[r_flow])
     pkts_out = _packets_out(origs, mss, r_flow, una_at, snd_nxt_r)
-
     # When the segment at snd_una last left (its first transmission here; the replay adds
     # its retransmissions): the RTO runs from it or from the last ACK that advanced.
     p_ok, p = origs.containing(r_flow, una_at)
-    head_orig_ts = gather(origs.ts, p, p_ok, _NONE)
-    adv_ff = last_where(A["adv"], a_flow)
 
     rows_in = {
-        "seq": r_seq, "end": r_end, "ts": r_ts, "flags": flags_all[r_pkt], "snd_nxt": snd_nxt_r,
+        "seq": out["seq_abs"], "end": out["end_abs"], "ts": r_ts,
+        "flags": packets["flags"].astype(np.int64)[r_pkt], "snd_nxt": snd_nxt_r,
         "tsval": packets["tsval"][r_pkt].astype(np.int64),
         "has_ts": packets["opt_ts"][r_pkt].astype(bool), "k": k_last, "sla": since_last_ack,
         "srtt": srtt_us, "rto": rto_us, "probe": r_probe, "dsack": dsack_ts,
-        "pkts_out": pkts_out, "head_ts": head_orig_ts,
+        "pkts_out": pkts_out, "head_ts": gather(origs.ts, p, p_ok, _NONE),
     }
+    a_start, a_end = group_bounds(a_flow, n_flows)
     flows_in = {
-        "sack_ok": sack_ok_f, "mss": mss, "mss_known": flows["handshake_seen"].astype(bool),
-        "una0": una_init, "a_start": a_start, "a_end": a_end,
+        "sack_ok": flows["sack_ok"].astype(bool), "mss": mss,
+        "mss_known": flows["handshake_seen"].astype(bool), "una0": una_init,
+        "a_start": a_start, "a_end": a_end,
     }
-    res = replay(rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, int(ts_all.min()))
+    res = replay(rows_in, flows_in, A, last_where(A["adv"], a_flow), order_r, burst_of, r_flow,
+                 int(packets["ts_ns"].min()))
 
-    kind = res["kind"]
-    out["kind_pcap"] = np.array(kind, dtype=object)
-    out["family"] = np.array([FAMILY_OF_KIND[k] for k in kind], dtype=object)
-    spurious_by = np.full(m, None, dtype=object)
+    out["kind_pcap"] = np.array(res["kind"], dtype=object)
+    out["family"] = np.array([FAMILY_OF_KIND[k] for k in res["kind"]], dtype=object)
+    spurious_by = np.full(len(r_pkt), None, dtype=object)
     spurious_by[ts_echo] = "ts_echo"
     spurious_by[dsack_ts < _INF] = "dsack"
     spurious_by[r_probe] = None
-    out["spurious"] = Nullable(spurious_by != None, np.ones(m, dtype=bool))  # noqa: E711
+    out["spurious"] = Nullable(spurious_by != None, np.ones(len(r_pkt), dtype=bool))  # noqa: E711
     out["spurious_by"] = spurious_by
     out["since_last_send_ns"] = nullable(since_last_send, since_last_send != _NONE)
     out["since_last_ack_ns"] = nullable(since_last_ack, k_ok)
     out["srtt_us"] = nullable(np.round(srtt_us).astype(np.int64), s_ok)
-    pto = np.array(res["pto_ns"], dtype=np.int64)
-    rto = np.array(res["rto_ns"], dtype=np.int64)
-    out["expected_pto_ns"] = nullable(pto, ~r_probe)
-    out["expected_rto_ns"] = nullable(rto, ~r_probe)
+    _replay_columns(out, res, A, r_ts, r_probe)
+    out["burst"] = burst_of
+    return out
+
+
+def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
+                    r_ts: np.ndarray, r_probe: np.ndarray) -> None:
+    """The replay's verdicts (sender.replay) as output columns."""
+    out["expected_pto_ns"] = nullable(np.array(res["pto_ns"], dtype=np.int64), ~r_probe)
+    out["expected_rto_ns"] = nullable(np.array(res["rto_ns"], dtype=np.int64), ~r_probe)
     bo = np.array(res["backoff"], dtype=np.int64)
     out["backoff"] = nullable(bo, bo >= 0)
     trig = np.array(res["trigger"], dtype=np.int64)
@@ -344,8 +253,117 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     out["ca_state"] = np.array([CA_STATES.get(s) for s in res["ca"]], dtype=object)
     out["clock"] = np.array(res["clock"], dtype=object)
     out["position"] = np.array(res["position"], dtype=object)
-    out["burst"] = burst_of
-    return out
+
+
+def _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap) -> np.ndarray:
+    """Rows of the ACKs (not RSTs) sent by the reverse flows of ``data_flows``, grouped by
+    the flow they acknowledge, each in capture order."""
+    n_flows = len(flows["flow_id"])
+    rev_of = flows["rev_flow_id"]
+    want_rev = np.zeros(n_flows, dtype=bool)
+    rv = rev_of[data_flows]
+    want_rev[rv[rv >= 0]] = True
+    ack_sel = np.flatnonzero(space["ack_flag"] & want_rev[flow_id]
+                             & ((packets["flags"].astype(np.int64) & TCP_RST) == 0))
+    if not sorted_cap:
+        ack_sel = ack_sel[np.argsort(packets["frame"][ack_sel], kind="stable")]
+    return by_group(ack_sel, rev_of[flow_id[ack_sel]])
+
+
+def _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap) -> np.ndarray:
+    """Rows of the data segments (first transmissions and retransmissions) of
+    ``data_flows``, grouped by flow, each in capture order."""
+    want = np.zeros(n_flows, dtype=bool)
+    want[data_flows] = True
+    tx_sel = np.flatnonzero((space["seg_len"] > 0) & want[flow_id]
+                            & ((packets["flags"].astype(np.int64) & TCP_RST) == 0))
+    if not sorted_cap:
+        tx_sel = tx_sel[np.argsort(packets["frame"][tx_sel], kind="stable")]
+    return by_group(tx_sel, flow_id[tx_sel])
+
+
+def _ack_news(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
+              frame: np.ndarray) -> None:
+    """Add to the ACK table what the sender had been told before each ACK (``sack_top``,
+    the highest SACKed sequence) and whether it sent new data between this ACK and the next
+    (``new_after``: F-RTO step 2.b)."""
+    never = np.iinfo(np.int64).max
+    A["sack_top"] = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
+    nx = origs.by_frame(a_flow, A["frame"], "right")
+    nx_in = nx < len(origs.sel)
+    nx_frame = gather(frame[origs.sel], nx, nx_in & (gather(origs.flow, nx, nx_in, -1) == a_flow),
+                      never)
+    next_ack_frame = np.r_[A["frame"][1:], never]
+    same_next = np.r_[a_flow[1:] == a_flow[:-1], False]
+    A["new_after"] = nx_frame < np.where(same_next, next_ack_frame, never)
+
+
+def _since_last_send(tx_flow, tx_ts, tx_frame, r_flow, r_frame, r_ts) -> np.ndarray:
+    """Per retransmission, ns since the previous data transmission of its flow
+    (retransmission or not); _NONE where none."""
+    prev_tx = GroupedSearch(tx_flow, tx_frame)(r_flow, r_frame, "left") - 1
+    prev_ok = (prev_tx >= 0) & (gather(tx_flow, prev_tx, prev_tx >= 0, -1) == r_flow)
+    prev_tx_ts = gather(tx_ts, prev_tx, prev_ok, _NONE)
+    return np.where(prev_ok, r_ts - prev_tx_ts, _NONE)
+
+
+def _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts, t_ref: int):
+    """Per retransmission, the last ACK of the receiver before it (an ACK-table index, -1:
+    none), whether there is one, and ns since it (_NONE: none), in the sender's time.
+
+    A flow sent by the capture's peer (flows.local is False): its segments reach us half a
+    path RTT after they left, our ACKs reach it half an RTT after we saw them. In the
+    sender's own time, an ACK-clocked retransmission follows the ACK by 0, not by the path
+    RTT: compare in that time.
+    """
+    k_last = pair_search(a_flow, A["frame"], r_flow, r_frame, side="left") - 1
+    k_ok = (k_last >= 0) & (gather(a_flow, k_last, k_last >= 0, -1) == r_flow)
+    k_last = np.where(k_ok, k_last, -1)
+    last_ack_ts = gather(A["ts"], k_last, k_ok, _NONE)
+    since_last_ack = np.where(k_ok, r_ts - last_ack_ts, _NONE)
+    shift = (_remote_shift_us(flows) * 1000)[r_flow]
+    rem = shift > ACK_CLOCK_NS
+    if rem.any() and len(a_flow):
+        k2 = pair_search(a_flow, (A["ts"] - t_ref) // 1000,
+                         r_flow[rem], (r_ts[rem] - shift[rem] - t_ref) // 1000,
+                         side="right") - 1
+        ok2 = (k2 >= 0) & (gather(a_flow, k2, k2 >= 0, -1) == r_flow[rem])
+        k_last[rem] = np.where(ok2, k2, -1)
+        k_ok[rem] = ok2
+        since_last_ack[rem] = np.where(ok2, r_ts[rem] - shift[rem] - gather(A["ts"], k2, ok2, 0),
+                                       _NONE)
+    return k_last, k_ok, since_last_ack
+
+
+def _bursts(r_flow, r_frame, k_last, since_last_send, r_probe):
+    """The rows by flow then frame, and each row's burst: a retransmission continues the
+    previous one of its flow when no ACK arrived in between and the flow's previous
+    transmission left just before it (BURST_GAP_NS). Probes stand alone."""
+    m = len(r_flow)
+    order_r = np.lexsort((r_frame, r_flow))
+    rf, rk = r_flow[order_r], k_last[order_r]
+    cont = np.zeros(m, dtype=bool)
+    cont[1:] = (rf[1:] == rf[:-1]) & (rk[1:] == rk[:-1])
+    cont &= (since_last_send[order_r] >= 0) & (since_last_send[order_r] <= BURST_GAP_NS)
+    cont &= ~r_probe[order_r]
+    cont[1:] &= ~r_probe[order_r][:-1]
+    burst_of = np.empty(m, dtype=np.int64)
+    burst_of[order_r] = np.cumsum(~cont) - 1
+    return order_r, burst_of
+
+
+def _snd_nxt_at(rtx: Table, origs: _Originals) -> np.ndarray:
+    """snd_nxt when each retransmission was sent. New data always leaves at snd_nxt, so the
+    next first transmission after a retransmission starts at the sender's snd_nxt: when
+    that is beyond what the capture has seen (it started late, or missed packets), the
+    bytes in between were outstanding too, and the retransmission was not of the tail."""
+    r_flow = rtx["flow_id"]
+    snd_nxt = filled(rtx["snd_nxt_abs"], _NONE).astype(np.int64)
+    nxt = origs.by_frame(r_flow, rtx["frame"], "right")
+    nxt_in = nxt < len(origs.sel)
+    nxt_ok = nxt_in & (gather(origs.flow, nxt, nxt_in, -1) == r_flow)
+    nxt_seq = gather(origs.seq, nxt, nxt_ok, _NONE)
+    return np.maximum(snd_nxt, np.where(nxt_ok, nxt_seq, _NONE))
 
 
 def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
