@@ -428,7 +428,10 @@ class SenderState:
         """Apply the ACKs up to index ``k`` (snd_una is now ``una``): leaving Recovery/Loss
         when snd_una reaches high_seq or on an undo, Disorder when nothing resent is left at
         snd_una, the end of a probe episode (tcp_process_tlp_ack), and a new run of
-        timeouts once snd_una moved (tcp_ack clears icsk_retransmits)."""
+        timeouts once snd_una moved (tcp_ack clears icsk_retransmits). The kernel clears
+        icsk_backoff only on a valid RTT sample (tcp_ack_update_rtt): with timestamps every
+        ACK that moves snd_una gives one; without them, an ACK of resent data alone does not
+        (Karn), and the kernel's next RTO stays backed off where the replay's restarts."""
         st = self.ca_state
         if st == RECOVERY or st == LOSS:
             exit_k = self._high_seq_acked_at()
@@ -450,7 +453,9 @@ class SenderState:
         NEVER): tcp_fastretrans_alert step D, tcp_process_loss ``recovered``. Reno holds
         Recovery while snd_una == high_seq, until something above it is acked
         (tcp_is_non_sack_preventing_reopen; RFC 6582 against false fast retransmits): a
-        timeout meanwhile interrupts recovery."""
+        timeout meanwhile interrupts recovery. The kernel holds Loss the same way
+        (tcp_process_loss -> tcp_try_undo_recovery); the replay leaves Loss at high_seq,
+        which no corpus capture tells apart (no kind moves either way)."""
         una = self.acks.una
         lo, end = max(self.entry_k + 1, self.a_first), self.a_end
         if self.ca_state == RECOVERY and not self.sack_ok:
@@ -532,7 +537,8 @@ class SenderState:
     def tcp_try_undo_dsack(self, k: int) -> int:
         """The ACK (up to ``k``) at which D-SACKs have reported every retransmission of the
         episode duplicate (undo_retrans == 0: tcp_try_undo_dsack, tcp_try_undo_loss), else
-        NEVER."""
+        NEVER. In Loss the kernel undoes only on an ACK that also moves snd_una
+        (tcp_process_loss); the replay undoes at the D-SACK (no corpus capture differs)."""
         if self.undo_dsack_ns >= NEVER:
             return NEVER
         j = bisect_left(
@@ -575,8 +581,8 @@ class SenderState:
 
     def tcp_enter_loss(self, k: int, snd_nxt: int, frto: bool) -> None:
         """The Loss state (tcp_enter_loss): high_seq = snd_nxt, the probe episode ends
-        (tlp_high_seq = 0, since "tcp: fix TLP undo" in tcp_enter_loss, before that in
-        tcp_retransmit_timer), a new Loss episode of resent ranges begins."""
+        (tlp_high_seq = 0: in tcp_enter_loss on recent kernels, in tcp_retransmit_timer on
+        older ones), a new Loss episode of resent ranges begins."""
         self.ca_state = LOSS
         self.high_seq = snd_nxt
         self.entry_k = k
@@ -646,7 +652,13 @@ class SenderState:
 
     def _syn_timeout(self, b: Burst, v: Verdict) -> None:
         """A resent SYN or SYN-ACK: the handshake's retransmission timer (tcp_retransmit_timer
-        in SYN_SENT, inet_rtx_syn_ack), from TCP_TIMEOUT_INIT, doubling."""
+        in SYN_SENT, inet_rtx_syn_ack), from TCP_TIMEOUT_INIT, doubling.
+
+        Not yet as recent kernels do: with tcp_syn_linear_timeouts (default 4, Linux 6.x)
+        tcp_retransmit_timer doubles icsk_rto and counts icsk_backoff in SYN_SENT only after
+        that many timeouts, so the first SYN resends come 1 s apart with backoff 0 (the
+        corpus's syn_drop_twice shows it); the replay still reports 1, 2 s and backoff 1.
+        """
         v.kind = "synack" if b.flags & TCP_ACK else "syn"
         v.backoff = self.syn_retransmits
         self.syn_retransmits += 1
