@@ -171,11 +171,12 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     sorted_cap = len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1]))
 
     # The receiver's ACKs of the flows with retransmissions, and their first transmissions.
-    ack_sel = _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap)
+    not_rst = (packets["flags"] & TCP_RST) == 0
+    ack_sel = _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap, not_rst)
     a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
-    una_init = _first_seq(space, flow_id, flows, frame)
+    una_init = _first_seq(space, flow_id, flows, frame, sorted_cap)
     A = _ack_table(packets, space, ack_sel, a_flow, una_init)
-    tx_sel = _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap)
+    tx_sel = _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst)
     is_rtx_pkt = np.zeros(len(flow_id), dtype=bool)
     is_rtx_pkt[r_pkt] = True
     # First transmissions, by flow then capture order, which is also sequence order.
@@ -194,8 +195,8 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     # Per retransmission: its clock, bursts, spuriousness, snd_nxt and packets_out.
     since_last_send = _since_last_send(flow_id[tx_sel], packets["ts_ns"][tx_sel],
                                        frame[tx_sel], r_flow, r_frame, r_ts)
-    k_last, k_ok, since_last_ack = _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts,
-                                             int(packets["ts_ns"].min()))
+    t_cap0 = int(packets["ts_ns"].min())
+    k_last, k_ok, since_last_ack = _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts, t_cap0)
     order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, r_probe)
     dsack_ts = _dsack_times(A, a_flow, out)
     ts_echo = _ts_echo_spurious(packets, A, a_flow, out, flows["ts_ok"].astype(bool))
@@ -209,7 +210,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
 
     rows_in = {
         "seq": out["seq_abs"], "end": out["end_abs"], "ts": r_ts,
-        "flags": packets["flags"].astype(np.int64)[r_pkt], "snd_nxt": snd_nxt_r,
+        "flags": packets["flags"][r_pkt].astype(np.int64), "snd_nxt": snd_nxt_r,
         "tsval": packets["tsval"][r_pkt].astype(np.int64),
         "has_ts": packets["opt_ts"][r_pkt].astype(bool), "k": k_last, "sla": since_last_ack,
         "srtt": srtt_us, "rto": rto_us, "probe": r_probe, "dsack": dsack_ts,
@@ -222,7 +223,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
         "a_start": a_start, "a_end": a_end,
     }
     res = replay(rows_in, flows_in, A, last_where(A["adv"], a_flow), order_r, burst_of, r_flow,
-                 int(packets["ts_ns"].min()))
+                 t_cap0)
 
     out["kind_pcap"] = np.array(res["kind"], dtype=object)
     out["family"] = np.array([FAMILY_OF_KIND[k] for k in res["kind"]], dtype=object)
@@ -255,28 +256,26 @@ def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
     out["position"] = np.array(res["position"], dtype=object)
 
 
-def _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap) -> np.ndarray:
-    """Rows of the ACKs (not RSTs) sent by the reverse flows of ``data_flows``, grouped by
-    the flow they acknowledge, each in capture order."""
+def _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap, not_rst) -> np.ndarray:
+    """Rows of the ACKs (``not_rst``) sent by the reverse flows of ``data_flows``, grouped
+    by the flow they acknowledge, each in capture order."""
     n_flows = len(flows["flow_id"])
     rev_of = flows["rev_flow_id"]
     want_rev = np.zeros(n_flows, dtype=bool)
     rv = rev_of[data_flows]
     want_rev[rv[rv >= 0]] = True
-    ack_sel = np.flatnonzero(space["ack_flag"] & want_rev[flow_id]
-                             & ((packets["flags"].astype(np.int64) & TCP_RST) == 0))
+    ack_sel = np.flatnonzero(space["ack_flag"] & want_rev[flow_id] & not_rst)
     if not sorted_cap:
         ack_sel = ack_sel[np.argsort(packets["frame"][ack_sel], kind="stable")]
     return by_group(ack_sel, rev_of[flow_id[ack_sel]])
 
 
-def _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap) -> np.ndarray:
-    """Rows of the data segments (first transmissions and retransmissions) of
+def _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst) -> np.ndarray:
+    """Rows of the data segments (``not_rst``: first transmissions and retransmissions) of
     ``data_flows``, grouped by flow, each in capture order."""
     want = np.zeros(n_flows, dtype=bool)
     want[data_flows] = True
-    tx_sel = np.flatnonzero((space["seg_len"] > 0) & want[flow_id]
-                            & ((packets["flags"].astype(np.int64) & TCP_RST) == 0))
+    tx_sel = np.flatnonzero((space["seg_len"] > 0) & want[flow_id] & not_rst)
     if not sorted_cap:
         tx_sel = tx_sel[np.argsort(packets["frame"][tx_sel], kind="stable")]
     return by_group(tx_sel, flow_id[tx_sel])
@@ -382,10 +381,10 @@ def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
     return np.maximum(c_hi - c_lo + lo_part, 1)
 
 
-def _first_seq(space, flow_id, flows, frame) -> np.ndarray:
+def _first_seq(space, flow_id, flows, frame, sorted_cap: bool) -> np.ndarray:
     """snd_una before any ACK: the first sequence number each flow used."""
     first = flows["first_frame"]
-    if len(frame) and bool(np.all(frame[1:] > frame[:-1])):
+    if sorted_cap:
         idx = np.searchsorted(frame, first)
     else:
         idx = np.full(len(first), 0, dtype=np.int64)
@@ -404,8 +403,7 @@ def _flow_mss(packets, flows, flow_id, tx_sel) -> np.ndarray:
     if len(tx_sel):
         f = flow_id[tx_sel]  # grouped by flow
         starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
-        biggest[f[starts]] = np.maximum.reduceat(
-            packets["payload_len"][tx_sel].astype(np.int64), starts)
+        biggest[f[starts]] = np.maximum.reduceat(packets["payload_len"][tx_sel], starts)
     return np.where(peer_mss > 0, peer_mss, np.where(biggest > 0, np.minimum(biggest, 1448),
                                                      1448))
 

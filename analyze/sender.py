@@ -118,60 +118,36 @@ class SeqRanges:
 class AckHistory:
     """The receiver's ACKs of every data flow (classify._ack_table), flow after flow, each
     in capture order, as Python lists: the replay reads them one scalar at a time, several
-    times faster from a list than from numpy. ``adv_ff[k]``: the last ACK at or before k
-    that advanced snd_una (-1: none)."""
+    times faster from a list than from numpy. A column becomes a list when first read:
+    most captures never need the F-RTO, Eifel or probe columns, and making a list of
+    650,000 large integers costs a few ms. ``adv_ff[k]``: the last ACK at or before k that
+    advanced snd_una (-1: none); ``sack_left``: the left edge of the highest SACK block."""
 
-    __slots__ = (
-        "ts",
-        "una",
-        "ack",
-        "adv",
-        "sack_hi",
-        "sack_left",
-        "sack_top",
-        "dsack",
-        "tsecr",
-        "payload",
-        "sack_n",
-        "new_after",
-        "prev_una",
-        "adv_ff",
-    )
+    ts: list[int]
+    una: list[int]
+    ack: list[int]
+    prev_una: list[int]
+    adv: list[bool]
+    adv_ff: list[int]
+    sack_hi: list[int]
+    sack_left: list[int]
+    sack_top: list[int]
+    sack_n: list[int]
+    dsack: list[bool]
+    tsecr: list[int]
+    payload: list[int]
+    new_after: list[bool]
 
     def __init__(self, table: dict[str, np.ndarray], adv_ff: np.ndarray):
-        (
-            self.ts,
-            self.una,
-            self.ack,
-            self.adv,
-            self.sack_hi,
-            self.dsack,
-            self.tsecr,
-            self.payload,
-            self.sack_n,
-            self.sack_top,
-            self.new_after,
-            self.prev_una,
-            self.sack_left,
-        ) = (
-            table[k].tolist()
-            for k in (
-                "ts",
-                "una",
-                "ack",
-                "adv",
-                "sack_hi",
-                "dsack",
-                "tsecr",
-                "payload",
-                "sack_n",
-                "sack_top",
-                "new_after",
-                "prev_una",
-                "sack_hi_left",
-            )
-        )
-        self.adv_ff = adv_ff.tolist()
+        self._columns = dict(table, adv_ff=adv_ff, sack_left=table["sack_hi_left"])
+
+    def __getattr__(self, name: str) -> list:
+        # Only reached while the column is not yet an attribute.
+        if name.startswith("_") or name not in self._columns:
+            raise AttributeError(name)
+        column = self._columns[name].tolist()
+        setattr(self, name, column)
+        return column
 
 
 class RetransRows:
@@ -553,7 +529,8 @@ class SenderState:
         self.ca_state = DISORDER if una in self.last_rtx_ns else OPEN
         self.undo_retrans, self.undo_dsack_ns = 0, NO_VALUE
         self.retrans_stamp = None
-        self.loss_ranges = SeqRanges()
+        if self.loss_ranges:
+            self.loss_ranges = SeqRanges()
         self.frto = False
 
     def tcp_process_tlp_ack(self, k: int) -> bool:
@@ -566,6 +543,8 @@ class SenderState:
         """
         a = self.acks
         tlp_high = self.tlp_high_seq
+        if tlp_high is None:
+            return False
         lo, end = max(self.tlp_k + 1, self.a_first), self.a_end
         j = bisect_right(a.una, tlp_high, lo, end)
         if j <= k and j < end:
@@ -586,7 +565,8 @@ class SenderState:
         self.ca_state = LOSS
         self.high_seq = snd_nxt
         self.entry_k = k
-        self.loss_ranges = SeqRanges()
+        if self.loss_ranges:
+            self.loss_ranges = SeqRanges()
         self.tlp_high_seq = None
         self.frto = frto
 
@@ -597,7 +577,8 @@ class SenderState:
         self.high_seq = snd_nxt
         self.entry_k = k
         self.tlp_high_seq = None
-        self.loss_ranges = SeqRanges()
+        if self.loss_ranges:
+            self.loss_ranges = SeqRanges()
 
     def tcp_retransmit_timer(self, b: Burst) -> int:
         """The RTO fired: count the run of timeouts of this head (icsk_retransmits, the
@@ -835,13 +816,15 @@ def replay(
             mss[f] if mss_known[f] else None,
         )
         v = sender.on_burst(b)
+        v_pto_ns, v_rto_ns = int(v.pto_us * 1000), int(v.rto_us * 1000)
         for row in burst_rows:
             kind[row] = v.kind
-            clock[row] = v.clock if row == r0 else "burst"
+            clock[row] = "burst"
             position[row] = v.position
             ca[row] = v.ca_state
             backoff[row] = v.backoff
             trigger[row] = v.trigger
-            pto_ns[row] = int(v.pto_us * 1000)
-            rto_ns[row] = int(v.rto_us * 1000)
+            pto_ns[row] = v_pto_ns
+            rto_ns[row] = v_rto_ns
+        clock[r0] = v.clock
     return out
