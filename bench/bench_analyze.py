@@ -46,7 +46,8 @@ def run(argv: list[str], env: dict | None = None) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{argv[0]} failed ({code}): {err.strip()[-300:]}")
-    return {"wall_s": wall, "peak_mb": rusage.ru_maxrss / 1024}
+    return {"wall_s": wall, "cpu_s": rusage.ru_utime + rusage.ru_stime,
+            "peak_mb": rusage.ru_maxrss / 1024}
 
 
 def best_of(tools: dict[str, tuple[list[str], dict | None]], repeat: int) -> dict[str, dict]:
@@ -79,7 +80,8 @@ def package_tree(src: Path, dst: Path) -> Path:
 
 def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
     """This tree and git revision ``rev`` analyze the capture in turns (A B A B ...): the
-    median wall time of each, and their ratio. Both import the same way (package_tree)."""
+    median wall and CPU (user + system) time of each, and their ratios. Both import the
+    same way (package_tree). On a shared machine the CPU time is the steadier figure."""
     base_src = Path(tmp, "baseline-src")
     base_src.mkdir()
     archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev],
@@ -93,19 +95,21 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
     envs = {name: dict(env, PYTHONPATH=str(site)) for name, site in sides.items()}
     for name in sides:
         run(argvs[name], envs[name])  # untimed: fills the bytecode cache
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
     for _ in range(pairs):
         for name in sides:
-            times[name].append(run(argvs[name], envs[name])["wall_s"])
-    med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-    for name, t in times.items():
-        print(f"{name:24} median {med[name]:.3f} s over {len(t)} runs "
-              f"(min {min(t):.3f}, max {max(t):.3f})")
-    a, b = med.values()
-    ratios = sorted(x / y for x, y in zip(*times.values()))
-    print(f"this tree takes {a / b:.3f}x the time of {rev} (ratio of medians); per pair, "
-          f"median {ratios[len(ratios) // 2]:.3f}x (quartiles {ratios[len(ratios) // 4]:.3f}"
-          f"-{ratios[3 * len(ratios) // 4]:.3f})")
+            runs[name].append(run(argvs[name], envs[name]))
+    for clock in ("wall_s", "cpu_s"):
+        times = {name: [r[clock] for r in rs] for name, rs in runs.items()}
+        med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+        for name, t in times.items():
+            print(f"{clock[:-2]:5} {name:24} median {med[name]:.3f} s over {len(t)} runs "
+                  f"(min {min(t):.3f}, max {max(t):.3f})")
+        a, b = med.values()
+        ratios = sorted(x / y for x, y in zip(*times.values()))
+        print(f"{clock[:-2]:5} this tree takes {a / b:.3f}x the time of {rev} (ratio of "
+              f"medians); per pair, median {ratios[len(ratios) // 2]:.3f}x (quartiles "
+              f"{ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f})")
 
 
 def main() -> int:
