@@ -265,6 +265,7 @@ class SenderState:
         "a_first",
         "a_end",
         "sack_ok",
+        "mss",
         "una0",
         "t_cap0",
         # congestion state (icsk_ca_state) and its bookkeeping
@@ -296,12 +297,14 @@ class SenderState:
         a_first: int,
         a_end: int,
         sack_ok: bool,
+        mss: int | None,
         una0: int,
         t_cap0: int,
     ):
         self.acks, self.rows = acks, rows
         self.a_first, self.a_end = a_first, a_end  # this flow's ACKs: [a_first, a_end)
         self.sack_ok = sack_ok
+        self.mss = mss  # the sender's MSS, None when no handshake showed it
         self.una0 = una0  # snd_una before any ACK
         self.t_cap0 = t_cap0  # the capture's first packet (ns)
         self.ca_state = OPEN
@@ -320,6 +323,10 @@ class SenderState:
         self.retransmits = 0
         self.syn_retransmits = 0
         self.last_rtx_ns: dict[int, int] = {}  # seq -> time of its latest retransmission
+
+    def snd_una_at(self, k: int) -> int:
+        """snd_una once ACK ``k`` (-1: none yet) was processed."""
+        return self.acks.una[k] if k >= 0 else self.una0
 
     # ---- a burst ---------------------------------------------------------------------
 
@@ -802,19 +809,20 @@ def replay(
         r0 = burst_rows[0]
         if f != cur_flow:
             cur_flow = f
-            sender = SenderState(ack_history, r, a_start[f], a_end[f], sack_ok[f], una0[f], t_cap0)
+            sender = SenderState(
+                ack_history,
+                r,
+                a_start[f],
+                a_end[f],
+                sack_ok[f],
+                mss[f] if mss_known[f] else None,
+                una0[f],
+                t_cap0,
+            )
         assert sender is not None
         if r.probe[r0]:
             continue  # keep-alive / window probe: not a retransmission of data
-        k = r.k[r0]
-        b = Burst(
-            burst_rows,
-            seg_lo[bi],
-            seg_hi[bi],
-            r,
-            ack_history.una[k] if k >= 0 else una0[f],
-            mss[f] if mss_known[f] else None,
-        )
+        b = Burst(burst_rows, seg_lo[bi], seg_hi[bi], r, sender.snd_una_at(r.k[r0]), sender.mss)
         v = sender.on_burst(b)
         v_pto_ns, v_rto_ns = int(v.pto_us * 1000), int(v.rto_us * 1000)
         for row in burst_rows:
