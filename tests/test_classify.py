@@ -1,7 +1,7 @@
 """Classification of retransmissions: one trace per kernel rule.
 
 Each trace is what tcpdump on the sender's host would show; the expected kind is the Linux
-function that would have sent the segment (see analyze/classify.py).
+function that would have sent the segment (see analyze/sender.py).
 """
 
 from __future__ import annotations
