@@ -8,7 +8,7 @@ sequence numbers with plain integer operations.
 
 Everything is vectorised: one stable sort by connection gives each connection's packets in
 capture order, and the per-flow facts come from reductions over that order. Pure numpy
-(tables as in analyze/table.py); ``assign_flows`` is the same as a pandas DataFrame.
+(tables as in analyze/table.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from retranscope.analyze.table import Nullable, Table, to_pandas
+from retranscope.analyze.table import (
+    Nullable,
+    Table,
+    by_group,
+    capture_order,
+    group_sort,
+    group_starts,
+)
 from retranscope.schemas.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, addr_to_str
 
 FLOW_COLUMNS = (
@@ -31,11 +38,6 @@ FLOW_COLUMNS = (
 
 _U64 = np.uint64
 _BIG = np.iinfo(np.int64).max
-
-
-def col(table, name: str) -> np.ndarray:
-    """A column as a numpy array, from a table or a DataFrame with numpy-typed columns."""
-    return np.asarray(table[name])
 
 
 def _mix64(cols: list[np.ndarray]) -> np.ndarray:
@@ -52,36 +54,9 @@ def _mix64(cols: list[np.ndarray]) -> np.ndarray:
     return h
 
 
-def group_sort(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` for non-negative integer keys, as radix sorts.
-
-    numpy's stable sort is a radix sort for 16-bit keys and a merge sort otherwise: on
-    1.3M rows, 12 ms against 55 ms. Keys (flow, connection numbers) almost always fit 16
-    bits; wider ones take one more 16-bit pass per 16 bits (LSD order).
-    """
-    if len(keys) == 0:
-        return np.zeros(0, dtype=np.int64)
-    top = int(keys.max())
-    if top < (1 << 16):
-        return np.argsort(keys.astype(np.uint16), kind="stable")
-    if top >= (1 << 32):
-        return np.argsort(keys, kind="stable")
-    k = keys.astype(np.uint32)
-    o = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
-    return o[np.argsort((k[o] >> 16).astype(np.uint16), kind="stable")]
-
-
 def _endpoint_less(a_hi, a_lo, a_p, b_hi, b_lo, b_p) -> np.ndarray:
     """(a_hi, a_lo, a_port) < (b_hi, b_lo, b_port), lexicographically, vectorised."""
     return (a_hi < b_hi) | ((a_hi == b_hi) & ((a_lo < b_lo) | ((a_lo == b_lo) & (a_p < b_p))))
-
-
-def _group_starts(keys_sorted: np.ndarray) -> np.ndarray:
-    """Boolean mask: the row starts a new run of equal keys."""
-    start = np.ones(len(keys_sorted), dtype=bool)
-    if len(keys_sorted):
-        np.not_equal(keys_sorted[1:], keys_sorted[:-1], out=start[1:])
-    return start
 
 
 def _same_as_first(cols: list[np.ndarray], start: np.ndarray) -> bool:
@@ -105,7 +80,7 @@ def _tuple_order(cap: np.ndarray | None, ports: list[np.ndarray],
     o = base[np.argsort(ports[1][base], kind="stable")]
     o = o[np.argsort(ports[0][o], kind="stable")]
     a_s, b_s = ports[0][o], ports[1][o]
-    start = _group_starts(a_s)
+    start = group_starts(a_s)
     start[1:] |= b_s[1:] != b_s[:-1]
     if _same_as_first([a[o] for a in addrs], start):
         return o, start
@@ -113,7 +88,7 @@ def _tuple_order(cap: np.ndarray | None, ports: list[np.ndarray],
     uniq = np.unique(h)
     tid = np.searchsorted(uniq, h)
     o = base[group_sort(tid[base])]
-    start = _group_starts(tid[o])
+    start = group_starts(tid[o])
     if _same_as_first([c[o] for c in addrs + ports], start):
         return o, start
     # A 64-bit hash collision (never seen): an exact, slower sort over the columns.
@@ -121,7 +96,7 @@ def _tuple_order(cap: np.ndarray | None, ports: list[np.ndarray],
     _, tid = np.unique(keys, axis=0, return_inverse=True)
     tid = tid.ravel()
     o = base[np.argsort(tid[base], kind="stable")]
-    return o, _group_starts(tid[o])
+    return o, group_starts(tid[o])
 
 
 def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
@@ -218,122 +193,6 @@ def _number_by_first_row(conn: np.ndarray, order: np.ndarray,
     new_start[by_first] = np.cumsum(n_conns[by_first]) - n_conns[by_first]
     tuple_no = np.cumsum(tuple_start) - 1
     return conn + (new_start - conn[starts])[tuple_no]
-
-
-def assign_flows(packets: Mapping[str, np.ndarray]):
-    """``flow_table`` with the flows as a pandas DataFrame (nullable columns as NA)."""
-    flow_id, flows = flow_table(packets)
-    return flow_id, to_pandas(flows)
-
-
-def flows_as_table(flows) -> Table:
-    """The flows of ``assign_flows`` (a DataFrame) or ``flow_table`` as a table."""
-    if isinstance(flows, dict):
-        return flows
-    from retranscope.analyze.table import from_pandas
-
-    return from_pandas(flows)
-
-
-_VMIN = -(1 << 41)
-_VMAX = (1 << 41) - 1
-_BAND = 1 << 42
-_BAND_GROUPS = 1 << 20
-#: "No sequence number yet": the floor seg_cummax returns for empty history.
-NO_VALUE = _VMIN
-
-
-def seg_cummax(values: np.ndarray, grp_no: np.ndarray, exclusive: bool = False) -> np.ndarray:
-    """Running maximum restarted at each group (groups contiguous, numbered 0, 1, ...).
-
-    Values are sequence offsets (well inside +-2**41); each group is lifted into its own
-    2**42-wide band so one np.maximum.accumulate serves all groups (2**20 groups at a
-    time, so the lift stays inside int64). Values below the band (the "nothing yet"
-    sentinel) come back as that sentinel's floor, -2**41. ``exclusive``: the maximum over
-    earlier rows only.
-    """
-    m = len(values)
-    if m == 0:
-        return values.astype(np.int64)
-    g = grp_no.astype(np.int64)
-    if int(g[-1]) >= _BAND_GROUPS:
-        inc = np.empty(m, dtype=np.int64)
-        cuts = np.searchsorted(g, np.arange(0, int(g[-1]) + 1 + _BAND_GROUPS, _BAND_GROUPS))
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
-            if hi > lo:
-                inc[lo:hi] = seg_cummax(values[lo:hi], g[lo:hi] - g[lo])
-    else:
-        lifted = np.clip(values, _VMIN, _VMAX)
-        lifted -= _VMIN
-        lifted += g * _BAND
-        inc = np.maximum.accumulate(lifted)
-        inc -= g * _BAND
-        inc += _VMIN
-    if not exclusive:
-        return inc
-    out = np.empty_like(inc)
-    out[0] = _VMIN
-    out[1:] = inc[:-1]
-    out[1:][g[1:] != g[:-1]] = _VMIN
-    return out
-
-
-def seg_cummax_before(values: list, grp_no: np.ndarray,
-                      where: np.ndarray | None = None) -> list[np.ndarray]:
-    """seg_cummax(v, grp_no, exclusive=True) for each of ``values``, sharing the groups'
-    lift and starts (the lift is the cost when the values are 1.3M packets). A value may
-    be a pair (a, b), read as np.where(where, a, b) (a, b arrays or scalars) without
-    building that array: each new 10 MB array is ~2,500 pages to fault in."""
-    m = len(grp_no)
-
-    def value(v):
-        if not isinstance(v, tuple):
-            return v
-        return np.where(where, *v)
-
-    if m == 0 or int(grp_no[-1]) >= _BAND_GROUPS:
-        return [seg_cummax(value(v), grp_no, exclusive=True) for v in values]
-    lift = grp_no.astype(np.int64) * _BAND
-    lift -= _VMIN
-    starts = _group_starts(grp_no)
-    out = []
-    for v in values:
-        # the maximum over earlier rows: shift by one row, then a running maximum
-        t = np.empty(m, dtype=np.int64)
-        t[0] = _VMIN
-        if isinstance(v, tuple):
-            a, b = v
-            np.copyto(t[1:], b[:-1] if np.ndim(b) else b)
-            np.copyto(t[1:], a[:-1] if np.ndim(a) else a, where=where[:-1])
-        else:
-            t[1:] = v[:-1]
-        np.clip(t, _VMIN, _VMAX, out=t)
-        t[starts] = _VMIN
-        t += lift
-        np.maximum.accumulate(t, out=t)
-        t -= lift
-        out.append(t)
-    return out
-
-
-def group_numbers(keys_sorted: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... numbering of runs of equal keys in a sorted array."""
-    if len(keys_sorted) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.cumsum(_group_starts(keys_sorted)) - 1
-
-
-def by_group(sel: np.ndarray, group_of_sel: np.ndarray) -> np.ndarray:
-    """Reorder ``sel`` (increasing row numbers of a capture-ordered table) by group,
-    keeping capture order inside each group (a stable sort)."""
-    return sel[group_sort(group_of_sel)]
-
-
-def capture_order(frame: np.ndarray) -> np.ndarray | None:
-    """Permutation into capture order; None when rows already are (the reader's)."""
-    if len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1])):
-        return None
-    return np.argsort(frame, kind="stable")
 
 
 def flow_order(frame: np.ndarray, flow_id: np.ndarray) -> np.ndarray:
@@ -597,7 +456,7 @@ def _unwrap_in_order(raw: np.ndarray, grp: np.ndarray, base_of: np.ndarray) -> n
     if m == 0:
         return np.zeros(0, dtype=np.int64)
     raw = raw.astype(np.uint32, copy=False)
-    start = _group_starts(grp)
+    start = group_starts(grp)
     start_pos = np.flatnonzero(start)
     step = np.empty(m, dtype=np.uint32)
     np.subtract(raw[1:], raw[:-1], out=step[1:])
@@ -629,7 +488,7 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
         order = flow_order(packets["frame"], flow_id)
     grp = flow_id[order]
     seq_abs = np.empty(n, dtype=np.int64)
-    seq_abs[order] = _unwrap_in_order(packets["seq"][order], grp, col(flows, "base_seq"))
+    seq_abs[order] = _unwrap_in_order(packets["seq"][order], grp, flows["base_seq"])
     seg_len = (packets["payload_len"].astype(np.int64) + ((flags & TCP_SYN) != 0)
                + ((flags & TCP_FIN) != 0))
     end_abs = seq_abs + seg_len
@@ -640,7 +499,7 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     if len(o_ack):
         g_ack = flow_id[o_ack]
         ack_abs[o_ack] = _unwrap_in_order(packets["ack"][o_ack], g_ack,
-                                          col(flows, "ack_base"))
+                                          flows["ack_base"])
 
     # SACK edges lie near the ACK number: offset them from it. Only rows carrying SACK
     # blocks are stored (sparse): see sack_blocks().

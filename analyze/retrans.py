@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from retranscope.analyze.flows import (
+from retranscope.analyze.flows import sequence_space
+from retranscope.analyze.table import (
     NO_VALUE,
+    Table,
     by_group,
     capture_order,
-    col,
-    flows_as_table,
     group_numbers,
+    group_rank,
     group_sort,
+    nullable,
+    pair_search,
+    seg_cummax,
     seg_cummax_before,
-    sequence_space,
+    take,
 )
-from retranscope.analyze.table import Table, nullable, take, to_pandas
 from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
 
 RETRANS_COLUMNS = (
@@ -44,7 +47,7 @@ _NONE = NO_VALUE  # "nothing sent yet": the floor of seg_cummax
 
 def conn_order(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows) -> np.ndarray:
     """Permutation putting packets in (connection, capture order)."""
-    conn = col(flows, "conn_id")[flow_id]
+    conn = flows["conn_id"][flow_id]
     cap = capture_order(packets["frame"])
     if cap is None:
         return group_sort(conn)
@@ -68,8 +71,8 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     # Everything below is in connection order; arrays are filled in place where they can
     # be (each new 1.3M-row array costs its page faults).
     f_o = flow_id[order]
-    gno = group_numbers(col(flows, "conn_id")[f_o])
-    d1 = col(flows, "dir")[f_o] != 0          # the packet is of direction 1
+    gno = group_numbers(flows["conn_id"][f_o])
+    d1 = flows["dir"][f_o] != 0          # the packet is of direction 1
     del f_o
     pos_of = np.empty(n, dtype=np.int64)      # position of each packet in that order
     pos_of[order] = np.arange(n)
@@ -168,7 +171,7 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     orig_ts = np.full(len(rows), _NONE, dtype=np.int64)
     if len(orig) and len(rows):
         o_flow = flow_id[orig]
-        pos = _search_pairs(o_flow, seq_abs[orig], fid, seq_abs[rows], side="right") - 1
+        pos = pair_search(o_flow, seq_abs[orig], fid, seq_abs[rows], side="right") - 1
         ok = pos >= 0
         pc = np.clip(pos, 0, None)
         cand = orig[pc]
@@ -211,14 +214,6 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     return table
 
 
-def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
-                         space: dict[str, np.ndarray] | None = None,
-                         context: dict[str, np.ndarray] | None = None):
-    """``retransmission_table`` as a pandas DataFrame (optional columns nullable Int64)."""
-    return to_pandas(retransmission_table(packets, flow_id, flows_as_table(flows), space,
-                                          context))
-
-
 def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
                       is_rst) -> np.ndarray:
     """Capture started mid-connection: segments sent before the first gap in new data.
@@ -230,7 +225,7 @@ def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx
     caught mid-chain, say). Only for flows whose SYN was not captured.
     """
     out = np.zeros(len(flow_id), dtype=bool)
-    late = ~col(flows, "syn_seen").astype(bool)
+    late = ~flows["syn_seen"].astype(bool)
     data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
     if len(data) < 2:
         return out
@@ -243,7 +238,7 @@ def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx
         return out
     gf = flow_id[gaps]
     keep = np.r_[True, gf[1:] != gf[:-1]]           # the first gap of each flow
-    n_flows = len(col(flows, "flow_id"))
+    n_flows = len(flows["flow_id"])
     first_gap_seq = np.full(n_flows, _NONE, dtype=np.int64)
     first_gap_frame = np.full(n_flows, -1, dtype=np.int64)
     first_gap_seq[gf[keep]] = seq_abs[gaps[keep]]
@@ -271,10 +266,10 @@ def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> n
     """
     n = len(flow_id)
     out = np.zeros(n, dtype=bool)
-    late = ~col(flows, "syn_seen").astype(bool)
+    late = ~flows["syn_seen"].astype(bool)
     if not late.any():
         return out
-    rev = col(flows, "rev_flow_id")
+    rev = flows["rev_flow_id"]
     frame = packets["frame"]
     # Evidence per reverse packet, in the sequence space of the flow it acknowledges.
     fb = np.where(space["ack_flag"] & ~is_rst, space["ack_abs"], _NONE)
@@ -288,9 +283,7 @@ def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> n
         return out
     cand = by_group(cand, acked[cand])         # per acknowledged flow, in capture order
     g = acked[cand]
-    first = np.r_[True, g[1:] != g[:-1]]
-    rank = np.arange(len(cand)) - np.maximum.accumulate(np.where(first, np.arange(len(cand)),
-                                                                   0))
+    rank = group_rank(g)
     cand, g = cand[rank < EARLY_EVIDENCE_ACKS], g[rank < EARLY_EVIDENCE_ACKS]
     data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
     if not len(data):
@@ -299,11 +292,8 @@ def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> n
     df = flow_id[data]
     end = space["end_abs"][data]
     # Highest end sent by the flow before each candidate ACK: a prefix maximum per flow.
-    first_d = np.r_[True, df[1:] != df[:-1]]
-    seg_id = np.cumsum(first_d) - 1
-    big = np.int64(1) << np.int64(42)
-    run_max = np.maximum.accumulate(end + seg_id * big) - seg_id * big
-    pos = _search_pairs(df, frame[data], g, frame[cand], side="left") - 1
+    run_max = seg_cummax(end, group_numbers(df))
+    pos = pair_search(df, frame[data], g, frame[cand], side="left") - 1
     pc = np.clip(pos, 0, None)
     has = (pos >= 0) & (df[pc] == g)
     own_hi = np.where(has, run_max[pc], _NONE)
@@ -315,17 +305,6 @@ def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> n
     np.maximum.at(upto, g[beyond], frame[cand[beyond]])
     out[data[frame[data] < upto[df]]] = True
     return out
-
-
-def _search_pairs(a_grp, a_val, q_grp, q_val, side="left") -> np.ndarray:
-    """searchsorted over rows sorted by (group, value), for (group, value) queries."""
-    # Map (group, value) to one sortable int64: values are sequence offsets (|v| < 2**40),
-    # groups are flow ids; shift values to be non-negative inside a 2**41 band per group.
-    band = np.int64(1) << np.int64(41)
-    lim = (np.int64(1) << np.int64(40)) - 1
-    ka = a_grp.astype(np.int64) * band + np.clip(a_val, -lim, lim) + (band >> 1)
-    kq = q_grp.astype(np.int64) * band + np.clip(q_val, -lim, lim) + (band >> 1)
-    return np.searchsorted(ka, kq, side=side)
 
 
 def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
@@ -344,8 +323,8 @@ def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
     top = np.zeros(int(sf.max()) + 1, dtype=np.int64)
     np.maximum.at(top, sf, span)
     maxlen = top[sf]
-    lo = _search_pairs(sf, ss, sf, ss - maxlen, side="left")
-    hi = _search_pairs(sf, ss, sf, ss, side="right")
+    lo = pair_search(sf, ss, sf, ss - maxlen, side="left")
+    hi = pair_search(sf, ss, sf, ss, side="right")
     cnt = hi - lo
     total = int(cnt.sum())
     if total == 0:

@@ -4,6 +4,8 @@
                                                           made by bench/make_big_capture.py)
     .venv/bin/python bench/bench_analyze.py --no-tshark   (quick: tshark takes ~50 s)
     .venv/bin/python bench/bench_analyze.py --repeat 5    (best of 5; default 3)
+    .venv/bin/python bench/bench_analyze.py --baseline REV --pairs 9
+                         (this tree against git revision REV, in turns: medians, ratio)
 
 Each tool runs as its own process; wall time and peak RSS come from wait4(). Printed side
 by side, with ratios. tshark does Wireshark's TCP analysis (it labels retransmissions,
@@ -44,7 +46,8 @@ def run(argv: list[str], env: dict | None = None) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{argv[0]} failed ({code}): {err.strip()[-300:]}")
-    return {"wall_s": wall, "peak_mb": rusage.ru_maxrss / 1024}
+    return {"wall_s": wall, "cpu_s": rusage.ru_utime + rusage.ru_stime,
+            "peak_mb": rusage.ru_maxrss / 1024}
 
 
 def best_of(tools: dict[str, tuple[list[str], dict | None]], repeat: int) -> dict[str, dict]:
@@ -58,6 +61,57 @@ def best_of(tools: dict[str, tuple[list[str], dict | None]], repeat: int) -> dic
     return best
 
 
+def package_tree(src: Path, dst: Path) -> Path:
+    """A directory to put on PYTHONPATH that imports ``src`` as retranscope.<stage>, as
+    pyproject's package-dir maps it (what the editable install does), for a tree that is
+    not installed: a git revision's, or this one's, timed alike."""
+    import tomllib
+
+    dirs = tomllib.loads((src / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    pkg = dst / "retranscope"
+    pkg.mkdir(parents=True)
+    for item in (src / dirs["retranscope"]).iterdir():
+        (pkg / item.name).symlink_to(item)
+    for name, folder in dirs.items():
+        if name != "retranscope":
+            (pkg / name.split(".", 1)[1]).symlink_to(src / folder)
+    return dst
+
+
+def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
+    """This tree and git revision ``rev`` analyze the capture in turns (A B A B ...): the
+    median wall and CPU (user + system) time of each, and their ratios. Both import the
+    same way (package_tree). On a shared machine the CPU time is the steadier figure."""
+    base_src = Path(tmp, "baseline-src")
+    base_src.mkdir()
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
+    sides = {"this tree": package_tree(HERE.parent, Path(tmp, "this")),
+             f"baseline {rev}": package_tree(base_src, Path(tmp, "baseline"))}
+    argvs = {name: [sys.executable, "-m", "retranscope", "analyze", "--pcap", str(capture),
+                    "--out", os.path.join(tmp, "out-" + name.split()[0]), "-q"]
+             for name in sides}
+    envs = {name: dict(env, PYTHONPATH=str(site)) for name, site in sides.items()}
+    for name in sides:
+        run(argvs[name], envs[name])  # untimed: fills the bytecode cache
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    for _ in range(pairs):
+        for name in sides:
+            runs[name].append(run(argvs[name], envs[name]))
+    for clock in ("wall_s", "cpu_s"):
+        times = {name: [r[clock] for r in rs] for name, rs in runs.items()}
+        med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+        for name, t in times.items():
+            print(f"{clock[:-2]:5} {name:24} median {med[name]:.3f} s over {len(t)} runs "
+                  f"(min {min(t):.3f}, max {max(t):.3f})")
+        a, b = med.values()
+        ratios = sorted(x / y for x, y in zip(*times.values()))
+        print(f"{clock[:-2]:5} this tree takes {a / b:.3f}x the time of {rev} (ratio of "
+              f"medians); per pair, median {ratios[len(ratios) // 2]:.3f}x (quartiles "
+              f"{ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("capture", nargs="?", type=Path, default=HERE / "data" / "big.pcap")
@@ -65,6 +119,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="best of N for the fast tools")
     ap.add_argument("--no-bytecode-cache", action="store_true",
                     help="run retranscope as PYTHONDONTWRITEBYTECODE=1 leaves it: compiling")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="time this tree against git revision REV instead, in turns")
+    ap.add_argument("--pairs", type=int, default=9, help="turns for --baseline")
     args = ap.parse_args()
     capture = args.capture
     if not capture.exists():
@@ -76,6 +133,9 @@ def main() -> int:
         if not args.no_bytecode_cache:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = os.path.join(tmp, "pycache")
+        if args.baseline:
+            paired(capture, args.baseline, args.pairs, tmp, env)
+            return 0
         ours_argv = [str(VENV_BIN / "retranscope"), "analyze", "--pcap", str(capture),
                      "--out", os.path.join(tmp, "out"), "-q"]
         run(ours_argv, env)  # untimed: fills the bytecode cache; gives the packet count

@@ -1,27 +1,30 @@
 """Classification of retransmissions: one trace per kernel rule.
 
 Each trace is what tcpdump on the sender's host would show; the expected kind is the Linux
-function that would have sent the segment (see analyze/classify.py).
+function that would have sent the segment (see analyze/sender.py).
 """
 
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 from packet_builder import Trace
 
-from retranscope.analyze.classify import classify, rtt_estimator
-from retranscope.analyze.flows import assign_flows
-from retranscope.analyze.retrans import find_retransmissions
+from retranscope.analyze.classify import rtt_estimator
+from retranscope.analyze.pipeline import classify_capture
+from retranscope.analyze.table import to_pandas
 
 MSS = 1448
 RTT = 10.0  # ms
 
 
+def classified(packets: dict) -> pd.DataFrame:
+    """What production classifies (pipeline.classify_capture), as a DataFrame to read."""
+    _, _, table = classify_capture(packets)
+    return to_pandas(table)
+
+
 def run(tr: Trace) -> pd.DataFrame:
-    pk = tr.packets()
-    fid, flows = assign_flows(pk)
-    return classify(pk, fid, flows, find_retransmissions(pk, fid, flows))
+    return classified(tr.packets())
 
 
 def warm(c, t: float, seq: int = 1, n: int = 5, size: int = 100, rtt: float = RTT):
@@ -78,8 +81,11 @@ def test_spurious_tlp_reported_by_dsack():
 
 
 def test_single_outstanding_segment_probe_waits_for_the_rto_then_rto_backs_off():
-    # packets_out == 1: PTO = 2*SRTT + TCP_RTO_MIN, clamped to the RTO (tcp_schedule_loss_probe).
-    # The probe goes first, then the RTO from the probe on, then doubling timeouts.
+    # Every RTT sample is 10 ms, so (tcp_rtt_estimator, tcp_set_rto) SRTT = 10 ms and
+    # rttvar = max(mdev, TCP_RTO_MIN) = 200 ms: RTO = 210 ms. packets_out == 1: PTO =
+    # 2*SRTT + TCP_RTO_MIN = 220 ms, clamped to the RTO (tcp_schedule_loss_probe): 210 ms.
+    # The probe goes first, then the RTO re-armed from it (210 ms), then tcp_retransmit_timer
+    # doubles icsk_rto on each timeout: 420 ms, 840 ms.
     tr, c, t, seq = start()
     c.send(t, seq, 100)
     c.send(t + 210, seq, 100)
@@ -90,10 +96,9 @@ def test_single_outstanding_segment_probe_waits_for_the_rto_then_rto_backs_off()
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["tlp", "rto", "rto", "rto"]
     assert r["backoff"].tolist()[1:] == [0, 1, 2]
-    rto = r["expected_rto_ns"].tolist()
-    assert rto[2] == 2 * rto[1] and rto[3] == 4 * rto[1]
-    assert 200_000_000 <= rto[1] <= 220_000_000
-    assert r["expected_pto_ns"].iloc[0] == rto[1]  # clamped to the RTO
+    assert r["srtt_us"].tolist() == [10_000] * 4
+    assert r["expected_pto_ns"].iloc[0] == 210_000_000
+    assert r["expected_rto_ns"].tolist() == [210_000_000, 210_000_000, 420_000_000, 840_000_000]
     assert r["ca_state"].tolist() == ["Open", "Loss", "Loss", "Loss"]
 
 
@@ -381,14 +386,30 @@ def test_reused_tuple_keeps_state_apart():
 
 # --- the estimator -------------------------------------------------------------------------
 
-def test_rtt_estimator_follows_rfc6298_with_linux_floor():
+def test_rtt_estimator_matches_the_kernels_integer_arithmetic():
+    # Expected values worked by hand through tcp_rtt_estimator and tcp_set_rto
+    # (net/ipv4/tcp_input.c; srtt_us holds 8*SRTT, mdev_us the mean deviation scaled so
+    # that RTO = SRTT + rttvar), not through the formula the code uses.
     import numpy as np
 
-    g = np.zeros(3, dtype=np.int64)
-    srtt, rto = rtt_estimator(g, np.array([100_000, 100_000, 180_000]))
-    assert srtt[0] == 100_000 and rto[0] == pytest.approx(100_000 + 200_000)
-    assert srtt[2] == pytest.approx(100_000 + 80_000 / 8)
-    # Two groups do not mix.
+    # 100, 100, 180 ms. First sample: srtt_us = 8*100000, mdev_us = 2*100000, rttvar_us =
+    # max(mdev_us, tcp_rto_min_us) = 200000: RTO 300 ms. Second: error 0, mdev_us -=
+    # mdev_us/4 -> 150000. Third: error +80000, srtt_us = 880000 (SRTT 110 ms), mdev_us =
+    # 150000 + 80000 - 37500 = 192500, under the floor: RTO = 110000 + 200000.
+    srtt, rto = rtt_estimator(np.zeros(3, dtype=np.int64), np.array([100_000, 100_000, 180_000]))
+    assert srtt.tolist() == [100_000, 100_000, 110_000]
+    assert rto.tolist() == [300_000, 300_000, 310_000]
+    # 400 then 100 ms: error -300000, srtt_us = 3200000 - 300000 (SRTT 362.5 ms). The sample
+    # is below SRTT, so m = 300000 - 800000/4 = 100000 is cut to m >> 3 = 12500 (the "Eifel
+    # finding" gain), mdev_us = 812500 > mdev_max_us: rttvar_us = 812500, RTO 1175 ms.
+    # (Plain RFC 6298 would raise RTTVAR to 900000: RTO 1262.5 ms.)
+    srtt, rto = rtt_estimator(np.zeros(2, dtype=np.int64), np.array([400_000, 100_000]))
+    assert srtt.tolist() == [400_000, 362_500]
+    assert rto.tolist() == [1_200_000, 1_175_000]
+    # A 100 s sample: 300 s by the formula, bounded to TCP_RTO_MAX (tcp_bound_rto).
+    _, rto = rtt_estimator(np.zeros(1, dtype=np.int64), np.array([100_000_000]))
+    assert rto.tolist() == [120_000_000]
+    # Two flows' samples do not mix.
     srtt2, _ = rtt_estimator(np.array([0, 1]), np.array([5_000, 50_000]))
     assert srtt2.tolist() == [5_000, 50_000]
 
@@ -571,7 +592,6 @@ def test_row_order_does_not_matter():
     pk = tr.packets()
     perm = np.random.default_rng(7).permutation(len(pk["frame"]))
     shuffled = {k: v[perm] for k, v in pk.items()}
-    fid, flows = assign_flows(shuffled)
-    r = classify(shuffled, fid, flows, find_retransmissions(shuffled, fid, flows))
+    r = classified(shuffled)
     assert r.sort_values("frame")["kind_pcap"].tolist() == run(tr)["kind_pcap"].tolist() \
         == ["tlp", "rto", "rto_recovery"]

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from packet_builder import Trace
 
-from retranscope.analyze.flows import assign_flows
-from retranscope.analyze.retrans import find_retransmissions
+from retranscope.analyze.pipeline import classify_capture
+from retranscope.analyze.table import to_pandas
 
 MSS = 1448
 
 
 def _rtx(tr: Trace):
-    pk = tr.packets()
-    fid, flows = assign_flows(pk)
-    return find_retransmissions(pk, fid, flows)
+    """The retransmitted segments production finds (pipeline.classify_capture)."""
+    _, _, classified = classify_capture(tr.packets())
+    return to_pandas(classified)
 
 
 def test_simple_retransmission_and_its_original():
