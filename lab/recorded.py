@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from retranscope.lab.capture import LabCapture, capture_meta
 from retranscope.lab.netns import Lab
 from retranscope.lab.scenarios import Scenario, ScenarioResult, run_scenario
 from retranscope.lines import LineReader
@@ -98,35 +99,40 @@ def record_scenario(
     lab_kw: dict | None = None,
     interface: str | None = None,
 ) -> RecordedRun:
-    """Build the scenario's lab, record while it runs, tear everything down."""
+    """Build the scenario's lab, record while it runs, tear everything down.
+
+    The recorder runs in the retransmitting namespace. A scenario captured there (the
+    default CapturePoint) uses the recorder's own tcpdump (on ``interface`` if given, e.g.
+    "any"); any other capture point gets its own tcpdump there (lab/capture.py) and the
+    recorder records events only. scenario.json says where the capture was taken.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     capture = out_dir / "capture.pcap"
+    own_capture = scenario.capture.is_default
     with scenario.lab(**(lab_kw or {})) as lab:
         ns = scenario.retransmitting_ns(lab)
         iface = interface or (
             lab.sender_if if scenario.retransmitter == "client" else lab.receiver_if
         )
-        rec = RecorderProcess(
-            lab,
-            ns,
-            [
-                "--out",
-                str(out_dir),
-                "--pcap",
-                str(capture),
-                "--interface",
-                iface,
-                "--quiet",
-                *extra_args,
-            ],
-        )
+        pcap_args = ["--pcap", str(capture), "--interface", iface] if own_capture else []
+        rec = RecorderProcess(lab, ns, ["--out", str(out_dir), *pcap_args, "--quiet",
+                                        *extra_args])
+        tap = None if own_capture else LabCapture(lab, scenario, capture)
         try:
+            if tap is not None:
+                tap.wait_ready()
             result = run_scenario(lab, scenario)
             time.sleep(settle_s)  # late retransmissions (a FIN's probe) still land
         finally:
+            tap_stats = tap.stop() if tap is not None else None
             code = rec.stop()
+        where = capture_meta(lab, scenario)
+        result.delay_stats = lab.delay_stats()
     meta = json.loads((out_dir / "run.json").read_text())
+    where["capture"]["tcpdump"] = tap_stats or (meta.get("pcap") or {}).get("tcpdump")
+    if interface:
+        where["capture"]["interface"] = interface
     meta["scenario"] = {
         "name": scenario.name,
         "family": scenario.family,
@@ -134,6 +140,9 @@ def record_scenario(
         "rtt_ms": scenario.rtt_ms,
         "expected": sorted(scenario.expected),
         "counters": result.deltas(),
+        **where,
+        "delay_line": result.delay_stats,
+        "derived": None,
     }
     (out_dir / "scenario.json").write_text(json.dumps(meta["scenario"], indent=2) + "\n")
     return RecordedRun(scenario, out_dir, capture, result, meta, rec.stderr_lines, code)
