@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retranscope.lab.netns import Lab, LabError
+from retranscope.lab.netns import ADDR4, ADDR6, Lab, LabError
 from retranscope.lines import LineReader
 from retranscope.record.tcpdump import SNAPLEN
 
@@ -90,8 +90,7 @@ class CapturePoint:
 
     def bpf_filter(self, sender_addr: str, receiver_addr: str) -> str:
         base = "(tcp or icmp or icmp6)" if self.icmp else "tcp"
-        extra = self.filter.replace("{sender}", sender_addr).replace("{receiver}",
-                                                                      receiver_addr)
+        extra = self.filter.replace("{sender}", sender_addr).replace("{receiver}", receiver_addr)
         return f"{base} and ({extra})" if extra else base
 
 
@@ -125,30 +124,36 @@ def tap_delays(scenario: Scenario) -> dict[str, dict[str, float]]:
     where = scenario.capture.where
     if where == "mid":
         to_tap = one_way_ms * scenario.tap_split
-        return {"client": {"delay_ms": to_tap, "extra_ms": disorder_ms},
-                "server": {"delay_ms": one_way_ms - to_tap, "extra_ms": 0.0}}
+        return {
+            "client": {"delay_ms": to_tap, "extra_ms": disorder_ms},
+            "server": {"delay_ms": one_way_ms - to_tap, "extra_ms": 0.0},
+        }
     at_client = host_roles(scenario)[where] == "client"
-    return {"client": {"delay_ms": 0.0 if at_client else one_way_ms,
-                       "extra_ms": 0.0 if at_client else disorder_ms},
-            "server": {"delay_ms": one_way_ms if at_client else 0.0, "extra_ms": 0.0}}
+    return {
+        "client": {
+            "delay_ms": 0.0 if at_client else one_way_ms,
+            "extra_ms": 0.0 if at_client else disorder_ms,
+        },
+        "server": {"delay_ms": one_way_ms if at_client else 0.0, "extra_ms": 0.0},
+    }
 
 
-def capture_meta(lab: Lab, scenario: Scenario) -> dict[str, Any]:
-    """What scenario.json says about the capture: its point, where it ran, its filter and
-    direction, the hosts' addresses and their delays to the tap (docs/lab.md)."""
+def capture_meta(scenario: Scenario) -> dict[str, Any]:
+    """What scenario.json says about the capture: its point, where it ran (the role of
+    the namespace), its filter and direction, the hosts' addresses and their delays to the
+    tap (docs/lab.md). The interface name is the lab's, added by the recorder."""
     roles = host_roles(scenario)
-    addr = {"client": lab.sender_addr(scenario.family),
-            "server": lab.receiver_addr(scenario.family)}
-    ns, ifname = capture_site(lab, scenario)
+    addr = {
+        "client": ADDR4["sender"] if scenario.family == 4 else ADDR6["sender"],
+        "server": ADDR4["receiver"] if scenario.family == 4 else ADDR6["receiver"],
+    }
     cap = scenario.capture
     delays = tap_delays(scenario)
     return {
         "capture_point": cap.label,
         "capture": {
             "where": cap.where,
-            "namespace": ("client" if ns == lab.sender_ns else
-                          "server" if ns == lab.receiver_ns else "middle"),
-            "interface": ifname,
+            "namespace": "middle" if cap.where == "mid" else roles[cap.where],
             "direction": cap.direction,
             "filter": cap.bpf_filter(addr[roles["sender"]], addr[roles["receiver"]]),
         },
@@ -168,9 +173,21 @@ class LabCapture:
     def __init__(self, lab: Lab, scenario: Scenario, path: Path):
         self.path = Path(path)
         ns, ifname = capture_site(lab, scenario)
-        meta = capture_meta(lab, scenario)
-        argv = ["tcpdump", "-Z", "root", "-i", ifname, "-s", str(SNAPLEN), "-n", "-U",
-                "--immediate-mode", "-w", str(self.path)]
+        meta = capture_meta(scenario)
+        argv = [
+            "tcpdump",
+            "-Z",
+            "root",
+            "-i",
+            ifname,
+            "-s",
+            str(SNAPLEN),
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-w",
+            str(self.path),
+        ]
         if scenario.capture.direction != "inout":
             argv += ["-Q", scenario.capture.direction]
         self.argv = [*argv, meta["capture"]["filter"]]
@@ -203,5 +220,9 @@ class LabCapture:
             m = re.search(r"(\d+) packets? " + what, text)
             return int(m.group(1)) if m else None
 
-        return {"captured": count("captured"), "received_by_filter": count("received by filter"),
-                "dropped_by_kernel": count("dropped by kernel"), "exit_code": self.proc.returncode}
+        return {
+            "captured": count("captured"),
+            "received_by_filter": count("received by filter"),
+            "dropped_by_kernel": count("dropped by kernel"),
+            "exit_code": self.proc.returncode,
+        }

@@ -73,8 +73,15 @@ QUEUE_NS = 300_000_000
 #: (``near_event_ms``): a sign the window is wrong rather than the analyzer.
 NEAR_NS = 500_000_000
 
-OUTCOMES = ("right_kind", "right_family", "wrong_family", "invented", "missed", "peer",
-            "unreported")
+OUTCOMES = (
+    "right_kind",
+    "right_family",
+    "wrong_family",
+    "invented",
+    "missed",
+    "peer",
+    "unreported",
+)
 JUDGED = ("right_kind", "right_family", "wrong_family", "invented", "missed")
 
 
@@ -118,9 +125,13 @@ def _event_window(events: pd.DataFrame, setting: Setting) -> tuple[np.ndarray, n
     return events["ts_wall_ns"].to_numpy(np.int64) + delay, extra + AFTER_NS
 
 
-def _candidate_pairs(packets: dict[str, np.ndarray], events: pd.DataFrame,
-                     setting: Setting, window_lo_ns: int, window_hi_extra_ns: int
-                     ) -> pd.DataFrame:
+def _candidate_pairs(
+    packets: dict[str, np.ndarray],
+    events: pd.DataFrame,
+    setting: Setting,
+    window_lo_ns: int,
+    window_hi_extra_ns: int,
+) -> pd.DataFrame:
     """(row, ev, resid_ns, late_ns, ts_skew_ms, ...) for every frame overlapping an
     event's range of its flow whose time falls in [expected - window_lo_ns, expected +
     late + window_hi_extra_ns]. ``ts_skew_ms``: the frame's TSval minus the event's time
@@ -135,8 +146,9 @@ def _candidate_pairs(packets: dict[str, np.ndarray], events: pd.DataFrame,
     wire["w_ts"] = packets["ts_ns"][data_rows].astype(np.int64)
     wire["w_seq"] = packets["seq"][data_rows].astype(np.int64)
     wire["w_len"] = seglen[data_rows]
-    wire["w_tsval"] = np.where(packets["opt_ts"][data_rows],
-                               packets["tsval"][data_rows].astype(np.int64), -1)
+    wire["w_tsval"] = np.where(
+        packets["opt_ts"][data_rows], packets["tsval"][data_rows].astype(np.int64), -1
+    )
     ev = event_flow_keys(events)
     expect_ns, late_ns = _event_window(events, setting)
     ev["ev"] = np.arange(len(events))
@@ -155,8 +167,11 @@ def _candidate_pairs(packets: dict[str, np.ndarray], events: pd.DataFrame,
     overlap = (d < pairs["e_len"].to_numpy()) & (d + pairs["w_len"].to_numpy() > 0)
     overlap |= ~pairs["e_has_seq"].to_numpy()
     resid = pairs["w_ts"].to_numpy() - pairs["e_ts"].to_numpy()
-    ok = overlap & (resid >= -window_lo_ns) & (
-        resid <= pairs["e_late"].to_numpy() + window_hi_extra_ns)
+    ok = (
+        overlap
+        & (resid >= -window_lo_ns)
+        & (resid <= pairs["e_late"].to_numpy() + window_hi_extra_ns)
+    )
     out = pairs.loc[ok, ["row", "ev", "w_seq", "w_len"]].copy()
     out["resid_ns"] = resid[ok]
     out["late_ns"] = pairs["e_late"].to_numpy()[ok]
@@ -193,8 +208,15 @@ def _sent_at_event(pairs: pd.DataFrame, events: pd.DataFrame) -> np.ndarray:
     tight = pairs["resid_ns"].to_numpy() <= pairs["late_ns"].to_numpy()
     if not has_ts.any():
         return tight
-    sock = (events["saddr"].astype(str) + "|" + events["sport"].astype(str) + "|"
-            + events["daddr"].astype(str) + "|" + events["dport"].astype(str)).to_numpy()
+    sock = (
+        events["saddr"].astype(str)
+        + "|"
+        + events["sport"].astype(str)
+        + "|"
+        + events["daddr"].astype(str)
+        + "|"
+        + events["dport"].astype(str)
+    ).to_numpy()
     conn = sock[pairs["ev"].to_numpy()]
     table = pd.DataFrame({"conn": conn, "skew": skew, "tight": tight})[has_ts]
     offset = {}
@@ -206,14 +228,16 @@ def _sent_at_event(pairs: pd.DataFrame, events: pd.DataFrame) -> np.ndarray:
     return np.where(has_ts, near, tight)
 
 
-def match_frames(packets: dict[str, np.ndarray], events: pd.DataFrame,
-                 setting: Setting) -> np.ndarray:
+def match_frames(
+    packets: dict[str, np.ndarray], events: pd.DataFrame, setting: Setting
+) -> np.ndarray:
     """For every row of the packet table, the index (in ``events``) of the kernel
     retransmission that frame carries, or -1. Events that never reached the wire
     (``err`` != 0) carry none."""
     event_of_row = np.full(len(packets["ts_ns"]), -1, dtype=np.int64)
-    sent = events["err"].fillna(0).to_numpy() == 0 if "err" in events else np.ones(
-        len(events), bool)
+    sent = (
+        events["err"].fillna(0).to_numpy() == 0 if "err" in events else np.ones(len(events), bool)
+    )
     pairs = _candidate_pairs(packets, events, setting, BEFORE_NS, QUEUE_NS)
     pairs = pairs[sent[pairs["ev"].to_numpy()]] if len(pairs) else pairs
     if pairs.empty:
@@ -226,8 +250,9 @@ def match_frames(packets: dict[str, np.ndarray], events: pd.DataFrame,
     best = pairs.sort_values(["row", "dist", "ev"], kind="stable").drop_duplicates("row")
     # ...and an event that got two copies of the same bytes keeps the nearer one.
     best = best.sort_values(["ev", "dist"], kind="stable")
-    keep = _first_copy_per_event(best["ev"].to_numpy(), best["w_seq"].to_numpy(),
-                                 best["w_len"].to_numpy())
+    keep = _first_copy_per_event(
+        best["ev"].to_numpy(), best["w_seq"].to_numpy(), best["w_len"].to_numpy()
+    )
     best = best[keep]
     event_of_row[best["row"].to_numpy()] = best["ev"].to_numpy()
     return event_of_row
@@ -273,8 +298,9 @@ def seen_before(packets: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def near_event_ms(packets: dict[str, np.ndarray], events: pd.DataFrame, setting: Setting,
-                  rows: np.ndarray) -> np.ndarray:
+def near_event_ms(
+    packets: dict[str, np.ndarray], events: pd.DataFrame, setting: Setting, rows: np.ndarray
+) -> np.ndarray:
     """For each row: the residual (ms) of the nearest event of the same bytes within
     NEAR_NS, NaN if none (diagnostics for invented rows)."""
     out = np.full(len(rows), np.nan)
@@ -310,8 +336,9 @@ def _addr_text(packets: dict[str, np.ndarray], rows: np.ndarray, side: str) -> n
     return out
 
 
-def judge(packets: dict[str, np.ndarray], reported: pd.DataFrame, events: pd.DataFrame,
-          setting: Setting) -> Judged:
+def judge(
+    packets: dict[str, np.ndarray], reported: pd.DataFrame, events: pd.DataFrame, setting: Setting
+) -> Judged:
     """Judge the analyzer's ``reported`` rows (retransmits.parquet of a capture-only
     analysis: ``frame``, ``kind``) against the kernel's ``events`` on the capture's
     ``packets``."""
@@ -320,23 +347,33 @@ def judge(packets: dict[str, np.ndarray], reported: pd.DataFrame, events: pd.Dat
     frame_no = packets["frame"]
     rep_frames = reported["frame"].to_numpy(np.int64) if len(reported) else np.zeros(0, int)
     rep_rows = np.searchsorted(frame_no, rep_frames)
-    if len(rep_rows) and (np.any(rep_rows >= len(frame_no))
-                          or np.any(frame_no[np.clip(rep_rows, 0, len(frame_no) - 1)]
-                                    != rep_frames)):
+    if len(rep_rows) and (
+        np.any(rep_rows >= len(frame_no))
+        or np.any(frame_no[np.clip(rep_rows, 0, len(frame_no) - 1)] != rep_frames)
+    ):
         raise ValueError(f"{setting.name}: reported frames not in the capture's TCP table")
     kernel_rows = np.flatnonzero(event_of_row >= 0)
     missed_rows = np.setdiff1d(kernel_rows, rep_rows)
     rows = np.concatenate([rep_rows, missed_rows]).astype(np.int64)
-    kinds = np.concatenate([reported["kind"].to_numpy(object) if len(reported)
-                            else np.zeros(0, object),
-                            np.full(len(missed_rows), None, dtype=object)])
+    kinds = np.concatenate(
+        [
+            reported["kind"].to_numpy(object) if len(reported) else np.zeros(0, object),
+            np.full(len(missed_rows), None, dtype=object),
+        ]
+    )
     ev = event_of_row[rows]
-    reasons = np.where(ev >= 0, events["reason"].to_numpy(object)[np.clip(ev, 0, None)]
-                       if len(events) else None, None)
+    reasons = np.where(
+        ev >= 0,
+        events["reason"].to_numpy(object)[np.clip(ev, 0, None)] if len(events) else None,
+        None,
+    )
     saddr = _addr_text(packets, rows, "saddr")
     first = ~seen_before(packets, rows)
-    judged = np.isin(saddr, list(setting.recorded_addrs)) if setting.recorded_addrs else (
-        np.ones(len(rows), bool))
+    judged = (
+        np.isin(saddr, list(setting.recorded_addrs))
+        if setting.recorded_addrs
+        else (np.ones(len(rows), bool))
+    )
     outcome = np.empty(len(rows), dtype=object)
     is_rep = np.arange(len(rows)) < len(rep_rows)
     fam_k = np.array([family(k) for k in kinds], dtype=object)
@@ -353,23 +390,41 @@ def judge(packets: dict[str, np.ndarray], reported: pd.DataFrame, events: pd.Dat
     near = np.full(len(rows), np.nan)
     inv = np.flatnonzero(outcome == "invented")
     near[inv] = near_event_ms(packets, events, setting, rows[inv])
-    out = pd.DataFrame({
-        "frame": frame_no[rows], "ts_ns": packets["ts_ns"][rows], "saddr": saddr,
-        "sport": packets["sport"][rows], "dport": packets["dport"][rows],
-        "seq": packets["seq"][rows], "len": segment_len(packets)[rows],
-        "reason": reasons, "kind": kinds, "outcome": outcome, "first_copy": first,
-        "near_event_ms": near,
-    }).sort_values("frame", kind="stable").reset_index(drop=True)
+    out = (
+        pd.DataFrame(
+            {
+                "frame": frame_no[rows],
+                "ts_ns": packets["ts_ns"][rows],
+                "saddr": saddr,
+                "sport": packets["sport"][rows],
+                "dport": packets["dport"][rows],
+                "seq": packets["seq"][rows],
+                "len": segment_len(packets)[rows],
+                "reason": reasons,
+                "kind": kinds,
+                "outcome": outcome,
+                "first_copy": first,
+                "near_event_ms": near,
+            }
+        )
+        .sort_values("frame", kind="stable")
+        .reset_index(drop=True)
+    )
     sent = (events["err"].fillna(0).to_numpy() == 0) if len(events) else np.zeros(0, bool)
     shown = np.zeros(len(events), dtype=bool)
     shown[event_of_row[kernel_rows]] = True
-    ev_table = pd.DataFrame({"reason": events["reason"].to_numpy(object) if len(events)
-                             else np.zeros(0, object), "visible": shown})[sent]
+    ev_table = pd.DataFrame(
+        {
+            "reason": events["reason"].to_numpy(object) if len(events) else np.zeros(0, object),
+            "visible": shown,
+        }
+    )[sent]
     return Judged(setting, out, ev_table.reset_index(drop=True))
 
 
-def failed(setting: Setting, packets: dict[str, np.ndarray], events: pd.DataFrame,
-           error: str) -> Judged:
+def failed(
+    setting: Setting, packets: dict[str, np.ndarray], events: pd.DataFrame, error: str
+) -> Judged:
     """The analysis failed: every kernel retransmission the capture shows is missed."""
     empty = pd.DataFrame({"frame": np.zeros(0, np.int64), "kind": np.zeros(0, object)})
     j = judge(packets, empty, events, setting)
@@ -391,25 +446,43 @@ def counts(judged: Iterable[Judged], by: str = "scenario") -> pd.DataFrame:
     for j in judged:
         frames.append(j.rows.assign(scenario=j.setting.name))
         evs.append(j.events.assign(scenario=j.setting.name))
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["scenario", "reason", "outcome"])
-    ev = pd.concat(evs, ignore_index=True) if evs else pd.DataFrame(
-        columns=["scenario", "reason", "visible"])
+    rows = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["scenario", "reason", "outcome"])
+    )
+    ev = (
+        pd.concat(evs, ignore_index=True)
+        if evs
+        else pd.DataFrame(columns=["scenario", "reason", "visible"])
+    )
     if by == "reason":
         rows = rows[rows["reason"].notna()]
-    table = pd.crosstab(rows[by], rows["outcome"]).reindex(columns=list(OUTCOMES),
-                                                          fill_value=0)
+    table = pd.crosstab(rows[by], rows["outcome"]).reindex(columns=list(OUTCOMES), fill_value=0)
     table["right_family"] += table["right_kind"]  # right kind is right family too
     table["wrong_kind"] = table["right_family"] - table["right_kind"] + table["wrong_family"]
     table["kernel"] = table["right_family"] + table["wrong_family"] + table["missed"]
     not_visible = (~ev["visible"].astype(bool)).groupby(ev[by]).sum() if len(ev) else None
-    table["not_visible"] = (not_visible.reindex(table.index).fillna(0).astype(int)
-                            if not_visible is not None else 0)
+    table["not_visible"] = (
+        not_visible.reindex(table.index).fillna(0).astype(int) if not_visible is not None else 0
+    )
     denom = (table["kernel"] + table["invented"]).replace(0, np.nan)
     table["family_score"] = table["right_family"] / denom
     table["kind_score"] = table["right_kind"] / denom
-    cols = ["kernel", "right_kind", "right_family", "wrong_kind", "wrong_family", "invented",
-            "missed", "not_visible", "peer", "unreported", "family_score", "kind_score"]
+    cols = [
+        "kernel",
+        "right_kind",
+        "right_family",
+        "wrong_kind",
+        "wrong_family",
+        "invented",
+        "missed",
+        "not_visible",
+        "peer",
+        "unreported",
+        "family_score",
+        "kind_score",
+    ]
     return table[cols]
 
 
@@ -473,16 +546,20 @@ def judge_recording(directory: Path, work_dir: Path) -> Judged:
 
 
 def recordings(corpus: Path) -> list[Path]:
-    return sorted(d for d in Path(corpus).iterdir()
-                  if (d / "capture.pcap").is_file() and any(d.glob("events/*.parquet")))
+    return sorted(
+        d
+        for d in Path(corpus).iterdir()
+        if (d / "capture.pcap").is_file() and any(d.glob("events/*.parquet"))
+    )
 
 
 def _print_tables(judged: list[Judged], point_of: Mapping[str, str]) -> None:
     per = counts(judged)
     per.insert(0, "point", [point_of.get(n, "") for n in per.index])
     fmt = {"float_format": lambda v: f"{v:.4f}"}
-    with pd.option_context("display.width", 250, "display.max_rows", 1000,
-                           "display.max_columns", 30):
+    with pd.option_context(
+        "display.width", 250, "display.max_rows", 1000, "display.max_columns", 30
+    ):
         print("== per recording ==")
         print(per.to_string(**fmt))
         print("\n== per capture point ==")
@@ -499,17 +576,20 @@ def _print_tables(judged: list[Judged], point_of: Mapping[str, str]) -> None:
     inv = pd.concat([j.rows[j.rows["outcome"] == "invented"] for j in judged])
     near = int(inv["near_event_ms"].notna().sum()) if len(inv) else 0
     total = per.sum()
-    print(f"\nall: kernel {int(total['kernel'])}, right kind {int(total['right_kind'])}, "
-          f"right family {int(total['right_family'])}, wrong family "
-          f"{int(total['wrong_family'])}, invented {int(total['invented'])} ({near} with an "
-          f"event of the same bytes within {NEAR_NS // 1_000_000} ms), missed "
-          f"{int(total['missed'])}, analyses failed {len(errors)}")
+    print(
+        f"\nall: kernel {int(total['kernel'])}, right kind {int(total['right_kind'])}, "
+        f"right family {int(total['right_family'])}, wrong family "
+        f"{int(total['wrong_family'])}, invented {int(total['invented'])} ({near} with an "
+        f"event of the same bytes within {NEAR_NS // 1_000_000} ms), missed "
+        f"{int(total['missed'])}, analyses failed {len(errors)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m retranscope.lab.judge",
-                                 description="Judge capture-only analyses of lab recordings "
-                                             "against the kernel's reasons.")
+    ap = argparse.ArgumentParser(
+        prog="python -m retranscope.lab.judge",
+        description="Judge capture-only analyses of lab recordings against the kernel's reasons.",
+    )
     ap.add_argument("corpus", type=Path, help="directory of recordings (make_corpus.py)")
     ap.add_argument("--only", nargs="*", default=None, help="recording names")
     ap.add_argument("--csv", type=Path, default=None, help="also write every judged frame")
@@ -524,14 +604,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for d in dirs:
             judged.append(judge_recording(d, Path(tmp)))
-    point_of = {j.setting.name: j.setting.capture_point
-                + ("+" + "+".join(op["op"] for op in j.setting.derived.get("ops", []))
-                   if j.setting.derived else "")
-                for j in judged}
+    point_of = {
+        j.setting.name: j.setting.capture_point
+        + (
+            "+" + "+".join(op["op"] for op in j.setting.derived.get("ops", []))
+            if j.setting.derived
+            else ""
+        )
+        for j in judged
+    }
     _print_tables(judged, point_of)
     if args.csv:
         pd.concat([j.rows.assign(scenario=j.setting.name) for j in judged]).to_csv(
-            args.csv, index=False)
+            args.csv, index=False
+        )
     return 0
 
 

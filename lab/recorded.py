@@ -1,8 +1,10 @@
 """Run a lab scenario with the real recorder attached: kernel events + capture + metadata.
 
 This is how ground truth is made: the recorder (`retranscope record`) runs inside the
-retransmitting namespace, with tcpdump on that namespace's interface, while the scenario
-makes real loss. Used by the recorder's tests, the accuracy corpus and `retranscope demo`.
+retransmitting namespace while the scenario makes real loss; the capture is taken where the
+scenario says (lab/capture.py: on that host by the recorder's own tcpdump, or at the
+receiver, a mid-path tap, one way only). scenario.json says where. Used by the recorder's
+tests, the accuracy corpus and `retranscope demo`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from retranscope.lab.capture import LabCapture, capture_meta
+from retranscope.lab.capture import LabCapture, capture_meta, capture_site
 from retranscope.lab.netns import Lab
 from retranscope.lab.scenarios import Scenario, ScenarioResult, run_scenario
 from retranscope.lines import LineReader
@@ -127,12 +129,11 @@ def record_scenario(
         finally:
             tap_stats = tap.stop() if tap is not None else None
             code = rec.stop()
-        where = capture_meta(lab, scenario)
+        where = capture_meta(scenario)
+        where["capture"]["interface"] = interface or capture_site(lab, scenario)[1]
         result.delay_stats = lab.delay_stats()
     meta = json.loads((out_dir / "run.json").read_text())
     where["capture"]["tcpdump"] = tap_stats or (meta.get("pcap") or {}).get("tcpdump")
-    if interface:
-        where["capture"]["interface"] = interface
     meta["scenario"] = {
         "name": scenario.name,
         "family": scenario.family,

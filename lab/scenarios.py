@@ -52,6 +52,7 @@ from retranscope.lab.netns import (
     read_first_line,
     stderr_if_exited,
 )
+from retranscope.lab.traffic import REQ_HDR
 
 REASONS = ("fast", "tlp", "rto", "rto_recovery", "syn", "synack")
 #: Twins a base scenario may have (see :func:`variants`).
@@ -425,6 +426,12 @@ def _trickle(count: int, size: str, interval_ms: str, seed: int = 1,
                    "sink", timeout_s=timeout_s)
 
 
+def _request_header(size: int, index: int, burst: int) -> int:
+    """A request's 8-byte header (traffic.py REQ_HDR) as one integer, for an nftables
+    match on the first bytes of the TCP payload (``@ih,0,64``)."""
+    return int.from_bytes(REQ_HDR.pack(size, index, burst), "big")
+
+
 def _random_drop(pct: int, where: str = "receiver") -> Rule:
     """Drop ``pct`` % of the packets towards the server (receiver) or the client (sender)."""
     direction = "dport" if where == "receiver" else "sport"
@@ -689,12 +696,17 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         name="tail_drop_rtt50",
-        description="tail_drop_tlp at RTT 50 ms: the first burst's last request (packet 6) "
-                    "is dropped; the three before it are ACKed, so it is alone in flight and "
+        description="tail_drop_tlp at RTT 50 ms: the first burst's last request is "
+                    "dropped; the three before it are ACKed, so it is alone in flight and "
                     "the PTO is 2*SRTT + 200 ms clamped to the RTO (about SRTT + 200 ms): "
-                    "the TLP fires at the RTO time, a quarter second after the original.",
+                    "the TLP fires at the RTO time, a quarter second after the original. "
+                    "The rule matches the request by its content (its header: 200 bytes, "
+                    "index 3 of a burst of 4, at the start of the TCP payload), once per "
+                    "connection, not by counting packets: a count shifts whenever the "
+                    "handshake or the requests are packed differently.",
         traffic=_requests(count=3, burst=4, size=200),
-        rules=(Rule("tcp dport {port} ct original packets 6 drop"),),
+        rules=(Rule(f"tcp dport {{port}} @ih,0,64 {_request_header(200, 3, 4):#018x} "
+                    "tcp sport != @once add @once { tcp sport } drop"),),
         rtt_ms=50.0,
         sysctls=(("sender", "net.ipv4.tcp_autocorking", "0"),),
         expected=frozenset({"tlp"}),
