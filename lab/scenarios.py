@@ -975,14 +975,16 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="bulk_ack_loss_rcv",
         description="Bulk 600 KB on each of 2 connections at RTT 20 ms, captured at the "
-                    "receiver: 1% of the data is lost in the network before the capture "
-                    "point (delay line), and 40% of the receiver's pure ACKs after it (at "
+                    "receiver: 2% of the data is lost in the network before the capture "
+                    "point (delay line) and each flow's 30th packet after it (at the "
+                    "receiver's input), and 40% of the receiver's pure ACKs after it (at "
                     "the sender's input). The capture shows ACKs and SACKs the sender never "
                     "got: its recovery runs on less than the capture shows.",
         traffic=_bulk(600_000, conns=2),
-        rules=(Rule("tcp sport {port} tcp flags & (syn|fin|rst|psh) == 0 "
-                    "numgen random mod 100 < 40 drop", where="sender"),),
-        line_drops=(("to_receiver", "data", 1.0),),
+        rules=(Rule("tcp dport {port} ct original packets 30 drop"),
+               Rule("tcp sport {port} tcp flags & (syn|fin|rst|psh) == 0 "
+                    "numgen random mod 100 < 40 drop", where="sender")),
+        line_drops=(("to_receiver", "data", 2.0),),
         rtt_ms=20.0,
         capture=CapturePoint(where="receiver"),
         expected=frozenset({"fast"}),
