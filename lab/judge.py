@@ -438,9 +438,11 @@ def failed(
 def counts(judged: Iterable[Judged], by: str = "scenario") -> pd.DataFrame:
     """Outcome counts per recording (``by="scenario"``) or per kernel reason
     (``by="reason"``; invented rows have no reason and are left out there), with the
-    kernel's visible retransmitted frames (``kernel`` = matched + missed), events no frame
-    showed (``not_visible``) and two scores: ``family_score`` = right_family /
-    (kernel + invented), ``kind_score`` = right_kind / (kernel + invented)."""
+    kernel's visible retransmitted frames (``kernel`` = matched + missed), the missed ones
+    that are the first copy of their bytes in the capture (``missed_first_copy``: the
+    original was lost before the tap or cut off), events no frame showed
+    (``not_visible``) and two scores: ``family_score`` = right_family / (kernel +
+    invented), ``kind_score`` = right_kind / (kernel + invented)."""
     frames = []
     evs = []
     for j in judged:
@@ -449,7 +451,7 @@ def counts(judged: Iterable[Judged], by: str = "scenario") -> pd.DataFrame:
     rows = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else pd.DataFrame(columns=["scenario", "reason", "outcome"])
+        else pd.DataFrame(columns=["scenario", "reason", "outcome", "first_copy"])
     )
     ev = (
         pd.concat(evs, ignore_index=True)
@@ -458,7 +460,16 @@ def counts(judged: Iterable[Judged], by: str = "scenario") -> pd.DataFrame:
     )
     if by == "reason":
         rows = rows[rows["reason"].notna()]
-    table = pd.crosstab(rows[by], rows["outcome"]).reindex(columns=list(OUTCOMES), fill_value=0)
+    names = [j.setting.name for j in judged] if by == "scenario" else []
+    index = pd.Index(sorted(set(rows[by]) | set(ev[by]) | set(names)), name=by)
+    table = (
+        pd.crosstab(rows[by], rows["outcome"])
+        .reindex(index=index, columns=list(OUTCOMES), fill_value=0)
+        .rename_axis(columns="outcome")
+    )
+    unseen = rows["outcome"].eq("missed") & rows["first_copy"].astype(bool)
+    table["missed_first_copy"] = unseen.groupby(rows[by]).sum().reindex(index).fillna(0)
+    table["missed_first_copy"] = table["missed_first_copy"].astype(int)
     table["right_family"] += table["right_kind"]  # right kind is right family too
     table["wrong_kind"] = table["right_family"] - table["right_kind"] + table["wrong_family"]
     table["kernel"] = table["right_family"] + table["wrong_family"] + table["missed"]
@@ -477,6 +488,7 @@ def counts(judged: Iterable[Judged], by: str = "scenario") -> pd.DataFrame:
         "wrong_family",
         "invented",
         "missed",
+        "missed_first_copy",
         "not_visible",
         "peer",
         "unreported",

@@ -289,3 +289,22 @@ def test_every_sent_event_finds_its_frame_in_complete_sender_captures() -> None:
             unmatched[d.name] = int((sent & ~shown).sum())
     assert total > 1000
     assert unmatched == {}
+
+
+def test_missed_first_copies_are_counted_apart() -> None:
+    """At a receiver the original may be lost before the tap: the retransmission is then
+    the only copy of its bytes in the capture, and missing it is counted apart."""
+    tr = Trace()
+    c = tr.conn()
+    t = c.handshake(0, rtt_ms=10)
+    c.send(t, 1, 1448)
+    c.send(t + 0.1, 1 + 2 * 1448, 1448)  # segment 2 never reached the capture
+    only = c.send(30, 1 + 1448, 1448)
+    ev = pd.DataFrame([event(c, 30, 1 + 1448, 1448, "fast")])
+    j = judge(tr.packets(), reported(tr, []), ev, SENDER)
+    assert outcomes(j) == {"missed": 1} and bool(j.rows["first_copy"].iloc[0])
+    assert j.rows["frame"].iloc[0] == tr.frame_of(only)
+    table = counts([j])
+    assert table.loc["case", ["missed", "missed_first_copy"]].tolist() == [1, 1]
+    by_reason = counts([j], by="reason")
+    assert by_reason.loc["fast", "missed_first_copy"] == 1
