@@ -656,7 +656,9 @@ class Lab:
                 raise LabError(f"delay line did not start: {line!r} {stderr_if_exited(proc)}")
 
     def delay_stats(self) -> dict[str, int] | None:
-        """Stop the delay line(s) and return their counters, summed (None without one)."""
+        """Stop the delay line(s) and return their counters, summed (None without one).
+        With a tap a frame crosses both lines, so ``arrivals``/``forwarded`` count it twice;
+        ``dropped_*`` and ``held_back`` happen in one line only and stay exact."""
         if not self.delay_procs:
             return None
         total: dict[str, int] = {}
