@@ -28,8 +28,6 @@ capture taken on that interface: "lost after the capture point".
 
 from __future__ import annotations
 
-import re
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from retranscope.lab.netns import ADDR4, ADDR6, Lab, LabError
 from retranscope.lines import LineReader
-from retranscope.record.tcpdump import SNAPLEN
+from retranscope.record.tcpdump import Tcpdump
 
 if TYPE_CHECKING:
     from retranscope.lab.scenarios import Scenario
@@ -165,38 +163,26 @@ def capture_meta(scenario: Scenario) -> dict[str, Any]:
     }
 
 
-class LabCapture:
-    """tcpdump at a scenario's capture point: started in that namespace, ready once it
-    listens, stopped with SIGINT; its own counts (``captured``, ``dropped_by_kernel``) are
-    read from what it prints at exit. Same snaplen as the recorder's capture."""
+class LabCapture(Tcpdump):
+    """tcpdump at a scenario's capture point: the recorder's tcpdump (same argv, snaplen,
+    stop and drop counts: record/tcpdump.py), started in the capture point's namespace
+    instead of the caller's, with the scenario's direction and filter. Started at once;
+    :meth:`wait_ready` returns when it listens."""
 
     def __init__(self, lab: Lab, scenario: Scenario, path: Path):
-        self.path = Path(path)
         ns, ifname = capture_site(lab, scenario)
-        meta = capture_meta(scenario)
-        argv = [
-            "tcpdump",
-            "-Z",
-            "root",
-            "-i",
-            ifname,
-            "-s",
-            str(SNAPLEN),
-            "-n",
-            "-U",
-            "--immediate-mode",
-            "-w",
-            str(self.path),
-        ]
+        super().__init__(Path(path), interface=ifname)
+        # The base argv ends with its own filter expression: replace it with the scenario's.
+        self.argv[-1:] = [capture_meta(scenario)["capture"]["filter"]]
         if scenario.capture.direction != "inout":
-            argv += ["-Q", scenario.capture.direction]
-        self.argv = [*argv, meta["capture"]["filter"]]
-        self.stderr_lines: list[str] = []
+            self.argv[1:1] = ["-Q", scenario.capture.direction]
+        self.argv[1:1] = ["-Z", "root"]
         self.proc = lab.popen(ns, self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
         self._lines = LineReader(self.proc.stderr.fileno())
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
+        assert self._lines is not None
         line = ""
         while "listening on" not in line:
             got = self._lines.readline(timeout_s=timeout_s)
@@ -204,25 +190,3 @@ class LabCapture:
                 raise LabError(f"tcpdump did not start: {' | '.join(self.stderr_lines[-3:])}")
             line = got
             self.stderr_lines.append(line.rstrip())
-
-    def stop(self, timeout_s: float = 10.0) -> dict[str, int | None]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.stderr_lines += self._lines.rest().splitlines()
-        text = "\n".join(self.stderr_lines)
-
-        def count(what: str) -> int | None:
-            m = re.search(r"(\d+) packets? " + what, text)
-            return int(m.group(1)) if m else None
-
-        return {
-            "captured": count("captured"),
-            "received_by_filter": count("received by filter"),
-            "dropped_by_kernel": count("dropped by kernel"),
-            "exit_code": self.proc.returncode,
-        }

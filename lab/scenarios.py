@@ -440,6 +440,34 @@ def _random_drop(pct: int, where: str = "receiver") -> Rule:
 
 _RANDOM_LOSS_POSSIBLE = frozenset({"tlp", "rto", "rto_recovery", "syn"})
 
+_REPLY_ACK_LOSS_RCV = Scenario(
+    name="reply_ack_loss_rcv",
+    description="The issue's case: a server's reply whose ACKs are lost after the "
+                "capture point. Captured at the client (the data receiver): 5 "
+                "connections one after another at RTT 20 ms, each one request answered "
+                "with 8 KB (within the initial window) and the server's FIN; the client "
+                "waits 400 ms before its own FIN. The server's input drops every pure "
+                "ACK from the client (handshake spared): the capture shows them, the "
+                "server never gets them. Its PTO (2*SRTT) fires: a TLP resends the last "
+                "segment; ~220 ms later the RTO resends the first; the client's FIN "
+                "(not a pure ACK) acknowledges everything. Kernel: a TLP then an RTO per "
+                "connection. (One connection each: on one long connection the echoed "
+                "timestamps of the probes would inflate SRTT, and later replies would "
+                "see no RTO.)",
+    traffic=_requests(count=1, burst=1, size=100,
+                      server_extra=("--reply-bytes", "8000", "--close-after", "1"),
+                      client_extra=("--gap-ms", "400", "--conns", "5")),
+    rules=(Rule("tcp dport {port} tcp flags & (syn|fin|rst) == 0 meta length < 120 "
+                "ct original packets > 2 drop"),),
+    rtt_ms=20.0,
+    retransmitter="server",
+    capture=CapturePoint(where="receiver"),
+    expected=frozenset({"tlp", "rto"}),
+    exact={"TcpExtTCPLossProbes": 5, "TcpExtTCPTimeouts": 5},
+    twins=("v6", "notso"),
+)
+
+
 BASE_SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="fast_nth",
@@ -910,47 +938,14 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
         twins=(),
     ),
     # --- captures taken elsewhere than on the retransmitting host (lab/capture.py) -----
-    Scenario(
-        name="reply_ack_loss_rcv",
-        description="The issue's case: a server's reply whose ACKs are lost after the "
-                    "capture point. Captured at the client (the data receiver): 5 "
-                    "connections one after another at RTT 20 ms, each one request answered "
-                    "with 8 KB (within the initial window) and the server's FIN; the client "
-                    "waits 400 ms before its own FIN. The server's input drops every pure "
-                    "ACK from the client (handshake spared): the capture shows them, the "
-                    "server never gets them. Its PTO (2*SRTT) fires: a TLP resends the last "
-                    "segment; ~220 ms later the RTO resends the first; the client's FIN "
-                    "(not a pure ACK) acknowledges everything. Kernel: a TLP then an RTO per "
-                    "connection. (One connection each: on one long connection the echoed "
-                    "timestamps of the probes would inflate SRTT, and later replies would "
-                    "see no RTO.)",
-        traffic=_requests(count=1, burst=1, size=100,
-                          server_extra=("--reply-bytes", "8000", "--close-after", "1"),
-                          client_extra=("--gap-ms", "400", "--conns", "5")),
-        rules=(Rule("tcp dport {port} tcp flags & (syn|fin|rst) == 0 meta length < 120 "
-                    "ct original packets > 2 drop"),),
-        rtt_ms=20.0,
-        retransmitter="server",
-        capture=CapturePoint(where="receiver"),
-        expected=frozenset({"tlp", "rto"}),
-        exact={"TcpExtTCPLossProbes": 5, "TcpExtTCPTimeouts": 5},
-        twins=("v6", "notso"),
-    ),
-    Scenario(
+    _REPLY_ACK_LOSS_RCV,
+    replace(
+        _REPLY_ACK_LOSS_RCV,
         name="reply_ack_loss_mid",
         description="reply_ack_loss_rcv seen from a mid-path tap (10 ms of the 20 ms RTT on "
                     "each side): the client's pure ACKs cross the tap and are dropped at the "
                     "server's input. Kernel: a TLP then an RTO per connection.",
-        traffic=_requests(count=1, burst=1, size=100,
-                          server_extra=("--reply-bytes", "8000", "--close-after", "1"),
-                          client_extra=("--gap-ms", "400", "--conns", "5")),
-        rules=(Rule("tcp dport {port} tcp flags & (syn|fin|rst) == 0 meta length < 120 "
-                    "ct original packets > 2 drop"),),
-        rtt_ms=20.0,
-        retransmitter="server",
         capture=CapturePoint(where="mid"),
-        expected=frozenset({"tlp", "rto"}),
-        exact={"TcpExtTCPLossProbes": 5, "TcpExtTCPTimeouts": 5},
         twins=("v6",),
     ),
     Scenario(
