@@ -19,7 +19,10 @@ Besides loss rules a scenario can shape the lab: RTT (the delay line), reorderin
 in the delay line (``reorder_pct``/``reorder_ms``, ``jitter_ms``), the MTU, per-namespace
 sysctls (SACK or timestamps off, autocorking), extra nftables sets for rules that remember
 packets (``nft_sets``: drop a segment *and* its first retransmission), and which IPv6 /
-TSO-off twins it has (``twins``).
+TSO-off twins it has (``twins``). And where the capture is taken (``capture``:
+lab/capture.py; the recorder stays on the retransmitting host), loss in the delay line
+(``line_drops``: in the network, before a tap), and an IP router whose far link has a
+smaller MTU (``router_mtu``: path MTU discovery). docs/lab.md lists the scenarios.
 
 The client always runs in ``lab.sender_ns`` and the server in ``lab.receiver_ns``;
 ``scenario.retransmitter`` says which side retransmits (``"server"`` for ``synack_drop``
