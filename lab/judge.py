@@ -58,7 +58,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from retranscope.analyze.join import FLOW_KEY, event_flow_keys, segment_len
+from retranscope.analyze.join import FLOW_KEY, segment_len
+from retranscope.analyze.table import to_pandas
 from retranscope.schemas.vocabulary import FAMILY_OF_KIND
 
 #: How early a frame may be stamped before its event (see the module docstring).
@@ -149,7 +150,7 @@ def _candidate_pairs(
     wire["w_tsval"] = np.where(
         packets["opt_ts"][data_rows], packets["tsval"][data_rows].astype(np.int64), -1
     )
-    ev = event_flow_keys(events)
+    ev = events[list(FLOW_KEY)].copy()
     expect_ns, late_ns = _event_window(events, setting)
     ev["ev"] = np.arange(len(events))
     ev["e_ts"] = expect_ns
@@ -538,6 +539,12 @@ def _catalogue_addrs(name: str) -> list[str] | None:
     return [ADDR4[role] if sc.family == 4 else ADDR6[role]]
 
 
+def events_frame(table) -> pd.DataFrame:
+    """The analyzer's events table (analyze/events.py) as the DataFrame the judge works on
+    (nullable columns as pandas' nullable dtypes), in the same row order."""
+    return to_pandas(table)
+
+
 def judge_recording(directory: Path, work_dir: Path) -> Judged:
     """Analyze ``directory/capture.pcap`` alone, as a user would, and judge it."""
     from retranscope.analyze.events import read_events
@@ -545,7 +552,7 @@ def judge_recording(directory: Path, work_dir: Path) -> Judged:
     from retranscope.analyze.run import run_analysis
 
     directory = Path(directory)
-    events = read_events(directory).table
+    events = events_frame(read_events(directory).table)
     setting = load_setting(directory, events)
     packets = read_capture(directory / "capture.pcap").packets
     out = Path(work_dir) / directory.name

@@ -12,12 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from corpus import recordings, whole_sender_capture
 from typer.testing import CliRunner
 
 from retranscope.cli import app
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
-RECORDINGS = sorted(p.name for p in CORPUS.iterdir() if (p / "run.json").exists())
+# Every event matched holds for captures taken whole on the recording host.
+RECORDINGS = [p.name for p in recordings() if whole_sender_capture(p)]
 runner = CliRunner()
 
 

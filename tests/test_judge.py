@@ -20,11 +20,13 @@ from packet_builder import T0_NS, Trace
 from retranscope.lab.judge import (
     Setting,
     counts,
+    events_frame,
     failed,
     judge,
     load_setting,
     match_frames,
 )
+from retranscope.schemas.packets import addr_from_str
 
 CLIENT, SERVER = "10.0.0.1", "10.0.0.2"
 #: The events' CLOCK_MONOTONIC at the trace's start: any value, the TCP clock follows it.
@@ -49,6 +51,9 @@ def event(
         "end_seq": (start + length) & 0xFFFFFFFF,
         "reason": reason,
         "err": err,
+        # the numeric halves analyze/events.py adds beside the text
+        **dict(zip(("saddr_hi", "saddr_lo"), addr_from_str(me.addr)[:2])),
+        **dict(zip(("daddr_hi", "daddr_lo"), addr_from_str(peer.addr)[:2])),
     }
 
 
@@ -277,7 +282,7 @@ def test_every_sent_event_finds_its_frame_in_complete_sender_captures() -> None:
     unmatched = {}
     total = 0
     for d in dirs:
-        events = read_events(d).table
+        events = events_frame(read_events(d).table)
         setting = load_setting(d, events)
         packets = read_capture(d / "capture.pcap").packets
         event_of_row = match_frames(packets, events, setting)
