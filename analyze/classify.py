@@ -130,17 +130,25 @@ def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np
 
 
 class _Originals:
-    """First transmissions of the data flows, by flow then capture order (which is also
-    sequence order), searchable by sequence and by frame."""
+    """First transmissions of the data flows: by flow then sequence (``sel``, ``flow``,
+    ``seq``, ``end``, ``ts``; searchable by sequence), and those sent in order (new data
+    at snd_nxt: all but the out-of-order ones) by flow then capture order (``f_sel``,
+    ``f_flow``, ``f_seq``; searchable by frame)."""
 
-    def __init__(self, packets, space, flow_id, sel):
-        self.sel = sel
-        self.flow = flow_id[sel]
-        self.seq = space["seq_abs"][sel]
-        self.end = space["end_abs"][sel]
-        self.ts = packets["ts_ns"][sel]
+    def __init__(self, packets, space, flow_id, sel, in_order):
+        self.f_sel = sel[in_order]
+        if in_order.all():
+            self.sel = sel  # capture order is then sequence order too
+        else:
+            self.sel = sel[np.lexsort((space["seq_abs"][sel], flow_id[sel]))]
+        self.flow = flow_id[self.sel]
+        self.seq = space["seq_abs"][self.sel]
+        self.end = space["end_abs"][self.sel]
+        self.ts = packets["ts_ns"][self.sel]
         self.by_seq = GroupedSearch(self.flow, self.seq)
-        self.by_frame = GroupedSearch(self.flow, packets["frame"][sel])
+        self.f_flow = flow_id[self.f_sel]
+        self.f_seq = space["seq_abs"][self.f_sel]
+        self.by_frame = GroupedSearch(self.f_flow, packets["frame"][self.f_sel])
 
     def containing(self, f: np.ndarray, byte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found, index) of the first transmission of flow f holding sequence ``byte``."""
@@ -166,6 +174,10 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     n_flows = len(flows["flow_id"])
     r_pkt, r_flow, r_ts, r_frame = out["pkt"], out["flow_id"], out["ts_ns"], out["frame"]
     r_probe = present(out["probe"])
+    # Out-of-order originals (retrans.resent_or_reordered) are first transmissions.
+    r_ooo = np.asarray(out["out_of_order"], dtype=bool) if "out_of_order" in out else \
+        np.zeros(len(r_pkt), dtype=bool)
+    r_skip = r_probe | r_ooo
     data_flows = np.flatnonzero(np.bincount(r_flow))  # np.unique would import numpy.ma
     frame = packets["frame"]
     sorted_cap = len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1]))
@@ -178,13 +190,18 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     A = _ack_table(packets, space, ack_sel, a_flow, una_init)
     tx_sel = _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst)
     is_rtx_pkt = np.zeros(len(flow_id), dtype=bool)
-    is_rtx_pkt[r_pkt] = True
-    # First transmissions, by flow then capture order, which is also sequence order.
-    origs = _Originals(packets, space, flow_id, tx_sel[~is_rtx_pkt[tx_sel]])
+    is_rtx_pkt[r_pkt[~r_ooo]] = True
+    is_ooo_pkt = np.zeros(len(flow_id), dtype=bool)
+    is_ooo_pkt[r_pkt[r_ooo]] = True
+    first_tx = tx_sel[~is_rtx_pkt[tx_sel]]
+    origs = _Originals(packets, space, flow_id, first_tx, ~is_ooo_pkt[first_tx])
     _ack_news(A, a_flow, origs, frame)
 
     # RTT samples -> SRTT / RTO (tcp_ack_update_rtt); those in force at each retransmission.
-    s_flow, s_frame, s_srtt, s_rto = _rtt_samples(packets, space, A, a_flow, origs, out,
+    resent = out if not r_ooo.any() else {k: out[k] for k in ("flow_id", "seq_abs", "end_abs")}
+    if r_ooo.any():
+        resent = {k: v[~r_ooo] for k, v in resent.items()}
+    s_flow, s_frame, s_srtt, s_rto = _rtt_samples(packets, space, A, a_flow, origs, resent,
                                                   flow_id, flows["ts_ok"].astype(bool),
                                                   una_init, _remote_shift_us(flows))
     s_pos = pair_search(s_flow, s_frame, r_flow, r_frame, side="left") - 1
@@ -197,7 +214,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
                                        frame[tx_sel], r_flow, r_frame, r_ts)
     t_cap0 = int(packets["ts_ns"].min())
     k_last, k_ok, since_last_ack = _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts, t_cap0)
-    order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, r_probe)
+    order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, r_skip)
     dsack_ts = _dsack_times(A, a_flow, out)
     ts_echo = _ts_echo_spurious(packets, A, a_flow, out, flows["ts_ok"].astype(bool))
     snd_nxt_r = _snd_nxt_at(out, origs)
@@ -213,7 +230,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
         "flags": packets["flags"][r_pkt].astype(np.int64), "snd_nxt": snd_nxt_r,
         "tsval": packets["tsval"][r_pkt].astype(np.int64),
         "has_ts": packets["opt_ts"][r_pkt].astype(bool), "k": k_last, "sla": since_last_ack,
-        "srtt": srtt_us, "rto": rto_us, "probe": r_probe, "dsack": dsack_ts,
+        "srtt": srtt_us, "rto": rto_us, "probe": r_skip, "dsack": dsack_ts,
         "pkts_out": pkts_out, "head_ts": gather(origs.ts, p, p_ok, _NONE),
     }
     a_start, a_end = group_bounds(a_flow, n_flows)
@@ -221,6 +238,8 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
         "sack_ok": flows["sack_ok"].astype(bool), "mss": mss,
         "mss_known": flows["handshake_seen"].astype(bool), "una0": una_init,
         "a_start": a_start, "a_end": a_end,
+        **_capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A,
+                                 a_start, a_end, origs),
     }
     res = replay(rows_in, flows_in, A, last_where(A["adv"], a_flow), order_r, burst_of, r_flow,
                  t_cap0)
@@ -230,13 +249,13 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     spurious_by = np.full(len(r_pkt), None, dtype=object)
     spurious_by[ts_echo] = "ts_echo"
     spurious_by[dsack_ts < _INF] = "dsack"
-    spurious_by[r_probe] = None
+    spurious_by[r_skip] = None
     out["spurious"] = Nullable(spurious_by != None, np.ones(len(r_pkt), dtype=bool))  # noqa: E711
     out["spurious_by"] = spurious_by
     out["since_last_send_ns"] = nullable(since_last_send, since_last_send != _NONE)
     out["since_last_ack_ns"] = nullable(since_last_ack, k_ok)
     out["srtt_us"] = nullable(np.round(srtt_us).astype(np.int64), s_ok)
-    _replay_columns(out, res, A, r_ts, r_probe)
+    _replay_columns(out, res, A, r_ts, r_skip)
     out["burst"] = burst_of
     return out
 
@@ -254,6 +273,50 @@ def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
     out["ca_state"] = np.array([CA_STATES.get(s) for s in res["ca"]], dtype=object)
     out["clock"] = np.array(res["clock"], dtype=object)
     out["position"] = np.array(res["position"], dtype=object)
+
+
+def _capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start,
+                           a_end, origs) -> dict[str, np.ndarray]:
+    """Per flow, whether the capture began in a Loss episode whose timeout it did not show
+    as a retransmission: ``loss0_nxt`` (its high_seq, _NONE: no) and the segment the
+    timeout resent (``loss0_seq``, ``loss0_end``, ``loss0_ts``).
+
+    A flow whose handshake the capture missed, whose first data segment P0 went out
+    before any ACK of the receiver was seen, at the head (the receiver's first ACK moves
+    snd_una past its start) while data beyond it was outstanding (that ACK holds data
+    above it, or the next new data starts above it): P0 was below snd_nxt. The capture
+    cannot show it was resent (frames the capture dropped could have carried the data
+    above it), so it is not reported; but a capture that starts at a random moment far
+    more often opens in the silence before a timeout than in the microseconds between an
+    ACK and a fast retransmit, and the resends that follow are the Loss state's slow start
+    (tcp_enter_loss), not fast recovery. The replay starts in that state."""
+    n_flows = len(flows["flow_id"])
+    out = {"loss0_nxt": np.full(n_flows, _NONE, dtype=np.int64),
+           "loss0_seq": np.zeros(n_flows, dtype=np.int64),
+           "loss0_end": np.zeros(n_flows, dtype=np.int64),
+           "loss0_ts": np.zeros(n_flows, dtype=np.int64)}
+    if not len(tx_sel):
+        return out
+    f = flow_id[tx_sel]
+    p0 = tx_sel[np.r_[True, f[1:] != f[:-1]]]
+    pf = flow_id[p0]
+    k1 = a_start[pf]
+    keep = ~flows["syn_seen"].astype(bool)[pf] & ~is_rtx_pkt[p0] & (k1 < a_end[pf])
+    k1c = np.clip(k1, 0, max(len(A["frame"]) - 1, 0))
+    keep &= gather(A["frame"], k1c, keep, -1) > packets["frame"][p0]
+    p0, pf, k1c = p0[keep], pf[keep], k1c[keep]
+    seq, end = space["seq_abs"][p0], space["end_abs"][p0]
+    una1, sack1 = A["una"][k1c], A["sack_hi"][k1c]
+    nx = origs.by_frame(pf, packets["frame"][p0], "right")
+    nx_in = nx < len(origs.f_sel)
+    nx_seq = gather(origs.f_seq, nx, nx_in & (gather(origs.f_flow, nx, nx_in, -1) == pf), _NONE)
+    high = np.maximum.reduce([end, una1, sack1, nx_seq])
+    hit = (una1 > seq) & (high > end)
+    out["loss0_nxt"][pf[hit]] = high[hit]
+    out["loss0_seq"][pf[hit]] = seq[hit]
+    out["loss0_end"][pf[hit]] = end[hit]
+    out["loss0_ts"][pf[hit]] = packets["ts_ns"][p0[hit]]
+    return out
 
 
 def _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap, not_rst) -> np.ndarray:
@@ -289,9 +352,9 @@ def _ack_news(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
     never = np.iinfo(np.int64).max
     A["sack_top"] = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
     nx = origs.by_frame(a_flow, A["frame"], "right")
-    nx_in = nx < len(origs.sel)
-    nx_frame = gather(frame[origs.sel], nx, nx_in & (gather(origs.flow, nx, nx_in, -1) == a_flow),
-                      never)
+    nx_in = nx < len(origs.f_sel)
+    nx_frame = gather(frame[origs.f_sel], nx,
+                      nx_in & (gather(origs.f_flow, nx, nx_in, -1) == a_flow), never)
     next_ack_frame = np.r_[A["frame"][1:], never]
     same_next = np.r_[a_flow[1:] == a_flow[:-1], False]
     A["new_after"] = nx_frame < np.where(same_next, next_ack_frame, never)
@@ -359,9 +422,9 @@ def _snd_nxt_at(rtx: Table, origs: _Originals) -> np.ndarray:
     r_flow = rtx["flow_id"]
     snd_nxt = filled(rtx["snd_nxt_abs"], _NONE).astype(np.int64)
     nxt = origs.by_frame(r_flow, rtx["frame"], "right")
-    nxt_in = nxt < len(origs.sel)
-    nxt_ok = nxt_in & (gather(origs.flow, nxt, nxt_in, -1) == r_flow)
-    nxt_seq = gather(origs.seq, nxt, nxt_ok, _NONE)
+    nxt_in = nxt < len(origs.f_sel)
+    nxt_ok = nxt_in & (gather(origs.f_flow, nxt, nxt_in, -1) == r_flow)
+    nxt_seq = gather(origs.f_seq, nxt, nxt_ok, _NONE)
     return np.maximum(snd_nxt, np.where(nxt_ok, nxt_seq, _NONE))
 
 

@@ -33,7 +33,7 @@ FLOW_COLUMNS = (
     "first_frame", "first_ts_ns", "last_ts_ns", "n_packets", "n_data",
     "isn", "base_seq", "ack_base", "syn_seen", "synack_seen", "fin_seen", "rst_seen",
     "mss", "wscale", "sack_perm", "ts_opt", "sack_ok", "ts_ok", "handshake_seen",
-    "local", "path_rtt_ns",
+    "local", "path_rtt_ns", "hs_rtt_ns", "trip_ns",
 )
 
 _U64 = np.uint64
@@ -286,7 +286,7 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
     sack_ok = np.where(both, sack_perm & sack_perm[rev_c], sack_unrefuted)
     ts_ok = np.where(both, ts_opt & ts_opt[rev_c], ts_frac > 0.5)
 
-    local, path_rtt = _local_side(packets, flow_id, n_flows, rev, syn_idx)
+    local, path_rtt, hs_rtt, trip = _local_side(packets, flow_id, n_flows, rev, syn_idx)
 
     conn = key_of_flow >> 1
     dirb = key_of_flow & 1
@@ -329,6 +329,8 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
         "handshake_seen": both,
         "local": local,
         "path_rtt_ns": path_rtt,
+        "hs_rtt_ns": hs_rtt,
+        "trip_ns": trip,
     }
     assert n >= n_flows
     return table
@@ -359,17 +361,29 @@ PACKET_HOST, PACKET_OUTGOING = 0, 4  # sll_pkttype, linux/if_packet.h
 
 
 def _local_side(packets, flow_id, n_flows, rev, syn_idx):
-    """Was each flow sent by the capturing host? And the path RTT seen from that host.
+    """Was each flow sent by the capturing host? The path RTT seen from that host; the
+    whole path's RTT; and the round trip from the capture point to each flow's sender.
 
     A Linux cooked capture says it per packet (sll_pkttype PACKET_OUTGOING). Otherwise the
     handshake does: the capturing host answers at once, its peer one path RTT later. On the
     client's host SYN -> SYN-ACK takes the RTT and SYN-ACK -> ACK microseconds; on the
     server's host, the other way round. Unknown (null) when neither is available.
+
+    Wherever the capture point lies (either host, or a tap between them), the SYN ->
+    SYN-ACK gap is the round trip from it to the server and back, SYN-ACK -> ACK the round
+    trip to the client, and their sum (SYN -> the client's ACK, also when a one-way capture
+    lacks the SYN-ACK) the path's RTT: ``hs_rtt_ns``. ``trip_ns`` is the round trip from
+    the capture point to the flow's own sender: how much later, at the capture point, a
+    segment that answers a packet seen there can appear.
     """
     local = np.zeros(n_flows, dtype=bool)
     local_known = np.zeros(n_flows, dtype=bool)
     path_rtt = np.zeros(n_flows, dtype=np.int64)
     rtt_known = np.zeros(n_flows, dtype=bool)
+    hs_rtt = np.zeros(n_flows, dtype=np.int64)
+    hs_known = np.zeros(n_flows, dtype=bool)
+    trip = np.zeros(n_flows, dtype=np.int64)
+    trip_known = np.zeros(n_flows, dtype=bool)
     pt = packets["pkttype"]
     if (pt >= 0).any():
         out_n = np.bincount(flow_id[pt == PACKET_OUTGOING], minlength=n_flows)
@@ -380,36 +394,46 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx):
 
     ts = packets["ts_ns"]
     flags = packets["flags"]
-    # Client flow c (its first SYN is a pure SYN) with server flow s = rev[c].
-    c = np.flatnonzero((syn_idx >= 0) & (rev >= 0))
+    # Client flow c (its first SYN is a pure SYN) with server flow s = rev[c], if any.
+    c = np.flatnonzero(syn_idx >= 0)
     c = c[(flags[syn_idx[c]] & TCP_ACK) == 0]
-    s = rev[c]
-    ok = syn_idx[s] >= 0
-    c, s = c[ok], s[ok]
     if len(c):
-        t_synack = ts[syn_idx[s]]
-        # The SYN answered: the last one sent before the SYN-ACK (SYNs may be resent).
-        is_syn = (flags & TCP_SYN) != 0
-        rows = np.flatnonzero(is_syn)
-        rows = rows[(flags[rows] & TCP_ACK) == 0]
-        synack_t_of = np.full(n_flows, np.iinfo(np.int64).max, dtype=np.int64)
-        synack_t_of[c] = t_synack
-        rows = rows[ts[rows] <= synack_t_of[flow_id[rows]]]
-        last_syn = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(last_syn, flow_id[rows], ts[rows])
-        t_syn = last_syn[c]
-        # The client's first packet after the SYN-ACK (its ACK of it).
+        s = rev[c]
+        sc = np.clip(s, 0, None)
+        has_sa = (s >= 0) & (syn_idx[sc] >= 0)
+        big = np.iinfo(np.int64).max
+        t_synack = np.where(has_sa, ts[syn_idx[sc]], big)
         is_client = np.zeros(n_flows, dtype=bool)
         is_client[c] = True
-        after = ~is_syn & ((flags & TCP_ACK) != 0) & is_client[flow_id]
+        # The client's first packet after its SYN (and the SYN-ACK): its ACK of it.
+        is_syn = (flags & TCP_SYN) != 0
+        cl_rows = np.flatnonzero(is_client[flow_id])
+        after = cl_rows[~is_syn[cl_rows] & ((flags[cl_rows] & TCP_ACK) != 0)]
         first_after_of = np.full(n_flows, _BIG, dtype=np.int64)
         np.minimum.at(first_after_of, flow_id[after], ts[after])
         first_after = first_after_of[c]
+        # The SYN answered: the last one sent before the SYN-ACK, or (no SYN-ACK in the
+        # capture) before the client's ACK (SYNs may be resent).
+        answer_t_of = np.full(n_flows, big, dtype=np.int64)
+        answer_t_of[c] = np.where(has_sa, t_synack, first_after)
+        rows = cl_rows[is_syn[cl_rows] & ((flags[cl_rows] & TCP_ACK) == 0)]
+        rows = rows[ts[rows] <= answer_t_of[flow_id[rows]]]
+        last_syn = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last_syn, flow_id[rows], ts[rows])
+        t_syn = last_syn[c]
         good = (t_syn > np.iinfo(np.int64).min) & (first_after < _BIG) & \
-            (first_after >= t_synack) & (t_syn <= t_synack)
-        g1 = t_synack[good] - t_syn[good]
-        g2 = first_after[good] - t_synack[good]
-        cg, sg = c[good], s[good]
+            (first_after >= np.where(has_sa, t_synack, t_syn))
+        whole = first_after - t_syn
+        hs_rtt[c[good]] = whole[good]
+        hs_known[c[good]] = True
+        both = good & has_sa & (t_syn <= t_synack)
+        g1 = t_synack[both] - t_syn[both]
+        g2 = first_after[both] - t_synack[both]
+        cg, sg = c[both], s[both]
+        hs_rtt[sg] = g1 + g2
+        hs_known[sg] = True
+        trip[cg], trip[sg] = g2, g1
+        trip_known[cg] = trip_known[sg] = True
         client_local = g1 > g2
         undecided = ~known[cg] & ~known[sg]
         local[cg[undecided]] = client_local[undecided]
@@ -421,7 +445,8 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx):
         path_rtt[sg] = rtt
         rtt_known[cg] = True
         rtt_known[sg] = True
-    return Nullable(local, local_known), Nullable(path_rtt, rtt_known)
+    return (Nullable(local, local_known), Nullable(path_rtt, rtt_known),
+            Nullable(hs_rtt, hs_known), Nullable(trip, trip_known))
 
 
 def _addr_strings(pairs: list[tuple[np.ndarray, np.ndarray]], family: np.ndarray) -> list:

@@ -52,6 +52,30 @@ def classify_capture(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, Table,
     return flow_id, flows, classified
 
 
+def is_retransmission(classified: Table) -> np.ndarray:
+    """Rows of classify_capture's table that are retransmissions: not a keep-alive or
+    window probe (retrans.py ``probe``), not an out-of-order original (``out_of_order``)."""
+    from retranscope.analyze.table import present
+
+    return ~present(classified["probe"]) & ~np.asarray(classified["out_of_order"], dtype=bool)
+
+
+def _not_retransmitted(flows: Table, classified: Table) -> tuple[dict, dict]:
+    """What the capture flagged that is not a retransmission, in summary.json (totals) and
+    flows.parquet (per flow): keep-alives and zero-window probes (RFC 9293 §3.8.4,
+    §3.8.6.1: the kernel's tcp_xmit_probe_skb, never tcp_retransmit_skb) and originals
+    that arrived out of order (what tshark calls out-of-order)."""
+    n_flows = len(flows["flow_id"])
+    probe = np.asarray(classified["probe"], dtype=object)
+    fid = classified["flow_id"]
+    masks = {"keepalives": probe == "keepalive", "zero_window_probes": probe == "zero_window",
+             "out_of_order": np.asarray(classified["out_of_order"], dtype=bool)}
+    totals = {k: int(m.sum()) for k, m in masks.items()}
+    per_flow = {k: np.bincount(fid[m], minlength=n_flows).astype(np.int64)
+                for k, m in masks.items()}
+    return totals, per_flow
+
+
 def _row_of_frame(packets: dict[str, np.ndarray], frames: np.ndarray) -> np.ndarray:
     """Packet-table row of each frame number (frames are increasing in the table)."""
     return np.searchsorted(packets["frame"], frames)
@@ -103,11 +127,14 @@ def analyze(capture=None, events=None) -> Result:
         summary["capture"] = capture.meta.to_dict()
         summary["warnings"] += list(capture.meta.warnings)
         flow_id, flows, classified = classify_capture(capture.packets)
+        others, flows_extra = _not_retransmitted(flows, classified)
+        summary.update(others)
+        classified = take(classified, np.flatnonzero(is_retransmission(classified)))
         wire = _wire_table(flows, classified)
     if events is None:
         rows = take(wire, np.argsort(wire["ts_wall_ns"], kind="stable"))
         summary.update(_totals_table(rows))
-        return Result(rows, _flows_out(flows, rows), summary)
+        return Result(rows, {**_flows_out(flows, rows), **flows_extra}, summary)
     summary["recording"] = {k: events.run.get(k) for k in RECORDING_KEYS}
     summary["recording"]["tcpdump"] = (events.run.get("pcap") or {}).get("tcpdump")
     summary["warnings"] += events.warnings
@@ -122,7 +149,10 @@ def analyze(capture=None, events=None) -> Result:
         rows = _merge(events.table, ev_rows, wire, capture, summary, eligible, flows)
     rows = take(rows, np.argsort(rows["ts_wall_ns"], kind="stable"))
     summary.update(_totals_table(rows))
-    return Result(rows, _flows_out(flows, rows), summary)
+    flows_table = _flows_out(flows, rows)
+    if capture is not None:
+        flows_table.update(flows_extra)
+    return Result(rows, flows_table, summary)
 
 
 def _event_rows(ev: Table) -> Table:

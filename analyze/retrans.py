@@ -25,8 +25,8 @@ from retranscope.analyze.table import (
     Table,
     by_group,
     capture_order,
+    gather,
     group_numbers,
-    group_rank,
     group_sort,
     nullable,
     pair_search,
@@ -39,7 +39,7 @@ from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
 RETRANS_COLUMNS = (
     "pkt", "frame", "ts_ns", "flow_id", "seq", "end_seq", "seq_abs", "end_abs",
     "payload_len", "flags", "snd_nxt_abs", "orig_frame", "orig_ts_ns", "tx_index",
-    "since_original_ns", "probe",
+    "since_original_ns", "probe", "out_of_order",
 )
 
 _NONE = NO_VALUE  # "nothing sent yet": the floor of seg_cummax
@@ -60,7 +60,9 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     """Per packet, what its sender knew just before sending it (all vectorised).
 
     ``sent_hi``: highest sequence known sent in the packet's flow (own segments, plus the
-    reverse flow's ACK/SACK). ``snd_nxt``: the highest own segment end only. ``last_rev``:
+    reverse flow's ACK/SACK). ``snd_nxt``: the highest own segment end only. ``acked_hi``:
+    the highest cumulative ACK of it the other direction sent (the receiver had every byte
+    below it). ``last_rev``:
     index of the last packet of the reverse direction before it (-1 if none), for the
     packets that can be probes (at most one byte of payload); -1 for the others.
     ``order``: conn_order(packets, flow_id, flows), when the caller has it.
@@ -92,8 +94,12 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     # direction's acknowledgements (which are in this flow's sequence space).
     sent_hi = np.empty(n, dtype=np.int64)
     snd_nxt = np.empty(n, dtype=np.int64)
+    acked_hi = np.empty(n, dtype=np.int64)
+    cum_ack = space["ack_abs"][order]
+    np.copyto(cum_ack, _NONE, where=~space["ack_flag"][order] | rst_o)
     for out, (v0, v1) in ((sent_hi, ((fb, own_end), (own_end, fb))),
-                          (snd_nxt, ((_NONE, own_end), (own_end, _NONE)))):
+                          (snd_nxt, ((_NONE, own_end), (own_end, _NONE))),
+                          (acked_hi, ((cum_ack, _NONE), (_NONE, cum_ack)))):
         m0, m1 = seg_cummax_before([v0, v1], gno, where=d1)
         np.copyto(m0, m1, where=d1)
         out[order] = m0
@@ -110,11 +116,11 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
         for side, other in ((True, np.flatnonzero(~d1)), (False, np.flatnonzero(d1))):
             q = mine == side
             k = np.searchsorted(other, p[q]) - 1
-            lr[q] = np.where(k >= 0, other[np.clip(k, 0, None)], -1)
+            lr[q] = gather(other, k, k >= 0, -1)  # a one-way capture: no other direction
         first_of_conn = np.flatnonzero(np.r_[True, gno[1:] != gno[:-1]])
         same = (lr >= 0) & (lr >= first_of_conn[gno[p]])
         last_rev[rows] = np.where(same, order[np.clip(lr, 0, None)], -1)
-    return {"sent_hi": sent_hi, "snd_nxt": snd_nxt, "last_rev": last_rev}
+    return {"sent_hi": sent_hi, "snd_nxt": snd_nxt, "acked_hi": acked_hi, "last_rev": last_rev}
 
 
 def _sack_tops(packets: dict[str, np.ndarray], space: dict[str, np.ndarray]) -> np.ndarray:
@@ -129,8 +135,10 @@ def _sack_tops(packets: dict[str, np.ndarray], space: dict[str, np.ndarray]) -> 
 def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
                          space: dict[str, np.ndarray] | None = None,
                          context: dict[str, np.ndarray] | None = None) -> Table:
-    """One row per retransmitted wire segment (and per keep-alive / window probe), in
-    frame order (RETRANS_COLUMNS; the optional columns are Nullable)."""
+    """One row per retransmitted wire segment, per keep-alive / window probe and per
+    out-of-order original, in frame order (RETRANS_COLUMNS; the optional columns are
+    Nullable). Only the rows with neither ``probe`` nor ``out_of_order`` are
+    retransmissions."""
     if space is None:
         space = sequence_space(packets, flow_id, flows)
     if context is None:
@@ -142,10 +150,8 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     ctl = (flags & (TCP_SYN | TCP_FIN | TCP_RST)) != 0
     payload = packets["payload_len"].astype(np.int64)
 
-    is_rtx = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi)
-    is_rtx |= _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
-                                is_rst)
-    is_rtx |= _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst)
+    below = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi)
+    is_rtx, reordered = resent_or_reordered(packets, flow_id, flows, space, context, below)
 
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
     # byte, sent when everything is acknowledged. Zero-window probe (§3.8.6.1): 0/1 byte
@@ -159,14 +165,18 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     keepalive = ka_form & ~rev_win0
     zwp = rev_win0 & (ka_form | ((payload == 1) & is_rtx & (seq_abs == rev_ack)))
     probe_mask = keepalive | zwp
-    rows = np.flatnonzero(is_rtx | probe_mask)
+    reordered &= ~probe_mask
+    rows = np.flatnonzero(is_rtx | probe_mask | reordered)
 
     fid = flow_id[rows]
-    # Originals: first transmissions, in increasing sequence order within a flow.
+    # Originals: first transmissions (out-of-order ones included), by flow then sequence.
     orig = np.flatnonzero((seg_len > 0) & ~is_rst & ~is_rtx)
-    # In capture order a flow's first transmissions have increasing sequence numbers
-    # (each starts at or above everything sent before it), so grouping by flow sorts them.
-    orig = by_group(orig, flow_id[orig])
+    if reordered.any():
+        orig = orig[np.lexsort((seq_abs[orig], flow_id[orig]))]
+    else:
+        # In capture order a flow's first transmissions then have increasing sequence
+        # numbers (each starts at or above everything sent before it).
+        orig = by_group(orig, flow_id[orig])
     orig_frame = np.full(len(rows), -1, dtype=np.int64)
     orig_ts = np.full(len(rows), _NONE, dtype=np.int64)
     if len(orig) and len(rows):
@@ -177,6 +187,7 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
         cand = orig[pc]
         ok &= (o_flow[pc] == fid) & (seq_abs[cand] <= seq_abs[rows]) & \
               (end_abs[cand] > seq_abs[rows]) & (packets["frame"][cand] < packets["frame"][rows])
+        ok &= ~reordered[rows]
         orig_frame[ok] = packets["frame"][cand[ok]]
         orig_ts[ok] = packets["ts_ns"][cand[ok]]
 
@@ -204,9 +215,10 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
         "snd_nxt_abs": nullable(snd_nxt, snd_nxt > _NONE),
         "orig_frame": orig_frame,
         "orig_ts_ns": nullable(orig_ts, has_orig),
-        "tx_index": tx_index.astype(np.int64),
+        "tx_index": np.where(reordered[rows], 1, tx_index).astype(np.int64),
         "since_original_ns": nullable(ts - orig_ts, has_orig),
         "probe": probe,
+        "out_of_order": reordered[rows],
     }
     fr = table["frame"]
     if len(fr) > 1 and not bool(np.all(fr[1:] >= fr[:-1])):
@@ -214,97 +226,235 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     return table
 
 
-def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
-                      is_rst) -> np.ndarray:
-    """Capture started mid-connection: segments sent before the first gap in new data.
+#: A re-send answers feedback that took at least one round trip (below): at this share of
+#: the round trip estimated from the capture, a segment is taken for one. The estimates
+#: are minima of delays that can only exceed the path's (queues, delayed ACKs), so a
+#: margin keeps a late original's successor from being missed for a few microseconds.
+RTT_FLOOR_SHARE = 0.8
 
-    New data always leaves at snd_nxt, contiguously. When a flow's first transmission
-    after the capture began starts beyond everything seen so far, the bytes in between
-    were sent before the capture began, so the segments seen before it (below it) were
-    sent while snd_nxt was already past them: they were retransmissions (an RTO or probe
-    caught mid-chain, say). Only for flows whose SYN was not captured.
-    """
-    out = np.zeros(len(flow_id), dtype=bool)
-    late = ~flows["syn_seen"].astype(bool)
-    data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
-    if len(data) < 2:
-        return out
-    data = by_group(data, flow_id[data])
-    f = flow_id[data]
-    first_of_flow = np.r_[True, f[1:] != f[:-1]]
-    gap = ~is_rtx[data] & (seq_abs[data] > sent_hi[data]) & ~first_of_flow
-    gaps = data[gap]
-    if not len(gaps):
-        return out
-    gf = flow_id[gaps]
-    keep = np.r_[True, gf[1:] != gf[:-1]]           # the first gap of each flow
-    n_flows = len(flows["flow_id"])
-    first_gap_seq = np.full(n_flows, _NONE, dtype=np.int64)
-    first_gap_frame = np.full(n_flows, -1, dtype=np.int64)
-    first_gap_seq[gf[keep]] = seq_abs[gaps[keep]]
-    first_gap_frame[gf[keep]] = packets["frame"][gaps[keep]]
-    fr = packets["frame"][data]
-    hit = (fr < first_gap_frame[f]) & (seq_abs[data] < first_gap_seq[f])
-    out[data[hit]] = True
-    return out
+#: Without any round trip in the capture (no handshake, no ACK of new data): Wireshark's
+#: own threshold between out-of-order and retransmitted (packet-tcp.c, 3 ms unless the
+#: handshake gave the RTT).
+UNKNOWN_RTT_FLOOR_NS = int(3_000_000 / RTT_FLOOR_SHARE)
+#: A round trip to the sender this short (ns) is the sender's own host answering: the
+#: capture runs there (or next to it), and nothing lies between to reorder segments.
+AT_SENDER_TRIP_NS = 250_000
 
 
-#: How many of a late flow's first reverse packets may show data sent before the capture.
-EARLY_EVIDENCE_ACKS = 4
+def resent_or_reordered(packets, flow_id, flows, space, context, below) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """Which segments below data already known sent (``below``) were sent again, and which
+    are first transmissions that arrived out of order. Returns (resent, reordered).
 
+    A segment is a retransmission only when the capture shows its bytes were sent before:
 
-def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> np.ndarray:
-    """Capture started mid-connection: segments resent before the receiver's first ACKs.
+    * an earlier segment of the capture carries its first byte, or the receiver had
+      already acknowledged it (the cumulative ACK covers it): its bytes passed before;
+    * otherwise it is the first copy the capture shows of bytes below data seen sent
+      before it (a hole filled). New data leaves in sequence order, so its first
+      transmission left before any data above it; the question is whether this is that
+      transmission, overtaken on the way to the capture point (reordering, RFC 4737), or
+      a re-send after the original was lost before the capture point. The sender's own
+      clock decides when it shows: a TSval above that of the data above it seen first
+      says it left later, so it was resent; a lower one, that it left first (RFC 7323
+      §5.3: TSval never decreases). Else time: a re-send answers feedback about that
+      hole (a SACK or duplicate ACK from the receiver, a timer armed by the missing
+      ACK), and no feedback can reach the sender before the data above the hole has gone
+      from the capture point to the receiver and its ACK back to the sender: a re-send
+      reaches the capture point at least one round trip after the first data above the
+      hole passed it, wherever that point lies (the sender's host, the receiver's, or
+      between them). A segment that follows sooner is an out-of-order original.
 
-    When one of the first ACKs of a flow whose SYN was not captured acknowledges or SACKs
-    bytes beyond everything the capture has shown sent so far, those bytes left before the
-    capture began; new data leaves in order, so every segment seen before that ACK lies
-    below the sender's snd_nxt at the capture start: it was resent (typically the RTO that
-    ends a silence the capture started in). Only the first EARLY_EVIDENCE_ACKS reverse
-    packets count, so a frame the capture itself dropped later on cannot turn a flow's
-    earlier segments into retransmissions.
+    Evidence that is not in the capture (the frames it dropped, a cut start) makes no
+    retransmission: a gap in new data, or an ACK of bytes never seen, may be frames the
+    capture missed as well as data sent before it began.
     """
     n = len(flow_id)
-    out = np.zeros(n, dtype=bool)
-    late = ~flows["syn_seen"].astype(bool)
-    if not late.any():
-        return out
-    rev = flows["rev_flow_id"]
+    resent = np.zeros(n, dtype=bool)
+    reordered = np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(below)
+    if not len(rows):
+        return resent, reordered
+    seq_abs, end_abs, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
     frame = packets["frame"]
-    # Evidence per reverse packet, in the sequence space of the flow it acknowledges.
-    fb = np.where(space["ack_flag"] & ~is_rst, space["ack_abs"], _NONE)
-    rows = space["sack_rows"]
-    if len(rows):
-        fb[rows] = np.where(is_rst[rows], _NONE, np.maximum(fb[rows], _sack_tops(packets, space)))
-    acked = rev[flow_id]                       # the flow each packet's ACK speaks for
-    cand = np.flatnonzero((fb > _NONE) & (acked >= 0))
-    cand = cand[late[acked[cand]]]
-    if not len(cand):
-        return out
-    cand = by_group(cand, acked[cand])         # per acknowledged flow, in capture order
-    g = acked[cand]
-    rank = group_rank(g)
-    cand, g = cand[rank < EARLY_EVIDENCE_ACKS], g[rank < EARLY_EVIDENCE_ACKS]
-    data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
-    if not len(data):
-        return out
-    data = by_group(data, flow_id[data])       # per flow, in capture order
-    df = flow_id[data]
-    end = space["end_abs"][data]
-    # Highest end sent by the flow before each candidate ACK: a prefix maximum per flow.
-    run_max = seg_cummax(end, group_numbers(df))
-    pos = pair_search(df, frame[data], g, frame[cand], side="left") - 1
-    pc = np.clip(pos, 0, None)
-    has = (pos >= 0) & (df[pc] == g)
-    own_hi = np.where(has, run_max[pc], _NONE)
-    beyond = fb[cand] > own_hi
-    if not beyond.any():
-        return out
-    n_flows = len(rev)
-    upto = np.full(n_flows, -1, dtype=np.int64)
-    np.maximum.at(upto, g[beyond], frame[cand[beyond]])
-    out[data[frame[data] < upto[df]]] = True
+    is_rst = (packets["flags"] & TCP_RST) != 0
+    fid = flow_id[rows]
+    seq = seq_abs[rows]
+    seen = seq < context["acked_hi"][rows]
+    # An earlier copy: among the segments sent in order (each then begins at or above
+    # everything before it, so capture order is sequence order)...
+    in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
+    in_order = by_group(in_order, flow_id[in_order])
+    if len(in_order):
+        o_flow = flow_id[in_order]
+        pos = pair_search(o_flow, seq_abs[in_order], fid, seq, side="right") - 1
+        pc = np.clip(pos, 0, None)
+        o = in_order[pc]
+        seen |= (pos >= 0) & (o_flow[pc] == fid) & (end_abs[o] > seq) & (frame[o] < frame[rows])
+    # ...or among the others.
+    seen |= _earlier_covering(fid, seq, end_abs[rows], frame[rows]) > 0
+    resent[rows[seen]] = True
+    hole = rows[~seen]
+    if not len(hole):
+        return resent, reordered
+    verdict = _hole_verdict(packets, flow_id, flows, space, context, below, hole)
+    resent[hole[verdict > 0]] = True
+    reordered[hole[verdict <= 0]] = True
+    return resent, reordered
+
+
+def _first_reaching(grp, cummax, q_grp, q_val) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the first row (rows grouped, each group's ``cummax`` nondecreasing) of
+    its group whose running maximum exceeds q_val: (found, index)."""
+    i = pair_search(grp, cummax, q_grp, q_val, side="right")
+    ic = np.clip(i, 0, max(len(grp) - 1, 0))
+    ok = (i < len(grp)) & (gather(grp, ic, i < len(grp), -1) == q_grp)
+    return ok, ic
+
+
+def _hole_verdict(packets, flow_id, flows, space, context, below, hole) -> np.ndarray:
+    """For each hole-filling segment (rows ``hole``): 1 resent, -1 an out-of-order original
+    (resent_or_reordered explains the evidence)."""
+    seq_abs, end_abs, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
+    frame, ts = packets["frame"], packets["ts_ns"]
+    is_rst = (packets["flags"] & TCP_RST) != 0
+    n_flows = len(flows["flow_id"])
+    hf = flow_id[hole]
+    hseq = seq_abs[hole]
+    want = np.zeros(n_flows, dtype=bool)
+    want[hf] = True
+    # The first data segment above the hole's start that the capture showed.
+    data = np.flatnonzero((seg_len > 0) & ~is_rst & want[flow_id])
+    data = by_group(data, flow_id[data])
+    dflow = flow_id[data]
+    ok_a, ia = _first_reaching(dflow, seg_cummax(end_abs[data], group_numbers(dflow)), hf, hseq)
+    a = data[ia]
+    ok_a &= frame[a] < frame[hole]
+    t_above = np.where(ok_a, ts[a], np.iinfo(np.int64).max)
+    # The first ACK or SACK of the other direction above it.
+    rev = flows["rev_flow_id"]
+    has_rev = np.zeros(n_flows, dtype=bool)
+    has_rev[rev[want & (rev >= 0)]] = True
+    fb_rows = np.flatnonzero(space["ack_flag"] & ~is_rst & has_rev[flow_id])
+    if len(fb_rows):
+        fb_rows = by_group(fb_rows, rev[flow_id[fb_rows]])
+        fb = space["ack_abs"][fb_rows]
+        sr = space["sack_rows"]
+        if len(sr):
+            at = np.searchsorted(sr, fb_rows)
+            atc = np.clip(at, 0, len(sr) - 1)
+            hit = sr[atc] == fb_rows
+            tops = _sack_tops(packets, space)
+            fb = np.where(hit, np.maximum(fb, tops[atc]), fb)
+        g = rev[flow_id[fb_rows]]
+        ok_b, ib = _first_reaching(g, seg_cummax(fb, group_numbers(g)), hf, hseq)
+        b = fb_rows[ib]
+        ok_b &= frame[b] < frame[hole]
+        t_above = np.minimum(t_above, np.where(ok_b, ts[b], np.iinfo(np.int64).max))
+    verdict = np.zeros(len(hole), dtype=np.int64)
+    # The sender's clock: TSval (RFC 7323) of the hole's segment against the data above.
+    has_ts = packets["opt_ts"].astype(bool)
+    both = ok_a & has_ts[hole] & has_ts[a]
+    d = (packets["tsval"][hole].astype(np.int64) - packets["tsval"][a].astype(np.int64)) \
+        & 0xFFFFFFFF
+    later = both & (d != 0) & (d < (1 << 31))
+    earlier = both & (d >= (1 << 31))
+    verdict[later] = 1
+    verdict[earlier] = -1
+    # Captured at the sender's own host: nothing between it and the capture to reorder.
+    trips = sender_trip_ns(packets, flow_id, flows, want)
+    at_sender = (trips >= 0) & (trips <= AT_SENDER_TRIP_NS)
+    verdict[(verdict == 0) & at_sender[hf]] = 1
+    # Time: at least a round trip after the data above passed.
+    floor = rtt_floor_ns(packets, flow_id, flows, space, below, want, trips)[hf]
+    undecided = verdict == 0
+    gap_ok = (floor >= 0) & (ts[hole] - t_above >= RTT_FLOOR_SHARE * floor)
+    verdict[undecided] = np.where(gap_ok[undecided], 1, -1)
+    return verdict
+
+
+def sender_trip_ns(packets, flow_id, flows, want) -> np.ndarray:
+    """Per flow in ``want``: the round trip from the capture point to the flow's sender
+    and back (ns, -1: unknown), from the handshake (flows.trip_ns) or, without it, the
+    least time from a packet of the other direction to the first segment echoing its
+    TSval (_echo_trip_ns)."""
+    trip = flows.get("trip_ns")
+    out = _echo_trip_ns(packets, flow_id, flows, want)
+    if trip is not None:
+        out = np.where(trip.valid, trip.values, out).astype(np.int64)
     return out
+
+
+def rtt_floor_ns(packets, flow_id, flows, space, below, want, trips) -> np.ndarray:
+    """Per flow (those in ``want``), the round trip of the path as the capture shows it, in
+    ns: the handshake's SYN -> ACK (flows.hs_rtt_ns), or the sum of the two round trips
+    seen from the capture point: to the receiver and back (new data -> the first ACK
+    covering it) and to the sender and back (``trips``: sender_trip_ns; 0 unknown). Each
+    is a minimum over delays that queues and delayed ACKs only lengthen, so none is below
+    the path's; the smaller of the two is taken. UNKNOWN_RTT_FLOOR_NS where the capture
+    shows neither."""
+    n_flows = len(flows["flow_id"])
+    hs = flows.get("hs_rtt_ns")
+    floor = np.full(n_flows, -1, dtype=np.int64)
+    if hs is not None:
+        floor = np.where(hs.valid, hs.values, -1).astype(np.int64)
+    d_rcv = _receiver_trip_ns(packets, flow_id, flows, space, below, want)
+    est = np.where(d_rcv >= 0, d_rcv + np.maximum(trips, 0), -1)
+    floor = np.where((floor >= 0) & (est >= 0), np.minimum(floor, est), np.maximum(floor, est))
+    return np.where(floor >= 0, floor, UNKNOWN_RTT_FLOOR_NS)
+
+
+def _receiver_trip_ns(packets, flow_id, flows, space, below, want) -> np.ndarray:
+    """Per flow in ``want``: the least time from a segment of new data to the first ACK
+    that covers it (-1: none)."""
+    n_flows = len(flows["flow_id"])
+    out = np.full(n_flows, -1, dtype=np.int64)
+    rev = flows["rev_flow_id"]
+    is_rst = (packets["flags"] & TCP_RST) != 0
+    new = np.flatnonzero((space["seg_len"] > 0) & ~is_rst & ~below & want[flow_id])
+    has_rev = np.zeros(n_flows, dtype=bool)
+    has_rev[rev[want & (rev >= 0)]] = True
+    acks = np.flatnonzero(space["ack_flag"] & ~is_rst & has_rev[flow_id])
+    if not len(new) or not len(acks):
+        return out
+    acks = by_group(acks, rev[flow_id[acks]])
+    g = rev[flow_id[acks]]
+    cm = seg_cummax(space["ack_abs"][acks], group_numbers(g))
+    i = pair_search(g, cm, flow_id[new], space["end_abs"][new], side="left")
+    ic = np.clip(i, 0, len(acks) - 1)
+    ok = (i < len(acks)) & (g[ic] == flow_id[new])
+    delay = packets["ts_ns"][acks[ic]] - packets["ts_ns"][new]
+    ok &= delay >= 0
+    best = np.full(n_flows, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, flow_id[new][ok], delay[ok])
+    return np.where(best < np.iinfo(np.int64).max, best, -1)
+
+
+def _echo_trip_ns(packets, flow_id, flows, want) -> np.ndarray:
+    """Per flow in ``want``: the least time from the first packet of the other direction
+    carrying a TSval to the first segment of this flow echoing it (-1: none)."""
+    n_flows = len(flows["flow_id"])
+    out = np.full(n_flows, -1, dtype=np.int64)
+    rev = flows["rev_flow_id"]
+    has_ts = packets["opt_ts"].astype(bool)
+    mine = np.flatnonzero(has_ts & want[flow_id] & (packets["tsecr"] != 0)
+                          & (rev[flow_id] >= 0))
+    peer = np.zeros(n_flows, dtype=bool)
+    peer[rev[want & (rev >= 0)]] = True
+    theirs = np.flatnonzero(has_ts & peer[flow_id])
+    if not len(mine) or not len(theirs):
+        return out
+    key_t = flow_id[theirs].astype(np.int64) * (1 << 32) + packets["tsval"][theirs]
+    uniq, first = np.unique(key_t, return_index=True)  # rows are in capture order
+    key_m = rev[flow_id[mine]].astype(np.int64) * (1 << 32) + packets["tsecr"][mine]
+    j = np.searchsorted(uniq, key_m)
+    jc = np.clip(j, 0, len(uniq) - 1)
+    ok = (j < len(uniq)) & (uniq[jc] == key_m)
+    delay = packets["ts_ns"][mine] - packets["ts_ns"][theirs[first[jc]]]
+    ok &= delay >= 0
+    best = np.full(n_flows, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, flow_id[mine][ok], delay[ok])
+    return np.where(best < np.iinfo(np.int64).max, best, -1)
 
 
 def _earlier_covering(fid, seq, end, frame) -> np.ndarray:

@@ -324,6 +324,18 @@ class SenderState:
         self.syn_retransmits = 0
         self.last_rtx_ns: dict[int, int] = {}  # seq -> time of its latest retransmission
 
+    def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
+        """The capture began in a Loss episode (classify._capture_start_timeout): the
+        timeout resent [seq, end) at ts_ns with snd_nxt as high_seq (tcp_enter_loss, from
+        tcp_retransmit_timer). F-RTO is taken as not running: what was resent before the
+        capture is unknown, so no ACK can prove the timeout spurious."""
+        self.tcp_enter_loss(-1, snd_nxt, frto=False)
+        self.loss_ranges.add(seq, end)
+        self.ever_resent.add(seq, end)
+        self.rto_head, self.rto_una, self.retransmits = seq, seq, 0
+        self.undo_retrans, self.undo_dsack_ns = 1, NEVER  # no D-SACK can undo it unseen
+        self.last_rtx_ns[seq] = ts_ns
+
     def snd_una_at(self, k: int) -> int:
         """snd_una once ACK ``k`` (-1: none yet) was processed."""
         return self.acks.una[k] if k >= 0 else self.una0
@@ -799,6 +811,7 @@ def replay(
     sack_ok, mss, mss_known, una0, a_start, a_end = (
         flows[k].tolist() for k in ("sack_ok", "mss", "mss_known", "una0", "a_start", "a_end")
     )
+    loss0 = flows.get("loss0_nxt")
     rows_l = order_r.tolist()
     kind, clock, position, ca, backoff, trigger, pto_ns, rto_ns = out.values()
     sender: SenderState | None = None
@@ -819,6 +832,11 @@ def replay(
                 una0[f],
                 t_cap0,
             )
+            if loss0 is not None and loss0[f] > NO_VALUE:
+                sender.capture_started_in_loss(
+                    int(flows["loss0_seq"][f]), int(flows["loss0_end"][f]),
+                    int(flows["loss0_ts"][f]), int(loss0[f]),
+                )
         assert sender is not None
         if r.probe[r0]:
             continue  # keep-alive / window probe: not a retransmission of data

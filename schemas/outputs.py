@@ -103,6 +103,16 @@ FLOWS_SCHEMA = pa.schema([
     _field("spurious", pa.int64(), "of the 4-tuple's retransmissions, how many were spurious"),
     _field("spurious_share", pa.float64(), "spurious / retransmissions"),
     _field("srtt_us_median", pa.float64(), "median SRTT over the 4-tuple's retransmissions"),
+    _field("keepalives", pa.int64(),
+           "keep-alives this flow sent (RFC 9293 §3.8.4: a byte at snd_una - 1): not "
+           "retransmissions, not in retransmits.parquet; null without a capture"),
+    _field("zero_window_probes", pa.int64(),
+           "zero-window probes this flow sent (RFC 9293 §3.8.6.1): not retransmissions, not "
+           "in retransmits.parquet; null without a capture"),
+    _field("out_of_order", pa.int64(),
+           "segments of this flow that reached the capture point after data above them but "
+           "were first transmissions (reordering, tshark's out-of-order): not "
+           "retransmissions; null without a capture"),
 ], metadata={b"schema": b"retranscope.flows"})
 
 

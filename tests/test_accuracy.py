@@ -28,7 +28,7 @@ from corpus import whole_sender_capture
 from retranscope.analyze.events import read_events
 from retranscope.analyze.join import eligible_rows, join_events
 from retranscope.analyze.pcap import read_capture
-from retranscope.analyze.pipeline import classify_capture
+from retranscope.analyze.pipeline import classify_capture, is_retransmission
 from retranscope.analyze.table import to_pandas
 from retranscope.schemas.vocabulary import FAMILY_OF_KIND
 
@@ -61,7 +61,8 @@ def evaluate(directory: Path) -> pd.DataFrame:
     ev_path = directory / "events.parquet"
     events = read_events(ev_path if ev_path.is_file() else directory).table
     flow_id, flows, classified = classify_capture(packets)
-    eligible = eligible_rows(len(flow_id), classified["pkt"], flow_id, flows["syn_seen"])
+    rtx = classified["pkt"][is_retransmission(classified)]
+    eligible = eligible_rows(len(flow_id), rtx, flow_id, flows["syn_seen"])
     event_of_row, _ = join_events(events, packets, eligible=eligible)
     out = to_pandas(classified)
     ev = event_of_row[classified["pkt"]]
@@ -107,8 +108,8 @@ def test_non_timer_loss_entries_are_slow_start_retransmits(all_results):
 
 
 def _matched(res: pd.DataFrame) -> pd.DataFrame:
-    # Keep-alives and window probes are not retransmissions the kernel reports.
-    return res[res["truth"].notna() & res["probe"].isna()]
+    # Keep-alives, window probes and out-of-order originals are not retransmissions.
+    return res[res["truth"].notna() & res["probe"].isna() & ~res["out_of_order"].astype(bool)]
 
 
 def test_report_accuracy_tables(results):

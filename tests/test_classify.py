@@ -454,9 +454,12 @@ def test_ack_processed_late_still_clocks_the_retransmission():
 
 
 def test_capture_started_in_a_timeout_chain_then_slow_start():
-    # The capture opens on the third RTO of a blackhole (its earlier copies unseen): the
-    # gap before the next new data shows it resent the head of a large flight, so it is
-    # the RTO, and the ACK-clocked resends that follow are Loss-state slow start.
+    # The capture opens on the third RTO of a blackhole (its earlier copies unseen). The
+    # capture cannot show that first segment was resent (the data above it may be frames it
+    # dropped), so it is not reported; but it went out at the head with data outstanding
+    # beyond, before any ACK: the replay starts in the Loss state that timeout entered
+    # (classify._capture_start_timeout), and the ACK-clocked resends that follow are its
+    # slow start (tcp_process_loss), not fast recovery.
     tr = Trace()
     c = tr.conn()
     c.send(0, 1, MSS)                       # RTO (head), original long before the capture
@@ -467,8 +470,8 @@ def test_capture_started_in_a_timeout_chain_then_slow_start():
     c.send(20.02, 1 + MSS, MSS)             # the loss was real: slow-start retransmits
     c.send(20.03, 1 + 2 * MSS, MSS)
     r = run(tr)
-    assert r["kind_pcap"].tolist() == ["rto", "rto_recovery", "rto_recovery"]
-    assert r["orig_frame"].tolist()[0] == -1
+    assert r["kind_pcap"].tolist() == ["rto_recovery", "rto_recovery"]
+    assert r["frame"].tolist()[0] == 6
 
 
 def test_multi_segment_timer_burst_is_not_a_timeout():
@@ -483,12 +486,13 @@ def test_multi_segment_timer_burst_is_not_a_timeout():
     assert r["kind_pcap"].tolist() == ["fast", "fast"]
 
 
-def test_capture_start_head_resend_with_data_held_beyond_is_the_rto():
-    # No ACK seen before the first retransmission: its clock is unknown. A capture that
-    # starts at a random moment far more often opens in the silence before a timeout than
-    # in the microseconds between an ACK and a fast retransmit: the receiver's next ACK
-    # shows the resend was at the head while it held data beyond, so it is the RTO, and
-    # the ACK-clocked resends that follow are the Loss state's slow start.
+def test_capture_start_head_send_with_data_held_beyond_starts_in_loss():
+    # No ACK seen before the first segment: a capture that starts at a random moment far
+    # more often opens in the silence before a timeout than in the microseconds between an
+    # ACK and a fast retransmit. The receiver's next ACK shows that segment was at the head
+    # while it held data beyond: the timeout's Loss state, whose slow start resends the
+    # rest. The first segment itself is not reported (the capture cannot show it was
+    # resent).
     tr = Trace()
     c = tr.conn()
     c.send(0, 1, MSS)
@@ -496,37 +500,41 @@ def test_capture_start_head_resend_with_data_held_beyond_is_the_rto():
     c.send(10.02, 1 + MSS, MSS)
     c.send(10.03, 1 + 2 * MSS, MSS)
     r = run(tr)
-    assert r["kind_pcap"].tolist() == ["rto", "rto_recovery", "rto_recovery"]
-    assert r["orig_frame"].tolist() == [-1, -1, -1]
+    assert r["kind_pcap"].tolist() == ["rto_recovery", "rto_recovery"]
+    assert r["orig_frame"].tolist() == [-1, -1]
 
 
-def test_capture_start_resend_above_the_head_with_data_beyond_is_fast():
-    # The same opening, but the receiver's next ACK does not move past the resent segment
-    # (a hole below it remains): not the head, so not the RTO; SACK news resent it.
+def test_capture_start_send_above_the_head_leaves_the_state_open():
+    # The same opening, but the receiver's next ACK does not move past the first segment (a
+    # hole below it remains): not the head, so not a timeout's resend. The next resend, of
+    # the hole at the head right after that ACK, is fast recovery.
     tr = Trace()
     c = tr.conn()
     c.send(0, 1 + 2 * MSS, MSS)
     c.ack(10, 1, sack=((1 + 2 * MSS, 1 + 20 * MSS),))
+    c.send(10.02, 1, MSS)
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["fast"]
 
 
 def test_capture_start_reno_slow_start_walk_is_loss():
-    # No SACK, capture opened inside a Loss episode: each ACK releases several segments,
-    # and segments above snd_una. NewReno recovery resends only the segment at snd_una,
-    # one MSS per partial ACK, so these are slow-start retransmissions after a timeout
-    # the capture did not see.
+    # No SACK, capture opened on the timeout's resend of the head: F-RTO sends new data
+    # (RFC 5682 step 2b), a duplicate ACK proves the loss real, and each ACK then releases
+    # several segments. NewReno recovery resends only the segment at snd_una, one MSS per
+    # partial ACK (tcp_newreno_mark_lost), so these are the Loss state's slow start, which
+    # a Reno sender keeps until snd_una passes high_seq.
     tr = Trace()
     c = tr.conn(sack=False)
-    for i in range(4):  # duplicate ACKs without SACK blocks: the receiver has no SACK
-        c.ack(0.01 * i, 1 + MSS)
-    c.send(0.05, 1 + MSS, MSS)
-    c.send(0.06, 1 + 2 * MSS, MSS)
-    c.ack(10, 1 + 2 * MSS)
-    c.send(10.02, 1 + 3 * MSS, MSS)
-    c.send(10.03, 1 + 4 * MSS, MSS)
-    c.send(10.04, 1 + 5 * MSS, MSS)
-    c.send(10.05, 1 + 40 * MSS, MSS)  # new data: everything below it was sent before
+    c.send(0, 1, MSS)
+    c.ack(10, 1 + MSS)
+    c.send(10.02, 1 + 40 * MSS, MSS)
+    c.ack(20, 1 + MSS)
+    c.send(20.02, 1 + MSS, MSS)
+    c.send(20.03, 1 + 2 * MSS, MSS)
+    c.ack(30, 1 + 3 * MSS)
+    c.send(30.02, 1 + 3 * MSS, MSS)
+    c.send(30.03, 1 + 4 * MSS, MSS)
+    c.send(30.04, 1 + 5 * MSS, MSS)
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["rto_recovery"] * 5
 
