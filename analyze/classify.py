@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retranscope.analyze.flows import sack_blocks, sequence_space
+from retranscope.analyze.flows import AT_SENDER_TRIP_NS, sack_blocks, sequence_space
 from retranscope.analyze.sender import (
     ACK_CLOCK_NS,
     BURST_GAP_NS,
@@ -40,7 +40,7 @@ from retranscope.analyze.table import (
     present,
     seg_cummax,
 )
-from retranscope.schemas.packets import TCP_RST
+from retranscope.schemas.packets import TCP_ACK, TCP_RST, TCP_SYN
 from retranscope.schemas.vocabulary import CA_STATES, FAMILY_OF_KIND
 
 _NONE = NO_VALUE  # "no value": the floor of seg_cummax
@@ -49,7 +49,7 @@ _INF = NEVER
 CLASSIFY_COLUMNS = (
     "kind_pcap", "family", "spurious", "spurious_by", "since_last_send_ns", "since_last_ack_ns",
     "srtt_us", "expected_pto_ns", "expected_rto_ns", "backoff", "trigger_frame",
-    "since_trigger_ns", "ca_state", "clock", "position", "burst",
+    "since_trigger_ns", "ca_state", "clock", "position", "burst", "cause", "pmtu_mtu",
 )
 
 
@@ -232,6 +232,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
         "has_ts": packets["opt_ts"][r_pkt].astype(bool), "k": k_last, "sla": since_last_ack,
         "srtt": srtt_us, "rto": rto_us, "probe": r_skip, "dsack": dsack_ts,
         "pkts_out": pkts_out, "head_ts": gather(origs.ts, p, p_ok, _NONE),
+        "sls": since_last_send, "cut": _cut_short(out, origs),
     }
     a_start, a_end = group_bounds(a_flow, n_flows)
     flows_in = {
@@ -240,6 +241,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
         "a_start": a_start, "a_end": a_end,
         **_capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A,
                                  a_start, a_end, origs),
+        **_path_facts(packets, space, flows, flow_id),
     }
     res = replay(rows_in, flows_in, A, last_where(A["adv"], a_flow), order_r, burst_of, r_flow,
                  t_cap0)
@@ -270,9 +272,34 @@ def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
     trig = np.array(res["trigger"], dtype=np.int64)
     out["trigger_frame"] = nullable(gather(A["frame"], trig, trig >= 0, 0), trig >= 0)
     out["since_trigger_ns"] = nullable(r_ts - gather(A["ts"], trig, trig >= 0, 0), trig >= 0)
+    out["cause"] = np.array(res["cause"], dtype=object)
+    mtu = np.array(res["mtu"], dtype=np.int64)
+    out["pmtu_mtu"] = nullable(mtu, mtu > 0)
     out["ca_state"] = np.array([CA_STATES.get(s) for s in res["ca"]], dtype=object)
     out["clock"] = np.array(res["clock"], dtype=object)
     out["position"] = np.array(res["position"], dtype=object)
+
+
+def _cut_short(rtx: Table, origs: _Originals) -> np.ndarray:
+    """Per retransmission: does it start where the first transmission of its first byte
+    started, and end before that one ended (resent at a smaller MSS)?"""
+    ok, p = origs.containing(rtx["flow_id"], rtx["seq_abs"])
+    return ok & (gather(origs.seq, p, ok, _NONE) == rtx["seq_abs"]) & \
+        (gather(origs.end, p, ok, _NONE) > rtx["end_abs"])
+
+
+def _path_facts(packets, space, flows, flow_id) -> dict[str, np.ndarray]:
+    """Per flow: the end of the data its SYN carried (TCP Fast Open; _NONE: none), and the
+    bytes of headers around each segment's payload (IPv4 20 / IPv6 40, TCP 20, the
+    timestamps option 12: MSS + these = the path MTU, RFC 879)."""
+    n_flows = len(flows["flow_id"])
+    syn_end = np.full(n_flows, _NONE, dtype=np.int64)
+    syn = np.flatnonzero(((packets["flags"] & TCP_SYN) != 0) & ((packets["flags"] & TCP_ACK) == 0)
+                         & (packets["payload_len"] > 0))
+    if len(syn):
+        np.maximum.at(syn_end, flow_id[syn], space["end_abs"][syn])
+    hdr = np.where(flows["family"] == 6, 60, 40) + np.where(flows["ts_ok"], 12, 0)
+    return {"syn_end": syn_end, "hdr_bytes": hdr.astype(np.int64)}
 
 
 def _capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start,
@@ -502,20 +529,25 @@ def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
         "dsack_l": np.where(dsack, L[:, 0], 0),
         "dsack_r": np.where(dsack, R[:, 0], 0), "tsecr": packets["tsecr"][sel].astype(np.int64),
         "opt_ts": packets["opt_ts"][sel].astype(bool), "payload": payload, "sack_n": sn,
+        "syn": (packets["flags"][sel] & TCP_SYN) != 0,
         "win": packets["win"][sel].astype(np.int64),
         "sack_l": L, "sack_r": R,
     }
 
 
 def _remote_shift_us(flows: Table) -> np.ndarray:
-    """Path RTT (us) to add to RTT samples of flows sent by the capture's peer, else 0."""
+    """Per flow, the round trip (us) from the capture point to the flow's sender and back
+    (flows.trip_ns, from the handshake; 0 unknown, as on the sender's own host). An ACK
+    seen here reaches the sender half of it later, and what the sender sends then appears
+    here the other half later: RTT samples taken here miss it, and a retransmission is
+    compared with the ACKs seen that much before it. On the sender's own host the trip is
+    its stack's answer time, no part of the path: 0."""
     out = np.zeros(len(flows["flow_id"]), dtype=np.int64)
-    if "local" not in flows:
+    trip = flows.get("trip_ns")
+    if trip is None:
         return out
-    remote = ~filled(flows["local"], True).astype(bool)
-    prtt = filled(flows["path_rtt_ns"], 0).astype(np.int64)
-    out[remote] = prtt[remote] // 1000
-    return out
+    path = trip.valid & (trip.values > AT_SENDER_TRIP_NS)  # else the sender's own stack
+    return np.where(path, trip.values // 1000, 0).astype(np.int64)
 
 
 def _rtt_samples(packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_ok_f, una_init,

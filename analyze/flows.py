@@ -359,6 +359,10 @@ def _dupacks_without_sack(packets, flow_id, n_flows, wanted) -> np.ndarray:
 
 PACKET_HOST, PACKET_OUTGOING = 0, 4  # sll_pkttype, linux/if_packet.h
 
+#: A round trip from the capture point to a flow's sender this short (ns) is that host's
+#: own stack answering (its processing, not a path): the capture runs on the sender.
+AT_SENDER_TRIP_NS = 250_000
+
 
 def _local_side(packets, flow_id, n_flows, rev, syn_idx):
     """Was each flow sent by the capturing host? The path RTT seen from that host; the

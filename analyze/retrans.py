@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retranscope.analyze.flows import sequence_space
+from retranscope.analyze.flows import AT_SENDER_TRIP_NS, sequence_space
 from retranscope.analyze.table import (
     NO_VALUE,
     Table,
@@ -236,9 +236,6 @@ RTT_FLOOR_SHARE = 0.8
 #: own threshold between out-of-order and retransmitted (packet-tcp.c, 3 ms unless the
 #: handshake gave the RTT).
 UNKNOWN_RTT_FLOOR_NS = int(3_000_000 / RTT_FLOOR_SHARE)
-#: A round trip to the sender this short (ns) is the sender's own host answering: the
-#: capture runs there (or next to it), and nothing lies between to reorder segments.
-AT_SENDER_TRIP_NS = 250_000
 
 
 def resent_or_reordered(packets, flow_id, flows, space, context, below) -> tuple[np.ndarray,
@@ -361,7 +358,8 @@ def _hole_verdict(packets, flow_id, flows, space, context, below, hole) -> np.nd
     earlier = both & (d >= (1 << 31))
     verdict[later] = 1
     verdict[earlier] = -1
-    # Captured at the sender's own host: nothing between it and the capture to reorder.
+    # Captured at the sender's own host: nothing between it and the capture point to
+    # reorder segments.
     trips = sender_trip_ns(packets, flow_id, flows, want)
     at_sender = (trips >= 0) & (trips <= AT_SENDER_TRIP_NS)
     verdict[(verdict == 0) & at_sender[hf]] = 1

@@ -79,6 +79,10 @@ TIMER_MIN_NS = TCP_TIMEOUT_MIN_US * 1000
 #: walk) leave back to back, with no ACK in between.
 BURST_GAP_NS = TCP_TIMEOUT_MIN_US * 1000 // 2
 
+#: An ICMP too-big message resends what it concerns at once, or when the writer releases
+#: the socket (tcp_release_cb, TCP_MTU_REDUCED_DEFERRED): within this much.
+TOO_BIG_NS = 50_000_000
+
 #: "Never" (no D-SACK, no exit): later than any time or ACK index.
 NEVER = int(np.iinfo(np.int64).max // 4)
 
@@ -134,6 +138,7 @@ class AckHistory:
     sack_top: list[int]
     sack_n: list[int]
     dsack: list[bool]
+    syn: list[bool]
     tsecr: list[int]
     payload: list[int]
     new_after: list[bool]
@@ -156,7 +161,9 @@ class RetransRows:
     (the last ACK before it, an AckHistory index, -1: none), ``sla`` (ns since that ACK, in
     the sender's time), ``srtt``/``rto`` (us, in force), ``probe`` (keep-alive / window
     probe), ``dsack`` (when a D-SACK reported it duplicate, else NEVER), ``pkts_out``
-    (tp->packets_out) and ``head_ts`` (first transmission of the segment at snd_una)."""
+    (tp->packets_out), ``head_ts`` (first transmission of the segment at snd_una) and
+    ``sls`` (ns since the flow's previous transmission, NO_VALUE: none) and ``cut`` (it
+    starts where a first transmission started and ends before that one did)."""
 
     __slots__ = (
         "seq",
@@ -173,6 +180,9 @@ class RetransRows:
         "dsack",
         "pkts_out",
         "head_ts",
+        "sls",
+        "end",
+        "cut",
     )
 
     def __init__(self, table: dict[str, np.ndarray]):
@@ -190,6 +200,9 @@ class RetransRows:
         self.dsack: list[int] = table["dsack"].tolist()
         self.pkts_out: list[int] = table["pkts_out"].tolist()
         self.head_ts: list[int] = table["head_ts"].tolist()
+        self.sls: list[int] = table["sls"].tolist()
+        self.end: list[int] = table["end"].tolist()
+        self.cut: list[bool] = table["cut"].tolist()
 
 
 class Burst:
@@ -211,6 +224,9 @@ class Burst:
         "flags",
         "pkts_out",
         "head_ts_ns",
+        "since_send_ns",
+        "seg_max",
+        "cut",
         "multi",
     )
 
@@ -229,6 +245,9 @@ class Burst:
         self.flags = r.flags[r0]
         self.pkts_out = r.pkts_out[r0]
         self.head_ts_ns = r.head_ts[r0]
+        self.since_send_ns = r.sls[r0]  # since the flow's previous transmission (NO_VALUE)
+        self.seg_max = max(r.end[i] - r.seq[i] for i in rows)
+        self.cut = r.cut[r0]  # begins where a first transmission began, ends before it
         # tcp_retransmit_timer and tcp_send_loss_probe resend one MSS (segs = 1, and
         # tcp_retrans_try_collapse stays within it): more at once is
         # tcp_xmit_retransmit_queue, from an ACK (perhaps one not seen) or the RACK timer.
@@ -239,9 +258,12 @@ class Verdict:
     """What the replay concluded about a burst: the kernel ``kind``, its ``clock`` ("ack" or
     "timer"), ``position`` (head/tail/middle), the CA state it was sent in, the timeout's
     ``backoff`` (-1: not a timeout), the ``trigger`` ACK (AckHistory index, -1: none), and
-    the probe and retransmission timeouts in force (``pto_us``, ``rto_us``)."""
+    the probe and retransmission timeouts in force (``pto_us``, ``rto_us``), and for a
+    re-send no timer and no duplicate ACK caused, its ``cause`` ("tfo", "pmtu") and the
+    path MTU it implies (``mtu``, 0: unknown)."""
 
-    __slots__ = ("kind", "clock", "position", "ca_state", "backoff", "trigger", "pto_us", "rto_us")
+    __slots__ = ("kind", "clock", "position", "ca_state", "backoff", "trigger", "pto_us", "rto_us",
+                 "cause", "mtu")
 
     def __init__(self, position: str, pto_us: float):
         self.kind = "unknown"
@@ -252,6 +274,8 @@ class Verdict:
         self.trigger = -1
         self.pto_us = pto_us
         self.rto_us: float = 0.0
+        self.cause: str | None = None
+        self.mtu = 0
 
 
 class SenderState:
@@ -288,6 +312,12 @@ class SenderState:
         "retransmits",
         "syn_retransmits",
         "last_rtx_ns",
+        # what a re-send no timer and no ACK caused needs: the data the SYN carried (TCP
+        # Fast Open, its end; NO_VALUE: none), the header bytes around a segment's payload
+        # (IP, TCP, options), and the path MTU messages (ICMP) the capture holds
+        "syn_end",
+        "hdr_bytes",
+        "too_big",
     )
 
     def __init__(
@@ -300,6 +330,9 @@ class SenderState:
         mss: int | None,
         una0: int,
         t_cap0: int,
+        syn_end: int = NO_VALUE,
+        hdr_bytes: int = 0,
+        too_big: list[tuple[int, int]] | None = None,
     ):
         self.acks, self.rows = acks, rows
         self.a_first, self.a_end = a_first, a_end  # this flow's ACKs: [a_first, a_end)
@@ -323,6 +356,9 @@ class SenderState:
         self.retransmits = 0
         self.syn_retransmits = 0
         self.last_rtx_ns: dict[int, int] = {}  # seq -> time of its latest retransmission
+        self.syn_end = syn_end
+        self.hdr_bytes = hdr_bytes
+        self.too_big = too_big or []  # (ts_ns, mtu) of each ICMP too-big, in time order
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
         """The capture began in a Loss episode (classify._capture_start_timeout): the
@@ -353,6 +389,21 @@ class SenderState:
             self.probe_timeout_us(b),
         )
         ack_clocked = self._ack_clocked(b, head)
+        if self._fastopen_data_not_acked(b):
+            self.tcp_non_congestion_loss_retransmit(b, v, "tfo")
+            v.clock, v.trigger = "ack", b.k
+        elif not ack_clocked and not b.flags & TCP_SYN and self._no_timer_could_fire(b):
+            self.tcp_non_congestion_loss_retransmit(b, v, "pmtu")
+            v.mtu = self._path_mtu(b)
+            v.clock = "icmp"
+        else:
+            self._on_loss_news(b, v, head, tail, ack_clocked)
+        self.tcp_retransmit_skb(b, v.kind)
+        return v
+
+    def _on_loss_news(self, b: Burst, v: Verdict, head: bool, tail: bool,
+                      ack_clocked: bool) -> None:
+        """The usual senders: the handshake's timer, an ACK with loss news, or a timer."""
         if (
             not self.sack_ok
             and self.ca_state != LOSS
@@ -372,8 +423,74 @@ class SenderState:
             self._timer_fired(b, v, head, tail)
             v.ca_state = self.ca_state
             v.rto_us = min(b.rto_us * (1 << min(max(v.backoff, 0), 10)), TCP_RTO_MAX_US)
-        self.tcp_retransmit_skb(b, v.kind)
-        return v
+
+    # ---- re-sends no timer and no duplicate ACK caused -----------------------------------
+
+    def tcp_non_congestion_loss_retransmit(self, b: Burst, v: Verdict, cause: str) -> None:
+        """Loss entered without a timeout (tcp_non_congestion_loss_retransmit): high_seq =
+        snd_nxt, undo_marker = 0 (no undo: the loss was not congestion), and
+        tcp_xmit_retransmit_queue resends what was marked lost at once, in the Loss state:
+        the kernel's reason is rto_recovery. Its callers: tcp_rcv_fastopen_synack (the
+        SYN-ACK did not cover the data the SYN carried) and tcp_simple_retransmit (an ICMP
+        "fragmentation needed" / ICMPv6 "packet too big" lowered the path MTU below segments
+        in flight: tcp_v4_mtu_reduced, tcp_v6_mtu_reduced)."""
+        if self.ca_state != LOSS:
+            self.tcp_enter_loss(b.k, b.snd_nxt, frto=False)
+        self.undo_retrans, self.undo_dsack_ns = 0, NEVER  # undo_marker = 0
+        v.kind, v.cause = "rto_recovery", cause
+        v.ca_state, v.rto_us = LOSS, b.rto_us
+
+    def _fastopen_data_not_acked(self, b: Burst) -> bool:
+        """Did the SYN-ACK just release ``b``, the data the SYN carried that it did not
+        acknowledge (tcp_rcv_synsent_state_process -> tcp_rcv_fastopen_synack)?"""
+        return (b.k >= 0 and b.lo < self.syn_end and bool(self.acks.syn[b.k])
+                and 0 <= b.since_ack_ns <= ACK_CLOCK_NS)
+
+    def _no_timer_could_fire(self, b: Burst) -> bool:
+        """Sent by no ACK and sooner than any timer could fire: only a path MTU drop
+        (tcp_simple_retransmit) resends so. An ICMP too-big message of the flow in the
+        capture shortly before it says so outright. Otherwise its segments must show the
+        new MSS: the first one starts where a first transmission started but ends before it
+        (tcp_retransmit_skb -> tcp_fragment at the lower mss_now; a resend trimmed of an
+        acknowledged head starts inside the original instead); and, in the Open state with no
+        SACKed data (no RACK reorder timer armed), less than TCP_TIMEOUT_MIN after the
+        flow's previous transmission (the probe timer is re-armed at each one, and fires no
+        sooner), no duplicate ACK as recent (its processing may have been deferred), and
+        with the RTO far from due (tcp_rearm_rto: it runs from the head's transmission or
+        the last ACK that advanced snd_una)."""
+        if self._too_big_before(b.ts_ns) is not None:
+            return True
+        if not b.cut or self.ca_state != OPEN or (b.k >= 0 and self.acks.sack_hi[b.k] > b.una):
+            return False
+        if not 0 <= b.since_send_ns < TIMER_MIN_NS:
+            return False
+        a, k = self.acks, b.k
+        if k >= 0 and 0 <= b.since_ack_ns < TIMER_MIN_NS and (
+            a.sack_n[k] > 0 or (not a.adv[k] and a.payload[k] == 0)
+        ):
+            return False  # a duplicate ACK the stack processed late (socket backlog)
+        return not self._rto_due(b)
+
+    def _too_big_before(self, ts_ns: int) -> int | None:
+        """The MTU of the latest ICMP too-big message of the flow within TOO_BIG_NS before
+        ``ts_ns`` (tcp_v4_err defers the work to tcp_release_cb while the writer holds the
+        socket), else None."""
+        i = bisect_right(self.too_big, (ts_ns, 1 << 62)) - 1
+        if i >= 0 and ts_ns - self.too_big[i][0] <= TOO_BIG_NS:
+            return self.too_big[i][1]
+        return None
+
+    def _path_mtu(self, b: Burst) -> int:
+        """The path MTU a PMTU re-send shows: the ICMP message's, else its segments' size
+        plus their headers when they were cut below the MSS (tcp_fragment at the new
+        mss_now); 0 when neither shows it (a TSO capture at the sender holds the skb, not
+        its wire segments)."""
+        mtu = self._too_big_before(b.ts_ns)
+        if mtu is not None:
+            return mtu
+        if self.mss is not None and self.hdr_bytes and b.seg_max < self.mss:
+            return b.seg_max + self.hdr_bytes
+        return 0
 
     def probe_timeout_us(self, b: Burst) -> float:
         """The PTO tcp_schedule_loss_probe would arm: 2·SRTT plus TCP_TIMEOUT_MIN (plus
@@ -404,8 +521,10 @@ class SenderState:
 
         Within ACK_CLOCK_NS of an ACK, yes. Up to TIMER_MIN_NS after an ACK that advanced
         snd_una also (the stack processed it late), unless the RTO was due for the head.
-        In Open, only an ACK with news enters tcp_fastretrans_alert (tcp_ack_is_dubious): a
-        SACK, a duplicate ACK, or progress; peer data alone releases nothing.
+        In Open, only a dubious ACK enters tcp_fastretrans_alert (tcp_ack_is_dubious): one
+        with SACK blocks (FLAG_DATA_SACKED; the receiver repeats them while it holds data
+        out of order, which is the kernel's Disorder) or a duplicate ACK (no FLAG_NOT_DUP);
+        progress alone, or peer data, releases nothing.
         """
         sla, k = b.since_ack_ns, b.k
         a = self.acks
@@ -413,7 +532,7 @@ class SenderState:
             0 <= sla < TIMER_MIN_NS and k >= 0 and a.adv[k] and not (head and self._rto_due(b))
         )
         if clocked and self.ca_state == OPEN and k >= 0:
-            if not (a.sack_n[k] > 0 or a.adv[k] or a.payload[k] == 0):
+            if not (a.sack_n[k] > 0 or (not a.adv[k] and a.payload[k] == 0)):
                 return False
         return clocked
 
@@ -701,6 +820,10 @@ class SenderState:
         reo_like = b.k >= 0 and 0 <= sla_ns <= (0.5 * srtt_us + 15_000) * 1000
         sacked = b.k >= 0 and self.acks.sack_hi[b.k] > b.una
         if self.ca_state == LOSS:
+            if not head and 0 <= b.since_send_ns < TIMER_MIN_NS:
+                # The Loss state's walk, continued without an ACK (TSQ, pacing): the RTO
+                # resends only the head, and no timer fires this soon after a send.
+                return "rto_recovery", "burst"
             return ("fast" if (sacked and not head and reo_like) else "rto"), "timer"
         if self.ca_state == OPEN and not sacked:
             if tail and self.tlp_high_seq is None:
@@ -785,11 +908,15 @@ def replay(
     ``rows``: per retransmission (RetransRows' columns), ``flows``: per flow (``sack_ok``,
     ``mss``, ``mss_known``, ``una0``, ``a_start``/``a_end``: its slice of ``acks``), ``acks``:
     the ACK table (AckHistory), ``order_r``: the rows by flow then frame, ``burst_of``: each
-    row's burst. Returns per row: kind, clock, position, ca, backoff, trigger (ACK index),
+    row's burst. ``flows`` also holds ``syn_end``, ``hdr_bytes`` and, optionally,
+    ``too_big`` ({flow: [(ts_ns, mtu), ...]}) and the capture-start Loss (``loss0_*``).
+    Returns per row: cause, mtu, kind, clock, position, ca, backoff, trigger (ACK index),
     pto_ns, rto_ns.
     """
     m = len(r_flow)
     out: dict[str, list] = {
+        "cause": [None] * m,
+        "mtu": [0] * m,
         "kind": ["unknown"] * m,
         "clock": [None] * m,
         "position": [None] * m,
@@ -813,7 +940,9 @@ def replay(
     )
     loss0 = flows.get("loss0_nxt")
     rows_l = order_r.tolist()
-    kind, clock, position, ca, backoff, trigger, pto_ns, rto_ns = out.values()
+    cause, mtu, kind, clock, position, ca, backoff, trigger, pto_ns, rto_ns = out.values()
+    syn_end, hdr_bytes = flows["syn_end"].tolist(), flows["hdr_bytes"].tolist()
+    too_big = flows.get("too_big") or {}
     sender: SenderState | None = None
     cur_flow = -1
     for bi, (i, j) in enumerate(zip(b_first.tolist(), b_last.tolist())):
@@ -831,6 +960,9 @@ def replay(
                 mss[f] if mss_known[f] else None,
                 una0[f],
                 t_cap0,
+                syn_end[f],
+                hdr_bytes[f],
+                too_big.get(f),
             )
             if loss0 is not None and loss0[f] > NO_VALUE:
                 sender.capture_started_in_loss(
@@ -844,6 +976,8 @@ def replay(
         v = sender.on_burst(b)
         v_pto_ns, v_rto_ns = int(v.pto_us * 1000), int(v.rto_us * 1000)
         for row in burst_rows:
+            cause[row] = v.cause
+            mtu[row] = v.mtu
             kind[row] = v.kind
             clock[row] = "burst"
             position[row] = v.position

@@ -56,6 +56,15 @@ RETRANSMITS_SCHEMA = pa.schema([
     _field("backoff", pa.int32(), "index within an RTO chain: 0 first timeout, 1, 2, ..."),
     _field("trigger_frame", pa.int64(), "fast retransmit: the ACK that triggered it"),
     _field("since_trigger_ns", pa.int64(), "since the ACK that triggered it"),
+    _field("cause", pa.string(),
+           "for a re-send that no timer and no duplicate ACK caused (the kernel's Loss state "
+           "entered at once, tcp_non_congestion_loss_retransmit; kind rto_recovery): 'pmtu' "
+           "(an ICMP fragmentation-needed / ICMPv6 packet-too-big lowered the path MTU, "
+           "tcp_simple_retransmit) or 'tfo' (the SYN-ACK did not cover the data a TCP Fast "
+           "Open SYN carried, tcp_rcv_fastopen_synack); null otherwise"),
+    _field("pmtu_mtu", pa.int32(),
+           "cause 'pmtu': the path MTU, from the ICMP message or from the size the segments "
+           "were cut to plus their headers; null when the capture shows neither"),
     _field("since_prev_retransmit_ns", pa.int64(),
            "events: since the same socket's previous retransmission"),
     _field("kernel_ca_state", pa.string(),
