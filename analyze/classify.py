@@ -50,6 +50,7 @@ CLASSIFY_COLUMNS = (
     "kind_pcap", "family", "spurious", "spurious_by", "since_last_send_ns", "since_last_ack_ns",
     "srtt_us", "expected_pto_ns", "expected_rto_ns", "backoff", "trigger_frame",
     "since_trigger_ns", "ca_state", "clock", "position", "burst", "cause", "pmtu_mtu",
+    "evidence",
 )
 
 
@@ -210,11 +211,12 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     rto_us = gather(s_rto, s_pos, s_ok, float(TCP_TIMEOUT_INIT_US)).astype(np.float64)
 
     # Per retransmission: its clock, bursts, spuriousness, snd_nxt and packets_out.
-    since_last_send = _since_last_send(flow_id[tx_sel], packets["ts_ns"][tx_sel],
-                                       frame[tx_sel], r_flow, r_frame, r_ts)
+    since_last_send, prev_tx_frame = _since_last_send(flow_id[tx_sel], packets["ts_ns"][tx_sel],
+                                                      frame[tx_sel], r_flow, r_frame, r_ts)
     t_cap0 = int(packets["ts_ns"].min())
     k_last, k_ok, since_last_ack = _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts, t_cap0)
-    order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, r_skip)
+    order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, prev_tx_frame,
+                                r_skip)
     dsack_ts = _dsack_times(A, a_flow, out)
     ts_echo = _ts_echo_spurious(packets, A, a_flow, out, flows["ts_ok"].astype(bool))
     snd_nxt_r = _snd_nxt_at(out, origs)
@@ -259,6 +261,9 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     out["srtt_us"] = nullable(np.round(srtt_us).astype(np.int64), s_ok)
     _replay_columns(out, res, A, r_ts, r_skip)
     out["burst"] = burst_of
+    # A flow with no ACK in the capture was replayed by timing alone (sender.py).
+    out["evidence"] = np.where(a_start[r_flow] >= a_end[r_flow], "timing_only", "acks"
+                               ).astype(object)
     return out
 
 
@@ -387,13 +392,15 @@ def _ack_news(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
     A["new_after"] = nx_frame < np.where(same_next, next_ack_frame, never)
 
 
-def _since_last_send(tx_flow, tx_ts, tx_frame, r_flow, r_frame, r_ts) -> np.ndarray:
+def _since_last_send(tx_flow, tx_ts, tx_frame, r_flow, r_frame, r_ts
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Per retransmission, ns since the previous data transmission of its flow
-    (retransmission or not); _NONE where none."""
+    (retransmission or not; _NONE where none), and that transmission's frame (-1)."""
     prev_tx = GroupedSearch(tx_flow, tx_frame)(r_flow, r_frame, "left") - 1
     prev_ok = (prev_tx >= 0) & (gather(tx_flow, prev_tx, prev_tx >= 0, -1) == r_flow)
     prev_tx_ts = gather(tx_ts, prev_tx, prev_ok, _NONE)
-    return np.where(prev_ok, r_ts - prev_tx_ts, _NONE)
+    return (np.where(prev_ok, r_ts - prev_tx_ts, _NONE),
+            gather(tx_frame, prev_tx, prev_ok, -1))
 
 
 def _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts, t_ref: int):
@@ -424,15 +431,17 @@ def _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts, t_ref: int):
     return k_last, k_ok, since_last_ack
 
 
-def _bursts(r_flow, r_frame, k_last, since_last_send, r_probe):
+def _bursts(r_flow, r_frame, k_last, since_last_send, prev_tx_frame, r_probe):
     """The rows by flow then frame, and each row's burst: a retransmission continues the
-    previous one of its flow when no ACK arrived in between and the flow's previous
-    transmission left just before it (BURST_GAP_NS). Probes stand alone."""
+    previous one of its flow when no ACK arrived in between and that one was the flow's
+    previous transmission, just before it (BURST_GAP_NS): one tcp_xmit_retransmit_queue
+    walk sends retransmissions only. Probes stand alone."""
     m = len(r_flow)
     order_r = np.lexsort((r_frame, r_flow))
     rf, rk = r_flow[order_r], k_last[order_r]
     cont = np.zeros(m, dtype=bool)
     cont[1:] = (rf[1:] == rf[:-1]) & (rk[1:] == rk[:-1])
+    cont[1:] &= prev_tx_frame[order_r][1:] == r_frame[order_r][:-1]
     cont &= (since_last_send[order_r] >= 0) & (since_last_send[order_r] <= BURST_GAP_NS)
     cont &= ~r_probe[order_r]
     cont[1:] &= ~r_probe[order_r][:-1]

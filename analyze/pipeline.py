@@ -22,7 +22,7 @@ from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS, MATCHED, REASO
 CLASSIFY_COLUMNS = ("kind_pcap", "spurious", "spurious_by", "since_original_ns",
                     "since_last_send_ns", "since_last_ack_ns", "srtt_us", "expected_pto_ns",
                     "expected_rto_ns", "backoff", "trigger_frame", "since_trigger_ns",
-                    "cause", "pmtu_mtu")
+                    "cause", "pmtu_mtu", "evidence")
 
 
 @dataclass

@@ -318,6 +318,8 @@ class SenderState:
         "syn_end",
         "hdr_bytes",
         "too_big",
+        # no ACK of this flow in the capture (a one-way capture): timing alone decides
+        "timing_only",
     )
 
     def __init__(
@@ -359,6 +361,7 @@ class SenderState:
         self.syn_end = syn_end
         self.hdr_bytes = hdr_bytes
         self.too_big = too_big or []  # (ts_ns, mtu) of each ICMP too-big, in time order
+        self.timing_only = a_first >= a_end
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
         """The capture began in a Loss episode (classify._capture_start_timeout): the
@@ -388,6 +391,10 @@ class SenderState:
             "head+tail" if head and tail else "head" if head else "tail" if tail else "middle",
             self.probe_timeout_us(b),
         )
+        if self.timing_only and not b.flags & TCP_SYN:
+            self._by_timing_alone(b, v, tail)
+            self.tcp_retransmit_skb(b, v.kind)
+            return v
         ack_clocked = self._ack_clocked(b, head)
         if self._fastopen_data_not_acked(b):
             self.tcp_non_congestion_loss_retransmit(b, v, "tfo")
@@ -423,6 +430,50 @@ class SenderState:
             self._timer_fired(b, v, head, tail)
             v.ca_state = self.ca_state
             v.rto_us = min(b.rto_us * (1 << min(max(v.backoff, 0), 10)), TCP_RTO_MAX_US)
+
+    # ---- no ACK in the capture ------------------------------------------------------------
+
+    def _by_timing_alone(self, b: Burst, v: Verdict, tail: bool) -> None:
+        """A flow whose ACKs the capture lacks (``tcpdump -Q``, a ``src host`` filter,
+        asymmetric routing): what released each burst is read from what it resends and
+        the silence before it.
+
+        * The tail (the last data sent) is resent by a timer: fast recovery resends holes
+          below data the receiver SACKed, which was sent later, and nothing was sent after
+          the tail. In Open on a SACK connection with no probe out that timer is the loss
+          probe (tcp_send_loss_probe), else the RTO.
+        * Anything else after a silence of TCP_RTO_MIN (less a quarter: the RTO runs from
+          the head's transmission or the last ACK, not from the last send) is the RTO
+          (tcp_retransmit_timer), which enters Loss.
+        * Otherwise an ACK released it (the probe timer cannot have: it resends the tail):
+          in Loss, below high_seq, the slow-start walk (rto_recovery), else fast recovery.
+
+        A Recovery or Loss episode is over once a burst resends data first sent after it
+        began (snd_una had passed high_seq, or a timer or the walk would resend below it),
+        a probe episode once a burst resends data above the probe. Without ACKs, snd_una
+        (the head) is unknown: ``position`` says only "tail" or "unknown"; nothing shows a
+        retransmission spurious, nor an SRTT."""
+        v.position = "tail" if tail else "unknown"
+        if self.ca_state != OPEN and b.lo >= self.high_seq:
+            self.tcp_try_to_open(b.lo)
+        if self.tlp_high_seq is not None and b.lo >= self.tlp_high_seq:
+            self.tlp_high_seq = None
+        quiet = b.since_send_ns < 0 or b.since_send_ns >= 0.75 * TCP_RTO_MIN_US * 1000
+        v.clock = "timer"
+        if self.ca_state == LOSS and not quiet:
+            v.kind, v.clock = "rto_recovery", "ack"
+        elif tail and self.ca_state == OPEN and self.sack_ok and self.tlp_high_seq is None:
+            self.tcp_send_loss_probe(b)
+            v.kind = "tlp"
+        elif tail or quiet:
+            v.kind = "rto"
+            v.backoff = self.tcp_retransmit_timer(b)
+        else:
+            if self.ca_state != RECOVERY:
+                self.tcp_enter_recovery(b.k, b.snd_nxt)
+            v.kind, v.clock = "fast", "ack"
+        v.ca_state = self.ca_state
+        v.rto_us = b.rto_us
 
     # ---- re-sends no timer and no duplicate ACK caused -----------------------------------
 

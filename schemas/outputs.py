@@ -65,6 +65,12 @@ RETRANSMITS_SCHEMA = pa.schema([
     _field("pmtu_mtu", pa.int32(),
            "cause 'pmtu': the path MTU, from the ICMP message or from the size the segments "
            "were cut to plus their headers; null when the capture shows neither"),
+    _field("evidence", pa.string(),
+           "what the capture's verdict rests on: 'acks' (the receiver's ACKs of the flow are "
+           "in the capture and the sender's state was replayed from them) or 'timing_only' "
+           "(no ACK of the flow in the capture: a one-way capture; the kind is read from the "
+           "flow's own sending, its position and the silence before it, see "
+           "analyze/sender.py); null without a frame"),
     _field("since_prev_retransmit_ns", pa.int64(),
            "events: since the same socket's previous retransmission"),
     _field("kernel_ca_state", pa.string(),
