@@ -162,9 +162,11 @@ class _Originals:
 # --- the classifier ----------------------------------------------------------------------
 
 def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: Table,
-                   retrans: Table, *, space: dict[str, np.ndarray] | None = None) -> Table:
+                   retrans: Table, *, space: dict[str, np.ndarray] | None = None,
+                   notes: dict | None = None) -> Table:
     """``retrans`` (a retransmission_table) plus the kernel reason and the evidence for it
-    (CLASSIFY_COLUMNS; the optional ones Nullable)."""
+    (CLASSIFY_COLUMNS; the optional ones Nullable). ``notes``, when given, receives what
+    the capture showed beside the rows (``acks_lost_after_capture``)."""
     out = dict(retrans)
     if len(out["pkt"]) == 0:
         for c in CLASSIFY_COLUMNS:
@@ -186,6 +188,9 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     # The receiver's ACKs of the flows with retransmissions, and their first transmissions.
     not_rst = (packets["flags"] & TCP_RST) == 0
     ack_sel = _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap, not_rst)
+    ack_sel, n_lost = _received_acks(packets, space, flows, flow_id, ack_sel, out, ~r_skip)
+    if notes is not None:
+        notes["acks_lost_after_capture"] = n_lost
     a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
     una_init = _first_seq(space, flow_id, flows, frame, sorted_cap)
     A = _ack_table(packets, space, ack_sel, a_flow, una_init)
@@ -219,7 +224,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
                                 r_skip)
     dsack_ts = _dsack_times(A, a_flow, out)
     ts_echo = _ts_echo_spurious(packets, A, a_flow, out, flows["ts_ok"].astype(bool))
-    snd_nxt_r = _snd_nxt_at(out, origs)
+    snd_nxt_r = _snd_nxt_at(out, origs, ~flows["syn_seen"].astype(bool))
     mss = _flow_mss(packets, flows, flow_id, tx_sel)
     una_at = np.where(k_ok, gather(A["una"], k_last, k_ok, 0), una_init[r_flow])
     pkts_out = _packets_out(origs, mss, r_flow, una_at, snd_nxt_r)
@@ -283,6 +288,47 @@ def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
     out["ca_state"] = np.array([CA_STATES.get(s) for s in res["ca"]], dtype=object)
     out["clock"] = np.array(res["clock"], dtype=object)
     out["position"] = np.array(res["position"], dtype=object)
+
+
+#: An ACK this close before a retransmission, in the sender's time, may have raced the
+#: timer that sent it, or waited in the socket's backlog: not taken as lost.
+ACK_RACE_NS = 2 * ACK_CLOCK_NS
+
+
+def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np.ndarray
+                   ) -> tuple[np.ndarray, int]:
+    """The ACKs of ``ack_sel`` (grouped by the flow they acknowledge, capture order) that
+    reached the sender, and how many did not.
+
+    The capture point may lie before the sender on the ACKs' way (the receiver's host, a
+    tap on the path, or the sender's host before its firewall): an ACK seen there may
+    never arrive. A sender resends only bytes at or above snd_una (tcp_retransmit_skb
+    trims what is acknowledged), so a retransmission starting below the cumulative ACK of
+    an ACK that should have reached the sender before it left says that ACK, and every ACK
+    since that covered those bytes, did not arrive (lost after the capture point). The
+    replay then runs without them. ``real``: the rows of ``rtx`` that are retransmissions
+    (not probes: a keep-alive sits below snd_una by design)."""
+    n = len(ack_sel)
+    if not n or not real.any():
+        return ack_sel, 0
+    a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
+    a_ts = packets["ts_ns"][ack_sel]
+    cum = seg_cummax(space["ack_abs"][ack_sel], group_numbers(a_flow))
+    r_flow, r_seq, r_ts = rtx["flow_id"][real], rtx["seq_abs"][real], rtx["ts_ns"][real]
+    # In the sender's time, the ACK arrived a trip after it passed here, and the
+    # retransmission left a trip before it passes here (classify._remote_shift_us).
+    arrive_by = r_ts - _remote_shift_us(flows)[r_flow] * 1000 - ACK_RACE_NS
+    hi = pair_search(a_flow, (a_ts - a_ts.min()) // 1000, r_flow, (arrive_by - a_ts.min()) // 1000,
+                     side="right") - 1
+    lo = pair_search(a_flow, cum, r_flow, r_seq, side="right")
+    ok = (hi >= lo) & (lo < n) & (gather(a_flow, lo, lo < n, -1) == r_flow)
+    if not ok.any():
+        return ack_sel, 0
+    edges = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(edges, lo[ok], 1)
+    np.add.at(edges, hi[ok] + 1, -1)
+    lost = np.cumsum(edges[:-1]) > 0
+    return ack_sel[~lost], int(lost.sum())
 
 
 def _cut_short(rtx: Table, origs: _Originals) -> np.ndarray:
@@ -450,16 +496,20 @@ def _bursts(r_flow, r_frame, k_last, since_last_send, prev_tx_frame, r_probe):
     return order_r, burst_of
 
 
-def _snd_nxt_at(rtx: Table, origs: _Originals) -> np.ndarray:
-    """snd_nxt when each retransmission was sent. New data always leaves at snd_nxt, so the
-    next first transmission after a retransmission starts at the sender's snd_nxt: when
-    that is beyond what the capture has seen (it started late, or missed packets), the
-    bytes in between were outstanding too, and the retransmission was not of the tail."""
+def _snd_nxt_at(rtx: Table, origs: _Originals, late: np.ndarray) -> np.ndarray:
+    """snd_nxt when each retransmission was sent: the highest end the flow has shown. For
+    a flow whose handshake the capture missed (``late``) that may fall short of the
+    sender's: new data always leaves at snd_nxt, so the next first transmission after a
+    retransmission starts at or above it, and when that is beyond what the capture has
+    seen, the bytes in between were outstanding too (sent before the capture began), and
+    the retransmission was not of the tail. Only then: with the handshake seen, data in
+    between was sent after the retransmission and lost before the capture point (or the
+    capture dropped it), and snd_nxt had not reached it."""
     r_flow = rtx["flow_id"]
     snd_nxt = filled(rtx["snd_nxt_abs"], _NONE).astype(np.int64)
     nxt = origs.by_frame(r_flow, rtx["frame"], "right")
     nxt_in = nxt < len(origs.f_sel)
-    nxt_ok = nxt_in & (gather(origs.f_flow, nxt, nxt_in, -1) == r_flow)
+    nxt_ok = nxt_in & (gather(origs.f_flow, nxt, nxt_in, -1) == r_flow) & late[r_flow]
     nxt_seq = gather(origs.f_seq, nxt, nxt_ok, _NONE)
     return np.maximum(snd_nxt, np.where(nxt_ok, nxt_seq, _NONE))
 

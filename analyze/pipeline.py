@@ -35,11 +35,13 @@ class Result:
     summary: dict = field(default_factory=dict)
 
 
-def classify_capture(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, Table, Table]:
+def classify_capture(packets: dict[str, np.ndarray], notes: dict | None = None
+                     ) -> tuple[np.ndarray, Table, Table]:
     """flows + per-wire-segment classification of a capture (row index into packets kept).
 
     The sequence space and the sender context are computed once, for both the detection
-    of retransmissions and their classification.
+    of retransmissions and their classification. ``notes`` receives what the capture
+    showed beside the rows (classify_table).
     """
     from retranscope.analyze.classify import classify_table
     from retranscope.analyze.flows import flow_table, sequence_space
@@ -49,7 +51,7 @@ def classify_capture(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, Table,
     space = sequence_space(packets, flow_id, flows)
     context = sender_context(packets, flow_id, flows, space)
     retrans = retransmission_table(packets, flow_id, flows, space, context)
-    classified = classify_table(packets, flow_id, flows, retrans, space=space)
+    classified = classify_table(packets, flow_id, flows, retrans, space=space, notes=notes)
     return flow_id, flows, classified
 
 
@@ -127,9 +129,11 @@ def analyze(capture=None, events=None) -> Result:
     if capture is not None:
         summary["capture"] = capture.meta.to_dict()
         summary["warnings"] += list(capture.meta.warnings)
-        flow_id, flows, classified = classify_capture(capture.packets)
+        notes: dict = {}
+        flow_id, flows, classified = classify_capture(capture.packets, notes)
         others, flows_extra = _not_retransmitted(flows, classified)
         summary.update(others)
+        summary["acks_lost_after_capture"] = int(notes.get("acks_lost_after_capture", 0))
         classified = take(classified, np.flatnonzero(is_retransmission(classified)))
         wire = _wire_table(flows, classified)
     if events is None:
