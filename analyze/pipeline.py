@@ -45,12 +45,14 @@ def classify_capture(packets: dict[str, np.ndarray], notes: dict | None = None
     """
     from retranscope.analyze.classify import classify_table
     from retranscope.analyze.flows import flow_table, sequence_space
-    from retranscope.analyze.retrans import retransmission_table, sender_context
+    from retranscope.analyze.retrans import capture_gaps, retransmission_table, sender_context
 
     flow_id, flows = flow_table(packets)
     space = sequence_space(packets, flow_id, flows)
     context = sender_context(packets, flow_id, flows, space)
     retrans = retransmission_table(packets, flow_id, flows, space, context)
+    if notes is not None:
+        notes["gaps"] = capture_gaps(packets, flow_id, flows, space, context)
     classified = classify_table(packets, flow_id, flows, retrans, space=space, notes=notes)
     return flow_id, flows, classified
 
@@ -77,6 +79,33 @@ def _not_retransmitted(flows: Table, classified: Table) -> tuple[dict, dict]:
     per_flow = {k: np.bincount(fid[m], minlength=n_flows).astype(np.int64)
                 for k, m in masks.items()}
     return totals, per_flow
+
+
+def _gap_summary(gaps: dict, meta) -> dict:
+    """summary.json ``capture_gaps``: what the capture did not record (retrans.capture_gaps
+    per flow, summed) and what the capturing side said it dropped."""
+    drops = [getattr(meta, k, None) for k in ("if_drops", "epb_drops")]
+    known = [int(d) for d in drops if d is not None]
+    return {
+        "ranges": int(gaps["ranges"].sum()),
+        "bytes": int(gaps["bytes"].sum()),
+        "acknowledged": int(gaps["acked"].sum()),
+        "flows": int((gaps["ranges"] > 0).sum()),
+        "capture_drops": sum(known) if known else None,
+    }
+
+
+def gap_warning(g: dict) -> str:
+    """One line about the capture's gaps (summary.json capture_gaps)."""
+    parts = []
+    if g["ranges"]:
+        parts.append(f"{g['ranges']} ranges of data ({g['bytes']} bytes) in {g['flows']} flows "
+                     f"never appear in the capture ({g['acknowledged']} of them acknowledged by "
+                     "the receiver)")
+    if g["capture_drops"]:
+        parts.append(f"the capturing side reports {g['capture_drops']} packets dropped")
+    return ("the capture has gaps: " + "; ".join(parts) + ". Retransmissions of data whose "
+            "first copy fell in a gap are not seen, and none is inferred from a gap")
 
 
 def _row_of_frame(packets: dict[str, np.ndarray], frames: np.ndarray) -> np.ndarray:
@@ -134,6 +163,10 @@ def analyze(capture=None, events=None) -> Result:
         others, flows_extra = _not_retransmitted(flows, classified)
         summary.update(others)
         summary["acks_lost_after_capture"] = int(notes.get("acks_lost_after_capture", 0))
+        summary["capture_gaps"] = _gap_summary(notes["gaps"], capture.meta)
+        flows_extra["unseen_ranges"] = notes["gaps"]["ranges"]
+        if summary["capture_gaps"]["ranges"] or summary["capture_gaps"]["capture_drops"]:
+            summary["warnings"].append(gap_warning(summary["capture_gaps"]))
         classified = take(classified, np.flatnonzero(is_retransmission(classified)))
         wire = _wire_table(flows, classified)
     if events is None:

@@ -484,3 +484,68 @@ def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
     counts = np.bincount(qi[hit], minlength=m)
     out[o] = counts
     return out
+
+
+def capture_gaps(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
+                 space: dict[str, np.ndarray], context: dict[str, np.ndarray]
+                 ) -> dict[str, np.ndarray]:
+    """Per flow, the data its sender sent that the capture never shows: ranges above the
+    flow's first captured byte that no captured segment covers (new data leaves at
+    snd_nxt, in order, so a segment starting above everything before it leaves such a range
+    unless a later one fills it). ``ranges``, ``bytes`` (int64 per flow) and ``acked``
+    (ranges the receiver's cumulative ACK later covered: the receiver had them, so the
+    capture missed them; in a one-way capture nothing tells, and every range counts).
+    A range lost before the capture point is resent, and the resend fills it."""
+    n_flows = len(flows["flow_id"])
+    out = {k: np.zeros(n_flows, dtype=np.int64) for k in ("ranges", "bytes", "acked")}
+    seq, end, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
+    data = (seg_len > 0) & ((packets["flags"] & TCP_RST) == 0)
+    before = context["snd_nxt"]
+    jump = np.flatnonzero(data & (before > _NONE) & (seq > before))
+    if not len(jump):
+        return out
+    jf, ja, jb = flow_id[jump], before[jump], seq[jump]
+    # Later segments below data seen before them (retransmissions, out-of-order originals)
+    # fill ranges: their union per flow, as sorted disjoint intervals.
+    fill = np.flatnonzero(data & (seq < context["sent_hi"]))
+    covered = np.zeros(len(jump), dtype=np.int64)
+    if len(fill):
+        o = np.lexsort((seq[fill], flow_id[fill]))
+        ff, fs, fe = flow_id[fill][o], seq[fill][o], end[fill][o]
+        top = seg_cummax(fe, group_numbers(ff), exclusive=True)
+        new = (np.r_[True, ff[1:] != ff[:-1]]) | (fs > top)
+        r_f, r_s = ff[new], fs[new]
+        r_e = np.maximum.reduceat(fe, np.flatnonzero(new))
+        covered = _overlap(r_f, r_s, r_e, jf, ja, jb)
+    missing = (jb - ja) - covered
+    hole = missing > 0
+    np.add.at(out["ranges"], jf[hole], 1)
+    np.add.at(out["bytes"], jf[hole], missing[hole])
+    rev = flows["rev_flow_id"]
+    final_ack = np.full(n_flows, _NONE, dtype=np.int64)
+    acks = np.flatnonzero(space["ack_flag"] & ((packets["flags"] & TCP_RST) == 0))
+    if len(acks):
+        np.maximum.at(final_ack, rev[flow_id[acks]], space["ack_abs"][acks])
+    np.add.at(out["acked"], jf[hole & (final_ack[jf] >= jb)], 1)
+    return out
+
+
+def _overlap(r_f, r_s, r_e, q_f, q_a, q_b) -> np.ndarray:
+    """Bytes of each query [q_a, q_b) of flow q_f inside the union of the disjoint sorted
+    intervals [r_s, r_e) of flow r_f (prefix sums of their lengths, clipped at both
+    ends)."""
+    length = r_e - r_s
+    csum = np.r_[0, np.cumsum(length)]
+
+    def upto(x):
+        """Covered bytes of flow q_f below x."""
+        i = pair_search(r_f, r_s, q_f, x, side="left")  # intervals starting below x
+        first = pair_search(r_f, r_s, q_f, np.full(len(x), -(1 << 40)), side="left")
+        full = csum[i] - csum[first]
+        last = i - 1
+        lc = np.clip(last, 0, max(len(r_e) - 1, 0))
+        has = (last >= first) & (last >= 0)
+        over = np.where(has, np.maximum(gather(r_e, lc, has, 0) - x, 0), 0)
+        return full - over
+
+    return upto(q_b) - upto(q_a)

@@ -128,6 +128,10 @@ FLOWS_SCHEMA = pa.schema([
            "segments of this flow that reached the capture point after data above them but "
            "were first transmissions (reordering, tshark's out-of-order): not "
            "retransmissions; null without a capture"),
+    _field("unseen_ranges", pa.int64(),
+           "ranges of this flow's data above its first captured byte that no captured "
+           "segment covers (frames the capture missed, or a pause): retransmissions of them "
+           "cannot be seen; null without a capture"),
 ], metadata={b"schema": b"retranscope.flows"})
 
 
