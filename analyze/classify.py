@@ -213,7 +213,11 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     s_pos = pair_search(s_flow, s_frame, r_flow, r_frame, side="left") - 1
     s_ok = (s_pos >= 0) & (gather(s_flow, s_pos, s_pos >= 0, -1) == r_flow)
     srtt_us = gather(s_srtt, s_pos, s_ok, 0.0).astype(np.float64)
-    rto_us = gather(s_rto, s_pos, s_ok, float(TCP_TIMEOUT_INIT_US)).astype(np.float64)
+    # Before the first sample: TCP_TIMEOUT_INIT from the handshake (RFC 6298 §2.1); a flow
+    # the capture joined mid-connection had its samples before, and an RTO of at least
+    # TCP_RTO_MIN (tcp_set_rto's floor), which is taken.
+    rto0 = np.where(flows["syn_seen"].astype(bool), TCP_TIMEOUT_INIT_US, TCP_RTO_MIN_US)
+    rto_us = np.where(s_ok, gather(s_rto, s_pos, s_ok, 0.0), rto0[r_flow]).astype(np.float64)
 
     # Per retransmission: its clock, bursts, spuriousness, snd_nxt and packets_out.
     since_last_send, prev_tx_frame = _since_last_send(flow_id[tx_sel], packets["ts_ns"][tx_sel],
@@ -250,6 +254,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
                                  a_start, a_end, origs),
         **_path_facts(packets, space, flows, flow_id),
     }
+    A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
     res = replay(rows_in, flows_in, A, last_where(A["adv"], a_flow), order_r, burst_of, r_flow,
                  t_cap0)
 
@@ -360,9 +365,10 @@ def _capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A
     timeout resent (``loss0_seq``, ``loss0_end``, ``loss0_ts``).
 
     A flow whose handshake the capture missed, whose first data segment P0 went out
-    before any ACK of the receiver was seen, at the head (the receiver's first ACK moves
-    snd_una past its start) while data beyond it was outstanding (that ACK holds data
-    above it, or the next new data starts above it): P0 was below snd_nxt. The capture
+    before any ACK of the receiver was seen and alone until the first one (tcp_enter_loss
+    leaves cwnd at one segment: the timeout resends one and waits), at the head (that ACK
+    moves snd_una past its start) while data beyond it was outstanding (that ACK holds
+    data above it, or the next new data starts above it): P0 was below snd_nxt. The capture
     cannot show it was resent (frames the capture dropped could have carried the data
     above it), so it is not reported; but a capture that starts at a random moment far
     more often opens in the silence before a timeout than in the microseconds between an
@@ -376,12 +382,19 @@ def _capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A
     if not len(tx_sel):
         return out
     f = flow_id[tx_sel]
-    p0 = tx_sel[np.r_[True, f[1:] != f[:-1]]]
+    head = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
+    p0 = tx_sel[head]
     pf = flow_id[p0]
+    nxt = head + 1  # the flow's next transmission, if any
+    nxt_ok = nxt < len(tx_sel)
+    nxt_ok[nxt_ok] = flow_id[tx_sel[nxt[nxt_ok]]] == pf[nxt_ok]
+    nxt_frame = np.where(nxt_ok, packets["frame"][tx_sel[np.clip(nxt, 0, len(tx_sel) - 1)]],
+                         np.iinfo(np.int64).max)
     k1 = a_start[pf]
     keep = ~flows["syn_seen"].astype(bool)[pf] & ~is_rtx_pkt[p0] & (k1 < a_end[pf])
     k1c = np.clip(k1, 0, max(len(A["frame"]) - 1, 0))
-    keep &= gather(A["frame"], k1c, keep, -1) > packets["frame"][p0]
+    k1_frame = gather(A["frame"], k1c, keep, -1)
+    keep &= (k1_frame > packets["frame"][p0]) & (nxt_frame > k1_frame)
     p0, pf, k1c = p0[keep], pf[keep], k1c[keep]
     seq, end = space["seq_abs"][p0], space["end_abs"][p0]
     una1, sack1 = A["una"][k1c], A["sack_hi"][k1c]
@@ -659,6 +672,7 @@ def _rtt_samples(packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_
         ts_rtt = _ts_rtt_us(packets, flow_id, a_flow, A, ts_ok)
         rtt = np.where(ts_ok & (ts_rtt >= 0), ts_rtt, rtt)
     keep = rtt >= 0
+    A["rtt_sample"] = keep  # tcp_ack_update_rtt took one: icsk_backoff = 0 (RFC 6298 §5.7)
     # For a flow sent by the peer, ACK leaves here -> data arrived here is RTT less the path.
     rtt = rtt + np.where(keep, shift_us[a_flow], 0)
     s_flow = a_flow[keep]

@@ -66,6 +66,7 @@ TCP_RTO_MIN_US = 200_000  # TCP_RTO_MIN (HZ/5)
 TCP_RTO_MAX_US = 120_000_000  # TCP_RTO_MAX
 TCP_TIMEOUT_INIT_US = 1_000_000  # TCP_TIMEOUT_INIT, RFC 6298 §2.1
 TCP_TIMEOUT_MIN_US = 2_000  # TCP_TIMEOUT_MIN_US: floor of the PTO and RACK timers
+TCP_SYN_LINEAR_TIMEOUTS = 4  # net.ipv4.tcp_syn_linear_timeouts' default (Linux 6.5+)
 
 #: A retransmission this soon after an ACK was sent while processing it: no timer can fire
 #: earlier than TCP_TIMEOUT_MIN_US after the ACK that (re)armed it.
@@ -125,7 +126,8 @@ class AckHistory:
     times faster from a list than from numpy. A column becomes a list when first read:
     most captures never need the F-RTO, Eifel or probe columns, and making a list of
     650,000 large integers costs a few ms. ``adv_ff[k]``: the last ACK at or before k that
-    advanced snd_una (-1: none); ``sack_left``: the left edge of the highest SACK block."""
+    advanced snd_una (-1: none); ``sack_left``: the left edge of the highest SACK block;
+    ``sample_ff[k]``: the last ACK at or before k that gave an RTT sample (-1: none)."""
 
     ts: list[int]
     una: list[int]
@@ -142,6 +144,7 @@ class AckHistory:
     tsecr: list[int]
     payload: list[int]
     new_after: list[bool]
+    sample_ff: list[int]
 
     def __init__(self, table: dict[str, np.ndarray], adv_ff: np.ndarray):
         self._columns = dict(table, adv_ff=adv_ff, sack_left=table["sack_hi_left"])
@@ -310,6 +313,10 @@ class SenderState:
         "rto_head",
         "rto_una",
         "retransmits",
+        # RTO doublings since the last valid RTT sample (icsk_backoff), and the last ACK
+        # applied
+        "icsk_backoff",
+        "last_k",
         "syn_retransmits",
         "last_rtx_ns",
         # what a re-send no timer and no ACK caused needs: the data the SYN carried (TCP
@@ -356,6 +363,8 @@ class SenderState:
         self.rto_head: int | None = None  # head seq of the current run of timeouts
         self.rto_una: int | None = None
         self.retransmits = 0
+        self.icsk_backoff = 0
+        self.last_k = -1
         self.syn_retransmits = 0
         self.last_rtx_ns: dict[int, int] = {}  # seq -> time of its latest retransmission
         self.syn_end = syn_end
@@ -372,6 +381,7 @@ class SenderState:
         self.loss_ranges.add(seq, end)
         self.ever_resent.add(seq, end)
         self.rto_head, self.rto_una, self.retransmits = seq, seq, 0
+        self.icsk_backoff = 1  # that timeout doubled the RTO
         self.undo_retrans, self.undo_dsack_ns = 1, NEVER  # no D-SACK can undo it unseen
         self.last_rtx_ns[seq] = ts_ns
 
@@ -558,14 +568,14 @@ class SenderState:
     def _rto_due(self, b: Burst) -> bool:
         """Had half the (backed-off) RTO passed since the timer was last armed? It runs from
         the later of the head's last transmission and the last ACK that advanced snd_una
-        (tcp_rearm_rto, tcp_rto_delta_us), doubled per consecutive timeout."""
+        (tcp_rearm_rto, tcp_rto_delta_us), doubled per timeout since the last RTT sample
+        (icsk_rto << icsk_backoff)."""
         a = self.acks
         head_tx = max(b.head_ts_ns, self.last_rtx_ns.get(b.una, NO_VALUE))
         ka = a.adv_ff[b.k] if b.k >= 0 else -1
         t_adv = a.ts[ka] if ka >= self.a_first else NO_VALUE
         since_arm_ns = b.ts_ns - max(head_tx, t_adv)
-        backoff = self.retransmits + 1 if self._same_timeout_run(b) else 0
-        return since_arm_ns >= 0.5 * b.rto_us * 1000 * (1 << min(backoff, 10))
+        return since_arm_ns >= 0.5 * b.rto_us * 1000 * (1 << min(self.icsk_backoff, 10))
 
     def _ack_clocked(self, b: Burst, head: bool) -> bool:
         """Did an ACK release this burst (tcp_ack -> tcp_xmit_recovery) rather than a timer?
@@ -593,10 +603,13 @@ class SenderState:
         """Apply the ACKs up to index ``k`` (snd_una is now ``una``): leaving Recovery/Loss
         when snd_una reaches high_seq or on an undo, Disorder when nothing resent is left at
         snd_una, the end of a probe episode (tcp_process_tlp_ack), and a new run of
-        timeouts once snd_una moved (tcp_ack clears icsk_retransmits). The kernel clears
-        icsk_backoff only on a valid RTT sample (tcp_ack_update_rtt): with timestamps every
-        ACK that moves snd_una gives one; without them, an ACK of resent data alone does not
-        (Karn), and the kernel's next RTO stays backed off where the replay's restarts."""
+        timeouts once snd_una moved (tcp_ack clears icsk_retransmits). icsk_backoff (and
+        the doubled icsk_rto) go only on a valid RTT sample (tcp_ack_update_rtt, RFC 6298
+        §5.7): with timestamps every ACK that moves snd_una gives one; without them an ACK
+        of resent data alone does not (Karn), and the next RTO stays backed off."""
+        if self.acks.sample_ff[k] > self.last_k:
+            self.icsk_backoff = 0
+        self.last_k = k
         st = self.ca_state
         if st == RECOVERY or st == LOSS:
             exit_k = self._high_seq_acked_at()
@@ -618,12 +631,12 @@ class SenderState:
         NEVER): tcp_fastretrans_alert step D, tcp_process_loss ``recovered``. Reno holds
         Recovery while snd_una == high_seq, until something above it is acked
         (tcp_is_non_sack_preventing_reopen; RFC 6582 against false fast retransmits): a
-        timeout meanwhile interrupts recovery. The kernel holds Loss the same way
-        (tcp_process_loss -> tcp_try_undo_recovery); the replay leaves Loss at high_seq,
-        which no corpus capture tells apart (no kind moves either way)."""
+        timeout meanwhile interrupts recovery. It holds Loss the same way (tcp_process_loss
+        -> tcp_try_undo_recovery returns with the state kept while snd_una == high_seq):
+        duplicate ACKs there release nothing."""
         una = self.acks.una
         lo, end = max(self.entry_k + 1, self.a_first), self.a_end
-        if self.ca_state == RECOVERY and not self.sack_ok:
+        if not self.sack_ok:
             j = bisect_right(una, self.high_seq, lo, end)
             return j if j < end and una[j] > self.high_seq else NEVER
         j = bisect_left(una, self.high_seq, lo, end)
@@ -701,14 +714,15 @@ class SenderState:
 
     def tcp_try_undo_dsack(self, k: int) -> int:
         """The ACK (up to ``k``) at which D-SACKs have reported every retransmission of the
-        episode duplicate (undo_retrans == 0: tcp_try_undo_dsack, tcp_try_undo_loss), else
-        NEVER. In Loss the kernel undoes only on an ACK that also moves snd_una
-        (tcp_process_loss); the replay undoes at the D-SACK (no corpus capture differs)."""
+        episode duplicate (undo_retrans == 0), else NEVER: at that D-SACK in Recovery or
+        Disorder (tcp_try_undo_dsack), at the first ACK since that moves snd_una in Loss
+        (tcp_process_loss -> tcp_try_undo_loss, on FLAG_SND_UNA_ADVANCED only)."""
         if self.undo_dsack_ns >= NEVER:
             return NEVER
-        j = bisect_left(
-            self.acks.ts, self.undo_dsack_ns, max(self.entry_k + 1, self.a_first), self.a_end
-        )
+        a, end = self.acks, self.a_end
+        j = bisect_left(a.ts, self.undo_dsack_ns, max(self.entry_k + 1, self.a_first), end)
+        if self.ca_state == LOSS and j < end and not a.adv[j]:
+            j = bisect_right(a.una, a.una[j], j, end)
         return j if j <= k else NEVER
 
     def tcp_try_to_open(self, una: int) -> None:
@@ -770,17 +784,20 @@ class SenderState:
             self.loss_ranges = SeqRanges()
 
     def tcp_retransmit_timer(self, b: Burst) -> int:
-        """The RTO fired: count the run of timeouts of this head (icsk_retransmits, the
-        backoff: it returns it), enter Loss, with F-RTO (RFC 5682 §3.1 step 1) unless
-        recovery was already underway and this is not a repeated timeout
-        (``new_recovery || icsk_retransmits`` in tcp_enter_loss)."""
+        """The RTO fired: count the run of timeouts of this head (icsk_retransmits), enter
+        Loss, with F-RTO (RFC 5682 §3.1 step 1) unless recovery was already underway and
+        this is not a repeated timeout (``new_recovery || icsk_retransmits`` in
+        tcp_enter_loss), and double the timer (icsk_backoff, returned as it was when the
+        resend left: tcp_retransmit_timer increments it after tcp_retransmit_skb)."""
         if self._same_timeout_run(b):
             self.retransmits += 1
         else:
             self.rto_head, self.retransmits, self.rto_una = b.lo, 0, b.una
         frto = self.ca_state < RECOVERY or self.retransmits > 0
         self.tcp_enter_loss(b.k, b.snd_nxt, frto)
-        return self.retransmits
+        backoff = self.icsk_backoff  # what the resend went out with; then it doubles
+        self.icsk_backoff += 1
+        return backoff
 
     def _same_timeout_run(self, b: Burst) -> bool:
         return self.rto_head is not None and self.rto_head == b.lo and self.rto_una == b.una
@@ -821,19 +838,24 @@ class SenderState:
         return "fast"
 
     def _syn_timeout(self, b: Burst, v: Verdict) -> None:
-        """A resent SYN or SYN-ACK: the handshake's retransmission timer (tcp_retransmit_timer
-        in SYN_SENT, inet_rtx_syn_ack), from TCP_TIMEOUT_INIT, doubling.
+        """A resent SYN or SYN-ACK: the handshake's retransmission timer, from
+        TCP_TIMEOUT_INIT.
 
-        Not yet as recent kernels do: with tcp_syn_linear_timeouts (default 4, Linux 6.x)
-        tcp_retransmit_timer doubles icsk_rto and counts icsk_backoff in SYN_SENT only after
-        that many timeouts, so the first SYN resends come 1 s apart with backoff 0 (the
-        corpus's syn_drop_twice shows it); the replay still reports 1, 2 s and backoff 1.
+        A SYN (tcp_retransmit_timer in SYN_SENT): with tcp_syn_linear_timeouts (default 4,
+        Linux 6.5 and later) the timer neither doubles icsk_rto nor counts icsk_backoff
+        until tp->total_rto exceeds that many, so the first five resends come TCP_TIMEOUT_INIT
+        apart with backoff 0 (the corpus's syn_drop_twice: 1 s, 1 s, backoff 0, 0); then
+        it doubles. A SYN-ACK (the request socket's timer, reqsk_timer_handler) doubles from
+        the first: TCP_TIMEOUT_INIT << num_timeout.
         """
-        v.kind = "synack" if b.flags & TCP_ACK else "syn"
-        v.backoff = self.syn_retransmits
+        n = self.syn_retransmits
         self.syn_retransmits += 1
+        if b.flags & TCP_ACK:
+            v.kind, v.backoff = "synack", n
+        else:
+            v.kind, v.backoff = "syn", max(0, n - TCP_SYN_LINEAR_TIMEOUTS)
         v.ca_state = OPEN
-        v.rto_us = TCP_TIMEOUT_INIT_US * (1 << min(v.backoff, 7))
+        v.rto_us = min(TCP_TIMEOUT_INIT_US * (1 << min(v.backoff, 7)), TCP_RTO_MAX_US)
 
     # ---- which timer fired -------------------------------------------------------------
 
@@ -877,7 +899,7 @@ class SenderState:
                 return "rto_recovery", "burst"
             return ("fast" if (sacked and not head and reo_like) else "rto"), "timer"
         if self.ca_state == OPEN and not sacked:
-            if tail and self.tlp_high_seq is None:
+            if tail and self.tlp_high_seq is None and not self._past_rto(b):
                 return "tlp", "timer"
             if head:
                 return "rto", "timer"
@@ -889,6 +911,14 @@ class SenderState:
         else:
             timeout_like = sla_ns < 0 or sla_ns >= 0.75 * b.rto_us * 1000
         return ("rto" if head and (timeout_like or not reo_like) else "fast"), "timer"
+
+    def _past_rto(self, b: Burst) -> bool:
+        """Did the burst follow the flow's previous transmission by half as much again as
+        the RTO in force? The probe timer never fires later than the RTO would
+        (tcp_schedule_loss_probe clamps the PTO to what is left of it): only a timeout,
+        backed off, waits that long."""
+        rto_ns = b.rto_us * 1000 * (1 << min(self.icsk_backoff, 10))
+        return b.since_send_ns > 1.5 * rto_ns
 
     def _capture_start_kind(self, b: Burst) -> str | None:
         """No ACK of this flow yet in the capture. Unless the capture only just began, none

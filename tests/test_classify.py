@@ -297,18 +297,21 @@ def test_reno_ack_of_never_resent_data_alone_undoes_frto():
 # --- handshake --------------------------------------------------------------------------
 
 def test_syn_resent_after_one_second():
+    # tcp_retransmit_timer in SYN_SENT (Linux 6.5+): while tp->total_rto is at most
+    # tcp_syn_linear_timeouts (4), neither icsk_backoff nor icsk_rto grows: five resends
+    # 1 s apart with backoff 0, then the timer doubles (2 s, backoff 1).
     tr = Trace()
     c = tr.conn()
     c.syn(0)
-    s1 = c.syn(1000)
-    s2 = c.syn(2000)  # linear SYN timeouts (tcp_syn_linear_timeouts) on recent kernels
-    c.synack(2010)
+    resent = [c.syn(1000 * i) for i in range(1, 6)] + [c.syn(7000)]
+    c.synack(7010)
     r = run(tr)
-    assert r["frame"].tolist() == [tr.frame_of(s1), tr.frame_of(s2)]
-    assert r["kind_pcap"].tolist() == ["syn", "syn"]
-    assert r["family"].tolist() == ["rto", "rto"]
-    assert r["backoff"].tolist() == [0, 1]
-    assert r["since_original_ns"].tolist() == [1_000_000_000, 2_000_000_000]
+    assert r["frame"].tolist() == [tr.frame_of(s) for s in resent]
+    assert r["kind_pcap"].tolist() == ["syn"] * 6
+    assert r["family"].tolist() == ["rto"] * 6
+    assert r["backoff"].tolist() == [0, 0, 0, 0, 0, 1]
+    assert r["expected_rto_ns"].tolist() == [1_000_000_000] * 5 + [2_000_000_000]
+    assert r["since_original_ns"].tolist()[:2] == [1_000_000_000, 2_000_000_000]
 
 
 def test_synack_resent():
