@@ -201,6 +201,8 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     is_ooo_pkt[r_pkt[r_ooo]] = True
     first_tx = tx_sel[~is_rtx_pkt[tx_sel]]
     origs = _Originals(packets, space, flow_id, first_tx, ~is_ooo_pkt[first_tx])
+    mss = _flow_mss(packets, flows, flow_id, tx_sel)
+    _sack_tags(A, a_flow, origs, mss)
     _ack_news(A, a_flow, origs, frame)
 
     # RTT samples -> SRTT / RTO (tcp_ack_update_rtt); those in force at each retransmission.
@@ -229,7 +231,6 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     dsack_ts = _dsack_times(A, a_flow, out)
     ts_echo = _ts_echo_spurious(packets, A, a_flow, out, flows["ts_ok"].astype(bool))
     snd_nxt_r = _snd_nxt_at(out, origs, ~flows["syn_seen"].astype(bool))
-    mss = _flow_mss(packets, flows, flow_id, tx_sel)
     una_at = np.where(k_ok, gather(A["una"], k_last, k_ok, 0), una_init[r_flow])
     pkts_out = _packets_out(origs, mss, r_flow, una_at, snd_nxt_r)
     # When the segment at snd_una last left (its first transmission here; the replay adds
@@ -433,6 +434,51 @@ def _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst) 
     if not sorted_cap:
         tx_sel = tx_sel[np.argsort(packets["frame"][tx_sel], kind="stable")]
     return by_group(tx_sel, flow_id[tx_sel])
+
+
+def _sack_tags(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
+               mss: np.ndarray) -> None:
+    """Keep in the ACK table only the SACK blocks the sender would act on.
+
+    tcp_sacktag_walk -> tcp_match_skb_to_sack marks whole skbs, or splits one at MSS
+    multiples (rounding a partly covered piece out): a block that covers no whole segment
+    as it was sent (an skb, or an MSS-sized piece of one) tags nothing, so sacked_out does
+    not grow, the state stays Open and the loss probe stays armed. ``sack_hi`` /
+    ``sack_hi_left`` (the highest tagging block) and ``sack_n`` (tagging blocks, plus a
+    D-SACK: FLAG_DSACKING_ACK makes the ACK dubious too) are recomputed from those that
+    tag; the D-SACK itself is kept as it was."""
+    L, R = A["sack_l"], A["sack_r"]
+    n_blocks = A["sack_n"]
+    if not len(L) or not (n_blocks > 0).any():
+        return
+    has = np.arange(4)[None, :] < n_blocks[:, None]
+    has[:, 0] &= ~A["dsack"]
+    f = np.repeat(a_flow, 4)
+    lo, hi = L.ravel(), R.ravel()
+    ok, p = origs.containing(f, lo)
+    seg_lo = gather(origs.seq, p, ok, _NONE)
+    seg_hi = gather(origs.end, p, ok, _NONE)
+    m = mss[f]
+    # The first MSS piece of that segment starting at or after the block's left edge...
+    start = seg_lo + -(-(lo - seg_lo) // m) * m
+    inside = ok & (start < seg_hi)
+    first_end = np.where(inside, np.minimum(start + m, seg_hi), _NONE)
+    # ...or, past its end, the next segment's first piece.
+    nx = p + 1
+    nx_ok = ok & (nx < len(origs.seq)) & (gather(origs.flow, nx, nx < len(origs.seq), -1) == f)
+    nx_end = np.minimum(gather(origs.seq, nx, nx_ok, _NONE) + m,
+                        gather(origs.end, nx, nx_ok, _NONE))
+    piece_end = np.where(inside, first_end, np.where(nx_ok, nx_end, _NONE))
+    # A block whose edge the capture cannot place (its data unseen) is kept as it is.
+    tags = (~ok | ((piece_end > _NONE) & (piece_end <= hi))).reshape(-1, 4) & has
+    sack_hi = np.full(len(L), _NONE, dtype=np.int64)
+    sack_hi_left = np.full(len(L), _NONE, dtype=np.int64)
+    for b in range(4):
+        use = tags[:, b] & (R[:, b] > sack_hi)
+        sack_hi = np.where(use, R[:, b], sack_hi)
+        sack_hi_left = np.where(use, L[:, b], sack_hi_left)
+    A["sack_hi"], A["sack_hi_left"] = sack_hi, sack_hi_left
+    A["sack_n"] = tags.sum(axis=1) + A["dsack"]
 
 
 def _ack_news(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,

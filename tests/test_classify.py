@@ -66,6 +66,36 @@ def test_tlp_after_two_srtt_of_silence_resends_the_tail():
     assert not row["spurious"]
 
 
+def test_a_sack_block_covering_no_whole_segment_leaves_the_probe_armed():
+    # The receiver SACKs only the flight's last byte. tcp_match_skb_to_sack tags whole skbs
+    # (or MSS pieces of them) only: nothing is SACKed, sacked_out stays 0, the socket stays
+    # Open, and tcp_send_loss_probe resends the tail when the PTO (2*SRTT + 2 ms after the
+    # last send) expires: a probe, not fast recovery (issue 7 item 5).
+    tr, c, t, seq = start()
+    last, nxt = c.burst(t, seq, 4, size=MSS)
+    c.ack(t + RTT, seq, sack=((nxt - 1, nxt),))
+    probe = c.send(last + 22.5, nxt - MSS, MSS)
+    c.ack(last + 32.5, nxt)
+    r = run(tr)
+    assert r["frame"].tolist() == [tr.frame_of(probe)]
+    assert r["kind_pcap"].tolist() == ["tlp"]
+    assert r["ca_state"].tolist() == ["Open"]
+
+
+def test_a_sack_block_covering_a_segment_moves_to_recovery():
+    # The same flight with the last segment SACKed whole: tagged, the hole below it is
+    # lost by RACK once the reorder window passes, and its resend is fast recovery.
+    tr, c, t, seq = start()
+    last, nxt = c.burst(t, seq, 4, size=MSS)
+    sack = c.ack(t + RTT, seq, sack=((nxt - MSS, nxt),))
+    fast = c.send(t + RTT + 0.02, seq, MSS)
+    c.ack(t + 2 * RTT, nxt)
+    r = run(tr)
+    assert r["frame"].tolist() == [tr.frame_of(fast)]
+    assert r["kind_pcap"].tolist() == ["fast"]
+    assert r["trigger_frame"].tolist() == [tr.frame_of(sack)]
+
+
 def test_spurious_tlp_reported_by_dsack():
     # docs/kernel-notes.md: small requests, a slow server whose delayed ACK outlasts the PTO; the
     # probe duplicates the last request and the server answers with a D-SACK.
