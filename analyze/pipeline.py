@@ -3,7 +3,7 @@
     capture --pcap.read_capture--> packets --flows--> flow ids --retrans--> retransmitted
     segments --classify--> kind_pcap + timing;  events --join--> kernel reason per frame
 
-Pure assembly: the reading happens in analyze/pcap.py and analyze/events.py, the writing in
+Pure assembly: the reading happens in analyze/capture/ and analyze/events.py, the writing in
 analyze/outputs.py. A capture alone is assembled over numpy tables (analyze/table.py) and
 never imports pandas; with events, the join and the merge run over DataFrames.
 """
@@ -88,7 +88,7 @@ def _wire_table(flows: Table, c: Table) -> Table:
 
 
 def analyze(capture=None, events=None) -> Result:
-    """capture: analyze.pcap.Capture or None; events: analyze.events.Events or None."""
+    """capture: analyze.capture.Capture or None; events: analyze.events.Events or None."""
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
     summary: dict = {"output_schema_version": OUTPUT_SCHEMA_VERSION, "warnings": []}

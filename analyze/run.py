@@ -28,7 +28,7 @@ def run_analysis(pcap: Path | None, events: Path | None, out: Path, *,
     reuse_freed_memory()
     capture = ev = None
     if pcap is not None:
-        from retranscope.analyze.pcap import read_capture
+        from retranscope.analyze.capture import read_capture
 
         capture = read_capture(pcap, progress=progress)
         for w in capture.meta.warnings:

@@ -221,7 +221,7 @@ def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: 
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from retranscope.analyze.pcap import read_capture
+from retranscope.analyze.capture import read_capture
 t1 = time.perf_counter()
 c1 = time.process_time()
 cap = read_capture(sys.argv[1])

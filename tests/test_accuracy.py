@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retranscope.analyze.capture import read_capture
 from retranscope.analyze.classify import FAMILY, classify
 from retranscope.analyze.events import read_events
 from retranscope.analyze.flows import assign_flows
 from retranscope.analyze.join import eligible_rows, join_events
-from retranscope.analyze.pcap import read_capture
 from retranscope.analyze.retrans import find_retransmissions
 
 CORPUS = Path(os.environ.get("RETRANSCOPE_CORPUS",

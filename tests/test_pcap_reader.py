@@ -29,7 +29,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
 from scapy.utils import RawPcapNgReader, RawPcapReader
 
-from retranscope.analyze.pcap import Capture, read_capture
+from retranscope.analyze.capture import Capture, read_capture
 from retranscope.errors import (
     BadInput,
     CaptureError,
@@ -261,10 +261,10 @@ def scapy_rows_upto(path: Path, n_rows: int, tmp_path: Path) -> list[dict]:
 def test_decoding_in_chunks_changes_nothing(name, monkeypatch):
     # Big captures are decoded DECODE_CHUNK_RECORDS at a time: the same rows, skip counts
     # and notes (counts summed over the chunks) as in one pass.
-    import retranscope.analyze.pcap as pcap
+    import retranscope.analyze.capture.decode as decode
 
     whole = read_capture(FIXTURES / name)
-    monkeypatch.setattr(pcap, "DECODE_CHUNK_RECORDS", 3)
+    monkeypatch.setattr(decode, "DECODE_CHUNK_RECORDS", 3)
     chunked = read_capture(FIXTURES / name)
     assert chunked.meta == whole.meta
     for col, _, _ in PACKET_COLUMNS:

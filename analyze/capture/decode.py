@@ -1,0 +1,719 @@
+"""Decoding: link layer -> IP -> TCP, vectorised over all the records of a walk.
+
+Header layouts are data (byte offsets by field name) and cite their specs; link types:
+https://www.tcpdump.org/linktypes.html
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retranscope.analyze.capture.gather import (
+    be_at,
+    be_field,
+    compose,
+    is_any,
+    subset,
+    take,
+    windows,
+)
+from retranscope.analyze.capture.records import Records
+from retranscope.errors import UnknownLinkType
+from retranscope.schemas.packets import PACKET_DTYPES, V4_MAPPED_LO_PREFIX, empty_packets
+
+# ---------------------------------------------------------------------------------------
+# Link layers: tcpdump.org/linktypes.html
+# ---------------------------------------------------------------------------------------
+LINKTYPE_NULL = 0  # BSD loopback: 4-byte AF_ value in the *writer's* byte order
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW_DLT12 = 12  # DLT_RAW on most BSDs, found in old files as a link type
+LINKTYPE_RAW_DLT14 = 14  # DLT_RAW on OpenBSD
+LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108  # OpenBSD loopback: 4-byte AF_ value, always big-endian
+LINKTYPE_LINUX_SLL = 113  # tcpdump.org/linktypes/LINKTYPE_LINUX_SLL.html: 16 bytes
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276  # tcpdump.org/linktypes/LINKTYPE_LINUX_SLL2.html: 20 bytes
+
+SUPPORTED_LINKTYPES = {
+    LINKTYPE_NULL: "BSD loopback (NULL)",
+    LINKTYPE_ETHERNET: "Ethernet",
+    LINKTYPE_RAW_DLT12: "raw IP (DLT 12)",
+    LINKTYPE_RAW_DLT14: "raw IP (DLT 14)",
+    LINKTYPE_RAW: "raw IP",
+    LINKTYPE_LOOP: "OpenBSD loopback (LOOP)",
+    LINKTYPE_LINUX_SLL: "Linux cooked v1 (SLL)",
+    LINKTYPE_IPV4: "raw IPv4",
+    LINKTYPE_IPV6: "raw IPv6",
+    LINKTYPE_LINUX_SLL2: "Linux cooked v2 (SLL2)",
+}
+RAW_LINKTYPES = (LINKTYPE_RAW_DLT12, LINKTYPE_RAW_DLT14, LINKTYPE_RAW)
+
+# (link type) -> (link header bytes, offset of the 16-bit EtherType, offset of pkttype)
+COOKED_LAYOUT = {
+    LINKTYPE_ETHERNET: (14, 12, None),  # dst 6, src 6, EtherType 2
+    # SLL: pkttype u16 @0, ARPHRD @2, addr len @4, addr 8 @6, protocol @14
+    LINKTYPE_LINUX_SLL: (16, 14, 0),
+    # SLL2: protocol @0, reserved @2, ifindex @4, ARPHRD @8, pkttype u8 @10, addr len @11
+    LINKTYPE_LINUX_SLL2: (20, 0, 10),
+}
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+# 802.1Q C-tag, 802.1ad S-tag, and the pre-standard QinQ TPID: each adds TCI + EtherType
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+VLAN_TAGS_MAX = 3
+# Carry TCP but are not decoded here: PPPoE session (RFC 2516), MPLS (RFC 3032)
+ETHERTYPES_UNSUPPORTED = (0x8864, 0x8847, 0x8848)
+# AF_INET is 2 everywhere; AF_INET6 is 10 on Linux, 24 on the BSDs, 28 on FreeBSD, 30 on
+# Darwin (the list Wireshark's packet-null.c accepts)
+AF_INET = 2
+AF_INET6_VALUES = (10, 24, 28, 30)
+
+# ---------------------------------------------------------------------------------------
+# IP and TCP
+# ---------------------------------------------------------------------------------------
+IPPROTO_TCP = 6
+IPV4_MIN_HEADER_BYTES = 20  # RFC 791 §3.1: IHL 5..15 words
+IPV4_AT = {
+    "version_ihl": 0,
+    "total_length": 2,
+    "flags_fragment": 6,
+    "protocol": 9,
+    "src": 12,
+    "dst": 16,
+}
+IPV6_HEADER_BYTES = 40  # RFC 8200 §3
+IPV6_AT = {"version": 0, "payload_length": 4, "next_header": 6, "src": 8, "dst": 24}
+# extension headers (RFC 8200 §4.3-4.6): next header, length; the fragment header has the
+# offset (13 bits, in 8-byte units) and the M flag in bytes 2-3
+IPV6_EXT_AT = {"next_header": 0, "length": 1, "fragment": 2}
+# IPv6 extension headers walked to find TCP (RFC 8200 §4): hop-by-hop, routing,
+# destination options (length in 8-octet units, not counting the first 8), fragment
+# (fixed 8 bytes), and AH (RFC 4302: length in 4-octet units minus 2)
+IPV6_EXT_8OCTET = (0, 43, 60)
+IPV6_FRAGMENT = 44
+IPV6_AH = 51
+IPV6_EXT_MAX = 8
+TCP_MIN_HEADER_BYTES = 20  # RFC 9293 §3.1
+TCP_AT = {"sport": 0, "dport": 2, "seq": 4, "ack": 8, "data_offset": 12, "flags": 13, "window": 14}
+TCP_MAX_OPTION_BYTES = 40
+# TCP option kinds, with the lengths Linux's tcp_parse_options() accepts
+TCPOPT_EOL = 0
+TCPOPT_NOP = 1
+TCPOPT_MSS = 2  # RFC 9293, length 4
+TCPOPT_WSCALE = 3  # RFC 7323, length 3
+TCPOPT_SACK_PERM = 4  # RFC 2018, length 2
+TCPOPT_SACK = 5  # RFC 2018, 2 + 8 per block
+TCPOPT_TIMESTAMP = 8  # RFC 7323, length 10
+SACK_BLOCKS_MAX = 4
+
+# Why a record did not become a row (counted in CaptureMeta.skipped_other)
+SKIP_REASONS = (
+    "",  # 0: kept
+    "non_tcp",  # counted in skipped_non_tcp instead
+    "ip_fragment",  # a non-first fragment of a TCP segment: no TCP header in it
+    "bad_ip_header",
+    "bad_tcp_header",
+    "link_header_cut",  # the snaplen cut the frame before the IP header
+    "ip_header_cut",
+    "tcp_header_cut",
+    "unsupported_encapsulation",  # PPPoE, MPLS: may carry TCP, not decoded
+    "unsupported_linktype",
+    "unknown_interface",  # pcapng packet naming an interface with no IDB
+)
+_WHY = {name: code for code, name in enumerate(SKIP_REASONS)}
+
+
+# Options read for every segment at once: NOP, NOP, timestamps (see _tcp_options)
+TCP_FAST_OPTION_BYTES = 12
+
+
+def _frame_head_bytes(linktypes: list[int]) -> int:
+    """How much of each frame to gather up front: the link header and a 20-byte IPv4 and
+    TCP header with the usual 12 option bytes. Longer headers (VLAN tags, IPv6, IP
+    options) read what lies beyond from the file."""
+    link = max(
+        (
+            COOKED_LAYOUT[lt][0]
+            if lt in COOKED_LAYOUT
+            else 4
+            if lt in (LINKTYPE_NULL, LINKTYPE_LOOP)
+            else 0
+        )
+        for lt in linktypes
+    )
+    return link + IPV4_MIN_HEADER_BYTES + TCP_MIN_HEADER_BYTES + TCP_FAST_OPTION_BYTES
+
+
+class _FrameBytes:
+    """Byte windows at offsets into the frames: served from the frame heads gathered in
+    one pass (row gathers of a small matrix, or views), else read from the file."""
+
+    def __init__(self, buf: np.ndarray, data_off: np.ndarray, head: np.ndarray):
+        self.buf, self.data_off, self.head = buf, data_off, head
+
+    def window(self, rows, rel, width: int) -> np.ndarray:
+        """``width`` bytes at ``rel`` (scalar or per row) into the frames ``rows`` (None:
+        every record), rows of a (len, width) uint8 matrix (may be a view)."""
+        hw = self.head.shape[1]
+        if np.ndim(rel) and rel.size:
+            lo, hi = int(rel.min()), int(rel.max())
+            if lo == hi:
+                rel = lo
+            elif lo >= 0 and hi + width <= hw:
+                values = np.unique(rel)
+                if values.size <= 4:  # a few layouts (VLAN tags, IP options): one each
+                    out = np.empty((rel.size, width), np.uint8)
+                    base = np.arange(rel.size) if rows is None else rows
+                    for v in values.tolist():
+                        k = np.flatnonzero(rel == v)
+                        out[k] = self.head[base[k], v : v + width]
+                    return out
+        if np.ndim(rel) == 0 and 0 <= rel and rel + width <= hw:
+            # A copy, not a view: each field is then read from a narrow contiguous
+            # matrix, not with the stride of the whole head.
+            if rows is None:
+                return np.ascontiguousarray(self.head[:, rel : rel + width])
+            return self.head[rows, rel : rel + width]
+        return windows(self.buf, take(self.data_off, rows) + rel, width)
+
+    def field(self, rows, rel, nbytes: int) -> np.ndarray:
+        """The big-endian unsigned field of ``nbytes`` at ``rel``, native order."""
+        return self.window(rows, rel, nbytes).view(f">u{nbytes}")[:, 0].astype(f"=u{nbytes}")
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding: link layer → IP → TCP, vectorised over all records
+#
+# Memory matters as much as arithmetic: on the VMs measured, a fresh page costs ~2 µs to
+# fault in, so a 1.3M-row temporary of 8 bytes a row costs ~25 ms before any work is
+# done. Offsets that are the same for every row stay scalars (``take`` passes them
+# through), byte windows are only as wide as the fields read, and ``None`` as an index
+# means "every row", so the common capture (one link type, all TCP) copies nothing.
+# ---------------------------------------------------------------------------------------
+
+
+def unknown_linktype_message(path: str, linktypes: list[int]) -> str:
+    names = ", ".join(str(lt) for lt in linktypes)
+    supported = ", ".join(f"{k} {v}" for k, v in sorted(SUPPORTED_LINKTYPES.items()))
+    return (
+        f"{path}: link type {names} is not decoded here (supported: {supported}); "
+        "capture with tcpdump -i any or on an Ethernet interface"
+    )
+
+
+class _Notes:
+    """Notes about the packets, counted: the chunks of a capture add to the same line."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple, list] = {}
+
+    def add(self, key: tuple, template: str, n: int) -> None:
+        """``key`` orders the lines (the decoder's order: link, IPv4, IPv6, TCP);
+        ``template`` has {n} where the count goes."""
+        if n:
+            self.counts.setdefault(key, [template, 0])[1] += int(n)
+
+    def lines(self) -> list[str]:
+        return [t.replace("{n}", str(n)) for _, (t, n) in sorted(self.counts.items())]
+
+
+# Records decoded at a time: the byte windows and masks of a chunk take a few MB, reused
+# from chunk to chunk and warm in the cache. Decoding all records at once took hundreds of
+# MB of temporaries, and fresh memory is not free (~0.6 ms a MB to fault in on the VMs
+# measured, more than the decoding arithmetic on it).
+DECODE_CHUNK_RECORDS = 1 << 16
+
+
+def _columns(n: int, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    """Empty columns of ``n`` rows, carved out of one allocation: the kernel maps one big
+    block with huge pages (numpy asks for them), where 32 separate ~10 MB arrays were
+    faulted in 4 KB at a time (~40k page faults for 1.3M rows)."""
+    starts, size = [], 0
+    for dt in dtypes.values():
+        size = -(-size // 64) * 64  # each column on its own cache line
+        starts.append(size)
+        size += n * dt.itemsize
+    block = np.empty(size, dtype=np.uint8)
+    return {
+        name: block[at : at + n * dt.itemsize].view(dt)
+        for (name, dt), at in zip(dtypes.items(), starts)
+    }
+
+
+def _present_linktypes(recs: Records) -> tuple[list[int], np.ndarray | None]:
+    """Link types that records use (sorted), and the link type of every record when the
+    interfaces have several (else None)."""
+    linktypes = [i.linktype for i in recs.ifaces]
+    if len(set(linktypes)) > 1:
+        lt_of = np.array(linktypes, np.int64)[recs.iface]
+        return [int(lt) for lt in np.unique(lt_of)], lt_of
+    return linktypes[:1], None
+
+
+def decode_in_chunks(path: str, buf: np.ndarray, recs: Records):
+    """_decode, DECODE_CHUNK_RECORDS at a time, into one table; returns the table, skip
+    counts, notes."""
+    n_rec = recs.data_off.size
+    if n_rec == 0:
+        return empty_packets(), {}, []
+    present, _ = _present_linktypes(recs)
+    unsupported = [lt for lt in present if lt not in SUPPORTED_LINKTYPES]
+    if len(unsupported) == len(present):
+        raise UnknownLinkType(unknown_linktype_message(path, unsupported))
+    notes = _Notes()
+    if n_rec <= DECODE_CHUNK_RECORDS:
+        packets, skipped = _decode(path, buf, recs, notes)
+        return packets, skipped, notes.lines()
+    table = _columns(n_rec, PACKET_DTYPES)
+    rows = 0
+    skipped: dict[str, int] = {}
+    for lo in range(0, n_rec, DECODE_CHUNK_RECORDS):
+        part, part_skipped = _decode(path, buf, recs.rows(lo, lo + DECODE_CHUNK_RECORDS), notes)
+        m = part["frame"].size
+        for name, col in table.items():
+            col[rows : rows + m] = part[name]
+        rows += m
+        for why, count in part_skipped.items():
+            skipped[why] = skipped.get(why, 0) + count
+    # the tail of each column beyond the TCP rows was never written (nor faulted in)
+    return {name: col[:rows] for name, col in table.items()}, skipped, notes.lines()
+
+
+def _decode(path: str, buf: np.ndarray, recs: Records, notes: _Notes):
+    """Link layer, IP, TCP for every record; returns the table and skip counts (and adds
+    to ``notes``). The caller checked that some link type is decoded here."""
+    n_rec = recs.data_off.size
+    why = np.zeros(n_rec, dtype=np.int8)  # SKIP_REASONS code per record; 0 = a TCP row
+    data_off, caplen = recs.data_off, recs.caplen
+
+    # --- link layer: offset of the IP header in the frame, the family it announces
+    present, lt_of = _present_linktypes(recs)
+    several = lt_of is not None
+    # One gather of the first bytes of every frame: the link, IP and TCP headers.
+    frames = _FrameBytes(
+        buf,
+        data_off,
+        windows(
+            buf,
+            data_off,
+            _frame_head_bytes(
+                [lt for lt in present if lt in SUPPORTED_LINKTYPES] or [LINKTYPE_RAW]
+            ),
+        ),
+    )
+    pkttype = np.full(n_rec, -1, np.int8)
+    if several:
+        l3_rel = np.zeros(n_rec, np.int32)
+        want = np.zeros(n_rec, np.uint8)
+    for lt in present:
+        sel = np.flatnonzero(lt_of == lt) if lt_of is not None else None
+        if lt not in SUPPORTED_LINKTYPES and sel is not None:  # another one is supported
+            why[sel] = _WHY["unsupported_linktype"]
+            notes.add(
+                (0, lt),
+                f"{{n}} packets on interfaces with link type {lt} skipped: "
+                "that link type is not decoded here",
+                sel.size,
+            )
+            continue
+        rel, fam, ptype, code = _link_layer(frames, sel, lt, take(caplen, sel))
+        if several:
+            l3_rel[sel], want[sel] = rel, fam
+        else:
+            l3_rel, want = rel, fam
+        if ptype is not None:
+            pkttype[slice(None) if sel is None else sel] = ptype
+        if code is not None:
+            why[slice(None) if sel is None else sel] = code
+
+    # --- IP: a 20-byte window per packet; IPv6 rows read 20 more
+    ip = subset(why == 0)
+    off_ip = take(data_off, ip)
+    cap_ip = take(caplen, ip)
+    l3r = take(l3_rel, ip)
+    want_ip = take(want, ip)
+    h = frames.window(ip, l3r, IPV4_MIN_HEADER_BYTES)
+    m = h.shape[0]
+    avail = cap_ip - l3r
+    version = h[:, IPV4_AT["version_ihl"]] >> 4  # the same nibble in IPv6
+    if np.ndim(want_ip) == 0 and want_ip:
+        wrong = version != want_ip
+    else:
+        wrong = (version != 4) & (version != 6)
+        if np.ndim(want_ip):
+            wrong |= (want_ip != 0) & (version != want_ip)
+    code = np.zeros(m, np.int8)
+    code[wrong] = _WHY["bad_ip_header"]
+    code[avail < 1] = _WHY["ip_header_cut"]
+    # Every row is read as IPv4 (cheaper than splitting the IPv4 rows off first); the
+    # IPv6 rows, usually fewer, are then read again and overwrite what that gave.
+    is4 = (code == 0) & (version == 4)
+    c4, l4r, seg_len = _ipv4(h, avail, take(recs.origlen, ip), l3r, is4, notes)
+    code = np.where(is4, c4, code)
+    # IPv4-mapped (RFC 4291 §2.5.5.2): high half 0, low half 0000ffff:<address>
+    addr = {
+        "saddr_hi": np.zeros(m, np.uint64),
+        "saddr_lo": be_field(h, IPV4_AT["src"], 4) | V4_MAPPED_LO_PREFIX,
+        "daddr_hi": np.zeros(m, np.uint64),
+        "daddr_lo": be_field(h, IPV4_AT["dst"], 4) | V4_MAPPED_LO_PREFIX,
+    }
+    is6 = (code == 0) & (version == 6)
+    if is6.any():
+        s6 = np.flatnonzero(is6)
+        start6 = take(off_ip, s6) + take(l3r, s6)
+        h6 = frames.window(compose(ip, s6), take(l3r, s6), IPV6_HEADER_BYTES)
+        code[s6], l4r[s6], seg_len[s6] = _ipv6(
+            buf,
+            h6,
+            avail[s6],
+            recs.origlen[compose(ip, s6)],
+            take(l3r, s6),
+            start6,
+            take(off_ip, s6) + cap_ip[s6],
+            notes,
+        )
+        for name, col in (
+            ("saddr_hi", IPV6_AT["src"]),
+            ("saddr_lo", IPV6_AT["src"] + 8),
+            ("daddr_hi", IPV6_AT["dst"]),
+            ("daddr_lo", IPV6_AT["dst"] + 8),
+        ):
+            addr[name][s6] = be_field(h6, col, 8)
+    if ip is None:
+        why = code
+    else:
+        why[ip] = code
+
+    # --- TCP (RFC 9293 §3.1): the 20-byte header; options below
+    tcp = subset(code == 0)  # index among the IP rows
+    rows = compose(ip, tcp)  # index among the records
+    tcp_rel = take(l4r, tcp)
+    tcp_at = take(off_ip, tcp) + tcp_rel
+    th = frames.window(rows, tcp_rel, TCP_MIN_HEADER_BYTES)
+    tcp_avail = take(cap_ip, tcp) - take(l4r, tcp)
+    doff_bytes = (th[:, TCP_AT["data_offset"]] >> 4).astype(np.int32) * 4
+    seg = take(seg_len, tcp)
+    cut = tcp_avail < TCP_MIN_HEADER_BYTES
+    bad = ~cut & ((doff_bytes < TCP_MIN_HEADER_BYTES) | (doff_bytes > seg))
+    if cut.any() or bad.any():
+        rec = np.arange(n_rec) if rows is None else rows
+        why[rec[cut]] = _WHY["tcp_header_cut"]
+        why[rec[bad]] = _WHY["bad_tcp_header"]
+        keep = np.flatnonzero(~(cut | bad))
+        th, tcp_at, tcp_avail, doff_bytes, seg = (
+            a[keep] for a in (th, tcp_at, tcp_avail, doff_bytes, seg)
+        )
+        tcp_rel = take(tcp_rel, keep)
+        tcp = compose(tcp, keep)
+        rows = compose(ip, tcp)
+
+    out: dict[str, np.ndarray] = {
+        "frame": take(recs.frame, rows),
+        "ts_ns": take(recs.ts_ns, rows),
+        "iface": take(recs.iface, rows),
+        "pkttype": take(pkttype, rows),
+        "family": take(version, tcp),
+        **{name: take(a, tcp) for name, a in addr.items()},
+        "sport": be_field(th, TCP_AT["sport"], 2),
+        "dport": be_field(th, TCP_AT["dport"], 2),
+        "seq": be_field(th, TCP_AT["seq"], 4),
+        "ack": be_field(th, TCP_AT["ack"], 4),
+        # AE (formerly NS, RFC 3540) is the low bit of the data offset byte (RFC 9293 §3.1)
+        "flags": ((th[:, TCP_AT["data_offset"]].astype(np.uint16) & 1) << 8)
+        | th[:, TCP_AT["flags"]],
+        "win": be_field(th, TCP_AT["window"], 2),
+        # from the IP length, so that a headers-only snaplen does not shrink it
+        "payload_len": seg - doff_bytes,
+    }
+    opt_len = doff_bytes - TCP_MIN_HEADER_BYTES
+    opt_avail = np.minimum(tcp_avail - TCP_MIN_HEADER_BYTES, opt_len)  # >= 0: cut ones left
+    opt_rel = tcp_rel + TCP_MIN_HEADER_BYTES
+    opts, malformed = _tcp_options(
+        buf,
+        tcp_at + TCP_MIN_HEADER_BYTES,
+        opt_len,
+        opt_avail,
+        lambda idx: frames.window(compose(rows, idx), take(opt_rel, idx), TCP_FAST_OPTION_BYTES),
+    )
+    out.update(opts)
+    out["opts_cut"] = opt_avail < opt_len
+    notes.add(
+        (5,),
+        "{n} TCP segments have malformed options: each was read up to the bad option",
+        malformed,
+    )
+
+    packets = {
+        name: np.ascontiguousarray(out[name], dtype=dt) for name, dt in PACKET_DTYPES.items()
+    }
+    counts = np.bincount(why[why != 0], minlength=len(SKIP_REASONS))
+    skipped = {SKIP_REASONS[c]: int(counts[c]) for c in range(1, len(SKIP_REASONS)) if counts[c]}
+    return packets, skipped
+
+
+def _link_layer(frames: _FrameBytes, sel, lt, caplen):
+    """Offset of the IP header in the frame, the family the link layer announces (0: read
+    the IP version), pkttype, skip code; each an array over the records ``sel`` (None:
+    all), a scalar holding for all of them, or None."""
+    if lt in RAW_LINKTYPES:
+        return 0, 0, None, None
+    if lt in (LINKTYPE_IPV4, LINKTYPE_IPV6):
+        return 0, (4 if lt == LINKTYPE_IPV4 else 6), None, None
+    pkttype = None
+    if lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
+        af = frames.field(sel, 0, 4)
+        if lt == LINKTYPE_NULL:
+            # DLT_NULL's AF_ value is in the capturing host's byte order: a value with
+            # bits in its high half was written by the other endianness (packet-null.c)
+            swapped = af.byteswap()
+            af = np.where(swapped <= 0xFFFF, swapped, af)
+        hdr_len = 4
+        fam = np.where(af == AF_INET, 4, np.where(is_any(af, AF_INET6_VALUES), 6, 0))
+        unsupported = None
+    else:
+        fixed_len, ethertype_at, pkttype_at = COOKED_LAYOUT[lt]
+        ethertype = frames.field(sel, ethertype_at, 2)
+        hdr_len = fixed_len
+        if lt == LINKTYPE_LINUX_SLL:
+            pkttype = np.minimum(frames.field(sel, pkttype_at, 2), 127).astype(np.int8)
+        elif lt == LINKTYPE_LINUX_SLL2:
+            pkttype = np.minimum(frames.field(sel, pkttype_at, 1), 127).astype(np.int8)
+        if (ethertype == ETHERTYPE_IPV4).all():  # the usual capture: untagged IPv4 only
+            short = caplen < hdr_len
+            code = np.where(short, np.int8(_WHY["link_header_cut"]), np.int8(0))
+            return hdr_len, np.uint8(4), pkttype, code if short.any() else None
+        # VLAN tags (IEEE 802.1Q §9.5): TPID, TCI, then the next EtherType; QinQ stacks
+        # an 802.1ad S-tag over a C-tag
+        tagged = is_any(ethertype, VLAN_TPIDS)
+        if tagged.any():
+            hdr_len = np.full(ethertype.size, fixed_len, np.int32)
+            for _ in range(VLAN_TAGS_MAX):
+                t = np.flatnonzero(tagged)
+                if t.size == 0:
+                    break
+                ethertype[t] = frames.field(compose(sel, t), hdr_len[t] + 2, 2)
+                hdr_len[t] += 4
+                tagged[t] = is_any(ethertype[t], VLAN_TPIDS)
+        fam = np.where(ethertype == ETHERTYPE_IPV4, 4, np.where(ethertype == ETHERTYPE_IPV6, 6, 0))
+        unsupported = is_any(ethertype, ETHERTYPES_UNSUPPORTED + VLAN_TPIDS)
+    code = np.where(fam == 0, np.int8(_WHY["non_tcp"]), np.int8(0))
+    if unsupported is not None:
+        code[unsupported] = _WHY["unsupported_encapsulation"]
+    code[caplen < hdr_len] = _WHY["link_header_cut"]
+    return hdr_len, fam.astype(np.uint8), pkttype, code
+
+
+def _ipv4(h, avail, origlen, l3_rel, is4, notes):
+    """IPv4 (RFC 791) from a 20-byte window per packet, for the rows ``is4``. Returns
+    (skip code, offset of the TCP header in the frame, TCP segment length: header +
+    payload), each an array over all rows."""
+    ihl_bytes = (h[:, IPV4_AT["version_ihl"]] & 0x0F).astype(np.int32) * 4
+    total = be_field(h, IPV4_AT["total_length"], 2).astype(np.int64)
+    frag = be_field(h, IPV4_AT["flags_fragment"], 2)  # RF DF MF, then the offset
+    # Total length 0 is what a TSO super-frame captured before segmentation can show
+    # (Wireshark: "may be caused by TSO"): the frame's own length stands in for it.
+    tso = (total == 0) & is4
+    n_tso = int(np.count_nonzero(tso))
+    if n_tso:
+        total = np.where(tso, origlen.astype(np.int64) - l3_rel, total)
+    code = np.select(
+        [
+            avail < IPV4_MIN_HEADER_BYTES,
+            (ihl_bytes < IPV4_MIN_HEADER_BYTES) | (total < ihl_bytes),
+            h[:, IPV4_AT["protocol"]] != IPPROTO_TCP,
+            (frag & 0x1FFF) != 0,
+        ],  # a later fragment: the TCP header is in the first one
+        [_WHY["ip_header_cut"], _WHY["bad_ip_header"], _WHY["non_tcp"], _WHY["ip_fragment"]],
+        0,
+    ).astype(np.int8)
+    ok = (code == 0) & is4
+    first_frag = int(np.count_nonzero(ok & ((frag & 0x2000) != 0)))  # MF set, offset 0
+    notes.add(
+        (1,),
+        "{n} TCP segments are first IPv4 fragments: kept, with a payload_len "
+        "counting that fragment only",
+        first_frag,
+    )
+    if n_tso:
+        notes.add(
+            (2,),
+            "{n} IPv4 packets have total length 0 (TSO): their length was taken from the frame",
+            int(np.count_nonzero(ok & tso)),
+        )
+    return code, l3_rel + ihl_bytes, total - ihl_bytes
+
+
+def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
+    """IPv6 (RFC 8200): payload length, then the extension-header chain up to TCP.
+    Returns (skip code, offset of the TCP header in the frame, TCP segment length)."""
+    m = h.shape[0]
+    code = np.zeros(m, np.int8)
+    code[avail < IPV6_HEADER_BYTES] = _WHY["ip_header_cut"]
+    plen = be_field(h, IPV6_AT["payload_length"], 2).astype(np.int64)
+    nh = h[:, IPV6_AT["next_header"]].astype(np.int64)
+    cur = start + IPV6_HEADER_BYTES  # absolute
+    ext_bytes = np.zeros(m, np.int64)
+    first_frag = np.zeros(m, bool)
+    chain = IPV6_EXT_8OCTET + (IPV6_FRAGMENT, IPV6_AH)
+    for _ in range(IPV6_EXT_MAX):
+        act = np.flatnonzero((code == 0) & np.isin(nh, chain))
+        if act.size == 0:
+            break
+        cut = cur[act] + 8 > cap_end[act]
+        code[act[cut]] = _WHY["ip_header_cut"]
+        act = act[~cut]
+        e = windows(buf, cur[act], 8)
+        kind = nh[act]
+        nxt = e[:, IPV6_EXT_AT["next_header"]].astype(np.int64)
+        length = e[:, IPV6_EXT_AT["length"]].astype(np.int64)
+        ext_len = np.select(
+            [kind == IPV6_FRAGMENT, kind == IPV6_AH], [8, (length + 2) * 4], (length + 1) * 8
+        )
+        is_frag = kind == IPV6_FRAGMENT
+        frag = be_field(e, IPV6_EXT_AT["fragment"], 2)
+        later = is_frag & ((frag >> 3) != 0)
+        # a later fragment has no TCP header; a later fragment of another protocol is
+        # simply not TCP
+        code[act[later]] = np.where(nxt[later] == IPPROTO_TCP, _WHY["ip_fragment"], _WHY["non_tcp"])
+        first_frag[act[is_frag & ~later & ((frag & 1) != 0)]] = True  # M set
+        nh[act] = nxt
+        cur[act] += ext_len
+        ext_bytes[act] += ext_len
+    code[(code == 0) & np.isin(nh, chain)] = _WHY["bad_ip_header"]  # absurdly long chain
+    code[(code == 0) & (nh != IPPROTO_TCP)] = _WHY["non_tcp"]
+    # Payload length 0 is a jumbogram (RFC 2675) or a GSO/BIG TCP super-frame: the
+    # frame's own length stands in for it, as for IPv4 TSO.
+    jumbo = plen == 0
+    plen = np.where(jumbo, origlen.astype(np.int64) - l3_rel - IPV6_HEADER_BYTES, plen)
+    code[(code == 0) & (plen < ext_bytes)] = _WHY["bad_ip_header"]
+    ok = code == 0
+    n_first = int(np.count_nonzero(ok & first_frag))
+    notes.add(
+        (3,),
+        "{n} TCP segments are first IPv6 fragments: kept, with a payload_len "
+        "counting that fragment only",
+        n_first,
+    )
+    n_jumbo = int(np.count_nonzero(ok & jumbo))
+    if n_jumbo:
+        notes.add(
+            (4,),
+            "{n} IPv6 packets have payload length 0 (jumbogram or GSO): "
+            "their length was taken from the frame",
+            n_jumbo,
+        )
+    return code, l3_rel + IPV6_HEADER_BYTES + ext_bytes, plen - ext_bytes
+
+
+# The option layout of nearly every segment of a Linux connection: NOP, NOP, timestamps
+# (RFC 7323 Appendix A). It is read for all segments at once; the general loop below then
+# only sees what follows it (SACK blocks) and segments laid out otherwise (SYNs).
+NOP_NOP_TS = (TCPOPT_NOP << 24) | (TCPOPT_NOP << 16) | (TCPOPT_TIMESTAMP << 8) | 10
+
+
+def _tcp_options(buf, opt_at, opt_len, opt_avail, fast_window):
+    """Parse the options of every segment at once, one option per step for all of them.
+
+    ``opt_at`` is the absolute offset of each segment's options, ``opt_len`` their length
+    from the data offset, ``opt_avail`` how many of those bytes were captured;
+    ``fast_window(idx)`` gives the first TCP_FAST_OPTION_BYTES of the segments ``idx``
+    (None: all), from the frame heads.
+    Follows Linux tcp_parse_options(): EOL ends the list, NOP is one byte, any other kind
+    has a length byte; a length < 2 or one running past the data offset ends parsing (the
+    segment counts as malformed); a known kind with the wrong length is ignored. An option
+    cut by the snaplen ends parsing too (``opts_cut`` says so).
+    """
+    m = opt_len.size
+    out = {
+        "opt_mss": np.zeros(m, np.uint16),
+        "opt_wscale": np.full(m, -1, np.int8),
+        "opt_sackok": np.zeros(m, bool),
+        "opt_ts": np.zeros(m, bool),
+        "tsval": np.zeros(m, np.uint32),
+        "tsecr": np.zeros(m, np.uint32),
+        "sack_n": np.zeros(m, np.uint8),
+    }
+    for b in range(SACK_BLOCKS_MAX):
+        out[f"sack_l{b}"] = np.zeros(m, np.uint32)
+        out[f"sack_r{b}"] = np.zeros(m, np.uint32)
+    malformed = np.zeros(m, bool)
+    pos = np.zeros(m, np.int32)  # offset within the options reached so far
+
+    head = subset(opt_avail >= TCP_FAST_OPTION_BYTES)
+    if head is None:
+        # every segment has room for them: masks, no index arrays
+        w = fast_window(None)
+        fast = be_field(w, 0, 4) == NOP_NOP_TS
+        out["opt_ts"] = fast
+        out["tsval"] = np.where(fast, be_field(w, 4, 4), 0).astype(np.uint32)
+        out["tsecr"] = np.where(fast, be_field(w, 8, 4), 0).astype(np.uint32)
+        pos = np.where(fast, np.int32(TCP_FAST_OPTION_BYTES), np.int32(0))
+    elif head.size:
+        w = fast_window(head)
+        fast = be_field(w, 0, 4) == NOP_NOP_TS
+        f = subset(fast)
+        rows = compose(head, f)
+        sl = slice(None) if rows is None else rows
+        out["opt_ts"][sl] = True
+        wf = take(w, f)
+        out["tsval"][sl] = be_field(wf, 4, 4)
+        out["tsecr"][sl] = be_field(wf, 8, 4)
+        pos[sl] = TCP_FAST_OPTION_BYTES
+    act = np.flatnonzero(pos < opt_avail)  # segments with options still to parse
+    pos = pos[act]
+    for _ in range(TCP_MAX_OPTION_BYTES):
+        avail = opt_avail[act]
+        inside = pos < avail
+        if not inside.all():
+            act, pos, avail = act[inside], pos[inside], avail[inside]
+        if act.size == 0:
+            break
+        at = opt_at[act] + pos
+        kind = buf[at]
+        nop = kind == TCPOPT_NOP
+        has_len = (kind != TCPOPT_EOL) & ~nop
+        olen = opt_len[act]
+        len_seen = has_len & (pos + 1 < avail)
+        length = np.where(len_seen, buf[np.where(len_seen, at + 1, at)], 1).astype(np.int32)
+        # past the data offset: malformed; past the snaplen only: cut, stop quietly
+        bad = (len_seen & ((length < 2) | (pos + length > olen))) | (has_len & (pos + 1 >= olen))
+        malformed[act[bad]] = True
+        fits = len_seen & ~bad & (pos + length <= avail)
+        for k, k_len in (
+            (TCPOPT_MSS, 4),
+            (TCPOPT_WSCALE, 3),
+            (TCPOPT_SACK_PERM, 2),
+            (TCPOPT_TIMESTAMP, 10),
+        ):
+            hit = fits & (kind == k) & (length == k_len)
+            if not hit.any():
+                continue
+            rows, a = act[hit], at[hit]
+            if k == TCPOPT_MSS:
+                out["opt_mss"][rows] = be_at(buf, a + 2, 2)
+            elif k == TCPOPT_WSCALE:
+                # the shift as sent (RFC 7323 caps its use at 14; int8 holds up to 127)
+                out["opt_wscale"][rows] = np.minimum(buf[a + 2], 127).astype(np.int8)
+            elif k == TCPOPT_SACK_PERM:
+                out["opt_sackok"][rows] = True
+            else:
+                out["opt_ts"][rows] = True
+                out["tsval"][rows] = be_at(buf, a + 2, 4)
+                out["tsecr"][rows] = be_at(buf, a + 6, 4)
+        # SACK: 2 + 8n bytes (RFC 2018 §3); 40 option bytes leave room for 4 blocks
+        sack = fits & (kind == TCPOPT_SACK) & (length >= 10) & ((length - 2) % 8 == 0)
+        if sack.any():
+            rows, a = act[sack], at[sack]
+            nblocks = np.minimum((length[sack] - 2) // 8, SACK_BLOCKS_MAX)
+            out["sack_n"][rows] = nblocks
+            edges = windows(buf, a + 2, 8 * SACK_BLOCKS_MAX).view(">u4")
+            for b in range(SACK_BLOCKS_MAX):
+                has = nblocks > b
+                for side, col in (("l", 2 * b), ("r", 2 * b + 1)):
+                    # a later SACK option in the same segment replaces an earlier one
+                    out[f"sack_{side}{b}"][rows] = np.where(has, edges[:, col], 0)
+        go = nop | fits
+        act = act[go]
+        pos = pos[go] + length[go]
+    return out, int(np.count_nonzero(malformed))
