@@ -18,7 +18,6 @@ from retranscope.analyze.capture.gather import (
     windows,
 )
 from retranscope.analyze.capture.records import Records
-from retranscope.errors import UnknownLinkType
 from retranscope.schemas.packets import PACKET_DTYPES, V4_MAPPED_LO_PREFIX, empty_packets
 
 # ---------------------------------------------------------------------------------------
@@ -202,11 +201,14 @@ def unknown_linktype_message(path: str, linktypes: list[int]) -> str:
     )
 
 
-class _Notes:
-    """Notes about the packets, counted: the chunks of a capture add to the same line."""
+class Notes:
+    """Notes about the packets, counted: the chunks of a capture add to the same line.
+    Also tallies by kind (``tally``): TCP found inside encapsulations, and packets in
+    layers not decoded here; the reader puts those into the capture's metadata."""
 
     def __init__(self) -> None:
         self.counts: dict[tuple, list] = {}
+        self.tallies: dict[tuple[str, str], int] = {}
 
     def add(self, key: tuple, template: str, n: int) -> None:
         """``key`` orders the lines (the decoder's order: link, IPv4, IPv6, TCP);
@@ -214,8 +216,25 @@ class _Notes:
         if n:
             self.counts.setdefault(key, [template, 0])[1] += int(n)
 
+    def tally(self, group: str, kind: str, n: int) -> None:
+        if n:
+            self.tallies[(group, kind)] = self.tallies.get((group, kind), 0) + int(n)
+
+    def merge(self, other: Notes) -> None:
+        for key, (template, n) in other.counts.items():
+            self.add(key, template, n)
+        for (group, kind), n in other.tallies.items():
+            self.tally(group, kind, n)
+
     def lines(self) -> list[str]:
         return [t.replace("{n}", str(n)) for _, (t, n) in sorted(self.counts.items())]
+
+
+def encapsulation_counts(notes: Notes) -> tuple[dict[str, int], dict[str, int]]:
+    """({kind: TCP packets decoded inside it}, {kind: packets not decoded})."""
+    enc = {k: n for (g, k), n in notes.tallies.items() if g == "encapsulated"}
+    und = {k: n for (g, k), n in notes.tallies.items() if g == "undecoded"}
+    return enc, und
 
 
 # Records decoded at a time: the byte windows and masks of a chunk take a few MB, reused
@@ -225,7 +244,7 @@ class _Notes:
 DECODE_CHUNK_RECORDS = 1 << 16
 
 
-def _columns(n: int, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+def columns(n: int, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
     """Empty columns of ``n`` rows, carved out of one allocation: the kernel maps one big
     block with huge pages (numpy asks for them), where 32 separate ~10 MB arrays were
     faulted in 4 KB at a time (~40k page faults for 1.3M rows)."""
@@ -251,36 +270,40 @@ def _present_linktypes(recs: Records) -> tuple[list[int], np.ndarray | None]:
     return linktypes[:1], None
 
 
-def decode_in_chunks(path: str, buf: np.ndarray, recs: Records):
-    """_decode, DECODE_CHUNK_RECORDS at a time, into one table; returns the table, skip
-    counts, notes."""
-    n_rec = recs.data_off.size
-    if n_rec == 0:
-        return empty_packets(), {}, []
-    present, _ = _present_linktypes(recs)
-    unsupported = [lt for lt in present if lt not in SUPPORTED_LINKTYPES]
-    if len(unsupported) == len(present):
-        raise UnknownLinkType(unknown_linktype_message(path, unsupported))
-    notes = _Notes()
-    if n_rec <= DECODE_CHUNK_RECORDS:
-        packets, skipped = _decode(path, buf, recs, notes)
-        return packets, skipped, notes.lines()
-    table = _columns(n_rec, PACKET_DTYPES)
-    rows = 0
-    skipped: dict[str, int] = {}
-    for lo in range(0, n_rec, DECODE_CHUNK_RECORDS):
-        part, part_skipped = _decode(path, buf, recs.rows(lo, lo + DECODE_CHUNK_RECORDS), notes)
-        m = part["frame"].size
-        for name, col in table.items():
-            col[rows : rows + m] = part[name]
-        rows += m
-        for why, count in part_skipped.items():
-            skipped[why] = skipped.get(why, 0) + count
-    # the tail of each column beyond the TCP rows was never written (nor faulted in)
-    return {name: col[:rows] for name, col in table.items()}, skipped, notes.lines()
+def _unsupported_note(lt: int) -> str:
+    return (
+        f"{{n}} packets on interfaces with link type {lt} skipped: "
+        "that link type is not decoded here"
+    )
 
 
-def _decode(path: str, buf: np.ndarray, recs: Records, notes: _Notes):
+def supported_records(recs: Records) -> int:
+    """How many of the records are on an interface whose link type is decoded here."""
+    linktypes = [i.linktype for i in recs.ifaces]
+    if len(set(linktypes)) <= 1:
+        return len(recs) if linktypes and linktypes[0] in SUPPORTED_LINKTYPES else 0
+    ok = np.array([lt in SUPPORTED_LINKTYPES for lt in linktypes], bool)
+    return int(np.count_nonzero(ok[recs.iface]))
+
+
+def decode(buf: np.ndarray, recs: Records, notes: Notes) -> tuple[dict[str, np.ndarray], dict]:
+    """The packet table of the TCP segments among ``recs`` (whose ``data_off`` index into
+    ``buf``), and why the other records were skipped ({reason: records}); notes about the
+    packets are added to ``notes``. Decode at most DECODE_CHUNK_RECORDS at a time."""
+    if len(recs) == 0:
+        return empty_packets(), {}
+    present, lt_of = _present_linktypes(recs)
+    if all(lt not in SUPPORTED_LINKTYPES for lt in present):
+        # every record is on an interface of a link type not decoded here: the reader
+        # refuses the file if that holds for all of it
+        for lt in present:
+            n = len(recs) if lt_of is None else int(np.count_nonzero(lt_of == lt))
+            notes.add((0, lt), _unsupported_note(lt), n)
+        return empty_packets(), {"unsupported_linktype": len(recs)}
+    return _decode(buf, recs, notes)
+
+
+def _decode(buf: np.ndarray, recs: Records, notes: Notes):
     """Link layer, IP, TCP for every record; returns the table and skip counts (and adds
     to ``notes``). The caller checked that some link type is decoded here."""
     n_rec = recs.data_off.size
@@ -310,12 +333,7 @@ def _decode(path: str, buf: np.ndarray, recs: Records, notes: _Notes):
         sel = np.flatnonzero(lt_of == lt) if lt_of is not None else None
         if lt not in SUPPORTED_LINKTYPES and sel is not None:  # another one is supported
             why[sel] = _WHY["unsupported_linktype"]
-            notes.add(
-                (0, lt),
-                f"{{n}} packets on interfaces with link type {lt} skipped: "
-                "that link type is not decoded here",
-                sel.size,
-            )
+            notes.add((0, lt), _unsupported_note(lt), sel.size)
             continue
         rel, fam, ptype, code = _link_layer(frames, sel, lt, take(caplen, sel))
         if several:
