@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -916,3 +917,234 @@ def test_compressed_non_capture_says_so(tmp_path):
     path.write_bytes(_compress(b"GET / HTTP/1.1\r\n\r\n", "gzip"))
     with pytest.raises(NotACapture, match="gzip-compressed, and what it holds is not a pcap"):
         read_capture(path)
+
+
+# ----------------------------------------------------------------------------------------
+# Capture sets: several files read as one capture
+# ----------------------------------------------------------------------------------------
+
+def _pcap_records(data: bytes) -> tuple[bytes, list[bytes]]:
+    """A little-endian pcap file's header and its records (header + data each)."""
+    out, off = [], 24
+    while off + 16 <= len(data):
+        caplen = struct.unpack_from("<I", data, off + 8)[0]
+        out.append(data[off:off + 16 + caplen])
+        off += 16 + caplen
+    return data[:24], out
+
+
+def _rotated_set(tmp_path: Path, n_packets: int = 3000, parts: int = 4) -> tuple[Path, Path]:
+    """A synthetic capture, and the same split into tcpdump -C names (cap.pcap,
+    cap.pcap1...): pcap, pcapng and gzip mixed. Its flows span every file."""
+    import gzip
+
+    gen = _generator()
+    whole = tmp_path / "whole.pcap"
+    _bench_module().make_synthetic_pcap(str(whole), n_packets, snaplen=128, seed=11)
+    header, recs = _pcap_records(whole.read_bytes())
+    cut = [len(recs) * k // parts for k in range(parts + 1)]
+    sets = tmp_path / "set"
+    sets.mkdir()
+    for k in range(parts):
+        name = sets / ("cap.pcap" + (str(k) if k else ""))
+        body = recs[cut[k]:cut[k + 1]]
+        if k == 1:  # as pcapng (µs, one Ethernet interface)
+            ng = gen.NgWriter("<")
+            ng.shb()
+            ng.idb(1, snaplen=128)
+            for r in body:
+                sec, usec, caplen, wire = struct.unpack_from("<IIII", r)
+                ng.epb(0, sec * 10**6 + usec, r[16:], wirelen=wire)
+            name.write_bytes(ng.bytes())
+        elif k == 2:  # gzip-compressed, as tcpdump -z gzip leaves it
+            name.write_bytes(gzip.compress(header + b"".join(body), mtime=0))
+        else:
+            name.write_bytes(header + b"".join(body))
+    return whole, sets
+
+
+def test_rotated_set_reads_as_the_whole_capture(tmp_path):
+    whole, sets = _rotated_set(tmp_path)
+    one = read_capture(whole)
+    for source in (sets, str(sets / "cap.pcap*"), sorted(sets.iterdir(), reverse=True)):
+        cap = read_capture(source, chunk_bytes=5000)
+        for col, _, _ in PACKET_COLUMNS:  # frames go on through the files
+            assert np.array_equal(cap.packets[col], one.packets[col]), col
+        m = cap.meta
+        assert m.records == one.meta.records and m.format == "mixed"
+        assert [Path(f["path"]).name for f in m.files] == [
+            "cap.pcap", "cap.pcap1", "cap.pcap2", "cap.pcap3"]
+        assert [f["compression"] for f in m.files] == [None, None, "gzip", None]
+        assert sum(f["records"] for f in m.files) == m.records
+        assert all(a["last_ts_ns"] <= b["first_ts_ns"] for a, b in zip(m.files, m.files[1:]))
+        # one interface, as mergecap merges identical ones; the pcapng's snaplen is the same
+        assert m.linktypes == [1] and not m.warnings
+
+
+def test_flow_spanning_files_is_one_flow(tmp_path):
+    from retranscope.analyze.run import run_analysis
+
+    whole, sets = _rotated_set(tmp_path, n_packets=2000, parts=3)
+    import pyarrow.parquet as pq
+
+    run_analysis(whole, None, tmp_path / "a")
+    run_analysis(sets, None, tmp_path / "b")
+    fa = pq.read_table(tmp_path / "a" / "flows.parquet")
+    fb = pq.read_table(tmp_path / "b" / "flows.parquet")
+    # every flow of the synthetic capture has packets in each of the three files
+    one = read_capture(whole)
+    files = read_capture(sets).meta.files
+    ends = np.cumsum([f["records"] for f in files])
+    part = np.searchsorted(ends, one.packets["frame"], side="left")
+    first_flow = (one.packets["sport"] == one.packets["sport"][0]) & (
+        one.packets["dport"] == one.packets["dport"][0])
+    assert set(part[first_flow].tolist()) == {0, 1, 2}
+    # the same flows, and retransmissions, as from the one file (NaN equal to NaN)
+    assert fa.num_rows == fb.num_rows > 0 and fa.to_pandas().equals(fb.to_pandas())
+    ra = pq.read_table(tmp_path / "a" / "retransmits.parquet").to_pandas()
+    assert ra.equals(pq.read_table(tmp_path / "b" / "retransmits.parquet").to_pandas())
+
+
+@pytest.mark.skipif(shutil.which("mergecap") is None, reason="mergecap is not installed")
+def test_overlapping_files_are_merged_by_time_as_mergecap_does(tmp_path):
+    # two interfaces' captures of the same time span: every other record in each file
+    whole = tmp_path / "whole.pcap"
+    _bench_module().make_synthetic_pcap(str(whole), 3000, snaplen=128, seed=5)
+    header, recs = _pcap_records(whole.read_bytes())
+    a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
+    a.write_bytes(header + b"".join(recs[0::2]))
+    b.write_bytes(header + b"".join(recs[1::2]))
+    merged = tmp_path / "merged.pcap"
+    subprocess.run(["mergecap", "-F", "pcap", "-w", str(merged), str(b), str(a)], check=True)
+    want = read_capture(merged)
+    for chunk_bytes in (3000, 1 << 20):
+        got = read_capture([b, a], chunk_bytes=chunk_bytes)
+        for col, _, _ in PACKET_COLUMNS:
+            assert np.array_equal(got.packets[col], want.packets[col]), col
+        assert len(got.meta.warnings) == 1 and "overlap in time" in got.meta.warnings[0]
+        assert got.meta.linktypes == [1]
+
+
+def test_set_errors_are_one_line(tmp_path):
+    with pytest.raises(BadInput, match="no file matches .*nothing"):
+        read_capture(str(tmp_path / "nothing*.pcap"))
+    (tmp_path / "README").write_text("hello")
+    with pytest.raises(BadInput, match="no capture file in the directory"):
+        read_capture(tmp_path)
+    (tmp_path / "cap.pcap").write_bytes((FIXTURES / "eth_v4_v6.pcap").read_bytes())
+    with pytest.raises(NotACapture, match="README is not a pcap or pcapng file"):
+        read_capture([tmp_path / "cap.pcap", tmp_path / "README"])
+    cap = read_capture(tmp_path)  # a directory: the non-capture is left out, and said
+    assert cap.meta.records == 25
+    assert any("not captures and were left out: README" in w for w in cap.meta.warnings)
+
+
+def test_chunks_keep_the_contract(tmp_path):
+    from retranscope.analyze.capture import open_capture
+
+    whole, sets = _rotated_set(tmp_path, n_packets=1500, parts=3)
+    last = 0
+    with open_capture(sets, chunk_bytes=4096) as stream:
+        for chunk in stream:
+            assert list(chunk) == [c[0] for c in PACKET_COLUMNS] and chunk["frame"].size
+            assert chunk["frame"][0] > last and np.all(np.diff(chunk["frame"]) > 0)
+            last = int(chunk["frame"][-1])
+        assert stream.meta.records == 1500 and len(stream.meta.files) == 3
+
+
+# ----------------------------------------------------------------------------------------
+# Decoding on worker processes
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_any_number_of_jobs_gives_the_same_capture(jobs, tmp_path, monkeypatch):
+    import retranscope.analyze.capture.chunks as chunks
+
+    monkeypatch.setattr(chunks, "DECODE_CHUNK_RECORDS", 700)  # many jobs in flight
+    whole, sets = _rotated_set(tmp_path, n_packets=5000, parts=3)
+    for source in (whole, sets, FIXTURES / "pcapng_two_ifaces.pcapng",
+                   FIXTURES / "eth_v6_ext_headers.pcap"):
+        serial = read_capture(source, jobs=1, chunk_bytes=20_000)
+        assert_same_capture(read_capture(source, jobs=jobs, chunk_bytes=20_000), serial)
+
+
+def test_cli_takes_a_set_as_files_after_pcap(tmp_path):
+    from typer.testing import CliRunner
+
+    from retranscope.cli import app
+
+    _, sets = _rotated_set(tmp_path, n_packets=1200, parts=3)
+    names = [str(p) for p in sorted(sets.iterdir())]
+    r = CliRunner().invoke(app, ["analyze", "--pcap", *names, "--out", str(tmp_path / "o"),
+                                 "-q", "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [Path(f["path"]).name for f in summary["capture"]["files"]] == [
+        "cap.pcap", "cap.pcap1", "cap.pcap2"]
+    r = CliRunner().invoke(app, ["analyze", "--pcap", str(tmp_path / "none*.pcap"),
+                                 "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "no file matches" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+TCPDUMP = shutil.which("tcpdump")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(TCPDUMP is None, reason="tcpdump is not installed")
+@pytest.mark.parametrize("ring", [False, True], ids=["C", "C_W_ring"])
+def test_set_rotated_by_a_real_tcpdump(ring, tmp_path):
+    """tcpdump -C 1 (1 MB files: cap.pcap, cap.pcap1, ...), and with -W 3 a ring of
+    three (cap.pcap0..2, the oldest overwritten), during one bulk transfer through
+    random loss in a lab: read as one capture, it is the transfer's one flow, and reads
+    like mergecap's merge of the same files."""
+    from retranscope.lab.netns import Lab
+    from retranscope.lab.recorded import start_bulk, start_server
+
+    port = 5001
+    out = tmp_path / "ring"
+    out.mkdir()
+    with Lab(ipv6=False, tso=False) as lab:
+        lab.add_rule(f"tcp dport {port} numgen random mod 1000 < 5 drop")
+        argv = [TCPDUMP, "-Z", "root", "-i", lab.sender_if, "-s", "128", "-n", "-U",
+                "-w", str(out / "cap.pcap"), "-C", "1", "tcp"]
+        if ring:
+            argv[-1:-1] = ["-W", "3"]
+        dump = lab.popen(lab.sender_ns, argv, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)
+            server = start_server(lab, "--port", port, "--mode", "sink", "--timeout-s", "30")
+            client = start_bulk(lab, port, 40_000_000, timeout_s=25)
+            client.wait(timeout=30)
+            server.wait(timeout=30)
+            time.sleep(0.3)
+        finally:
+            dump.terminate()
+            dump.wait(timeout=10)
+    files = sorted(p for p in out.iterdir())
+    assert len(files) >= 3
+    if ring:
+        assert [p.name for p in files] == ["cap.pcap0", "cap.pcap1", "cap.pcap2"]
+    cap = read_capture(out)
+    m = cap.meta
+    assert len(m.files) == len(files) and not m.warnings
+    assert all(a["last_ts_ns"] <= b["first_ts_ns"] for a, b in zip(m.files, m.files[1:]))
+    p = cap.packets
+    assert np.all(np.diff(p["frame"]) > 0) and np.all(np.diff(p["ts_ns"]) >= 0)
+    # one connection: one client port, seen in every file
+    data = p["dport"] == port
+    assert len(set(p["sport"][data].tolist())) == 1
+    ends = np.cumsum([f["records"] for f in m.files])
+    assert set(np.searchsorted(ends, p["frame"][data]).tolist()) == set(range(len(files)))
+    # mergecap puts a record before an equal timestamp of an earlier file (its tie rule,
+    # merge.c is_earlier); the reader keeps the files' order there, which is the order
+    # tcpdump wrote them. So: the same timestamps in the same order, and the same
+    # packets at each timestamp.
+    merged = tmp_path / "merged.pcap"
+    subprocess.run(["mergecap", "-F", "pcap", "-w", str(merged), *map(str, files)], check=True)
+    want = read_capture(merged).packets
+    assert np.array_equal(p["ts_ns"], want["ts_ns"]) and np.array_equal(p["frame"], want["frame"])
+    ours, theirs = np.lexsort((p["seq"], p["ts_ns"])), np.lexsort((want["seq"], want["ts_ns"]))
+    for col, _, _ in PACKET_COLUMNS:
+        if col != "frame":
+            assert np.array_equal(p[col][ours], want[col][theirs]), col

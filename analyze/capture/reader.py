@@ -218,13 +218,20 @@ class CaptureStream:
         return reader
 
     def _note_ifaces(self, i: int, reader: FileReader) -> None:
-        """Give the file's new interfaces their numbers in the set (in the order first
-        seen; for one file, its own numbers)."""
+        """Give the file's new interfaces their numbers in the set. As mergecap merges
+        identical interface descriptions: a file's interface k is the set's interface k
+        when it is the same as the first file's k (link type, snaplen, timestamp unit
+        and offset: rotated files of one capture); any other gets a number of its own,
+        in the order first seen. One file keeps its own numbers."""
         while len(self._iface_maps) <= i:
             self._iface_maps.append([])
         known = self._iface_maps[i]
         ifaces = reader.walker.ifaces if reader.walker else []
-        for iface in ifaces[len(known) :]:
+        first = self.readers[0].walker.ifaces if self.readers and self.readers[0].walker else []
+        for k, iface in enumerate(ifaces[len(known) :], start=len(known)):
+            if i > 0 and k < len(first) and first[k] == iface and k < len(self._iface_maps[0]):
+                known.append(self._iface_maps[0][k])
+                continue
             known.append(len(self._linktypes))
             self._linktypes.append(iface.linktype)
 
