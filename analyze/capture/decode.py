@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from retranscope.analyze.capture.frames import SKIP_REASONS, WHY, FrameBytes
 from retranscope.analyze.capture.gather import (
     be_at,
     be_field,
@@ -17,61 +18,28 @@ from retranscope.analyze.capture.gather import (
     take,
     windows,
 )
+from retranscope.analyze.capture.link import (
+    ENCAP_BIT,
+    ENCAP_KINDS,
+    IPPROTO_AH,
+    IPPROTO_TCP,
+    LINK_HEAD_BYTES,
+    LINKTYPE_RAW,
+    SUPPORTED_LINKTYPES,
+    TUNNEL_PROTOS,
+    TUNNELS_NESTED_MAX,
+    U_DEPTH,
+    Layers,
+    link_layer,
+    tunnel_inner,
+    undecoded_name,
+)
 from retranscope.analyze.capture.records import Records
 from retranscope.schemas.packets import PACKET_DTYPES, V4_MAPPED_LO_PREFIX, empty_packets
 
 # ---------------------------------------------------------------------------------------
-# Link layers: tcpdump.org/linktypes.html
-# ---------------------------------------------------------------------------------------
-LINKTYPE_NULL = 0  # BSD loopback: 4-byte AF_ value in the *writer's* byte order
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW_DLT12 = 12  # DLT_RAW on most BSDs, found in old files as a link type
-LINKTYPE_RAW_DLT14 = 14  # DLT_RAW on OpenBSD
-LINKTYPE_RAW = 101
-LINKTYPE_LOOP = 108  # OpenBSD loopback: 4-byte AF_ value, always big-endian
-LINKTYPE_LINUX_SLL = 113  # tcpdump.org/linktypes/LINKTYPE_LINUX_SLL.html: 16 bytes
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276  # tcpdump.org/linktypes/LINKTYPE_LINUX_SLL2.html: 20 bytes
-
-SUPPORTED_LINKTYPES = {
-    LINKTYPE_NULL: "BSD loopback (NULL)",
-    LINKTYPE_ETHERNET: "Ethernet",
-    LINKTYPE_RAW_DLT12: "raw IP (DLT 12)",
-    LINKTYPE_RAW_DLT14: "raw IP (DLT 14)",
-    LINKTYPE_RAW: "raw IP",
-    LINKTYPE_LOOP: "OpenBSD loopback (LOOP)",
-    LINKTYPE_LINUX_SLL: "Linux cooked v1 (SLL)",
-    LINKTYPE_IPV4: "raw IPv4",
-    LINKTYPE_IPV6: "raw IPv6",
-    LINKTYPE_LINUX_SLL2: "Linux cooked v2 (SLL2)",
-}
-RAW_LINKTYPES = (LINKTYPE_RAW_DLT12, LINKTYPE_RAW_DLT14, LINKTYPE_RAW)
-
-# (link type) -> (link header bytes, offset of the 16-bit EtherType, offset of pkttype)
-COOKED_LAYOUT = {
-    LINKTYPE_ETHERNET: (14, 12, None),  # dst 6, src 6, EtherType 2
-    # SLL: pkttype u16 @0, ARPHRD @2, addr len @4, addr 8 @6, protocol @14
-    LINKTYPE_LINUX_SLL: (16, 14, 0),
-    # SLL2: protocol @0, reserved @2, ifindex @4, ARPHRD @8, pkttype u8 @10, addr len @11
-    LINKTYPE_LINUX_SLL2: (20, 0, 10),
-}
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
-# 802.1Q C-tag, 802.1ad S-tag, and the pre-standard QinQ TPID: each adds TCI + EtherType
-VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
-VLAN_TAGS_MAX = 3
-# Carry TCP but are not decoded here: PPPoE session (RFC 2516), MPLS (RFC 3032)
-ETHERTYPES_UNSUPPORTED = (0x8864, 0x8847, 0x8848)
-# AF_INET is 2 everywhere; AF_INET6 is 10 on Linux, 24 on the BSDs, 28 on FreeBSD, 30 on
-# Darwin (the list Wireshark's packet-null.c accepts)
-AF_INET = 2
-AF_INET6_VALUES = (10, 24, 28, 30)
-
-# ---------------------------------------------------------------------------------------
 # IP and TCP
 # ---------------------------------------------------------------------------------------
-IPPROTO_TCP = 6
 IPV4_MIN_HEADER_BYTES = 20  # RFC 791 §3.1: IHL 5..15 words
 IPV4_AT = {
     "version_ihl": 0,
@@ -106,23 +74,6 @@ TCPOPT_SACK = 5  # RFC 2018, 2 + 8 per block
 TCPOPT_TIMESTAMP = 8  # RFC 7323, length 10
 SACK_BLOCKS_MAX = 4
 
-# Why a record did not become a row (counted in CaptureMeta.skipped_other)
-SKIP_REASONS = (
-    "",  # 0: kept
-    "non_tcp",  # counted in skipped_non_tcp instead
-    "ip_fragment",  # a non-first fragment of a TCP segment: no TCP header in it
-    "bad_ip_header",
-    "bad_tcp_header",
-    "link_header_cut",  # the snaplen cut the frame before the IP header
-    "ip_header_cut",
-    "tcp_header_cut",
-    "unsupported_encapsulation",  # PPPoE, MPLS: may carry TCP, not decoded
-    "unsupported_linktype",
-    "unknown_interface",  # pcapng packet naming an interface with no IDB
-)
-_WHY = {name: code for code, name in enumerate(SKIP_REASONS)}
-
-
 # Options read for every segment at once: NOP, NOP, timestamps (see _tcp_options)
 TCP_FAST_OPTION_BYTES = 12
 
@@ -130,55 +81,9 @@ TCP_FAST_OPTION_BYTES = 12
 def _frame_head_bytes(linktypes: list[int]) -> int:
     """How much of each frame to gather up front: the link header and a 20-byte IPv4 and
     TCP header with the usual 12 option bytes. Longer headers (VLAN tags, IPv6, IP
-    options) read what lies beyond from the file."""
-    link = max(
-        (
-            COOKED_LAYOUT[lt][0]
-            if lt in COOKED_LAYOUT
-            else 4
-            if lt in (LINKTYPE_NULL, LINKTYPE_LOOP)
-            else 0
-        )
-        for lt in linktypes
-    )
+    options, tunnels) read what lies beyond from the block."""
+    link = max(LINK_HEAD_BYTES.get(lt, 0) for lt in linktypes)
     return link + IPV4_MIN_HEADER_BYTES + TCP_MIN_HEADER_BYTES + TCP_FAST_OPTION_BYTES
-
-
-class _FrameBytes:
-    """Byte windows at offsets into the frames: served from the frame heads gathered in
-    one pass (row gathers of a small matrix, or views), else read from the file."""
-
-    def __init__(self, buf: np.ndarray, data_off: np.ndarray, head: np.ndarray):
-        self.buf, self.data_off, self.head = buf, data_off, head
-
-    def window(self, rows, rel, width: int) -> np.ndarray:
-        """``width`` bytes at ``rel`` (scalar or per row) into the frames ``rows`` (None:
-        every record), rows of a (len, width) uint8 matrix (may be a view)."""
-        hw = self.head.shape[1]
-        if np.ndim(rel) and rel.size:
-            lo, hi = int(rel.min()), int(rel.max())
-            if lo == hi:
-                rel = lo
-            elif lo >= 0 and hi + width <= hw:
-                values = np.unique(rel)
-                if values.size <= 4:  # a few layouts (VLAN tags, IP options): one each
-                    out = np.empty((rel.size, width), np.uint8)
-                    base = np.arange(rel.size) if rows is None else rows
-                    for v in values.tolist():
-                        k = np.flatnonzero(rel == v)
-                        out[k] = self.head[base[k], v : v + width]
-                    return out
-        if np.ndim(rel) == 0 and 0 <= rel and rel + width <= hw:
-            # A copy, not a view: each field is then read from a narrow contiguous
-            # matrix, not with the stride of the whole head.
-            if rows is None:
-                return np.ascontiguousarray(self.head[:, rel : rel + width])
-            return self.head[rows, rel : rel + width]
-        return windows(self.buf, take(self.data_off, rows) + rel, width)
-
-    def field(self, rows, rel, nbytes: int) -> np.ndarray:
-        """The big-endian unsigned field of ``nbytes`` at ``rel``, native order."""
-        return self.window(rows, rel, nbytes).view(f">u{nbytes}")[:, 0].astype(f"=u{nbytes}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -304,100 +209,22 @@ def decode(buf: np.ndarray, recs: Records, notes: Notes) -> tuple[dict[str, np.n
 
 
 def _decode(buf: np.ndarray, recs: Records, notes: Notes):
-    """Link layer, IP, TCP for every record; returns the table and skip counts (and adds
-    to ``notes``). The caller checked that some link type is decoded here."""
+    """Link layer, encapsulations, IP, TCP for every record; returns the table and skip
+    counts (and adds to ``notes``). The caller checked that some link type is decoded."""
     n_rec = recs.data_off.size
     why = np.zeros(n_rec, dtype=np.int8)  # SKIP_REASONS code per record; 0 = a TCP row
-    data_off, caplen = recs.data_off, recs.caplen
-
-    # --- link layer: offset of the IP header in the frame, the family it announces
+    data_off = recs.data_off
     present, lt_of = _present_linktypes(recs)
-    several = lt_of is not None
     # One gather of the first bytes of every frame: the link, IP and TCP headers.
-    frames = _FrameBytes(
-        buf,
-        data_off,
-        windows(
-            buf,
-            data_off,
-            _frame_head_bytes(
-                [lt for lt in present if lt in SUPPORTED_LINKTYPES] or [LINKTYPE_RAW]
-            ),
-        ),
-    )
-    pkttype = np.full(n_rec, -1, np.int8)
-    if several:
-        l3_rel = np.zeros(n_rec, np.int32)
-        want = np.zeros(n_rec, np.uint8)
-    for lt in present:
-        sel = np.flatnonzero(lt_of == lt) if lt_of is not None else None
-        if lt not in SUPPORTED_LINKTYPES and sel is not None:  # another one is supported
-            why[sel] = _WHY["unsupported_linktype"]
-            notes.add((0, lt), _unsupported_note(lt), sel.size)
-            continue
-        rel, fam, ptype, code = _link_layer(frames, sel, lt, take(caplen, sel))
-        if several:
-            l3_rel[sel], want[sel] = rel, fam
-        else:
-            l3_rel, want = rel, fam
-        if ptype is not None:
-            pkttype[slice(None) if sel is None else sel] = ptype
-        if code is not None:
-            why[slice(None) if sel is None else sel] = code
+    head = _frame_head_bytes([lt for lt in present if lt in SUPPORTED_LINKTYPES] or [LINKTYPE_RAW])
+    frames = FrameBytes(buf, data_off, windows(buf, data_off, head))
+    pkttype, l3_rel, want, link = _links(frames, recs, present, lt_of, why, notes)
 
-    # --- IP: a 20-byte window per packet; IPv6 rows read 20 more
+    # --- IP, then the tunnels it may be (their inner IP replaces it)
     ip = subset(why == 0)
-    off_ip = take(data_off, ip)
-    cap_ip = take(caplen, ip)
-    l3r = take(l3_rel, ip)
-    want_ip = take(want, ip)
-    h = frames.window(ip, l3r, IPV4_MIN_HEADER_BYTES)
-    m = h.shape[0]
-    avail = cap_ip - l3r
-    version = h[:, IPV4_AT["version_ihl"]] >> 4  # the same nibble in IPv6
-    if np.ndim(want_ip) == 0 and want_ip:
-        wrong = version != want_ip
-    else:
-        wrong = (version != 4) & (version != 6)
-        if np.ndim(want_ip):
-            wrong |= (want_ip != 0) & (version != want_ip)
-    code = np.zeros(m, np.int8)
-    code[wrong] = _WHY["bad_ip_header"]
-    code[avail < 1] = _WHY["ip_header_cut"]
-    # Every row is read as IPv4 (cheaper than splitting the IPv4 rows off first); the
-    # IPv6 rows, usually fewer, are then read again and overwrite what that gave.
-    is4 = (code == 0) & (version == 4)
-    c4, l4r, seg_len = _ipv4(h, avail, take(recs.origlen, ip), l3r, is4, notes)
-    code = np.where(is4, c4, code)
-    # IPv4-mapped (RFC 4291 §2.5.5.2): high half 0, low half 0000ffff:<address>
-    addr = {
-        "saddr_hi": np.zeros(m, np.uint64),
-        "saddr_lo": be_field(h, IPV4_AT["src"], 4) | V4_MAPPED_LO_PREFIX,
-        "daddr_hi": np.zeros(m, np.uint64),
-        "daddr_lo": be_field(h, IPV4_AT["dst"], 4) | V4_MAPPED_LO_PREFIX,
-    }
-    is6 = (code == 0) & (version == 6)
-    if is6.any():
-        s6 = np.flatnonzero(is6)
-        start6 = take(off_ip, s6) + take(l3r, s6)
-        h6 = frames.window(compose(ip, s6), take(l3r, s6), IPV6_HEADER_BYTES)
-        code[s6], l4r[s6], seg_len[s6] = _ipv6(
-            buf,
-            h6,
-            avail[s6],
-            recs.origlen[compose(ip, s6)],
-            take(l3r, s6),
-            start6,
-            take(off_ip, s6) + cap_ip[s6],
-            notes,
-        )
-        for name, col in (
-            ("saddr_hi", IPV6_AT["src"]),
-            ("saddr_lo", IPV6_AT["src"] + 8),
-            ("daddr_hi", IPV6_AT["dst"]),
-            ("daddr_lo", IPV6_AT["dst"] + 8),
-        ):
-            addr[name][s6] = be_field(h6, col, 8)
+    ipl = _ip_stage(frames, buf, recs, ip, take(l3_rel, ip), take(want, ip), notes)
+    tunnels = _tunnels(frames, buf, recs, ip, ipl, notes)
+    code, version, off_ip, cap_ip = ipl.code, ipl.version, ipl.off_ip, ipl.cap_ip
     if ip is None:
         why = code
     else:
@@ -406,18 +233,18 @@ def _decode(buf: np.ndarray, recs: Records, notes: Notes):
     # --- TCP (RFC 9293 §3.1): the 20-byte header; options below
     tcp = subset(code == 0)  # index among the IP rows
     rows = compose(ip, tcp)  # index among the records
-    tcp_rel = take(l4r, tcp)
+    tcp_rel = take(ipl.l4r, tcp)
     tcp_at = take(off_ip, tcp) + tcp_rel
     th = frames.window(rows, tcp_rel, TCP_MIN_HEADER_BYTES)
-    tcp_avail = take(cap_ip, tcp) - take(l4r, tcp)
+    tcp_avail = take(cap_ip, tcp) - tcp_rel
     doff_bytes = (th[:, TCP_AT["data_offset"]] >> 4).astype(np.int32) * 4
-    seg = take(seg_len, tcp)
+    seg = take(ipl.seg_len, tcp)
     cut = tcp_avail < TCP_MIN_HEADER_BYTES
     bad = ~cut & ((doff_bytes < TCP_MIN_HEADER_BYTES) | (doff_bytes > seg))
     if cut.any() or bad.any():
         rec = np.arange(n_rec) if rows is None else rows
-        why[rec[cut]] = _WHY["tcp_header_cut"]
-        why[rec[bad]] = _WHY["bad_tcp_header"]
+        why[rec[cut]] = WHY["tcp_header_cut"]
+        why[rec[bad]] = WHY["bad_tcp_header"]
         keep = np.flatnonzero(~(cut | bad))
         th, tcp_at, tcp_avail, doff_bytes, seg = (
             a[keep] for a in (th, tcp_at, tcp_avail, doff_bytes, seg)
@@ -432,7 +259,7 @@ def _decode(buf: np.ndarray, recs: Records, notes: Notes):
         "iface": take(recs.iface, rows),
         "pkttype": take(pkttype, rows),
         "family": take(version, tcp),
-        **{name: take(a, tcp) for name, a in addr.items()},
+        **{name: take(a, tcp) for name, a in ipl.addr.items()},
         "sport": be_field(th, TCP_AT["sport"], 2),
         "dport": be_field(th, TCP_AT["dport"], 2),
         "seq": be_field(th, TCP_AT["seq"], 4),
@@ -461,7 +288,7 @@ def _decode(buf: np.ndarray, recs: Records, notes: Notes):
         "{n} TCP segments have malformed options: each was read up to the bad option",
         malformed,
     )
-
+    _tally_layers(notes, n_rec, why, ip, rows, tcp, link, tunnels)
     packets = {
         name: np.ascontiguousarray(out[name], dtype=dt) for name, dt in PACKET_DTYPES.items()
     }
@@ -470,56 +297,194 @@ def _decode(buf: np.ndarray, recs: Records, notes: Notes):
     return packets, skipped
 
 
-def _link_layer(frames: _FrameBytes, sel, lt, caplen):
-    """Offset of the IP header in the frame, the family the link layer announces (0: read
-    the IP version), pkttype, skip code; each an array over the records ``sel`` (None:
-    all), a scalar holding for all of them, or None."""
-    if lt in RAW_LINKTYPES:
-        return 0, 0, None, None
-    if lt in (LINKTYPE_IPV4, LINKTYPE_IPV6):
-        return 0, (4 if lt == LINKTYPE_IPV4 else 6), None, None
-    pkttype = None
-    if lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
-        af = frames.field(sel, 0, 4)
-        if lt == LINKTYPE_NULL:
-            # DLT_NULL's AF_ value is in the capturing host's byte order: a value with
-            # bits in its high half was written by the other endianness (packet-null.c)
-            swapped = af.byteswap()
-            af = np.where(swapped <= 0xFFFF, swapped, af)
-        hdr_len = 4
-        fam = np.where(af == AF_INET, 4, np.where(is_any(af, AF_INET6_VALUES), 6, 0))
-        unsupported = None
+def _links(frames: FrameBytes, recs: Records, present, lt_of, why, notes):
+    """The link layer of every record: (pkttype, offset of the IP header, family the link
+    layer announces (0: read the IP version), [(records, Layers)] of the records that
+    went through encapsulations at this level). Sets ``why`` for the records without
+    an IP header."""
+    n_rec = len(recs)
+    pkttype = np.full(n_rec, -1, np.int8)
+    several = lt_of is not None
+    l3_rel: np.ndarray | int = np.zeros(n_rec, np.int64) if several else 0
+    want: np.ndarray | int = np.zeros(n_rec, np.uint8) if several else 0
+    link = []
+    for lt in present:
+        sel = np.flatnonzero(lt_of == lt) if lt_of is not None else None
+        if lt not in SUPPORTED_LINKTYPES and sel is not None:  # another one is supported
+            why[sel] = WHY["unsupported_linktype"]
+            notes.add((0, lt), _unsupported_note(lt), sel.size)
+            continue
+        rel, fam, ptype, code, layers = link_layer(frames, sel, lt, take(recs.caplen, sel))
+        if several:
+            l3_rel[sel], want[sel] = rel, fam  # type: ignore[index]
+        else:
+            l3_rel, want = rel, fam
+        if ptype is not None:
+            pkttype[slice(None) if sel is None else sel] = ptype
+        if code is not None:
+            why[slice(None) if sel is None else sel] = code
+        if layers is not None and (layers.encap.any() or layers.undecoded.any()):
+            link.append((np.arange(n_rec) if sel is None else sel, layers))
+    return pkttype, l3_rel, want, link
+
+
+class _IPStage:
+    """The IP layer of some rows: skip code, the protocol it carries and where (``l4r``,
+    bytes into the frame), that payload's length, the IP version and addresses."""
+
+    def __init__(self, code, proto, l4r, seg_len, version, addr, off_ip, cap_ip):
+        self.code, self.proto, self.l4r, self.seg_len = code, proto, l4r, seg_len
+        self.version, self.addr, self.off_ip, self.cap_ip = version, addr, off_ip, cap_ip
+
+    def assign(self, at: np.ndarray, other: _IPStage) -> None:
+        """Rows ``at`` take the values of ``other`` (the inner packet of a tunnel)."""
+        for name in ("code", "proto", "l4r", "seg_len", "version"):
+            getattr(self, name)[at] = getattr(other, name)
+        for name, col in self.addr.items():
+            col[at] = other.addr[name]
+
+
+def _ip_stage(frames: FrameBytes, buf, recs: Records, ip, l3r, want_ip, notes) -> _IPStage:
+    """IPv4 or IPv6 at ``l3r`` into the frames of the records ``ip`` (None: all): a
+    20-byte window per packet; IPv6 rows read 20 more."""
+    off_ip = take(recs.data_off, ip)
+    cap_ip = take(recs.caplen, ip)
+    h = frames.window(ip, l3r, IPV4_MIN_HEADER_BYTES)
+    m = h.shape[0]
+    avail = cap_ip - l3r
+    version = h[:, IPV4_AT["version_ihl"]] >> 4  # the same nibble in IPv6
+    if np.ndim(want_ip) == 0 and want_ip:
+        wrong = version != want_ip
     else:
-        fixed_len, ethertype_at, pkttype_at = COOKED_LAYOUT[lt]
-        ethertype = frames.field(sel, ethertype_at, 2)
-        hdr_len = fixed_len
-        if lt == LINKTYPE_LINUX_SLL:
-            pkttype = np.minimum(frames.field(sel, pkttype_at, 2), 127).astype(np.int8)
-        elif lt == LINKTYPE_LINUX_SLL2:
-            pkttype = np.minimum(frames.field(sel, pkttype_at, 1), 127).astype(np.int8)
-        if (ethertype == ETHERTYPE_IPV4).all():  # the usual capture: untagged IPv4 only
-            short = caplen < hdr_len
-            code = np.where(short, np.int8(_WHY["link_header_cut"]), np.int8(0))
-            return hdr_len, np.uint8(4), pkttype, code if short.any() else None
-        # VLAN tags (IEEE 802.1Q §9.5): TPID, TCI, then the next EtherType; QinQ stacks
-        # an 802.1ad S-tag over a C-tag
-        tagged = is_any(ethertype, VLAN_TPIDS)
-        if tagged.any():
-            hdr_len = np.full(ethertype.size, fixed_len, np.int32)
-            for _ in range(VLAN_TAGS_MAX):
-                t = np.flatnonzero(tagged)
-                if t.size == 0:
-                    break
-                ethertype[t] = frames.field(compose(sel, t), hdr_len[t] + 2, 2)
-                hdr_len[t] += 4
-                tagged[t] = is_any(ethertype[t], VLAN_TPIDS)
-        fam = np.where(ethertype == ETHERTYPE_IPV4, 4, np.where(ethertype == ETHERTYPE_IPV6, 6, 0))
-        unsupported = is_any(ethertype, ETHERTYPES_UNSUPPORTED + VLAN_TPIDS)
-    code = np.where(fam == 0, np.int8(_WHY["non_tcp"]), np.int8(0))
-    if unsupported is not None:
-        code[unsupported] = _WHY["unsupported_encapsulation"]
-    code[caplen < hdr_len] = _WHY["link_header_cut"]
-    return hdr_len, fam.astype(np.uint8), pkttype, code
+        wrong = (version != 4) & (version != 6)
+        if np.ndim(want_ip):
+            wrong |= (want_ip != 0) & (version != want_ip)
+    code = np.zeros(m, np.int8)
+    code[wrong] = WHY["bad_ip_header"]
+    code[avail < 1] = WHY["ip_header_cut"]
+    # Every row is read as IPv4 (cheaper than splitting the IPv4 rows off first); the
+    # IPv6 rows, usually fewer, are then read again and overwrite what that gave.
+    is4 = (code == 0) & (version == 4)
+    c4, l4r, seg_len = _ipv4(h, avail, take(recs.origlen, ip), l3r, is4, notes)
+    code = np.where(is4, c4, code)
+    proto = h[:, IPV4_AT["protocol"]].astype(np.int64)
+    # IPv4-mapped (RFC 4291 §2.5.5.2): high half 0, low half 0000ffff:<address>
+    addr = {
+        "saddr_hi": np.zeros(m, np.uint64),
+        "saddr_lo": be_field(h, IPV4_AT["src"], 4) | V4_MAPPED_LO_PREFIX,
+        "daddr_hi": np.zeros(m, np.uint64),
+        "daddr_lo": be_field(h, IPV4_AT["dst"], 4) | V4_MAPPED_LO_PREFIX,
+    }
+    is6 = (code == 0) & (version == 6)
+    if is6.any():
+        s6 = np.flatnonzero(is6)
+        start6 = take(off_ip, s6) + take(l3r, s6)
+        h6 = frames.window(compose(ip, s6), take(l3r, s6), IPV6_HEADER_BYTES)
+        code[s6], l4r[s6], seg_len[s6], proto[s6] = _ipv6(
+            buf,
+            h6,
+            avail[s6],
+            recs.origlen[compose(ip, s6)],
+            take(l3r, s6),
+            start6,
+            take(off_ip, s6) + cap_ip[s6],
+            notes,
+        )
+        for name, col in (
+            ("saddr_hi", IPV6_AT["src"]),
+            ("saddr_lo", IPV6_AT["src"] + 8),
+            ("daddr_hi", IPV6_AT["dst"]),
+            ("daddr_lo", IPV6_AT["dst"] + 8),
+        ):
+            addr[name][s6] = be_field(h6, col, 8)
+    return _IPStage(code, proto, l4r, seg_len, version.astype(np.uint8), addr, off_ip, cap_ip)
+
+
+def _tunnels(frames: FrameBytes, buf, recs: Records, ip, ipl: _IPStage, notes):
+    """Rows whose IP packet is a tunnel (or carries AH) take their inner packet's IP
+    layer, up to TUNNELS_NESTED_MAX deep. Returns the Layers over the IP rows (their
+    encapsulation bits and undecoded codes), or None when no row is a tunnel."""
+    layers: Layers | None = None
+    for depth in range(TUNNELS_NESTED_MAX + 1):
+        cand = np.flatnonzero((ipl.code == WHY["non_tcp"]) & is_any(ipl.proto, TUNNEL_PROTOS))
+        if cand.size == 0:
+            break
+        if layers is None:
+            layers = Layers(ipl.code.size)
+        if depth == TUNNELS_NESTED_MAX:
+            ipl.code[cand] = WHY["unsupported_encapsulation"]
+            layers.undecoded[cand] = U_DEPTH << 16
+            break
+        ah = ipl.proto[cand] == IPPROTO_AH
+        if ah.any():
+            _skip_ah(frames, ip, cand[ah], ipl, layers)
+        rows = cand[~ah]
+        if rows.size == 0:
+            continue
+        found = layers.encap[rows].copy()
+        layers.code[rows] = 0
+        layers.fam[rows] = 0
+        tunnel_inner(
+            frames, ip, rows, ipl.proto[rows], ipl.l4r[rows], ipl.version[rows], ipl.cap_ip, layers
+        )
+        layers.encap[rows] |= found
+        failed = rows[layers.code[rows] != 0]
+        ipl.code[failed] = layers.code[failed]
+        ipl.proto[failed] = -1  # looked at: not a tunnel decoded here
+        inner = rows[layers.code[rows] == 0]
+        if inner.size:
+            ipl.assign(
+                inner,
+                _ip_stage(
+                    frames,
+                    buf,
+                    recs,
+                    compose(ip, inner),
+                    layers.at[inner],
+                    layers.fam[inner],
+                    notes,
+                ),
+            )
+    return layers
+
+
+def _skip_ah(frames: FrameBytes, ip, rows: np.ndarray, ipl: _IPStage, layers: Layers) -> None:
+    """IPsec AH (RFC 4302 §2) after an IPv4 header: next header, then the header's length
+    in 4-octet units minus 2. What follows it is what the packet carries."""
+    cut = ipl.l4r[rows] + 8 > ipl.cap_ip[rows]
+    ipl.code[rows[cut]] = WHY["ip_header_cut"]
+    rows = rows[~cut]
+    w = frames.window(compose(ip, rows), ipl.l4r[rows], 2)
+    length = (w[:, 1].astype(np.int64) + 2) * 4
+    ipl.proto[rows] = w[:, 0]
+    ipl.l4r[rows] += length
+    ipl.seg_len[rows] -= length
+    ipl.code[rows] = np.where(w[:, 0] == IPPROTO_TCP, 0, WHY["non_tcp"])
+    bad = ipl.seg_len[rows] < 0
+    ipl.code[rows[bad]] = WHY["bad_ip_header"]
+    layers.encap[rows] |= ENCAP_BIT["ah"]
+
+
+def _tally_layers(notes: Notes, n_rec: int, why, ip, rows, tcp, link, tunnels) -> None:
+    """Count the TCP rows by the encapsulations they were found in, and the records
+    left undecoded by what they are (Notes.tally: the capture's metadata)."""
+    if not link and tunnels is None:
+        return
+    encap = np.zeros(n_rec, np.uint16)
+    undecoded = np.zeros(n_rec, np.int32)
+    for sel, layers in link:
+        encap[sel] |= layers.encap
+        undecoded[sel] = np.where(layers.undecoded != 0, layers.undecoded, undecoded[sel])
+    if tunnels is not None:
+        at = np.arange(n_rec) if ip is None else ip
+        encap[at] |= tunnels.encap
+        undecoded[at] = np.where(tunnels.undecoded != 0, tunnels.undecoded, undecoded[at])
+    kept = encap[np.arange(n_rec) if rows is None else rows]
+    for i, kind in enumerate(ENCAP_KINDS):
+        notes.tally("encapsulated", kind, int(np.count_nonzero(kept & (1 << i))))
+    lost = undecoded[why == WHY["unsupported_encapsulation"]]
+    for code, count in zip(*np.unique(lost[lost != 0], return_counts=True)):
+        notes.tally("undecoded", undecoded_name(int(code)), int(count))
 
 
 def _ipv4(h, avail, origlen, l3_rel, is4, notes):
@@ -542,7 +507,7 @@ def _ipv4(h, avail, origlen, l3_rel, is4, notes):
             h[:, IPV4_AT["protocol"]] != IPPROTO_TCP,
             (frag & 0x1FFF) != 0,
         ],  # a later fragment: the TCP header is in the first one
-        [_WHY["ip_header_cut"], _WHY["bad_ip_header"], _WHY["non_tcp"], _WHY["ip_fragment"]],
+        [WHY["ip_header_cut"], WHY["bad_ip_header"], WHY["non_tcp"], WHY["ip_fragment"]],
         0,
     ).astype(np.int8)
     ok = (code == 0) & is4
@@ -564,10 +529,11 @@ def _ipv4(h, avail, origlen, l3_rel, is4, notes):
 
 def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
     """IPv6 (RFC 8200): payload length, then the extension-header chain up to TCP.
-    Returns (skip code, offset of the TCP header in the frame, TCP segment length)."""
+    Returns (skip code, offset of what the packet carries in the frame, its length, the
+    protocol it is: TCP, or the next header where the chain ended)."""
     m = h.shape[0]
     code = np.zeros(m, np.int8)
-    code[avail < IPV6_HEADER_BYTES] = _WHY["ip_header_cut"]
+    code[avail < IPV6_HEADER_BYTES] = WHY["ip_header_cut"]
     plen = be_field(h, IPV6_AT["payload_length"], 2).astype(np.int64)
     nh = h[:, IPV6_AT["next_header"]].astype(np.int64)
     cur = start + IPV6_HEADER_BYTES  # absolute
@@ -579,7 +545,7 @@ def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
         if act.size == 0:
             break
         cut = cur[act] + 8 > cap_end[act]
-        code[act[cut]] = _WHY["ip_header_cut"]
+        code[act[cut]] = WHY["ip_header_cut"]
         act = act[~cut]
         e = windows(buf, cur[act], 8)
         kind = nh[act]
@@ -593,18 +559,18 @@ def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
         later = is_frag & ((frag >> 3) != 0)
         # a later fragment has no TCP header; a later fragment of another protocol is
         # simply not TCP
-        code[act[later]] = np.where(nxt[later] == IPPROTO_TCP, _WHY["ip_fragment"], _WHY["non_tcp"])
+        code[act[later]] = np.where(nxt[later] == IPPROTO_TCP, WHY["ip_fragment"], WHY["non_tcp"])
         first_frag[act[is_frag & ~later & ((frag & 1) != 0)]] = True  # M set
         nh[act] = nxt
         cur[act] += ext_len
         ext_bytes[act] += ext_len
-    code[(code == 0) & np.isin(nh, chain)] = _WHY["bad_ip_header"]  # absurdly long chain
-    code[(code == 0) & (nh != IPPROTO_TCP)] = _WHY["non_tcp"]
+    code[(code == 0) & np.isin(nh, chain)] = WHY["bad_ip_header"]  # absurdly long chain
+    code[(code == 0) & (nh != IPPROTO_TCP)] = WHY["non_tcp"]
     # Payload length 0 is a jumbogram (RFC 2675) or a GSO/BIG TCP super-frame: the
     # frame's own length stands in for it, as for IPv4 TSO.
     jumbo = plen == 0
     plen = np.where(jumbo, origlen.astype(np.int64) - l3_rel - IPV6_HEADER_BYTES, plen)
-    code[(code == 0) & (plen < ext_bytes)] = _WHY["bad_ip_header"]
+    code[(code == 0) & (plen < ext_bytes)] = WHY["bad_ip_header"]
     ok = code == 0
     n_first = int(np.count_nonzero(ok & first_frag))
     notes.add(
@@ -621,7 +587,7 @@ def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
             "their length was taken from the frame",
             n_jumbo,
         )
-    return code, l3_rel + IPV6_HEADER_BYTES + ext_bytes, plen - ext_bytes
+    return code, l3_rel + IPV6_HEADER_BYTES + ext_bytes, plen - ext_bytes, nh
 
 
 # The option layout of nearly every segment of a Linux connection: NOP, NOP, timestamps

@@ -33,7 +33,7 @@ from retranscope.analyze.capture.chunks import DEFAULT_CHUNK_BYTES, FileReader
 from retranscope.analyze.capture.decode import SKIP_REASONS, columns, encapsulation_counts
 from retranscope.analyze.capture.merge import Merger
 from retranscope.analyze.capture.parallel import Decoder
-from retranscope.analyze.capture.records import Capture, CaptureMeta
+from retranscope.analyze.capture.records import MAX_DROP_MARKS, Capture, CaptureMeta
 from retranscope.analyze.capture.sets import order_by_first_packet, resolve_inputs
 from retranscope.analyze.capture.stream import open_stream, stream_of_fileobj
 from retranscope.schemas.packets import PACKET_DTYPES, empty_packets
@@ -108,10 +108,12 @@ def read_capture(
     after its header is read up to the damage: ``meta.truncated`` and a warning say where.
     """
     with open_capture(source, jobs=jobs, chunk_bytes=chunk_bytes, progress=progress) as cap:
-        table = _TableBuilder(cap.size_hint_rows())
+        table: _TableBuilder | None = None
         for chunk in cap:
+            if table is None:  # sized once the first block tells the bytes per record
+                table = _TableBuilder(cap.size_hint_rows())
             table.add(chunk)
-        return Capture(packets=table.result(), meta=cap.meta)
+        return Capture(packets=table.result() if table else empty_packets(), meta=cap.meta)
 
 
 class CaptureStream:
@@ -155,18 +157,15 @@ class CaptureStream:
             r.stream.close()
 
     def size_hint_rows(self) -> int | None:
-        """An upper bound on the rows where the input's size tells one (uncompressed
-        files): a TCP segment takes at least 56 bytes of a capture file (a 16-byte record
-        header, 40 bytes of IP and TCP headers)."""
-        from retranscope.analyze.capture.stream import SNIFF_BYTES, sniff_compression
-
-        if self._total_bytes is None:
+        """How many rows the whole input will give, from the bytes per record of what
+        has been read (uncompressed inputs of known size only), with 5% to spare."""
+        if self._total_bytes is None or any(r.stream.compression for r in self.readers):
             return None
-        for p in self.paths:
-            with open(p, "rb") as fh:
-                if sniff_compression(fh.read(SNIFF_BYTES)):
-                    return None
-        return self._total_bytes // 56 + 1
+        done = sum(r.consumed_bytes() for r in self.readers)
+        records = sum(r.state.records for r in self.readers)
+        if not done or not records:
+            return None
+        return int(self._total_bytes * records / done * 1.05) + 1024
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         try:
@@ -345,6 +344,12 @@ def build_meta(
             f"{len(names)} capture files overlap in time and were merged by "
             f"timestamp: {', '.join(names)}"
         )
+    if undecoded:
+        kinds = sorted(undecoded.items(), key=lambda kv: (-kv[1], kv[0]))
+        warnings.append(
+            f"{sum(undecoded.values())} packets not decoded (they may carry TCP): "
+            + ", ".join(f"{n} in {kind}" for kind, n in kinds)
+        )
     warnings = set_warnings + warnings
     skipped_non_tcp = skipped.pop("non_tcp", 0)
     firsts = [f["first_ts_ns"] for f in files if f["first_ts_ns"] is not None]
@@ -372,7 +377,7 @@ def build_meta(
         encapsulated=dict(sorted(encapsulated.items())),
         undecoded=dict(sorted(undecoded.items())),
         epb_drops=epb_drops,
-        drop_marks=drop_marks[:10_000],
+        drop_marks=sorted(drop_marks, key=lambda d: d["frame"])[:MAX_DROP_MARKS],
         drop_marks_total=drop_total,
     )
 
