@@ -94,6 +94,10 @@ ETHERTYPE_PPP = 0x880B  # PPP (as GRE v1 carries it, RFC 2637 §4.1)
 ETHERTYPE_ERSPAN2 = 0x88BE  # ERSPAN type II: 8-byte header, then Ethernet
 ETHERTYPE_ERSPAN3 = 0x22EB  # ERSPAN type III: 12 bytes (+8 with the O flag), Ethernet
 ERSPAN_TYPE1 = -1  # pseudo: GRE 0x88be without sequence numbers is type I (no header)
+# WCCP redirection over GRE (draft-wilson-wrec-wccp-v2 §4.12): a 4-byte redirect header,
+# then the client's IPv4 packet; WCCPv1 has no such header (the packet starts with 0x4_)
+ETHERTYPE_WCCP = 0x883E
+WCCP_REDIRECT_BYTES = 4
 LLC_SNAP = b"\xaa\xaa\x03\x00\x00\x00"  # 802.2 LLC + SNAP with an EtherType (RFC 1042)
 ETHER_MAX_LENGTH = 1500  # an EtherType field at most this is an 802.3 length
 # PPP protocol numbers (RFC 1661 §2; IANA): IPv4 (RFC 1332), IPv6 (RFC 5072), MPLS
@@ -113,7 +117,16 @@ IPPROTO_IPV6 = 41  # RFC 4213
 IPPROTO_GRE = 47  # RFC 2784 / 2890; version 1: PPTP, RFC 2637
 IPPROTO_ESP = 50  # RFC 4303: encrypted, never decodable
 IPPROTO_AH = 51  # RFC 4302: next header, length in 4-octet units minus 2
-TUNNEL_PROTOS = (IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_GRE, IPPROTO_UDP, IPPROTO_ESP, IPPROTO_AH)
+IPPROTO_IPCOMP = 108  # RFC 3173: compressed payload, not decoded
+TUNNEL_PROTOS = (
+    IPPROTO_IPIP,
+    IPPROTO_IPV6,
+    IPPROTO_GRE,
+    IPPROTO_UDP,
+    IPPROTO_ESP,
+    IPPROTO_AH,
+    IPPROTO_IPCOMP,
+)
 GRE_AT = {"flags_version": 0, "protocol": 2}
 GRE_C, GRE_R, GRE_K, GRE_S = 0x8000, 0x4000, 0x2000, 0x1000  # RFC 1701 §2.1, RFC 2890
 GRE_A = 0x0080  # acknowledgment number present (RFC 2637 §4.1, version 1)
@@ -145,7 +158,16 @@ ENCAP_BIT = {kind: np.uint16(1 << i) for i, kind in enumerate(ENCAP_KINDS)}
 
 # Layers that may carry TCP but are not decoded (CaptureMeta.undecoded): the code of a
 # frame is kind << 16 | a value (a protocol number) that its name shows
-U_GRE_PROTOCOL, U_GRE_ROUTING, U_GRE_VERSION, U_MPLS_PAYLOAD, U_PPP_VJ, U_ESP, U_DEPTH = range(1, 8)
+(
+    U_GRE_PROTOCOL,
+    U_GRE_ROUTING,
+    U_GRE_VERSION,
+    U_MPLS_PAYLOAD,
+    U_PPP_VJ,
+    U_ESP,
+    U_DEPTH,
+    U_IPCOMP,
+) = range(1, 9)
 UNDECODED_NAMES = {
     U_GRE_PROTOCOL: "GRE carrying protocol 0x{v:04x}",
     U_GRE_ROUTING: "GRE with source routing",
@@ -154,6 +176,7 @@ UNDECODED_NAMES = {
     U_PPP_VJ: "PPP with Van Jacobson compressed TCP (protocol 0x{v:04x})",
     U_ESP: "IPsec ESP (encrypted)",
     U_DEPTH: f"encapsulations nested deeper than {TUNNELS_NESTED_MAX}",
+    U_IPCOMP: "IPComp (compressed)",
 }
 
 
@@ -285,6 +308,7 @@ def ethertype_chain(frames: FrameBytes, sel, rows: np.ndarray, layers: Layers, c
             (ETHERTYPES_MPLS, _mpls),
             ((ETHERTYPE_TEB,), _ethernet),
             ((ETHERTYPE_ERSPAN2, ETHERTYPE_ERSPAN3, ERSPAN_TYPE1), _erspan),
+            ((ETHERTYPE_WCCP,), _wccp),
         ):
             hit = is_any(et, kinds)
             if hit.any():
@@ -381,6 +405,13 @@ def _erspan(frames, sel, rows, L: Layers, caplen) -> None:
     L.encap[rows] |= ENCAP_BIT["erspan"]
 
 
+def _wccp(frames, sel, rows, L: Layers, caplen) -> None:
+    rows = _need(rows, L, caplen, sel, 1)
+    v1 = (_field(frames, compose(sel, rows), L.at[rows], 1) >> 4) == 4
+    L.at[rows[~v1]] += WCCP_REDIRECT_BYTES
+    L.ethertype[rows] = ETHERTYPE_IPV4
+
+
 def _llc_snap(frames, sel, rows, L: Layers, caplen) -> None:
     """An 802.3 length field: IP follows only behind LLC/SNAP with an EtherType."""
     rows = _need(rows, L, caplen, sel, 8)
@@ -405,9 +436,10 @@ def tunnel_inner(
         if hit.any():
             L.ethertype[rows[hit]] = ETHERTYPE_IPV4 if p == IPPROTO_IPIP else ETHERTYPE_IPV6
             L.encap[rows[hit]] |= np.where(version[hit] == 4, ENCAP_BIT[four], ENCAP_BIT[six])
-    esp = rows[proto == IPPROTO_ESP]
-    L.code[esp] = WHY["unsupported_encapsulation"]
-    L.undecoded[esp] = U_ESP << 16
+    for p, kind in ((IPPROTO_ESP, U_ESP), (IPPROTO_IPCOMP, U_IPCOMP)):
+        hit = rows[proto == p]
+        L.code[hit] = WHY["unsupported_encapsulation"]
+        L.undecoded[hit] = kind << 16
     gre = rows[proto == IPPROTO_GRE]
     if gre.size:
         _gre(frames, sel, gre, L, caplen)
@@ -459,6 +491,7 @@ def _gre(frames, sel, rows, L: Layers, caplen) -> None:
             ETHERTYPE_ERSPAN2,
             ETHERTYPE_ERSPAN3,
             ERSPAN_TYPE1,
+            ETHERTYPE_WCCP,
         )
         + ETHERTYPES_MPLS,
     )

@@ -77,6 +77,7 @@ class PcapWalker:
         self.truncated_at: int | None = None
         self.need_bytes = PCAP_RECORD_HEADER_BYTES  # the smallest block that makes progress
         self.over_snaplen = 0
+        self.frac_over = 0  # records whose sub-second field is a second or more
         self.ts_resolution_ns = self.frac_ns
         # said when the data ends inside a record; the reader names damaged compression
         self.eof_hint = EOF_HINT
@@ -138,13 +139,19 @@ class PcapWalker:
         consumed = n
         last_end = int(offsets[-1]) + PCAP_RECORD_HEADER_BYTES + int(caplen_u32[-1])
         overrun = last_end > n
-        bad = (caplen_u32 > MAX_CAPLEN_BYTES) | (ts_frac >= 1_000_000_000 // self.frac_ns)
+        # A sub-second field of a whole second or more is what a writer rounding up
+        # leaves (tcpdump's timestamp_invalid_* tests); Wireshark reads it as it is, and
+        # so does this, with a warning. Past two seconds' worth it is garbage.
+        per_s = 1_000_000_000 // self.frac_ns
+        bad = (caplen_u32 > MAX_CAPLEN_BYTES) | (ts_frac >= 2 * per_s)
         # a zero-filled tail (space allocated but never written, as after a crash): no
         # packet has wire length 0 at time 0
         bad |= (origlen == 0) & (ts_sec == 0)
-        header_cut = n - int(offsets[-1]) < PCAP_RECORD_HEADER_BYTES
-        if overrun and header_cut:
-            bad[-1] = False  # its header is cut: the fields read are partly padding
+        have_last = n - int(offsets[-1])
+        if overrun and have_last < PCAP_RECORD_HEADER_BYTES:
+            # its header is cut: the fields read are partly padding; the caplen, whole
+            # from 12 bytes on, is still judged (a record cannot be longer)
+            bad[-1] = have_last >= 12 and caplen_u32[-1] > MAX_CAPLEN_BYTES
         first_bad = first_true(bad)
         if first_bad is not None:
             good = first_bad
@@ -176,6 +183,7 @@ class PcapWalker:
             )
         if self.snaplen:
             self.over_snaplen += int(np.count_nonzero(caplen_u32 > self.snaplen))
+        self.frac_over += int(np.count_nonzero(ts_frac >= per_s))
         offsets += PCAP_RECORD_HEADER_BYTES  # now where each frame's data starts
         ts_ns = ts_sec.astype(np.int64)
         ts_ns *= 1_000_000_000
@@ -220,6 +228,11 @@ class PcapWalker:
         out = list(self.header_warnings)
         if self.stop_warning:
             out.append(self.stop_warning)
+        if self.frac_over:
+            out.append(
+                f"{self.frac_over} records have a sub-second timestamp field of a second "
+                "or more: read as written (the timestamp moves into the next second)"
+            )
         if self.over_snaplen:
             out.append(
                 f"{self.over_snaplen} records are longer than the file's snaplen "

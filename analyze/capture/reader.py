@@ -74,6 +74,7 @@ class ReadProgress:
 
 
 ProgressFn = Callable[[ReadProgress], None]
+PARALLEL_MIN_BYTES = 64 << 20
 
 
 def open_capture(
@@ -123,7 +124,7 @@ class CaptureStream:
         self, source: Source, *, jobs: int | None, chunk_bytes: int, progress: ProgressFn | None
     ):
         self.chunk_bytes = chunk_bytes
-        self.decoder = Decoder(jobs)
+        self.jobs = jobs
         self.progress = progress
         self.fileobj: BinaryIO | None = None
         self.set_warnings: list[str] = []
@@ -138,6 +139,10 @@ class CaptureStream:
             self.paths, self.set_warnings = resolve_inputs(items)
         self.readers: list[FileReader] = []
         self._total_bytes = self._input_bytes()
+        # Worker processes cost ~20 ms each to start and a copy of every block both ways:
+        # below PARALLEL_MIN_BYTES of input they cannot pay back (bench/bench_reader.py)
+        small = self._total_bytes is not None and self._total_bytes < PARALLEL_MIN_BYTES
+        self.decoder = Decoder(1 if small else jobs)
         self._iface_maps: list[list[int]] = []
         self._linktypes: list[int] = []
         self._merger: Merger | None = None
