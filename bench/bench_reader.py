@@ -225,7 +225,7 @@ def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: 
 # reader module to use ("" = retranscope.analyze.capture; else a file defining
 # read_capture, e.g. the reader of an earlier commit: git show REV:analyze/pcap.py).
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 path, mode, jobs, module = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 t0 = time.perf_counter()
 if module:
@@ -247,9 +247,11 @@ if mode == "stream":
         packets = cap.meta.tcp_packets
 else:
     packets = read(path).meta.tcp_packets
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
+hwm_kb = int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")).split()[1])
 print(json.dumps({"import_s": t1 - t0, "read_s": time.perf_counter() - t1,
                   "cpu_s": time.process_time() - c1, "packets": int(packets),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": hwm_kb / 1024}))
 """
 
 

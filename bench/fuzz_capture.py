@@ -75,26 +75,33 @@ def seed_corpus(directory: Path) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     seeds = {p.name: p.read_bytes() for p in sorted(FIXTURES.iterdir()) if p.is_file()}
     for rec in sorted(CORPUS.glob("*/capture.pcap"))[:6]:
-        seeds[f"{rec.parent.name}.pcap"] = rec.read_bytes()[:MAX_LEN - 1]
+        seeds[f"{rec.parent.name}.pcap"] = rec.read_bytes()[: MAX_LEN - 1]
     for name in ("eth_v4_v6.pcap", "pcapng_two_ifaces.pcapng", "encap_gre.pcap"):
         data = seeds[name]
         seeds[name + ".gz"] = gzip.compress(data, mtime=0)
         seeds[name + ".zst"] = zstandard.ZstdCompressor(write_checksum=True).compress(data)
     for i, (name, data) in enumerate(sorted(seeds.items())):
-        (directory / name).write_bytes(bytes([i % len(BLOCK_BYTES)]) + data[:MAX_LEN - 1])
+        (directory / name).write_bytes(bytes([i % len(BLOCK_BYTES)]) + data[: MAX_LEN - 1])
     return len(seeds)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=600)
-    ap.add_argument("--target", choices=("reader", "analysis"), default="analysis",
-                    help="the reader alone, or the reader and then the whole analysis")
+    ap.add_argument(
+        "--target",
+        choices=("reader", "analysis"),
+        default="analysis",
+        help="the reader alone, or the reader and then the whole analysis",
+    )
     ap.add_argument("--timeout", type=int, default=10, help="seconds an input may take")
     ap.add_argument("--corpus", type=Path, help="keep the evolving corpus here")
     ap.add_argument("--artifacts", type=Path, default=Path("fuzz-artifacts"))
-    ap.add_argument("--workdir", type=Path, help="scratch files here (default: a temporary "
-                    "directory, removed at the end)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        help="scratch files here (default: a temporary directory, removed at the end)",
+    )
     ap.add_argument("--quiet", action="store_true", help="libFuzzer's own output off")
     args = ap.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="retranscope-fuzz-"))
@@ -104,9 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     corpus = args.corpus or work / "corpus"
     n_seeds = seed_corpus(corpus)
     args.artifacts.mkdir(parents=True, exist_ok=True)
-    libfuzzer = [sys.argv[0], str(corpus), f"-max_total_time={args.seconds}",
-                 f"-timeout={args.timeout}", f"-max_len={MAX_LEN}", "-rss_limit_mb=3072",
-                 f"-artifact_prefix={args.artifacts}/", "-print_final_stats=1"]
+    libfuzzer = [
+        sys.argv[0],
+        str(corpus),
+        f"-max_total_time={args.seconds}",
+        f"-timeout={args.timeout}",
+        f"-max_len={MAX_LEN}",
+        "-rss_limit_mb=3072",
+        f"-artifact_prefix={args.artifacts}/",
+        "-print_final_stats=1",
+    ]
     if args.quiet:
         libfuzzer.append("-close_fd_mask=1")
     what = "the reader and the analysis" if _state["analysis"] else "the reader"
@@ -126,9 +140,15 @@ def _remove_when_done(work: Path) -> None:
     import subprocess
 
     subprocess.Popen(
-        [sys.executable, "-c", "import os, shutil, sys, time\n"
-         "while os.getppid() == int(sys.argv[1]): time.sleep(0.5)\n"
-         "shutil.rmtree(sys.argv[2], ignore_errors=True)", str(os.getpid()), str(work)],
+        [
+            sys.executable,
+            "-c",
+            "import os, shutil, sys, time\n"
+            "while os.getppid() == int(sys.argv[1]): time.sleep(0.5)\n"
+            "shutil.rmtree(sys.argv[2], ignore_errors=True)",
+            str(os.getpid()),
+            str(work),
+        ],
         start_new_session=True,
     )
 

@@ -65,9 +65,23 @@ def run_reader(read, path: Path) -> dict:
 
 def tshark_tcp(path: Path) -> int | None:
     try:
-        proc = subprocess.run(["tshark", "-n", "-r", str(path), "-Y", TSHARK_FILTER, "-T",
-                               "fields", "-e", "frame.number"], capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                "tshark",
+                "-n",
+                "-r",
+                str(path),
+                "-Y",
+                TSHARK_FILTER,
+                "-T",
+                "fields",
+                "-e",
+                "frame.number",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except subprocess.TimeoutExpired:
         return None
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
@@ -122,20 +136,26 @@ def report(rows: list[dict], with_old: bool) -> None:
 
     print(f"files: {len(rows)}")
     for which in (["old"] if with_old else []) + ["new"]:
-        print(f"  {which}: tracebacks {count(which, 'traceback')}, hangs {count(which, 'hang')}"
-              f", refused with one line {count(which, 'error')}, read {count(which, 'tcp')}")
+        print(
+            f"  {which}: tracebacks {count(which, 'traceback')}, hangs {count(which, 'hang')}"
+            f", refused with one line {count(which, 'error')}, read {count(which, 'tcp')}"
+        )
     both = [r for r in rows if r["tshark"] is not None and "tcp" in r["new"]]
     t_total = sum(r["tshark"] for r in both)
     n_total = sum(min(r["new"]["tcp"], r["tshark"]) for r in both)
     over = sum(max(0, r["new"]["tcp"] - r["tshark"]) for r in both)
-    print(f"files both read: {len(both)}; TCP packets: tshark {t_total}, reader {n_total} "
-          f"of those ({100 * n_total / max(t_total, 1):.1f}%), reader beyond tshark {over}")
+    print(
+        f"files both read: {len(both)}; TCP packets: tshark {t_total}, reader {n_total} "
+        f"of those ({100 * n_total / max(t_total, 1):.1f}%), reader beyond tshark {over}"
+    )
     if with_old:
         both_old = [r for r in both if "tcp" in r["old"]]
         o_total = sum(min(r["old"]["tcp"], r["tshark"]) for r in both_old)
         t_old = sum(r["tshark"] for r in both_old)
-        print(f"  old reader on the files it read: {o_total} of tshark's {t_old} "
-              f"({100 * o_total / max(t_old, 1):.1f}%)")
+        print(
+            f"  old reader on the files it read: {o_total} of tshark's {t_old} "
+            f"({100 * o_total / max(t_old, 1):.1f}%)"
+        )
     gaps = sorted(both, key=lambda r: r["new"]["tcp"] - r["tshark"])
     print("largest gaps (reader - tshark):")
     for r in gaps[:15]:

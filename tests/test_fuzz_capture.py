@@ -17,17 +17,34 @@ FUZZ = ROOT / "bench" / "fuzz_capture.py"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
-                       reason="atheris is not installed (pip install -e '.[dev]')"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("atheris") is None,
+        reason="atheris is not installed (pip install -e '.[dev]')",
+    ),
 ]
 
 
 def _fuzz(target: str, seconds: int, tmp_path: Path) -> tuple[int, str]:
     artifacts = tmp_path / "artifacts"
     proc = subprocess.run(
-        [sys.executable, str(FUZZ), "--target", target, "--seconds", str(seconds),
-         "--timeout", "10", "--artifacts", str(artifacts), "--workdir", str(tmp_path / "w")],
-        capture_output=True, text=True, timeout=seconds + 240, cwd=tmp_path,
+        [
+            sys.executable,
+            str(FUZZ),
+            "--target",
+            target,
+            "--seconds",
+            str(seconds),
+            "--timeout",
+            "10",
+            "--artifacts",
+            str(artifacts),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 240,
+        cwd=tmp_path,
     )
     out = proc.stdout + proc.stderr
     found = sorted(p.name for p in artifacts.glob("*")) if artifacts.exists() else []

@@ -323,8 +323,10 @@ def _links(frames: FrameBytes, recs: Records, present, lt_of, why, notes):
             pkttype[slice(None) if sel is None else sel] = ptype
         if code is not None:
             why[slice(None) if sel is None else sel] = code
-        if layers is not None and (layers.encap.any() or layers.undecoded.any()):
-            link.append((np.arange(n_rec) if sel is None else sel, layers))
+        if layers is not None:
+            rest, chain = layers
+            if chain.encap.any() or chain.undecoded.any():
+                link.append((compose(sel, rest), chain))
     return pkttype, l3_rel, want, link
 
 

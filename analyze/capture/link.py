@@ -205,8 +205,9 @@ class Layers:
 def link_layer(frames: FrameBytes, sel, lt: int, caplen):
     """Where the IP header starts in each frame of the records ``sel`` (None: all) of
     link type ``lt``. Returns (offset, family announced (0: read the IP version), Linux
-    packet type or None, skip code or None, Layers of the encapsulated rows or None);
-    the first two are arrays over the rows or scalars holding for all of them."""
+    packet type or None, skip code or None, (rows, Layers) of the rows that went through
+    the EtherType chain, or None); the first two are arrays over the rows or scalars
+    holding for all of them."""
     if lt in RAW_LINKTYPES:
         return 0, 0, None, None, None
     if lt in (LINKTYPE_IPV4, LINKTYPE_IPV6):
@@ -245,11 +246,17 @@ def link_layer(frames: FrameBytes, sel, lt: int, caplen):
             return fixed_len, np.uint8(4), pkttype, code if short.any() else None, None
         start = np.full(n, fixed_len, np.int64)
         ethertype = ethertype.astype(np.int64)
-    layers = Layers(n)
-    layers.at, layers.ethertype = start, ethertype
-    layers.code[caplen < start] = WHY["link_header_cut"]
-    ethertype_chain(frames, sel, np.arange(n), layers, caplen)
-    return layers.at, layers.fam, pkttype, layers.code, layers
+    # untagged IPv4 needs nothing more: the chain walks the other rows only
+    fam = np.where(ethertype == ETHERTYPE_IPV4, np.uint8(4), np.uint8(0))
+    code = np.where(caplen < start, np.int8(WHY["link_header_cut"]), np.int8(0))
+    rest = np.flatnonzero(fam == 0)
+    if rest.size == 0:
+        return start, fam, pkttype, code, None
+    layers = Layers(rest.size)
+    layers.at, layers.ethertype, layers.code = start[rest], ethertype[rest], code[rest]
+    ethertype_chain(frames, compose(sel, rest), np.arange(rest.size), layers, caplen[rest])
+    start[rest], fam[rest], code[rest] = layers.at, layers.fam, layers.code
+    return start, fam, pkttype, code, (rest, layers)
 
 
 def _nflog(frames: FrameBytes, sel, caplen):
