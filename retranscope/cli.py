@@ -168,7 +168,12 @@ def analyze(
         ..., "--out", "-o", help="Directory for retransmits.parquet, flows.parquet, summary.json."
     ),
     jobs: Optional[int] = typer.Option(
-        None, "--jobs", "-j", min=1, help="Processes that decode the capture (default: every core)."
+        1,
+        "--jobs",
+        "-j",
+        min=1,
+        help="Processes that decode the capture. Default 1: on the 2-core machine measured, "
+        "worker processes were slower (docs/captures.md).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stdout."),
 ) -> None:
@@ -184,7 +189,7 @@ def analyze(
 
 
 def run_analysis(pcap, events: Optional[Path], out: Path, quiet: bool = True,
-                 jobs: Optional[int] = None):
+                 jobs: Optional[int] = 1):
     """analyze/run.py with a progress line and warnings on stderr, and the summary on
     stdout. ``pcap``: a capture path, a list of them (a set), or None."""
     from retranscope.analyze.run import run_analysis as run
