@@ -93,7 +93,9 @@ def run_query(
                 else (lambda p: rel.write_parquet(str(p))),
             )
             return None
-        table = rel.fetch_arrow_table()
+        # DuckDB 2 renamed it (the old name warns); 1.x has only the old one.
+        fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
+        table = fetch()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise BadInput(f"the query failed: {first}" + _hint(dataset, str(exc))) from exc

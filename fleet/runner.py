@@ -18,7 +18,7 @@ from typing import Callable
 
 from retranscope.fleet import engine as engines
 from retranscope.fleet.dataset import SETTLED, read_runs, remove_run_files, write_runs
-from retranscope.fleet.discover import Found, HostPattern, find_runs, identify
+from retranscope.fleet.discover import Found, HostPattern, Identity, find_runs, identify
 from retranscope.fleet.task import Job, analyze_run, analyzer_version
 
 Say = Callable[[str], None]
@@ -42,6 +42,7 @@ class _Plan:
     current: list[str]  # run_ids of the runs found under root, in path order
     outcome: Outcome
     dirty: bool = False
+    copies: dict[str, list[str]] = field(default_factory=dict)
 
 
 def analyze_fleet(
@@ -96,6 +97,10 @@ def _plan(root: Path, dataset: Path, force: bool, host_from: HostPattern | None)
         outcome=Outcome(found=len(found)),
     )
     claimed: dict[str, str] = {}  # run_id -> the path analyzed for it this time
+    copies: dict[str, list[str]] = {}  # run_id -> other paths holding the same recording
+    # Places known from before first: a copy of a run that appears elsewhere later is the
+    # duplicate, and a run keeps its path. Among new places, the first by path wins.
+    found.sort(key=lambda f: ((f.root, f.path) not in by_location, f.path))
     for f in found:
         host = None if f.run_json or host_from is None else host_from.host(f.path)
         prev = by_location.get((f.root, f.path))
@@ -106,7 +111,8 @@ def _plan(root: Path, dataset: Path, force: bool, host_from: HostPattern | None)
             ident = identify(f, host_from)
             run_id = ident.run_id
             if run_id in claimed:
-                _duplicate(plan, run_id, f)
+                copies.setdefault(run_id, []).append(f.path)
+                plan.outcome.duplicates += 1
                 continue
             prev = plan.rows.get(run_id)
             plan.dirty = True
@@ -118,37 +124,31 @@ def _plan(root: Path, dataset: Path, force: bool, host_from: HostPattern | None)
                 prev.update(root=f.root, path=f.path, capture=f.capture)  # moved, unchanged
                 plan.outcome.up_to_date += 1
             else:
-                plan.jobs.append(
-                    (
-                        Job(
-                            dataset=str(dataset),
-                            root=f.root,
-                            path=f.path,
-                            run_dir=str(f.abs(f.path)) if f.run_json else None,
-                            capture=str(f.abs(f.capture)) if f.capture else None,
-                            run_id=run_id,
-                            host=ident.host or "",
-                            started_wall_ns=ident.started_wall_ns,
-                        ),
-                        f,
-                    )
-                )
+                plan.jobs.append((_job(dataset, f, ident), f))
         claimed[run_id] = f.path
         plan.current.append(run_id)
-        if plan.rows.get(run_id, {}).get("duplicate_paths"):
-            plan.rows[run_id]["duplicate_paths"] = None
+    plan.copies = copies
+    for run_id in plan.current:
+        row = plan.rows.get(run_id)
+        if row is not None and list(row.get("duplicate_paths") or []) != copies.get(run_id, []):
+            row["duplicate_paths"] = copies.get(run_id)
             plan.dirty = True
     # Largest first: the long runs start early and the last minutes are not one worker's.
     plan.jobs.sort(key=lambda jf: -jf[1].size_bytes)
     return plan
 
 
-def _duplicate(plan: _Plan, run_id: str, f: Found) -> None:
-    row = plan.rows.get(run_id)
-    plan.outcome.duplicates += 1
-    if row is not None:
-        row["duplicate_paths"] = [*(row.get("duplicate_paths") or []), f.path]
-        plan.dirty = True
+def _job(dataset: Path, f: Found, ident: Identity) -> Job:
+    return Job(
+        dataset=str(dataset),
+        root=f.root,
+        path=f.path,
+        run_dir=str(f.abs(f.path)) if f.run_json else None,
+        capture=str(f.abs(f.capture)) if f.capture else None,
+        run_id=ident.run_id,
+        host=ident.host or "",
+        started_wall_ns=ident.started_wall_ns,
+    )
 
 
 def _row(f: Found, run_id: str, host: str | None, version: str, **kw) -> dict:
@@ -207,7 +207,7 @@ def _commit(plan: _Plan, dataset: Path, f: Found, row: dict) -> None:
     row.update(
         capture=f.capture,
         fingerprint=f.fingerprint,
-        duplicate_paths=(prev or {}).get("duplicate_paths"),
+        duplicate_paths=plan.copies.get(row["run_id"]),
     )
     if (
         prev
