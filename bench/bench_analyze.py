@@ -63,46 +63,81 @@ def main() -> int:
     ap.add_argument("capture", nargs="?", type=Path, default=HERE / "data" / "big.pcap")
     ap.add_argument("--no-tshark", action="store_true", help="skip tshark (~50 s)")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for the fast tools")
-    ap.add_argument("--no-bytecode-cache", action="store_true",
-                    help="run retranscope as PYTHONDONTWRITEBYTECODE=1 leaves it: compiling")
+    ap.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="run retranscope as PYTHONDONTWRITEBYTECODE=1 leaves it: compiling",
+    )
     args = ap.parse_args()
     capture = args.capture
     if not capture.exists():
-        print(f"bench_analyze: {capture} missing: sudo .venv/bin/python bench/make_big_capture.py",
-              file=sys.stderr)
+        print(
+            f"bench_analyze: {capture} missing: sudo .venv/bin/python bench/make_big_capture.py",
+            file=sys.stderr,
+        )
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         if not args.no_bytecode_cache:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = os.path.join(tmp, "pycache")
-        ours_argv = [str(VENV_BIN / "retranscope"), "analyze", "--pcap", str(capture),
-                     "--out", os.path.join(tmp, "out"), "-q"]
+        ours_argv = [
+            str(VENV_BIN / "retranscope"),
+            "analyze",
+            "--pcap",
+            str(capture),
+            "--out",
+            os.path.join(tmp, "out"),
+            "-q",
+        ]
         run(ours_argv, env)  # untimed: fills the bytecode cache; gives the packet count
         summary = json.loads(Path(tmp, "out", "summary.json").read_text())
         n = summary["capture"]["tcp_packets"]
         print(f"capture: {capture} ({capture.stat().st_size / 1e6:.0f} MB, {n:,} TCP packets)")
-        print("bytecode cache: " + ("off (every run compiles)" if args.no_bytecode_cache
-                                    else "on (as after an install)"))
+        print(
+            "bytecode cache: "
+            + ("off (every run compiles)" if args.no_bytecode_cache else "on (as after an install)")
+        )
         tools = {"retranscope analyze": (ours_argv, env)}
         if shutil.which("tcptrace"):
             tools["tcptrace -l"] = (["tcptrace", "-l", str(capture)], None)
         rows = list(best_of(tools, args.repeat).items())
         if shutil.which("tshark") and not args.no_tshark:
-            rows.append(("tshark TCP analysis", run(
-                ["tshark", "-r", str(capture), "-n", "-Y",
-                 "tcp.analysis.retransmission or tcp.analysis.fast_retransmission or "
-                 "tcp.analysis.spurious_retransmission",
-                 "-T", "fields", "-e", "frame.number", "-e", "tcp.analysis.fast_retransmission"])))
+            rows.append(
+                (
+                    "tshark TCP analysis",
+                    run(
+                        [
+                            "tshark",
+                            "-r",
+                            str(capture),
+                            "-n",
+                            "-Y",
+                            "tcp.analysis.retransmission or tcp.analysis.fast_retransmission or "
+                            "tcp.analysis.spurious_retransmission",
+                            "-T",
+                            "fields",
+                            "-e",
+                            "frame.number",
+                            "-e",
+                            "tcp.analysis.fast_retransmission",
+                        ]
+                    ),
+                )
+            )
     ours = rows[0][1]
     print(f"{'tool':24} {'wall s':>8} {'peak MB':>9} {'time / ours':>12} {'packets/s':>12}")
     for name, r in rows:
-        print(f"{name:24} {r['wall_s']:8.2f} {r['peak_mb']:9.0f} "
-              f"{r['wall_s'] / ours['wall_s']:11.2f}x {n / r['wall_s']:12,.0f}")
+        print(
+            f"{name:24} {r['wall_s']:8.2f} {r['peak_mb']:9.0f} "
+            f"{r['wall_s'] / ours['wall_s']:11.2f}x {n / r['wall_s']:12,.0f}"
+        )
     for name, r in rows[1:]:
         if name.startswith("tshark"):
-            print(f"retranscope is {r['wall_s'] / ours['wall_s']:.1f}x faster than tshark, "
-                  f"peak memory {ours['peak_mb']:.0f} MB vs {r['peak_mb']:.0f} MB")
+            print(
+                f"retranscope is {r['wall_s'] / ours['wall_s']:.1f}x faster than tshark, "
+                f"peak memory {ours['peak_mb']:.0f} MB vs {r['peak_mb']:.0f} MB"
+            )
         else:
             print(f"retranscope takes {ours['wall_s'] / r['wall_s']:.2f}x the time of {name}")
     return 0

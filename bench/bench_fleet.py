@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from retranscope.fleet import engine
@@ -66,6 +67,7 @@ def build(root: Path, n: int) -> float:
 def measure_analyze(root: Path, dataset: Path, pairs: int) -> dict:
     walls: dict[int, list[float]] = {1: [], 2: []}
     task_s: dict[int, list[float]] = {1: [], 2: []}
+    task_cpu: dict[int, list[float]] = {1: [], 2: []}
     packets = runs = 0
     for i in range(pairs):
         for workers in (1, 2):
@@ -80,12 +82,13 @@ def measure_analyze(root: Path, dataset: Path, pairs: int) -> dict:
                 str(workers),
             )
             t = pq.read_table(
-                dataset / "runs.parquet", columns=["status", "packets", "task_s"]
+                dataset / "runs.parquet", columns=["status", "packets", "task_s", "task_cpu_s"]
             ).to_pandas()
             assert (t["status"] == "ok").all(), t[t["status"] != "ok"]
             runs, packets = len(t), int(t["packets"].sum())
             walls[workers].append(wall)
             task_s[workers].append(float(t["task_s"].sum()))
+            task_cpu[workers].append(float(t["task_cpu_s"].sum()))
             print(
                 f"  pair {i + 1}, {workers} worker(s): {wall:.1f} s ({runs / wall:.1f} runs/s)"
                 f"  [{load()}]",
@@ -100,9 +103,11 @@ def measure_analyze(root: Path, dataset: Path, pairs: int) -> dict:
             "runs_per_s": runs / med,
             "packets_per_s": packets / med,
             "task_s_median": statistics.median(task_s[w]),
-            # what the tasks alone cost per core: the cluster size for a given load
-            "per_core_runs_per_s": runs / statistics.median(task_s[w]),
-            "per_core_packets_per_s": packets / statistics.median(task_s[w]),
+            "task_cpu_s_median": statistics.median(task_cpu[w]),
+            # what the tasks alone cost a core, in CPU time (the machine is shared: wall
+            # time inside a task includes waiting for the CPU): the cluster size for a load
+            "per_core_runs_per_s": runs / statistics.median(task_cpu[w]),
+            "per_core_packets_per_s": packets / statistics.median(task_cpu[w]),
         }
     out["paired_speedup"] = [a / b for a, b in zip(walls[1], walls[2])]
     out["speedup_median"] = statistics.median(out["paired_speedup"])
@@ -110,6 +115,35 @@ def measure_analyze(root: Path, dataset: Path, pairs: int) -> dict:
     for w in (1, 2):
         d = out[f"workers_{w}"]
         d["outside_tasks_per_run_ms"] = 1000 * (d["median_s"] * w - d["task_s_median"]) / runs
+    return out
+
+
+def cost_model(dataset: Path) -> dict:
+    """task CPU s = fixed + per_packet * packets, least squares over the runs: what a run costs
+    a worker core whatever its size, and what each packet adds (for sizing a cluster to
+    runs larger than the lab's)."""
+    t = pq.read_table(dataset / "runs.parquet", columns=["packets", "task_cpu_s"]).to_pandas()
+    x, y = t["packets"].to_numpy(float), t["task_cpu_s"].to_numpy(float)
+    slope, fixed = np.polyfit(x, y, 1)
+    r2 = 1 - ((y - (fixed + slope * x)) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return {
+        "fixed_s_per_run": float(fixed),
+        "s_per_packet": float(slope),
+        "r2": float(r2),
+        "packets_per_run_mean": float(x.mean()),
+        "packets_per_run_max": float(x.max()),
+        "task_cpu_s_mean": float(y.mean()),
+    }
+
+
+def dataset_bytes(dataset: Path) -> dict:
+    out = {}
+    for table in ("retransmits", "flows"):
+        files = list((dataset / table).rglob("*.parquet"))
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        size = sum(f.stat().st_size for f in files)
+        out[table] = {"files": len(files), "rows": rows, "bytes": size}
+    out["runs_parquet_bytes"] = (dataset / "runs.parquet").stat().st_size
     return out
 
 
@@ -197,7 +231,7 @@ def main() -> None:
         d = a[f"workers_{w}"]
         print(
             f"  {w} worker(s): median {d['median_s']:.1f} s, {d['runs_per_s']:.1f} runs/s, "
-            f"{d['packets_per_s'] / 1e3:.0f}k packets/s; per core (task time) "
+            f"{d['packets_per_s'] / 1e3:.0f}k packets/s; per core (task CPU time) "
             f"{d['per_core_runs_per_s']:.1f} runs/s, "
             f"{d['per_core_packets_per_s'] / 1e3:.0f}k packets/s; outside tasks "
             f"{d['outside_tasks_per_run_ms']:.1f} ms/run"
@@ -206,6 +240,18 @@ def main() -> None:
         f"  speedup 2 vs 1 worker: median of pairs {a['speedup_median']:.2f}x "
         f"({', '.join(f'{x:.2f}' for x in a['paired_speedup'])})"
     )
+    figures["cost_model"] = m = cost_model(dataset)
+    print(
+        f"  cost per run on a worker core: {1000 * m['fixed_s_per_run']:.0f} ms + "
+        f"{1e6 * m['s_per_packet']:.2f} us/packet (R2 {m['r2']:.2f}; runs of "
+        f"{m['packets_per_run_mean']:.0f} packets on average)"
+    )
+    figures["dataset"] = d = dataset_bytes(dataset)
+    for table in ("retransmits", "flows"):
+        print(
+            f"  {table}: {d[table]['files']} files, {d[table]['rows']} rows, "
+            f"{d[table]['bytes'] / 1e6:.1f} MB"
+        )
     figures["scheduler"] = measure_scheduler(2000)
     s = figures["scheduler"]
     print(

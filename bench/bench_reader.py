@@ -88,8 +88,9 @@ def _put_be(rows: np.ndarray, offset: int, values: np.ndarray, nbytes: int) -> N
     )
 
 
-def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: int = 1,
-                        fmt: str = "pcap") -> int:
+def make_synthetic_pcap(
+    path: str, n_packets: int, *, snaplen: int = 128, seed: int = 1, fmt: str = "pcap"
+) -> int:
     """Write a pcap (or pcapng: SHB, one IDB, EPBs) of ``n_packets`` TCP segments; return
     its size in bytes."""
     rng = np.random.default_rng(seed)
@@ -112,8 +113,11 @@ def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: 
     # a flow keeps its family: the first 7/8 of the flows are IPv4, the rest IPv6
     v6_kind = np.array([k[0] for k in kinds])[kind]
     n_v4_flows = n_flows * 7 // 8
-    flow = np.where(v6_kind, rng.integers(n_v4_flows, n_flows, size=n_packets),
-                    rng.integers(0, n_v4_flows, size=n_packets))
+    flow = np.where(
+        v6_kind,
+        rng.integers(n_v4_flows, n_flows, size=n_packets),
+        rng.integers(0, n_v4_flows, size=n_packets),
+    )
     ts_us = 1_700_000_000_000_000 + np.cumsum(rng.integers(1, 40, size=n_packets))
     # Coherent flows, so that other tools (tcptrace, the analyzer) can read the file too:
     # client data goes out in sequence, the server's ACKs acknowledge everything sent
@@ -137,8 +141,7 @@ def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: 
     ]
     caplen_of = np.array([min(w["wire_len"], snaplen) for _, w in templates])
     if fmt == "pcap":
-        file_header = PCAP_GLOBAL_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen,
-                                              LINKTYPE_ETHERNET)
+        file_header = PCAP_GLOBAL_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
         rec_head = 16  # ts_sec, ts_usec, caplen, origlen
         rec_len_of = rec_head + caplen_of
     else:
@@ -204,8 +207,9 @@ def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: 
             left = ack[idx] + 2 * MSS_V4  # data above the cumulative ACK: a hole below
             for b in range(sack_blocks):
                 _put_be(full, where["sack"] + 8 * b, (left + 2 * b * MSS_V4) & 0xFFFFFFFF, 4)
-                _put_be(full, where["sack"] + 8 * b + 4,
-                        (left + (2 * b + 1) * MSS_V4) & 0xFFFFFFFF, 4)
+                _put_be(
+                    full, where["sack"] + 8 * b + 4, (left + (2 * b + 1) * MSS_V4) & 0xFFFFFFFF, 4
+                )
         # bytes past the snaplen are not written, as with tcpdump -s
         keep = min(caplen, len(template))
         rows[:, rec_head : rec_head + keep] = full[:, :keep]
@@ -243,29 +247,33 @@ def main(argv: list[str] | None = None) -> int:
     path = args.path or f"/tmp/retranscope_bench_reader.{args.format}"
     t0 = time.perf_counter()
     size_bytes = make_synthetic_pcap(path, args.packets, snaplen=args.snaplen, fmt=args.format)
-    print(f"wrote {path}: {args.packets:,} packets, {size_bytes / 1e6:.1f} MB "
-          f"in {time.perf_counter() - t0:.2f} s")
+    print(
+        f"wrote {path}: {args.packets:,} packets, {size_bytes / 1e6:.1f} MB "
+        f"in {time.perf_counter() - t0:.2f} s"
+    )
     runs = []
     try:
         for _ in range(args.repeat):
-            proc = subprocess.run([sys.executable, "-c", CHILD, path],
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, path], capture_output=True, text=True, check=True
+            )
             runs.append(json.loads(proc.stdout))
     finally:
         if not args.keep:
             os.unlink(path)
     if any(r["packets"] != args.packets for r in runs):
-        print(f"error: read {runs[0]['packets']} packets, wrote {args.packets}",
-              file=sys.stderr)
+        print(f"error: read {runs[0]['packets']} packets, wrote {args.packets}", file=sys.stderr)
         return 1
     read_s = sorted(r["read_s"] for r in runs)
     best, median = read_s[0], read_s[len(read_s) // 2]
     cpu = min(r["cpu_s"] for r in runs)
     imp = min(r["import_s"] for r in runs)
-    print(f"read_capture, fresh process, {len(runs)} runs: best {best:.3f} s "
-          f"({args.packets / best / 1e6:.2f} M packets/s, {size_bytes / best / 1e6:.0f} MB/s), "
-          f"median {median:.3f} s, best CPU {cpu:.3f} s; importing the reader (numpy "
-          f"included) {imp * 1000:.0f} ms")
+    print(
+        f"read_capture, fresh process, {len(runs)} runs: best {best:.3f} s "
+        f"({args.packets / best / 1e6:.2f} M packets/s, {size_bytes / best / 1e6:.0f} MB/s), "
+        f"median {median:.3f} s, best CPU {cpu:.3f} s; importing the reader (numpy "
+        f"included) {imp * 1000:.0f} ms"
+    )
     return 0
 
 

@@ -75,10 +75,15 @@ def find_runs(root: Path, skip: Path | None = None) -> list[Found]:
 
 
 def _recording(root: Path, run_dir: Path, captures: list[str]) -> Found:
+    capture: str | None = None
     if "capture.pcap" in captures or len(captures) <= 1:
-        capture = "capture.pcap" if "capture.pcap" in captures else (captures or [None])[0]
+        capture = "capture.pcap" if "capture.pcap" in captures else next(iter(captures), None)
     else:  # several: the one the recorder wrote, as run.json names it
-        named = Path(str(_read_json(run_dir / RUN_JSON).get("pcap", {}).get("path", ""))).name
+        try:
+            pcap = _read_json(run_dir / RUN_JSON).get("pcap") or {}
+        except BadInput:
+            pcap = {}  # the task says what is wrong with run.json
+        named = Path(str(pcap.get("path", ""))).name
         capture = named if named in captures else None
     files = [RUN_JSON] + ([capture] if capture else [])
     events = run_dir / "events"

@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Callable
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Callable
 
 from retranscope.errors import BadInput, EnvironmentProblem
 
 #: Opens a Dask client when (and only when) there is work: ``with engine() as client``.
-Engine = Callable[[], "contextmanager[object]"]
+Engine = Callable[[], AbstractContextManager[Any]]
 
 
 def _distributed():

@@ -48,7 +48,7 @@ class _Plan:
 def analyze_fleet(
     root: Path,
     dataset: Path,
-    engine: Callable,
+    engine: engines.Engine,
     *,
     force: bool = False,
     host_from: HostPattern | None = None,
@@ -104,7 +104,12 @@ def _plan(root: Path, dataset: Path, force: bool, host_from: HostPattern | None)
     for f in found:
         host = None if f.run_json or host_from is None else host_from.host(f.path)
         prev = by_location.get((f.root, f.path))
-        if not force and _settled(prev, f, version, host) and prev["run_id"] not in claimed:
+        if (
+            prev is not None
+            and not force
+            and _settled(prev, f, version, host)
+            and prev["run_id"] not in claimed
+        ):
             run_id = prev["run_id"]
             plan.outcome.up_to_date += 1
         else:
@@ -120,7 +125,7 @@ def _plan(root: Path, dataset: Path, force: bool, host_from: HostPattern | None)
                 plan.rows[run_id] = _row(
                     f, run_id, ident.host, version, status="bad_input", error=ident.problem
                 )
-            elif not force and _settled(prev, f, version, ident.host):
+            elif prev is not None and not force and _settled(prev, f, version, ident.host):
                 prev.update(root=f.root, path=f.path, capture=f.capture)  # moved, unchanged
                 plan.outcome.up_to_date += 1
             else:

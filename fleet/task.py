@@ -60,7 +60,8 @@ def analyzer_version() -> str:
 
     h = hashlib.sha256(f"fleet-format {FLEET_FORMAT}\n".encode())
     dirs = [
-        Path(m.__file__).parent for m in (retranscope, retranscope.analyze, retranscope.schemas)
+        Path(str(m.__file__)).parent
+        for m in (retranscope, retranscope.analyze, retranscope.schemas)
     ]
     for d in dirs:
         for f in sorted(d.glob("*.py")):
@@ -75,7 +76,7 @@ def analyzer_version() -> str:
 
 def analyze_run(job: Job) -> dict:
     """Analyze one run into the dataset; return its runs.parquet row (fleet/dataset.py)."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     row: dict = {
         "run_id": job.run_id,
         "host": job.host,
@@ -99,6 +100,7 @@ def analyze_run(job: Job) -> dict:
         row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
         row["traceback"] = traceback.format_exc(limit=-8)
     row["task_s"] = time.perf_counter() - t0
+    row["task_cpu_s"] = time.process_time() - cpu0
     row["analyzed_at_ns"] = time.time_ns()
     return row
 
