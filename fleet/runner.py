@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 from retranscope.fleet import engine as engines
-from retranscope.fleet.dataset import SETTLED, read_runs, remove_run_files, write_runs
+from retranscope.fleet.dataset import (
+    RUNS_FILE,
+    SETTLED,
+    read_runs,
+    remove_run_files,
+    write_runs,
+)
 from retranscope.fleet.discover import Found, HostPattern, Identity, find_runs, identify
 from retranscope.fleet.task import Job, analyze_run, analyzer_version
 
@@ -91,6 +97,7 @@ def _plan(root: Path, dataset: Path, force: bool, host_from: HostPattern | None)
     version = analyzer_version()
     by_location = {(r["root"], r["path"]): r for r in previous}
     plan = _Plan(
+        dirty=not (dataset / RUNS_FILE).exists(),  # a new dataset exists even if ROOT is empty
         rows={r["run_id"]: r for r in previous},
         jobs=[],
         current=[],

@@ -339,3 +339,41 @@ def test_killed_fleet_analyze_loses_nothing(tmp_path):
     )
     assert r.exit_code == 1, r.output
     assert_rows_equal_single_runs(dataset, fleet, tmp_path / "single")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "host"),
+    [
+        ("{host}/*.pcap", "web-1/monday.pcap", "web-1"),
+        ("{host}", "web-1/2026/01/monday.pcap", "web-1"),  # leading directories only
+        ("**/host-{host}/*", "dc1/rack2/host-7/a.pcap", "7"),
+        ("**/host-{host}/*", "host-8/a.pcap", "8"),
+        ("caps/{host}-*.pcap", "caps/db-2-0105.pcap", "db"),  # {host} takes the least
+        ("caps/{host}.pcap", "caps/db-2.pcap", "db-2"),
+        ("{host}/*.pcap", "monday.pcap", None),
+        ("caps/{host}/*.pcap", "other/web-1/a.pcap", None),
+    ],
+)
+def test_host_from_pattern(pattern, path, host):
+    from retranscope.fleet.discover import HostPattern
+
+    assert HostPattern(pattern).host(path) == host
+
+
+def test_partition_values_are_safe_directory_names():
+    from retranscope.fleet.dataset import partition_value
+
+    assert partition_value("web-1.dc_2") == "web-1.dc_2"
+    assert partition_value("a/b c") == "a%2Fb%20c"
+    assert partition_value("..") == "%2E."
+    assert partition_value(".hidden") == "%2Ehidden"
+
+
+def test_an_empty_root_makes_an_empty_dataset(tmp_path):
+    (tmp_path / "root").mkdir()
+    r = cli("fleet", "analyze", tmp_path / "root", "--out", tmp_path / "ds")
+    assert r.exit_code == 0 and "0 runs: 0 analyzed" in r.output
+    r = cli("fleet", "query", tmp_path / "ds", "SELECT count(*) AS n FROM runs")
+    assert r.exit_code == 0 and "(1 rows)" in r.output
+    r = cli("fleet", "query", tmp_path / "ds", "SELECT * FROM retransmits")
+    assert r.exit_code == 2 and "no run in" in one_error_line(r)
