@@ -55,8 +55,11 @@ def local(workers: int | None = None, processes: bool = True) -> Iterator[object
             n_workers=n,
             threads_per_worker=1,
             processes=processes,
-            host="127.0.0.1",
-            dashboard_address=None,
+            # Worker processes talk over TCP on localhost only (in-process ones need no
+            # network). The scheduler always serves a few HTTP routes (health, metrics): on
+            # a free localhost port, never a fixed one another program may hold.
+            **({"host": "127.0.0.1"} if processes else {}),
+            dashboard_address="127.0.0.1:0",
             silence_logs=logging.ERROR,
         ) as cluster,
         distributed.Client(cluster) as client,

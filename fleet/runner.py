@@ -176,29 +176,37 @@ def _row(f: Found, run_id: str, host: str | None, version: str, **kw) -> dict:
     )
 
 
+#: Tasks in flight at once: enough to keep any cluster busy, few enough that a fleet of
+#: a million runs does not hold a million futures (the client's and scheduler's memory).
+WINDOW = 4096
+
+
 def _execute(client, plan: _Plan, dataset: Path, say: Say, checkpoint_s: float) -> None:
-    futures = {}
-    for job, f in plan.jobs:
+    pending = iter(plan.jobs)
+    futures: dict = {}
+
+    def submit() -> object | None:
+        job, f = next(pending, (None, None))
+        if job is None:
+            return None
         key = f"retranscope-fleet-{job.run_id}-{uuid.uuid4().hex[:8]}"
-        futures[client.submit(analyze_run, job, key=key, pure=False)] = (job, f)
+        fut = client.submit(analyze_run, job, key=key, pure=False)
+        futures[fut] = (job, f)
+        return fut
+
+    first = [fut for fut in (submit() for _ in range(WINDOW)) if fut is not None]
     last = time.monotonic()
     done = 0
     try:
-        for fut in engines.as_completed(futures):
+        completed = engines.as_completed(first)
+        for fut in completed:
             job, f = futures.pop(fut)
-            try:
-                row = fut.result()
-            except Exception as exc:  # the engine lost the task (a worker died each time)
-                row = _row(
-                    f,
-                    job.run_id,
-                    job.host,
-                    analyzer_version(),
-                    status="failed",
-                    error=f"the task was lost: {type(exc).__name__}: {exc}".strip(),
-                )
-            _commit(plan, dataset, f, row)
+            nxt = submit()
+            if nxt is not None:
+                completed.add(nxt)
+            _commit(plan, dataset, f, _result(fut, job, f))
             done += 1
+            row = plan.rows[job.run_id]
             say(
                 f"fleet: [{done}/{len(plan.jobs)}] {row['status']} {row.get('host')} "
                 f"{row.get('date')} {row['run_id']} {f.path}"
@@ -212,6 +220,20 @@ def _execute(client, plan: _Plan, dataset: Path, say: Say, checkpoint_s: float) 
             fut.cancel()
         write_runs(dataset, list(plan.rows.values()))
     plan.outcome.analyzed = done
+
+
+def _result(fut, job: Job, f: Found) -> dict:
+    try:
+        return fut.result()
+    except Exception as exc:  # the engine lost the task (a worker died each time)
+        return _row(
+            f,
+            job.run_id,
+            job.host,
+            analyzer_version(),
+            status="failed",
+            error=f"the task was lost: {type(exc).__name__}: {exc}".strip(),
+        )
 
 
 def _commit(plan: _Plan, dataset: Path, f: Found, row: dict) -> None:

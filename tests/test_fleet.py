@@ -377,3 +377,21 @@ def test_an_empty_root_makes_an_empty_dataset(tmp_path):
     assert r.exit_code == 0 and "(1 rows)" in r.output
     r = cli("fleet", "query", tmp_path / "ds", "SELECT * FROM retransmits")
     assert r.exit_code == 2 and "no run in" in one_error_line(r)
+
+
+def test_a_window_of_tasks_in_flight_analyzes_every_run(tmp_path, monkeypatch):
+    """Tasks are submitted a window at a time as others complete (fleet/runner.py)."""
+    from retranscope.fleet import engine, runner
+
+    monkeypatch.setattr(runner, "WINDOW", 2)
+    build_fleet([CORPUS / n for n in SMALL[:5]], tmp_path / "root", 5)
+    lines: list[str] = []
+    out = runner.analyze_fleet(
+        tmp_path / "root",
+        tmp_path / "ds",
+        lambda: engine.local(1, processes=False),
+        say=lines.append,
+    )
+    assert out.analyzed == 5 and not out.failed
+    assert sum(" ok " in ln for ln in lines) == 5
+    assert runs_table(tmp_path / "ds")["status"].eq("ok").sum() == 5
