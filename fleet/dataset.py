@@ -16,6 +16,7 @@ left by a process killed between writing them and committing, are invisible unti
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from pathlib import Path
 from urllib.parse import quote
@@ -75,6 +76,8 @@ _BOOKKEEPING = [
     _field("worker", pa.string(), "the Dask worker that ran the task"),
     _field("retransmits_rows", pa.int64(), "rows written to retransmits/ for this run"),
     _field("flows_rows", pa.int64(), "rows written to flows/ for this run"),
+    _field("retransmits_schema", pa.string(), "digest of its retransmits file's columns"),
+    _field("flows_schema", pa.string(), "digest of its flows file's columns"),
 ]
 
 #: Summary figures of each run (from its summary.json; null for a run that failed).
@@ -89,6 +92,7 @@ _FIGURES = [
     _field("started_wall_ns", pa.int64(), "recording start (run.json)"),
     _field("ended_wall_ns", pa.int64(), "recording end (run.json)"),
     _field("kernel_release", pa.string(), "run.json kernel_release"),
+    _field("data_segments", pa.int64(), "data segments in the capture (flows' n_data, summed)"),
     _field("retransmissions", pa.int64(), "rows of retransmits"),
     *[_field(k, pa.int64(), f"retransmissions of kind {k}") for k in KINDS],
     _field("spurious", pa.int64(), "retransmissions shown spurious (D-SACK, timestamps)"),
@@ -141,15 +145,22 @@ def run_file(dataset: Path, table: str, host: str, date: dt.date, run_id: str) -
     )
 
 
+def schema_digest(schema: pa.Schema) -> str:
+    """Names and types of the columns: runs whose files share it need no union by name."""
+    text = "\n".join(f"{f.name}: {f.type}" for f in schema)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def write_run_table(
     dataset: Path, table: str, host: str, date: dt.date, run_id: str, rows: pa.Table
-) -> Path:
-    """One run's rows of ``table``, with a run_id column, written atomically."""
+) -> str:
+    """One run's rows of ``table``, with a run_id column, written atomically; returns the
+    digest of the columns written."""
     path = run_file(dataset, table, host, date, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = rows.append_column("run_id", pa.array([run_id] * rows.num_rows, pa.string()))
     write_atomic(path, lambda p: pq.write_table(rows, p))
-    return path
+    return schema_digest(rows.schema)
 
 
 def remove_run_files(dataset: Path, host: str, date: dt.date, run_id: str) -> None:

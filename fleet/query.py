@@ -8,6 +8,7 @@ runs: rows whose run is ``ok`` in runs.parquet at that host and date (fleet/data
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -34,8 +35,9 @@ def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def connect(dataset: Path):
-    """An in-memory DuckDB connection with the views ``runs``, ``retransmits``, ``flows``."""
+def connect(dataset: Path, sql: str | None = None):
+    """An in-memory DuckDB connection with the views ``runs``, ``retransmits``, ``flows``
+    (only those ``sql`` names, if given: making a view reads every file's footer)."""
     duckdb = _duckdb()
     runs = dataset / RUNS_FILE
     if not runs.is_file():
@@ -46,17 +48,34 @@ def connect(dataset: Path):
     con = duckdb.connect()
     con.execute(f"CREATE VIEW runs AS SELECT * FROM read_parquet({_quote(runs)})")
     for table in TABLES:
-        files = dataset / table / "*" / "*" / "*.parquet"
+        if sql is not None and not re.search(rf"\b{table}\b", sql, re.IGNORECASE):
+            continue
         if next((dataset / table).glob("*/*/*.parquet"), None) is None:
             continue  # no run has rows yet: a query naming the view says it does not exist
+        files = dataset / table / "*" / "*" / "*.parquet"
+        union = "true" if _mixed_columns(con, table, duckdb) else "false"
         con.execute(
             f"CREATE VIEW {table} AS SELECT d.* FROM read_parquet({_quote(files)}, "
-            "hive_partitioning = true, union_by_name = true, "
+            f"hive_partitioning = true, union_by_name = {union}, "
             "hive_types = {'host': VARCHAR, 'date': DATE}) d "
             "SEMI JOIN (SELECT run_id, host, date FROM runs WHERE status = 'ok') c "
             "ON d.run_id = c.run_id AND d.host = c.host AND d.date = c.date"
         )
     return con
+
+
+def _mixed_columns(con, table: str, duckdb) -> bool:
+    """Whether the runs' files of ``table`` differ in columns (analyzer versions that wrote
+    other columns): then the view unions them by name, which reads every file's schema
+    first; files that agree are read as one schema."""
+    try:
+        kinds, unknown = con.execute(
+            f"SELECT count(DISTINCT {table}_schema), count(*) FILTER "
+            f"(WHERE {table}_schema IS NULL) FROM runs WHERE status = 'ok'"
+        ).fetchone()
+    except duckdb.BinderException:  # runs.parquet from before the digests
+        return True
+    return bool(kinds > 1 or unknown)
 
 
 def resolve(sql_or_name: str) -> str:
@@ -75,8 +94,8 @@ def run_query(
 ):
     """Run the query; print it as a table, or write ``out`` (.csv or .parquet) whole."""
     duckdb = _duckdb()
-    con = connect(dataset)
     sql = resolve(sql_or_name)
+    con = connect(dataset, sql)
     if out is not None and out.suffix.lower() not in OUTPUT_FORMATS:
         raise BadInput(f"--out {out}: give a .csv or .parquet file")
     try:

@@ -14,14 +14,16 @@ QUESTIONS: dict[str, tuple[str, str]] = {
         "Worst hosts by real loss",
         """\
 -- Hosts ranked by retransmissions that repaired real loss (not shown spurious),
--- with the rate per thousand data segments in their captures.
+-- with the rate per thousand data segments in their captures (runs.data_segments is
+-- the sum of each run's flows.n_data).
 WITH r AS (
     SELECT host,
            count(*) FILTER (WHERE NOT coalesce(spurious, false)) AS real_loss,
            count(*) FILTER (WHERE spurious) AS spurious,
            count(*) AS retransmissions
     FROM retransmits GROUP BY host),
-d AS (SELECT host, sum(n_data) AS data_segments FROM flows GROUP BY host)
+d AS (SELECT host, sum(data_segments) AS data_segments FROM runs
+      WHERE status = 'ok' GROUP BY host)
 SELECT host, real_loss, spurious, retransmissions, data_segments,
        round(1000.0 * real_loss / nullif(data_segments, 0), 2) AS real_loss_per_1k
 FROM r JOIN d USING (host)

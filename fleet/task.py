@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retranscope.errors import BadInput, RetranscopeError
@@ -130,7 +131,11 @@ def _analyze(job: Job, warnings: list[str]) -> dict:
         written = {}
         for table in TABLES:
             rows = pq.read_table(out / f"{table}.parquet")
-            write_run_table(Path(job.dataset), table, job.host, date, job.run_id, rows)
+            if table == "flows" and "n_data" in rows.column_names:
+                written["data_segments"] = pc.sum(rows.column("n_data")).as_py() or 0
+            written[f"{table}_schema"] = write_run_table(
+                Path(job.dataset), table, job.host, date, job.run_id, rows
+            )
             written[f"{table}_rows"] = rows.num_rows
     result = dict(figures(summary), **written, date=date, has_events=events is not None)
     if job.run_dir and not result.get("counters_delta"):

@@ -63,8 +63,8 @@ def hosts_table(con, kinds: list[str]) -> pd.DataFrame:
                           count(*) FILTER (WHERE spurious) AS spurious,
                           count(*) FILTER (WHERE NOT coalesce(spurious, false)) AS real_loss
                    FROM retransmits GROUP BY host),
-             d AS (SELECT host, CAST(sum(n_data) AS BIGINT) AS data_segments
-                   FROM flows GROUP BY host),
+             d AS (SELECT host, CAST(sum(data_segments) AS BIGINT) AS data_segments
+                   FROM runs WHERE status = 'ok' GROUP BY host),
              u AS (SELECT host, count(*) AS runs,
                           count(*) FILTER (WHERE status <> 'ok') AS failed
                    FROM runs GROUP BY host)

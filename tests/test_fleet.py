@@ -147,6 +147,9 @@ def test_partitions_runs_and_errors(fleet_ds):
     rt = ds.dataset(base / "ds" / "retransmits", partitioning="hive").to_table().to_pandas()
     assert set(rt["host"]) <= set(ok["host"]) and rt["date"].nunique() == 2
     assert len(rt) == ok["retransmissions"].sum() == ok["retransmits_rows"].sum()
+    fl = ds.dataset(base / "ds" / "flows", partitioning="hive").to_table().to_pandas()
+    n_data = fl.groupby("run_id")["n_data"].sum()
+    assert (ok.set_index("run_id")["data_segments"] == n_data.reindex(ok["run_id"])).all()
     kinds = rt["kind"].value_counts()
     for kind, n in kinds.items():
         assert ok[kind].sum() == n
@@ -189,14 +192,20 @@ def test_force_and_a_run_that_moves_host(tmp_path):
     assert cli("fleet", "analyze", root, "--out", dataset, "--workers", "1").exit_code == 0
     meta = json.loads((runs[1] / "run.json").read_text())
     old = runs_table(dataset).set_index("run_id").loc[meta["run_id"]]
-    meta["host"] = "renamed-host"
+    meta["host"] = "renamed host/α"  # percent-encoded in the directory name, decoded back
     (runs[1] / "run.json").write_text(json.dumps(meta))
     r = cli("fleet", "analyze", root, "--out", dataset, "--workers", "1")
     assert "1 analyzed, 2 up to date" in r.output
     new = runs_table(dataset).set_index("run_id").loc[meta["run_id"]]
-    assert new["host"] == "renamed-host"
+    assert new["host"] == "renamed host/α"
     assert not run_file(dataset, "retransmits", old["host"], old["date"], meta["run_id"]).exists()
-    assert run_file(dataset, "retransmits", "renamed-host", new["date"], meta["run_id"]).exists()
+    moved = run_file(dataset, "retransmits", "renamed host/α", new["date"], meta["run_id"])
+    assert moved.exists() and "host=renamed%20host%2F%CE%B1" in str(moved)
+    r = cli("fleet", "query", dataset, "SELECT host, count(*) AS n FROM retransmits "
+            "GROUP BY host ORDER BY host", "--out", tmp_path / "hosts.csv")
+    assert r.exit_code == 0, r.output
+    counts = pd.read_csv(tmp_path / "hosts.csv").set_index("host")["n"]
+    assert counts["renamed host/α"] == new["retransmits_rows"] and len(counts) == 3
     r = cli("fleet", "analyze", root, "--out", dataset, "--workers", "1", "--force")
     assert "3 analyzed, 0 up to date" in r.output
 
