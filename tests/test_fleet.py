@@ -201,8 +201,14 @@ def test_force_and_a_run_that_moves_host(tmp_path):
     assert not run_file(dataset, "retransmits", old["host"], old["date"], meta["run_id"]).exists()
     moved = run_file(dataset, "retransmits", "renamed host/α", new["date"], meta["run_id"])
     assert moved.exists() and "host=renamed%20host%2F%CE%B1" in str(moved)
-    r = cli("fleet", "query", dataset, "SELECT host, count(*) AS n FROM retransmits "
-            "GROUP BY host ORDER BY host", "--out", tmp_path / "hosts.csv")
+    r = cli(
+        "fleet",
+        "query",
+        dataset,
+        "SELECT host, count(*) AS n FROM retransmits GROUP BY host ORDER BY host",
+        "--out",
+        tmp_path / "hosts.csv",
+    )
     assert r.exit_code == 0, r.output
     counts = pd.read_csv(tmp_path / "hosts.csv").set_index("host")["n"]
     assert counts["renamed host/α"] == new["retransmits_rows"] and len(counts) == 3
@@ -404,3 +410,30 @@ def test_a_window_of_tasks_in_flight_analyzes_every_run(tmp_path, monkeypatch):
     assert out.analyzed == 5 and not out.failed
     assert sum(" ok " in ln for ln in lines) == 5
     assert runs_table(tmp_path / "ds")["status"].eq("ok").sum() == 5
+
+
+def test_a_recording_without_events_is_its_capture_alone(tmp_path):
+    """The recorder writes no events file when it saw no retransmission; the analyzer
+    refuses such a directory as --events, so the fleet analyzes the capture alone (what
+    `retranscope analyze --pcap` writes) and says so, keeping run.json's host and counters."""
+    from retranscope.fleet import engine, runner
+    from retranscope.fleet.task import NO_EVENTS_WARNING
+
+    (run,) = build_fleet([CORPUS / "tail_drop_tlp"], tmp_path / "root", 1)
+    shutil.rmtree(run / "events")
+    meta = json.loads((run / "run.json").read_text())
+    out = runner.analyze_fleet(
+        tmp_path / "root", tmp_path / "ds", lambda: engine.local(1, processes=False)
+    )
+    assert out.analyzed == 1 and not out.failed
+    row = runs_table(tmp_path / "ds").iloc[0]
+    assert row["host"] == meta["host"] and row["run_id"] == meta["run_id"]
+    assert list(row["warnings"]) == [NO_EVENTS_WARNING] and not row["has_events"]
+    assert (
+        dict(row["counters_delta"])["Tcp:RetransSegs"] == meta["counters_delta"]["Tcp:RetransSegs"]
+    )
+    ref = single(None, run / "capture.pcap", tmp_path / "alone")
+    got = pq.read_table(
+        run_file(tmp_path / "ds", "retransmits", row["host"], row["date"], row["run_id"])
+    ).drop_columns(["run_id"])
+    assert got.to_pandas().equals(pq.read_table(ref / "retransmits.parquet").to_pandas())
