@@ -208,8 +208,8 @@ body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;paddin
   color:#222}
 h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}
-td,th{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f4f4f4}
-td.v-real-loss{color:#b00020;font-weight:600}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;white-space:nowrap}
+th{background:#f4f4f4}
 .lead{font-size:1.05em;background:#fff8e6;border-left:4px solid #e69f00;padding:.6em 1em}
 svg.chart{display:block;margin:.5em 0;font-size:12px} svg .ttl{font-weight:600}
 """
@@ -235,32 +235,29 @@ def _head(con, dataset: Path) -> str:
     )
 
 
-def _hosts_section(hosts: pd.DataFrame, kinds: list[str]) -> str:
-    shown = hosts[
-        [
-            "host",
-            "runs",
-            "failed",
-            "retransmissions",
-            *kinds,
-            "spurious",
-            "spurious_share",
-            "real_loss",
-            "real_loss_per_1k",
-            "verdict",
-        ]
-    ].copy()
-    shown["spurious_share"] = [f"{100 * s:.1f}%" for s in shown["spurious_share"]]
-    legend = "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in VERDICTS.items())
+def _worst_section(hosts: pd.DataFrame, peers: pd.DataFrame) -> str:
     worst = hosts[hosts["real_loss"] > 0].head(15)
     chart = svg.bars(
         [(h, int(r)) for h, r in zip(worst["host"], worst["real_loss"])],
         "Worst hosts: retransmissions that repaired real loss",
     )
     return (
+        "<h2>Worst hosts and peers</h2>"
+        + (chart or "<p>No host had real loss.</p>")
+        + "<p>Receivers the fleet resent to most, by real loss:</p>"
+        + _table(peers)
+    )
+
+
+def _hosts_section(hosts: pd.DataFrame, kinds: list[str]) -> str:
+    cols = ["host", "runs", "failed", "retransmissions", *kinds, "spurious"]
+    shown = hosts[[*cols, "spurious_share", "real_loss", "real_loss_per_1k", "verdict"]].copy()
+    shown["spurious_share"] = [f"{100 * s:.1f}%" for s in shown["spurious_share"]]
+    legend = "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in VERDICTS.items())
+    return (
         "<h2>Hosts</h2><p>Real loss: retransmissions the receiver did not show needless"
         " (no D-SACK, no timestamp echo of the original); per thousand data segments "
-        f"of the host's captures.</p><ul>{legend}</ul>" + _table(shown) + chart
+        f"of the host's captures.</p><ul>{legend}</ul>" + _table(shown)
     )
 
 
@@ -319,17 +316,14 @@ def render_fleet_html(con, dataset: Path, links: dict[str, str]) -> str:
             for k in KINDS
             if con.execute(f"SELECT count(*) FROM retransmits WHERE kind = '{k}'").fetchone()[0]
         ]
-        parts.append(_hosts_section(hosts_table(con, kinds), kinds))
+        hosts = hosts_table(con, kinds)
+        parts.append(_worst_section(hosts, con.execute(QUESTIONS["top_peers"][1]).df()))
         width_s, series = time_series(con)
         parts.append(
             "<h2>Over time</h2>"
             + stacked_columns(series, width_s, f"Retransmissions by kind, per {_span(width_s)}")
         )
-        peers = con.execute(QUESTIONS["top_peers"][1]).df()
-        parts.append(
-            "<h2>Worst peers</h2><p>Receivers the fleet resent to most, by real "
-            "loss.</p>" + _table(peers)
-        )
+        parts.append(_hosts_section(hosts, kinds))
     parts += [_lost_section(con), analyzed, "</body></html>"]
     return "\n".join(parts)
 
