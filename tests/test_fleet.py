@@ -43,8 +43,18 @@ HOST_FROM = "captures/{host}/*.pcap"
 runner = CliRunner()
 
 
-def cli(*args: str):
+def cli(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def fleet_argv(*args) -> list[str]:
+    """`retranscope fleet ARGS` as a process of its own."""
+    return [sys.executable, "-m", "retranscope", "fleet", *(str(a) for a in args)]
+
+
+def analyze_in(base: Path, *args):
+    """`retranscope fleet analyze BASE/root --out BASE/ds ARGS`, in this process."""
+    return cli("fleet", "analyze", base / "root", "--out", base / "ds", *args)
 
 
 def make_fleet(root: Path) -> dict:
@@ -106,17 +116,7 @@ def fleet_ds(tmp_path_factory):
     """The small fleet analyzed once, on a LocalCluster of 2 worker processes."""
     base = tmp_path_factory.mktemp("fleet")
     fleet = make_fleet(base / "root")
-    r = cli(
-        "fleet",
-        "analyze",
-        base / "root",
-        "--out",
-        base / "ds",
-        "--workers",
-        "2",
-        "--host-from",
-        HOST_FROM,
-    )
+    r = analyze_in(base, "--workers", 2, "--host-from", HOST_FROM)
     return base, fleet, r
 
 
@@ -158,7 +158,7 @@ def test_partitions_runs_and_errors(fleet_ds):
 def test_rerun_with_nothing_new_does_nothing_then_only_what_changed(fleet_ds, tmp_path):
     base, fleet, _r = fleet_ds
     before = runs_table(base / "ds")
-    r = cli("fleet", "analyze", base / "root", "--out", base / "ds", "--host-from", HOST_FROM)
+    r = analyze_in(base, "--host-from", HOST_FROM)
     assert r.exit_code == 1  # the bad capture still counts: it is still there and still bad
     assert "0 analyzed, 10 up to date, 1 failed" in r.output
     assert runs_table(base / "ds").equals(before)
@@ -166,17 +166,7 @@ def test_rerun_with_nothing_new_does_nothing_then_only_what_changed(fleet_ds, tm
     changed = fleet["recorded"][3] / "capture.pcap"
     st = changed.stat()
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    r = cli(
-        "fleet",
-        "analyze",
-        base / "root",
-        "--out",
-        base / "ds",
-        "--host-from",
-        HOST_FROM,
-        "--workers",
-        "1",
-    )
+    r = analyze_in(base, "--host-from", HOST_FROM, "--workers", 1)
     assert "1 analyzed, 9 up to date" in r.output, r.output
     after = runs_table(base / "ds").set_index("run_id")
     b = before.set_index("run_id")
@@ -312,20 +302,9 @@ def test_killed_fleet_analyze_loses_nothing(tmp_path):
     readable, and the next run finishes the rest; every run once, as analyzed alone."""
     fleet = make_fleet(tmp_path / "root")
     dataset = tmp_path / "ds"
-    cmd = [
-        sys.executable,
-        "-m",
-        "retranscope",
-        "fleet",
-        "analyze",
-        str(tmp_path / "root"),
-        "--out",
-        str(dataset),
-        "--workers",
-        "1",
-        "--host-from",
-        HOST_FROM,
-    ]
+    cmd = fleet_argv(
+        "analyze", tmp_path / "root", "--out", dataset, "--workers", 1, "--host-from", HOST_FROM
+    )
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         seen = 0

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_fleet import CORPUS, assert_rows_equal_single_runs, runs_table
+from test_fleet import CORPUS, assert_rows_equal_single_runs, fleet_argv, runs_table
 
 from retranscope.fleet.simulate import build_fleet
 
@@ -115,18 +115,9 @@ def test_a_worker_killed_mid_run_loses_no_run(cluster, tmp_path):
     with Client(cluster.address, timeout=30) as watch:
         watch.wait_for_workers(2, timeout=60)
         workers = {info["name"]: addr for addr, info in watch.scheduler_info()["workers"].items()}
-        cmd = [
-            sys.executable,
-            "-m",
-            "retranscope",
-            "fleet",
-            "analyze",
-            str(tmp_path / "root"),
-            "--out",
-            str(dataset),
-            "--scheduler",
-            cluster.address,
-        ]
+        cmd = fleet_argv(
+            "analyze", tmp_path / "root", "--out", dataset, "--scheduler", cluster.address
+        )
         fleet = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(fleet.stderr), daemon=True)
