@@ -111,7 +111,8 @@ def query_cmd(
     dataset: Path = typer.Argument(..., help="The dataset directory."),
     sql: str = typer.Argument(
         ...,
-        help="SQL over the views runs, retransmits, flows; or a ready question's name (--list).",
+        help="SQL over the views runs, retransmits, flows; or the name of a ready question "
+        "(`retranscope fleet questions`).",
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write a .csv or .parquet."),
     max_rows: int = typer.Option(50, "--max-rows", help="Rows printed (not written)."),
