@@ -163,7 +163,7 @@ def rewrite_capture(cap: Capture, shift_s: int, mapping: dict[bytes, bytes]) -> 
     return data
 
 
-def _packed(addr: str) -> bytes:
+def packed_address(addr: str) -> bytes:
     return ipaddress.ip_address(addr).packed
 
 
@@ -213,7 +213,7 @@ def copy_run(
     """Write one copy of ``orig`` as a run directory at ``dest``."""
     shift_ns = shift_s * 10**9
     (dest / "events").mkdir(parents=True, exist_ok=True)
-    packed = {_packed(a): _packed(b) for a, b in addr_map.items()}
+    packed = {packed_address(a): packed_address(b) for a, b in addr_map.items()}
     rewrite_capture(orig.capture, shift_s, packed).tofile(dest / "capture.pcap")
     for name, table in orig.events:
         t = table

@@ -124,11 +124,11 @@ def test_tcp_and_ip_checksums_stay_right_for_whole_packets(tmp_path):
         "fd00:77::1": "fd10:307::1",
         "fd00:77::2": "fd20:4::2",
     }
-    from retranscope.fleet.simulate import _packed, rewrite_capture
+    from retranscope.fleet.simulate import packed_address, rewrite_capture
 
     out = tmp_path / "rewritten.pcap"
     rewrite_capture(
-        Capture.read(path), 3600, {_packed(a): _packed(b) for a, b in amap.items()}
+        Capture.read(path), 3600, {packed_address(a): packed_address(b) for a, b in amap.items()}
     ).tofile(out)
     got = rdpcap(str(out))
     assert len(got) == len(pkts)
