@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from retranscope.errors import BadInput, RetranscopeError
+from retranscope.fleet.cli import app as fleet_app
 
 app = typer.Typer(
     add_completion=False,
@@ -21,6 +22,9 @@ app = typer.Typer(
     help="Explain Linux TCP retransmissions: record them with the kernel's "
     "reason, classify them from packet captures, report.",
 )
+
+
+app.add_typer(fleet_app, name="fleet")
 
 
 @app.callback()
