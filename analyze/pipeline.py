@@ -4,7 +4,7 @@
     segments --classify--> kind_pcap + timing;  events --join--> kernel reason per frame
 
 Pure assembly over the tables of analyze/table.py (numpy columns; pandas is never
-imported): the reading happens in analyze/pcap.py and analyze/events.py, the writing in
+imported): the reading happens in analyze/capture/ and analyze/events.py, the writing in
 analyze/outputs.py, the one path through all of them in analyze/run.py.
 """
 
@@ -151,7 +151,7 @@ RECORDING_KEYS = ("host", "kernel_release", "boot_id", "run_id", "complete", "st
 
 
 def analyze(capture=None, events=None) -> Result:
-    """capture: analyze.pcap.Capture or None; events: analyze.events.Events or None."""
+    """capture: analyze.capture.Capture or None; events: analyze.events.Events or None."""
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
     summary: dict = {"output_schema_version": OUTPUT_SCHEMA_VERSION, "warnings": []}

@@ -38,7 +38,7 @@ as the device takes it, a few microseconds *before* the tracepoint runs: measure
 adds (``tap_extra_ms``). Each frame goes to the nearest event; an event that finds two
 copies of the same bytes keeps the nearer (the other is the original, sent just before).
 
-Pure functions over the packet table (``analyze/pcap.py``), the events table
+Pure functions over the packet table (``analyze/capture/``), the events table
 (``analyze/events.py``) and the reported rows; :func:`judge_recording` and :func:`main`
 are the I/O edge::
 
@@ -547,8 +547,8 @@ def events_frame(table) -> pd.DataFrame:
 
 def judge_recording(directory: Path, work_dir: Path) -> Judged:
     """Analyze ``directory/capture.pcap`` alone, as a user would, and judge it."""
+    from retranscope.analyze.capture import read_capture
     from retranscope.analyze.events import read_events
-    from retranscope.analyze.pcap import read_capture
     from retranscope.analyze.run import run_analysis
 
     directory = Path(directory)

@@ -6,7 +6,7 @@ time-sequence graphs and the receiver's ACK delay need them, so the report reads
 capture again (the path summary.json's ``capture`` section records, or ``--pcap``), keeps
 only the packets of the flows it draws, and unwraps their 32-bit sequence numbers.
 
-The capture is read through the analyzer's public reader only (``read_capture_file``: the one
+The capture is read through the analyzer's public reader only (``open_capture_file``: the one
 line to change when the reader moves), file by file, each file filtered to the wanted
 4-tuples before the next is read, so a capture set never sits in memory whole.
 """
@@ -54,11 +54,12 @@ class CaptureMissing(BadInput):
     """The capture an analysis was made from is not where summary.json says."""
 
 
-def read_capture_file(path: Path):
-    """The analyzer's public capture reader (moving to retranscope.analyze.capture)."""
-    from retranscope.analyze.pcap import read_capture
+def open_capture_file(path: Path):
+    """The analyzer's public capture reader, as a stream of packet-table chunks: the report
+    keeps only the drawn flows' packets, so its memory does not grow with the capture."""
+    from retranscope.analyze.capture import open_capture
 
-    return read_capture(path)
+    return open_capture(path)
 
 
 def recorded_paths(summary: dict) -> list[str]:
@@ -216,17 +217,20 @@ def read_flow_packets(
     want_keys = np.unique(np.array([_endpoint_key(f) for f in wanted], dtype=np.uint64))
     ports = np.unique(np.array([f.sport for f in wanted], dtype=np.uint16))
     parts = []
+    key_cols = ("saddr_hi", "saddr_lo", "sport", "daddr_hi", "daddr_lo", "dport")
     for i, path in enumerate(paths):
-        cap = read_capture_file(path)
-        if check:
-            _check_same_capture(cap.meta, summary, path, i)
-        p = cap.packets
-        pre = np.flatnonzero(np.isin(p["sport"], ports))  # a cheap first cut
-        key_cols = ("saddr_hi", "saddr_lo", "sport", "daddr_hi", "daddr_lo", "dport")
-        keys = _key(*(p[k][pre] for k in key_cols))
-        rows = pre[np.isin(keys, want_keys)]
-        parts.append({k: p[k][rows] for k in USED_COLUMNS})
-        del cap, p
+        with open_capture_file(path) as stream:
+            for p in stream:
+                pre = np.flatnonzero(np.isin(p["sport"], ports))  # a cheap first cut
+                keys = _key(*(p[k][pre] for k in key_cols))
+                rows = pre[np.isin(keys, want_keys)]
+                parts.append({k: p[k][rows] for k in USED_COLUMNS})
+            if check:
+                _check_same_capture(stream.meta, summary, path, i)
+    if not parts:
+        from retranscope.schemas.packets import empty_packets
+
+        parts.append({k: v for k, v in empty_packets().items() if k in USED_COLUMNS})
     return PacketIndex({k: np.concatenate([part[k] for part in parts]) for k in USED_COLUMNS})
 
 

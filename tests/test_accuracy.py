@@ -25,9 +25,9 @@ import pandas as pd
 import pytest
 from corpus import whole_sender_capture
 
+from retranscope.analyze.capture import read_capture
 from retranscope.analyze.events import read_events
 from retranscope.analyze.join import eligible_rows, join_events
-from retranscope.analyze.pcap import read_capture
 from retranscope.analyze.pipeline import classify_capture, is_retransmission
 from retranscope.analyze.table import to_pandas
 from retranscope.schemas.vocabulary import FAMILY_OF_KIND

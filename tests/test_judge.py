@@ -273,8 +273,8 @@ def test_every_sent_event_finds_its_frame_in_complete_sender_captures() -> None:
     """A capture on the retransmitting host that nothing was cut from shows every
     retransmission the kernel sent: the matching must find a frame for each event (and
     never two frames for the same bytes of one event)."""
+    from retranscope.analyze.capture import read_capture
     from retranscope.analyze.events import read_events
-    from retranscope.analyze.pcap import read_capture
 
     dirs = _uncut_sender_recordings()
     if not dirs:

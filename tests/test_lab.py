@@ -624,7 +624,7 @@ def test_check_tolerates_only_dsacked_extras() -> None:
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
-    from retranscope.analyze.pcap import read_capture
+    from retranscope.analyze.capture import read_capture
 
     return read_capture(path).packets
 

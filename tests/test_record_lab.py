@@ -42,7 +42,7 @@ RTO_FAMILY = {"rto", "rto_recovery", "syn", "synack"}
 
 
 def _capture(run):
-    from retranscope.analyze.pcap import read_capture
+    from retranscope.analyze.capture import read_capture
 
     return read_capture(run.capture)
 

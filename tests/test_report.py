@@ -270,6 +270,8 @@ def _moved(analysis_dir: Path, tmp_path: Path) -> Path:
     shutil.copytree(analysis_dir, d)
     s = json.loads((d / "summary.json").read_text())
     s["capture"]["path"] = "/nonexistent/capture.pcap"
+    for f in s["capture"].get("files") or []:
+        f["path"] = "/nonexistent/capture.pcap"
     (d / "summary.json").write_text(json.dumps(s))
     return d
 
