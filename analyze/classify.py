@@ -163,10 +163,11 @@ class _Originals:
 
 def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: Table,
                    retrans: Table, *, space: dict[str, np.ndarray] | None = None,
-                   notes: dict | None = None) -> Table:
+                   notes: dict | None = None, too_big: list[dict] | None = None) -> Table:
     """``retrans`` (a retransmission_table) plus the kernel reason and the evidence for it
     (CLASSIFY_COLUMNS; the optional ones Nullable). ``notes``, when given, receives what
-    the capture showed beside the rows (``acks_lost_after_capture``)."""
+    the capture showed beside the rows (``acks_lost_after_capture``). ``too_big``: the
+    capture's ICMP too-big messages (CaptureMeta.icmp_too_big)."""
     out = dict(retrans)
     if len(out["pkt"]) == 0:
         for c in CLASSIFY_COLUMNS:
@@ -257,7 +258,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     }
     A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
     res = replay(rows_in, flows_in, A, last_where(A["adv"], a_flow), order_r, burst_of, r_flow,
-                 t_cap0)
+                 t_cap0, _too_big_by_flow(flows, too_big or []))
 
     out["kind_pcap"] = np.array(res["kind"], dtype=object)
     out["family"] = np.array([FAMILY_OF_KIND[k] for k in res["kind"]], dtype=object)
@@ -343,6 +344,32 @@ def _cut_short(rtx: Table, origs: _Originals) -> np.ndarray:
     ok, p = origs.containing(rtx["flow_id"], rtx["seq_abs"])
     return ok & (gather(origs.seq, p, ok, _NONE) == rtx["seq_abs"]) & \
         (gather(origs.end, p, ok, _NONE) > rtx["end_abs"])
+
+
+def _too_big_by_flow(flows: Table, messages: list[dict]) -> dict[int, list[tuple[int, int]]]:
+    """The ICMP too-big messages by the flow whose segment each quotes (its sender is the
+    quoted source; on a 4-tuple reused, the connection whose packets surround the
+    message, else the last before it): {flow: [(ts_ns, mtu), ...]} in time order."""
+    if not messages:
+        return {}
+    key = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo", "sport", "dport")
+    by_tuple: dict[tuple, list[int]] = {}
+    cols = [flows[k].tolist() for k in key]
+    first, last = flows["first_ts_ns"].tolist(), flows["last_ts_ns"].tolist()
+    for f, t in enumerate(zip(*cols)):
+        by_tuple.setdefault(t, []).append(f)
+    out: dict[int, list[tuple[int, int]]] = {}
+    for m in messages:
+        cands = by_tuple.get(tuple(int(m[k]) for k in key), [])
+        before = [f for f in cands if first[f] <= m["ts_ns"]]
+        if not before:
+            continue
+        inside = [f for f in before if m["ts_ns"] <= last[f]]
+        f = (inside or before)[-1]
+        out.setdefault(f, []).append((int(m["ts_ns"]), int(m["mtu"])))
+    for v in out.values():
+        v.sort()
+    return out
 
 
 def _path_facts(packets, space, flows, flow_id) -> dict[str, np.ndarray]:

@@ -35,13 +35,14 @@ class Result:
     summary: dict = field(default_factory=dict)
 
 
-def classify_capture(packets: dict[str, np.ndarray], notes: dict | None = None
-                     ) -> tuple[np.ndarray, Table, Table]:
+def classify_capture(packets: dict[str, np.ndarray], notes: dict | None = None,
+                     too_big: list[dict] | None = None) -> tuple[np.ndarray, Table, Table]:
     """flows + per-wire-segment classification of a capture (row index into packets kept).
 
     The sequence space and the sender context are computed once, for both the detection
     of retransmissions and their classification. ``notes`` receives what the capture
-    showed beside the rows (classify_table).
+    showed beside the rows (classify_table); ``too_big``: the capture's ICMP too-big
+    messages (CaptureMeta.icmp_too_big).
     """
     from retranscope.analyze.classify import classify_table
     from retranscope.analyze.flows import flow_table, sequence_space
@@ -53,7 +54,8 @@ def classify_capture(packets: dict[str, np.ndarray], notes: dict | None = None
     retrans = retransmission_table(packets, flow_id, flows, space, context)
     if notes is not None:
         notes["gaps"] = capture_gaps(packets, flow_id, flows, space, context)
-    classified = classify_table(packets, flow_id, flows, retrans, space=space, notes=notes)
+    classified = classify_table(packets, flow_id, flows, retrans, space=space, notes=notes,
+                                too_big=too_big)
     return flow_id, flows, classified
 
 
@@ -159,7 +161,8 @@ def analyze(capture=None, events=None) -> Result:
         summary["capture"] = capture.meta.to_dict()
         summary["warnings"] += list(capture.meta.warnings)
         notes: dict = {}
-        flow_id, flows, classified = classify_capture(capture.packets, notes)
+        flow_id, flows, classified = classify_capture(
+            capture.packets, notes, getattr(capture.meta, "icmp_too_big", None))
         others, flows_extra = _not_retransmitted(flows, classified)
         summary.update(others)
         summary["acks_lost_after_capture"] = int(notes.get("acks_lost_after_capture", 0))

@@ -252,9 +252,10 @@ def resent_or_reordered(packets, flow_id, flows, space, context, below) -> tuple
       transmission left before any data above it; the question is whether this is that
       transmission, overtaken on the way to the capture point (reordering, RFC 4737), or
       a re-send after the original was lost before the capture point. The sender's own
-      clock decides when it shows: a TSval above that of the data above it seen first
-      says it left later, so it was resent; a lower one, that it left first (RFC 7323
-      §5.3: TSval never decreases). Else time: a re-send answers feedback about that
+      count or clock decides when it shows: an IPv4 identification above that of the data
+      above it seen first (where the flow's identifications count its segments), or a
+      TSval above it, says it left later, so it was resent; a lower one, that it left
+      first (RFC 7323 §5.3: TSval never decreases). Else time: a re-send answers feedback about that
       hole (a SACK or duplicate ACK from the receiver, a timer armed by the missing
       ACK), and no feedback can reach the sender before the data above the hole has gone
       from the capture point to the receiver and its ACK back to the sender: a re-send
@@ -349,9 +350,17 @@ def _hole_verdict(packets, flow_id, flows, space, context, below, hole) -> np.nd
         ok_b &= frame[b] < frame[hole]
         t_above = np.minimum(t_above, np.where(ok_b, ts[b], np.iinfo(np.int64).max))
     verdict = np.zeros(len(hole), dtype=np.int64)
+    # The sender's own count: IPv4's identification, where the flow's show a counter
+    # (Linux: per socket, ip_select_ident_segs; Windows: per host). Random ones (BSD,
+    # macOS) say nothing.
+    counted = ok_a & ip_id_counts(packets, flow_id, flows, space, want)[hf]
+    d_id = (packets["ip_id"][hole].astype(np.int64) - packets["ip_id"][a].astype(np.int64)) \
+        & 0xFFFF
+    verdict[counted & (d_id != 0) & (d_id < (1 << 15))] = 1
+    verdict[counted & (d_id >= (1 << 15))] = -1
     # The sender's clock: TSval (RFC 7323) of the hole's segment against the data above.
     has_ts = packets["opt_ts"].astype(bool)
-    both = ok_a & has_ts[hole] & has_ts[a]
+    both = (verdict == 0) & ok_a & has_ts[hole] & has_ts[a]
     d = (packets["tsval"][hole].astype(np.int64) - packets["tsval"][a].astype(np.int64)) \
         & 0xFFFFFFFF
     later = both & (d != 0) & (d < (1 << 31))
@@ -369,6 +378,34 @@ def _hole_verdict(packets, flow_id, flows, space, context, below, hole) -> np.nd
     gap_ok = (floor >= 0) & (ts[hole] - t_above >= RTT_FLOOR_SHARE * floor)
     verdict[undecided] = np.where(gap_ok[undecided], 1, -1)
     return verdict
+
+
+#: Share of a flow's consecutive first transmissions whose IPv4 identification goes up
+#: by 1 to IP_ID_STEP_MAX for the identifications to be read as the sender's order.
+IP_ID_COUNTER_SHARE = 0.9
+IP_ID_STEP_MAX = 256
+
+
+def ip_id_counts(packets, flow_id, flows, space, want) -> np.ndarray:
+    """Per flow (those in ``want``): do its IPv4 identifications count its segments (each
+    next new-data segment's a little above the last: RFC 6864 leaves atomic datagrams'
+    IDs free, Linux counts them per socket, Windows per host), so that a higher one was
+    sent later?"""
+    n_flows = len(flows["flow_id"])
+    out = np.zeros(n_flows, dtype=bool)
+    v4 = (flows["family"] == 4) & want
+    rows = np.flatnonzero(v4[flow_id] & (space["seg_len"] > 0))
+    if len(rows) < 2:
+        return out
+    rows = by_group(rows, flow_id[rows])
+    f = flow_id[rows]
+    same = f[1:] == f[:-1]
+    step = (packets["ip_id"][rows][1:].astype(np.int64)
+            - packets["ip_id"][rows][:-1].astype(np.int64)) & 0xFFFF
+    up = same & (step >= 1) & (step <= IP_ID_STEP_MAX)
+    pairs = np.bincount(f[1:][same], minlength=n_flows)
+    ups = np.bincount(f[1:][up], minlength=n_flows)
+    return v4 & (pairs >= 8) & (ups >= IP_ID_COUNTER_SHARE * pairs)
 
 
 def sender_trip_ns(packets, flow_id, flows, want) -> np.ndarray:

@@ -82,7 +82,7 @@ BURST_GAP_NS = TCP_TIMEOUT_MIN_US * 1000 // 2
 
 #: An ICMP too-big message resends what it concerns at once, or when the writer releases
 #: the socket (tcp_release_cb, TCP_MTU_REDUCED_DEFERRED): within this much.
-TOO_BIG_NS = 50_000_000
+TOO_BIG_NS = 10_000_000
 
 #: "Never" (no D-SACK, no exit): later than any time or ACK index.
 NEVER = int(np.iinfo(np.int64).max // 4)
@@ -325,6 +325,7 @@ class SenderState:
         "syn_end",
         "hdr_bytes",
         "too_big",
+        "too_big_seen",
         # no ACK of this flow in the capture (a one-way capture): timing alone decides
         "timing_only",
     )
@@ -370,6 +371,7 @@ class SenderState:
         self.syn_end = syn_end
         self.hdr_bytes = hdr_bytes
         self.too_big = too_big or []  # (ts_ns, mtu) of each ICMP too-big, in time order
+        self.too_big_seen = 0  # messages before this index have been answered
         self.timing_only = a_first >= a_end
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
@@ -413,6 +415,7 @@ class SenderState:
             self.tcp_non_congestion_loss_retransmit(b, v, "pmtu")
             v.mtu = self._path_mtu(b)
             v.clock = "icmp"
+            self.too_big_seen = bisect_right(self.too_big, (b.ts_ns, 1 << 62))
         else:
             self._on_loss_news(b, v, head, tail, ack_clocked)
         self.tcp_retransmit_skb(b, v.kind)
@@ -535,9 +538,10 @@ class SenderState:
     def _too_big_before(self, ts_ns: int) -> int | None:
         """The MTU of the latest ICMP too-big message of the flow within TOO_BIG_NS before
         ``ts_ns`` (tcp_v4_err defers the work to tcp_release_cb while the writer holds the
-        socket), else None."""
+        socket) that no earlier burst answered, else None. The burst that answers it takes
+        it, and every message before it."""
         i = bisect_right(self.too_big, (ts_ns, 1 << 62)) - 1
-        if i >= 0 and ts_ns - self.too_big[i][0] <= TOO_BIG_NS:
+        if i >= self.too_big_seen and ts_ns - self.too_big[i][0] <= TOO_BIG_NS:
             return self.too_big[i][1]
         return None
 
@@ -983,14 +987,16 @@ def replay(
     burst_of: np.ndarray,
     r_flow: np.ndarray,
     t_cap0: int,
+    too_big: dict[int, list[tuple[int, int]]] | None = None,
 ) -> dict[str, list]:
     """Walk each flow's retransmission bursts in order through its SenderState.
 
     ``rows``: per retransmission (RetransRows' columns), ``flows``: per flow (``sack_ok``,
     ``mss``, ``mss_known``, ``una0``, ``a_start``/``a_end``: its slice of ``acks``), ``acks``:
     the ACK table (AckHistory), ``order_r``: the rows by flow then frame, ``burst_of``: each
-    row's burst. ``flows`` also holds ``syn_end``, ``hdr_bytes`` and, optionally,
-    ``too_big`` ({flow: [(ts_ns, mtu), ...]}) and the capture-start Loss (``loss0_*``).
+    row's burst. ``flows`` also holds ``syn_end``, ``hdr_bytes`` and, optionally, the
+    capture-start Loss (``loss0_*``); ``too_big``: per flow, the path MTU messages of the
+    capture, [(ts_ns, mtu), ...] in time order.
     Returns per row: cause, mtu, kind, clock, position, ca, backoff, trigger (ACK index),
     pto_ns, rto_ns.
     """
@@ -1023,7 +1029,7 @@ def replay(
     rows_l = order_r.tolist()
     cause, mtu, kind, clock, position, ca, backoff, trigger, pto_ns, rto_ns = out.values()
     syn_end, hdr_bytes = flows["syn_end"].tolist(), flows["hdr_bytes"].tolist()
-    too_big = flows.get("too_big") or {}
+    too_big = too_big or {}
     sender: SenderState | None = None
     cur_flow = -1
     for bi, (i, j) in enumerate(zip(b_first.tolist(), b_last.tolist())):

@@ -57,10 +57,11 @@ def evaluate(directory: Path) -> pd.DataFrame:
     """Classified wire retransmissions of one scenario with the kernel's reason beside: the
     capture classified as `retranscope analyze` does (pipeline.classify_capture), matched to
     the events as its merge does (join.eligible_rows, join.join_events)."""
-    packets = read_capture(directory / "capture.pcap").packets
+    capture = read_capture(directory / "capture.pcap")
+    packets = capture.packets
     ev_path = directory / "events.parquet"
     events = read_events(ev_path if ev_path.is_file() else directory).table
-    flow_id, flows, classified = classify_capture(packets)
+    flow_id, flows, classified = classify_capture(packets, too_big=capture.meta.icmp_too_big)
     rtx = classified["pkt"][is_retransmission(classified)]
     eligible = eligible_rows(len(flow_id), rtx, flow_id, flows["syn_seen"])
     event_of_row, _ = join_events(events, packets, eligible=eligible)
@@ -81,30 +82,30 @@ def family(kind: pd.Series) -> pd.Series:
 
 
 #: Loss entered without a timer or a duplicate ACK (tcp_non_congestion_loss_retransmit:
-#: TCP Fast Open data the SYN-ACK did not cover, a path MTU drop): issue 7 item 5, not yet
-#: replayed. Judged on their own below until then.
+#: TCP Fast Open data the SYN-ACK did not cover, a path MTU drop): issue 7 item 5.
 NON_TIMER_LOSS = ("tfo_", "pmtu_")
 
 
 @pytest.fixture(scope="module")
-def all_results() -> pd.DataFrame:
+def results() -> pd.DataFrame:
     dirs = _scenarios()
     if not dirs:
         pytest.skip(f"no corpus at {CORPUS} (tests/fixtures/make_corpus.py makes it)")
     return pd.concat([evaluate(d) for d in dirs], ignore_index=True)
 
 
-@pytest.fixture(scope="module")
-def results(all_results) -> pd.DataFrame:
-    return all_results[~all_results["scenario"].str.startswith(NON_TIMER_LOSS)]
-
-
-@pytest.mark.xfail(strict=True, reason="issue 7 item 5: non-timer Loss entries read as fast")
-def test_non_timer_loss_entries_are_slow_start_retransmits(all_results):
-    m = _matched(all_results[all_results["scenario"].str.startswith(NON_TIMER_LOSS)])
+def test_non_timer_loss_entries_are_slow_start_retransmits(results):
+    """TFO data the SYN-ACK did not cover and segments a path MTU drop cut: the Loss state
+    entered at once (rto_recovery), every one, with the cause named."""
+    m = _matched(results[results["scenario"].str.startswith(NON_TIMER_LOSS)])
+    m = m[m["truth"] == "rto_recovery"]
     assert len(m) > 0
     ok = _family_ok(m)
-    assert ok.mean() >= FAMILY_TARGET, _misses(m, ok)
+    assert ok.all(), _misses(m, ok)
+    for prefix, cause in (("tfo_", "tfo"), ("pmtu_", "pmtu")):
+        of = m[m["scenario"].str.startswith(prefix)]
+        named = of.groupby("scenario")["cause"].agg(lambda c: (c == cause).any())
+        assert named.all(), f"no row names {cause} in {sorted(named.index[~named])}"
 
 
 def _matched(res: pd.DataFrame) -> pd.DataFrame:
@@ -175,8 +176,7 @@ def test_every_retransmission_is_classified(results):
     a kind: a recording with none matched means the capture, the join or the detection of
     retransmissions broke for it."""
     m = _matched(results)
-    unmatched = sorted({d.name for d in _scenarios()} - set(m["scenario"])
-                       - {d.name for d in _scenarios() if d.name.startswith(NON_TIMER_LOSS)})
+    unmatched = sorted({d.name for d in _scenarios()} - set(m["scenario"]))
     assert not unmatched, f"no retransmission matched a kernel event in {unmatched}"
     unknown = m[m["kind_pcap"] == "unknown"]
     assert unknown.empty, _misses(unknown, pd.Series(False, index=unknown.index))

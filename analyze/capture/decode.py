@@ -45,12 +45,15 @@ IPV4_AT = {
     "version_ihl": 0,
     "total_length": 2,
     "flags_fragment": 6,
+    "identification": 4,
+    "ttl": 8,
     "protocol": 9,
     "src": 12,
     "dst": 16,
 }
 IPV6_HEADER_BYTES = 40  # RFC 8200 §3
-IPV6_AT = {"version": 0, "payload_length": 4, "next_header": 6, "src": 8, "dst": 24}
+IPV6_AT = {"version": 0, "payload_length": 4, "next_header": 6, "hop_limit": 7, "src": 8,
+           "dst": 24}
 # extension headers (RFC 8200 §4.3-4.6): next header, length; the fragment header has the
 # offset (13 bits, in 8-byte units) and the M flag in bytes 2-3
 IPV6_EXT_AT = {"next_header": 0, "length": 1, "fragment": 2}
@@ -114,6 +117,8 @@ class Notes:
     def __init__(self) -> None:
         self.counts: dict[tuple, list] = {}
         self.tallies: dict[tuple[str, str], int] = {}
+        # ICMP too-big messages quoting a TCP segment: tuples of TOO_BIG_FIELDS
+        self.too_big: list[tuple] = []
 
     def add(self, key: tuple, template: str, n: int) -> None:
         """``key`` orders the lines (the decoder's order: link, IPv4, IPv6, TCP);
@@ -130,6 +135,7 @@ class Notes:
             self.add(key, template, n)
         for (group, kind), n in other.tallies.items():
             self.tally(group, kind, n)
+        self.too_big += other.too_big
 
     def lines(self) -> list[str]:
         return [t.replace("{n}", str(n)) for _, (t, n) in sorted(self.counts.items())]
@@ -224,6 +230,7 @@ def _decode(buf: np.ndarray, recs: Records, notes: Notes):
     ip = subset(why == 0)
     ipl = _ip_stage(frames, buf, recs, ip, take(l3_rel, ip), take(want, ip), notes)
     tunnels = _tunnels(frames, buf, recs, ip, ipl, notes)
+    _too_big(frames, recs, ip, ipl, notes)
     code, version, off_ip, cap_ip = ipl.code, ipl.version, ipl.off_ip, ipl.cap_ip
     if ip is None:
         why = code
@@ -270,6 +277,8 @@ def _decode(buf: np.ndarray, recs: Records, notes: Notes):
         "win": be_field(th, TCP_AT["window"], 2),
         # from the IP length, so that a headers-only snaplen does not shrink it
         "payload_len": seg - doff_bytes,
+        "ip_id": take(ipl.ip_id, tcp),
+        "ttl": take(ipl.ttl, tcp),
     }
     opt_len = doff_bytes - TCP_MIN_HEADER_BYTES
     opt_avail = np.minimum(tcp_avail - TCP_MIN_HEADER_BYTES, opt_len)  # >= 0: cut ones left
@@ -334,13 +343,14 @@ class _IPStage:
     """The IP layer of some rows: skip code, the protocol it carries and where (``l4r``,
     bytes into the frame), that payload's length, the IP version and addresses."""
 
-    def __init__(self, code, proto, l4r, seg_len, version, addr, off_ip, cap_ip):
+    def __init__(self, code, proto, l4r, seg_len, version, addr, off_ip, cap_ip, ip_id, ttl):
         self.code, self.proto, self.l4r, self.seg_len = code, proto, l4r, seg_len
         self.version, self.addr, self.off_ip, self.cap_ip = version, addr, off_ip, cap_ip
+        self.ip_id, self.ttl = ip_id, ttl
 
     def assign(self, at: np.ndarray, other: _IPStage) -> None:
         """Rows ``at`` take the values of ``other`` (the inner packet of a tunnel)."""
-        for name in ("code", "proto", "l4r", "seg_len", "version"):
+        for name in ("code", "proto", "l4r", "seg_len", "version", "ip_id", "ttl"):
             getattr(self, name)[at] = getattr(other, name)
         for name, col in self.addr.items():
             col[at] = other.addr[name]
@@ -370,6 +380,8 @@ def _ip_stage(frames: FrameBytes, buf, recs: Records, ip, l3r, want_ip, notes) -
     c4, l4r, seg_len = _ipv4(h, avail, take(recs.origlen, ip), l3r, is4, notes)
     code = np.where(is4, c4, code)
     proto = h[:, IPV4_AT["protocol"]].astype(np.int64)
+    ip_id = be_field(h, IPV4_AT["identification"], 2).astype(np.uint16)
+    ttl = h[:, IPV4_AT["ttl"]].copy()
     # IPv4-mapped (RFC 4291 §2.5.5.2): high half 0, low half 0000ffff:<address>
     addr = {
         "saddr_hi": np.zeros(m, np.uint64),
@@ -399,7 +411,10 @@ def _ip_stage(frames: FrameBytes, buf, recs: Records, ip, l3r, want_ip, notes) -
             ("daddr_lo", IPV6_AT["dst"] + 8),
         ):
             addr[name][s6] = be_field(h6, col, 8)
-    return _IPStage(code, proto, l4r, seg_len, version.astype(np.uint8), addr, off_ip, cap_ip)
+        ip_id[s6] = 0
+        ttl[s6] = h6[:, IPV6_AT["hop_limit"]]
+    return _IPStage(code, proto, l4r, seg_len, version.astype(np.uint8), addr, off_ip, cap_ip,
+                    ip_id, ttl)
 
 
 def _tunnels(frames: FrameBytes, buf, recs: Records, ip, ipl: _IPStage, notes):
@@ -448,6 +463,57 @@ def _tunnels(frames: FrameBytes, buf, recs: Records, ip, ipl: _IPStage, notes):
                 ),
             )
     return layers
+
+
+IPPROTO_ICMP, IPPROTO_ICMPV6 = 1, 58
+ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED = 3, 4  # RFC 792; next-hop MTU in bytes 6-7 (RFC 1191)
+ICMPV6_PKT_TOOBIG = 2  # RFC 4443 §3.2; MTU in bytes 4-7
+ICMP_HEADER_BYTES = 8
+TCP_QUOTED_BYTES = 8  # what every ICMP error quotes at least: ports and sequence number
+
+
+def _too_big(frames: FrameBytes, recs: Records, ip, ipl: _IPStage, notes: Notes) -> None:
+    """ICMP "fragmentation needed" (IPv4) and ICMPv6 "packet too big" messages that quote
+    a TCP segment: into ``notes.too_big`` (TOO_BIG_FIELDS), the quoted segment's flow
+    (its sender is the quoted source), sequence number and the MTU the message reports.
+    The rows stay skipped as not TCP."""
+    cand = np.flatnonzero((ipl.code == WHY["non_tcp"]) & (
+        ((ipl.version == 4) & (ipl.proto == IPPROTO_ICMP))
+        | ((ipl.version == 6) & (ipl.proto == IPPROTO_ICMPV6))))
+    if cand.size == 0:
+        return
+    v6 = ipl.version[cand] == 6
+    need = ICMP_HEADER_BYTES + np.where(v6, IPV6_HEADER_BYTES, IPV4_MIN_HEADER_BYTES) \
+        + TCP_QUOTED_BYTES
+    rows = compose(ip, cand)
+    at = ipl.l4r[cand]
+    w = frames.window(rows, at, ICMP_HEADER_BYTES + IPV6_HEADER_BYTES + TCP_QUOTED_BYTES)
+    avail = ipl.cap_ip[cand] - at
+    typ, code = w[:, 0], w[:, 1]
+    is4 = ~v6 & (typ == ICMP_DEST_UNREACH) & (code == ICMP_FRAG_NEEDED)
+    is6 = v6 & (typ == ICMPV6_PKT_TOOBIG)
+    q = w[:, ICMP_HEADER_BYTES:]
+    ihl = (q[:, 0] & 0x0F).astype(np.int64) * 4
+    quoted_tcp4 = is4 & ((q[:, 0] >> 4) == 4) & (q[:, IPV4_AT["protocol"]] == IPPROTO_TCP)
+    quoted_tcp6 = is6 & ((q[:, 0] >> 4) == 6) & (q[:, IPV6_AT["next_header"]] == IPPROTO_TCP)
+    ok = (quoted_tcp4 | quoted_tcp6) & (avail >= need + np.where(v6, 0, ihl - 20))
+    if not ok.any():
+        return
+    sel = np.flatnonzero(ok)
+    c_rows, c_at, c_v6 = rows[sel], at[sel], v6[sel]
+    tcp_rel = c_at + ICMP_HEADER_BYTES + np.where(c_v6, IPV6_HEADER_BYTES, ihl[sel])
+    t = frames.window(c_rows, tcp_rel, TCP_QUOTED_BYTES)
+    qs = q[sel]
+    mtu = np.where(c_v6, be_field(w[sel], 4, 4), be_field(w[sel], 6, 2).astype(np.uint32))
+    s_hi = np.where(c_v6, be_field(qs, IPV6_AT["src"], 8), 0).astype(np.uint64)
+    s_lo = np.where(c_v6, be_field(qs, IPV6_AT["src"] + 8, 8),
+                    be_field(qs, IPV4_AT["src"], 4).astype(np.uint64) | V4_MAPPED_LO_PREFIX)
+    d_hi = np.where(c_v6, be_field(qs, IPV6_AT["dst"], 8), 0).astype(np.uint64)
+    d_lo = np.where(c_v6, be_field(qs, IPV6_AT["dst"] + 8, 8),
+                    be_field(qs, IPV4_AT["dst"], 4).astype(np.uint64) | V4_MAPPED_LO_PREFIX)
+    cols = (recs.frame[c_rows], recs.ts_ns[c_rows], np.where(c_v6, 6, 4), s_hi, s_lo, d_hi,
+            d_lo, be_field(t, 0, 2), be_field(t, 2, 2), be_field(t, 4, 4), mtu)
+    notes.too_big += list(zip(*(c.tolist() for c in cols)))
 
 
 def _skip_ah(frames: FrameBytes, ip, rows: np.ndarray, ipl: _IPStage, layers: Layers) -> None:

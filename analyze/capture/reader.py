@@ -36,7 +36,7 @@ from retranscope.analyze.capture.parallel import Decoder
 from retranscope.analyze.capture.records import MAX_DROP_MARKS, Capture, CaptureMeta
 from retranscope.analyze.capture.sets import order_by_first_packet, resolve_inputs
 from retranscope.analyze.capture.stream import open_stream, stream_of_fileobj
-from retranscope.schemas.packets import PACKET_DTYPES, empty_packets
+from retranscope.schemas.packets import PACKET_DTYPES, TOO_BIG_FIELDS, empty_packets
 
 Source = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]], BinaryIO]
 
@@ -294,6 +294,7 @@ def build_meta(
     undecoded: dict[str, int] = {}
     files = []
     drop_marks: list[dict] = []
+    too_big: list[tuple] = []
     drop_total, epb_drops, if_drops = 0, None, None
     truncated_at = None
     if not readers:
@@ -309,6 +310,7 @@ def build_meta(
             skipped[name] = skipped.get(name, 0) + count
         prefix = "" if one else f"{os.path.basename(st.name)}: "
         warnings += [prefix + line for line in w.warnings() + st.notes.lines()]
+        too_big += st.notes.too_big
         enc, und = encapsulation_counts(st.notes)
         for k, v in enc.items():
             encapsulated[k] = encapsulated.get(k, 0) + v
@@ -384,6 +386,8 @@ def build_meta(
         epb_drops=epb_drops,
         drop_marks=sorted(drop_marks, key=lambda d: d["frame"])[:MAX_DROP_MARKS],
         drop_marks_total=drop_total,
+        icmp_too_big=[dict(zip(TOO_BIG_FIELDS, t)) for t in sorted(too_big)[:MAX_DROP_MARKS]],
+        icmp_too_big_total=len(too_big),
     )
 
 

@@ -50,6 +50,10 @@ class CaptureMeta:
     # at most MAX_DROP_MARKS (drop_marks_total counts them all)
     drop_marks: list[dict] = field(default_factory=list)
     drop_marks_total: int = 0
+    # ICMP fragmentation-needed / ICMPv6 packet-too-big messages quoting a TCP segment, in
+    # capture order: {TOO_BIG_FIELDS} (schemas/packets.py); at most MAX_DROP_MARKS
+    icmp_too_big: list[dict] = field(default_factory=list)
+    icmp_too_big_total: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
