@@ -13,6 +13,7 @@ capture order, and the per-flow facts come from reductions over that order. Pure
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -33,7 +34,7 @@ FLOW_COLUMNS = (
     "first_frame", "first_ts_ns", "last_ts_ns", "n_packets", "n_data",
     "isn", "base_seq", "ack_base", "syn_seen", "synack_seen", "fin_seen", "rst_seen",
     "mss", "wscale", "sack_perm", "ts_opt", "sack_ok", "ts_ok", "handshake_seen",
-    "local", "path_rtt_ns", "hs_rtt_ns", "trip_ns",
+    "local", "path_rtt_ns", "hs_rtt_ns", "trip_ns", "sender_os", "initial_ttl",
 )
 
 _U64 = np.uint64
@@ -287,6 +288,7 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
     ts_ok = np.where(both, ts_opt & ts_opt[rev_c], ts_frac > 0.5)
 
     local, path_rtt, hs_rtt, trip = _local_side(packets, flow_id, n_flows, rev, syn_idx)
+    sender_os, initial_ttl = sender_stack(packets, syn_idx, fi)
 
     conn = key_of_flow >> 1
     dirb = key_of_flow & 1
@@ -331,9 +333,57 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
         "path_rtt_ns": path_rtt,
         "hs_rtt_ns": hs_rtt,
         "trip_ns": trip,
+        "sender_os": sender_os,
+        "initial_ttl": initial_ttl,
     }
     assert n >= n_flows
     return table
+
+
+#: Initial TTLs stacks use (Linux, macOS, BSD 64; Windows 128; network gear, Solaris 255;
+#: some old stacks 32): a packet's TTL is its sender's less the hops to the capture point.
+INITIAL_TTLS = (32, 64, 128, 255)
+#: The option order Linux writes in a SYN or SYN-ACK (tcp_options_write): [MD5] MSS, then
+#: SACK-permitted + timestamps, or NOP NOP timestamps; NOP window scale; NOP NOP
+#: SACK-permitted when timestamps are off; then TFO, MPTCP, AO (kinds above 14). One hex
+#: digit per kind (schemas/packets.py opt_layout).
+LINUX_SYN_LAYOUT = re.compile(r"^f?2(48|118)?(13)?(114)?[f01]*$")
+#: Other stacks' SYN layouts (p0f's signatures): macOS and FreeBSD put the window scale
+#: before the timestamps.
+OTHER_SYN_LAYOUTS = {"21311840": "macos", "2131184": "macos", "21348": "bsd",
+                     "213114": "windows", "2114": "windows"}
+
+
+def sender_stack(packets, syn_idx, first_idx) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow, the stack that sent it, as far as the capture tells, and its initial TTL
+    (the smallest of INITIAL_TTLS at or above what the flow's SYN, else first packet, shows;
+    -1: unknown). ``linux`` when the SYN's options are in Linux's order and the TTL starts
+    at 64 or less; ``windows``, ``macos``, ``bsd`` when the SYN has their layout (Windows'
+    is also Linux's with timestamps off: the TTL, 128 for Windows, tells them apart);
+    ``other`` for any other layout or a TTL from 255; without a SYN, ``windows`` for a
+    TTL from 128, else ``unknown`` (a TTL from 64 is Linux's, macOS's or BSD's)."""
+    n_flows = len(syn_idx)
+    has_syn = syn_idx >= 0
+    at = np.where(has_syn, syn_idx, first_idx)
+    ttl = packets["ttl"][at].astype(np.int64) if "ttl" in packets else np.zeros(n_flows, int)
+    known = ttl > 0
+    guess = np.full(n_flows, -1, dtype=np.int16)
+    for t in INITIAL_TTLS[::-1]:
+        guess[known & (ttl <= t)] = t
+    layout = packets["opt_layout"][at] if "opt_layout" in packets else np.zeros(n_flows, int)
+    out = np.full(n_flows, "unknown", dtype=object)
+    out[guess == 128] = "windows"
+    out[guess == 255] = "other"
+    for f in np.flatnonzero(has_syn & (layout > 0)).tolist():
+        digits = f"{int(layout[f]):x}"
+        other = OTHER_SYN_LAYOUTS.get(digits)
+        if LINUX_SYN_LAYOUT.match(digits) and 0 <= guess[f] <= 64:
+            out[f] = "linux"
+        elif other is not None and not (other == "windows" and guess[f] not in (-1, 128)):
+            out[f] = other
+        else:
+            out[f] = "other"
+    return out, guess
 
 
 def _dupacks_without_sack(packets, flow_id, n_flows, wanted) -> np.ndarray:

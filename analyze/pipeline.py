@@ -22,7 +22,7 @@ from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS, MATCHED, REASO
 CLASSIFY_COLUMNS = ("kind_pcap", "spurious", "spurious_by", "since_original_ns",
                     "since_last_send_ns", "since_last_ack_ns", "srtt_us", "expected_pto_ns",
                     "expected_rto_ns", "backoff", "trigger_frame", "since_trigger_ns",
-                    "cause", "pmtu_mtu", "evidence")
+                    "cause", "pmtu_mtu", "evidence", "sender_os")
 
 
 @dataclass
@@ -97,6 +97,68 @@ def _gap_summary(gaps: dict, meta) -> dict:
     }
 
 
+def _capture_rows(capture, summary: dict) -> tuple[np.ndarray, Table, Table, dict]:
+    """The capture's retransmissions as output rows, and what summary.json says about the
+    capture beside them: its reader's metadata and warnings, keep-alives, zero-window
+    probes and out-of-order originals (not retransmissions), ACKs lost after the capture
+    point, gaps, rows classified by timing alone, and the senders' stacks. Returns
+    (flow_id, flows, rows, per-flow columns for flows.parquet)."""
+    summary["capture"] = capture.meta.to_dict()
+    summary["warnings"] += list(capture.meta.warnings)
+    notes: dict = {}
+    flow_id, flows, classified = classify_capture(
+        capture.packets, notes, getattr(capture.meta, "icmp_too_big", None))
+    others, flows_extra = _not_retransmitted(flows, classified)
+    summary.update(others)
+    classified = take(classified, np.flatnonzero(is_retransmission(classified)))
+    summary["acks_lost_after_capture"] = int(notes.get("acks_lost_after_capture", 0))
+    summary["capture_gaps"] = _gap_summary(notes["gaps"], capture.meta)
+    flows_extra["unseen_ranges"] = notes["gaps"]["ranges"]
+    if summary["capture_gaps"]["ranges"] or summary["capture_gaps"]["capture_drops"]:
+        summary["warnings"].append(gap_warning(summary["capture_gaps"]))
+    timing = np.asarray(classified["evidence"], dtype=object) == "timing_only"
+    summary["timing_only"] = {
+        "retransmissions": int(timing.sum()),
+        "flows": int(len(set(classified["flow_id"][timing].tolist()))),
+    }
+    summary["senders"] = _sender_summary(flows, classified)
+    if summary["senders"]["not_linux"]["retransmissions"]:
+        summary["warnings"].append(not_linux_warning(summary["senders"]))
+    return flow_id, flows, _wire_table(flows, classified), flows_extra
+
+
+def _sender_summary(flows: Table, classified: Table) -> dict:
+    """summary.json ``senders``: the flows that carried data, by the stack that sent them
+    (flows.sender_stack), and those of stacks other than Linux with their
+    retransmissions: the replay follows Linux's rules, so their kinds are Linux's reading
+    of what another stack did."""
+    os_ = np.asarray(flows["sender_os"], dtype=object)
+    data = np.asarray(flows["n_data"]) > 0
+    by_os: dict[str, int] = {}
+    for name in os_[data].tolist():
+        by_os[name] = by_os.get(name, 0) + 1
+    other = np.isin(os_, ("windows", "macos", "bsd", "other"))
+    n_rtx = np.bincount(classified["flow_id"], minlength=len(os_))
+    return {
+        "flows_by_stack": dict(sorted(by_os.items())),
+        "not_linux": {
+            "flows": int((other & data).sum()),
+            "flows_with_retransmissions": int((other & (n_rtx > 0)).sum()),
+            "retransmissions": int(n_rtx[other].sum()),
+        },
+    }
+
+
+def not_linux_warning(senders: dict) -> str:
+    n = senders["not_linux"]
+    kinds = ", ".join(f"{k} {v}" for k, v in senders["flows_by_stack"].items()
+                      if k in ("windows", "macos", "bsd", "other"))
+    return (f"{n['retransmissions']} retransmissions in {n['flows_with_retransmissions']} "
+            f"flows sent by stacks other than Linux ({kinds} flows): their kinds follow "
+            "Linux's rules (a TLP, RTO or fast retransmit as Linux would have made it); "
+            "read them as indicative")
+
+
 def gap_warning(g: dict) -> str:
     """One line about the capture's gaps (summary.json capture_gaps)."""
     parts = []
@@ -135,6 +197,7 @@ def _wire_table(flows: Table, c: Table) -> Table:
     }
     for name in CLASSIFY_COLUMNS:
         out[name] = c[name] if name in c else np.full(m, None, dtype=object)
+    out["sender_os"] = flows["sender_os"][fid]
     out["frame"] = c["frame"].astype(np.int64)
     out["frames"] = np.ones(m, dtype=np.int64)
     out["spurious_frames"] = filled(c["spurious"], False).astype(np.int64)
@@ -158,20 +221,7 @@ def analyze(capture=None, events=None) -> Result:
         raise ValueError("nothing to analyze")
     summary: dict = {"output_schema_version": OUTPUT_SCHEMA_VERSION, "warnings": []}
     if capture is not None:
-        summary["capture"] = capture.meta.to_dict()
-        summary["warnings"] += list(capture.meta.warnings)
-        notes: dict = {}
-        flow_id, flows, classified = classify_capture(
-            capture.packets, notes, getattr(capture.meta, "icmp_too_big", None))
-        others, flows_extra = _not_retransmitted(flows, classified)
-        summary.update(others)
-        summary["acks_lost_after_capture"] = int(notes.get("acks_lost_after_capture", 0))
-        summary["capture_gaps"] = _gap_summary(notes["gaps"], capture.meta)
-        flows_extra["unseen_ranges"] = notes["gaps"]["ranges"]
-        if summary["capture_gaps"]["ranges"] or summary["capture_gaps"]["capture_drops"]:
-            summary["warnings"].append(gap_warning(summary["capture_gaps"]))
-        classified = take(classified, np.flatnonzero(is_retransmission(classified)))
-        wire = _wire_table(flows, classified)
+        flow_id, flows, wire, flows_extra = _capture_rows(capture, summary)
     if events is None:
         rows = take(wire, np.argsort(wire["ts_wall_ns"], kind="stable"))
         summary.update(_totals_table(rows))
@@ -186,7 +236,8 @@ def analyze(capture=None, events=None) -> Result:
     else:
         from retranscope.analyze.join import eligible_rows
 
-        eligible = eligible_rows(len(flow_id), classified["pkt"], flow_id, flows["syn_seen"])
+        resent = _row_of_frame(capture.packets, wire["frame"])
+        eligible = eligible_rows(len(flow_id), resent, flow_id, flows["syn_seen"])
         rows = _merge(events.table, ev_rows, wire, capture, summary, eligible, flows)
     rows = take(rows, np.argsort(rows["ts_wall_ns"], kind="stable"))
     summary.update(_totals_table(rows))
@@ -444,7 +495,7 @@ def _why_no_event(frames: Table, rec: dict, gaps: Table) -> np.ndarray:
 
 FLOW_OUT_COLUMNS = ("flow_id", "rev_flow_id", "conn_id", "family", "saddr", "sport", "daddr",
                     "dport", "first_ts_ns", "last_ts_ns", "n_packets", "n_data", "mss",
-                    "sack_ok", "ts_ok")
+                    "sack_ok", "ts_ok", "sender_os", "initial_ttl")
 
 
 def _flows_out(flows: Table | None, rows: Table) -> Table:

@@ -71,6 +71,9 @@ RETRANSMITS_SCHEMA = pa.schema([
            "(no ACK of the flow in the capture: a one-way capture; the kind is read from the "
            "flow's own sending, its position and the silence before it, see "
            "analyze/sender.py); null without a frame"),
+    _field("sender_os", pa.string(),
+           "the stack that sent it (flows.parquet sender_os): kinds of stacks other than "
+           "Linux follow Linux's rules; null without a frame"),
     _field("since_prev_retransmit_ns", pa.int64(),
            "events: since the same socket's previous retransmission"),
     _field("kernel_ca_state", pa.string(),
@@ -112,6 +115,13 @@ FLOWS_SCHEMA = pa.schema([
     _field("mss", pa.uint16(), "MSS option of this direction's SYN (0: not seen)"),
     _field("sack_ok", pa.bool_(), "SACK negotiated (RFC 2018), or seen in use"),
     _field("ts_ok", pa.bool_(), "timestamps negotiated (RFC 7323), or seen in use"),
+    _field("sender_os", pa.string(),
+           "the stack that sent this flow, from its SYN's option layout and initial TTL: "
+           "'linux', 'windows', 'macos', 'bsd', 'other', or 'unknown' (no SYN, TTL from 64); "
+           "kinds of stacks other than Linux follow Linux's rules"),
+    _field("initial_ttl", pa.int16(),
+           "the sender's initial TTL / hop limit (32, 64, 128, 255) inferred from the TTL "
+           "seen; -1 unknown"),
     _field("retransmissions", pa.int64(), "rows of retransmits.parquet of this flow"),
     *(_field(k, pa.int64(), f"retransmissions of kind {k} on this address/port 4-tuple")
       for k in KINDS),

@@ -51,6 +51,13 @@ PACKET_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("sack_r3", "uint32", ""),
     ("opts_cut", "bool", "TCP options were cut short by the snaplen"),
     (
+        "opt_layout",
+        "uint32",
+        "the TCP option kinds in the order sent, one hex digit each (kinds above 14 as F), "
+        "the first eight: a stack's habit (Linux SYN: 0x24813 = MSS, SACK-permitted, "
+        "timestamps, NOP, window scale)",
+    ),
+    (
         "ip_id",
         "uint16",
         "IPv4 identification (RFC 791 §3.1; Linux counts it per socket: the sender's order), "

@@ -662,6 +662,7 @@ def _ipv6(buf, h, avail, origlen, l3_rel, start, cap_end, notes):
 # (RFC 7323 Appendix A). It is read for all segments at once; the general loop below then
 # only sees what follows it (SACK blocks) and segments laid out otherwise (SYNs).
 NOP_NOP_TS = (TCPOPT_NOP << 24) | (TCPOPT_NOP << 16) | (TCPOPT_TIMESTAMP << 8) | 10
+NOP_NOP_TS_LAYOUT = (TCPOPT_NOP << 8) | (TCPOPT_NOP << 4) | TCPOPT_TIMESTAMP  # opt_layout
 
 
 def _tcp_options(buf, opt_at, opt_len, opt_avail, fast_window):
@@ -685,6 +686,7 @@ def _tcp_options(buf, opt_at, opt_len, opt_avail, fast_window):
         "tsval": np.zeros(m, np.uint32),
         "tsecr": np.zeros(m, np.uint32),
         "sack_n": np.zeros(m, np.uint8),
+        "opt_layout": np.zeros(m, np.uint32),
     }
     for b in range(SACK_BLOCKS_MAX):
         out[f"sack_l{b}"] = np.zeros(m, np.uint32)
@@ -700,6 +702,7 @@ def _tcp_options(buf, opt_at, opt_len, opt_avail, fast_window):
         out["opt_ts"] = fast
         out["tsval"] = np.where(fast, be_field(w, 4, 4), 0).astype(np.uint32)
         out["tsecr"] = np.where(fast, be_field(w, 8, 4), 0).astype(np.uint32)
+        out["opt_layout"] = np.where(fast, np.uint32(NOP_NOP_TS_LAYOUT), np.uint32(0))
         pos = np.where(fast, np.int32(TCP_FAST_OPTION_BYTES), np.int32(0))
     elif head.size:
         w = fast_window(head)
@@ -711,6 +714,7 @@ def _tcp_options(buf, opt_at, opt_len, opt_avail, fast_window):
         wf = take(w, f)
         out["tsval"][sl] = be_field(wf, 4, 4)
         out["tsecr"][sl] = be_field(wf, 8, 4)
+        out["opt_layout"][sl] = NOP_NOP_TS_LAYOUT
         pos[sl] = TCP_FAST_OPTION_BYTES
     act = np.flatnonzero(pos < opt_avail)  # segments with options still to parse
     pos = pos[act]
@@ -723,6 +727,11 @@ def _tcp_options(buf, opt_at, opt_len, opt_avail, fast_window):
             break
         at = opt_at[act] + pos
         kind = buf[at]
+        # the kinds in order, a hex digit each (the sending stack's habit: RFC 9293 leaves
+        # the order free), as long as eight fit
+        lay = out["opt_layout"][act]
+        room = lay < (1 << 28)
+        out["opt_layout"][act[room]] = (lay[room] << 4) | np.minimum(kind[room], 15)
         nop = kind == TCPOPT_NOP
         has_len = (kind != TCPOPT_EOL) & ~nop
         olen = opt_len[act]
