@@ -326,6 +326,8 @@ class SenderState:
         "hdr_bytes",
         "too_big",
         "too_big_seen",
+        # what entered the current Loss episode when it was no timeout ("pmtu", "tfo")
+        "loss_cause",
         # no ACK of this flow in the capture (a one-way capture): timing alone decides
         "timing_only",
     )
@@ -372,6 +374,7 @@ class SenderState:
         self.hdr_bytes = hdr_bytes
         self.too_big = too_big or []  # (ts_ns, mtu) of each ICMP too-big, in time order
         self.too_big_seen = 0  # messages before this index have been answered
+        self.loss_cause: str | None = None
         self.timing_only = a_first >= a_end
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
@@ -418,6 +421,8 @@ class SenderState:
             self.too_big_seen = bisect_right(self.too_big, (b.ts_ns, 1 << 62))
         else:
             self._on_loss_news(b, v, head, tail, ack_clocked)
+            if v.kind == "rto_recovery":
+                v.cause = self.loss_cause
         self.tcp_retransmit_skb(b, v.kind)
         return v
 
@@ -501,6 +506,7 @@ class SenderState:
         if self.ca_state != LOSS:
             self.tcp_enter_loss(b.k, b.snd_nxt, frto=False)
         self.undo_retrans, self.undo_dsack_ns = 0, NEVER  # undo_marker = 0
+        self.loss_cause = cause  # the rest of the episode's walk has the same cause
         v.kind, v.cause = "rto_recovery", cause
         v.ca_state, v.rto_us = LOSS, b.rto_us
 
@@ -772,6 +778,7 @@ class SenderState:
         self.ca_state = LOSS
         self.high_seq = snd_nxt
         self.entry_k = k
+        self.loss_cause = None
         if self.loss_ranges:
             self.loss_ranges = SeqRanges()
         self.tlp_high_seq = None

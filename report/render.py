@@ -261,6 +261,90 @@ def quality(a: Analysis) -> list[str]:
     return lines or ["Nothing was lost or left unmatched."]
 
 
+def capture_reading(a: Analysis) -> list[str]:
+    """What the capture showed beside the retransmissions, and what the counts above leave
+    out or rest on (summary.json: keepalives, zero_window_probes, out_of_order,
+    acks_lost_after_capture, timing_only, senders, capture_gaps; the rows' cause)."""
+    s = a.summary
+    lines = []
+    ka, zw = s.get("keepalives") or 0, s.get("zero_window_probes") or 0
+    if ka or zw:
+        lines.append(
+            f"{ka} keep-alives and {zw} zero-window probes were sent: the kernel sends them "
+            "from its probe timers, not as retransmissions; they are not counted above."
+        )
+    if s.get("out_of_order"):
+        lines.append(
+            f"{s['out_of_order']} segments reached the capture point after data sent after "
+            "them (reordered on the way, too soon for a resend): first transmissions, not "
+            "counted as retransmissions."
+        )
+    lost = s.get("acks_lost_after_capture") or 0
+    if lost:
+        lines.append(
+            f"{lost} ACKs in the capture never reached the sender (it resent data they "
+            "acknowledged): lost after the capture point; the sender was replayed without them."
+        )
+    t = s.get("timing_only") or {}
+    if t.get("retransmissions"):
+        lines.append(
+            f"{t['retransmissions']} retransmissions in {t['flows']} flows were classified by "
+            "timing alone (evidence = timing_only): the capture has no ACK of their flow "
+            "(a one-way capture), so what was resent and the silence before it decided."
+        )
+    g = s.get("capture_gaps") or {}
+    if g.get("ranges"):
+        lines.append(
+            f"{g['ranges']} ranges of data ({g['bytes']:,} bytes) in {g['flows']} flows never "
+            "appear in the capture: retransmissions of that data cannot be seen, and none "
+            "is inferred from a gap."
+        )
+    lines += _cause_lines(a.retransmits)
+    n = (s.get("senders") or {}).get("not_linux") or {}
+    if n.get("flows"):
+        stacks = ", ".join(
+            f"{k} {v}"
+            for k, v in (s["senders"].get("flows_by_stack") or {}).items()
+            if k not in ("linux", "unknown")
+        )
+        lines.append(
+            f"{n['flows']} flows were sent by stacks other than Linux ({stacks}); their "
+            f"{n['retransmissions']} retransmissions are classified by Linux's rules: "
+            "read their kinds as indicative."
+        )
+    und = (s.get("capture") or {}).get("undecoded") or {}
+    if und:
+        lines.append(
+            f"{sum(und.values())} packets were not decoded (they may carry TCP): "
+            + ", ".join(f"{v} in {k}" for k, v in sorted(und.items(), key=lambda kv: -kv[1]))
+            + "."
+        )
+    return lines
+
+
+def _cause_lines(r: pd.DataFrame) -> list[str]:
+    """Retransmissions no timer and no duplicate ACK caused (retransmits.parquet cause)."""
+    if "cause" not in r or not r["cause"].notna().any():
+        return []
+    out = []
+    pm = r[r["cause"] == "pmtu"]
+    if len(pm):
+        mtus = sorted({int(m) for m in pm["pmtu_mtu"].dropna()}) if "pmtu_mtu" in pm else []
+        out.append(
+            f"{len(pm)} retransmissions followed a path MTU drop (ICMP fragmentation needed / "
+            "packet too big"
+            + (f"; MTU {', '.join(map(str, mtus))}" if mtus else "")
+            + "): the kernel resent what no longer fitted at once, not because of congestion."
+        )
+    tfo = r[r["cause"] == "tfo"]
+    if len(tfo):
+        out.append(
+            f"{len(tfo)} retransmissions resent data a TCP Fast Open SYN carried that the "
+            "SYN-ACK did not acknowledge (the server took no Fast Open data)."
+        )
+    return out
+
+
 def kernel_counters(a: Analysis) -> pd.DataFrame:
     d = (a.summary.get("recording") or {}).get("counters_delta") or {}
     return pd.DataFrame([{"counter": k, "delta": v} for k, v in d.items()])
@@ -464,6 +548,16 @@ def analysis_html(a: Analysis, ev: graphs.Evidence | None = None, level: int = 2
     parts += _why_section(a)
     for title, table in TABLE_SECTIONS:
         parts.append(section(title, table_html(table(a))))
+    reading = capture_reading(a)
+    if reading:
+        parts.append(
+            section(
+                "How the capture was read",
+                "<ul class='reading'>"
+                + "".join(f"<li>{escape(x)}</li>" for x in reading)
+                + "</ul>",
+            )
+        )
     parts.append(
         section(
             "What was lost or not matched",
@@ -597,6 +691,9 @@ def render_markdown(analyses: list[Analysis], evidence: list | None = None) -> s
                 out += [f"{left_out:,} more in retransmits.parquet.", ""]
         for title, table_fn in TABLE_SECTIONS:
             out += [f"### {title}", "", table_md(table_fn(a))]
+        reading = capture_reading(a)
+        if reading:
+            out += ["### How the capture was read", ""] + [f"- {x}" for x in reading] + [""]
         out += ["### What was lost or not matched", ""]
         out += [f"- {line}" for line in quality(a)] + [""]
     return "\n".join(out)
@@ -612,7 +709,7 @@ def render_terminal(analyses: list[Analysis]) -> str:
         out.append(f"{a.name}: {verdict(h)}")
         for k, c in h["by_kind"].items():
             out.append(f"  {k:<13} {c:>7}  {_pct(c / max(1, h['retransmissions'])):>6}")
-        for q in quality(a):
+        for q in capture_reading(a) + quality(a):
             out.append(f"  note: {q}")
     return "\n".join(out)
 

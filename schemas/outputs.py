@@ -58,7 +58,8 @@ RETRANSMITS_SCHEMA = pa.schema([
     _field("since_trigger_ns", pa.int64(), "since the ACK that triggered it"),
     _field("cause", pa.string(),
            "for a re-send that no timer and no duplicate ACK caused (the kernel's Loss state "
-           "entered at once, tcp_non_congestion_loss_retransmit; kind rto_recovery): 'pmtu' "
+           "entered at once, tcp_non_congestion_loss_retransmit; kind rto_recovery), and the "
+           "rest of that Loss state's walk: 'pmtu' "
            "(an ICMP fragmentation-needed / ICMPv6 packet-too-big lowered the path MTU, "
            "tcp_simple_retransmit) or 'tfo' (the SYN-ACK did not cover the data a TCP Fast "
            "Open SYN carried, tcp_rcv_fastopen_synack); null otherwise"),
