@@ -104,7 +104,7 @@ def test_non_timer_loss_entries_are_slow_start_retransmits(results):
     assert ok.all(), _misses(m, ok)
     for prefix, cause in (("tfo_", "tfo"), ("pmtu_", "pmtu")):
         of = m[m["scenario"].str.startswith(prefix)]
-        named = of.groupby("scenario")["cause"].agg(lambda c: (c == cause).any())
+        named = (of["cause"] == cause).groupby(of["scenario"]).any()
         assert named.all(), f"no row names {cause} in {sorted(named.index[~named])}"
 
 
