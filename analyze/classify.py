@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from retranscope.analyze.flows import AT_SENDER_TRIP_NS, sack_blocks, sequence_space
+from retranscope.analyze.retrans import sender_trip_ns
 from retranscope.analyze.sender import (
     ACK_CLOCK_NS,
     BURST_GAP_NS,
@@ -189,7 +190,11 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     # The receiver's ACKs of the flows with retransmissions, and their first transmissions.
     not_rst = (packets["flags"] & TCP_RST) == 0
     ack_sel = _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap, not_rst)
-    ack_sel, n_lost = _received_acks(packets, space, flows, flow_id, ack_sel, out, ~r_skip)
+    want = np.zeros(n_flows, dtype=bool)
+    want[data_flows] = True
+    shift_us = _remote_shift_us(packets, flow_id, flows, want)
+    ack_sel, n_lost = _received_acks(packets, space, flows, flow_id, ack_sel, out, ~r_skip,
+                                     shift_us)
     if notes is not None:
         notes["acks_lost_after_capture"] = n_lost
     a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
@@ -212,7 +217,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
         resent = {k: v[~r_ooo] for k, v in resent.items()}
     s_flow, s_frame, s_srtt, s_rto = _rtt_samples(packets, space, A, a_flow, origs, resent,
                                                   flow_id, flows["ts_ok"].astype(bool),
-                                                  una_init, _remote_shift_us(flows))
+                                                  una_init, shift_us)
     s_pos = pair_search(s_flow, s_frame, r_flow, r_frame, side="left") - 1
     s_ok = (s_pos >= 0) & (gather(s_flow, s_pos, s_pos >= 0, -1) == r_flow)
     srtt_us = gather(s_srtt, s_pos, s_ok, 0.0).astype(np.float64)
@@ -226,7 +231,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     since_last_send, prev_tx_frame = _since_last_send(flow_id[tx_sel], packets["ts_ns"][tx_sel],
                                                       frame[tx_sel], r_flow, r_frame, r_ts)
     t_cap0 = int(packets["ts_ns"].min())
-    k_last, k_ok, since_last_ack = _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts, t_cap0)
+    k_last, k_ok, since_last_ack = _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_cap0)
     order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, prev_tx_frame,
                                 r_skip)
     dsack_ts = _dsack_times(A, a_flow, out)
@@ -302,8 +307,8 @@ def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
 ACK_RACE_NS = 2 * ACK_CLOCK_NS
 
 
-def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np.ndarray
-                   ) -> tuple[np.ndarray, int]:
+def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np.ndarray,
+                   shift_us: np.ndarray) -> tuple[np.ndarray, int]:
     """The ACKs of ``ack_sel`` (grouped by the flow they acknowledge, capture order) that
     reached the sender, and how many did not.
 
@@ -324,7 +329,7 @@ def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np
     r_flow, r_seq, r_ts = rtx["flow_id"][real], rtx["seq_abs"][real], rtx["ts_ns"][real]
     # In the sender's time, the ACK arrived a trip after it passed here, and the
     # retransmission left a trip before it passes here (classify._remote_shift_us).
-    arrive_by = r_ts - _remote_shift_us(flows)[r_flow] * 1000 - ACK_RACE_NS
+    arrive_by = r_ts - shift_us[r_flow] * 1000 - ACK_RACE_NS
     hi = pair_search(a_flow, (a_ts - a_ts.min()) // 1000, r_flow, (arrive_by - a_ts.min()) // 1000,
                      side="right") - 1
     lo = pair_search(a_flow, cum, r_flow, r_seq, side="right")
@@ -535,21 +540,21 @@ def _since_last_send(tx_flow, tx_ts, tx_frame, r_flow, r_frame, r_ts
             gather(tx_frame, prev_tx, prev_ok, -1))
 
 
-def _last_ack(A, a_flow, flows, r_flow, r_frame, r_ts, t_ref: int):
+def _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_ref: int):
     """Per retransmission, the last ACK of the receiver before it (an ACK-table index, -1:
     none), whether there is one, and ns since it (_NONE: none), in the sender's time.
 
-    A flow sent by the capture's peer (flows.local is False): its segments reach us half a
-    path RTT after they left, our ACKs reach it half an RTT after we saw them. In the
-    sender's own time, an ACK-clocked retransmission follows the ACK by 0, not by the path
-    RTT: compare in that time.
+    A flow whose sender is away from the capture point (``shift_us``: the round trip to it
+    and back): its segments reach us half of it after they left, the ACKs we see reach it
+    the other half later. In the sender's own time, an ACK-clocked retransmission follows
+    the ACK by 0, not by that trip: compare in that time.
     """
     k_last = pair_search(a_flow, A["frame"], r_flow, r_frame, side="left") - 1
     k_ok = (k_last >= 0) & (gather(a_flow, k_last, k_last >= 0, -1) == r_flow)
     k_last = np.where(k_ok, k_last, -1)
     last_ack_ts = gather(A["ts"], k_last, k_ok, _NONE)
     since_last_ack = np.where(k_ok, r_ts - last_ack_ts, _NONE)
-    shift = (_remote_shift_us(flows) * 1000)[r_flow]
+    shift = (shift_us * 1000)[r_flow]
     rem = shift > ACK_CLOCK_NS
     if rem.any() and len(a_flow):
         k2 = pair_search(a_flow, (A["ts"] - t_ref) // 1000,
@@ -680,19 +685,17 @@ def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
     }
 
 
-def _remote_shift_us(flows: Table) -> np.ndarray:
-    """Per flow, the round trip (us) from the capture point to the flow's sender and back
-    (flows.trip_ns, from the handshake; 0 unknown, as on the sender's own host). An ACK
-    seen here reaches the sender half of it later, and what the sender sends then appears
-    here the other half later: RTT samples taken here miss it, and a retransmission is
-    compared with the ACKs seen that much before it. On the sender's own host the trip is
-    its stack's answer time, no part of the path: 0."""
-    out = np.zeros(len(flows["flow_id"]), dtype=np.int64)
-    trip = flows.get("trip_ns")
-    if trip is None:
-        return out
-    path = trip.valid & (trip.values > AT_SENDER_TRIP_NS)  # else the sender's own stack
-    return np.where(path, trip.values // 1000, 0).astype(np.int64)
+def _remote_shift_us(packets, flow_id, flows: Table, want: np.ndarray) -> np.ndarray:
+    """Per flow (those in ``want``), the round trip (us) from the capture point to the
+    flow's sender and back (retrans.sender_trip_ns: the handshake's, lowered by the TSval
+    echoes; 0 without a handshake, as on the sender's own host). An ACK seen here reaches
+    the sender half of it later, and what the sender sends then appears here the other
+    half later: RTT samples taken here miss it, and a retransmission is compared with the
+    ACKs seen that much before it. On the sender's own host the trip is its stack's answer
+    time, no part of the path: 0."""
+    trip = sender_trip_ns(packets, flow_id, flows, want, echo_alone=False)
+    path = trip > AT_SENDER_TRIP_NS  # else the sender's own stack
+    return np.where(path, trip // 1000, 0).astype(np.int64)
 
 
 def _rtt_samples(packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_ok_f, una_init,

@@ -150,7 +150,11 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     ctl = (flags & (TCP_SYN | TCP_FIN | TCP_RST)) != 0
     payload = packets["payload_len"].astype(np.int64)
 
-    below = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi)
+    # A segment that starts below data known sent but runs past all of it carries new
+    # data: no retransmission does (tcp_retransmit_skb resends within the skbs already
+    # sent, tcp_retrans_try_collapse merges only those), so it is the sender's next new
+    # data, re-cut (a stack repacketizing, or a capture merging overlaps).
+    below = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs <= sent_hi)
     is_rtx, reordered = resent_or_reordered(packets, flow_id, flows, space, context, below)
 
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
@@ -408,16 +412,21 @@ def ip_id_counts(packets, flow_id, flows, space, want) -> np.ndarray:
     return v4 & (pairs >= 8) & (ups >= IP_ID_COUNTER_SHARE * pairs)
 
 
-def sender_trip_ns(packets, flow_id, flows, want) -> np.ndarray:
+def sender_trip_ns(packets, flow_id, flows, want, echo_alone: bool = True) -> np.ndarray:
     """Per flow in ``want``: the round trip from the capture point to the flow's sender
-    and back (ns, -1: unknown), from the handshake (flows.trip_ns) or, without it, the
-    least time from a packet of the other direction to the first segment echoing its
-    TSval (_echo_trip_ns)."""
+    and back (ns, -1: unknown): the smaller of the handshake's (flows.trip_ns, one sample:
+    a SYN-ACK held up on the path lengthens it) and the least time from a packet of the
+    other direction to the first segment echoing its TSval (_echo_trip_ns); both only
+    ever exceed it. ``echo_alone``: also the echo's where the handshake is missing (an
+    application that waits before answering lengthens that one instead)."""
     trip = flows.get("trip_ns")
-    out = _echo_trip_ns(packets, flow_id, flows, want)
-    if trip is not None:
-        out = np.where(trip.valid, trip.values, out).astype(np.int64)
-    return out
+    echo = _echo_trip_ns(packets, flow_id, flows, want)
+    if trip is None:
+        return echo if echo_alone else np.full(len(echo), -1, dtype=np.int64)
+    hs = np.where(trip.valid, trip.values, -1).astype(np.int64)
+    both = (hs >= 0) & (echo >= 0)
+    return np.where(both, np.minimum(hs, echo),
+                    np.where(hs >= 0, hs, echo if echo_alone else -1)).astype(np.int64)
 
 
 def rtt_floor_ns(packets, flow_id, flows, space, below, want, trips) -> np.ndarray:
