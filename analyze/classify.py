@@ -182,7 +182,9 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     # Out-of-order originals (retrans.resent_or_reordered) are first transmissions.
     r_ooo = np.asarray(out["out_of_order"], dtype=bool) if "out_of_order" in out else \
         np.zeros(len(r_pkt), dtype=bool)
-    r_skip = r_probe | r_ooo
+    r_dup = np.asarray(out["duplicate"], dtype=bool) if "duplicate" in out else \
+        np.zeros(len(r_pkt), dtype=bool)
+    r_skip = r_probe | r_ooo | r_dup
     data_flows = np.flatnonzero(np.bincount(r_flow))  # np.unique would import numpy.ma
     frame = packets["frame"]
     sorted_cap = len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1]))
@@ -212,9 +214,8 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     _ack_news(A, a_flow, origs, frame)
 
     # RTT samples -> SRTT / RTO (tcp_ack_update_rtt); those in force at each retransmission.
-    resent = out if not r_ooo.any() else {k: out[k] for k in ("flow_id", "seq_abs", "end_abs")}
-    if r_ooo.any():
-        resent = {k: v[~r_ooo] for k, v in resent.items()}
+    resent = out if not (r_ooo | r_dup).any() else \
+        {k: out[k][~(r_ooo | r_dup)] for k in ("flow_id", "seq_abs", "end_abs")}
     s_flow, s_frame, s_srtt, s_rto = _rtt_samples(packets, space, A, a_flow, origs, resent,
                                                   flow_id, flows["ts_ok"].astype(bool),
                                                   una_init, shift_us)

@@ -61,22 +61,26 @@ def classify_capture(packets: dict[str, np.ndarray], notes: dict | None = None,
 
 def is_retransmission(classified: Table) -> np.ndarray:
     """Rows of classify_capture's table that are retransmissions: not a keep-alive or
-    window probe (retrans.py ``probe``), not an out-of-order original (``out_of_order``)."""
+    window probe (retrans.py ``probe``), not an out-of-order original (``out_of_order``),
+    not a packet the capture holds twice (``duplicate``)."""
     from retranscope.analyze.table import present
 
-    return ~present(classified["probe"]) & ~np.asarray(classified["out_of_order"], dtype=bool)
+    return ~present(classified["probe"]) & ~np.asarray(classified["out_of_order"], dtype=bool) \
+        & ~np.asarray(classified["duplicate"], dtype=bool)
 
 
 def _not_retransmitted(flows: Table, classified: Table) -> tuple[dict, dict]:
     """What the capture flagged that is not a retransmission, in summary.json (totals) and
     flows.parquet (per flow): keep-alives and zero-window probes (RFC 9293 §3.8.4,
     §3.8.6.1: the kernel's tcp_xmit_probe_skb, never tcp_retransmit_skb) and originals
-    that arrived out of order (what tshark calls out-of-order)."""
+    that arrived out of order (what tshark calls out-of-order), and packets the capture
+    holds twice (the same IPv4 packet, duplicated on its way to the capture)."""
     n_flows = len(flows["flow_id"])
     probe = np.asarray(classified["probe"], dtype=object)
     fid = classified["flow_id"]
     masks = {"keepalives": probe == "keepalive", "zero_window_probes": probe == "zero_window",
-             "out_of_order": np.asarray(classified["out_of_order"], dtype=bool)}
+             "out_of_order": np.asarray(classified["out_of_order"], dtype=bool),
+             "duplicate_frames": np.asarray(classified["duplicate"], dtype=bool)}
     totals = {k: int(m.sum()) for k, m in masks.items()}
     per_flow = {k: np.bincount(fid[m], minlength=n_flows).astype(np.int64)
                 for k, m in masks.items()}

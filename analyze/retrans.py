@@ -39,7 +39,7 @@ from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
 RETRANS_COLUMNS = (
     "pkt", "frame", "ts_ns", "flow_id", "seq", "end_seq", "seq_abs", "end_abs",
     "payload_len", "flags", "snd_nxt_abs", "orig_frame", "orig_ts_ns", "tx_index",
-    "since_original_ns", "probe", "out_of_order",
+    "since_original_ns", "probe", "out_of_order", "duplicate",
 )
 
 _NONE = NO_VALUE  # "nothing sent yet": the floor of seg_cummax
@@ -135,10 +135,10 @@ def _sack_tops(packets: dict[str, np.ndarray], space: dict[str, np.ndarray]) -> 
 def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
                          space: dict[str, np.ndarray] | None = None,
                          context: dict[str, np.ndarray] | None = None) -> Table:
-    """One row per retransmitted wire segment, per keep-alive / window probe and per
-    out-of-order original, in frame order (RETRANS_COLUMNS; the optional columns are
-    Nullable). Only the rows with neither ``probe`` nor ``out_of_order`` are
-    retransmissions."""
+    """One row per retransmitted wire segment, per keep-alive / window probe, per
+    out-of-order original and per packet the capture holds twice (``duplicate``), in frame
+    order (RETRANS_COLUMNS; the optional columns are Nullable). Only the rows with none of
+    ``probe``, ``out_of_order``, ``duplicate`` are retransmissions."""
     if space is None:
         space = sequence_space(packets, flow_id, flows)
     if context is None:
@@ -155,7 +155,8 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     # sent, tcp_retrans_try_collapse merges only those), so it is the sender's next new
     # data, re-cut (a stack repacketizing, or a capture merging overlaps).
     below = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs <= sent_hi)
-    is_rtx, reordered = resent_or_reordered(packets, flow_id, flows, space, context, below)
+    is_rtx, reordered, duplicate = resent_or_reordered(packets, flow_id, flows, space,
+                                                       context, below)
 
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
     # byte, sent when everything is acknowledged. Zero-window probe (§3.8.6.1): 0/1 byte
@@ -170,11 +171,11 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     zwp = rev_win0 & (ka_form | ((payload == 1) & is_rtx & (seq_abs == rev_ack)))
     probe_mask = keepalive | zwp
     reordered &= ~probe_mask
-    rows = np.flatnonzero(is_rtx | probe_mask | reordered)
+    rows = np.flatnonzero(is_rtx | probe_mask | reordered | duplicate)
 
     fid = flow_id[rows]
     # Originals: first transmissions (out-of-order ones included), by flow then sequence.
-    orig = np.flatnonzero((seg_len > 0) & ~is_rst & ~is_rtx)
+    orig = np.flatnonzero((seg_len > 0) & ~is_rst & ~is_rtx & ~duplicate)
     if reordered.any():
         orig = orig[np.lexsort((seq_abs[orig], flow_id[orig]))]
     else:
@@ -223,6 +224,7 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
         "since_original_ns": nullable(ts - orig_ts, has_orig),
         "probe": probe,
         "out_of_order": reordered[rows],
+        "duplicate": duplicate[rows],
     }
     fr = table["frame"]
     if len(fr) > 1 and not bool(np.all(fr[1:] >= fr[:-1])):
@@ -242,10 +244,11 @@ RTT_FLOOR_SHARE = 0.8
 UNKNOWN_RTT_FLOOR_NS = int(3_000_000 / RTT_FLOOR_SHARE)
 
 
-def resent_or_reordered(packets, flow_id, flows, space, context, below) -> tuple[np.ndarray,
-                                                                              np.ndarray]:
-    """Which segments below data already known sent (``below``) were sent again, and which
-    are first transmissions that arrived out of order. Returns (resent, reordered).
+def resent_or_reordered(packets, flow_id, flows, space, context, below
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which segments below data already known sent (``below``) were sent again, which
+    are first transmissions that arrived out of order, and which are a packet the capture
+    holds twice (_same_packet). Returns (resent, reordered, duplicate).
 
     A segment is a retransmission only when the capture shows its bytes were sent before:
 
@@ -274,9 +277,10 @@ def resent_or_reordered(packets, flow_id, flows, space, context, below) -> tuple
     n = len(flow_id)
     resent = np.zeros(n, dtype=bool)
     reordered = np.zeros(n, dtype=bool)
+    duplicate = np.zeros(n, dtype=bool)
     rows = np.flatnonzero(below)
     if not len(rows):
-        return resent, reordered
+        return resent, reordered, duplicate
     seq_abs, end_abs, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
     frame = packets["frame"]
     is_rst = (packets["flags"] & TCP_RST) != 0
@@ -287,23 +291,38 @@ def resent_or_reordered(packets, flow_id, flows, space, context, below) -> tuple
     # everything before it, so capture order is sequence order)...
     in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
     in_order = by_group(in_order, flow_id[in_order])
+    copy = np.zeros(len(rows), dtype=bool)
     if len(in_order):
         o_flow = flow_id[in_order]
         pos = pair_search(o_flow, seq_abs[in_order], fid, seq, side="right") - 1
         pc = np.clip(pos, 0, None)
         o = in_order[pc]
-        seen |= (pos >= 0) & (o_flow[pc] == fid) & (end_abs[o] > seq) & (frame[o] < frame[rows])
+        found = (pos >= 0) & (o_flow[pc] == fid) & (end_abs[o] > seq) & (frame[o] < frame[rows])
+        seen |= found
+        copy = found & _same_packet(packets, o, rows)
     # ...or among the others.
     seen |= _earlier_covering(fid, seq, end_abs[rows], frame[rows]) > 0
-    resent[rows[seen]] = True
+    resent[rows[seen & ~copy]] = True
+    duplicate[rows[copy]] = True
     hole = rows[~seen]
     if not len(hole):
-        return resent, reordered
+        return resent, reordered, duplicate
     verdict = _hole_verdict(packets, flow_id, flows, space, context, below, hole)
     resent[hole[verdict > 0]] = True
     reordered[hole[verdict <= 0]] = True
-    return resent, reordered
+    return resent, reordered, duplicate
 
+
+def _same_packet(packets, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Are rows ``a`` and ``b`` the same IPv4 packet captured twice (a span port or a
+    bridge duplicating frames, capture files merged), not sent twice: the same
+    identification (a sender gives every packet it sends a new one: RFC 6864 §4.1 for
+    ones that may be fragmented, Linux and Windows for all), sequence number, length,
+    flags and TSval? IPv6 has no identification to tell."""
+    same = (packets["family"][b] == 4) & (packets["ip_id"][b] != 0)
+    for k in ("ip_id", "seq", "payload_len", "flags", "tsval"):
+        same &= packets[k][a] == packets[k][b]
+    return same
 
 def _first_reaching(grp, cummax, q_grp, q_val) -> tuple[np.ndarray, np.ndarray]:
     """Per query, the first row (rows grouped, each group's ``cummax`` nondecreasing) of

@@ -279,6 +279,11 @@ def capture_reading(a: Analysis) -> list[str]:
             "them (reordered on the way, too soon for a resend): first transmissions, not "
             "counted as retransmissions."
         )
+    if s.get("duplicate_frames"):
+        lines.append(
+            f"{s['duplicate_frames']} frames are in the capture twice (the same IPv4 packet, "
+            "duplicated on its way to the capture point, e.g. by a span port): not counted."
+        )
     lost = s.get("acks_lost_after_capture") or 0
     if lost:
         lines.append(

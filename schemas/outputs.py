@@ -139,6 +139,10 @@ FLOWS_SCHEMA = pa.schema([
            "segments of this flow that reached the capture point after data above them but "
            "were first transmissions (reordering, tshark's out-of-order): not "
            "retransmissions; null without a capture"),
+    _field("duplicate_frames", pa.int64(),
+           "frames of this flow the capture holds twice (the same IPv4 packet: same "
+           "identification, sequence number, length, flags, TSval), e.g. from a span port: "
+           "not retransmissions; null without a capture"),
     _field("unseen_ranges", pa.int64(),
            "ranges of this flow's data above its first captured byte that no captured "
            "segment covers (frames the capture missed, or a pause): retransmissions of them "

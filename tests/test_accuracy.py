@@ -111,8 +111,10 @@ def test_non_timer_loss_entries_are_slow_start_retransmits(results):
 
 
 def _matched(res: pd.DataFrame) -> pd.DataFrame:
-    # Keep-alives, window probes and out-of-order originals are not retransmissions.
-    return res[res["truth"].notna() & res["probe"].isna() & ~res["out_of_order"].astype(bool)]
+    # Keep-alives, window probes, out-of-order originals and duplicated frames are not
+    # retransmissions.
+    return res[res["truth"].notna() & res["probe"].isna() & ~res["out_of_order"].astype(bool)
+               & ~res["duplicate"].astype(bool)]
 
 
 def test_report_accuracy_tables(results):
