@@ -59,10 +59,5 @@ def test_fuzzing_the_reader_finds_nothing(tmp_path):
     assert tried > 100  # it did run: the seeds alone are ~60 inputs
 
 
-@pytest.mark.xfail(
-    reason="analyze/retrans.py sender_context raises IndexError on a one-way flow "
-    "(issue 7 item 1, the classifier's part): remove this mark once that fix is merged",
-    strict=False,
-)
 def test_fuzzing_the_whole_analysis_finds_nothing(tmp_path):
     _fuzz("analysis", 25, tmp_path)
