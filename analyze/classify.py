@@ -138,18 +138,17 @@ class _Originals:
     ``f_flow``, ``f_seq``; searchable by frame)."""
 
     def __init__(self, packets, space, flow_id, sel, in_order):
-        self.f_sel = sel[in_order]
-        if in_order.all():
-            self.sel = sel  # capture order is then sequence order too
-        else:
-            self.sel = sel[np.lexsort((space["seq_abs"][sel], flow_id[sel]))]
+        every = bool(in_order.all())
+        # capture order is then sequence order too: one set of arrays serves both
+        self.sel = sel if every else sel[np.lexsort((space["seq_abs"][sel], flow_id[sel]))]
         self.flow = flow_id[self.sel]
         self.seq = space["seq_abs"][self.sel]
         self.end = space["end_abs"][self.sel]
         self.ts = packets["ts_ns"][self.sel]
         self.by_seq = GroupedSearch(self.flow, self.seq)
-        self.f_flow = flow_id[self.f_sel]
-        self.f_seq = space["seq_abs"][self.f_sel]
+        self.f_sel = sel if every else sel[in_order]
+        self.f_flow = self.flow if every else flow_id[self.f_sel]
+        self.f_seq = self.seq if every else space["seq_abs"][self.f_sel]
         self.by_frame = GroupedSearch(self.f_flow, packets["frame"][self.f_sel])
 
     def containing(self, f: np.ndarray, byte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -325,15 +324,15 @@ def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np
     if not n or not real.any():
         return ack_sel, 0
     a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
-    a_ts = packets["ts_ns"][ack_sel]
     cum = seg_cummax(space["ack_abs"][ack_sel], group_numbers(a_flow))
     r_flow, r_seq, r_ts = rtx["flow_id"][real], rtx["seq_abs"][real], rtx["ts_ns"][real]
     # In the sender's time, the ACK arrived a trip after it passed here, and the
     # retransmission left a trip before it passes here (classify._remote_shift_us).
     arrive_by = r_ts - shift_us[r_flow] * 1000 - ACK_RACE_NS
-    hi = pair_search(a_flow, (a_ts - a_ts.min()) // 1000, r_flow, (arrive_by - a_ts.min()) // 1000,
-                     side="right") - 1
-    lo = pair_search(a_flow, cum, r_flow, r_seq, side="right")
+    t0 = int(packets["ts_ns"][ack_sel].min())
+    hi = GroupedSearch(a_flow, (packets["ts_ns"][ack_sel] - t0) // 1000)(
+        r_flow, (arrive_by - t0) // 1000, "right") - 1
+    lo = GroupedSearch(a_flow, cum)(r_flow, r_seq, "right")
     ok = (hi >= lo) & (lo < n) & (gather(a_flow, lo, lo < n, -1) == r_flow)
     if not ok.any():
         return ack_sel, 0
@@ -486,8 +485,9 @@ def _sack_tags(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
         return
     has = np.arange(4)[None, :] < n_blocks[:, None]
     has[:, 0] &= ~A["dsack"]
-    f = np.repeat(a_flow, 4)
-    lo, hi = L.ravel(), R.ravel()
+    at = np.flatnonzero(has.ravel())  # the blocks there are (most ACKs carry none)
+    f = np.repeat(a_flow, 4)[at]
+    lo, hi = L.ravel()[at], R.ravel()[at]
     ok, p = origs.containing(f, lo)
     seg_lo = gather(origs.seq, p, ok, _NONE)
     seg_hi = gather(origs.end, p, ok, _NONE)
@@ -503,7 +503,9 @@ def _sack_tags(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
                         gather(origs.end, nx, nx_ok, _NONE))
     piece_end = np.where(inside, first_end, np.where(nx_ok, nx_end, _NONE))
     # A block whose edge the capture cannot place (its data unseen) is kept as it is.
-    tags = (~ok | ((piece_end > _NONE) & (piece_end <= hi))).reshape(-1, 4) & has
+    flat = np.zeros(has.size, dtype=bool)
+    flat[at] = ~ok | ((piece_end > _NONE) & (piece_end <= hi))
+    tags = flat.reshape(-1, 4)
     sack_hi = np.full(len(L), _NONE, dtype=np.int64)
     sack_hi_left = np.full(len(L), _NONE, dtype=np.int64)
     for b in range(4):

@@ -461,8 +461,7 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx):
         is_client[c] = True
         # The client's first packet after its SYN (and the SYN-ACK): its ACK of it.
         is_syn = (flags & TCP_SYN) != 0
-        cl_rows = np.flatnonzero(is_client[flow_id])
-        after = cl_rows[~is_syn[cl_rows] & ((flags[cl_rows] & TCP_ACK) != 0)]
+        after = ~is_syn & ((flags & TCP_ACK) != 0) & is_client[flow_id]
         first_after_of = np.full(n_flows, _BIG, dtype=np.int64)
         np.minimum.at(first_after_of, flow_id[after], ts[after])
         first_after = first_after_of[c]
@@ -470,7 +469,8 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx):
         # capture) before the client's ACK (SYNs may be resent).
         answer_t_of = np.full(n_flows, big, dtype=np.int64)
         answer_t_of[c] = np.where(has_sa, t_synack, first_after)
-        rows = cl_rows[is_syn[cl_rows] & ((flags[cl_rows] & TCP_ACK) == 0)]
+        rows = np.flatnonzero(is_syn)
+        rows = rows[((flags[rows] & TCP_ACK) == 0) & is_client[flow_id[rows]]]
         rows = rows[ts[rows] <= answer_t_of[flow_id[rows]]]
         last_syn = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last_syn, flow_id[rows], ts[rows])

@@ -22,6 +22,7 @@ import numpy as np
 from retranscope.analyze.flows import AT_SENDER_TRIP_NS, sequence_space
 from retranscope.analyze.table import (
     NO_VALUE,
+    GroupedSearch,
     Table,
     by_group,
     capture_order,
@@ -60,11 +61,10 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     """Per packet, what its sender knew just before sending it (all vectorised).
 
     ``sent_hi``: highest sequence known sent in the packet's flow (own segments, plus the
-    reverse flow's ACK/SACK). ``snd_nxt``: the highest own segment end only. ``acked_hi``:
-    the highest cumulative ACK of it the other direction sent (the receiver had every byte
-    below it). ``last_rev``:
-    index of the last packet of the reverse direction before it (-1 if none), for the
-    packets that can be probes (at most one byte of payload); -1 for the others.
+    reverse flow's ACK/SACK). ``snd_nxt``: the highest own segment end only.
+    ``last_rev``: index of the last packet of the reverse direction before it (-1 if
+    none), for the packets that can be probes (at most one byte of payload) and those that
+    start below data known sent; -1 for the others.
     ``order``: conn_order(packets, flow_id, flows), when the caller has it.
     """
     n = len(flow_id)
@@ -94,12 +94,8 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     # direction's acknowledgements (which are in this flow's sequence space).
     sent_hi = np.empty(n, dtype=np.int64)
     snd_nxt = np.empty(n, dtype=np.int64)
-    acked_hi = np.empty(n, dtype=np.int64)
-    cum_ack = space["ack_abs"][order]
-    np.copyto(cum_ack, _NONE, where=~space["ack_flag"][order] | rst_o)
     for out, (v0, v1) in ((sent_hi, ((fb, own_end), (own_end, fb))),
-                          (snd_nxt, ((_NONE, own_end), (own_end, _NONE))),
-                          (acked_hi, ((cum_ack, _NONE), (_NONE, cum_ack)))):
+                          (snd_nxt, ((_NONE, own_end), (own_end, _NONE)))):
         m0, m1 = seg_cummax_before([v0, v1], gno, where=d1)
         np.copyto(m0, m1, where=d1)
         out[order] = m0
@@ -108,7 +104,10 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     # Last packet of the other direction, in the same connection: binary searches among
     # the positions (in connection order) of each direction's packets.
     last_rev = np.full(n, -1, dtype=np.int64)
-    rows = np.flatnonzero(packets["payload_len"] <= 1)
+    # (the rows that can be probes, and those that start below data known sent: the
+    # cumulative ACK they follow says whether the receiver already had them)
+    rows = np.flatnonzero((packets["payload_len"] <= 1)
+                          | ((space["seg_len"] > 0) & (space["seq_abs"] < sent_hi)))
     if len(rows):
         p = pos_of[rows]
         mine = d1[p]
@@ -120,7 +119,7 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
         first_of_conn = np.flatnonzero(np.r_[True, gno[1:] != gno[:-1]])
         same = (lr >= 0) & (lr >= first_of_conn[gno[p]])
         last_rev[rows] = np.where(same, order[np.clip(lr, 0, None)], -1)
-    return {"sent_hi": sent_hi, "snd_nxt": snd_nxt, "acked_hi": acked_hi, "last_rev": last_rev}
+    return {"sent_hi": sent_hi, "snd_nxt": snd_nxt, "last_rev": last_rev}
 
 
 def _sack_tops(packets: dict[str, np.ndarray], space: dict[str, np.ndarray]) -> np.ndarray:
@@ -155,8 +154,12 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     # sent, tcp_retrans_try_collapse merges only those), so it is the sender's next new
     # data, re-cut (a stack repacketizing, or a capture merging overlaps).
     below = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs <= sent_hi)
+    # The segments sent in order (each begins at or above everything before it: by flow,
+    # capture order is then sequence order).
+    in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
+    in_order = by_group(in_order, flow_id[in_order])
     is_rtx, reordered, duplicate = resent_or_reordered(packets, flow_id, flows, space,
-                                                       context, below)
+                                                       context, below, in_order)
 
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
     # byte, sent when everything is acknowledged. Zero-window probe (§3.8.6.1): 0/1 byte
@@ -175,18 +178,15 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
 
     fid = flow_id[rows]
     # Originals: first transmissions (out-of-order ones included), by flow then sequence.
-    orig = np.flatnonzero((seg_len > 0) & ~is_rst & ~is_rtx & ~duplicate)
+    orig = in_order
     if reordered.any():
+        orig = np.r_[in_order, np.flatnonzero(reordered)]
         orig = orig[np.lexsort((seq_abs[orig], flow_id[orig]))]
-    else:
-        # In capture order a flow's first transmissions then have increasing sequence
-        # numbers (each starts at or above everything sent before it).
-        orig = by_group(orig, flow_id[orig])
     orig_frame = np.full(len(rows), -1, dtype=np.int64)
     orig_ts = np.full(len(rows), _NONE, dtype=np.int64)
     if len(orig) and len(rows):
         o_flow = flow_id[orig]
-        pos = pair_search(o_flow, seq_abs[orig], fid, seq_abs[rows], side="right") - 1
+        pos = GroupedSearch(o_flow, seq_abs[orig])(fid, seq_abs[rows], "right") - 1
         ok = pos >= 0
         pc = np.clip(pos, 0, None)
         cand = orig[pc]
@@ -244,9 +244,10 @@ RTT_FLOOR_SHARE = 0.8
 UNKNOWN_RTT_FLOOR_NS = int(3_000_000 / RTT_FLOOR_SHARE)
 
 
-def resent_or_reordered(packets, flow_id, flows, space, context, below
+def resent_or_reordered(packets, flow_id, flows, space, context, below, in_order
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Which segments below data already known sent (``below``) were sent again, which
+    """Which segments below data already known sent (``below``; ``in_order``: the others
+    that carry data, by flow in capture order) were sent again, which
     are first transmissions that arrived out of order, and which are a packet the capture
     holds twice (_same_packet). Returns (resent, reordered, duplicate).
 
@@ -281,20 +282,22 @@ def resent_or_reordered(packets, flow_id, flows, space, context, below
     rows = np.flatnonzero(below)
     if not len(rows):
         return resent, reordered, duplicate
-    seq_abs, end_abs, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
+    seq_abs, end_abs = space["seq_abs"], space["end_abs"]
     frame = packets["frame"]
     is_rst = (packets["flags"] & TCP_RST) != 0
     fid = flow_id[rows]
     seq = seq_abs[rows]
-    seen = seq < context["acked_hi"][rows]
-    # An earlier copy: among the segments sent in order (each then begins at or above
-    # everything before it, so capture order is sequence order)...
-    in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
-    in_order = by_group(in_order, flow_id[in_order])
+    # The receiver had its first byte: the last ACK of the other direction before it
+    # (cumulative ACKs only grow but for the odd reordered one) covers it.
+    lr = context["last_rev"][rows]
+    lrc = np.clip(lr, 0, None)
+    seen = (lr >= 0) & space["ack_flag"][lrc] & ~is_rst[lrc] & (seq < space["ack_abs"][lrc])
+    # An earlier copy: among the segments sent in order (``in_order``: grouped by flow,
+    # each in capture order, which is then sequence order)...
     copy = np.zeros(len(rows), dtype=bool)
     if len(in_order):
         o_flow = flow_id[in_order]
-        pos = pair_search(o_flow, seq_abs[in_order], fid, seq, side="right") - 1
+        pos = GroupedSearch(o_flow, seq_abs[in_order])(fid, seq, "right") - 1
         pc = np.clip(pos, 0, None)
         o = in_order[pc]
         found = (pos >= 0) & (o_flow[pc] == fid) & (end_abs[o] > seq) & (frame[o] < frame[rows])
@@ -439,10 +442,14 @@ def sender_trip_ns(packets, flow_id, flows, want, echo_alone: bool = True) -> np
     ever exceed it. ``echo_alone``: also the echo's where the handshake is missing (an
     application that waits before answering lengthens that one instead)."""
     trip = flows.get("trip_ns")
-    echo = _echo_trip_ns(packets, flow_id, flows, want)
-    if trip is None:
-        return echo if echo_alone else np.full(len(echo), -1, dtype=np.int64)
-    hs = np.where(trip.valid, trip.values, -1).astype(np.int64)
+    n_flows = len(flows["flow_id"])
+    hs = np.full(n_flows, -1, dtype=np.int64) if trip is None else \
+        np.where(trip.valid, trip.values, -1).astype(np.int64)
+    # A handshake trip already at the sender's host is not lowered (and is the common
+    # case: spare the echo's work there).
+    need = want & ((hs > AT_SENDER_TRIP_NS) | ((hs < 0) & echo_alone))
+    echo = _echo_trip_ns(packets, flow_id, flows, need) if need.any() else \
+        np.full(n_flows, -1, dtype=np.int64)
     both = (hs >= 0) & (echo >= 0)
     return np.where(both, np.minimum(hs, echo),
                     np.where(hs >= 0, hs, echo if echo_alone else -1)).astype(np.int64)

@@ -228,7 +228,6 @@ class Burst:
         "pkts_out",
         "head_ts_ns",
         "since_send_ns",
-        "seg_max",
         "cut",
         "multi",
     )
@@ -249,7 +248,6 @@ class Burst:
         self.pkts_out = r.pkts_out[r0]
         self.head_ts_ns = r.head_ts[r0]
         self.since_send_ns = r.sls[r0]  # since the flow's previous transmission (NO_VALUE)
-        self.seg_max = max(r.end[i] - r.seq[i] for i in rows)
         self.cut = r.cut[r0]  # begins where a first transmission began, ends before it
         # tcp_retransmit_timer and tcp_send_loss_probe resend one MSS (segs = 1, and
         # tcp_retrans_try_collapse stays within it): more at once is
@@ -559,8 +557,10 @@ class SenderState:
         mtu = self._too_big_before(b.ts_ns)
         if mtu is not None:
             return mtu
-        if self.mss is not None and self.hdr_bytes and b.seg_max < self.mss:
-            return b.seg_max + self.hdr_bytes
+        r = self.rows
+        seg_max = max(r.end[i] - r.seq[i] for i in b.rows)
+        if self.mss is not None and self.hdr_bytes and seg_max < self.mss:
+            return seg_max + self.hdr_bytes
         return 0
 
     def probe_timeout_us(self, b: Burst) -> float:
