@@ -370,7 +370,9 @@ TSHARK_FIELDS = ["frame.number", "tcp.srcport", "tcp.dstport", "tcp.seq_raw", "t
 
 
 def tshark_rows(path: Path) -> list[dict]:
-    cmd = [TSHARK, "-r", str(path), "-n", "-Y", "tcp", "-T", "fields", "-E", "separator=|",
+    # A TCP header quoted inside an ICMP error (RFC 792, RFC 4443 §3.2) is not a segment.
+    cmd = [TSHARK, "-r", str(path), "-n", "-Y", "tcp && !icmp && !icmpv6", "-T", "fields",
+           "-E", "separator=|",
            "-o", "tcp.relative_sequence_numbers:FALSE", "-o", "ip.defragment:FALSE",
            "-o", "ipv6.defragment:FALSE"]
     for f in TSHARK_FIELDS:
@@ -1204,10 +1206,14 @@ def test_set_rotated_by_a_real_tcpdump(ring, tmp_path):
         assert [p.name for p in files] == ["cap.pcap0", "cap.pcap1", "cap.pcap2"]
     cap = read_capture(out)
     m = cap.meta
-    assert len(m.files) == len(files) and not m.warnings
+    assert len(m.files) == len(files) and not m.warnings, (m.warnings, m.files)
     assert all(a["last_ts_ns"] <= b["first_ts_ns"] for a, b in zip(m.files, m.files[1:]))
     p = cap.packets
-    assert np.all(np.diff(p["frame"]) > 0) and np.all(np.diff(p["ts_ns"]) >= 0)
+    assert np.all(np.diff(p["frame"]) > 0)
+    # Capture order, not time order: tcpdump stamps packets on whichever CPU handled them,
+    # so neighbours can be microseconds out of order; files in the wrong order would show
+    # as a jump back of a whole file's span.
+    assert np.diff(p["ts_ns"]).min() > -10_000_000
     # one connection: one client port, seen in every file
     data = p["dport"] == port
     assert len(set(p["sport"][data].tolist())) == 1

@@ -349,12 +349,12 @@ def test_capture_set_files_and_graphs_from_several_files(analyses, tmp_path):
     d = tmp_path / "set"
     shutil.copytree(analyses("reqresp_loss_both"), d)
     files = _split_pcap(CORPUS / "reqresp_loss_both" / "capture.pcap", tmp_path, 3)
-    from retranscope.report.packets import read_capture_file
+    from retranscope.analyze.capture import read_capture
 
     s = json.loads((d / "summary.json").read_text())
     entries = []
     for f in files:
-        m = read_capture_file(f).meta
+        m = read_capture(f).meta
         entries.append(
             {
                 "path": str(f),
