@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from browser import CHROMIUM, dump_dom, screenshot
 from corpus import recordings, whole_sender_capture
 from typer.testing import CliRunner
 
@@ -210,7 +211,6 @@ def test_report_of_a_non_analysis(tmp_path):
     one_error_line(r)
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (./setup.sh installs it)")
@@ -218,34 +218,11 @@ def test_report_renders_in_a_real_browser(tmp_path):
     d = CORPUS / "blackhole_rto"
     analyze_both(d / "capture.pcap", d, tmp_path / "a")
     cli("report", str(tmp_path / "a"), "--out", str(tmp_path / "rep.html"))
-    prof = tmp_path / "profile"
-    base = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={prof}",
-    ]
-    dom = subprocess.run(
-        base + ["--dump-dom", (tmp_path / "rep.html").as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "retranscope report" in dom.stdout
-    assert dom.stdout.count("<svg") >= 2 and "<circle" in dom.stdout
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        base
-        + ["--window-size=1000,1400", f"--screenshot={shot}", (tmp_path / "rep.html").as_uri()],
-        capture_output=True,
-        timeout=120,
-    )
+    page, prof = tmp_path / "rep.html", tmp_path / "profile"
+    dom = dump_dom(page, prof)
+    assert "retranscope report" in dom
+    assert dom.count("<svg") >= 2 and "<circle" in dom
+    shot = screenshot(page, tmp_path / "shot.png", prof, size="1000,1400")
     assert shot.exists() and shot.stat().st_size > 10_000
 
 

@@ -5,17 +5,14 @@ run's report made from the dataset is the one `retranscope report` makes of the 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import pytest
+from browser import CHROMIUM, dump_dom, screenshot
 from test_fleet import cli, fleet_ds, runs_table, single  # noqa: F401 (fixture)
 
 from retranscope.report.fleet import VERDICTS
 from retranscope.report.render import load, write_report
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class _Refs(HTMLParser):
@@ -96,33 +93,13 @@ def test_run_report_made_from_the_dataset_is_the_single_run_report(report, tmp_p
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (./setup.sh installs it)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
     _base, _fleet, out, _r = report
-    base_cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
-    dom = subprocess.run(
-        base_cmd + ["--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120
-    )
-    assert "retranscope fleet report" in dom.stdout
-    assert dom.stdout.count("<svg") >= 2 and "<rect" in dom.stdout
-    shot = tmp_path / "fleet.png"
-    subprocess.run(
-        base_cmd + ["--window-size=1300,2400", f"--screenshot={shot}", out.as_uri()],
-        capture_output=True,
-        timeout=120,
-    )
+    prof = tmp_path / "profile"
+    dom = dump_dom(out, prof)
+    assert "retranscope fleet report" in dom
+    assert dom.count("<svg") >= 2 and "<rect" in dom
+    shot = screenshot(out, tmp_path / "fleet.png", prof)
     assert shot.exists() and shot.stat().st_size > 20_000
     first_link = re.search(r"href='([^']+\.html)'", out.read_text()).group(1)
     page = (out.parent / first_link).resolve()
-    run_dom = subprocess.run(
-        base_cmd + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    )
-    assert "retranscope report" in run_dom.stdout or "its own report" in run_dom.stdout
+    run_dom = dump_dom(page, prof)
+    assert "retranscope report" in run_dom or "its own report" in run_dom

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS
 from test_report import Analyses, cli, expected_rows, graph_json
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright not installed (pip install -e '.[dev]')"
 )
@@ -26,18 +26,6 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium not installed (./setup.sh installs it)"
 )
 
-#: The flags FIELD-NOTES.md found to work here, and the ones that keep Chromium's own
-#: background traffic (updates, first-run, sync) out of a test about network requests.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
 DOC_IMAGES = os.environ.get("RETRANSCOPE_DOC_IMAGES")
 
 
