@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up retranscope on a Debian/Ubuntu machine, as root: system packages (bcc, tcpdump,
-# tshark, tcptrace, nftables, ...), kernel headers for bcc (the workaround from
-# FIELD-NOTES.md only where no matching headers exist), tracefs, and .venv/ with the
+# tshark, tcptrace, nftables, ...), kernel headers for bcc (the workaround in
+# docs/kernel-notes.md only where no matching headers exist), tracefs, and .venv/ with the
 # project installed and Debian's bcc module linked in. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -46,7 +46,7 @@ if [ ! -e "$BUILD/include" ]; then
     mkdir -p "/lib/modules/$REL"
     ln -sfn "$HDR" "$BUILD"
     ln -sfn "$COMMON" "/lib/modules/$REL/source"
-    say "no headers for $REL: using $(basename "$HDR") (workaround: FIELD-NOTES.md)"
+    say "no headers for $REL: using $(basename "$HDR") (workaround: docs/kernel-notes.md)"
   fi
 fi
 
@@ -62,7 +62,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,fleet]'
 BCC_DIR="$(/usr/bin/python3 -c 'import bcc, os; print(os.path.dirname(bcc.__file__))' 2>/dev/null)" \
   || die "python3-bpfcc is installed but 'import bcc' fails for /usr/bin/python3"
 SITE="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

@@ -2,6 +2,11 @@
 
 Refuses Parquet of another schema or schema version with one clear line, and files
 that are not Parquet at all; never reads a partial table as if complete.
+
+The events become a table of analyze/table.py (numpy columns; Nullable where the schema
+allows nulls; text as object arrays), the type every stage of analyze/ works on, with the
+addresses also as the packet table's numeric halves (``saddr_hi``/``saddr_lo``, ...):
+each distinct address is parsed once here, and the join compares numbers.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retranscope.analyze.table import Nullable, Table, take
 from retranscope.errors import BadInput, SchemaMismatch
 from retranscope.fileio import read_arrow_stream
 from retranscope.schemas.events import (
@@ -24,11 +30,12 @@ from retranscope.schemas.events import (
     SCHEMA_VERSION,
     event_files,
 )
+from retranscope.schemas.packets import addr_from_str
 
 
 @dataclass
 class Events:
-    table: pd.DataFrame
+    table: Table  # one row per event, in CLOCK_MONOTONIC order
     run: dict = field(default_factory=dict)  # run.json, {} if absent
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -61,8 +68,7 @@ def read_event_files(path: Path) -> tuple[list[pa.Table], list[Path], list[str]]
         if not parquet and not journals:
             parquet = sorted(folder.glob("*.parquet"))
         if not parquet and not journals:
-            raise BadInput(f"{path}: no events-*.parquet files; give the directory written by "
-                           "`retranscope record --out`")
+            return [], [], []
     elif path.name.endswith(JOURNAL_SUFFIX):
         parquet, journals = [], [path]
     else:
@@ -93,7 +99,7 @@ def read_event_files(path: Path) -> tuple[list[pa.Table], list[Path], list[str]]
                         "recorder still running or stopped uncleanly"
                         + ("" if clean else ", up to its last complete batch (it ends "
                            "mid-write)"))
-    if not tables:
+    if not tables and (parquet or journals):
         raise BadInput(f"{path}: no complete events in its files")
     return tables, parquet + journals, warnings
 
@@ -111,6 +117,13 @@ def read_events(path: str | Path) -> Events:
             except (OSError, ValueError) as exc:
                 raise BadInput(f"{run_file}: unreadable run metadata ({exc})") from exc
     tables, files, warnings = read_event_files(path)
+    if not tables:
+        # A quiet host: the recorder ran, wrote run.json and saw no retransmission, so it
+        # made no events file. Only a run.json that says so stands in for the files.
+        if not (run.get("complete") and run.get("events_written") == 0):
+            raise BadInput(f"{path}: no events-*.parquet files; give the directory written by "
+                           "`retranscope record --out`")
+        tables = [EVENT_SCHEMA.empty_table()]
     table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
     if run:
         if run.get("schema_version") not in (None, SCHEMA_VERSION):
@@ -126,6 +139,38 @@ def read_events(path: str | Path) -> Events:
         if unseen:
             warnings.append(f"the kernel retransmitted {unseen} segments that no event reported "
                             "(it ran no probe for them; see summary.json recording.accounting)")
-    df = table.to_pandas()
-    df = df.sort_values("ts_mono_ns", kind="stable").reset_index(drop=True)
-    return Events(table=df, run=run, files=[str(f) for f in files], warnings=warnings)
+    events = events_table(table)
+    return Events(table=events, run=run, files=[str(f) for f in files], warnings=warnings)
+
+
+def events_table(table: pa.Table) -> Table:
+    """An events Arrow table -> analyze/table.py's type, sorted by ts_mono_ns (stable),
+    with numeric address halves beside the text."""
+    out: Table = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            # large_string: what a table that went through pandas' Arrow-backed strings has
+            out[name] = np.array(col.to_pylist(), dtype=object)
+        elif pa.types.is_null(col.type):
+            out[name] = Nullable(np.zeros(len(col), np.int64), np.zeros(len(col), bool))
+        elif col.null_count:
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            values = col.fill_null(0).to_numpy()
+            out[name] = Nullable(values, valid)
+        else:
+            out[name] = col.to_numpy()
+    for side in ("saddr", "daddr"):
+        out[f"{side}_hi"], out[f"{side}_lo"] = address_halves(out[side])
+    return take(out, np.argsort(out["ts_mono_ns"], kind="stable"))
+
+
+def address_halves(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Addresses as text -> the packet table's (hi, lo) uint64 halves, each distinct
+    address parsed once."""
+    uniq, codes = np.unique(text.astype(str), return_inverse=True)
+    parsed = np.array([addr_from_str(a)[:2] for a in uniq.tolist()],
+                      dtype=np.uint64).reshape(-1, 2)
+    if not len(uniq):
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    return parsed[codes, 0], parsed[codes, 1]

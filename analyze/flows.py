@@ -8,16 +8,24 @@ sequence numbers with plain integer operations.
 
 Everything is vectorised: one stable sort by connection gives each connection's packets in
 capture order, and the per-flow facts come from reductions over that order. Pure numpy
-(tables as in analyze/table.py); ``assign_flows`` is the same as a pandas DataFrame.
+(tables as in analyze/table.py).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
 
-from retranscope.analyze.table import Nullable, Table, to_pandas
+from retranscope.analyze.table import (
+    Nullable,
+    Table,
+    by_group,
+    capture_order,
+    group_sort,
+    group_starts,
+)
 from retranscope.schemas.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, addr_to_str
 
 FLOW_COLUMNS = (
@@ -26,16 +34,11 @@ FLOW_COLUMNS = (
     "first_frame", "first_ts_ns", "last_ts_ns", "n_packets", "n_data",
     "isn", "base_seq", "ack_base", "syn_seen", "synack_seen", "fin_seen", "rst_seen",
     "mss", "wscale", "sack_perm", "ts_opt", "sack_ok", "ts_ok", "handshake_seen",
-    "local", "path_rtt_ns",
+    "local", "path_rtt_ns", "hs_rtt_ns", "trip_ns", "sender_os", "initial_ttl",
 )
 
 _U64 = np.uint64
 _BIG = np.iinfo(np.int64).max
-
-
-def col(table, name: str) -> np.ndarray:
-    """A column as a numpy array, from a table or a DataFrame with numpy-typed columns."""
-    return np.asarray(table[name])
 
 
 def _mix64(cols: list[np.ndarray]) -> np.ndarray:
@@ -52,36 +55,9 @@ def _mix64(cols: list[np.ndarray]) -> np.ndarray:
     return h
 
 
-def group_sort(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` for non-negative integer keys, as radix sorts.
-
-    numpy's stable sort is a radix sort for 16-bit keys and a merge sort otherwise: on
-    1.3M rows, 12 ms against 55 ms. Keys (flow, connection numbers) almost always fit 16
-    bits; wider ones take one more 16-bit pass per 16 bits (LSD order).
-    """
-    if len(keys) == 0:
-        return np.zeros(0, dtype=np.int64)
-    top = int(keys.max())
-    if top < (1 << 16):
-        return np.argsort(keys.astype(np.uint16), kind="stable")
-    if top >= (1 << 32):
-        return np.argsort(keys, kind="stable")
-    k = keys.astype(np.uint32)
-    o = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
-    return o[np.argsort((k[o] >> 16).astype(np.uint16), kind="stable")]
-
-
 def _endpoint_less(a_hi, a_lo, a_p, b_hi, b_lo, b_p) -> np.ndarray:
     """(a_hi, a_lo, a_port) < (b_hi, b_lo, b_port), lexicographically, vectorised."""
     return (a_hi < b_hi) | ((a_hi == b_hi) & ((a_lo < b_lo) | ((a_lo == b_lo) & (a_p < b_p))))
-
-
-def _group_starts(keys_sorted: np.ndarray) -> np.ndarray:
-    """Boolean mask: the row starts a new run of equal keys."""
-    start = np.ones(len(keys_sorted), dtype=bool)
-    if len(keys_sorted):
-        np.not_equal(keys_sorted[1:], keys_sorted[:-1], out=start[1:])
-    return start
 
 
 def _same_as_first(cols: list[np.ndarray], start: np.ndarray) -> bool:
@@ -105,7 +81,7 @@ def _tuple_order(cap: np.ndarray | None, ports: list[np.ndarray],
     o = base[np.argsort(ports[1][base], kind="stable")]
     o = o[np.argsort(ports[0][o], kind="stable")]
     a_s, b_s = ports[0][o], ports[1][o]
-    start = _group_starts(a_s)
+    start = group_starts(a_s)
     start[1:] |= b_s[1:] != b_s[:-1]
     if _same_as_first([a[o] for a in addrs], start):
         return o, start
@@ -113,7 +89,7 @@ def _tuple_order(cap: np.ndarray | None, ports: list[np.ndarray],
     uniq = np.unique(h)
     tid = np.searchsorted(uniq, h)
     o = base[group_sort(tid[base])]
-    start = _group_starts(tid[o])
+    start = group_starts(tid[o])
     if _same_as_first([c[o] for c in addrs + ports], start):
         return o, start
     # A 64-bit hash collision (never seen): an exact, slower sort over the columns.
@@ -121,7 +97,7 @@ def _tuple_order(cap: np.ndarray | None, ports: list[np.ndarray],
     _, tid = np.unique(keys, axis=0, return_inverse=True)
     tid = tid.ravel()
     o = base[np.argsort(tid[base], kind="stable")]
-    return o, _group_starts(tid[o])
+    return o, group_starts(tid[o])
 
 
 def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
@@ -220,122 +196,6 @@ def _number_by_first_row(conn: np.ndarray, order: np.ndarray,
     return conn + (new_start - conn[starts])[tuple_no]
 
 
-def assign_flows(packets: Mapping[str, np.ndarray]):
-    """``flow_table`` with the flows as a pandas DataFrame (nullable columns as NA)."""
-    flow_id, flows = flow_table(packets)
-    return flow_id, to_pandas(flows)
-
-
-def flows_as_table(flows) -> Table:
-    """The flows of ``assign_flows`` (a DataFrame) or ``flow_table`` as a table."""
-    if isinstance(flows, dict):
-        return flows
-    from retranscope.analyze.table import from_pandas
-
-    return from_pandas(flows)
-
-
-_VMIN = -(1 << 41)
-_VMAX = (1 << 41) - 1
-_BAND = 1 << 42
-_BAND_GROUPS = 1 << 20
-#: "No sequence number yet": the floor seg_cummax returns for empty history.
-NO_VALUE = _VMIN
-
-
-def seg_cummax(values: np.ndarray, grp_no: np.ndarray, exclusive: bool = False) -> np.ndarray:
-    """Running maximum restarted at each group (groups contiguous, numbered 0, 1, ...).
-
-    Values are sequence offsets (well inside +-2**41); each group is lifted into its own
-    2**42-wide band so one np.maximum.accumulate serves all groups (2**20 groups at a
-    time, so the lift stays inside int64). Values below the band (the "nothing yet"
-    sentinel) come back as that sentinel's floor, -2**41. ``exclusive``: the maximum over
-    earlier rows only.
-    """
-    m = len(values)
-    if m == 0:
-        return values.astype(np.int64)
-    g = grp_no.astype(np.int64)
-    if int(g[-1]) >= _BAND_GROUPS:
-        inc = np.empty(m, dtype=np.int64)
-        cuts = np.searchsorted(g, np.arange(0, int(g[-1]) + 1 + _BAND_GROUPS, _BAND_GROUPS))
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
-            if hi > lo:
-                inc[lo:hi] = seg_cummax(values[lo:hi], g[lo:hi] - g[lo])
-    else:
-        lifted = np.clip(values, _VMIN, _VMAX)
-        lifted -= _VMIN
-        lifted += g * _BAND
-        inc = np.maximum.accumulate(lifted)
-        inc -= g * _BAND
-        inc += _VMIN
-    if not exclusive:
-        return inc
-    out = np.empty_like(inc)
-    out[0] = _VMIN
-    out[1:] = inc[:-1]
-    out[1:][g[1:] != g[:-1]] = _VMIN
-    return out
-
-
-def seg_cummax_before(values: list, grp_no: np.ndarray,
-                      where: np.ndarray | None = None) -> list[np.ndarray]:
-    """seg_cummax(v, grp_no, exclusive=True) for each of ``values``, sharing the groups'
-    lift and starts (the lift is the cost when the values are 1.3M packets). A value may
-    be a pair (a, b), read as np.where(where, a, b) (a, b arrays or scalars) without
-    building that array: each new 10 MB array is ~2,500 pages to fault in."""
-    m = len(grp_no)
-
-    def value(v):
-        if not isinstance(v, tuple):
-            return v
-        return np.where(where, *v)
-
-    if m == 0 or int(grp_no[-1]) >= _BAND_GROUPS:
-        return [seg_cummax(value(v), grp_no, exclusive=True) for v in values]
-    lift = grp_no.astype(np.int64) * _BAND
-    lift -= _VMIN
-    starts = _group_starts(grp_no)
-    out = []
-    for v in values:
-        # the maximum over earlier rows: shift by one row, then a running maximum
-        t = np.empty(m, dtype=np.int64)
-        t[0] = _VMIN
-        if isinstance(v, tuple):
-            a, b = v
-            np.copyto(t[1:], b[:-1] if np.ndim(b) else b)
-            np.copyto(t[1:], a[:-1] if np.ndim(a) else a, where=where[:-1])
-        else:
-            t[1:] = v[:-1]
-        np.clip(t, _VMIN, _VMAX, out=t)
-        t[starts] = _VMIN
-        t += lift
-        np.maximum.accumulate(t, out=t)
-        t -= lift
-        out.append(t)
-    return out
-
-
-def group_numbers(keys_sorted: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... numbering of runs of equal keys in a sorted array."""
-    if len(keys_sorted) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.cumsum(_group_starts(keys_sorted)) - 1
-
-
-def by_group(sel: np.ndarray, group_of_sel: np.ndarray) -> np.ndarray:
-    """Reorder ``sel`` (increasing row numbers of a capture-ordered table) by group,
-    keeping capture order inside each group (a stable sort)."""
-    return sel[group_sort(group_of_sel)]
-
-
-def capture_order(frame: np.ndarray) -> np.ndarray | None:
-    """Permutation into capture order; None when rows already are (the reader's)."""
-    if len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1])):
-        return None
-    return np.argsort(frame, kind="stable")
-
-
 def flow_order(frame: np.ndarray, flow_id: np.ndarray) -> np.ndarray:
     """Permutation grouping packets by flow, each flow in capture order."""
     cap = capture_order(frame)
@@ -427,7 +287,8 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
     sack_ok = np.where(both, sack_perm & sack_perm[rev_c], sack_unrefuted)
     ts_ok = np.where(both, ts_opt & ts_opt[rev_c], ts_frac > 0.5)
 
-    local, path_rtt = _local_side(packets, flow_id, n_flows, rev, syn_idx)
+    local, path_rtt, hs_rtt, trip = _local_side(packets, flow_id, n_flows, rev, syn_idx)
+    sender_os, initial_ttl = sender_stack(packets, syn_idx, fi)
 
     conn = key_of_flow >> 1
     dirb = key_of_flow & 1
@@ -470,9 +331,59 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
         "handshake_seen": both,
         "local": local,
         "path_rtt_ns": path_rtt,
+        "hs_rtt_ns": hs_rtt,
+        "trip_ns": trip,
+        "sender_os": sender_os,
+        "initial_ttl": initial_ttl,
     }
     assert n >= n_flows
     return table
+
+
+#: Initial TTLs stacks use (Linux, macOS, BSD 64; Windows 128; network gear, Solaris 255;
+#: some old stacks 32): a packet's TTL is its sender's less the hops to the capture point.
+INITIAL_TTLS = (32, 64, 128, 255)
+#: The option order Linux writes in a SYN or SYN-ACK (tcp_options_write): [MD5] MSS, then
+#: SACK-permitted + timestamps, or NOP NOP timestamps; NOP window scale; NOP NOP
+#: SACK-permitted when timestamps are off; then TFO, MPTCP, AO (kinds above 14). One hex
+#: digit per kind (schemas/packets.py opt_layout).
+LINUX_SYN_LAYOUT = re.compile(r"^f?2(48|118)?(13)?(114)?[f01]*$")
+#: Other stacks' SYN layouts (p0f's signatures): macOS and FreeBSD put the window scale
+#: before the timestamps.
+OTHER_SYN_LAYOUTS = {"21311840": "macos", "2131184": "macos", "21348": "bsd",
+                     "213114": "windows", "2114": "windows"}
+
+
+def sender_stack(packets, syn_idx, first_idx) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow, the stack that sent it, as far as the capture tells, and its initial TTL
+    (the smallest of INITIAL_TTLS at or above what the flow's SYN, else first packet, shows;
+    -1: unknown). ``linux`` when the SYN's options are in Linux's order and the TTL starts
+    at 64 or less; ``windows``, ``macos``, ``bsd`` when the SYN has their layout (Windows'
+    is also Linux's with timestamps off: the TTL, 128 for Windows, tells them apart);
+    ``other`` for any other layout or a TTL from 255; without a SYN, ``windows`` for a
+    TTL from 128, else ``unknown`` (a TTL from 64 is Linux's, macOS's or BSD's)."""
+    n_flows = len(syn_idx)
+    has_syn = syn_idx >= 0
+    at = np.where(has_syn, syn_idx, first_idx)
+    ttl = packets["ttl"][at].astype(np.int64) if "ttl" in packets else np.zeros(n_flows, int)
+    known = ttl > 0
+    guess = np.full(n_flows, -1, dtype=np.int16)
+    for t in INITIAL_TTLS[::-1]:
+        guess[known & (ttl <= t)] = t
+    layout = packets["opt_layout"][at] if "opt_layout" in packets else np.zeros(n_flows, int)
+    out = np.full(n_flows, "unknown", dtype=object)
+    out[guess == 128] = "windows"
+    out[guess == 255] = "other"
+    for f in np.flatnonzero(has_syn & (layout > 0)).tolist():
+        digits = f"{int(layout[f]):x}"
+        other = OTHER_SYN_LAYOUTS.get(digits)
+        if LINUX_SYN_LAYOUT.match(digits) and 0 <= guess[f] <= 64:
+            out[f] = "linux"
+        elif other is not None and not (other == "windows" and guess[f] not in (-1, 128)):
+            out[f] = other
+        else:
+            out[f] = "other"
+    return out, guess
 
 
 def _dupacks_without_sack(packets, flow_id, n_flows, wanted) -> np.ndarray:
@@ -498,19 +409,35 @@ def _dupacks_without_sack(packets, flow_id, n_flows, wanted) -> np.ndarray:
 
 PACKET_HOST, PACKET_OUTGOING = 0, 4  # sll_pkttype, linux/if_packet.h
 
+#: A round trip from the capture point to a flow's sender this short (ns) is that host's
+#: own stack answering (its processing, not a path): the capture runs on the sender.
+AT_SENDER_TRIP_NS = 250_000
+
 
 def _local_side(packets, flow_id, n_flows, rev, syn_idx):
-    """Was each flow sent by the capturing host? And the path RTT seen from that host.
+    """Was each flow sent by the capturing host? The path RTT seen from that host; the
+    whole path's RTT; and the round trip from the capture point to each flow's sender.
 
     A Linux cooked capture says it per packet (sll_pkttype PACKET_OUTGOING). Otherwise the
     handshake does: the capturing host answers at once, its peer one path RTT later. On the
     client's host SYN -> SYN-ACK takes the RTT and SYN-ACK -> ACK microseconds; on the
     server's host, the other way round. Unknown (null) when neither is available.
+
+    Wherever the capture point lies (either host, or a tap between them), the SYN ->
+    SYN-ACK gap is the round trip from it to the server and back, SYN-ACK -> ACK the round
+    trip to the client, and their sum (SYN -> the client's ACK, also when a one-way capture
+    lacks the SYN-ACK) the path's RTT: ``hs_rtt_ns``. ``trip_ns`` is the round trip from
+    the capture point to the flow's own sender: how much later, at the capture point, a
+    segment that answers a packet seen there can appear.
     """
     local = np.zeros(n_flows, dtype=bool)
     local_known = np.zeros(n_flows, dtype=bool)
     path_rtt = np.zeros(n_flows, dtype=np.int64)
     rtt_known = np.zeros(n_flows, dtype=bool)
+    hs_rtt = np.zeros(n_flows, dtype=np.int64)
+    hs_known = np.zeros(n_flows, dtype=bool)
+    trip = np.zeros(n_flows, dtype=np.int64)
+    trip_known = np.zeros(n_flows, dtype=bool)
     pt = packets["pkttype"]
     if (pt >= 0).any():
         out_n = np.bincount(flow_id[pt == PACKET_OUTGOING], minlength=n_flows)
@@ -521,36 +448,46 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx):
 
     ts = packets["ts_ns"]
     flags = packets["flags"]
-    # Client flow c (its first SYN is a pure SYN) with server flow s = rev[c].
-    c = np.flatnonzero((syn_idx >= 0) & (rev >= 0))
+    # Client flow c (its first SYN is a pure SYN) with server flow s = rev[c], if any.
+    c = np.flatnonzero(syn_idx >= 0)
     c = c[(flags[syn_idx[c]] & TCP_ACK) == 0]
-    s = rev[c]
-    ok = syn_idx[s] >= 0
-    c, s = c[ok], s[ok]
     if len(c):
-        t_synack = ts[syn_idx[s]]
-        # The SYN answered: the last one sent before the SYN-ACK (SYNs may be resent).
-        is_syn = (flags & TCP_SYN) != 0
-        rows = np.flatnonzero(is_syn)
-        rows = rows[(flags[rows] & TCP_ACK) == 0]
-        synack_t_of = np.full(n_flows, np.iinfo(np.int64).max, dtype=np.int64)
-        synack_t_of[c] = t_synack
-        rows = rows[ts[rows] <= synack_t_of[flow_id[rows]]]
-        last_syn = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(last_syn, flow_id[rows], ts[rows])
-        t_syn = last_syn[c]
-        # The client's first packet after the SYN-ACK (its ACK of it).
+        s = rev[c]
+        sc = np.clip(s, 0, None)
+        has_sa = (s >= 0) & (syn_idx[sc] >= 0)
+        big = np.iinfo(np.int64).max
+        t_synack = np.where(has_sa, ts[syn_idx[sc]], big)
         is_client = np.zeros(n_flows, dtype=bool)
         is_client[c] = True
+        # The client's first packet after its SYN (and the SYN-ACK): its ACK of it.
+        is_syn = (flags & TCP_SYN) != 0
         after = ~is_syn & ((flags & TCP_ACK) != 0) & is_client[flow_id]
         first_after_of = np.full(n_flows, _BIG, dtype=np.int64)
         np.minimum.at(first_after_of, flow_id[after], ts[after])
         first_after = first_after_of[c]
+        # The SYN answered: the last one sent before the SYN-ACK, or (no SYN-ACK in the
+        # capture) before the client's ACK (SYNs may be resent).
+        answer_t_of = np.full(n_flows, big, dtype=np.int64)
+        answer_t_of[c] = np.where(has_sa, t_synack, first_after)
+        rows = np.flatnonzero(is_syn)
+        rows = rows[((flags[rows] & TCP_ACK) == 0) & is_client[flow_id[rows]]]
+        rows = rows[ts[rows] <= answer_t_of[flow_id[rows]]]
+        last_syn = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last_syn, flow_id[rows], ts[rows])
+        t_syn = last_syn[c]
         good = (t_syn > np.iinfo(np.int64).min) & (first_after < _BIG) & \
-            (first_after >= t_synack) & (t_syn <= t_synack)
-        g1 = t_synack[good] - t_syn[good]
-        g2 = first_after[good] - t_synack[good]
-        cg, sg = c[good], s[good]
+            (first_after >= np.where(has_sa, t_synack, t_syn))
+        whole = first_after - t_syn
+        hs_rtt[c[good]] = whole[good]
+        hs_known[c[good]] = True
+        both = good & has_sa & (t_syn <= t_synack)
+        g1 = t_synack[both] - t_syn[both]
+        g2 = first_after[both] - t_synack[both]
+        cg, sg = c[both], s[both]
+        hs_rtt[sg] = g1 + g2
+        hs_known[sg] = True
+        trip[cg], trip[sg] = g2, g1
+        trip_known[cg] = trip_known[sg] = True
         client_local = g1 > g2
         undecided = ~known[cg] & ~known[sg]
         local[cg[undecided]] = client_local[undecided]
@@ -562,7 +499,8 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx):
         path_rtt[sg] = rtt
         rtt_known[cg] = True
         rtt_known[sg] = True
-    return Nullable(local, local_known), Nullable(path_rtt, rtt_known)
+    return (Nullable(local, local_known), Nullable(path_rtt, rtt_known),
+            Nullable(hs_rtt, hs_known), Nullable(trip, trip_known))
 
 
 def _addr_strings(pairs: list[tuple[np.ndarray, np.ndarray]], family: np.ndarray) -> list:
@@ -597,7 +535,7 @@ def _unwrap_in_order(raw: np.ndarray, grp: np.ndarray, base_of: np.ndarray) -> n
     if m == 0:
         return np.zeros(0, dtype=np.int64)
     raw = raw.astype(np.uint32, copy=False)
-    start = _group_starts(grp)
+    start = group_starts(grp)
     start_pos = np.flatnonzero(start)
     step = np.empty(m, dtype=np.uint32)
     np.subtract(raw[1:], raw[:-1], out=step[1:])
@@ -629,7 +567,7 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
         order = flow_order(packets["frame"], flow_id)
     grp = flow_id[order]
     seq_abs = np.empty(n, dtype=np.int64)
-    seq_abs[order] = _unwrap_in_order(packets["seq"][order], grp, col(flows, "base_seq"))
+    seq_abs[order] = _unwrap_in_order(packets["seq"][order], grp, flows["base_seq"])
     seg_len = (packets["payload_len"].astype(np.int64) + ((flags & TCP_SYN) != 0)
                + ((flags & TCP_FIN) != 0))
     end_abs = seq_abs + seg_len
@@ -640,7 +578,7 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     if len(o_ack):
         g_ack = flow_id[o_ack]
         ack_abs[o_ack] = _unwrap_in_order(packets["ack"][o_ack], g_ack,
-                                          col(flows, "ack_base"))
+                                          flows["ack_base"])
 
     # SACK edges lie near the ACK number: offset them from it. Only rows carrying SACK
     # blocks are stored (sparse): see sack_blocks().

@@ -1,7 +1,7 @@
 """Join kernel events to the capture's frames: by flow, sequence range and time.
 
 One event (one tcp_retransmit_skb call) covers [seq, end_seq) of one skb, which can be
-several wire segments (GSO/TSO; FIELD-NOTES.md), and the same range can be resent many
+several wire segments (GSO/TSO; docs/kernel-notes.md), and the same range can be resent many
 times (an RTO chain), so the time decides between events of the same range: each frame
 goes to the overlapping event nearest to it in time. Both clocks are the recording
 host's CLOCK_REALTIME (events: CLOCK_MONOTONIC + the offset saved in run.json).
@@ -13,29 +13,18 @@ near some event in time, then merged on the flow key).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from retranscope.schemas.packets import TCP_FIN, TCP_SYN, addr_from_str
+from retranscope.analyze.table import Table, filled
+from retranscope.schemas.packets import TCP_FIN, TCP_SYN
 
-FLOW_KEY = ["saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo", "sport", "dport"]
+#: The flow key, numeric in both tables: the packet table's address halves and ports;
+#: events carry the same halves (analyze/events.py parses their text once).
+FLOW_KEY = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo", "sport", "dport")
 # The tracepoint fires in __tcp_retransmit_skb right after the skb is handed to the
 # device; tcpdump stamps it at the tap, microseconds apart on the same host. Queueing in
 # a qdisc can add milliseconds. A frame farther than this from every event of its range
 # is not that event's.
 DEFAULT_TOLERANCE_NS = 500_000_000
-
-
-def event_flow_keys(events: pd.DataFrame) -> pd.DataFrame:
-    """saddr/daddr text -> the packet table's (hi, lo) halves, parsing each address once."""
-    out = pd.DataFrame(index=events.index)
-    for side in ("saddr", "daddr"):
-        codes, uniq = pd.factorize(events[side])
-        parsed = np.array([addr_from_str(a)[:2] for a in uniq], dtype=np.uint64).reshape(-1, 2)
-        out[f"{side}_hi"] = parsed[codes, 0] if len(uniq) else np.zeros(0, np.uint64)
-        out[f"{side}_lo"] = parsed[codes, 1] if len(uniq) else np.zeros(0, np.uint64)
-    out["sport"] = events["sport"].astype(np.uint16).to_numpy()
-    out["dport"] = events["dport"].astype(np.uint16).to_numpy()
-    return out
 
 
 def segment_len(packets: dict[str, np.ndarray]) -> np.ndarray:
@@ -59,7 +48,7 @@ def eligible_rows(n_rows: int, retrans_rows: np.ndarray, flow_id: np.ndarray,
     return ok
 
 
-def join_events(events: pd.DataFrame, packets: dict[str, np.ndarray],
+def join_events(events: Table, packets: dict[str, np.ndarray],
                 tolerance_ns: int = DEFAULT_TOLERANCE_NS,
                 eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Match frames to events.
@@ -70,13 +59,14 @@ def join_events(events: pd.DataFrame, packets: dict[str, np.ndarray],
     (see eligible_rows) limits the frames considered; None considers every frame.
     """
     n_rows = len(packets["ts_ns"])
+    n_ev = len(events["ts_wall_ns"]) if events else 0
     event_of_row = np.full(n_rows, -1, dtype=np.int64)
-    frames = np.zeros(len(events), dtype=np.int64)
-    if not len(events) or not n_rows:
+    frames = np.zeros(n_ev, dtype=np.int64)
+    if not n_ev or not n_rows:
         return event_of_row, frames
 
     seglen = segment_len(packets)
-    ev_ts = events["ts_wall_ns"].to_numpy(np.int64)
+    ev_ts = np.asarray(events["ts_wall_ns"], dtype=np.int64)
     order = np.sort(ev_ts)
     ts = packets["ts_ns"]
     # Rows within the tolerance of some event: the only candidates.
@@ -90,45 +80,81 @@ def join_events(events: pd.DataFrame, packets: dict[str, np.ndarray],
     if not len(cand):
         return event_of_row, frames
 
-    wire = pd.DataFrame({k: packets[k][cand] for k in FLOW_KEY})
-    wire["row"] = cand
-    wire["w_ts"] = ts[cand]
-    wire["w_seq"] = packets["seq"][cand].astype(np.int64)
-    wire["w_len"] = seglen[cand]
-    ev = event_flow_keys(events)
-    ev["ev"] = np.arange(len(events))
-    ev["e_ts"] = ev_ts
-    has_seq = events["seq"].notna().to_numpy()
-    ev["e_seq"] = events["seq"].fillna(0).to_numpy(np.int64)
-    ev["e_len"] = ((events["end_seq"].fillna(0).to_numpy(np.int64) - ev["e_seq"]) % (1 << 32))
-    ev["e_has_seq"] = has_seq
+    # Pairs (frame, event) of one flow within the tolerance in time: events sorted by
+    # (flow, time), and each candidate frame's window found by one search over
+    # (flow, time rank) pairs. Dense ranks keep the order and ties of the times and make
+    # the pair one int64 whatever the times' span.
+    key_w, key_e = common_keys([packets[k][cand] for k in FLOW_KEY],
+                               [np.asarray(events[k]) for k in FLOW_KEY])
+    t_w = ts[cand]
+    times, rank = np.unique(np.concatenate([ev_ts, t_w - tolerance_ns, t_w + tolerance_ns]),
+                            return_inverse=True)
+    n_c = len(cand)
+    r_e, r_lo, r_hi = rank[:n_ev], rank[n_ev:n_ev + n_c], rank[n_ev + n_c:]
+    width = np.int64(len(times) + 1)
+    pair_e = key_e * width + r_e
+    eo = np.argsort(pair_e, kind="stable")
+    lo = np.searchsorted(pair_e[eo], key_w * width + r_lo, side="left")
+    hi = np.searchsorted(pair_e[eo], key_w * width + r_hi, side="right")
+    cnt = np.maximum(hi - lo, 0)
+    total = int(cnt.sum())
+    if total == 0:
+        return event_of_row, frames
+    wi = np.repeat(np.arange(len(cand)), cnt)
+    ej = eo[np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)]
+    row = cand[wi]
 
-    pairs = wire.merge(ev, on=FLOW_KEY, how="inner")
-    if pairs.empty:
-        return event_of_row, frames
+    has_seq = _valid(events["seq"])
+    e_seq = filled(events["seq"], 0).astype(np.int64)
+    e_len = (filled(events["end_seq"], 0).astype(np.int64) - e_seq) % (1 << 32)
     # Overlap of [w_seq, w_seq + w_len) and [e_seq, e_seq + e_len) in 32-bit sequence space.
-    d = pairs["w_seq"].to_numpy() - pairs["e_seq"].to_numpy()
+    d = packets["seq"][row].astype(np.int64) - e_seq[ej]
     d = ((d + (1 << 31)) % (1 << 32)) - (1 << 31)
-    overlap = (d < pairs["e_len"].to_numpy()) & (d + pairs["w_len"].to_numpy() > 0)
-    dt = np.abs(pairs["w_ts"].to_numpy() - pairs["e_ts"].to_numpy())
-    ok = (overlap | ~pairs["e_has_seq"].to_numpy()) & (dt <= tolerance_ns)
-    pairs = pairs.loc[ok, ["row", "ev"]].assign(dt=dt[ok])
-    if pairs.empty:
+    overlap = (d < e_len[ej]) & (d + seglen[row] > 0)
+    dt = np.abs(ts[row] - ev_ts[ej])
+    ok = (overlap | ~has_seq[ej]) & (dt <= tolerance_ns)
+    row, ej, dt = row[ok], ej[ok], dt[ok]
+    if not len(row):
         return event_of_row, frames
-    best = pairs.sort_values(["row", "dt", "ev"], kind="stable").drop_duplicates("row")
-    event_of_row[best["row"].to_numpy()] = best["ev"].to_numpy()
-    frames = np.bincount(best["ev"].to_numpy(), minlength=len(events)).astype(np.int64)
+    # Each frame to its nearest event in time (ties: the earlier event).
+    best = np.lexsort((ej, dt, row))
+    first = np.r_[True, row[best][1:] != row[best][:-1]]
+    pick = best[first]
+    event_of_row[row[pick]] = ej[pick]
+    frames = np.bincount(ej[pick], minlength=n_ev).astype(np.int64)
     return event_of_row, frames
 
 
-def why_unmatched(events: pd.DataFrame, frames: np.ndarray, capture_first_ns: int | None,
+def _valid(col) -> np.ndarray:
+    valid = getattr(col, "valid", None)
+    return np.ones(len(col), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+
+
+def common_keys(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Dense int64 ids of the rows of two tables over the same key columns: equal keys,
+    equal ids, in either table."""
+    n_a = len(a[0])
+    cols = [np.concatenate([x.astype(np.uint64), y.astype(np.uint64)]) for x, y in zip(a, b)]
+    if not len(cols[0]):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort(cols[::-1])
+    new = np.zeros(len(order), dtype=bool)
+    new[0] = True
+    for c in cols:
+        new[1:] |= c[order][1:] != c[order][:-1]
+    ids = np.empty(len(order), dtype=np.int64)
+    ids[order] = np.cumsum(new) - 1
+    return ids[:n_a], ids[n_a:]
+
+
+def why_unmatched(events: Table, frames: np.ndarray, capture_first_ns: int | None,
                   capture_last_ns: int | None, flows_in_capture: np.ndarray,
                   capture_drops: int | None) -> np.ndarray:
     """For events with no frame, the most likely reason (object array; None if matched)."""
-    out = np.full(len(events), None, dtype=object)
+    out = np.full(len(frames), None, dtype=object)
     none = frames == 0
-    ts = events["ts_wall_ns"].to_numpy(np.int64)
-    err = events["err"].fillna(0).to_numpy()
+    ts = np.asarray(events["ts_wall_ns"], dtype=np.int64)
+    err = filled(events["err"], 0)
     out[none] = "no_frame"
     if capture_drops:
         out[none] = "capture_dropped"

@@ -3,55 +3,177 @@
     capture --pcap.read_capture--> packets --flows--> flow ids --retrans--> retransmitted
     segments --classify--> kind_pcap + timing;  events --join--> kernel reason per frame
 
-Pure assembly: the reading happens in analyze/pcap.py and analyze/events.py, the writing in
-analyze/outputs.py. A capture alone is assembled over numpy tables (analyze/table.py) and
-never imports pandas; with events, the join and the merge run over DataFrames.
+Pure assembly over the tables of analyze/table.py (numpy columns; pandas is never
+imported): the reading happens in analyze/capture/ and analyze/events.py, the writing in
+analyze/outputs.py, the one path through all of them in analyze/run.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retranscope.analyze.table import Nullable, Table, filled, take, to_pandas
-from retranscope.schemas.outputs import FAMILY_OF_KIND, KINDS, OUTPUT_SCHEMA_VERSION
-
-if TYPE_CHECKING:
-    import pandas as pd
+from retranscope.analyze.join import common_keys
+from retranscope.analyze.table import Nullable, Table, filled, n_rows, take
+from retranscope.schemas.outputs import OUTPUT_SCHEMA_VERSION
+from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS, MATCHED, REASON_AS_KIND
 
 CLASSIFY_COLUMNS = ("kind_pcap", "spurious", "spurious_by", "since_original_ns",
                     "since_last_send_ns", "since_last_ack_ns", "srtt_us", "expected_pto_ns",
-                    "expected_rto_ns", "backoff", "trigger_frame", "since_trigger_ns")
+                    "expected_rto_ns", "backoff", "trigger_frame", "since_trigger_ns",
+                    "cause", "pmtu_mtu", "evidence", "sender_os")
 
 
 @dataclass
 class Result:
-    """``retransmits`` and ``flows``: tables (a capture alone) or DataFrames (with events);
-    analyze/outputs.py writes either."""
+    """``retransmits`` and ``flows`` (tables; analyze/outputs.py writes them with the
+    schemas of schemas/outputs.py) and summary.json's content."""
 
-    retransmits: Any
-    flows: Any
+    retransmits: Table
+    flows: Table
     summary: dict = field(default_factory=dict)
 
 
-def classify_capture(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, Table, Table]:
+def classify_capture(packets: dict[str, np.ndarray], notes: dict | None = None,
+                     too_big: list[dict] | None = None) -> tuple[np.ndarray, Table, Table]:
     """flows + per-wire-segment classification of a capture (row index into packets kept).
 
     The sequence space and the sender context are computed once, for both the detection
-    of retransmissions and their classification.
+    of retransmissions and their classification. ``notes`` receives what the capture
+    showed beside the rows (classify_table); ``too_big``: the capture's ICMP too-big
+    messages (CaptureMeta.icmp_too_big).
     """
     from retranscope.analyze.classify import classify_table
     from retranscope.analyze.flows import flow_table, sequence_space
-    from retranscope.analyze.retrans import retransmission_table, sender_context
+    from retranscope.analyze.retrans import capture_gaps, retransmission_table, sender_context
 
     flow_id, flows = flow_table(packets)
     space = sequence_space(packets, flow_id, flows)
     context = sender_context(packets, flow_id, flows, space)
     retrans = retransmission_table(packets, flow_id, flows, space, context)
-    classified = classify_table(packets, flow_id, flows, retrans, space=space)
+    if notes is not None:
+        notes["gaps"] = capture_gaps(packets, flow_id, flows, space, context)
+    classified = classify_table(packets, flow_id, flows, retrans, space=space, notes=notes,
+                                too_big=too_big)
     return flow_id, flows, classified
+
+
+def is_retransmission(classified: Table) -> np.ndarray:
+    """Rows of classify_capture's table that are retransmissions: not a keep-alive or
+    window probe (retrans.py ``probe``), not an out-of-order original (``out_of_order``),
+    not a packet the capture holds twice (``duplicate``)."""
+    from retranscope.analyze.table import present
+
+    return ~present(classified["probe"]) & ~np.asarray(classified["out_of_order"], dtype=bool) \
+        & ~np.asarray(classified["duplicate"], dtype=bool)
+
+
+def _not_retransmitted(flows: Table, classified: Table) -> tuple[dict, dict]:
+    """What the capture flagged that is not a retransmission, in summary.json (totals) and
+    flows.parquet (per flow): keep-alives and zero-window probes (RFC 9293 §3.8.4,
+    §3.8.6.1: the kernel's tcp_xmit_probe_skb, never tcp_retransmit_skb) and originals
+    that arrived out of order (what tshark calls out-of-order), and packets the capture
+    holds twice (the same IPv4 packet, duplicated on its way to the capture)."""
+    n_flows = len(flows["flow_id"])
+    probe = np.asarray(classified["probe"], dtype=object)
+    fid = classified["flow_id"]
+    masks = {"keepalives": probe == "keepalive", "zero_window_probes": probe == "zero_window",
+             "out_of_order": np.asarray(classified["out_of_order"], dtype=bool),
+             "duplicate_frames": np.asarray(classified["duplicate"], dtype=bool)}
+    totals = {k: int(m.sum()) for k, m in masks.items()}
+    per_flow = {k: np.bincount(fid[m], minlength=n_flows).astype(np.int64)
+                for k, m in masks.items()}
+    return totals, per_flow
+
+
+def _gap_summary(gaps: dict, meta) -> dict:
+    """summary.json ``capture_gaps``: what the capture did not record (retrans.capture_gaps
+    per flow, summed) and what the capturing side said it dropped."""
+    drops = [getattr(meta, k, None) for k in ("if_drops", "epb_drops")]
+    known = [int(d) for d in drops if d is not None]
+    return {
+        "ranges": int(gaps["ranges"].sum()),
+        "bytes": int(gaps["bytes"].sum()),
+        "acknowledged": int(gaps["acked"].sum()),
+        "flows": int((gaps["ranges"] > 0).sum()),
+        "capture_drops": sum(known) if known else None,
+    }
+
+
+def _capture_rows(capture, summary: dict) -> tuple[np.ndarray, Table, Table, dict]:
+    """The capture's retransmissions as output rows, and what summary.json says about the
+    capture beside them: its reader's metadata and warnings, keep-alives, zero-window
+    probes and out-of-order originals (not retransmissions), ACKs lost after the capture
+    point, gaps, rows classified by timing alone, and the senders' stacks. Returns
+    (flow_id, flows, rows, per-flow columns for flows.parquet)."""
+    summary["capture"] = capture.meta.to_dict()
+    summary["warnings"] += list(capture.meta.warnings)
+    notes: dict = {}
+    flow_id, flows, classified = classify_capture(
+        capture.packets, notes, getattr(capture.meta, "icmp_too_big", None))
+    others, flows_extra = _not_retransmitted(flows, classified)
+    summary.update(others)
+    classified = take(classified, np.flatnonzero(is_retransmission(classified)))
+    summary["acks_lost_after_capture"] = int(notes.get("acks_lost_after_capture", 0))
+    summary["capture_gaps"] = _gap_summary(notes["gaps"], capture.meta)
+    flows_extra["unseen_ranges"] = notes["gaps"]["ranges"]
+    if summary["capture_gaps"]["ranges"] or summary["capture_gaps"]["capture_drops"]:
+        summary["warnings"].append(gap_warning(summary["capture_gaps"]))
+    timing = np.asarray(classified["evidence"], dtype=object) == "timing_only"
+    summary["timing_only"] = {
+        "retransmissions": int(timing.sum()),
+        "flows": int(len(set(classified["flow_id"][timing].tolist()))),
+    }
+    summary["senders"] = _sender_summary(flows, classified)
+    if summary["senders"]["not_linux"]["retransmissions"]:
+        summary["warnings"].append(not_linux_warning(summary["senders"]))
+    return flow_id, flows, _wire_table(flows, classified), flows_extra
+
+
+def _sender_summary(flows: Table, classified: Table) -> dict:
+    """summary.json ``senders``: the flows that carried data, by the stack that sent them
+    (flows.sender_stack), and those of stacks other than Linux with their
+    retransmissions: the replay follows Linux's rules, so their kinds are Linux's reading
+    of what another stack did."""
+    os_ = np.asarray(flows["sender_os"], dtype=object)
+    data = np.asarray(flows["n_data"]) > 0
+    by_os: dict[str, int] = {}
+    for name in os_[data].tolist():
+        by_os[name] = by_os.get(name, 0) + 1
+    other = np.isin(os_, ("windows", "macos", "bsd", "other"))
+    n_rtx = np.bincount(classified["flow_id"], minlength=len(os_))
+    return {
+        "flows_by_stack": dict(sorted(by_os.items())),
+        "not_linux": {
+            "flows": int((other & data).sum()),
+            "flows_with_retransmissions": int((other & (n_rtx > 0)).sum()),
+            "retransmissions": int(n_rtx[other].sum()),
+        },
+    }
+
+
+def not_linux_warning(senders: dict) -> str:
+    n = senders["not_linux"]
+    kinds = ", ".join(f"{k} {v}" for k, v in senders["flows_by_stack"].items()
+                      if k in ("windows", "macos", "bsd", "other"))
+    return (f"{n['retransmissions']} retransmissions in {n['flows_with_retransmissions']} "
+            f"flows sent by stacks other than Linux ({kinds} flows): their kinds follow "
+            "Linux's rules (a TLP, RTO or fast retransmit as Linux would have made it); "
+            "read them as indicative")
+
+
+def gap_warning(g: dict) -> str:
+    """One line about the capture's gaps (summary.json capture_gaps)."""
+    parts = []
+    if g["ranges"]:
+        parts.append(f"{g['ranges']} ranges of data ({g['bytes']} bytes) in {g['flows']} flows "
+                     f"never appear in the capture ({g['acknowledged']} of them acknowledged by "
+                     "the receiver)")
+    if g["capture_drops"]:
+        parts.append(f"the capturing side reports {g['capture_drops']} packets dropped")
+    return ("the capture has gaps: " + "; ".join(parts) + ". Retransmissions of data whose "
+            "first copy fell in a gap are not seen, and none is inferred from a gap")
 
 
 def _row_of_frame(packets: dict[str, np.ndarray], frames: np.ndarray) -> np.ndarray:
@@ -72,12 +194,14 @@ def _wire_table(flows: Table, c: Table) -> Table:
         "daddr": flows["daddr"][fid],
         "dport": flows["dport"][fid].astype(np.uint16),
         "flow_id": fid.astype(np.int64),
+        **{k: flows[k][fid] for k in ADDRESS_HALVES},
         "seq": c["seq"].astype(np.uint32),
         "end_seq": c["end_seq"].astype(np.uint32),
         "kind": c["kind_pcap"],
     }
     for name in CLASSIFY_COLUMNS:
         out[name] = c[name] if name in c else np.full(m, None, dtype=object)
+    out["sender_os"] = flows["sender_os"][fid]
     out["frame"] = c["frame"].astype(np.int64)
     out["frames"] = np.ones(m, dtype=np.int64)
     out["spurious_frames"] = filled(c["spurious"], False).astype(np.int64)
@@ -87,185 +211,285 @@ def _wire_table(flows: Table, c: Table) -> Table:
     return out
 
 
+#: The numeric flow key the rows carry beside the address text (join, per-tuple counts).
+ADDRESS_HALVES = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo")
+TUPLE_KEY = ("family", "saddr_hi", "saddr_lo", "sport", "daddr_hi", "daddr_lo", "dport")
+RECORDING_KEYS = ("host", "kernel_release", "boot_id", "run_id", "complete", "status",
+                  "events_lost_in_kernel", "events_in_kernel", "events_written", "accounting",
+                  "counters_delta", "filters", "started_wall_ns", "ended_wall_ns")
+
+
 def analyze(capture=None, events=None) -> Result:
-    """capture: analyze.pcap.Capture or None; events: analyze.events.Events or None."""
+    """capture: analyze.capture.Capture or None; events: analyze.events.Events or None."""
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
     summary: dict = {"output_schema_version": OUTPUT_SCHEMA_VERSION, "warnings": []}
-    wire = flows = packets = eligible = None
     if capture is not None:
-        packets = capture.packets
-        summary["capture"] = capture.meta.to_dict()
-        summary["warnings"] += list(capture.meta.warnings)
-        flow_id, flows, classified = classify_capture(packets)
-        if events is None:
-            rows = _wire_table(flows, classified)
-            rows = take(rows, np.argsort(rows["ts_wall_ns"], kind="stable"))
-            summary.update(_totals_table(rows))
-            return Result(rows, _flows_table(flows, rows), summary)
-        # With events the merge runs over DataFrames: the same rows, converted once.
-        from retranscope.analyze.join import eligible_rows
-
-        wire = to_pandas(_wire_table(flows, classified))
-        eligible = eligible_rows(len(flow_id), classified["pkt"], flow_id, flows["syn_seen"])
-        flows = to_pandas(flows)
-    summary["recording"] = {k: events.run.get(k) for k in (
-        "host", "kernel_release", "boot_id", "run_id", "complete", "status",
-        "events_lost_in_kernel", "events_in_kernel", "events_written", "accounting",
-        "counters_delta",
-        "filters", "started_wall_ns", "ended_wall_ns")}
+        flow_id, flows, wire, flows_extra = _capture_rows(capture, summary)
+    if events is None:
+        rows = take(wire, np.argsort(wire["ts_wall_ns"], kind="stable"))
+        summary.update(_totals_table(rows))
+        return Result(rows, {**_flows_out(flows, rows), **flows_extra}, summary)
+    summary["recording"] = {k: events.run.get(k) for k in RECORDING_KEYS}
     summary["recording"]["tcpdump"] = (events.run.get("pcap") or {}).get("tcpdump")
     summary["warnings"] += events.warnings
-    ev = events.table
-    ev_rows = _event_rows(ev)
-    if wire is not None:
-        rows = _merge(ev, ev_rows, wire, packets, capture, summary, eligible, flows)
+    ev_rows = _event_rows(events.table)
+    if capture is None:
+        ev_rows["match"] = np.full(n_rows(ev_rows), "no_capture", dtype=object)
+        rows, flows = ev_rows, None
     else:
-        rows = ev_rows
-        rows["match"] = "no_capture"
-    rows = rows.sort_values(["ts_wall_ns"], kind="stable").reset_index(drop=True)
-    flows_out = _flows_out(flows, rows)
-    summary.update(_totals_table({"kind": rows["kind"].to_numpy(object),
-                                  "spurious": rows["spurious"].fillna(False).to_numpy(bool)}))
-    return Result(rows, flows_out, summary)
+        from retranscope.analyze.join import eligible_rows
+
+        resent = _row_of_frame(capture.packets, wire["frame"])
+        eligible = eligible_rows(len(flow_id), resent, flow_id, flows["syn_seen"])
+        rows = _merge(events.table, ev_rows, wire, capture, summary, eligible, flows)
+    rows = take(rows, np.argsort(rows["ts_wall_ns"], kind="stable"))
+    summary.update(_totals_table(rows))
+    flows_table = _flows_out(flows, rows)
+    if capture is not None:
+        flows_table.update(flows_extra)
+    return Result(rows, flows_table, summary)
 
 
-def _event_rows(ev: pd.DataFrame) -> pd.DataFrame:
+def _event_rows(ev: Table) -> Table:
     """One row per kernel event, timing from the events alone (no wire evidence)."""
-    import pandas as pd
-
-    out = pd.DataFrame({
-        "ts_wall_ns": ev["ts_wall_ns"].to_numpy(np.int64),
-        "source": "event",
-        "family": ev["family"].to_numpy(np.uint8),
-        "saddr": ev["saddr"].to_numpy(), "sport": ev["sport"].to_numpy(np.uint16),
-        "daddr": ev["daddr"].to_numpy(), "dport": ev["dport"].to_numpy(np.uint16),
-        "flow_id": -1,
-        "seq": ev["seq"].to_numpy(), "end_seq": ev["end_seq"].to_numpy(),
-        "kind": ev["reason"].replace({"other": "unknown"}).to_numpy(object),
-    })
+    n = n_rows(ev)
+    none = np.full(n, None, dtype=object)
+    out: Table = {
+        "ts_wall_ns": np.asarray(ev["ts_wall_ns"], dtype=np.int64),
+        "source": np.full(n, "event", dtype=object),
+        "family": np.asarray(ev["family"], dtype=np.uint8),
+        "saddr": ev["saddr"], "sport": np.asarray(ev["sport"], dtype=np.uint16),
+        "daddr": ev["daddr"], "dport": np.asarray(ev["dport"], dtype=np.uint16),
+        "flow_id": np.full(n, -1, dtype=np.int64),
+        **{k: ev[k] for k in ADDRESS_HALVES},
+        "seq": ev["seq"], "end_seq": ev["end_seq"],
+        "kind": np.array([REASON_AS_KIND.get(r, r) for r in ev["reason"].tolist()],
+                         dtype=object),
+    }
     for col in CLASSIFY_COLUMNS:
-        out[col] = None
-    # Event-only timing: previous event of the same socket, and the kernel's own state.
-    key = ev["skaddr"].astype(str) + ev["sport"].astype(str)
-    prev = ev.groupby(key)["ts_wall_ns"].shift(1)
-    out["since_last_send_ns"] = None
-    out["since_prev_retransmit_ns"] = (ev["ts_wall_ns"] - prev).to_numpy()
-    out["srtt_us"] = ev["srtt_us"].to_numpy()
-    out["backoff"] = ev["backoff"].to_numpy()
-    out["kernel_ca_state"] = ev["ca_state"].to_numpy()
-    out["kernel_srtt_us"] = ev["srtt_us"].to_numpy()
-    out["kernel_backoff"] = ev["backoff"].to_numpy()
-    out["frame"] = -1
-    out["frames"] = 0
-    out["spurious_frames"] = 0
-    out["tx_index"] = None
-    out["kind_agrees"] = None
+        out[col] = none.copy()
+    out["since_prev_retransmit_ns"] = _since_previous_of_socket(ev)
+    out["srtt_us"] = ev["srtt_us"]
+    out["backoff"] = ev["backoff"]
+    out["kernel_ca_state"] = ev["ca_state"]
+    out["kernel_srtt_us"] = ev["srtt_us"]
+    out["kernel_backoff"] = ev["backoff"]
+    out["frame"] = np.full(n, -1, dtype=np.int64)
+    out["frames"] = np.zeros(n, dtype=np.int64)
+    out["spurious_frames"] = np.zeros(n, dtype=np.int64)
+    out["tx_index"] = none.copy()
+    out["kind_agrees"] = none.copy()
     return out
 
 
-def _merge(ev, ev_rows, wire, packets, capture, summary, eligible, flows) -> pd.DataFrame:
-    import pandas as pd
+def _since_previous_of_socket(ev: Table) -> Nullable:
+    """Per event, the time since the same socket's (address and port) previous event."""
+    n = n_rows(ev)
+    ts = np.asarray(ev["ts_wall_ns"], dtype=np.int64)
+    sk = np.asarray(ev["skaddr"], dtype=np.uint64)
+    port = np.asarray(ev["sport"], dtype=np.uint64)
+    order = np.lexsort((np.arange(n), port, sk))
+    same = np.zeros(n, dtype=bool)
+    same[1:] = (sk[order][1:] == sk[order][:-1]) & (port[order][1:] == port[order][:-1])
+    gap = np.zeros(n, dtype=np.int64)
+    gap[1:] = ts[order][1:] - ts[order][:-1]
+    out_gap = np.zeros(n, dtype=np.int64)
+    out_valid = np.zeros(n, dtype=bool)
+    out_gap[order] = gap
+    out_valid[order] = same
+    return Nullable(np.where(out_valid, out_gap, 0), out_valid)
 
+
+def _cells(col, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values as objects, valid) of any column kind: numpy, Nullable or objects."""
+    if isinstance(col, Nullable):
+        return col.values.astype(object), np.asarray(col.valid, dtype=bool)
+    vals = np.asarray(col)
+    if vals.dtype == object:
+        return vals, np.array([v is not None and v == v for v in vals.tolist()], dtype=bool)
+    return vals.astype(object), np.ones(n, dtype=bool)
+
+
+def _pick(mask: np.ndarray, a, b, n: int) -> np.ndarray:
+    """a where mask, else b, cell by cell (nulls as None)."""
+    av, aok = _cells(a, n)
+    bv, bok = _cells(b, n)
+    vals = np.where(mask, av, bv)
+    ok = np.where(mask, aok, bok)
+    vals[~ok] = None
+    return vals
+
+
+def _first_per_event(ev_of: np.ndarray, n_ev: int, order_key: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """Per event, the first row (by ``order_key``, then position) with ev_of == event,
+    else -1."""
+    on = np.flatnonzero(ev_of >= 0)
+    if order_key is not None:
+        on = on[np.lexsort((order_key[on], ev_of[on]))]
+    else:
+        on = on[np.argsort(ev_of[on], kind="stable")]
+    out = np.full(n_ev, -1, dtype=np.int64)
+    first = np.r_[True, ev_of[on][1:] != ev_of[on][:-1]] if len(on) else np.zeros(0, bool)
+    out[ev_of[on][first]] = on[first]
+    return out
+
+
+def _merge(ev: Table, ev_rows: Table, wire: Table, capture, summary: dict,
+           eligible: np.ndarray, flows: Table) -> Table:
+    """Event rows with the capture's evidence for their frames, plus a row per resent
+    frame that no event explains."""
     from retranscope.accounting import gap_intervals
     from retranscope.analyze.join import join_events, why_unmatched
 
+    packets = capture.packets
+    n_ev = n_rows(ev)
     event_of_row, frames = join_events(ev, packets, eligible=eligible)
-    wire_row = _row_of_frame(packets, wire["frame"].to_numpy())
-    wire_ev = event_of_row[wire_row]
+    wire_ev = event_of_row[_row_of_frame(packets, wire["frame"])]
+    out = dict(ev_rows)
     # Per event: the capture's evidence from its first retransmitted frame.
-    w = wire.assign(ev=wire_ev)
-    first = w[w["ev"] >= 0].sort_values(["ev", "ts_wall_ns"]).drop_duplicates("ev")
-    first = first.set_index("ev")
-    idx = np.arange(len(ev))
-    has = np.isin(idx, first.index.to_numpy())
-    out = ev_rows.copy()
+    first = _first_per_event(wire_ev, n_ev, wire["ts_wall_ns"])
+    has = first >= 0
+    src = np.clip(first, 0, None)
     for col in CLASSIFY_COLUMNS + ("flow_id", "tx_index", "frame"):
-        vals = first.reindex(idx)[col].to_numpy()
-        out[col] = np.where(has, vals, out[col].to_numpy() if col in out else None)
-    # One event can resend several segments, only some of which the receiver lacked (a
-    # GSO skb, a slow-start burst): spurious as a whole only when every resent frame was
-    # shown needless; spurious_frames says how many were.
-    on = wire_ev >= 0
-    n_wire = np.bincount(wire_ev[on], minlength=len(ev))
-    sp_wire = wire["spurious"].fillna(False).astype(bool).to_numpy() & on
-    n_sp = np.bincount(wire_ev[sp_wire], minlength=len(ev))
-    out["spurious_frames"] = n_sp.astype(np.int64)
-    all_sp = (n_wire > 0) & (n_sp == n_wire)
-    out["spurious"] = np.where(n_wire > 0, all_sp, out["spurious"].to_numpy())
-    out["spurious_by"] = np.where(all_sp, out["spurious_by"].to_numpy(), None)
-    if all_sp.any():
-        by = w[sp_wire].drop_duplicates("ev").set_index("ev")["spurious_by"]
-        out.loc[all_sp, "spurious_by"] = by.reindex(np.flatnonzero(all_sp)).to_numpy()
-    # A matched event whose frames the capture did not see as retransmissions (say, its
-    # original was before the capture started) still has frames; count them.
+        taken = _take_cells(wire[col], src, n_ev)
+        out[col] = _pick(has, taken, out[col], n_ev)
+    _spurious_per_event(out, wire, wire_ev, n_ev)
     out["frames"] = frames
-    matched_frame_rows = np.flatnonzero(event_of_row >= 0)
-    first_any = pd.Series(matched_frame_rows).groupby(event_of_row[matched_frame_rows]).min()
-    fr = packets["frame"][first_any.to_numpy()] if len(first_any) else np.array([], np.int64)
-    frame_col = out["frame"].to_numpy().astype(object)
-    for e, f in zip(first_any.index.to_numpy(), fr):
-        if frame_col[e] is None or pd.isna(frame_col[e]) or frame_col[e] == -1:
-            frame_col[e] = int(f)
-    out["frame"] = pd.array(np.where(pd.isna(frame_col), -1, frame_col).astype(np.int64))
-    out["source"] = np.where(frames > 0, "event+capture", "event")
-    # flows_in_capture: does this event's flow appear in the capture at all?
-    flows_seen = set(zip(wire["saddr"], wire["sport"], wire["daddr"], wire["dport"]))
-    in_cap = np.array([(a, p, b, q) in flows_seen or bool(f) for a, p, b, q, f in
-                       zip(ev["saddr"], ev["sport"], ev["daddr"], ev["dport"], frames)],
-                      dtype=bool)
+    out["frame"] = _first_frame(out["frame"], event_of_row, packets["frame"], n_ev)
+    out["source"] = np.where(frames > 0, "event+capture", "event").astype(object)
+    in_cap = _tuple_present(ev, wire) | (frames > 0)
     meta = capture.meta
     why = why_unmatched(ev, frames, meta.first_ts_ns, meta.last_ts_ns, in_cap, meta.if_drops)
-    out["match"] = np.where(frames > 0, "matched", why)
-    kp = out["kind_pcap"]
-    agrees = kp.map(FAMILY_OF_KIND) == out["kind"].map(FAMILY_OF_KIND)
-    out["kind_agrees"] = np.where(kp.notna(), agrees, None)
+    out["match"] = np.where(frames > 0, MATCHED, why).astype(object)
+    out["kind_agrees"] = _kind_agrees(out["kind_pcap"], out["kind"])
     # Retransmitted frames no event explains: kept, as their own rows.
-    orphan = wire[wire_ev < 0].copy()
+    orphan = take(wire, np.flatnonzero(wire_ev < 0))
     orphan["match"] = _why_no_event(orphan, summary.get("recording") or {}, gap_intervals(ev))
     # Sent by the peer, not by the host the capture (and so the recorder) ran on: its
     # retransmissions are the other host's, which this recording cannot have.
-    local = flows.set_index("flow_id")["local"] if "local" in flows else None
-    if local is not None and len(orphan):
-        peer = orphan["flow_id"].map(local).astype("boolean").eq(False).fillna(False).to_numpy()
-        orphan.loc[peer & (orphan["match"] == "no_event").to_numpy(), "match"] = "peer_sent"
+    local = flows["local"]
+    peer = ~filled(local, True).astype(bool)[orphan["flow_id"]] if n_rows(orphan) else \
+        np.zeros(0, dtype=bool)
+    orphan["match"][peer & (orphan["match"] == "no_event")] = "peer_sent"
+    matched = frames > 0
     summary["match"] = {
-        "events": int(len(ev)),
-        "events_matched": int((frames > 0).sum()),
-        "unmatched_events": pd.Series(why[frames == 0]).value_counts().to_dict(),
+        "events": int(n_ev),
+        "events_matched": int(matched.sum()),
+        "unmatched_events": _value_counts(why[~matched]),
         "frames_matched": int((event_of_row >= 0).sum()),
-        "frames_without_event": int(len(orphan)),
-        "frames_without_event_by": orphan["match"].value_counts().to_dict(),
-        "disagreements": int((out["kind_agrees"] == False).sum()),  # noqa: E712
+        "frames_without_event": int(n_rows(orphan)),
+        "frames_without_event_by": _value_counts(orphan["match"]),
+        "disagreements": int(sum(1 for a in out["kind_agrees"].tolist() if a is False)),
     }
-    if len(ev) and not (frames > 0).any():
+    if n_ev and not matched.any():
         summary["warnings"].append(
             "no kernel event matched any frame: the capture and the events are from different "
             "hosts, namespaces or times")
-    return pd.concat([out, orphan], ignore_index=True)
+    return _concat(out, orphan)
 
 
-def _why_no_event(frames: pd.DataFrame, rec: dict, gaps: pd.DataFrame) -> np.ndarray:
+def _take_cells(col, idx: np.ndarray, n: int):
+    """col[idx] for any column kind (n rows wanted)."""
+    if isinstance(col, Nullable):
+        return col[idx] if len(col) else Nullable(np.zeros(n, np.int64), np.zeros(n, bool))
+    vals = np.asarray(col)
+    if not len(vals):
+        return np.full(n, None, dtype=object)
+    return vals[idx]
+
+
+def _spurious_per_event(out: Table, wire: Table, wire_ev: np.ndarray, n_ev: int) -> None:
+    """One event can resend several segments, only some of which the receiver lacked (a
+    GSO skb, a slow-start burst): spurious as a whole only when every resent frame was
+    shown needless; spurious_frames says how many were."""
+    on = wire_ev >= 0
+    n_wire = np.bincount(wire_ev[on], minlength=n_ev)
+    sp_wire = filled(wire["spurious"], False).astype(bool) & on
+    n_sp = np.bincount(wire_ev[sp_wire], minlength=n_ev)
+    out["spurious_frames"] = n_sp.astype(np.int64)
+    all_sp = (n_wire > 0) & (n_sp == n_wire)
+    out["spurious"] = Nullable(all_sp, n_wire > 0)
+    by = np.full(n_ev, None, dtype=object)
+    first_sp = _first_per_event(np.where(sp_wire, wire_ev, -1), n_ev)
+    got = all_sp & (first_sp >= 0)
+    by[got] = np.asarray(wire["spurious_by"], dtype=object)[first_sp[got]]
+    out["spurious_by"] = by
+
+
+def _first_frame(frame_col, event_of_row: np.ndarray, frame_no: np.ndarray,
+                 n_ev: int) -> np.ndarray:
+    """A matched event whose frames the capture did not see as retransmissions (say, its
+    original was before the capture started) still has frames: the first of them."""
+    vals, ok = _cells(frame_col, n_ev)
+    fr = np.where(ok, vals, -1).astype(np.int64)
+    first_row = _first_per_event(event_of_row, n_ev)
+    fill = (first_row >= 0) & (fr == -1)
+    fr[fill] = frame_no[first_row[fill]]
+    return fr
+
+
+def _tuple_present(ev: Table, wire: Table) -> np.ndarray:
+    """Per event: does its 4-tuple appear among the capture's retransmitted frames?"""
+    key_e, key_w = common_keys([np.asarray(ev[k]) for k in TUPLE_KEY],
+                               [np.asarray(wire[k]) for k in TUPLE_KEY])
+    return np.isin(key_e, key_w)
+
+
+def _kind_agrees(kind_pcap: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """kind_pcap in the same family as the kernel's reason; None without kind_pcap."""
+    return np.array([None if p is None else FAMILY_OF_KIND.get(p) == FAMILY_OF_KIND.get(k)
+                     for p, k in zip(kind_pcap.tolist(), kind.tolist())], dtype=object)
+
+
+def _true(col, n: int) -> np.ndarray:
+    """A boolean column with nulls read as False."""
+    vals, ok = _cells(col, n)
+    return ok & np.array([bool(v) if v is not None else False for v in vals.tolist()],
+                         dtype=bool)
+
+
+def _concat(a: Table, b: Table) -> Table:
+    """Rows of a, then rows of b; a column only one of them has is null in the other."""
+    na, nb = n_rows(a), n_rows(b)
+    out: Table = {}
+    for name in list(a) + [k for k in b if k not in a]:
+        av, aok = _cells(a[name], na) if name in a else (np.full(na, None, object),
+                                                          np.zeros(na, bool))
+        bv, bok = _cells(b[name], nb) if name in b else (np.full(nb, None, object),
+                                                          np.zeros(nb, bool))
+        vals = np.concatenate([av, bv])
+        vals[~np.concatenate([aok, bok])] = None
+        out[name] = vals
+    return out
+
+
+def _why_no_event(frames: Table, rec: dict, gaps: Table) -> np.ndarray:
     """Why a retransmitted frame has no kernel event: outside the recording, outside the
     recorder's filters, resent while the kernel ran no probe (unreported: the socket's own
-    retransmission count grew past its events just there, retranscope/accounting.py), or unexplained
-    (no_event: another namespace's socket, say)."""
-    out = np.full(len(frames), "no_event", dtype=object)
-    ts = frames["ts_wall_ns"].to_numpy(np.int64)
-    if len(gaps) and len(frames):
-        key = ["saddr", "sport", "daddr", "dport"]
-        f = frames[key].assign(i=np.arange(len(frames)), ts=ts)
-        g = gaps.astype({"sport": f["sport"].dtype, "dport": f["dport"].dtype})
-        m = f.merge(g, on=key)
-        inside = m[(m["ts"] > m["from_ns"]) & (m["ts"] <= m["to_ns"] + 1_000_000)]
-        out[inside["i"].to_numpy()] = "unreported"
+    retransmission count grew past its events just there, retranscope/accounting.py), or
+    unexplained (no_event: another namespace's socket, say)."""
+    n = n_rows(frames)
+    out = np.full(n, "no_event", dtype=object)
+    if not n:
+        return out
+    ts = np.asarray(frames["ts_wall_ns"], dtype=np.int64)
+    if n_rows(gaps):
+        key = ADDRESS_HALVES + ("sport", "dport")
+        kf, kg = common_keys([np.asarray(frames[k]) for k in key],
+                             [np.asarray(gaps[k]) for k in key])
+        for g in range(len(kg)):
+            inside = (kf == kg[g]) & (ts > gaps["from_ns"][g]) & \
+                (ts <= gaps["to_ns"][g] + 1_000_000)
+            out[inside] = "unreported"
     filters = rec.get("filters") or {}
     port, family = filters.get("port"), filters.get("family")
     if port is not None:
-        outside = (frames["sport"].to_numpy() != port) & (frames["dport"].to_numpy() != port)
+        outside = (np.asarray(frames["sport"]) != port) & (np.asarray(frames["dport"]) != port)
         out[outside] = "filtered_out"
     if family is not None:
-        out[frames["family"].to_numpy() != family] = "filtered_out"
+        out[np.asarray(frames["family"]) != family] = "filtered_out"
     if rec.get("started_wall_ns"):
         out[ts < rec["started_wall_ns"]] = "before_recording"
     if rec.get("ended_wall_ns"):
@@ -273,31 +497,61 @@ def _why_no_event(frames: pd.DataFrame, rec: dict, gaps: pd.DataFrame) -> np.nda
     return out
 
 
-def _flows_out(flows: pd.DataFrame | None, rows: pd.DataFrame) -> pd.DataFrame:
+FLOW_OUT_COLUMNS = ("flow_id", "rev_flow_id", "conn_id", "family", "saddr", "sport", "daddr",
+                    "dport", "first_ts_ns", "last_ts_ns", "n_packets", "n_data", "mss",
+                    "sack_ok", "ts_ok", "sender_os", "initial_ttl")
+
+
+def _flows_out(flows: Table | None, rows: Table) -> Table:
+    """Per flow, its retransmissions (by flow id) and, per kind, those of its address/port
+    4-tuple (all connections of the pair, and the events matched to no frame). Without a
+    capture, one row per 4-tuple the events name."""
+    n = n_rows(rows)
     if flows is None:
-        g = rows.groupby(["family", "saddr", "sport", "daddr", "dport"])
-        base = g.size().rename("retransmissions").reset_index()
-        base.insert(0, "flow_id", -1)
+        base = _tuples_of_events(rows)
+        src = base
     else:
-        keep = [c for c in ("flow_id", "rev_flow_id", "conn_id", "family", "saddr", "sport",
-                            "daddr", "dport", "first_ts_ns", "last_ts_ns", "n_packets", "n_data",
-                            "mss", "sack_ok", "ts_ok") if c in flows]
-        base = flows[keep].copy()
-        counts = rows[rows["flow_id"] >= 0].groupby("flow_id").size()
-        base["retransmissions"] = base["flow_id"].map(counts).fillna(0).astype(np.int64)
-    key = ["saddr", "sport", "daddr", "dport"]
-    for k in ("tlp", "fast", "rto", "rto_recovery", "syn", "synack", "unknown"):
-        c = rows[rows["kind"] == k].groupby(key).size().rename(k)
-        base = base.merge(c, left_on=key, right_index=True, how="left")
-        base[k] = base[k].fillna(0).astype(np.int64)
-    sp = rows[rows["spurious"].fillna(False).astype(bool)].groupby(key).size().rename("spurious")
-    base = base.merge(sp, left_on=key, right_index=True, how="left")
-    base["spurious"] = base["spurious"].fillna(0).astype(np.int64)
-    base["spurious_share"] = np.where(base["retransmissions"] > 0,
-                                      base["spurious"] / base["retransmissions"].clip(lower=1), 0.0)
-    srtt = rows.groupby(key)["srtt_us"].median().rename("srtt_us_median")
-    base = base.merge(srtt, left_on=key, right_index=True, how="left")
-    return base.reset_index(drop=True)
+        base = {k: flows[k] for k in FLOW_OUT_COLUMNS if k in flows}
+        fid = np.asarray(rows["flow_id"], dtype=np.int64)
+        own = fid >= 0
+        base["retransmissions"] = np.bincount(
+            fid[own], minlength=len(flows["flow_id"])).astype(np.int64)
+        src = flows
+    key_f, key_r = common_keys([np.asarray(src[k]) for k in TUPLE_KEY],
+                               [np.asarray(rows[k]) for k in TUPLE_KEY])
+    n_keys = int(max(key_f.max(initial=-1), key_r.max(initial=-1))) + 1
+    kind = np.asarray(rows["kind"], dtype=object)
+    for k in KINDS:
+        base[k] = np.bincount(key_r[kind == k], minlength=n_keys)[key_f].astype(np.int64)
+    spurious = _true(rows["spurious"], n)
+    sp = np.bincount(key_r[spurious], minlength=n_keys)[key_f].astype(np.int64)
+    retx = base["retransmissions"]
+    base["spurious"] = sp
+    base["spurious_share"] = np.where(retx > 0, sp / np.clip(retx, 1, None), 0.0)
+    base["srtt_us_median"] = _median_by(key_r, rows["srtt_us"], n_keys)[key_f]
+    return base
+
+
+def _tuples_of_events(rows: Table) -> Table:
+    """Distinct (family, saddr, sport, daddr, dport) of the rows, ordered by family, address
+    text and port, with how many rows each has."""
+    n = n_rows(rows)
+    text = [np.asarray(rows[k]).astype(str) for k in ("saddr", "daddr")]
+    order = np.lexsort((np.asarray(rows["dport"]), text[1], np.asarray(rows["sport"]),
+                        text[0], np.asarray(rows["family"])))
+    cols = [np.asarray(rows[k])[order] for k in TUPLE_KEY]
+    new = np.zeros(n, dtype=bool)
+    if n:
+        new[0] = True
+    for c in cols:
+        new[1:] |= c[1:] != c[:-1]
+    starts = np.flatnonzero(new)
+    pick = order[starts]
+    base: Table = {"flow_id": np.full(len(starts), -1, dtype=np.int64)}
+    for k in ("family", "saddr", "sport", "daddr", "dport") + ADDRESS_HALVES:
+        base[k] = np.asarray(rows[k])[pick]
+    base["retransmissions"] = np.diff(np.r_[starts, n]).astype(np.int64)
+    return base
 
 
 def _value_counts(values: np.ndarray) -> dict:
@@ -311,69 +565,25 @@ def _value_counts(values: np.ndarray) -> dict:
 
 def _totals_table(rows: Table) -> dict:
     """Totals by kind and spurious (summary.json)."""
-    spurious = filled(rows["spurious"], False).astype(bool)
+    n = n_rows(rows)
+    spurious = _true(rows["spurious"], n)
+    kind = np.asarray(rows["kind"], dtype=object)
     return {
-        "retransmissions": int(len(rows["kind"])),
-        "by_kind": {str(k): int(v) for k, v in _value_counts(rows["kind"]).items()},
+        "retransmissions": int(n),
+        "by_kind": {str(k): int(v) for k, v in _value_counts(kind).items()},
         "spurious": int(spurious.sum()),
-        "spurious_by_kind": {str(k): int(v) for k, v in
-                             _value_counts(rows["kind"][spurious]).items()},
+        "spurious_by_kind": {str(k): int(v) for k, v in _value_counts(kind[spurious]).items()},
     }
-
-
-FLOW_OUT_COLUMNS = ("flow_id", "rev_flow_id", "conn_id", "family", "saddr", "sport", "daddr",
-                    "dport", "first_ts_ns", "last_ts_ns", "n_packets", "n_data", "mss",
-                    "sack_ok", "ts_ok")
-
-
-def _flows_table(flows: Table, rows: Table) -> Table:
-    """_flows_out over tables: per flow, its retransmissions (by flow id) and, per kind,
-    those of its 4-tuple (all connections of the address/port pair, as _flows_out counts)."""
-    n_flows = len(flows["flow_id"])
-    base = {k: flows[k] for k in FLOW_OUT_COLUMNS if k in flows}
-    fid = rows["flow_id"]
-    own = fid >= 0
-    retx = np.bincount(fid[own], minlength=n_flows).astype(np.int64)
-    base["retransmissions"] = retx
-    # 4-tuple of each flow, as its text columns show it (the rows carry the same text).
-    tuple_of_flow = _text_tuple_ids(flows)
-    n_tuples = int(tuple_of_flow.max()) + 1 if n_flows else 0
-    t_row = tuple_of_flow[fid[own]]
-    kind = rows["kind"][own]
-    for k in KINDS:
-        per_tuple = np.bincount(t_row[kind == k], minlength=n_tuples)
-        base[k] = per_tuple[tuple_of_flow].astype(np.int64)
-    spurious = filled(rows["spurious"], False).astype(bool)[own]
-    sp = np.bincount(t_row[spurious], minlength=n_tuples)[tuple_of_flow].astype(np.int64)
-    base["spurious"] = sp
-    base["spurious_share"] = np.where(retx > 0, sp / np.clip(retx, 1, None), 0.0)
-    base["srtt_us_median"] = _median_by(t_row, rows["srtt_us"][own], n_tuples)[tuple_of_flow]
-    return base
-
-
-def _text_tuple_ids(flows: Table) -> np.ndarray:
-    """Dense ids of the flows' (saddr, sport, daddr, dport) as written (the address text
-    is a function of family and address)."""
-    if len(flows["flow_id"]) == 0:
-        return np.zeros(0, dtype=np.int64)
-    keys = [np.asarray(flows[k]) for k in (
-        "family", "saddr_hi", "saddr_lo", "sport", "daddr_hi", "daddr_lo", "dport")]
-    o = np.lexsort(keys[::-1])
-    new = np.zeros(len(o), dtype=bool)
-    new[0] = True
-    for k in keys:
-        new[1:] |= k[o][1:] != k[o][:-1]
-    ids = np.empty(len(o), dtype=np.int64)
-    ids[o] = np.cumsum(new) - 1
-    return ids
 
 
 def _median_by(group: np.ndarray, values, n_groups: int) -> np.ndarray:
     """Median of the non-null ``values`` per group (float64; NaN for a group without any)."""
     out = np.full(n_groups, np.nan)
-    valid = values.valid if isinstance(values, Nullable) else np.ones(len(values), bool)
+    raw, valid = _cells(values, len(group))
     g = group[valid]
-    v = filled(values, 0)[valid].astype(np.float64)
+    v = raw[valid].astype(np.float64)
+    ok = ~np.isnan(v)
+    g, v = g[ok], v[ok]
     if not len(v):
         return out
     o = np.lexsort((v, g))

@@ -19,24 +19,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from retranscope.analyze.flows import (
+from retranscope.analyze.flows import AT_SENDER_TRIP_NS, sequence_space
+from retranscope.analyze.table import (
     NO_VALUE,
+    GroupedSearch,
+    Table,
     by_group,
     capture_order,
-    col,
-    flows_as_table,
+    gather,
     group_numbers,
     group_sort,
+    nullable,
+    pair_search,
+    seg_cummax,
     seg_cummax_before,
-    sequence_space,
+    take,
 )
-from retranscope.analyze.table import Table, nullable, take, to_pandas
 from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
 
 RETRANS_COLUMNS = (
     "pkt", "frame", "ts_ns", "flow_id", "seq", "end_seq", "seq_abs", "end_abs",
     "payload_len", "flags", "snd_nxt_abs", "orig_frame", "orig_ts_ns", "tx_index",
-    "since_original_ns", "probe",
+    "since_original_ns", "probe", "out_of_order", "duplicate",
 )
 
 _NONE = NO_VALUE  # "nothing sent yet": the floor of seg_cummax
@@ -44,7 +48,7 @@ _NONE = NO_VALUE  # "nothing sent yet": the floor of seg_cummax
 
 def conn_order(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows) -> np.ndarray:
     """Permutation putting packets in (connection, capture order)."""
-    conn = col(flows, "conn_id")[flow_id]
+    conn = flows["conn_id"][flow_id]
     cap = capture_order(packets["frame"])
     if cap is None:
         return group_sort(conn)
@@ -57,9 +61,10 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     """Per packet, what its sender knew just before sending it (all vectorised).
 
     ``sent_hi``: highest sequence known sent in the packet's flow (own segments, plus the
-    reverse flow's ACK/SACK). ``snd_nxt``: the highest own segment end only. ``last_rev``:
-    index of the last packet of the reverse direction before it (-1 if none), for the
-    packets that can be probes (at most one byte of payload); -1 for the others.
+    reverse flow's ACK/SACK). ``snd_nxt``: the highest own segment end only.
+    ``last_rev``: index of the last packet of the reverse direction before it (-1 if
+    none), for the packets that can be probes (at most one byte of payload) and those that
+    start below data known sent; -1 for the others.
     ``order``: conn_order(packets, flow_id, flows), when the caller has it.
     """
     n = len(flow_id)
@@ -68,8 +73,8 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     # Everything below is in connection order; arrays are filled in place where they can
     # be (each new 1.3M-row array costs its page faults).
     f_o = flow_id[order]
-    gno = group_numbers(col(flows, "conn_id")[f_o])
-    d1 = col(flows, "dir")[f_o] != 0          # the packet is of direction 1
+    gno = group_numbers(flows["conn_id"][f_o])
+    d1 = flows["dir"][f_o] != 0          # the packet is of direction 1
     del f_o
     pos_of = np.empty(n, dtype=np.int64)      # position of each packet in that order
     pos_of[order] = np.arange(n)
@@ -99,7 +104,10 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     # Last packet of the other direction, in the same connection: binary searches among
     # the positions (in connection order) of each direction's packets.
     last_rev = np.full(n, -1, dtype=np.int64)
-    rows = np.flatnonzero(packets["payload_len"] <= 1)
+    # (the rows that can be probes, and those that start below data known sent: the
+    # cumulative ACK they follow says whether the receiver already had them)
+    rows = np.flatnonzero((packets["payload_len"] <= 1)
+                          | ((space["seg_len"] > 0) & (space["seq_abs"] < sent_hi)))
     if len(rows):
         p = pos_of[rows]
         mine = d1[p]
@@ -107,7 +115,7 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
         for side, other in ((True, np.flatnonzero(~d1)), (False, np.flatnonzero(d1))):
             q = mine == side
             k = np.searchsorted(other, p[q]) - 1
-            lr[q] = np.where(k >= 0, other[np.clip(k, 0, None)], -1)
+            lr[q] = gather(other, k, k >= 0, -1)  # a one-way capture: no other direction
         first_of_conn = np.flatnonzero(np.r_[True, gno[1:] != gno[:-1]])
         same = (lr >= 0) & (lr >= first_of_conn[gno[p]])
         last_rev[rows] = np.where(same, order[np.clip(lr, 0, None)], -1)
@@ -126,8 +134,10 @@ def _sack_tops(packets: dict[str, np.ndarray], space: dict[str, np.ndarray]) -> 
 def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
                          space: dict[str, np.ndarray] | None = None,
                          context: dict[str, np.ndarray] | None = None) -> Table:
-    """One row per retransmitted wire segment (and per keep-alive / window probe), in
-    frame order (RETRANS_COLUMNS; the optional columns are Nullable)."""
+    """One row per retransmitted wire segment, per keep-alive / window probe, per
+    out-of-order original and per packet the capture holds twice (``duplicate``), in frame
+    order (RETRANS_COLUMNS; the optional columns are Nullable). Only the rows with none of
+    ``probe``, ``out_of_order``, ``duplicate`` are retransmissions."""
     if space is None:
         space = sequence_space(packets, flow_id, flows)
     if context is None:
@@ -139,10 +149,17 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     ctl = (flags & (TCP_SYN | TCP_FIN | TCP_RST)) != 0
     payload = packets["payload_len"].astype(np.int64)
 
-    is_rtx = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi)
-    is_rtx |= _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
-                                is_rst)
-    is_rtx |= _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst)
+    # A segment that starts below data known sent but runs past all of it carries new
+    # data: no retransmission does (tcp_retransmit_skb resends within the skbs already
+    # sent, tcp_retrans_try_collapse merges only those), so it is the sender's next new
+    # data, re-cut (a stack repacketizing, or a capture merging overlaps).
+    below = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs <= sent_hi)
+    # The segments sent in order (each begins at or above everything before it: by flow,
+    # capture order is then sequence order).
+    in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
+    in_order = by_group(in_order, flow_id[in_order])
+    is_rtx, reordered, duplicate = resent_or_reordered(packets, flow_id, flows, space,
+                                                       context, below, in_order)
 
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
     # byte, sent when everything is acknowledged. Zero-window probe (§3.8.6.1): 0/1 byte
@@ -156,24 +173,26 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     keepalive = ka_form & ~rev_win0
     zwp = rev_win0 & (ka_form | ((payload == 1) & is_rtx & (seq_abs == rev_ack)))
     probe_mask = keepalive | zwp
-    rows = np.flatnonzero(is_rtx | probe_mask)
+    reordered &= ~probe_mask
+    rows = np.flatnonzero(is_rtx | probe_mask | reordered | duplicate)
 
     fid = flow_id[rows]
-    # Originals: first transmissions, in increasing sequence order within a flow.
-    orig = np.flatnonzero((seg_len > 0) & ~is_rst & ~is_rtx)
-    # In capture order a flow's first transmissions have increasing sequence numbers
-    # (each starts at or above everything sent before it), so grouping by flow sorts them.
-    orig = by_group(orig, flow_id[orig])
+    # Originals: first transmissions (out-of-order ones included), by flow then sequence.
+    orig = in_order
+    if reordered.any():
+        orig = np.r_[in_order, np.flatnonzero(reordered)]
+        orig = orig[np.lexsort((seq_abs[orig], flow_id[orig]))]
     orig_frame = np.full(len(rows), -1, dtype=np.int64)
     orig_ts = np.full(len(rows), _NONE, dtype=np.int64)
     if len(orig) and len(rows):
         o_flow = flow_id[orig]
-        pos = _search_pairs(o_flow, seq_abs[orig], fid, seq_abs[rows], side="right") - 1
+        pos = GroupedSearch(o_flow, seq_abs[orig])(fid, seq_abs[rows], "right") - 1
         ok = pos >= 0
         pc = np.clip(pos, 0, None)
         cand = orig[pc]
         ok &= (o_flow[pc] == fid) & (seq_abs[cand] <= seq_abs[rows]) & \
               (end_abs[cand] > seq_abs[rows]) & (packets["frame"][cand] < packets["frame"][rows])
+        ok &= ~reordered[rows]
         orig_frame[ok] = packets["frame"][cand[ok]]
         orig_ts[ok] = packets["ts_ns"][cand[ok]]
 
@@ -201,9 +220,11 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
         "snd_nxt_abs": nullable(snd_nxt, snd_nxt > _NONE),
         "orig_frame": orig_frame,
         "orig_ts_ns": nullable(orig_ts, has_orig),
-        "tx_index": tx_index.astype(np.int64),
+        "tx_index": np.where(reordered[rows], 1, tx_index).astype(np.int64),
         "since_original_ns": nullable(ts - orig_ts, has_orig),
         "probe": probe,
+        "out_of_order": reordered[rows],
+        "duplicate": duplicate[rows],
     }
     fr = table["frame"]
     if len(fr) > 1 and not bool(np.all(fr[1:] >= fr[:-1])):
@@ -211,121 +232,299 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     return table
 
 
-def find_retransmissions(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
-                         space: dict[str, np.ndarray] | None = None,
-                         context: dict[str, np.ndarray] | None = None):
-    """``retransmission_table`` as a pandas DataFrame (optional columns nullable Int64)."""
-    return to_pandas(retransmission_table(packets, flow_id, flows_as_table(flows), space,
-                                          context))
+#: A re-send answers feedback that took at least one round trip (below): at this share of
+#: the round trip estimated from the capture, a segment is taken for one. The estimates
+#: are minima of delays that can only exceed the path's (queues, delayed ACKs), so a
+#: margin keeps a late original's successor from being missed for a few microseconds.
+RTT_FLOOR_SHARE = 0.8
+
+#: Without any round trip in the capture (no handshake, no ACK of new data): Wireshark's
+#: own threshold between out-of-order and retransmitted (packet-tcp.c, 3 ms unless the
+#: handshake gave the RTT).
+UNKNOWN_RTT_FLOOR_NS = int(3_000_000 / RTT_FLOOR_SHARE)
 
 
-def _before_first_gap(packets, flow_id, flows, seq_abs, seg_len, sent_hi, is_rtx,
-                      is_rst) -> np.ndarray:
-    """Capture started mid-connection: segments sent before the first gap in new data.
+def resent_or_reordered(packets, flow_id, flows, space, context, below, in_order
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which segments below data already known sent (``below``; ``in_order``: the others
+    that carry data, by flow in capture order) were sent again, which
+    are first transmissions that arrived out of order, and which are a packet the capture
+    holds twice (_same_packet). Returns (resent, reordered, duplicate).
 
-    New data always leaves at snd_nxt, contiguously. When a flow's first transmission
-    after the capture began starts beyond everything seen so far, the bytes in between
-    were sent before the capture began, so the segments seen before it (below it) were
-    sent while snd_nxt was already past them: they were retransmissions (an RTO or probe
-    caught mid-chain, say). Only for flows whose SYN was not captured.
-    """
-    out = np.zeros(len(flow_id), dtype=bool)
-    late = ~col(flows, "syn_seen").astype(bool)
-    data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
-    if len(data) < 2:
-        return out
-    data = by_group(data, flow_id[data])
-    f = flow_id[data]
-    first_of_flow = np.r_[True, f[1:] != f[:-1]]
-    gap = ~is_rtx[data] & (seq_abs[data] > sent_hi[data]) & ~first_of_flow
-    gaps = data[gap]
-    if not len(gaps):
-        return out
-    gf = flow_id[gaps]
-    keep = np.r_[True, gf[1:] != gf[:-1]]           # the first gap of each flow
-    n_flows = len(col(flows, "flow_id"))
-    first_gap_seq = np.full(n_flows, _NONE, dtype=np.int64)
-    first_gap_frame = np.full(n_flows, -1, dtype=np.int64)
-    first_gap_seq[gf[keep]] = seq_abs[gaps[keep]]
-    first_gap_frame[gf[keep]] = packets["frame"][gaps[keep]]
-    fr = packets["frame"][data]
-    hit = (fr < first_gap_frame[f]) & (seq_abs[data] < first_gap_seq[f])
-    out[data[hit]] = True
-    return out
+    A segment is a retransmission only when the capture shows its bytes were sent before:
 
+    * an earlier segment of the capture carries its first byte, or the receiver had
+      already acknowledged it (the cumulative ACK covers it): its bytes passed before;
+    * otherwise it is the first copy the capture shows of bytes below data seen sent
+      before it (a hole filled). New data leaves in sequence order, so its first
+      transmission left before any data above it; the question is whether this is that
+      transmission, overtaken on the way to the capture point (reordering, RFC 4737), or
+      a re-send after the original was lost before the capture point. The sender's own
+      count or clock decides when it shows: an IPv4 identification above that of the data
+      above it seen first (where the flow's identifications count its segments), or a
+      TSval above it, says it left later, so it was resent; a lower one, that it left
+      first (RFC 7323 §5.3: TSval never decreases). Else time: a re-send answers feedback about that
+      hole (a SACK or duplicate ACK from the receiver, a timer armed by the missing
+      ACK), and no feedback can reach the sender before the data above the hole has gone
+      from the capture point to the receiver and its ACK back to the sender: a re-send
+      reaches the capture point at least one round trip after the first data above the
+      hole passed it, wherever that point lies (the sender's host, the receiver's, or
+      between them). A segment that follows sooner is an out-of-order original.
 
-#: How many of a late flow's first reverse packets may show data sent before the capture.
-EARLY_EVIDENCE_ACKS = 4
-
-
-def _before_early_evidence(packets, flow_id, flows, space, seg_len, is_rst) -> np.ndarray:
-    """Capture started mid-connection: segments resent before the receiver's first ACKs.
-
-    When one of the first ACKs of a flow whose SYN was not captured acknowledges or SACKs
-    bytes beyond everything the capture has shown sent so far, those bytes left before the
-    capture began; new data leaves in order, so every segment seen before that ACK lies
-    below the sender's snd_nxt at the capture start: it was resent (typically the RTO that
-    ends a silence the capture started in). Only the first EARLY_EVIDENCE_ACKS reverse
-    packets count, so a frame the capture itself dropped later on cannot turn a flow's
-    earlier segments into retransmissions.
+    Evidence that is not in the capture (the frames it dropped, a cut start) makes no
+    retransmission: a gap in new data, or an ACK of bytes never seen, may be frames the
+    capture missed as well as data sent before it began.
     """
     n = len(flow_id)
-    out = np.zeros(n, dtype=bool)
-    late = ~col(flows, "syn_seen").astype(bool)
-    if not late.any():
-        return out
-    rev = col(flows, "rev_flow_id")
+    resent = np.zeros(n, dtype=bool)
+    reordered = np.zeros(n, dtype=bool)
+    duplicate = np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(below)
+    if not len(rows):
+        return resent, reordered, duplicate
+    seq_abs, end_abs = space["seq_abs"], space["end_abs"]
     frame = packets["frame"]
-    # Evidence per reverse packet, in the sequence space of the flow it acknowledges.
-    fb = np.where(space["ack_flag"] & ~is_rst, space["ack_abs"], _NONE)
-    rows = space["sack_rows"]
-    if len(rows):
-        fb[rows] = np.where(is_rst[rows], _NONE, np.maximum(fb[rows], _sack_tops(packets, space)))
-    acked = rev[flow_id]                       # the flow each packet's ACK speaks for
-    cand = np.flatnonzero((fb > _NONE) & (acked >= 0))
-    cand = cand[late[acked[cand]]]
-    if not len(cand):
-        return out
-    cand = by_group(cand, acked[cand])         # per acknowledged flow, in capture order
-    g = acked[cand]
-    first = np.r_[True, g[1:] != g[:-1]]
-    rank = np.arange(len(cand)) - np.maximum.accumulate(np.where(first, np.arange(len(cand)),
-                                                                   0))
-    cand, g = cand[rank < EARLY_EVIDENCE_ACKS], g[rank < EARLY_EVIDENCE_ACKS]
-    data = np.flatnonzero((seg_len > 0) & ~is_rst & late[flow_id])
-    if not len(data):
-        return out
-    data = by_group(data, flow_id[data])       # per flow, in capture order
-    df = flow_id[data]
-    end = space["end_abs"][data]
-    # Highest end sent by the flow before each candidate ACK: a prefix maximum per flow.
-    first_d = np.r_[True, df[1:] != df[:-1]]
-    seg_id = np.cumsum(first_d) - 1
-    big = np.int64(1) << np.int64(42)
-    run_max = np.maximum.accumulate(end + seg_id * big) - seg_id * big
-    pos = _search_pairs(df, frame[data], g, frame[cand], side="left") - 1
-    pc = np.clip(pos, 0, None)
-    has = (pos >= 0) & (df[pc] == g)
-    own_hi = np.where(has, run_max[pc], _NONE)
-    beyond = fb[cand] > own_hi
-    if not beyond.any():
-        return out
-    n_flows = len(rev)
-    upto = np.full(n_flows, -1, dtype=np.int64)
-    np.maximum.at(upto, g[beyond], frame[cand[beyond]])
-    out[data[frame[data] < upto[df]]] = True
-    return out
+    is_rst = (packets["flags"] & TCP_RST) != 0
+    fid = flow_id[rows]
+    seq = seq_abs[rows]
+    # The receiver had its first byte: the last ACK of the other direction before it
+    # (cumulative ACKs only grow but for the odd reordered one) covers it.
+    lr = context["last_rev"][rows]
+    lrc = np.clip(lr, 0, None)
+    seen = (lr >= 0) & space["ack_flag"][lrc] & ~is_rst[lrc] & (seq < space["ack_abs"][lrc])
+    # An earlier copy: among the segments sent in order (``in_order``: grouped by flow,
+    # each in capture order, which is then sequence order)...
+    copy = np.zeros(len(rows), dtype=bool)
+    if len(in_order):
+        o_flow = flow_id[in_order]
+        pos = GroupedSearch(o_flow, seq_abs[in_order])(fid, seq, "right") - 1
+        pc = np.clip(pos, 0, None)
+        o = in_order[pc]
+        found = (pos >= 0) & (o_flow[pc] == fid) & (end_abs[o] > seq) & (frame[o] < frame[rows])
+        seen |= found
+        copy = found & _same_packet(packets, o, rows)
+    # ...or among the others.
+    seen |= _earlier_covering(fid, seq, end_abs[rows], frame[rows]) > 0
+    resent[rows[seen & ~copy]] = True
+    duplicate[rows[copy]] = True
+    hole = rows[~seen]
+    if not len(hole):
+        return resent, reordered, duplicate
+    verdict = _hole_verdict(packets, flow_id, flows, space, context, below, hole)
+    resent[hole[verdict > 0]] = True
+    reordered[hole[verdict <= 0]] = True
+    return resent, reordered, duplicate
 
 
-def _search_pairs(a_grp, a_val, q_grp, q_val, side="left") -> np.ndarray:
-    """searchsorted over rows sorted by (group, value), for (group, value) queries."""
-    # Map (group, value) to one sortable int64: values are sequence offsets (|v| < 2**40),
-    # groups are flow ids; shift values to be non-negative inside a 2**41 band per group.
-    band = np.int64(1) << np.int64(41)
-    lim = (np.int64(1) << np.int64(40)) - 1
-    ka = a_grp.astype(np.int64) * band + np.clip(a_val, -lim, lim) + (band >> 1)
-    kq = q_grp.astype(np.int64) * band + np.clip(q_val, -lim, lim) + (band >> 1)
-    return np.searchsorted(ka, kq, side=side)
+def _same_packet(packets, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Are rows ``a`` and ``b`` the same IPv4 packet captured twice (a span port or a
+    bridge duplicating frames, capture files merged), not sent twice: the same
+    identification (a sender gives every packet it sends a new one: RFC 6864 §4.1 for
+    ones that may be fragmented, Linux and Windows for all), sequence number, length,
+    flags and TSval? IPv6 has no identification to tell."""
+    same = (packets["family"][b] == 4) & (packets["ip_id"][b] != 0)
+    for k in ("ip_id", "seq", "payload_len", "flags", "tsval"):
+        same &= packets[k][a] == packets[k][b]
+    return same
+
+def _first_reaching(grp, cummax, q_grp, q_val) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the first row (rows grouped, each group's ``cummax`` nondecreasing) of
+    its group whose running maximum exceeds q_val: (found, index)."""
+    i = pair_search(grp, cummax, q_grp, q_val, side="right")
+    ic = np.clip(i, 0, max(len(grp) - 1, 0))
+    ok = (i < len(grp)) & (gather(grp, ic, i < len(grp), -1) == q_grp)
+    return ok, ic
+
+
+def _hole_verdict(packets, flow_id, flows, space, context, below, hole) -> np.ndarray:
+    """For each hole-filling segment (rows ``hole``): 1 resent, -1 an out-of-order original
+    (resent_or_reordered explains the evidence)."""
+    seq_abs, end_abs, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
+    frame, ts = packets["frame"], packets["ts_ns"]
+    is_rst = (packets["flags"] & TCP_RST) != 0
+    n_flows = len(flows["flow_id"])
+    hf = flow_id[hole]
+    hseq = seq_abs[hole]
+    want = np.zeros(n_flows, dtype=bool)
+    want[hf] = True
+    # The first data segment above the hole's start that the capture showed.
+    data = np.flatnonzero((seg_len > 0) & ~is_rst & want[flow_id])
+    data = by_group(data, flow_id[data])
+    dflow = flow_id[data]
+    ok_a, ia = _first_reaching(dflow, seg_cummax(end_abs[data], group_numbers(dflow)), hf, hseq)
+    a = data[ia]
+    ok_a &= frame[a] < frame[hole]
+    t_above = np.where(ok_a, ts[a], np.iinfo(np.int64).max)
+    # The first ACK or SACK of the other direction above it.
+    rev = flows["rev_flow_id"]
+    has_rev = np.zeros(n_flows, dtype=bool)
+    has_rev[rev[want & (rev >= 0)]] = True
+    fb_rows = np.flatnonzero(space["ack_flag"] & ~is_rst & has_rev[flow_id])
+    if len(fb_rows):
+        fb_rows = by_group(fb_rows, rev[flow_id[fb_rows]])
+        fb = space["ack_abs"][fb_rows]
+        sr = space["sack_rows"]
+        if len(sr):
+            at = np.searchsorted(sr, fb_rows)
+            atc = np.clip(at, 0, len(sr) - 1)
+            hit = sr[atc] == fb_rows
+            tops = _sack_tops(packets, space)
+            fb = np.where(hit, np.maximum(fb, tops[atc]), fb)
+        g = rev[flow_id[fb_rows]]
+        ok_b, ib = _first_reaching(g, seg_cummax(fb, group_numbers(g)), hf, hseq)
+        b = fb_rows[ib]
+        ok_b &= frame[b] < frame[hole]
+        t_above = np.minimum(t_above, np.where(ok_b, ts[b], np.iinfo(np.int64).max))
+    verdict = np.zeros(len(hole), dtype=np.int64)
+    # The sender's own count: IPv4's identification, where the flow's show a counter
+    # (Linux: per socket, ip_select_ident_segs; Windows: per host). Random ones (BSD,
+    # macOS) say nothing.
+    counted = ok_a & ip_id_counts(packets, flow_id, flows, space, want)[hf]
+    d_id = (packets["ip_id"][hole].astype(np.int64) - packets["ip_id"][a].astype(np.int64)) \
+        & 0xFFFF
+    verdict[counted & (d_id != 0) & (d_id < (1 << 15))] = 1
+    verdict[counted & (d_id >= (1 << 15))] = -1
+    # The sender's clock: TSval (RFC 7323) of the hole's segment against the data above.
+    has_ts = packets["opt_ts"].astype(bool)
+    both = (verdict == 0) & ok_a & has_ts[hole] & has_ts[a]
+    d = (packets["tsval"][hole].astype(np.int64) - packets["tsval"][a].astype(np.int64)) \
+        & 0xFFFFFFFF
+    later = both & (d != 0) & (d < (1 << 31))
+    earlier = both & (d >= (1 << 31))
+    verdict[later] = 1
+    verdict[earlier] = -1
+    # Captured at the sender's own host: nothing between it and the capture point to
+    # reorder segments.
+    trips = sender_trip_ns(packets, flow_id, flows, want)
+    at_sender = (trips >= 0) & (trips <= AT_SENDER_TRIP_NS)
+    verdict[(verdict == 0) & at_sender[hf]] = 1
+    # Time: at least a round trip after the data above passed.
+    floor = rtt_floor_ns(packets, flow_id, flows, space, below, want, trips)[hf]
+    undecided = verdict == 0
+    gap_ok = (floor >= 0) & (ts[hole] - t_above >= RTT_FLOOR_SHARE * floor)
+    verdict[undecided] = np.where(gap_ok[undecided], 1, -1)
+    return verdict
+
+
+#: Share of a flow's consecutive first transmissions whose IPv4 identification goes up
+#: by 1 to IP_ID_STEP_MAX for the identifications to be read as the sender's order.
+IP_ID_COUNTER_SHARE = 0.9
+IP_ID_STEP_MAX = 256
+
+
+def ip_id_counts(packets, flow_id, flows, space, want) -> np.ndarray:
+    """Per flow (those in ``want``): do its IPv4 identifications count its segments (each
+    next new-data segment's a little above the last: RFC 6864 leaves atomic datagrams'
+    IDs free, Linux counts them per socket, Windows per host), so that a higher one was
+    sent later?"""
+    n_flows = len(flows["flow_id"])
+    out = np.zeros(n_flows, dtype=bool)
+    v4 = (flows["family"] == 4) & want
+    rows = np.flatnonzero(v4[flow_id] & (space["seg_len"] > 0))
+    if len(rows) < 2:
+        return out
+    rows = by_group(rows, flow_id[rows])
+    f = flow_id[rows]
+    same = f[1:] == f[:-1]
+    step = (packets["ip_id"][rows][1:].astype(np.int64)
+            - packets["ip_id"][rows][:-1].astype(np.int64)) & 0xFFFF
+    up = same & (step >= 1) & (step <= IP_ID_STEP_MAX)
+    pairs = np.bincount(f[1:][same], minlength=n_flows)
+    ups = np.bincount(f[1:][up], minlength=n_flows)
+    return v4 & (pairs >= 8) & (ups >= IP_ID_COUNTER_SHARE * pairs)
+
+
+def sender_trip_ns(packets, flow_id, flows, want, echo_alone: bool = True) -> np.ndarray:
+    """Per flow in ``want``: the round trip from the capture point to the flow's sender
+    and back (ns, -1: unknown): the smaller of the handshake's (flows.trip_ns, one sample:
+    a SYN-ACK held up on the path lengthens it) and the least time from a packet of the
+    other direction to the first segment echoing its TSval (_echo_trip_ns); both only
+    ever exceed it. ``echo_alone``: also the echo's where the handshake is missing (an
+    application that waits before answering lengthens that one instead)."""
+    trip = flows.get("trip_ns")
+    n_flows = len(flows["flow_id"])
+    hs = np.full(n_flows, -1, dtype=np.int64) if trip is None else \
+        np.where(trip.valid, trip.values, -1).astype(np.int64)
+    # A handshake trip already at the sender's host is not lowered (and is the common
+    # case: spare the echo's work there).
+    need = want & ((hs > AT_SENDER_TRIP_NS) | ((hs < 0) & echo_alone))
+    echo = _echo_trip_ns(packets, flow_id, flows, need) if need.any() else \
+        np.full(n_flows, -1, dtype=np.int64)
+    both = (hs >= 0) & (echo >= 0)
+    return np.where(both, np.minimum(hs, echo),
+                    np.where(hs >= 0, hs, echo if echo_alone else -1)).astype(np.int64)
+
+
+def rtt_floor_ns(packets, flow_id, flows, space, below, want, trips) -> np.ndarray:
+    """Per flow (those in ``want``), the round trip of the path as the capture shows it, in
+    ns: the handshake's SYN -> ACK (flows.hs_rtt_ns), or the sum of the two round trips
+    seen from the capture point: to the receiver and back (new data -> the first ACK
+    covering it) and to the sender and back (``trips``: sender_trip_ns; 0 unknown). Each
+    is a minimum over delays that queues and delayed ACKs only lengthen, so none is below
+    the path's; the smaller of the two is taken. UNKNOWN_RTT_FLOOR_NS where the capture
+    shows neither."""
+    n_flows = len(flows["flow_id"])
+    hs = flows.get("hs_rtt_ns")
+    floor = np.full(n_flows, -1, dtype=np.int64)
+    if hs is not None:
+        floor = np.where(hs.valid, hs.values, -1).astype(np.int64)
+    d_rcv = _receiver_trip_ns(packets, flow_id, flows, space, below, want)
+    est = np.where(d_rcv >= 0, d_rcv + np.maximum(trips, 0), -1)
+    floor = np.where((floor >= 0) & (est >= 0), np.minimum(floor, est), np.maximum(floor, est))
+    return np.where(floor >= 0, floor, UNKNOWN_RTT_FLOOR_NS)
+
+
+def _receiver_trip_ns(packets, flow_id, flows, space, below, want) -> np.ndarray:
+    """Per flow in ``want``: the least time from a segment of new data to the first ACK
+    that covers it (-1: none)."""
+    n_flows = len(flows["flow_id"])
+    out = np.full(n_flows, -1, dtype=np.int64)
+    rev = flows["rev_flow_id"]
+    is_rst = (packets["flags"] & TCP_RST) != 0
+    new = np.flatnonzero((space["seg_len"] > 0) & ~is_rst & ~below & want[flow_id])
+    has_rev = np.zeros(n_flows, dtype=bool)
+    has_rev[rev[want & (rev >= 0)]] = True
+    acks = np.flatnonzero(space["ack_flag"] & ~is_rst & has_rev[flow_id])
+    if not len(new) or not len(acks):
+        return out
+    acks = by_group(acks, rev[flow_id[acks]])
+    g = rev[flow_id[acks]]
+    cm = seg_cummax(space["ack_abs"][acks], group_numbers(g))
+    i = pair_search(g, cm, flow_id[new], space["end_abs"][new], side="left")
+    ic = np.clip(i, 0, len(acks) - 1)
+    ok = (i < len(acks)) & (g[ic] == flow_id[new])
+    delay = packets["ts_ns"][acks[ic]] - packets["ts_ns"][new]
+    ok &= delay >= 0
+    best = np.full(n_flows, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, flow_id[new][ok], delay[ok])
+    return np.where(best < np.iinfo(np.int64).max, best, -1)
+
+
+def _echo_trip_ns(packets, flow_id, flows, want) -> np.ndarray:
+    """Per flow in ``want``: the least time from the first packet of the other direction
+    carrying a TSval to the first segment of this flow echoing it (-1: none)."""
+    n_flows = len(flows["flow_id"])
+    out = np.full(n_flows, -1, dtype=np.int64)
+    rev = flows["rev_flow_id"]
+    has_ts = packets["opt_ts"].astype(bool)
+    mine = np.flatnonzero(has_ts & want[flow_id] & (packets["tsecr"] != 0)
+                          & (rev[flow_id] >= 0))
+    peer = np.zeros(n_flows, dtype=bool)
+    peer[rev[want & (rev >= 0)]] = True
+    theirs = np.flatnonzero(has_ts & peer[flow_id])
+    if not len(mine) or not len(theirs):
+        return out
+    key_t = flow_id[theirs].astype(np.int64) * (1 << 32) + packets["tsval"][theirs]
+    uniq, first = np.unique(key_t, return_index=True)  # rows are in capture order
+    key_m = rev[flow_id[mine]].astype(np.int64) * (1 << 32) + packets["tsecr"][mine]
+    j = np.searchsorted(uniq, key_m)
+    jc = np.clip(j, 0, len(uniq) - 1)
+    ok = (j < len(uniq)) & (uniq[jc] == key_m)
+    delay = packets["ts_ns"][mine] - packets["ts_ns"][theirs[first[jc]]]
+    ok &= delay >= 0
+    best = np.full(n_flows, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, flow_id[mine][ok], delay[ok])
+    return np.where(best < np.iinfo(np.int64).max, best, -1)
 
 
 def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
@@ -344,8 +543,8 @@ def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
     top = np.zeros(int(sf.max()) + 1, dtype=np.int64)
     np.maximum.at(top, sf, span)
     maxlen = top[sf]
-    lo = _search_pairs(sf, ss, sf, ss - maxlen, side="left")
-    hi = _search_pairs(sf, ss, sf, ss, side="right")
+    lo = pair_search(sf, ss, sf, ss - maxlen, side="left")
+    hi = pair_search(sf, ss, sf, ss, side="right")
     cnt = hi - lo
     total = int(cnt.sum())
     if total == 0:
@@ -357,3 +556,68 @@ def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
     counts = np.bincount(qi[hit], minlength=m)
     out[o] = counts
     return out
+
+
+def capture_gaps(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
+                 space: dict[str, np.ndarray], context: dict[str, np.ndarray]
+                 ) -> dict[str, np.ndarray]:
+    """Per flow, the data its sender sent that the capture never shows: ranges above the
+    flow's first captured byte that no captured segment covers (new data leaves at
+    snd_nxt, in order, so a segment starting above everything before it leaves such a range
+    unless a later one fills it). ``ranges``, ``bytes`` (int64 per flow) and ``acked``
+    (ranges the receiver's cumulative ACK later covered: the receiver had them, so the
+    capture missed them; in a one-way capture nothing tells, and every range counts).
+    A range lost before the capture point is resent, and the resend fills it."""
+    n_flows = len(flows["flow_id"])
+    out = {k: np.zeros(n_flows, dtype=np.int64) for k in ("ranges", "bytes", "acked")}
+    seq, end, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
+    data = (seg_len > 0) & ((packets["flags"] & TCP_RST) == 0)
+    before = context["snd_nxt"]
+    jump = np.flatnonzero(data & (before > _NONE) & (seq > before))
+    if not len(jump):
+        return out
+    jf, ja, jb = flow_id[jump], before[jump], seq[jump]
+    # Later segments below data seen before them (retransmissions, out-of-order originals)
+    # fill ranges: their union per flow, as sorted disjoint intervals.
+    fill = np.flatnonzero(data & (seq < context["sent_hi"]))
+    covered = np.zeros(len(jump), dtype=np.int64)
+    if len(fill):
+        o = np.lexsort((seq[fill], flow_id[fill]))
+        ff, fs, fe = flow_id[fill][o], seq[fill][o], end[fill][o]
+        top = seg_cummax(fe, group_numbers(ff), exclusive=True)
+        new = (np.r_[True, ff[1:] != ff[:-1]]) | (fs > top)
+        r_f, r_s = ff[new], fs[new]
+        r_e = np.maximum.reduceat(fe, np.flatnonzero(new))
+        covered = _overlap(r_f, r_s, r_e, jf, ja, jb)
+    missing = (jb - ja) - covered
+    hole = missing > 0
+    np.add.at(out["ranges"], jf[hole], 1)
+    np.add.at(out["bytes"], jf[hole], missing[hole])
+    rev = flows["rev_flow_id"]
+    final_ack = np.full(n_flows, _NONE, dtype=np.int64)
+    acks = np.flatnonzero(space["ack_flag"] & ((packets["flags"] & TCP_RST) == 0))
+    if len(acks):
+        np.maximum.at(final_ack, rev[flow_id[acks]], space["ack_abs"][acks])
+    np.add.at(out["acked"], jf[hole & (final_ack[jf] >= jb)], 1)
+    return out
+
+
+def _overlap(r_f, r_s, r_e, q_f, q_a, q_b) -> np.ndarray:
+    """Bytes of each query [q_a, q_b) of flow q_f inside the union of the disjoint sorted
+    intervals [r_s, r_e) of flow r_f (prefix sums of their lengths, clipped at both
+    ends)."""
+    length = r_e - r_s
+    csum = np.r_[0, np.cumsum(length)]
+
+    def upto(x):
+        """Covered bytes of flow q_f below x."""
+        i = pair_search(r_f, r_s, q_f, x, side="left")  # intervals starting below x
+        first = pair_search(r_f, r_s, q_f, np.full(len(x), -(1 << 40)), side="left")
+        full = csum[i] - csum[first]
+        last = i - 1
+        lc = np.clip(last, 0, max(len(r_e) - 1, 0))
+        has = (last >= first) & (last >= 0)
+        over = np.where(has, np.maximum(gather(r_e, lc, has, 0) - x, 0), 0)
+        return full - over
+
+    return upto(q_b) - upto(q_a)

@@ -7,30 +7,34 @@ errors are raised as RetranscopeError subclasses (retranscope/errors.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Union
 
 from retranscope.analyze.memory import reuse_freed_memory
 from retranscope.analyze.outputs import write_outputs
 from retranscope.analyze.pipeline import Result, analyze
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[Any], None]  # called with analyze.capture.ReadProgress
+Captures = Union[Path, Sequence[Path]]  # one capture, or a set read as one (capture/sets.py)
 
 NO_MATCH_WARNING = ("no kernel event matched any frame: the capture and the events are from "
                     "different hosts, namespaces or times")
 
 
-def run_analysis(pcap: Path | None, events: Path | None, out: Path, *,
-                 progress: Progress | None = None,
+def run_analysis(pcap: Captures | None, events: Path | None, out: Path, *,
+                 progress: Progress | None = None, jobs: int | None = 1,
                  warn: Callable[[str], None] = lambda _line: None) -> Result:
     """Analyze ``pcap`` and/or the recording directory ``events`` into ``out``
-    (retransmits.parquet, flows.parquet, summary.json: analyze/outputs.py)."""
+    (retransmits.parquet, flows.parquet, summary.json: analyze/outputs.py). ``pcap`` may
+    be several files, a directory or a glob (one capture); ``jobs``: processes that
+    decode it (None: every core)."""
     reuse_freed_memory()
     capture = ev = None
     if pcap is not None:
-        from retranscope.analyze.pcap import read_capture
+        from retranscope.analyze.capture import read_capture
 
-        capture = read_capture(pcap, progress=progress)
+        capture = read_capture(pcap, progress=progress, jobs=jobs)
         for w in capture.meta.warnings:
             warn(w)
     if events is not None:

@@ -1,22 +1,27 @@
-"""`retranscope analyze` against the tools people use today, on the same capture.
+"""`retranscope analyze` against the tools people use today, on the same captures.
 
-    .venv/bin/python bench/bench_analyze.py [CAPTURE]     (default bench/data/big.pcap,
-                                                          made by bench/make_big_capture.py)
-    .venv/bin/python bench/bench_analyze.py --no-tshark   (quick: tshark takes ~50 s)
-    .venv/bin/python bench/bench_analyze.py --repeat 5    (best of 5; default 3)
+    .venv/bin/python bench/bench_analyze.py [CAPTURE ...]   (default bench/data/big.pcap,
+                            made by bench/make_big_capture.py; the 13M-packet one with
+                            bench/make_big_capture.py --packets 13000000 --out ...)
+    .venv/bin/python bench/bench_analyze.py --pairs 7       (default 7 turns)
+    .venv/bin/python bench/bench_analyze.py --tshark-runs 0 (skip tshark: ~20-30 s a run)
+    .venv/bin/python bench/bench_analyze.py --memory-limit-mb 768 CAPTURE
+                            (also run analyze inside a memory cgroup of that size and check
+                            that it completes with the same outputs)
+    .venv/bin/python bench/bench_analyze.py --baseline REV --pairs 9
+                            (this tree against git revision REV, in turns: medians, ratio)
 
-Each tool runs as its own process; wall time and peak RSS come from wait4(). Printed side
-by side, with ratios. tshark does Wireshark's TCP analysis (it labels retransmissions,
-fast and spurious ones, never TLP); tcptrace -l counts retransmissions per connection with
-no classification; retranscope classifies every retransmission and writes its outputs.
-Not a test: nothing here asserts on time.
+Each tool runs as its own process; wall and CPU time (user + system) and peak RSS come
+from wait4(). retranscope and tcptrace -l run in turns (A B A B ...), so both see the same
+load; printed are the medians of each and the median of the per-pair ratios, never the
+best run: this machine is shared and noisy. tshark does Wireshark's TCP analysis (it labels
+retransmissions, fast and spurious ones, never TLP); tcptrace -l counts retransmissions per
+connection with no classification; retranscope classifies every retransmission and writes
+its outputs. Not a test: nothing here asserts on time.
 
-The fast tools run in turns (retranscope, tcptrace, retranscope, ...), best of --repeat
-each, so that both see the same load. retranscope runs with Python's bytecode cache, as
-after any install (an untimed first run fills it, in a temporary directory): without it
-(PYTHONDONTWRITEBYTECODE=1, as in some sandboxes) every run compiles the project's
-modules, ~0.05 s; --no-bytecode-cache measures that. This process never reads the
-capture itself: a child forked from a big parent would report the parent's RSS as its own.
+retranscope runs with Python's bytecode cache, as after any install (an untimed first run
+fills it, in a temporary directory). This process never reads a capture itself: a child
+forked from a big parent would report the parent's RSS as its own.
 """
 
 from __future__ import annotations
@@ -44,67 +49,211 @@ def run(argv: list[str], env: dict | None = None) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{argv[0]} failed ({code}): {err.strip()[-300:]}")
-    return {"wall_s": wall, "peak_mb": rusage.ru_maxrss / 1024}
+    return {"wall_s": wall, "cpu_s": rusage.ru_utime + rusage.ru_stime,
+            "peak_mb": rusage.ru_maxrss / 1024}
 
 
-def best_of(tools: dict[str, tuple[list[str], dict | None]], repeat: int) -> dict[str, dict]:
-    """Each tool ``repeat`` times, in turns; the fastest run of each."""
-    best: dict[str, dict] = {}
-    for _ in range(repeat):
+def median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def in_turns(tools: dict[str, tuple[list[str], dict | None]], pairs: int) -> dict[str, list]:
+    """Each tool ``pairs`` times, in turns (A B A B ...): every run kept."""
+    runs: dict[str, list[dict]] = {name: [] for name in tools}
+    for _ in range(pairs):
         for name, (argv, env) in tools.items():
-            r = run(argv, env)
-            if name not in best or r["wall_s"] < best[name]["wall_s"]:
-                best[name] = r
-    return best
+            runs[name].append(run(argv, env))
+    return runs
+
+
+def memory_cgroup(limit_mb: int, tmp: str) -> tuple[Path, Path]:
+    """A memory cgroup of ``limit_mb`` (cgroup v2's memory.max where mounted, else v1's
+    memory.limit_in_bytes), its procs file, for the child to join."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    name = f"retranscope-bench-{os.getpid()}"
+    if v2.exists() and "memory" in v2.read_text():
+        d = Path("/sys/fs/cgroup") / name
+        d.mkdir()
+        (d / "memory.max").write_text(str(limit_mb << 20))
+        (d / "memory.swap.max").write_text("0") if (d / "memory.swap.max").exists() else None
+    else:
+        d = Path("/sys/fs/cgroup/memory") / name
+        d.mkdir()
+        (d / "memory.limit_in_bytes").write_text(str(limit_mb << 20))
+        sw = d / "memory.memsw.limit_in_bytes"
+        if sw.exists():
+            sw.write_text(str(limit_mb << 20))
+    return d, d / "cgroup.procs"
+
+
+def run_limited(argv: list[str], env: dict, limit_mb: int, tmp: str) -> dict:
+    """``argv`` inside a fresh memory cgroup; its exit code (137: killed at the limit)."""
+    d, procs = memory_cgroup(limit_mb, tmp)
+    try:
+        wrapped = ["sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh", *argv]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(wrapped, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=env)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        return {"wall_s": time.perf_counter() - t0, "cpu_s": rusage.ru_utime + rusage.ru_stime,
+                "peak_mb": rusage.ru_maxrss / 1024, "exit": os.waitstatus_to_exitcode(status),
+                "stderr": err.strip()[-300:]}
+    finally:
+        for _ in range(50):
+            try:
+                d.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def same_outputs(a: Path, b: Path) -> bool:
+    """The two analyses wrote the same tables and the same totals."""
+    import pyarrow.parquet as pq
+
+    for name in ("retransmits.parquet", "flows.parquet"):
+        if not pq.read_table(a / name).equals(pq.read_table(b / name)):
+            return False
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    keys = ("retransmissions", "by_kind", "spurious")
+    return all(sa.get(k) == sb.get(k) for k in keys)
+
+
+def package_tree(src: Path, dst: Path) -> Path:
+    """A directory to put on PYTHONPATH that imports ``src`` as retranscope.<stage>, as
+    pyproject's package-dir maps it (what the editable install does), for a tree that is
+    not installed: a git revision's, or this one's, timed alike."""
+    import tomllib
+
+    dirs = tomllib.loads((src / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    pkg = dst / "retranscope"
+    pkg.mkdir(parents=True)
+    for item in (src / dirs["retranscope"]).iterdir():
+        (pkg / item.name).symlink_to(item)
+    for name, folder in dirs.items():
+        if name != "retranscope":
+            (pkg / name.split(".", 1)[1]).symlink_to(src / folder)
+    return dst
+
+
+def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
+    """This tree and git revision ``rev`` analyze the capture in turns (A B A B ...): the
+    median wall and CPU (user + system) time of each, and their ratios. Both import the
+    same way (package_tree). On a shared machine the CPU time is the steadier figure."""
+    base_src = Path(tmp, "baseline-src")
+    base_src.mkdir()
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
+    sides = {"this tree": package_tree(HERE.parent, Path(tmp, "this")),
+             f"baseline {rev}": package_tree(base_src, Path(tmp, "baseline"))}
+    argvs = {name: [sys.executable, "-m", "retranscope", "analyze", "--pcap", str(capture),
+                    "--out", os.path.join(tmp, "out-" + name.split()[0]), "-q"]
+             for name in sides}
+    envs = {name: dict(env, PYTHONPATH=str(site)) for name, site in sides.items()}
+    for name in sides:
+        run(argvs[name], envs[name])  # untimed: fills the bytecode cache
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    for _ in range(pairs):
+        for name in sides:
+            runs[name].append(run(argvs[name], envs[name]))
+    for clock in ("wall_s", "cpu_s"):
+        times = {name: [r[clock] for r in rs] for name, rs in runs.items()}
+        med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+        for name, t in times.items():
+            print(f"{clock[:-2]:5} {name:24} median {med[name]:.3f} s over {len(t)} runs "
+                  f"(min {min(t):.3f}, max {max(t):.3f})")
+        a, b = med.values()
+        ratios = sorted(x / y for x, y in zip(*times.values()))
+        print(f"{clock[:-2]:5} this tree takes {a / b:.3f}x the time of {rev} (ratio of "
+              f"medians); per pair, median {ratios[len(ratios) // 2]:.3f}x (quartiles "
+              f"{ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f})")
+
+
+def bench_capture(capture: Path, args, tmp: str, env: dict) -> None:
+    out = Path(tmp, "out-" + capture.stem)
+
+    def analyze_argv(into: Path) -> list[str]:
+        return [str(VENV_BIN / "retranscope"), "analyze", "--pcap", str(capture),
+                "--out", str(into), "-q", *args.analyze_args]
+
+    ours_argv = analyze_argv(out)
+    run(ours_argv, env)  # untimed: fills the bytecode cache; gives the packet count
+    summary = json.loads((out / "summary.json").read_text())
+    n = summary["capture"]["tcp_packets"]
+    print(f"\ncapture: {capture} ({capture.stat().st_size / 1e6:,.0f} MB, {n:,} TCP packets, "
+          f"{summary['retransmissions']:,} retransmissions); load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    tools = {"retranscope analyze": (ours_argv, env)}
+    if shutil.which("tcptrace"):
+        tools["tcptrace -l"] = (["tcptrace", "-l", str(capture)], None)
+    runs = in_turns(tools, args.pairs)
+    if shutil.which("tshark") and args.tshark_runs and \
+            capture.stat().st_size <= args.tshark_max_mb << 20:
+        runs["tshark TCP analysis"] = [run(
+            ["tshark", "-r", str(capture), "-n", "-Y",
+             "tcp.analysis.retransmission or tcp.analysis.fast_retransmission or "
+             "tcp.analysis.spurious_retransmission",
+             "-T", "fields", "-e", "frame.number", "-e", "tcp.analysis.fast_retransmission"])
+            for _ in range(args.tshark_runs)]
+    print(f"{'tool':22} {'runs':>4} {'wall s':>8} {'CPU s':>7} {'peak MB':>8} "
+          f"{'packets/s':>11}   (medians)")
+    med = {}
+    for name, rs in runs.items():
+        med[name] = {k: median([r[k] for r in rs]) for k in ("wall_s", "cpu_s", "peak_mb")}
+        m = med[name]
+        print(f"{name:22} {len(rs):4} {m['wall_s']:8.2f} {m['cpu_s']:7.2f} {m['peak_mb']:8.0f} "
+              f"{n / m['wall_s']:11,.0f}")
+    ours = runs["retranscope analyze"]
+    if "tcptrace -l" in runs:
+        ratios = sorted(a["wall_s"] / b["wall_s"] for a, b in zip(ours, runs["tcptrace -l"]))
+        print(f"retranscope takes {median(ratios):.2f}x tcptrace -l's wall time (median of "
+              f"{len(ratios)} paired ratios; quartiles {ratios[len(ratios) // 4]:.2f}-"
+              f"{ratios[3 * len(ratios) // 4]:.2f})")
+    if "tshark TCP analysis" in runs:
+        t = med["tshark TCP analysis"]
+        print(f"retranscope is {t['wall_s'] / med['retranscope analyze']['wall_s']:.1f}x faster "
+              f"than tshark's TCP analysis")
+    if args.memory_limit_mb:
+        limited = Path(str(out) + "-limited")
+        lim = run_limited(analyze_argv(limited), env, args.memory_limit_mb, tmp)
+        same = lim["exit"] == 0 and same_outputs(out, limited)
+        print(f"inside a {args.memory_limit_mb} MiB memory cgroup: exit {lim['exit']}, "
+              f"peak {lim['peak_mb']:.0f} MB, wall {lim['wall_s']:.2f} s, outputs "
+              f"{'identical' if same else 'DIFFERENT or missing'}"
+              + (f" ({lim['stderr']})" if lim["exit"] else ""))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("capture", nargs="?", type=Path, default=HERE / "data" / "big.pcap")
-    ap.add_argument("--no-tshark", action="store_true", help="skip tshark (~50 s)")
-    ap.add_argument("--repeat", type=int, default=3, help="best of N for the fast tools")
-    ap.add_argument("--no-bytecode-cache", action="store_true",
-                    help="run retranscope as PYTHONDONTWRITEBYTECODE=1 leaves it: compiling")
+    ap.add_argument("captures", nargs="*", type=Path, default=[HERE / "data" / "big.pcap"])
+    ap.add_argument("--pairs", type=int, default=7, help="turns of retranscope and tcptrace")
+    ap.add_argument("--tshark-runs", type=int, default=3, help="tshark runs (0: none)")
+    ap.add_argument("--tshark-max-mb", type=int, default=400,
+                    help="skip tshark on captures bigger than this (it needs ~5x in memory)")
+    ap.add_argument("--memory-limit-mb", type=int, default=0,
+                    help="also analyze inside a memory cgroup of this size (root)")
+    ap.add_argument("--analyze-args", nargs=argparse.REMAINDER, default=[],
+                    help="extra arguments for retranscope analyze (last on the line)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="time this tree against git revision REV instead, in turns")
     args = ap.parse_args()
-    capture = args.capture
-    if not capture.exists():
-        print(f"bench_analyze: {capture} missing: sudo .venv/bin/python bench/make_big_capture.py",
-              file=sys.stderr)
+    missing = [c for c in args.captures if not c.exists()]
+    if missing:
+        print(f"bench_analyze: {missing[0]} missing: sudo .venv/bin/python "
+              "bench/make_big_capture.py", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
-        if not args.no_bytecode_cache:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            env["PYTHONPYCACHEPREFIX"] = os.path.join(tmp, "pycache")
-        ours_argv = [str(VENV_BIN / "retranscope"), "analyze", "--pcap", str(capture),
-                     "--out", os.path.join(tmp, "out"), "-q"]
-        run(ours_argv, env)  # untimed: fills the bytecode cache; gives the packet count
-        summary = json.loads(Path(tmp, "out", "summary.json").read_text())
-        n = summary["capture"]["tcp_packets"]
-        print(f"capture: {capture} ({capture.stat().st_size / 1e6:.0f} MB, {n:,} TCP packets)")
-        print("bytecode cache: " + ("off (every run compiles)" if args.no_bytecode_cache
-                                    else "on (as after an install)"))
-        tools = {"retranscope analyze": (ours_argv, env)}
-        if shutil.which("tcptrace"):
-            tools["tcptrace -l"] = (["tcptrace", "-l", str(capture)], None)
-        rows = list(best_of(tools, args.repeat).items())
-        if shutil.which("tshark") and not args.no_tshark:
-            rows.append(("tshark TCP analysis", run(
-                ["tshark", "-r", str(capture), "-n", "-Y",
-                 "tcp.analysis.retransmission or tcp.analysis.fast_retransmission or "
-                 "tcp.analysis.spurious_retransmission",
-                 "-T", "fields", "-e", "frame.number", "-e", "tcp.analysis.fast_retransmission"])))
-    ours = rows[0][1]
-    print(f"{'tool':24} {'wall s':>8} {'peak MB':>9} {'time / ours':>12} {'packets/s':>12}")
-    for name, r in rows:
-        print(f"{name:24} {r['wall_s']:8.2f} {r['peak_mb']:9.0f} "
-              f"{r['wall_s'] / ours['wall_s']:11.2f}x {n / r['wall_s']:12,.0f}")
-    for name, r in rows[1:]:
-        if name.startswith("tshark"):
-            print(f"retranscope is {r['wall_s'] / ours['wall_s']:.1f}x faster than tshark, "
-                  f"peak memory {ours['peak_mb']:.0f} MB vs {r['peak_mb']:.0f} MB")
-        else:
-            print(f"retranscope takes {ours['wall_s'] / r['wall_s']:.2f}x the time of {name}")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(tmp, "pycache")
+        if args.baseline:
+            paired(args.captures[0], args.baseline, args.pairs, tmp, env)
+            return 0
+        for capture in args.captures:
+            bench_capture(capture, args, tmp, env)
     return 0
 
 

@@ -3,6 +3,9 @@
     .venv/bin/python bench/bench_reader.py                   # 1.3M packets, snaplen 128
     .venv/bin/python bench/bench_reader.py --format pcapng
     .venv/bin/python bench/bench_reader.py -n 200000 --keep --path /tmp/x.pcap
+    .venv/bin/python bench/bench_reader.py --compare-old /tmp/pcap_old.py --repeat 7
+    .venv/bin/python bench/bench_reader.py --jobs 1 2 --repeat 7     # workers: paired runs
+    .venv/bin/python bench/bench_reader.py --input big.pcap --stream # chunks only: peak RSS
 
 Each timed run is a fresh interpreter (as a CLI run is), so page faults on new memory and
 the first touch of the file's pages are counted, not hidden by a warm process; the file
@@ -217,17 +220,51 @@ def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: 
 
 
 # One timed run, in a fresh interpreter (as a CLI run is): numpy's import, page faults on
-# new memory and the first touch of the file's pages all count.
+# new memory and the first touch of the file's pages all count. argv: path, mode
+# ("table": read_capture; "stream": iterate the chunks, keep nothing), jobs, and the
+# reader module to use ("" = retranscope.analyze.capture; else a file defining
+# read_capture, e.g. the reader of an earlier commit: git show REV:analyze/pcap.py).
 CHILD = """
 import json, sys, time
+path, mode, jobs, module = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 t0 = time.perf_counter()
-from retranscope.analyze.pcap import read_capture
+if module:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("reader_under_test", module)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["reader_under_test"] = mod
+    spec.loader.exec_module(mod)
+    read = lambda p: mod.read_capture(p)
+else:
+    from retranscope.analyze.capture import open_capture, read_capture
+    read = lambda p: read_capture(p, jobs=jobs)
 t1 = time.perf_counter()
 c1 = time.process_time()
-cap = read_capture(sys.argv[1])
+if mode == "stream":
+    with open_capture(path, jobs=jobs) as cap:
+        for chunk in cap:
+            pass
+        packets = cap.meta.tcp_packets
+else:
+    packets = read(path).meta.tcp_packets
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
+hwm_kb = int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")).split()[1])
 print(json.dumps({"import_s": t1 - t0, "read_s": time.perf_counter() - t1,
-                  "cpu_s": time.process_time() - c1, "packets": int(cap.meta.tcp_packets)}))
+                  "cpu_s": time.process_time() - c1, "packets": int(packets),
+                  "peak_rss_mb": hwm_kb / 1024}))
 """
+
+
+def _run(path: str, mode: str, jobs: int, module: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, path, mode, str(jobs), module],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,36 +273,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snaplen", type=int, default=128)
     parser.add_argument("--format", choices=("pcap", "pcapng"), default="pcap")
     parser.add_argument("--path", help="default: /tmp/retranscope_bench_reader.FORMAT")
-    parser.add_argument("--repeat", type=int, default=5, help="fresh-process runs")
+    parser.add_argument("--input", help="time this existing capture (e.g. from "
+                        "bench/make_big_capture.py) instead of writing one")
+    parser.add_argument("--repeat", type=int, default=5, help="fresh-process runs per variant")
     parser.add_argument("--keep", action="store_true", help="keep the capture afterwards")
+    parser.add_argument("--compare-old", metavar="READER.py",
+                        help="paired runs against another reader module (A B A B ...)")
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1],
+                        help="decode on this many processes; several values: paired runs")
+    parser.add_argument("--stream", action="store_true",
+                        help="iterate the chunks only (no table): the bounded-memory path")
     args = parser.parse_args(argv)
 
-    path = args.path or f"/tmp/retranscope_bench_reader.{args.format}"
-    t0 = time.perf_counter()
-    size_bytes = make_synthetic_pcap(path, args.packets, snaplen=args.snaplen, fmt=args.format)
-    print(f"wrote {path}: {args.packets:,} packets, {size_bytes / 1e6:.1f} MB "
-          f"in {time.perf_counter() - t0:.2f} s")
-    runs = []
+    if args.input:
+        path, size_bytes, expect = args.input, os.path.getsize(args.input), None
+    else:
+        path = args.path or f"/tmp/retranscope_bench_reader.{args.format}"
+        t0 = time.perf_counter()
+        size_bytes = make_synthetic_pcap(path, args.packets, snaplen=args.snaplen,
+                                         fmt=args.format)
+        expect = args.packets
+        print(f"wrote {path}: {args.packets:,} packets, {size_bytes / 1e6:.1f} MB "
+              f"in {time.perf_counter() - t0:.2f} s")
+    mode = "stream" if args.stream else "table"
+    variants = [(f"jobs={j}", mode, j, "") for j in args.jobs]
+    if args.compare_old:
+        variants.insert(0, ("old reader", "table", 1, args.compare_old))
+    runs: dict[str, list[dict]] = {v[0]: [] for v in variants}
     try:
-        for _ in range(args.repeat):
-            proc = subprocess.run([sys.executable, "-c", CHILD, path],
-                                  capture_output=True, text=True, check=True)
-            runs.append(json.loads(proc.stdout))
+        for _ in range(args.repeat):  # paired: every variant once per round
+            for name, m, jobs, module in variants:
+                runs[name].append(_run(path, m, jobs, module))
     finally:
-        if not args.keep:
+        if not args.input and not args.keep:
             os.unlink(path)
-    if any(r["packets"] != args.packets for r in runs):
-        print(f"error: read {runs[0]['packets']} packets, wrote {args.packets}",
-              file=sys.stderr)
-        return 1
-    read_s = sorted(r["read_s"] for r in runs)
-    best, median = read_s[0], read_s[len(read_s) // 2]
-    cpu = min(r["cpu_s"] for r in runs)
-    imp = min(r["import_s"] for r in runs)
-    print(f"read_capture, fresh process, {len(runs)} runs: best {best:.3f} s "
-          f"({args.packets / best / 1e6:.2f} M packets/s, {size_bytes / best / 1e6:.0f} MB/s), "
-          f"median {median:.3f} s, best CPU {cpu:.3f} s; importing the reader (numpy "
-          f"included) {imp * 1000:.0f} ms")
+    for name, rs in runs.items():
+        got = {r["packets"] for r in rs}
+        if expect is not None and got != {expect}:
+            print(f"error: {name} read {got} packets, wrote {expect}", file=sys.stderr)
+            return 1
+        read_s = _median([r["read_s"] for r in rs])
+        print(f"{name:>12} ({mode}, {len(rs)} fresh-process runs): median {read_s:.3f} s "
+              f"({rs[0]['packets'] / read_s / 1e6:.2f} M packets/s, "
+              f"{size_bytes / read_s / 1e6:.0f} MB/s), median CPU "
+              f"{_median([r['cpu_s'] for r in rs]):.3f} s, peak RSS "
+              f"{_median([r['peak_rss_mb'] for r in rs]):.0f} MB; import "
+              f"{_median([r['import_s'] for r in rs]) * 1000:.0f} ms")
     return 0
 
 

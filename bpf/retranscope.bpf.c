@@ -16,7 +16,7 @@
  *   RTS_FILTER_PORT          host-order port matched against sport or dport
  *   RTS_FILTER_NETNS         network namespace inode
  *   RTS_OFF_*                struct offsets taken from the running kernel's BTF
- *                            (never from the headers bcc compiles against: FIELD-NOTES.md);
+ *                            (never from the headers bcc compiles against: docs/kernel-notes.md);
  *                            -1 where unknown, and the field is then left 0.
  */
 #include <uapi/linux/ptrace.h>
@@ -221,7 +221,7 @@ static __always_inline void rts_common(void *ctx, struct rts_event *e, u8 type)
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	/* The caller that decided to retransmit is a few frames up; user space maps the
 	 * addresses to tcp_send_loss_probe / tcp_retransmit_timer / tcp_xmit_retransmit_queue
-	 * through /proc/kallsyms. No kprobe needed (FIELD-NOTES.md). */
+	 * through /proc/kallsyms. No kprobe needed (docs/kernel-notes.md). */
 	long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
 	e->stack_len = n > 0 ? (long)((unsigned long)n >> 3) : n;
 }

@@ -6,7 +6,7 @@ either interface with an AF_PACKET socket and writes it out of the other one ``X
 serve both directions; FIFO order per direction is kept because the delay is constant and
 ties are broken by arrival order. Good for about 10k frames/s, far more than a lab flow needs.
 
-The kernel has no ``sch_netem`` here (FIELD-NOTES), so ``Lab(rtt_ms=...)`` starts this in a
+The kernel has no ``sch_netem`` here (docs/kernel-notes.md), so ``Lab(rtt_ms=...)`` starts this in a
 middle namespace that joins the sender's and the receiver's veth pairs.
 
 Frames are read and written with ``PACKET_VNET_HDR``: each carries a ``virtio_net_hdr`` that
@@ -27,6 +27,13 @@ on ``IF_A``, i.e. the sender->receiver direction of a lab, unless ``--disorder-d
   together than the jitter leave out of order.
 
 FIFO order per direction holds only with both off (constant delay, ties by arrival order).
+
+Loss, for captures taken elsewhere than at the sender (``--drop DIR:WHAT:PCT``, repeatable):
+PCT % of the TCP frames arriving on ``IF_A`` (DIR ``a``) or ``IF_B`` (``b``) that carry data
+(WHAT ``data``: payload, SYNs spared so no scenario waits a 1 s SYN timeout) or are pure ACKs
+(``ack``: no payload, no SYN/FIN/RST) are dropped, chosen by a generator seeded apart from
+the disorder's. Unlike an nftables rule at an endpoint this is loss *in the network*: a
+capture at the far endpoint, or at a tap behind this line, never sees the frame.
 
 It prints ``READY`` on stdout once both sockets are bound, and one JSON line of counters on
 stderr when it stops (SIGTERM/SIGINT). It asks the kernel to SIGTERM it when its parent dies
@@ -76,6 +83,56 @@ def _open(ifname: str, vnet_hdr: bool) -> socket.socket:
     return sock
 
 
+ETH_HLEN = 14
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+IPPROTO_TCP = 6
+TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
+DROP_WHAT = ("data", "ack")
+
+
+def tcp_kind(frame: bytes, offset: int = 0) -> str | None:
+    """``"data"`` (TCP with payload, not a SYN), ``"ack"`` (no payload, no SYN/FIN/RST),
+    ``"other"`` TCP, or None for anything else. ``offset``: where the Ethernet header
+    starts (after the virtio_net_hdr). Lengths come from the frame itself, so a GSO
+    super-frame counts as one frame of data."""
+    eth_type = int.from_bytes(frame[offset + 12: offset + 14], "big")
+    ip = offset + ETH_HLEN
+    if eth_type == ETH_P_IP and len(frame) >= ip + 20:
+        if frame[ip + 9] != IPPROTO_TCP:
+            return None
+        tcp = ip + (frame[ip] & 0x0F) * 4
+    elif eth_type == ETH_P_IPV6 and len(frame) >= ip + 40:
+        if frame[ip + 6] != IPPROTO_TCP:  # the lab sends no extension headers
+            return None
+        tcp = ip + 40
+    else:
+        return None
+    if len(frame) < tcp + 20:
+        return None
+    payload = len(frame) - tcp - (frame[tcp + 12] >> 4) * 4
+    flags = frame[tcp + 13]
+    if payload > 0 and not flags & TCP_SYN:
+        return "data"
+    if payload <= 0 and not flags & (TCP_SYN | TCP_FIN | TCP_RST):
+        return "ack"
+    return "other"
+
+
+def parse_drop(text: str) -> tuple[str, str, float]:
+    """``DIR:WHAT:PCT`` (e.g. ``a:data:2``) as (dir, what, pct)."""
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in ("a", "b") or parts[1] not in DROP_WHAT:
+        raise argparse.ArgumentTypeError(f"{text!r}: want DIR:WHAT:PCT, DIR a|b, "
+                                         f"WHAT {'|'.join(DROP_WHAT)}")
+    try:
+        pct = float(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: PCT is not a number") from None
+    if not 0 <= pct <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: PCT must be 0-100")
+    return parts[0], parts[1], pct
+
+
 class _Stop(Exception):
     """Raised by the signal handler to leave the select loop at once."""
 
@@ -85,7 +142,8 @@ class DelayLine:
 
     def __init__(self, if_a: str, if_b: str, delay_ms: float, vnet_hdr: bool = True,
                  reorder_pct: float = 0.0, reorder_ms: float = 0.0, jitter_ms: float = 0.0,
-                 disorder_dir: str = "a", seed: int | None = None):
+                 disorder_dir: str = "a", seed: int | None = None,
+                 drops: tuple[tuple[str, str, float], ...] = ()):
         if not 0.0 <= reorder_pct <= 100.0:
             raise ValueError(f"reorder_pct={reorder_pct}: want 0-100")
         if reorder_ms < 0 or jitter_ms < 0:
@@ -104,6 +162,15 @@ class DelayLine:
         self.disordered = ({self.sock_a.fileno()} if disorder_dir == "a"
                            else {self.sock_a.fileno(), self.sock_b.fileno()})
         self.held_back = 0
+        self.vnet_hdr = vnet_hdr
+        # Its own generator: adding loss to a scenario leaves its disorder as it was.
+        self.drop_rng = random.Random(None if seed is None else seed + 1_000_003)
+        #: {input fileno: {what: probability}}
+        self.drops: dict[int, dict[str, float]] = {}
+        for direction, what, pct in drops:
+            sock = self.sock_a if direction == "a" else self.sock_b
+            self.drops.setdefault(sock.fileno(), {})[what] = pct / 100.0
+        self.dropped = {what: 0 for what in DROP_WHAT}
         # (release_monotonic_s, arrival_no, out_socket, frame)
         self.heap: list[tuple[float, int, socket.socket, bytes]] = []
         self.arrivals = 0
@@ -123,6 +190,17 @@ class DelayLine:
             self.held_back += 1
         return extra
 
+    def _drop(self, fileno: int, frame: bytes) -> bool:
+        rules = self.drops.get(fileno)
+        if not rules:
+            return False
+        kind = tcp_kind(frame, VNET_HDR_LEN if self.vnet_hdr else 0)
+        p = rules.get(kind or "")
+        if not p or self.drop_rng.random() >= p:
+            return False
+        self.dropped[kind or ""] += 1
+        return True
+
     def _drain(self, sock: socket.socket, now_s: float) -> None:
         out = self.peer[sock.fileno()]
         while True:
@@ -133,6 +211,8 @@ class DelayLine:
             except InterruptedError:
                 continue
             if addr[2] == PACKET_OUTGOING:
+                continue
+            if self._drop(sock.fileno(), frame):
                 continue
             if len(self.heap) >= QUEUE_MAX_FRAMES:
                 self.dropped_queue_full += 1
@@ -175,6 +255,8 @@ class DelayLine:
             "dropped_queue_full": self.dropped_queue_full,
             "send_errors": self.send_errors,
             "held_back": self.held_back,
+            "dropped_data": self.dropped["data"],
+            "dropped_ack": self.dropped["ack"],
         }
 
 
@@ -201,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra delay uniform in [0, J] ms for every frame")
     parser.add_argument("--disorder-dir", choices=("a", "both"), default="a",
                         help="disorder frames arriving on IF_A only (default) or both ways")
-    parser.add_argument("--seed", type=int, default=None, help="disorder RNG seed")
+    parser.add_argument("--seed", type=int, default=None, help="disorder/drop RNG seed")
+    parser.add_argument("--drop", type=parse_drop, action="append", default=[],
+                        metavar="DIR:WHAT:PCT",
+                        help="drop PCT %% of the TCP data (WHAT=data) or pure-ACK (ack) "
+                             "frames arriving on IF_A (DIR=a) or IF_B (b); repeatable")
     args = parser.parse_args(argv)
     if args.delay_ms < 0:
         parser.error("--delay-ms must be >= 0")
@@ -218,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
     line = DelayLine(args.if_a, args.if_b, args.delay_ms, vnet_hdr=not args.no_vnet_hdr,
                      reorder_pct=args.reorder_pct, reorder_ms=args.reorder_ms,
-                     jitter_ms=args.jitter_ms, disorder_dir=args.disorder_dir, seed=args.seed)
+                     jitter_ms=args.jitter_ms, disorder_dir=args.disorder_dir, seed=args.seed,
+                     drops=tuple(args.drop))
 
     def stop(_signum: int, _frame: object) -> None:
         raise _Stop

@@ -4,11 +4,20 @@
 
     rtt_ms == 0:   [sender_ns] sender_if ──veth── receiver_if [receiver_ns]
     rtt_ms  > 0:   [sender_ns] sender_if ──veth── [middle_ns: delay line] ──veth── receiver_if
+    tap=True:      [sender_ns] ──veth── [middle_ns: line ─ tap_a ══ tap_b ─ line] ──veth── [rcv]
+    router_mtu:    [sender_ns] ──veth── [middle_ns: IP router] ──veth (MTU router_mtu)── [rcv]
+
+With ``tap=True`` the middle namespace holds two delay lines joined by a veth pair of its
+own (``tap_ifs``): a capture on ``tap_a`` is a mid-path tap, with part of the one-way delay
+before it and the rest after it (``tap_split``). With ``router_mtu`` the middle namespace is
+an IP router (forwarding on, its own addresses) whose link towards the receiver has a
+smaller MTU: a segment too big for it is dropped and answered with an ICMP "fragmentation
+needed" / ICMPv6 "packet too big" (RFC 1191, RFC 8201), path MTU discovery as on the Internet.
 
 Loss comes from nftables rules in an ``input`` chain of the lab's own table (``inet
 retranscope``) in the receiver's namespace (or, for SYN-ACKs, the sender's): this kernel has
-no netem (FIELD-NOTES). Round-trip times come from :mod:`retranscope.lab.delay`, an AF_PACKET
-delay line in the middle namespace. The veth ends are created directly inside the lab's
+no netem (docs/kernel-notes.md). Round-trip times come from :mod:`retranscope.lab.delay`,
+an AF_PACKET delay line in the middle namespace. The veth ends are created directly inside the lab's
 namespaces (``ip link add ... netns``), so nothing of the lab ever exists in the root
 namespace, and deleting the namespaces deletes the veths.
 
@@ -62,6 +71,13 @@ IFNAMSIZ = 15  # usable chars of an interface name (IFNAMSIZ 16 with the NUL)
 CMD_TIMEOUT_S = 20.0
 ADDR4 = {"sender": "10.77.0.1", "receiver": "10.77.0.2"}
 ADDR6 = {"sender": "fd00:77::1", "receiver": "fd00:77::2"}
+#: The router's own addresses (router_mtu): on its sender-side and receiver-side links.
+#: Host routes (/32, /128) only: the endpoints keep their one subnet and reach each other
+#: through static neighbour entries that point at the router's interfaces.
+ROUTER_ADDR4 = ("10.77.0.254", "10.77.0.253")
+ROUTER_ADDR6 = ("fd00:77::fe", "fd00:77::fd")
+#: Frames the delay line may drop: TCP with payload, or pure ACKs (delay.py --drop).
+LINE_DROP_WHAT = ("data", "ack")
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Counter names as nstat prints them: section prefix ("Tcp", "TcpExt", "Ip6"...) + field.
 _COUNTER_FILES = ("/proc/net/snmp", "/proc/net/netstat", "/proc/net/snmp6")
@@ -230,16 +246,34 @@ class Lab:
         ``(role, key, value)`` triples, role ``"sender"`` or ``"receiver"``: per-namespace
         ``net.*`` sysctls set while the lab is built (before anything runs in it), e.g.
         ``("sender", "net.ipv4.tcp_sack", "0")``.
+    tap, tap_split:
+        A mid-path tap (``rtt_ms > 0``): two delay lines in the middle namespace joined by
+        the veth pair ``tap_ifs``; the sender-side line delays each direction by
+        ``tap_split`` of the one-way delay, the receiver-side line by the rest. Disorder
+        (reorder/jitter) happens in the sender-side line, before the tap.
+    line_drops:
+        ``(direction, what, pct)`` triples: loss in the delay line, seeded by
+        ``disorder_seed``. ``direction`` ``"to_receiver"`` or ``"to_sender"``, ``what``
+        ``"data"`` (TCP with payload, SYNs spared) or ``"ack"`` (pure ACKs). With ``tap``
+        each direction loses its frames in the line *before* the tap (so the tap never sees
+        them); nftables rules at the endpoints drop after it.
+    router_mtu:
+        The middle namespace is an IP router (no delay line, ``rtt_ms`` must be 0) whose link
+        to the receiver has this MTU (>= 1280 with IPv6).
 
-    Attributes: ``sender_ns``, ``receiver_ns``, ``middle_ns`` (None without delay),
-    ``sender_if``, ``receiver_if``, ``sender_addr4/6``, ``receiver_addr4/6``.
+    Attributes: ``sender_ns``, ``receiver_ns``, ``middle_ns`` (None without delay or
+    router), ``sender_if``, ``receiver_if``, ``middle_ifs``, ``tap_ifs``,
+    ``sender_addr4/6``, ``receiver_addr4/6``.
     """
 
     def __init__(self, prefix: str | None = None, rtt_ms: float = 0.0, ipv6: bool = True,
                  tso: bool = True, python: str | None = None, rx_cpu: int | None = 0,
                  mtu: int | None = None, reorder_pct: float = 0.0, reorder_ms: float = 0.0,
                  jitter_ms: float = 0.0, disorder_seed: int | None = None,
-                 sysctls: tuple[tuple[str, str, str], ...] = ()):
+                 sysctls: tuple[tuple[str, str, str], ...] = (), tap: bool = False,
+                 tap_split: float = 0.5,
+                 line_drops: tuple[tuple[str, str, float], ...] = (),
+                 router_mtu: int | None = None):
         if prefix is None:
             prefix = f"{DEFAULT_PREFIX_BASE}{os.getpid()}n{next(_instances)}"
         if not _NAME_OK.match(prefix):
@@ -257,6 +291,21 @@ class Lab:
         for role, key, _value in sysctls:
             if role not in ("sender", "receiver"):
                 raise ValueError(f"sysctl {key}: role {role!r}, want 'sender' or 'receiver'")
+        if (tap or line_drops) and rtt_ms <= 0:
+            raise ValueError("a mid-path tap and delay-line loss need the delay line (rtt_ms > 0)")
+        if not 0.0 < tap_split < 1.0:
+            raise ValueError(f"tap_split={tap_split}: want a fraction strictly between 0 and 1")
+        for direction, what, pct in line_drops:
+            if direction not in ("to_receiver", "to_sender") or what not in LINE_DROP_WHAT:
+                raise ValueError(f"line drop {(direction, what, pct)}: want direction "
+                                 f"to_receiver/to_sender and what in {LINE_DROP_WHAT}")
+            if not 0 < pct <= 100:
+                raise ValueError(f"line drop {(direction, what, pct)}: pct must be 0-100")
+        if router_mtu is not None:
+            if rtt_ms > 0:
+                raise ValueError("router_mtu: the router has no delay line (rtt_ms must be 0)")
+            if not 576 <= router_mtu <= 65535 or (ipv6 and router_mtu < 1280):
+                raise ValueError(f"router_mtu={router_mtu}: want 576-65535 (IPv6: >= 1280)")
         n_cpus = os.cpu_count() or 1
         if rx_cpu is not None and not 0 <= rx_cpu < n_cpus:
             raise ValueError(f"rx_cpu={rx_cpu}: this machine has CPUs 0-{n_cpus - 1}")
@@ -272,15 +321,23 @@ class Lab:
         self.jitter_ms = float(jitter_ms)
         self.disorder_seed = disorder_seed
         self.sysctls = tuple(sysctls)
+        self.tap = tap
+        self.tap_split = float(tap_split)
+        self.line_drops = tuple(line_drops)
+        self.router_mtu = router_mtu
         self.sender_ns = f"{prefix}-snd"
         self.receiver_ns = f"{prefix}-rcv"
-        self.middle_ns: str | None = f"{prefix}-mid" if rtt_ms > 0 else None
+        has_middle = rtt_ms > 0 or router_mtu is not None
+        self.middle_ns: str | None = f"{prefix}-mid" if has_middle else None
         self.sender_if = _ifname(prefix, "s")
         self.receiver_if = _ifname(prefix, "r")
         self.middle_ifs = (_ifname(prefix, "ms"), _ifname(prefix, "mr"))
+        self.tap_ifs = (_ifname(prefix, "ta"), _ifname(prefix, "tb"))
         self.sender_addr4, self.receiver_addr4 = ADDR4["sender"], ADDR4["receiver"]
         self.sender_addr6, self.receiver_addr6 = ADDR6["sender"], ADDR6["receiver"]
         self.delay_proc: subprocess.Popen[str] | None = None
+        #: Every delay line started (two with a tap): delay_stats() sums their counters.
+        self.delay_procs: list[subprocess.Popen[str]] = []
         self._created_ns: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
         self._rules: list[RuleHandle] = []
@@ -329,20 +386,7 @@ class Lab:
             _run(["ip", "link", "add", self.sender_if, "netns", self.sender_ns, "type", "veth",
                   "peer", "name", self.receiver_if, "netns", self.receiver_ns])
         else:
-            mid_s, mid_r = self.middle_ifs
-            # The middle is a wire, not a host: no IPv6 link-local, no router solicitations.
-            for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
-                self.sysctl(self.middle_ns, key, "1")
-            _run(["ip", "link", "add", self.sender_if, "netns", self.sender_ns, "type", "veth",
-                  "peer", "name", mid_s, "netns", self.middle_ns])
-            _run(["ip", "link", "add", mid_r, "netns", self.middle_ns, "type", "veth",
-                  "peer", "name", self.receiver_if, "netns", self.receiver_ns])
-            for ifname in self.middle_ifs:
-                # GRO would merge frames before the packet socket sees them; keep them as sent.
-                self._ethtool(self.middle_ns, ifname, gro="off")
-                if self.mtu is not None:
-                    self._ip(self.middle_ns, "link", "set", ifname, "mtu", str(self.mtu))
-                self._ip(self.middle_ns, "link", "set", ifname, "up")
+            self._build_middle(self.middle_ns)
         for role, ns, ifname in (("sender", self.sender_ns, self.sender_if),
                                  ("receiver", self.receiver_ns, self.receiver_if)):
             self._ip(ns, "addr", "add", f"{ADDR4[role]}/24", "dev", ifname)
@@ -366,10 +410,61 @@ class Lab:
                 self._ip(ns, "link", "set", ifname, "mtu", str(self.mtu))
             self._ip(ns, "link", "set", ifname, "up")
             self._nft_setup(ns)
+        if self.router_mtu is not None:
+            self._route_middle()
         self._static_neighbours()
         self._steer_rx()
-        if self.middle_ns is not None:
+        if self.middle_ns is not None and self.router_mtu is None:
             self._start_delay_line()
+
+    def _build_middle(self, mid: str) -> None:
+        mid_s, mid_r = self.middle_ifs
+        router = self.router_mtu is not None
+        if not (router and self.ipv6):
+            # A wire, not a host: no IPv6 link-local, no router solicitations.
+            for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
+                self.sysctl(mid, key, "1")
+        _run(["ip", "link", "add", self.sender_if, "netns", self.sender_ns, "type", "veth",
+              "peer", "name", mid_s, "netns", mid])
+        _run(["ip", "link", "add", mid_r, "netns", mid, "type", "veth",
+              "peer", "name", self.receiver_if, "netns", self.receiver_ns])
+        ifnames = list(self.middle_ifs)
+        if self.tap:
+            tap_a, tap_b = self.tap_ifs
+            _run(["ip", "-n", mid, "link", "add", tap_a, "type", "veth", "peer", "name", tap_b])
+            ifnames += [tap_a, tap_b]
+        for ifname in ifnames:
+            # GRO would merge frames before the packet socket sees them; keep them as sent.
+            self._ethtool(mid, ifname, gro="off")
+            if router and self.ipv6:
+                # Only the global address the ICMPv6 errors come from: no link-local, so
+                # no DAD or MLD traffic in the captures.
+                self._ip(mid, "link", "set", ifname, "addrgenmode", "none")
+                self.sysctl(mid, f"net.ipv6.conf.{ifname}.accept_ra", "0")
+            mtu = self.router_mtu if router and ifname == mid_r else self.mtu
+            if mtu is not None:
+                self._ip(mid, "link", "set", ifname, "mtu", str(mtu))
+            self._ip(mid, "link", "set", ifname, "up")
+
+    def _route_middle(self) -> None:
+        """The middle namespace as a router: forwarding on, an address and a host route
+        per side, no ICMP rate limit (every too-big segment gets its answer, as the sender's
+        PMTU handling expects: tcp_v4_err / tcp_v6_err)."""
+        mid = self.middle_ns
+        assert mid is not None
+        self.sysctl(mid, "net.ipv4.ip_forward", "1")
+        self.sysctl(mid, "net.ipv4.icmp_ratelimit", "0")
+        self.sysctl(mid, "net.ipv4.icmp_msgs_per_sec", "100000")
+        for ifname, own4, peer in zip(self.middle_ifs, ROUTER_ADDR4, ("sender", "receiver")):
+            self._ip(mid, "addr", "add", f"{own4}/32", "dev", ifname)
+            self._ip(mid, "route", "add", f"{ADDR4[peer]}/32", "dev", ifname)
+        if not self.ipv6:
+            return
+        self.sysctl(mid, "net.ipv6.conf.all.forwarding", "1")
+        self.sysctl(mid, "net.ipv6.icmp.ratelimit", "0")
+        for ifname, own6, peer in zip(self.middle_ifs, ROUTER_ADDR6, ("sender", "receiver")):
+            self._ip(mid, "-6", "addr", "add", f"{own6}/128", "dev", ifname, "nodad")
+            self._ip(mid, "-6", "route", "add", f"{ADDR6[peer]}/128", "dev", ifname)
 
     def close(self) -> None:
         """Kill every process the lab started, then delete its namespaces. Idempotent.
@@ -381,6 +476,7 @@ class Lab:
         while self._procs:
             _kill_group(self._procs.pop())
         self.delay_proc = None
+        self.delay_procs = []
         while self._created_ns:
             ns = self._created_ns[-1]
             # Anything still inside (a child of a child) would keep the namespace alive.
@@ -476,22 +572,33 @@ class Lab:
             return ADDR6[role]
         raise ValueError(f"family={family}: want 4 or 6")
 
+    def _mac(self, ns: str, ifname: str) -> str:
+        info = json.loads(_run(["ip", "-n", ns, "-j", "link", "show", "dev", ifname]).stdout)
+        return str(info[0]["address"])
+
     def _static_neighbours(self) -> None:
         # Permanent neighbour entries: no ARP/ND exchange delays the first SYN (whose timing
         # the RTT and SYN-loss scenarios depend on) or clutters the captures.
-        macs = {}
-        for ns, ifname in ((self.sender_ns, self.sender_if),
-                           (self.receiver_ns, self.receiver_if)):
-            info = json.loads(_run(["ip", "-n", ns, "-j", "link", "show", "dev", ifname]).stdout)
-            macs[ns] = info[0]["address"]
-        for ns, ifname, peer_role, peer_ns in (
-                (self.sender_ns, self.sender_if, "receiver", self.receiver_ns),
-                (self.receiver_ns, self.receiver_if, "sender", self.sender_ns)):
-            self._ip(ns, "neigh", "replace", ADDR4[peer_role], "lladdr", macs[peer_ns],
+        macs = {"sender": self._mac(self.sender_ns, self.sender_if),
+                "receiver": self._mac(self.receiver_ns, self.receiver_if)}
+        # Through a router each endpoint's next hop is the router's interface on its link.
+        next_hop = dict(macs)
+        if self.router_mtu is not None:
+            assert self.middle_ns is not None
+            next_hop = {"receiver": self._mac(self.middle_ns, self.middle_ifs[0]),
+                        "sender": self._mac(self.middle_ns, self.middle_ifs[1])}
+            for ifname, role in zip(self.middle_ifs, ("sender", "receiver")):
+                self._neigh(self.middle_ns, ifname, role, macs[role])
+        for ns, ifname, peer_role in ((self.sender_ns, self.sender_if, "receiver"),
+                                      (self.receiver_ns, self.receiver_if, "sender")):
+            self._neigh(ns, ifname, peer_role, next_hop[peer_role])
+
+    def _neigh(self, ns: str, ifname: str, peer_role: str, mac: str) -> None:
+        self._ip(ns, "neigh", "replace", ADDR4[peer_role], "lladdr", mac, "dev", ifname,
+                 "nud", "permanent")
+        if self.ipv6:
+            self._ip(ns, "-6", "neigh", "replace", ADDR6[peer_role], "lladdr", mac,
                      "dev", ifname, "nud", "permanent")
-            if self.ipv6:
-                self._ip(ns, "-6", "neigh", "replace", ADDR6[peer_role], "lladdr",
-                         macs[peer_ns], "dev", ifname, "nud", "permanent")
 
     def _steer_rx(self) -> None:
         # veth delivers through netif_rx() into the backlog of whichever CPU sent the frame;
@@ -505,6 +612,8 @@ class Lab:
         ends = [(self.sender_ns, self.sender_if), (self.receiver_ns, self.receiver_if)]
         if self.middle_ns is not None:
             ends += [(self.middle_ns, ifname) for ifname in self.middle_ifs]
+            if self.tap:
+                ends += [(self.middle_ns, ifname) for ifname in self.tap_ifs]
         for ns, ifname in ends:
             path = f"/sys/class/net/{ifname}/queues/rx-0/rps_cpus"
             self._check_ns(ns)
@@ -514,38 +623,49 @@ class Lab:
     # --- delay line -------------------------------------------------------------------------
 
     def _start_delay_line(self) -> None:
+        """One delay line between the middle interfaces, or (``tap``) one on each side of
+        the tap's veth pair. Direction ``a`` of every line is sender -> receiver."""
         assert self.middle_ns is not None
-        one_way_ms = f"{self.rtt_ms / 2.0:g}"
-        args = [*self.middle_ifs, "--delay-ms", one_way_ms, "--realtime"]
-        if self.reorder_pct:
-            args += ["--reorder-pct", f"{self.reorder_pct:g}",
-                     "--reorder-ms", f"{self.reorder_ms:g}"]
-        if self.jitter_ms:
-            args += ["--jitter-ms", f"{self.jitter_ms:g}"]
-        if self.disorder_seed is not None:
-            args += ["--seed", str(self.disorder_seed)]
-        proc = self.pymodule(self.middle_ns, "retranscope.lab.delay", args)
-        self.delay_proc = proc
-        line = read_first_line(proc, timeout_s=10.0)
-        if line.strip() != "READY":
-            raise LabError(f"delay line did not start: {line!r} {stderr_if_exited(proc)}")
+        one_way_ms = self.rtt_ms / 2.0
+        if not self.tap:
+            lines = [(self.middle_ifs[0], self.middle_ifs[1], one_way_ms, True, ("a", "b"))]
+        else:
+            before = one_way_ms * self.tap_split
+            # Each direction loses frames in the line it crosses before the tap.
+            lines = [(self.middle_ifs[0], self.tap_ifs[0], before, True, ("a",)),
+                     (self.tap_ifs[1], self.middle_ifs[1], one_way_ms - before, False, ("b",))]
+        for k, (if_a, if_b, delay_ms, disorder, drop_dirs) in enumerate(lines):
+            args = [if_a, if_b, "--delay-ms", f"{delay_ms:g}", "--realtime"]
+            if disorder and self.reorder_pct:
+                args += ["--reorder-pct", f"{self.reorder_pct:g}",
+                         "--reorder-ms", f"{self.reorder_ms:g}"]
+            if disorder and self.jitter_ms:
+                args += ["--jitter-ms", f"{self.jitter_ms:g}"]
+            for direction, what, pct in self.line_drops:
+                code = "a" if direction == "to_receiver" else "b"
+                if code in drop_dirs:
+                    args += ["--drop", f"{code}:{what}:{pct:g}"]
+            if self.disorder_seed is not None:
+                args += ["--seed", str(self.disorder_seed + k)]
+            proc = self.pymodule(self.middle_ns, "retranscope.lab.delay", args)
+            self.delay_procs.append(proc)
+            if self.delay_proc is None:
+                self.delay_proc = proc
+            line = read_first_line(proc, timeout_s=10.0)
+            if line.strip() != "READY":
+                raise LabError(f"delay line did not start: {line!r} {stderr_if_exited(proc)}")
 
     def delay_stats(self) -> dict[str, int] | None:
-        """Stop the delay line and return its counters (None without one)."""
-        proc = self.delay_proc
-        if proc is None:
+        """Stop the delay line(s) and return their counters, summed (None without one).
+        With a tap a frame crosses both lines, so ``arrivals``/``forwarded`` count it twice;
+        ``dropped_*`` and ``held_back`` happen in one line only and stay exact."""
+        if not self.delay_procs:
             return None
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            _, err = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        for line in reversed((err or "").splitlines()):
-            if line.startswith("{"):
-                return json.loads(line)
-        return {}
+        total: dict[str, int] = {}
+        for proc in self.delay_procs:
+            for key, value in _stop_delay_line(proc).items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     # --- nftables ---------------------------------------------------------------------------
 
@@ -641,6 +761,23 @@ def stderr_if_exited(proc: subprocess.Popen[str]) -> str:
         return proc.stderr.read().strip()[-2000:]
     except (OSError, ValueError):
         return ""
+
+
+def _stop_delay_line(proc: subprocess.Popen[str]) -> dict[str, int]:
+    """SIGTERM a delay line and read the counters it prints on stderr as it stops."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    except ValueError:  # streams already closed by a previous call
+        return {}
+    for line in reversed((err or "").splitlines()):
+        if line.startswith("{"):
+            return dict(json.loads(line))
+    return {}
 
 
 def _kill_group(proc: subprocess.Popen[Any], grace_s: float = 2.0) -> None:

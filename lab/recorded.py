@@ -1,8 +1,10 @@
 """Run a lab scenario with the real recorder attached: kernel events + capture + metadata.
 
 This is how ground truth is made: the recorder (`retranscope record`) runs inside the
-retransmitting namespace, with tcpdump on that namespace's interface, while the scenario
-makes real loss. Used by the recorder's tests, the accuracy corpus and `retranscope demo`.
+retransmitting namespace while the scenario makes real loss; the capture is taken where the
+scenario says (lab/capture.py: on that host by the recorder's own tcpdump, or at the
+receiver, a mid-path tap, one way only). scenario.json says where. Used by the recorder's
+tests, the accuracy corpus and `retranscope demo`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from retranscope.lab.capture import LabCapture, capture_meta, capture_site
 from retranscope.lab.netns import Lab
 from retranscope.lab.scenarios import Scenario, ScenarioResult, run_scenario
 from retranscope.lines import LineReader
@@ -98,35 +101,39 @@ def record_scenario(
     lab_kw: dict | None = None,
     interface: str | None = None,
 ) -> RecordedRun:
-    """Build the scenario's lab, record while it runs, tear everything down."""
+    """Build the scenario's lab, record while it runs, tear everything down.
+
+    The recorder runs in the retransmitting namespace. A scenario captured there (the
+    default CapturePoint) uses the recorder's own tcpdump (on ``interface`` if given, e.g.
+    "any"); any other capture point gets its own tcpdump there (lab/capture.py) and the
+    recorder records events only. scenario.json says where the capture was taken.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     capture = out_dir / "capture.pcap"
+    own_capture = scenario.capture.is_default
     with scenario.lab(**(lab_kw or {})) as lab:
         ns = scenario.retransmitting_ns(lab)
         iface = interface or (
             lab.sender_if if scenario.retransmitter == "client" else lab.receiver_if
         )
-        rec = RecorderProcess(
-            lab,
-            ns,
-            [
-                "--out",
-                str(out_dir),
-                "--pcap",
-                str(capture),
-                "--interface",
-                iface,
-                "--quiet",
-                *extra_args,
-            ],
-        )
+        pcap_args = ["--pcap", str(capture), "--interface", iface] if own_capture else []
+        rec = RecorderProcess(lab, ns, ["--out", str(out_dir), *pcap_args, "--quiet",
+                                        *extra_args])
+        tap = None if own_capture else LabCapture(lab, scenario, capture)
         try:
+            if tap is not None:
+                tap.wait_ready()
             result = run_scenario(lab, scenario)
             time.sleep(settle_s)  # late retransmissions (a FIN's probe) still land
         finally:
+            tap_stats = tap.stop() if tap is not None else None
             code = rec.stop()
+        where = capture_meta(scenario)
+        where["capture"]["interface"] = interface or capture_site(lab, scenario)[1]
+        result.delay_stats = lab.delay_stats()
     meta = json.loads((out_dir / "run.json").read_text())
+    where["capture"]["tcpdump"] = tap_stats or (meta.get("pcap") or {}).get("tcpdump")
     meta["scenario"] = {
         "name": scenario.name,
         "family": scenario.family,
@@ -134,6 +141,9 @@ def record_scenario(
         "rtt_ms": scenario.rtt_ms,
         "expected": sorted(scenario.expected),
         "counters": result.deltas(),
+        **where,
+        "delay_line": result.delay_stats,
+        "derived": None,
     }
     (out_dir / "scenario.json").write_text(json.dumps(meta["scenario"], indent=2) + "\n")
     return RecordedRun(scenario, out_dir, capture, result, meta, rec.stderr_lines, code)

@@ -19,7 +19,10 @@ Besides loss rules a scenario can shape the lab: RTT (the delay line), reorderin
 in the delay line (``reorder_pct``/``reorder_ms``, ``jitter_ms``), the MTU, per-namespace
 sysctls (SACK or timestamps off, autocorking), extra nftables sets for rules that remember
 packets (``nft_sets``: drop a segment *and* its first retransmission), and which IPv6 /
-TSO-off twins it has (``twins``).
+TSO-off twins it has (``twins``). And where the capture is taken (``capture``:
+lab/capture.py; the recorder stays on the retransmitting host), loss in the delay line
+(``line_drops``: in the network, before a tap), and an IP router whose far link has a
+smaller MTU (``router_mtu``: path MTU discovery). docs/lab.md lists the scenarios.
 
 The client always runs in ``lab.sender_ns`` and the server in ``lab.receiver_ns``;
 ``scenario.retransmitter`` says which side retransmits (``"server"`` for ``synack_drop``
@@ -43,6 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from retranscope.lab.capture import CapturePoint
 from retranscope.lab.netns import (
     NFT_TABLE,
     Lab,
@@ -51,6 +55,7 @@ from retranscope.lab.netns import (
     read_first_line,
     stderr_if_exited,
 )
+from retranscope.lab.traffic import REQ_HDR
 
 REASONS = ("fast", "tlp", "rto", "rto_recovery", "syn", "synack")
 #: Twins a base scenario may have (see :func:`variants`).
@@ -169,6 +174,17 @@ class Scenario:
     nft_sets: tuple[tuple[str, str, str], ...] = ()
     #: Which twins :func:`variants` derives from this base scenario.
     twins: tuple[str, ...] = ("v6", "notso", "v6_notso")
+    #: Where the capture is taken (lab/capture.py); the recorder stays on the
+    #: retransmitting host whatever this says. ``where="mid"`` builds the lab with a tap.
+    capture: CapturePoint = CapturePoint()
+    #: Share of the one-way delay before the mid-path tap.
+    tap_split: float = 0.5
+    #: Loss in the delay line, (direction, what, pct): see Lab(line_drops=...).
+    line_drops: tuple[tuple[str, str, float], ...] = ()
+    #: An IP router in the middle whose link to the server has this MTU (PMTU discovery).
+    router_mtu: int | None = None
+    #: Seed of the delay line's disorder and loss (None: a new pattern every run).
+    disorder_seed: int | None = None
 
     def __post_init__(self) -> None:
         unknown = (self.expected | self.possible) - set(REASONS)
@@ -179,15 +195,20 @@ class Scenario:
         unknown_twins = set(self.twins) - set(TWINS)
         if unknown_twins:
             raise ValueError(f"{self.name}: unknown twins {sorted(unknown_twins)}")
+        if self.capture.where == "mid" and self.rtt_ms <= 0:
+            raise ValueError(f"{self.name}: a mid-path capture needs the delay line (rtt_ms)")
 
     def retransmitting_ns(self, lab: Lab) -> str:
         return lab.sender_ns if self.retransmitter == "client" else lab.receiver_ns
 
     def lab(self, **kw: Any) -> Lab:
         """A Lab built the way this scenario needs (not started)."""
+        kw.setdefault("disorder_seed", self.disorder_seed)
         return Lab(rtt_ms=self.rtt_ms, tso=self.tso, ipv6=self.family == 6, mtu=self.mtu,
                    reorder_pct=self.reorder_pct, reorder_ms=self.reorder_ms,
-                   jitter_ms=self.jitter_ms, sysctls=self.sysctls, **kw)
+                   jitter_ms=self.jitter_ms, sysctls=self.sysctls,
+                   tap=self.capture.where == "mid", tap_split=self.tap_split,
+                   line_drops=self.line_drops, router_mtu=self.router_mtu, **kw)
 
     def exact_counters(self) -> dict[str, int]:
         return {**self.exact, **({} if self.tso else self.exact_notso)}
@@ -284,11 +305,15 @@ def check_lab(lab: Lab, scenario: Scenario) -> None:
                        f"rtt_ms={scenario.rtt_ms}; lab has tso={lab.tso} rtt_ms={lab.rtt_ms}")
     if scenario.family == 6 and not lab.ipv6:
         raise LabError(f"scenario {scenario.name} is IPv6; the lab was built with ipv6=False")
-    lab_shape = (lab.mtu, lab.reorder_pct, lab.reorder_ms, lab.jitter_ms)
-    want = (scenario.mtu, scenario.reorder_pct, scenario.reorder_ms, scenario.jitter_ms)
+    lab_shape = (lab.mtu, lab.reorder_pct, lab.reorder_ms, lab.jitter_ms,
+                 lab.line_drops, lab.router_mtu)
+    want = (scenario.mtu, scenario.reorder_pct, scenario.reorder_ms, scenario.jitter_ms,
+            scenario.line_drops, scenario.router_mtu)
     if lab_shape != want:
         raise LabError(f"scenario {scenario.name} needs (mtu, reorder_pct, reorder_ms, "
-                       f"jitter_ms)={want}; lab has {lab_shape}")
+                       f"jitter_ms, line_drops, router_mtu)={want}; lab has {lab_shape}")
+    if scenario.capture.where == "mid" and not lab.tap:
+        raise LabError(f"scenario {scenario.name} captures mid-path; the lab has no tap")
 
 
 def run_scenario(lab: Lab, scenario: Scenario) -> ScenarioResult:
@@ -390,9 +415,10 @@ def _bulk(n_bytes: int, conns: int = 1, timeout_s: float = 15.0) -> Traffic:
 
 
 def _requests(count: int, burst: int, size: int, think_ms: str = "0",
-              timeout_s: float = 15.0, server_extra: tuple[str, ...] = ()) -> Traffic:
+              timeout_s: float = 15.0, server_extra: tuple[str, ...] = (),
+              client_extra: tuple[str, ...] = ()) -> Traffic:
     return Traffic("requests", ("--count", str(count), "--burst", str(burst),
-                                "--size", str(size)),
+                                "--size", str(size), *client_extra),
                    "echo-slow", ("--think-ms", think_ms, *server_extra), timeout_s=timeout_s)
 
 
@@ -403,6 +429,12 @@ def _trickle(count: int, size: str, interval_ms: str, seed: int = 1,
                    "sink", timeout_s=timeout_s)
 
 
+def _request_header(size: int, index: int, burst: int) -> int:
+    """A request's 8-byte header (traffic.py REQ_HDR) as one integer, for an nftables
+    match on the first bytes of the TCP payload (``@ih,0,64``)."""
+    return int.from_bytes(REQ_HDR.pack(size, index, burst), "big")
+
+
 def _random_drop(pct: int, where: str = "receiver") -> Rule:
     """Drop ``pct`` % of the packets towards the server (receiver) or the client (sender)."""
     direction = "dport" if where == "receiver" else "sport"
@@ -410,6 +442,34 @@ def _random_drop(pct: int, where: str = "receiver") -> Rule:
 
 
 _RANDOM_LOSS_POSSIBLE = frozenset({"tlp", "rto", "rto_recovery", "syn"})
+
+_REPLY_ACK_LOSS_RCV = Scenario(
+    name="reply_ack_loss_rcv",
+    description="The issue's case: a server's reply whose ACKs are lost after the "
+                "capture point. Captured at the client (the data receiver): 5 "
+                "connections one after another at RTT 20 ms, each one request answered "
+                "with 8 KB (within the initial window) and the server's FIN; the client "
+                "waits 400 ms before its own FIN. The server's input drops every pure "
+                "ACK from the client (handshake spared): the capture shows them, the "
+                "server never gets them. Its PTO (2*SRTT) fires: a TLP resends the last "
+                "segment; ~220 ms later the RTO resends the first; the client's FIN "
+                "(not a pure ACK) acknowledges everything. Kernel: a TLP then an RTO per "
+                "connection. (One connection each: on one long connection the echoed "
+                "timestamps of the probes would inflate SRTT, and later replies would "
+                "see no RTO.)",
+    traffic=_requests(count=1, burst=1, size=100,
+                      server_extra=("--reply-bytes", "8000", "--close-after", "1"),
+                      client_extra=("--gap-ms", "400", "--conns", "5")),
+    rules=(Rule("tcp dport {port} tcp flags & (syn|fin|rst) == 0 meta length < 120 "
+                "ct original packets > 2 drop"),),
+    rtt_ms=20.0,
+    retransmitter="server",
+    capture=CapturePoint(where="receiver"),
+    expected=frozenset({"tlp", "rto"}),
+    exact={"TcpExtTCPLossProbes": 5, "TcpExtTCPTimeouts": 5},
+    twins=("v6", "notso"),
+)
+
 
 BASE_SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -667,12 +727,17 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         name="tail_drop_rtt50",
-        description="tail_drop_tlp at RTT 50 ms: the first burst's last request (packet 6) "
-                    "is dropped; the three before it are ACKed, so it is alone in flight and "
+        description="tail_drop_tlp at RTT 50 ms: the first burst's last request is "
+                    "dropped; the three before it are ACKed, so it is alone in flight and "
                     "the PTO is 2*SRTT + 200 ms clamped to the RTO (about SRTT + 200 ms): "
-                    "the TLP fires at the RTO time, a quarter second after the original.",
+                    "the TLP fires at the RTO time, a quarter second after the original. "
+                    "The rule matches the request by its content (its header: 200 bytes, "
+                    "index 3 of a burst of 4, at the start of the TCP payload), once per "
+                    "connection, not by counting packets: a count shifts whenever the "
+                    "handshake or the requests are packed differently.",
         traffic=_requests(count=3, burst=4, size=200),
-        rules=(Rule("tcp dport {port} ct original packets 6 drop"),),
+        rules=(Rule(f"tcp dport {{port}} @ih,0,64 {_request_header(200, 3, 4):#018x} "
+                    "tcp sport != @once add @once { tcp sport } drop"),),
         rtt_ms=50.0,
         sysctls=(("sender", "net.ipv4.tcp_autocorking", "0"),),
         expected=frozenset({"tlp"}),
@@ -875,6 +940,252 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
         possible=frozenset({"tlp", "rto", "rto_recovery"}),
         twins=(),
     ),
+    # --- captures taken elsewhere than on the retransmitting host (lab/capture.py) -----
+    _REPLY_ACK_LOSS_RCV,
+    replace(
+        _REPLY_ACK_LOSS_RCV,
+        name="reply_ack_loss_mid",
+        description="reply_ack_loss_rcv seen from a mid-path tap (10 ms of the 20 ms RTT on "
+                    "each side): the client's pure ACKs cross the tap and are dropped at the "
+                    "server's input. Kernel: a TLP then an RTO per connection.",
+        capture=CapturePoint(where="mid"),
+        twins=("v6",),
+    ),
+    Scenario(
+        name="ack_blackhole_rcv",
+        description="ack_blackhole_rto captured at the receiver: bulk 1 MB at RTT 10 ms; "
+                    "after the 20th server->client packet every one of them (the ACKs) is "
+                    "dropped at the client's input for 1 s. The capture at the server holds "
+                    "every ACK; the client heard none: a loss probe (it carries new data, so "
+                    "it is no retransmission: TCPLossProbes moves, no event), then RTOs "
+                    "backing off (about 0.2, 0.6 s after the stall), all needless "
+                    "(D-SACKed once the ACKs pass again).",
+        traffic=_bulk(1_000_000),
+        rules=(Rule("tcp sport {port} ct reply packets > 20 drop", where="sender",
+                    remove_after_s=1.0),),
+        rtt_ms=10.0,
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"tlp", "rto"}),
+        possible=frozenset({"rto_recovery"}),
+        exact={"TcpExtTCPTimeouts": 3, "TcpExtTCPLossProbes": 1},
+        twins=("notso",),
+    ),
+    Scenario(
+        name="bulk_ack_loss_rcv",
+        description="Bulk 600 KB on each of 2 connections at RTT 20 ms, captured at the "
+                    "receiver: 2% of the data is lost in the network before the capture "
+                    "point (delay line) and each flow's 30th packet after it (at the "
+                    "receiver's input), and 40% of the receiver's pure ACKs after it (at "
+                    "the sender's input). The capture shows ACKs and SACKs the sender never "
+                    "got: its recovery runs on less than the capture shows.",
+        traffic=_bulk(600_000, conns=2),
+        rules=(Rule("tcp dport {port} ct original packets 30 drop"),
+               Rule("tcp sport {port} tcp flags & (syn|fin|rst|psh) == 0 "
+                    "numgen random mod 100 < 40 drop", where="sender")),
+        line_drops=(("to_receiver", "data", 2.0),),
+        rtt_ms=20.0,
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=("v6", "notso"),
+    ),
+    Scenario(
+        name="bulk_loss_mid",
+        description="Bulk 700 KB on each of 2 connections at RTT 30 ms through a mid-path "
+                    "tap (15 ms each side). Loss before the tap (in the delay lines: 1.5% of "
+                    "the data, 5% of the ACKs: the tap never sees them) and after it "
+                    "(nftables at the endpoints: 1.5% of the data at the receiver, 5% of "
+                    "the ACKs at the sender: the tap sees them, the host never gets them).",
+        traffic=_bulk(700_000, conns=2),
+        rules=(_random_drop(2),
+               Rule("tcp sport {port} tcp flags & (syn|fin|rst|psh) == 0 "
+                    "numgen random mod 100 < 5 drop", where="sender")),
+        line_drops=(("to_receiver", "data", 1.5), ("to_sender", "ack", 5.0)),
+        rtt_ms=30.0,
+        capture=CapturePoint(where="mid"),
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=("v6", "notso"),
+    ),
+    Scenario(
+        name="reqresp_loss_mid",
+        description="reqresp_loss_both through a mid-path tap at RTT 10 ms: 60 bursts of 3 "
+                    "requests, 3000 B replies; 2% of the packets each way lost before the "
+                    "tap (delay lines) and 2% after it (nftables at both ends). Few packets "
+                    "in flight: TLPs, RACK with tiny windows, RTOs. The server's "
+                    "retransmissions are in the capture but not in the events (the recorder "
+                    "runs on the client).",
+        traffic=_requests(count=60, burst=3, size=300, think_ms="0-4",
+                          server_extra=("--reply-bytes", "3000")),
+        rules=(_random_drop(2), _random_drop(2, where="sender")),
+        line_drops=(("to_receiver", "data", 2.0), ("to_sender", "data", 2.0)),
+        rtt_ms=10.0,
+        sysctls=(("sender", "net.ipv4.tcp_autocorking", "0"),),
+        capture=CapturePoint(where="mid"),
+        expected=frozenset({"tlp"}),
+        possible=frozenset({"fast", "rto", "rto_recovery", "syn"}),
+        twins=(),
+    ),
+    Scenario(
+        name="bulk_loss_out",
+        description="A one-way capture: tcpdump -Q out on the sender (data, SYN and FIN "
+                    "only; not one ACK). Bulk 600 KB on each of 2 connections at RTT 20 ms, "
+                    "3% of the data dropped at the receiver. The retransmissions are in the "
+                    "capture (the same bytes twice); what caused them is not.",
+        traffic=_bulk(600_000, conns=2),
+        rules=(_random_drop(3),),
+        rtt_ms=20.0,
+        capture=CapturePoint(where="sender", direction="out"),
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=("v6", "notso"),
+    ),
+    Scenario(
+        name="bulk_loss_in",
+        description="A one-way capture at the receiver: tcpdump -Q in (the data as it "
+                    "arrived, no ACKs). Bulk 600 KB on each of 2 connections at RTT 20 ms, 3% "
+                    "of the data lost before the capture point (delay line): a lost "
+                    "segment's only copy in the capture is its retransmission.",
+        traffic=_bulk(600_000, conns=2),
+        line_drops=(("to_receiver", "data", 3.0),),
+        rtt_ms=20.0,
+        capture=CapturePoint(where="receiver", direction="in"),
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=("v6", "notso"),
+    ),
+    Scenario(
+        name="reply_loss_srchost",
+        description="A one-way capture by filter: at the client, `src host <server>` (only "
+                    "what the server sent), while the server retransmits: 40 requests at "
+                    "RTT 20 ms, 30 KB replies, 3% of the server's non-SYN packets lost "
+                    "before the capture point (delay line).",
+        traffic=_requests(count=40, burst=1, size=100, think_ms="0-2",
+                          server_extra=("--reply-bytes", "30000")),
+        line_drops=(("to_sender", "data", 3.0),),
+        rtt_ms=20.0,
+        retransmitter="server",
+        capture=CapturePoint(where="receiver", filter="src host {sender}"),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"tlp", "rto", "rto_recovery"}),
+        twins=("v6",),
+    ),
+    Scenario(
+        name="reorder_rcv_rtt5",
+        description="Reordering seen at the receiver: bulk 800 KB at RTT 5 ms, TSO off; "
+                    "the delay line holds 3% of the data frames 2 ms longer, so later ones "
+                    "overtake them. Those arrive after higher ones though the sender sent "
+                    "them once; RACK may still resend some (a spurious fast retransmit, "
+                    "D-SACKed), and only those are retransmissions. The 300th packet is "
+                    "dropped at the receiver (after the capture point), so one real fast "
+                    "retransmit is certain.",
+        traffic=_bulk(800_000),
+        rules=(Rule("tcp dport {port} ct original packets 300 drop"),),
+        rtt_ms=5.0,
+        tso=False,
+        reorder_pct=3.0,
+        reorder_ms=2.0,
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"tlp"}),
+        twins=("v6",),
+    ),
+    Scenario(
+        name="reorder_rcv_rtt20",
+        description="Reordering seen at the receiver: bulk 700 KB on each of 2 connections "
+                    "at RTT 20 ms, 3% of the data frames held 6 ms longer than the rest, and "
+                    "each flow's 100th packet dropped at the receiver (after the capture "
+                    "point). Overtaken originals must not be retransmissions; the fast "
+                    "retransmits (the needed ones, and the spurious D-SACKed ones) are.",
+        traffic=_bulk(700_000, conns=2),
+        rules=(Rule("tcp dport {port} ct original packets 100 drop"),),
+        rtt_ms=20.0,
+        reorder_pct=3.0,
+        reorder_ms=6.0,
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"tlp"}),
+        twins=("notso",),
+    ),
+    Scenario(
+        name="reorder_mid_rtt50",
+        description="Reordering seen mid-path: bulk 700 KB on each of 2 connections at RTT "
+                    "50 ms, tap in the middle; 2% of the data frames held 12 ms longer "
+                    "before the tap, and 1% of the data lost after it (at the receiver).",
+        traffic=_bulk(700_000, conns=2),
+        rules=(_random_drop(1),),
+        rtt_ms=50.0,
+        reorder_pct=2.0,
+        reorder_ms=12.0,
+        capture=CapturePoint(where="mid"),
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=("v6", "notso"),
+    ),
+    Scenario(
+        name="jitter_rcv_rtt30",
+        description="Jitter seen at the receiver (the issue's case: neighbours overtaken by "
+                    "1-2 ms at a 30 ms RTT): bulk 1 MB at RTT 30 ms, TSO off, every data "
+                    "frame delayed by an extra 0-3 ms, and 1% of the data lost before the "
+                    "capture point (delay line).",
+        traffic=_bulk(1_000_000),
+        rtt_ms=30.0,
+        tso=False,
+        jitter_ms=3.0,
+        line_drops=(("to_receiver", "data", 1.0),),
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=("v6",),
+    ),
+    # --- Loss-state re-sends that no timer and no duplicate ACK caused --------------------
+    Scenario(
+        name="tfo_nocookie",
+        description="TCP Fast Open whose SYN data the server does not take: the client may "
+                    "send data without a cookie (net.ipv4.tcp_fastopen=0x5: client on, "
+                    "TFO_CLIENT_NO_COOKIE), the server has TFO off, so its SYN-ACK covers "
+                    "the SYN alone. tcp_rcv_fastopen_synack marks the SYN's data lost and "
+                    "tcp_non_congestion_loss_retransmit resends it at once, in the Loss "
+                    "state (kernel reason rto_recovery, no timer). 4 connections one after "
+                    "another at RTT 10 ms, each 3 requests.",
+        traffic=_requests(count=3, burst=1, size=300,
+                          client_extra=("--conns", "4", "--fastopen")),
+        rtt_ms=10.0,
+        sysctls=(("sender", "net.ipv4.tcp_fastopen", "5"),
+                 ("receiver", "net.ipv4.tcp_fastopen", "0")),
+        expected=frozenset({"rto_recovery"}),
+        exact={"TcpExtTCPSlowStartRetrans": 4, "TcpExtTCPTimeouts": 0},
+        twins=("v6",),
+    ),
+    Scenario(
+        name="pmtu_drop",
+        description="Path MTU discovery: a router between client and server whose link to "
+                    "the server has MTU 1000; the client (MTU 1500, DF set) sends 1448-byte "
+                    "segments, the router drops them and answers ICMP fragmentation-needed "
+                    "(MTU 1000). tcp_v4_mtu_reduced lowers the MSS and tcp_simple_retransmit "
+                    "resends every segment now too big, in the Loss state "
+                    "(tcp_non_congestion_loss_retransmit: kernel reason rto_recovery). "
+                    "Bulk 300 KB; the capture at the client holds the ICMP messages.",
+        traffic=_bulk(300_000),
+        router_mtu=1000,
+        capture=CapturePoint(icmp=True),
+        expected=frozenset({"rto_recovery"}),
+        possible=frozenset({"fast", "tlp"}),
+        twins=("notso",),
+    ),
+    Scenario(
+        name="pmtu_drop_v6",
+        description="pmtu_drop in IPv6: the router's link to the server has MTU 1280 (the "
+                    "IPv6 minimum) and answers ICMPv6 packet-too-big; tcp_v6_mtu_reduced, "
+                    "then tcp_simple_retransmit as in IPv4.",
+        traffic=_bulk(300_000),
+        family=6,
+        router_mtu=1280,
+        capture=CapturePoint(icmp=True),
+        expected=frozenset({"rto_recovery"}),
+        possible=frozenset({"fast", "tlp"}),
+        twins=("notso",),
+    ),
 )
 
 
@@ -885,7 +1196,7 @@ def variants(scenario: Scenario) -> list[Scenario]:
     for twin in scenario.twins:
         family = 6 if "v6" in twin else scenario.family
         tso = False if "notso" in twin else scenario.tso
-        if (family == 6 and scenario.family != 4) or ("notso" in twin and not scenario.tso):
+        if ("v6" in twin and scenario.family != 4) or ("notso" in twin and not scenario.tso):
             raise ValueError(f"{scenario.name}: twin {twin} needs an IPv4, TSO-on base")
         out.append(replace(scenario, name=f"{scenario.name}_{twin}", family=family, tso=tso,
                            twins=()))

@@ -3,7 +3,7 @@
     python -m retranscope.lab.traffic server --port P --mode sink|echo-slow [--think-ms 15-30]
     python -m retranscope.lab.traffic bulk --host H --port P --bytes N [--conns K]
     python -m retranscope.lab.traffic requests --host H --port P --count N --burst K --size S
-    python -m retranscope.lab.traffic connect --host H --port P
+    python -m retranscope.lab.traffic connect --host H --port P [--fastopen]
     python -m retranscope.lab.traffic trickle --host H --port P --count N --size 100-1400 \
         --interval-ms 10-30
 
@@ -22,7 +22,7 @@ Wire protocol (both ends are ours, so it is as simple as the scenarios allow):
   ``--size`` bytes (uniform in LO-HI), ``--interval-ms`` apart (uniform in LO-HI), with
   TCP_NODELAY unless ``--nagle``: each write leaves at once as its own segment, so only one
   or two segments are in flight (PTO = 2*SRTT + 200 ms clamped to the RTO with one;
-  FIELD-NOTES). Then the same shutdown/count check as ``bulk``.
+  docs/kernel-notes.md). Then the same shutdown/count check as ``bulk``.
 * ``echo-slow``: the client sends bursts of ``--burst`` requests, each its own ``send()`` with
   TCP_NODELAY set, each framed by an 8-byte header ``!IHH`` = (payload bytes, index in burst,
   burst length). The server "thinks" ``--think-ms`` per burst and sends one reply (same
@@ -30,7 +30,7 @@ Wire protocol (both ends are ours, so it is as simple as the scenarios allow):
   before the next burst.
 
   By default the server thinks *before* reading the burst (a busy server whose requests wait
-  in the receive queue). With 15-30 ms that is the no-loss spurious TLP of FIELD-NOTES: the
+  in the receive queue). With 15-30 ms that is the no-loss spurious TLP of docs/kernel-notes.md: the
   server's delayed ACK outlasts the client's PTO = 2·SRTT + 2 ms (``tcp_schedule_loss_probe``),
   the probe is answered with a D-SACK (RFC 2883). Thinking *after* reading
   (``--think-where after-read``) almost never gives one, measured: reading a small pushed
@@ -118,9 +118,11 @@ def _serve_sink(conn: socket.socket) -> None:
 
 
 def _serve_echo_slow(conn: socket.socket, think_ms: tuple[float, float], reply_bytes: int,
-                     rng: random.Random, think_where: str = "before-read") -> None:
+                     rng: random.Random, think_where: str = "before-read",
+                     close_after: int = 0) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     fresh_burst = True
+    replies = 0
     while True:
         if think_where == "before-read" and fresh_burst:
             # A busy server: the request waits unread in the receive queue while it thinks.
@@ -138,6 +140,9 @@ def _serve_echo_slow(conn: socket.socket, think_ms: tuple[float, float], reply_b
             if think_where == "after-read":
                 time.sleep(rng.uniform(*think_ms) / 1000.0)
             conn.sendall(REQ_HDR.pack(reply_bytes, 0, 1) + b"r" * reply_bytes)
+            replies += 1
+            if replies == close_after:
+                return  # the caller closes: the server's FIN follows its last reply
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -163,7 +168,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                 _serve_sink(conn)
             else:
                 _serve_echo_slow(conn, args.think_ms, args.reply_bytes, conn_rng,
-                                 args.think_where)
+                                 args.think_where, args.close_after)
         except OSError as err:
             errors.append(repr(err))
         finally:
@@ -199,9 +204,17 @@ def tcpi_rtt_us(sock: socket.socket) -> int:
     return struct.unpack_from("I", info, TCPI_RTT_OFFSET)[0]
 
 
+TCP_FASTOPEN_CONNECT = 30  # linux/tcp.h (Python's socket module lacks it before 3.12)
+
+
 def _connect(args: argparse.Namespace) -> tuple[socket.socket, float]:
     sock = socket.socket(_family(args.host), socket.SOCK_STREAM)
     sock.settimeout(args.timeout_s)
+    if getattr(args, "fastopen", False):
+        # connect() returns at once and the first write leaves in the SYN (TCP Fast Open,
+        # RFC 7413; tcp_fastopen_connect). Whether data may go without a cookie is the
+        # namespace's net.ipv4.tcp_fastopen (0x4: TFO_CLIENT_NO_COOKIE).
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
     start = time.monotonic()
     sock.connect((args.host, args.port))
     return sock, time.monotonic() - start
@@ -260,29 +273,35 @@ def _wait_sent(sock: socket.socket, timeout_s: float = 0.05) -> None:
         time.sleep(0.0001)
 
 
+def _request_rounds(args: argparse.Namespace, round_ms: list[float]) -> float:
+    """One connection's bursts and replies; returns its connect() time."""
+    sock, connect_s = _connect(args)
+    with sock:
+        # Each request must leave as its own segment: that is what lets the last one of a
+        # burst be the tail a TLP repairs, and the burst keep packets_out > 1.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(args.count):
+            t0 = time.monotonic()
+            for index in range(args.burst):
+                sock.sendall(REQ_HDR.pack(args.size, index, args.burst) + b"q" * args.size)
+                _wait_sent(sock)
+            size, _, _ = REQ_HDR.unpack(_recv_exact(sock, REQ_HDR.size))
+            _recv_exact(sock, size)
+            round_ms.append((time.monotonic() - t0) * 1000.0)
+            if args.gap_ms:
+                time.sleep(args.gap_ms / 1000.0)
+        sock.shutdown(socket.SHUT_WR)
+        if _recv_to_eof(sock):
+            raise ConnectionError("server sent data after the last reply")
+    return connect_s
+
+
 def cmd_requests(args: argparse.Namespace) -> int:
     _arm_deadline(args.timeout_s, "requests")
     start = time.monotonic()
     round_ms: list[float] = []
     try:
-        sock, connect_s = _connect(args)
-        with sock:
-            # Each request must leave as its own segment: that is what lets the last one of a
-            # burst be the tail a TLP repairs, and the burst keep packets_out > 1.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for _ in range(args.count):
-                t0 = time.monotonic()
-                for index in range(args.burst):
-                    sock.sendall(REQ_HDR.pack(args.size, index, args.burst) + b"q" * args.size)
-                    _wait_sent(sock)
-                size, _, _ = REQ_HDR.unpack(_recv_exact(sock, REQ_HDR.size))
-                _recv_exact(sock, size)
-                round_ms.append((time.monotonic() - t0) * 1000.0)
-                if args.gap_ms:
-                    time.sleep(args.gap_ms / 1000.0)
-            sock.shutdown(socket.SHUT_WR)
-            if _recv_to_eof(sock):
-                raise ConnectionError("server sent data after the last reply")
+        connect_s = [_request_rounds(args, round_ms) for _ in range(args.conns)][0]
     except OSError as err:
         print(json.dumps({"role": "requests", "ok": False, "error": repr(err),
                           "rounds_done": len(round_ms)}), flush=True)
@@ -360,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="echo-slow: think before reading the burst (a busy server: the "
                              "default) or after reading it")
     server.add_argument("--reply-bytes", type=int, default=100)
+    server.add_argument("--close-after", type=int, default=0,
+                        help="echo-slow: close the connection after this many replies (the "
+                             "server's FIN then rides on the last reply; 0: at the client's)")
     server.add_argument("--seed", type=int, default=1, help="think-time RNG seed")
     server.add_argument("--max-conns", type=int, default=0,
                         help="exit after serving this many connections (0: until killed)")
@@ -371,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", required=True)
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--timeout-s", type=float, default=20.0)
+        p.add_argument("--fastopen", action="store_true",
+                       help="TCP Fast Open: the first write rides in the SYN")
         return p
 
     bulk = client("bulk", "send N bytes on each of K parallel connections")
@@ -382,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--count", type=int, default=10, help="bursts")
     req.add_argument("--burst", type=int, default=3, help="requests per burst")
     req.add_argument("--size", type=int, default=100, help="payload bytes per request")
-    req.add_argument("--gap-ms", type=float, default=0.0, help="pause between bursts")
+    req.add_argument("--gap-ms", type=float, default=0.0,
+                     help="pause after each reply (the last one too, before closing)")
+    req.add_argument("--conns", type=int, default=1,
+                     help="connections, one after the other, each doing --count bursts")
     req.set_defaults(func=cmd_requests)
 
     trickle = client("trickle", "small writes at intervals to a sink (app-limited)")

@@ -1,6 +1,6 @@
 """Struct member offsets from the running kernel's BTF (/sys/kernel/btf/vmlinux).
 
-The headers bcc compiles against may come from another kernel (FIELD-NOTES.md: the
+The headers bcc compiles against may come from another kernel (docs/kernel-notes.md: the
 header workaround), so no struct layout is taken from them. BTF is the kernel's own
 description of its types; the format is Documentation/bpf/btf.rst.
 """

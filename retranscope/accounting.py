@@ -15,12 +15,7 @@ on any events it reads.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 def _socket_gaps(sk: np.ndarray, seg: np.ndarray, tot: np.ndarray,
@@ -94,28 +89,40 @@ class GapTracker:
                 "sockets_with_gaps": len(self._gapped)}
 
 
-def gap_intervals(events: pd.DataFrame) -> pd.DataFrame:
+def gap_intervals(events) -> dict[str, np.ndarray]:
     """Where each socket's total grew by more than its next event's segs: one row per gap,
-    with the flow, the wall-clock interval (previous event, event] the missing
-    retransmissions fell in, and how many segments are missing. ``events`` is the events
-    DataFrame (analyze.events)."""
-    import pandas as pd
-
-    cols = ["saddr", "sport", "daddr", "dport", "from_ns", "to_ns", "segments"]
-    if not {"segs", "total_retrans"} <= set(events.columns) or events.empty:
-        return pd.DataFrame(columns=cols)
-    ev = events[(events["event_type"] == "retransmit") & events["segs"].notna()
-                & events["total_retrans"].notna()]
-    ev = ev.sort_values(["skaddr", "ts_wall_ns"], kind="stable")
-    sk = ev["skaddr"].to_numpy(np.int64)
-    tot = ev["total_retrans"].to_numpy(np.int64)
-    seg = ev["segs"].to_numpy(np.int64)
+    with the flow (numeric address halves and ports, as analyze/events.py gives them), the
+    wall-clock interval (previous event, event] the missing retransmissions fell in, and
+    how many segments are missing. ``events``: a table of columns (analyze/table.py)."""
+    key = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo", "sport", "dport")
+    n = len(events["ts_wall_ns"]) if events else 0
+    empty = {k: np.zeros(0, dtype=np.int64) for k in key + ("from_ns", "to_ns", "segments")}
+    if not n or "segs" not in events or "total_retrans" not in events:
+        return empty
+    segs, tot = events["segs"], events["total_retrans"]
+    ok = (np.asarray(events["event_type"]) == "retransmit") & _valid(segs) & _valid(tot)
+    idx = np.flatnonzero(ok)
+    sk_all = np.asarray(events["skaddr"], dtype=np.uint64)
+    ts_all = np.asarray(events["ts_wall_ns"], dtype=np.int64)
+    idx = idx[np.lexsort((ts_all[idx], sk_all[idx]))]
+    sk = sk_all[idx].astype(np.int64)
+    seg = _values(segs)[idx].astype(np.int64)
+    tot_v = _values(tot)[idx].astype(np.int64)
     n_runs = int(np.count_nonzero(np.r_[True, sk[1:] != sk[:-1]])) if len(sk) else 0
-    _, _, missing = _socket_gaps(sk, seg, tot, np.full(n_runs, -1, dtype=np.int64))
+    _, _, missing = _socket_gaps(sk, seg, tot_v, np.full(n_runs, -1, dtype=np.int64))
     hit = np.flatnonzero(missing > 0)
-    ts = ev["ts_wall_ns"].to_numpy(np.int64)
-    out = ev.iloc[hit][["saddr", "sport", "daddr", "dport"]].copy()
+    ts = ts_all[idx]
+    out = {k: np.asarray(events[k])[idx[hit]] for k in key}
     out["from_ns"] = ts[hit - 1] if len(hit) else np.zeros(0, np.int64)
     out["to_ns"] = ts[hit]
     out["segments"] = missing[hit]
-    return out.reset_index(drop=True)
+    return out
+
+
+def _valid(col) -> np.ndarray:
+    valid = getattr(col, "valid", None)
+    return np.ones(len(col), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+
+
+def _values(col) -> np.ndarray:
+    return np.asarray(getattr(col, "values", col))

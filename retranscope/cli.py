@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from retranscope.errors import BadInput, RetranscopeError
+from retranscope.fleet.cli import app as fleet_app
 
 app = typer.Typer(
     add_completion=False,
@@ -21,6 +22,9 @@ app = typer.Typer(
     help="Explain Linux TCP retransmissions: record them with the kernel's "
     "reason, classify them from packet captures, report.",
 )
+
+
+app.add_typer(fleet_app, name="fleet")
 
 
 @app.callback()
@@ -148,32 +152,56 @@ def record(
 
 
 class _Progress:
-    """A progress bar on a terminal, nothing otherwise."""
+    """A progress line on a terminal (bytes and packets read, rate, ETA), nothing
+    otherwise. Called with analyze.capture.ReadProgress after each chunk."""
 
     def __init__(self, label: str):
         self.label = label
         self.on = sys.stderr.isatty()
-        self.last = -1
+        self.shown = False
+        self.next_at = 0.0
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.on or total <= 0:
+    def __call__(self, p) -> None:
+        import time
+
+        now = time.monotonic()
+        if not self.on or now < self.next_at:
             return
-        pct = int(100 * done / total)
-        if pct != self.last:
-            self.last = pct
-            bar = "#" * (pct // 4)
-            sys.stderr.write(f"\r{self.label} [{bar:<25}] {pct:3d}%")
-            sys.stderr.flush()
+        self.next_at = now + 0.2  # at most five updates a second
+        mb = 1e6
+        if p.fraction is not None:
+            bar = "#" * int(25 * p.fraction)
+            done = f"[{bar:<25}] {100 * p.fraction:3.0f}% {p.bytes_done / mb:,.0f}/"
+            done += f"{p.bytes_total / mb:,.0f} MB"
+        else:
+            done = f"{p.bytes_done / mb:,.0f} MB"
+        eta = f", ETA {p.eta_s:.0f} s" if p.eta_s is not None else ""
+        files = f", file {p.files_done + 1}/{p.files_total}" if p.files_total > 1 else ""
+        sys.stderr.write(
+            f"\r{self.label} {done}, {p.records_done:,} packets, "
+            f"{p.bytes_per_s / mb:,.0f} MB/s{eta}{files}   "
+        )
+        sys.stderr.flush()
+        self.shown = True
 
     def close(self) -> None:
-        if self.on and self.last >= 0:
+        if self.on and self.shown:
             sys.stderr.write("\n")
 
 
 @app.command()
 def analyze(
-    pcap: Optional[Path] = typer.Option(
-        None, "--pcap", help="Capture (pcap or pcapng) taken on the sender."
+    pcap: Optional[list[Path]] = typer.Option(
+        None,
+        "--pcap",
+        help="Capture taken on the sender: pcap or pcapng, compressed or not (gzip, zstd, "
+        "xz, bzip2). Several files, a directory or a glob make one capture (a rotated "
+        "tcpdump -C/-W/-G set); repeat --pcap, or list more files after it.",
+    ),
+    more: Optional[list[Path]] = typer.Argument(
+        None,
+        metavar="CAPTURES...",
+        help="More capture files of the same set (what a shell glob after --pcap gives).",
     ),
     events: Optional[Path] = typer.Option(
         None, "--events", help="Directory written by `retranscope record --out`."
@@ -181,38 +209,51 @@ def analyze(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Directory for retransmits.parquet, flows.parquet, summary.json."
     ),
+    jobs: Optional[int] = typer.Option(
+        1,
+        "--jobs",
+        "-j",
+        min=1,
+        help="Processes that decode the capture. Default 1: on the 2-core machine measured, "
+        "worker processes were slower (docs/captures.md).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stdout."),
 ) -> None:
     """Classify every retransmission (RTO, fast, TLP, ...) from a capture and/or events."""
     try:
-        if pcap is None and events is None:
+        captures = list(pcap or []) + list(more or [])
+        if not captures and events is None:
             raise BadInput("give --pcap CAPTURE, --events DIR, or both")
-        run_analysis(pcap, events, out, quiet)
+        source = None if not captures else captures[0] if len(captures) == 1 else captures
+        run_analysis(source, events, out, quiet, jobs=jobs)
     except RetranscopeError as err:
         _fail(err)
 
 
-def run_analysis(pcap: Optional[Path], events: Optional[Path], out: Path, quiet: bool = True):
-    """analyze/run.py with a progress bar and warnings on stderr, and the summary on stdout."""
+def run_analysis(pcap, events: Optional[Path], out: Path, quiet: bool = True,
+                 jobs: Optional[int] = 1):
+    """analyze/run.py with a progress line and warnings on stderr, and the summary on
+    stdout. ``pcap``: a capture path, a list of them (a set), or None."""
     from retranscope.analyze.run import run_analysis as run
 
     bar = _Progress("reading capture")
     try:
-        result = run(pcap, events, out, progress=bar,
+        result = run(pcap, events, out, progress=bar, jobs=jobs,
                      warn=lambda w: typer.echo(f"retranscope: warning: {w}", err=True))
     finally:
         bar.close()
     if not quiet:
         from retranscope.report.render import load, render_terminal
 
-        typer.echo(render_terminal([load(out, name=str(pcap or events))]))
+        name = pcap if isinstance(pcap, Path) else (pcap[0] if pcap else events)
+        typer.echo(render_terminal([load(out, name=str(name))]))
     return result
 
 
 @app.command()
 def report(
     analyses: list[Path] = typer.Argument(
-        ..., help="Directories written by `retranscope analyze --out`."
+        ..., help="Directories written by `retranscope analyze --out` (two: compare them)."
     ),
     out: Path = typer.Option(
         Path("report.html"),
@@ -220,13 +261,34 @@ def report(
         "-o",
         help="report.html path or directory (report.md beside it).",
     ),
+    flow: Optional[list[str]] = typer.Option(
+        None,
+        "--flow",
+        help="Draw this flow's time-sequence graph: a flow_id or ADDR:PORT-ADDR:PORT "
+        "(repeatable).",
+    ),
+    pcap: Optional[list[Path]] = typer.Option(
+        None,
+        "--pcap",
+        help="The capture the analysis read, if not where summary.json says (one analysis: "
+        "its file(s); several: one per analysis, in order).",
+    ),
+    graphs: int = typer.Option(
+        3, "--graphs", help="Time-sequence graphs of the flows that suffered most (0: none)."
+    ),
 ) -> None:
     """Write the postmortem (HTML and Markdown) and print its summary."""
-    from retranscope.report.render import load, render_terminal, write_report
+    from retranscope.report.render import ReportOptions, load, render_terminal, write_report
 
     try:
         loaded = [load(a) for a in analyses]
-        paths = write_report(loaded, out)
+        opts = ReportOptions(
+            flows=list(flow or []),
+            pcap=list(pcap or []),
+            top=max(0, graphs),
+            warn=lambda w: typer.echo(f"retranscope: warning: {w}", err=True),
+        )
+        paths = write_report(loaded, out, opts)
         typer.echo(render_terminal(loaded))
         typer.echo(f"wrote {', '.join(str(p) for p in paths)}")
     except RetranscopeError as err:

@@ -50,6 +50,20 @@ PACKET_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("sack_l3", "uint32", ""),
     ("sack_r3", "uint32", ""),
     ("opts_cut", "bool", "TCP options were cut short by the snaplen"),
+    (
+        "opt_layout",
+        "uint32",
+        "the TCP option kinds in the order sent, one hex digit each (kinds above 14 as F), "
+        "the first eight: a stack's habit (Linux SYN: 0x24813 = MSS, SACK-permitted, "
+        "timestamps, NOP, window scale)",
+    ),
+    (
+        "ip_id",
+        "uint16",
+        "IPv4 identification (RFC 791 §3.1; Linux counts it per socket: the sender's order), "
+        "0 for IPv6",
+    ),
+    ("ttl", "uint8", "IPv4 time to live / IPv6 hop limit, as the capture point saw it"),
 )
 
 PACKET_DTYPES: dict[str, np.dtype] = {name: np.dtype(dt) for name, dt, _ in PACKET_COLUMNS}
@@ -66,6 +80,14 @@ TCP_CWR = 0x80
 # IPv4-mapped IPv6 prefix ::ffff:0:0/96 (RFC 4291 §2.5.5.2): the high half is 0 and the
 # low half is 0x0000ffff_<ipv4>.
 V4_MAPPED_LO_PREFIX = np.uint64(0xFFFF) << np.uint64(32)
+
+
+#: ICMP messages saying a TCP segment was too big for the path (ICMP destination
+#: unreachable / fragmentation needed, RFC 1191; ICMPv6 packet too big, RFC 8201): one
+#: per message, with the TCP flow and sequence number the quoted header names (its sender
+#: is the flow's sender). The reader puts them, capped, in the capture's metadata.
+TOO_BIG_FIELDS = ("frame", "ts_ns", "family", "saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo",
+                  "sport", "dport", "seq", "mtu")
 
 
 def addr_to_str(hi: int, lo: int, family: int) -> str:

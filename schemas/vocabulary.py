@@ -6,7 +6,7 @@ or reads one of these imports it from here.
 from __future__ import annotations
 
 #: Why a segment was resent, as the kernel's own reason (record/reasons.py) and as the
-#: capture's replay (analyze/classify.py) name it. ``unknown``: neither could tell.
+#: capture's replay (analyze/sender.py) name it. ``unknown``: neither could tell.
 KINDS = ("tlp", "fast", "rto", "rto_recovery", "syn", "synack", "unknown")
 
 #: The recorder's ``reason`` column: the kinds, with ``other`` where no known caller was on

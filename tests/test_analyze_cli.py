@@ -12,12 +12,15 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from browser import CHROMIUM, dump_dom, screenshot
+from corpus import recordings, whole_sender_capture
 from typer.testing import CliRunner
 
 from retranscope.cli import app
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
-RECORDINGS = sorted(p.name for p in CORPUS.iterdir() if (p / "run.json").exists())
+# Every event matched holds for captures taken whole on the recording host.
+RECORDINGS = [p.name for p in recordings() if whole_sender_capture(p)]
 runner = CliRunner()
 
 
@@ -208,7 +211,6 @@ def test_report_of_a_non_analysis(tmp_path):
     one_error_line(r)
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (./setup.sh installs it)")
@@ -216,34 +218,11 @@ def test_report_renders_in_a_real_browser(tmp_path):
     d = CORPUS / "blackhole_rto"
     analyze_both(d / "capture.pcap", d, tmp_path / "a")
     cli("report", str(tmp_path / "a"), "--out", str(tmp_path / "rep.html"))
-    prof = tmp_path / "profile"
-    base = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={prof}",
-    ]
-    dom = subprocess.run(
-        base + ["--dump-dom", (tmp_path / "rep.html").as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "retranscope report" in dom.stdout
-    assert dom.stdout.count("<svg") >= 2 and "<circle" in dom.stdout
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        base
-        + ["--window-size=1000,1400", f"--screenshot={shot}", (tmp_path / "rep.html").as_uri()],
-        capture_output=True,
-        timeout=120,
-    )
+    page, prof = tmp_path / "rep.html", tmp_path / "profile"
+    dom = dump_dom(page, prof)
+    assert "retranscope report" in dom
+    assert dom.count("<svg") >= 2 and "<circle" in dom
+    shot = screenshot(page, tmp_path / "shot.png", prof, size="1000,1400")
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
@@ -301,16 +280,24 @@ def test_outputs_read_as_they_are_by_polars_and_duckdb(tmp_path, with_events):
     assert dict(kinds) == by_pandas.to_dict()
 
 
-def test_every_output_column_is_documented(tmp_path):
-    """schemas/outputs.py says what each column of retransmits.parquet means: all of them."""
-    from retranscope.schemas.outputs import RETRANSMIT_COLUMNS
+def test_outputs_have_the_declared_schemas_whatever_the_inputs(tmp_path):
+    """retransmits.parquet and flows.parquet have exactly the schemas of schemas/outputs.py
+    (same columns, order and types for a capture, events or both), and every column carries
+    its meaning as field metadata."""
+    from retranscope.schemas.outputs import FLOWS_SCHEMA, RETRANSMITS_SCHEMA
 
-    documented = [c for c, _ in RETRANSMIT_COLUMNS]
     d = CORPUS / "random_loss_notso"
-    assert analyze_both(d / "capture.pcap", d, tmp_path / "b").exit_code == 0
-    both = list(pd.read_parquet(tmp_path / "b" / "retransmits.parquet").columns)
-    r = cli("analyze", "--pcap", str(d / "capture.pcap"), "--out", str(tmp_path / "c"), "-q")
-    assert r.exit_code == 0, r.output
-    alone = list(pd.read_parquet(tmp_path / "c" / "retransmits.parquet").columns)
-    assert set(both) | set(alone) == set(documented)
-    assert set(alone) <= set(both)
+    runs = {
+        "both": ("--pcap", str(d / "capture.pcap"), "--events", str(d)),
+        "capture": ("--pcap", str(d / "capture.pcap")),
+        "events": ("--events", str(d)),
+    }
+    for mode, args in runs.items():
+        r = cli("analyze", *args, "--out", str(tmp_path / mode), "-q")
+        assert r.exit_code == 0, r.output
+        for name, declared in (("retransmits", RETRANSMITS_SCHEMA), ("flows", FLOWS_SCHEMA)):
+            written = pq.read_schema(tmp_path / mode / f"{name}.parquet")
+            assert written.names == declared.names, (mode, name)
+            assert written.types == declared.types, (mode, name)
+            for f in written:
+                assert (f.metadata or {}).get(b"doc"), f"{name}.{f.name} has no doc ({mode})"

@@ -1,27 +1,30 @@
 """Classification of retransmissions: one trace per kernel rule.
 
 Each trace is what tcpdump on the sender's host would show; the expected kind is the Linux
-function that would have sent the segment (see analyze/classify.py).
+function that would have sent the segment (see analyze/sender.py).
 """
 
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 from packet_builder import Trace
 
-from retranscope.analyze.classify import classify, rtt_estimator
-from retranscope.analyze.flows import assign_flows
-from retranscope.analyze.retrans import find_retransmissions
+from retranscope.analyze.classify import rtt_estimator
+from retranscope.analyze.pipeline import classify_capture
+from retranscope.analyze.table import to_pandas
 
 MSS = 1448
 RTT = 10.0  # ms
 
 
+def classified(packets: dict) -> pd.DataFrame:
+    """What production classifies (pipeline.classify_capture), as a DataFrame to read."""
+    _, _, table = classify_capture(packets)
+    return to_pandas(table)
+
+
 def run(tr: Trace) -> pd.DataFrame:
-    pk = tr.packets()
-    fid, flows = assign_flows(pk)
-    return classify(pk, fid, flows, find_retransmissions(pk, fid, flows))
+    return classified(tr.packets())
 
 
 def warm(c, t: float, seq: int = 1, n: int = 5, size: int = 100, rtt: float = RTT):
@@ -63,8 +66,38 @@ def test_tlp_after_two_srtt_of_silence_resends_the_tail():
     assert not row["spurious"]
 
 
+def test_a_sack_block_covering_no_whole_segment_leaves_the_probe_armed():
+    # The receiver SACKs only the flight's last byte. tcp_match_skb_to_sack tags whole skbs
+    # (or MSS pieces of them) only: nothing is SACKed, sacked_out stays 0, the socket stays
+    # Open, and tcp_send_loss_probe resends the tail when the PTO (2*SRTT + 2 ms after the
+    # last send) expires: a probe, not fast recovery (issue 7 item 5).
+    tr, c, t, seq = start()
+    last, nxt = c.burst(t, seq, 4, size=MSS)
+    c.ack(t + RTT, seq, sack=((nxt - 1, nxt),))
+    probe = c.send(last + 22.5, nxt - MSS, MSS)
+    c.ack(last + 32.5, nxt)
+    r = run(tr)
+    assert r["frame"].tolist() == [tr.frame_of(probe)]
+    assert r["kind_pcap"].tolist() == ["tlp"]
+    assert r["ca_state"].tolist() == ["Open"]
+
+
+def test_a_sack_block_covering_a_segment_moves_to_recovery():
+    # The same flight with the last segment SACKed whole: tagged, the hole below it is
+    # lost by RACK once the reorder window passes, and its resend is fast recovery.
+    tr, c, t, seq = start()
+    last, nxt = c.burst(t, seq, 4, size=MSS)
+    sack = c.ack(t + RTT, seq, sack=((nxt - MSS, nxt),))
+    fast = c.send(t + RTT + 0.02, seq, MSS)
+    c.ack(t + 2 * RTT, nxt)
+    r = run(tr)
+    assert r["frame"].tolist() == [tr.frame_of(fast)]
+    assert r["kind_pcap"].tolist() == ["fast"]
+    assert r["trigger_frame"].tolist() == [tr.frame_of(sack)]
+
+
 def test_spurious_tlp_reported_by_dsack():
-    # FIELD-NOTES: small requests, a slow server whose delayed ACK outlasts the PTO; the
+    # docs/kernel-notes.md: small requests, a slow server whose delayed ACK outlasts the PTO; the
     # probe duplicates the last request and the server answers with a D-SACK.
     tr, c, t, seq = start()
     for i in range(3):
@@ -78,8 +111,11 @@ def test_spurious_tlp_reported_by_dsack():
 
 
 def test_single_outstanding_segment_probe_waits_for_the_rto_then_rto_backs_off():
-    # packets_out == 1: PTO = 2*SRTT + TCP_RTO_MIN, clamped to the RTO (tcp_schedule_loss_probe).
-    # The probe goes first, then the RTO from the probe on, then doubling timeouts.
+    # Every RTT sample is 10 ms, so (tcp_rtt_estimator, tcp_set_rto) SRTT = 10 ms and
+    # rttvar = max(mdev, TCP_RTO_MIN) = 200 ms: RTO = 210 ms. packets_out == 1: PTO =
+    # 2*SRTT + TCP_RTO_MIN = 220 ms, clamped to the RTO (tcp_schedule_loss_probe): 210 ms.
+    # The probe goes first, then the RTO re-armed from it (210 ms), then tcp_retransmit_timer
+    # doubles icsk_rto on each timeout: 420 ms, 840 ms.
     tr, c, t, seq = start()
     c.send(t, seq, 100)
     c.send(t + 210, seq, 100)
@@ -90,10 +126,9 @@ def test_single_outstanding_segment_probe_waits_for_the_rto_then_rto_backs_off()
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["tlp", "rto", "rto", "rto"]
     assert r["backoff"].tolist()[1:] == [0, 1, 2]
-    rto = r["expected_rto_ns"].tolist()
-    assert rto[2] == 2 * rto[1] and rto[3] == 4 * rto[1]
-    assert 200_000_000 <= rto[1] <= 220_000_000
-    assert r["expected_pto_ns"].iloc[0] == rto[1]  # clamped to the RTO
+    assert r["srtt_us"].tolist() == [10_000] * 4
+    assert r["expected_pto_ns"].iloc[0] == 210_000_000
+    assert r["expected_rto_ns"].tolist() == [210_000_000, 210_000_000, 420_000_000, 840_000_000]
     assert r["ca_state"].tolist() == ["Open", "Loss", "Loss", "Loss"]
 
 
@@ -292,18 +327,21 @@ def test_reno_ack_of_never_resent_data_alone_undoes_frto():
 # --- handshake --------------------------------------------------------------------------
 
 def test_syn_resent_after_one_second():
+    # tcp_retransmit_timer in SYN_SENT (Linux 6.5+): while tp->total_rto is at most
+    # tcp_syn_linear_timeouts (4), neither icsk_backoff nor icsk_rto grows: five resends
+    # 1 s apart with backoff 0, then the timer doubles (2 s, backoff 1).
     tr = Trace()
     c = tr.conn()
     c.syn(0)
-    s1 = c.syn(1000)
-    s2 = c.syn(2000)  # linear SYN timeouts (tcp_syn_linear_timeouts) on recent kernels
-    c.synack(2010)
+    resent = [c.syn(1000 * i) for i in range(1, 6)] + [c.syn(7000)]
+    c.synack(7010)
     r = run(tr)
-    assert r["frame"].tolist() == [tr.frame_of(s1), tr.frame_of(s2)]
-    assert r["kind_pcap"].tolist() == ["syn", "syn"]
-    assert r["family"].tolist() == ["rto", "rto"]
-    assert r["backoff"].tolist() == [0, 1]
-    assert r["since_original_ns"].tolist() == [1_000_000_000, 2_000_000_000]
+    assert r["frame"].tolist() == [tr.frame_of(s) for s in resent]
+    assert r["kind_pcap"].tolist() == ["syn"] * 6
+    assert r["family"].tolist() == ["rto"] * 6
+    assert r["backoff"].tolist() == [0, 0, 0, 0, 0, 1]
+    assert r["expected_rto_ns"].tolist() == [1_000_000_000] * 5 + [2_000_000_000]
+    assert r["since_original_ns"].tolist()[:2] == [1_000_000_000, 2_000_000_000]
 
 
 def test_synack_resent():
@@ -381,14 +419,30 @@ def test_reused_tuple_keeps_state_apart():
 
 # --- the estimator -------------------------------------------------------------------------
 
-def test_rtt_estimator_follows_rfc6298_with_linux_floor():
+def test_rtt_estimator_matches_the_kernels_integer_arithmetic():
+    # Expected values worked by hand through tcp_rtt_estimator and tcp_set_rto
+    # (net/ipv4/tcp_input.c; srtt_us holds 8*SRTT, mdev_us the mean deviation scaled so
+    # that RTO = SRTT + rttvar), not through the formula the code uses.
     import numpy as np
 
-    g = np.zeros(3, dtype=np.int64)
-    srtt, rto = rtt_estimator(g, np.array([100_000, 100_000, 180_000]))
-    assert srtt[0] == 100_000 and rto[0] == pytest.approx(100_000 + 200_000)
-    assert srtt[2] == pytest.approx(100_000 + 80_000 / 8)
-    # Two groups do not mix.
+    # 100, 100, 180 ms. First sample: srtt_us = 8*100000, mdev_us = 2*100000, rttvar_us =
+    # max(mdev_us, tcp_rto_min_us) = 200000: RTO 300 ms. Second: error 0, mdev_us -=
+    # mdev_us/4 -> 150000. Third: error +80000, srtt_us = 880000 (SRTT 110 ms), mdev_us =
+    # 150000 + 80000 - 37500 = 192500, under the floor: RTO = 110000 + 200000.
+    srtt, rto = rtt_estimator(np.zeros(3, dtype=np.int64), np.array([100_000, 100_000, 180_000]))
+    assert srtt.tolist() == [100_000, 100_000, 110_000]
+    assert rto.tolist() == [300_000, 300_000, 310_000]
+    # 400 then 100 ms: error -300000, srtt_us = 3200000 - 300000 (SRTT 362.5 ms). The sample
+    # is below SRTT, so m = 300000 - 800000/4 = 100000 is cut to m >> 3 = 12500 (the "Eifel
+    # finding" gain), mdev_us = 812500 > mdev_max_us: rttvar_us = 812500, RTO 1175 ms.
+    # (Plain RFC 6298 would raise RTTVAR to 900000: RTO 1262.5 ms.)
+    srtt, rto = rtt_estimator(np.zeros(2, dtype=np.int64), np.array([400_000, 100_000]))
+    assert srtt.tolist() == [400_000, 362_500]
+    assert rto.tolist() == [1_200_000, 1_175_000]
+    # A 100 s sample: 300 s by the formula, bounded to TCP_RTO_MAX (tcp_bound_rto).
+    _, rto = rtt_estimator(np.zeros(1, dtype=np.int64), np.array([100_000_000]))
+    assert rto.tolist() == [120_000_000]
+    # Two flows' samples do not mix.
     srtt2, _ = rtt_estimator(np.array([0, 1]), np.array([5_000, 50_000]))
     assert srtt2.tolist() == [5_000, 50_000]
 
@@ -433,9 +487,12 @@ def test_ack_processed_late_still_clocks_the_retransmission():
 
 
 def test_capture_started_in_a_timeout_chain_then_slow_start():
-    # The capture opens on the third RTO of a blackhole (its earlier copies unseen): the
-    # gap before the next new data shows it resent the head of a large flight, so it is
-    # the RTO, and the ACK-clocked resends that follow are Loss-state slow start.
+    # The capture opens on the third RTO of a blackhole (its earlier copies unseen). The
+    # capture cannot show that first segment was resent (the data above it may be frames it
+    # dropped), so it is not reported; but it went out at the head with data outstanding
+    # beyond, before any ACK: the replay starts in the Loss state that timeout entered
+    # (classify._capture_start_timeout), and the ACK-clocked resends that follow are its
+    # slow start (tcp_process_loss), not fast recovery.
     tr = Trace()
     c = tr.conn()
     c.send(0, 1, MSS)                       # RTO (head), original long before the capture
@@ -446,8 +503,8 @@ def test_capture_started_in_a_timeout_chain_then_slow_start():
     c.send(20.02, 1 + MSS, MSS)             # the loss was real: slow-start retransmits
     c.send(20.03, 1 + 2 * MSS, MSS)
     r = run(tr)
-    assert r["kind_pcap"].tolist() == ["rto", "rto_recovery", "rto_recovery"]
-    assert r["orig_frame"].tolist()[0] == -1
+    assert r["kind_pcap"].tolist() == ["rto_recovery", "rto_recovery"]
+    assert r["frame"].tolist()[0] == 6
 
 
 def test_multi_segment_timer_burst_is_not_a_timeout():
@@ -462,12 +519,13 @@ def test_multi_segment_timer_burst_is_not_a_timeout():
     assert r["kind_pcap"].tolist() == ["fast", "fast"]
 
 
-def test_capture_start_head_resend_with_data_held_beyond_is_the_rto():
-    # No ACK seen before the first retransmission: its clock is unknown. A capture that
-    # starts at a random moment far more often opens in the silence before a timeout than
-    # in the microseconds between an ACK and a fast retransmit: the receiver's next ACK
-    # shows the resend was at the head while it held data beyond, so it is the RTO, and
-    # the ACK-clocked resends that follow are the Loss state's slow start.
+def test_capture_start_head_send_with_data_held_beyond_starts_in_loss():
+    # No ACK seen before the first segment: a capture that starts at a random moment far
+    # more often opens in the silence before a timeout than in the microseconds between an
+    # ACK and a fast retransmit. The receiver's next ACK shows that segment was at the head
+    # while it held data beyond: the timeout's Loss state, whose slow start resends the
+    # rest. The first segment itself is not reported (the capture cannot show it was
+    # resent).
     tr = Trace()
     c = tr.conn()
     c.send(0, 1, MSS)
@@ -475,37 +533,41 @@ def test_capture_start_head_resend_with_data_held_beyond_is_the_rto():
     c.send(10.02, 1 + MSS, MSS)
     c.send(10.03, 1 + 2 * MSS, MSS)
     r = run(tr)
-    assert r["kind_pcap"].tolist() == ["rto", "rto_recovery", "rto_recovery"]
-    assert r["orig_frame"].tolist() == [-1, -1, -1]
+    assert r["kind_pcap"].tolist() == ["rto_recovery", "rto_recovery"]
+    assert r["orig_frame"].tolist() == [-1, -1]
 
 
-def test_capture_start_resend_above_the_head_with_data_beyond_is_fast():
-    # The same opening, but the receiver's next ACK does not move past the resent segment
-    # (a hole below it remains): not the head, so not the RTO; SACK news resent it.
+def test_capture_start_send_above_the_head_leaves_the_state_open():
+    # The same opening, but the receiver's next ACK does not move past the first segment (a
+    # hole below it remains): not the head, so not a timeout's resend. The next resend, of
+    # the hole at the head right after that ACK, is fast recovery.
     tr = Trace()
     c = tr.conn()
     c.send(0, 1 + 2 * MSS, MSS)
     c.ack(10, 1, sack=((1 + 2 * MSS, 1 + 20 * MSS),))
+    c.send(10.02, 1, MSS)
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["fast"]
 
 
 def test_capture_start_reno_slow_start_walk_is_loss():
-    # No SACK, capture opened inside a Loss episode: each ACK releases several segments,
-    # and segments above snd_una. NewReno recovery resends only the segment at snd_una,
-    # one MSS per partial ACK, so these are slow-start retransmissions after a timeout
-    # the capture did not see.
+    # No SACK, capture opened on the timeout's resend of the head: F-RTO sends new data
+    # (RFC 5682 step 2b), a duplicate ACK proves the loss real, and each ACK then releases
+    # several segments. NewReno recovery resends only the segment at snd_una, one MSS per
+    # partial ACK (tcp_newreno_mark_lost), so these are the Loss state's slow start, which
+    # a Reno sender keeps until snd_una passes high_seq.
     tr = Trace()
     c = tr.conn(sack=False)
-    for i in range(4):  # duplicate ACKs without SACK blocks: the receiver has no SACK
-        c.ack(0.01 * i, 1 + MSS)
-    c.send(0.05, 1 + MSS, MSS)
-    c.send(0.06, 1 + 2 * MSS, MSS)
-    c.ack(10, 1 + 2 * MSS)
-    c.send(10.02, 1 + 3 * MSS, MSS)
-    c.send(10.03, 1 + 4 * MSS, MSS)
-    c.send(10.04, 1 + 5 * MSS, MSS)
-    c.send(10.05, 1 + 40 * MSS, MSS)  # new data: everything below it was sent before
+    c.send(0, 1, MSS)
+    c.ack(10, 1 + MSS)
+    c.send(10.02, 1 + 40 * MSS, MSS)
+    c.ack(20, 1 + MSS)
+    c.send(20.02, 1 + MSS, MSS)
+    c.send(20.03, 1 + 2 * MSS, MSS)
+    c.ack(30, 1 + 3 * MSS)
+    c.send(30.02, 1 + 3 * MSS, MSS)
+    c.send(30.03, 1 + 4 * MSS, MSS)
+    c.send(30.04, 1 + 5 * MSS, MSS)
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["rto_recovery"] * 5
 
@@ -571,7 +633,6 @@ def test_row_order_does_not_matter():
     pk = tr.packets()
     perm = np.random.default_rng(7).permutation(len(pk["frame"]))
     shuffled = {k: v[perm] for k, v in pk.items()}
-    fid, flows = assign_flows(shuffled)
-    r = classify(shuffled, fid, flows, find_retransmissions(shuffled, fid, flows))
+    r = classified(shuffled)
     assert r.sort_values("frame")["kind_pcap"].tolist() == run(tr)["kind_pcap"].tolist() \
         == ["tlp", "rto", "rto_recovery"]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 from packet_builder import Trace
 
-from retranscope.analyze.flows import assign_flows, sack_blocks, sequence_space
+from retranscope.analyze.flows import sack_blocks, sequence_space
+from retranscope.analyze.pipeline import classify_capture
 from retranscope.schemas.packets import empty_packets
 
 
 def _flows(tr: Trace):
+    """Packets, flow ids and flows as production assigns them (pipeline.classify_capture)."""
     pk = tr.packets()
-    fid, flows = assign_flows(pk)
+    fid, flows, _ = classify_capture(pk)
     return pk, fid, flows
 
 
@@ -73,8 +75,8 @@ def test_reused_four_tuple_after_close_is_a_new_connection():
     t2 = c2.handshake(100, 1)
     c2.send(t2, 1, 10)
     pk, fid, flows = _flows(tr)
-    assert len(flows) == 4
-    assert flows["conn_id"].nunique() == 2
+    assert len(flows["flow_id"]) == 4
+    assert set(flows["conn_id"].tolist()) == {0, 1}
     assert flows["isn"].tolist() == [1000, 5000, 777_777, 99]
     sp = sequence_space(pk, fid, flows)
     last = len(fid) - 1
@@ -88,7 +90,7 @@ def test_retransmitted_syn_stays_in_its_connection():
     c.syn(1000)  # same ISN: a retransmission, not a new connection
     c.synack(1001)
     _, fid, flows = _flows(tr)
-    assert len(flows) == 2 and fid.tolist() == [0, 0, 1]
+    assert len(flows["flow_id"]) == 2 and fid.tolist() == [0, 0, 1]
 
 
 def test_capture_started_mid_connection():
@@ -133,8 +135,8 @@ def test_interleaved_connections_numbered_by_first_appearance():
 
 
 def test_empty_capture():
-    fid, flows = assign_flows(empty_packets())
-    assert len(fid) == 0 and len(flows) == 0
+    fid, flows, classified = classify_capture(empty_packets())
+    assert len(fid) == 0 and len(flows["flow_id"]) == 0 and len(classified["pkt"]) == 0
 
 
 def test_sack_refuted_by_plain_duplicate_acks_mid_connection():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from retranscope.accounting import GapTracker, gap_intervals, unreported_segments
 
@@ -46,10 +45,16 @@ def test_tracker_fed_in_batches_agrees_with_the_whole():
 
 
 def test_gap_intervals_place_the_missing_retransmissions_in_time():
-    ev = pd.DataFrame({
-        "event_type": "retransmit", "skaddr": SK, "ts_wall_ns": TS, "segs": SEGS,
-        "total_retrans": TOTAL, "saddr": "10.0.0.1", "sport": 40000 + SK, "daddr": "10.0.0.2",
-        "dport": 5001,
-    })
+    from retranscope.analyze.events import address_halves
+
+    n = len(SK)
+    ev = {
+        "event_type": np.full(n, "retransmit", dtype=object), "skaddr": SK, "ts_wall_ns": TS,
+        "segs": SEGS, "total_retrans": TOTAL, "sport": 40000 + SK, "dport": np.full(n, 5001),
+    }
+    ev["saddr_hi"], ev["saddr_lo"] = address_halves(np.full(n, "10.0.0.1", dtype=object))
+    ev["daddr_hi"], ev["daddr_lo"] = address_halves(np.full(n, "10.0.0.2", dtype=object))
     g = gap_intervals(ev)
-    assert g[["sport", "from_ns", "to_ns", "segments"]].values.tolist() == [[40001, 10, 20, 3]]
+    got = [[int(g[k][i]) for k in ("sport", "from_ns", "to_ns", "segments")]
+           for i in range(len(g["to_ns"]))]
+    assert got == [[40001, 10, 20, 3]]

@@ -14,9 +14,11 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from retranscope.analyze.events import events_table
 from retranscope.analyze.join import join_events
 from retranscope.schemas.packets import addr_to_str
 
@@ -40,7 +42,7 @@ RTO_FAMILY = {"rto", "rto_recovery", "syn", "synack"}
 
 
 def _capture(run):
-    from retranscope.analyze.pcap import read_capture
+    from retranscope.analyze.capture import read_capture
 
     return read_capture(run.capture)
 
@@ -59,7 +61,8 @@ def test_every_kernel_retransmission_recorded_once_with_reason(recorded, name):
     assert run.recorder_returncode == 0, run.recorder_stderr[-3:]
     meta = run.run_meta
     assert meta["complete"] and meta["events_lost_in_kernel"] == 0
-    ev = pd.read_parquet(run.out_dir / "events")
+    ev = pd.read_parquet(run.out_dir / "events").sort_values("ts_mono_ns", kind="stable")
+    ev = ev.reset_index(drop=True)  # the order analyze/events.py gives the events
     # The kernel-side count (after filters) equals what reached the files.
     assert meta["events_in_kernel"] == meta["events_written"] == len(ev)
     counters = meta["counters_delta"]
@@ -179,7 +182,8 @@ def test_every_kernel_retransmission_recorded_once_with_reason(recorded, name):
     # (only resent frames: an original overlapping the range must not stand in for it).
     eligible = np.zeros(len(pk["ts_ns"]), dtype=bool)
     eligible[retrans_rows] = True
-    event_of_row, frames = join_events(ev, pk, eligible=eligible)
+    table = events_table(pa.Table.from_pandas(ev, preserve_index=False))
+    event_of_row, frames = join_events(table, pk, eligible=eligible)
     missing = ev.loc[sent & (frames == 0)]
     assert missing.empty, missing[["reason", "saddr", "sport", "seq", "end_seq"]].to_string()
     unmatched = [r for r in retrans_rows if event_of_row[r] < 0]

@@ -9,8 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-MYPY_MODULES = ["record/decode.py", "record/reasons.py", "record/btf.py", "schemas",
-                "report", "analyze/join.py", "analyze/table.py", "retranscope/accounting.py"]
+MYPY_MODULES = ["analyze", "schemas", "report", "fleet", "record/decode.py", "record/reasons.py",
+                "record/btf.py", "lab/judge.py", "lab/capture.py", "retranscope/accounting.py",
+                "retranscope/fileio.py"]
 
 
 def _tool(name: str) -> str:

@@ -1,0 +1,244 @@
+"""The pcap file format: the file header and the walk over the record headers.
+
+https://www.ietf.org/archive/id/draft-ietf-opsawg-pcap-04.html
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+import numpy as np
+
+from retranscope.analyze.capture.gather import first_true, windows
+from retranscope.analyze.capture.records import MAX_CAPLEN_BYTES, Iface, Records, no_records
+from retranscope.errors import TruncatedCapture
+
+# pcap file header (draft-ietf-opsawg-pcap §4): 24 bytes
+PCAP_FILE_HEADER = struct.Struct("IHHiIII")  # magic, major, minor, thiszone, sigfigs, snaplen, lt
+PCAP_FILE_HEADER_BYTES = 24
+# pcap record header (§5): 16 bytes, four 32-bit words
+PCAP_RECORD_HEADER_BYTES = 16
+PCAP_RECORD_WORD = {"ts_sec": 0, "ts_frac": 1, "caplen": 2, "origlen": 3}  # ts_frac: µs/ns
+PCAP_MAGIC = {  # as read little-endian: (byte order of the file, ns per timestamp unit)
+    0xA1B2C3D4: ("<", 1000),
+    0xD4C3B2A1: (">", 1000),
+    0xA1B23C4D: ("<", 1),
+    0x4D3CB2A1: (">", 1),
+}
+PCAP_MAGIC_KUZNETSOV = (0xA1B2CD34, 0x34CDB2A1)  # "modified pcap", 24-byte record headers
+EOF_HINT = "was the file copied while tcpdump was still writing?"
+
+
+class PcapWalker:
+    """Walks the records of a pcap file, one block of its bytes at a time.
+
+    ``walk`` is given each block (the bytes after the ones it consumed before) and returns
+    the complete records in it and how many bytes they took: the caller carries the rest
+    (a record cut by the block's end) to the front of the next block. ``stopped`` is set
+    at damage (a corrupt record header, or the file ending inside a record): nothing after
+    it is read.
+    """
+
+    fmt = "pcap"
+
+    def __init__(self, name: str, head: bytes):
+        """``head``: the file's first bytes (at least the 24-byte header, unless the file
+        is shorter). Raises TruncatedCapture for a file cut inside its header."""
+        self.name = name
+        (magic,) = struct.unpack_from("<I", head)
+        self.order, self.frac_ns = PCAP_MAGIC[magic]
+        if len(head) < PCAP_FILE_HEADER_BYTES:
+            raise TruncatedCapture(
+                f"{name} ends inside the pcap file header: got {len(head)} bytes, "
+                f"{PCAP_FILE_HEADER_BYTES} needed; the capture has no packets to read"
+            )
+        _, major, minor, thiszone, _, snaplen, linktype_field = struct.unpack_from(
+            self.order + PCAP_FILE_HEADER.format, head, 0
+        )
+        # The top bits of the link-type field may carry an FCS length (draft §4, "LinkType
+        # and additional information"); the link type proper is the low 16 bits.
+        self.ifaces = [Iface(linktype_field & 0xFFFF, snaplen)]
+        self.snaplen = snaplen
+        self.header_bytes = PCAP_FILE_HEADER_BYTES
+        self.header_warnings: list[str] = []
+        if major != 2:
+            self.header_warnings.append(f"pcap version {major}.{minor}, expected 2.4: read as 2.4")
+        if thiszone:
+            # Always written as 0 in practice; reported, not applied, as tcpdump and
+            # Wireshark do.
+            self.header_warnings.append(
+                f"pcap header thiszone={thiszone} s ignored: timestamps read as UTC"
+            )
+        self._unpack_caplen = struct.Struct(self.order + "8xI").unpack_from  # caplen, @8
+        self.frames = 0  # records walked so far
+        self.stopped = False
+        self.stop_warning: str | None = None
+        self.truncated_at: int | None = None
+        self.need_bytes = PCAP_RECORD_HEADER_BYTES  # the smallest block that makes progress
+        self.over_snaplen = 0
+        self.frac_over = 0  # records whose sub-second field is a second or more
+        self.ts_resolution_ns = self.frac_ns
+        # said when the data ends inside a record; the reader names damaged compression
+        self.eof_hint = EOF_HINT
+
+    def _offsets(self, mv: memoryview) -> tuple[np.ndarray, int]:
+        """Offsets of the record headers in ``mv``: the one sequential loop. Returns them
+        and where the walk stopped (the offset after the last record, which may lie
+        past the block's end when that record is cut by it).
+
+        Measured on 1.3M records (headers-only, 163 MB): a loop whose only exit is the
+        struct.error that unpack_from raises past the end of its buffer takes ~0.13 s, the
+        same loop with a bounds test per record ~0.2 s. A vectorised alternative was tried
+        and dropped: ~2,500 walkers stepping through their own chunks of the file in
+        lock-step (one numpy gather per record position, each chunk's start guessed from
+        sane-looking headers and verified by the previous walker landing on it) gave the
+        same offsets in about the same time, because each step's gather touches 2,500
+        cold pages (~90 ns a record, memory latency) where this loop streams through the
+        file. The loop keeps the captured lengths, not the offsets, in a typed array: the
+        offsets are their running sum, and no Python int is kept per record.
+        """
+        unpack_caplen = self._unpack_caplen
+        caplens = array("I")  # 32 bits, as the field
+        append = caplens.append
+        off = 0
+        try:
+            while True:
+                caplen = unpack_caplen(mv, off)[0]
+                append(caplen)
+                off += PCAP_RECORD_HEADER_BYTES + caplen
+        except struct.error:
+            pass  # this header lies past the block's end
+        offsets = np.empty(len(caplens) + 1, dtype=np.int64)
+        offsets[0] = 0
+        np.cumsum(np.frombuffer(caplens, dtype=np.uint32), out=offsets[1:])
+        offsets += PCAP_RECORD_HEADER_BYTES * np.arange(offsets.size)
+        # offsets[-1] is where the walk stopped: 1-11 bytes of a record header there are
+        # judged (and cut) like any record
+        return (offsets if off < len(mv) else offsets[:-1]), off
+
+    def walk(self, mv: memoryview, base: int, eof: bool) -> tuple[Records, int]:
+        """The complete records in ``mv`` (which starts at byte ``base`` of the file), and
+        how many bytes of it they take. ``eof``: nothing follows ``mv``."""
+        n = len(mv)
+        offsets, _ = self._offsets(mv)
+        if offsets.size == 0:
+            return no_records(self.ifaces), 0
+        hdr = windows(np.frombuffer(mv, np.uint8), offsets, PCAP_RECORD_HEADER_BYTES).view(
+            self.order + "u4"
+        )
+        # views on the gathered headers: columns are copied once, into what is kept
+        ts_sec, ts_frac, caplen_u32, origlen = (
+            hdr[:, PCAP_RECORD_WORD[k]] for k in ("ts_sec", "ts_frac", "caplen", "origlen")
+        )
+        # Where to stop: at the first impossible record (a length no writer produces, a
+        # sub-second field out of range, an all-zero header: what garbage in a record
+        # header looks like), or at a record running past the end of the block. Only the
+        # last record can do that: every earlier one ends where a record header was read.
+        good = offsets.size
+        consumed = n
+        last_end = int(offsets[-1]) + PCAP_RECORD_HEADER_BYTES + int(caplen_u32[-1])
+        overrun = last_end > n
+        # A sub-second field of a whole second or more is what a writer rounding up
+        # leaves (tcpdump's timestamp_invalid_* tests); Wireshark reads it as it is, and
+        # so does this, with a warning. Past two seconds' worth it is garbage.
+        per_s = 1_000_000_000 // self.frac_ns
+        bad = (caplen_u32 > MAX_CAPLEN_BYTES) | (ts_frac >= 2 * per_s)
+        # a zero-filled tail (space allocated but never written, as after a crash): no
+        # packet has wire length 0 at time 0
+        bad |= (origlen == 0) & (ts_sec == 0)
+        have_last = n - int(offsets[-1])
+        if overrun and have_last < PCAP_RECORD_HEADER_BYTES:
+            # its header is cut: the fields read are partly padding; the caplen, whole
+            # from 12 bytes on, is still judged (a record cannot be longer)
+            bad[-1] = have_last >= 12 and caplen_u32[-1] > MAX_CAPLEN_BYTES
+        first_bad = first_true(bad)
+        if first_bad is not None:
+            good = first_bad
+            self._stop(
+                int(offsets[first_bad]) + base,
+                self._corrupt_message(
+                    first_bad, int(offsets[first_bad]) + base, caplen_u32, ts_frac, origlen
+                ),
+            )
+        elif overrun:
+            good = offsets.size - 1
+            consumed = int(offsets[-1])
+            have = n - consumed
+            need = PCAP_RECORD_HEADER_BYTES + (int(caplen_u32[-1]) if have >= 12 else 0)
+            if eof:
+                at = consumed + base
+                self._stop(
+                    at,
+                    (
+                        f"capture ends inside record {self.frames + good + 1} at offset {at} "
+                        f"(got {have} bytes, {need} needed): read the {self.frames + good} "
+                        f"records before it; {self.eof_hint}"
+                    ),
+                )
+            self.need_bytes = need
+        if good < offsets.size:
+            ts_sec, ts_frac, caplen_u32, origlen, offsets = (
+                a[:good] for a in (ts_sec, ts_frac, caplen_u32, origlen, offsets)
+            )
+        if self.snaplen:
+            self.over_snaplen += int(np.count_nonzero(caplen_u32 > self.snaplen))
+        self.frac_over += int(np.count_nonzero(ts_frac >= per_s))
+        offsets += PCAP_RECORD_HEADER_BYTES  # now where each frame's data starts
+        ts_ns = ts_sec.astype(np.int64)
+        ts_ns *= 1_000_000_000
+        ts_ns += ts_frac.astype(np.int64) * self.frac_ns
+        recs = Records(
+            frame=np.arange(self.frames + 1, self.frames + good + 1, dtype=np.int64),
+            data_off=offsets,
+            caplen=caplen_u32.astype(np.int32),
+            origlen=origlen,
+            ts_ns=ts_ns,
+            iface=np.zeros(good, dtype=np.int16),
+            ifaces=self.ifaces,
+        )
+        self.frames += good
+        return recs, consumed
+
+    def _corrupt_message(self, i, at, caplen, ts_frac, origlen) -> str:
+        return (
+            f"record {self.frames + i + 1} at offset {at} is corrupt (caplen "
+            f"{caplen[i]} bytes, at most {MAX_CAPLEN_BYTES}; sub-second field "
+            f"{ts_frac[i]}; wire length {origlen[i]}): read the {self.frames + i} "
+            "records before it and stopped there"
+        )
+
+    def _stop(self, at: int, message: str) -> None:
+        self.stopped = True
+        self.truncated_at = at
+        self.stop_warning = message
+
+    def end_of_data(self, at: int, why: str) -> None:
+        """The stream ended early (damaged compressed data) at decompressed byte ``at``,
+        between two records."""
+        if not self.stopped:
+            self._stop(
+                at,
+                f"{why}, after {at} bytes of capture data: read the "
+                f"{self.frames} records before it",
+            )
+
+    def warnings(self) -> list[str]:
+        """The file's warnings, in the order the whole-file reader gave them."""
+        out = list(self.header_warnings)
+        if self.stop_warning:
+            out.append(self.stop_warning)
+        if self.frac_over:
+            out.append(
+                f"{self.frac_over} records have a sub-second timestamp field of a second "
+                "or more: read as written (the timestamp moves into the next second)"
+            )
+        if self.over_snaplen:
+            out.append(
+                f"{self.over_snaplen} records are longer than the file's snaplen "
+                f"{self.snaplen} bytes: read in full"
+            )
+        return out
+
+    def summary(self) -> dict:
+        return {"snaplen": self.snaplen, "if_drops": None, "skipped": {}}

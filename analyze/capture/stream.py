@@ -1,0 +1,252 @@
+"""A capture's bytes as a stream: a plain file, or one compressed with gzip, zstd, xz or
+bzip2, recognised by its magic bytes (never by its name) and decompressed as it is read,
+with no temporary file.
+
+``tcpdump -z gzip`` and Wireshark write ``.pcap.gz``/``.pcapng.gz``; archives are often
+zstd. The reader asks for bytes with ``readinto`` and learns how far into the file on disk
+it has come (``consumed_bytes``), which is what progress is measured in: for a compressed
+file the total is its compressed size, the only size known before reading it.
+
+Damage inside compressed data (a gzip member cut short, a corrupt zstd frame, a CRC that
+does not match) ends the stream: ``readinto`` returns 0 from then on and ``damage`` says
+what happened, so the records decompressed before it are kept, as for a plain capture cut
+short (the reader marks the capture truncated).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import zlib
+from typing import Any, BinaryIO, cast
+
+from retranscope.errors import BadInput
+
+# Magic numbers of the compressed formats (each format's own specification)
+GZIP_MAGIC = b"\x1f\x8b"  # RFC 1952 §2.3.1 (ID1 ID2)
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # RFC 8878 §3.1.1, 0xFD2FB528 little-endian
+XZ_MAGIC = b"\xfd7zXZ\x00"  # .xz file format §2.1.1.1
+BZIP2_MAGIC = b"BZh"  # then the block size '1'..'9', then the block magic 0x314159265359
+COMPRESSIONS = ("gzip", "zstd", "xz", "bzip2")
+SNIFF_BYTES = 10  # enough for every magic above
+
+
+def sniff_compression(head: bytes) -> str | None:
+    """The compression a file's first bytes announce, or None for uncompressed data."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if head.startswith(XZ_MAGIC):
+        return "xz"
+    if head.startswith(BZIP2_MAGIC) and len(head) >= 4 and head[3:4] in b"123456789":
+        return "bzip2"
+    return None
+
+
+class ByteStream:
+    """The decompressed bytes of one capture file, read front to back.
+
+    ``name`` is what messages call the file; ``size_bytes`` its size on disk (None for a
+    pipe); ``compression`` one of COMPRESSIONS or None.
+    """
+
+    def __init__(self, raw: BinaryIO, name: str, size_bytes: int | None, head: bytes):
+        self.raw = raw
+        self.name = name
+        self.size_bytes = size_bytes
+        self.compression = sniff_compression(head)
+        self.damage: str | None = None  # why the compressed data ended early
+        self._ended = False
+        self._pending = head  # bytes already read from raw for the sniff
+        self._inner: io.BufferedIOBase | None = None
+        self._closed_at: int | None = None  # consumed_bytes() once closed
+        if self.compression is not None:
+            self._inner = _decompressor(self.compression, _Prefixed(head, raw))
+            self._pending = b""
+
+    def consumed_bytes(self) -> int:
+        """How far into the file (as stored on disk) reading has come."""
+        if self._closed_at is not None:
+            return self._closed_at
+        try:
+            return self.raw.tell() - len(self._pending)
+        except (OSError, ValueError):
+            return 0
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill ``buf`` as far as the stream goes; 0 at its end (or after damage)."""
+        want = len(buf)
+        got = 0
+        if self._pending:
+            k = min(want, len(self._pending))
+            buf[:k] = self._pending[:k]
+            self._pending = self._pending[k:]
+            got = k
+        while got < want and not self._ended:
+            try:
+                if self._inner is None:
+                    k = cast(Any, self.raw).readinto(buf[got:])
+                else:
+                    # readinto1: what one step of the decompressor gives, so that the
+                    # data before damage is handed over before the error is raised
+                    k = cast(Any, self._inner).readinto1(buf[got:])
+            except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as err:
+                k = 0
+                if self._inner is None:
+                    raise BadInput(f"cannot read {self.name}: {err}") from None
+                self.damage = _damage_message(self.compression or "", err)
+            except Exception as err:  # zstandard.ZstdError: a corrupt frame
+                if self._inner is None or type(err).__name__ != "ZstdError":
+                    raise
+                k = 0
+                self.damage = _damage_message(self.compression or "", err)
+            if not k:
+                self._ended = True
+                break
+            got += k
+        return got
+
+    def close(self) -> None:
+        if self._closed_at is not None:
+            return
+        self._closed_at = self.consumed_bytes()
+        try:
+            if self._inner is not None:
+                self._inner.close()
+        except Exception:  # closing a damaged decompressor may raise its error again
+            pass
+        self.raw.close()
+
+
+def _damage_message(compression: str, err: BaseException) -> str:
+    what = str(err) or type(err).__name__
+    return f"the {compression} data is damaged or cut short ({what})"
+
+
+class _Prefixed(io.RawIOBase):
+    """A raw file whose first bytes were already read (for the sniff): they come first."""
+
+    def __init__(self, head: bytes, raw: BinaryIO):
+        self._head = head
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        if self._head:
+            k = min(len(b), len(self._head))
+            b[:k] = self._head[:k]
+            self._head = self._head[k:]
+            return k
+        return self._raw.readinto(b)  # type: ignore[attr-defined]
+
+
+def _decompressor(kind: str, raw: io.RawIOBase) -> io.BufferedIOBase:
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # every member, as gunzip does
+    if kind == "xz":
+        return lzma.LZMAFile(cast(BinaryIO, raw))
+    if kind == "bzip2":
+        return bz2.BZ2File(raw)
+    return _ZstdReader(raw)  # type: ignore[return-value]
+
+
+class _ZstdReader:
+    """zstd frames one after another (as ``zstd -d`` reads them), decompressed a piece
+    at a time. zstandard's stream_reader ends quietly at a frame cut short; this raises
+    EOFError there, so that a cut archive is reported as one."""
+
+    RAW_STEP = 1 << 16
+
+    def __init__(self, raw: io.RawIOBase):
+        try:
+            import zstandard
+        except ImportError:  # a dependency (pyproject.toml); say what to do if it is missing
+            raise BadInput(
+                "the capture is zstd-compressed and the zstandard module is not installed: "
+                "pip install zstandard, or decompress it with: zstd -d FILE"
+            ) from None
+        self._zstd = zstandard.ZstdDecompressor()
+        self._raw = raw
+        self._obj = self._zstd.decompressobj()
+        self._in_frame = False  # bytes of the current frame have been fed
+        self._out = b""
+        self._error: Exception | None = None  # raised once the data before it is out
+
+    def readinto1(self, b) -> int:
+        while not self._out:
+            if self._error is not None:
+                raise self._error
+            data = self._raw.read(self.RAW_STEP)
+            if not data:
+                if self._in_frame:
+                    raise EOFError("the last zstd frame is cut short")
+                return 0
+            self._feed(data)
+        k = min(len(b), len(self._out))
+        b[:k] = self._out[:k]
+        self._out = self._out[k:]
+        return k
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            self._in_frame = True
+            try:
+                self._out += self._obj.decompress(data)
+            except Exception as err:  # zstandard.ZstdError: corrupt data
+                self._error = err
+                return
+            if not self._obj.eof:
+                return
+            # a frame ended: what follows starts the next one
+            data = self._obj.unused_data
+            self._obj = self._zstd.decompressobj()
+            self._in_frame = False
+
+    def close(self) -> None:
+        self._out = b""
+
+
+def open_stream(path: str | os.PathLike) -> ByteStream:
+    """Open a capture file for streaming. Raises BadInput for a missing, unreadable or
+    irregular file (a directory, say)."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BadInput(f"no such file: {path}") from None
+    except OSError as err:
+        raise BadInput(f"cannot read {path}: {err.strerror}") from None
+    if os.path.isdir(path):
+        raise BadInput(f"not a regular file: {path}; give a capture file written by tcpdump -w")
+    try:
+        raw = open(path, "rb", buffering=0)  # noqa: SIM115 - ByteStream.close() closes it
+    except OSError as err:
+        raise BadInput(f"cannot read {path}: {err.strerror}") from None
+    try:
+        head = _read_head(raw)
+    except OSError as err:
+        raw.close()
+        raise BadInput(f"cannot read {path}: {err.strerror}") from None
+    size = st.st_size if os.path.isfile(path) else None
+    return ByteStream(raw, path, size, head)  # type: ignore[arg-type]
+
+
+def stream_of_fileobj(fh: BinaryIO, name: str) -> ByteStream:
+    """A stream over an open binary file (a pipe, standard input, an in-memory buffer)."""
+    return ByteStream(fh, name, None, _read_head(fh))
+
+
+def _read_head(fh: BinaryIO) -> bytes:
+    head = b""
+    while len(head) < SNIFF_BYTES:
+        more = fh.read(SNIFF_BYTES - len(head))
+        if not more:
+            break
+        head += more
+    return head
