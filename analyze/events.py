@@ -104,8 +104,11 @@ def events_table(table: pa.Table) -> Table:
     out: Table = {}
     for name in table.column_names:
         col = table.column(name)
-        if pa.types.is_string(col.type):
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            # large_string: what a table that went through pandas' Arrow-backed strings has
             out[name] = np.array(col.to_pylist(), dtype=object)
+        elif pa.types.is_null(col.type):
+            out[name] = Nullable(np.zeros(len(col), np.int64), np.zeros(len(col), bool))
         elif col.null_count:
             valid = col.is_valid().to_numpy(zero_copy_only=False)
             values = col.fill_null(0).to_numpy()
