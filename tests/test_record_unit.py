@@ -231,3 +231,17 @@ def test_max_bytes_rotates_the_journal(tmp_path):
     files = sorted(tmp_path.glob("events-*.parquet"))
     assert len(files) > 3
     assert sum(pq.read_metadata(f).num_rows for f in files) == 2000
+
+
+def test_a_quiet_host_reads_as_no_events_and_a_missing_events_folder_is_refused(tmp_path):
+    """The recorder writes no events file when it saw no retransmission: a complete
+    run.json that says 0 events written stands in for the files; anything else without
+    files is refused with one line."""
+    from retranscope.errors import BadInput
+
+    run = {"schema_version": SCHEMA_VERSION, "complete": True, "events_written": 0}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    assert len(read_events(tmp_path).table["ts_mono_ns"]) == 0
+    (tmp_path / "run.json").write_text(json.dumps({**run, "complete": False}))
+    with pytest.raises(BadInput, match="no events-"):
+        read_events(tmp_path)
