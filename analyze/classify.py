@@ -351,10 +351,11 @@ def _cut_short(rtx: Table, origs: _Originals) -> np.ndarray:
         (gather(origs.end, p, ok, _NONE) > rtx["end_abs"])
 
 
-def _too_big_by_flow(flows: Table, messages: list[dict]) -> dict[int, list[tuple[int, int]]]:
+def _too_big_by_flow(flows: Table, messages: list[dict]
+                     ) -> dict[int, list[tuple[int, int, int]]]:
     """The ICMP too-big messages by the flow whose segment each quotes (its sender is the
     quoted source; on a 4-tuple reused, the connection whose packets surround the
-    message, else the last before it): {flow: [(ts_ns, mtu), ...]} in time order."""
+    message, else the last before it): {flow: [(ts_ns, mtu, frame), ...]} in time order."""
     if not messages:
         return {}
     key = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo", "sport", "dport")
@@ -363,7 +364,7 @@ def _too_big_by_flow(flows: Table, messages: list[dict]) -> dict[int, list[tuple
     first, last = flows["first_ts_ns"].tolist(), flows["last_ts_ns"].tolist()
     for f, t in enumerate(zip(*cols)):
         by_tuple.setdefault(t, []).append(f)
-    out: dict[int, list[tuple[int, int]]] = {}
+    out: dict[int, list[tuple[int, int, int]]] = {}
     for m in messages:
         cands = by_tuple.get(tuple(int(m[k]) for k in key), [])
         before = [f for f in cands if first[f] <= m["ts_ns"]]
@@ -371,7 +372,7 @@ def _too_big_by_flow(flows: Table, messages: list[dict]) -> dict[int, list[tuple
             continue
         inside = [f for f in before if m["ts_ns"] <= last[f]]
         f = (inside or before)[-1]
-        out.setdefault(f, []).append((int(m["ts_ns"]), int(m["mtu"])))
+        out.setdefault(f, []).append((int(m["ts_ns"]), int(m["mtu"]), int(m["frame"])))
     for v in out.values():
         v.sort()
     return out
