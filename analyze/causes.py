@@ -73,9 +73,10 @@ def cause_columns(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, A
 
     ``ctx``: the bulk evidence classify_table holds: ``A`` (the ACK table the replay read),
     ``a_flow`` (its flow per row), ``mss`` (per flow), ``origs`` (the first transmissions,
-    classify._Originals), ``pkt_frame`` and ``pkt_ts`` (per packet row), ``family`` (per
-    flow), ``lost_at`` (per row: the packet row of the first ACK that covered it in the
-    capture but never reached the sender, -1: none).
+    classify._Originals), ``pkt_frame`` and ``pkt_ts`` (per packet row), ``family`` and
+    ``shift_ns`` (per flow: the round trip between the capture point and the sender,
+    classify._remote_shift_us), ``lost_at`` (per row: the packet row of the first ACK that
+    covered it in the capture but never reached the sender, -1: none).
     """
     m = len(out["flow_id"])
     ev = _row_evidence(out, verdicts, ctx)
@@ -106,7 +107,9 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
     na = len(a_flow)
 
     # The receiver's first cumulative ACK covering the row's data (what reached the
-    # sender), or the ACK lost after the capture point when that came first.
+    # sender), or the ACK lost after the capture point when that came first; in the
+    # sender's time: the original left half the trip before it passed here, the ACK
+    # reaches the sender half the trip after.
     orig_ts = filled(out["orig_ts_ns"], NO_VALUE)
     kc = (
         pair_search(a_flow, A["una"], flow, end, side="left")
@@ -123,7 +126,7 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
     use_lost = lost & (~cov | (lost_ts < cov_ts))
     ack_t = np.where(use_lost, lost_ts, cov_ts)
     ack_ok = (orig_ts > NO_VALUE) & (cov | lost) & (ack_t >= orig_ts)
-    ack_delay = np.where(ack_ok, ack_t - orig_ts, NO_VALUE)
+    ack_delay = np.where(ack_ok, ack_t - orig_ts + ctx["shift_ns"][flow], NO_VALUE)
     ack_frame = np.where(use_lost, lost_frame, cov_frame)
 
     # The trigger ACK's SACK blocks above the row (D-SACK excluded), in segments.
@@ -235,7 +238,7 @@ def _fr(frame) -> str:
 
 
 def _in(frame, before_ns=None) -> str:
-    """ " (frame N, 3 ms before)", or as much of it as is known."""
+    """The parenthesis " (frame N, 3 ms before)", or as much of it as is known."""
     parts = ([f"frame {frame}"] if frame is not None and frame >= 0 else []) + (
         [f"{_t(before_ns)} before"] if before_ns is not None else []
     )
@@ -253,7 +256,7 @@ def _sentence(e: dict) -> tuple[str, str]:
         return "timing_only", _timing_only(e)
     code, text = _BY_RULE.get(rule, _unknown)(e)
     sp = e["spurious_by"]
-    if sp and code not in ("tlp_delayed_ack", "tlp_spurious", "rto_spurious"):
+    if sp and code not in ("tlp", "tlp_delayed_ack", "rto_spurious"):
         if CAUSES[code][0] == "fast" and code != "lost_retransmit":
             code = "fast_spurious"
             text += (
@@ -298,27 +301,22 @@ def _tlp(e: dict) -> tuple[str, str]:
     text = f"TLP {_t(e['since_send'])} after the last send ({_pto_arith(e)})"
     if e["ack_lost"]:
         return "tlp_ack_lost", text + _ack_lost_clause(e, "a probe")
-    delay, sp = e["ack_delay"], e["spurious_by"]
-    if sp:
-        by = _SPURIOUS_BY.get(sp, sp)
-        if delay is None:
-            return "tlp_spurious", text + f"; {by}: the original had arrived: spurious"
-        came = f"; the receiver's ACK came {_t(delay)} after the original ({_fr(e['ack_frame'])})"
-        after = e["since_orig"] is not None and delay >= e["since_orig"]
-        if delay > e["pto_us"] * 1000:
-            return "tlp_delayed_ack", (
-                text
-                + came
-                + (", after the probe" if after else "")
-                + f": a delayed ACK longer than the PTO; {by}: spurious"
-            )
-        return "tlp_spurious", text + came + f"; {by}: spurious"
-    if delay is not None and e["since_orig"] is not None:
-        return "tlp", text + (
-            f"; the first ACK covering it came {_t(delay - e['since_orig'])} "
-            f"after the probe ({_fr(e['ack_frame'])}); not shown spurious"
+    delay, sp, orig = e["ack_delay"], e["spurious_by"], e["since_orig"]
+    if delay is None:
+        text += "; no ACK covering it in the capture"
+    else:
+        text += (
+            f"; the receiver's ACK reached the sender {_t(delay)} after the original "
+            f"({_fr(e['ack_frame'])})"
         )
-    return "tlp", text + "; no ACK covering it in the capture"
+        if orig is not None and delay >= orig:
+            text += ", after the probe"
+    if not sp:
+        return "tlp", text + "; not shown spurious"
+    by = _SPURIOUS_BY.get(sp, sp)
+    if delay is not None and delay > e["pto_us"] * 1000:
+        return "tlp_delayed_ack", text + f": a delayed ACK longer than the PTO; {by}: spurious"
+    return "tlp", text + f"; {by}: the original had arrived: spurious"
 
 
 def _rto(e: dict) -> tuple[str, str]:

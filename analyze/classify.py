@@ -280,7 +280,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     _replay_columns(out, res, A, r_ts, r_skip, {
         "burst_of": burst_of, "A": A, "a_flow": a_flow, "mss": mss, "origs": origs,
         "pkt_frame": frame, "pkt_ts": packets["ts_ns"], "family": flows["family"],
-        "lost_at": lost_at})
+        "shift_ns": shift_us * 1000, "lost_at": lost_at})
     out["burst"] = burst_of
     # A flow with no ACK in the capture was replayed by timing alone (sender.py).
     out["evidence"] = np.where(a_start[r_flow] >= a_end[r_flow], "timing_only", "acks"

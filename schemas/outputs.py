@@ -57,11 +57,13 @@ RETRANSMITS_SCHEMA = pa.schema([
     _field("trigger_frame", pa.int64(), "fast retransmit: the ACK that triggered it"),
     _field("since_trigger_ns", pa.int64(), "since the ACK that triggered it"),
     _field("ack_delay_ns", pa.int64(),
-           "from this data's first transmission to the receiver's first ACK covering it in "
-           "the capture (cumulative; an ACK lost after the capture point counts: the "
-           "receiver sent it), as the capture point sees both: for a TLP whose original "
-           "arrived, the receiver's ACK delay against the PTO; null when either is not in "
-           "the capture"),
+           "from this data's first transmission to the receiver's first ACK covering it "
+           "(cumulative: one that reached the sender, or one lost after the capture point "
+           "that this retransmission shows the sender never got), "
+           "in the sender's time: the capture's interval plus the round trip between the "
+           "capture point and the sender when it is elsewhere. For a TLP whose original "
+           "arrived, the receiver's ACK delay to compare with the PTO; null when either is "
+           "not in the capture"),
     _field("cause", pa.string(),
            "why it was re-sent (schemas/vocabulary.py CAUSES; analyze/causes.py): from the "
            "sender replay's own decision and the evidence it read (a frame), or from the "

@@ -51,13 +51,10 @@ FRAME_UNMATCHED = ("no_event", "before_recording", "after_recording", "filtered_
 #: a kernel event without a frame gets one from its reason and the socket state it carries.
 CAUSES: dict[str, tuple[str | None, str]] = {
     "tlp": ("tlp", "tail loss probe: the probe timer (PTO = 2·SRTT + 2 ms, or + 200 ms with "
-                   "one segment out, at most the RTO) fired with the tail unacknowledged, "
-                   "and nothing showed the original had arrived"),
+                   "one segment out, at most the RTO) fired with the tail unacknowledged"),
     "tlp_delayed_ack": ("tlp", "tail loss probe of data that had arrived: the receiver's ACK "
-                               "came later than the PTO (a delayed ACK) and a D-SACK or "
-                               "timestamp echo showed the probe spurious"),
-    "tlp_spurious": ("tlp", "tail loss probe shown spurious (D-SACK or timestamp echo) "
-                            "without a receiver's ACK delay beyond the PTO in the capture"),
+                               "reached the sender later than the PTO (a delayed ACK) and a "
+                               "D-SACK or timestamp echo showed the probe spurious"),
     "tlp_ack_lost": ("tlp", "tail loss probe of data that had arrived: the receiver's ACK is "
                             "in the capture but was lost after the capture point"),
     "fast_sack": ("fast", "fast retransmit / RACK on SACK news: the receiver SACKed data "
