@@ -174,6 +174,7 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
         "ts": ts.tolist(),
         "frame": frame.tolist(),
         "len": (end - seq).tolist(),
+        "burst_len": _burst_max(end - seq, burst_of).tolist(),
         "tx_index": filled(out["tx_index"], 0).astype(np.int64).tolist(),
         "orig_frame": out["orig_frame"].tolist(),
         "since_orig": _opt(out["since_original_ns"]),
@@ -198,6 +199,16 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
     ev["episode_frame"] = _frames_at(flow, ts, frame, ev["episode_ns"]).tolist()
     ev["prev_rtx_frame"] = _frames_at(flow, ts, frame, ev["prev_rtx_ns"]).tolist()
     return ev
+
+
+def _burst_max(length: np.ndarray, burst_of: np.ndarray) -> np.ndarray:
+    """Per row, the longest segment of its burst (a PMTU re-send's new MSS: its last
+    segment is what is left over)."""
+    if not len(length):
+        return length
+    top = np.zeros(int(burst_of.max()) + 1, dtype=np.int64)
+    np.maximum.at(top, burst_of, length)
+    return top[burst_of]
 
 
 def _opt(col) -> list:
@@ -504,7 +515,7 @@ def _capture_start_walk(e: dict) -> tuple[str, str]:
 
 
 def _pmtu(e: dict) -> tuple[str, str]:
-    mtu, n = e["mtu"], e["len"]
+    mtu, n = e["mtu"], e["burst_len"]
     msg = "ICMPv6 packet-too-big" if e["v6"] else "ICMP fragmentation-needed"
     at = f"at MSS {n} " if mtu and n < mtu else ""
     if e["icmp_frame"] >= 0:
