@@ -175,6 +175,7 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
         "frame": frame.tolist(),
         "len": (end - seq).tolist(),
         "burst_len": _burst_max(end - seq, burst_of).tolist(),
+        "burst_bytes": _burst_sum(end - seq, burst_of).tolist(),
         "tx_index": filled(out["tx_index"], 0).astype(np.int64).tolist(),
         "orig_frame": out["orig_frame"].tolist(),
         "since_orig": _opt(out["since_original_ns"]),
@@ -209,6 +210,13 @@ def _burst_max(length: np.ndarray, burst_of: np.ndarray) -> np.ndarray:
     top = np.zeros(int(burst_of.max()) + 1, dtype=np.int64)
     np.maximum.at(top, burst_of, length)
     return top[burst_of]
+
+
+def _burst_sum(length: np.ndarray, burst_of: np.ndarray) -> np.ndarray:
+    """Per row, the bytes its burst re-sent."""
+    if not len(length):
+        return length
+    return np.bincount(burst_of, weights=length).astype(np.int64)[burst_of]
 
 
 def _opt(col) -> list:
@@ -496,12 +504,28 @@ def _ack_walk(e: dict) -> tuple[str, str]:
 
 def _walk_continued(e: dict) -> tuple[str, str]:
     how = (
-        f"{_t(e['since_send'])} after the previous send, no ACK between (one walk of "
-        "the retransmit queue, continued)"
+        f"{_t(e['since_send'])} after the previous send, no ACK between (the walk of the "
+        "retransmit queue, continued)"
     )
     if e["kind"] == "rto_recovery":
         return _loss_walk(e, how)
     return "fast_sack", f"fast retransmit continued: {how}"
+
+
+def _multi_segment(e: dict) -> tuple[str, str]:
+    sla, tf = e["since_ack"], e["trig_frame"]
+    after = (
+        ""
+        if sla is None
+        else f", {_t(sla)} after the " + (f"ACK in frame {tf}" if tf is not None else "last ACK")
+    )
+    how = (
+        f"{e['burst_bytes']} bytes re-sent at once{after} (more than one MSS at once: the "
+        "retransmit queue's walk, not a timer)"
+    )
+    if e["kind"] == "rto_recovery":
+        return _loss_walk(e, how)
+    return "fast_sack", f"fast retransmit: {how}"
 
 
 def _capture_start_walk(e: dict) -> tuple[str, str]:
@@ -589,6 +613,7 @@ _BY_RULE = {
     "lost_retransmit": _lost_retransmit,
     "loss_walk": _ack_walk,
     "walk_continued": _walk_continued,
+    "multi_segment": _multi_segment,
     "capture_start_walk": _capture_start_walk,
     "pmtu": _pmtu,
     "tfo": _tfo,

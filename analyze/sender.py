@@ -314,8 +314,11 @@ RULES = {
                        "(tcp_fastretrans_alert, SACK, the range already resent)",
     "loss_walk": "an ACK in Loss: the slow-start walk (tcp_fastretrans_alert -> "
                  "tcp_process_loss)",
-    "walk_continued": "several segments at once or right after the previous re-send, no "
-                      "ACK between: the walk an ACK or timer began, continued",
+    "multi_segment": "more than one MSS at once, no ACK just before: the retransmit queue's "
+                     "walk (an ACK the capture may lack, or the RACK timer), never a timer's "
+                     "one-MSS re-send (_which_timer)",
+    "walk_continued": "in Loss, not the head, right after the previous send: the walk "
+                      "continued without an ACK (TSQ, pacing)",
     "capture_start_walk": "no ACK of the flow yet, data held beyond it (_capture_start_kind)",
     "syn": "the handshake's timer, SYN_SENT (_syn_timeout)",
     "synack": "the request socket's timer (_syn_timeout)",
@@ -999,7 +1002,7 @@ class SenderState:
                                         else "capture_start_walk")
         elif b.multi:
             return ("rto_recovery" if self.ca_state == LOSS else "fast"), "timer", \
-                "walk_continued"
+                "multi_segment"
         if not self.sack_ok:
             return self._reno_timer_kind(b, head)
         sla_ns, srtt_us = b.since_ack_ns, b.srtt_us
