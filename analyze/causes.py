@@ -155,7 +155,7 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
         return [getattr(v, name) if v is not None else None for v in v_of]
 
     ev: dict[str, list] = {
-        "has": has,
+        "has": has.tolist(),
         "rule": vals("rule"),
         "kind": vals("kind"),
         "ca_before": vals("ca_before"),
@@ -357,7 +357,7 @@ def _rto(e: dict) -> tuple[str, str]:
     silent = sla is not None and (fired is None or sla >= fired - _TIMEOUT_MIN_US * 1000)
     if silent:
         text = f"RTO after {_t(sla)} without an ACK"
-        if after and (bo or abs(fired - sla) > max(fired // 20, 1_000_000)):
+        if fired is not None and (bo or abs(fired - sla) > max(fired // 20, 1_000_000)):
             text += f", {after}"  # armed by a send after that ACK
     else:
         text = "RTO" + (f" {after}" if after else "")
