@@ -27,11 +27,12 @@ family keeps the kernel's cause, with the capture's reading beside it (:func:`wi
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
-from retranscope.analyze.table import NO_VALUE, Nullable, filled, gather, pair_search
+from retranscope.analyze.table import NO_VALUE, GroupedSearch, Nullable, filled, gather
 from retranscope.schemas.vocabulary import (
     CAUSE_OF_REASON,
     CAUSES,
@@ -82,9 +83,11 @@ def cause_columns(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, A
     ev = _row_evidence(out, verdicts, ctx)
     codes = np.full(m, None, dtype=object)
     texts = np.full(m, None, dtype=object)
-    for i in np.flatnonzero(ev.pop("has")).tolist():
-        e = {k: v[i] for k, v in ev.items()}
-        codes[i], texts[i] = _sentence(e)
+    has = ev.pop("has")
+    keys = list(ev)
+    for i, values in enumerate(zip(*ev.values())):
+        if has[i]:
+            codes[i], texts[i] = _sentence(dict(zip(keys, values)))
     d = np.array([NO_VALUE if x is None else x for x in ev["ack_delay"]], dtype=np.int64)
     return {
         "cause": codes,
@@ -112,7 +115,7 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
     # reaches the sender half the trip after.
     orig_ts = filled(out["orig_ts_ns"], NO_VALUE)
     kc = (
-        pair_search(a_flow, A["una"], flow, end, side="left")
+        GroupedSearch(a_flow, A["una"])(flow, end, "left")
         if na
         else np.zeros(len(flow), dtype=np.int64)
     )
@@ -151,8 +154,28 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
     d_ts = gather(origs.ts, p, d_ok, NO_VALUE)
     d_frame = gather(ctx["pkt_frame"], gather(origs.sel, p, d_ok, 0), d_ok, -1)
 
+    names = (
+        "rule",
+        "kind",
+        "ca_before",
+        "episode_ns",
+        "episode_by",
+        "prev_rtx_ns",
+        "armed_ns",
+        "pkts_out",
+        "dupacks",
+        "icmp_frame",
+        "cause",
+        "mtu",
+        "pto_us",
+        "rto_us",
+        "backoff",
+    )
+    get, none = attrgetter(*names), (None,) * len(names)
+    by_name = dict(zip(names, zip(*[get(v) if v is not None else none for v in v_of])))
+
     def vals(name: str) -> list:
-        return [getattr(v, name) if v is not None else None for v in v_of]
+        return list(by_name[name]) if by_name else [None] * len(v_of)
 
     ev: dict[str, list] = {
         "has": has.tolist(),
@@ -197,8 +220,9 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
         "delivered_frame": d_frame.tolist(),
         "v6": (ctx["family"][flow] == 6).tolist(),
     }
-    ev["episode_frame"] = _frames_at(flow, ts, frame, ev["episode_ns"]).tolist()
-    ev["prev_rtx_frame"] = _frames_at(flow, ts, frame, ev["prev_rtx_ns"]).tolist()
+    frame_at = dict(zip(zip(flow.tolist(), ev["ts"]), ev["frame"]))
+    ev["episode_frame"] = _frames_at(frame_at, flow, ev["episode_ns"])
+    ev["prev_rtx_frame"] = _frames_at(frame_at, flow, ev["prev_rtx_ns"])
     return ev
 
 
@@ -226,15 +250,11 @@ def _opt(col) -> list:
     return [None if v is None or v != v else v for v in np.asarray(col).tolist()]
 
 
-def _frames_at(flow: np.ndarray, ts: np.ndarray, frame: np.ndarray, when: list) -> np.ndarray:
+def _frames_at(frame_at: dict, flow: np.ndarray, when: list) -> list[int]:
     """The frame of the row of the same flow sent at exactly ``when`` (a time a Verdict
     holds: the re-send that began an episode, a previous re-send), -1 where none is in
-    this table. The rows are few: a dict of them."""
-    at = dict(zip(zip(flow.tolist(), ts.tolist()), frame.tolist()))
-    return np.array(
-        [-1 if w is None else at.get((f, w), -1) for f, w in zip(flow.tolist(), when)],
-        dtype=np.int64,
-    )
+    this table (``frame_at``: (flow, time) -> frame of its rows; they are few)."""
+    return [-1 if w is None else frame_at.get((f, w), -1) for f, w in zip(flow.tolist(), when)]
 
 
 # --- the sentences ------------------------------------------------------------------------
