@@ -522,14 +522,20 @@ def _ack_walk(e: dict) -> tuple[str, str]:
     return _loss_walk(e, f"the ACK in {_fr(e['trig_frame'])} released it")
 
 
+def _walk(e: dict, how: str, lead: str = "fast retransmit") -> tuple[str, str]:
+    """A walk of the retransmit queue (tcp_xmit_retransmit_queue): in Loss the slow-start
+    walk, else fast recovery's."""
+    if e["kind"] == "rto_recovery":
+        return _loss_walk(e, how)
+    return "fast_sack", f"{lead}: {how}"
+
+
 def _walk_continued(e: dict) -> tuple[str, str]:
     how = (
         f"{_t(e['since_send'])} after the previous send, no ACK between (the walk of the "
         "retransmit queue, continued)"
     )
-    if e["kind"] == "rto_recovery":
-        return _loss_walk(e, how)
-    return "fast_sack", f"fast retransmit continued: {how}"
+    return _walk(e, how, "fast retransmit continued")
 
 
 def _multi_segment(e: dict) -> tuple[str, str]:
@@ -539,23 +545,19 @@ def _multi_segment(e: dict) -> tuple[str, str]:
         if sla is None
         else f", {_t(sla)} after the " + (f"ACK in frame {tf}" if tf is not None else "last ACK")
     )
-    how = (
-        f"{e['burst_bytes']} bytes re-sent at once{after} (more than one MSS at once: the "
-        "retransmit queue's walk, not a timer)"
+    return _walk(
+        e,
+        f"{e['burst_bytes']} bytes re-sent at once{after} (more than one MSS at "
+        "once: the retransmit queue's walk, not a timer)",
     )
-    if e["kind"] == "rto_recovery":
-        return _loss_walk(e, how)
-    return "fast_sack", f"fast retransmit: {how}"
 
 
 def _capture_start_walk(e: dict) -> tuple[str, str]:
-    how = (
-        "the capture began mid-recovery: no ACK of this flow before it, the receiver's "
-        "first ACK holds data beyond it"
+    return _walk(
+        e,
+        "the capture began mid-recovery: no ACK of this flow before it, the "
+        "receiver's first ACK holds data beyond it",
     )
-    if e["kind"] == "rto_recovery":
-        return _loss_walk(e, how)
-    return "fast_sack", f"fast retransmit: {how}"
 
 
 def _pmtu(e: dict) -> tuple[str, str]:
