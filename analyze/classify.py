@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from retranscope.analyze.causes import cause_columns
 from retranscope.analyze.flows import AT_SENDER_TRIP_NS, sack_blocks, sequence_space
 from retranscope.analyze.retrans import sender_trip_ns
 from retranscope.analyze.sender import (
@@ -50,8 +51,8 @@ _INF = NEVER
 CLASSIFY_COLUMNS = (
     "kind_pcap", "family", "spurious", "spurious_by", "since_last_send_ns", "since_last_ack_ns",
     "srtt_us", "expected_pto_ns", "expected_rto_ns", "backoff", "trigger_frame",
-    "since_trigger_ns", "ca_state", "clock", "position", "burst", "cause", "pmtu_mtu",
-    "evidence",
+    "since_trigger_ns", "ca_state", "clock", "position", "burst", "cause", "cause_text",
+    "pmtu_mtu", "ack_delay_ns", "evidence",
 )
 
 
@@ -194,8 +195,8 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     want = np.zeros(n_flows, dtype=bool)
     want[data_flows] = True
     shift_us = _remote_shift_us(packets, flow_id, flows, want)
-    ack_sel, n_lost = _received_acks(packets, space, flows, flow_id, ack_sel, out, ~r_skip,
-                                     shift_us)
+    ack_sel, n_lost, lost_at = _received_acks(packets, space, flows, flow_id, ack_sel, out,
+                                              ~r_skip, shift_us)
     if notes is not None:
         notes["acks_lost_after_capture"] = n_lost
     a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
@@ -276,7 +277,10 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     out["since_last_send_ns"] = nullable(since_last_send, since_last_send != _NONE)
     out["since_last_ack_ns"] = nullable(since_last_ack, k_ok)
     out["srtt_us"] = nullable(np.round(srtt_us).astype(np.int64), s_ok)
-    _replay_columns(out, res, A, r_ts, r_skip)
+    _replay_columns(out, res, A, r_ts, r_skip, {
+        "burst_of": burst_of, "A": A, "a_flow": a_flow, "mss": mss, "origs": origs,
+        "pkt_frame": frame, "pkt_ts": packets["ts_ns"], "family": flows["family"],
+        "shift_ns": shift_us * 1000, "lost_at": lost_at})
     out["burst"] = burst_of
     # A flow with no ACK in the capture was replayed by timing alone (sender.py).
     out["evidence"] = np.where(a_start[r_flow] >= a_end[r_flow], "timing_only", "acks"
@@ -285,8 +289,10 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
 
 
 def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
-                    r_ts: np.ndarray, r_probe: np.ndarray) -> None:
-    """The replay's verdicts (sender.replay) as output columns."""
+                    r_ts: np.ndarray, r_probe: np.ndarray, cause_ctx: dict) -> None:
+    """The replay's verdicts (sender.replay) as output columns, and the cause of each
+    retransmission in words (analyze/causes.py: the Verdicts' evidence and ``cause_ctx``,
+    the bulk evidence it cites)."""
     out["expected_pto_ns"] = nullable(np.array(res["pto_ns"], dtype=np.int64), ~r_probe)
     out["expected_rto_ns"] = nullable(np.array(res["rto_ns"], dtype=np.int64), ~r_probe)
     bo = np.array(res["backoff"], dtype=np.int64)
@@ -294,12 +300,12 @@ def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
     trig = np.array(res["trigger"], dtype=np.int64)
     out["trigger_frame"] = nullable(gather(A["frame"], trig, trig >= 0, 0), trig >= 0)
     out["since_trigger_ns"] = nullable(r_ts - gather(A["ts"], trig, trig >= 0, 0), trig >= 0)
-    out["cause"] = np.array(res["cause"], dtype=object)
     mtu = np.array(res["mtu"], dtype=np.int64)
     out["pmtu_mtu"] = nullable(mtu, mtu > 0)
     out["ca_state"] = np.array([CA_STATES.get(s) for s in res["ca"]], dtype=object)
     out["clock"] = np.array(res["clock"], dtype=object)
     out["position"] = np.array(res["position"], dtype=object)
+    out.update(cause_columns(out, res["verdicts"], cause_ctx))
 
 
 #: An ACK this close before a retransmission, in the sender's time, may have raced the
@@ -308,7 +314,7 @@ ACK_RACE_NS = 2 * ACK_CLOCK_NS
 
 
 def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np.ndarray,
-                   shift_us: np.ndarray) -> tuple[np.ndarray, int]:
+                   shift_us: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """The ACKs of ``ack_sel`` (grouped by the flow they acknowledge, capture order) that
     reached the sender, and how many did not.
 
@@ -319,10 +325,12 @@ def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np
     an ACK that should have reached the sender before it left says that ACK, and every ACK
     since that covered those bytes, did not arrive (lost after the capture point). The
     replay then runs without them. ``real``: the rows of ``rtx`` that are retransmissions
-    (not probes: a keep-alive sits below snd_una by design)."""
+    (not probes: a keep-alive sits below snd_una by design). Also per row of ``rtx``, the
+    packet row of the first lost ACK that covered it (-1: none): the cause it cites."""
     n = len(ack_sel)
+    lost_at = np.full(len(real), -1, dtype=np.int64)
     if not n or not real.any():
-        return ack_sel, 0
+        return ack_sel, 0, lost_at
     a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
     cum = seg_cummax(space["ack_abs"][ack_sel], group_numbers(a_flow))
     r_flow, r_seq, r_ts = rtx["flow_id"][real], rtx["seq_abs"][real], rtx["ts_ns"][real]
@@ -335,12 +343,13 @@ def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np
     lo = GroupedSearch(a_flow, cum)(r_flow, r_seq, "right")
     ok = (hi >= lo) & (lo < n) & (gather(a_flow, lo, lo < n, -1) == r_flow)
     if not ok.any():
-        return ack_sel, 0
+        return ack_sel, 0, lost_at
+    lost_at[np.flatnonzero(real)[ok]] = ack_sel[lo[ok]]
     edges = np.zeros(n + 1, dtype=np.int64)
     np.add.at(edges, lo[ok], 1)
     np.add.at(edges, hi[ok] + 1, -1)
     lost = np.cumsum(edges[:-1]) > 0
-    return ack_sel[~lost], int(lost.sum())
+    return ack_sel[~lost], int(lost.sum()), lost_at
 
 
 def _cut_short(rtx: Table, origs: _Originals) -> np.ndarray:
@@ -351,10 +360,11 @@ def _cut_short(rtx: Table, origs: _Originals) -> np.ndarray:
         (gather(origs.end, p, ok, _NONE) > rtx["end_abs"])
 
 
-def _too_big_by_flow(flows: Table, messages: list[dict]) -> dict[int, list[tuple[int, int]]]:
+def _too_big_by_flow(flows: Table, messages: list[dict]
+                     ) -> dict[int, list[tuple[int, int, int]]]:
     """The ICMP too-big messages by the flow whose segment each quotes (its sender is the
     quoted source; on a 4-tuple reused, the connection whose packets surround the
-    message, else the last before it): {flow: [(ts_ns, mtu), ...]} in time order."""
+    message, else the last before it): {flow: [(ts_ns, mtu, frame), ...]} in time order."""
     if not messages:
         return {}
     key = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo", "sport", "dport")
@@ -363,7 +373,7 @@ def _too_big_by_flow(flows: Table, messages: list[dict]) -> dict[int, list[tuple
     first, last = flows["first_ts_ns"].tolist(), flows["last_ts_ns"].tolist()
     for f, t in enumerate(zip(*cols)):
         by_tuple.setdefault(t, []).append(f)
-    out: dict[int, list[tuple[int, int]]] = {}
+    out: dict[int, list[tuple[int, int, int]]] = {}
     for m in messages:
         cands = by_tuple.get(tuple(int(m[k]) for k in key), [])
         before = [f for f in cands if first[f] <= m["ts_ns"]]
@@ -371,7 +381,7 @@ def _too_big_by_flow(flows: Table, messages: list[dict]) -> dict[int, list[tuple
             continue
         inside = [f for f in before if m["ts_ns"] <= last[f]]
         f = (inside or before)[-1]
-        out.setdefault(f, []).append((int(m["ts_ns"]), int(m["mtu"])))
+        out.setdefault(f, []).append((int(m["ts_ns"]), int(m["mtu"]), int(m["frame"])))
     for v in out.values():
         v.sort()
     return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from retranscope.analyze import causes
 from retranscope.analyze.join import common_keys
 from retranscope.analyze.table import Nullable, Table, filled, n_rows, take
 from retranscope.schemas.outputs import OUTPUT_SCHEMA_VERSION
@@ -22,7 +23,7 @@ from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS, MATCHED, REASO
 CLASSIFY_COLUMNS = ("kind_pcap", "spurious", "spurious_by", "since_original_ns",
                     "since_last_send_ns", "since_last_ack_ns", "srtt_us", "expected_pto_ns",
                     "expected_rto_ns", "backoff", "trigger_frame", "since_trigger_ns",
-                    "cause", "pmtu_mtu", "evidence", "sender_os")
+                    "cause", "cause_text", "pmtu_mtu", "ack_delay_ns", "evidence", "sender_os")
 
 
 @dataclass
@@ -269,6 +270,7 @@ def _event_rows(ev: Table) -> Table:
     }
     for col in CLASSIFY_COLUMNS:
         out[col] = none.copy()
+    out["cause"], out["cause_text"] = causes.of_events(ev)  # the event alone
     out["since_prev_retransmit_ns"] = _since_previous_of_socket(ev)
     out["srtt_us"] = ev["srtt_us"]
     out["backoff"] = ev["backoff"]
@@ -364,6 +366,9 @@ def _merge(ev: Table, ev_rows: Table, wire: Table, capture, summary: dict,
     why = why_unmatched(ev, frames, meta.first_ts_ns, meta.last_ts_ns, in_cap, meta.if_drops)
     out["match"] = np.where(frames > 0, MATCHED, why).astype(object)
     out["kind_agrees"] = _kind_agrees(out["kind_pcap"], out["kind"])
+    out["cause"], out["cause_text"] = causes.with_kernel(
+        ev_rows["cause"], ev_rows["cause_text"], out["cause"], out["cause_text"], out["kind"],
+        out["kind_pcap"], has, out["match"])
     # Retransmitted frames no event explains: kept, as their own rows.
     orphan = take(wire, np.flatnonzero(wire_ev < 0))
     orphan["match"] = _why_no_event(orphan, summary.get("recording") or {}, gap_intervals(ev))

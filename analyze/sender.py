@@ -261,10 +261,22 @@ class Verdict:
     ``backoff`` (-1: not a timeout), the ``trigger`` ACK (AckHistory index, -1: none), and
     the probe and retransmission timeouts in force (``pto_us``, ``rto_us``), and for a
     re-send no timer and no duplicate ACK caused, its ``cause`` ("tfo", "pmtu") and the
-    path MTU it implies (``mtu``, 0: unknown)."""
+    path MTU it implies (``mtu``, 0: unknown).
+
+    And the evidence the deciding rule read, which analyze/causes.py puts into words:
+    ``rule`` (RULES: which rule decided), ``ca_before`` (the CA state the burst found, once
+    the ACKs before it were applied), ``episode_ns`` / ``episode_by`` (when the Recovery or
+    Loss episode it belongs to began, and what began it: RULES' names, "capture_start" or
+    "unseen_timeout"; NO_VALUE / None outside one), ``prev_rtx_ns`` (the previous
+    retransmission of its first segment, NO_VALUE: none), ``armed_ns`` (a timeout: when
+    the RTO timer was last armed, tcp_rearm_rto; NO_VALUE otherwise), ``pkts_out`` (the
+    PTO's one-segment case), ``dupacks`` (ACKs since the last that advanced snd_una, up to
+    the trigger) and ``icmp_frame`` (the ICMP too-big message a PMTU re-send answers, -1:
+    none in the capture)."""
 
     __slots__ = ("kind", "clock", "position", "ca_state", "backoff", "trigger", "pto_us", "rto_us",
-                 "cause", "mtu")
+                 "cause", "mtu", "rule", "ca_before", "episode_ns", "episode_by",
+                 "prev_rtx_ns", "armed_ns", "pkts_out", "dupacks", "icmp_frame")
 
     def __init__(self, position: str, pto_us: float):
         self.kind = "unknown"
@@ -277,6 +289,46 @@ class Verdict:
         self.rto_us: float = 0.0
         self.cause: str | None = None
         self.mtu = 0
+        self.rule = "unknown"
+        self.ca_before = OPEN
+        self.episode_ns = NO_VALUE
+        self.episode_by: str | None = None
+        self.prev_rtx_ns = NO_VALUE
+        self.armed_ns = NO_VALUE
+        self.pkts_out = 0
+        self.dupacks = 0
+        self.icmp_frame = -1
+
+
+#: Verdict.rule: which rule of the replay decided a burst (the method that decides it).
+RULES = {
+    "tlp": "the probe timer fired (_which_timer -> tcp_send_loss_probe)",
+    "rto": "the retransmission timer fired (_which_timer, _reno_timer_kind -> "
+           "tcp_retransmit_timer)",
+    "rto_capture_start": "the RTO ending the silence the capture began in "
+                         "(_capture_start_kind)",
+    "rack_timer": "the RACK reorder timer (_which_timer: fast, no ACK just before)",
+    "fast_sack": "an ACK with SACK news, outside Loss (tcp_fastretrans_alert)",
+    "fast_dupack": "a duplicate or partial ACK of a Reno flow (tcp_fastretrans_alert)",
+    "lost_retransmit": "an ACK on which RACK found a retransmission lost again "
+                       "(tcp_fastretrans_alert, SACK, the range already resent)",
+    "loss_walk": "an ACK in Loss: the slow-start walk (tcp_fastretrans_alert -> "
+                 "tcp_process_loss)",
+    "multi_segment": "more than one MSS at once, no ACK just before: the retransmit queue's "
+                     "walk (an ACK the capture may lack, or the RACK timer), never a timer's "
+                     "one-MSS re-send (_which_timer)",
+    "walk_continued": "in Loss, not the head, right after the previous send: the walk "
+                      "continued without an ACK (TSQ, pacing)",
+    "capture_start_walk": "no ACK of the flow yet, data held beyond it (_capture_start_kind)",
+    "syn": "the handshake's timer, SYN_SENT (_syn_timeout)",
+    "synack": "the request socket's timer (_syn_timeout)",
+    "tfo": "the SYN-ACK did not cover the SYN's data (_fastopen_data_not_acked)",
+    "pmtu": "a path MTU drop (_no_timer_could_fire)",
+    "timing_tlp": "one-way: the tail after a silence, a probe allowed (_by_timing_alone)",
+    "timing_rto": "one-way: after a silence, or the tail with no probe allowed",
+    "timing_walk": "one-way: in Loss, soon after the previous send",
+    "timing_fast": "one-way: amid the stream, sooner than any timer",
+}
 
 
 class SenderState:
@@ -326,6 +378,10 @@ class SenderState:
         "too_big_seen",
         # what entered the current Loss episode when it was no timeout ("pmtu", "tfo")
         "loss_cause",
+        # when the current Recovery or Loss episode began and the rule that began it (the
+        # evidence a cause cites: Verdict.episode_ns / episode_by)
+        "episode_ns",
+        "episode_by",
         # no ACK of this flow in the capture (a one-way capture): timing alone decides
         "timing_only",
     )
@@ -342,7 +398,7 @@ class SenderState:
         t_cap0: int,
         syn_end: int = NO_VALUE,
         hdr_bytes: int = 0,
-        too_big: list[tuple[int, int]] | None = None,
+        too_big: list[tuple[int, int, int]] | None = None,
     ):
         self.acks, self.rows = acks, rows
         self.a_first, self.a_end = a_first, a_end  # this flow's ACKs: [a_first, a_end)
@@ -370,9 +426,12 @@ class SenderState:
         self.last_rtx_ns: dict[int, int] = {}  # seq -> time of its latest retransmission
         self.syn_end = syn_end
         self.hdr_bytes = hdr_bytes
-        self.too_big = too_big or []  # (ts_ns, mtu) of each ICMP too-big, in time order
+        # (ts_ns, mtu, frame) of each ICMP too-big, in time order
+        self.too_big = too_big or []
         self.too_big_seen = 0  # messages before this index have been answered
         self.loss_cause: str | None = None
+        self.episode_ns = NO_VALUE
+        self.episode_by: str | None = None
         self.timing_only = a_first >= a_end
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
@@ -380,7 +439,7 @@ class SenderState:
         timeout resent [seq, end) at ts_ns with snd_nxt as high_seq (tcp_enter_loss, from
         tcp_retransmit_timer). F-RTO is taken as not running: what was resent before the
         capture is unknown, so no ACK can prove the timeout spurious."""
-        self.tcp_enter_loss(-1, snd_nxt, frto=False)
+        self.tcp_enter_loss(-1, snd_nxt, frto=False, ts_ns=ts_ns, by="capture_start")
         self.loss_ranges.add(seq, end)
         self.ever_resent.add(seq, end)
         self.rto_head, self.rto_una, self.retransmits = seq, seq, 0
@@ -404,10 +463,20 @@ class SenderState:
             "head+tail" if head and tail else "head" if head else "tail" if tail else "middle",
             self.probe_timeout_us(b),
         )
+        v.ca_before, v.pkts_out = self.ca_state, b.pkts_out
+        v.prev_rtx_ns = self.last_rtx_ns.get(b.lo, NO_VALUE)
         if self.timing_only and not b.flags & TCP_SYN:
             self._by_timing_alone(b, v, tail)
-            self.tcp_retransmit_skb(b, v.kind)
-            return v
+        else:
+            self._decide(b, v, head, tail)
+        if self.ca_state == RECOVERY or self.ca_state == LOSS:
+            v.episode_ns, v.episode_by = self.episode_ns, self.episode_by
+        self.tcp_retransmit_skb(b, v.kind)
+        return v
+
+    def _decide(self, b: Burst, v: Verdict, head: bool, tail: bool) -> None:
+        """A burst of a flow whose ACKs the capture holds: a re-send no timer and no
+        duplicate ACK caused (TCP Fast Open, a path MTU drop), else the usual senders."""
         ack_clocked = self._ack_clocked(b, head)
         if self._fastopen_data_not_acked(b):
             self.tcp_non_congestion_loss_retransmit(b, v, "tfo")
@@ -415,14 +484,14 @@ class SenderState:
         elif not ack_clocked and not b.flags & TCP_SYN and self._no_timer_could_fire(b):
             self.tcp_non_congestion_loss_retransmit(b, v, "pmtu")
             v.mtu = self._path_mtu(b)
+            i = self._too_big_index(b.ts_ns)
+            v.icmp_frame = self.too_big[i][2] if i is not None else -1
             v.clock = "icmp"
             self.too_big_seen = bisect_right(self.too_big, (b.ts_ns, 1 << 62))
         else:
             self._on_loss_news(b, v, head, tail, ack_clocked)
             if v.kind == "rto_recovery":
                 v.cause = self.loss_cause
-        self.tcp_retransmit_skb(b, v.kind)
-        return v
 
     def _on_loss_news(self, b: Burst, v: Verdict, head: bool, tail: bool,
                       ack_clocked: bool) -> None:
@@ -440,6 +509,7 @@ class SenderState:
             v.clock = "ack"
             v.trigger = b.k
             v.kind = self.tcp_fastretrans_alert(b)
+            v.rule = self._ack_rule(b, v)
             v.ca_state = self.ca_state
             v.rto_us = b.rto_us
         else:
@@ -477,17 +547,17 @@ class SenderState:
         quiet = b.since_send_ns < 0 or b.since_send_ns >= 0.75 * TCP_RTO_MIN_US * 1000
         v.clock = "timer"
         if self.ca_state == LOSS and not quiet:
-            v.kind, v.clock = "rto_recovery", "ack"
+            v.kind, v.clock, v.rule = "rto_recovery", "ack", "timing_walk"
         elif tail and self.ca_state == OPEN and self.sack_ok and self.tlp_high_seq is None:
             self.tcp_send_loss_probe(b)
-            v.kind = "tlp"
+            v.kind, v.rule = "tlp", "timing_tlp"
         elif tail or quiet:
-            v.kind = "rto"
-            v.backoff = self.tcp_retransmit_timer(b)
+            v.kind, v.rule = "rto", "timing_rto"
+            v.backoff = self.tcp_retransmit_timer(b, v.rule)
         else:
             if self.ca_state != RECOVERY:
-                self.tcp_enter_recovery(b.k, b.snd_nxt)
-            v.kind, v.clock = "fast", "ack"
+                self.tcp_enter_recovery(b.k, b.snd_nxt, b.ts_ns, "timing_fast")
+            v.kind, v.clock, v.rule = "fast", "ack", "timing_fast"
         v.ca_state = self.ca_state
         v.rto_us = b.rto_us
 
@@ -502,10 +572,10 @@ class SenderState:
         "fragmentation needed" / ICMPv6 "packet too big" lowered the path MTU below segments
         in flight: tcp_v4_mtu_reduced, tcp_v6_mtu_reduced)."""
         if self.ca_state != LOSS:
-            self.tcp_enter_loss(b.k, b.snd_nxt, frto=False)
+            self.tcp_enter_loss(b.k, b.snd_nxt, frto=False, ts_ns=b.ts_ns, by=cause)
         self.undo_retrans, self.undo_dsack_ns = 0, NEVER  # undo_marker = 0
         self.loss_cause = cause  # the rest of the episode's walk has the same cause
-        v.kind, v.cause = "rto_recovery", cause
+        v.kind, v.cause, v.rule = "rto_recovery", cause, cause
         v.ca_state, v.rto_us = LOSS, b.rto_us
 
     def _fastopen_data_not_acked(self, b: Burst) -> bool:
@@ -544,9 +614,14 @@ class SenderState:
         ``ts_ns`` (tcp_v4_err defers the work to tcp_release_cb while the writer holds the
         socket) that no earlier burst answered, else None. The burst that answers it takes
         it, and every message before it."""
+        i = self._too_big_index(ts_ns)
+        return None if i is None else self.too_big[i][1]
+
+    def _too_big_index(self, ts_ns: int) -> int | None:
+        """Which message _too_big_before reads (an index into ``too_big``), else None."""
         i = bisect_right(self.too_big, (ts_ns, 1 << 62)) - 1
         if i >= self.too_big_seen and ts_ns - self.too_big[i][0] <= TOO_BIG_NS:
-            return self.too_big[i][1]
+            return i
         return None
 
     def _path_mtu(self, b: Burst) -> int:
@@ -580,12 +655,17 @@ class SenderState:
         the later of the head's last transmission and the last ACK that advanced snd_una
         (tcp_rearm_rto, tcp_rto_delta_us), doubled per timeout since the last RTT sample
         (icsk_rto << icsk_backoff)."""
+        since_arm_ns = b.ts_ns - self._rto_armed_ns(b)
+        return since_arm_ns >= 0.5 * b.rto_us * 1000 * (1 << min(self.icsk_backoff, 10))
+
+    def _rto_armed_ns(self, b: Burst) -> int:
+        """When the RTO timer was last armed before ``b``: the later of the head's last
+        transmission and the last ACK that advanced snd_una (tcp_rearm_rto)."""
         a = self.acks
         head_tx = max(b.head_ts_ns, self.last_rtx_ns.get(b.una, NO_VALUE))
         ka = a.adv_ff[b.k] if b.k >= 0 else -1
         t_adv = a.ts[ka] if ka >= self.a_first else NO_VALUE
-        since_arm_ns = b.ts_ns - max(head_tx, t_adv)
-        return since_arm_ns >= 0.5 * b.rto_us * 1000 * (1 << min(self.icsk_backoff, 10))
+        return max(head_tx, t_adv)
 
     def _ack_clocked(self, b: Burst, head: bool) -> bool:
         """Did an ACK release this burst (tcp_ack -> tcp_xmit_recovery) rather than a timer?
@@ -740,6 +820,7 @@ class SenderState:
         Open, while the segment at snd_una was ever resent (tcp_any_retrans_done); no probe
         is scheduled in Disorder (tcp_schedule_loss_probe). The episode's undo state goes."""
         self.ca_state = DISORDER if una in self.last_rtx_ns else OPEN
+        self.episode_ns, self.episode_by = NO_VALUE, None
         self.undo_retrans, self.undo_dsack_ns = 0, NO_VALUE
         self.retrans_stamp = None
         if self.loss_ranges:
@@ -771,11 +852,14 @@ class SenderState:
 
     # ---- the transitions a burst makes ---------------------------------------------------
 
-    def tcp_enter_loss(self, k: int, snd_nxt: int, frto: bool) -> None:
+    def tcp_enter_loss(self, k: int, snd_nxt: int, frto: bool, ts_ns: int = NO_VALUE,
+                       by: str = "rto") -> None:
         """The Loss state (tcp_enter_loss): high_seq = snd_nxt, the probe episode ends
         (tlp_high_seq = 0: in tcp_enter_loss on recent kernels, in tcp_retransmit_timer on
-        older ones), a new Loss episode of resent ranges begins."""
+        older ones), a new Loss episode of resent ranges begins (at ``ts_ns``, by rule
+        ``by``: the evidence of the causes after it)."""
         self.ca_state = LOSS
+        self.episode_ns, self.episode_by = ts_ns, by
         self.high_seq = snd_nxt
         self.entry_k = k
         self.loss_cause = None
@@ -784,17 +868,19 @@ class SenderState:
         self.tlp_high_seq = None
         self.frto = frto
 
-    def tcp_enter_recovery(self, k: int, snd_nxt: int) -> None:
+    def tcp_enter_recovery(self, k: int, snd_nxt: int, ts_ns: int = NO_VALUE,
+                           by: str = "fast_sack") -> None:
         """The Recovery state (tcp_enter_recovery -> tcp_init_cwnd_reduction): high_seq =
         snd_nxt, tlp_high_seq = 0; a Loss episode it interrupts is over."""
         self.ca_state = RECOVERY
+        self.episode_ns, self.episode_by = ts_ns, by
         self.high_seq = snd_nxt
         self.entry_k = k
         self.tlp_high_seq = None
         if self.loss_ranges:
             self.loss_ranges = SeqRanges()
 
-    def tcp_retransmit_timer(self, b: Burst) -> int:
+    def tcp_retransmit_timer(self, b: Burst, rule: str = "rto") -> int:
         """The RTO fired: count the run of timeouts of this head (icsk_retransmits), enter
         Loss, with F-RTO (RFC 5682 §3.1 step 1) unless recovery was already underway and
         this is not a repeated timeout (``new_recovery || icsk_retransmits`` in
@@ -805,7 +891,7 @@ class SenderState:
         else:
             self.rto_head, self.retransmits, self.rto_una = b.lo, 0, b.una
         frto = self.ca_state < RECOVERY or self.retransmits > 0
-        self.tcp_enter_loss(b.k, b.snd_nxt, frto)
+        self.tcp_enter_loss(b.k, b.snd_nxt, frto, b.ts_ns, rule)
         backoff = self.icsk_backoff  # what the resend went out with; then it doubles
         self.icsk_backoff += 1
         return backoff
@@ -828,7 +914,7 @@ class SenderState:
         (tcp_timeout_mark_lost). Its high_seq is at least what has been sent; whether F-RTO
         ran is unknown, so it is taken as not.
         """
-        self.tcp_enter_loss(b.k, b.snd_nxt, frto=False)
+        self.tcp_enter_loss(b.k, b.snd_nxt, frto=False, ts_ns=b.ts_ns, by="unseen_timeout")
 
     def tcp_fastretrans_alert(self, b: Burst) -> str:
         """An ACK released the burst (tcp_fastretrans_alert -> tcp_xmit_retransmit_queue).
@@ -845,8 +931,23 @@ class SenderState:
         ):
             return "rto_recovery"
         if self.ca_state != RECOVERY:
-            self.tcp_enter_recovery(b.k, b.snd_nxt)
+            self.tcp_enter_recovery(b.k, b.snd_nxt, b.ts_ns,
+                                    "fast_sack" if self.sack_ok else "fast_dupack")
         return "fast"
+
+    def _ack_rule(self, b: Burst, v: Verdict) -> str:
+        """The rule an ACK-clocked burst of kind ``v.kind`` followed (Verdict.rule), with
+        the evidence it read: a range resent before and resent again on SACK news is
+        RACK's lost retransmission (tcp_rack_detect_loss looks at retransmitted segments'
+        latest transmission too; Reno has nothing that re-marks one); without SACK, the
+        duplicate ACKs since snd_una last moved (tcp_fastretrans_alert's dupack count)."""
+        if v.kind == "rto_recovery":
+            return "loss_walk"
+        if self.sack_ok:
+            return "lost_retransmit" if self.ever_resent.overlaps(b.lo, b.hi) else "fast_sack"
+        if b.k >= 0:
+            v.dupacks = b.k - max(self.acks.adv_ff[b.k], self.a_first - 1)
+        return "fast_dupack"
 
     def _syn_timeout(self, b: Burst, v: Verdict) -> None:
         """A resent SYN or SYN-ACK: the handshake's retransmission timer, from
@@ -865,6 +966,7 @@ class SenderState:
             v.kind, v.backoff = "synack", n
         else:
             v.kind, v.backoff = "syn", max(0, n - TCP_SYN_LINEAR_TIMEOUTS)
+        v.rule = v.kind
         v.ca_state = OPEN
         v.rto_us = min(TCP_TIMEOUT_INIT_US * (1 << min(v.backoff, 7)), TCP_RTO_MAX_US)
 
@@ -875,29 +977,32 @@ class SenderState:
         reorder timer sends a fast retransmit (tcp_rack_reo_timeout, armed by the last ACK:
         its trigger), the RTO enters Loss (tcp_retransmit_timer), the probe timer sets
         tlp_high_seq (tcp_send_loss_probe)."""
-        kind, v.clock = self._which_timer(b, head, tail)
+        kind, v.clock, v.rule = self._which_timer(b, head, tail)
         if v.clock == "ack":
             v.trigger = b.k
         if kind == "fast":
             v.trigger = b.k
             if self.ca_state != RECOVERY:
-                self.tcp_enter_recovery(b.k, b.snd_nxt)
+                self.tcp_enter_recovery(b.k, b.snd_nxt, b.ts_ns, v.rule)
         elif kind == "rto":
-            v.backoff = self.tcp_retransmit_timer(b)
+            v.armed_ns = self._rto_armed_ns(b)
+            v.backoff = self.tcp_retransmit_timer(b, v.rule)
         elif kind == "tlp":
             self.tcp_send_loss_probe(b)
         v.kind = kind
 
-    def _which_timer(self, b: Burst, head: bool, tail: bool) -> tuple[str, str]:
-        """(kind, clock) of a burst no ACK just released. The RTO only fires after most of
+    def _which_timer(self, b: Burst, head: bool, tail: bool) -> tuple[str, str, str]:
+        """(kind, clock, rule) of a burst no ACK just released. The RTO only fires after most of
         the RTO; the RACK reorder timer within reo_wnd + 2 ms of the ACK that armed it; the
         probe only in Open, at the tail, with no probe out."""
         if b.k < 0:
             early = self._capture_start_kind(b)
             if early is not None:
-                return early, "timer"
+                return early, "timer", ("rto_capture_start" if early == "rto"
+                                        else "capture_start_walk")
         elif b.multi:
-            return ("rto_recovery" if self.ca_state == LOSS else "fast"), "timer"
+            return ("rto_recovery" if self.ca_state == LOSS else "fast"), "timer", \
+                "multi_segment"
         if not self.sack_ok:
             return self._reno_timer_kind(b, head)
         sla_ns, srtt_us = b.since_ack_ns, b.srtt_us
@@ -907,21 +1012,25 @@ class SenderState:
             if not head and 0 <= b.since_send_ns < TIMER_MIN_NS:
                 # The Loss state's walk, continued without an ACK (TSQ, pacing): the RTO
                 # resends only the head, and no timer fires this soon after a send.
-                return "rto_recovery", "burst"
-            return ("fast" if (sacked and not head and reo_like) else "rto"), "timer"
+                return "rto_recovery", "burst", "walk_continued"
+            if sacked and not head and reo_like:
+                return "fast", "timer", "rack_timer"
+            return "rto", "timer", "rto"
         if self.ca_state == OPEN and not sacked:
             if tail and self.tlp_high_seq is None and not self._past_rto(b):
-                return "tlp", "timer"
+                return "tlp", "timer", "tlp"
             if head:
-                return "rto", "timer"
-            return ("tlp" if tail else "fast"), "timer"
+                return "rto", "timer", "rto"
+            return ("tlp", "timer", "tlp") if tail else ("fast", "timer", "rack_timer")
         # Disorder or Recovery: the RACK reorder timer (fast) fires within reo_wnd + 2 ms
         # of the ACK that armed it; the RTO only after the whole RTO.
         if b.k < 0:
             timeout_like = b.ts_ns - self.t_cap0 >= 0.75 * b.rto_us * 1000
         else:
             timeout_like = sla_ns < 0 or sla_ns >= 0.75 * b.rto_us * 1000
-        return ("rto" if head and (timeout_like or not reo_like) else "fast"), "timer"
+        if head and (timeout_like or not reo_like):
+            return "rto", "timer", "rto"
+        return "fast", "timer", "rack_timer"
 
     def _past_rto(self, b: Burst) -> bool:
         """Did the burst follow the flow's previous transmission by half as much again as
@@ -955,12 +1064,14 @@ class SenderState:
             return "rto_recovery" if self.ca_state == LOSS else "fast"
         return None
 
-    def _reno_timer_kind(self, b: Burst, head: bool) -> tuple[str, str]:
+    def _reno_timer_kind(self, b: Burst, head: bool) -> tuple[str, str, str]:
         """Without SACK the only timer is the RTO (no TLP, no RACK reorder timer): a
         retransmission that cannot be one was clocked by a late-processed ACK."""
         if head and (b.k < 0 or self._rto_due(b)):
-            return "rto", "timer"
-        return ("rto_recovery" if self.ca_state == LOSS else "fast"), "ack"
+            return "rto", "timer", "rto"
+        if self.ca_state == LOSS:
+            return "rto_recovery", "ack", "loss_walk"
+        return "fast", "ack", "fast_dupack"
 
     # ---- bookkeeping of what was resent (tcp_retransmit_skb) -----------------------------
 
@@ -994,7 +1105,7 @@ def replay(
     burst_of: np.ndarray,
     r_flow: np.ndarray,
     t_cap0: int,
-    too_big: dict[int, list[tuple[int, int]]] | None = None,
+    too_big: dict[int, list[tuple[int, int, int]]] | None = None,
 ) -> dict[str, list]:
     """Walk each flow's retransmission bursts in order through its SenderState.
 
@@ -1003,9 +1114,10 @@ def replay(
     the ACK table (AckHistory), ``order_r``: the rows by flow then frame, ``burst_of``: each
     row's burst. ``flows`` also holds ``syn_end``, ``hdr_bytes`` and, optionally, the
     capture-start Loss (``loss0_*``); ``too_big``: per flow, the path MTU messages of the
-    capture, [(ts_ns, mtu), ...] in time order.
+    capture, [(ts_ns, mtu, frame), ...] in time order.
     Returns per row: cause, mtu, kind, clock, position, ca, backoff, trigger (ACK index),
-    pto_ns, rto_ns.
+    pto_ns, rto_ns; and per burst (``burst_of``'s numbers) its Verdict, None for a probe
+    (``verdicts``: the evidence analyze/causes.py words).
     """
     m = len(r_flow)
     out: dict[str, list] = {
@@ -1037,6 +1149,7 @@ def replay(
     cause, mtu, kind, clock, position, ca, backoff, trigger, pto_ns, rto_ns = out.values()
     syn_end, hdr_bytes = flows["syn_end"].tolist(), flows["hdr_bytes"].tolist()
     too_big = too_big or {}
+    verdicts: list[Verdict | None] = [None] * len(b_first)
     sender: SenderState | None = None
     cur_flow = -1
     for bi, (i, j) in enumerate(zip(b_first.tolist(), b_last.tolist())):
@@ -1068,6 +1181,7 @@ def replay(
             continue  # keep-alive / window probe: not a retransmission of data
         b = Burst(burst_rows, seg_lo[bi], seg_hi[bi], r, sender.snd_una_at(r.k[r0]), sender.mss)
         v = sender.on_burst(b)
+        verdicts[bi] = v
         v_pto_ns, v_rto_ns = int(v.pto_us * 1000), int(v.rto_us * 1000)
         for row in burst_rows:
             cause[row] = v.cause
@@ -1081,4 +1195,5 @@ def replay(
             pto_ns[row] = v_pto_ns
             rto_ns[row] = v_rto_ns
         clock[r0] = v.clock
+    out["verdicts"] = verdicts
     return out

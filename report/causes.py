@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from retranscope.schemas.vocabulary import CAUSES
+
 HAS_CAUSE = ("cause", "cause_text")
 
 
@@ -94,6 +96,13 @@ def sentences(r: pd.DataFrame) -> list[str]:
     return out
 
 
+def codes(r: pd.DataFrame) -> list[str | None]:
+    """The analyzer's cause code per row (None without one)."""
+    if "cause" not in r.columns:
+        return [None] * len(r)
+    return [c if isinstance(c, str) and c else None for c in r["cause"].tolist()]
+
+
 def source_note(r: pd.DataFrame) -> str:
     return (
         "causes as the analyzer found them (cause_text)"
@@ -104,12 +113,14 @@ def source_note(r: pd.DataFrame) -> str:
 
 
 def cause_counts(r: pd.DataFrame) -> pd.DataFrame:
-    """Rows per cause code, with one example sentence; empty without a cause column."""
+    """Rows per cause code, what the code means (schemas/vocabulary.py CAUSES) and one
+    example sentence; empty without a cause column."""
     if "cause" not in r.columns or not r["cause"].notna().any():
         return pd.DataFrame()
     g = r[r["cause"].notna()].groupby("cause", sort=False)
     first = g.head(1).set_index("cause")
     out = g.size().rename("count").to_frame()
+    out["meaning"] = [CAUSES.get(c, (None, ""))[1] for c in out.index]
     out["example"] = first["cause_text"] if "cause_text" in first else ""
     return out.sort_values("count", ascending=False).reset_index()
 
@@ -126,11 +137,12 @@ def why_table(r: pd.DataFrame, limit: int = 50) -> tuple[pd.DataFrame, int]:
                 f"{a}:{p} → {b}:{q}"
                 for a, p, b, q in zip(rows["saddr"], rows["sport"], rows["daddr"], rows["dport"])
             ],
+            "frame": [f if f >= 0 else "" for f in rows["frame"].fillna(-1).astype(int)],
             "seq": rows["seq"].tolist(),
             "kind": rows["kind"].tolist(),
             "why": sentences(rows),
         }
     )
     if "cause" in rows.columns:
-        out.insert(4, "cause", rows["cause"].fillna("").tolist())
+        out.insert(5, "cause", rows["cause"].fillna("").tolist())
     return out, max(0, len(r) - limit)

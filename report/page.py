@@ -45,9 +45,9 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def table_html(df: pd.DataFrame, row_class: list[str] | None = None) -> str:
+def table_html(df: pd.DataFrame, row_class: list[str] | None = None, klass: str = "") -> str:
     """A DataFrame as an HTML table (numbers right-aligned); "(none)" when empty.
-    ``row_class``: a CSS class per row ("" for none)."""
+    ``row_class``: a CSS class per row ("" for none); ``klass``: the table's own."""
     if df.empty:
         return "<p>(none)</p>"
     head = "".join(f"<th>{escape(str(c))}</th>" for c in df.columns)
@@ -62,7 +62,8 @@ def table_html(df: pd.DataFrame, row_class: list[str] | None = None) -> str:
         )
         rows.append(f"<tr{cls}>{cells}</tr>")
     return (
-        f"<div class='tw'><table><thead><tr>{head}</tr></thead>"
+        f"<div class='tw'><table{f' class={klass!r}' if klass else ''}><thead><tr>{head}</tr>"
+        "</thead>"
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 

@@ -493,16 +493,17 @@ def _why_section(a: Analysis, limit: int = 100) -> list[str]:
     parts = [f"<p class='note'>{escape(causes.source_note(r))}.</p>"]
     counts = causes.cause_counts(r)
     if not counts.empty:
-        parts.append(table_html(counts))
+        parts.append(table_html(counts, klass="causes"))
     table, left_out = causes.why_table(r, limit)
     parts.append(
         f"<details{' open' if len(r) <= 20 else ''}><summary>The first "
         f"{min(limit, len(r)):,} retransmissions, one by one</summary>"
-        + table_html(table)
+        + table_html(table, klass="why")
         + (f"<p>{left_out:,} more in retransmits.parquet.</p>" if left_out else "")
         + "</details>"
     )
-    return [section("Why each retransmission happened", *parts)]
+    return ["<div class='why-section'>" + section("Why each retransmission happened", *parts)
+            + "</div>"]
 
 
 def analysis_html(a: Analysis, ev: graphs.Evidence | None = None, level: int = 2) -> str:
@@ -690,8 +691,11 @@ def render_markdown(analyses: list[Analysis], evidence: list | None = None) -> s
                 "",
                 causes.source_note(a.retransmits) + ".",
                 "",
-                table_md(table),
             ]
+            counts = causes.cause_counts(a.retransmits)
+            if not counts.empty:
+                out += [table_md(counts.drop(columns=["meaning"])), ""]
+            out += [table_md(table)]
             if left_out:
                 out += [f"{left_out:,} more in retransmits.parquet.", ""]
         for title, table_fn in TABLE_SECTIONS:

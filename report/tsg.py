@@ -225,6 +225,7 @@ def graph_data(
             "sp": (spurious.astype(int) + 2 * partly.astype(int)).tolist(),
             "frame": rows["frame"].fillna(-1).astype(np.int64).tolist(),
             "why": causes.sentences(rows),
+            "cause": causes.codes(rows),
             "timer": _timers(rows, r_us),
         },
     }
@@ -305,6 +306,7 @@ def figure_html(data: dict, graph_id: str, rows: pd.DataFrame) -> str:
         "JavaScript to see it. The table below lists its retransmissions.</p></noscript>"
         f"<script type='application/json' class='tsg-data'>{_json_script(data)}</script>"
         f"<details><summary>Why each of these {len(rows):,} retransmissions happened "
-        f"({escape(causes.source_note(rows))})</summary>{table_html(table)}{more}</details>"
+        f"({escape(causes.source_note(rows))})</summary>{table_html(table, klass='why')}{more}"
+        "</details>"
         "</figure>"
     )

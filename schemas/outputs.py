@@ -56,13 +56,28 @@ RETRANSMITS_SCHEMA = pa.schema([
     _field("backoff", pa.int32(), "index within an RTO chain: 0 first timeout, 1, 2, ..."),
     _field("trigger_frame", pa.int64(), "fast retransmit: the ACK that triggered it"),
     _field("since_trigger_ns", pa.int64(), "since the ACK that triggered it"),
+    _field("ack_delay_ns", pa.int64(),
+           "from this data's first transmission to the receiver's first ACK covering it "
+           "(cumulative: one that reached the sender, or one lost after the capture point "
+           "that this retransmission shows the sender never got), "
+           "in the sender's time: the capture's interval plus the round trip between the "
+           "capture point and the sender when it is elsewhere. For a TLP whose original "
+           "arrived, the receiver's ACK delay to compare with the PTO; null when either is "
+           "not in the capture"),
     _field("cause", pa.string(),
-           "for a re-send that no timer and no duplicate ACK caused (the kernel's Loss state "
-           "entered at once, tcp_non_congestion_loss_retransmit; kind rto_recovery), and the "
-           "rest of that Loss state's walk: 'pmtu' "
-           "(an ICMP fragmentation-needed / ICMPv6 packet-too-big lowered the path MTU, "
-           "tcp_simple_retransmit) or 'tfo' (the SYN-ACK did not cover the data a TCP Fast "
-           "Open SYN carried, tcp_rcv_fastopen_synack); null otherwise"),
+           "why it was re-sent (schemas/vocabulary.py CAUSES; analyze/causes.py): from the "
+           "sender replay's own decision and the evidence it read (a frame), or from the "
+           "kernel's reason and socket state (an event with no frame, or whose frame the "
+           "capture read in another family). Always in the family of ``kind``, except "
+           "'timing_only' (any kind). 'pmtu' and 'tfo': a re-send no timer and no duplicate "
+           "ACK caused (the kernel's Loss state entered at once, "
+           "tcp_non_congestion_loss_retransmit; kind rto_recovery) and the rest of that Loss "
+           "state's walk; null only for a row with neither a frame nor an event"),
+    _field("cause_text", pa.string(),
+           "the cause in one sentence, citing frame numbers and measured times, e.g. "
+           "'TLP 8.6 ms after the last send (PTO = 2·SRTT + 2 ms = ...); the receiver's ACK "
+           "came 31 ms after the original (frame 17), after the probe: a delayed ACK longer "
+           "than the PTO; D-SACK: spurious'"),
     _field("pmtu_mtu", pa.int32(),
            "cause 'pmtu': the path MTU, from the ICMP message or from the size the segments "
            "were cut to plus their headers; null when the capture shows neither"),

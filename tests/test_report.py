@@ -412,12 +412,23 @@ def test_causes_shown_when_the_analysis_has_them(analyses, tmp_path):
     data = graph_json(html)[0]
     assert data["rtx"]["why"] == r.sort_values("ts_wall_ns")["cause_text"].tolist()
     assert "tlp_delayed_ack" in html and "causes as the analyzer found them" in html
-    plain = graph_json(
+    own = graph_json(
         render_html(
             [load(analyses("slow_server_tlp"))],
             [graphs.gather(load(analyses("slow_server_tlp")), graphs.GraphOptions())],
         )
     )[0]
+    assert all(
+        w.startswith("TLP ") and "PTO = 2·SRTT + 2 ms" in w and "D-SACK: spurious" in w
+        for w in own["rtx"]["why"]
+    )
+    # An analysis written before the analyzer had causes: kind and timing instead.
+    old = tmp_path / "old"
+    shutil.copytree(analyses("slow_server_tlp"), old)
+    r = pd.read_parquet(old / "retransmits.parquet").drop(columns=["cause", "cause_text"])
+    r.to_parquet(old / "retransmits.parquet")
+    a = load(old)
+    plain = graph_json(render_html([a], [graphs.gather(a, graphs.GraphOptions())]))[0]
     assert all(
         w.startswith("tail loss probe ") and "expected PTO" in w and "spurious (D-SACK)" in w
         for w in plain["rtx"]["why"]

@@ -80,10 +80,16 @@ class Page:
 def shot(locator, tmp_path: Path, name: str) -> Path:
     out = tmp_path / name
     locator.screenshot(path=str(out))
+    return shot_copy(out)
+
+
+def shot_copy(out: Path) -> Path:
+    """A screenshot taken: not blank, and copied to RETRANSCOPE_DOC_IMAGES if it is one of
+    the README's images."""
     assert out.stat().st_size > 5_000
-    if DOC_IMAGES and name.startswith("report-"):  # the README's images
+    if DOC_IMAGES and out.name.startswith("report-"):
         Path(DOC_IMAGES).mkdir(parents=True, exist_ok=True)
-        shutil.copy(out, Path(DOC_IMAGES) / name)
+        shutil.copy(out, Path(DOC_IMAGES) / out.name)
     return out
 
 
@@ -133,18 +139,10 @@ def test_graph_marks_are_the_flows_retransmissions(browser, analyses, tmp_path, 
 
 
 def test_hover_shows_the_cause(browser, analyses, tmp_path):
-    """With cause_text in retransmits.parquet the hover says that sentence; the PTO
-    deadline of the probe is in it too."""
-    d = tmp_path / "caused"
-    shutil.copytree(analyses("slow_server_tlp"), d)
+    """The hover says the analyzer's cause (code and sentence, retransmits.parquet cause /
+    cause_text); the PTO deadline of the probe is in it too."""
+    d = analyses("slow_server_tlp")
     r = pd.read_parquet(d / "retransmits.parquet")
-    r["cause"] = "tlp_delayed_ack"
-    r["cause_text"] = [
-        f"TLP {g / 1e6:.1f} ms after the last segment; the receiver's ACK "
-        f"came late; D-SACK: spurious (frame {f})"
-        for g, f in zip(r["since_last_send_ns"], r["frame"])
-    ]
-    r.to_parquet(d / "retransmits.parquet")
     html = report([d], tmp_path / "r.html")
     p = Page(browser, html)
     try:
@@ -154,8 +152,8 @@ def test_hover_shows_the_cause(browser, analyses, tmp_path):
         p.page.locator("figure.tsg path.rtx").nth(1).hover()
         assert tip.is_visible()
         text = tip.inner_text()
-        assert first["cause_text"] in text
-        assert "PTO armed at" in text and "tlp, spurious" in text
+        assert first["cause_text"] in text and "a delayed ACK longer than the PTO" in text
+        assert "PTO armed at" in text and "tlp (tlp_delayed_ack), spurious" in text
         shot(p.page.locator("figure.tsg").first, tmp_path, "tsg-hover-cause.png")
         p.page.mouse.move(5, 5)
         assert tip.is_hidden()
@@ -243,8 +241,8 @@ def test_tables_read_without_javascript(browser, analyses, tmp_path):
 
 
 def test_screenshots_of_the_main_views(browser, analyses, tmp_path):
-    """Overview, a time-sequence graph zoomed in on a probe and hovered, the probe-gap plot
-    and the compare view (the README's images)."""
+    """Overview, a time-sequence graph zoomed in on a probe and hovered, the causes (the
+    why-table), the probe-gap plot and the compare view (the README's images)."""
     one = report([analyses("reqresp_loss_both")], tmp_path / "one.html")
     p = Page(browser, one)
     try:
@@ -260,8 +258,23 @@ def test_screenshots_of_the_main_views(browser, analyses, tmp_path):
             p.page.wait_for_timeout(50)
         mark.hover(force=True)
         assert fig.locator(".tsg-tip").is_visible()
-        assert "tail loss probe" in fig.locator(".tsg-tip").inner_text()
+        tip = fig.locator(".tsg-tip").inner_text()
+        assert tip.startswith("tlp") and "TLP " in tip and "PTO = 2·SRTT" in tip
         shot(fig, tmp_path, "report-tsg-hover.png")
+    finally:
+        p.close()
+    why = report([analyses("reqresp_loss_both_v6")], tmp_path / "why.html", "--graphs", "0")
+    p = Page(browser, why)
+    try:
+        sec = p.page.locator("div.why-section")
+        sec.locator("details").evaluate("d => d.open = true")
+        assert sec.locator("table.causes tr").count() >= 5  # header + the causes
+        box = sec.bounding_box()
+        p.page.set_viewport_size({"width": 1100, "height": int(box["height"]) + 50})
+        box = sec.bounding_box()
+        out = tmp_path / "report-why.png"
+        p.page.screenshot(path=str(out), clip={**box, "height": min(box["height"], 1150)})
+        shot_copy(out)
     finally:
         p.close()
     probes = report([analyses("slow_server_tlp")], tmp_path / "tlp.html")

@@ -50,7 +50,8 @@
       aw: data.ack.w ? undelta(data.ack.w) : null,
       st: undelta(data.sack.t), sl: data.sack.l, sr: data.sack.r, sd: data.sack.d,
       rt: data.rtx.t, rs: data.rtx.s, re: data.rtx.e, rk: data.rtx.k, rsp: data.rtx.sp,
-      rf: data.rtx.frame, why: data.rtx.why, timer: data.rtx.timer,
+      rf: data.rtx.frame, why: data.rtx.why, cause: data.rtx.cause || [],
+      timer: data.rtx.timer,
       kinds: data.kinds, colors: data.colors, sampled: data.sampled
     };
     this.build();
@@ -314,7 +315,8 @@
     var d = this.d, i = +m.getAttribute("data-i"), tip = this.tip;
     var kind = d.kinds[d.rk[i]];
     m.classList.add("hot");
-    var head = kind + (d.rsp[i] === 1 ? ", spurious" : "") + " at +" + fmtMs(d.rt[i]) +
+    var cause = d.cause[i] && d.cause[i] !== kind ? " (" + d.cause[i] + ")" : "";
+    var head = kind + cause + (d.rsp[i] === 1 ? ", spurious" : "") + " at +" + fmtMs(d.rt[i]) +
       ", bytes " + d.rs[i] + "–" + d.re[i] + (d.rf[i] >= 0 ? ", frame " + d.rf[i] : "");
     tip.textContent = "";
     var b = document.createElement("b");
