@@ -109,28 +109,9 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
     has = np.array([v is not None for v in v_of], dtype=bool)
     na = len(a_flow)
 
-    # The receiver's first cumulative ACK covering the row's data (what reached the
-    # sender), or the ACK lost after the capture point when that came first; in the
-    # sender's time: the original left half the trip before it passed here, the ACK
-    # reaches the sender half the trip after.
-    orig_ts = filled(out["orig_ts_ns"], NO_VALUE)
-    kc = (
-        GroupedSearch(a_flow, A["una"])(flow, end, "left")
-        if na
-        else np.zeros(len(flow), dtype=np.int64)
+    ack_delay, ack_frame, use_lost, lost_frame, lost_ts, orig_ts = _receiver_ack(
+        out, ctx, flow, end
     )
-    cov = (kc < na) & (gather(a_flow, kc, kc < na, -1) == flow)
-    cov_ts = gather(A["ts"], kc, cov, NO_VALUE)
-    cov_frame = gather(A["frame"], kc, cov, -1)
-    lost_at = ctx["lost_at"]
-    lost = lost_at >= 0
-    lost_ts = gather(ctx["pkt_ts"], lost_at, lost, NO_VALUE)
-    lost_frame = gather(ctx["pkt_frame"], lost_at, lost, -1)
-    use_lost = lost & (~cov | (lost_ts < cov_ts))
-    ack_t = np.where(use_lost, lost_ts, cov_ts)
-    ack_ok = (orig_ts > NO_VALUE) & (cov | lost) & (ack_t >= orig_ts)
-    ack_delay = np.where(ack_ok, ack_t - orig_ts + ctx["shift_ns"][flow], NO_VALUE)
-    ack_frame = np.where(use_lost, lost_frame, cov_frame)
 
     # The trigger ACK's SACK blocks above the row (D-SACK excluded), in segments.
     trig = np.array([v.trigger if v is not None else -1 for v in v_of], dtype=np.int64)
@@ -155,45 +136,19 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
     d_frame = gather(ctx["pkt_frame"], gather(origs.sel, p, d_ok, 0), d_ok, -1)
 
     names = (
-        "rule",
-        "kind",
-        "ca_before",
-        "episode_ns",
-        "episode_by",
-        "prev_rtx_ns",
-        "armed_ns",
-        "pkts_out",
-        "dupacks",
-        "icmp_frame",
-        "cause",
-        "mtu",
-        "pto_us",
-        "rto_us",
-        "backoff",
-    )
+        "rule kind ca_before episode_ns episode_by prev_rtx_ns armed_ns pkts_out dupacks "
+        "icmp_frame cause mtu pto_us rto_us backoff"
+    ).split()
     get, none = attrgetter(*names), (None,) * len(names)
     by_name = dict(zip(names, zip(*[get(v) if v is not None else none for v in v_of])))
 
     def vals(name: str) -> list:
         return list(by_name[name]) if by_name else [None] * len(v_of)
 
+    # The Verdict's own fields; its "cause" is the loss cause (tfo, pmtu) it read.
     ev: dict[str, list] = {
         "has": has.tolist(),
-        "rule": vals("rule"),
-        "kind": vals("kind"),
-        "ca_before": vals("ca_before"),
-        "episode_ns": vals("episode_ns"),
-        "episode_by": vals("episode_by"),
-        "prev_rtx_ns": vals("prev_rtx_ns"),
-        "armed_ns": vals("armed_ns"),
-        "pkts_out": vals("pkts_out"),
-        "dupacks": vals("dupacks"),
-        "icmp_frame": vals("icmp_frame"),
-        "loss_cause": vals("cause"),
-        "mtu": vals("mtu"),
-        "pto_us": vals("pto_us"),
-        "rto_us": vals("rto_us"),
-        "backoff": vals("backoff"),
+        **{("loss_cause" if n == "cause" else n): vals(n) for n in names},
         "ts": ts.tolist(),
         "frame": frame.tolist(),
         "len": (end - seq).tolist(),
@@ -224,6 +179,39 @@ def _row_evidence(out: dict, verdicts: list, ctx: dict[str, Any]) -> dict[str, l
     ev["episode_frame"] = _frames_at(frame_at, flow, ev["episode_ns"])
     ev["prev_rtx_frame"] = _frames_at(frame_at, flow, ev["prev_rtx_ns"])
     return ev
+
+
+def _receiver_ack(
+    out: dict, ctx: dict[str, Any], flow: np.ndarray, end: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Per row: the receiver's ACK delay for the original in the sender's time, that
+    ACK's frame, whether it was an ACK lost after the capture point, the lost ACK's frame
+    and time, and the original's time."""
+    A, a_flow = ctx["A"], ctx["a_flow"]
+    na = len(a_flow)
+    # The receiver's first cumulative ACK covering the row's data (what reached the
+    # sender), or the ACK lost after the capture point when that came first; in the
+    # sender's time: the original left half the trip before it passed here, the ACK
+    # reaches the sender half the trip after.
+    orig_ts = filled(out["orig_ts_ns"], NO_VALUE)
+    kc = (
+        GroupedSearch(a_flow, A["una"])(flow, end, "left")
+        if na
+        else np.zeros(len(flow), dtype=np.int64)
+    )
+    cov = (kc < na) & (gather(a_flow, kc, kc < na, -1) == flow)
+    cov_ts = gather(A["ts"], kc, cov, NO_VALUE)
+    cov_frame = gather(A["frame"], kc, cov, -1)
+    lost_at = ctx["lost_at"]
+    lost = lost_at >= 0
+    lost_ts = gather(ctx["pkt_ts"], lost_at, lost, NO_VALUE)
+    lost_frame = gather(ctx["pkt_frame"], lost_at, lost, -1)
+    use_lost = lost & (~cov | (lost_ts < cov_ts))
+    ack_t = np.where(use_lost, lost_ts, cov_ts)
+    ack_ok = (orig_ts > NO_VALUE) & (cov | lost) & (ack_t >= orig_ts)
+    ack_delay = np.where(ack_ok, ack_t - orig_ts + ctx["shift_ns"][flow], NO_VALUE)
+    ack_frame = np.where(use_lost, lost_frame, cov_frame)
+    return ack_delay, ack_frame, use_lost, lost_frame, lost_ts, orig_ts
 
 
 def _burst_max(length: np.ndarray, burst_of: np.ndarray) -> np.ndarray:

@@ -49,14 +49,32 @@ _NONE = NO_VALUE  # "no value": the floor of seg_cummax
 _INF = NEVER
 
 CLASSIFY_COLUMNS = (
-    "kind_pcap", "family", "spurious", "spurious_by", "since_last_send_ns", "since_last_ack_ns",
-    "srtt_us", "expected_pto_ns", "expected_rto_ns", "backoff", "trigger_frame",
-    "since_trigger_ns", "ca_state", "clock", "position", "burst", "cause", "cause_text",
-    "pmtu_mtu", "ack_delay_ns", "evidence",
+    "kind_pcap",
+    "family",
+    "spurious",
+    "spurious_by",
+    "since_last_send_ns",
+    "since_last_ack_ns",
+    "srtt_us",
+    "expected_pto_ns",
+    "expected_rto_ns",
+    "backoff",
+    "trigger_frame",
+    "since_trigger_ns",
+    "ca_state",
+    "clock",
+    "position",
+    "burst",
+    "cause",
+    "cause_text",
+    "pmtu_mtu",
+    "ack_delay_ns",
+    "evidence",
 )
 
 
 # --- bulk helpers ------------------------------------------------------------------------
+
 
 def _affine_scan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """y[i] = a[i] * y[i-1] + b[i] (y[-1] = 0), blocked: sequential over sqrt(n) positions
@@ -71,14 +89,14 @@ def _affine_scan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     pad = nb * width - n
     A = np.concatenate([a.astype(np.float64), np.ones(pad)]).reshape(nb, width)
     B = np.concatenate([b.astype(np.float64), np.zeros(pad)]).reshape(nb, width)
-    Y = np.empty_like(B)   # within-block result, as if the block started from y = 0
-    P = np.empty_like(A)   # product of a over the block up to each position
+    Y = np.empty_like(B)  # within-block result, as if the block started from y = 0
+    P = np.empty_like(A)  # product of a over the block up to each position
     Y[:, 0] = B[:, 0]
     P[:, 0] = A[:, 0]
     for i in range(1, width):
         Y[:, i] = A[:, i] * Y[:, i - 1] + B[:, i]
         P[:, i] = A[:, i] * P[:, i - 1]
-    carry = np.zeros(nb)   # y just before each block
+    carry = np.zeros(nb)  # y just before each block
     c = 0.0
     last_y, last_p = Y[:, -1].tolist(), P[:, -1].tolist()
     for k in range(nb):
@@ -113,8 +131,10 @@ def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np
     aerr = np.abs(err)
     # mdev <= max(2*m0, 4*max|err|): when that stays under TCP_RTO_MIN, rttvar is the
     # floor itself and the two mdev passes can be skipped (the common short-RTT case).
-    if max(float((2.0 * m[start]).max()), float(4.0 * aerr[~start].max(initial=0.0))) \
-            < TCP_RTO_MIN_US:
+    if (
+        max(float((2.0 * m[start]).max()), float(4.0 * aerr[~start].max(initial=0.0)))
+        < TCP_RTO_MIN_US
+    ):
         return srtt, np.minimum(srtt + TCP_RTO_MIN_US, TCP_RTO_MAX_US)
     # mdev: linearise the branch (which depends on mdev itself) with one refinement pass.
     a1 = np.where(start, 0.0, 0.75)
@@ -162,9 +182,17 @@ class _Originals:
 
 # --- the classifier ----------------------------------------------------------------------
 
-def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: Table,
-                   retrans: Table, *, space: dict[str, np.ndarray] | None = None,
-                   notes: dict | None = None, too_big: list[dict] | None = None) -> Table:
+
+def classify_table(
+    packets: dict[str, np.ndarray],
+    flow_id: np.ndarray,
+    flows: Table,
+    retrans: Table,
+    *,
+    space: dict[str, np.ndarray] | None = None,
+    notes: dict | None = None,
+    too_big: list[dict] | None = None,
+) -> Table:
     """``retrans`` (a retransmission_table) plus the kernel reason and the evidence for it
     (CLASSIFY_COLUMNS; the optional ones Nullable). ``notes``, when given, receives what
     the capture showed beside the rows (``acks_lost_after_capture``). ``too_big``: the
@@ -180,10 +208,7 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     r_pkt, r_flow, r_ts, r_frame = out["pkt"], out["flow_id"], out["ts_ns"], out["frame"]
     r_probe = present(out["probe"])
     # Out-of-order originals (retrans.resent_or_reordered) are first transmissions.
-    r_ooo = np.asarray(out["out_of_order"], dtype=bool) if "out_of_order" in out else \
-        np.zeros(len(r_pkt), dtype=bool)
-    r_dup = np.asarray(out["duplicate"], dtype=bool) if "duplicate" in out else \
-        np.zeros(len(r_pkt), dtype=bool)
+    r_ooo, r_dup = _row_mask(out, "out_of_order"), _row_mask(out, "duplicate")
     r_skip = r_probe | r_ooo | r_dup
     data_flows = np.flatnonzero(np.bincount(r_flow))  # np.unique would import numpy.ma
     frame = packets["frame"]
@@ -195,8 +220,9 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     want = np.zeros(n_flows, dtype=bool)
     want[data_flows] = True
     shift_us = _remote_shift_us(packets, flow_id, flows, want)
-    ack_sel, n_lost, lost_at = _received_acks(packets, space, flows, flow_id, ack_sel, out,
-                                              ~r_skip, shift_us)
+    ack_sel, n_lost, lost_at = _received_acks(
+        packets, space, flows, flow_id, ack_sel, out, ~r_skip, shift_us
+    )
     if notes is not None:
         notes["acks_lost_after_capture"] = n_lost
     a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
@@ -214,27 +240,17 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     _ack_news(A, a_flow, origs, frame)
 
     # RTT samples -> SRTT / RTO (tcp_ack_update_rtt); those in force at each retransmission.
-    resent = out if not (r_ooo | r_dup).any() else \
-        {k: out[k][~(r_ooo | r_dup)] for k in ("flow_id", "seq_abs", "end_abs")}
-    s_flow, s_frame, s_srtt, s_rto = _rtt_samples(packets, space, A, a_flow, origs, resent,
-                                                  flow_id, flows["ts_ok"].astype(bool),
-                                                  una_init, shift_us)
-    s_pos = pair_search(s_flow, s_frame, r_flow, r_frame, side="left") - 1
-    s_ok = (s_pos >= 0) & (gather(s_flow, s_pos, s_pos >= 0, -1) == r_flow)
-    srtt_us = gather(s_srtt, s_pos, s_ok, 0.0).astype(np.float64)
-    # Before the first sample: TCP_TIMEOUT_INIT from the handshake (RFC 6298 §2.1); a flow
-    # the capture joined mid-connection had its samples before, and an RTO of at least
-    # TCP_RTO_MIN (tcp_set_rto's floor), which is taken.
-    rto0 = np.where(flows["syn_seen"].astype(bool), TCP_TIMEOUT_INIT_US, TCP_RTO_MIN_US)
-    rto_us = np.where(s_ok, gather(s_rto, s_pos, s_ok, 0.0), rto0[r_flow]).astype(np.float64)
+    s_ok, srtt_us, rto_us = _rtt_at_rows(
+        packets, space, flow_id, flows, A, a_flow, origs, out, r_ooo | r_dup, una_init, shift_us
+    )
 
     # Per retransmission: its clock, bursts, spuriousness, snd_nxt and packets_out.
-    since_last_send, prev_tx_frame = _since_last_send(flow_id[tx_sel], packets["ts_ns"][tx_sel],
-                                                      frame[tx_sel], r_flow, r_frame, r_ts)
+    since_last_send, prev_tx_frame = _since_last_send(
+        flow_id[tx_sel], packets["ts_ns"][tx_sel], frame[tx_sel], r_flow, r_frame, r_ts
+    )
     t_cap0 = int(packets["ts_ns"].min())
     k_last, k_ok, since_last_ack = _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_cap0)
-    order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, prev_tx_frame,
-                                r_skip)
+    order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, prev_tx_frame, r_skip)
     dsack_ts = _dsack_times(A, a_flow, out)
     ts_echo = _ts_echo_spurious(packets, A, a_flow, out, flows["ts_ok"].astype(bool))
     snd_nxt_r = _snd_nxt_at(out, origs, ~flows["syn_seen"].astype(bool))
@@ -245,27 +261,84 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     p_ok, p = origs.containing(r_flow, una_at)
 
     rows_in = {
-        "seq": out["seq_abs"], "end": out["end_abs"], "ts": r_ts,
-        "flags": packets["flags"][r_pkt].astype(np.int64), "snd_nxt": snd_nxt_r,
+        "seq": out["seq_abs"],
+        "end": out["end_abs"],
+        "ts": r_ts,
+        "flags": packets["flags"][r_pkt].astype(np.int64),
+        "snd_nxt": snd_nxt_r,
         "tsval": packets["tsval"][r_pkt].astype(np.int64),
-        "has_ts": packets["opt_ts"][r_pkt].astype(bool), "k": k_last, "sla": since_last_ack,
-        "srtt": srtt_us, "rto": rto_us, "probe": r_skip, "dsack": dsack_ts,
-        "pkts_out": pkts_out, "head_ts": gather(origs.ts, p, p_ok, _NONE),
-        "sls": since_last_send, "cut": _cut_short(out, origs),
+        "has_ts": packets["opt_ts"][r_pkt].astype(bool),
+        "k": k_last,
+        "sla": since_last_ack,
+        "srtt": srtt_us,
+        "rto": rto_us,
+        "probe": r_skip,
+        "dsack": dsack_ts,
+        "pkts_out": pkts_out,
+        "head_ts": gather(origs.ts, p, p_ok, _NONE),
+        "sls": since_last_send,
+        "cut": _cut_short(out, origs),
     }
     a_start, a_end = group_bounds(a_flow, n_flows)
-    flows_in = {
-        "sack_ok": flows["sack_ok"].astype(bool), "mss": mss,
-        "mss_known": flows["handshake_seen"].astype(bool), "una0": una_init,
-        "a_start": a_start, "a_end": a_end,
-        **_capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A,
-                                 a_start, a_end, origs),
+    flows_in = _flow_inputs(
+        packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start, a_end, origs
+    )
+    flows_in.update(mss=mss, una0=una_init)
+    A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
+    adv_ff, too_big_f = last_where(A["adv"], a_flow), _too_big_by_flow(flows, too_big or [])
+    res = replay(rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, t_cap0, too_big_f)
+
+    _verdict_columns(out, res, ts_echo, dsack_ts, r_skip)
+    out["since_last_send_ns"] = nullable(since_last_send, since_last_send != _NONE)
+    out["since_last_ack_ns"] = nullable(since_last_ack, k_ok)
+    out["srtt_us"] = nullable(np.round(srtt_us).astype(np.int64), s_ok)
+    ctx = dict(burst_of=burst_of, A=A, a_flow=a_flow, mss=mss, origs=origs, lost_at=lost_at)
+    ctx.update(pkt_frame=frame, pkt_ts=packets["ts_ns"], family=flows["family"])
+    _replay_columns(out, res, A, r_ts, r_skip, {**ctx, "shift_ns": shift_us * 1000})
+    out["burst"] = burst_of
+    # A flow with no ACK in the capture was replayed by timing alone (sender.py).
+    out["evidence"] = np.where(a_start[r_flow] >= a_end[r_flow], "timing_only", "acks").astype(
+        object
+    )
+    return out
+
+
+def _flow_inputs(
+    packets: dict[str, np.ndarray],
+    space: dict[str, np.ndarray],
+    flows: Table,
+    flow_id: np.ndarray,
+    tx_sel: np.ndarray,
+    is_rtx_pkt: np.ndarray,
+    A: dict[str, np.ndarray],
+    a_start: np.ndarray,
+    a_end: np.ndarray,
+    origs: _Originals,
+) -> dict[str, np.ndarray]:
+    """The replay's per-flow inputs but the MSS and the initial snd_una: SACK and MSS
+    from the handshake, each flow's ACK rows, the capture-start timeout and the path."""
+    return {
+        "sack_ok": flows["sack_ok"].astype(bool),
+        "mss_known": flows["handshake_seen"].astype(bool),
+        "a_start": a_start,
+        "a_end": a_end,
+        **_capture_start_timeout(
+            packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start, a_end, origs
+        ),
         **_path_facts(packets, space, flows, flow_id),
     }
-    A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
-    res = replay(rows_in, flows_in, A, last_where(A["adv"], a_flow), order_r, burst_of, r_flow,
-                 t_cap0, _too_big_by_flow(flows, too_big or []))
 
+
+def _verdict_columns(
+    out: Table,
+    res: dict[str, list],
+    ts_echo: np.ndarray,
+    dsack_ts: np.ndarray,
+    r_skip: np.ndarray,
+) -> None:
+    """kind_pcap, family and spuriousness (D-SACK before the timestamp echo: RFC 2883 is
+    the stronger evidence) into ``out``; probes and first transmissions are never spurious."""
+    r_pkt = out["pkt"]
     out["kind_pcap"] = np.array(res["kind"], dtype=object)
     out["family"] = np.array([FAMILY_OF_KIND[k] for k in res["kind"]], dtype=object)
     spurious_by = np.full(len(r_pkt), None, dtype=object)
@@ -274,22 +347,69 @@ def classify_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows: T
     spurious_by[r_skip] = None
     out["spurious"] = Nullable(spurious_by != None, np.ones(len(r_pkt), dtype=bool))  # noqa: E711
     out["spurious_by"] = spurious_by
-    out["since_last_send_ns"] = nullable(since_last_send, since_last_send != _NONE)
-    out["since_last_ack_ns"] = nullable(since_last_ack, k_ok)
-    out["srtt_us"] = nullable(np.round(srtt_us).astype(np.int64), s_ok)
-    _replay_columns(out, res, A, r_ts, r_skip, {
-        "burst_of": burst_of, "A": A, "a_flow": a_flow, "mss": mss, "origs": origs,
-        "pkt_frame": frame, "pkt_ts": packets["ts_ns"], "family": flows["family"],
-        "shift_ns": shift_us * 1000, "lost_at": lost_at})
-    out["burst"] = burst_of
-    # A flow with no ACK in the capture was replayed by timing alone (sender.py).
-    out["evidence"] = np.where(a_start[r_flow] >= a_end[r_flow], "timing_only", "acks"
-                               ).astype(object)
-    return out
 
 
-def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
-                    r_ts: np.ndarray, r_probe: np.ndarray, cause_ctx: dict) -> None:
+def _row_mask(out: Table, column: str) -> np.ndarray:
+    """A boolean column of the retransmission table, all False when it is absent."""
+    if column in out:
+        return np.asarray(out[column], dtype=bool)
+    return np.zeros(len(out["pkt"]), dtype=bool)
+
+
+def _rtt_at_rows(
+    packets: dict[str, np.ndarray],
+    space: dict[str, np.ndarray],
+    flow_id: np.ndarray,
+    flows: Table,
+    A: dict[str, np.ndarray],
+    a_flow: np.ndarray,
+    origs: _Originals,
+    out: Table,
+    not_resent: np.ndarray,
+    una_init: np.ndarray,
+    shift_us: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The SRTT and RTO in force at each retransmission (tcp_ack_update_rtt's samples up
+    to its frame): (has a sample, srtt_us, rto_us). ``not_resent``: rows that are not
+    re-sends (out of order, duplicates), left out of the ranges Karn's rule keeps from
+    sampling (RFC 6298 §3)."""
+    r_flow, r_frame = out["flow_id"], out["frame"]
+    resent = (
+        out
+        if not not_resent.any()
+        else {k: out[k][~not_resent] for k in ("flow_id", "seq_abs", "end_abs")}
+    )
+    s_flow, s_frame, s_srtt, s_rto = _rtt_samples(
+        packets,
+        space,
+        A,
+        a_flow,
+        origs,
+        resent,
+        flow_id,
+        flows["ts_ok"].astype(bool),
+        una_init,
+        shift_us,
+    )
+    s_pos = pair_search(s_flow, s_frame, r_flow, r_frame, side="left") - 1
+    s_ok = (s_pos >= 0) & (gather(s_flow, s_pos, s_pos >= 0, -1) == r_flow)
+    srtt_us = gather(s_srtt, s_pos, s_ok, 0.0).astype(np.float64)
+    # Before the first sample: TCP_TIMEOUT_INIT from the handshake (RFC 6298 §2.1); a flow
+    # the capture joined mid-connection had its samples before, and an RTO of at least
+    # TCP_RTO_MIN (tcp_set_rto's floor), which is taken.
+    rto0 = np.where(flows["syn_seen"].astype(bool), TCP_TIMEOUT_INIT_US, TCP_RTO_MIN_US)
+    rto_us = np.where(s_ok, gather(s_rto, s_pos, s_ok, 0.0), rto0[r_flow]).astype(np.float64)
+    return s_ok, srtt_us, rto_us
+
+
+def _replay_columns(
+    out: Table,
+    res: dict[str, list],
+    A: dict[str, np.ndarray],
+    r_ts: np.ndarray,
+    r_probe: np.ndarray,
+    cause_ctx: dict,
+) -> None:
     """The replay's verdicts (sender.replay) as output columns, and the cause of each
     retransmission in words (analyze/causes.py: the Verdicts' evidence and ``cause_ctx``,
     the bulk evidence it cites)."""
@@ -313,8 +433,9 @@ def _replay_columns(out: Table, res: dict[str, list], A: dict[str, np.ndarray],
 ACK_RACE_NS = 2 * ACK_CLOCK_NS
 
 
-def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np.ndarray,
-                   shift_us: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+def _received_acks(
+    packets, space, flows, flow_id, ack_sel, rtx: Table, real: np.ndarray, shift_us: np.ndarray
+) -> tuple[np.ndarray, int, np.ndarray]:
     """The ACKs of ``ack_sel`` (grouped by the flow they acknowledge, capture order) that
     reached the sender, and how many did not.
 
@@ -338,8 +459,12 @@ def _received_acks(packets, space, flows, flow_id, ack_sel, rtx: Table, real: np
     # retransmission left a trip before it passes here (classify._remote_shift_us).
     arrive_by = r_ts - shift_us[r_flow] * 1000 - ACK_RACE_NS
     t0 = int(packets["ts_ns"][ack_sel].min())
-    hi = GroupedSearch(a_flow, (packets["ts_ns"][ack_sel] - t0) // 1000)(
-        r_flow, (arrive_by - t0) // 1000, "right") - 1
+    hi = (
+        GroupedSearch(a_flow, (packets["ts_ns"][ack_sel] - t0) // 1000)(
+            r_flow, (arrive_by - t0) // 1000, "right"
+        )
+        - 1
+    )
     lo = GroupedSearch(a_flow, cum)(r_flow, r_seq, "right")
     ok = (hi >= lo) & (lo < n) & (gather(a_flow, lo, lo < n, -1) == r_flow)
     if not ok.any():
@@ -356,12 +481,14 @@ def _cut_short(rtx: Table, origs: _Originals) -> np.ndarray:
     """Per retransmission: does it start where the first transmission of its first byte
     started, and end before that one ended (resent at a smaller MSS)?"""
     ok, p = origs.containing(rtx["flow_id"], rtx["seq_abs"])
-    return ok & (gather(origs.seq, p, ok, _NONE) == rtx["seq_abs"]) & \
-        (gather(origs.end, p, ok, _NONE) > rtx["end_abs"])
+    return (
+        ok
+        & (gather(origs.seq, p, ok, _NONE) == rtx["seq_abs"])
+        & (gather(origs.end, p, ok, _NONE) > rtx["end_abs"])
+    )
 
 
-def _too_big_by_flow(flows: Table, messages: list[dict]
-                     ) -> dict[int, list[tuple[int, int, int]]]:
+def _too_big_by_flow(flows: Table, messages: list[dict]) -> dict[int, list[tuple[int, int, int]]]:
     """The ICMP too-big messages by the flow whose segment each quotes (its sender is the
     quoted source; on a 4-tuple reused, the connection whose packets surround the
     message, else the last before it): {flow: [(ts_ns, mtu, frame), ...]} in time order."""
@@ -393,16 +520,20 @@ def _path_facts(packets, space, flows, flow_id) -> dict[str, np.ndarray]:
     timestamps option 12: MSS + these = the path MTU, RFC 879)."""
     n_flows = len(flows["flow_id"])
     syn_end = np.full(n_flows, _NONE, dtype=np.int64)
-    syn = np.flatnonzero(((packets["flags"] & TCP_SYN) != 0) & ((packets["flags"] & TCP_ACK) == 0)
-                         & (packets["payload_len"] > 0))
+    syn = np.flatnonzero(
+        ((packets["flags"] & TCP_SYN) != 0)
+        & ((packets["flags"] & TCP_ACK) == 0)
+        & (packets["payload_len"] > 0)
+    )
     if len(syn):
         np.maximum.at(syn_end, flow_id[syn], space["end_abs"][syn])
     hdr = np.where(flows["family"] == 6, 60, 40) + np.where(flows["ts_ok"], 12, 0)
     return {"syn_end": syn_end, "hdr_bytes": hdr.astype(np.int64)}
 
 
-def _capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start,
-                           a_end, origs) -> dict[str, np.ndarray]:
+def _capture_start_timeout(
+    packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start, a_end, origs
+) -> dict[str, np.ndarray]:
     """Per flow, whether the capture began in a Loss episode whose timeout it did not show
     as a retransmission: ``loss0_nxt`` (its high_seq, _NONE: no) and the segment the
     timeout resent (``loss0_seq``, ``loss0_end``, ``loss0_ts``).
@@ -418,10 +549,12 @@ def _capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A
     ACK and a fast retransmit, and the resends that follow are the Loss state's slow start
     (tcp_enter_loss), not fast recovery. The replay starts in that state."""
     n_flows = len(flows["flow_id"])
-    out = {"loss0_nxt": np.full(n_flows, _NONE, dtype=np.int64),
-           "loss0_seq": np.zeros(n_flows, dtype=np.int64),
-           "loss0_end": np.zeros(n_flows, dtype=np.int64),
-           "loss0_ts": np.zeros(n_flows, dtype=np.int64)}
+    out = {
+        "loss0_nxt": np.full(n_flows, _NONE, dtype=np.int64),
+        "loss0_seq": np.zeros(n_flows, dtype=np.int64),
+        "loss0_end": np.zeros(n_flows, dtype=np.int64),
+        "loss0_ts": np.zeros(n_flows, dtype=np.int64),
+    }
     if not len(tx_sel):
         return out
     f = flow_id[tx_sel]
@@ -431,8 +564,9 @@ def _capture_start_timeout(packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A
     nxt = head + 1  # the flow's next transmission, if any
     nxt_ok = nxt < len(tx_sel)
     nxt_ok[nxt_ok] = flow_id[tx_sel[nxt[nxt_ok]]] == pf[nxt_ok]
-    nxt_frame = np.where(nxt_ok, packets["frame"][tx_sel[np.clip(nxt, 0, len(tx_sel) - 1)]],
-                         np.iinfo(np.int64).max)
+    nxt_frame = np.where(
+        nxt_ok, packets["frame"][tx_sel[np.clip(nxt, 0, len(tx_sel) - 1)]], np.iinfo(np.int64).max
+    )
     k1 = a_start[pf]
     keep = ~flows["syn_seen"].astype(bool)[pf] & ~is_rtx_pkt[p0] & (k1 < a_end[pf])
     k1c = np.clip(k1, 0, max(len(A["frame"]) - 1, 0))
@@ -478,8 +612,9 @@ def _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst) 
     return by_group(tx_sel, flow_id[tx_sel])
 
 
-def _sack_tags(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
-               mss: np.ndarray) -> None:
+def _sack_tags(
+    A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals, mss: np.ndarray
+) -> None:
     """Keep in the ACK table only the SACK blocks the sender would act on.
 
     tcp_sacktag_walk -> tcp_match_skb_to_sack marks whole skbs, or splits one at MSS
@@ -509,8 +644,9 @@ def _sack_tags(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
     # ...or, past its end, the next segment's first piece.
     nx = p + 1
     nx_ok = ok & (nx < len(origs.seq)) & (gather(origs.flow, nx, nx < len(origs.seq), -1) == f)
-    nx_end = np.minimum(gather(origs.seq, nx, nx_ok, _NONE) + m,
-                        gather(origs.end, nx, nx_ok, _NONE))
+    nx_end = np.minimum(
+        gather(origs.seq, nx, nx_ok, _NONE) + m, gather(origs.end, nx, nx_ok, _NONE)
+    )
     piece_end = np.where(inside, first_end, np.where(nx_ok, nx_end, _NONE))
     # A block whose edge the capture cannot place (its data unseen) is kept as it is.
     flat = np.zeros(has.size, dtype=bool)
@@ -526,8 +662,9 @@ def _sack_tags(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
     A["sack_n"] = tags.sum(axis=1) + A["dsack"]
 
 
-def _ack_news(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
-              frame: np.ndarray) -> None:
+def _ack_news(
+    A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals, frame: np.ndarray
+) -> None:
     """Add to the ACK table what the sender had been told before each ACK (``sack_top``,
     the highest SACKed sequence) and whether it sent new data between this ACK and the next
     (``new_after``: F-RTO step 2.b)."""
@@ -535,22 +672,23 @@ def _ack_news(A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals,
     A["sack_top"] = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
     nx = origs.by_frame(a_flow, A["frame"], "right")
     nx_in = nx < len(origs.f_sel)
-    nx_frame = gather(frame[origs.f_sel], nx,
-                      nx_in & (gather(origs.f_flow, nx, nx_in, -1) == a_flow), never)
+    nx_frame = gather(
+        frame[origs.f_sel], nx, nx_in & (gather(origs.f_flow, nx, nx_in, -1) == a_flow), never
+    )
     next_ack_frame = np.r_[A["frame"][1:], never]
     same_next = np.r_[a_flow[1:] == a_flow[:-1], False]
     A["new_after"] = nx_frame < np.where(same_next, next_ack_frame, never)
 
 
-def _since_last_send(tx_flow, tx_ts, tx_frame, r_flow, r_frame, r_ts
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _since_last_send(
+    tx_flow, tx_ts, tx_frame, r_flow, r_frame, r_ts
+) -> tuple[np.ndarray, np.ndarray]:
     """Per retransmission, ns since the previous data transmission of its flow
     (retransmission or not; _NONE where none), and that transmission's frame (-1)."""
     prev_tx = GroupedSearch(tx_flow, tx_frame)(r_flow, r_frame, "left") - 1
     prev_ok = (prev_tx >= 0) & (gather(tx_flow, prev_tx, prev_tx >= 0, -1) == r_flow)
     prev_tx_ts = gather(tx_ts, prev_tx, prev_ok, _NONE)
-    return (np.where(prev_ok, r_ts - prev_tx_ts, _NONE),
-            gather(tx_frame, prev_tx, prev_ok, -1))
+    return (np.where(prev_ok, r_ts - prev_tx_ts, _NONE), gather(tx_frame, prev_tx, prev_ok, -1))
 
 
 def _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_ref: int):
@@ -570,14 +708,22 @@ def _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_ref: int):
     shift = (shift_us * 1000)[r_flow]
     rem = shift > ACK_CLOCK_NS
     if rem.any() and len(a_flow):
-        k2 = pair_search(a_flow, (A["ts"] - t_ref) // 1000,
-                         r_flow[rem], (r_ts[rem] - shift[rem] - t_ref) // 1000,
-                         side="right") - 1
+        k2 = (
+            pair_search(
+                a_flow,
+                (A["ts"] - t_ref) // 1000,
+                r_flow[rem],
+                (r_ts[rem] - shift[rem] - t_ref) // 1000,
+                side="right",
+            )
+            - 1
+        )
         ok2 = (k2 >= 0) & (gather(a_flow, k2, k2 >= 0, -1) == r_flow[rem])
         k_last[rem] = np.where(ok2, k2, -1)
         k_ok[rem] = ok2
-        since_last_ack[rem] = np.where(ok2, r_ts[rem] - shift[rem] - gather(A["ts"], k2, ok2, 0),
-                                       _NONE)
+        since_last_ack[rem] = np.where(
+            ok2, r_ts[rem] - shift[rem] - gather(A["ts"], k2, ok2, 0), _NONE
+        )
     return k_last, k_ok, since_last_ack
 
 
@@ -629,8 +775,11 @@ def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
     c_hi = np.where(hi > 0, cum[np.clip(hi - 1, 0, None)], 0)
     c_lo = np.where(lo > 0, cum[np.clip(lo - 1, 0, None)], 0)
     # The segment holding snd_una (partly acked) still counts.
-    lo_part = (lo > 0) & (gather(origs.flow, lo - 1, lo > 0, -1) == r_flow) & \
-        (gather(origs.end, lo - 1, lo > 0, 0) > una)
+    lo_part = (
+        (lo > 0)
+        & (gather(origs.flow, lo - 1, lo > 0, -1) == r_flow)
+        & (gather(origs.end, lo - 1, lo > 0, 0) > una)
+    )
     return np.maximum(c_hi - c_lo + lo_part, 1)
 
 
@@ -657,8 +806,7 @@ def _flow_mss(packets, flows, flow_id, tx_sel) -> np.ndarray:
         f = flow_id[tx_sel]  # grouped by flow
         starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
         biggest[f[starts]] = np.maximum.reduceat(packets["payload_len"][tx_sel], starts)
-    return np.where(peer_mss > 0, peer_mss, np.where(biggest > 0, np.minimum(biggest, 1448),
-                                                     1448))
+    return np.where(peer_mss > 0, peer_mss, np.where(biggest > 0, np.minimum(biggest, 1448), 1448))
 
 
 def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
@@ -676,8 +824,9 @@ def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
     L, R = sack_blocks(space, sel)
     # D-SACK, RFC 2883 §4: the first block is at or below the cumulative ACK, or lies
     # inside the second block.
-    dsack = (sn >= 1) & ((R[:, 0] <= ack) | ((sn >= 2) & (L[:, 1] <= L[:, 0])
-                                             & (R[:, 0] <= R[:, 1])))
+    dsack = (sn >= 1) & (
+        (R[:, 0] <= ack) | ((sn >= 2) & (L[:, 1] <= L[:, 0]) & (R[:, 0] <= R[:, 1]))
+    )
     sack_hi = np.full(len(sel), _NONE, dtype=np.int64)
     sack_hi_left = np.full(len(sel), _NONE, dtype=np.int64)  # left edge of that block
     for b in range(4):
@@ -686,15 +835,26 @@ def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
         sack_hi_left = np.where(use, L[:, b], sack_hi_left)
     payload = packets["payload_len"][sel].astype(np.int64)
     return {
-        "pkt": sel, "ts": packets["ts_ns"][sel], "frame": packets["frame"][sel],
-        "ack": ack, "una": una, "prev_una": prev_una, "adv": una > prev_una,
-        "sack_hi": sack_hi, "sack_hi_left": sack_hi_left, "dsack": dsack,
+        "pkt": sel,
+        "ts": packets["ts_ns"][sel],
+        "frame": packets["frame"][sel],
+        "ack": ack,
+        "una": una,
+        "prev_una": prev_una,
+        "adv": una > prev_una,
+        "sack_hi": sack_hi,
+        "sack_hi_left": sack_hi_left,
+        "dsack": dsack,
         "dsack_l": np.where(dsack, L[:, 0], 0),
-        "dsack_r": np.where(dsack, R[:, 0], 0), "tsecr": packets["tsecr"][sel].astype(np.int64),
-        "opt_ts": packets["opt_ts"][sel].astype(bool), "payload": payload, "sack_n": sn,
+        "dsack_r": np.where(dsack, R[:, 0], 0),
+        "tsecr": packets["tsecr"][sel].astype(np.int64),
+        "opt_ts": packets["opt_ts"][sel].astype(bool),
+        "payload": payload,
+        "sack_n": sn,
         "syn": (packets["flags"][sel] & TCP_SYN) != 0,
         "win": packets["win"][sel].astype(np.int64),
-        "sack_l": L, "sack_r": R,
+        "sack_l": L,
+        "sack_r": R,
     }
 
 
@@ -711,8 +871,9 @@ def _remote_shift_us(packets, flow_id, flows: Table, want: np.ndarray) -> np.nda
     return np.where(path, trip // 1000, 0).astype(np.int64)
 
 
-def _rtt_samples(packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_ok_f, una_init,
-                 shift_us):
+def _rtt_samples(
+    packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_ok_f, una_init, shift_us
+):
     """RTT samples the sender took (tcp_clean_rtx_queue / tcp_sacktag / tcp_ack_update_rtt).
 
     * An ACK advancing snd_una: now - send time of the first newly acknowledged segment, if
@@ -789,8 +950,9 @@ def _ts_rtt_us(packets, flow_id, a_flow, A, mask) -> np.ndarray:
     first[flow_id[sel[::-1]]] = sel[::-1]
     fs = first[flows_needed]
     fs = fs[fs >= 0]
-    offset[flow_id[fs]] = (packets["tsval"][fs].astype(np.int64)
-                           - packets["ts_ns"][fs] // 1_000_000) & 0xFFFFFFFF
+    offset[flow_id[fs]] = (
+        packets["tsval"][fs].astype(np.int64) - packets["ts_ns"][fs] // 1_000_000
+    ) & 0xFFFFFFFF
     f = a_flow[mask]
     now_ts = (A["ts"][mask] // 1_000_000 + offset[f]) & 0xFFFFFFFF
     delta = (now_ts - A["tsecr"][mask]) & 0xFFFFFFFF

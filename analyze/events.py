@@ -46,12 +46,16 @@ def _check_schema(path: Path, schema: pa.Schema) -> None:
     name = md.get(b"schema", b"").decode()
     version = md.get(b"schema_version", b"").decode()
     if name != SCHEMA_NAME:
-        raise SchemaMismatch(f"{path}: not a retranscope events file (schema {name or 'none'}); "
-                             "give the directory written by `retranscope record --out`")
+        raise SchemaMismatch(
+            f"{path}: not a retranscope events file (schema {name or 'none'}); "
+            "give the directory written by `retranscope record --out`"
+        )
     if version != str(SCHEMA_VERSION):
-        raise SchemaMismatch(f"{path}: events schema version {version}, this retranscope reads "
-                             f"version {SCHEMA_VERSION}; analyze it with the retranscope that "
-                             "recorded it, or record again")
+        raise SchemaMismatch(
+            f"{path}: events schema version {version}, this retranscope reads "
+            f"version {SCHEMA_VERSION}; analyze it with the retranscope that "
+            "recorded it, or record again"
+        )
     missing = [f.name for f in EVENT_SCHEMA if f.name not in schema.names]
     if missing:
         raise SchemaMismatch(f"{path}: columns missing: {', '.join(missing)}")
@@ -85,20 +89,23 @@ def read_event_files(path: Path) -> tuple[list[pa.Table], list[Path], list[str]]
             first_line = str(exc).splitlines()[0]
             raise BadInput(f"{f}: not a readable Parquet file ({first_line})") from exc
         _check_schema(f, schema)
-        tables.append(pq.read_table(f, schema=EVENT_SCHEMA.remove_metadata()
-                                    .with_metadata(schema.metadata)))
+        tables.append(
+            pq.read_table(f, schema=EVENT_SCHEMA.remove_metadata().with_metadata(schema.metadata))
+        )
     for f in journals:
         table, clean = read_arrow_stream(f)
         if table is None:
             warnings.append(f"{f.name}: an events journal without a complete batch (skipped)")
             continue
         _check_schema(f, table.schema)
-        tables.append(table.select(EVENT_SCHEMA.names).cast(
-            EVENT_SCHEMA.with_metadata(table.schema.metadata)))
-        warnings.append(f"{f.name}: {table.num_rows} events read from the journal of a "
-                        "recorder still running or stopped uncleanly"
-                        + ("" if clean else ", up to its last complete batch (it ends "
-                           "mid-write)"))
+        tables.append(
+            table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA.with_metadata(table.schema.metadata))
+        )
+        warnings.append(
+            f"{f.name}: {table.num_rows} events read from the journal of a "
+            "recorder still running or stopped uncleanly"
+            + ("" if clean else ", up to its last complete batch (it ends mid-write)")
+        )
     if not tables and (parquet or journals):
         raise BadInput(f"{path}: no complete events in its files")
     return tables, parquet + journals, warnings
@@ -121,24 +128,32 @@ def read_events(path: str | Path) -> Events:
         # A quiet host: the recorder ran, wrote run.json and saw no retransmission, so it
         # made no events file. Only a run.json that says so stands in for the files.
         if not (run.get("complete") and run.get("events_written") == 0):
-            raise BadInput(f"{path}: no events-*.parquet files; give the directory written by "
-                           "`retranscope record --out`")
+            raise BadInput(
+                f"{path}: no events-*.parquet files; give the directory written by "
+                "`retranscope record --out`"
+            )
         tables = [EVENT_SCHEMA.empty_table()]
     table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
     if run:
         if run.get("schema_version") not in (None, SCHEMA_VERSION):
-            raise SchemaMismatch(f"{path}/run.json: schema version {run.get('schema_version')},"
-                                 f" this retranscope reads {SCHEMA_VERSION}")
+            raise SchemaMismatch(
+                f"{path}/run.json: schema version {run.get('schema_version')},"
+                f" this retranscope reads {SCHEMA_VERSION}"
+            )
         if not run.get("complete", False):
-            warnings.append(f"the recording did not end cleanly (status: {run.get('status')}); "
-                            "events after its last write to disk are missing")
+            warnings.append(
+                f"the recording did not end cleanly (status: {run.get('status')}); "
+                "events after its last write to disk are missing"
+            )
         lost = run.get("events_lost_in_kernel") or 0
         if lost:
             warnings.append(f"{lost} events were lost in the kernel buffer while recording")
         unseen = (run.get("accounting") or {}).get("unreported_segments") or 0
         if unseen:
-            warnings.append(f"the kernel retransmitted {unseen} segments that no event reported "
-                            "(it ran no probe for them; see summary.json recording.accounting)")
+            warnings.append(
+                f"the kernel retransmitted {unseen} segments that no event reported "
+                "(it ran no probe for them; see summary.json recording.accounting)"
+            )
     events = events_table(table)
     return Events(table=events, run=run, files=[str(f) for f in files], warnings=warnings)
 
@@ -169,8 +184,7 @@ def address_halves(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Addresses as text -> the packet table's (hi, lo) uint64 halves, each distinct
     address parsed once."""
     uniq, codes = np.unique(text.astype(str), return_inverse=True)
-    parsed = np.array([addr_from_str(a)[:2] for a in uniq.tolist()],
-                      dtype=np.uint64).reshape(-1, 2)
+    parsed = np.array([addr_from_str(a)[:2] for a in uniq.tolist()], dtype=np.uint64).reshape(-1, 2)
     if not len(uniq):
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
     return parsed[codes, 0], parsed[codes, 1]

@@ -29,12 +29,44 @@ from retranscope.analyze.table import (
 from retranscope.schemas.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, addr_to_str
 
 FLOW_COLUMNS = (
-    "flow_id", "rev_flow_id", "conn_id", "dir", "family",
-    "saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo", "saddr", "daddr", "sport", "dport",
-    "first_frame", "first_ts_ns", "last_ts_ns", "n_packets", "n_data",
-    "isn", "base_seq", "ack_base", "syn_seen", "synack_seen", "fin_seen", "rst_seen",
-    "mss", "wscale", "sack_perm", "ts_opt", "sack_ok", "ts_ok", "handshake_seen",
-    "local", "path_rtt_ns", "hs_rtt_ns", "trip_ns", "sender_os", "initial_ttl",
+    "flow_id",
+    "rev_flow_id",
+    "conn_id",
+    "dir",
+    "family",
+    "saddr_hi",
+    "saddr_lo",
+    "daddr_hi",
+    "daddr_lo",
+    "saddr",
+    "daddr",
+    "sport",
+    "dport",
+    "first_frame",
+    "first_ts_ns",
+    "last_ts_ns",
+    "n_packets",
+    "n_data",
+    "isn",
+    "base_seq",
+    "ack_base",
+    "syn_seen",
+    "synack_seen",
+    "fin_seen",
+    "rst_seen",
+    "mss",
+    "wscale",
+    "sack_perm",
+    "ts_opt",
+    "sack_ok",
+    "ts_ok",
+    "handshake_seen",
+    "local",
+    "path_rtt_ns",
+    "hs_rtt_ns",
+    "trip_ns",
+    "sender_os",
+    "initial_ttl",
 )
 
 _U64 = np.uint64
@@ -66,8 +98,9 @@ def _same_as_first(cols: list[np.ndarray], start: np.ndarray) -> bool:
     return all(np.array_equal(c, c[rep]) for c in cols)
 
 
-def _tuple_order(cap: np.ndarray | None, ports: list[np.ndarray],
-                 addrs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _tuple_order(
+    cap: np.ndarray | None, ports: list[np.ndarray], addrs: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows grouped by 4-tuple, capture order inside (``cap``: None when the rows already
     are); and where each tuple's run starts in that order.
 
@@ -112,8 +145,8 @@ def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
     n = len(packets["frame"])
     if n == 0:
         return np.zeros(0, dtype=np.int64), _describe_flows(
-            packets, np.zeros(0, np.int64), 0, np.zeros(0, np.int64),
-            np.zeros(0, np.int64), None)
+            packets, np.zeros(0, np.int64), 0, np.zeros(0, np.int64), np.zeros(0, np.int64), None
+        )
 
     s_hi, s_lo = packets["saddr_hi"], packets["saddr_lo"]
     d_hi, d_lo = packets["daddr_hi"], packets["daddr_lo"]
@@ -127,8 +160,9 @@ def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
     b_p = np.where(src_first, dp, sp)
     # IPv4 (IPv4-mapped) addresses have a zero high half: the low halves tell them apart.
     halves = [(s_lo, d_lo)] if not (s_hi.any() or d_hi.any()) else [(s_hi, d_hi), (s_lo, d_lo)]
-    addrs = [np.where(src_first, a, b) for a, b in halves] + \
-        [np.where(src_first, b, a) for a, b in halves]
+    addrs = [np.where(src_first, a, b) for a, b in halves] + [
+        np.where(src_first, b, a) for a, b in halves
+    ]
     # Capture order within each 4-tuple (frames are capture order; the reader emits rows
     # in capture order, so a stable sort by tuple keeps it).
     order, first_in_tuple = _tuple_order(cap, [a_p, b_p], addrs)
@@ -146,8 +180,11 @@ def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
         has_ack = (flags[hs_rows] & TCP_ACK) != 0
         d_hs = dirbit[hs_rows].astype(np.int64)
         client_dir = np.where(has_ack, 1 - d_hs, d_hs)
-        client_isn = np.where(has_ack, (packets["ack"][hs_rows].astype(np.int64) - 1)
-                              & 0xFFFFFFFF, packets["seq"][hs_rows].astype(np.int64))
+        client_isn = np.where(
+            has_ack,
+            (packets["ack"][hs_rows].astype(np.int64) - 1) & 0xFFFFFFFF,
+            packets["seq"][hs_rows].astype(np.int64),
+        )
         sig = client_dir * (1 << 33) + client_isn
         differs = np.ones(len(hs_pos), dtype=bool)
         # Within a tuple: another handshake than the tuple's previous one. The first
@@ -178,8 +215,9 @@ def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
     return flow_id, flows
 
 
-def _number_by_first_row(conn: np.ndarray, order: np.ndarray,
-                         tuple_start: np.ndarray) -> np.ndarray:
+def _number_by_first_row(
+    conn: np.ndarray, order: np.ndarray, tuple_start: np.ndarray
+) -> np.ndarray:
     """Renumber connections (``conn``: 0, 1, ... along ``order``, whose runs of 4-tuples
     start at ``tuple_start``) so that 4-tuples count in order of their first row, and the
     connections of a 4-tuple in capture order: conn_id is an output column, and that is
@@ -248,8 +286,7 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
 
     seq = packets["seq"]
     fi = np.clip(first_idx, 0, None)
-    base_seq = np.where(syn_seen, seq[np.where(syn_seen, syn_idx, fi)],
-                        seq[fi]).astype(np.int64)
+    base_seq = np.where(syn_seen, seq[np.where(syn_seen, syn_idx, fi)], seq[fi]).astype(np.int64)
     # Acks in a flow count the reverse flow's bytes: their base is the reverse flow's base,
     # or (one-way capture) the first ack value seen.
     rev = rev_flow_id
@@ -258,8 +295,11 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
         ack_base = base_seq[rev_c]
     else:
         ack_idx = _first_where(flow_id, ack, n_flows, rank, cap)
-        ack_base = np.where(rev >= 0, base_seq[rev_c],
-                            np.where(ack_idx >= 0, packets["ack"][np.clip(ack_idx, 0, None)], 0))
+        ack_base = np.where(
+            rev >= 0,
+            base_seq[rev_c],
+            np.where(ack_idx >= 0, packets["ack"][np.clip(ack_idx, 0, None)], 0),
+        )
     ack_base = ack_base.astype(np.int64)
 
     def _syn_opt(name, missing):
@@ -350,8 +390,13 @@ INITIAL_TTLS = (32, 64, 128, 255)
 LINUX_SYN_LAYOUT = re.compile(r"^f?2(48|118)?(13)?(114)?[f01]*$")
 #: Other stacks' SYN layouts (p0f's signatures): macOS and FreeBSD put the window scale
 #: before the timestamps.
-OTHER_SYN_LAYOUTS = {"21311840": "macos", "2131184": "macos", "21348": "bsd",
-                     "213114": "windows", "2114": "windows"}
+OTHER_SYN_LAYOUTS = {
+    "21311840": "macos",
+    "2131184": "macos",
+    "21348": "bsd",
+    "213114": "windows",
+    "2114": "windows",
+}
 
 
 def sender_stack(packets, syn_idx, first_idx) -> tuple[np.ndarray, np.ndarray]:
@@ -393,14 +438,21 @@ def _dupacks_without_sack(packets, flow_id, n_flows, wanted) -> np.ndarray:
     if not wanted.any():
         return out
     flags = packets["flags"]
-    pure = ((flags & TCP_ACK) != 0) & ((flags & (TCP_SYN | TCP_FIN | TCP_RST)) == 0) & \
-        (packets["payload_len"] == 0)
+    pure = (
+        ((flags & TCP_ACK) != 0)
+        & ((flags & (TCP_SYN | TCP_FIN | TCP_RST)) == 0)
+        & (packets["payload_len"] == 0)
+    )
     sel = by_group(np.flatnonzero(pure), flow_id[pure])
     if len(sel) < 4:
         return out
     f = flow_id[sel]
-    same = (f[1:] == f[:-1]) & (packets["ack"][sel][1:] == packets["ack"][sel][:-1]) & \
-        (packets["win"][sel][1:] == packets["win"][sel][:-1]) & (packets["sack_n"][sel][1:] == 0)
+    same = (
+        (f[1:] == f[:-1])
+        & (packets["ack"][sel][1:] == packets["ack"][sel][:-1])
+        & (packets["win"][sel][1:] == packets["win"][sel][:-1])
+        & (packets["sack_n"][sel][1:] == 0)
+    )
     # three consecutive duplicates: same[i] & same[i+1] & same[i+2]
     three = same[:-2] & same[1:-1] & same[2:]
     out[f[1:-2][three]] = True
@@ -475,8 +527,11 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx):
         last_syn = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last_syn, flow_id[rows], ts[rows])
         t_syn = last_syn[c]
-        good = (t_syn > np.iinfo(np.int64).min) & (first_after < _BIG) & \
-            (first_after >= np.where(has_sa, t_synack, t_syn))
+        good = (
+            (t_syn > np.iinfo(np.int64).min)
+            & (first_after < _BIG)
+            & (first_after >= np.where(has_sa, t_synack, t_syn))
+        )
         whole = first_after - t_syn
         hs_rtt[c[good]] = whole[good]
         hs_known[c[good]] = True
@@ -499,8 +554,12 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx):
         path_rtt[sg] = rtt
         rtt_known[cg] = True
         rtt_known[sg] = True
-    return (Nullable(local, local_known), Nullable(path_rtt, rtt_known),
-            Nullable(hs_rtt, hs_known), Nullable(trip, trip_known))
+    return (
+        Nullable(local, local_known),
+        Nullable(path_rtt, rtt_known),
+        Nullable(hs_rtt, hs_known),
+        Nullable(trip, trip_known),
+    )
 
 
 def _addr_strings(pairs: list[tuple[np.ndarray, np.ndarray]], family: np.ndarray) -> list:
@@ -521,6 +580,7 @@ def _addr_strings(pairs: list[tuple[np.ndarray, np.ndarray]], family: np.ndarray
 
 
 # --- sequence space ---------------------------------------------------------------------
+
 
 def _unwrap_in_order(raw: np.ndarray, grp: np.ndarray, base_of: np.ndarray) -> np.ndarray:
     """Unwrap 32-bit values taken in order within groups into int64 offsets from a base.
@@ -550,8 +610,9 @@ def _unwrap_in_order(raw: np.ndarray, grp: np.ndarray, base_of: np.ndarray) -> n
     return cs
 
 
-def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
-                   flows, order: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def sequence_space(
+    packets: dict[str, np.ndarray], flow_id: np.ndarray, flows, order: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Unwrapped sequence numbers per packet, as int64 offsets from each flow's base.
 
     Returns ``seq_abs``, ``end_abs`` (seq_abs + payload + SYN + FIN: the sequence space the
@@ -568,8 +629,11 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     grp = flow_id[order]
     seq_abs = np.empty(n, dtype=np.int64)
     seq_abs[order] = _unwrap_in_order(packets["seq"][order], grp, flows["base_seq"])
-    seg_len = (packets["payload_len"].astype(np.int64) + ((flags & TCP_SYN) != 0)
-               + ((flags & TCP_FIN) != 0))
+    seg_len = (
+        packets["payload_len"].astype(np.int64)
+        + ((flags & TCP_SYN) != 0)
+        + ((flags & TCP_FIN) != 0)
+    )
     end_abs = seq_abs + seg_len
 
     ack_flag = (flags & TCP_ACK) != 0
@@ -577,8 +641,7 @@ def sequence_space(packets: dict[str, np.ndarray], flow_id: np.ndarray,
     o_ack = order[ack_flag[order]]
     if len(o_ack):
         g_ack = flow_id[o_ack]
-        ack_abs[o_ack] = _unwrap_in_order(packets["ack"][o_ack], g_ack,
-                                          flows["ack_base"])
+        ack_abs[o_ack] = _unwrap_in_order(packets["ack"][o_ack], g_ack, flows["ack_base"])
 
     # SACK edges lie near the ACK number: offset them from it. Only rows carrying SACK
     # blocks are stored (sparse): see sack_blocks().

@@ -30,12 +30,16 @@ DEFAULT_TOLERANCE_NS = 500_000_000
 def segment_len(packets: dict[str, np.ndarray]) -> np.ndarray:
     """Sequence space a segment occupies: payload plus one for SYN and one for FIN."""
     flags = packets["flags"]
-    return (packets["payload_len"].astype(np.int64) + ((flags & TCP_SYN) != 0)
-            + ((flags & TCP_FIN) != 0))
+    return (
+        packets["payload_len"].astype(np.int64)
+        + ((flags & TCP_SYN) != 0)
+        + ((flags & TCP_FIN) != 0)
+    )
 
 
-def eligible_rows(n_rows: int, retrans_rows: np.ndarray, flow_id: np.ndarray,
-                  syn_seen: np.ndarray) -> np.ndarray:
+def eligible_rows(
+    n_rows: int, retrans_rows: np.ndarray, flow_id: np.ndarray, syn_seen: np.ndarray
+) -> np.ndarray:
     """Which frames may carry a kernel retransmission: those the capture found resent, and
     any frame of a flow whose handshake it missed (its original may predate the capture).
     A first transmission of a fully captured flow never does, however close in time and
@@ -48,9 +52,12 @@ def eligible_rows(n_rows: int, retrans_rows: np.ndarray, flow_id: np.ndarray,
     return ok
 
 
-def join_events(events: Table, packets: dict[str, np.ndarray],
-                tolerance_ns: int = DEFAULT_TOLERANCE_NS,
-                eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def join_events(
+    events: Table,
+    packets: dict[str, np.ndarray],
+    tolerance_ns: int = DEFAULT_TOLERANCE_NS,
+    eligible: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Match frames to events.
 
     Returns (event_of_row, frames_per_event): for every packet-table row the index (in
@@ -84,13 +91,15 @@ def join_events(events: Table, packets: dict[str, np.ndarray],
     # (flow, time), and each candidate frame's window found by one search over
     # (flow, time rank) pairs. Dense ranks keep the order and ties of the times and make
     # the pair one int64 whatever the times' span.
-    key_w, key_e = common_keys([packets[k][cand] for k in FLOW_KEY],
-                               [np.asarray(events[k]) for k in FLOW_KEY])
+    key_w, key_e = common_keys(
+        [packets[k][cand] for k in FLOW_KEY], [np.asarray(events[k]) for k in FLOW_KEY]
+    )
     t_w = ts[cand]
-    times, rank = np.unique(np.concatenate([ev_ts, t_w - tolerance_ns, t_w + tolerance_ns]),
-                            return_inverse=True)
+    times, rank = np.unique(
+        np.concatenate([ev_ts, t_w - tolerance_ns, t_w + tolerance_ns]), return_inverse=True
+    )
     n_c = len(cand)
-    r_e, r_lo, r_hi = rank[:n_ev], rank[n_ev:n_ev + n_c], rank[n_ev + n_c:]
+    r_e, r_lo, r_hi = rank[:n_ev], rank[n_ev : n_ev + n_c], rank[n_ev + n_c :]
     width = np.int64(len(times) + 1)
     pair_e = key_e * width + r_e
     eo = np.argsort(pair_e, kind="stable")
@@ -147,9 +156,14 @@ def common_keys(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[np.ndarray, n
     return ids[:n_a], ids[n_a:]
 
 
-def why_unmatched(events: Table, frames: np.ndarray, capture_first_ns: int | None,
-                  capture_last_ns: int | None, flows_in_capture: np.ndarray,
-                  capture_drops: int | None) -> np.ndarray:
+def why_unmatched(
+    events: Table,
+    frames: np.ndarray,
+    capture_first_ns: int | None,
+    capture_last_ns: int | None,
+    flows_in_capture: np.ndarray,
+    capture_drops: int | None,
+) -> np.ndarray:
     """For events with no frame, the most likely reason (object array; None if matched)."""
     out = np.full(len(frames), None, dtype=object)
     none = frames == 0

@@ -34,5 +34,7 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-                and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    return bool(
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )

@@ -84,15 +84,15 @@ def _numeric(values: np.ndarray, valid: np.ndarray | None, typ: pa.DataType) -> 
     if valid is not None:
         values = np.where(valid, values, 0).astype(values.dtype)  # nulls hold 0
     bitmap, nulls = _validity(valid)
-    return pa.Array.from_buffers(typ, len(values), [bitmap, pa.py_buffer(values)],
-                                 null_count=nulls)
+    return pa.Array.from_buffers(typ, len(values), [bitmap, pa.py_buffer(values)], null_count=nulls)
 
 
 def _booleans(values: np.ndarray, valid: np.ndarray | None) -> pa.Array:
     bits = np.packbits(values & (True if valid is None else valid), bitorder="little")
     bitmap, nulls = _validity(valid)
-    return pa.Array.from_buffers(pa.bool_(), len(values), [bitmap, pa.py_buffer(bits)],
-                                 null_count=nulls)
+    return pa.Array.from_buffers(
+        pa.bool_(), len(values), [bitmap, pa.py_buffer(bits)], null_count=nulls
+    )
 
 
 def _strings(values: np.ndarray, valid: np.ndarray | None) -> pa.Array:
@@ -104,9 +104,12 @@ def _strings(values: np.ndarray, valid: np.ndarray | None) -> pa.Array:
     offsets = np.zeros(len(items) + 1, dtype=np.int32)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
     bitmap, nulls = _validity(valid_arr)
-    return pa.Array.from_buffers(pa.string(), len(items),
-                                 [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
-                                 null_count=nulls)
+    return pa.Array.from_buffers(
+        pa.string(),
+        len(items),
+        [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+        null_count=nulls,
+    )
 
 
 def write_outputs(result, out_dir: str | Path) -> list[Path]:
@@ -116,16 +119,23 @@ def write_outputs(result, out_dir: str | Path) -> list[Path]:
     if stale.exists():
         stale.unlink()  # until the new one is written, the directory is not a complete analysis
     version = str(result.summary["output_schema_version"]).encode()
-    rt = to_arrow(result.retransmits, RETRANSMITS_SCHEMA.with_metadata(
-        {**RETRANSMITS_SCHEMA.metadata, b"schema_version": version}))
-    fl = to_arrow(result.flows, FLOWS_SCHEMA.with_metadata(
-        {**FLOWS_SCHEMA.metadata, b"schema_version": version}))
+    rt = to_arrow(
+        result.retransmits,
+        RETRANSMITS_SCHEMA.with_metadata(
+            {**RETRANSMITS_SCHEMA.metadata, b"schema_version": version}
+        ),
+    )
+    fl = to_arrow(
+        result.flows,
+        FLOWS_SCHEMA.with_metadata({**FLOWS_SCHEMA.metadata, b"schema_version": version}),
+    )
     paths = [out / "retransmits.parquet", out / "flows.parquet", out / "summary.json"]
     write_atomic(paths[0], lambda p: pq.write_table(rt, p))
     write_atomic(paths[1], lambda p: pq.write_table(fl, p))
     summary = dict(result.summary, complete=True)
-    write_atomic(paths[2],
-                 lambda p: p.write_text(json.dumps(summary, indent=2, default=_json) + "\n"))
+    write_atomic(
+        paths[2], lambda p: p.write_text(json.dumps(summary, indent=2, default=_json) + "\n")
+    )
     return paths
 
 

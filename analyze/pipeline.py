@@ -20,10 +20,26 @@ from retranscope.analyze.table import Nullable, Table, filled, n_rows, take
 from retranscope.schemas.outputs import OUTPUT_SCHEMA_VERSION
 from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS, MATCHED, REASON_AS_KIND
 
-CLASSIFY_COLUMNS = ("kind_pcap", "spurious", "spurious_by", "since_original_ns",
-                    "since_last_send_ns", "since_last_ack_ns", "srtt_us", "expected_pto_ns",
-                    "expected_rto_ns", "backoff", "trigger_frame", "since_trigger_ns",
-                    "cause", "cause_text", "pmtu_mtu", "ack_delay_ns", "evidence", "sender_os")
+CLASSIFY_COLUMNS = (
+    "kind_pcap",
+    "spurious",
+    "spurious_by",
+    "since_original_ns",
+    "since_last_send_ns",
+    "since_last_ack_ns",
+    "srtt_us",
+    "expected_pto_ns",
+    "expected_rto_ns",
+    "backoff",
+    "trigger_frame",
+    "since_trigger_ns",
+    "cause",
+    "cause_text",
+    "pmtu_mtu",
+    "ack_delay_ns",
+    "evidence",
+    "sender_os",
+)
 
 
 @dataclass
@@ -36,8 +52,9 @@ class Result:
     summary: dict = field(default_factory=dict)
 
 
-def classify_capture(packets: dict[str, np.ndarray], notes: dict | None = None,
-                     too_big: list[dict] | None = None) -> tuple[np.ndarray, Table, Table]:
+def classify_capture(
+    packets: dict[str, np.ndarray], notes: dict | None = None, too_big: list[dict] | None = None
+) -> tuple[np.ndarray, Table, Table]:
     """flows + per-wire-segment classification of a capture (row index into packets kept).
 
     The sequence space and the sender context are computed once, for both the detection
@@ -55,8 +72,9 @@ def classify_capture(packets: dict[str, np.ndarray], notes: dict | None = None,
     retrans = retransmission_table(packets, flow_id, flows, space, context)
     if notes is not None:
         notes["gaps"] = capture_gaps(packets, flow_id, flows, space, context)
-    classified = classify_table(packets, flow_id, flows, retrans, space=space, notes=notes,
-                                too_big=too_big)
+    classified = classify_table(
+        packets, flow_id, flows, retrans, space=space, notes=notes, too_big=too_big
+    )
     return flow_id, flows, classified
 
 
@@ -66,8 +84,11 @@ def is_retransmission(classified: Table) -> np.ndarray:
     not a packet the capture holds twice (``duplicate``)."""
     from retranscope.analyze.table import present
 
-    return ~present(classified["probe"]) & ~np.asarray(classified["out_of_order"], dtype=bool) \
+    return (
+        ~present(classified["probe"])
+        & ~np.asarray(classified["out_of_order"], dtype=bool)
         & ~np.asarray(classified["duplicate"], dtype=bool)
+    )
 
 
 def _not_retransmitted(flows: Table, classified: Table) -> tuple[dict, dict]:
@@ -79,12 +100,16 @@ def _not_retransmitted(flows: Table, classified: Table) -> tuple[dict, dict]:
     n_flows = len(flows["flow_id"])
     probe = np.asarray(classified["probe"], dtype=object)
     fid = classified["flow_id"]
-    masks = {"keepalives": probe == "keepalive", "zero_window_probes": probe == "zero_window",
-             "out_of_order": np.asarray(classified["out_of_order"], dtype=bool),
-             "duplicate_frames": np.asarray(classified["duplicate"], dtype=bool)}
+    masks = {
+        "keepalives": probe == "keepalive",
+        "zero_window_probes": probe == "zero_window",
+        "out_of_order": np.asarray(classified["out_of_order"], dtype=bool),
+        "duplicate_frames": np.asarray(classified["duplicate"], dtype=bool),
+    }
     totals = {k: int(m.sum()) for k, m in masks.items()}
-    per_flow = {k: np.bincount(fid[m], minlength=n_flows).astype(np.int64)
-                for k, m in masks.items()}
+    per_flow = {
+        k: np.bincount(fid[m], minlength=n_flows).astype(np.int64) for k, m in masks.items()
+    }
     return totals, per_flow
 
 
@@ -112,7 +137,8 @@ def _capture_rows(capture, summary: dict) -> tuple[np.ndarray, Table, Table, dic
     summary["warnings"] += list(capture.meta.warnings)
     notes: dict = {}
     flow_id, flows, classified = classify_capture(
-        capture.packets, notes, getattr(capture.meta, "icmp_too_big", None))
+        capture.packets, notes, getattr(capture.meta, "icmp_too_big", None)
+    )
     others, flows_extra = _not_retransmitted(flows, classified)
     summary.update(others)
     classified = take(classified, np.flatnonzero(is_retransmission(classified)))
@@ -156,25 +182,34 @@ def _sender_summary(flows: Table, classified: Table) -> dict:
 
 def not_linux_warning(senders: dict) -> str:
     n = senders["not_linux"]
-    kinds = ", ".join(f"{k} {v}" for k, v in senders["flows_by_stack"].items()
-                      if k in ("windows", "macos", "bsd", "other"))
-    return (f"{n['retransmissions']} retransmissions in {n['flows_with_retransmissions']} "
-            f"flows sent by stacks other than Linux ({kinds} flows): their kinds follow "
-            "Linux's rules (a TLP, RTO or fast retransmit as Linux would have made it); "
-            "read them as indicative")
+    kinds = ", ".join(
+        f"{k} {v}"
+        for k, v in senders["flows_by_stack"].items()
+        if k in ("windows", "macos", "bsd", "other")
+    )
+    return (
+        f"{n['retransmissions']} retransmissions in {n['flows_with_retransmissions']} "
+        f"flows sent by stacks other than Linux ({kinds} flows): their kinds follow "
+        "Linux's rules (a TLP, RTO or fast retransmit as Linux would have made it); "
+        "read them as indicative"
+    )
 
 
 def gap_warning(g: dict) -> str:
     """One line about the capture's gaps (summary.json capture_gaps)."""
     parts = []
     if g["ranges"]:
-        parts.append(f"{g['ranges']} ranges of data ({g['bytes']} bytes) in {g['flows']} flows "
-                     f"never appear in the capture ({g['acknowledged']} of them acknowledged by "
-                     "the receiver)")
+        parts.append(
+            f"{g['ranges']} ranges of data ({g['bytes']} bytes) in {g['flows']} flows "
+            f"never appear in the capture ({g['acknowledged']} of them acknowledged by "
+            "the receiver)"
+        )
     if g["capture_drops"]:
         parts.append(f"the capturing side reports {g['capture_drops']} packets dropped")
-    return ("the capture has gaps: " + "; ".join(parts) + ". Retransmissions of data whose "
-            "first copy fell in a gap are not seen, and none is inferred from a gap")
+    return (
+        "the capture has gaps: " + "; ".join(parts) + ". Retransmissions of data whose "
+        "first copy fell in a gap are not seen, and none is inferred from a gap"
+    )
 
 
 def _row_of_frame(packets: dict[str, np.ndarray], frames: np.ndarray) -> np.ndarray:
@@ -215,9 +250,22 @@ def _wire_table(flows: Table, c: Table) -> Table:
 #: The numeric flow key the rows carry beside the address text (join, per-tuple counts).
 ADDRESS_HALVES = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo")
 TUPLE_KEY = ("family", "saddr_hi", "saddr_lo", "sport", "daddr_hi", "daddr_lo", "dport")
-RECORDING_KEYS = ("host", "kernel_release", "boot_id", "run_id", "complete", "status",
-                  "events_lost_in_kernel", "events_in_kernel", "events_written", "accounting",
-                  "counters_delta", "filters", "started_wall_ns", "ended_wall_ns")
+RECORDING_KEYS = (
+    "host",
+    "kernel_release",
+    "boot_id",
+    "run_id",
+    "complete",
+    "status",
+    "events_lost_in_kernel",
+    "events_in_kernel",
+    "events_written",
+    "accounting",
+    "counters_delta",
+    "filters",
+    "started_wall_ns",
+    "ended_wall_ns",
+)
 
 
 def analyze(capture=None, events=None) -> Result:
@@ -260,13 +308,15 @@ def _event_rows(ev: Table) -> Table:
         "ts_wall_ns": np.asarray(ev["ts_wall_ns"], dtype=np.int64),
         "source": np.full(n, "event", dtype=object),
         "family": np.asarray(ev["family"], dtype=np.uint8),
-        "saddr": ev["saddr"], "sport": np.asarray(ev["sport"], dtype=np.uint16),
-        "daddr": ev["daddr"], "dport": np.asarray(ev["dport"], dtype=np.uint16),
+        "saddr": ev["saddr"],
+        "sport": np.asarray(ev["sport"], dtype=np.uint16),
+        "daddr": ev["daddr"],
+        "dport": np.asarray(ev["dport"], dtype=np.uint16),
         "flow_id": np.full(n, -1, dtype=np.int64),
         **{k: ev[k] for k in ADDRESS_HALVES},
-        "seq": ev["seq"], "end_seq": ev["end_seq"],
-        "kind": np.array([REASON_AS_KIND.get(r, r) for r in ev["reason"].tolist()],
-                         dtype=object),
+        "seq": ev["seq"],
+        "end_seq": ev["end_seq"],
+        "kind": np.array([REASON_AS_KIND.get(r, r) for r in ev["reason"].tolist()], dtype=object),
     }
     for col in CLASSIFY_COLUMNS:
         out[col] = none.copy()
@@ -323,8 +373,9 @@ def _pick(mask: np.ndarray, a, b, n: int) -> np.ndarray:
     return vals
 
 
-def _first_per_event(ev_of: np.ndarray, n_ev: int, order_key: np.ndarray | None = None
-                     ) -> np.ndarray:
+def _first_per_event(
+    ev_of: np.ndarray, n_ev: int, order_key: np.ndarray | None = None
+) -> np.ndarray:
     """Per event, the first row (by ``order_key``, then position) with ev_of == event,
     else -1."""
     on = np.flatnonzero(ev_of >= 0)
@@ -338,8 +389,15 @@ def _first_per_event(ev_of: np.ndarray, n_ev: int, order_key: np.ndarray | None 
     return out
 
 
-def _merge(ev: Table, ev_rows: Table, wire: Table, capture, summary: dict,
-           eligible: np.ndarray, flows: Table) -> Table:
+def _merge(
+    ev: Table,
+    ev_rows: Table,
+    wire: Table,
+    capture,
+    summary: dict,
+    eligible: np.ndarray,
+    flows: Table,
+) -> Table:
     """Event rows with the capture's evidence for their frames, plus a row per resent
     frame that no event explains."""
     from retranscope.accounting import gap_intervals
@@ -367,16 +425,26 @@ def _merge(ev: Table, ev_rows: Table, wire: Table, capture, summary: dict,
     out["match"] = np.where(frames > 0, MATCHED, why).astype(object)
     out["kind_agrees"] = _kind_agrees(out["kind_pcap"], out["kind"])
     out["cause"], out["cause_text"] = causes.with_kernel(
-        ev_rows["cause"], ev_rows["cause_text"], out["cause"], out["cause_text"], out["kind"],
-        out["kind_pcap"], has, out["match"])
+        ev_rows["cause"],
+        ev_rows["cause_text"],
+        out["cause"],
+        out["cause_text"],
+        out["kind"],
+        out["kind_pcap"],
+        has,
+        out["match"],
+    )
     # Retransmitted frames no event explains: kept, as their own rows.
     orphan = take(wire, np.flatnonzero(wire_ev < 0))
     orphan["match"] = _why_no_event(orphan, summary.get("recording") or {}, gap_intervals(ev))
     # Sent by the peer, not by the host the capture (and so the recorder) ran on: its
     # retransmissions are the other host's, which this recording cannot have.
     local = flows["local"]
-    peer = ~filled(local, True).astype(bool)[orphan["flow_id"]] if n_rows(orphan) else \
-        np.zeros(0, dtype=bool)
+    peer = (
+        ~filled(local, True).astype(bool)[orphan["flow_id"]]
+        if n_rows(orphan)
+        else np.zeros(0, dtype=bool)
+    )
     orphan["match"][peer & (orphan["match"] == "no_event")] = "peer_sent"
     matched = frames > 0
     summary["match"] = {
@@ -391,7 +459,8 @@ def _merge(ev: Table, ev_rows: Table, wire: Table, capture, summary: dict,
     if n_ev and not matched.any():
         summary["warnings"].append(
             "no kernel event matched any frame: the capture and the events are from different "
-            "hosts, namespaces or times")
+            "hosts, namespaces or times"
+        )
     return _concat(out, orphan)
 
 
@@ -423,8 +492,9 @@ def _spurious_per_event(out: Table, wire: Table, wire_ev: np.ndarray, n_ev: int)
     out["spurious_by"] = by
 
 
-def _first_frame(frame_col, event_of_row: np.ndarray, frame_no: np.ndarray,
-                 n_ev: int) -> np.ndarray:
+def _first_frame(
+    frame_col, event_of_row: np.ndarray, frame_no: np.ndarray, n_ev: int
+) -> np.ndarray:
     """A matched event whose frames the capture did not see as retransmissions (say, its
     original was before the capture started) still has frames: the first of them."""
     vals, ok = _cells(frame_col, n_ev)
@@ -437,22 +507,27 @@ def _first_frame(frame_col, event_of_row: np.ndarray, frame_no: np.ndarray,
 
 def _tuple_present(ev: Table, wire: Table) -> np.ndarray:
     """Per event: does its 4-tuple appear among the capture's retransmitted frames?"""
-    key_e, key_w = common_keys([np.asarray(ev[k]) for k in TUPLE_KEY],
-                               [np.asarray(wire[k]) for k in TUPLE_KEY])
+    key_e, key_w = common_keys(
+        [np.asarray(ev[k]) for k in TUPLE_KEY], [np.asarray(wire[k]) for k in TUPLE_KEY]
+    )
     return np.isin(key_e, key_w)
 
 
 def _kind_agrees(kind_pcap: np.ndarray, kind: np.ndarray) -> np.ndarray:
     """kind_pcap in the same family as the kernel's reason; None without kind_pcap."""
-    return np.array([None if p is None else FAMILY_OF_KIND.get(p) == FAMILY_OF_KIND.get(k)
-                     for p, k in zip(kind_pcap.tolist(), kind.tolist())], dtype=object)
+    return np.array(
+        [
+            None if p is None else FAMILY_OF_KIND.get(p) == FAMILY_OF_KIND.get(k)
+            for p, k in zip(kind_pcap.tolist(), kind.tolist())
+        ],
+        dtype=object,
+    )
 
 
 def _true(col, n: int) -> np.ndarray:
     """A boolean column with nulls read as False."""
     vals, ok = _cells(col, n)
-    return ok & np.array([bool(v) if v is not None else False for v in vals.tolist()],
-                         dtype=bool)
+    return ok & np.array([bool(v) if v is not None else False for v in vals.tolist()], dtype=bool)
 
 
 def _concat(a: Table, b: Table) -> Table:
@@ -460,10 +535,12 @@ def _concat(a: Table, b: Table) -> Table:
     na, nb = n_rows(a), n_rows(b)
     out: Table = {}
     for name in list(a) + [k for k in b if k not in a]:
-        av, aok = _cells(a[name], na) if name in a else (np.full(na, None, object),
-                                                          np.zeros(na, bool))
-        bv, bok = _cells(b[name], nb) if name in b else (np.full(nb, None, object),
-                                                          np.zeros(nb, bool))
+        av, aok = (
+            _cells(a[name], na) if name in a else (np.full(na, None, object), np.zeros(na, bool))
+        )
+        bv, bok = (
+            _cells(b[name], nb) if name in b else (np.full(nb, None, object), np.zeros(nb, bool))
+        )
         vals = np.concatenate([av, bv])
         vals[~np.concatenate([aok, bok])] = None
         out[name] = vals
@@ -482,11 +559,13 @@ def _why_no_event(frames: Table, rec: dict, gaps: Table) -> np.ndarray:
     ts = np.asarray(frames["ts_wall_ns"], dtype=np.int64)
     if n_rows(gaps):
         key = ADDRESS_HALVES + ("sport", "dport")
-        kf, kg = common_keys([np.asarray(frames[k]) for k in key],
-                             [np.asarray(gaps[k]) for k in key])
+        kf, kg = common_keys(
+            [np.asarray(frames[k]) for k in key], [np.asarray(gaps[k]) for k in key]
+        )
         for g in range(len(kg)):
-            inside = (kf == kg[g]) & (ts > gaps["from_ns"][g]) & \
-                (ts <= gaps["to_ns"][g] + 1_000_000)
+            inside = (
+                (kf == kg[g]) & (ts > gaps["from_ns"][g]) & (ts <= gaps["to_ns"][g] + 1_000_000)
+            )
             out[inside] = "unreported"
     filters = rec.get("filters") or {}
     port, family = filters.get("port"), filters.get("family")
@@ -502,9 +581,25 @@ def _why_no_event(frames: Table, rec: dict, gaps: Table) -> np.ndarray:
     return out
 
 
-FLOW_OUT_COLUMNS = ("flow_id", "rev_flow_id", "conn_id", "family", "saddr", "sport", "daddr",
-                    "dport", "first_ts_ns", "last_ts_ns", "n_packets", "n_data", "mss",
-                    "sack_ok", "ts_ok", "sender_os", "initial_ttl")
+FLOW_OUT_COLUMNS = (
+    "flow_id",
+    "rev_flow_id",
+    "conn_id",
+    "family",
+    "saddr",
+    "sport",
+    "daddr",
+    "dport",
+    "first_ts_ns",
+    "last_ts_ns",
+    "n_packets",
+    "n_data",
+    "mss",
+    "sack_ok",
+    "ts_ok",
+    "sender_os",
+    "initial_ttl",
+)
 
 
 def _flows_out(flows: Table | None, rows: Table) -> Table:
@@ -519,11 +614,13 @@ def _flows_out(flows: Table | None, rows: Table) -> Table:
         base = {k: flows[k] for k in FLOW_OUT_COLUMNS if k in flows}
         fid = np.asarray(rows["flow_id"], dtype=np.int64)
         own = fid >= 0
-        base["retransmissions"] = np.bincount(
-            fid[own], minlength=len(flows["flow_id"])).astype(np.int64)
+        base["retransmissions"] = np.bincount(fid[own], minlength=len(flows["flow_id"])).astype(
+            np.int64
+        )
         src = flows
-    key_f, key_r = common_keys([np.asarray(src[k]) for k in TUPLE_KEY],
-                               [np.asarray(rows[k]) for k in TUPLE_KEY])
+    key_f, key_r = common_keys(
+        [np.asarray(src[k]) for k in TUPLE_KEY], [np.asarray(rows[k]) for k in TUPLE_KEY]
+    )
     n_keys = int(max(key_f.max(initial=-1), key_r.max(initial=-1))) + 1
     kind = np.asarray(rows["kind"], dtype=object)
     for k in KINDS:
@@ -542,8 +639,15 @@ def _tuples_of_events(rows: Table) -> Table:
     text and port, with how many rows each has."""
     n = n_rows(rows)
     text = [np.asarray(rows[k]).astype(str) for k in ("saddr", "daddr")]
-    order = np.lexsort((np.asarray(rows["dport"]), text[1], np.asarray(rows["sport"]),
-                        text[0], np.asarray(rows["family"])))
+    order = np.lexsort(
+        (
+            np.asarray(rows["dport"]),
+            text[1],
+            np.asarray(rows["sport"]),
+            text[0],
+            np.asarray(rows["family"]),
+        )
+    )
     cols = [np.asarray(rows[k])[order] for k in TUPLE_KEY]
     new = np.zeros(n, dtype=bool)
     if n:

@@ -38,9 +38,24 @@ from retranscope.analyze.table import (
 from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
 
 RETRANS_COLUMNS = (
-    "pkt", "frame", "ts_ns", "flow_id", "seq", "end_seq", "seq_abs", "end_abs",
-    "payload_len", "flags", "snd_nxt_abs", "orig_frame", "orig_ts_ns", "tx_index",
-    "since_original_ns", "probe", "out_of_order", "duplicate",
+    "pkt",
+    "frame",
+    "ts_ns",
+    "flow_id",
+    "seq",
+    "end_seq",
+    "seq_abs",
+    "end_abs",
+    "payload_len",
+    "flags",
+    "snd_nxt_abs",
+    "orig_frame",
+    "orig_ts_ns",
+    "tx_index",
+    "since_original_ns",
+    "probe",
+    "out_of_order",
+    "duplicate",
 )
 
 _NONE = NO_VALUE  # "nothing sent yet": the floor of seg_cummax
@@ -55,9 +70,13 @@ def conn_order(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows) -> np
     return cap[group_sort(conn[cap])]
 
 
-def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
-                   space: dict[str, np.ndarray],
-                   order: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def sender_context(
+    packets: dict[str, np.ndarray],
+    flow_id: np.ndarray,
+    flows,
+    space: dict[str, np.ndarray],
+    order: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Per packet, what its sender knew just before sending it (all vectorised).
 
     ``sent_hi``: highest sequence known sent in the packet's flow (own segments, plus the
@@ -74,9 +93,9 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     # be (each new 1.3M-row array costs its page faults).
     f_o = flow_id[order]
     gno = group_numbers(flows["conn_id"][f_o])
-    d1 = flows["dir"][f_o] != 0          # the packet is of direction 1
+    d1 = flows["dir"][f_o] != 0  # the packet is of direction 1
     del f_o
-    pos_of = np.empty(n, dtype=np.int64)      # position of each packet in that order
+    pos_of = np.empty(n, dtype=np.int64)  # position of each packet in that order
     pos_of[order] = np.arange(n)
     not_rst = (packets["flags"] & TCP_RST) == 0
     rst_o = ~not_rst[order]
@@ -94,8 +113,10 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     # direction's acknowledgements (which are in this flow's sequence space).
     sent_hi = np.empty(n, dtype=np.int64)
     snd_nxt = np.empty(n, dtype=np.int64)
-    for out, (v0, v1) in ((sent_hi, ((fb, own_end), (own_end, fb))),
-                          (snd_nxt, ((_NONE, own_end), (own_end, _NONE)))):
+    for out, (v0, v1) in (
+        (sent_hi, ((fb, own_end), (own_end, fb))),
+        (snd_nxt, ((_NONE, own_end), (own_end, _NONE))),
+    ):
         m0, m1 = seg_cummax_before([v0, v1], gno, where=d1)
         np.copyto(m0, m1, where=d1)
         out[order] = m0
@@ -106,8 +127,9 @@ def sender_context(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
     last_rev = np.full(n, -1, dtype=np.int64)
     # (the rows that can be probes, and those that start below data known sent: the
     # cumulative ACK they follow says whether the receiver already had them)
-    rows = np.flatnonzero((packets["payload_len"] <= 1)
-                          | ((space["seg_len"] > 0) & (space["seq_abs"] < sent_hi)))
+    rows = np.flatnonzero(
+        (packets["payload_len"] <= 1) | ((space["seg_len"] > 0) & (space["seq_abs"] < sent_hi))
+    )
     if len(rows):
         p = pos_of[rows]
         mine = d1[p]
@@ -131,9 +153,13 @@ def _sack_tops(packets: dict[str, np.ndarray], space: dict[str, np.ndarray]) -> 
     return top
 
 
-def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
-                         space: dict[str, np.ndarray] | None = None,
-                         context: dict[str, np.ndarray] | None = None) -> Table:
+def retransmission_table(
+    packets: dict[str, np.ndarray],
+    flow_id: np.ndarray,
+    flows,
+    space: dict[str, np.ndarray] | None = None,
+    context: dict[str, np.ndarray] | None = None,
+) -> Table:
     """One row per retransmitted wire segment, per keep-alive / window probe, per
     out-of-order original and per packet the capture holds twice (``duplicate``), in frame
     order (RETRANS_COLUMNS; the optional columns are Nullable). Only the rows with none of
@@ -158,8 +184,9 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
     # capture order is then sequence order).
     in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
     in_order = by_group(in_order, flow_id[in_order])
-    is_rtx, reordered, duplicate = resent_or_reordered(packets, flow_id, flows, space,
-                                                       context, below, in_order)
+    is_rtx, reordered, duplicate = resent_or_reordered(
+        packets, flow_id, flows, space, context, below, in_order
+    )
 
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
     # byte, sent when everything is acknowledged. Zero-window probe (§3.8.6.1): 0/1 byte
@@ -190,14 +217,17 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
         ok = pos >= 0
         pc = np.clip(pos, 0, None)
         cand = orig[pc]
-        ok &= (o_flow[pc] == fid) & (seq_abs[cand] <= seq_abs[rows]) & \
-              (end_abs[cand] > seq_abs[rows]) & (packets["frame"][cand] < packets["frame"][rows])
+        ok &= (
+            (o_flow[pc] == fid)
+            & (seq_abs[cand] <= seq_abs[rows])
+            & (end_abs[cand] > seq_abs[rows])
+            & (packets["frame"][cand] < packets["frame"][rows])
+        )
         ok &= ~reordered[rows]
         orig_frame[ok] = packets["frame"][cand[ok]]
         orig_ts[ok] = packets["ts_ns"][cand[ok]]
 
-    tx_index = 2 + _earlier_covering(fid, seq_abs[rows], end_abs[rows],
-                                     packets["frame"][rows])
+    tx_index = 2 + _earlier_covering(fid, seq_abs[rows], end_abs[rows], packets["frame"][rows])
 
     probe = np.full(len(rows), None, dtype=object)
     probe[keepalive[rows]] = "keepalive"
@@ -211,8 +241,9 @@ def retransmission_table(packets: dict[str, np.ndarray], flow_id: np.ndarray, fl
         "ts_ns": ts,
         "flow_id": fid,
         "seq": packets["seq"][rows],
-        "end_seq": ((packets["seq"][rows].astype(np.int64) + seg_len[rows]) & 0xFFFFFFFF
-                    ).astype(np.uint32),
+        "end_seq": ((packets["seq"][rows].astype(np.int64) + seg_len[rows]) & 0xFFFFFFFF).astype(
+            np.uint32
+        ),
         "seq_abs": seq_abs[rows],
         "end_abs": end_abs[rows],
         "payload_len": packets["payload_len"][rows],
@@ -244,8 +275,9 @@ RTT_FLOOR_SHARE = 0.8
 UNKNOWN_RTT_FLOOR_NS = int(3_000_000 / RTT_FLOOR_SHARE)
 
 
-def resent_or_reordered(packets, flow_id, flows, space, context, below, in_order
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def resent_or_reordered(
+    packets, flow_id, flows, space, context, below, in_order
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which segments below data already known sent (``below``; ``in_order``: the others
     that carry data, by flow in capture order) were sent again, which
     are first transmissions that arrived out of order, and which are a packet the capture
@@ -327,6 +359,7 @@ def _same_packet(packets, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         same &= packets[k][a] == packets[k][b]
     return same
 
+
 def _first_reaching(grp, cummax, q_grp, q_val) -> tuple[np.ndarray, np.ndarray]:
     """Per query, the first row (rows grouped, each group's ``cummax`` nondecreasing) of
     its group whose running maximum exceeds q_val: (found, index)."""
@@ -380,15 +413,15 @@ def _hole_verdict(packets, flow_id, flows, space, context, below, hole) -> np.nd
     # (Linux: per socket, ip_select_ident_segs; Windows: per host). Random ones (BSD,
     # macOS) say nothing.
     counted = ok_a & ip_id_counts(packets, flow_id, flows, space, want)[hf]
-    d_id = (packets["ip_id"][hole].astype(np.int64) - packets["ip_id"][a].astype(np.int64)) \
-        & 0xFFFF
+    d_id = (packets["ip_id"][hole].astype(np.int64) - packets["ip_id"][a].astype(np.int64)) & 0xFFFF
     verdict[counted & (d_id != 0) & (d_id < (1 << 15))] = 1
     verdict[counted & (d_id >= (1 << 15))] = -1
     # The sender's clock: TSval (RFC 7323) of the hole's segment against the data above.
     has_ts = packets["opt_ts"].astype(bool)
     both = (verdict == 0) & ok_a & has_ts[hole] & has_ts[a]
-    d = (packets["tsval"][hole].astype(np.int64) - packets["tsval"][a].astype(np.int64)) \
-        & 0xFFFFFFFF
+    d = (
+        packets["tsval"][hole].astype(np.int64) - packets["tsval"][a].astype(np.int64)
+    ) & 0xFFFFFFFF
     later = both & (d != 0) & (d < (1 << 31))
     earlier = both & (d >= (1 << 31))
     verdict[later] = 1
@@ -426,8 +459,9 @@ def ip_id_counts(packets, flow_id, flows, space, want) -> np.ndarray:
     rows = by_group(rows, flow_id[rows])
     f = flow_id[rows]
     same = f[1:] == f[:-1]
-    step = (packets["ip_id"][rows][1:].astype(np.int64)
-            - packets["ip_id"][rows][:-1].astype(np.int64)) & 0xFFFF
+    step = (
+        packets["ip_id"][rows][1:].astype(np.int64) - packets["ip_id"][rows][:-1].astype(np.int64)
+    ) & 0xFFFF
     up = same & (step >= 1) & (step <= IP_ID_STEP_MAX)
     pairs = np.bincount(f[1:][same], minlength=n_flows)
     ups = np.bincount(f[1:][up], minlength=n_flows)
@@ -443,16 +477,23 @@ def sender_trip_ns(packets, flow_id, flows, want, echo_alone: bool = True) -> np
     application that waits before answering lengthens that one instead)."""
     trip = flows.get("trip_ns")
     n_flows = len(flows["flow_id"])
-    hs = np.full(n_flows, -1, dtype=np.int64) if trip is None else \
-        np.where(trip.valid, trip.values, -1).astype(np.int64)
+    hs = (
+        np.full(n_flows, -1, dtype=np.int64)
+        if trip is None
+        else np.where(trip.valid, trip.values, -1).astype(np.int64)
+    )
     # A handshake trip already at the sender's host is not lowered (and is the common
     # case: spare the echo's work there).
     need = want & ((hs > AT_SENDER_TRIP_NS) | ((hs < 0) & echo_alone))
-    echo = _echo_trip_ns(packets, flow_id, flows, need) if need.any() else \
-        np.full(n_flows, -1, dtype=np.int64)
+    echo = (
+        _echo_trip_ns(packets, flow_id, flows, need)
+        if need.any()
+        else np.full(n_flows, -1, dtype=np.int64)
+    )
     both = (hs >= 0) & (echo >= 0)
-    return np.where(both, np.minimum(hs, echo),
-                    np.where(hs >= 0, hs, echo if echo_alone else -1)).astype(np.int64)
+    return np.where(
+        both, np.minimum(hs, echo), np.where(hs >= 0, hs, echo if echo_alone else -1)
+    ).astype(np.int64)
 
 
 def rtt_floor_ns(packets, flow_id, flows, space, below, want, trips) -> np.ndarray:
@@ -507,8 +548,7 @@ def _echo_trip_ns(packets, flow_id, flows, want) -> np.ndarray:
     out = np.full(n_flows, -1, dtype=np.int64)
     rev = flows["rev_flow_id"]
     has_ts = packets["opt_ts"].astype(bool)
-    mine = np.flatnonzero(has_ts & want[flow_id] & (packets["tsecr"] != 0)
-                          & (rev[flow_id] >= 0))
+    mine = np.flatnonzero(has_ts & want[flow_id] & (packets["tsecr"] != 0) & (rev[flow_id] >= 0))
     peer = np.zeros(n_flows, dtype=bool)
     peer[rev[want & (rev >= 0)]] = True
     theirs = np.flatnonzero(has_ts & peer[flow_id])
@@ -558,9 +598,13 @@ def _earlier_covering(fid, seq, end, frame) -> np.ndarray:
     return out
 
 
-def capture_gaps(packets: dict[str, np.ndarray], flow_id: np.ndarray, flows,
-                 space: dict[str, np.ndarray], context: dict[str, np.ndarray]
-                 ) -> dict[str, np.ndarray]:
+def capture_gaps(
+    packets: dict[str, np.ndarray],
+    flow_id: np.ndarray,
+    flows,
+    space: dict[str, np.ndarray],
+    context: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
     """Per flow, the data its sender sent that the capture never shows: ranges above the
     flow's first captured byte that no captured segment covers (new data leaves at
     snd_nxt, in order, so a segment starting above everything before it leaves such a range

@@ -18,13 +18,21 @@ from retranscope.analyze.pipeline import Result, analyze
 Progress = Callable[[Any], None]  # called with analyze.capture.ReadProgress
 Captures = Union[Path, Sequence[Path]]  # one capture, or a set read as one (capture/sets.py)
 
-NO_MATCH_WARNING = ("no kernel event matched any frame: the capture and the events are from "
-                    "different hosts, namespaces or times")
+NO_MATCH_WARNING = (
+    "no kernel event matched any frame: the capture and the events are from "
+    "different hosts, namespaces or times"
+)
 
 
-def run_analysis(pcap: Captures | None, events: Path | None, out: Path, *,
-                 progress: Progress | None = None, jobs: int | None = 1,
-                 warn: Callable[[str], None] = lambda _line: None) -> Result:
+def run_analysis(
+    pcap: Captures | None,
+    events: Path | None,
+    out: Path,
+    *,
+    progress: Progress | None = None,
+    jobs: int | None = 1,
+    warn: Callable[[str], None] = lambda _line: None,
+) -> Result:
     """Analyze ``pcap`` and/or the recording directory ``events`` into ``out``
     (retransmits.parquet, flows.parquet, summary.json: analyze/outputs.py). ``pcap`` may
     be several files, a directory or a glob (one capture); ``jobs``: processes that

@@ -274,9 +274,27 @@ class Verdict:
     the trigger) and ``icmp_frame`` (the ICMP too-big message a PMTU re-send answers, -1:
     none in the capture)."""
 
-    __slots__ = ("kind", "clock", "position", "ca_state", "backoff", "trigger", "pto_us", "rto_us",
-                 "cause", "mtu", "rule", "ca_before", "episode_ns", "episode_by",
-                 "prev_rtx_ns", "armed_ns", "pkts_out", "dupacks", "icmp_frame")
+    __slots__ = (
+        "kind",
+        "clock",
+        "position",
+        "ca_state",
+        "backoff",
+        "trigger",
+        "pto_us",
+        "rto_us",
+        "cause",
+        "mtu",
+        "rule",
+        "ca_before",
+        "episode_ns",
+        "episode_by",
+        "prev_rtx_ns",
+        "armed_ns",
+        "pkts_out",
+        "dupacks",
+        "icmp_frame",
+    )
 
     def __init__(self, position: str, pto_us: float):
         self.kind = "unknown"
@@ -304,21 +322,19 @@ class Verdict:
 RULES = {
     "tlp": "the probe timer fired (_which_timer -> tcp_send_loss_probe)",
     "rto": "the retransmission timer fired (_which_timer, _reno_timer_kind -> "
-           "tcp_retransmit_timer)",
-    "rto_capture_start": "the RTO ending the silence the capture began in "
-                         "(_capture_start_kind)",
+    "tcp_retransmit_timer)",
+    "rto_capture_start": "the RTO ending the silence the capture began in (_capture_start_kind)",
     "rack_timer": "the RACK reorder timer (_which_timer: fast, no ACK just before)",
     "fast_sack": "an ACK with SACK news, outside Loss (tcp_fastretrans_alert)",
     "fast_dupack": "a duplicate or partial ACK of a Reno flow (tcp_fastretrans_alert)",
     "lost_retransmit": "an ACK on which RACK found a retransmission lost again "
-                       "(tcp_fastretrans_alert, SACK, the range already resent)",
-    "loss_walk": "an ACK in Loss: the slow-start walk (tcp_fastretrans_alert -> "
-                 "tcp_process_loss)",
+    "(tcp_fastretrans_alert, SACK, the range already resent)",
+    "loss_walk": "an ACK in Loss: the slow-start walk (tcp_fastretrans_alert -> tcp_process_loss)",
     "multi_segment": "more than one MSS at once, no ACK just before: the retransmit queue's "
-                     "walk (an ACK the capture may lack, or the RACK timer), never a timer's "
-                     "one-MSS re-send (_which_timer)",
+    "walk (an ACK the capture may lack, or the RACK timer), never a timer's "
+    "one-MSS re-send (_which_timer)",
     "walk_continued": "in Loss, not the head, right after the previous send: the walk "
-                      "continued without an ACK (TSQ, pacing)",
+    "continued without an ACK (TSQ, pacing)",
     "capture_start_walk": "no ACK of the flow yet, data held beyond it (_capture_start_kind)",
     "syn": "the handshake's timer, SYN_SENT (_syn_timeout)",
     "synack": "the request socket's timer (_syn_timeout)",
@@ -493,8 +509,9 @@ class SenderState:
             if v.kind == "rto_recovery":
                 v.cause = self.loss_cause
 
-    def _on_loss_news(self, b: Burst, v: Verdict, head: bool, tail: bool,
-                      ack_clocked: bool) -> None:
+    def _on_loss_news(
+        self, b: Burst, v: Verdict, head: bool, tail: bool, ack_clocked: bool
+    ) -> None:
         """The usual senders: the handshake's timer, an ACK with loss news, or a timer."""
         if (
             not self.sack_ok
@@ -581,8 +598,12 @@ class SenderState:
     def _fastopen_data_not_acked(self, b: Burst) -> bool:
         """Did the SYN-ACK just release ``b``, the data the SYN carried that it did not
         acknowledge (tcp_rcv_synsent_state_process -> tcp_rcv_fastopen_synack)?"""
-        return (b.k >= 0 and b.lo < self.syn_end and bool(self.acks.syn[b.k])
-                and 0 <= b.since_ack_ns <= ACK_CLOCK_NS)
+        return (
+            b.k >= 0
+            and b.lo < self.syn_end
+            and bool(self.acks.syn[b.k])
+            and 0 <= b.since_ack_ns <= ACK_CLOCK_NS
+        )
 
     def _no_timer_could_fire(self, b: Burst) -> bool:
         """Sent by no ACK and sooner than any timer could fire: only a path MTU drop
@@ -603,8 +624,10 @@ class SenderState:
         if not 0 <= b.since_send_ns < TIMER_MIN_NS:
             return False
         a, k = self.acks, b.k
-        if k >= 0 and 0 <= b.since_ack_ns < TIMER_MIN_NS and (
-            a.sack_n[k] > 0 or (not a.adv[k] and a.payload[k] == 0)
+        if (
+            k >= 0
+            and 0 <= b.since_ack_ns < TIMER_MIN_NS
+            and (a.sack_n[k] > 0 or (not a.adv[k] and a.payload[k] == 0))
         ):
             return False  # a duplicate ACK the stack processed late (socket backlog)
         return not self._rto_due(b)
@@ -852,8 +875,9 @@ class SenderState:
 
     # ---- the transitions a burst makes ---------------------------------------------------
 
-    def tcp_enter_loss(self, k: int, snd_nxt: int, frto: bool, ts_ns: int = NO_VALUE,
-                       by: str = "rto") -> None:
+    def tcp_enter_loss(
+        self, k: int, snd_nxt: int, frto: bool, ts_ns: int = NO_VALUE, by: str = "rto"
+    ) -> None:
         """The Loss state (tcp_enter_loss): high_seq = snd_nxt, the probe episode ends
         (tlp_high_seq = 0: in tcp_enter_loss on recent kernels, in tcp_retransmit_timer on
         older ones), a new Loss episode of resent ranges begins (at ``ts_ns``, by rule
@@ -868,8 +892,9 @@ class SenderState:
         self.tlp_high_seq = None
         self.frto = frto
 
-    def tcp_enter_recovery(self, k: int, snd_nxt: int, ts_ns: int = NO_VALUE,
-                           by: str = "fast_sack") -> None:
+    def tcp_enter_recovery(
+        self, k: int, snd_nxt: int, ts_ns: int = NO_VALUE, by: str = "fast_sack"
+    ) -> None:
         """The Recovery state (tcp_enter_recovery -> tcp_init_cwnd_reduction): high_seq =
         snd_nxt, tlp_high_seq = 0; a Loss episode it interrupts is over."""
         self.ca_state = RECOVERY
@@ -931,8 +956,9 @@ class SenderState:
         ):
             return "rto_recovery"
         if self.ca_state != RECOVERY:
-            self.tcp_enter_recovery(b.k, b.snd_nxt, b.ts_ns,
-                                    "fast_sack" if self.sack_ok else "fast_dupack")
+            self.tcp_enter_recovery(
+                b.k, b.snd_nxt, b.ts_ns, "fast_sack" if self.sack_ok else "fast_dupack"
+            )
         return "fast"
 
     def _ack_rule(self, b: Burst, v: Verdict) -> str:
@@ -998,11 +1024,13 @@ class SenderState:
         if b.k < 0:
             early = self._capture_start_kind(b)
             if early is not None:
-                return early, "timer", ("rto_capture_start" if early == "rto"
-                                        else "capture_start_walk")
+                return (
+                    early,
+                    "timer",
+                    ("rto_capture_start" if early == "rto" else "capture_start_walk"),
+                )
         elif b.multi:
-            return ("rto_recovery" if self.ca_state == LOSS else "fast"), "timer", \
-                "multi_segment"
+            return ("rto_recovery" if self.ca_state == LOSS else "fast"), "timer", "multi_segment"
         if not self.sack_ok:
             return self._reno_timer_kind(b, head)
         sla_ns, srtt_us = b.since_ack_ns, b.srtt_us
@@ -1173,8 +1201,10 @@ def replay(
             )
             if loss0 is not None and loss0[f] > NO_VALUE:
                 sender.capture_started_in_loss(
-                    int(flows["loss0_seq"][f]), int(flows["loss0_end"][f]),
-                    int(flows["loss0_ts"][f]), int(loss0[f]),
+                    int(flows["loss0_seq"][f]),
+                    int(flows["loss0_end"][f]),
+                    int(flows["loss0_ts"][f]),
+                    int(loss0[f]),
                 )
         assert sender is not None
         if r.probe[r0]:

@@ -82,8 +82,7 @@ def to_pandas(table: Mapping[str, np.ndarray]):
     for name, col in table.items():
         if isinstance(col, Nullable):
             dtype = "boolean" if col.dtype == bool else "Int64"
-            arr = pd.array(col.values.astype(bool if dtype == "boolean" else np.int64),
-                           dtype=dtype)
+            arr = pd.array(col.values.astype(bool if dtype == "boolean" else np.int64), dtype=dtype)
             arr[~col.valid] = pd.NA
             cols[name] = arr
         else:
@@ -92,6 +91,7 @@ def to_pandas(table: Mapping[str, np.ndarray]):
 
 
 # --- grouped rows ---------------------------------------------------------------------
+
 
 def group_starts(keys_sorted: np.ndarray) -> np.ndarray:
     """Boolean mask: the row starts a new run of equal keys."""
@@ -118,8 +118,10 @@ def group_rank(keys_sorted: np.ndarray) -> np.ndarray:
 def group_bounds(grp_sorted: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Each group's slice [start, end) of rows sorted by group (empty groups: start == end)."""
     groups = np.arange(n_groups)
-    return (np.searchsorted(grp_sorted, groups, side="left"),
-            np.searchsorted(grp_sorted, groups, side="right"))
+    return (
+        np.searchsorted(grp_sorted, groups, side="left"),
+        np.searchsorted(grp_sorted, groups, side="right"),
+    )
 
 
 def group_sort(keys: np.ndarray) -> np.ndarray:
@@ -196,20 +198,27 @@ def pair_key(g: np.ndarray, v: np.ndarray) -> np.ndarray:
     return g.astype(np.int64) * np.int64(_BAND) + (np.clip(v, -_VMAX, _VMAX) + (_BAND >> 1))
 
 
-def pair_search(grp_sorted: np.ndarray, val_sorted: np.ndarray, q_grp: np.ndarray,
-                q_val: np.ndarray, side: Side = "left") -> np.ndarray:
+def pair_search(
+    grp_sorted: np.ndarray,
+    val_sorted: np.ndarray,
+    q_grp: np.ndarray,
+    q_val: np.ndarray,
+    side: Side = "left",
+) -> np.ndarray:
     """searchsorted of (group, value) queries among rows sorted by group, then value."""
     if len(grp_sorted) == 0 or int(grp_sorted[-1]) < _KEY_GROUPS:
-        return np.searchsorted(pair_key(grp_sorted, val_sorted), pair_key(q_grp, q_val),
-                               side=side)
+        return np.searchsorted(pair_key(grp_sorted, val_sorted), pair_key(q_grp, q_val), side=side)
     # More groups than one int64 holds bands for: a range of 2**21 groups at a time.
-    out = np.zeros(len(q_grp), dtype=np.int64)      # groups below every row's: 0
+    out = np.zeros(len(q_grp), dtype=np.int64)  # groups below every row's: 0
     top = max(int(grp_sorted[-1]), int(q_grp.max()) if len(q_grp) else 0)
     for base in range(0, top + 1, _KEY_GROUPS):
         lo, hi = np.searchsorted(grp_sorted, [base, base + _KEY_GROUPS]).tolist()
         q = np.flatnonzero((q_grp >= base) & (q_grp < base + _KEY_GROUPS))
-        out[q] = lo + np.searchsorted(pair_key(grp_sorted[lo:hi] - base, val_sorted[lo:hi]),
-                                      pair_key(q_grp[q] - base, q_val[q]), side=side)
+        out[q] = lo + np.searchsorted(
+            pair_key(grp_sorted[lo:hi] - base, val_sorted[lo:hi]),
+            pair_key(q_grp[q] - base, q_val[q]),
+            side=side,
+        )
     return out
 
 
@@ -279,8 +288,9 @@ def seg_cummax(values: np.ndarray, grp_no: np.ndarray, exclusive: bool = False) 
     return out
 
 
-def seg_cummax_before(values: list, grp_no: np.ndarray,
-                      where: np.ndarray | None = None) -> list[np.ndarray]:
+def seg_cummax_before(
+    values: list, grp_no: np.ndarray, where: np.ndarray | None = None
+) -> list[np.ndarray]:
     """seg_cummax(v, grp_no, exclusive=True) for each of ``values``, sharing the groups'
     lift and starts (the lift is the cost when the values are 1.3M packets). A value may
     be a pair (a, b), read as np.where(where, a, b) (a, b arrays or scalars) without

@@ -49,8 +49,11 @@ def run(argv: list[str], env: dict | None = None) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{argv[0]} failed ({code}): {err.strip()[-300:]}")
-    return {"wall_s": wall, "cpu_s": rusage.ru_utime + rusage.ru_stime,
-            "peak_mb": rusage.ru_maxrss / 1024}
+    return {
+        "wall_s": wall,
+        "cpu_s": rusage.ru_utime + rusage.ru_stime,
+        "peak_mb": rusage.ru_maxrss / 1024,
+    }
 
 
 def median(values: list[float]) -> float:
@@ -93,13 +96,16 @@ def run_limited(argv: list[str], env: dict, limit_mb: int, tmp: str) -> dict:
     try:
         wrapped = ["sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh", *argv]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(wrapped, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=env)
+        proc = subprocess.Popen(wrapped, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         _, status, rusage = os.wait4(proc.pid, 0)
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        return {"wall_s": time.perf_counter() - t0, "cpu_s": rusage.ru_utime + rusage.ru_stime,
-                "peak_mb": rusage.ru_maxrss / 1024, "exit": os.waitstatus_to_exitcode(status),
-                "stderr": err.strip()[-300:]}
+        return {
+            "wall_s": time.perf_counter() - t0,
+            "cpu_s": rusage.ru_utime + rusage.ru_stime,
+            "peak_mb": rusage.ru_maxrss / 1024,
+            "exit": os.waitstatus_to_exitcode(status),
+            "stderr": err.strip()[-300:],
+        }
     finally:
         for _ in range(50):
             try:
@@ -144,14 +150,28 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
     same way (package_tree). On a shared machine the CPU time is the steadier figure."""
     base_src = Path(tmp, "baseline-src")
     base_src.mkdir()
-    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev],
-                             capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(HERE.parent), "archive", rev], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
-    sides = {"this tree": package_tree(HERE.parent, Path(tmp, "this")),
-             f"baseline {rev}": package_tree(base_src, Path(tmp, "baseline"))}
-    argvs = {name: [sys.executable, "-m", "retranscope", "analyze", "--pcap", str(capture),
-                    "--out", os.path.join(tmp, "out-" + name.split()[0]), "-q"]
-             for name in sides}
+    sides = {
+        "this tree": package_tree(HERE.parent, Path(tmp, "this")),
+        f"baseline {rev}": package_tree(base_src, Path(tmp, "baseline")),
+    }
+    argvs = {
+        name: [
+            sys.executable,
+            "-m",
+            "retranscope",
+            "analyze",
+            "--pcap",
+            str(capture),
+            "--out",
+            os.path.join(tmp, "out-" + name.split()[0]),
+            "-q",
+        ]
+        for name in sides
+    }
     envs = {name: dict(env, PYTHONPATH=str(site)) for name, site in sides.items()}
     for name in sides:
         run(argvs[name], envs[name])  # untimed: fills the bytecode cache
@@ -163,67 +183,108 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
         times = {name: [r[clock] for r in rs] for name, rs in runs.items()}
         med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
         for name, t in times.items():
-            print(f"{clock[:-2]:5} {name:24} median {med[name]:.3f} s over {len(t)} runs "
-                  f"(min {min(t):.3f}, max {max(t):.3f})")
+            print(
+                f"{clock[:-2]:5} {name:24} median {med[name]:.3f} s over {len(t)} runs "
+                f"(min {min(t):.3f}, max {max(t):.3f})"
+            )
         a, b = med.values()
         ratios = sorted(x / y for x, y in zip(*times.values()))
-        print(f"{clock[:-2]:5} this tree takes {a / b:.3f}x the time of {rev} (ratio of "
-              f"medians); per pair, median {ratios[len(ratios) // 2]:.3f}x (quartiles "
-              f"{ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f})")
+        print(
+            f"{clock[:-2]:5} this tree takes {a / b:.3f}x the time of {rev} (ratio of "
+            f"medians); per pair, median {ratios[len(ratios) // 2]:.3f}x (quartiles "
+            f"{ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f})"
+        )
 
 
 def bench_capture(capture: Path, args, tmp: str, env: dict) -> None:
     out = Path(tmp, "out-" + capture.stem)
 
     def analyze_argv(into: Path) -> list[str]:
-        return [str(VENV_BIN / "retranscope"), "analyze", "--pcap", str(capture),
-                "--out", str(into), "-q", *args.analyze_args]
+        return [
+            str(VENV_BIN / "retranscope"),
+            "analyze",
+            "--pcap",
+            str(capture),
+            "--out",
+            str(into),
+            "-q",
+            *args.analyze_args,
+        ]
 
     ours_argv = analyze_argv(out)
     run(ours_argv, env)  # untimed: fills the bytecode cache; gives the packet count
     summary = json.loads((out / "summary.json").read_text())
     n = summary["capture"]["tcp_packets"]
-    print(f"\ncapture: {capture} ({capture.stat().st_size / 1e6:,.0f} MB, {n:,} TCP packets, "
-          f"{summary['retransmissions']:,} retransmissions); load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"\ncapture: {capture} ({capture.stat().st_size / 1e6:,.0f} MB, {n:,} TCP packets, "
+        f"{summary['retransmissions']:,} retransmissions); load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     tools = {"retranscope analyze": (ours_argv, env)}
     if shutil.which("tcptrace"):
         tools["tcptrace -l"] = (["tcptrace", "-l", str(capture)], None)
     runs = in_turns(tools, args.pairs)
-    if shutil.which("tshark") and args.tshark_runs and \
-            capture.stat().st_size <= args.tshark_max_mb << 20:
-        runs["tshark TCP analysis"] = [run(
-            ["tshark", "-r", str(capture), "-n", "-Y",
-             "tcp.analysis.retransmission or tcp.analysis.fast_retransmission or "
-             "tcp.analysis.spurious_retransmission",
-             "-T", "fields", "-e", "frame.number", "-e", "tcp.analysis.fast_retransmission"])
-            for _ in range(args.tshark_runs)]
-    print(f"{'tool':22} {'runs':>4} {'wall s':>8} {'CPU s':>7} {'peak MB':>8} "
-          f"{'packets/s':>11}   (medians)")
+    if (
+        shutil.which("tshark")
+        and args.tshark_runs
+        and capture.stat().st_size <= args.tshark_max_mb << 20
+    ):
+        runs["tshark TCP analysis"] = [
+            run(
+                [
+                    "tshark",
+                    "-r",
+                    str(capture),
+                    "-n",
+                    "-Y",
+                    "tcp.analysis.retransmission or tcp.analysis.fast_retransmission or "
+                    "tcp.analysis.spurious_retransmission",
+                    "-T",
+                    "fields",
+                    "-e",
+                    "frame.number",
+                    "-e",
+                    "tcp.analysis.fast_retransmission",
+                ]
+            )
+            for _ in range(args.tshark_runs)
+        ]
+    print(
+        f"{'tool':22} {'runs':>4} {'wall s':>8} {'CPU s':>7} {'peak MB':>8} "
+        f"{'packets/s':>11}   (medians)"
+    )
     med = {}
     for name, rs in runs.items():
         med[name] = {k: median([r[k] for r in rs]) for k in ("wall_s", "cpu_s", "peak_mb")}
         m = med[name]
-        print(f"{name:22} {len(rs):4} {m['wall_s']:8.2f} {m['cpu_s']:7.2f} {m['peak_mb']:8.0f} "
-              f"{n / m['wall_s']:11,.0f}")
+        print(
+            f"{name:22} {len(rs):4} {m['wall_s']:8.2f} {m['cpu_s']:7.2f} {m['peak_mb']:8.0f} "
+            f"{n / m['wall_s']:11,.0f}"
+        )
     ours = runs["retranscope analyze"]
     if "tcptrace -l" in runs:
         ratios = sorted(a["wall_s"] / b["wall_s"] for a, b in zip(ours, runs["tcptrace -l"]))
-        print(f"retranscope takes {median(ratios):.2f}x tcptrace -l's wall time (median of "
-              f"{len(ratios)} paired ratios; quartiles {ratios[len(ratios) // 4]:.2f}-"
-              f"{ratios[3 * len(ratios) // 4]:.2f})")
+        print(
+            f"retranscope takes {median(ratios):.2f}x tcptrace -l's wall time (median of "
+            f"{len(ratios)} paired ratios; quartiles {ratios[len(ratios) // 4]:.2f}-"
+            f"{ratios[3 * len(ratios) // 4]:.2f})"
+        )
     if "tshark TCP analysis" in runs:
         t = med["tshark TCP analysis"]
-        print(f"retranscope is {t['wall_s'] / med['retranscope analyze']['wall_s']:.1f}x faster "
-              f"than tshark's TCP analysis")
+        print(
+            f"retranscope is {t['wall_s'] / med['retranscope analyze']['wall_s']:.1f}x faster "
+            f"than tshark's TCP analysis"
+        )
     if args.memory_limit_mb:
         limited = Path(str(out) + "-limited")
         lim = run_limited(analyze_argv(limited), env, args.memory_limit_mb, tmp)
         same = lim["exit"] == 0 and same_outputs(out, limited)
-        print(f"inside a {args.memory_limit_mb} MiB memory cgroup: exit {lim['exit']}, "
-              f"peak {lim['peak_mb']:.0f} MB, wall {lim['wall_s']:.2f} s, outputs "
-              f"{'identical' if same else 'DIFFERENT or missing'}"
-              + (f" ({lim['stderr']})" if lim["exit"] else ""))
+        print(
+            f"inside a {args.memory_limit_mb} MiB memory cgroup: exit {lim['exit']}, "
+            f"peak {lim['peak_mb']:.0f} MB, wall {lim['wall_s']:.2f} s, outputs "
+            f"{'identical' if same else 'DIFFERENT or missing'}"
+            + (f" ({lim['stderr']})" if lim["exit"] else "")
+        )
 
 
 def main() -> int:
@@ -231,19 +292,36 @@ def main() -> int:
     ap.add_argument("captures", nargs="*", type=Path, default=[HERE / "data" / "big.pcap"])
     ap.add_argument("--pairs", type=int, default=7, help="turns of retranscope and tcptrace")
     ap.add_argument("--tshark-runs", type=int, default=3, help="tshark runs (0: none)")
-    ap.add_argument("--tshark-max-mb", type=int, default=400,
-                    help="skip tshark on captures bigger than this (it needs ~5x in memory)")
-    ap.add_argument("--memory-limit-mb", type=int, default=0,
-                    help="also analyze inside a memory cgroup of this size (root)")
-    ap.add_argument("--analyze-args", nargs=argparse.REMAINDER, default=[],
-                    help="extra arguments for retranscope analyze (last on the line)")
-    ap.add_argument("--baseline", metavar="REV",
-                    help="time this tree against git revision REV instead, in turns")
+    ap.add_argument(
+        "--tshark-max-mb",
+        type=int,
+        default=400,
+        help="skip tshark on captures bigger than this (it needs ~5x in memory)",
+    )
+    ap.add_argument(
+        "--memory-limit-mb",
+        type=int,
+        default=0,
+        help="also analyze inside a memory cgroup of this size (root)",
+    )
+    ap.add_argument(
+        "--analyze-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="extra arguments for retranscope analyze (last on the line)",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="time this tree against git revision REV instead, in turns",
+    )
     args = ap.parse_args()
     missing = [c for c in args.captures if not c.exists()]
     if missing:
-        print(f"bench_analyze: {missing[0]} missing: sudo .venv/bin/python "
-              "bench/make_big_capture.py", file=sys.stderr)
+        print(
+            f"bench_analyze: {missing[0]} missing: sudo .venv/bin/python bench/make_big_capture.py",
+            file=sys.stderr,
+        )
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)

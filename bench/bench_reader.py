@@ -91,8 +91,9 @@ def _put_be(rows: np.ndarray, offset: int, values: np.ndarray, nbytes: int) -> N
     )
 
 
-def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: int = 1,
-                        fmt: str = "pcap") -> int:
+def make_synthetic_pcap(
+    path: str, n_packets: int, *, snaplen: int = 128, seed: int = 1, fmt: str = "pcap"
+) -> int:
     """Write a pcap (or pcapng: SHB, one IDB, EPBs) of ``n_packets`` TCP segments; return
     its size in bytes."""
     rng = np.random.default_rng(seed)
@@ -115,8 +116,11 @@ def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: 
     # a flow keeps its family: the first 7/8 of the flows are IPv4, the rest IPv6
     v6_kind = np.array([k[0] for k in kinds])[kind]
     n_v4_flows = n_flows * 7 // 8
-    flow = np.where(v6_kind, rng.integers(n_v4_flows, n_flows, size=n_packets),
-                    rng.integers(0, n_v4_flows, size=n_packets))
+    flow = np.where(
+        v6_kind,
+        rng.integers(n_v4_flows, n_flows, size=n_packets),
+        rng.integers(0, n_v4_flows, size=n_packets),
+    )
     ts_us = 1_700_000_000_000_000 + np.cumsum(rng.integers(1, 40, size=n_packets))
     # Coherent flows, so that other tools (tcptrace, the analyzer) can read the file too:
     # client data goes out in sequence, the server's ACKs acknowledge everything sent
@@ -140,8 +144,7 @@ def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: 
     ]
     caplen_of = np.array([min(w["wire_len"], snaplen) for _, w in templates])
     if fmt == "pcap":
-        file_header = PCAP_GLOBAL_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen,
-                                              LINKTYPE_ETHERNET)
+        file_header = PCAP_GLOBAL_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
         rec_head = 16  # ts_sec, ts_usec, caplen, origlen
         rec_len_of = rec_head + caplen_of
     else:
@@ -207,8 +210,9 @@ def make_synthetic_pcap(path: str, n_packets: int, *, snaplen: int = 128, seed: 
             left = ack[idx] + 2 * MSS_V4  # data above the cumulative ACK: a hole below
             for b in range(sack_blocks):
                 _put_be(full, where["sack"] + 8 * b, (left + 2 * b * MSS_V4) & 0xFFFFFFFF, 4)
-                _put_be(full, where["sack"] + 8 * b + 4,
-                        (left + (2 * b + 1) * MSS_V4) & 0xFFFFFFFF, 4)
+                _put_be(
+                    full, where["sack"] + 8 * b + 4, (left + (2 * b + 1) * MSS_V4) & 0xFFFFFFFF, 4
+                )
         # bytes past the snaplen are not written, as with tcpdump -s
         keep = min(caplen, len(template))
         rows[:, rec_head : rec_head + keep] = full[:, :keep]
@@ -256,8 +260,12 @@ print(json.dumps({"import_s": t1 - t0, "read_s": time.perf_counter() - t1,
 
 
 def _run(path: str, mode: str, jobs: int, module: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, path, mode, str(jobs), module],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, path, mode, str(jobs), module],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout)
 
 
@@ -273,16 +281,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snaplen", type=int, default=128)
     parser.add_argument("--format", choices=("pcap", "pcapng"), default="pcap")
     parser.add_argument("--path", help="default: /tmp/retranscope_bench_reader.FORMAT")
-    parser.add_argument("--input", help="time this existing capture (e.g. from "
-                        "bench/make_big_capture.py) instead of writing one")
+    parser.add_argument(
+        "--input",
+        help="time this existing capture (e.g. from "
+        "bench/make_big_capture.py) instead of writing one",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="fresh-process runs per variant")
     parser.add_argument("--keep", action="store_true", help="keep the capture afterwards")
-    parser.add_argument("--compare-old", metavar="READER.py",
-                        help="paired runs against another reader module (A B A B ...)")
-    parser.add_argument("--jobs", type=int, nargs="+", default=[1],
-                        help="decode on this many processes; several values: paired runs")
-    parser.add_argument("--stream", action="store_true",
-                        help="iterate the chunks only (no table): the bounded-memory path")
+    parser.add_argument(
+        "--compare-old",
+        metavar="READER.py",
+        help="paired runs against another reader module (A B A B ...)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="decode on this many processes; several values: paired runs",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="iterate the chunks only (no table): the bounded-memory path",
+    )
     args = parser.parse_args(argv)
 
     if args.input:
@@ -290,11 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         path = args.path or f"/tmp/retranscope_bench_reader.{args.format}"
         t0 = time.perf_counter()
-        size_bytes = make_synthetic_pcap(path, args.packets, snaplen=args.snaplen,
-                                         fmt=args.format)
+        size_bytes = make_synthetic_pcap(path, args.packets, snaplen=args.snaplen, fmt=args.format)
         expect = args.packets
-        print(f"wrote {path}: {args.packets:,} packets, {size_bytes / 1e6:.1f} MB "
-              f"in {time.perf_counter() - t0:.2f} s")
+        print(
+            f"wrote {path}: {args.packets:,} packets, {size_bytes / 1e6:.1f} MB "
+            f"in {time.perf_counter() - t0:.2f} s"
+        )
     mode = "stream" if args.stream else "table"
     variants = [(f"jobs={j}", mode, j, "") for j in args.jobs]
     if args.compare_old:
@@ -313,12 +336,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {name} read {got} packets, wrote {expect}", file=sys.stderr)
             return 1
         read_s = _median([r["read_s"] for r in rs])
-        print(f"{name:>12} ({mode}, {len(rs)} fresh-process runs): median {read_s:.3f} s "
-              f"({rs[0]['packets'] / read_s / 1e6:.2f} M packets/s, "
-              f"{size_bytes / read_s / 1e6:.0f} MB/s), median CPU "
-              f"{_median([r['cpu_s'] for r in rs]):.3f} s, peak RSS "
-              f"{_median([r['peak_rss_mb'] for r in rs]):.0f} MB; import "
-              f"{_median([r['import_s'] for r in rs]) * 1000:.0f} ms")
+        print(
+            f"{name:>12} ({mode}, {len(rs)} fresh-process runs): median {read_s:.3f} s "
+            f"({rs[0]['packets'] / read_s / 1e6:.2f} M packets/s, "
+            f"{size_bytes / read_s / 1e6:.0f} MB/s), median CPU "
+            f"{_median([r['cpu_s'] for r in rs]):.3f} s, peak RSS "
+            f"{_median([r['peak_rss_mb'] for r in rs]):.0f} MB; import "
+            f"{_median([r['import_s'] for r in rs]) * 1000:.0f} ms"
+        )
     return 0
 
 

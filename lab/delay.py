@@ -95,7 +95,7 @@ def tcp_kind(frame: bytes, offset: int = 0) -> str | None:
     ``"other"`` TCP, or None for anything else. ``offset``: where the Ethernet header
     starts (after the virtio_net_hdr). Lengths come from the frame itself, so a GSO
     super-frame counts as one frame of data."""
-    eth_type = int.from_bytes(frame[offset + 12: offset + 14], "big")
+    eth_type = int.from_bytes(frame[offset + 12 : offset + 14], "big")
     ip = offset + ETH_HLEN
     if eth_type == ETH_P_IP and len(frame) >= ip + 20:
         if frame[ip + 9] != IPPROTO_TCP:
@@ -122,8 +122,9 @@ def parse_drop(text: str) -> tuple[str, str, float]:
     """``DIR:WHAT:PCT`` (e.g. ``a:data:2``) as (dir, what, pct)."""
     parts = text.split(":")
     if len(parts) != 3 or parts[0] not in ("a", "b") or parts[1] not in DROP_WHAT:
-        raise argparse.ArgumentTypeError(f"{text!r}: want DIR:WHAT:PCT, DIR a|b, "
-                                         f"WHAT {'|'.join(DROP_WHAT)}")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want DIR:WHAT:PCT, DIR a|b, WHAT {'|'.join(DROP_WHAT)}"
+        )
     try:
         pct = float(parts[2])
     except ValueError:
@@ -140,10 +141,19 @@ class _Stop(Exception):
 class DelayLine:
     """Forward frames between two packet sockets after ``delay_ms``, both directions."""
 
-    def __init__(self, if_a: str, if_b: str, delay_ms: float, vnet_hdr: bool = True,
-                 reorder_pct: float = 0.0, reorder_ms: float = 0.0, jitter_ms: float = 0.0,
-                 disorder_dir: str = "a", seed: int | None = None,
-                 drops: tuple[tuple[str, str, float], ...] = ()):
+    def __init__(
+        self,
+        if_a: str,
+        if_b: str,
+        delay_ms: float,
+        vnet_hdr: bool = True,
+        reorder_pct: float = 0.0,
+        reorder_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        disorder_dir: str = "a",
+        seed: int | None = None,
+        drops: tuple[tuple[str, str, float], ...] = (),
+    ):
         if not 0.0 <= reorder_pct <= 100.0:
             raise ValueError(f"reorder_pct={reorder_pct}: want 0-100")
         if reorder_ms < 0 or jitter_ms < 0:
@@ -159,8 +169,11 @@ class DelayLine:
         self.sock_b = _open(if_b, vnet_hdr)
         self.peer = {self.sock_a.fileno(): self.sock_b, self.sock_b.fileno(): self.sock_a}
         #: Input sockets whose frames get the disorder (reorder/jitter), by fileno.
-        self.disordered = ({self.sock_a.fileno()} if disorder_dir == "a"
-                           else {self.sock_a.fileno(), self.sock_b.fileno()})
+        self.disordered = (
+            {self.sock_a.fileno()}
+            if disorder_dir == "a"
+            else {self.sock_a.fileno(), self.sock_b.fileno()}
+        )
         self.held_back = 0
         self.vnet_hdr = vnet_hdr
         # Its own generator: adding loss to a scenario leaves its disorder as it was.
@@ -275,19 +288,37 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="plain frames (then turn TX checksum offload and TSO off on both ends)",
     )
-    parser.add_argument("--reorder-pct", type=float, default=0.0,
-                        help="share of frames (%%) held --reorder-ms longer than the rest")
-    parser.add_argument("--reorder-ms", type=float, default=0.0,
-                        help="extra delay of the held-back frames")
-    parser.add_argument("--jitter-ms", type=float, default=0.0,
-                        help="extra delay uniform in [0, J] ms for every frame")
-    parser.add_argument("--disorder-dir", choices=("a", "both"), default="a",
-                        help="disorder frames arriving on IF_A only (default) or both ways")
+    parser.add_argument(
+        "--reorder-pct",
+        type=float,
+        default=0.0,
+        help="share of frames (%%) held --reorder-ms longer than the rest",
+    )
+    parser.add_argument(
+        "--reorder-ms", type=float, default=0.0, help="extra delay of the held-back frames"
+    )
+    parser.add_argument(
+        "--jitter-ms",
+        type=float,
+        default=0.0,
+        help="extra delay uniform in [0, J] ms for every frame",
+    )
+    parser.add_argument(
+        "--disorder-dir",
+        choices=("a", "both"),
+        default="a",
+        help="disorder frames arriving on IF_A only (default) or both ways",
+    )
     parser.add_argument("--seed", type=int, default=None, help="disorder/drop RNG seed")
-    parser.add_argument("--drop", type=parse_drop, action="append", default=[],
-                        metavar="DIR:WHAT:PCT",
-                        help="drop PCT %% of the TCP data (WHAT=data) or pure-ACK (ack) "
-                             "frames arriving on IF_A (DIR=a) or IF_B (b); repeatable")
+    parser.add_argument(
+        "--drop",
+        type=parse_drop,
+        action="append",
+        default=[],
+        metavar="DIR:WHAT:PCT",
+        help="drop PCT %% of the TCP data (WHAT=data) or pure-ACK (ack) "
+        "frames arriving on IF_A (DIR=a) or IF_B (b); repeatable",
+    )
     args = parser.parse_args(argv)
     if args.delay_ms < 0:
         parser.error("--delay-ms must be >= 0")
@@ -300,12 +331,19 @@ def main(argv: list[str] | None = None) -> int:
             # it gains is being scheduled at once when a frame is due, under load too.
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
         except (OSError, AttributeError) as err:
-            print(f"delay: no SCHED_FIFO ({err}); timing may stretch under load",
-                  file=sys.stderr)
-    line = DelayLine(args.if_a, args.if_b, args.delay_ms, vnet_hdr=not args.no_vnet_hdr,
-                     reorder_pct=args.reorder_pct, reorder_ms=args.reorder_ms,
-                     jitter_ms=args.jitter_ms, disorder_dir=args.disorder_dir, seed=args.seed,
-                     drops=tuple(args.drop))
+            print(f"delay: no SCHED_FIFO ({err}); timing may stretch under load", file=sys.stderr)
+    line = DelayLine(
+        args.if_a,
+        args.if_b,
+        args.delay_ms,
+        vnet_hdr=not args.no_vnet_hdr,
+        reorder_pct=args.reorder_pct,
+        reorder_ms=args.reorder_ms,
+        jitter_ms=args.jitter_ms,
+        disorder_dir=args.disorder_dir,
+        seed=args.seed,
+        drops=tuple(args.drop),
+    )
 
     def stop(_signum: int, _frame: object) -> None:
         raise _Stop

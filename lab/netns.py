@@ -108,11 +108,16 @@ def _ifname(prefix: str, suffix: str) -> str:
     return prefix[: IFNAMSIZ - len(suffix)] + suffix
 
 
-def _run(argv: list[str], timeout_s: float = CMD_TIMEOUT_S, check: bool = True,
-         input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str],
+    timeout_s: float = CMD_TIMEOUT_S,
+    check: bool = True,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
-                              input=input_text)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout_s, input=input_text
+        )
     except subprocess.TimeoutExpired as err:
         raise LabError(f"{' '.join(argv)}: no answer after {timeout_s} s") from err
     except FileNotFoundError as err:
@@ -266,14 +271,25 @@ class Lab:
     ``sender_addr4/6``, ``receiver_addr4/6``.
     """
 
-    def __init__(self, prefix: str | None = None, rtt_ms: float = 0.0, ipv6: bool = True,
-                 tso: bool = True, python: str | None = None, rx_cpu: int | None = 0,
-                 mtu: int | None = None, reorder_pct: float = 0.0, reorder_ms: float = 0.0,
-                 jitter_ms: float = 0.0, disorder_seed: int | None = None,
-                 sysctls: tuple[tuple[str, str, str], ...] = (), tap: bool = False,
-                 tap_split: float = 0.5,
-                 line_drops: tuple[tuple[str, str, float], ...] = (),
-                 router_mtu: int | None = None):
+    def __init__(
+        self,
+        prefix: str | None = None,
+        rtt_ms: float = 0.0,
+        ipv6: bool = True,
+        tso: bool = True,
+        python: str | None = None,
+        rx_cpu: int | None = 0,
+        mtu: int | None = None,
+        reorder_pct: float = 0.0,
+        reorder_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        disorder_seed: int | None = None,
+        sysctls: tuple[tuple[str, str, str], ...] = (),
+        tap: bool = False,
+        tap_split: float = 0.5,
+        line_drops: tuple[tuple[str, str, float], ...] = (),
+        router_mtu: int | None = None,
+    ):
         if prefix is None:
             prefix = f"{DEFAULT_PREFIX_BASE}{os.getpid()}n{next(_instances)}"
         if not _NAME_OK.match(prefix):
@@ -297,8 +313,10 @@ class Lab:
             raise ValueError(f"tap_split={tap_split}: want a fraction strictly between 0 and 1")
         for direction, what, pct in line_drops:
             if direction not in ("to_receiver", "to_sender") or what not in LINE_DROP_WHAT:
-                raise ValueError(f"line drop {(direction, what, pct)}: want direction "
-                                 f"to_receiver/to_sender and what in {LINE_DROP_WHAT}")
+                raise ValueError(
+                    f"line drop {(direction, what, pct)}: want direction "
+                    f"to_receiver/to_sender and what in {LINE_DROP_WHAT}"
+                )
             if not 0 < pct <= 100:
                 raise ValueError(f"line drop {(direction, what, pct)}: pct must be 0-100")
         if router_mtu is not None:
@@ -376,19 +394,38 @@ class Lab:
         existing = set(_netns_list())
         clash = [ns for ns in self.namespaces if ns in existing]
         if clash:
-            raise LabError(f"namespaces {clash} exist already: a crashed run? "
-                           "retranscope.lab.netns.cleanup_stale() removes dead runs' leftovers")
+            raise LabError(
+                f"namespaces {clash} exist already: a crashed run? "
+                "retranscope.lab.netns.cleanup_stale() removes dead runs' leftovers"
+            )
         for ns in self.namespaces:
             _run(["ip", "netns", "add", ns])
             self._created_ns.append(ns)
             self._ip(ns, "link", "set", "lo", "up")
         if self.middle_ns is None:
-            _run(["ip", "link", "add", self.sender_if, "netns", self.sender_ns, "type", "veth",
-                  "peer", "name", self.receiver_if, "netns", self.receiver_ns])
+            _run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    self.sender_if,
+                    "netns",
+                    self.sender_ns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    self.receiver_if,
+                    "netns",
+                    self.receiver_ns,
+                ]
+            )
         else:
             self._build_middle(self.middle_ns)
-        for role, ns, ifname in (("sender", self.sender_ns, self.sender_if),
-                                 ("receiver", self.receiver_ns, self.receiver_if)):
+        for role, ns, ifname in (
+            ("sender", self.sender_ns, self.sender_if),
+            ("receiver", self.receiver_ns, self.receiver_if),
+        ):
             self._ip(ns, "addr", "add", f"{ADDR4[role]}/24", "dev", ifname)
             if self.ipv6:
                 # No link-local address: nothing to run DAD or router solicitation for, so
@@ -424,10 +461,40 @@ class Lab:
             # A wire, not a host: no IPv6 link-local, no router solicitations.
             for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
                 self.sysctl(mid, key, "1")
-        _run(["ip", "link", "add", self.sender_if, "netns", self.sender_ns, "type", "veth",
-              "peer", "name", mid_s, "netns", mid])
-        _run(["ip", "link", "add", mid_r, "netns", mid, "type", "veth",
-              "peer", "name", self.receiver_if, "netns", self.receiver_ns])
+        _run(
+            [
+                "ip",
+                "link",
+                "add",
+                self.sender_if,
+                "netns",
+                self.sender_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                mid_s,
+                "netns",
+                mid,
+            ]
+        )
+        _run(
+            [
+                "ip",
+                "link",
+                "add",
+                mid_r,
+                "netns",
+                mid,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.receiver_if,
+                "netns",
+                self.receiver_ns,
+            ]
+        )
         ifnames = list(self.middle_ifs)
         if self.tap:
             tap_a, tap_b = self.tap_ifs
@@ -510,8 +577,9 @@ class Lab:
             argv += [feature, onoff]
         self.run(ns, argv)
 
-    def run(self, ns: str, argv: list[str], timeout_s: float = CMD_TIMEOUT_S,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, ns: str, argv: list[str], timeout_s: float = CMD_TIMEOUT_S, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` to completion in namespace ``ns``; raise LabError on failure."""
         self._check_ns(ns)
         return _run(["ip", "netns", "exec", ns, *argv], timeout_s=timeout_s, check=check)
@@ -534,8 +602,7 @@ class Lab:
         self._procs.append(proc)
         return proc
 
-    def pymodule(self, ns: str, module: str, args: list[str],
-                 **kw: Any) -> subprocess.Popen[Any]:
+    def pymodule(self, ns: str, module: str, args: list[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start ``python -m module args...`` in namespace ``ns`` (stdout/stderr piped, text)."""
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
@@ -579,26 +646,53 @@ class Lab:
     def _static_neighbours(self) -> None:
         # Permanent neighbour entries: no ARP/ND exchange delays the first SYN (whose timing
         # the RTT and SYN-loss scenarios depend on) or clutters the captures.
-        macs = {"sender": self._mac(self.sender_ns, self.sender_if),
-                "receiver": self._mac(self.receiver_ns, self.receiver_if)}
+        macs = {
+            "sender": self._mac(self.sender_ns, self.sender_if),
+            "receiver": self._mac(self.receiver_ns, self.receiver_if),
+        }
         # Through a router each endpoint's next hop is the router's interface on its link.
         next_hop = dict(macs)
         if self.router_mtu is not None:
             assert self.middle_ns is not None
-            next_hop = {"receiver": self._mac(self.middle_ns, self.middle_ifs[0]),
-                        "sender": self._mac(self.middle_ns, self.middle_ifs[1])}
+            next_hop = {
+                "receiver": self._mac(self.middle_ns, self.middle_ifs[0]),
+                "sender": self._mac(self.middle_ns, self.middle_ifs[1]),
+            }
             for ifname, role in zip(self.middle_ifs, ("sender", "receiver")):
                 self._neigh(self.middle_ns, ifname, role, macs[role])
-        for ns, ifname, peer_role in ((self.sender_ns, self.sender_if, "receiver"),
-                                      (self.receiver_ns, self.receiver_if, "sender")):
+        for ns, ifname, peer_role in (
+            (self.sender_ns, self.sender_if, "receiver"),
+            (self.receiver_ns, self.receiver_if, "sender"),
+        ):
             self._neigh(ns, ifname, peer_role, next_hop[peer_role])
 
     def _neigh(self, ns: str, ifname: str, peer_role: str, mac: str) -> None:
-        self._ip(ns, "neigh", "replace", ADDR4[peer_role], "lladdr", mac, "dev", ifname,
-                 "nud", "permanent")
+        self._ip(
+            ns,
+            "neigh",
+            "replace",
+            ADDR4[peer_role],
+            "lladdr",
+            mac,
+            "dev",
+            ifname,
+            "nud",
+            "permanent",
+        )
         if self.ipv6:
-            self._ip(ns, "-6", "neigh", "replace", ADDR6[peer_role], "lladdr", mac,
-                     "dev", ifname, "nud", "permanent")
+            self._ip(
+                ns,
+                "-6",
+                "neigh",
+                "replace",
+                ADDR6[peer_role],
+                "lladdr",
+                mac,
+                "dev",
+                ifname,
+                "nud",
+                "permanent",
+            )
 
     def _steer_rx(self) -> None:
         # veth delivers through netif_rx() into the backlog of whichever CPU sent the frame;
@@ -632,13 +726,19 @@ class Lab:
         else:
             before = one_way_ms * self.tap_split
             # Each direction loses frames in the line it crosses before the tap.
-            lines = [(self.middle_ifs[0], self.tap_ifs[0], before, True, ("a",)),
-                     (self.tap_ifs[1], self.middle_ifs[1], one_way_ms - before, False, ("b",))]
+            lines = [
+                (self.middle_ifs[0], self.tap_ifs[0], before, True, ("a",)),
+                (self.tap_ifs[1], self.middle_ifs[1], one_way_ms - before, False, ("b",)),
+            ]
         for k, (if_a, if_b, delay_ms, disorder, drop_dirs) in enumerate(lines):
             args = [if_a, if_b, "--delay-ms", f"{delay_ms:g}", "--realtime"]
             if disorder and self.reorder_pct:
-                args += ["--reorder-pct", f"{self.reorder_pct:g}",
-                         "--reorder-ms", f"{self.reorder_ms:g}"]
+                args += [
+                    "--reorder-pct",
+                    f"{self.reorder_pct:g}",
+                    "--reorder-ms",
+                    f"{self.reorder_ms:g}",
+                ]
             if disorder and self.jitter_ms:
                 args += ["--jitter-ms", f"{self.jitter_ms:g}"]
             for direction, what, pct in self.line_drops:
@@ -698,13 +798,15 @@ class Lab:
         return rule
 
     def remove_rule(self, rule: RuleHandle) -> None:
-        self.run(rule.ns, ["nft", "delete", "rule", "inet", NFT_TABLE, "input",
-                           "handle", str(rule.handle)])
+        self.run(
+            rule.ns,
+            ["nft", "delete", "rule", "inet", NFT_TABLE, "input", "handle", str(rule.handle)],
+        )
         self._rules = [r for r in self._rules if r != rule]
 
     def clear_rules(self, ns: str | None = None) -> None:
         """Remove every rule (and empty the ``once`` set) in ``ns``, or in both endpoints."""
-        for target in ([ns] if ns else [self.sender_ns, self.receiver_ns]):
+        for target in [ns] if ns else [self.sender_ns, self.receiver_ns]:
             self.run(target, ["nft", "flush", "chain", "inet", NFT_TABLE, "input"])
             self.run(target, ["nft", "flush", "set", "inet", NFT_TABLE, NFT_ONCE_SET])
         self._rules = [r for r in self._rules if ns is not None and r.ns != ns]
@@ -812,8 +914,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retranscope.lab.netns")
     sub = parser.add_subparsers(dest="cmd", required=True)
     stale = sub.add_parser("cleanup-stale", help="delete namespaces of crashed lab runs")
-    stale.add_argument("--pattern", default=DEFAULT_STALE_PATTERN,
-                       help="regex for the prefix; group 1 = owner PID (default: %(default)s)")
+    stale.add_argument(
+        "--pattern",
+        default=DEFAULT_STALE_PATTERN,
+        help="regex for the prefix; group 1 = owner PID (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     for name in cleanup_stale(args.pattern):
         print(f"deleted {name}")

@@ -118,8 +118,7 @@ def record_scenario(
             lab.sender_if if scenario.retransmitter == "client" else lab.receiver_if
         )
         pcap_args = ["--pcap", str(capture), "--interface", iface] if own_capture else []
-        rec = RecorderProcess(lab, ns, ["--out", str(out_dir), *pcap_args, "--quiet",
-                                        *extra_args])
+        rec = RecorderProcess(lab, ns, ["--out", str(out_dir), *pcap_args, "--quiet", *extra_args])
         tap = None if own_capture else LabCapture(lab, scenario, capture)
         try:
             if tap is not None:

@@ -117,9 +117,14 @@ def _serve_sink(conn: socket.socket) -> None:
     conn.sendall(b"%d\n" % count)
 
 
-def _serve_echo_slow(conn: socket.socket, think_ms: tuple[float, float], reply_bytes: int,
-                     rng: random.Random, think_where: str = "before-read",
-                     close_after: int = 0) -> None:
+def _serve_echo_slow(
+    conn: socket.socket,
+    think_ms: tuple[float, float],
+    reply_bytes: int,
+    rng: random.Random,
+    think_where: str = "before-read",
+    close_after: int = 0,
+) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     fresh_burst = True
     replies = 0
@@ -147,8 +152,11 @@ def _serve_echo_slow(conn: socket.socket, think_ms: tuple[float, float], reply_b
 
 def cmd_server(args: argparse.Namespace) -> int:
     _arm_deadline(args.timeout_s, "server")
-    family = _family(args.bind) if args.bind else (
-        socket.AF_INET6 if args.family == 6 else socket.AF_INET)
+    family = (
+        _family(args.bind)
+        if args.bind
+        else (socket.AF_INET6 if args.family == 6 else socket.AF_INET)
+    )
     bind = args.bind or ("::" if family == socket.AF_INET6 else "0.0.0.0")
     lsock = socket.socket(family, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -167,8 +175,14 @@ def cmd_server(args: argparse.Namespace) -> int:
             if args.mode == "sink":
                 _serve_sink(conn)
             else:
-                _serve_echo_slow(conn, args.think_ms, args.reply_bytes, conn_rng,
-                                 args.think_where, args.close_after)
+                _serve_echo_slow(
+                    conn,
+                    args.think_ms,
+                    args.reply_bytes,
+                    conn_rng,
+                    args.think_where,
+                    args.close_after,
+                )
         except OSError as err:
             errors.append(repr(err))
         finally:
@@ -178,8 +192,9 @@ def cmd_server(args: argparse.Namespace) -> int:
     while args.max_conns == 0 or accepted < args.max_conns:
         conn, _ = lsock.accept()
         accepted += 1
-        thread = threading.Thread(target=handle, args=(conn, random.Random(rng.random())),
-                                  daemon=True)
+        thread = threading.Thread(
+            target=handle, args=(conn, random.Random(rng.random())), daemon=True
+        )
         thread.start()
         threads.append(thread)
     for thread in threads:
@@ -251,8 +266,12 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     for thread in threads:
         thread.join()
     ok = all(r["ok"] for r in results)
-    print(json.dumps({"role": "bulk", "ok": ok, "duration_s": time.monotonic() - start,
-                      "conns": results}), flush=True)
+    print(
+        json.dumps(
+            {"role": "bulk", "ok": ok, "duration_s": time.monotonic() - start, "conns": results}
+        ),
+        flush=True,
+    )
     if ok:
         return EXIT_OK
     return EXIT_SOCKET if any("error" in r for r in results) else EXIT_BAD_PEER
@@ -303,14 +322,28 @@ def cmd_requests(args: argparse.Namespace) -> int:
     try:
         connect_s = [_request_rounds(args, round_ms) for _ in range(args.conns)][0]
     except OSError as err:
-        print(json.dumps({"role": "requests", "ok": False, "error": repr(err),
-                          "rounds_done": len(round_ms)}), flush=True)
+        print(
+            json.dumps(
+                {"role": "requests", "ok": False, "error": repr(err), "rounds_done": len(round_ms)}
+            ),
+            flush=True,
+        )
         return EXIT_SOCKET
     median_ms = sorted(round_ms)[len(round_ms) // 2] if round_ms else 0.0
-    print(json.dumps({"role": "requests", "ok": True, "connect_s": connect_s,
-                      "duration_s": time.monotonic() - start, "rounds": len(round_ms),
-                      "round_ms_max": max(round_ms, default=0.0),
-                      "round_ms_median": median_ms}), flush=True)
+    print(
+        json.dumps(
+            {
+                "role": "requests",
+                "ok": True,
+                "connect_s": connect_s,
+                "duration_s": time.monotonic() - start,
+                "rounds": len(round_ms),
+                "round_ms_max": max(round_ms, default=0.0),
+                "round_ms_median": median_ms,
+            }
+        ),
+        flush=True,
+    )
     return EXIT_OK
 
 
@@ -332,12 +365,24 @@ def cmd_trickle(args: argparse.Namespace) -> int:
             sock.shutdown(socket.SHUT_WR)
             reply = _recv_to_eof(sock)
     except OSError as err:
-        print(json.dumps({"role": "trickle", "ok": False, "error": repr(err),
-                          "bytes_sent": total}), flush=True)
+        print(
+            json.dumps({"role": "trickle", "ok": False, "error": repr(err), "bytes_sent": total}),
+            flush=True,
+        )
         return EXIT_SOCKET
     ok = int(reply or b"-1") == total
-    print(json.dumps({"role": "trickle", "ok": ok, "connect_s": connect_s, "bytes": total,
-                      "duration_s": time.monotonic() - start}), flush=True)
+    print(
+        json.dumps(
+            {
+                "role": "trickle",
+                "ok": ok,
+                "connect_s": connect_s,
+                "bytes": total,
+                "duration_s": time.monotonic() - start,
+            }
+        ),
+        flush=True,
+    )
     return EXIT_OK if ok else EXIT_BAD_PEER
 
 
@@ -355,16 +400,27 @@ def cmd_connect(args: argparse.Namespace) -> int:
         print(json.dumps({"role": "connect", "ok": False, "error": repr(err)}), flush=True)
         return EXIT_SOCKET
     ok = int(reply or b"-1") == args.bytes
-    print(json.dumps({"role": "connect", "ok": ok, "connect_s": connect_s,
-                      "tcpi_rtt_us": rtt_us, "duration_s": time.monotonic() - start}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "role": "connect",
+                "ok": ok,
+                "connect_s": connect_s,
+                "tcpi_rtt_us": rtt_us,
+                "duration_s": time.monotonic() - start,
+            }
+        ),
+        flush=True,
+    )
     return EXIT_OK if ok else EXIT_BAD_PEER
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m retranscope.lab.traffic",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m retranscope.lab.traffic",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     server = sub.add_parser("server", help="listen; sink bytes or answer bursts slowly")
@@ -372,19 +428,34 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--mode", choices=("sink", "echo-slow"), default="sink")
     server.add_argument("--family", type=int, choices=(4, 6), default=4)
     server.add_argument("--bind", default="", help="address to bind (default: any)")
-    server.add_argument("--think-ms", type=_parse_range, default=(0.0, 0.0),
-                        help="echo-slow: delay before each reply, X or LO-HI (uniform)")
-    server.add_argument("--think-where", choices=("after-read", "before-read"),
-                        default="before-read",
-                        help="echo-slow: think before reading the burst (a busy server: the "
-                             "default) or after reading it")
+    server.add_argument(
+        "--think-ms",
+        type=_parse_range,
+        default=(0.0, 0.0),
+        help="echo-slow: delay before each reply, X or LO-HI (uniform)",
+    )
+    server.add_argument(
+        "--think-where",
+        choices=("after-read", "before-read"),
+        default="before-read",
+        help="echo-slow: think before reading the burst (a busy server: the "
+        "default) or after reading it",
+    )
     server.add_argument("--reply-bytes", type=int, default=100)
-    server.add_argument("--close-after", type=int, default=0,
-                        help="echo-slow: close the connection after this many replies (the "
-                             "server's FIN then rides on the last reply; 0: at the client's)")
+    server.add_argument(
+        "--close-after",
+        type=int,
+        default=0,
+        help="echo-slow: close the connection after this many replies (the "
+        "server's FIN then rides on the last reply; 0: at the client's)",
+    )
     server.add_argument("--seed", type=int, default=1, help="think-time RNG seed")
-    server.add_argument("--max-conns", type=int, default=0,
-                        help="exit after serving this many connections (0: until killed)")
+    server.add_argument(
+        "--max-conns",
+        type=int,
+        default=0,
+        help="exit after serving this many connections (0: until killed)",
+    )
     server.add_argument("--timeout-s", type=float, default=30.0)
     server.set_defaults(func=cmd_server)
 
@@ -393,8 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", required=True)
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--timeout-s", type=float, default=20.0)
-        p.add_argument("--fastopen", action="store_true",
-                       help="TCP Fast Open: the first write rides in the SYN")
+        p.add_argument(
+            "--fastopen",
+            action="store_true",
+            help="TCP Fast Open: the first write rides in the SYN",
+        )
         return p
 
     bulk = client("bulk", "send N bytes on each of K parallel connections")
@@ -406,18 +480,34 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--count", type=int, default=10, help="bursts")
     req.add_argument("--burst", type=int, default=3, help="requests per burst")
     req.add_argument("--size", type=int, default=100, help="payload bytes per request")
-    req.add_argument("--gap-ms", type=float, default=0.0,
-                     help="pause after each reply (the last one too, before closing)")
-    req.add_argument("--conns", type=int, default=1,
-                     help="connections, one after the other, each doing --count bursts")
+    req.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="pause after each reply (the last one too, before closing)",
+    )
+    req.add_argument(
+        "--conns",
+        type=int,
+        default=1,
+        help="connections, one after the other, each doing --count bursts",
+    )
     req.set_defaults(func=cmd_requests)
 
     trickle = client("trickle", "small writes at intervals to a sink (app-limited)")
     trickle.add_argument("--count", type=int, default=100, help="writes")
-    trickle.add_argument("--size", type=_parse_range, default=(100.0, 100.0),
-                         help="bytes per write, X or LO-HI (uniform)")
-    trickle.add_argument("--interval-ms", type=_parse_range, default=(20.0, 20.0),
-                         help="pause after each write, X or LO-HI (uniform)")
+    trickle.add_argument(
+        "--size",
+        type=_parse_range,
+        default=(100.0, 100.0),
+        help="bytes per write, X or LO-HI (uniform)",
+    )
+    trickle.add_argument(
+        "--interval-ms",
+        type=_parse_range,
+        default=(20.0, 20.0),
+        help="pause after each write, X or LO-HI (uniform)",
+    )
     trickle.add_argument("--nagle", action="store_true", help="leave Nagle on (no NODELAY)")
     trickle.add_argument("--seed", type=int, default=1, help="size/interval RNG seed")
     trickle.set_defaults(func=cmd_trickle)

@@ -502,8 +502,9 @@ def _why_section(a: Analysis, limit: int = 100) -> list[str]:
         + (f"<p>{left_out:,} more in retransmits.parquet.</p>" if left_out else "")
         + "</details>"
     )
-    return ["<div class='why-section'>" + section("Why each retransmission happened", *parts)
-            + "</div>"]
+    return [
+        "<div class='why-section'>" + section("Why each retransmission happened", *parts) + "</div>"
+    ]
 
 
 def analysis_html(a: Analysis, ev: graphs.Evidence | None = None, level: int = 2) -> str:

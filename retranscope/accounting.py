@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def _socket_gaps(sk: np.ndarray, seg: np.ndarray, tot: np.ndarray,
-                 carried: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _socket_gaps(
+    sk: np.ndarray, seg: np.ndarray, tot: np.ndarray, carried: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The one rule, over events sorted by (socket, time): per event, is it a new socket
     (its first event, or its address reused: the total dropped), and how many segments
     were resent since the socket's previous event without one. ``carried``: per socket
@@ -32,8 +33,9 @@ def _socket_gaps(sk: np.ndarray, seg: np.ndarray, tot: np.ndarray,
     return starts, new_sock, gap
 
 
-def unreported_segments(skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray,
-                        total: np.ndarray, valid: np.ndarray) -> dict[str, int]:
+def unreported_segments(
+    skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray, total: np.ndarray, valid: np.ndarray
+) -> dict[str, int]:
     """Segments resent without an event, over one whole set of events.
 
     ``valid`` marks the retransmit events whose segs and total_retrans were read. A
@@ -46,9 +48,11 @@ def unreported_segments(skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray,
     g = GapTracker()
     g.update(skaddr, ts_ns, segs, total, valid)
     s = g.summary()
-    return {"between_events": s["unreported_between_events"],
-            "before_first_event": s["before_first_event"],
-            "sockets_with_gaps": s["sockets_with_gaps"]}
+    return {
+        "between_events": s["unreported_between_events"],
+        "before_first_event": s["before_first_event"],
+        "sockets_with_gaps": s["sockets_with_gaps"],
+    }
 
 
 class GapTracker:
@@ -58,11 +62,18 @@ class GapTracker:
         self._last: dict[int, int] = {}  # socket address -> its latest total_retrans
         self.between_events = 0
         self.before_first_event = 0
-        self.segs = 0                    # segments the events reported
+        self.segs = 0  # segments the events reported
         self._gapped: set[int] = set()
 
-    def update(self, skaddr: np.ndarray, ts_ns: np.ndarray, segs: np.ndarray,
-               total: np.ndarray, valid: np.ndarray, other_segments: int = 0) -> None:
+    def update(
+        self,
+        skaddr: np.ndarray,
+        ts_ns: np.ndarray,
+        segs: np.ndarray,
+        total: np.ndarray,
+        valid: np.ndarray,
+        other_segments: int = 0,
+    ) -> None:
         """One batch. ``other_segments``: segments of events without a socket total (a
         SYN-ACK resent: one). A retransmission that failed in the device still counts: the
         kernel adds to RetransSegs and total_retrans before it transmits."""
@@ -84,9 +95,12 @@ class GapTracker:
         self._last.update(zip(sk[ends].tolist(), tot[ends].tolist()))
 
     def summary(self) -> dict[str, int]:
-        return {"event_segments": self.segs, "unreported_between_events": self.between_events,
-                "before_first_event": self.before_first_event,
-                "sockets_with_gaps": len(self._gapped)}
+        return {
+            "event_segments": self.segs,
+            "unreported_between_events": self.between_events,
+            "before_first_event": self.before_first_event,
+            "sockets_with_gaps": len(self._gapped),
+        }
 
 
 def gap_intervals(events) -> dict[str, np.ndarray]:

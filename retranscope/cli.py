@@ -81,20 +81,25 @@ def record(
         False, "--perf-buffer", help="Use the perf buffer even where a ring buffer exists."
     ),
     flush_seconds: float = typer.Option(
-        0.25, "--flush-seconds", help="Sync the events journal this often (a crash loses at "
-        "most this much; at most 1)."
+        0.25,
+        "--flush-seconds",
+        help="Sync the events journal this often (a crash loses at most this much; at most 1).",
     ),
     max_size: Optional[int] = typer.Option(
-        None, "--max-size", help="MB (10^6 bytes) per event file and per capture file "
-        "(like tcpdump -C)."
+        None,
+        "--max-size",
+        help="MB (10^6 bytes) per event file and per capture file (like tcpdump -C).",
     ),
     max_files: Optional[int] = typer.Option(
-        None, "--max-files", help="Keep at most this many event files and capture files, "
-        "deleting the oldest (like tcpdump -W)."
+        None,
+        "--max-files",
+        help="Keep at most this many event files and capture files, "
+        "deleting the oldest (like tcpdump -W).",
     ),
     min_free_mb: float = typer.Option(
-        1.0, "--min-free-mb", help="Stop cleanly when the output filesystem has less than "
-        "this many MB free."
+        1.0,
+        "--min-free-mb",
+        help="Stop cleanly when the output filesystem has less than this many MB free.",
     ),
     metrics: Optional[str] = typer.Option(
         None, "--metrics", help="Serve Prometheus metrics at ADDR:PORT (e.g. 127.0.0.1:9977)."
@@ -103,8 +108,9 @@ def record(
         False, "--metrics-remote", help="Label retransmission metrics with the remote address."
     ),
     ring_reader: str = typer.Option(
-        "mmap", "--ring-reader", help="mmap: read the ring buffer directly, in batches; "
-        "bcc: bcc's per-event callback."
+        "mmap",
+        "--ring-reader",
+        help="mmap: read the ring buffer directly, in batches; bcc: bcc's per-event callback.",
     ),
 ) -> None:
     """Trace every TCP retransmission with the kernel's reason (root, or CAP_BPF +
@@ -230,16 +236,23 @@ def analyze(
         _fail(err)
 
 
-def run_analysis(pcap, events: Optional[Path], out: Path, quiet: bool = True,
-                 jobs: Optional[int] = 1):
+def run_analysis(
+    pcap, events: Optional[Path], out: Path, quiet: bool = True, jobs: Optional[int] = 1
+):
     """analyze/run.py with a progress line and warnings on stderr, and the summary on
     stdout. ``pcap``: a capture path, a list of them (a set), or None."""
     from retranscope.analyze.run import run_analysis as run
 
     bar = _Progress("reading capture")
     try:
-        result = run(pcap, events, out, progress=bar, jobs=jobs,
-                     warn=lambda w: typer.echo(f"retranscope: warning: {w}", err=True))
+        result = run(
+            pcap,
+            events,
+            out,
+            progress=bar,
+            jobs=jobs,
+            warn=lambda w: typer.echo(f"retranscope: warning: {w}", err=True),
+        )
     finally:
         bar.close()
     if not quiet:
@@ -264,8 +277,7 @@ def report(
     flow: Optional[list[str]] = typer.Option(
         None,
         "--flow",
-        help="Draw this flow's time-sequence graph: a flow_id or ADDR:PORT-ADDR:PORT "
-        "(repeatable).",
+        help="Draw this flow's time-sequence graph: a flow_id or ADDR:PORT-ADDR:PORT (repeatable).",
     ),
     pcap: Optional[list[Path]] = typer.Option(
         None,

@@ -108,13 +108,23 @@ def event_file_index(path: Path) -> int | None:
 def event_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """(closed Parquet files, journals without a Parquet twin), each in file order."""
     found = [p for p in folder.iterdir() if event_file_index(p) is not None]
-    parquet = sorted((p for p in found if p.name.endswith(PARQUET_SUFFIX)),
-                     key=lambda p: event_file_index(p) or 0)
+    parquet = sorted(
+        (p for p in found if p.name.endswith(PARQUET_SUFFIX)),
+        key=lambda p: event_file_index(p) or 0,
+    )
     names = {p.name for p in parquet}
-    journals = sorted((p for p in found if p.name.endswith(JOURNAL_SUFFIX)
-                       and p.name[: -len(JOURNAL_SUFFIX)] + PARQUET_SUFFIX not in names),
-                      key=lambda p: event_file_index(p) or 0)
+    journals = sorted(
+        (
+            p
+            for p in found
+            if p.name.endswith(JOURNAL_SUFFIX)
+            and p.name[: -len(JOURNAL_SUFFIX)] + PARQUET_SUFFIX not in names
+        ),
+        key=lambda p: event_file_index(p) or 0,
+    )
     return parquet, journals
+
+
 # flags (RTS_F_*)
 F_HAS_ERR = 0x01
 F_HAS_SEQ = 0x02

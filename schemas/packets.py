@@ -86,8 +86,19 @@ V4_MAPPED_LO_PREFIX = np.uint64(0xFFFF) << np.uint64(32)
 #: unreachable / fragmentation needed, RFC 1191; ICMPv6 packet too big, RFC 8201): one
 #: per message, with the TCP flow and sequence number the quoted header names (its sender
 #: is the flow's sender). The reader puts them, capped, in the capture's metadata.
-TOO_BIG_FIELDS = ("frame", "ts_ns", "family", "saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo",
-                  "sport", "dport", "seq", "mtu")
+TOO_BIG_FIELDS = (
+    "frame",
+    "ts_ns",
+    "family",
+    "saddr_hi",
+    "saddr_lo",
+    "daddr_hi",
+    "daddr_lo",
+    "sport",
+    "dport",
+    "seq",
+    "mtu",
+)
 
 
 def addr_to_str(hi: int, lo: int, family: int) -> str:

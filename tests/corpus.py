@@ -12,8 +12,7 @@ CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 
 
 def recordings(root: Path = CORPUS) -> list[Path]:
-    return sorted(p for p in root.iterdir() if (p / "run.json").exists()) if root.is_dir() \
-        else []
+    return sorted(p for p in root.iterdir() if (p / "run.json").exists()) if root.is_dir() else []
 
 
 def whole_sender_capture(d: Path) -> bool:

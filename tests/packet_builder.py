@@ -60,18 +60,42 @@ class Conn:
     def _side(self, by: str) -> tuple[Side, Side]:
         return (self.c, self.s) if by == "c" else (self.s, self.c)
 
-    def packet(self, t_ms: float, by: str, *, seq: int, ack: int | None, flags: int,
-               length: int = 0, sack: tuple = (), tsval: int | None = None,
-               tsecr: int | None = None, win: int | None = None, syn_opts: bool = False,
-               raw_seq: bool = False) -> dict:
+    def packet(
+        self,
+        t_ms: float,
+        by: str,
+        *,
+        seq: int,
+        ack: int | None,
+        flags: int,
+        length: int = 0,
+        sack: tuple = (),
+        tsval: int | None = None,
+        tsecr: int | None = None,
+        win: int | None = None,
+        syn_opts: bool = False,
+        raw_seq: bool = False,
+    ) -> dict:
         me, peer = self._side(by)
         row = {k: 0 for k in PACKET_DTYPES}
         hi, lo, fam = addr_from_str(me.addr)
         dhi, dlo, _ = addr_from_str(peer.addr)
-        row.update(ts_ns=T0_NS + int(round(t_ms * 1e6)), family=fam, iface=0, pkttype=-1,
-                   saddr_hi=hi, saddr_lo=lo, daddr_hi=dhi, daddr_lo=dlo,
-                   sport=me.port, dport=peer.port, flags=flags, payload_len=length,
-                   win=self.win if win is None else win, opt_wscale=-1)
+        row.update(
+            ts_ns=T0_NS + int(round(t_ms * 1e6)),
+            family=fam,
+            iface=0,
+            pkttype=-1,
+            saddr_hi=hi,
+            saddr_lo=lo,
+            daddr_hi=dhi,
+            daddr_lo=dlo,
+            sport=me.port,
+            dport=peer.port,
+            flags=flags,
+            payload_len=length,
+            win=self.win if win is None else win,
+            opt_wscale=-1,
+        )
         row["seq"] = (seq if raw_seq else me.isn + seq) & M32
         if ack is not None:
             row["ack"] = (peer.isn + ack) & M32
@@ -108,13 +132,30 @@ class Conn:
         return t_ms + rtt_ms + 0.01
 
     # -- data and acks ----------------------------------------------------------------------
-    def send(self, t_ms: float, seq: int, length: int, *, by: str = "c", ack: int = 1,
-             flags: int = TCP_PSH, **kw) -> dict:
+    def send(
+        self,
+        t_ms: float,
+        seq: int,
+        length: int,
+        *,
+        by: str = "c",
+        ack: int = 1,
+        flags: int = TCP_PSH,
+        **kw,
+    ) -> dict:
         """A data segment; ``ack`` is what it acknowledges of the peer (default 1)."""
         return self.packet(t_ms, by, seq=seq, ack=ack, flags=flags, length=length, **kw)
 
-    def burst(self, t_ms: float, seq: int, n: int, *, gap_ms: float = 0.01,
-              size: int | None = None, by: str = "c") -> tuple[float, int]:
+    def burst(
+        self,
+        t_ms: float,
+        seq: int,
+        n: int,
+        *,
+        gap_ms: float = 0.01,
+        size: int | None = None,
+        by: str = "c",
+    ) -> tuple[float, int]:
         """``n`` full segments back to back; returns (time of the last, next seq)."""
         size = size or (self.mss - 12 if self.ts else self.mss)
         t = t_ms
@@ -123,8 +164,9 @@ class Conn:
             self.send(t, seq + i * size, size, by=by)
         return t, seq + n * size
 
-    def ack(self, t_ms: float, ack: int, *, by: str = "s", sack: tuple = (), seq: int = 1,
-            **kw) -> dict:
+    def ack(
+        self, t_ms: float, ack: int, *, by: str = "s", sack: tuple = (), seq: int = 1, **kw
+    ) -> dict:
         """A pure ACK from ``by`` (default the server) acknowledging ``ack``."""
         return self.packet(t_ms, by, seq=seq, ack=ack, flags=0, sack=sack, **kw)
 
@@ -144,11 +186,22 @@ class Trace:
     def _add(self, row: dict) -> None:
         self._rows.append(row)
 
-    def conn(self, client: str = "10.0.0.1", server: str = "10.0.0.2", cport: int = 40000,
-             sport: int = 5001, isn_c: int = 1_000_000, isn_s: int = 3_000_000_000,
-             **kw) -> Conn:
-        return Conn(self, Side(client, cport, isn_c, ts_offset=50_000),
-                    Side(server, sport, isn_s, ts_offset=9_000_000), **kw)
+    def conn(
+        self,
+        client: str = "10.0.0.1",
+        server: str = "10.0.0.2",
+        cport: int = 40000,
+        sport: int = 5001,
+        isn_c: int = 1_000_000,
+        isn_s: int = 3_000_000_000,
+        **kw,
+    ) -> Conn:
+        return Conn(
+            self,
+            Side(client, cport, isn_c, ts_offset=50_000),
+            Side(server, sport, isn_s, ts_offset=9_000_000),
+            **kw,
+        )
 
     def packets(self) -> dict[str, np.ndarray]:
         rows = sorted(self._rows, key=lambda r: r["ts_ns"])  # stable: insertion order on ties

@@ -35,8 +35,7 @@ from retranscope.schemas.vocabulary import FAMILY_OF_KIND
 #: Every test here analyzes the whole corpus (~10 s; the late-start cuts as much again).
 pytestmark = pytest.mark.slow
 
-CORPUS = Path(os.environ.get("RETRANSCOPE_CORPUS",
-                             Path(__file__).parent / "fixtures" / "corpus"))
+CORPUS = Path(os.environ.get("RETRANSCOPE_CORPUS", Path(__file__).parent / "fixtures" / "corpus"))
 #: Captures cut to start late (below): the replay must find the state it starts in.
 LATE_START_TARGET = 0.999
 #: The bar the held-out captures must clear, per wire retransmission.
@@ -48,11 +47,13 @@ def _scenarios() -> list[Path]:
     points elsewhere and the derived captures with gaps are judged by lab/judge.py."""
     if not CORPUS.is_dir():
         return []
-    return sorted(d for d in CORPUS.iterdir()
-                  if (d / "capture.pcap").is_file()
-                  and ((d / "events.parquet").is_file() or any(d.glob("events/*.parquet")))
-                  and whole_sender_capture(d))
-
+    return sorted(
+        d
+        for d in CORPUS.iterdir()
+        if (d / "capture.pcap").is_file()
+        and ((d / "events.parquet").is_file() or any(d.glob("events/*.parquet")))
+        and whole_sender_capture(d)
+    )
 
 
 def evaluate(directory: Path) -> pd.DataFrame:
@@ -72,8 +73,7 @@ def evaluate(directory: Path) -> pd.DataFrame:
     ok = ev >= 0
     at = np.clip(ev, 0, None)
     out["truth"] = np.where(ok, np.asarray(events["reason"], dtype=object)[at], None)
-    out["kernel_ca_state"] = np.where(ok, np.asarray(events["ca_state"], dtype=object)[at],
-                                      None)
+    out["kernel_ca_state"] = np.where(ok, np.asarray(events["ca_state"], dtype=object)[at], None)
     out["scenario"] = directory.name
     out["sack"] = flows["sack_ok"][classified["flow_id"]].astype(bool)
     return out
@@ -113,24 +113,32 @@ def test_non_timer_loss_entries_are_slow_start_retransmits(results):
 def _matched(res: pd.DataFrame) -> pd.DataFrame:
     # Keep-alives, window probes, out-of-order originals and duplicated frames are not
     # retransmissions.
-    return res[res["truth"].notna() & res["probe"].isna() & ~res["out_of_order"].astype(bool)
-               & ~res["duplicate"].astype(bool)]
+    return res[
+        res["truth"].notna()
+        & res["probe"].isna()
+        & ~res["out_of_order"].astype(bool)
+        & ~res["duplicate"].astype(bool)
+    ]
 
 
 def test_report_accuracy_tables(results):
     m = _matched(results)
     fam_ok = family(m["kind_pcap"]) == family(m["truth"])
-    per_scenario = pd.DataFrame({
-        "wire_rtx": results.groupby("scenario").size(),
-        "matched": m.groupby("scenario").size(),
-        "kind_acc": (m["kind_pcap"] == m["truth"]).groupby(m["scenario"]).mean(),
-        "family_acc": fam_ok.groupby(m["scenario"]).mean(),
-    }).fillna(0)
-    per_kind = pd.DataFrame({
-        "n": m.groupby("truth").size(),
-        "kind_acc": (m["kind_pcap"] == m["truth"]).groupby(m["truth"]).mean(),
-        "family_acc": fam_ok.groupby(m["truth"]).mean(),
-    })
+    per_scenario = pd.DataFrame(
+        {
+            "wire_rtx": results.groupby("scenario").size(),
+            "matched": m.groupby("scenario").size(),
+            "kind_acc": (m["kind_pcap"] == m["truth"]).groupby(m["scenario"]).mean(),
+            "family_acc": fam_ok.groupby(m["scenario"]).mean(),
+        }
+    ).fillna(0)
+    per_kind = pd.DataFrame(
+        {
+            "n": m.groupby("truth").size(),
+            "kind_acc": (m["kind_pcap"] == m["truth"]).groupby(m["truth"]).mean(),
+            "family_acc": fam_ok.groupby(m["truth"]).mean(),
+        }
+    )
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print("\n== accuracy per scenario ==")
         print(per_scenario.to_string(float_format=lambda v: f"{v:.4f}"))
@@ -138,8 +146,10 @@ def test_report_accuracy_tables(results):
         print(per_kind.to_string(float_format=lambda v: f"{v:.4f}"))
         print("\n== confusion (rows: kernel, columns: capture) ==")
         print(pd.crosstab(m["truth"], m["kind_pcap"], margins=True).to_string())
-        print(f"\noverall family accuracy: {fam_ok.mean():.4f} over {len(m)} matched wire "
-              f"retransmissions ({int(results['truth'].isna().sum())} without a kernel event)")
+        print(
+            f"\noverall family accuracy: {fam_ok.mean():.4f} over {len(m)} matched wire "
+            f"retransmissions ({int(results['truth'].isna().sum())} without a kernel event)"
+        )
     assert len(m) > 0
 
 
@@ -148,8 +158,23 @@ def _family_ok(m: pd.DataFrame) -> pd.Series:
 
 
 def _misses(m: pd.DataFrame, ok: pd.Series) -> str:
-    return m.loc[~ok, ["scenario", "frame", "kind_pcap", "truth", "kernel_ca_state",
-                       "ca_state", "clock", "position"]].head(30).to_string()
+    return (
+        m.loc[
+            ~ok,
+            [
+                "scenario",
+                "frame",
+                "kind_pcap",
+                "truth",
+                "kernel_ca_state",
+                "ca_state",
+                "clock",
+                "position",
+            ],
+        ]
+        .head(30)
+        .to_string()
+    )
 
 
 def test_family_accuracy_meets_target_on_sack_flows(results):
@@ -192,7 +217,8 @@ LATE_CUTS = (0.15, 0.35, 0.55, 0.75)
 
 def _cut_late(src: Path, dst: Path, fraction: float) -> None:
     spec = importlib.util.spec_from_file_location(
-        "make_corpus", Path(__file__).parent / "fixtures" / "make_corpus.py")
+        "make_corpus", Path(__file__).parent / "fixtures" / "make_corpus.py"
+    )
     make_corpus = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_corpus)
     dst.mkdir(parents=True)
@@ -218,9 +244,11 @@ def test_family_accuracy_on_captures_started_late(tmp_path):
     m = _matched(pd.concat(frames, ignore_index=True))
     assert set(m["cut"]) == set(LATE_CUTS), "a cut left no matched retransmission at all"
     ok = _family_ok(m)
-    print("\ncaptures started late: family accuracy by cut "
-          + ", ".join(f"{int(c * 100)}%: {v:.4f}" for c, v in ok.groupby(m["cut"]).mean().items())
-          + f"; all: {ok.mean():.4f} over {len(m)}")
+    print(
+        "\ncaptures started late: family accuracy by cut "
+        + ", ".join(f"{int(c * 100)}%: {v:.4f}" for c, v in ok.groupby(m["cut"]).mean().items())
+        + f"; all: {ok.mean():.4f} over {len(m)}"
+    )
     assert ok.mean() >= LATE_START_TARGET, _misses(m, ok)
 
 
@@ -255,13 +283,27 @@ def test_judge_per_capture_point(tmp_path):
     judged = [judge.judge_recording(d, tmp_path) for d in dirs]
     failed = [(j.setting.name, j.error) for j in judged if j.error]
     per = judge.counts(judged)
-    per["point"] = [next(j.setting.capture_point + ("+gaps" if j.setting.derived else "")
-                         for j in judged if j.setting.name == n) for n in per.index]
-    cols = ["kernel", "right_kind", "right_family", "wrong_family", "invented", "missed",
-            "missed_first_copy"]
+    per["point"] = [
+        next(
+            j.setting.capture_point + ("+gaps" if j.setting.derived else "")
+            for j in judged
+            if j.setting.name == n
+        )
+        for n in per.index
+    ]
+    cols = [
+        "kernel",
+        "right_kind",
+        "right_family",
+        "wrong_family",
+        "invented",
+        "missed",
+        "missed_first_copy",
+    ]
     by_point = per.groupby("point")[cols].sum()
-    by_point["family_score"] = by_point["right_family"] / (by_point["kernel"]
-                                                          + by_point["invented"])
+    by_point["family_score"] = by_point["right_family"] / (
+        by_point["kernel"] + by_point["invented"]
+    )
     with pd.option_context("display.width", 200):
         print("\n== the judge, per capture point ==")
         print(by_point.to_string(float_format=lambda v: f"{v:.4f}"))

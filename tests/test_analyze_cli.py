@@ -154,8 +154,7 @@ def test_corpus_recording_analyzes_with_every_event_matched(tmp_path, name):
     if not name.endswith("__late"):
         # Events take only resent frames (never an original that overlaps their range):
         # with the capture's every retransmitted frame, matched or not, accounted once.
-        wire = cli("analyze", "--pcap", str(d / "capture.pcap"), "--out", str(tmp_path / "c"),
-                   "-q")
+        wire = cli("analyze", "--pcap", str(d / "capture.pcap"), "--out", str(tmp_path / "c"), "-q")
         assert wire.exit_code == 0, wire.output
         n_wire = len(pd.read_parquet(tmp_path / "c" / "retransmits.parquet"))
         m = summary["match"]
@@ -209,8 +208,6 @@ def test_report_of_a_non_analysis(tmp_path):
     r = cli("report", str(tmp_path), "--out", str(tmp_path / "r.html"))
     assert r.exit_code == 2
     one_error_line(r)
-
-
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (./setup.sh installs it)")
@@ -273,8 +270,9 @@ def test_outputs_read_as_they_are_by_polars_and_duckdb(tmp_path, with_events):
         assert n == len(pdf)
     rt = polars.read_parquet(out / "retransmits.parquet")
     assert rt.schema["seq"] == polars.UInt32 and rt.schema["ts_wall_ns"] == polars.Int64
-    kinds = duckdb.sql(f"SELECT kind, count(*) FROM '{out / 'retransmits.parquet'}' "
-                       "GROUP BY kind").fetchall()
+    kinds = duckdb.sql(
+        f"SELECT kind, count(*) FROM '{out / 'retransmits.parquet'}' GROUP BY kind"
+    ).fetchall()
     assert sum(c for _, c in kinds) == rt.height
     by_pandas = pd.read_parquet(out / "retransmits.parquet")["kind"].value_counts()
     assert dict(kinds) == by_pandas.to_dict()

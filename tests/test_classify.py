@@ -47,6 +47,7 @@ def start(**kw):
 
 # --- tail loss probe -------------------------------------------------------------------
 
+
 def test_tlp_after_two_srtt_of_silence_resends_the_tail():
     tr, c, t, seq = start()
     c.send(t, seq, 100)
@@ -173,6 +174,7 @@ def test_no_tlp_without_sack():
 
 # --- RTO --------------------------------------------------------------------------------
 
+
 def test_rto_resends_the_head_after_the_probe_then_doubles():
     tr, c, t, seq = start()
     t_last, nxt = c.burst(t, seq, 4, size=MSS)
@@ -292,11 +294,11 @@ def _reno_timeout_then_cumulative_ack(first_ack_covers_head_only: bool):
     c.burst(t, seq, 8, size=MSS)
     c.send(t + 210, seq, MSS)  # RTO
     if first_ack_covers_head_only:
-        c.ack(t + 220, segs[1])            # the resent head alone (F-RTO step 2)
+        c.ack(t + 220, segs[1])  # the resent head alone (F-RTO step 2)
         c.send(t + 220.02, segs[8 - 1] + MSS, MSS)  # new data (step 2.b)
-        c.ack(t + 221, segs[6])            # never-resent data alone: spurious (step 3.b)
+        c.ack(t + 221, segs[6])  # never-resent data alone: spurious (step 3.b)
     else:
-        c.ack(t + 220, segs[5])            # the resent head *and* never-resent data
+        c.ack(t + 220, segs[5])  # the resent head *and* never-resent data
     return tr, c, t, segs
 
 
@@ -325,6 +327,7 @@ def test_reno_ack_of_never_resent_data_alone_undoes_frto():
 
 
 # --- handshake --------------------------------------------------------------------------
+
 
 def test_syn_resent_after_one_second():
     # tcp_retransmit_timer in SYN_SENT (Linux 6.5+): while tp->total_rto is at most
@@ -357,6 +360,7 @@ def test_synack_resent():
 
 # --- not retransmissions / odd captures ----------------------------------------------------
 
+
 def test_keepalive_is_not_an_rto():
     tr, c, t, seq = start()
     c.send(t + 7_200_000, seq - 1, 0)  # keep-alive after two hours idle
@@ -382,7 +386,7 @@ def test_sequence_wraparound_does_not_disturb_classification():
     c = tr.conn(isn_c=0xFFFFFFFF - 700)
     t = c.handshake(0, RTT)
     t, seq = warm(c, t + 5)
-    c.send(t, seq, 600)   # wraps here
+    c.send(t, seq, 600)  # wraps here
     c.send(t + 0.1, seq + 600, 600)
     c.send(t + 22.1, seq + 600, 600)
     r = run(tr)
@@ -419,6 +423,7 @@ def test_reused_tuple_keeps_state_apart():
 
 # --- the estimator -------------------------------------------------------------------------
 
+
 def test_rtt_estimator_matches_the_kernels_integer_arithmetic():
     # Expected values worked by hand through tcp_rtt_estimator and tcp_set_rto
     # (net/ipv4/tcp_input.c; srtt_us holds 8*SRTT, mdev_us the mean deviation scaled so
@@ -454,10 +459,10 @@ def test_peer_sent_flow_is_judged_in_the_senders_time():
     tr = Trace()
     c = tr.conn()
     c.syn(0)
-    c.synack(20)                                # SYN-ACK after the path RTT: we are the client
+    c.synack(20)  # SYN-ACK after the path RTT: we are the client
     c.packet(20.02, "c", seq=1, ack=1, flags=0)
     t, seq = 40.0, 1
-    for _ in range(5):                          # server data, our immediate ACKs
+    for _ in range(5):  # server data, our immediate ACKs
         c.send(t, seq, 1000, by="s")
         c.ack(t + 0.05, seq + 1000, by="c")
         seq += 1000
@@ -465,7 +470,7 @@ def test_peer_sent_flow_is_judged_in_the_senders_time():
     for i in range(5):
         c.send(t + 0.01 * i, seq + 1000 * i, 1000, by="s")
     c.ack(t + 0.05, seq, by="c", sack=((seq + 1000, seq + 5000),))
-    c.send(t + 20.1, seq, 1000, by="s")         # arrives one RTT after our SACK
+    c.send(t + 20.1, seq, 1000, by="s")  # arrives one RTT after our SACK
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["fast"]
     assert r["clock"].tolist() == ["ack"]
@@ -495,12 +500,12 @@ def test_capture_started_in_a_timeout_chain_then_slow_start():
     # slow start (tcp_process_loss), not fast recovery.
     tr = Trace()
     c = tr.conn()
-    c.send(0, 1, MSS)                       # RTO (head), original long before the capture
+    c.send(0, 1, MSS)  # RTO (head), original long before the capture
     c.ack(10, 1 + MSS)
-    c.send(10.02, 80_001, MSS)              # F-RTO: new data first (RFC 5682 step 2b)
+    c.send(10.02, 80_001, MSS)  # F-RTO: new data first (RFC 5682 step 2b)
     c.send(10.03, 80_001 + MSS, MSS)
     c.ack(20, 1 + MSS, sack=((80_001, 80_001 + MSS),))
-    c.send(20.02, 1 + MSS, MSS)             # the loss was real: slow-start retransmits
+    c.send(20.02, 1 + MSS, MSS)  # the loss was real: slow-start retransmits
     c.send(20.03, 1 + 2 * MSS, MSS)
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["rto_recovery", "rto_recovery"]
@@ -513,7 +518,7 @@ def test_multi_segment_timer_burst_is_not_a_timeout():
     tr, c, t, seq = start()
     c.burst(t, seq, 6, size=MSS)
     c.ack(t + RTT, seq, sack=((seq + 3 * MSS, seq + 6 * MSS),))
-    c.send(t + RTT + 40, seq, MSS)          # late for the reorder timer, early for an RTO
+    c.send(t + RTT + 40, seq, MSS)  # late for the reorder timer, early for an RTO
     c.send(t + RTT + 40.01, seq + MSS, MSS)
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["fast", "fast"]
@@ -595,10 +600,10 @@ def test_frto_spurious_timeout_undone_without_timestamps():
     tr, c, t, seq = start(ts=False)
     t_last, nxt = c.burst(t, seq, 8, size=MSS)
     segs = [seq + i * MSS for i in range(8)]
-    c.send(t_last + 22, segs[7], MSS)       # TLP
+    c.send(t_last + 22, segs[7], MSS)  # TLP
     t1 = t_last + 232
-    c.send(t1, segs[0], MSS)                # RTO
-    c.ack(t1 + 5, segs[3])                  # the delayed ACK: segs 1-2 never resent
+    c.send(t1, segs[0], MSS)  # RTO
+    c.ack(t1 + 5, segs[3])  # the delayed ACK: segs 1-2 never resent
     c.ack(t1 + 6, segs[3], sack=((segs[4], nxt),))
     c.send(t1 + 6.02, segs[3], MSS)
     r = run(tr)
@@ -612,10 +617,10 @@ def test_after_undo_a_resent_head_keeps_disorder_so_the_timer_is_an_rto():
     tr, c, t, seq = start()
     c.send(t, seq, MSS)
     c.send(t + 0.01, seq + MSS, 400)
-    c.send(t + 22, seq + MSS, 400)                       # TLP of the tail
-    c.send(t + 250, seq, MSS)                            # RTO of the head (spurious)
+    c.send(t + 22, seq + MSS, 400)  # TLP of the tail
+    c.send(t + 250, seq, MSS)  # RTO of the head (spurious)
     c.ack(t + 260, seq + MSS, sack=((seq, seq + MSS),))  # D-SACK: it had arrived
-    c.send(t + 700, seq + MSS, 400)                      # head and tail now: RTO
+    c.send(t + 700, seq + MSS, 400)  # head and tail now: RTO
     r = run(tr)
     assert r["kind_pcap"].tolist() == ["tlp", "rto", "rto"]
     assert r["spurious_by"].tolist()[1] == "dsack"
@@ -626,13 +631,16 @@ def test_row_order_does_not_matter():
 
     tr, c, t, seq = start()
     t_last, nxt = c.burst(t, seq, 5, size=MSS)
-    c.send(t_last + 22, nxt - MSS, MSS)   # TLP
-    c.send(t_last + 232, seq, MSS)        # RTO
+    c.send(t_last + 22, nxt - MSS, MSS)  # TLP
+    c.send(t_last + 232, seq, MSS)  # RTO
     c.ack(t_last + 242, seq + MSS)
     c.send(t_last + 242.02, seq + MSS, MSS)
     pk = tr.packets()
     perm = np.random.default_rng(7).permutation(len(pk["frame"]))
     shuffled = {k: v[perm] for k, v in pk.items()}
     r = classified(shuffled)
-    assert r.sort_values("frame")["kind_pcap"].tolist() == run(tr)["kind_pcap"].tolist() \
+    assert (
+        r.sort_values("frame")["kind_pcap"].tolist()
+        == run(tr)["kind_pcap"].tolist()
         == ["tlp", "rto", "rto_recovery"]
+    )

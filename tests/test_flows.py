@@ -96,7 +96,7 @@ def test_retransmitted_syn_stays_in_its_connection():
 def test_capture_started_mid_connection():
     tr = Trace()
     c = tr.conn()
-    c.send(0, 5001, 1000)          # no handshake seen
+    c.send(0, 5001, 1000)  # no handshake seen
     c.ack(1, 6001, sack=((7001, 8001),))
     pk, fid, flows = _flows(tr)
     assert not flows["handshake_seen"].any()

@@ -49,12 +49,19 @@ def test_gap_intervals_place_the_missing_retransmissions_in_time():
 
     n = len(SK)
     ev = {
-        "event_type": np.full(n, "retransmit", dtype=object), "skaddr": SK, "ts_wall_ns": TS,
-        "segs": SEGS, "total_retrans": TOTAL, "sport": 40000 + SK, "dport": np.full(n, 5001),
+        "event_type": np.full(n, "retransmit", dtype=object),
+        "skaddr": SK,
+        "ts_wall_ns": TS,
+        "segs": SEGS,
+        "total_retrans": TOTAL,
+        "sport": 40000 + SK,
+        "dport": np.full(n, 5001),
     }
     ev["saddr_hi"], ev["saddr_lo"] = address_halves(np.full(n, "10.0.0.1", dtype=object))
     ev["daddr_hi"], ev["daddr_lo"] = address_halves(np.full(n, "10.0.0.2", dtype=object))
     g = gap_intervals(ev)
-    got = [[int(g[k][i]) for k in ("sport", "from_ns", "to_ns", "segments")]
-           for i in range(len(g["to_ns"]))]
+    got = [
+        [int(g[k][i]) for k in ("sport", "from_ns", "to_ns", "segments")]
+        for i in range(len(g["to_ns"]))
+    ]
     assert got == [[40001, 10, 20, 3]]

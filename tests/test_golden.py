@@ -19,9 +19,12 @@ def test_outputs_match_golden(recording, tmp_path):
     for mode in golden.MODES:
         got = golden.analyze_digests(recording, mode, tmp_path / mode)
         want = REFERENCE[recording.name][mode]
-        moved = [f"{table}.{col}" for table in ("retransmits", "flows")
-                 for col in sorted(set(want[table]) | set(got[table]))
-                 if want[table].get(col) != got[table].get(col)]
+        moved = [
+            f"{table}.{col}"
+            for table in ("retransmits", "flows")
+            for col in sorted(set(want[table]) | set(got[table]))
+            if want[table].get(col) != got[table].get(col)
+        ]
         if want["summary"] != got["summary"]:
             moved.append("summary.json")
         assert not moved, f"{mode}: outputs differ from the golden digests in {moved}"

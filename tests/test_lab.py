@@ -48,8 +48,16 @@ from retranscope.lab.traffic import build_parser
 
 PYTHON = sys.executable
 #: The first catalogue: every one of these has all three twins.
-ORIGINAL_BASES = ("fast_nth", "tail_drop_tlp", "blackhole_rto", "syn_drop", "synack_drop",
-                  "slow_server_tlp", "random_loss", "random_loss_rtt")
+ORIGINAL_BASES = (
+    "fast_nth",
+    "tail_drop_tlp",
+    "blackhole_rto",
+    "syn_drop",
+    "synack_drop",
+    "slow_server_tlp",
+    "random_loss",
+    "random_loss_rtt",
+)
 
 
 def _netns_names() -> set[str]:
@@ -124,10 +132,14 @@ def test_catalogue_is_consistent() -> None:
         assert {v.name for v in twins} == {f"{base.name}_{t}" for t in base.twins}
         assert {v.name for v in twins} <= set(SCENARIOS)
         for twin in twins:
-            assert twin.family == (6 if "v6" in twin.name[len(base.name):] else base.family)
-            assert twin.tso == (base.tso and "notso" not in twin.name[len(base.name):])
+            assert twin.family == (6 if "v6" in twin.name[len(base.name) :] else base.family)
+            assert twin.tso == (base.tso and "notso" not in twin.name[len(base.name) :])
             assert (twin.rules, twin.sysctls, twin.rtt_ms, twin.mtu) == (
-                base.rules, base.sysctls, base.rtt_ms, base.mtu)
+                base.rules,
+                base.sysctls,
+                base.rtt_ms,
+                base.mtu,
+            )
     for name in ORIGINAL_BASES:  # the first catalogue keeps all three twins
         assert {v.name for v in variants(SCENARIOS[name])} == {f"{name}_{t}" for t in TWINS}
     assert len(SCENARIOS) == len(BASE_SCENARIOS) + sum(len(b.twins) for b in BASE_SCENARIOS)
@@ -144,14 +156,16 @@ def test_catalogue_is_diverse() -> None:
     assert len(base) >= len(ORIGINAL_BASES) + 12
     assert {s.rtt_ms for s in base.values()} >= {0.0, 5.0, 10.0, 20.0, 50.0, 100.0}
     sysctls = {(k, v) for s in base.values() for _, k, v in s.sysctls}
-    assert {("net.ipv4.tcp_sack", "0"), ("net.ipv4.tcp_timestamps", "0"),
-            ("net.ipv4.tcp_congestion_control", "bbr")} <= sysctls
+    assert {
+        ("net.ipv4.tcp_sack", "0"),
+        ("net.ipv4.tcp_timestamps", "0"),
+        ("net.ipv4.tcp_congestion_control", "bbr"),
+    } <= sysctls
     assert any(s.mtu for s in base.values())
     assert any(s.reorder_pct for s in base.values()) and any(s.jitter_ms for s in base.values())
     assert any(s.nft_sets for s in base.values())
     assert {r.where for s in base.values() for r in s.rules} == {"receiver", "sender"}
-    assert {s.traffic.client for s in base.values()} >= {"bulk", "requests", "connect",
-                                                        "trickle"}
+    assert {s.traffic.client for s in base.values()} >= {"bulk", "requests", "connect", "trickle"}
     assert max(s.traffic.conns for s in base.values()) >= 4
     # No TLP without SACK (RFC 8985; tcp_schedule_loss_probe checks tcp_is_sack).
     for sc in SCENARIOS.values():
@@ -177,20 +191,25 @@ def test_capture_points_of_the_catalogue() -> None:
     assert labels == set(CAPTURE_POINTS)
     sc = SCENARIOS["reply_ack_loss_rcv"]  # the server retransmits; the capture is at the client
     assert (sc.retransmitter, sc.capture.where) == ("server", "receiver")
-    assert tap_delays(sc) == {"client": {"delay_ms": 0.0, "extra_ms": 0.0},
-                              "server": {"delay_ms": 10.0, "extra_ms": 0.0}}
+    assert tap_delays(sc) == {
+        "client": {"delay_ms": 0.0, "extra_ms": 0.0},
+        "server": {"delay_ms": 10.0, "extra_ms": 0.0},
+    }
     meta = capture_meta(sc)
     assert meta["recorded_addrs"] == ["10.77.0.2"] and meta["capture"]["namespace"] == "client"
     assert meta["tap_delay_ms"] == {"10.77.0.1": 0.0, "10.77.0.2": 10.0}
     mid = SCENARIOS["reorder_mid_rtt50_v6"]
-    assert tap_delays(mid) == {"client": {"delay_ms": 12.5, "extra_ms": 12.0},
-                               "server": {"delay_ms": 12.5, "extra_ms": 0.0}}
+    assert tap_delays(mid) == {
+        "client": {"delay_ms": 12.5, "extra_ms": 12.0},
+        "server": {"delay_ms": 12.5, "extra_ms": 0.0},
+    }
     assert capture_meta(mid)["capture_point"] == "mid"
     src = SCENARIOS["reply_loss_srchost"]
     assert src.capture.label == "one-way-in"
     assert capture_meta(src)["capture"]["filter"] == "tcp and (src host 10.77.0.2)"
     assert capture_meta(SCENARIOS["pmtu_drop_v6"])["capture"]["filter"] == (
-        "(tcp or icmp or icmp6)")
+        "(tcp or icmp or icmp6)"
+    )
     for sc in SCENARIOS.values():  # rules can only act on the endpoints
         assert {r.where for r in sc.rules} <= {"sender", "receiver"}
 
@@ -214,10 +233,12 @@ def _frame(payload: bytes = b"", flags: str = "A", v6: bool = False, udp: bool =
     from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
 
-    ip = IPv6(src="fd00:77::1", dst="fd00:77::2") if v6 else IP(src="10.77.0.1",
-                                                                   dst="10.77.0.2")
-    l4 = UDP(sport=1, dport=2) if udp else TCP(sport=1, dport=2, flags=flags,
-                                                options=[("Timestamp", (1, 2))])
+    ip = IPv6(src="fd00:77::1", dst="fd00:77::2") if v6 else IP(src="10.77.0.1", dst="10.77.0.2")
+    l4 = (
+        UDP(sport=1, dport=2)
+        if udp
+        else TCP(sport=1, dport=2, flags=flags, options=[("Timestamp", (1, 2))])
+    )
     return bytes(Ether() / ip / l4 / payload)
 
 
@@ -269,8 +290,12 @@ def test_lab_refuses_a_scenario_it_was_not_built_for() -> None:
 
 def test_scenario_rejects_unknown_reason() -> None:
     with pytest.raises(ValueError, match="unknown reasons"):
-        Scenario(name="x", description="", traffic=BASE_SCENARIOS[0].traffic,
-                 expected=frozenset({"rto_by_magic"}))
+        Scenario(
+            name="x",
+            description="",
+            traffic=BASE_SCENARIOS[0].traffic,
+            expected=frozenset({"rto_by_magic"}),
+        )
 
 
 def test_traffic_think_ms_accepts_a_range() -> None:
@@ -281,10 +306,27 @@ def test_traffic_think_ms_accepts_a_range() -> None:
 
 
 def test_traffic_trickle_arguments() -> None:
-    args = build_parser().parse_args(["trickle", "--host", "h", "--port", "1", "--count", "5",
-                                      "--size", "100-1400", "--interval-ms", "10-40"])
+    args = build_parser().parse_args(
+        [
+            "trickle",
+            "--host",
+            "h",
+            "--port",
+            "1",
+            "--count",
+            "5",
+            "--size",
+            "100-1400",
+            "--interval-ms",
+            "10-40",
+        ]
+    )
     assert (args.count, args.size, args.interval_ms, args.nagle) == (
-        5, (100.0, 1400.0), (10.0, 40.0), False)
+        5,
+        (100.0, 1400.0),
+        (10.0, 40.0),
+        False,
+    )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["trickle", "--host", "h", "--port", "1", "--size", "9-1"])
 
@@ -315,11 +357,25 @@ def test_lab_up_and_down_leaves_nothing(netns_ok: None) -> None:
     with Lab() as lab:
         assert set(lab.namespaces) <= _netns_names()
         assert lab.middle_ns is None
-        server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                              ["server", "--port", "5001", "--max-conns", "1"])
+        server = lab.pymodule(
+            lab.receiver_ns,
+            "retranscope.lab.traffic",
+            ["server", "--port", "5001", "--max-conns", "1"],
+        )
         assert server.stdout.readline().startswith("LISTENING")
-        res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "connect",
-                                      "--host", lab.receiver_addr(4), "--port", "5001"])
+        res = lab.run(
+            lab.sender_ns,
+            [
+                PYTHON,
+                "-m",
+                "retranscope.lab.traffic",
+                "connect",
+                "--host",
+                lab.receiver_addr(4),
+                "--port",
+                "5001",
+            ],
+        )
         assert json.loads(res.stdout)["ok"] is True
         sleeper = lab.popen(lab.sender_ns, ["sleep", "600"])
         pids = [server.pid, sleeper.pid]
@@ -361,6 +417,7 @@ def test_lab_refuses_foreign_namespaces_and_shell_strings(netns_ok: None) -> Non
 @pytest.mark.root
 def test_rules_add_remove_clear(netns_ok: None) -> None:
     with Lab(ipv6=False) as lab:
+
         def listed(ns: str) -> str:
             return lab.run(ns, ["nft", "list", "chain", "inet", "retranscope", "input"]).stdout
 
@@ -382,8 +439,12 @@ def test_mtu_and_sysctls_reach_the_lab(netns_ok: None) -> None:
     sysctls = (("sender", "net.ipv4.tcp_sack", "0"), ("receiver", "net.ipv4.tcp_timestamps", "0"))
     with Lab(rtt_ms=4, ipv6=False, mtu=1000, sysctls=sysctls) as lab:
         assert lab.middle_ns is not None
-        for ns, ifname in ((lab.sender_ns, lab.sender_if), (lab.receiver_ns, lab.receiver_if),
-                           (lab.middle_ns, lab.middle_ifs[0]), (lab.middle_ns, lab.middle_ifs[1])):
+        for ns, ifname in (
+            (lab.sender_ns, lab.sender_if),
+            (lab.receiver_ns, lab.receiver_if),
+            (lab.middle_ns, lab.middle_ifs[0]),
+            (lab.middle_ns, lab.middle_ifs[1]),
+        ):
             info = json.loads(lab.run(ns, ["ip", "-j", "link", "show", "dev", ifname]).stdout)
             assert info[0]["mtu"] == 1000, (ns, ifname)
 
@@ -395,12 +456,27 @@ def test_mtu_and_sysctls_reach_the_lab(netns_ok: None) -> None:
         assert value(lab.receiver_ns, "net.ipv4.tcp_timestamps") == "0"
         assert value(lab.sender_ns, "net.ipv4.tcp_timestamps") == "1"
         # Frames of 1000 bytes cross the delay line; the MSS follows the MTU.
-        server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                              ["server", "--port", "5001", "--max-conns", "1"])
+        server = lab.pymodule(
+            lab.receiver_ns,
+            "retranscope.lab.traffic",
+            ["server", "--port", "5001", "--max-conns", "1"],
+        )
         assert server.stdout.readline().startswith("LISTENING")
-        res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "bulk",
-                                      "--bytes", "300000", "--host", lab.receiver_addr(4),
-                                      "--port", "5001"])
+        res = lab.run(
+            lab.sender_ns,
+            [
+                PYTHON,
+                "-m",
+                "retranscope.lab.traffic",
+                "bulk",
+                "--bytes",
+                "300000",
+                "--host",
+                lab.receiver_addr(4),
+                "--port",
+                "5001",
+            ],
+        )
         assert json.loads(res.stdout)["ok"] is True
 
 
@@ -411,16 +487,32 @@ def test_delay_line_reorders_and_jitters_when_asked(netns_ok: None) -> None:
     steering and every other scenario)."""
     for kw in ({"reorder_pct": 10.0, "reorder_ms": 5.0}, {"jitter_ms": 3.0}):
         with Lab(rtt_ms=10, ipv6=False, tso=False, disorder_seed=7, **kw) as lab:
-            server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                                  ["server", "--port", "5001", "--max-conns", "1"])
+            server = lab.pymodule(
+                lab.receiver_ns,
+                "retranscope.lab.traffic",
+                ["server", "--port", "5001", "--max-conns", "1"],
+            )
             assert server.stdout.readline().startswith("LISTENING")
             before = lab.tcp_counters(lab.receiver_ns)
-            res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "bulk",
-                                          "--bytes", "1000000", "--host", lab.receiver_addr(4),
-                                          "--port", "5001"])
+            res = lab.run(
+                lab.sender_ns,
+                [
+                    PYTHON,
+                    "-m",
+                    "retranscope.lab.traffic",
+                    "bulk",
+                    "--bytes",
+                    "1000000",
+                    "--host",
+                    lab.receiver_addr(4),
+                    "--port",
+                    "5001",
+                ],
+            )
             assert json.loads(res.stdout)["ok"] is True
-            ofo = (lab.tcp_counters(lab.receiver_ns)["TcpExtTCPOFOQueue"]
-                   - before["TcpExtTCPOFOQueue"])
+            ofo = (
+                lab.tcp_counters(lab.receiver_ns)["TcpExtTCPOFOQueue"] - before["TcpExtTCPOFOQueue"]
+            )
             stats = lab.delay_stats()
         assert stats is not None and stats["send_errors"] == 0, stats
         if "reorder_pct" in kw:
@@ -433,8 +525,7 @@ def test_tso_setting_reaches_the_sender_interface(netns_ok: None) -> None:
     for tso in (True, False):
         with Lab(tso=tso, ipv6=False) as lab:
             out = lab.run(lab.sender_ns, ["ethtool", "-k", lab.sender_if]).stdout
-            line = next(ln for ln in out.splitlines()
-                        if ln.startswith("tcp-segmentation-offload:"))
+            line = next(ln for ln in out.splitlines() if ln.startswith("tcp-segmentation-offload:"))
             assert line.split(":")[1].split()[0] == ("on" if tso else "off")
 
 
@@ -446,20 +537,46 @@ def test_delay_line_gives_the_configured_rtt(netns_ok: None, family: int) -> Non
     tcpi_rtt is timed in softirq, so a busy machine does not inflate it the way it inflates
     the client's own connect() time (checked more loosely)."""
     with Lab(rtt_ms=20) as lab:
-        server = lab.pymodule(lab.receiver_ns, "retranscope.lab.traffic",
-                              ["server", "--port", "5001", "--family", str(family)])
+        server = lab.pymodule(
+            lab.receiver_ns,
+            "retranscope.lab.traffic",
+            ["server", "--port", "5001", "--family", str(family)],
+        )
         assert server.stdout.readline().startswith("LISTENING")
         rtts_ms, connects_ms = [], []
         for _ in range(5):
-            res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "connect",
-                                          "--host", lab.receiver_addr(family), "--port", "5001"])
+            res = lab.run(
+                lab.sender_ns,
+                [
+                    PYTHON,
+                    "-m",
+                    "retranscope.lab.traffic",
+                    "connect",
+                    "--host",
+                    lab.receiver_addr(family),
+                    "--port",
+                    "5001",
+                ],
+            )
             out = json.loads(res.stdout)
             rtts_ms.append(out["tcpi_rtt_us"] / 1000.0)
             connects_ms.append(out["connect_s"] * 1000.0)
         # A bulk transfer also crosses it intact, TSO super-frames included (vnet headers).
-        res = lab.run(lab.sender_ns, [PYTHON, "-m", "retranscope.lab.traffic", "bulk",
-                                      "--bytes", "1000000", "--host",
-                                      lab.receiver_addr(family), "--port", "5001"])
+        res = lab.run(
+            lab.sender_ns,
+            [
+                PYTHON,
+                "-m",
+                "retranscope.lab.traffic",
+                "bulk",
+                "--bytes",
+                "1000000",
+                "--host",
+                lab.receiver_addr(family),
+                "--port",
+                "5001",
+            ],
+        )
         assert json.loads(res.stdout)["ok"] is True
         stats = lab.delay_stats()
     assert 19.8 <= statistics.median(rtts_ms) <= 22.0, rtts_ms
@@ -479,8 +596,7 @@ _CHILD = textwrap.dedent("""\
 
 @pytest.mark.root
 def test_sigterm_cleans_up(netns_ok: None) -> None:
-    with subprocess.Popen([PYTHON, "-c", _CHILD, "10"], stdout=subprocess.PIPE,
-                          text=True) as child:
+    with subprocess.Popen([PYTHON, "-c", _CHILD, "10"], stdout=subprocess.PIPE, text=True) as child:
         try:
             prefix, delay_pid = child.stdout.readline().split()  # type: ignore[union-attr]
             names = {f"{prefix}-snd", f"{prefix}-rcv", f"{prefix}-mid"}
@@ -497,8 +613,7 @@ def test_sigterm_cleans_up(netns_ok: None) -> None:
 
 @pytest.mark.root
 def test_cleanup_stale_removes_only_dead_runs(netns_ok: None) -> None:
-    with subprocess.Popen([PYTHON, "-c", _CHILD, "10"], stdout=subprocess.PIPE,
-                          text=True) as child:
+    with subprocess.Popen([PYTHON, "-c", _CHILD, "10"], stdout=subprocess.PIPE, text=True) as child:
         try:
             prefix, delay_pid = child.stdout.readline().split()  # type: ignore[union-attr]
         finally:
@@ -517,8 +632,10 @@ def test_cleanup_stale_removes_only_dead_runs(netns_ok: None) -> None:
         assert not names & _netns_names()
         assert set(live.namespaces) <= _netns_names(), "a live lab of this process was removed"
     # Someone else's namespaces are never candidates.
-    assert all(lab_netns.re.fullmatch(lab_netns.DEFAULT_STALE_PATTERN, n.rpartition("-")[0])
-               for n in removed)
+    assert all(
+        lab_netns.re.fullmatch(lab_netns.DEFAULT_STALE_PATTERN, n.rpartition("-")[0])
+        for n in removed
+    )
 
 
 # --- scenarios against the kernel's counters ------------------------------------------------
@@ -555,8 +672,9 @@ def test_scenario_moves_kernel_counters(netns_ok: None, name: str) -> None:
     for attempt in range(1, tries):
         if not problems:
             break
-        warnings.warn(f"{name}: run {attempt} off ({problems}; {deltas}), running it again",
-                      stacklevel=1)
+        warnings.warn(
+            f"{name}: run {attempt} off ({problems}; {deltas}), running it again", stacklevel=1
+        )
         problems, deltas, client_side = _run_and_check(sc)
     assert problems == [], deltas
     if name.startswith("slow_server_tlp"):
@@ -662,9 +780,12 @@ def test_mid_tap_sees_loss_after_it_not_before(netns_ok: None, tmp_path: Path) -
     sender holds them all. So: data frames at the sender - dropped before the tap = data
     frames at the tap."""
     base = SCENARIOS["bulk_loss_mid_notso"]
-    sc = replace(base, rules=(), line_drops=(("to_receiver", "data", 5.0),),
-                 traffic=replace(base.traffic, client_args=("--bytes", "300000",
-                                                            "--conns", "1")))
+    sc = replace(
+        base,
+        rules=(),
+        line_drops=(("to_receiver", "data", 5.0),),
+        traffic=replace(base.traffic, client_args=("--bytes", "300000", "--conns", "1")),
+    )
     at_sender = replace(sc, capture=CapturePoint())
     with sc.lab(disorder_seed=5) as lab:
         tap = LabCapture(lab, sc, tmp_path / "mid.pcap")
@@ -677,21 +798,23 @@ def test_mid_tap_sees_loss_after_it_not_before(netns_ok: None, tmp_path: Path) -
         stats = lab.delay_stats()
     assert result.ok and stats is not None
     client = lab.sender_addr(4)
-    data = [int((_from(p, client) & (p["payload_len"] > 0)).sum())
-            for p in (_read(tmp_path / "snd.pcap"), _read(tmp_path / "mid.pcap"))]
+    data = [
+        int((_from(p, client) & (p["payload_len"] > 0)).sum())
+        for p in (_read(tmp_path / "snd.pcap"), _read(tmp_path / "mid.pcap"))
+    ]
     assert stats["dropped_data"] > 0
     assert data[0] - stats["dropped_data"] == data[1], (data, stats)
 
 
 @pytest.mark.root
-def test_one_way_capture_holds_only_what_the_sender_sent(netns_ok: None,
-                                                          tmp_path: Path) -> None:
+def test_one_way_capture_holds_only_what_the_sender_sent(netns_ok: None, tmp_path: Path) -> None:
     sc = replace(SCENARIOS["bulk_loss_out"], rules=())
     with sc.lab() as lab:
         tap = LabCapture(lab, sc, tmp_path / "out.pcap")
         tap.wait_ready()
-        assert run_scenario(lab, replace(sc, rules=(Rule("tcp dport {port} ct original "
-                                                         "packets 20 drop"),))).ok
+        assert run_scenario(
+            lab, replace(sc, rules=(Rule("tcp dport {port} ct original packets 20 drop"),))
+        ).ok
         tap.stop()
     p = _read(tmp_path / "out.pcap")
     assert len(p["frame"]) > 100 and _from(p, lab.sender_addr(4)).all()

@@ -157,15 +157,16 @@ def _ip_after_link_header(linktype: int, data: bytes):
         else:
             if data[:2] == b"\xff\x03":
                 data = data[2:]
-            proto, rest = (data[0], data[1:]) if data[0] & 1 else (
-                int.from_bytes(data[:2], "big"), data[2:])
+            proto, rest = (
+                (data[0], data[1:]) if data[0] & 1 else (int.from_bytes(data[:2], "big"), data[2:])
+            )
             ethertype = {0x21: 0x0800, 0x57: 0x86DD}[proto]
     elif linktype == 239:
         at = 4
         while True:
             length, kind = struct.unpack_from("<HH", data, at)
             if kind == 9:
-                rest = data[at + 4:at + length]
+                rest = data[at + 4 : at + length]
                 break
             at += (length + 3) & ~3
         ethertype = 0x0800 if data[0] == 2 else 0x86DD
@@ -238,26 +239,39 @@ def scapy_rows(path: Path, *, options: bool = True) -> list[dict]:
             d_hi, d_lo, _ = addr_from_str(dst)
             opts_cut = len(tcp.original) < tcp.dataofs * 4
             row = {
-                "frame": frame, "ts_ns": ts_ns, "pkttype": pkttype, "family": family,
-                "saddr_hi": s_hi, "saddr_lo": s_lo, "daddr_hi": d_hi, "daddr_lo": d_lo,
-                "sport": tcp.sport, "dport": tcp.dport, "seq": tcp.seq, "ack": tcp.ack,
-                "flags": int(tcp.flags), "win": tcp.window,
-                "payload_len": seg_len - tcp.dataofs * 4, "opts_cut": opts_cut,
+                "frame": frame,
+                "ts_ns": ts_ns,
+                "pkttype": pkttype,
+                "family": family,
+                "saddr_hi": s_hi,
+                "saddr_lo": s_lo,
+                "daddr_hi": d_hi,
+                "daddr_lo": d_lo,
+                "sport": tcp.sport,
+                "dport": tcp.dport,
+                "seq": tcp.seq,
+                "ack": tcp.ack,
+                "flags": int(tcp.flags),
+                "win": tcp.window,
+                "payload_len": seg_len - tcp.dataofs * 4,
+                "opts_cut": opts_cut,
                 # the two fixtures with several interfaces have one link type each
                 "iface": linktypes_seen.index(linktype) if ng else 0,
             }
             if options and not opts_cut:
                 opts = dict((k, v) for k, v in tcp.options if k not in ("NOP", "EOL"))
                 sack = list(opts.get("SAck", ()))
-                row.update({
-                    "opt_mss": opts.get("MSS", 0),
-                    "opt_wscale": opts.get("WScale", -1),
-                    "opt_sackok": "SAckOK" in opts,
-                    "opt_ts": "Timestamp" in opts,
-                    "tsval": opts.get("Timestamp", (0, 0))[0],
-                    "tsecr": opts.get("Timestamp", (0, 0))[1],
-                    "sack_n": len(sack) // 2,
-                })
+                row.update(
+                    {
+                        "opt_mss": opts.get("MSS", 0),
+                        "opt_wscale": opts.get("WScale", -1),
+                        "opt_sackok": "SAckOK" in opts,
+                        "opt_ts": "Timestamp" in opts,
+                        "tsval": opts.get("Timestamp", (0, 0))[0],
+                        "tsecr": opts.get("Timestamp", (0, 0))[1],
+                        "sack_n": len(sack) // 2,
+                    }
+                )
                 sack += [0] * (8 - len(sack))
                 for b in range(4):
                     row[f"sack_l{b}"], row[f"sack_r{b}"] = sack[2 * b], sack[2 * b + 1]
@@ -363,18 +377,44 @@ def test_every_record_is_accounted_for(name):
 # What tshark says
 # ----------------------------------------------------------------------------------------
 
-TSHARK_FIELDS = ["frame.number", "tcp.srcport", "tcp.dstport", "tcp.seq_raw", "tcp.ack_raw",
-                 "tcp.len", "tcp.flags", "tcp.window_size_value", "tcp.options.mss_val",
-                 "tcp.options.wscale.shift", "tcp.options.timestamp.tsval",
-                 "tcp.options.timestamp.tsecr", "tcp.options.sack_le", "tcp.options.sack_re"]
+TSHARK_FIELDS = [
+    "frame.number",
+    "tcp.srcport",
+    "tcp.dstport",
+    "tcp.seq_raw",
+    "tcp.ack_raw",
+    "tcp.len",
+    "tcp.flags",
+    "tcp.window_size_value",
+    "tcp.options.mss_val",
+    "tcp.options.wscale.shift",
+    "tcp.options.timestamp.tsval",
+    "tcp.options.timestamp.tsecr",
+    "tcp.options.sack_le",
+    "tcp.options.sack_re",
+]
 
 
 def tshark_rows(path: Path) -> list[dict]:
     # A TCP header quoted inside an ICMP error (RFC 792, RFC 4443 §3.2) is not a segment.
-    cmd = [TSHARK, "-r", str(path), "-n", "-Y", "tcp && !icmp && !icmpv6", "-T", "fields",
-           "-E", "separator=|",
-           "-o", "tcp.relative_sequence_numbers:FALSE", "-o", "ip.defragment:FALSE",
-           "-o", "ipv6.defragment:FALSE"]
+    cmd = [
+        TSHARK,
+        "-r",
+        str(path),
+        "-n",
+        "-Y",
+        "tcp && !icmp && !icmpv6",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+        "-o",
+        "tcp.relative_sequence_numbers:FALSE",
+        "-o",
+        "ip.defragment:FALSE",
+        "-o",
+        "ipv6.defragment:FALSE",
+    ]
     for f in TSHARK_FIELDS:
         cmd += ["-e", f]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -385,8 +425,9 @@ def tshark_rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
-@pytest.mark.parametrize("name", [n for n in DECODABLE if "truncated" not in n
-                                  and "corrupt" not in n])
+@pytest.mark.parametrize(
+    "name", [n for n in DECODABLE if "truncated" not in n and "corrupt" not in n]
+)
 def test_matches_tshark(name):
     cap = read(name)
     ours = {r["frame"]: r for r in rows(cap)}
@@ -417,8 +458,9 @@ def test_matches_tshark(name):
 
 def _bench_module():
     """bench/bench_reader.py, whose generator writes big synthetic captures quickly."""
-    spec = importlib.util.spec_from_file_location("bench_reader",
-                                                  HERE.parent / "bench" / "bench_reader.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_reader", HERE.parent / "bench" / "bench_reader.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench_reader"] = bench
     spec.loader.exec_module(bench)
@@ -452,6 +494,7 @@ def test_bulk_synthetic_capture_matches_tshark(tmp_path):
 # Scenarios
 # ----------------------------------------------------------------------------------------
 
+
 def by_frame(cap: Capture) -> dict[int, dict]:
     return {r["frame"]: r for r in rows(cap)}
 
@@ -466,7 +509,11 @@ def test_ethernet_conversation_and_non_tcp():
     assert (p["flags"] & 0x100).any()  # the AE bit is kept
     syn = rows(cap)[0]
     assert (syn["opt_mss"], syn["opt_wscale"], syn["opt_sackok"], syn["opt_ts"]) == (
-        1460, 7, True, True)
+        1460,
+        7,
+        True,
+        True,
+    )
     assert (p["sack_n"] == 4).sum() == 2  # one per family
     assert m.first_ts_ns == 1_700_000_000 * 10**9
     assert not m.truncated and m.warnings == []
@@ -509,10 +556,19 @@ def test_linux_cooked_pkttype(name):
     assert cap.meta.skipped_non_tcp == 1
 
 
-@pytest.mark.parametrize("name,linktype", [("raw_101.pcap", 101), ("raw_dlt12.pcap", 12),
-                                           ("raw_dlt14.pcap", 14), ("ipv4_228.pcap", 228),
-                                           ("ipv6_229.pcap", 229), ("null_le.pcap", 0),
-                                           ("null_be_host.pcap", 0), ("loop_108.pcap", 108)])
+@pytest.mark.parametrize(
+    "name,linktype",
+    [
+        ("raw_101.pcap", 101),
+        ("raw_dlt12.pcap", 12),
+        ("raw_dlt14.pcap", 14),
+        ("ipv4_228.pcap", 228),
+        ("ipv6_229.pcap", 229),
+        ("null_le.pcap", 0),
+        ("null_be_host.pcap", 0),
+        ("loop_108.pcap", 108),
+    ],
+)
 def test_link_types_without_ethernet(name, linktype):
     cap = read(name)
     assert cap.meta.linktypes == [linktype]
@@ -533,7 +589,8 @@ def test_headers_only_snaplen():
     full = read("eth_v4_v6.pcap")
     # same segments, in another order: payload lengths come from IP, not the capture
     assert sorted(cut.packets["payload_len"].tolist()) == sorted(
-        full.packets["payload_len"].tolist())
+        full.packets["payload_len"].tolist()
+    )
     assert cut.packets["payload_len"].max() == 1000
 
 
@@ -565,8 +622,9 @@ def test_resolutions_and_byte_orders():
 def test_malformed_tcp_options_stop_parsing():
     cap = read("malformed_tcp_options.pcap")
     r = rows(cap)
-    assert any("6 TCP segments" in w or "3 TCP segments have malformed" in w
-               for w in cap.meta.warnings)
+    assert any(
+        "6 TCP segments" in w or "3 TCP segments have malformed" in w for w in cap.meta.warnings
+    )
     assert (r[0]["opt_mss"], r[0]["opt_ts"]) == (1460, False)  # TS with length 0
     assert (r[1]["opt_ts"], r[1]["tsval"], r[1]["sack_n"]) == (True, 1, 0)  # SACK too long
     assert (r[2]["opt_mss"], r[2]["opt_wscale"]) == (0, 7)  # MSS of length 5 ignored
@@ -613,9 +671,14 @@ def test_pcapng_big_endian_headers_only():
 # Damaged and wrong input
 # ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,got", [("truncated_mid_record.pcap", "got 46 bytes, 82 needed"),
-                                      ("truncated_mid_record_header.pcap",
-                                       "got 10 bytes, 16 needed")])
+
+@pytest.mark.parametrize(
+    "name,got",
+    [
+        ("truncated_mid_record.pcap", "got 46 bytes, 82 needed"),
+        ("truncated_mid_record_header.pcap", "got 10 bytes, 16 needed"),
+    ],
+)
 def test_truncated_pcap_keeps_what_came_before(name, got):
     cap = read(name)
     m = cap.meta
@@ -709,6 +772,7 @@ def test_garbage_after_valid_records_is_reported(tmp_path):
 # Progress, fixtures
 # ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["eth_v4_v6.pcap", "pcapng_two_ifaces.pcapng"])
 @pytest.mark.parametrize("chunk_bytes", [128, 1 << 20])
 def test_progress_reports_bytes_and_packets(name, chunk_bytes):
@@ -727,7 +791,8 @@ def test_progress_reports_bytes_and_packets(name, chunk_bytes):
 
 def test_fixtures_are_reproducible(tmp_path):
     spec = importlib.util.spec_from_file_location(
-        "make_reader_fixtures", HERE / "fixtures" / "make_reader_fixtures.py")
+        "make_reader_fixtures", HERE / "fixtures" / "make_reader_fixtures.py"
+    )
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     made = gen.write_all(tmp_path)
@@ -740,9 +805,11 @@ def test_fixtures_are_reproducible(tmp_path):
 # Odd records, made on the spot
 # ----------------------------------------------------------------------------------------
 
+
 def _generator():
     spec = importlib.util.spec_from_file_location(
-        "make_reader_fixtures", HERE / "fixtures" / "make_reader_fixtures.py")
+        "make_reader_fixtures", HERE / "fixtures" / "make_reader_fixtures.py"
+    )
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     return gen
@@ -772,8 +839,12 @@ def test_broken_headers_are_counted_not_decoded(tmp_path):
     cap = read_capture(path)
     m = cap.meta
     assert cap.packets["frame"].tolist() == [1, 8]
-    assert m.skipped_other == {"bad_ip_header": 2, "bad_tcp_header": 2,
-                               "unsupported_encapsulation": 1, "link_header_cut": 2}
+    assert m.skipped_other == {
+        "bad_ip_header": 2,
+        "bad_tcp_header": 2,
+        "unsupported_encapsulation": 1,
+        "link_header_cut": 2,
+    }
     assert m.records == 9 and not m.truncated
     assert m.undecoded == {"MPLS carrying neither IPv4 nor IPv6 (a pseudowire)": 1}
 
@@ -842,8 +913,8 @@ def test_pcapng_binary_resolution_and_offset(tmp_path):
 
 def test_pcapng_corrupt_block_length(tmp_path):
     data = bytearray((FIXTURES / "pcapng_two_ifaces.pcapng").read_bytes())
-    shb_len, = struct.unpack_from("<I", data, 4)
-    idb1_len, = struct.unpack_from("<I", data, shb_len + 4)
+    (shb_len,) = struct.unpack_from("<I", data, 4)
+    (idb1_len,) = struct.unpack_from("<I", data, shb_len + 4)
     at = shb_len + idb1_len  # the second IDB
     struct.pack_into("<I", data, at + 4, 13)  # not a multiple of 4
     path = tmp_path / "corrupt.pcapng"
@@ -872,14 +943,18 @@ def test_pcapng_obsolete_packet_block(tmp_path):
     units = 1_700_000_000_000_002
     data = frames[1] + b"\0" * (-len(frames[1]) % 4)
     # PB (pcapng Appendix A): interface u16, drops u16, ts high, ts low, caplen, origlen
-    ng.block(2, struct.pack("<HHIIII", 0, 0, units >> 32, units & 0xFFFFFFFF, len(frames[1]),
-                            len(frames[1])) + data)
+    ng.block(
+        2,
+        struct.pack(
+            "<HHIIII", 0, 0, units >> 32, units & 0xFFFFFFFF, len(frames[1]), len(frames[1])
+        )
+        + data,
+    )
     path = tmp_path / "pb.pcapng"
     path.write_bytes(ng.bytes())
     cap = read_capture(path)
     assert cap.meta.records == 2
-    assert cap.packets["ts_ns"].tolist() == [1_700_000_000_000_001_000,
-                                             1_700_000_000_000_002_000]
+    assert cap.packets["ts_ns"].tolist() == [1_700_000_000_000_001_000, 1_700_000_000_000_002_000]
     assert cap.packets["seq"].tolist() == read("eth_v4_v6.pcap").packets["seq"][:2].tolist()
 
 
@@ -903,12 +978,14 @@ def test_real_lab_captures_match_tshark(path):
     sack_l0 = [int(t["tcp.options.sack_le"].split(",")[0] or 0) for t in theirs]
     assert p["sack_l0"].tolist() == sack_l0
     assert cap.meta.records == cap.meta.tcp_packets + cap.meta.skipped_non_tcp + sum(
-        cap.meta.skipped_other.values())
+        cap.meta.skipped_other.values()
+    )
 
 
 # ----------------------------------------------------------------------------------------
 # Compressed captures: by magic, streamed
 # ----------------------------------------------------------------------------------------
+
 
 def _compress(data: bytes, kind: str) -> bytes:
     """``data`` compressed; bzip2 in 100 kB blocks (-1), so that a few KB hold a block."""
@@ -931,8 +1008,9 @@ COMPRESSIONS = ["gzip", "zstd", "xz", "bzip2"]
 
 
 @pytest.mark.parametrize("kind", COMPRESSIONS)
-@pytest.mark.parametrize("name", ["eth_v4_v6.pcap", "pcapng_two_ifaces.pcapng",
-                                  "truncated_mid_record.pcap"])
+@pytest.mark.parametrize(
+    "name", ["eth_v4_v6.pcap", "pcapng_two_ifaces.pcapng", "truncated_mid_record.pcap"]
+)
 def test_compressed_capture_reads_as_the_plain_one(kind, name, tmp_path):
     plain = read(name)
     # a name that says nothing: the magic decides
@@ -986,8 +1064,9 @@ def test_compressed_from_a_pipe(tmp_path):
 
     data = _compress((FIXTURES / "pcapng_two_ifaces.pcapng").read_bytes(), "gzip")
     cap = read_capture(io.BufferedReader(io.BytesIO(data)), chunk_bytes=100)
-    assert cap.packets["frame"].tolist() == read("pcapng_two_ifaces.pcapng").packets[
-        "frame"].tolist()
+    assert (
+        cap.packets["frame"].tolist() == read("pcapng_two_ifaces.pcapng").packets["frame"].tolist()
+    )
     assert cap.meta.files[0]["compression"] == "gzip"
 
 
@@ -1002,12 +1081,13 @@ def test_compressed_non_capture_says_so(tmp_path):
 # Capture sets: several files read as one capture
 # ----------------------------------------------------------------------------------------
 
+
 def _pcap_records(data: bytes) -> tuple[bytes, list[bytes]]:
     """A little-endian pcap file's header and its records (header + data each)."""
     out, off = [], 24
     while off + 16 <= len(data):
         caplen = struct.unpack_from("<I", data, off + 8)[0]
-        out.append(data[off:off + 16 + caplen])
+        out.append(data[off : off + 16 + caplen])
         off += 16 + caplen
     return data[:24], out
 
@@ -1026,7 +1106,7 @@ def _rotated_set(tmp_path: Path, n_packets: int = 3000, parts: int = 4) -> tuple
     sets.mkdir()
     for k in range(parts):
         name = sets / ("cap.pcap" + (str(k) if k else ""))
-        body = recs[cut[k]:cut[k + 1]]
+        body = recs[cut[k] : cut[k + 1]]
         if k == 1:  # as pcapng (µs, one Ethernet interface)
             ng = gen.NgWriter("<")
             ng.shb()
@@ -1052,7 +1132,11 @@ def test_rotated_set_reads_as_the_whole_capture(tmp_path):
         m = cap.meta
         assert m.records == one.meta.records and m.format == "mixed"
         assert [Path(f["path"]).name for f in m.files] == [
-            "cap.pcap", "cap.pcap1", "cap.pcap2", "cap.pcap3"]
+            "cap.pcap",
+            "cap.pcap1",
+            "cap.pcap2",
+            "cap.pcap3",
+        ]
         assert [f["compression"] for f in m.files] == [None, None, "gzip", None]
         assert sum(f["records"] for f in m.files) == m.records
         assert all(a["last_ts_ns"] <= b["first_ts_ns"] for a, b in zip(m.files, m.files[1:]))
@@ -1076,7 +1160,8 @@ def test_flow_spanning_files_is_one_flow(tmp_path):
     ends = np.cumsum([f["records"] for f in files])
     part = np.searchsorted(ends, one.packets["frame"], side="left")
     first_flow = (one.packets["sport"] == one.packets["sport"][0]) & (
-        one.packets["dport"] == one.packets["dport"][0])
+        one.packets["dport"] == one.packets["dport"][0]
+    )
     assert set(part[first_flow].tolist()) == {0, 1, 2}
     # the same flows, and retransmissions, as from the one file (NaN equal to NaN)
     assert fa.num_rows == fb.num_rows > 0 and fa.to_pandas().equals(fb.to_pandas())
@@ -1135,14 +1220,19 @@ def test_chunks_keep_the_contract(tmp_path):
 # Decoding on worker processes
 # ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("jobs", [2, 3])
 def test_any_number_of_jobs_gives_the_same_capture(jobs, tmp_path, monkeypatch):
     import retranscope.analyze.capture.chunks as chunks
 
     monkeypatch.setattr(chunks, "DECODE_CHUNK_RECORDS", 700)  # many jobs in flight
     whole, sets = _rotated_set(tmp_path, n_packets=5000, parts=3)
-    for source in (whole, sets, FIXTURES / "pcapng_two_ifaces.pcapng",
-                   FIXTURES / "eth_v6_ext_headers.pcap"):
+    for source in (
+        whole,
+        sets,
+        FIXTURES / "pcapng_two_ifaces.pcapng",
+        FIXTURES / "eth_v6_ext_headers.pcap",
+    ):
         serial = read_capture(source, jobs=1, chunk_bytes=20_000)
         assert_same_capture(read_capture(source, jobs=jobs, chunk_bytes=20_000), serial)
 
@@ -1154,14 +1244,19 @@ def test_cli_takes_a_set_as_files_after_pcap(tmp_path):
 
     _, sets = _rotated_set(tmp_path, n_packets=1200, parts=3)
     names = [str(p) for p in sorted(sets.iterdir())]
-    r = CliRunner().invoke(app, ["analyze", "--pcap", *names, "--out", str(tmp_path / "o"),
-                                 "-q", "--jobs", "1"])
+    r = CliRunner().invoke(
+        app, ["analyze", "--pcap", *names, "--out", str(tmp_path / "o"), "-q", "--jobs", "1"]
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert [Path(f["path"]).name for f in summary["capture"]["files"]] == [
-        "cap.pcap", "cap.pcap1", "cap.pcap2"]
-    r = CliRunner().invoke(app, ["analyze", "--pcap", str(tmp_path / "none*.pcap"),
-                                 "--out", str(tmp_path / "o2")])
+        "cap.pcap",
+        "cap.pcap1",
+        "cap.pcap2",
+    ]
+    r = CliRunner().invoke(
+        app, ["analyze", "--pcap", str(tmp_path / "none*.pcap"), "--out", str(tmp_path / "o2")]
+    )
     assert r.exit_code == 2 and "no file matches" in r.output
     assert len(r.output.strip().splitlines()) == 1
 
@@ -1185,8 +1280,22 @@ def test_set_rotated_by_a_real_tcpdump(ring, tmp_path):
     out.mkdir()
     with Lab(ipv6=False, tso=False) as lab:
         lab.add_rule(f"tcp dport {port} numgen random mod 1000 < 5 drop")
-        argv = [TCPDUMP, "-Z", "root", "-i", lab.sender_if, "-s", "128", "-n", "-U",
-                "-w", str(out / "cap.pcap"), "-C", "1", "tcp"]
+        argv = [
+            TCPDUMP,
+            "-Z",
+            "root",
+            "-i",
+            lab.sender_if,
+            "-s",
+            "128",
+            "-n",
+            "-U",
+            "-w",
+            str(out / "cap.pcap"),
+            "-C",
+            "1",
+            "tcp",
+        ]
         if ring:
             argv[-1:-1] = ["-W", "3"]
         dump = lab.popen(lab.sender_ns, argv, stderr=subprocess.DEVNULL)
@@ -1237,24 +1346,30 @@ def test_set_rotated_by_a_real_tcpdump(ring, tmp_path):
 # Encapsulations, drop counters
 # ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,kinds", [
-    ("encap_pppoe.pcap", {"pppoe": 11}),
-    ("encap_mpls.pcap", {"mpls": 11}),
-    ("encap_gre.pcap", {"gre": 12, "pptp": 2}),
-    ("encap_vxlan.pcap", {"vxlan": 11}),
-    ("encap_geneve.pcap", {"geneve": 11}),
-    ("encap_ip_in_ip.pcap", {"ipip": 6, "6in4": 5, "4in6": 6, "6in6": 5}),
-    # AH after IPv6 is an extension header like the others: counted after IPv4 only
-    ("encap_ah.pcap", {"ah": 7, "ipip": 3}),
-    ("sll_encapsulations.pcap", {"gre": 1, "pppoe": 5, "mpls": 3}),
-])
+
+@pytest.mark.parametrize(
+    "name,kinds",
+    [
+        ("encap_pppoe.pcap", {"pppoe": 11}),
+        ("encap_mpls.pcap", {"mpls": 11}),
+        ("encap_gre.pcap", {"gre": 12, "pptp": 2}),
+        ("encap_vxlan.pcap", {"vxlan": 11}),
+        ("encap_geneve.pcap", {"geneve": 11}),
+        ("encap_ip_in_ip.pcap", {"ipip": 6, "6in4": 5, "4in6": 6, "6in6": 5}),
+        # AH after IPv6 is an extension header like the others: counted after IPv4 only
+        ("encap_ah.pcap", {"ah": 7, "ipip": 3}),
+        ("sll_encapsulations.pcap", {"gre": 1, "pppoe": 5, "mpls": 3}),
+    ],
+)
 def test_tcp_inside_encapsulations_is_the_inner_flow(name, kinds):
     cap = read(name)
     assert cap.meta.encapsulated == kinds
     assert not cap.meta.undecoded and cap.meta.skipped_other == {}
     # the flow is the inner 5-tuple: the conversation's addresses, never the tunnel's
-    inner = {addr_from_str(a)[:2] for a in ("192.0.2.10", "198.51.100.20", "2001:db8::10",
-                                            "2001:db8:1::20")}
+    inner = {
+        addr_from_str(a)[:2]
+        for a in ("192.0.2.10", "198.51.100.20", "2001:db8::10", "2001:db8:1::20")
+    }
     p = cap.packets
     assert {(int(h), int(lo)) for h, lo in zip(p["saddr_hi"], p["saddr_lo"])} <= inner
     assert set(p["sport"].tolist()) <= {40000, 5001}
@@ -1263,11 +1378,16 @@ def test_tcp_inside_encapsulations_is_the_inner_flow(name, kinds):
 def test_undecoded_layers_are_counted_and_named():
     m = read("encap_undecoded.pcap").meta
     assert m.tcp_packets == 1
-    assert m.undecoded == {"IPsec ESP (encrypted)": 1, "GRE carrying protocol 0x8137": 1,
-                           "IPComp (compressed)": 1}
+    assert m.undecoded == {
+        "IPsec ESP (encrypted)": 1,
+        "GRE carrying protocol 0x8137": 1,
+        "IPComp (compressed)": 1,
+    }
     assert m.skipped_other == {"unsupported_encapsulation": 3}
-    assert m.warnings == ["3 packets not decoded (they may carry TCP): 1 in GRE carrying "
-                          "protocol 0x8137, 1 in IPComp (compressed), 1 in IPsec ESP (encrypted)"]
+    assert m.warnings == [
+        "3 packets not decoded (they may carry TCP): 1 in GRE carrying "
+        "protocol 0x8137, 1 in IPComp (compressed), 1 in IPsec ESP (encrypted)"
+    ]
 
 
 @pytest.mark.parametrize("unit_ns", [1000, 1])
@@ -1276,9 +1396,11 @@ def test_sub_second_field_of_a_whole_second_is_read_as_written(unit_ns):
     cap = read(name)
     assert cap.meta.records == 3 and not cap.meta.truncated
     assert cap.packets["ts_ns"][1] == (1_700_000_001 + 1) * 10**9  # one second more
-    assert cap.meta.warnings == ["1 records have a sub-second timestamp field of a second or "
-                                 "more: read as written (the timestamp moves into the next "
-                                 "second)"]
+    assert cap.meta.warnings == [
+        "1 records have a sub-second timestamp field of a second or "
+        "more: read as written (the timestamp moves into the next "
+        "second)"
+    ]
 
 
 def test_pcapng_drop_counters():
@@ -1286,19 +1408,41 @@ def test_pcapng_drop_counters():
     # epb_dropcount 0 and 3; ISBs with isb_ifdrop 2, then 2 + isb_osdrop 1
     assert m.epb_drops == 3 and m.if_drops == 3
     assert m.drop_marks == [
-        {"frame": 5, "ts_ns": (1_700_000_000 * 10**6 + 3500) * 1000, "iface": 0,
-         "dropped": 2, "source": "isb"},
-        {"frame": 6, "ts_ns": (1_700_000_000 * 10**6 + 5000) * 1000, "iface": 0,
-         "dropped": 3, "source": "epb"},
-        {"frame": 9, "ts_ns": (1_700_000_000 * 10**6 + 9000) * 1000, "iface": 0,
-         "dropped": 1, "source": "isb"},
+        {
+            "frame": 5,
+            "ts_ns": (1_700_000_000 * 10**6 + 3500) * 1000,
+            "iface": 0,
+            "dropped": 2,
+            "source": "isb",
+        },
+        {
+            "frame": 6,
+            "ts_ns": (1_700_000_000 * 10**6 + 5000) * 1000,
+            "iface": 0,
+            "dropped": 3,
+            "source": "epb",
+        },
+        {
+            "frame": 9,
+            "ts_ns": (1_700_000_000 * 10**6 + 9000) * 1000,
+            "iface": 0,
+            "dropped": 1,
+            "source": "isb",
+        },
     ]
     assert m.drop_marks_total == 3
     assert any("per-packet drop counts" in w for w in m.warnings)
 
 
-@pytest.mark.parametrize("name", ["corrupt_caplen.pcap", "truncated_mid_record.pcap",
-                                  "truncated_mid_block.pcapng", "pcapng_two_ifaces.pcapng"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "corrupt_caplen.pcap",
+        "truncated_mid_record.pcap",
+        "truncated_mid_block.pcapng",
+        "pcapng_two_ifaces.pcapng",
+    ],
+)
 def test_every_block_size_reads_damage_alike(name):
     # Found by the fuzzer: a block ending 12-15 bytes into a record header whose caplen
     # is impossible was taken for a record still to come, and the buffer grown to 2 GB

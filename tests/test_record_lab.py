@@ -268,5 +268,6 @@ def test_no_root_is_one_clear_line(tmp_path):
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        "retranscope: error: retranscope record needs CAP_BPF, CAP_PERFMON"), lines
+        "retranscope: error: retranscope record needs CAP_BPF, CAP_PERFMON"
+    ), lines
     assert "missing here: CAP_BPF, CAP_PERFMON" in lines[0]

@@ -146,8 +146,14 @@ class Clock:
 
 
 def test_writer_rotates_by_rows_and_files_are_complete(tmp_path):
-    w = EventWriter(tmp_path, EVENT_SCHEMA, rotate_seconds=3600, rotate_rows=4,
-                    file_metadata={"run_id": "x"}, sync=False)
+    w = EventWriter(
+        tmp_path,
+        EVENT_SCHEMA,
+        rotate_seconds=3600,
+        rotate_rows=4,
+        file_metadata={"run_id": "x"},
+        sync=False,
+    )
     for i in range(10):
         w.append(_events(1, i))
     w.close()
@@ -165,8 +171,14 @@ def test_journal_is_flushed_on_time_and_readable_while_open(tmp_path):
     """Rows reach the journal within flush_seconds, and a directory that ends in a journal
     reads as every flushed row (what a SIGKILL leaves)."""
     clock = Clock()
-    w = EventWriter(tmp_path / "events", EVENT_SCHEMA, rotate_seconds=10, flush_seconds=0.5,
-                    sync=False, clock=clock)
+    w = EventWriter(
+        tmp_path / "events",
+        EVENT_SCHEMA,
+        rotate_seconds=10,
+        flush_seconds=0.5,
+        sync=False,
+        clock=clock,
+    )
     w.append(_events(3, 0))
     assert w.rows_written == 0 and not list((tmp_path / "events").glob("*.arrows"))
     clock.now = 0.5

@@ -30,8 +30,10 @@ def feeder():
     if available() is not None:
         pytest.skip(available())
     ensure_tracefs()
-    b = BPF(src_file=str(HERE / "bpf" / "ring_feeder.bpf.c").encode(),
-            cflags=[f"-I{BPF_DIR}", f"-DFEEDER_TGID={os.getpid()}"])
+    b = BPF(
+        src_file=str(HERE / "bpf" / "ring_feeder.bpf.c").encode(),
+        cflags=[f"-I{BPF_DIR}", f"-DFEEDER_TGID={os.getpid()}"],
+    )
     reader = RingReader(b[b"ring"].map_fd, RAW_DTYPE)
 
     def feed(n: int, mode: int = 0) -> None:

@@ -71,8 +71,8 @@ def test_pure_acks_and_new_data_are_not_retransmissions():
     c = tr.conn()
     t = c.handshake(0, 10)
     c.send(t, 1, 100)
-    c.send(t + 1, 1, 200, by="s", ack=101)   # the server answers with data
-    c.ack(t + 2, 201, by="c", seq=101)        # the client acks it (seq = snd_nxt)
+    c.send(t + 1, 1, 200, by="s", ack=101)  # the server answers with data
+    c.ack(t + 2, 201, by="c", seq=101)  # the client acks it (seq = snd_nxt)
     c.send(t + 3, 101, 100)
     assert len(_rtx(tr)) == 0
 
@@ -83,7 +83,7 @@ def test_keepalive_flagged_not_a_data_retransmission():
     t = c.handshake(0, 10)
     c.send(t, 1, 100)
     c.ack(t + 10, 101)
-    ka = c.send(t + 75_000, 100, 0)   # Linux: seq = snd_una - 1, no payload
+    ka = c.send(t + 75_000, 100, 0)  # Linux: seq = snd_una - 1, no payload
     ka1 = c.send(t + 150_000, 100, 1)  # other stacks: one garbage byte
     r = _rtx(tr)
     assert r["frame"].tolist() == [tr.frame_of(ka), tr.frame_of(ka1)]
@@ -96,7 +96,7 @@ def test_zero_window_probe_flagged():
     t = c.handshake(0, 10)
     c.send(t, 1, 1000)
     c.ack(t + 10, 1001, win=0)
-    c.send(t + 210, 1001, 1)     # one byte beyond the closed window (new data)
+    c.send(t + 210, 1001, 1)  # one byte beyond the closed window (new data)
     c.ack(t + 220, 1001, win=0)
     p2 = c.send(t + 620, 1001, 1)  # the same byte again: a probe, not lost data
     p0 = c.send(t + 1020, 1000, 0)  # Linux's probe: seq = snd_una - 1, no payload

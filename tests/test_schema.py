@@ -69,10 +69,11 @@ def test_bpf_sources_are_real_files():
 
 def test_flags_and_record_kinds_match_the_header():
     header = (BPF_DIR / "retranscope.h").read_text()
-    defines = {k: int(v, 0) for k, v in re.findall(r"#define (RTS_\w+) (0x[0-9a-fA-F]+|\d+)",
-                                                    header)}
-    flags = {k[len("RTS_F_"):]: v for k, v in defines.items() if k.startswith("RTS_F_")}
-    ours = {k[len("F_"):]: v for k, v in vars(events).items() if re.fullmatch(r"F_[A-Z_]+", k)}
+    defines = {
+        k: int(v, 0) for k, v in re.findall(r"#define (RTS_\w+) (0x[0-9a-fA-F]+|\d+)", header)
+    }
+    flags = {k[len("RTS_F_") :]: v for k, v in defines.items() if k.startswith("RTS_F_")}
+    ours = {k[len("F_") :]: v for k, v in vars(events).items() if re.fullmatch(r"F_[A-Z_]+", k)}
     assert flags == ours
     assert defines["RTS_EV_SOCK_GONE"] == events.EV_SOCK_GONE
     assert events.EV_SOCK_GONE not in events.EVENT_TYPES  # never written to a file

@@ -52,8 +52,7 @@ IPV4_AT = {
     "dst": 16,
 }
 IPV6_HEADER_BYTES = 40  # RFC 8200 §3
-IPV6_AT = {"version": 0, "payload_length": 4, "next_header": 6, "hop_limit": 7, "src": 8,
-           "dst": 24}
+IPV6_AT = {"version": 0, "payload_length": 4, "next_header": 6, "hop_limit": 7, "src": 8, "dst": 24}
 # extension headers (RFC 8200 §4.3-4.6): next header, length; the fragment header has the
 # offset (13 bits, in 8-byte units) and the M flag in bytes 2-3
 IPV6_EXT_AT = {"next_header": 0, "length": 1, "fragment": 2}
@@ -413,8 +412,9 @@ def _ip_stage(frames: FrameBytes, buf, recs: Records, ip, l3r, want_ip, notes) -
             addr[name][s6] = be_field(h6, col, 8)
         ip_id[s6] = 0
         ttl[s6] = h6[:, IPV6_AT["hop_limit"]]
-    return _IPStage(code, proto, l4r, seg_len, version.astype(np.uint8), addr, off_ip, cap_ip,
-                    ip_id, ttl)
+    return _IPStage(
+        code, proto, l4r, seg_len, version.astype(np.uint8), addr, off_ip, cap_ip, ip_id, ttl
+    )
 
 
 def _tunnels(frames: FrameBytes, buf, recs: Records, ip, ipl: _IPStage, notes):
@@ -477,14 +477,21 @@ def _too_big(frames: FrameBytes, recs: Records, ip, ipl: _IPStage, notes: Notes)
     a TCP segment: into ``notes.too_big`` (TOO_BIG_FIELDS), the quoted segment's flow
     (its sender is the quoted source), sequence number and the MTU the message reports.
     The rows stay skipped as not TCP."""
-    cand = np.flatnonzero((ipl.code == WHY["non_tcp"]) & (
-        ((ipl.version == 4) & (ipl.proto == IPPROTO_ICMP))
-        | ((ipl.version == 6) & (ipl.proto == IPPROTO_ICMPV6))))
+    cand = np.flatnonzero(
+        (ipl.code == WHY["non_tcp"])
+        & (
+            ((ipl.version == 4) & (ipl.proto == IPPROTO_ICMP))
+            | ((ipl.version == 6) & (ipl.proto == IPPROTO_ICMPV6))
+        )
+    )
     if cand.size == 0:
         return
     v6 = ipl.version[cand] == 6
-    need = ICMP_HEADER_BYTES + np.where(v6, IPV6_HEADER_BYTES, IPV4_MIN_HEADER_BYTES) \
+    need = (
+        ICMP_HEADER_BYTES
+        + np.where(v6, IPV6_HEADER_BYTES, IPV4_MIN_HEADER_BYTES)
         + TCP_QUOTED_BYTES
+    )
     rows = compose(ip, cand)
     at = ipl.l4r[cand]
     w = frames.window(rows, at, ICMP_HEADER_BYTES + IPV6_HEADER_BYTES + TCP_QUOTED_BYTES)
@@ -506,13 +513,30 @@ def _too_big(frames: FrameBytes, recs: Records, ip, ipl: _IPStage, notes: Notes)
     qs = q[sel]
     mtu = np.where(c_v6, be_field(w[sel], 4, 4), be_field(w[sel], 6, 2).astype(np.uint32))
     s_hi = np.where(c_v6, be_field(qs, IPV6_AT["src"], 8), 0).astype(np.uint64)
-    s_lo = np.where(c_v6, be_field(qs, IPV6_AT["src"] + 8, 8),
-                    be_field(qs, IPV4_AT["src"], 4).astype(np.uint64) | V4_MAPPED_LO_PREFIX)
+    s_lo = np.where(
+        c_v6,
+        be_field(qs, IPV6_AT["src"] + 8, 8),
+        be_field(qs, IPV4_AT["src"], 4).astype(np.uint64) | V4_MAPPED_LO_PREFIX,
+    )
     d_hi = np.where(c_v6, be_field(qs, IPV6_AT["dst"], 8), 0).astype(np.uint64)
-    d_lo = np.where(c_v6, be_field(qs, IPV6_AT["dst"] + 8, 8),
-                    be_field(qs, IPV4_AT["dst"], 4).astype(np.uint64) | V4_MAPPED_LO_PREFIX)
-    cols = (recs.frame[c_rows], recs.ts_ns[c_rows], np.where(c_v6, 6, 4), s_hi, s_lo, d_hi,
-            d_lo, be_field(t, 0, 2), be_field(t, 2, 2), be_field(t, 4, 4), mtu)
+    d_lo = np.where(
+        c_v6,
+        be_field(qs, IPV6_AT["dst"] + 8, 8),
+        be_field(qs, IPV4_AT["dst"], 4).astype(np.uint64) | V4_MAPPED_LO_PREFIX,
+    )
+    cols = (
+        recs.frame[c_rows],
+        recs.ts_ns[c_rows],
+        np.where(c_v6, 6, 4),
+        s_hi,
+        s_lo,
+        d_hi,
+        d_lo,
+        be_field(t, 0, 2),
+        be_field(t, 2, 2),
+        be_field(t, 4, 4),
+        mtu,
+    )
     notes.too_big += list(zip(*(c.tolist() for c in cols)))
 
 
