@@ -200,8 +200,8 @@ def analyze(
     pcap: Optional[list[Path]] = typer.Option(
         None,
         "--pcap",
-        help="Capture taken on the sender: pcap or pcapng, compressed or not (gzip, zstd, "
-        "xz, bzip2). Several files, a directory or a glob make one capture (a rotated "
+        help="Capture (best at the sender; docs/capture-points.md): pcap or pcapng, gzip, zstd, "
+        "xz or bzip2. Several files, a directory or a glob make one capture (a rotated "
         "tcpdump -C/-W/-G set); repeat --pcap, or list more files after it.",
     ),
     more: Optional[list[Path]] = typer.Argument(
