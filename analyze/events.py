@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retranscope.analyze.table import Nullable, Table, take
+from retranscope.analyze.table import Nullable, Table, take, to_pandas
 from retranscope.errors import BadInput, SchemaMismatch
 from retranscope.fileio import read_arrow_stream
 from retranscope.schemas.events import (
@@ -39,6 +39,11 @@ class Events:
     run: dict = field(default_factory=dict)  # run.json, {} if absent
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    def frame(self):
+        """The events as a pandas DataFrame (null-holding columns as pandas' nullable
+        dtypes): for tests, benchmarks and notebooks, not the analysis."""
+        return to_pandas(self.table)
 
 
 def _check_schema(path: Path, schema: pa.Schema) -> None:

@@ -97,7 +97,7 @@ def run_recorder(
     meta = json.loads((out / "run.json").read_text())
     if code != 0 or not meta.get("complete"):
         print(f"recorder exit {code}, status {meta.get('status')}: {rec.stderr_lines[-2:]}")
-    ev = read_events(out).table
+    ev = read_events(out).frame()
     kept = int((ev["dport"] == PORT).sum())
     return {
         "tool": "retranscope" if reader == "mmap" else "retranscope-bcc",

@@ -655,7 +655,16 @@ def _run_and_check(sc: Scenario) -> tuple[list[str], dict[str, int], dict[str, i
     assert result.ok, (result.client_returncode, result.client_output)
     assert result.duration_s < 5.0, "scenarios must stay short"
     deltas = result.deltas()
-    return sc.check(deltas), deltas, client_side
+    problems = sc.check(deltas)
+    # The mechanism a scenario is about takes the same retries as its reasons: on a loaded
+    # machine the user-space delay line can fall behind and drop frames of its own, and a
+    # reordering run then has real loss and no D-SACK (seen once under CI plus two other
+    # test runs). A bug fails every run.
+    try:
+        _check_mechanism(sc, deltas)
+    except AssertionError as exc:
+        problems.append(f"mechanism: {str(exc).splitlines()[0]}")
+    return problems, deltas, client_side
 
 
 @pytest.mark.root
@@ -685,7 +694,6 @@ def test_scenario_moves_kernel_counters(netns_ok: None, name: str) -> None:
         # The client's SYN retransmission is due at the same moment as the server's SYN-ACK
         # one: whether it happens (and is dropped) depends on which timer runs first.
         assert client_side["TcpExtTCPSynRetrans"] in (0, 1)
-    _check_mechanism(sc, deltas)
     _check_client_side(sc, client_side)
 
 

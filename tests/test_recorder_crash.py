@@ -92,7 +92,8 @@ def test_sigkill_mid_storm_loses_at_most_the_last_second(tmp_path):
     ev = read_events(out)
     assert any("journal" in w for w in ev.warnings), ev.warnings
     assert json.loads((out / "run.json").read_text())["complete"] is False
-    ts_ms = ev.table.loc[ev.table["dport"] == PORT, "ts_mono_ns"].to_numpy() // 1_000_000
+    frame = ev.frame()
+    ts_ms = frame.loc[frame["dport"] == PORT, "ts_mono_ns"].to_numpy() // 1_000_000
     kept = np.bincount(ts_ms - ready_ms, minlength=len(made))[: len(made)]
     assert made.sum() > 20_000, "the storm was too weak to judge"
     # Every event made more than 1 s before the kill, from 1 ms after the recorder said
@@ -136,7 +137,7 @@ def test_a_restarted_recorder_recovers_what_the_killed_one_left(tmp_path):
         time.sleep(2.0)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait()
-        left = read_events(out).table
+        left = read_events(out).frame()
         journals = sorted((out / "events").glob("*.arrows"))
         assert len(journals) == 1 and len(left) > 1000
         second = RecorderProcess(lab, lab.sender_ns, ["--out", str(out), "--quiet"])
@@ -155,7 +156,7 @@ def test_a_restarted_recorder_recovers_what_the_killed_one_left(tmp_path):
     names = sorted(p.name for p in (out / "events").iterdir())
     assert names[0] == journals[0].with_suffix(".parquet").name and len(names) >= 2
     assert all(n.endswith(".parquet") for n in names)
-    both = read_events(out).table
+    both = read_events(out).frame()
     key = ["skaddr", "ts_mono_ns"]
     before = left[key].merge(both[key], how="left", indicator=True)
     assert (before["_merge"] == "both").all()  # every row the killed run left is kept

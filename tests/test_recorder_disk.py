@@ -99,7 +99,7 @@ def test_full_disk_ends_with_one_line_and_readable_files(tmp_path, how):
         assert meta["events_written"] == closed + journal
         assert meta["events_written"] + meta["events_not_written"] == meta["events_received"] > 0
         if meta["events_written"]:
-            assert len(read_events(out).table) == meta["events_written"]
+            assert len(read_events(out).frame()) == meta["events_written"]
         else:  # the capture filled the disk before the first flush: nothing half-written
             assert not list((out / "events").iterdir())
         if how == "min_free":
@@ -108,7 +108,7 @@ def test_full_disk_ends_with_one_line_and_readable_files(tmp_path, how):
 
 
 def test_ring_of_files_for_events_and_capture(tmp_path):
-    from retranscope.analyze.pcap import read_capture
+    from retranscope.analyze.capture import read_capture
     from retranscope.lab.netns import Lab
     from retranscope.lab.recorded import RecorderProcess
 

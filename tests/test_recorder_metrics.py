@@ -180,7 +180,7 @@ def test_prometheus_scrapes_what_the_files_hold(tmp_path):
             rec.wait()
         prom.close()
 
-    ev = read_events(out).table
+    ev = read_events(out).frame()
     meta = json.loads((out / "run.json").read_text())
     assert len(ev) > 20 and set(ev["family"]) == {4, 6}
     expected = ev.groupby(["reason", "family", "daddr"]).size().to_dict()
