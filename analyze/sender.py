@@ -400,6 +400,8 @@ class SenderState:
         "episode_by",
         # no ACK of this flow in the capture (a one-way capture): timing alone decides
         "timing_only",
+        # the sender evidently arms no loss probe (_probe_overdue)
+        "no_probe",
     )
 
     def __init__(
@@ -449,6 +451,7 @@ class SenderState:
         self.episode_ns = NO_VALUE
         self.episode_by: str | None = None
         self.timing_only = a_first >= a_end
+        self.no_probe = False
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
         """The capture began in a Loss episode (classify._capture_start_timeout): the
@@ -1046,7 +1049,12 @@ class SenderState:
             return "rto", "timer", "rto"
         if self.ca_state == OPEN and not sacked:
             if tail and self.tlp_high_seq is None and not self._past_rto(b):
-                return "tlp", "timer", "tlp"
+                if self._probe_overdue(b):
+                    # No probe was armed where one would have been: this sender sends
+                    # none (no SACK, or TLP off), here and for the rest of the flow.
+                    self.no_probe = True
+                elif not self.no_probe:
+                    return "tlp", "timer", "tlp"
             if head:
                 return "rto", "timer", "rto"
             return ("tlp", "timer", "tlp") if tail else ("fast", "timer", "rack_timer")
@@ -1067,6 +1075,30 @@ class SenderState:
         backed off, waits that long."""
         rto_ns = b.rto_us * 1000 * (1 << min(self.icsk_backoff, 10))
         return b.since_send_ns > 1.5 * rto_ns
+
+    def _probe_overdue(self, b: Burst) -> bool:
+        """Did the tail go out long after a probe would have, at the RTO instead?
+
+        tcp_schedule_loss_probe re-arms the probe at every transmission (tcp_write_xmit)
+        and every ACK that acknowledges or SACKs data (tcp_set_xmit_timer), for PTO =
+        2·SRTT + TCP_TIMEOUT_MIN when more than one segment is out; only with one segment
+        out (+ TCP_RTO_MIN) or an SRTT so long that the RTO comes first is it clamped to
+        the RTO. A tail resent after twice that PTO and most of the RTO was sent by no
+        probe: none was armed (SACK not negotiated, net.ipv4.tcp_early_retrans = 0), and
+        tcp_retransmit_timer fired. The silence is counted from the later of the flow's
+        previous send and the last ACK of the capture (an ACK the sender never got only
+        shortens it)."""
+        if b.srtt_us <= 0 or b.pkts_out <= 1:
+            return False
+        pto_ns = (2 * b.srtt_us + TCP_TIMEOUT_MIN_US) * 1000
+        rto_ns = b.rto_us * 1000
+        if pto_ns >= 0.5 * rto_ns:
+            return False  # the probe would fire near the RTO anyway: no telling them apart
+        quiet = [t for t in (b.since_send_ns, b.since_ack_ns) if t >= 0]
+        if not quiet:
+            return False
+        since_ns = min(quiet)
+        return since_ns >= 2 * pto_ns + TIMER_MIN_NS and since_ns >= 0.75 * rto_ns
 
     def _capture_start_kind(self, b: Burst) -> str | None:
         """No ACK of this flow yet in the capture. Unless the capture only just began, none
