@@ -278,6 +278,7 @@ def classify_table(
         "head_ts": gather(origs.ts, p, p_ok, _NONE),
         "sls": since_last_send,
         "cut": _cut_short(out, origs),
+        "orig_ts": filled(out["orig_ts_ns"], _NONE),
     }
     a_start, a_end = group_bounds(a_flow, n_flows)
     flows_in = _flow_inputs(

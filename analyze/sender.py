@@ -166,7 +166,8 @@ class RetransRows:
     probe), ``dsack`` (when a D-SACK reported it duplicate, else NEVER), ``pkts_out``
     (tp->packets_out), ``head_ts`` (first transmission of the segment at snd_una) and
     ``sls`` (ns since the flow's previous transmission, NO_VALUE: none) and ``cut`` (it
-    starts where a first transmission started and ends before that one did)."""
+    starts where a first transmission started and ends before that one did), ``orig_ts``
+    (ns: the first transmission of its first byte in the capture, NO_VALUE: none)."""
 
     __slots__ = (
         "seq",
@@ -186,6 +187,7 @@ class RetransRows:
         "sls",
         "end",
         "cut",
+        "orig_ts",
     )
 
     def __init__(self, table: dict[str, np.ndarray]):
@@ -206,6 +208,7 @@ class RetransRows:
         self.sls: list[int] = table["sls"].tolist()
         self.end: list[int] = table["end"].tolist()
         self.cut: list[bool] = table["cut"].tolist()
+        self.orig_ts: list[int] = table["orig_ts"].tolist()
 
 
 class Burst:
@@ -402,6 +405,8 @@ class SenderState:
         "timing_only",
         # the sender evidently arms no loss probe (_probe_overdue)
         "no_probe",
+        # when the previous burst of retransmissions left (NO_VALUE: none yet)
+        "prev_burst_ns",
     )
 
     def __init__(
@@ -452,6 +457,7 @@ class SenderState:
         self.episode_by: str | None = None
         self.timing_only = a_first >= a_end
         self.no_probe = False
+        self.prev_burst_ns = NO_VALUE
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
         """The capture began in a Loss episode (classify._capture_start_timeout): the
@@ -560,6 +566,8 @@ class SenderState:
         (the head) is unknown: ``position`` says only "tail" or "unknown"; nothing shows a
         retransmission spurious, nor an SRTT."""
         v.position = "tail" if tail else "unknown"
+        if tail and self.ca_state == RECOVERY and self._sent_after_tail(b):
+            tail = False  # RACK may have marked it lost: an ACK can release it
         if self.ca_state != OPEN and b.lo >= self.high_seq:
             self.tcp_try_to_open(b.lo)
         if self.tlp_high_seq is not None and b.lo >= self.tlp_high_seq:
@@ -580,6 +588,21 @@ class SenderState:
             v.kind, v.clock, v.rule = "fast", "ack", "timing_fast"
         v.ca_state = self.ca_state
         v.rto_us = b.rto_us
+
+    def _sent_after_tail(self, b: Burst) -> bool:
+        """Did the flow's previous retransmission leave after every segment of ``b`` last
+        did? RACK (tcp_rack_detect_loss) marks lost whatever was sent before a segment that
+        was delivered, retransmissions included (their xmit time is the resend's): once the
+        receiver has that later retransmission, an ACK in Recovery marks even the tail lost
+        and tcp_xmit_retransmit_queue resends it, no timer needed."""
+        if self.prev_burst_ns == NO_VALUE:
+            return False
+        r = self.rows
+        for i in b.rows:
+            sent = max(r.orig_ts[i], self.last_rtx_ns.get(r.seq[i], NO_VALUE))
+            if sent == NO_VALUE or sent >= self.prev_burst_ns:
+                return False
+        return True
 
     # ---- re-sends no timer and no duplicate ACK caused -----------------------------------
 
@@ -1154,6 +1177,7 @@ class SenderState:
                     self.undo_dsack_ns = r.dsack[i]
         for i in b.rows:
             self.last_rtx_ns[r.seq[i]] = r.ts[i]
+        self.prev_burst_ns = b.ts_ns
 
 
 def replay(
