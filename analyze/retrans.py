@@ -180,6 +180,13 @@ def retransmission_table(
     # sent, tcp_retrans_try_collapse merges only those), so it is the sender's next new
     # data, re-cut (a stack repacketizing, or a capture merging overlaps).
     below = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs <= sent_hi)
+    # Except where it starts exactly where an earlier segment of the flow started: an skb
+    # resent from its own start (tcp_retransmit_skb), collapsed with the skbs after it
+    # (tcp_retrans_try_collapse), whose later bytes the capture never saw (lost before a
+    # receiver's or mid-path capture point).
+    past = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs > sent_hi)
+    if past.any():
+        below |= past & _starts_like_earlier(flow_id, seq_abs, packets["frame"], seg_len > 0)
     # The segments sent in order (each begins at or above everything before it: by flow,
     # capture order is then sequence order).
     in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
@@ -273,6 +280,17 @@ RTT_FLOOR_SHARE = 0.8
 #: own threshold between out-of-order and retransmitted (packet-tcp.c, 3 ms unless the
 #: handshake gave the RTT).
 UNKNOWN_RTT_FLOOR_NS = int(3_000_000 / RTT_FLOOR_SHARE)
+
+
+def _starts_like_earlier(flow_id, seq_abs, frame, data) -> np.ndarray:
+    """Per packet: does an earlier data segment (by frame) of its flow start at its
+    sequence number?"""
+    out = np.zeros(len(flow_id), dtype=bool)
+    rows = np.flatnonzero(data)
+    o = rows[np.lexsort((frame[rows], seq_abs[rows], flow_id[rows]))]
+    same = (flow_id[o][1:] == flow_id[o][:-1]) & (seq_abs[o][1:] == seq_abs[o][:-1])
+    out[o[1:][same]] = True
+    return out
 
 
 def resent_or_reordered(
