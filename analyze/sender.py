@@ -1234,52 +1234,63 @@ def replay(
     syn_end, hdr_bytes = flows["syn_end"].tolist(), flows["hdr_bytes"].tolist()
     too_big = too_big or {}
     verdicts: list[Verdict | None] = [None] * len(b_first)
-    sender: SenderState | None = None
-    cur_flow = -1
-    for bi, (i, j) in enumerate(zip(b_first.tolist(), b_last.tolist())):
-        f = b_flow[bi]
-        burst_rows = rows_l[i:j]
-        r0 = burst_rows[0]
-        if f != cur_flow:
-            cur_flow = f
-            sender = SenderState(
-                ack_history,
-                r,
-                a_start[f],
-                a_end[f],
-                sack_ok[f],
-                mss[f] if mss_known[f] else None,
-                una0[f],
-                t_cap0,
-                syn_end[f],
-                hdr_bytes[f],
-                too_big.get(f),
+
+    def new_sender(f: int, no_probe: bool) -> SenderState:
+        sender = SenderState(
+            ack_history,
+            r,
+            a_start[f],
+            a_end[f],
+            sack_ok[f],
+            mss[f] if mss_known[f] else None,
+            una0[f],
+            t_cap0,
+            syn_end[f],
+            hdr_bytes[f],
+            too_big.get(f),
+        )
+        sender.no_probe = no_probe
+        if loss0 is not None and loss0[f] > NO_VALUE:
+            sender.capture_started_in_loss(
+                int(flows["loss0_seq"][f]),
+                int(flows["loss0_end"][f]),
+                int(flows["loss0_ts"][f]),
+                int(loss0[f]),
             )
-            if loss0 is not None and loss0[f] > NO_VALUE:
-                sender.capture_started_in_loss(
-                    int(flows["loss0_seq"][f]),
-                    int(flows["loss0_end"][f]),
-                    int(flows["loss0_ts"][f]),
-                    int(loss0[f]),
-                )
-        assert sender is not None
-        if r.probe[r0]:
-            continue  # keep-alive / window probe: not a retransmission of data
-        b = Burst(burst_rows, seg_lo[bi], seg_hi[bi], r, sender.snd_una_at(r.k[r0]), sender.mss)
-        v = sender.on_burst(b)
-        verdicts[bi] = v
-        v_pto_ns, v_rto_ns = int(v.pto_us * 1000), int(v.rto_us * 1000)
-        for row in burst_rows:
-            cause[row] = v.cause
-            mtu[row] = v.mtu
-            kind[row] = v.kind
-            clock[row] = "burst"
-            position[row] = v.position
-            ca[row] = v.ca_state
-            backoff[row] = v.backoff
-            trigger[row] = v.trigger
-            pto_ns[row] = v_pto_ns
-            rto_ns[row] = v_rto_ns
-        clock[r0] = v.clock
+        return sender
+
+    def run_flow(sender: SenderState, bursts: range) -> None:
+        for bi in bursts:
+            burst_rows = rows_l[b_first_l[bi] : b_last_l[bi]]
+            r0 = burst_rows[0]
+            if r.probe[r0]:
+                continue  # keep-alive / window probe: not a retransmission of data
+            b = Burst(burst_rows, seg_lo[bi], seg_hi[bi], r, sender.snd_una_at(r.k[r0]), sender.mss)
+            v = sender.on_burst(b)
+            verdicts[bi] = v
+            v_pto_ns, v_rto_ns = int(v.pto_us * 1000), int(v.rto_us * 1000)
+            for row in burst_rows:
+                cause[row] = v.cause
+                mtu[row] = v.mtu
+                kind[row] = v.kind
+                clock[row] = "burst"
+                position[row] = v.position
+                ca[row] = v.ca_state
+                backoff[row] = v.backoff
+                trigger[row] = v.trigger
+                pto_ns[row] = v_pto_ns
+                rto_ns[row] = v_rto_ns
+            clock[r0] = v.clock
+
+    b_first_l, b_last_l = b_first.tolist(), b_last.tolist()
+    f_starts = [bi for bi in range(len(b_flow)) if bi == 0 or b_flow[bi] != b_flow[bi - 1]]
+    for lo, hi in zip(f_starts, [*f_starts[1:], len(b_flow)]):
+        sender = new_sender(b_flow[lo], False)
+        run_flow(sender, range(lo, hi))
+        if sender.no_probe:
+            # A sender that arms no probe (_probe_overdue) never did: SACK and
+            # net.ipv4.tcp_early_retrans hold for the whole connection. Its earlier tails
+            # are read again knowing it.
+            run_flow(new_sender(b_flow[lo], True), range(lo, hi))
     out["verdicts"] = verdicts
     return out
