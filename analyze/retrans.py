@@ -527,13 +527,13 @@ def rtt_floor_ns(packets, flow_id, flows, space, below, want, trips) -> np.ndarr
     floor = np.full(n_flows, -1, dtype=np.int64)
     if hs is not None:
         floor = np.where(hs.valid, hs.values, -1).astype(np.int64)
-    d_rcv = _receiver_trip_ns(packets, flow_id, flows, space, below, want)
+    d_rcv = receiver_trip_ns(packets, flow_id, flows, space, below, want)
     est = np.where(d_rcv >= 0, d_rcv + np.maximum(trips, 0), -1)
     floor = np.where((floor >= 0) & (est >= 0), np.minimum(floor, est), np.maximum(floor, est))
     return np.where(floor >= 0, floor, UNKNOWN_RTT_FLOOR_NS)
 
 
-def _receiver_trip_ns(packets, flow_id, flows, space, below, want) -> np.ndarray:
+def receiver_trip_ns(packets, flow_id, flows, space, below, want) -> np.ndarray:
     """Per flow in ``want``: the least time from a segment of new data to the first ACK
     that covers it (-1: none)."""
     n_flows = len(flows["flow_id"])

@@ -407,6 +407,8 @@ class SenderState:
         "no_probe",
         # when the previous burst of retransmissions left (NO_VALUE: none yet)
         "prev_burst_ns",
+        # the round trip from the capture point to the sender and back (0: its own host)
+        "trip_ns",
     )
 
     def __init__(
@@ -458,6 +460,7 @@ class SenderState:
         self.timing_only = a_first >= a_end
         self.no_probe = False
         self.prev_burst_ns = NO_VALUE
+        self.trip_ns = 0
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
         """The capture began in a Loss episode (classify._capture_start_timeout): the
@@ -1133,11 +1136,23 @@ class SenderState:
         beyond is the RTO ending that silence; one that was not at the head, with data held
         beyond it, was sent on SACK news (fast recovery). None: no such evidence."""
         a, fa = self.acks, self.a_first
+        # A sender away from the capture point: what it sent in the first round trip was
+        # released by ACKs that passed here before the capture began.
         held_beyond = (
-            b.ts_ns - self.t_cap0 <= ACK_CLOCK_NS
+            b.ts_ns - self.t_cap0 <= ACK_CLOCK_NS + self.trip_ns
             and fa < self.a_end
             and (a.sack_hi[fa] > b.hi or a.una[fa] > b.hi)
         )
+        if (
+            held_beyond
+            and self.trip_ns > 0
+            and a.sack_hi[fa] > b.hi
+            and 0 <= b.since_send_ns < 0.75 * TCP_RTO_MIN_US * 1000
+        ):
+            # ...and it was sending until just before, while the receiver SACKed data above
+            # it: it was hearing SACKs, on which RACK marks a hole lost within a round trip
+            # (tcp_rack_detect_loss), long before the RTO's TCP_RTO_MIN of silence.
+            return "rto_recovery" if self.ca_state == LOSS else "fast"
         if held_beyond and not b.multi and a.una[fa] > b.lo:
             # snd_nxt was at least what the receiver shows it held (sent before the
             # capture): the Loss episode lasts until snd_una passes it.
@@ -1232,6 +1247,7 @@ def replay(
     rows_l = order_r.tolist()
     cause, mtu, kind, clock, position, ca, backoff, trigger, pto_ns, rto_ns = out.values()
     syn_end, hdr_bytes = flows["syn_end"].tolist(), flows["hdr_bytes"].tolist()
+    trip_ns = flows["trip_ns"].tolist() if "trip_ns" in flows else None
     too_big = too_big or {}
     verdicts: list[Verdict | None] = [None] * len(b_first)
 
@@ -1250,6 +1266,7 @@ def replay(
             too_big.get(f),
         )
         sender.no_probe = no_probe
+        sender.trip_ns = trip_ns[f] if trip_ns is not None else 0
         if loss0 is not None and loss0[f] > NO_VALUE:
             sender.capture_started_in_loss(
                 int(flows["loss0_seq"][f]),
