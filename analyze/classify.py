@@ -279,6 +279,7 @@ def classify_table(
         "sls": since_last_send,
         "cut": _cut_short(out, origs),
         "orig_ts": filled(out["orig_ts_ns"], _NONE),
+        "gap_below": _unseen_below(origs, r_flow, una_at, out["seq_abs"], p_ok),
     }
     a_start, a_end = group_bounds(a_flow, n_flows)
     flows_in = _flow_inputs(
@@ -763,6 +764,16 @@ def _snd_nxt_at(rtx: Table, origs: _Originals, late: np.ndarray) -> np.ndarray:
     nxt_ok = nxt_in & (gather(origs.f_flow, nxt, nxt_in, -1) == r_flow) & late[r_flow]
     nxt_seq = gather(origs.f_seq, nxt, nxt_ok, _NONE)
     return np.maximum(snd_nxt, np.where(nxt_ok, nxt_seq, _NONE))
+
+
+def _unseen_below(origs: _Originals, r_flow, una, seq, una_seen) -> np.ndarray:
+    """Per retransmission: does it start above snd_una as the capture shows it, with no
+    byte in between ever seen sent (``una_seen``: a first transmission holds snd_una)?
+    Then the capture may lack the ACK that moved snd_una up to it, as well as the data."""
+    q = origs.by_seq(r_flow, una, "left")  # the first transmission at or above snd_una
+    q_ok = gather(origs.flow, q, q < len(origs.flow), -1) == r_flow
+    between = q_ok & (gather(origs.seq, q, q_ok, _NONE) < seq)
+    return ~una_seen & (una < seq) & ~between
 
 
 def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:

@@ -167,7 +167,8 @@ class RetransRows:
     (tp->packets_out), ``head_ts`` (first transmission of the segment at snd_una) and
     ``sls`` (ns since the flow's previous transmission, NO_VALUE: none) and ``cut`` (it
     starts where a first transmission started and ends before that one did), ``orig_ts``
-    (ns: the first transmission of its first byte in the capture, NO_VALUE: none)."""
+    (ns: the first transmission of its first byte in the capture, NO_VALUE: none) and
+    ``gap_below`` (above snd_una with nothing seen in between: classify._unseen_below)."""
 
     __slots__ = (
         "seq",
@@ -188,6 +189,7 @@ class RetransRows:
         "end",
         "cut",
         "orig_ts",
+        "gap_below",
     )
 
     def __init__(self, table: dict[str, np.ndarray]):
@@ -209,6 +211,7 @@ class RetransRows:
         self.end: list[int] = table["end"].tolist()
         self.cut: list[bool] = table["cut"].tolist()
         self.orig_ts: list[int] = table["orig_ts"].tolist()
+        self.gap_below: list[bool] = table["gap_below"].tolist()
 
 
 class Burst:
@@ -409,6 +412,8 @@ class SenderState:
         "prev_burst_ns",
         # the round trip from the capture point to the sender and back (0: its own host)
         "trip_ns",
+        # the highest snd_una the replay took beyond the capture's ACKs (snd_una_of)
+        "una_hint",
     )
 
     def __init__(
@@ -461,6 +466,7 @@ class SenderState:
         self.no_probe = False
         self.prev_burst_ns = NO_VALUE
         self.trip_ns = 0
+        self.una_hint = NO_VALUE
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
         """The capture began in a Loss episode (classify._capture_start_timeout): the
@@ -478,6 +484,21 @@ class SenderState:
     def snd_una_at(self, k: int) -> int:
         """snd_una once ACK ``k`` (-1: none yet) was processed."""
         return self.acks.una[k] if k >= 0 else self.una0
+
+    def snd_una_of(self, r0: int) -> int:
+        """snd_una when retransmission ``r0`` left. Where it starts above the capture's
+        snd_una with nothing seen in between and no SACK block above (a capture that lost
+        frames, or started late), snd_una had reached it: tcp_retransmit_timer and
+        tcp_send_loss_probe resend the head or the tail, never a segment between, and
+        without SACK nothing marks one lost there (tcp_mark_head_lost works from the
+        head); the ACK that moved it is missing from the capture."""
+        r, k = self.rows, self.rows.k[r0]
+        una = self.snd_una_at(k)
+        lo = r.seq[r0]
+        if r.gap_below[r0] and lo > una and not (k >= 0 and self.acks.sack_hi[k] > una):
+            self.una_hint = max(self.una_hint, lo)
+            return lo
+        return una
 
     # ---- a burst ---------------------------------------------------------------------
 
@@ -840,7 +861,8 @@ class SenderState:
         only an ACK of never-resent data alone undoes."""
         a = self.acks
         if a.adv[j]:
-            prev_una = a.prev_una[j]
+            # what the sender had acknowledged before, also where the capture lacks the ACK
+            prev_una = max(a.prev_una[j], self.una_hint)
             lo, hi = max(prev_una, top), min(a.una[j], self.high_seq)
             if self.sack_ok:
                 if hi > lo and not self.loss_ranges.covers(lo, hi):
@@ -1282,7 +1304,7 @@ def replay(
             r0 = burst_rows[0]
             if r.probe[r0]:
                 continue  # keep-alive / window probe: not a retransmission of data
-            b = Burst(burst_rows, seg_lo[bi], seg_hi[bi], r, sender.snd_una_at(r.k[r0]), sender.mss)
+            b = Burst(burst_rows, seg_lo[bi], seg_hi[bi], r, sender.snd_una_of(r0), sender.mss)
             v = sender.on_burst(b)
             verdicts[bi] = v
             v_pto_ns, v_rto_ns = int(v.pto_us * 1000), int(v.rto_us * 1000)
