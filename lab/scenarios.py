@@ -726,6 +726,22 @@ SWEEP_SCENARIOS: tuple[Scenario, ...] = (
         twins=(),
     ),
     Scenario(
+        name="thin_linear_blackhole_rcv",
+        description="A thin stream (60 writes of 100-400 B, 20-40 ms apart, at RTT 10 ms) with "
+        "net.ipv4.tcp_thin_linear_timeouts=1, every client->server packet after the "
+        "20th dropped at the server until 2 s: a TLP, then RTOs that do not back off "
+        "while the stream is thin (tcp_retransmit_timer: tcp_stream_is_thin), while "
+        "the application keeps writing; captured at the server.",
+        traffic=_trickle(60, "100-400", "20-40", seed=2),
+        rules=(Rule("tcp dport {port} ct original packets > 20 drop", remove_after_s=2.0),),
+        rtt_ms=10.0,
+        sysctls=(("sender", "net.ipv4.tcp_thin_linear_timeouts", "1"),),
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"rto"}),
+        possible=frozenset({"tlp", "rto_recovery", "fast"}),
+        twins=(),
+    ),
+    Scenario(
         name="idle_trickle_mid",
         description="An idle, app-limited sender: 15 writes of 100-3000 B, 80-250 ms apart, "
         "at RTT 30 ms, captured mid-path, with loss before the tap (2% data, 5% "
@@ -1505,6 +1521,19 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
     ),
     *SWEEP_SCENARIOS,
 )
+
+
+#: The catalogue's blackhole_rto captured at the server (the sweep: a hole in it hides the
+#: ACK that moved snd_una to the timeouts' head).
+_AT_RECEIVER = (
+    replace(
+        next(s for s in BASE_SCENARIOS if s.name == "blackhole_rto"),
+        name="blackhole_rto_rcv",
+        capture=CapturePoint(where="receiver"),
+        twins=(),
+    ),
+)
+BASE_SCENARIOS = (*BASE_SCENARIOS, *_AT_RECEIVER)
 
 
 def variants(scenario: Scenario) -> list[Scenario]:
