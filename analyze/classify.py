@@ -889,10 +889,10 @@ def _remote_shift_us(
         below = np.zeros(len(flow_id), dtype=bool)
         below[rows] = True  # retransmissions and reordered originals are not new data
         d_rcv = receiver_trip_ns(packets, flow_id, flows, space, below, unknown)
+        echo = sender_trip_ns(packets, flow_id, flows, unknown, echo_alone=True)
         at_rcv = unknown & (d_rcv >= 0) & (d_rcv <= AT_SENDER_TRIP_NS)
-        if at_rcv.any():
-            echo = sender_trip_ns(packets, flow_id, flows, at_rcv, echo_alone=True)
-            trip = np.where(at_rcv, echo, trip)
+        mid = unknown & ~at_rcv & (echo > AT_SENDER_TRIP_NS) & (d_rcv > AT_SENDER_TRIP_NS)
+        trip = np.where(at_rcv | mid, echo, trip)
     path = trip > AT_SENDER_TRIP_NS  # else the sender's own stack
     return np.where(path, trip // 1000, 0).astype(np.int64)
 
