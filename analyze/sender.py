@@ -1103,8 +1103,11 @@ class SenderState:
                     self.no_probe = True
                 elif not self.no_probe:
                     return "tlp", "timer", "tlp"
-            if head:
+            if head and (tail or self._rto_due(b)):
                 return "rto", "timer", "rto"
+            # The head, long before the RTO was due (tcp_rearm_rto armed it at the head's
+            # send or the last ACK that advanced snd_una): an ACK the capture lacks, or
+            # RACK's reorder timer, released it.
             return ("tlp", "timer", "tlp") if tail else ("fast", "timer", "rack_timer")
         # Disorder or Recovery: the RACK reorder timer (fast) fires within reo_wnd + 2 ms
         # of the ACK that armed it; the RTO only after the whole RTO.
