@@ -1168,15 +1168,9 @@ class SenderState:
             and fa < self.a_end
             and (a.sack_hi[fa] > b.hi or a.una[fa] > b.hi)
         )
-        if (
-            held_beyond
-            and self.trip_ns > 0
-            and a.sack_hi[fa] > b.hi
-            and 0 <= b.since_send_ns < 0.75 * TCP_RTO_MIN_US * 1000
-        ):
-            # ...and it was sending until just before, while the receiver SACKed data above
-            # it: it was hearing SACKs, on which RACK marks a hole lost within a round trip
-            # (tcp_rack_detect_loss), long before the RTO's TCP_RTO_MIN of silence.
+        if held_beyond and a.sack_hi[fa] > b.hi and self._released_before_capture(b):
+            # ...while the receiver SACKed data above it: the sender was hearing SACKs, on
+            # which RACK marks a hole lost within a round trip (tcp_rack_detect_loss).
             return "rto_recovery" if self.ca_state == LOSS else "fast"
         if held_beyond and not b.multi and a.una[fa] > b.lo:
             # snd_nxt was at least what the receiver shows it held (sent before the
@@ -1187,10 +1181,24 @@ class SenderState:
             return "rto_recovery" if self.ca_state == LOSS else "fast"
         return None
 
+    def _released_before_capture(self, b: Burst) -> bool:
+        """Was ``b`` sent, by a sender away from the capture point, within the first round
+        trip of the capture (the ACKs that released it passed here before the capture
+        began), and amid the flow's sending (its previous transmission less than most of
+        TCP_RTO_MIN before)? A sender that kept sending was hearing ACKs, not waiting out
+        the RTO's silence."""
+        return (
+            self.trip_ns > 0
+            and b.ts_ns - self.t_cap0 <= ACK_CLOCK_NS + self.trip_ns
+            and 0 <= b.since_send_ns < 0.75 * TCP_RTO_MIN_US * 1000
+        )
+
     def _reno_timer_kind(self, b: Burst, head: bool) -> tuple[str, str, str]:
         """Without SACK the only timer is the RTO (no TLP, no RACK reorder timer): a
-        retransmission that cannot be one was clocked by a late-processed ACK."""
-        if head and (b.k < 0 or self._rto_due(b)):
+        retransmission that cannot be one was clocked by a late-processed ACK, or by
+        duplicate ACKs that passed the capture point before it began."""
+        unseen_ack = b.k < 0 and not self._released_before_capture(b)
+        if head and (unseen_ack or (b.k >= 0 and self._rto_due(b))):
             return "rto", "timer", "rto"
         if self.ca_state == LOSS:
             return "rto_recovery", "ack", "loss_walk"
