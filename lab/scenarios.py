@@ -742,6 +742,23 @@ SWEEP_SCENARIOS: tuple[Scenario, ...] = (
         twins=(),
     ),
     Scenario(
+        name="reorder_nosack_rcv",
+        description="Reordering with SACK off at the client: bulk 1.5 MB on each of 2 "
+        "connections at RTT 20 ms, 3% of the data held 6 ms longer in the delay "
+        "line and 1% dropped at the server, captured at the server. NewReno: "
+        "duplicate ACKs, one head resent per partial ACK, the odd RTO.",
+        traffic=_bulk(1_500_000, conns=2),
+        rules=(_random_drop(1),),
+        rtt_ms=20.0,
+        reorder_pct=3.0,
+        reorder_ms=6.0,
+        sysctls=(("sender", "net.ipv4.tcp_sack", "0"),),
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"rto", "rto_recovery", "syn"}),
+        twins=(),
+    ),
+    Scenario(
         name="idle_trickle_mid",
         description="An idle, app-limited sender: 15 writes of 100-3000 B, 80-250 ms apart, "
         "at RTT 30 ms, captured mid-path, with loss before the tap (2% data, 5% "
