@@ -742,7 +742,7 @@ SWEEP_SCENARIOS: tuple[Scenario, ...] = (
         twins=(),
     ),
     Scenario(
-        name="reorder_nosack_rcv",
+        name="nosack_reorder_rcv",
         description="Reordering with SACK off at the client: bulk 1.5 MB on each of 2 "
         "connections at RTT 20 ms, 3% of the data held 6 ms longer in the delay "
         "line and 1% dropped at the server, captured at the server. NewReno: "
