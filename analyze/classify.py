@@ -280,6 +280,7 @@ def classify_table(
         "cut": _cut_short(out, origs),
         "orig_ts": filled(out["orig_ts_ns"], _NONE),
         "gap_below": _unseen_below(origs, r_flow, una_at, out["seq_abs"], p_ok),
+        "spans": _spans_originals(origs, r_flow, out["seq_abs"], out["end_abs"]),
     }
     a_start, a_end = group_bounds(a_flow, n_flows)
     flows_in = _flow_inputs(
@@ -764,6 +765,13 @@ def _snd_nxt_at(rtx: Table, origs: _Originals, late: np.ndarray) -> np.ndarray:
     nxt_ok = nxt_in & (gather(origs.f_flow, nxt, nxt_in, -1) == r_flow) & late[r_flow]
     nxt_seq = gather(origs.f_seq, nxt, nxt_ok, _NONE)
     return np.maximum(snd_nxt, np.where(nxt_ok, nxt_seq, _NONE))
+
+
+def _spans_originals(origs: _Originals, r_flow, seq, end) -> np.ndarray:
+    """Per retransmission: does it run past the first transmission holding its first byte,
+    into the next one (skbs collapsed on resending: tcp_retrans_try_collapse)?"""
+    ok, p = origs.containing(r_flow, seq)
+    return ok & (gather(origs.end, p, ok, _NONE) < end)
 
 
 def _unseen_below(origs: _Originals, r_flow, una, seq, una_seen) -> np.ndarray:

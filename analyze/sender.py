@@ -168,7 +168,8 @@ class RetransRows:
     ``sls`` (ns since the flow's previous transmission, NO_VALUE: none) and ``cut`` (it
     starts where a first transmission started and ends before that one did), ``orig_ts``
     (ns: the first transmission of its first byte in the capture, NO_VALUE: none) and
-    ``gap_below`` (above snd_una with nothing seen in between: classify._unseen_below)."""
+    ``gap_below`` (above snd_una with nothing seen in between: classify._unseen_below) and
+    ``spans`` (it runs into the next first transmission: skbs collapsed)."""
 
     __slots__ = (
         "seq",
@@ -190,6 +191,7 @@ class RetransRows:
         "cut",
         "orig_ts",
         "gap_below",
+        "spans",
     )
 
     def __init__(self, table: dict[str, np.ndarray]):
@@ -212,6 +214,7 @@ class RetransRows:
         self.cut: list[bool] = table["cut"].tolist()
         self.orig_ts: list[int] = table["orig_ts"].tolist()
         self.gap_below: list[bool] = table["gap_below"].tolist()
+        self.spans: list[bool] = table["spans"].tolist()
 
 
 class Burst:
@@ -600,7 +603,13 @@ class SenderState:
         v.clock = "timer"
         if self.ca_state == LOSS and not quiet:
             v.kind, v.clock, v.rule = "rto_recovery", "ack", "timing_walk"
-        elif tail and self.ca_state == OPEN and self.sack_ok and self.tlp_high_seq is None:
+        elif (
+            tail
+            and self.ca_state == OPEN
+            and self.sack_ok
+            and self.tlp_high_seq is None
+            and not self._collapsed(b)
+        ):
             self.tcp_send_loss_probe(b)
             v.kind, v.rule = "tlp", "timing_tlp"
         elif tail or quiet:
@@ -1101,7 +1110,7 @@ class SenderState:
                     # No probe was armed where one would have been: this sender sends
                     # none (no SACK, or TLP off), here and for the rest of the flow.
                     self.no_probe = True
-                elif not self.no_probe:
+                elif not self.no_probe and not self._collapsed(b):
                     return "tlp", "timer", "tlp"
             if head and (tail or self._rto_due(b)):
                 return "rto", "timer", "rto"
@@ -1126,6 +1135,14 @@ class SenderState:
         backed off, waits that long."""
         rto_ns = b.rto_us * 1000 * (1 << min(self.icsk_backoff, 10))
         return b.since_send_ns > 1.5 * rto_ns
+
+    def _collapsed(self, b: Burst) -> bool:
+        """Does ``b`` run from one first transmission into the next? tcp_send_loss_probe
+        resends the last skb of the retransmit queue (its last MSS), and
+        tcp_retrans_try_collapse merges only the skbs after the one resent: a probe never
+        spans two. The RTO's resend of the head, collapsed with what follows, does."""
+        r = self.rows
+        return any(r.spans[i] for i in b.rows)
 
     def _probe_overdue(self, b: Burst) -> bool:
         """Did the tail go out long after a probe would have, at the RTO instead?
