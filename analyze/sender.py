@@ -417,6 +417,8 @@ class SenderState:
         "trip_ns",
         # the highest snd_una the replay took beyond the capture's ACKs (snd_una_of)
         "una_hint",
+        # the MSS, or the capture's best guess where no handshake shows it
+        "mss_est",
     )
 
     def __init__(
@@ -470,6 +472,7 @@ class SenderState:
         self.prev_burst_ns = NO_VALUE
         self.trip_ns = 0
         self.una_hint = NO_VALUE
+        self.mss_est = mss or 1 << 30
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
         """The capture began in a Loss episode (classify._capture_start_timeout): the
@@ -593,7 +596,11 @@ class SenderState:
         (the head) is unknown: ``position`` says only "tail" or "unknown"; nothing shows a
         retransmission spurious, nor an SRTT."""
         v.position = "tail" if tail else "unknown"
-        if tail and self.ca_state == RECOVERY and self._sent_after_tail(b):
+        if not self.sack_ok and self.ca_state != LOSS and b.hi - b.lo > self.mss_est:
+            # NewReno resends one MSS per partial ACK (tcp_newreno_mark_lost cuts the head
+            # to one); more at once is the Loss state's walk after a timeout.
+            self._unseen_timeout(b)
+        if tail and self.ca_state == RECOVERY and self.sack_ok and self._sent_after_tail(b):
             tail = False  # RACK may have marked it lost: an ACK can release it
         if self.ca_state != OPEN and b.lo >= self.high_seq:
             self.tcp_try_to_open(b.lo)
@@ -627,7 +634,8 @@ class SenderState:
         did? RACK (tcp_rack_detect_loss) marks lost whatever was sent before a segment that
         was delivered, retransmissions included (their xmit time is the resend's): once the
         receiver has that later retransmission, an ACK in Recovery marks even the tail lost
-        and tcp_xmit_retransmit_queue resends it, no timer needed."""
+        and tcp_xmit_retransmit_queue resends it, no timer needed. RACK needs SACK
+        (tcp_identify_packet_loss: a Reno flow has tcp_newreno_mark_lost, the head only)."""
         if self.prev_burst_ns == NO_VALUE:
             return False
         r = self.rows
@@ -1316,6 +1324,7 @@ def replay(
             too_big.get(f),
         )
         sender.no_probe = no_probe
+        sender.mss_est = mss[f]
         sender.trip_ns = trip_ns[f] if trip_ns is not None else 0
         if loss0 is not None and loss0[f] > NO_VALUE:
             sender.capture_started_in_loss(
