@@ -1540,17 +1540,25 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
-#: The catalogue's blackhole_rto captured at the server (the sweep: a hole in it hides the
-#: ACK that moved snd_una to the timeouts' head).
-_AT_RECEIVER = (
+#: Catalogue scenarios captured elsewhere (the sweep, docs/sweep.md): blackhole_rto at the
+#: server (a hole in it hides the ACK that moved snd_una to the timeouts' head), and
+#: sack_off_loss one way at the client (-Q out: NewReno's one-MSS resends against the Loss
+#: state's walk, read without ACKs).
+_ELSEWHERE = (
     replace(
         next(s for s in BASE_SCENARIOS if s.name == "blackhole_rto"),
         name="blackhole_rto_rcv",
         capture=CapturePoint(where="receiver"),
         twins=(),
     ),
+    replace(
+        next(s for s in BASE_SCENARIOS if s.name == "sack_off_loss"),
+        name="sack_off_loss_out",
+        capture=CapturePoint(where="sender", direction="out"),
+        twins=(),
+    ),
 )
-BASE_SCENARIOS = (*BASE_SCENARIOS, *_AT_RECEIVER)
+BASE_SCENARIOS = (*BASE_SCENARIOS, *_ELSEWHERE)
 
 
 def variants(scenario: Scenario) -> list[Scenario]:

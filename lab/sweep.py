@@ -13,8 +13,9 @@ Round 2: round 1's loss patterns captured at the receiver, mid-path, ``-Q out`` 
 Round 3: the catalogue's scenarios at the receiver and mid-path, and loss in the delay line
 (before the capture point). Round 4: reordering without timestamps or SACK (nothing but
 time tells a reordered original from a re-send), the tap near either end, BBR, heavy ACK
-loss; IPv4 and IPv6. ``--derive`` cuts each round-1 recording to start 30% in, 15% in with
-1% of its frames dropped, and drops 1% (make_corpus.derive_capture's edits).
+loss; IPv4 and IPv6. Round 5: the catalogue captured one way (``-Q in``, ``-Q out``).
+``--derive`` cuts each round-1 recording to start 30% in, 15% in with 1% of its frames
+dropped, and drops 1% (make_corpus.derive_capture's edits).
 
 A scenario here may expect nothing in particular (``possible`` is every reason): the sweep
 looks for the analyzer's errors, and the kernel's events are the truth whatever it did.
@@ -236,7 +237,21 @@ def round4() -> list[Scenario]:
     return out
 
 
-ROUNDS = {1: round1, 2: round2, 3: round3, 4: round4}
+def round5() -> list[Scenario]:
+    """The catalogue captured one way, at the server (-Q in) and at the client (-Q out)."""
+    names = (
+        "blackhole_rto", "tail_drop_tlp", "slow_server_tlp", "fin_drop_rtt50",
+        "lost_retransmit", "burst_loss", "ack_blackhole_rto", "trickle_loss",
+        "multi_flow_rtt50", "sack_off_loss", "reqresp_loss_both", "server_reply_loss",
+    )  # fmt: skip
+    return [
+        replace(SCENARIOS[n], name=f"{n}__{p}", capture=POINTS[p], twins=())
+        for p in ("in", "out")
+        for n in names
+    ]
+
+
+ROUNDS = {1: round1, 2: round2, 3: round3, 4: round4, 5: round5}
 
 
 def record(out: Path, scenarios: list[Scenario]) -> None:
