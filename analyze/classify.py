@@ -16,7 +16,7 @@ import numpy as np
 
 from retranscope.analyze.causes import cause_columns
 from retranscope.analyze.flows import AT_SENDER_TRIP_NS, sack_blocks, sequence_space
-from retranscope.analyze.retrans import sender_trip_ns
+from retranscope.analyze.retrans import receiver_trip_ns, sender_trip_ns
 from retranscope.analyze.sender import (
     ACK_CLOCK_NS,
     BURST_GAP_NS,
@@ -219,7 +219,7 @@ def classify_table(
     ack_sel = _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap, not_rst)
     want = np.zeros(n_flows, dtype=bool)
     want[data_flows] = True
-    shift_us = _remote_shift_us(packets, flow_id, flows, want)
+    shift_us = _remote_shift_us(packets, flow_id, flows, want, space, r_pkt)
     ack_sel, n_lost, lost_at = _received_acks(
         packets, space, flows, flow_id, ack_sel, out, ~r_skip, shift_us
     )
@@ -278,12 +278,15 @@ def classify_table(
         "head_ts": gather(origs.ts, p, p_ok, _NONE),
         "sls": since_last_send,
         "cut": _cut_short(out, origs),
+        "orig_ts": filled(out["orig_ts_ns"], _NONE),
+        "gap_below": _unseen_below(origs, r_flow, una_at, out["seq_abs"], p_ok),
+        "spans": _spans_originals(origs, r_flow, out["seq_abs"], out["end_abs"]),
     }
     a_start, a_end = group_bounds(a_flow, n_flows)
     flows_in = _flow_inputs(
         packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start, a_end, origs
     )
-    flows_in.update(mss=mss, una0=una_init)
+    flows_in.update(mss=mss, una0=una_init, trip_ns=shift_us * 1000)
     A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
     adv_ff, too_big_f = last_where(A["adv"], a_flow), _too_big_by_flow(flows, too_big or [])
     res = replay(rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, t_cap0, too_big_f)
@@ -764,6 +767,23 @@ def _snd_nxt_at(rtx: Table, origs: _Originals, late: np.ndarray) -> np.ndarray:
     return np.maximum(snd_nxt, np.where(nxt_ok, nxt_seq, _NONE))
 
 
+def _spans_originals(origs: _Originals, r_flow, seq, end) -> np.ndarray:
+    """Per retransmission: does it run past the first transmission holding its first byte,
+    into the next one (skbs collapsed on resending: tcp_retrans_try_collapse)?"""
+    ok, p = origs.containing(r_flow, seq)
+    return ok & (gather(origs.end, p, ok, _NONE) < end)
+
+
+def _unseen_below(origs: _Originals, r_flow, una, seq, una_seen) -> np.ndarray:
+    """Per retransmission: does it start above snd_una as the capture shows it, with no
+    byte in between ever seen sent (``una_seen``: a first transmission holds snd_una)?
+    Then the capture may lack the ACK that moved snd_una up to it, as well as the data."""
+    q = origs.by_seq(r_flow, una, "left")  # the first transmission at or above snd_una
+    q_ok = gather(origs.flow, q, q < len(origs.flow), -1) == r_flow
+    between = q_ok & (gather(origs.seq, q, q_ok, _NONE) < seq)
+    return ~una_seen & (una < seq) & ~between
+
+
 def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
     """tp->packets_out: segments (MSS units of each skb) between snd_una and snd_nxt."""
     if len(origs.sel) == 0:
@@ -858,7 +878,9 @@ def _ack_table(packets, space, sel, a_flow, una_init) -> dict[str, np.ndarray]:
     }
 
 
-def _remote_shift_us(packets, flow_id, flows: Table, want: np.ndarray) -> np.ndarray:
+def _remote_shift_us(
+    packets, flow_id, flows: Table, want: np.ndarray, space=None, rows=None
+) -> np.ndarray:
     """Per flow (those in ``want``), the round trip (us) from the capture point to the
     flow's sender and back (retrans.sender_trip_ns: the handshake's, lowered by the TSval
     echoes; 0 without a handshake, as on the sender's own host). An ACK seen here reaches
@@ -867,6 +889,18 @@ def _remote_shift_us(packets, flow_id, flows: Table, want: np.ndarray) -> np.nda
     ACKs seen that much before it. On the sender's own host the trip is its stack's answer
     time, no part of the path: 0."""
     trip = sender_trip_ns(packets, flow_id, flows, want, echo_alone=False)
+    if rows is not None and (unknown := want & (trip < 0)).any():
+        # No handshake. Where the receiver answers new data within AT_SENDER_TRIP_NS, the
+        # capture is on the receiver's host (its own stack answering, as the handshake
+        # shows it, flows._local_side): the sender is a path away, and the TSval echoes
+        # measure the trip to it. Elsewhere the sender's host stays the reading.
+        below = np.zeros(len(flow_id), dtype=bool)
+        below[rows] = True  # retransmissions and reordered originals are not new data
+        d_rcv = receiver_trip_ns(packets, flow_id, flows, space, below, unknown)
+        echo = sender_trip_ns(packets, flow_id, flows, unknown, echo_alone=True)
+        at_rcv = unknown & (d_rcv >= 0) & (d_rcv <= AT_SENDER_TRIP_NS)
+        mid = unknown & ~at_rcv & (echo > AT_SENDER_TRIP_NS) & (d_rcv > AT_SENDER_TRIP_NS)
+        trip = np.where(at_rcv | mid, echo, trip)
     path = trip > AT_SENDER_TRIP_NS  # else the sender's own stack
     return np.where(path, trip // 1000, 0).astype(np.int64)
 

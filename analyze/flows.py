@@ -324,7 +324,11 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
     # (RFC 2018 §4: a SACK-permitted receiver reports out-of-order data in every dup ACK).
     plain_dup = _dupacks_without_sack(packets, flow_id, n_flows, ~both)
     sack_unrefuted = sack_any_dir | ~(plain_dup | np.where(rev >= 0, plain_dup[rev_c], False))
-    sack_ok = np.where(both, sack_perm & sack_perm[rev_c], sack_unrefuted)
+    # One SYN seen without SACK-permitted refuses it: both ends must offer it (RFC 2018 §2).
+    refused = (syn_seen & ~sack_perm) | np.where(
+        rev >= 0, syn_seen[rev_c] & ~sack_perm[rev_c], False
+    )
+    sack_ok = np.where(both, sack_perm & sack_perm[rev_c], sack_unrefuted & ~refused)
     ts_ok = np.where(both, ts_opt & ts_opt[rev_c], ts_frac > 0.5)
 
     local, path_rtt, hs_rtt, trip = _local_side(packets, flow_id, n_flows, rev, syn_idx)

@@ -180,6 +180,13 @@ def retransmission_table(
     # sent, tcp_retrans_try_collapse merges only those), so it is the sender's next new
     # data, re-cut (a stack repacketizing, or a capture merging overlaps).
     below = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs <= sent_hi)
+    # Except where it starts exactly where an earlier segment of the flow started: an skb
+    # resent from its own start (tcp_retransmit_skb), collapsed with the skbs after it
+    # (tcp_retrans_try_collapse), whose later bytes the capture never saw (lost before a
+    # receiver's or mid-path capture point).
+    past = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs > sent_hi)
+    if past.any():
+        below |= past & _starts_like_earlier(flow_id, seq_abs, packets["frame"], seg_len > 0)
     # The segments sent in order (each begins at or above everything before it: by flow,
     # capture order is then sequence order).
     in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
@@ -273,6 +280,17 @@ RTT_FLOOR_SHARE = 0.8
 #: own threshold between out-of-order and retransmitted (packet-tcp.c, 3 ms unless the
 #: handshake gave the RTT).
 UNKNOWN_RTT_FLOOR_NS = int(3_000_000 / RTT_FLOOR_SHARE)
+
+
+def _starts_like_earlier(flow_id, seq_abs, frame, data) -> np.ndarray:
+    """Per packet: does an earlier data segment (by frame) of its flow start at its
+    sequence number?"""
+    out = np.zeros(len(flow_id), dtype=bool)
+    rows = np.flatnonzero(data)
+    o = rows[np.lexsort((frame[rows], seq_abs[rows], flow_id[rows]))]
+    same = (flow_id[o][1:] == flow_id[o][:-1]) & (seq_abs[o][1:] == seq_abs[o][:-1])
+    out[o[1:][same]] = True
+    return out
 
 
 def resent_or_reordered(
@@ -509,13 +527,13 @@ def rtt_floor_ns(packets, flow_id, flows, space, below, want, trips) -> np.ndarr
     floor = np.full(n_flows, -1, dtype=np.int64)
     if hs is not None:
         floor = np.where(hs.valid, hs.values, -1).astype(np.int64)
-    d_rcv = _receiver_trip_ns(packets, flow_id, flows, space, below, want)
+    d_rcv = receiver_trip_ns(packets, flow_id, flows, space, below, want)
     est = np.where(d_rcv >= 0, d_rcv + np.maximum(trips, 0), -1)
     floor = np.where((floor >= 0) & (est >= 0), np.minimum(floor, est), np.maximum(floor, est))
     return np.where(floor >= 0, floor, UNKNOWN_RTT_FLOOR_NS)
 
 
-def _receiver_trip_ns(packets, flow_id, flows, space, below, want) -> np.ndarray:
+def receiver_trip_ns(packets, flow_id, flows, space, below, want) -> np.ndarray:
     """Per flow in ``want``: the least time from a segment of new data to the first ACK
     that covers it (-1: none)."""
     n_flows = len(flows["flow_id"])

@@ -166,7 +166,10 @@ class RetransRows:
     probe), ``dsack`` (when a D-SACK reported it duplicate, else NEVER), ``pkts_out``
     (tp->packets_out), ``head_ts`` (first transmission of the segment at snd_una) and
     ``sls`` (ns since the flow's previous transmission, NO_VALUE: none) and ``cut`` (it
-    starts where a first transmission started and ends before that one did)."""
+    starts where a first transmission started and ends before that one did), ``orig_ts``
+    (ns: the first transmission of its first byte in the capture, NO_VALUE: none) and
+    ``gap_below`` (above snd_una with nothing seen in between: classify._unseen_below) and
+    ``spans`` (it runs into the next first transmission: skbs collapsed)."""
 
     __slots__ = (
         "seq",
@@ -186,6 +189,9 @@ class RetransRows:
         "sls",
         "end",
         "cut",
+        "orig_ts",
+        "gap_below",
+        "spans",
     )
 
     def __init__(self, table: dict[str, np.ndarray]):
@@ -206,6 +212,9 @@ class RetransRows:
         self.sls: list[int] = table["sls"].tolist()
         self.end: list[int] = table["end"].tolist()
         self.cut: list[bool] = table["cut"].tolist()
+        self.orig_ts: list[int] = table["orig_ts"].tolist()
+        self.gap_below: list[bool] = table["gap_below"].tolist()
+        self.spans: list[bool] = table["spans"].tolist()
 
 
 class Burst:
@@ -400,6 +409,16 @@ class SenderState:
         "episode_by",
         # no ACK of this flow in the capture (a one-way capture): timing alone decides
         "timing_only",
+        # the sender evidently arms no loss probe (_probe_overdue)
+        "no_probe",
+        # when the previous burst of retransmissions left (NO_VALUE: none yet)
+        "prev_burst_ns",
+        # the round trip from the capture point to the sender and back (0: its own host)
+        "trip_ns",
+        # the highest snd_una the replay took beyond the capture's ACKs (snd_una_of)
+        "una_hint",
+        # the MSS, or the capture's best guess where no handshake shows it
+        "mss_est",
     )
 
     def __init__(
@@ -449,6 +468,11 @@ class SenderState:
         self.episode_ns = NO_VALUE
         self.episode_by: str | None = None
         self.timing_only = a_first >= a_end
+        self.no_probe = False
+        self.prev_burst_ns = NO_VALUE
+        self.trip_ns = 0
+        self.una_hint = NO_VALUE
+        self.mss_est = mss or 1 << 30
 
     def capture_started_in_loss(self, seq: int, end: int, ts_ns: int, snd_nxt: int) -> None:
         """The capture began in a Loss episode (classify._capture_start_timeout): the
@@ -466,6 +490,21 @@ class SenderState:
     def snd_una_at(self, k: int) -> int:
         """snd_una once ACK ``k`` (-1: none yet) was processed."""
         return self.acks.una[k] if k >= 0 else self.una0
+
+    def snd_una_of(self, r0: int) -> int:
+        """snd_una when retransmission ``r0`` left. Where it starts above the capture's
+        snd_una with nothing seen in between and no SACK block above (a capture that lost
+        frames, or started late), snd_una had reached it: tcp_retransmit_timer and
+        tcp_send_loss_probe resend the head or the tail, never a segment between, and
+        without SACK nothing marks one lost there (tcp_mark_head_lost works from the
+        head); the ACK that moved it is missing from the capture."""
+        r, k = self.rows, self.rows.k[r0]
+        una = self.snd_una_at(k)
+        lo = r.seq[r0]
+        if r.gap_below[r0] and lo > una and not (k >= 0 and self.acks.sack_hi[k] > una):
+            self.una_hint = max(self.una_hint, lo)
+            return lo
+        return una
 
     # ---- a burst ---------------------------------------------------------------------
 
@@ -557,6 +596,12 @@ class SenderState:
         (the head) is unknown: ``position`` says only "tail" or "unknown"; nothing shows a
         retransmission spurious, nor an SRTT."""
         v.position = "tail" if tail else "unknown"
+        if not self.sack_ok and self.ca_state != LOSS and b.hi - b.lo > self.mss_est:
+            # NewReno resends one MSS per partial ACK (tcp_newreno_mark_lost cuts the head
+            # to one); more at once is the Loss state's walk after a timeout.
+            self._unseen_timeout(b)
+        if tail and self.ca_state == RECOVERY and self.sack_ok and self._sent_after_tail(b):
+            tail = False  # RACK may have marked it lost: an ACK can release it
         if self.ca_state != OPEN and b.lo >= self.high_seq:
             self.tcp_try_to_open(b.lo)
         if self.tlp_high_seq is not None and b.lo >= self.tlp_high_seq:
@@ -565,7 +610,13 @@ class SenderState:
         v.clock = "timer"
         if self.ca_state == LOSS and not quiet:
             v.kind, v.clock, v.rule = "rto_recovery", "ack", "timing_walk"
-        elif tail and self.ca_state == OPEN and self.sack_ok and self.tlp_high_seq is None:
+        elif (
+            tail
+            and self.ca_state == OPEN
+            and self.sack_ok
+            and self.tlp_high_seq is None
+            and not self._collapsed(b)
+        ):
             self.tcp_send_loss_probe(b)
             v.kind, v.rule = "tlp", "timing_tlp"
         elif tail or quiet:
@@ -577,6 +628,22 @@ class SenderState:
             v.kind, v.clock, v.rule = "fast", "ack", "timing_fast"
         v.ca_state = self.ca_state
         v.rto_us = b.rto_us
+
+    def _sent_after_tail(self, b: Burst) -> bool:
+        """Did the flow's previous retransmission leave after every segment of ``b`` last
+        did? RACK (tcp_rack_detect_loss) marks lost whatever was sent before a segment that
+        was delivered, retransmissions included (their xmit time is the resend's): once the
+        receiver has that later retransmission, an ACK in Recovery marks even the tail lost
+        and tcp_xmit_retransmit_queue resends it, no timer needed. RACK needs SACK
+        (tcp_identify_packet_loss: a Reno flow has tcp_newreno_mark_lost, the head only)."""
+        if self.prev_burst_ns == NO_VALUE:
+            return False
+        r = self.rows
+        for i in b.rows:
+            sent = max(r.orig_ts[i], self.last_rtx_ns.get(r.seq[i], NO_VALUE))
+            if sent == NO_VALUE or sent >= self.prev_burst_ns:
+                return False
+        return True
 
     # ---- re-sends no timer and no duplicate ACK caused -----------------------------------
 
@@ -811,7 +878,8 @@ class SenderState:
         only an ACK of never-resent data alone undoes."""
         a = self.acks
         if a.adv[j]:
-            prev_una = a.prev_una[j]
+            # what the sender had acknowledged before, also where the capture lacks the ACK
+            prev_una = max(a.prev_una[j], self.una_hint)
             lo, hi = max(prev_una, top), min(a.una[j], self.high_seq)
             if self.sack_ok:
                 if hi > lo and not self.loss_ranges.covers(lo, hi):
@@ -1046,9 +1114,17 @@ class SenderState:
             return "rto", "timer", "rto"
         if self.ca_state == OPEN and not sacked:
             if tail and self.tlp_high_seq is None and not self._past_rto(b):
-                return "tlp", "timer", "tlp"
-            if head:
+                if self._probe_overdue(b):
+                    # No probe was armed where one would have been: this sender sends
+                    # none (no SACK, or TLP off), here and for the rest of the flow.
+                    self.no_probe = True
+                elif not self.no_probe and not self._collapsed(b):
+                    return "tlp", "timer", "tlp"
+            if head and (tail or self._rto_due(b)):
                 return "rto", "timer", "rto"
+            # The head, long before the RTO was due (tcp_rearm_rto armed it at the head's
+            # send or the last ACK that advanced snd_una): an ACK the capture lacks, or
+            # RACK's reorder timer, released it.
             return ("tlp", "timer", "tlp") if tail else ("fast", "timer", "rack_timer")
         # Disorder or Recovery: the RACK reorder timer (fast) fires within reo_wnd + 2 ms
         # of the ACK that armed it; the RTO only after the whole RTO.
@@ -1068,6 +1144,38 @@ class SenderState:
         rto_ns = b.rto_us * 1000 * (1 << min(self.icsk_backoff, 10))
         return b.since_send_ns > 1.5 * rto_ns
 
+    def _collapsed(self, b: Burst) -> bool:
+        """Does ``b`` run from one first transmission into the next? tcp_send_loss_probe
+        resends the last skb of the retransmit queue (its last MSS), and
+        tcp_retrans_try_collapse merges only the skbs after the one resent: a probe never
+        spans two. The RTO's resend of the head, collapsed with what follows, does."""
+        r = self.rows
+        return any(r.spans[i] for i in b.rows)
+
+    def _probe_overdue(self, b: Burst) -> bool:
+        """Did the tail go out long after a probe would have, at the RTO instead?
+
+        tcp_schedule_loss_probe re-arms the probe at every transmission (tcp_write_xmit)
+        and every ACK that acknowledges or SACKs data (tcp_set_xmit_timer), for PTO =
+        2·SRTT + TCP_TIMEOUT_MIN when more than one segment is out; only with one segment
+        out (+ TCP_RTO_MIN) or an SRTT so long that the RTO comes first is it clamped to
+        the RTO. A tail resent after twice that PTO and most of the RTO was sent by no
+        probe: none was armed (SACK not negotiated, net.ipv4.tcp_early_retrans = 0), and
+        tcp_retransmit_timer fired. The silence is counted from the later of the flow's
+        previous send and the last ACK of the capture (an ACK the sender never got only
+        shortens it)."""
+        if b.srtt_us <= 0 or b.pkts_out <= 1:
+            return False
+        pto_ns = (2 * b.srtt_us + TCP_TIMEOUT_MIN_US) * 1000
+        rto_ns = b.rto_us * 1000
+        if pto_ns >= 0.5 * rto_ns:
+            return False  # the probe would fire near the RTO anyway: no telling them apart
+        quiet = [t for t in (b.since_send_ns, b.since_ack_ns) if t >= 0]
+        if not quiet:
+            return False
+        since_ns = min(quiet)
+        return since_ns >= 2 * pto_ns + TIMER_MIN_NS and since_ns >= 0.75 * rto_ns
+
     def _capture_start_kind(self, b: Burst) -> str | None:
         """No ACK of this flow yet in the capture. Unless the capture only just began, none
         arrived lately either: the silence is at least (now - capture start). Just after
@@ -1078,11 +1186,17 @@ class SenderState:
         beyond is the RTO ending that silence; one that was not at the head, with data held
         beyond it, was sent on SACK news (fast recovery). None: no such evidence."""
         a, fa = self.acks, self.a_first
+        # A sender away from the capture point: what it sent in the first round trip was
+        # released by ACKs that passed here before the capture began.
         held_beyond = (
-            b.ts_ns - self.t_cap0 <= ACK_CLOCK_NS
+            b.ts_ns - self.t_cap0 <= ACK_CLOCK_NS + self.trip_ns
             and fa < self.a_end
             and (a.sack_hi[fa] > b.hi or a.una[fa] > b.hi)
         )
+        if held_beyond and a.sack_hi[fa] > b.hi and self._released_before_capture(b):
+            # ...while the receiver SACKed data above it: the sender was hearing SACKs, on
+            # which RACK marks a hole lost within a round trip (tcp_rack_detect_loss).
+            return "rto_recovery" if self.ca_state == LOSS else "fast"
         if held_beyond and not b.multi and a.una[fa] > b.lo:
             # snd_nxt was at least what the receiver shows it held (sent before the
             # capture): the Loss episode lasts until snd_una passes it.
@@ -1092,10 +1206,24 @@ class SenderState:
             return "rto_recovery" if self.ca_state == LOSS else "fast"
         return None
 
+    def _released_before_capture(self, b: Burst) -> bool:
+        """Was ``b`` sent, by a sender away from the capture point, within the first round
+        trip of the capture (the ACKs that released it passed here before the capture
+        began), and amid the flow's sending (its previous transmission less than most of
+        TCP_RTO_MIN before)? A sender that kept sending was hearing ACKs, not waiting out
+        the RTO's silence."""
+        return (
+            self.trip_ns > 0
+            and b.ts_ns - self.t_cap0 <= ACK_CLOCK_NS + self.trip_ns
+            and 0 <= b.since_send_ns < 0.75 * TCP_RTO_MIN_US * 1000
+        )
+
     def _reno_timer_kind(self, b: Burst, head: bool) -> tuple[str, str, str]:
         """Without SACK the only timer is the RTO (no TLP, no RACK reorder timer): a
-        retransmission that cannot be one was clocked by a late-processed ACK."""
-        if head and (b.k < 0 or self._rto_due(b)):
+        retransmission that cannot be one was clocked by a late-processed ACK, or by
+        duplicate ACKs that passed the capture point before it began."""
+        unseen_ack = b.k < 0 and not self._released_before_capture(b)
+        if head and (unseen_ack or (b.k >= 0 and self._rto_due(b))):
             return "rto", "timer", "rto"
         if self.ca_state == LOSS:
             return "rto_recovery", "ack", "loss_walk"
@@ -1122,6 +1250,7 @@ class SenderState:
                     self.undo_dsack_ns = r.dsack[i]
         for i in b.rows:
             self.last_rtx_ns[r.seq[i]] = r.ts[i]
+        self.prev_burst_ns = b.ts_ns
 
 
 def replay(
@@ -1176,54 +1305,68 @@ def replay(
     rows_l = order_r.tolist()
     cause, mtu, kind, clock, position, ca, backoff, trigger, pto_ns, rto_ns = out.values()
     syn_end, hdr_bytes = flows["syn_end"].tolist(), flows["hdr_bytes"].tolist()
+    trip_ns = flows["trip_ns"].tolist() if "trip_ns" in flows else None
     too_big = too_big or {}
     verdicts: list[Verdict | None] = [None] * len(b_first)
-    sender: SenderState | None = None
-    cur_flow = -1
-    for bi, (i, j) in enumerate(zip(b_first.tolist(), b_last.tolist())):
-        f = b_flow[bi]
-        burst_rows = rows_l[i:j]
-        r0 = burst_rows[0]
-        if f != cur_flow:
-            cur_flow = f
-            sender = SenderState(
-                ack_history,
-                r,
-                a_start[f],
-                a_end[f],
-                sack_ok[f],
-                mss[f] if mss_known[f] else None,
-                una0[f],
-                t_cap0,
-                syn_end[f],
-                hdr_bytes[f],
-                too_big.get(f),
+
+    def new_sender(f: int, no_probe: bool) -> SenderState:
+        sender = SenderState(
+            ack_history,
+            r,
+            a_start[f],
+            a_end[f],
+            sack_ok[f],
+            mss[f] if mss_known[f] else None,
+            una0[f],
+            t_cap0,
+            syn_end[f],
+            hdr_bytes[f],
+            too_big.get(f),
+        )
+        sender.no_probe = no_probe
+        sender.mss_est = mss[f]
+        sender.trip_ns = trip_ns[f] if trip_ns is not None else 0
+        if loss0 is not None and loss0[f] > NO_VALUE:
+            sender.capture_started_in_loss(
+                int(flows["loss0_seq"][f]),
+                int(flows["loss0_end"][f]),
+                int(flows["loss0_ts"][f]),
+                int(loss0[f]),
             )
-            if loss0 is not None and loss0[f] > NO_VALUE:
-                sender.capture_started_in_loss(
-                    int(flows["loss0_seq"][f]),
-                    int(flows["loss0_end"][f]),
-                    int(flows["loss0_ts"][f]),
-                    int(loss0[f]),
-                )
-        assert sender is not None
-        if r.probe[r0]:
-            continue  # keep-alive / window probe: not a retransmission of data
-        b = Burst(burst_rows, seg_lo[bi], seg_hi[bi], r, sender.snd_una_at(r.k[r0]), sender.mss)
-        v = sender.on_burst(b)
-        verdicts[bi] = v
-        v_pto_ns, v_rto_ns = int(v.pto_us * 1000), int(v.rto_us * 1000)
-        for row in burst_rows:
-            cause[row] = v.cause
-            mtu[row] = v.mtu
-            kind[row] = v.kind
-            clock[row] = "burst"
-            position[row] = v.position
-            ca[row] = v.ca_state
-            backoff[row] = v.backoff
-            trigger[row] = v.trigger
-            pto_ns[row] = v_pto_ns
-            rto_ns[row] = v_rto_ns
-        clock[r0] = v.clock
+        return sender
+
+    def run_flow(sender: SenderState, bursts: range) -> None:
+        for bi in bursts:
+            burst_rows = rows_l[b_first_l[bi] : b_last_l[bi]]
+            r0 = burst_rows[0]
+            if r.probe[r0]:
+                continue  # keep-alive / window probe: not a retransmission of data
+            b = Burst(burst_rows, seg_lo[bi], seg_hi[bi], r, sender.snd_una_of(r0), sender.mss)
+            v = sender.on_burst(b)
+            verdicts[bi] = v
+            v_pto_ns, v_rto_ns = int(v.pto_us * 1000), int(v.rto_us * 1000)
+            for row in burst_rows:
+                cause[row] = v.cause
+                mtu[row] = v.mtu
+                kind[row] = v.kind
+                clock[row] = "burst"
+                position[row] = v.position
+                ca[row] = v.ca_state
+                backoff[row] = v.backoff
+                trigger[row] = v.trigger
+                pto_ns[row] = v_pto_ns
+                rto_ns[row] = v_rto_ns
+            clock[r0] = v.clock
+
+    b_first_l, b_last_l = b_first.tolist(), b_last.tolist()
+    f_starts = [bi for bi in range(len(b_flow)) if bi == 0 or b_flow[bi] != b_flow[bi - 1]]
+    for lo, hi in zip(f_starts, [*f_starts[1:], len(b_flow)]):
+        sender = new_sender(b_flow[lo], False)
+        run_flow(sender, range(lo, hi))
+        if sender.no_probe:
+            # A sender that arms no probe (_probe_overdue) never did: SACK and
+            # net.ipv4.tcp_early_retrans hold for the whole connection. Its earlier tails
+            # are read again knowing it.
+            run_flow(new_sender(b_flow[lo], True), range(lo, hi))
     out["verdicts"] = verdicts
     return out

@@ -544,6 +544,240 @@ _REPLY_ACK_LOSS_RCV = Scenario(
 )
 
 
+# --- the sweep (docs/sweep.md): sysctls, loss shapes and capture points the rest thins -----
+
+_NO_AUTOCORK = ("sender", "net.ipv4.tcp_autocorking", "0")
+_ANY_BUT_SYNACK = frozenset({"fast", "tlp", "rto", "rto_recovery", "syn"})
+
+
+def _reqresp_both_ways(count: int = 40) -> Traffic:
+    """Bursts of 3 requests of 300 B at RTT 10 ms answered with 3000 B after 0-4 ms."""
+    return _requests(
+        count=count, burst=3, size=300, think_ms="0-4", server_extra=("--reply-bytes", "3000")
+    )
+
+
+SWEEP_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        name="rack_off_loss",
+        description="RACK off at the client (net.ipv4.tcp_recovery=0): bulk 2 MB on each of 2 "
+        "connections at RTT 20 ms, 3% random loss. Loss is then found by the "
+        "duplicate-ACK threshold on SACKed segments (tcp_time_to_recover, "
+        "tcp_mark_head_lost), RFC 6675 style, not by RACK's time window.",
+        traffic=_bulk(2_000_000, conns=2),
+        rules=(_random_drop(3),),
+        rtt_ms=20.0,
+        sysctls=(("sender", "net.ipv4.tcp_recovery", "0"),),
+        expected=frozenset({"fast"}),
+        possible=_RANDOM_LOSS_POSSIBLE,
+        twins=(),
+    ),
+    Scenario(
+        name="frto_off_ack_blackhole",
+        description="F-RTO off at the client (net.ipv4.tcp_frto=0): ack_blackhole_rto's ACK "
+        "blackhole (bulk 3 MB at RTT 10 ms, the server's packets dropped at the "
+        "client for 1 s after the 20th): a TLP, then RTOs; without F-RTO the Loss "
+        "state does not wait for new data before it retransmits (tcp_enter_loss, "
+        "tcp_process_loss).",
+        traffic=_bulk(3_000_000),
+        rules=(
+            Rule("tcp sport {port} ct reply packets > 20 drop", where="sender", remove_after_s=1.0),
+        ),
+        rtt_ms=10.0,
+        sysctls=(("sender", "net.ipv4.tcp_frto", "0"),),
+        expected=frozenset({"tlp", "rto"}),
+        possible=frozenset({"rto_recovery", "fast"}),
+        twins=(),
+    ),
+    Scenario(
+        name="bursty_loss",
+        description="Bursty loss: 6 consecutive client->server packets of every 200 dropped "
+        "(nft numgen inc, shared by the 2 connections and their SYNs), bulk 1 MB on "
+        "each at RTT 20 ms, TSO off: runs of holes in one window, retransmissions "
+        "lost again, SYN timeouts.",
+        traffic=_bulk(1_000_000, conns=2),
+        rules=(Rule("tcp dport {port} numgen inc mod 200 < 6 drop"),),
+        rtt_ms=20.0,
+        tso=False,
+        expected=frozenset({"fast"}),
+        possible=_ANY_BUT_SYNACK,
+        twins=(),
+    ),
+    Scenario(
+        name="small_rcvbuf_loss",
+        description="A receive-window-limited flow: the server's tcp_rmem is 4096 8192 16384 "
+        "(a window of a few segments), bulk 1 MB on each of 2 connections at RTT "
+        "10 ms, 2% random loss: few packets out, so losses are found by RACK on "
+        "one or two SACKs or by the RTO.",
+        traffic=_bulk(1_000_000, conns=2),
+        rules=(_random_drop(2),),
+        rtt_ms=10.0,
+        sysctls=(("receiver", "net.ipv4.tcp_rmem", "4096 8192 16384"),),
+        expected=frozenset({"fast"}),
+        possible=_ANY_BUT_SYNACK,
+        twins=(),
+    ),
+    Scenario(
+        name="nosack_reqresp",
+        description="Request/response with SACK off at the client (net.ipv4.tcp_sack=0) at "
+        "RTT 10 ms, 4% loss each way: every lost tail and every lost reply ACK "
+        "ends in an RTO (no TLP without SACK); an RTO that follows a lost ACK "
+        "resends the whole flight, collapsed into one segment "
+        "(tcp_retrans_try_collapse).",
+        traffic=_reqresp_both_ways(),
+        rules=(_random_drop(4), _random_drop(4, where="sender")),
+        rtt_ms=10.0,
+        sysctls=(_NO_AUTOCORK, ("sender", "net.ipv4.tcp_sack", "0")),
+        expected=frozenset({"rto"}),
+        possible=frozenset({"fast", "rto_recovery", "syn"}),
+        twins=(),
+    ),
+    Scenario(
+        name="nosack_reqresp_rcv",
+        description="nosack_reqresp captured at the server, with the loss in the delay line "
+        "(3% of the data towards the server, 3% of the pure ACKs towards the client, "
+        "a fixed pattern): lost requests never reach the capture, lost ACKs are in "
+        "it. An RTO after a lost ACK resends the acknowledged requests collapsed "
+        "with the lost one, so it runs past all the data the capture saw.",
+        traffic=_reqresp_both_ways(),
+        line_drops=(("to_receiver", "data", 3.0), ("to_sender", "ack", 3.0)),
+        disorder_seed=5,
+        rtt_ms=10.0,
+        sysctls=(_NO_AUTOCORK, ("sender", "net.ipv4.tcp_sack", "0")),
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"rto"}),
+        possible=frozenset({"fast", "rto_recovery", "syn"}),
+        twins=(),
+    ),
+    Scenario(
+        name="tlp_off_loss_in",
+        description="TLP off at the client, bulk 2 MB on each of 2 connections at RTT 20 ms, "
+        "3% loss, captured one way at the server (-Q in): fast recovery read from "
+        "timing alone, including tails that RACK marks lost once a later "
+        "retransmission is delivered.",
+        traffic=_bulk(2_000_000, conns=2),
+        rules=(_random_drop(3),),
+        rtt_ms=20.0,
+        sysctls=(("sender", "net.ipv4.tcp_early_retrans", "0"),),
+        capture=CapturePoint(where="receiver", direction="in"),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"rto", "rto_recovery", "syn"}),
+        twins=(),
+    ),
+    Scenario(
+        name="tlp_off_loss_out",
+        description="tlp_off_loss_in captured one way at the client (-Q out).",
+        traffic=_bulk(2_000_000, conns=2),
+        rules=(_random_drop(3),),
+        rtt_ms=20.0,
+        sysctls=(("sender", "net.ipv4.tcp_early_retrans", "0"),),
+        capture=CapturePoint(where="sender", direction="out"),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"rto", "rto_recovery", "syn"}),
+        twins=(),
+    ),
+    Scenario(
+        name="server_bulk_loss_in",
+        description="The server retransmits: 15 requests at RTT 20 ms each answered with "
+        "60 KB, 3% of the server's packets dropped at the client, captured one way "
+        "at the client (-Q in): replies' fast recovery and the odd RTO by timing.",
+        traffic=_requests(count=15, burst=1, size=100, server_extra=("--reply-bytes", "60000")),
+        rules=(
+            Rule(
+                "tcp sport {port} tcp flags & syn == 0 numgen random mod 100 < 3 drop",
+                where="sender",
+            ),
+        ),
+        rtt_ms=20.0,
+        retransmitter="server",
+        capture=CapturePoint(where="receiver", direction="in"),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"tlp", "rto", "rto_recovery"}),
+        twins=(),
+    ),
+    Scenario(
+        name="rtt300_loss_mid",
+        description="A long path: bulk 250 KB on each of 2 connections at RTT 300 ms, 2% of "
+        "the data lost before a mid-path tap and 5% of the ACKs after it (delay "
+        "line), and 2% of the data after it (the server's input): the PTO "
+        "(2*SRTT) is clamped to the RTO, RACK's window is 75 ms.",
+        traffic=_bulk(250_000, conns=2, timeout_s=20.0),
+        rules=(Rule("tcp dport {port} tcp flags & syn == 0 numgen random mod 100 < 2 drop"),),
+        line_drops=(("to_receiver", "data", 2.0), ("to_sender", "ack", 5.0)),
+        disorder_seed=6,
+        rtt_ms=300.0,
+        capture=CapturePoint(where="mid"),
+        expected=frozenset({"fast"}),
+        possible=_ANY_BUT_SYNACK,
+        twins=(),
+    ),
+    Scenario(
+        name="many_flows_rcv",
+        description="16 parallel connections of 250 KB at RTT 20 ms, captured at the server, "
+        "3% of the data and 3% of the ACKs lost in the delay line: many flows "
+        "interleaved, originals lost before the capture point.",
+        traffic=_bulk(250_000, conns=16),
+        line_drops=(("to_receiver", "data", 3.0), ("to_sender", "ack", 3.0)),
+        disorder_seed=5,
+        rtt_ms=20.0,
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"fast"}),
+        possible=_ANY_BUT_SYNACK,
+        twins=(),
+    ),
+    Scenario(
+        name="thin_linear_blackhole_rcv",
+        description="A thin stream (60 writes of 100-400 B, 20-40 ms apart, at RTT 10 ms) with "
+        "net.ipv4.tcp_thin_linear_timeouts=1, every client->server packet after the "
+        "20th dropped at the server until 2 s: a TLP, then RTOs that do not back off "
+        "while the stream is thin (tcp_retransmit_timer: tcp_stream_is_thin), while "
+        "the application keeps writing; captured at the server.",
+        traffic=_trickle(60, "100-400", "20-40", seed=2),
+        rules=(Rule("tcp dport {port} ct original packets > 20 drop", remove_after_s=2.0),),
+        rtt_ms=10.0,
+        sysctls=(("sender", "net.ipv4.tcp_thin_linear_timeouts", "1"),),
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"rto"}),
+        possible=frozenset({"tlp", "rto_recovery", "fast"}),
+        twins=(),
+    ),
+    Scenario(
+        name="nosack_reorder_rcv",
+        description="Reordering with SACK off at the client: bulk 1.5 MB on each of 2 "
+        "connections at RTT 20 ms, 3% of the data held 6 ms longer in the delay "
+        "line and 1% dropped at the server, captured at the server. NewReno: "
+        "duplicate ACKs, one head resent per partial ACK, the odd RTO.",
+        traffic=_bulk(1_500_000, conns=2),
+        rules=(_random_drop(1),),
+        rtt_ms=20.0,
+        reorder_pct=3.0,
+        reorder_ms=6.0,
+        sysctls=(("sender", "net.ipv4.tcp_sack", "0"),),
+        capture=CapturePoint(where="receiver"),
+        expected=frozenset({"fast"}),
+        possible=frozenset({"rto", "rto_recovery", "syn"}),
+        twins=(),
+    ),
+    Scenario(
+        name="idle_trickle_mid",
+        description="An idle, app-limited sender: 15 writes of 100-3000 B, 80-250 ms apart, "
+        "at RTT 30 ms, captured mid-path, with loss before the tap (2% data, 5% "
+        "ACKs) and after it (12% at the server's input): every write starts from "
+        "idle, a lost tail ends in a TLP, a lost middle in RACK, a lost probe in "
+        "the RTO.",
+        traffic=_trickle(15, "100-3000", "80-250", seed=5),
+        rules=(_random_drop(12),),
+        line_drops=(("to_receiver", "data", 2.0), ("to_sender", "ack", 5.0)),
+        disorder_seed=6,
+        rtt_ms=30.0,
+        capture=CapturePoint(where="mid"),
+        expected=frozenset({"tlp"}),
+        possible=_ANY_BUT_SYNACK,
+        twins=(),
+    ),
+)
+
+
 BASE_SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="fast_nth",
@@ -1302,7 +1536,29 @@ BASE_SCENARIOS: tuple[Scenario, ...] = (
         possible=frozenset({"fast", "tlp"}),
         twins=("notso",),
     ),
+    *SWEEP_SCENARIOS,
 )
+
+
+#: Catalogue scenarios captured elsewhere (the sweep, docs/sweep.md): blackhole_rto at the
+#: server (a hole in it hides the ACK that moved snd_una to the timeouts' head), and
+#: sack_off_loss one way at the client (-Q out: NewReno's one-MSS resends against the Loss
+#: state's walk, read without ACKs).
+_ELSEWHERE = (
+    replace(
+        next(s for s in BASE_SCENARIOS if s.name == "blackhole_rto"),
+        name="blackhole_rto_rcv",
+        capture=CapturePoint(where="receiver"),
+        twins=(),
+    ),
+    replace(
+        next(s for s in BASE_SCENARIOS if s.name == "sack_off_loss"),
+        name="sack_off_loss_out",
+        capture=CapturePoint(where="sender", direction="out"),
+        twins=(),
+    ),
+)
+BASE_SCENARIOS = (*BASE_SCENARIOS, *_ELSEWHERE)
 
 
 def variants(scenario: Scenario) -> list[Scenario]:
