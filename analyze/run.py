@@ -31,18 +31,20 @@ def run_analysis(
     *,
     progress: Progress | None = None,
     jobs: int | None = 1,
+    decode_jobs: int | None = 1,
     warn: Callable[[str], None] = lambda _line: None,
 ) -> Result:
     """Analyze ``pcap`` and/or the recording directory ``events`` into ``out``
     (retransmits.parquet, flows.parquet, summary.json: analyze/outputs.py). ``pcap`` may
     be several files, a directory or a glob (one capture); ``jobs``: processes that
+    classify it, in shards of connections (analyze/shards.py), ``decode_jobs``: that
     decode it (None: every core)."""
     reuse_freed_memory()
     capture = ev = None
     if pcap is not None:
         from retranscope.analyze.capture import read_capture
 
-        capture = read_capture(pcap, progress=progress, jobs=jobs)
+        capture = read_capture(pcap, progress=progress, jobs=decode_jobs)
         for w in capture.meta.warnings:
             warn(w)
     if events is not None:
@@ -51,7 +53,7 @@ def run_analysis(
         ev = read_events(events)
         for w in ev.warnings:
             warn(w)
-    result = analyze(capture=capture, events=ev)
+    result = analyze(capture=capture, events=ev, jobs=jobs)
     write_outputs(result, out)
     m = result.summary.get("match")
     if m and m["events"] and not m["events_matched"]:
