@@ -83,13 +83,19 @@ def tuple_hash(packets: dict[str, np.ndarray]) -> np.ndarray:
     )
 
 
+def tuple_bucket(packets: dict[str, np.ndarray], n_buckets: int) -> np.ndarray:
+    """Each row's bucket (0 .. n_buckets - 1) by its 4-tuple, from the hash's high bits (a
+    multiplicative hash mixes its low bits least)."""
+    return ((tuple_hash(packets) >> np.uint64(32)) % np.uint64(n_buckets)).astype(np.int64)
+
+
 def assign_shards(packets: dict[str, np.ndarray], n_shards: int) -> np.ndarray | None:
     """Shard of each row (0, 1, ... with no empty shard): 4-tuples hashed into buckets, the
     buckets dealt biggest first to the least loaded shard. None when the rows make fewer
     than two shards."""
     if n_shards < 2 or n_rows(packets) == 0:
         return None
-    bucket = (tuple_hash(packets) % np.uint64(HASH_BUCKETS)).astype(np.int64)
+    bucket = tuple_bucket(packets, HASH_BUCKETS)
     count = np.bincount(bucket, minlength=HASH_BUCKETS)
     used = np.flatnonzero(count)
     if len(used) < 2:

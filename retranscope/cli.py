@@ -231,6 +231,14 @@ def analyze(
         help="Processes that decode the capture. Default 1: on the 2-core machine measured, "
         "worker processes were slower (docs/captures.md).",
     ),
+    spill: Optional[bool] = typer.Option(
+        None,
+        "--spill/--no-spill",
+        help="Spill the capture's packets to disk (in --out, removed after) and classify "
+        "them a shard of connections at a time: memory follows the largest connection, not "
+        "the capture. Default: for captures of 1 GiB and more, without --events "
+        "(docs/scale.md).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stdout."),
 ) -> None:
     """Classify every retransmission (RTO, fast, TLP, ...) from a capture and/or events."""
@@ -239,7 +247,7 @@ def analyze(
         if not captures and events is None:
             raise BadInput("give --pcap CAPTURE, --events DIR, or both")
         source = None if not captures else captures[0] if len(captures) == 1 else captures
-        run_analysis(source, events, out, quiet, jobs=jobs, decode_jobs=decode_jobs)
+        run_analysis(source, events, out, quiet, jobs=jobs, decode_jobs=decode_jobs, spill=spill)
     except RetranscopeError as err:
         _fail(err)
 
@@ -251,6 +259,7 @@ def run_analysis(
     quiet: bool = True,
     jobs: Optional[int] = 1,
     decode_jobs: Optional[int] = 1,
+    spill: Optional[bool] = None,
 ):
     """analyze/run.py with a progress line and warnings on stderr, and the summary on
     stdout. ``pcap``: a capture path, a list of them (a set), or None."""
@@ -265,6 +274,7 @@ def run_analysis(
             progress=bar,
             jobs=jobs,
             decode_jobs=decode_jobs,
+            spill=spill,
             warn=lambda w: typer.echo(f"retranscope: warning: {w}", err=True),
         )
     finally:

@@ -1,0 +1,175 @@
+"""A capture bigger than memory: its packets spilled to disk by 4-tuple, classified a
+shard at a time.
+
+One streaming pass over the capture (analyze/capture: chunks, bounded memory) writes each
+chunk's rows to one of SPILL_BUCKETS files, chosen by a hash of the row's 4-tuple (both
+directions alike, shards.tuple_hash): every packet of a connection lands in one file, in
+capture order. The buckets are then dealt into shards of about SHARD_PACKETS packets
+(biggest first, to the least loaded), and each shard is read back, classified as if it
+were the whole capture (shards.classify_part's contract) and dropped before the next is
+read: peak memory follows the largest shard, not the capture. A 4-tuple is never split,
+so one connection bigger than memory still needs its own packets in memory. The parts
+are merged exactly as shards.merge_parts merges in-memory shards: the outputs are those
+of the whole capture classified at once (tests/test_spill.py).
+
+On disk, a bucket file is a sequence of blocks, one per chunk that had rows for it: each
+block is the packet table's columns one after the other (schemas/packets.py order and
+dtypes); ``Bucket.blocks`` says where each block starts and how many rows it holds.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from retranscope.analyze.capture.decode import columns
+from retranscope.analyze.capture.records import CaptureMeta
+from retranscope.analyze.shards import SHARD_PACKETS, ClassifyPart, Part, merge_parts, tuple_bucket
+from retranscope.schemas.packets import PACKET_DTYPES, empty_packets
+
+#: files the packets are spread over by 4-tuple (then dealt into shards)
+SPILL_BUCKETS = 64
+#: a capture (its files as stored, uncompressed or not) at least this big is spilled when
+#: analyze chooses by itself: below it the packet table fits comfortably in memory and
+#: the in-memory path is faster
+SPILL_MIN_BYTES = 1 << 30
+ROW_BYTES = sum(dt.itemsize for dt in PACKET_DTYPES.values())
+
+
+@dataclass
+class Bucket:
+    path: Path
+    rows: int = 0
+    blocks: list[tuple[int, int]] = field(default_factory=list)  # (file offset, rows)
+    written: int = 0
+
+
+@dataclass
+class SpilledCapture:
+    """A capture read once and spilled (``meta`` as read_capture gives it); ``classify``
+    gives its merged classification, shard by shard."""
+
+    meta: CaptureMeta
+    buckets: list[Bucket]
+    anchor: dict[str, np.ndarray] | None  # the capture's first packet (one row)
+    anchor_bucket: int
+    directory: tempfile.TemporaryDirectory
+
+    @property
+    def n_packets(self) -> int:
+        return sum(b.rows for b in self.buckets)
+
+    def close(self) -> None:
+        self.directory.cleanup()
+
+    def shards(self) -> list[list[int]]:
+        """Bucket numbers of each shard: buckets dealt biggest first to the least loaded
+        shard, as many shards as SHARD_PACKETS asks for (at least one)."""
+        used = [i for i, b in enumerate(self.buckets) if b.rows]
+        n_shards = max(1, min(len(used), -(-self.n_packets // SHARD_PACKETS)))
+        load = [0] * n_shards
+        out: list[list[int]] = [[] for _ in range(n_shards)]
+        for i in sorted(used, key=lambda i: -self.buckets[i].rows):
+            s = load.index(min(load))
+            out[s].append(i)
+            load[s] += self.buckets[i].rows
+        return [sorted(s) for s in out if s]
+
+    def load(self, bucket_numbers: list[int]) -> tuple[dict[str, np.ndarray], int]:
+        """The packet table of these buckets, in capture order, with the capture's first
+        packet added when they lack it; and that row's position (-1: not added). The
+        table is one allocation, reordered in place: no second copy of the shard."""
+        n = sum(self.buckets[i].rows for i in bucket_numbers)
+        borrow = self.anchor is not None and self.anchor_bucket not in bucket_numbers
+        table = columns(n + borrow, PACKET_DTYPES)
+        self._read_into(table, bucket_numbers)
+        if len(bucket_numbers) > 1:  # each file is in capture order; together they are not
+            order = np.argsort(table["frame"][:n], kind="stable")
+            for col in table.values():
+                col[:n] = col[:n][order]  # one column's temporary at a time
+            del order
+        if not borrow:
+            return table, -1
+        assert self.anchor is not None
+        pos = int(np.searchsorted(table["frame"][:n], self.anchor["frame"][0]))
+        for name, col in table.items():
+            col[pos + 1 :] = col[pos:n]  # numpy copies overlapping ranges as if buffered
+            col[pos] = self.anchor[name][0]
+        return table, pos
+
+    def _read_into(self, table: dict[str, np.ndarray], bucket_numbers: list[int]) -> None:
+        at = 0
+        buf = bytearray()
+        for i in bucket_numbers:
+            bucket = self.buckets[i]
+            with open(bucket.path, "rb") as f:
+                for offset, rows in bucket.blocks:
+                    size = rows * ROW_BYTES
+                    if len(buf) < size:
+                        buf = bytearray(size)
+                    f.seek(offset)
+                    f.readinto(memoryview(buf)[:size])
+                    pos = 0
+                    for name, dt in PACKET_DTYPES.items():
+                        table[name][at : at + rows] = np.frombuffer(buf, dt, rows, pos)
+                        pos += rows * dt.itemsize
+                    at += rows
+
+    def classify(self, classify: ClassifyPart, too_big: list[dict] | None) -> Part:
+        """Every shard read back and classified in turn, merged."""
+        if not self.n_packets:
+            return classify(empty_packets(), too_big)[1]
+        parts = []
+        for shard in self.shards():
+            packets, borrowed = self.load(shard)
+            flow_id, part = classify(packets, too_big)
+            part.drop_flow = int(flow_id[borrowed]) if borrowed >= 0 else -1
+            del packets, flow_id
+            parts.append(part)
+        return merge_parts(parts)
+
+
+def spill_capture(stream, directory: str | os.PathLike | None = None) -> SpilledCapture:
+    """Read an open capture stream (analyze.capture.open_capture) to its end, spilling its
+    packets into bucket files in a temporary directory made in ``directory`` (None: the
+    system's). The caller closes the result (which removes the files)."""
+    tmp = tempfile.TemporaryDirectory(prefix="retranscope-spill-", dir=directory)
+    buckets = [Bucket(Path(tmp.name) / f"bucket{i:03d}") for i in range(SPILL_BUCKETS)]
+    files: dict[int, BinaryIO] = {}
+    anchor, anchor_bucket, anchor_ts = None, -1, None
+    try:
+        for chunk in stream:
+            bucket_of = tuple_bucket(chunk, SPILL_BUCKETS)
+            first = int(np.argmin(chunk["ts_ns"]))
+            if anchor_ts is None or int(chunk["ts_ns"][first]) < anchor_ts:
+                anchor_ts = int(chunk["ts_ns"][first])
+                anchor = {name: col[first : first + 1].copy() for name, col in chunk.items()}
+                anchor_bucket = int(bucket_of[first])
+            order = np.argsort(bucket_of, kind="stable")
+            sorted_b = bucket_of[order]
+            starts = np.flatnonzero(np.r_[True, sorted_b[1:] != sorted_b[:-1]])
+            ends = np.r_[starts[1:], len(order)]
+            for lo, hi in zip(starts.tolist(), ends.tolist()):
+                i = int(sorted_b[lo])
+                rows = order[lo:hi]
+                blob = b"".join(chunk[name][rows].tobytes() for name in PACKET_DTYPES)
+                if i not in files:
+                    files[i] = open(buckets[i].path, "wb")
+                bucket = buckets[i]
+                files[i].write(blob)
+                bucket.blocks.append((bucket.written, hi - lo))
+                bucket.written += len(blob)
+                bucket.rows += hi - lo
+    except BaseException:
+        for f in files.values():
+            f.close()
+        tmp.cleanup()
+        raise
+    for f in files.values():
+        f.close()
+    return SpilledCapture(stream.meta, buckets, anchor, anchor_bucket, tmp)
