@@ -42,12 +42,15 @@ SHARD_MIN_PACKETS = 200_000
 #: pages (analyze/memory.py; on the 13M-packet capture, 4 shards instead of 1: a third
 #: of the page faults, 0.9 GB less peak memory)
 SHARD_PACKETS = 1 << 20
+SERIAL_SHARDS_MIN_PACKETS = 4 * SHARD_PACKETS
 
 
 def shard_count(n_packets: int, jobs: int) -> int:
-    """How many shards a capture of ``n_packets`` is classified in by ``jobs`` processes
-    (1: whole)."""
-    if n_packets < SHARD_MIN_PACKETS:
+    """How many shards a capture of ``n_packets`` in memory is classified in by ``jobs``
+    processes (1: whole). One process classifies whole below SERIAL_SHARDS_MIN_PACKETS:
+    on the 1.3M-packet capture shards neither saved time nor memory (the packet table is
+    the bulk), on the 13M one they did (docs/scale.md)."""
+    if n_packets < SHARD_MIN_PACKETS or (jobs < 2 and n_packets < SERIAL_SHARDS_MIN_PACKETS):
         return 1
     return max(jobs, -(-n_packets // SHARD_PACKETS))
 

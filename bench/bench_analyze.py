@@ -144,10 +144,11 @@ def package_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
-def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
+def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra: list[str]) -> None:
     """This tree and git revision ``rev`` analyze the capture in turns (A B A B ...): the
     median wall and CPU (user + system) time of each, and their ratios. Both import the
-    same way (package_tree). On a shared machine the CPU time is the steadier figure."""
+    same way (package_tree). On a shared machine the CPU time is the steadier figure.
+    ``args_extra`` (--analyze-args) go to this tree's runs only."""
     base_src = Path(tmp, "baseline-src")
     base_src.mkdir()
     archive = subprocess.run(
@@ -170,6 +171,7 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
             os.path.join(tmp, "out-" + name.split()[0]),
             "-q",
         ]
+        + (args_extra if name == "this tree" else [])
         for name in sides
     }
     envs = {name: dict(env, PYTHONPATH=str(site)) for name, site in sides.items()}
@@ -179,6 +181,9 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
     for _ in range(pairs):
         for name in sides:
             runs[name].append(run(argvs[name], envs[name]))
+    for name, rs in runs.items():
+        peaks = sorted(r["peak_mb"] for r in rs)
+        print(f"peak  {name:24} median {peaks[len(peaks) // 2]:.0f} MB (max {peaks[-1]:.0f})")
     for clock in ("wall_s", "cpu_s"):
         times = {name: [r[clock] for r in rs] for name, rs in runs.items()}
         med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
@@ -328,7 +333,7 @@ def main() -> int:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = os.path.join(tmp, "pycache")
         if args.baseline:
-            paired(args.captures[0], args.baseline, args.pairs, tmp, env)
+            paired(args.captures[0], args.baseline, args.pairs, tmp, env, args.analyze_args)
             return 0
         for capture in args.captures:
             bench_capture(capture, args, tmp, env)

@@ -236,7 +236,7 @@ def analyze(
         "--spill/--no-spill",
         help="Spill the capture's packets to disk (in --out, removed after) and classify "
         "them a shard of connections at a time: memory follows the largest connection, not "
-        "the capture. Default: for captures of 1 GiB and more, without --events "
+        "the capture. Default: for captures of 64 MiB and more, without --events "
         "(docs/scale.md).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stdout."),

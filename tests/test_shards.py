@@ -55,11 +55,19 @@ def test_corpus_has_recordings_of_several_connections():
     assert len(RECORDINGS) >= 20
 
 
+def test_shard_count():
+    assert shards.shard_count(1000, 2) == 1  # small: whole
+    assert shards.shard_count(1_300_000, 1) == 1  # one process: whole up to 4M packets
+    assert shards.shard_count(1_300_000, 2) == 2
+    assert shards.shard_count(13_000_000, 1) == -(-13_000_000 // shards.SHARD_PACKETS)
+
+
 @pytest.mark.parametrize("recording", RECORDINGS, ids=lambda p: p.name)
 def test_shards_give_what_the_whole_capture_gives(recording, tmp_path, monkeypatch):
     capture = read_capture(recording / "capture.pcap")
     whole = _outputs(capture, 1, tmp_path / "whole")  # small: never sharded by default
     monkeypatch.setattr(shards, "SHARD_MIN_PACKETS", 0)
+    monkeypatch.setattr(shards, "SERIAL_SHARDS_MIN_PACKETS", 0)
     # one shard per 4-tuple (the first packet borrowed by all but one), in this process
     monkeypatch.setattr(shards, "SHARD_PACKETS", 1)
     _assert_same(_outputs(capture, 1, tmp_path / "each"), whole, "a shard per 4-tuple")

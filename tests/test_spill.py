@@ -99,3 +99,24 @@ def test_empty_capture_spilled(tmp_path):
     assert _outputs(tmp_path / "memory")["summary.json"] == _outputs(tmp_path / "spilled")[
         "summary.json"
     ].replace(str(tmp_path / "spilled"), str(tmp_path / "memory"))
+
+
+def test_no_space_to_spill_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from retranscope.cli import app
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spill.tempfile, "TemporaryDirectory", full)
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    r = CliRunner().invoke(
+        app, ["analyze", "--pcap", str(pcap), "-o", str(tmp_path / "o"), "--spill"]
+    )
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "--no-spill" in lines[0]
+    assert not (tmp_path / "o").exists()
