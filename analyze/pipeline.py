@@ -17,7 +17,6 @@ import numpy as np
 from retranscope.analyze import causes
 from retranscope.analyze.join import common_keys
 from retranscope.analyze.table import Nullable, Table, filled, n_rows, take
-from retranscope.schemas.outputs import OUTPUT_SCHEMA_VERSION
 from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS, MATCHED, REASON_AS_KIND
 
 CLASSIFY_COLUMNS = (
@@ -312,13 +311,23 @@ RECORDING_KEYS = (
 
 
 def analyze(capture=None, events=None, jobs: int | None = 1) -> Result:
-    """capture: analyze.capture.Capture or None; events: analyze.events.Events or None.
-    ``jobs``: processes that classify the capture (None: every core), in shards of
-    connections (analyze/shards.py); the join with events needs the whole capture's
-    flow ids, so with events it is classified whole, in this process."""
+    """capture: analyze.capture.Capture (or a spilled one, analyze/spill.py) or None;
+    events: analyze.events.Events or None. ``jobs``: processes that classify the capture
+    (None: every core), in shards of connections (analyze/shards.py); the join with events
+    needs the whole capture's flow ids, so with events it is classified whole."""
+    result = _analyze(capture, events, jobs)
+    # imported only now: schemas/outputs.py loads pyarrow (~55 MB resident), which the
+    # classification, where memory peaks, does not need
+    from retranscope.schemas.outputs import OUTPUT_SCHEMA_VERSION
+
+    result.summary["output_schema_version"] = OUTPUT_SCHEMA_VERSION  # the first key
+    return result
+
+
+def _analyze(capture, events, jobs: int | None) -> Result:
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
-    summary: dict = {"output_schema_version": OUTPUT_SCHEMA_VERSION, "warnings": []}
+    summary: dict = {"output_schema_version": None, "warnings": []}
     if capture is not None:
         flow_id, flows, wire, flows_extra = _capture_rows(
             capture, summary, jobs, whole=events is not None

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from retranscope.analyze.memory import reuse_freed_memory
-from retranscope.analyze.outputs import write_outputs
 from retranscope.analyze.pipeline import Result, analyze
 
 Progress = Callable[[Any], None]  # called with analyze.capture.ReadProgress
@@ -87,6 +86,8 @@ def _analyze(capture, events: Path | None, out: Path, jobs, warn) -> Result:
         for w in ev.warnings:
             warn(w)
     result = analyze(capture=capture, events=ev, jobs=jobs)
+    from retranscope.analyze.outputs import write_outputs  # pyarrow: after the peak
+
     write_outputs(result, out)
     m = result.summary.get("match")
     if m and m["events"] and not m["events_matched"]:
