@@ -159,7 +159,7 @@ def classify_sharded(
         if jobs < 2:
             parts = [_part_of_shard(s) for s in range(n_shards)]
         else:
-            _give_back_free_memory()
+            give_back_free_memory()
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(
                 max_workers=min(jobs - 1, n_shards - 1), mp_context=ctx
@@ -171,11 +171,14 @@ def classify_sharded(
     return merge_parts(parts)
 
 
-def _give_back_free_memory() -> None:
-    """Return the heap's free memory to the kernel before forking (glibc malloc_trim):
-    pages the two processes share after the fork are copied on the first write by
-    either, and the freed blocks that analyze/memory.py keeps for reuse are exactly what
-    the next arrays are written into. Fresh pages are only zero-filled."""
+def give_back_free_memory() -> None:
+    """Return the heap's free memory to the kernel (glibc malloc_trim), which
+    analyze/memory.py otherwise keeps for reuse. Before a fork: pages the two processes
+    share after it are copied on the first write by either, and the freed blocks are
+    exactly what the next arrays are written into (fresh pages are only zero-filled).
+    Before a spilled shard (analyze/spill.py): freed blocks the shard's arrays do not fit
+    stay resident beside them; given back, the 13M-packet capture peaked at ~990 MiB
+    instead of ~1,060 MiB."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):

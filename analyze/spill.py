@@ -29,7 +29,14 @@ import numpy as np
 
 from retranscope.analyze.capture.decode import columns
 from retranscope.analyze.capture.records import CaptureMeta
-from retranscope.analyze.shards import SHARD_PACKETS, ClassifyPart, Part, merge_parts, tuple_bucket
+from retranscope.analyze.shards import (
+    SHARD_PACKETS,
+    ClassifyPart,
+    Part,
+    give_back_free_memory,
+    merge_parts,
+    tuple_bucket,
+)
 from retranscope.errors import RetranscopeError
 from retranscope.schemas.packets import PACKET_DTYPES, empty_packets
 
@@ -128,6 +135,7 @@ class SpilledCapture:
             return classify(empty_packets(), too_big)[1]
         parts = []
         for shard in self.shards():
+            give_back_free_memory()  # what the reading (or the shard before) left free
             packets, borrowed = self.load(shard)
             flow_id, part = classify(packets, too_big)
             part.drop_flow = int(flow_id[borrowed]) if borrowed >= 0 else -1
