@@ -112,21 +112,17 @@ class SpilledCapture:
         return table, pos
 
     def _read_into(self, table: dict[str, np.ndarray], bucket_numbers: list[int]) -> None:
+        """Each block's columns read from the file straight into the table's."""
         at = 0
-        buf = bytearray()
         for i in bucket_numbers:
             bucket = self.buckets[i]
-            with open(bucket.path, "rb") as f:
+            with open(bucket.path, "rb", buffering=0) as f:
                 for offset, rows in bucket.blocks:
-                    size = rows * ROW_BYTES
-                    if len(buf) < size:
-                        buf = bytearray(size)
                     f.seek(offset)
-                    f.readinto(memoryview(buf)[:size])
-                    pos = 0
-                    for name, dt in PACKET_DTYPES.items():
-                        table[name][at : at + rows] = np.frombuffer(buf, dt, rows, pos)
-                        pos += rows * dt.itemsize
+                    for col in table.values():
+                        dest = col[at : at + rows].view(np.uint8).data
+                        if f.readinto(dest) != dest.nbytes:
+                            raise OSError(f"{bucket.path} is shorter than what was written")
                     at += rows
 
     def classify(self, classify: ClassifyPart, too_big: list[dict] | None) -> Part:
@@ -175,16 +171,20 @@ def _spill(stream, directory) -> SpilledCapture:
             sorted_b = bucket_of[order]
             starts = np.flatnonzero(np.r_[True, sorted_b[1:] != sorted_b[:-1]])
             ends = np.r_[starts[1:], len(order)]
+            # the rows grouped by bucket once; each bucket's block is then slices of them,
+            # written as they are (no copy into bytes)
+            grouped = [
+                chunk[name] if len(starts) == 1 else chunk[name][order] for name in PACKET_DTYPES
+            ]
             for lo, hi in zip(starts.tolist(), ends.tolist()):
                 i = int(sorted_b[lo])
-                rows = order[lo:hi]
-                blob = b"".join(chunk[name][rows].tobytes() for name in PACKET_DTYPES)
                 if i not in files:
                     files[i] = open(buckets[i].path, "wb")
-                bucket = buckets[i]
-                files[i].write(blob)
+                f, bucket = files[i], buckets[i]
+                for col in grouped:
+                    f.write(col[lo:hi].view(np.uint8))
                 bucket.blocks.append((bucket.written, hi - lo))
-                bucket.written += len(blob)
+                bucket.written += (hi - lo) * ROW_BYTES
                 bucket.rows += hi - lo
     except BaseException:
         for f in files.values():
