@@ -37,6 +37,7 @@ from retranscope.analyze.shards import (
     merge_parts,
     tuple_bucket,
 )
+from retranscope.analyze.table import Nullable
 from retranscope.errors import RetranscopeError
 from retranscope.schemas.packets import PACKET_DTYPES, empty_packets
 
@@ -89,13 +90,24 @@ class SpilledCapture:
             load[s] += self.buckets[i].rows
         return [sorted(s) for s in out if s]
 
-    def load(self, bucket_numbers: list[int]) -> tuple[dict[str, np.ndarray], int]:
+    def rows_of(self, bucket_numbers: list[int]) -> int:
+        """Rows of the table ``load`` gives for these buckets."""
+        n = sum(self.buckets[i].rows for i in bucket_numbers)
+        return n + (self.anchor is not None and self.anchor_bucket not in bucket_numbers)
+
+    def load(
+        self, bucket_numbers: list[int], into: dict[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, np.ndarray], int]:
         """The packet table of these buckets, in capture order, with the capture's first
         packet added when they lack it; and that row's position (-1: not added). The
-        table is one allocation, reordered in place: no second copy of the shard."""
+        table is one allocation (``into``'s first rows, when given), reordered in place:
+        no second copy of the shard."""
         n = sum(self.buckets[i].rows for i in bucket_numbers)
         borrow = self.anchor is not None and self.anchor_bucket not in bucket_numbers
-        table = columns(n + borrow, PACKET_DTYPES)
+        if into is None:
+            table = columns(n + borrow, PACKET_DTYPES)
+        else:
+            table = {name: col[: n + borrow] for name, col in into.items()}
         self._read_into(table, bucket_numbers)
         if len(bucket_numbers) > 1:  # each file is in capture order; together they are not
             order = np.argsort(table["frame"][:n], kind="stable")
@@ -130,14 +142,36 @@ class SpilledCapture:
         if not self.n_packets:
             return classify(empty_packets(), too_big)[1]
         parts = []
-        for shard in self.shards():
+        shards = self.shards()
+        # one table for every shard, sized for the largest: each shard's rows are read into
+        # pages the one before faulted in (a fresh 400 MB table costs ~1 s of page faults
+        # on the machine measured), and peak memory is the largest shard's either way
+        space = columns(max(self.rows_of(s) for s in shards), PACKET_DTYPES)
+        for shard in shards:
             give_back_free_memory()  # what the reading (or the shard before) left free
-            packets, borrowed = self.load(shard)
+            packets, borrowed = self.load(shard, into=space)
             flow_id, part = classify(packets, too_big)
             part.drop_flow = int(flow_id[borrowed]) if borrowed >= 0 else -1
             del packets, flow_id
-            parts.append(part)
+            parts.append(_own_memory(part, space))
         return merge_parts(parts)
+
+
+def _own_memory(part: Part, table: dict[str, np.ndarray]) -> Part:
+    """``part`` with a copy of any column that may be a view of ``table``'s memory, which
+    the next shard overwrites (the classifier's outputs are gathered copies; this makes
+    sure)."""
+    block = next(iter(table.values())).base
+
+    def own(col):
+        if isinstance(col, Nullable):
+            return Nullable(own(col.values), own(col.valid))
+        return col.copy() if np.may_share_memory(col, block) else col
+
+    for t in (part.flows, part.wire, part.per_flow):
+        for name in t:
+            t[name] = own(t[name])
+    return part
 
 
 def spill_capture(stream, directory: str | os.PathLike | None = None) -> SpilledCapture:

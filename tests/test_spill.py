@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -120,3 +121,27 @@ def test_no_space_to_spill_is_one_clear_error(tmp_path, monkeypatch):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and "No space left on device" in lines[0] and "--no-spill" in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_part_never_keeps_a_view_of_the_reused_table():
+    """Spilled shards are read into one table in turn: a classified part that kept a view
+    of it would change under the next shard. _own_memory copies any such column."""
+    from retranscope.analyze.capture.decode import columns
+    from retranscope.analyze.shards import Part
+    from retranscope.analyze.table import Nullable
+    from retranscope.schemas.packets import PACKET_DTYPES
+
+    table = columns(10, PACKET_DTYPES)
+    table["seq"][:] = 7
+    kept = np.arange(3)
+    part = Part(
+        flows={"view": table["seq"][:3], "own": kept},
+        wire={"nullable": Nullable(table["ack"][:2], table["opt_ts"][:2])},
+        per_flow={},
+        acks_lost=0,
+    )
+    part = spill._own_memory(part, table)
+    table["seq"][:] = 9
+    assert part.flows["view"].tolist() == [7, 7, 7]
+    assert part.flows["own"] is kept  # not copied: not a view
+    assert not np.may_share_memory(part.wire["nullable"].values, table["ack"])
