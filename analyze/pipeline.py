@@ -17,7 +17,6 @@ import numpy as np
 from retranscope.analyze import causes
 from retranscope.analyze.join import common_keys
 from retranscope.analyze.table import Nullable, Table, filled, n_rows, take
-from retranscope.schemas.outputs import OUTPUT_SCHEMA_VERSION
 from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS, MATCHED, REASON_AS_KIND
 
 CLASSIFY_COLUMNS = (
@@ -72,6 +71,7 @@ def classify_capture(
     retrans = retransmission_table(packets, flow_id, flows, space, context)
     if notes is not None:
         notes["gaps"] = capture_gaps(packets, flow_id, flows, space, context)
+    del context  # 24 bytes a packet that classify_table, where memory peaks, does not use
     classified = classify_table(
         packets, flow_id, flows, retrans, space=space, notes=notes, too_big=too_big
     )
@@ -127,35 +127,77 @@ def _gap_summary(gaps: dict, meta) -> dict:
     }
 
 
-def _capture_rows(capture, summary: dict) -> tuple[np.ndarray, Table, Table, dict]:
+def classify_part(packets: dict[str, np.ndarray], too_big: list[dict] | None):
+    """classify_capture of a capture (or of a shard of one: analyze/shards.py), down to
+    what the outputs keep: its flows, output rows of its retransmissions, and per flow
+    what it flagged that is not a retransmission and the capture's gaps. Returns the
+    packets' flow ids and the shards.Part."""
+    from retranscope.analyze.shards import Part
+
+    notes: dict = {}
+    flow_id, flows, classified = classify_capture(packets, notes, too_big)
+    _, per_flow = _not_retransmitted(flows, classified)
+    for key in ("ranges", "bytes", "acked"):
+        per_flow["gap_" + key] = notes["gaps"][key]
+    classified = take(classified, np.flatnonzero(is_retransmission(classified)))
+    acks_lost = int(notes.get("acks_lost_after_capture", 0))
+    return flow_id, Part(flows, _wire_table(flows, classified), per_flow, acks_lost)
+
+
+def _capture_rows(
+    capture, summary: dict, jobs: int | None = 1, whole: bool = False
+) -> tuple[np.ndarray | None, Table, Table, dict]:
     """The capture's retransmissions as output rows, and what summary.json says about the
     capture beside them: its reader's metadata and warnings, keep-alives, zero-window
     probes and out-of-order originals (not retransmissions), ACKs lost after the capture
     point, gaps, rows classified by timing alone, and the senders' stacks. Returns
-    (flow_id, flows, rows, per-flow columns for flows.parquet)."""
+    (flow_id, flows, rows, per-flow columns for flows.parquet); flow_id is None when the
+    capture was classified in shards (analyze/shards.py; by ``jobs`` processes), which
+    ``whole`` forbids."""
+    from retranscope.analyze.shards import assign_shards, classify_sharded, shard_count
+
     summary["capture"] = capture.meta.to_dict()
     summary["warnings"] += list(capture.meta.warnings)
-    notes: dict = {}
-    flow_id, flows, classified = classify_capture(
-        capture.packets, notes, getattr(capture.meta, "icmp_too_big", None)
-    )
-    others, flows_extra = _not_retransmitted(flows, classified)
-    summary.update(others)
-    classified = take(classified, np.flatnonzero(is_retransmission(classified)))
-    summary["acks_lost_after_capture"] = int(notes.get("acks_lost_after_capture", 0))
-    summary["capture_gaps"] = _gap_summary(notes["gaps"], capture.meta)
-    flows_extra["unseen_ranges"] = notes["gaps"]["ranges"]
+    too_big = getattr(capture.meta, "icmp_too_big", None)
+    if not hasattr(capture, "packets"):  # spilled to disk (analyze/spill.py)
+        return _summarize_part(None, capture.classify(classify_part, too_big), capture, summary)
+    packets = capture.packets
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    n_shards = 1 if whole else shard_count(len(packets["frame"]), jobs)
+    shard_of_row = assign_shards(packets, n_shards) if n_shards > 1 else None
+    if shard_of_row is None:
+        flow_id, part = classify_part(packets, too_big)
+    else:
+        flow_id, part = None, classify_sharded(packets, too_big, shard_of_row, classify_part, jobs)
+    return _summarize_part(flow_id, part, capture, summary)
+
+
+def _summarize_part(flow_id, part, capture, summary: dict):
+    """_capture_rows' results and summary.json's capture keys, from the classification."""
+    flows, wire, per_flow = part.flows, part.wire, part.per_flow
+    gaps = {key: per_flow.pop("gap_" + key) for key in ("ranges", "bytes", "acked")}
+    summary.update({k: int(v.sum()) for k, v in per_flow.items()})
+    summary["acks_lost_after_capture"] = part.acks_lost
+    summary["capture_gaps"] = _gap_summary(gaps, capture.meta)
+    per_flow["unseen_ranges"] = gaps["ranges"]
     if summary["capture_gaps"]["ranges"] or summary["capture_gaps"]["capture_drops"]:
         summary["warnings"].append(gap_warning(summary["capture_gaps"]))
-    timing = np.asarray(classified["evidence"], dtype=object) == "timing_only"
+    timing = np.asarray(wire["evidence"], dtype=object) == "timing_only"
     summary["timing_only"] = {
         "retransmissions": int(timing.sum()),
-        "flows": int(len(set(classified["flow_id"][timing].tolist()))),
+        "flows": int(len(set(wire["flow_id"][timing].tolist()))),
     }
-    summary["senders"] = _sender_summary(flows, classified)
+    summary["senders"] = _sender_summary(flows, wire)
     if summary["senders"]["not_linux"]["retransmissions"]:
         summary["warnings"].append(not_linux_warning(summary["senders"]))
-    return flow_id, flows, _wire_table(flows, classified), flows_extra
+    return flow_id, flows, wire, per_flow
+
+
+def default_jobs() -> int:
+    """Every core this process may run on."""
+    from retranscope.analyze.capture.parallel import default_jobs as cores
+
+    return cores()
 
 
 def _sender_summary(flows: Table, classified: Table) -> dict:
@@ -268,13 +310,28 @@ RECORDING_KEYS = (
 )
 
 
-def analyze(capture=None, events=None) -> Result:
-    """capture: analyze.capture.Capture or None; events: analyze.events.Events or None."""
+def analyze(capture=None, events=None, jobs: int | None = 1) -> Result:
+    """capture: analyze.capture.Capture (or a spilled one, analyze/spill.py) or None;
+    events: analyze.events.Events or None. ``jobs``: processes that classify the capture
+    (None: every core), in shards of connections (analyze/shards.py); the join with events
+    needs the whole capture's flow ids, so with events it is classified whole."""
+    result = _analyze(capture, events, jobs)
+    # imported only now: schemas/outputs.py loads pyarrow (~55 MB resident), which the
+    # classification, where memory peaks, does not need
+    from retranscope.schemas.outputs import OUTPUT_SCHEMA_VERSION
+
+    result.summary["output_schema_version"] = OUTPUT_SCHEMA_VERSION  # the first key
+    return result
+
+
+def _analyze(capture, events, jobs: int | None) -> Result:
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
-    summary: dict = {"output_schema_version": OUTPUT_SCHEMA_VERSION, "warnings": []}
+    summary: dict = {"output_schema_version": None, "warnings": []}
     if capture is not None:
-        flow_id, flows, wire, flows_extra = _capture_rows(capture, summary)
+        flow_id, flows, wire, flows_extra = _capture_rows(
+            capture, summary, jobs, whole=events is not None
+        )
     if events is None:
         rows = take(wire, np.argsort(wire["ts_wall_ns"], kind="stable"))
         summary.update(_totals_table(rows))
@@ -289,6 +346,7 @@ def analyze(capture=None, events=None) -> Result:
     else:
         from retranscope.analyze.join import eligible_rows
 
+        assert flow_id is not None  # with events the capture is classified whole
         resent = _row_of_frame(capture.packets, wire["frame"])
         eligible = eligible_rows(len(flow_id), resent, flow_id, flows["syn_seen"])
         rows = _merge(events.table, ev_rows, wire, capture, summary, eligible, flows)

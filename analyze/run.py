@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from retranscope.analyze.memory import reuse_freed_memory
-from retranscope.analyze.outputs import write_outputs
 from retranscope.analyze.pipeline import Result, analyze
 
 Progress = Callable[[Any], None]  # called with analyze.capture.ReadProgress
@@ -31,27 +30,64 @@ def run_analysis(
     *,
     progress: Progress | None = None,
     jobs: int | None = 1,
+    decode_jobs: int | None = 1,
+    spill: bool | None = None,
     warn: Callable[[str], None] = lambda _line: None,
 ) -> Result:
     """Analyze ``pcap`` and/or the recording directory ``events`` into ``out``
     (retransmits.parquet, flows.parquet, summary.json: analyze/outputs.py). ``pcap`` may
     be several files, a directory or a glob (one capture); ``jobs``: processes that
-    decode it (None: every core)."""
+    classify it, in shards of connections (analyze/shards.py), ``decode_jobs``: that
+    decode it (None: every core). ``spill``: spill the capture's packets to disk and
+    classify them a shard at a time, in memory that follows the largest shard rather than
+    the capture (analyze/spill.py; None: when the capture is at least SPILL_MIN_BYTES;
+    never with ``events``, whose join needs the whole packet table)."""
     reuse_freed_memory()
-    capture = ev = None
-    if pcap is not None:
-        from retranscope.analyze.capture import read_capture
+    capture = None
+    try:
+        if pcap is not None:
+            capture = _read(pcap, progress, decode_jobs, False if events else spill, out)
+            for w in capture.meta.warnings:
+                warn(w)
+        result = _analyze(capture, events, out, jobs, warn)
+    finally:
+        if capture is not None and hasattr(capture, "close"):
+            capture.close()  # a spilled capture's files
+    return result
 
-        capture = read_capture(pcap, progress=progress, jobs=jobs)
-        for w in capture.meta.warnings:
-            warn(w)
+
+def _read(pcap: Captures, progress: Progress | None, decode_jobs, spill: bool | None, out: Path):
+    """The capture in memory (read_capture), or spilled to disk beside the outputs."""
+    from retranscope.analyze.capture import open_capture, read_capture
+    from retranscope.analyze.spill import SPILL_MIN_BYTES, spill_capture
+
+    if spill is None:
+        with open_capture(pcap) as probe:  # resolves the inputs; reads nothing
+            spill = (probe.input_bytes or 0) >= SPILL_MIN_BYTES
+    if not spill:
+        return read_capture(pcap, progress=progress, jobs=decode_jobs)
+    with open_capture(pcap, progress=progress, jobs=decode_jobs) as stream:
+        made = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            return spill_capture(stream, out)
+        except BaseException:
+            if made:  # what is refused leaves nothing behind
+                out.rmdir()
+            raise
+
+
+def _analyze(capture, events: Path | None, out: Path, jobs, warn) -> Result:
+    ev = None
     if events is not None:
         from retranscope.analyze.events import read_events
 
         ev = read_events(events)
         for w in ev.warnings:
             warn(w)
-    result = analyze(capture=capture, events=ev)
+    result = analyze(capture=capture, events=ev, jobs=jobs)
+    from retranscope.analyze.outputs import write_outputs  # pyarrow: after the peak
+
     write_outputs(result, out)
     m = result.summary.get("match")
     if m and m["events"] and not m["events_matched"]:

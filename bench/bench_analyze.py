@@ -40,9 +40,11 @@ HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 
 
-def run(argv: list[str], env: dict | None = None) -> dict:
+def run(argv: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd
+    )
     _, status, rusage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -144,10 +146,11 @@ def package_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
-def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
+def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra: list[str]) -> None:
     """This tree and git revision ``rev`` analyze the capture in turns (A B A B ...): the
     median wall and CPU (user + system) time of each, and their ratios. Both import the
-    same way (package_tree). On a shared machine the CPU time is the steadier figure."""
+    same way (package_tree). On a shared machine the CPU time is the steadier figure.
+    ``args_extra`` (--analyze-args) go to this tree's runs only."""
     base_src = Path(tmp, "baseline-src")
     base_src.mkdir()
     archive = subprocess.run(
@@ -165,20 +168,33 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict) -> None:
             "retranscope",
             "analyze",
             "--pcap",
-            str(capture),
+            str(capture.resolve()),
             "--out",
             os.path.join(tmp, "out-" + name.split()[0]),
             "-q",
         ]
+        + (args_extra if name == "this tree" else [])
         for name in sides
     }
     envs = {name: dict(env, PYTHONPATH=str(site)) for name, site in sides.items()}
+    # Run from outside any source tree: `python -m` puts the working directory first on
+    # sys.path, and the repository's own retranscope/ there would shadow PYTHONPATH's
+    # (both sides would then run this tree).
     for name in sides:
-        run(argvs[name], envs[name])  # untimed: fills the bytecode cache
+        run(argvs[name], envs[name], cwd=tmp)  # untimed: fills the bytecode cache
+    check = "import retranscope.analyze.run as r; print(r.__file__)"
+    for name in sides:
+        where = subprocess.run(
+            [sys.executable, "-c", check], env=envs[name], cwd=tmp, capture_output=True, text=True
+        ).stdout.strip()
+        print(f"{name}: runs {where}")
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for _ in range(pairs):
         for name in sides:
-            runs[name].append(run(argvs[name], envs[name]))
+            runs[name].append(run(argvs[name], envs[name], cwd=tmp))
+    for name, rs in runs.items():
+        peaks = sorted(r["peak_mb"] for r in rs)
+        print(f"peak  {name:24} median {peaks[len(peaks) // 2]:.0f} MB (max {peaks[-1]:.0f})")
     for clock in ("wall_s", "cpu_s"):
         times = {name: [r[clock] for r in rs] for name, rs in runs.items()}
         med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
@@ -328,7 +344,7 @@ def main() -> int:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = os.path.join(tmp, "pycache")
         if args.baseline:
-            paired(args.captures[0], args.baseline, args.pairs, tmp, env)
+            paired(args.captures[0], args.baseline, args.pairs, tmp, env, args.analyze_args)
             return 0
         for capture in args.captures:
             bench_capture(capture, args, tmp, env)

@@ -220,8 +220,24 @@ def analyze(
         "--jobs",
         "-j",
         min=1,
+        help="Processes that classify the capture, in shards of connections; the output is "
+        "the same for any N. Default 1: on the 2-core machine measured, a second process "
+        "did not pay (docs/scale.md).",
+    ),
+    decode_jobs: Optional[int] = typer.Option(
+        1,
+        "--decode-jobs",
+        min=1,
         help="Processes that decode the capture. Default 1: on the 2-core machine measured, "
         "worker processes were slower (docs/captures.md).",
+    ),
+    spill: Optional[bool] = typer.Option(
+        None,
+        "--spill/--no-spill",
+        help="Spill the capture's packets to disk (in --out, removed after) and classify "
+        "them a shard of connections at a time: memory follows the largest connection, not "
+        "the capture. Default: for captures of 64 MiB and more, without --events "
+        "(docs/scale.md).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stdout."),
 ) -> None:
@@ -231,13 +247,19 @@ def analyze(
         if not captures and events is None:
             raise BadInput("give --pcap CAPTURE, --events DIR, or both")
         source = None if not captures else captures[0] if len(captures) == 1 else captures
-        run_analysis(source, events, out, quiet, jobs=jobs)
+        run_analysis(source, events, out, quiet, jobs=jobs, decode_jobs=decode_jobs, spill=spill)
     except RetranscopeError as err:
         _fail(err)
 
 
 def run_analysis(
-    pcap, events: Optional[Path], out: Path, quiet: bool = True, jobs: Optional[int] = 1
+    pcap,
+    events: Optional[Path],
+    out: Path,
+    quiet: bool = True,
+    jobs: Optional[int] = 1,
+    decode_jobs: Optional[int] = 1,
+    spill: Optional[bool] = None,
 ):
     """analyze/run.py with a progress line and warnings on stderr, and the summary on
     stdout. ``pcap``: a capture path, a list of them (a set), or None."""
@@ -251,6 +273,8 @@ def run_analysis(
             out,
             progress=bar,
             jobs=jobs,
+            decode_jobs=decode_jobs,
+            spill=spill,
             warn=lambda w: typer.echo(f"retranscope: warning: {w}", err=True),
         )
     finally:

@@ -161,6 +161,11 @@ class CaptureStream:
         for r in self.readers:
             r.stream.close()
 
+    @property
+    def input_bytes(self) -> int | None:
+        """The inputs' size as stored (None: unknown, a pipe)."""
+        return self._total_bytes
+
     def size_hint_rows(self) -> int | None:
         """How many rows the whole input will give, from the bytes per record of what
         has been read (uncompressed inputs of known size only), with 5% to spare."""

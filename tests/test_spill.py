@@ -1,0 +1,147 @@
+"""A capture spilled to disk by 4-tuple and classified a shard at a time (analyze/spill.py)
+gives what the capture read whole into memory gives: the same Parquet tables and
+summary.json, through run_analysis, on corpus recordings of one and several 4-tuples,
+read in many small chunks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from retranscope.analyze import shards, spill
+from retranscope.analyze.capture import chunks
+from retranscope.analyze.run import run_analysis
+
+CORPUS = Path(__file__).resolve().parent / "fixtures" / "corpus"
+RECORDINGS = [
+    "multi_flow_rtt50",
+    "multi_flow_rtt100",
+    "random_loss_v6_notso",
+    "nosack_heavy_rtt30",
+    "reno_ts_off_loss",
+    "tail_drop_tlp",
+    "syn_drop_v6",
+]
+
+
+def _outputs(out: Path) -> dict[str, object]:
+    got: dict[str, object] = {
+        name: pq.read_table(out / name) for name in ("retransmits.parquet", "flows.parquet")
+    }
+    got["summary.json"] = (out / "summary.json").read_text()
+    return got
+
+
+@pytest.mark.parametrize("name", RECORDINGS)
+def test_spilled_capture_gives_what_the_whole_capture_gives(name, tmp_path, monkeypatch):
+    pcap = CORPUS / name / "capture.pcap"
+    run_analysis(pcap, None, tmp_path / "memory", spill=False)
+    want = _outputs(tmp_path / "memory")
+    monkeypatch.setattr(chunks, "DECODE_CHUNK_RECORDS", 300)  # many chunks, many blocks
+    monkeypatch.setattr(shards, "SHARD_PACKETS", 500)  # several shards
+    run_analysis(pcap, None, tmp_path / "spilled", spill=True)
+    got = _outputs(tmp_path / "spilled")
+    for key, value in want.items():
+        if key == "summary.json":
+            assert got[key] == value
+        else:
+            assert value.equals(got[key]), key
+    # the spill files are gone; only the outputs are left
+    assert sorted(p.name for p in (tmp_path / "spilled").iterdir()) == sorted(
+        p.name for p in (tmp_path / "memory").iterdir()
+    )
+
+
+def test_shards_follow_the_packet_budget(tmp_path, monkeypatch):
+    from retranscope.analyze.capture import open_capture
+
+    monkeypatch.setattr(chunks, "DECODE_CHUNK_RECORDS", 300)
+    monkeypatch.setattr(shards, "SHARD_PACKETS", 600)
+    monkeypatch.setattr(spill, "SHARD_PACKETS", 600)
+    with open_capture(CORPUS / "multi_flow_rtt50" / "capture.pcap") as stream:
+        spilled = spill.spill_capture(stream, tmp_path)
+    try:
+        n = spilled.n_packets
+        assert n == spilled.meta.tcp_packets
+        groups = spilled.shards()
+        assert len(groups) == -(-n // 600)  # 4 tuples, 2,363 packets: 4 shards of one each
+        assert sorted(i for g in groups for i in g) == [
+            i for i, b in enumerate(spilled.buckets) if b.rows
+        ]
+        table, borrowed = spilled.load(groups[0])
+        assert (table["frame"][1:] > table["frame"][:-1]).all()  # capture order
+        assert int(table["ts_ns"].min()) == int(spilled.anchor["ts_ns"][0])
+    finally:
+        spilled.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_refused_capture_leaves_no_output_directory(tmp_path):
+    from retranscope.errors import NotACapture
+
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"not a capture at all")
+    with pytest.raises(NotACapture):
+        run_analysis(bad, None, tmp_path / "out", spill=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_capture_spilled(tmp_path):
+    """A capture without a TCP packet gives the empty outputs either way."""
+    import struct
+
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    run_analysis(empty, None, tmp_path / "memory", spill=False)
+    run_analysis(empty, None, tmp_path / "spilled", spill=True)
+    assert _outputs(tmp_path / "memory")["summary.json"] == _outputs(tmp_path / "spilled")[
+        "summary.json"
+    ].replace(str(tmp_path / "spilled"), str(tmp_path / "memory"))
+
+
+def test_no_space_to_spill_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from retranscope.cli import app
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spill.tempfile, "TemporaryDirectory", full)
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    r = CliRunner().invoke(
+        app, ["analyze", "--pcap", str(pcap), "-o", str(tmp_path / "o"), "--spill"]
+    )
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "--no-spill" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_part_never_keeps_a_view_of_the_reused_table():
+    """Spilled shards are read into one table in turn: a classified part that kept a view
+    of it would change under the next shard. _own_memory copies any such column."""
+    from retranscope.analyze.capture.decode import columns
+    from retranscope.analyze.shards import Part
+    from retranscope.analyze.table import Nullable
+    from retranscope.schemas.packets import PACKET_DTYPES
+
+    table = columns(10, PACKET_DTYPES)
+    table["seq"][:] = 7
+    kept = np.arange(3)
+    part = Part(
+        flows={"view": table["seq"][:3], "own": kept},
+        wire={"nullable": Nullable(table["ack"][:2], table["opt_ts"][:2])},
+        per_flow={},
+        acks_lost=0,
+    )
+    part = spill._own_memory(part, table)
+    table["seq"][:] = 9
+    assert part.flows["view"].tolist() == [7, 7, 7]
+    assert part.flows["own"] is kept  # not copied: not a view
+    assert not np.may_share_memory(part.wire["nullable"].values, table["ack"])
