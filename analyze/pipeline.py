@@ -19,7 +19,10 @@ from retranscope.analyze.join import common_keys
 from retranscope.analyze.table import Nullable, Table, filled, n_rows, take
 from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS, MATCHED, REASON_AS_KIND
 
-CLASSIFY_COLUMNS = (
+#: The capture's per-row findings that an output row carries (those of classify_table's
+#: columns the outputs keep, with the causes and the evidence): a kernel event with no
+#: frame has them empty, and takes them from its first frame when it has one.
+CAPTURE_ROW_COLUMNS = (
     "kind_pcap",
     "spurious",
     "spurious_by",
@@ -277,7 +280,7 @@ def _wire_table(flows: Table, c: Table) -> Table:
         "end_seq": c["end_seq"].astype(np.uint32),
         "kind": c["kind_pcap"],
     }
-    for name in CLASSIFY_COLUMNS:
+    for name in CAPTURE_ROW_COLUMNS:
         out[name] = c[name] if name in c else np.full(m, None, dtype=object)
     out["sender_os"] = flows["sender_os"][fid]
     out["frame"] = c["frame"].astype(np.int64)
@@ -376,7 +379,7 @@ def _event_rows(ev: Table) -> Table:
         "end_seq": ev["end_seq"],
         "kind": np.array([REASON_AS_KIND.get(r, r) for r in ev["reason"].tolist()], dtype=object),
     }
-    for col in CLASSIFY_COLUMNS:
+    for col in CAPTURE_ROW_COLUMNS:
         out[col] = none.copy()
     out["cause"], out["cause_text"] = causes.of_events(ev)  # the event alone
     out["since_prev_retransmit_ns"] = _since_previous_of_socket(ev)
@@ -470,7 +473,7 @@ def _merge(
     first = _first_per_event(wire_ev, n_ev, wire["ts_wall_ns"])
     has = first >= 0
     src = np.clip(first, 0, None)
-    for col in CLASSIFY_COLUMNS + ("flow_id", "tx_index", "frame"):
+    for col in CAPTURE_ROW_COLUMNS + ("flow_id", "tx_index", "frame"):
         taken = _take_cells(wire[col], src, n_ev)
         out[col] = _pick(has, taken, out[col], n_ev)
     _spurious_per_event(out, wire, wire_ev, n_ev)
