@@ -652,13 +652,17 @@ def _run_and_check(sc: Scenario) -> tuple[list[str], dict[str, int], dict[str, i
             assert "drop" not in table and "set once" in table
             assert not any(f"set {name} " in table for _, name, _ in sc.nft_sets)
     assert all(_pid_gone(pid) for pid in pids)
-    assert result.ok, (result.client_returncode, result.client_output)
+    deltas = result.deltas()
+    if not result.ok:
+        # Random loss can stack RTO backoffs past the client's timeout (bulk_ack_loss_rcv:
+        # 2% data and 40% ACK loss, once in CI): that run is retried like any run of
+        # unlucky traffic; a client that never finishes fails every run.
+        return [f"client: {result.client_returncode} {result.client_output}"], deltas, client_side
     if result.duration_s > 5.0:
         # Not a failure (no timing assertions in tests): random loss can stack RTO
         # backoffs past it (reqresp_loss_both_v6 took 5.5 s once), but a scenario that is
         # always slow makes the suite slow, so say so.
         warnings.warn(f"{sc.name} took {result.duration_s:.1f} s (aim: under 5 s)", stacklevel=1)
-    deltas = result.deltas()
     problems = sc.check(deltas)
     # The mechanism a scenario is about takes the same retries as its reasons: on a loaded
     # machine the user-space delay line can fall behind and drop frames of its own, and a
