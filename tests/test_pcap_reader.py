@@ -1331,15 +1331,18 @@ def test_set_rotated_by_a_real_tcpdump(ring, tmp_path):
     # mergecap puts a record before an equal timestamp of an earlier file (its tie rule,
     # merge.c is_earlier); the reader keeps the files' order there, which is the order
     # tcpdump wrote them. So: the same timestamps in the same order, and the same
-    # packets at each timestamp.
+    # packets at each timestamp. Packets at one timestamp are put in one order by every
+    # column (two dup ACKs can share the timestamp and the sequence number, and differ
+    # only in the ack: sorting by (ts_ns, seq) alone left their order to the sort).
     merged = tmp_path / "merged.pcap"
     subprocess.run(["mergecap", "-F", "pcap", "-w", str(merged), *map(str, files)], check=True)
     want = read_capture(merged).packets
     assert np.array_equal(p["ts_ns"], want["ts_ns"]) and np.array_equal(p["frame"], want["frame"])
-    ours, theirs = np.lexsort((p["seq"], p["ts_ns"])), np.lexsort((want["seq"], want["ts_ns"]))
-    for col, _, _ in PACKET_COLUMNS:
-        if col != "frame":
-            assert np.array_equal(p[col][ours], want[col][theirs]), col
+    cols = [col for col, _, _ in PACKET_COLUMNS if col != "frame"]
+    ours = np.lexsort([p[col] for col in reversed(cols)])
+    theirs = np.lexsort([want[col] for col in reversed(cols)])
+    for col in cols:
+        assert np.array_equal(p[col][ours], want[col][theirs]), col
 
 
 # ----------------------------------------------------------------------------------------
