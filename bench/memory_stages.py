@@ -1,0 +1,58 @@
+"""Where the classification of one capture holds its memory, stage by stage.
+
+    .venv/bin/python bench/memory_stages.py [CAPTURE]   (default bench/data/big.pcap)
+
+Reads the capture whole (no spill: this is what one shard of analyze/shards.py costs),
+then runs the stages of pipeline.classify_capture one by one under tracemalloc (numpy
+reports its buffers to it) and prints, per stage, the bytes a packet still held after it
+(live) and the most held while it ran (peak), the packet table apart. The process's peak
+is the table plus the largest stage peak plus the interpreter; a shard of N packets
+costs about N times (table + largest peak). Not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import sys
+import tracemalloc
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    from retranscope.analyze.capture import read_capture
+    from retranscope.analyze.classify import classify_table
+    from retranscope.analyze.flows import flow_table, sequence_space
+    from retranscope.analyze.retrans import capture_gaps, retransmission_table, sender_context
+
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "data" / "big.pcap"
+    packets = read_capture(path).packets
+    n = max(len(packets["ts_ns"]), 1)
+    table = sum(col.nbytes for col in packets.values())
+    print(f"{path}: {n:,} packets, packet table {table / n:.0f} B a packet")
+    print(f"{'stage':24s} {'live B/pkt':>11s} {'peak B/pkt':>11s}")
+    tracemalloc.start()
+
+    def mark(stage: str) -> None:
+        live, peak = tracemalloc.get_traced_memory()
+        print(f"{stage:24s} {live / n:11.0f} {peak / n:11.0f}")
+        tracemalloc.reset_peak()
+
+    flow_id, flows = flow_table(packets)
+    mark("flow_table")
+    space = sequence_space(packets, flow_id, flows)
+    mark("sequence_space")
+    context = sender_context(packets, flow_id, flows, space)
+    mark("sender_context")
+    retrans = retransmission_table(packets, flow_id, flows, space, context)
+    mark("retransmission_table")
+    notes: dict = {"gaps": capture_gaps(packets, flow_id, flows, space, context)}
+    mark("capture_gaps")
+    del context  # as classify_capture does
+    classify_table(packets, flow_id, flows, retrans, space=space, notes=notes, too_big=[])
+    mark("classify_table")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
