@@ -127,6 +127,12 @@ def _run(
     return proc
 
 
+def _veth(a: str, a_ns: str, b: str, b_ns: str) -> None:
+    """A veth pair made with each end already inside its namespace (an end that never
+    sits in the root namespace cannot outlive the lab there)."""
+    _run(["ip", "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns])
+
+
 def _netns_list() -> list[str]:
     out = _run(["ip", "netns", "list"]).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
@@ -403,23 +409,7 @@ class Lab:
             self._created_ns.append(ns)
             self._ip(ns, "link", "set", "lo", "up")
         if self.middle_ns is None:
-            _run(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    self.sender_if,
-                    "netns",
-                    self.sender_ns,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    self.receiver_if,
-                    "netns",
-                    self.receiver_ns,
-                ]
-            )
+            _veth(self.sender_if, self.sender_ns, self.receiver_if, self.receiver_ns)
         else:
             self._build_middle(self.middle_ns)
         for role, ns, ifname in (
@@ -461,40 +451,8 @@ class Lab:
             # A wire, not a host: no IPv6 link-local, no router solicitations.
             for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
                 self.sysctl(mid, key, "1")
-        _run(
-            [
-                "ip",
-                "link",
-                "add",
-                self.sender_if,
-                "netns",
-                self.sender_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                mid_s,
-                "netns",
-                mid,
-            ]
-        )
-        _run(
-            [
-                "ip",
-                "link",
-                "add",
-                mid_r,
-                "netns",
-                mid,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                self.receiver_if,
-                "netns",
-                self.receiver_ns,
-            ]
-        )
+        _veth(self.sender_if, self.sender_ns, mid_s, mid)
+        _veth(mid_r, mid, self.receiver_if, self.receiver_ns)
         ifnames = list(self.middle_ifs)
         if self.tap:
             tap_a, tap_b = self.tap_ifs
