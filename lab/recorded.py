@@ -41,13 +41,26 @@ class RecorderProcess:
     """`python -m retranscope record ...` in a namespace; ready when it says so."""
 
     def __init__(self, lab: Lab, ns: str, args: list[str], ready_timeout_s: float = 60.0):
-        self.stderr_lines: list[str] = []
-        self.proc = lab.popen(
+        proc = lab.popen(
             ns,
             [sys.executable, "-m", "retranscope", "record", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        self._wait_ready(proc, ready_timeout_s)
+
+    @classmethod
+    def attach(cls, proc: subprocess.Popen, ready_timeout_s: float = 60.0) -> RecorderProcess:
+        """A recorder the caller started its own way (another user, outside the lab), its
+        stderr a pipe: returned once it is recording. Compiling and attaching the BPF
+        program takes seconds on a loaded machine; a fixed sleep instead races with it."""
+        rec = cls.__new__(cls)
+        rec._wait_ready(proc, ready_timeout_s)
+        return rec
+
+    def _wait_ready(self, proc: subprocess.Popen, ready_timeout_s: float) -> None:
+        self.stderr_lines: list[str] = []
+        self.proc = proc
         assert self.proc.stderr is not None
         self._lines = LineReader(self.proc.stderr.fileno())
         deadline = time.monotonic() + ready_timeout_s
@@ -79,6 +92,12 @@ class RecorderProcess:
                 self.stderr_lines.append(line)
             elif self._lines.eof:
                 return
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        """Until it stops by itself (--duration, an error), its stderr read to the end."""
+        self.proc.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
 
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> int:
         if self.proc.poll() is None:
