@@ -1307,7 +1307,11 @@ def test_set_rotated_by_a_real_tcpdump(ring, tmp_path):
             while "listening on" not in said:
                 said = lines.readline(timeout_s=30)
                 assert said is not None, "tcpdump did not start"
-            server = start_server(lab, "--port", port, "--mode", "sink", "--timeout-s", "30")
+            # One connection: the server exits once it has read the transfer (without
+            # --max-conns it ran to its own 30 s deadline, which the wait below raced).
+            server = start_server(
+                lab, "--port", port, "--mode", "sink", "--timeout-s", "30", "--max-conns", "1"
+            )
             client = start_bulk(lab, port, 40_000_000, timeout_s=25)
             client.wait(timeout=30)
             server.wait(timeout=30)
