@@ -10,6 +10,7 @@ tests, the accuracy corpus and `retranscope demo`.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -62,7 +63,12 @@ class RecorderProcess:
         self.stderr_lines: list[str] = []
         self.proc = proc
         assert self.proc.stderr is not None
-        self._lines = LineReader(self.proc.stderr.fileno())
+        # The reader's own descriptor of the pipe: the lab closes proc.stderr as it closes
+        # (netns._kill_group), maybe while the drain thread still reads a killed recorder's
+        # last words. On the shared descriptor that read failed with EBADF (seen under
+        # load), or, had the number been reused by then, read another process's pipe.
+        self._fd = os.dup(self.proc.stderr.fileno())
+        self._lines = LineReader(self._fd)
         deadline = time.monotonic() + ready_timeout_s
         while True:
             line = self._lines.readline(timeout_s=0.2)
@@ -74,24 +80,29 @@ class RecorderProcess:
             if self._lines.eof or self.proc.poll() is not None:
                 self.proc.wait()
                 self.stderr_lines += self._lines.rest().splitlines()
+                os.close(self._fd)
                 raise RuntimeError(
                     "recorder exited before it was ready: "
                     + " | ".join(x for x in self.stderr_lines[-5:] if x)
                 )
             if time.monotonic() > deadline:
                 self.proc.kill()
+                os.close(self._fd)
                 raise RuntimeError(f"recorder not ready after {ready_timeout_s:.0f} s")
         # Keep draining stderr so the recorder never blocks on a full pipe.
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 
     def _drain(self) -> None:
-        while True:
-            line = self._lines.readline(timeout_s=1.0)
-            if line is not None:
-                self.stderr_lines.append(line)
-            elif self._lines.eof:
-                return
+        try:
+            while True:
+                line = self._lines.readline(timeout_s=1.0)
+                if line is not None:
+                    self.stderr_lines.append(line)
+                elif self._lines.eof:
+                    return
+        finally:
+            os.close(self._fd)
 
     def wait(self, timeout_s: float = 60.0) -> int:
         """Until it stops by itself (--duration, an error), its stderr read to the end."""
