@@ -10,6 +10,7 @@ tests, the accuracy corpus and `retranscope demo`.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -41,15 +42,33 @@ class RecorderProcess:
     """`python -m retranscope record ...` in a namespace; ready when it says so."""
 
     def __init__(self, lab: Lab, ns: str, args: list[str], ready_timeout_s: float = 60.0):
-        self.stderr_lines: list[str] = []
-        self.proc = lab.popen(
+        proc = lab.popen(
             ns,
             [sys.executable, "-m", "retranscope", "record", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        self._wait_ready(proc, ready_timeout_s)
+
+    @classmethod
+    def attach(cls, proc: subprocess.Popen, ready_timeout_s: float = 60.0) -> RecorderProcess:
+        """A recorder the caller started its own way (another user, outside the lab), its
+        stderr a pipe: returned once it is recording. Compiling and attaching the BPF
+        program takes seconds on a loaded machine; a fixed sleep instead races with it."""
+        rec = cls.__new__(cls)
+        rec._wait_ready(proc, ready_timeout_s)
+        return rec
+
+    def _wait_ready(self, proc: subprocess.Popen, ready_timeout_s: float) -> None:
+        self.stderr_lines: list[str] = []
+        self.proc = proc
         assert self.proc.stderr is not None
-        self._lines = LineReader(self.proc.stderr.fileno())
+        # The reader's own descriptor of the pipe: the lab closes proc.stderr as it closes
+        # (netns._kill_group), maybe while the drain thread still reads a killed recorder's
+        # last words. On the shared descriptor that read failed with EBADF (seen under
+        # load), or, had the number been reused by then, read another process's pipe.
+        self._fd = os.dup(self.proc.stderr.fileno())
+        self._lines = LineReader(self._fd)
         deadline = time.monotonic() + ready_timeout_s
         while True:
             line = self._lines.readline(timeout_s=0.2)
@@ -61,24 +80,35 @@ class RecorderProcess:
             if self._lines.eof or self.proc.poll() is not None:
                 self.proc.wait()
                 self.stderr_lines += self._lines.rest().splitlines()
+                os.close(self._fd)
                 raise RuntimeError(
                     "recorder exited before it was ready: "
                     + " | ".join(x for x in self.stderr_lines[-5:] if x)
                 )
             if time.monotonic() > deadline:
                 self.proc.kill()
+                os.close(self._fd)
                 raise RuntimeError(f"recorder not ready after {ready_timeout_s:.0f} s")
         # Keep draining stderr so the recorder never blocks on a full pipe.
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 
     def _drain(self) -> None:
-        while True:
-            line = self._lines.readline(timeout_s=1.0)
-            if line is not None:
-                self.stderr_lines.append(line)
-            elif self._lines.eof:
-                return
+        try:
+            while True:
+                line = self._lines.readline(timeout_s=1.0)
+                if line is not None:
+                    self.stderr_lines.append(line)
+                elif self._lines.eof:
+                    return
+        finally:
+            os.close(self._fd)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        """Until it stops by itself (--duration, an error), its stderr read to the end."""
+        self.proc.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
 
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> int:
         if self.proc.poll() is None:

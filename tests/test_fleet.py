@@ -312,7 +312,12 @@ def test_killed_fleet_analyze_loses_nothing(tmp_path):
             seen += " ok " in line
             if seen == 4:
                 break
-        time.sleep(2.5)  # past a checkpoint (every 2 s): some runs are committed
+        # Killed once a checkpoint (every 2 s, at a run's end) committed some runs: waited
+        # for, not slept for (a fixed 2.5 s raced with it: on a loaded machine no run may
+        # end in that time, and without a checkpoint nothing is committed).
+        deadline = time.monotonic() + 120
+        while not (dataset / "runs.parquet").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:

@@ -46,6 +46,7 @@ from retranscope.errors import (
     TruncatedCapture,
     UnknownLinkType,
 )
+from retranscope.lines import LineReader
 from retranscope.schemas.packets import PACKET_COLUMNS, addr_from_str
 
 HERE = Path(__file__).resolve().parent
@@ -1298,10 +1299,19 @@ def test_set_rotated_by_a_real_tcpdump(ring, tmp_path):
         ]
         if ring:
             argv[-1:-1] = ["-W", "3"]
-        dump = lab.popen(lab.sender_ns, argv, stderr=subprocess.DEVNULL)
+        dump = lab.popen(lab.sender_ns, argv, stderr=subprocess.PIPE)
         try:
-            time.sleep(1.0)
-            server = start_server(lab, "--port", port, "--mode", "sink", "--timeout-s", "30")
+            # Traffic only once tcpdump listens (a fixed sleep raced with its start-up);
+            # after that line it writes nothing to stderr until its counts at exit.
+            lines, said = LineReader(dump.stderr.fileno()), ""
+            while "listening on" not in said:
+                said = lines.readline(timeout_s=30)
+                assert said is not None, "tcpdump did not start"
+            # One connection: the server exits once it has read the transfer (without
+            # --max-conns it ran to its own 30 s deadline, which the wait below raced).
+            server = start_server(
+                lab, "--port", port, "--mode", "sink", "--timeout-s", "30", "--max-conns", "1"
+            )
             client = start_bulk(lab, port, 40_000_000, timeout_s=25)
             client.wait(timeout=30)
             server.wait(timeout=30)
@@ -1309,6 +1319,7 @@ def test_set_rotated_by_a_real_tcpdump(ring, tmp_path):
         finally:
             dump.terminate()
             dump.wait(timeout=10)
+            dump.stderr.close()
     files = sorted(p for p in out.iterdir())
     assert len(files) >= 3
     if ring:

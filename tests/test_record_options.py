@@ -4,6 +4,7 @@ IPv4 flow and an IPv6 flow on different ports at the same time."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -84,14 +85,14 @@ def test_count_mode_prints_like_tcpretrans(tmp_path):
     with Lab(ipv6=True, tso=False) as lab:
         proc = lab.popen(
             lab.sender_ns,
-            [sys.executable, "-m", "retranscope", "record", "-c", "-d", "6"],
+            [sys.executable, "-m", "retranscope", "record", "-c"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         _wait_ready(proc)
-        _traffic(lab, 1_500_000)
-        out, err = proc.communicate(timeout=60)
+        _, clients = _traffic(lab, 1_500_000)
+        out = _stop_after(proc, clients)
     lines = out.strip().splitlines()
     assert lines[0].split() == ["LADDR:LPORT", "RADDR:RPORT", "RETRANSMITS"]
     assert any(f":{PORT4}" in ln and "<->" in ln for ln in lines[1:]), out
@@ -102,16 +103,14 @@ def test_live_lines_with_sequence(tmp_path):
         lab.add_rule(f"tcp dport {PORT4} numgen random mod 100 < 5 drop")
         proc = lab.popen(
             lab.sender_ns,
-            [sys.executable, "-m", "retranscope", "record", "-s", "-d", "6"],
+            [sys.executable, "-m", "retranscope", "record", "-s"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         _wait_ready(proc)  # compiled and attached (seconds on a loaded machine)
         start_server(lab, "--port", PORT4, "--mode", "sink", "--timeout-s", "20")
-        c = start_bulk(lab, PORT4, "1500000", timeout_s=15)
-        c.wait(timeout=30)
-        out, err = proc.communicate(timeout=60)
+        out = _stop_after(proc, [start_bulk(lab, PORT4, "1500000", timeout_s=15)])
     lines = out.strip().splitlines()
     assert lines[0].split()[:4] == ["TIME", "PID", "IP", "LADDR:LPORT"] and "SEQ" in lines[0]
     # Retransmissions of the transfer itself (those after its close read FIN_WAIT1).
@@ -120,6 +119,19 @@ def test_live_lines_with_sequence(tmp_path):
     for fields in body:
         assert fields[4] == "R>" and fields[7].isdigit()
         assert fields[8] in {"fast", "tlp", "rto", "rto_recovery"}
+
+
+def _stop_after(proc, clients) -> str:
+    """Ctrl-C the recorder once the clients are done (as a tcpretrans user would), and
+    return what it printed. Not --duration: a fixed span raced with starting the servers
+    and clients, seconds on a loaded machine."""
+    for c in clients:
+        c.wait(timeout=40)
+    time.sleep(0.3)  # the transfers' last retransmissions (a FIN's probe) land
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
 
 
 def _wait_ready(proc, timeout_s: float = 60.0) -> None:

@@ -54,19 +54,19 @@ def _record_cmd(out: Path, *extra: str) -> list[str]:
 
 def _with_traffic(lab, argv: list[str], seconds: float = 5.0) -> subprocess.CompletedProcess:
     """Run the recorder (in the root namespace) while the lab retransmits."""
-    from retranscope.lab.recorded import start_bulk, start_server
+    from retranscope.lab.recorded import RecorderProcess, start_bulk, start_server
 
     lab.add_rule(f"tcp dport {PORT} numgen random mod 100 < 5 drop")
     start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", "60")
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(3.0)  # compile and attach
+    # Compiled and attached: seconds, more on a loaded machine (a fixed sleep raced with it).
+    rec = RecorderProcess.attach(proc)
     client = start_bulk(lab, PORT, 10**11, conns=2, timeout_s=30)
     time.sleep(seconds)
     client.kill()
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    return subprocess.CompletedProcess(argv, proc.returncode, "", err)
+    code = rec.stop(signal.SIGINT, timeout_s=60)
+    return subprocess.CompletedProcess(argv, code, "", "\n".join(rec.stderr_lines))
 
 
 def _owned_by_nobody(root: Path) -> None:

@@ -13,7 +13,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +91,7 @@ def test_units_command_lines_are_the_recorders(tmp_path):
 def test_recorder_runs_under_the_units_restrictions(tmp_path):
     """The capabilities of the unit, as user nobody, with no-new-privs and MDWE."""
     from retranscope.lab.netns import Lab
-    from retranscope.lab.recorded import start_bulk, start_server
+    from retranscope.lab.recorded import RecorderProcess, start_bulk, start_server
 
     caps = unit_settings((DEPLOY / "retranscope.service").read_text())["AmbientCapabilities"]
     names = ",".join("+" + c.lower().removeprefix("cap_") for c in caps[-1].split())
@@ -134,10 +133,12 @@ def test_recorder_runs_under_the_units_restrictions(tmp_path):
             proc = subprocess.Popen(
                 argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
             )
-            time.sleep(3)
+            # Compiled and attached (seconds on a loaded machine; a fixed sleep raced with
+            # it, and a transfer over before the recorder attached leaves no event).
+            rec = RecorderProcess.attach(proc)
             start_bulk(lab, 5001, 5_000_000, timeout_s=20).wait(timeout=30)
-            _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
+            code = rec.wait(timeout_s=60)  # --duration ends it
+        assert code == 0, rec.stderr_lines
         meta = json.loads((shared / "rec" / "run.json").read_text())
         assert meta["process"]["euid"] == 65534
         assert meta["process"]["capabilities"] == sorted(caps[-1].split())

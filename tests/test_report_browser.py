@@ -73,6 +73,14 @@ class Page:
             "figure.tsg", f"f => f[{figure}].querySelectorAll('path.rtx').length"
         )
 
+    def drawn(self) -> None:
+        """Until the graph has redrawn after an input: its handlers change the view at
+        once and draw in the next animation frame (tsg.js schedule), so two frames from
+        now the drawing is done. A fixed sleep raced with a busy machine's frames."""
+        self.page.evaluate(
+            "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+        )
+
     def close(self):
         self.context.close()
 
@@ -178,7 +186,7 @@ def test_zoom_pan_and_reset(browser, analyses, tmp_path):
         box = svg.bounding_box()
         p.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         p.page.mouse.wheel(0, -600)  # zoom in
-        p.page.wait_for_timeout(100)
+        p.drawn()
         zoomed = view()
         assert zoomed[1] - zoomed[0] < (full[1] - full[0]) / 2
         assert zoomed[3] - zoomed[2] < (full[3] - full[2]) / 2
@@ -187,14 +195,14 @@ def test_zoom_pan_and_reset(browser, analyses, tmp_path):
         p.page.mouse.down()
         p.page.mouse.move(box["x"] + box["width"] / 2 - 200, box["y"] + box["height"] / 2)
         p.page.mouse.up()
-        p.page.wait_for_timeout(100)
+        p.drawn()
         panned = view()
         assert panned[0] > zoomed[0] and panned[1] - panned[0] == pytest.approx(
             zoomed[1] - zoomed[0]
         )
         assert p.marks(0) == n  # retransmissions are never culled or sampled
         p.page.locator("figure.tsg .tsg-reset").first.click()
-        p.page.wait_for_timeout(100)
+        p.drawn()
         assert view() == full and ticks() == before
     finally:
         p.close()
@@ -211,7 +219,7 @@ def test_the_page_fetches_nothing(browser, analyses, tmp_path):
     try:
         p.page.locator("figure.tsg path.rtx").first.hover(force=True)
         p.page.mouse.wheel(0, -300)
-        p.page.wait_for_timeout(100)
+        p.drawn()
         assert p.requests == [p.url] and p.errors == []
     finally:
         p.close()
@@ -255,7 +263,7 @@ def test_screenshots_of_the_main_views(browser, analyses, tmp_path):
         p.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] - 4)
         for _ in range(2):  # zoom in around the probe: its PTO deadline and the ACKs
             p.page.mouse.wheel(0, -600)
-            p.page.wait_for_timeout(50)
+            p.drawn()
         mark.hover(force=True)
         assert fig.locator(".tsg-tip").is_visible()
         tip = fig.locator(".tsg-tip").inner_text()
