@@ -133,7 +133,9 @@ def _tuple_order(
     return o, group_starts(tid[o])
 
 
-def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
+def flow_table(
+    packets: Mapping[str, np.ndarray], tuples: Mapping[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, Table]:
     """Give each packet a flow id; describe the flows (FLOW_COLUMNS).
 
     A flow is one direction of one connection. Packets of one 4-tuple are split into
@@ -141,33 +143,26 @@ def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
     one did (a SYN with a new ISN, or a SYN-ACK answering one), which is how a 4-tuple
     reused after a close, an RST or a long silence shows; a resent SYN (same ISN) does not
     split. Flow ids follow first appearance in the capture.
+
+    ``tuples``: the packets carry their 4-tuple as a number (a spilled shard's ``tuple``
+    column, schemas/packets.SPILLED_DTYPES) instead of their addresses, and this is the
+    table of the tuples it numbers (analyze/spill.TupleNumbers.table).
     """
     n = len(packets["frame"])
     if n == 0:
         return np.zeros(0, dtype=np.int64), _describe_flows(
             packets, np.zeros(0, np.int64), 0, np.zeros(0, np.int64), np.zeros(0, np.int64), None
         )
-
-    s_hi, s_lo = packets["saddr_hi"], packets["saddr_lo"]
-    d_hi, d_lo = packets["daddr_hi"], packets["daddr_lo"]
-    sp, dp = packets["sport"], packets["dport"]
-    frame = packets["frame"]
-    cap = capture_order(frame)
-
-    # Canonical (unordered) endpoint pair: dir 0 is the packet sent by the lesser endpoint.
-    src_first = _endpoint_less(s_hi, s_lo, sp, d_hi, d_lo, dp)
-    a_p = np.where(src_first, sp, dp)
-    b_p = np.where(src_first, dp, sp)
-    # IPv4 (IPv4-mapped) addresses have a zero high half: the low halves tell them apart.
-    halves = [(s_lo, d_lo)] if not (s_hi.any() or d_hi.any()) else [(s_hi, d_hi), (s_lo, d_lo)]
-    addrs = [np.where(src_first, a, b) for a, b in halves] + [
-        np.where(src_first, b, a) for a, b in halves
-    ]
-    # Capture order within each 4-tuple (frames are capture order; the reader emits rows
-    # in capture order, so a stable sort by tuple keeps it).
-    order, first_in_tuple = _tuple_order(cap, [a_p, b_p], addrs)
-    del addrs
-    dirbit = ~src_first
+    cap = capture_order(packets["frame"])
+    if tuples is None:
+        dirbit, order, first_in_tuple = _tuples_of_addresses(packets, cap)
+    else:
+        # the spill numbered the canonical tuple and the direction: (tuple << 1) | dir
+        dirbit = (packets["tuple"] & 1) != 0
+        number = packets["tuple"] >> 1
+        order = group_sort(number) if cap is None else cap[group_sort(number[cap])]
+        first_in_tuple = group_starts(number[order])
+        del number
 
     # Handshake signature: which side is the client and its ISN. A retransmitted SYN (same
     # ISN) or its SYN-ACK (ack = ISN + 1) keep the signature; anything else is a new
@@ -202,7 +197,7 @@ def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
     # Flow = (connection, direction), numbered by first appearance in capture order.
     fkey = conn_id * 2 + dirbit
     first_frame = np.full(2 * n_conn + 2, _BIG, dtype=np.int64)
-    np.minimum.at(first_frame, fkey, frame)
+    np.minimum.at(first_frame, fkey, packets["frame"])
     keys = np.flatnonzero(first_frame < _BIG)
     key_of_flow = keys[np.argsort(first_frame[keys], kind="stable")]
     n_flows = len(key_of_flow)
@@ -211,8 +206,45 @@ def flow_table(packets: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Table]:
     flow_id = code[fkey]
     rev_flow_id = code[key_of_flow ^ 1]
 
-    flows = _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap)
+    flows = _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap, tuples)
     return flow_id, flows
+
+
+def _tuples_of_addresses(
+    packets: Mapping[str, np.ndarray], cap: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each packet's direction in its 4-tuple (True: sent by the greater endpoint), the
+    rows grouped by 4-tuple (capture order inside) and where each tuple's run starts."""
+    s_hi, s_lo = packets["saddr_hi"], packets["saddr_lo"]
+    d_hi, d_lo = packets["daddr_hi"], packets["daddr_lo"]
+    sp, dp = packets["sport"], packets["dport"]
+    # Canonical (unordered) endpoint pair: dir 0 is the packet sent by the lesser endpoint.
+    src_first = _endpoint_less(s_hi, s_lo, sp, d_hi, d_lo, dp)
+    a_p = np.where(src_first, sp, dp)
+    b_p = np.where(src_first, dp, sp)
+    # IPv4 (IPv4-mapped) addresses have a zero high half: the low halves tell them apart.
+    halves = [(s_lo, d_lo)] if not (s_hi.any() or d_hi.any()) else [(s_hi, d_hi), (s_lo, d_lo)]
+    addrs = [np.where(src_first, a, b) for a, b in halves] + [
+        np.where(src_first, b, a) for a, b in halves
+    ]
+    # Capture order within each 4-tuple (frames are capture order; the reader emits rows
+    # in capture order, so a stable sort by tuple keeps it).
+    order, first_in_tuple = _tuple_order(cap, [a_p, b_p], addrs)
+    return ~src_first, order, first_in_tuple
+
+
+def _flow_addresses(packets, fi: np.ndarray, tuples) -> list[np.ndarray]:
+    """Source and destination address halves (s_hi, s_lo, d_hi, d_lo) of the packets at
+    rows ``fi``, from the packets' own columns or from their numbered tuples."""
+    if tuples is None:
+        return [packets[k][fi] for k in ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo")]
+    code = packets["tuple"][fi]
+    number, sent_by_b = code >> 1, (code & 1) != 0
+    a = [tuples["a_hi"][number], tuples["a_lo"][number]]
+    b = [tuples["b_hi"][number], tuples["b_lo"][number]]
+    return [np.where(sent_by_b, y, x) for x, y in zip(a, b)] + [
+        np.where(sent_by_b, x, y) for x, y in zip(a, b)
+    ]
 
 
 def _number_by_first_row(
@@ -258,7 +290,7 @@ def _first_where(flow_id, mask, n_flows, rank, cap) -> np.ndarray:
     return np.where(found, rows, -1)
 
 
-def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) -> Table:
+def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap, tuples=None) -> Table:
     n = len(flow_id)
     flags = packets["flags"]
     frame = packets["frame"]
@@ -337,8 +369,7 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap) ->
     conn = key_of_flow >> 1
     dirb = key_of_flow & 1
     family = packets["family"][fi]
-    s_hi, s_lo = packets["saddr_hi"][fi], packets["saddr_lo"][fi]
-    d_hi, d_lo = packets["daddr_hi"][fi], packets["daddr_lo"][fi]
+    s_hi, s_lo, d_hi, d_lo = _flow_addresses(packets, fi, tuples)
     text = _addr_strings([(s_hi, s_lo), (d_hi, d_lo)], family)
     table = {
         "flow_id": np.arange(n_flows, dtype=np.int64),

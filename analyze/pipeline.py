@@ -55,20 +55,24 @@ class Result:
 
 
 def classify_capture(
-    packets: dict[str, np.ndarray], notes: dict | None = None, too_big: list[dict] | None = None
+    packets: dict[str, np.ndarray],
+    notes: dict | None = None,
+    too_big: list[dict] | None = None,
+    tuples: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, Table, Table]:
     """flows + per-wire-segment classification of a capture (row index into packets kept).
 
     The sequence space and the sender context are computed once, for both the detection
     of retransmissions and their classification. ``notes`` receives what the capture
     showed beside the rows (classify_table); ``too_big``: the capture's ICMP too-big
-    messages (CaptureMeta.icmp_too_big).
+    messages (CaptureMeta.icmp_too_big); ``tuples``: the packets' 4-tuples when they
+    carry them numbered (a spilled shard: flows.flow_table).
     """
     from retranscope.analyze.classify import classify_table
     from retranscope.analyze.flows import flow_table, sequence_space
     from retranscope.analyze.retrans import capture_gaps, retransmission_table, sender_context
 
-    flow_id, flows = flow_table(packets)
+    flow_id, flows = flow_table(packets, tuples)
     space = sequence_space(packets, flow_id, flows)
     context = sender_context(packets, flow_id, flows, space)
     retrans = retransmission_table(packets, flow_id, flows, space, context)
@@ -130,7 +134,11 @@ def _gap_summary(gaps: dict, meta) -> dict:
     }
 
 
-def classify_part(packets: dict[str, np.ndarray], too_big: list[dict] | None):
+def classify_part(
+    packets: dict[str, np.ndarray],
+    too_big: list[dict] | None,
+    tuples: dict[str, np.ndarray] | None = None,
+):
     """classify_capture of a capture (or of a shard of one: analyze/shards.py), down to
     what the outputs keep: its flows, output rows of its retransmissions, and per flow
     what it flagged that is not a retransmission and the capture's gaps. Returns the
@@ -138,7 +146,7 @@ def classify_part(packets: dict[str, np.ndarray], too_big: list[dict] | None):
     from retranscope.analyze.shards import Part
 
     notes: dict = {}
-    flow_id, flows, classified = classify_capture(packets, notes, too_big)
+    flow_id, flows, classified = classify_capture(packets, notes, too_big, tuples)
     _, per_flow = _not_retransmitted(flows, classified)
     for key in ("ranges", "bytes", "acked"):
         per_flow["gap_" + key] = notes["gaps"][key]

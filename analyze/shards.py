@@ -70,26 +70,38 @@ class Part:
     drop_flow: int = -1
 
 
-ClassifyPart = Callable[[dict, "list[dict] | None"], "tuple[np.ndarray, Part]"]
+ClassifyPart = Callable[..., "tuple[np.ndarray, Part]"]  # classify_part(packets, too_big, tuples=)
 
 
-def tuple_hash(packets: dict[str, np.ndarray]) -> np.ndarray:
-    """A 64-bit hash of each row's unordered endpoint pair (both directions alike)."""
-    from retranscope.analyze.flows import _endpoint_less, _mix64
+def canonical_tuple(packets: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each row's 4-tuple with its lesser endpoint first (flows._endpoint_less): whether
+    the row was sent by that endpoint, and [a_hi, a_lo, a_port, b_hi, b_lo, b_port]."""
+    from retranscope.analyze.flows import _endpoint_less
 
     s = (packets["saddr_hi"], packets["saddr_lo"], packets["sport"])
     d = (packets["daddr_hi"], packets["daddr_lo"], packets["dport"])
     first = _endpoint_less(*s, *d)
-    return _mix64(
-        [np.where(first, a, b) for a, b in zip(s, d)]
-        + [np.where(first, b, a) for a, b in zip(s, d)]
-    )
+    return first, [np.where(first, a, b) for a, b in zip(s, d)] + [
+        np.where(first, b, a) for a, b in zip(s, d)
+    ]
+
+
+def tuple_hash(packets: dict[str, np.ndarray]) -> np.ndarray:
+    """A 64-bit hash of each row's unordered endpoint pair (both directions alike)."""
+    from retranscope.analyze.flows import _mix64
+
+    return _mix64(canonical_tuple(packets)[1])
+
+
+def bucket_of_hash(h: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Each row's bucket (0 .. n_buckets - 1) from its tuple_hash's high bits (a
+    multiplicative hash mixes its low bits least)."""
+    return ((h >> np.uint64(32)) % np.uint64(n_buckets)).astype(np.int64)
 
 
 def tuple_bucket(packets: dict[str, np.ndarray], n_buckets: int) -> np.ndarray:
-    """Each row's bucket (0 .. n_buckets - 1) by its 4-tuple, from the hash's high bits (a
-    multiplicative hash mixes its low bits least)."""
-    return ((tuple_hash(packets) >> np.uint64(32)) % np.uint64(n_buckets)).astype(np.int64)
+    """Each row's bucket (0 .. n_buckets - 1) by its 4-tuple."""
+    return bucket_of_hash(tuple_hash(packets), n_buckets)
 
 
 def assign_shards(packets: dict[str, np.ndarray], n_shards: int) -> np.ndarray | None:

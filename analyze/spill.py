@@ -13,8 +13,9 @@ are merged exactly as shards.merge_parts merges in-memory shards: the outputs ar
 of the whole capture classified at once (tests/test_spill.py).
 
 On disk, a bucket file is a sequence of blocks, one per chunk that had rows for it: each
-block is the packet table's columns one after the other (schemas/packets.py order and
-dtypes); ``Bucket.blocks`` says where each block starts and how many rows it holds.
+block is the packet table's columns one after the other (schemas/packets.SPILLED_DTYPES
+order and dtypes: the addresses are the number of the row's 4-tuple, TupleNumbers);
+``Bucket.blocks`` says where each block starts and how many rows it holds.
 """
 
 from __future__ import annotations
@@ -29,17 +30,19 @@ import numpy as np
 
 from retranscope.analyze.capture.decode import columns
 from retranscope.analyze.capture.records import CaptureMeta
+from retranscope.analyze.flows import _mix64
 from retranscope.analyze.shards import (
     SHARD_PACKETS,
     ClassifyPart,
     Part,
+    bucket_of_hash,
+    canonical_tuple,
     give_back_free_memory,
     merge_parts,
-    tuple_bucket,
 )
 from retranscope.analyze.table import Nullable
 from retranscope.errors import RetranscopeError
-from retranscope.schemas.packets import PACKET_DTYPES, empty_packets
+from retranscope.schemas.packets import SPILLED_DTYPES, empty_packets
 
 #: files the packets are spread over by 4-tuple (then dealt into shards)
 SPILL_BUCKETS = 64
@@ -48,7 +51,7 @@ SPILL_BUCKETS = 64
 #: spilled, the same time and 286 MB peak instead of 491 MB; small captures stay in
 #: memory, where the spill's files cost more than they save
 SPILL_MIN_BYTES = 64 << 20
-ROW_BYTES = sum(dt.itemsize for dt in PACKET_DTYPES.values())
+ROW_BYTES = sum(dt.itemsize for dt in SPILLED_DTYPES.values())
 
 
 @dataclass
@@ -66,6 +69,7 @@ class SpilledCapture:
 
     meta: CaptureMeta
     buckets: list[Bucket]
+    tuples: dict[str, np.ndarray]  # the 4-tuples the rows' ``tuple`` column numbers
     anchor: dict[str, np.ndarray] | None  # the capture's first packet (one row)
     anchor_bucket: int
     directory: tempfile.TemporaryDirectory
@@ -105,7 +109,7 @@ class SpilledCapture:
         n = sum(self.buckets[i].rows for i in bucket_numbers)
         borrow = self.anchor is not None and self.anchor_bucket not in bucket_numbers
         if into is None:
-            table = columns(n + borrow, PACKET_DTYPES)
+            table = columns(n + borrow, SPILLED_DTYPES)
         else:
             table = {name: col[: n + borrow] for name, col in into.items()}
         self._read_into(table, bucket_numbers)
@@ -146,11 +150,11 @@ class SpilledCapture:
         # one table for every shard, sized for the largest: each shard's rows are read into
         # pages the one before faulted in (a fresh 400 MB table costs ~1 s of page faults
         # on the machine measured), and peak memory is the largest shard's either way
-        space = columns(max(self.rows_of(s) for s in shards), PACKET_DTYPES)
+        space = columns(max(self.rows_of(s) for s in shards), SPILLED_DTYPES)
         for shard in shards:
             give_back_free_memory()  # what the reading (or the shard before) left free
             packets, borrowed = self.load(shard, into=space)
-            flow_id, part = classify(packets, too_big)
+            flow_id, part = classify(packets, too_big, tuples=self.tuples)
             part.drop_flow = int(flow_id[borrowed]) if borrowed >= 0 else -1
             del packets, flow_id
             parts.append(_own_memory(part, space))
@@ -192,14 +196,22 @@ def _spill(stream, directory) -> SpilledCapture:
     tmp = tempfile.TemporaryDirectory(prefix="retranscope-spill-", dir=directory)
     buckets = [Bucket(Path(tmp.name) / f"bucket{i:03d}") for i in range(SPILL_BUCKETS)]
     files: dict[int, BinaryIO] = {}
+    tuples = TupleNumbers()
     anchor, anchor_bucket, anchor_ts = None, -1, None
     try:
         for chunk in stream:
-            bucket_of = tuple_bucket(chunk, SPILL_BUCKETS)
+            first_sent, canon = canonical_tuple(chunk)
+            h = _mix64(canon)  # shards.tuple_hash
+            bucket_of = bucket_of_hash(h, SPILL_BUCKETS)
+            code = tuples.code(h, canon, first_sent)
+            del canon, h, first_sent
+            rows: dict[str, np.ndarray] = {
+                name: code if name == "tuple" else chunk[name] for name in SPILLED_DTYPES
+            }
             first = int(np.argmin(chunk["ts_ns"]))
             if anchor_ts is None or int(chunk["ts_ns"][first]) < anchor_ts:
                 anchor_ts = int(chunk["ts_ns"][first])
-                anchor = {name: col[first : first + 1].copy() for name, col in chunk.items()}
+                anchor = {name: col[first : first + 1].copy() for name, col in rows.items()}
                 anchor_bucket = int(bucket_of[first])
             order = np.argsort(bucket_of, kind="stable")
             sorted_b = bucket_of[order]
@@ -207,16 +219,17 @@ def _spill(stream, directory) -> SpilledCapture:
             ends = np.r_[starts[1:], len(order)]
             # the rows grouped by bucket once; each bucket's block is then slices of them,
             # written as they are (no copy into bytes)
-            grouped = [
-                chunk[name] if len(starts) == 1 else chunk[name][order] for name in PACKET_DTYPES
+            grouped: list[np.ndarray] = [
+                col if len(starts) == 1 else col[order] for col in rows.values()
             ]
+            del rows, code
             for lo, hi in zip(starts.tolist(), ends.tolist()):
                 i = int(sorted_b[lo])
                 if i not in files:
                     files[i] = open(buckets[i].path, "wb")
                 f, bucket = files[i], buckets[i]
                 for col in grouped:
-                    f.write(col[lo:hi].view(np.uint8))
+                    f.write(col[lo:hi].data)
                 bucket.blocks.append((bucket.written, hi - lo))
                 bucket.written += (hi - lo) * ROW_BYTES
                 bucket.rows += hi - lo
@@ -227,4 +240,68 @@ def _spill(stream, directory) -> SpilledCapture:
         raise
     for f in files.values():
         f.close()
-    return SpilledCapture(stream.meta, buckets, anchor, anchor_bucket, tmp)
+    return SpilledCapture(stream.meta, buckets, tuples.table(), anchor, anchor_bucket, tmp)
+
+
+class TupleNumbers:
+    """The 4-tuples of a capture being spilled, numbered in order of first appearance:
+    each row is spilled with its tuple's number (and its direction in it) instead of its
+    32 bytes of addresses, which the shard being classified would otherwise hold for
+    every packet. Rows find their number by their tuple's 64-bit hash, then every row is
+    checked against the tuple its number names: exact, whatever the hash does."""
+
+    FIELDS = {"a_hi": np.uint64, "a_lo": np.uint64, "a_port": np.uint16}
+    FIELDS |= {"b_hi": np.uint64, "b_lo": np.uint64, "b_port": np.uint16}
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._cols = {k: np.zeros(256, dtype=dt) for k, dt in self.FIELDS.items()}
+        self._hash = np.zeros(0, dtype=np.uint64)  # known hashes, sorted
+        self._number = np.zeros(0, dtype=np.int64)  # the number of each
+
+    def code(self, h: np.ndarray, canon: list[np.ndarray], first_sent: np.ndarray) -> np.ndarray:
+        """Each row's ``tuple`` cell (schemas/packets.SPILLED_DTYPES): its tuple's number
+        times two, plus one when the greater endpoint sent it. ``h``, ``canon``,
+        ``first_sent``: shards.tuple_hash and canonical_tuple of the rows."""
+        pos = np.searchsorted(self._hash, h)
+        known = pos < len(self._hash)
+        known[known] = self._hash[pos[known]] == h[known]
+        if not known.all():
+            self._add(h, canon, np.flatnonzero(~known))
+            pos = np.searchsorted(self._hash, h)
+        number = self._number[pos]
+        if not all(np.array_equal(self._cols[k][number], c) for k, c in zip(self.FIELDS, canon)):
+            raise RetranscopeError(
+                "two of the capture's 4-tuples have one 64-bit hash (a chance of about one "
+                "in 10^10): analyze it in memory with --no-spill"
+            )
+        return ((number << 1) | ~first_sent).astype(np.uint32)
+
+    def _add(self, h: np.ndarray, canon: list[np.ndarray], rows: np.ndarray) -> None:
+        """Number the new tuples of ``rows`` in order of their first row."""
+        new_hash, first = np.unique(h[rows], return_index=True)
+        at = rows[first]
+        rank = np.empty(len(at), dtype=np.int64)
+        rank[np.argsort(at, kind="stable")] = np.arange(len(at))
+        number = self.n + rank
+        if self.n + len(at) >= 1 << 31:  # numbers and the direction bit fill a uint32
+            raise RetranscopeError(
+                "the capture has over 2^31 distinct 4-tuples, more than a spilled capture "
+                "numbers: analyze it in memory with --no-spill"
+            )
+        size = len(self._cols["a_hi"])
+        if self.n + len(at) > size:
+            grown = max(2 * size, self.n + len(at))
+            for k, col in self._cols.items():
+                self._cols[k] = np.resize(col, grown)
+        for col, c in zip(self._cols.values(), canon):
+            col[number] = c[at]
+        self.n += len(at)
+        where = np.searchsorted(self._hash, new_hash)
+        self._hash = np.insert(self._hash, where, new_hash)
+        self._number = np.insert(self._number, where, number)
+
+    def table(self) -> dict[str, np.ndarray]:
+        """The tuples by number (FIELDS: lesser endpoint a, greater b): flows.flow_table's
+        ``tuples``."""
+        return {k: col[: self.n].copy() for k, col in self._cols.items()}

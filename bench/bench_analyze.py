@@ -117,18 +117,6 @@ def run_limited(argv: list[str], env: dict, limit_mb: int, tmp: str) -> dict:
                 time.sleep(0.1)
 
 
-def same_outputs(a: Path, b: Path) -> bool:
-    """The two analyses wrote the same tables and the same totals."""
-    import pyarrow.parquet as pq
-
-    for name in ("retransmits.parquet", "flows.parquet"):
-        if not pq.read_table(a / name).equals(pq.read_table(b / name)):
-            return False
-    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
-    keys = ("retransmissions", "by_kind", "spurious")
-    return all(sa.get(k) == sb.get(k) for k in keys)
-
-
 def package_tree(src: Path, dst: Path) -> Path:
     """A directory to put on PYTHONPATH that imports ``src`` as retranscope.<stage>, as
     pyproject's package-dir maps it (what the editable install does), for a tree that is
@@ -182,6 +170,8 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra:
     # (both sides would then run this tree).
     for name in sides:
         run(argvs[name], envs[name], cwd=tmp)  # untimed: fills the bytecode cache
+    outs = [Path(argv[argv.index("--out") + 1]) for argv in argvs.values()]
+    print(f"outputs: {same_outputs(*outs) or 'identical'} (this tree against {rev})")
     check = "import retranscope.analyze.run as r; print(r.__file__)"
     for name in sides:
         where = subprocess.run(
@@ -210,6 +200,25 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra:
             f"medians); per pair, median {ratios[len(ratios) // 2]:.3f}x (quartiles "
             f"{ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f})"
         )
+
+
+def same_outputs(a: Path, b: Path) -> str:
+    """What differs between two `analyze --out` directories ('' when nothing does): the
+    Parquet tables compared whole, summary.json but for the capture's path as given."""
+    import pyarrow.parquet as pq
+
+    differ = [
+        name
+        for name in ("retransmits.parquet", "flows.parquet")
+        if not pq.read_table(a / name).equals(pq.read_table(b / name))
+    ]
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    for s in (sa, sb):
+        s["capture"].pop("path", None)
+        for f in s["capture"].get("files", []):
+            f.pop("path", None)
+    differ += [f"summary.json {k}" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+    return "DIFFER: " + ", ".join(differ) if differ else ""
 
 
 def bench_capture(capture: Path, args, tmp: str, env: dict) -> None:
@@ -294,7 +303,7 @@ def bench_capture(capture: Path, args, tmp: str, env: dict) -> None:
     if args.memory_limit_mb:
         limited = Path(str(out) + "-limited")
         lim = run_limited(analyze_argv(limited), env, args.memory_limit_mb, tmp)
-        same = lim["exit"] == 0 and same_outputs(out, limited)
+        same = lim["exit"] == 0 and not same_outputs(out, limited)
         print(
             f"inside a {args.memory_limit_mb} MiB memory cgroup: exit {lim['exit']}, "
             f"peak {lim['peak_mb']:.0f} MB, wall {lim['wall_s']:.2f} s, outputs "

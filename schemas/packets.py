@@ -68,6 +68,18 @@ PACKET_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 PACKET_DTYPES: dict[str, np.dtype] = {name: np.dtype(dt) for name, dt, _ in PACKET_COLUMNS}
 
+#: The packet table as a spilled shard holds it (analyze/spill.py): the four address
+#: halves give way to ``tuple``, the row's 4-tuple numbered in the capture (its addresses
+#: and ports in the spill's TupleNumbers table, lesser endpoint first) times two, plus one
+#: when the lesser endpoint received the packet (flows.flow_table's direction 1): 4 bytes
+#: a packet instead of 32 in the table of the shard being classified.
+ADDRESS_HALVES = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo")
+SPILLED_DTYPES: dict[str, np.dtype] = {
+    ("tuple" if name == "saddr_hi" else name): (np.dtype(np.uint32) if name == "saddr_hi" else dt)
+    for name, dt in PACKET_DTYPES.items()
+    if name not in ADDRESS_HALVES[1:]
+}
+
 TCP_FIN = 0x01
 TCP_SYN = 0x02
 TCP_RST = 0x04

@@ -145,3 +145,57 @@ def test_a_part_never_keeps_a_view_of_the_reused_table():
     assert part.flows["view"].tolist() == [7, 7, 7]
     assert part.flows["own"] is kept  # not copied: not a view
     assert not np.may_share_memory(part.wire["nullable"].values, table["ack"])
+
+
+def test_tuple_numbers_name_each_rows_tuple_and_direction_across_chunks():
+    """A spilled row carries its 4-tuple's number instead of its addresses: over chunks
+    that bring new tuples and old ones, both directions, v4 and v6, every number names
+    the row's own tuple and the direction bit its sender."""
+    from retranscope.analyze.flows import _mix64
+    from retranscope.analyze.shards import canonical_tuple
+
+    rng = np.random.default_rng(7)
+    ends = [(0, (0xFFFF << 32) | int(a), int(p)) for a, p in rng.integers(1, 9, (6, 2))]
+    ends += [(0x20010DB8 << 32, int(a), 443) for a in rng.integers(1, 4, 3)]
+    numbers = spill.TupleNumbers()
+    for chunk_no in range(4):
+        n = 500
+        i, j = rng.integers(0, len(ends), n), rng.integers(0, len(ends), n)
+        keep = i != j
+        src = [ends[k] for k in i[keep]]
+        dst = [ends[k] for k in j[keep]]
+        chunk = {
+            "saddr_hi": np.array([e[0] for e in src], np.uint64),
+            "saddr_lo": np.array([e[1] for e in src], np.uint64),
+            "sport": np.array([e[2] for e in src], np.uint16),
+            "daddr_hi": np.array([e[0] for e in dst], np.uint64),
+            "daddr_lo": np.array([e[1] for e in dst], np.uint64),
+            "dport": np.array([e[2] for e in dst], np.uint16),
+        }
+        first, canon = canonical_tuple(chunk)
+        code = numbers.code(_mix64(canon), canon, first)
+        assert code.dtype == np.uint32
+        table = numbers.table()
+        number, by_b = code >> 1, (code & 1) == 1
+        for col, name in zip(canon, spill.TupleNumbers.FIELDS):
+            assert np.array_equal(table[name][number], col), (chunk_no, name)
+        s_lo = np.where(by_b, table["b_lo"][number], table["a_lo"][number])
+        assert np.array_equal(s_lo, chunk["saddr_lo"])
+    assert numbers.n == len(np.unique(numbers._hash))
+
+
+def test_two_tuples_with_one_hash_are_one_clear_error():
+    """Rows find their number by a 64-bit hash; a collision would merge two connections,
+    so each row is checked against its number's tuple and a collision refuses the spill."""
+    from retranscope.errors import RetranscopeError
+
+    canon = [
+        np.array(v, dtype)
+        for v, dtype in zip(
+            ([0, 0], [1, 2], [80, 80], [0, 0], [3, 3], [9, 9]),
+            (np.uint64, np.uint64, np.uint16, np.uint64, np.uint64, np.uint16),
+        )
+    ]
+    same_hash = np.array([5, 5], np.uint64)
+    with pytest.raises(RetranscopeError, match="--no-spill"):
+        spill.TupleNumbers().code(same_hash, canon, np.array([True, True]))
