@@ -170,10 +170,11 @@ def _capture_rows(
     summary["capture"] = capture.meta.to_dict()
     summary["warnings"] += list(capture.meta.warnings)
     too_big = getattr(capture.meta, "icmp_too_big", None)
-    if not hasattr(capture, "packets"):  # spilled to disk (analyze/spill.py)
-        return _summarize_part(None, capture.classify(classify_part, too_big), capture, summary)
-    packets = capture.packets
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    if not hasattr(capture, "packets"):  # spilled to disk (analyze/spill.py)
+        part = capture.classify(classify_part, too_big, jobs=jobs)
+        return _summarize_part(None, part, capture, summary)
+    packets = capture.packets
     n_shards = 1 if whole else shard_count(len(packets["frame"]), jobs)
     shard_of_row = assign_shards(packets, n_shards) if n_shards > 1 else None
     if shard_of_row is None:

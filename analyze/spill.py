@@ -20,8 +20,10 @@ order and dtypes: the addresses are the number of the row's 4-tuple, TupleNumber
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -141,24 +143,60 @@ class SpilledCapture:
                             raise OSError(f"{bucket.path} is shorter than what was written")
                     at += rows
 
-    def classify(self, classify: ClassifyPart, too_big: list[dict] | None) -> Part:
-        """Every shard read back and classified in turn, merged."""
+    def classify(self, classify: ClassifyPart, too_big: list[dict] | None, jobs: int = 1) -> Part:
+        """Every shard read back and classified, merged: in turn in this process, or with
+        ``jobs`` of 2 or more on that many forked workers, each reading its own shards
+        from the bucket files (peak memory: the shards classified at once)."""
         if not self.n_packets:
             return classify(empty_packets(), too_big)[1]
-        parts = []
         shards = self.shards()
+        if jobs >= 2 and len(shards) >= 2:
+            return merge_parts(self._classify_forked(shards, classify, too_big, jobs))
+        parts = []
         # one table for every shard, sized for the largest: each shard's rows are read into
         # pages the one before faulted in (a fresh 400 MB table costs ~1 s of page faults
         # on the machine measured), and peak memory is the largest shard's either way
         space = columns(max(self.rows_of(s) for s in shards), SPILLED_DTYPES)
         for shard in shards:
-            give_back_free_memory()  # what the reading (or the shard before) left free
-            packets, borrowed = self.load(shard, into=space)
-            flow_id, part = classify(packets, too_big, tuples=self.tuples)
-            part.drop_flow = int(flow_id[borrowed]) if borrowed >= 0 else -1
-            del packets, flow_id
-            parts.append(_own_memory(part, space))
+            parts.append(_own_memory(self.classify_shard(shard, classify, too_big, space), space))
         return merge_parts(parts)
+
+    def classify_shard(
+        self,
+        shard: list[int],
+        classify: ClassifyPart,
+        too_big: list[dict] | None,
+        into: dict[str, np.ndarray] | None = None,
+    ) -> Part:
+        """One shard (its bucket numbers) read back and classified."""
+        give_back_free_memory()  # what the reading (or the shard before) left free
+        packets, borrowed = self.load(shard, into=into)
+        flow_id, part = classify(packets, too_big, tuples=self.tuples)
+        part.drop_flow = int(flow_id[borrowed]) if borrowed >= 0 else -1
+        return part
+
+    def _classify_forked(self, shards, classify, too_big, jobs: int) -> list[Part]:
+        """The shards' parts, in ``shards``' order, classified on forked workers, the
+        biggest shards first (the last to finish is then a small one)."""
+        give_back_free_memory()  # pages shared after the fork are copied on a write
+        _FORKED.update(spilled=self, classify=classify, too_big=too_big)
+        try:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=min(jobs, len(shards)), mp_context=ctx) as pool:
+                by_size = sorted(range(len(shards)), key=lambda i: -self.rows_of(shards[i]))
+                futures = {i: pool.submit(_forked_shard, shards[i]) for i in by_size}
+                return [futures[i].result() for i in range(len(shards))]
+        finally:
+            _FORKED.clear()
+
+
+#: what a forked worker finds of its parent's SpilledCapture.classify (fork: inherited)
+_FORKED: dict = {}
+
+
+def _forked_shard(shard: list[int]) -> Part:
+    """A worker's shard, read into a table of its own."""
+    return _FORKED["spilled"].classify_shard(shard, _FORKED["classify"], _FORKED["too_big"])
 
 
 def _own_memory(part: Part, table: dict[str, np.ndarray]) -> Part:
