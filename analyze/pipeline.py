@@ -78,7 +78,7 @@ def classify_capture(
     retrans = retransmission_table(packets, flow_id, flows, space, context)
     if notes is not None:
         notes["gaps"] = capture_gaps(packets, flow_id, flows, space, context)
-    del context  # 24 bytes a packet that classify_table, where memory peaks, does not use
+    del context  # classify_table, where memory peaks, does not use it
     classified = classify_table(
         packets, flow_id, flows, retrans, space=space, notes=notes, too_big=too_big
     )

@@ -29,10 +29,11 @@ from retranscope.analyze.table import (
     gather,
     group_numbers,
     group_sort,
+    group_starts,
     nullable,
     pair_search,
     seg_cummax,
-    seg_cummax_before,
+    sided_cummax_before,
     take,
 )
 from retranscope.schemas.packets import TCP_FIN, TCP_RST, TCP_SYN
@@ -77,71 +78,92 @@ def sender_context(
     space: dict[str, np.ndarray],
     order: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per packet, what its sender knew just before sending it (all vectorised).
+    """Per packet, what its sender knew just before sending it (all vectorised), kept only
+    where it tells more than the packet itself (read it with sparse_at).
 
     ``sent_hi``: highest sequence known sent in the packet's flow (own segments, plus the
-    reverse flow's ACK/SACK). ``snd_nxt``: the highest own segment end only.
-    ``last_rev``: index of the last packet of the reverse direction before it (-1 if
-    none), for the packets that can be probes (at most one byte of payload) and those that
-    start below data known sent; -1 for the others.
+    reverse flow's ACK/SACK). ``snd_nxt``: the highest own segment end only. Both are the
+    packet's own ``seq_abs`` on most rows (a segment continuing its flow), so they are given
+    at ``rows`` only (increasing), the rows where either differs: there, and seq_abs
+    elsewhere.
+    ``last_rev``, at ``rev_rows`` (increasing): index of the last packet of the reverse
+    direction before it, for the packets that can be probes (at most one byte of payload)
+    and those that start below data known sent; -1 (absent) for the others and where there
+    is none.
     ``order``: conn_order(packets, flow_id, flows), when the caller has it.
     """
-    n = len(flow_id)
     if order is None:
         order = conn_order(packets, flow_id, flows)
-    # Everything below is in connection order; arrays are filled in place where they can
-    # be (each new 1.3M-row array costs its page faults).
+    # Everything below is in connection order.
     f_o = flow_id[order]
-    gno = group_numbers(flows["conn_id"][f_o])
+    starts = group_starts(flows["conn_id"][f_o])  # the row begins a connection
     d1 = flows["dir"][f_o] != 0  # the packet is of direction 1
     del f_o
-    pos_of = np.empty(n, dtype=np.int64)  # position of each packet in that order
-    pos_of[order] = np.arange(n)
-    not_rst = (packets["flags"] & TCP_RST) == 0
-    rst_o = ~not_rst[order]
+    is_rst = (packets["flags"] & TCP_RST) != 0
     own_end = space["end_abs"][order]
-    own_end[rst_o] = _NONE
-    # What the peer acknowledged or SACKed: evidence for the reverse flow.
-    fb = space["ack_abs"][order]
-    np.copyto(fb, _NONE, where=~space["ack_flag"][order] | rst_o)
+    own_end[is_rst[order]] = _NONE
+    # What the peer acknowledged or SACKed: evidence for the reverse flow (built in capture
+    # order, where the SACK rows are).
+    fb = space["ack_abs"].copy()
+    np.copyto(fb, _NONE, where=~space["ack_flag"] | is_rst)
     rows = space["sack_rows"]
     if len(rows):
-        at = pos_of[rows]
-        fb[at] = np.where(not_rst[rows], np.maximum(fb[at], _sack_tops(packets, space)), _NONE)
+        fb[rows] = np.where(is_rst[rows], _NONE, np.maximum(fb[rows], _sack_tops(packets, space)))
+    fb = fb[order]
 
     # Evidence for the flow of each direction: its own segment ends and the other
     # direction's acknowledgements (which are in this flow's sequence space).
-    sent_hi = np.empty(n, dtype=np.int64)
-    snd_nxt = np.empty(n, dtype=np.int64)
-    for out, (v0, v1) in (
-        (sent_hi, ((fb, own_end), (own_end, fb))),
-        (snd_nxt, ((_NONE, own_end), (own_end, _NONE))),
-    ):
-        m0, m1 = seg_cummax_before([v0, v1], gno, where=d1)
-        np.copyto(m0, m1, where=d1)
-        out[order] = m0
-        del m0, m1
-
-    # Last packet of the other direction, in the same connection: binary searches among
-    # the positions (in connection order) of each direction's packets.
-    last_rev = np.full(n, -1, dtype=np.int64)
+    sent_hi = sided_cummax_before(own_end, fb, starts, d1)
+    del fb
+    snd_nxt = sided_cummax_before(own_end, _NONE, starts, d1)
+    del own_end
+    seq = space["seq_abs"][order]
+    at = np.flatnonzero((sent_hi != seq) | (snd_nxt != seq))
     # (the rows that can be probes, and those that start below data known sent: the
     # cumulative ACK they follow says whether the receiver already had them)
-    rows = np.flatnonzero(
-        (packets["payload_len"] <= 1) | ((space["seg_len"] > 0) & (space["seq_abs"] < sent_hi))
-    )
-    if len(rows):
-        p = pos_of[rows]
-        mine = d1[p]
-        lr = np.empty(len(rows), dtype=np.int64)
-        for side, other in ((True, np.flatnonzero(~d1)), (False, np.flatnonzero(d1))):
-            q = mine == side
-            k = np.searchsorted(other, p[q]) - 1
-            lr[q] = gather(other, k, k >= 0, -1)  # a one-way capture: no other direction
-        first_of_conn = np.flatnonzero(np.r_[True, gno[1:] != gno[:-1]])
-        same = (lr >= 0) & (lr >= first_of_conn[gno[p]])
-        last_rev[rows] = np.where(same, order[np.clip(lr, 0, None)], -1)
-    return {"sent_hi": sent_hi, "snd_nxt": snd_nxt, "last_rev": last_rev}
+    want = (packets["payload_len"] <= 1)[order]
+    want[at[(space["seg_len"][order[at]] > 0) & (seq[at] < sent_hi[at])]] = True
+    del seq
+    by_row = np.argsort(order[at])
+    context = {
+        "rows": order[at][by_row],
+        "sent_hi": sent_hi[at][by_row],
+        "snd_nxt": snd_nxt[at][by_row],
+    }
+    del sent_hi, snd_nxt
+    context["rev_rows"], context["last_rev"] = _last_reverse(order, starts, d1, want)
+    return context
+
+
+def _last_reverse(order, starts, d1, want) -> tuple[np.ndarray, np.ndarray]:
+    """For the packets at the connection-order positions where ``want``, the last packet
+    of the other direction before it in the same connection, those that have one: (their
+    rows, its rows), by row. Binary searches among the positions of each direction's
+    packets."""
+    p = np.flatnonzero(want)
+    mine = d1[p]
+    lr = np.empty(len(p), dtype=np.int64)
+    for side in (True, False):
+        other = np.flatnonzero(d1 != side)
+        q = mine == side
+        k = np.searchsorted(other, p[q]) - 1
+        lr[q] = gather(other, k, k >= 0, -1)  # a one-way capture: no other direction
+        del other
+    first_of_conn = np.flatnonzero(starts)
+    conn_start = first_of_conn[np.searchsorted(first_of_conn, p, side="right") - 1]
+    same = (lr >= 0) & (lr >= conn_start)
+    rows, last = order[p[same]], order[lr[same]]
+    by_row = np.argsort(rows)
+    return rows[by_row], last[by_row]
+
+
+def sparse_at(rows: np.ndarray, values: np.ndarray, at: np.ndarray, fill) -> np.ndarray:
+    """``values`` (given at ``rows``, increasing) at rows ``at``; ``fill`` (one value or one
+    per row of ``at``) where not given."""
+    i = np.searchsorted(rows, at)
+    hit = i < len(rows)
+    hit[hit] = rows[i[hit]] == at[hit]
+    return np.where(hit, gather(values, i, hit, 0), fill)
 
 
 def _sack_tops(packets: dict[str, np.ndarray], space: dict[str, np.ndarray]) -> np.ndarray:
@@ -168,25 +190,31 @@ def retransmission_table(
         space = sequence_space(packets, flow_id, flows)
     if context is None:
         context = sender_context(packets, flow_id, flows, space)
-    flags = packets["flags"].astype(np.int64)
+    flags = packets["flags"]
     seq_abs, end_abs, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
-    sent_hi, last_rev = context["sent_hi"], context["last_rev"]
     is_rst = (flags & TCP_RST) != 0
     ctl = (flags & (TCP_SYN | TCP_FIN | TCP_RST)) != 0
-    payload = packets["payload_len"].astype(np.int64)
+    payload = packets["payload_len"]
 
-    # A segment that starts below data known sent but runs past all of it carries new
-    # data: no retransmission does (tcp_retransmit_skb resends within the skbs already
-    # sent, tcp_retrans_try_collapse merges only those), so it is the sender's next new
-    # data, re-cut (a stack repacketizing, or a capture merging overlaps).
-    below = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs <= sent_hi)
+    # The segments that start below data known sent (sent_hi is given where it differs
+    # from seq_abs).
+    at, sent_hi = context["rows"], context["sent_hi"]
+    under = (seg_len[at] > 0) & ~is_rst[at] & (seq_abs[at] < sent_hi)
+    at, sent_hi = at[under], sent_hi[under]
+    # One that runs past all of that data carries new data: no retransmission does
+    # (tcp_retransmit_skb resends within the skbs already sent, tcp_retrans_try_collapse
+    # merges only those), so it is the sender's next new data, re-cut (a stack
+    # repacketizing, or a capture merging overlaps).
+    below = np.zeros(len(flow_id), dtype=bool)
+    below[at[end_abs[at] <= sent_hi]] = True
     # Except where it starts exactly where an earlier segment of the flow started: an skb
     # resent from its own start (tcp_retransmit_skb), collapsed with the skbs after it
     # (tcp_retrans_try_collapse), whose later bytes the capture never saw (lost before a
     # receiver's or mid-path capture point).
-    past = (seg_len > 0) & ~is_rst & (seq_abs < sent_hi) & (end_abs > sent_hi)
-    if past.any():
-        below |= past & _starts_like_earlier(flow_id, seq_abs, packets["frame"], seg_len > 0)
+    past = at[end_abs[at] > sent_hi]
+    if len(past):
+        like = _starts_like_earlier(flow_id, seq_abs, packets["frame"], seg_len > 0)
+        below[past[like[past]]] = True
     # The segments sent in order (each begins at or above everything before it: by flow,
     # capture order is then sequence order).
     in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
@@ -198,14 +226,17 @@ def retransmission_table(
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
     # byte, sent when everything is acknowledged. Zero-window probe (§3.8.6.1): 0/1 byte
     # while the receiver advertises a zero window.
-    lr = np.clip(last_rev, 0, None)
-    has_rev = last_rev >= 0
-    rev_ack = np.where(has_rev & space["ack_flag"][lr], space["ack_abs"][lr], _NONE)
-    rev_win0 = has_rev & (packets["win"][lr] == 0)
-    small = (payload <= 1) & ~ctl
-    ka_form = small & (seq_abs == rev_ack - 1)
-    keepalive = ka_form & ~rev_win0
-    zwp = rev_win0 & (ka_form | ((payload == 1) & is_rtx & (seq_abs == rev_ack)))
+    # Only the packets with a last packet of the other direction (context["rev_rows"]) can be
+    # either (without one, the ACK it answers is unknown).
+    rr, lr = context["rev_rows"], context["last_rev"]
+    rev_ack = np.where(space["ack_flag"][lr], space["ack_abs"][lr], _NONE)
+    rev_win0 = packets["win"][lr] == 0
+    r_seq, r_payload = seq_abs[rr], payload[rr]
+    ka_form = (r_payload <= 1) & ~ctl[rr] & (r_seq == rev_ack - 1)
+    keepalive = np.zeros(len(flow_id), dtype=bool)
+    keepalive[rr[ka_form & ~rev_win0]] = True
+    zwp = np.zeros(len(flow_id), dtype=bool)
+    zwp[rr[rev_win0 & (ka_form | ((r_payload == 1) & is_rtx[rr] & (r_seq == rev_ack)))]] = True
     probe_mask = keepalive | zwp
     reordered &= ~probe_mask
     rows = np.flatnonzero(is_rtx | probe_mask | reordered | duplicate)
@@ -241,7 +272,7 @@ def retransmission_table(
     probe[zwp[rows]] = "zero_window"
     ts = packets["ts_ns"][rows]
     has_orig = orig_frame >= 0
-    snd_nxt = context["snd_nxt"][rows]
+    snd_nxt = sparse_at(context["rows"], context["snd_nxt"], rows, seq_abs[rows])
     table = {
         "pkt": rows.astype(np.int64),
         "frame": packets["frame"][rows],
@@ -339,7 +370,7 @@ def resent_or_reordered(
     seq = seq_abs[rows]
     # The receiver had its first byte: the last ACK of the other direction before it
     # (cumulative ACKs only grow but for the odd reordered one) covers it.
-    lr = context["last_rev"][rows]
+    lr = sparse_at(context["rev_rows"], context["last_rev"], rows, -1)
     lrc = np.clip(lr, 0, None)
     seen = (lr >= 0) & space["ack_flag"][lrc] & ~is_rst[lrc] & (seq < space["ack_abs"][lrc])
     # An earlier copy: among the segments sent in order (``in_order``: grouped by flow,
@@ -634,14 +665,15 @@ def capture_gaps(
     out = {k: np.zeros(n_flows, dtype=np.int64) for k in ("ranges", "bytes", "acked")}
     seq, end, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
     data = (seg_len > 0) & ((packets["flags"] & TCP_RST) == 0)
-    before = context["snd_nxt"]
-    jump = np.flatnonzero(data & (before > _NONE) & (seq > before))
+    at, before = context["rows"], context["snd_nxt"]  # elsewhere snd_nxt is seq_abs
+    up = data[at] & (before > _NONE) & (seq[at] > before)
+    jump = at[up]
     if not len(jump):
         return out
-    jf, ja, jb = flow_id[jump], before[jump], seq[jump]
+    jf, ja, jb = flow_id[jump], before[up], seq[jump]
     # Later segments below data seen before them (retransmissions, out-of-order originals)
     # fill ranges: their union per flow, as sorted disjoint intervals.
-    fill = np.flatnonzero(data & (seq < context["sent_hi"]))
+    fill = at[data[at] & (seq[at] < context["sent_hi"])]
     covered = np.zeros(len(jump), dtype=np.int64)
     if len(fill):
         o = np.lexsort((seq[fill], flow_id[fill]))

@@ -288,41 +288,50 @@ def seg_cummax(values: np.ndarray, grp_no: np.ndarray, exclusive: bool = False) 
     return out
 
 
-def seg_cummax_before(
-    values: list, grp_no: np.ndarray, where: np.ndarray | None = None
-) -> list[np.ndarray]:
-    """seg_cummax(v, grp_no, exclusive=True) for each of ``values``, sharing the groups'
-    lift and starts (the lift is the cost when the values are 1.3M packets). A value may
-    be a pair (a, b), read as np.where(where, a, b) (a, b arrays or scalars) without
-    building that array: each new 10 MB array is ~2,500 pages to fault in."""
-    m = len(grp_no)
+#: Rows a chunked kernel works on at a time: its temporaries stay ~0.5 MB each however many
+#: packets the table holds (whole-length ones cost 8 bytes a packet each, and a shard may
+#: hold a 3.56M-packet connection).
+_CHUNK = 1 << 16
 
-    def value(v):
-        if not isinstance(v, tuple):
-            return v
-        return np.where(where, *v)
 
-    if m == 0 or int(grp_no[-1]) >= _CUMMAX_GROUPS:
-        return [seg_cummax(value(v), grp_no, exclusive=True) for v in values]
-    lift = grp_no.astype(np.int64) * _BAND
-    lift -= _VMIN
-    starts = group_starts(grp_no)
-    out = []
-    for v in values:
-        # the maximum over earlier rows: shift by one row, then a running maximum
-        t = np.empty(m, dtype=np.int64)
-        t[0] = _VMIN
-        if isinstance(v, tuple):
-            a, b = v
-            assert where is not None
-            np.copyto(t[1:], b[:-1] if np.ndim(b) else b)
-            np.copyto(t[1:], a[:-1] if np.ndim(a) else a, where=where[:-1])
-        else:
-            t[1:] = v[:-1]
-        np.clip(t, _VMIN, _VMAX, out=t)
-        t[starts] = _VMIN
-        t += lift
-        np.maximum.accumulate(t, out=t)
-        t -= lift
-        out.append(t)
+def sided_cummax_before(own: np.ndarray, other, starts: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """Running maxima of two streams interleaved in each group (a connection's two
+    directions): row j adds ``own[j]`` to the stream of its ``side`` (bool) and ``other[j]``
+    (an array, or one scalar for every row) to the other side's. Per row, the maximum over
+    the earlier rows of its group of its own side's stream; NO_VALUE where none. Values are
+    clipped to +-(2**41 - 1) as seg_cummax does; ``starts``: the row begins a group.
+
+    A chunk of rows at a time, each stream's maximum carried into the next chunk, so that
+    the result is the only array as long as the table.
+    """
+    m = len(starts)
+    out = np.empty(m, dtype=np.int64)
+    carry = [_VMIN, _VMIN]  # each stream's maximum over its group's rows so far
+    for lo in range(0, m, _CHUNK):
+        hi = min(lo + _CHUNK, m)
+        s, st, mine = side[lo:hi], starts[lo:hi], own[lo:hi]
+        theirs = other[lo:hi] if np.ndim(other) else other
+        cont = not st[0]  # the chunk's first row continues the previous chunk's group
+        # each group of the chunk lifted into its own band (as in seg_cummax): one
+        # np.maximum.accumulate serves them all
+        lift = np.cumsum(st, dtype=np.int64)
+        lift *= _BAND
+        lift -= _VMIN
+        for k, v in enumerate((np.where(s, theirs, mine), np.where(s, mine, theirs))):
+            np.clip(v, _VMIN, _VMAX, out=v)
+            if cont:
+                v[0] = max(v[0], carry[k])
+            v += lift
+            np.maximum.accumulate(v, out=v)
+            v -= lift  # inclusive maxima
+            # the maximum over earlier rows: the previous row's inclusive one
+            before = np.empty_like(v)
+            before[0] = carry[k] if cont else _VMIN
+            before[1:] = v[:-1]
+            before[st] = _VMIN
+            carry[k] = int(v[-1])
+            if k == 0:
+                out[lo:hi] = before
+            else:
+                np.copyto(out[lo:hi], before, where=s)
     return out
