@@ -50,6 +50,7 @@ from retranscope.schemas.vocabulary import CA_STATES, FAMILY_OF_KIND
 _NONE = NO_VALUE  # "no value": the floor of seg_cummax
 _INF = NEVER
 _VMAX = (1 << VALUE_BITS) - 1  # table.pair_key clips values to +-_VMAX
+_BLOCK_ROWS = 1 << 16  # rows scanned at a time where a few rows are looked for
 
 CLASSIFY_COLUMNS = (
     "kind_pcap",
@@ -264,7 +265,7 @@ class _Originals:
         pc = self._end[self.sel]
         pc -= self.seq
         start, end = self.by_seq.start, self.by_seq.end
-        m = np.repeat(mss[: len(start)], end - start)
+        m = np.repeat(mss[: len(start)].astype(np.int32), end - start)  # an MSS < 2**16
         np.negative(pc, out=pc)
         np.floor_divide(pc, m, out=pc)
         del m
@@ -358,6 +359,11 @@ def classify_table(
 
     # Per retransmission: its clock, bursts, spuriousness, snd_nxt and packets_out.
     since_last_send, prev_tx_frame = _since_last_send(packets, tx, sorted_cap, out)
+    a_start, a_end = group_bounds(a_flow, n_flows)
+    flows_in = _flow_inputs(
+        packets, space, flows, flow_id, tx, is_rtx_pkt, A, a_start, a_end, origs
+    )
+    del tx, is_rtx_pkt
     t_cap0 = int(packets["ts_ns"].min())
     k_last, k_ok, since_last_ack = _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_cap0)
     order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, prev_tx_frame, r_skip)
@@ -392,11 +398,6 @@ def classify_table(
         "gap_below": _unseen_below(origs, r_flow, una_at, out["seq_abs"], p_ok),
         "spans": _spans_originals(origs, r_flow, out["seq_abs"], out["end_abs"]),
     }
-    a_start, a_end = group_bounds(a_flow, n_flows)
-    flows_in = _flow_inputs(
-        packets, space, flows, flow_id, tx, is_rtx_pkt, A, a_start, a_end, origs
-    )
-    del tx, is_rtx_pkt
     flows_in.update(mss=mss, una0=una_init, trip_ns=shift_us * 1000)
     A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
     adv_ff, too_big_f = last_where(A["adv"], a_flow), _too_big_by_flow(flows, too_big or [])
@@ -1087,13 +1088,19 @@ def _ts_rtt_us(packets, flow_id, a_flow, A, mask) -> np.ndarray:
     offset = np.full(int(flow_id.max()) + 1, -1, dtype=np.int64)
     needed = np.zeros(len(offset), dtype=bool)
     needed[flows_needed] = True
-    has = packets["opt_ts"].astype(bool) & (packets["tsval"] != 0) & needed[flow_id]
-    sel = np.flatnonzero(has)
-    if not len(sel):
-        return out
-    # The first TSval of each flow against its capture time (1 ms phase error at most).
+    # The first TSval of each flow against its capture time (1 ms phase error at most):
+    # the first row of each flow carrying one, looked for a block of rows at a time until
+    # every flow has it (the first block nearly always does): no index over every packet.
     first = np.full(len(offset), -1, dtype=np.int64)
-    first[flow_id[sel[::-1]]] = sel[::-1]
+    for lo in range(0, len(flow_id), _BLOCK_ROWS):
+        hi = lo + _BLOCK_ROWS
+        has = packets["opt_ts"][lo:hi].astype(bool) & (packets["tsval"][lo:hi] != 0)
+        sel = lo + np.flatnonzero(has & needed[flow_id[lo:hi]])
+        f = flow_id[sel]
+        first[f[::-1]] = sel[::-1]
+        needed[f] = False
+        if not needed.any():
+            break
     fs = first[flows_needed]
     fs = fs[fs >= 0]
     offset[flow_id[fs]] = (
