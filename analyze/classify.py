@@ -28,8 +28,10 @@ from retranscope.analyze.sender import (
 )
 from retranscope.analyze.table import (
     NO_VALUE,
+    VALUE_BITS,
     GroupedSearch,
     Nullable,
+    Side,
     Table,
     by_group,
     filled,
@@ -47,6 +49,8 @@ from retranscope.schemas.vocabulary import CA_STATES, FAMILY_OF_KIND
 
 _NONE = NO_VALUE  # "no value": the floor of seg_cummax
 _INF = NEVER
+_VMAX = (1 << VALUE_BITS) - 1  # table.pair_key clips values to +-_VMAX
+_BLOCK_ROWS = 1 << 16  # rows scanned at a time where a few rows are looked for
 
 CLASSIFY_COLUMNS = (
     "kind_pcap",
@@ -152,31 +156,140 @@ def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np
     return srtt, rto
 
 
-class _Originals:
-    """First transmissions of the data flows: by flow then sequence (``sel``, ``flow``,
-    ``seq``, ``end``, ``ts``; searchable by sequence), and those sent in order (new data
-    at snd_nxt: all but the out-of-order ones) by flow then capture order (``f_sel``,
-    ``f_flow``, ``f_seq``; searchable by frame)."""
+class _FlowSearch:
+    """GroupedSearch over rows kept grouped by flow, the groups given by their bounds
+    (``start[f]``, ``end[f]``: the rows of flow f) instead of a flow number per row: 8 bytes
+    a row less over every data segment. ``val`` (sorted within each flow) may be int32
+    (packet row numbers: a capture stays below 2**31 rows); queries are cast to its dtype,
+    so searching a flow's slice copies none of it. With many flows queried, one search
+    over band keys (a GroupedSearch, int64), built on first use."""
 
-    def __init__(self, packets, space, flow_id, sel, in_order):
-        every = bool(in_order.all())
-        # capture order is then sequence order too: one set of arrays serves both
-        self.sel = sel if every else sel[np.lexsort((space["seq_abs"][sel], flow_id[sel]))]
-        self.flow = flow_id[self.sel]
-        self.seq = space["seq_abs"][self.sel]
-        self.end = space["end_abs"][self.sel]
-        self.ts = packets["ts_ns"][self.sel]
-        self.by_seq = GroupedSearch(self.flow, self.seq)
-        self.f_sel = sel if every else sel[in_order]
-        self.f_flow = self.flow if every else flow_id[self.f_sel]
-        self.f_seq = self.seq if every else space["seq_abs"][self.f_sel]
-        self.by_frame = GroupedSearch(self.f_flow, packets["frame"][self.f_sel])
+    def __init__(self, start: np.ndarray, end: np.ndarray, val: np.ndarray):
+        self.start, self.end, self.val = start, end, val
+        self._wide: GroupedSearch | None = None
+
+    def __call__(self, q_flow: np.ndarray, q_val: np.ndarray, side: Side) -> np.ndarray:
+        groups = np.flatnonzero(np.bincount(q_flow)) if len(q_flow) else q_flow
+        if len(groups) > GroupedSearch.MAX_SLICES:
+            if self._wide is None:
+                grp = np.repeat(np.arange(len(self.start)), self.end - self.start)
+                self._wide = GroupedSearch(grp, self.val.astype(np.int64, copy=False))
+            return self._wide(q_flow, q_val.astype(np.int64, copy=False), side)
+        out = np.empty(len(q_flow), dtype=np.int64)
+        for g in groups.tolist():
+            a, b = int(self.start[g]), int(self.end[g])
+            q = np.flatnonzero(q_flow == g) if len(groups) > 1 else slice(None)
+            v = np.clip(q_val[q], -_VMAX, _VMAX).astype(self.val.dtype)  # as pair_key clips
+            out[q] = a + np.searchsorted(self.val[a:b], v, side=side)
+        return out
+
+    def holds(self, p: np.ndarray, f: np.ndarray) -> np.ndarray:
+        """Is row p one of flow f's?"""
+        return (p >= self.start[f]) & (p < self.end[f])
+
+
+def _bounds(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's rows [start, end) of rows grouped in group order, from its row count."""
+    end = np.cumsum(counts)
+    return end - counts, end
+
+
+def _kept(sel, start, end, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of ``sel`` (grouped by flow: ``start``, ``end``) where ``keep``, and their
+    bounds."""
+    before = np.zeros(len(keep) + 1, dtype=np.int32)  # kept rows before each one (< 2**31)
+    np.cumsum(keep, out=before[1:])
+    return sel[keep], *_bounds(before[end] - before[start])
+
+
+class _Originals:
+    """First transmissions of the data flows: by flow then sequence (``sel``, ``seq``;
+    ``by_seq`` searches by sequence, ``seq_at``, ``end_at``, ``ts_at`` read them), and
+    those sent in order (new data at snd_nxt: all but the out-of-order ones) by flow then
+    capture order (``f_sel``; ``by_frame`` searches by :meth:`frame_key`).
+
+    Only the packet rows (int32) and the sequence numbers searched are held (per data
+    segment, 12 bytes, 16 with out-of-order ones): the rest is read off the packet table
+    at the rows a query finds. In a capture in frame order (``sorted_cap``) the row number
+    orders as the frame does, so the rows themselves are the frame keys."""
+
+    def __init__(self, packets, space, tx: tuple, is_rtx_pkt, is_ooo_pkt, sorted_cap: bool):
+        self._ts, self._seq, self._end = packets["ts_ns"], space["seq_abs"], space["end_abs"]
+        self._frame = None if sorted_cap else packets["frame"]
+        tx_sel, tx_start, tx_end = tx
+        sel, start, end = _kept(tx_sel, tx_start, tx_end, ~is_rtx_pkt[tx_sel])
+        seq = self._seq[sel]
+        in_order = ~is_ooo_pkt[sel]
+        if in_order.all():  # capture order is then sequence order too: one set serves both
+            self.sel, self.seq, self.f_sel, f_start, f_end = sel, seq, sel, start, end
+        else:
+            flow = np.repeat(np.arange(len(start), dtype=np.int32), end - start)
+            o = np.lexsort((seq, flow))
+            del flow
+            self.sel, self.seq = sel[o], seq[o]
+            del o, seq
+            self.f_sel, f_start, f_end = _kept(sel, start, end, in_order)
+        self.by_seq = _FlowSearch(start, end, self.seq)
+        self.by_frame = _FlowSearch(f_start, f_end, self.frame_key(self.f_sel))
+
+    def frame_key(self, rows: np.ndarray) -> np.ndarray:
+        """What ``by_frame`` searches for packet ``rows``: their frames, or the rows."""
+        return rows if self._frame is None else self._frame[rows]
+
+    @staticmethod
+    def _at(col, sel, p, ok, fill) -> np.ndarray:
+        """col (a packet column) at the rows sel[p] where ``ok``, ``fill`` elsewhere."""
+        if not len(sel):
+            return np.full(len(p), fill)
+        return np.where(ok, col[sel[np.clip(p, 0, len(sel) - 1)]], fill)
+
+    def seq_at(self, p, ok, fill) -> np.ndarray:
+        return gather(self.seq, p, ok, fill)
+
+    def end_at(self, p, ok, fill) -> np.ndarray:
+        return self._at(self._end, self.sel, p, ok, fill)
+
+    def ts_at(self, p, ok, fill) -> np.ndarray:
+        return self._at(self._ts, self.sel, p, ok, fill)
+
+    def f_at(self, col, nx, ok, fill) -> np.ndarray:
+        """col (a packet column) of the in-order first transmission at ``f_sel`` index nx."""
+        return self._at(col, self.f_sel, nx, ok, fill)
+
+    def f_seq_at(self, nx, ok, fill) -> np.ndarray:
+        return self.f_at(self._seq, nx, ok, fill)
+
+    def segments(self, mss: np.ndarray) -> np.ndarray:
+        """Running count, over the rows of ``sel``, of their segments in MSS units
+        (tcp_skb_pcount: ceil(length / mss), at least 1), computed in place."""
+        pc = self._end[self.sel]
+        pc -= self.seq
+        start, end = self.by_seq.start, self.by_seq.end
+        m = np.repeat(mss[: len(start)].astype(np.int32), end - start)  # an MSS < 2**16
+        np.negative(pc, out=pc)
+        np.floor_divide(pc, m, out=pc)
+        del m
+        np.negative(pc, out=pc)
+        np.maximum(pc, 1, out=pc)
+        return np.cumsum(pc, out=pc)
+
+    @property
+    def ts(self) -> np.ndarray:
+        """Send time of every first transmission (built on each read: analyze/causes.py
+        reads it once)."""
+        return self._ts[self.sel]
+
+    def next_sent(self, f: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, index in ``f_sel``) of flow f's first in-order transmission after
+        packet ``rows``."""
+        nx = self.by_frame(f, self.frame_key(rows), "right")
+        return self.by_frame.holds(nx, f), nx
 
     def containing(self, f: np.ndarray, byte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found, index) of the first transmission of flow f holding sequence ``byte``."""
         p = self.by_seq(f, byte, "right") - 1
-        ok = (p >= 0) & (gather(self.flow, p, p >= 0, -1) == f)
-        ok &= (gather(self.seq, p, ok, 0) <= byte) & (gather(self.end, p, ok, _NONE) > byte)
+        ok = self.by_seq.holds(p, f)
+        ok &= (self.seq_at(p, ok, 0) <= byte) & (self.end_at(p, ok, _NONE) > byte)
         return ok, np.clip(p, 0, None)
 
 
@@ -228,14 +341,14 @@ def classify_table(
     a_flow = flows["rev_flow_id"][flow_id[ack_sel]]
     una_init = _first_seq(space, flow_id, flows, frame, sorted_cap)
     A = _ack_table(packets, space, ack_sel, a_flow, una_init)
-    tx_sel = _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst)
+    tx = _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst)
     is_rtx_pkt = np.zeros(len(flow_id), dtype=bool)
     is_rtx_pkt[r_pkt[~r_ooo]] = True
     is_ooo_pkt = np.zeros(len(flow_id), dtype=bool)
     is_ooo_pkt[r_pkt[r_ooo]] = True
-    first_tx = tx_sel[~is_rtx_pkt[tx_sel]]
-    origs = _Originals(packets, space, flow_id, first_tx, ~is_ooo_pkt[first_tx])
-    mss = _flow_mss(packets, flows, flow_id, tx_sel)
+    origs = _Originals(packets, space, tx, is_rtx_pkt, is_ooo_pkt, sorted_cap)
+    del is_ooo_pkt
+    mss = _flow_mss(packets, flows, tx)
     _sack_tags(A, a_flow, origs, mss)
     _ack_news(A, a_flow, origs, frame)
 
@@ -245,9 +358,12 @@ def classify_table(
     )
 
     # Per retransmission: its clock, bursts, spuriousness, snd_nxt and packets_out.
-    since_last_send, prev_tx_frame = _since_last_send(
-        flow_id[tx_sel], packets["ts_ns"][tx_sel], frame[tx_sel], r_flow, r_frame, r_ts
+    since_last_send, prev_tx_frame = _since_last_send(packets, tx, sorted_cap, out)
+    a_start, a_end = group_bounds(a_flow, n_flows)
+    flows_in = _flow_inputs(
+        packets, space, flows, flow_id, tx, is_rtx_pkt, A, a_start, a_end, origs
     )
+    del tx, is_rtx_pkt
     t_cap0 = int(packets["ts_ns"].min())
     k_last, k_ok, since_last_ack = _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_cap0)
     order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, prev_tx_frame, r_skip)
@@ -275,17 +391,13 @@ def classify_table(
         "probe": r_skip,
         "dsack": dsack_ts,
         "pkts_out": pkts_out,
-        "head_ts": gather(origs.ts, p, p_ok, _NONE),
+        "head_ts": origs.ts_at(p, p_ok, _NONE),
         "sls": since_last_send,
         "cut": _cut_short(out, origs),
         "orig_ts": filled(out["orig_ts_ns"], _NONE),
         "gap_below": _unseen_below(origs, r_flow, una_at, out["seq_abs"], p_ok),
         "spans": _spans_originals(origs, r_flow, out["seq_abs"], out["end_abs"]),
     }
-    a_start, a_end = group_bounds(a_flow, n_flows)
-    flows_in = _flow_inputs(
-        packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start, a_end, origs
-    )
     flows_in.update(mss=mss, una0=una_init, trip_ns=shift_us * 1000)
     A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
     adv_ff, too_big_f = last_where(A["adv"], a_flow), _too_big_by_flow(flows, too_big or [])
@@ -311,7 +423,7 @@ def _flow_inputs(
     space: dict[str, np.ndarray],
     flows: Table,
     flow_id: np.ndarray,
-    tx_sel: np.ndarray,
+    tx: tuple[np.ndarray, np.ndarray, np.ndarray],
     is_rtx_pkt: np.ndarray,
     A: dict[str, np.ndarray],
     a_start: np.ndarray,
@@ -325,9 +437,7 @@ def _flow_inputs(
         "mss_known": flows["handshake_seen"].astype(bool),
         "a_start": a_start,
         "a_end": a_end,
-        **_capture_start_timeout(
-            packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start, a_end, origs
-        ),
+        **_capture_start_timeout(packets, space, flows, tx, is_rtx_pkt, A, a_start, a_end, origs),
         **_path_facts(packets, space, flows, flow_id),
     }
 
@@ -486,8 +596,8 @@ def _cut_short(rtx: Table, origs: _Originals) -> np.ndarray:
     ok, p = origs.containing(rtx["flow_id"], rtx["seq_abs"])
     return (
         ok
-        & (gather(origs.seq, p, ok, _NONE) == rtx["seq_abs"])
-        & (gather(origs.end, p, ok, _NONE) > rtx["end_abs"])
+        & (origs.seq_at(p, ok, _NONE) == rtx["seq_abs"])
+        & (origs.end_at(p, ok, _NONE) > rtx["end_abs"])
     )
 
 
@@ -535,7 +645,7 @@ def _path_facts(packets, space, flows, flow_id) -> dict[str, np.ndarray]:
 
 
 def _capture_start_timeout(
-    packets, space, flows, flow_id, tx_sel, is_rtx_pkt, A, a_start, a_end, origs
+    packets, space, flows, tx, is_rtx_pkt, A, a_start, a_end, origs
 ) -> dict[str, np.ndarray]:
     """Per flow, whether the capture began in a Loss episode whose timeout it did not show
     as a retransmission: ``loss0_nxt`` (its high_seq, _NONE: no) and the segment the
@@ -558,15 +668,14 @@ def _capture_start_timeout(
         "loss0_end": np.zeros(n_flows, dtype=np.int64),
         "loss0_ts": np.zeros(n_flows, dtype=np.int64),
     }
+    tx_sel, tx_start, tx_end = tx
     if not len(tx_sel):
         return out
-    f = flow_id[tx_sel]
-    head = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
+    pf = np.flatnonzero(tx_end > tx_start)
+    head = tx_start[pf]
     p0 = tx_sel[head]
-    pf = flow_id[p0]
     nxt = head + 1  # the flow's next transmission, if any
-    nxt_ok = nxt < len(tx_sel)
-    nxt_ok[nxt_ok] = flow_id[tx_sel[nxt[nxt_ok]]] == pf[nxt_ok]
+    nxt_ok = nxt < tx_end[pf]
     nxt_frame = np.where(
         nxt_ok, packets["frame"][tx_sel[np.clip(nxt, 0, len(tx_sel) - 1)]], np.iinfo(np.int64).max
     )
@@ -578,9 +687,8 @@ def _capture_start_timeout(
     p0, pf, k1c = p0[keep], pf[keep], k1c[keep]
     seq, end = space["seq_abs"][p0], space["end_abs"][p0]
     una1, sack1 = A["una"][k1c], A["sack_hi"][k1c]
-    nx = origs.by_frame(pf, packets["frame"][p0], "right")
-    nx_in = nx < len(origs.f_sel)
-    nx_seq = gather(origs.f_seq, nx, nx_in & (gather(origs.f_flow, nx, nx_in, -1) == pf), _NONE)
+    nx_ok, nx = origs.next_sent(pf, p0)
+    nx_seq = origs.f_seq_at(nx, nx_ok, _NONE)
     high = np.maximum.reduce([end, una1, sack1, nx_seq])
     hit = (una1 > seq) & (high > end)
     out["loss0_nxt"][pf[hit]] = high[hit]
@@ -604,15 +712,21 @@ def _ack_rows(packets, space, flow_id, flows, data_flows, sorted_cap, not_rst) -
     return by_group(ack_sel, rev_of[flow_id[ack_sel]])
 
 
-def _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst) -> np.ndarray:
+def _tx_rows(
+    packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of the data segments (``not_rst``: first transmissions and retransmissions) of
-    ``data_flows``, grouped by flow, each in capture order."""
+    ``data_flows``, grouped by flow, each in capture order, and each flow's [start, end)
+    in them. Rows are int32 (a capture stays below 2**31 rows): these span nearly every
+    packet, and half the bytes is what classify_table's peak is made of."""
     want = np.zeros(n_flows, dtype=bool)
     want[data_flows] = True
-    tx_sel = np.flatnonzero((space["seg_len"] > 0) & want[flow_id] & not_rst)
+    tx_sel = np.flatnonzero((space["seg_len"] > 0) & want[flow_id] & not_rst).astype(np.int32)
     if not sorted_cap:
         tx_sel = tx_sel[np.argsort(packets["frame"][tx_sel], kind="stable")]
-    return by_group(tx_sel, flow_id[tx_sel])
+    f = flow_id[tx_sel]
+    counts = np.bincount(f, minlength=n_flows)
+    return by_group(tx_sel, f), *_bounds(counts)
 
 
 def _sack_tags(
@@ -637,8 +751,8 @@ def _sack_tags(
     f = np.repeat(a_flow, 4)[at]
     lo, hi = L.ravel()[at], R.ravel()[at]
     ok, p = origs.containing(f, lo)
-    seg_lo = gather(origs.seq, p, ok, _NONE)
-    seg_hi = gather(origs.end, p, ok, _NONE)
+    seg_lo = origs.seq_at(p, ok, _NONE)
+    seg_hi = origs.end_at(p, ok, _NONE)
     m = mss[f]
     # The first MSS piece of that segment starting at or after the block's left edge...
     start = seg_lo + -(-(lo - seg_lo) // m) * m
@@ -646,10 +760,8 @@ def _sack_tags(
     first_end = np.where(inside, np.minimum(start + m, seg_hi), _NONE)
     # ...or, past its end, the next segment's first piece.
     nx = p + 1
-    nx_ok = ok & (nx < len(origs.seq)) & (gather(origs.flow, nx, nx < len(origs.seq), -1) == f)
-    nx_end = np.minimum(
-        gather(origs.seq, nx, nx_ok, _NONE) + m, gather(origs.end, nx, nx_ok, _NONE)
-    )
+    nx_ok = ok & origs.by_seq.holds(nx, f)
+    nx_end = np.minimum(origs.seq_at(nx, nx_ok, _NONE) + m, origs.end_at(nx, nx_ok, _NONE))
     piece_end = np.where(inside, first_end, np.where(nx_ok, nx_end, _NONE))
     # A block whose edge the capture cannot place (its data unseen) is kept as it is.
     flat = np.zeros(has.size, dtype=bool)
@@ -673,25 +785,31 @@ def _ack_news(
     (``new_after``: F-RTO step 2.b)."""
     never = np.iinfo(np.int64).max
     A["sack_top"] = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
-    nx = origs.by_frame(a_flow, A["frame"], "right")
-    nx_in = nx < len(origs.f_sel)
-    nx_frame = gather(
-        frame[origs.f_sel], nx, nx_in & (gather(origs.f_flow, nx, nx_in, -1) == a_flow), never
-    )
+    nx_ok, nx = origs.next_sent(a_flow, A["pkt"])
+    nx_frame = origs.f_at(frame, nx, nx_ok, never)
     next_ack_frame = np.r_[A["frame"][1:], never]
     same_next = np.r_[a_flow[1:] == a_flow[:-1], False]
     A["new_after"] = nx_frame < np.where(same_next, next_ack_frame, never)
 
 
-def _since_last_send(
-    tx_flow, tx_ts, tx_frame, r_flow, r_frame, r_ts
-) -> tuple[np.ndarray, np.ndarray]:
+def _since_last_send(packets, tx, sorted_cap: bool, rtx: Table) -> tuple[np.ndarray, np.ndarray]:
     """Per retransmission, ns since the previous data transmission of its flow
-    (retransmission or not; _NONE where none), and that transmission's frame (-1)."""
-    prev_tx = GroupedSearch(tx_flow, tx_frame)(r_flow, r_frame, "left") - 1
-    prev_ok = (prev_tx >= 0) & (gather(tx_flow, prev_tx, prev_tx >= 0, -1) == r_flow)
-    prev_tx_ts = gather(tx_ts, prev_tx, prev_ok, _NONE)
-    return (np.where(prev_ok, r_ts - prev_tx_ts, _NONE), gather(tx_frame, prev_tx, prev_ok, -1))
+    (retransmission or not; _NONE where none), and that transmission's frame (-1).
+    ``tx``: _tx_rows. In a capture in frame order the rows order as the frames do, and
+    are searched themselves: no per-segment copy of frames, flows or times."""
+    tx_sel, tx_start, tx_end = tx
+    r_flow, frame = rtx["flow_id"], packets["frame"]
+    if sorted_cap:
+        search, key = _FlowSearch(tx_start, tx_end, tx_sel), rtx["pkt"]
+    else:
+        search, key = _FlowSearch(tx_start, tx_end, frame[tx_sel]), rtx["frame"]
+    prev_tx = search(r_flow, key, "left") - 1
+    prev_ok = search.holds(prev_tx, r_flow)
+    prev_row = gather(tx_sel, prev_tx, prev_ok, 0)
+    prev_tx_ts = np.where(prev_ok, packets["ts_ns"][prev_row], _NONE)
+    return np.where(prev_ok, rtx["ts_ns"] - prev_tx_ts, _NONE), np.where(
+        prev_ok, frame[prev_row], -1
+    )
 
 
 def _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_ref: int):
@@ -760,10 +878,9 @@ def _snd_nxt_at(rtx: Table, origs: _Originals, late: np.ndarray) -> np.ndarray:
     capture dropped it), and snd_nxt had not reached it."""
     r_flow = rtx["flow_id"]
     snd_nxt = filled(rtx["snd_nxt_abs"], _NONE).astype(np.int64)
-    nxt = origs.by_frame(r_flow, rtx["frame"], "right")
-    nxt_in = nxt < len(origs.f_sel)
-    nxt_ok = nxt_in & (gather(origs.f_flow, nxt, nxt_in, -1) == r_flow) & late[r_flow]
-    nxt_seq = gather(origs.f_seq, nxt, nxt_ok, _NONE)
+    nxt_ok, nxt = origs.next_sent(r_flow, rtx["pkt"])
+    nxt_ok &= late[r_flow]
+    nxt_seq = origs.f_seq_at(nxt, nxt_ok, _NONE)
     return np.maximum(snd_nxt, np.where(nxt_ok, nxt_seq, _NONE))
 
 
@@ -771,7 +888,7 @@ def _spans_originals(origs: _Originals, r_flow, seq, end) -> np.ndarray:
     """Per retransmission: does it run past the first transmission holding its first byte,
     into the next one (skbs collapsed on resending: tcp_retrans_try_collapse)?"""
     ok, p = origs.containing(r_flow, seq)
-    return ok & (gather(origs.end, p, ok, _NONE) < end)
+    return ok & (origs.end_at(p, ok, _NONE) < end)
 
 
 def _unseen_below(origs: _Originals, r_flow, una, seq, una_seen) -> np.ndarray:
@@ -779,8 +896,8 @@ def _unseen_below(origs: _Originals, r_flow, una, seq, una_seen) -> np.ndarray:
     byte in between ever seen sent (``una_seen``: a first transmission holds snd_una)?
     Then the capture may lack the ACK that moved snd_una up to it, as well as the data."""
     q = origs.by_seq(r_flow, una, "left")  # the first transmission at or above snd_una
-    q_ok = gather(origs.flow, q, q < len(origs.flow), -1) == r_flow
-    between = q_ok & (gather(origs.seq, q, q_ok, _NONE) < seq)
+    q_ok = origs.by_seq.holds(q, r_flow)
+    between = q_ok & (origs.seq_at(q, q_ok, _NONE) < seq)
     return ~una_seen & (una < seq) & ~between
 
 
@@ -788,18 +905,14 @@ def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
     """tp->packets_out: segments (MSS units of each skb) between snd_una and snd_nxt."""
     if len(origs.sel) == 0:
         return np.maximum(1, -(-(snd_nxt - una) // mss[r_flow]))
-    pc = np.maximum(1, -(-(origs.end - origs.seq) // mss[origs.flow]))
-    cum = np.cumsum(pc)
+    cum = origs.segments(mss)
     lo = origs.by_seq(r_flow, una, "left")
     hi = origs.by_seq(r_flow, snd_nxt, "left")
     c_hi = np.where(hi > 0, cum[np.clip(hi - 1, 0, None)], 0)
     c_lo = np.where(lo > 0, cum[np.clip(lo - 1, 0, None)], 0)
     # The segment holding snd_una (partly acked) still counts.
-    lo_part = (
-        (lo > 0)
-        & (gather(origs.flow, lo - 1, lo > 0, -1) == r_flow)
-        & (gather(origs.end, lo - 1, lo > 0, 0) > una)
-    )
+    lo_in = origs.by_seq.holds(lo - 1, r_flow)
+    lo_part = lo_in & (origs.end_at(lo - 1, lo_in, 0) > una)
     return np.maximum(c_hi - c_lo + lo_part, 1)
 
 
@@ -815,17 +928,17 @@ def _first_seq(space, flow_id, flows, frame, sorted_cap: bool) -> np.ndarray:
     return space["seq_abs"][idx]
 
 
-def _flow_mss(packets, flows, flow_id, tx_sel) -> np.ndarray:
+def _flow_mss(packets, flows, tx) -> np.ndarray:
     """Sender MSS: the peer's SYN MSS less the timestamp option, else the largest segment."""
     rev = flows["rev_flow_id"]
     n_flows = len(rev)
     peer_mss = np.where(rev >= 0, flows["mss"][np.clip(rev, 0, None)], 0)
     peer_mss = peer_mss.astype(np.int64) - np.where(flows["ts_ok"], 12, 0)
     biggest = np.zeros(n_flows, dtype=np.int64)
+    tx_sel, tx_start, tx_end = tx
     if len(tx_sel):
-        f = flow_id[tx_sel]  # grouped by flow
-        starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
-        biggest[f[starts]] = np.maximum.reduceat(packets["payload_len"][tx_sel], starts)
+        has = tx_end > tx_start
+        biggest[has] = np.maximum.reduceat(packets["payload_len"][tx_sel], tx_start[has])
     return np.where(peer_mss > 0, peer_mss, np.where(biggest > 0, np.minimum(biggest, 1448), 1448))
 
 
@@ -934,7 +1047,7 @@ def _rtt_samples(
 
     def orig_containing(f, byte):
         ok, p = origs.containing(f, byte)
-        return ok, gather(origs.ts, p, ok, 0)
+        return ok, origs.ts_at(p, ok, 0)
 
     t = A["ts"]
     adv = A["adv"]
@@ -975,13 +1088,19 @@ def _ts_rtt_us(packets, flow_id, a_flow, A, mask) -> np.ndarray:
     offset = np.full(int(flow_id.max()) + 1, -1, dtype=np.int64)
     needed = np.zeros(len(offset), dtype=bool)
     needed[flows_needed] = True
-    has = packets["opt_ts"].astype(bool) & (packets["tsval"] != 0) & needed[flow_id]
-    sel = np.flatnonzero(has)
-    if not len(sel):
-        return out
-    # The first TSval of each flow against its capture time (1 ms phase error at most).
+    # The first TSval of each flow against its capture time (1 ms phase error at most):
+    # the first row of each flow carrying one, looked for a block of rows at a time until
+    # every flow has it (the first block nearly always does): no index over every packet.
     first = np.full(len(offset), -1, dtype=np.int64)
-    first[flow_id[sel[::-1]]] = sel[::-1]
+    for lo in range(0, len(flow_id), _BLOCK_ROWS):
+        hi = lo + _BLOCK_ROWS
+        has = packets["opt_ts"][lo:hi].astype(bool) & (packets["tsval"][lo:hi] != 0)
+        sel = lo + np.flatnonzero(has & needed[flow_id[lo:hi]])
+        f = flow_id[sel]
+        first[f[::-1]] = sel[::-1]
+        needed[f] = False
+        if not needed.any():
+            break
     fs = first[flows_needed]
     fs = fs[fs >= 0]
     offset[flow_id[fs]] = (
