@@ -33,6 +33,7 @@ import numpy as np
 from retranscope.analyze.capture.decode import columns
 from retranscope.analyze.capture.records import CaptureMeta
 from retranscope.analyze.flows import _mix64
+from retranscope.analyze.memory import available_memory_bytes
 from retranscope.analyze.shards import (
     SHARD_PACKETS,
     ClassifyPart,
@@ -54,6 +55,12 @@ SPILL_BUCKETS = 64
 #: memory, where the spill's files cost more than they save
 SPILL_MIN_BYTES = 64 << 20
 ROW_BYTES = sum(dt.itemsize for dt in SPILLED_DTYPES.values())
+#: Peak memory of classifying a spilled shard, in bytes a packet of the shard: its table
+#: (ROW_BYTES, 98) and the classifier's arrays at their worst stage (~80: every stage's
+#: own peak is ~37 bytes a packet on the 1.3M-packet capture, bench/memory_stages.py, on
+#: top of what earlier stages keep), plus a margin. Measured: 669 MB for a shard of
+#: 3.49M packets of the 13M-packet capture (docs/scale.md)
+SHARD_PEAK_BYTES_PER_PACKET = 220
 
 
 @dataclass
@@ -150,8 +157,9 @@ class SpilledCapture:
         if not self.n_packets:
             return classify(empty_packets(), too_big)[1]
         shards = self.shards()
-        if jobs >= 2 and len(shards) >= 2:
-            return merge_parts(self._classify_forked(shards, classify, too_big, jobs))
+        workers = self._workers(shards, jobs)
+        if workers >= 2:
+            return merge_parts(self._classify_forked(shards, classify, too_big, workers))
         parts = []
         # one table for every shard, sized for the largest: each shard's rows are read into
         # pages the one before faulted in (a fresh 400 MB table costs ~1 s of page faults
@@ -174,6 +182,17 @@ class SpilledCapture:
         flow_id, part = classify(packets, too_big, tuples=self.tuples)
         part.drop_flow = int(flow_id[borrowed]) if borrowed >= 0 else -1
         return part
+
+    def _workers(self, shards: list[list[int]], jobs: int) -> int:
+        """Processes for ``jobs``: no more than there are shards, nor than the memory
+        available (cgroup limits included) holds largest shards at once, so that asking
+        for more cores never gets the analysis killed where memory is short."""
+        n = min(jobs, len(shards))
+        room = available_memory_bytes() if n >= 2 else None
+        if room is None:
+            return max(n, 1)
+        need = SHARD_PEAK_BYTES_PER_PACKET * max(self.rows_of(s) for s in shards)
+        return int(max(1, min(n, room // max(need, 1))))
 
     def _classify_forked(self, shards, classify, too_big, jobs: int) -> list[Part]:
         """The shards' parts, in ``shards``' order, classified on forked workers, the

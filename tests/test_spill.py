@@ -35,14 +35,29 @@ def _outputs(out: Path) -> dict[str, object]:
     return got
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
 @pytest.mark.parametrize("name", RECORDINGS)
-def test_spilled_capture_gives_what_the_whole_capture_gives(name, tmp_path, monkeypatch):
+def test_spilled_capture_gives_what_the_whole_capture_gives(name, jobs, tmp_path, monkeypatch):
+    """Spilled, in many blocks and shards, classified in turn or on two forked workers:
+    the outputs of the whole capture classified at once."""
     pcap = CORPUS / name / "capture.pcap"
     run_analysis(pcap, None, tmp_path / "memory", spill=False)
     want = _outputs(tmp_path / "memory")
     monkeypatch.setattr(chunks, "DECODE_CHUNK_RECORDS", 300)  # many chunks, many blocks
-    monkeypatch.setattr(shards, "SHARD_PACKETS", 500)  # several shards
-    run_analysis(pcap, None, tmp_path / "spilled", spill=True)
+    monkeypatch.setattr(spill, "SHARD_PACKETS", 500)  # several shards
+    forked: list[int] = []  # shards classified on workers
+    on_workers = spill.SpilledCapture._classify_forked
+
+    def counted(self, groups, *args):
+        forked.append(len(groups))
+        return on_workers(self, groups, *args)
+
+    monkeypatch.setattr(spill.SpilledCapture, "_classify_forked", counted)
+    run_analysis(pcap, None, tmp_path / "spilled", spill=True, jobs=jobs)
+    if jobs == 1:
+        assert not forked
+    elif name.startswith("multi_flow"):  # several connections, so several shards
+        assert forked and forked[0] >= 2
     got = _outputs(tmp_path / "spilled")
     for key, value in want.items():
         if key == "summary.json":
@@ -199,3 +214,63 @@ def test_two_tuples_with_one_hash_are_one_clear_error():
     same_hash = np.array([5, 5], np.uint64)
     with pytest.raises(RetranscopeError, match="--no-spill"):
         spill.TupleNumbers().code(same_hash, canon, np.array([True, True]))
+
+
+def test_workers_are_as_many_as_memory_holds_largest_shards(tmp_path, monkeypatch):
+    """--jobs N asks for N processes; the spill classifies on no more than there are
+    shards, nor than the memory available holds of its largest shard at once."""
+    from retranscope.analyze.capture import open_capture
+
+    monkeypatch.setattr(spill, "SHARD_PACKETS", 600)
+    with open_capture(CORPUS / "multi_flow_rtt50" / "capture.pcap") as stream:
+        spilled = spill.spill_capture(stream, tmp_path)
+    try:
+        groups = spilled.shards()
+        need = spill.SHARD_PEAK_BYTES_PER_PACKET * max(spilled.rows_of(g) for g in groups)
+        for room, jobs, want in [
+            (None, 8, len(groups)),  # nothing known of memory: the shards bound it
+            (100 * need, 3, 3),
+            (2 * need + 1, 8, 2),
+            (need - 1, 8, 1),  # not even one fits: one, in turn (the least memory)
+            (100 * need, 1, 1),
+        ]:
+            monkeypatch.setattr(spill, "available_memory_bytes", lambda room=room: room)
+            assert spilled._workers(groups, jobs) == want, (room, jobs)
+    finally:
+        spilled.close()
+
+
+def test_available_memory_sees_the_memory_cgroup_the_process_is_in(tmp_path):
+    """Under a memory cgroup's limit (v1 here: memory.limit_in_bytes), what the process
+    may still use is at most that limit, whatever the machine has free."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    root = Path("/sys/fs/cgroup/memory")
+    if os.geteuid() != 0 or not (root / "memory.limit_in_bytes").exists():
+        pytest.skip("needs root and a cgroup v1 memory controller")
+    group = root / f"retranscope-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(300 << 20))
+        code = "from retranscope.analyze.memory import available_memory_bytes as a; print(a())"
+        script = f'echo $$ > "{group}/cgroup.procs" && exec "$@"'
+        out = subprocess.run(
+            ["sh", "-c", script, "sh", sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        room = int(out)
+        assert 0 < room <= 300 << 20
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.1)
