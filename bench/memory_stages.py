@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/memory_stages.py [CAPTURE]   (default bench/data/big.pcap)
 
-Reads the capture whole (no spill: this is what one shard of analyze/shards.py costs),
-then runs the stages of pipeline.classify_capture one by one under tracemalloc (numpy
-reports its buffers to it) and prints, per stage, the bytes a packet still held after it
-(live) and the most held while it ran (peak), the packet table apart. The process's peak
-is the table plus the largest stage peak plus the interpreter; a shard of N packets
-costs about N times (table + largest peak). Not a test: nothing here asserts.
+Reads the capture whole and lays it out as a spilled shard holds it (analyze/spill.py:
+the addresses as numbered 4-tuples, schemas/packets.SPILLED_DTYPES), then runs the stages
+of pipeline.classify_capture one by one under tracemalloc (numpy reports its buffers to
+it) and prints, per stage, the bytes a packet still held after it (live) and the most
+held while it ran (peak), the packet table apart. The process's peak is the table plus
+the largest stage peak plus the interpreter; a shard of N packets costs about N times
+(table + largest peak). Not a test: nothing here asserts.
 """
 
 from __future__ import annotations
@@ -22,11 +23,21 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     from retranscope.analyze.capture import read_capture
     from retranscope.analyze.classify import classify_table
-    from retranscope.analyze.flows import flow_table, sequence_space
+    from retranscope.analyze.flows import _mix64, flow_table, sequence_space
     from retranscope.analyze.retrans import capture_gaps, retransmission_table, sender_context
+    from retranscope.analyze.shards import canonical_tuple
+    from retranscope.analyze.spill import TupleNumbers
+    from retranscope.schemas.packets import SPILLED_DTYPES
 
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "data" / "big.pcap"
-    packets = read_capture(path).packets
+    whole = read_capture(path).packets
+    numbers = TupleNumbers()
+    first_sent, canon = canonical_tuple(whole)
+    code = numbers.code(_mix64(canon), canon, first_sent)
+    del first_sent, canon
+    packets = {name: code if name == "tuple" else whole[name] for name in SPILLED_DTYPES}
+    tuples = numbers.table()
+    del whole, code
     n = max(len(packets["ts_ns"]), 1)
     table = sum(col.nbytes for col in packets.values())
     print(f"{path}: {n:,} packets, packet table {table / n:.0f} B a packet")
@@ -38,7 +49,7 @@ def main() -> int:
         print(f"{stage:24s} {live / n:11.0f} {peak / n:11.0f}")
         tracemalloc.reset_peak()
 
-    flow_id, flows = flow_table(packets)
+    flow_id, flows = flow_table(packets, tuples)
     mark("flow_table")
     space = sequence_space(packets, flow_id, flows)
     mark("sequence_space")
