@@ -1,10 +1,13 @@
 """Make the analyzer benchmark's input: a real lab capture of about 1.3 million packets.
 
     sudo .venv/bin/python bench/make_big_capture.py [--out bench/data/big.pcap] [--packets 1300000]
+    sudo .venv/bin/python bench/make_big_capture.py --conn-bytes 100000 --conns 50 \
+        --out bench/data/many.pcap       (many short connections: rounds of 50 at once)
 
-Four bulk flows through 0.3% random loss (nftables), TSO off so the capture holds
-MSS-sized segments, tcpdump on the sender with a headers-only snaplen, stopped once it has
-the asked number of packets (-c).
+Four bulk flows (or, with --conn-bytes, rounds of --conns connections of that many bytes
+each, one round after the other) through 0.3% random loss (nftables), TSO off so the
+capture holds MSS-sized segments, tcpdump on the sender with a headers-only snaplen,
+stopped once it has the asked number of packets (-c).
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "data" / "big.pcap")
     ap.add_argument("--packets", type=int, default=1_300_000)
     ap.add_argument("--loss-permille", type=int, default=3)
+    ap.add_argument("--conns", type=int, default=4, help="connections at once")
+    ap.add_argument(
+        "--conn-bytes", type=int, default=0, help="bytes a connection (0: until -c is reached)"
+    )
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with Lab(ipv6=False, tso=False) as lab:
@@ -54,9 +61,14 @@ def main() -> int:
         )
         time.sleep(1.0)
         server = start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", "300")
-        client = start_bulk(lab, PORT, 10**12, conns="4", timeout_s=280)
+        deadline = time.monotonic() + 280
         try:
-            dump.wait(timeout=280)
+            if not args.conn_bytes:
+                client = start_bulk(lab, PORT, 10**12, conns=args.conns, timeout_s=280)
+                dump.wait(timeout=280)
+            while dump.poll() is None and time.monotonic() < deadline:
+                client = start_bulk(lab, PORT, args.conn_bytes, conns=args.conns, timeout_s=60)
+                client.wait(timeout=70)
         finally:
             client.kill()
             server.kill()
