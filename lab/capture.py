@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retranscope.lab.netns import ADDR4, ADDR6, Lab, LabError
-from retranscope.lines import LineReader
+from retranscope.lines import LineReader, MarkerNotSeen
 from retranscope.record.tcpdump import Tcpdump
 
 if TYPE_CHECKING:
@@ -182,11 +182,7 @@ class LabCapture(Tcpdump):
         self._lines = LineReader(self.proc.stderr.fileno())
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
-        assert self._lines is not None
-        line = ""
-        while "listening on" not in line:
-            got = self._lines.readline(timeout_s=timeout_s)
-            if got is None:
-                raise LabError(f"tcpdump did not start: {' | '.join(self.stderr_lines[-3:])}")
-            line = got
-            self.stderr_lines.append(line.rstrip())
+        try:
+            self._until_listening(timeout_s)
+        except MarkerNotSeen:
+            raise LabError(f"tcpdump did not start: {' | '.join(self.stderr_lines[-3:])}") from None

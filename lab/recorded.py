@@ -22,7 +22,7 @@ from pathlib import Path
 from retranscope.lab.capture import LabCapture, capture_meta, capture_site
 from retranscope.lab.netns import Lab
 from retranscope.lab.scenarios import Scenario, ScenarioResult, run_scenario
-from retranscope.lines import LineReader
+from retranscope.lines import LineReader, MarkerNotSeen
 
 READY_MARK = "retranscope: recording"
 
@@ -69,26 +69,23 @@ class RecorderProcess:
         # load), or, had the number been reused by then, read another process's pipe.
         self._fd = os.dup(self.proc.stderr.fileno())
         self._lines = LineReader(self._fd)
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            line = self._lines.readline(timeout_s=0.2)
-            if line is not None:
-                self.stderr_lines.append(line)
-                if READY_MARK in line:
-                    break
-                continue
-            if self._lines.eof or self.proc.poll() is not None:
+        try:
+            self.stderr_lines += self._lines.until(
+                READY_MARK, ready_timeout_s, alive=lambda: proc.poll() is None
+            )
+        except MarkerNotSeen as missed:
+            self.stderr_lines += missed.lines
+            if missed.exited:
                 self.proc.wait()
                 self.stderr_lines += self._lines.rest().splitlines()
                 os.close(self._fd)
                 raise RuntimeError(
                     "recorder exited before it was ready: "
                     + " | ".join(x for x in self.stderr_lines[-5:] if x)
-                )
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                os.close(self._fd)
-                raise RuntimeError(f"recorder not ready after {ready_timeout_s:.0f} s")
+                ) from None
+            self.proc.kill()
+            os.close(self._fd)
+            raise RuntimeError(f"recorder not ready after {ready_timeout_s:.0f} s") from None
         # Keep draining stderr so the recorder never blocks on a full pipe.
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()

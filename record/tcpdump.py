@@ -18,15 +18,16 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from retranscope.errors import EnvironmentProblem
-from retranscope.lines import LineReader
+from retranscope.lines import LineReader, MarkerNotSeen
 
 # Headers only: SLL2 (20) + IPv6 (40) + 8 bytes of extension headers + TCP with
 # the maximum 40 bytes of options (60) = 128, plus two VLAN tags' worth of slack.
 SNAPLEN = 160
+# What tcpdump prints on stderr once its capture is open.
+LISTENING = "listening on"
 
 
 def capture_filter(family: int | None, port: int | None) -> list[str]:
@@ -86,22 +87,33 @@ class Tcpdump:
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
         self._lines = LineReader(self.proc.stderr.fileno())
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            line = self._lines.readline(timeout_s=0.2)
-            if line is not None:
-                self.stderr_lines.append(line.rstrip())
-                if "listening on" in line:
-                    return
-            elif self._lines.eof or self.proc.poll() is not None:
-                self.proc.wait()
-                err = [ln for ln in self.stderr_lines if ln.strip()]
+        try:
+            self._until_listening(timeout_s)
+        except MarkerNotSeen as missed:
+            if not missed.exited:
+                self.stop()
                 raise EnvironmentProblem(
-                    f"tcpdump exited at start: {err[-1] if err else '?'}"
-                    f" (argv: {' '.join(self.argv)})"
-                )
-        self.stop()
-        raise EnvironmentProblem(f"tcpdump did not start within {timeout_s:.0f} s")
+                    f"tcpdump did not start within {timeout_s:.0f} s"
+                ) from None
+            self.proc.wait()
+            err = [ln for ln in self.stderr_lines if ln.strip()]
+            raise EnvironmentProblem(
+                f"tcpdump exited at start: {err[-1] if err else '?'} (argv: {' '.join(self.argv)})"
+            ) from None
+
+    def _until_listening(self, timeout_s: float) -> None:
+        """Read tcpdump's stderr into stderr_lines until it says it listens (it prints
+        that once the capture is open, before the first packet); MarkerNotSeen if not."""
+        assert self.proc is not None and self._lines is not None
+        proc = self.proc
+        said: list[str] = []
+        try:
+            said = self._lines.until(LISTENING, timeout_s, alive=lambda: proc.poll() is None)
+        except MarkerNotSeen as missed:
+            said = missed.lines
+            raise
+        finally:
+            self.stderr_lines += [ln.rstrip() for ln in said]
 
     def exited(self) -> str | None:
         """None while tcpdump runs; else how it ended (its last words)."""

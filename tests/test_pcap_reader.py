@@ -46,7 +46,7 @@ from retranscope.errors import (
     TruncatedCapture,
     UnknownLinkType,
 )
-from retranscope.lines import LineReader
+from retranscope.lines import LineReader, MarkerNotSeen
 from retranscope.schemas.packets import PACKET_COLUMNS, addr_from_str
 
 HERE = Path(__file__).resolve().parent
@@ -1303,10 +1303,12 @@ def test_set_rotated_by_a_real_tcpdump(ring, tmp_path):
         try:
             # Traffic only once tcpdump listens (a fixed sleep raced with its start-up);
             # after that line it writes nothing to stderr until its counts at exit.
-            lines, said = LineReader(dump.stderr.fileno()), ""
-            while "listening on" not in said:
-                said = lines.readline(timeout_s=30)
-                assert said is not None, "tcpdump did not start"
+            try:
+                LineReader(dump.stderr.fileno()).until(
+                    "listening on", 30, alive=lambda: dump.poll() is None
+                )
+            except MarkerNotSeen as missed:
+                raise AssertionError(f"tcpdump did not start: {missed}") from None
             # One connection: the server exits once it has read the transfer (without
             # --max-conns it ran to its own 30 s deadline, which the wait below raced).
             server = start_server(

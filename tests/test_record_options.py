@@ -136,16 +136,14 @@ def _stop_after(proc, clients) -> str:
 
 def _wait_ready(proc, timeout_s: float = 60.0) -> None:
     from retranscope.lab.recorded import READY_MARK
-    from retranscope.lines import LineReader
+    from retranscope.lines import LineReader, MarkerNotSeen
 
     lines = LineReader(proc.stderr.fileno())
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = lines.readline(timeout_s=0.5)
-        if line is not None and READY_MARK in line:
-            return
-        assert not lines.eof, "the recorder exited before it was ready"
-    raise AssertionError("the recorder was not ready in time")
+    try:
+        lines.until(READY_MARK, timeout_s, alive=lambda: proc.poll() is None)
+    except MarkerNotSeen as missed:
+        what = "exited before it was ready" if missed.exited else "was not ready in time"
+        raise AssertionError(f"the recorder {what}: {missed}") from None
 
 
 def test_pid_filter_keeps_only_that_process(tmp_path):
