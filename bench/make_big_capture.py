@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=1_300_000)
     ap.add_argument("--loss-permille", type=int, default=3)
     ap.add_argument("--conns", type=int, default=4, help="connections at once")
+    ap.add_argument("--max-seconds", type=float, default=280, help="give up after this long")
     ap.add_argument(
         "--conn-bytes", type=int, default=0, help="bytes a connection (0: until -c is reached)"
     )
@@ -60,12 +61,14 @@ def main() -> int:
             text=True,
         )
         time.sleep(1.0)
-        server = start_server(lab, "--port", PORT, "--mode", "sink", "--timeout-s", "300")
-        deadline = time.monotonic() + 280
+        server = start_server(
+            lab, "--port", PORT, "--mode", "sink", "--timeout-s", args.max_seconds + 20
+        )
+        deadline = time.monotonic() + args.max_seconds
         try:
             if not args.conn_bytes:
-                client = start_bulk(lab, PORT, 10**12, conns=args.conns, timeout_s=280)
-                dump.wait(timeout=280)
+                client = start_bulk(lab, PORT, 10**12, conns=args.conns, timeout_s=args.max_seconds)
+                dump.wait(timeout=args.max_seconds)
             while dump.poll() is None and time.monotonic() < deadline:
                 client = start_bulk(lab, PORT, args.conn_bytes, conns=args.conns, timeout_s=60)
                 client.wait(timeout=70)
