@@ -274,3 +274,20 @@ def test_available_memory_sees_the_memory_cgroup_the_process_is_in(tmp_path):
                 import time
 
                 time.sleep(0.1)
+
+
+def test_outputs_written_a_row_group_at_a_time_are_the_same_tables(tmp_path, monkeypatch):
+    """The outputs are converted to Arrow and written a row group at a time (so that a
+    capture of many connections never holds all its flows as Arrow arrays at once): the
+    tables read back are those written whole, nulls, strings and metadata included."""
+    from retranscope.analyze import outputs
+
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    run_analysis(pcap, None, tmp_path / "whole")
+    monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", 3)
+    run_analysis(pcap, None, tmp_path / "groups")
+    for name in ("retransmits.parquet", "flows.parquet"):
+        whole, groups = (pq.ParquetFile(tmp_path / d / name) for d in ("whole", "groups"))
+        assert groups.metadata.num_row_groups > 1
+        assert groups.read().equals(whole.read())
+        assert groups.schema_arrow.metadata == whole.schema_arrow.metadata
