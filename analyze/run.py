@@ -14,7 +14,9 @@ from typing import Any, Callable, Union
 from retranscope.analyze.memory import reuse_freed_memory
 from retranscope.analyze.pipeline import Result, analyze
 
-Progress = Callable[[Any], None]  # called with analyze.capture.ReadProgress
+#: called with analyze.capture.ReadProgress while reading, then (spilled) with
+#: analyze.spill.ShardProgress after each shard classified
+Progress = Callable[[Any], None]
 Captures = Union[Path, Sequence[Path]]  # one capture, or a set read as one (capture/sets.py)
 
 NO_MATCH_WARNING = (
@@ -70,7 +72,9 @@ def _read(pcap: Captures, progress: Progress | None, decode_jobs, spill: bool | 
         made = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         try:
-            return spill_capture(stream, out)
+            spilled = spill_capture(stream, out)
+            spilled.progress = progress  # then the shards' classification
+            return spilled
         except BaseException:
             if made:  # what is refused leaves nothing behind
                 out.rmdir()

@@ -23,10 +23,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -64,6 +65,29 @@ SHARD_PEAK_BYTES_PER_PACKET = 220
 
 
 @dataclass
+class ShardProgress:
+    """Where the classification of a spilled capture stands; handed to its ``progress``
+    callback after each shard (the reading before it reports a ReadProgress)."""
+
+    shards_done: int
+    shards_total: int
+    packets_done: int
+    packets_total: int
+    elapsed_s: float
+
+    @property
+    def fraction(self) -> float:
+        return self.packets_done / self.packets_total if self.packets_total else 1.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far; None before the first shard is done."""
+        if self.packets_done <= 0 or self.elapsed_s <= 0:
+            return None
+        return self.elapsed_s * (self.packets_total - self.packets_done) / self.packets_done
+
+
+@dataclass
 class Bucket:
     path: Path
     rows: int = 0
@@ -82,6 +106,7 @@ class SpilledCapture:
     anchor: dict[str, np.ndarray] | None  # the capture's first packet (one row)
     anchor_bucket: int
     directory: tempfile.TemporaryDirectory
+    progress: Callable[[ShardProgress], None] | None = None  # after each shard
 
     @property
     def n_packets(self) -> int:
@@ -161,13 +186,33 @@ class SpilledCapture:
         if workers >= 2:
             return merge_parts(self._classify_forked(shards, classify, too_big, workers))
         parts = []
+        report = self._reporter(shards)
         # one table for every shard, sized for the largest: each shard's rows are read into
         # pages the one before faulted in (a fresh 400 MB table costs ~1 s of page faults
         # on the machine measured), and peak memory is the largest shard's either way
         space = columns(max(self.rows_of(s) for s in shards), SPILLED_DTYPES)
         for shard in shards:
             parts.append(_own_memory(self.classify_shard(shard, classify, too_big, space), space))
+            report(shard)
         return merge_parts(parts)
+
+    def _reporter(self, shards: list[list[int]]) -> Callable[[list[int] | None], None]:
+        """A function to call as each shard is done: it tells ``progress`` (and tells it
+        now that none is)."""
+        t0 = time.monotonic()
+        done = [0, 0]  # shards, packets
+        total = self.n_packets
+
+        def report(shard: list[int] | None) -> None:
+            if shard is not None:
+                done[0] += 1
+                done[1] += sum(self.buckets[i].rows for i in shard)
+            if self.progress is not None:
+                elapsed = time.monotonic() - t0
+                self.progress(ShardProgress(done[0], len(shards), done[1], total, elapsed))
+
+        report(None)  # started: the line shows from the first shard on
+        return report
 
     def classify_shard(
         self,
@@ -204,6 +249,10 @@ class SpilledCapture:
             with ProcessPoolExecutor(max_workers=min(jobs, len(shards)), mp_context=ctx) as pool:
                 by_size = sorted(range(len(shards)), key=lambda i: -self.rows_of(shards[i]))
                 futures = {i: pool.submit(_forked_shard, shards[i]) for i in by_size}
+                report = self._reporter(shards)
+                shard_of = {f: shards[i] for i, f in futures.items()}
+                for f in as_completed(futures.values()):
+                    report(shard_of[f])
                 return [futures[i].result() for i in range(len(shards))]
         finally:
             _FORKED.clear()

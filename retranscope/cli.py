@@ -158,41 +158,70 @@ def record(
 
 
 class _Progress:
-    """A progress line on a terminal (bytes and packets read, rate, ETA), nothing
-    otherwise. Called with analyze.capture.ReadProgress after each chunk."""
+    """A progress line on a terminal, nothing otherwise: while reading (called with
+    analyze.capture.ReadProgress after each chunk) bytes and packets read, rate, ETA; then,
+    for a spilled capture (analyze.spill.ShardProgress after each shard), the packets
+    classified, shards, ETA. The last state of each phase is always drawn."""
 
     def __init__(self, label: str):
         self.label = label
         self.on = sys.stderr.isatty()
-        self.shown = False
         self.next_at = 0.0
+        self.phase: str | None = None  # the line being drawn
+        self.pending = None  # the last state, when not drawn yet
 
     def __call__(self, p) -> None:
         import time
 
+        if not self.on:
+            return
+        phase = "classify" if hasattr(p, "shards_total") else "read"
+        if phase != self.phase and self.phase is not None:
+            self._finish_line()
+        self.phase = phase
         now = time.monotonic()
-        if not self.on or now < self.next_at:
+        self.pending = p
+        last = phase == "classify" and p.shards_done == p.shards_total
+        if now < self.next_at and not last:
             return
         self.next_at = now + 0.2  # at most five updates a second
+        self._draw(p)
+
+    def _draw(self, p) -> None:
         mb = 1e6
-        if p.fraction is not None:
-            bar = "#" * int(25 * p.fraction)
-            done = f"[{bar:<25}] {100 * p.fraction:3.0f}% {p.bytes_done / mb:,.0f}/"
-            done += f"{p.bytes_total / mb:,.0f} MB"
-        else:
-            done = f"{p.bytes_done / mb:,.0f} MB"
         eta = f", ETA {p.eta_s:.0f} s" if p.eta_s is not None else ""
-        files = f", file {p.files_done + 1}/{p.files_total}" if p.files_total > 1 else ""
-        sys.stderr.write(
-            f"\r{self.label} {done}, {p.records_done:,} packets, "
-            f"{p.bytes_per_s / mb:,.0f} MB/s{eta}{files}   "
-        )
+        if hasattr(p, "shards_total"):
+            line = (
+                f"classifying {_bar(p.fraction)} {p.packets_done:,}/{p.packets_total:,} "
+                f"packets, shard {p.shards_done}/{p.shards_total}{eta}"
+            )
+        else:
+            if p.fraction is not None:
+                done = f"{_bar(p.fraction)} {p.bytes_done / mb:,.0f}/{p.bytes_total / mb:,.0f} MB"
+            else:
+                done = f"{p.bytes_done / mb:,.0f} MB"
+            files = f", file {p.files_done + 1}/{p.files_total}" if p.files_total > 1 else ""
+            line = (
+                f"{self.label} {done}, {p.records_done:,} packets, "
+                f"{p.bytes_per_s / mb:,.0f} MB/s{eta}{files}"
+            )
+        sys.stderr.write(f"\r{line}   ")
         sys.stderr.flush()
-        self.shown = True
+        self.pending = None
+
+    def _finish_line(self) -> None:
+        if self.pending is not None:
+            self._draw(self.pending)
+        sys.stderr.write("\n")
+        self.next_at = 0.0
 
     def close(self) -> None:
-        if self.on and self.shown:
-            sys.stderr.write("\n")
+        if self.on and self.phase is not None:
+            self._finish_line()
+
+
+def _bar(fraction: float) -> str:
+    return f"[{'#' * int(25 * fraction):<25}] {100 * fraction:3.0f}%"
 
 
 @app.command()

@@ -299,3 +299,55 @@ def test_outputs_have_the_declared_schemas_whatever_the_inputs(tmp_path):
             assert written.types == declared.types, (mode, name)
             for f in written:
                 assert (f.metadata or {}).get(b"doc"), f"{name}.{f.name} has no doc ({mode})"
+
+
+def _on_a_terminal(argv: list[str]) -> tuple[int, str]:
+    """Run ``argv`` with its stderr (and stdin, stdout) on a pseudo-terminal: its exit
+    code and everything it wrote there."""
+    import os
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        try:
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    said = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child is gone and the terminal closed
+            break
+        if not chunk:
+            break
+        said += chunk
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), said.decode(errors="replace")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_progress_on_a_terminal_reads_then_classifies_to_the_end(tmp_path, jobs):
+    """On a terminal, `analyze` shows where reading stands (bytes, packets, rate, ETA)
+    and then, for a spilled capture, where the classification of its shards stands; the
+    last state of each is always drawn, so a finished run ends each line at 100%."""
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    exe = str(Path(sys.executable).parent / "retranscope")
+    argv = [exe, "analyze", "--pcap", str(pcap), "--out", str(tmp_path / "o"), "-q"]
+    code, said = _on_a_terminal(argv + ["--spill", "-j", jobs])
+    assert code == 0, said
+    lines = [ln.strip() for ln in said.replace("\r", "\n").splitlines() if ln.strip()]
+    reading = [ln for ln in lines if ln.startswith("reading capture")]
+    classifying = [ln for ln in lines if ln.startswith("classifying")]
+    assert reading and "100%" in reading[-1] and "packets" in reading[-1], said
+    assert classifying and classifying[0].startswith("classifying [") and "0%" in classifying[0]
+    n = json.loads((tmp_path / "o" / "summary.json").read_text())["capture"]["tcp_packets"]
+    assert f"{n:,}/{n:,} packets" in classifying[-1] and "100%" in classifying[-1], said
+    assert lines.index(reading[-1]) < lines.index(classifying[0])  # reading first
+    # not a terminal: no progress at all
+    piped = subprocess.run(
+        argv + ["--spill"], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    assert piped.returncode == 0 and "reading capture" not in piped.stderr
+    assert "classifying" not in piped.stderr
