@@ -477,7 +477,13 @@ class Recorder:
         assert self.probe is not None
         # Detach, then take what is left: the kernel's count is final from here on.
         self.probe.detach()
-        self._handle(self.probe.drain())
+        try:
+            self._handle(self.probe.drain())
+        except OutputFailed as err:
+            # What was left fills the disk (a storm stopped by --min-free-mb leaves more in
+            # the ring buffer than the margin holds): the run ends on the first failure,
+            # the journal cut back to its last complete batch, the rest counted unwritten.
+            failure = failure or err
         mono1, off1, unc1 = procnet.clock_offset_ns()
         meta["clock_offsets"].append({"mono_ns": mono1, "offset_ns": off1, "uncertainty_ns": unc1})
         meta["ended_wall_ns"] = mono1 + off1
