@@ -26,7 +26,14 @@ from retranscope.analyze.table import (
     group_sort,
     group_starts,
 )
-from retranscope.schemas.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, addr_to_str
+from retranscope.schemas.packets import (
+    ADDRESS_HALVES,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    addr_to_str,
+)
 
 FLOW_COLUMNS = (
     "flow_id",
@@ -237,7 +244,7 @@ def _flow_addresses(packets, fi: np.ndarray, tuples) -> list[np.ndarray]:
     """Source and destination address halves (s_hi, s_lo, d_hi, d_lo) of the packets at
     rows ``fi``, from the packets' own columns or from their numbered tuples."""
     if tuples is None:
-        return [packets[k][fi] for k in ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo")]
+        return [packets[k][fi] for k in ADDRESS_HALVES]
     code = packets["tuple"][fi]
     number, sent_by_b = code >> 1, (code & 1) != 0
     a = [tuples["a_hi"][number], tuples["a_lo"][number]]

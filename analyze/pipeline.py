@@ -17,6 +17,7 @@ import numpy as np
 from retranscope.analyze import causes
 from retranscope.analyze.join import common_keys
 from retranscope.analyze.table import Nullable, Table, filled, n_rows, take
+from retranscope.schemas.packets import ADDRESS_HALVES
 from retranscope.schemas.vocabulary import FAMILY_OF_KIND, KINDS, MATCHED, REASON_AS_KIND
 
 #: The capture's per-row findings that an output row carries (those of classify_table's
@@ -301,8 +302,8 @@ def _wire_table(flows: Table, c: Table) -> Table:
     return out
 
 
-#: The numeric flow key the rows carry beside the address text (join, per-tuple counts).
-ADDRESS_HALVES = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo")
+#: The numeric flow key the rows carry beside the address text (join, per-tuple counts):
+#: schemas/packets.ADDRESS_HALVES and the ports.
 TUPLE_KEY = ("family", "saddr_hi", "saddr_lo", "sport", "daddr_hi", "daddr_lo", "dport")
 RECORDING_KEYS = (
     "host",

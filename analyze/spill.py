@@ -240,13 +240,14 @@ class SpilledCapture:
         return int(max(1, min(n, room // max(need, 1))))
 
     def _classify_forked(self, shards, classify, too_big, jobs: int) -> list[Part]:
-        """The shards' parts, in ``shards``' order, classified on forked workers, the
-        biggest shards first (the last to finish is then a small one)."""
+        """The shards' parts, in ``shards``' order, classified on ``jobs`` forked workers
+        (_workers: no more than the shards), the biggest shards first (the last to finish
+        is then a small one)."""
         give_back_free_memory()  # pages shared after the fork are copied on a write
         _FORKED.update(spilled=self, classify=classify, too_big=too_big)
         try:
             ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=min(jobs, len(shards)), mp_context=ctx) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
                 by_size = sorted(range(len(shards)), key=lambda i: -self.rows_of(shards[i]))
                 futures = {i: pool.submit(_forked_shard, shards[i]) for i in by_size}
                 report = self._reporter(shards)
