@@ -119,17 +119,22 @@ ROW_GROUP_ROWS = 1 << 16
 
 
 def _write_parquet(rows, schema: pa.Schema, path: Path) -> None:
-    """``rows`` (what to_arrow takes) to a Parquet file, a row group at a time."""
-    n = len(rows) if hasattr(rows, "columns") else n_rows(rows)
+    """``rows`` (what to_arrow takes, or a streamed.StreamedTable) to a Parquet file, a
+    row group at a time."""
     with pq.ParquetWriter(path, schema) as writer:
-        for lo in range(0, max(n, 1), ROW_GROUP_ROWS):
-            hi = min(n, lo + ROW_GROUP_ROWS)
-            part = rows.iloc[lo:hi] if hasattr(rows, "columns") else _rows(rows, lo, hi)
-            writer.write_table(to_arrow(part, schema))
+        for group in _row_groups(rows):
+            writer.write_table(to_arrow(group, schema))
 
 
-def _rows(table, lo: int, hi: int) -> dict:
-    return {k: v[lo:hi] for k, v in table.items()}
+def _row_groups(rows):
+    """``rows`` ROW_GROUP_ROWS at a time (one group, empty, when there are none)."""
+    if hasattr(rows, "row_groups"):  # a spilled capture's, read back from its shards
+        yield from rows.row_groups(ROW_GROUP_ROWS)
+        return
+    n = len(rows) if hasattr(rows, "columns") else n_rows(rows)
+    for lo in range(0, max(n, 1), ROW_GROUP_ROWS):
+        hi = min(n, lo + ROW_GROUP_ROWS)
+        yield rows.iloc[lo:hi] if hasattr(rows, "columns") else {k: v[lo:hi] for k, v in rows.items()}
 
 
 def write_outputs(result, out_dir: str | Path) -> list[Path]:

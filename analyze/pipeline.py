@@ -123,14 +123,14 @@ def _not_retransmitted(flows: Table, classified: Table) -> tuple[dict, dict]:
 
 def _gap_summary(gaps: dict, meta) -> dict:
     """summary.json ``capture_gaps``: what the capture did not record (retrans.capture_gaps
-    per flow, summed) and what the capturing side said it dropped."""
+    per flow, summed: part_sums) and what the capturing side said it dropped."""
     drops = [getattr(meta, k, None) for k in ("if_drops", "epb_drops")]
     known = [int(d) for d in drops if d is not None]
     return {
-        "ranges": int(gaps["ranges"].sum()),
-        "bytes": int(gaps["bytes"].sum()),
-        "acknowledged": int(gaps["acked"].sum()),
-        "flows": int((gaps["ranges"] > 0).sum()),
+        "ranges": gaps["ranges"],
+        "bytes": gaps["bytes"],
+        "acknowledged": gaps["acked"],
+        "flows": gaps["flows"],
         "capture_drops": sum(known) if known else None,
     }
 
@@ -149,7 +149,7 @@ def classify_part(
     notes: dict = {}
     flow_id, flows, classified = classify_capture(packets, notes, too_big, tuples)
     _, per_flow = _not_retransmitted(flows, classified)
-    for key in ("ranges", "bytes", "acked"):
+    for key in FLOW_EXTRA_GAPS:
         per_flow["gap_" + key] = notes["gaps"][key]
     classified = take(classified, np.flatnonzero(is_retransmission(classified)))
     acks_lost = int(notes.get("acks_lost_after_capture", 0))
@@ -165,16 +165,11 @@ def _capture_rows(
     point, gaps, rows classified by timing alone, and the senders' stacks. Returns
     (flow_id, flows, rows, per-flow columns for flows.parquet); flow_id is None when the
     capture was classified in shards (analyze/shards.py; by ``jobs`` processes), which
-    ``whole`` forbids."""
+    ``whole`` forbids. A capture in memory: a spilled one is _analyze_spilled's."""
     from retranscope.analyze.shards import assign_shards, classify_sharded, shard_count
 
-    summary["capture"] = capture.meta.to_dict()
-    summary["warnings"] += list(capture.meta.warnings)
-    too_big = getattr(capture.meta, "icmp_too_big", None)
+    too_big = _read_summary(capture, summary)
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
-    if not hasattr(capture, "packets"):  # spilled to disk (analyze/spill.py)
-        part = capture.classify(classify_part, too_big, jobs=jobs)
-        return _summarize_part(None, part, capture, summary)
     packets = capture.packets
     n_shards = 1 if whole else shard_count(len(packets["frame"]), jobs)
     shard_of_row = assign_shards(packets, n_shards) if n_shards > 1 else None
@@ -182,28 +177,104 @@ def _capture_rows(
         flow_id, part = classify_part(packets, too_big)
     else:
         flow_id, part = None, classify_sharded(packets, too_big, shard_of_row, classify_part, jobs)
-    return _summarize_part(flow_id, part, capture, summary)
-
-
-def _summarize_part(flow_id, part, capture, summary: dict):
-    """_capture_rows' results and summary.json's capture keys, from the classification."""
     flows, wire, per_flow = part.flows, part.wire, part.per_flow
-    gaps = {key: per_flow.pop("gap_" + key) for key in ("ranges", "bytes", "acked")}
-    summary.update({k: int(v.sum()) for k, v in per_flow.items()})
-    summary["acks_lost_after_capture"] = part.acks_lost
-    summary["capture_gaps"] = _gap_summary(gaps, capture.meta)
-    per_flow["unseen_ranges"] = gaps["ranges"]
+    _capture_summary(part_sums(flows, wire, per_flow, part.acks_lost), capture, summary)
+    return flow_id, flows, wire, flow_extra_columns(per_flow)
+
+
+def _read_summary(capture, summary: dict) -> list[dict] | None:
+    """summary.json's ``capture`` (the reader's metadata) and its warnings; returns the
+    capture's ICMP too-big messages, which the classification reads."""
+    summary["capture"] = capture.meta.to_dict()
+    summary["warnings"] += list(capture.meta.warnings)
+    return getattr(capture.meta, "icmp_too_big", None)
+
+
+def _analyze_spilled(capture, summary: dict, jobs: int | None) -> Result:
+    """A spilled capture (analyze/spill.py): classified a shard at a time, each shard's
+    rows stored as it is done, the outputs streamed from them (analyze/streamed.py)."""
+    from retranscope.analyze.streamed import value_counts
+
+    too_big = _read_summary(capture, summary)
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    merged = capture.classify(classify_part, too_big, jobs=jobs)
+    _capture_summary(merged.sums, capture, summary)
+    firsts = merged.sums["kind_firsts"]
+    summary.update(
+        {
+            "retransmissions": int(merged.retransmits.n_rows),
+            "by_kind": value_counts(firsts["all"]),
+            "spurious": int(sum(count for count, _ in firsts["spurious"].values())),
+            "spurious_by_kind": value_counts(firsts["spurious"]),
+        }
+    )
+    return Result(merged.retransmits, merged.flows, summary)
+
+
+#: the per-flow gap columns classify_part's per_flow carries, each as "gap_" + name
+FLOW_EXTRA_GAPS = ("ranges", "bytes", "acked")
+
+
+def flow_extra_columns(per_flow: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """classify_part's per-flow columns as flows.parquet has them: the counts of what is
+    not a retransmission, and the flow's unseen ranges (its gaps)."""
+    out = {k: v for k, v in per_flow.items() if not k.startswith("gap_")}
+    out["unseen_ranges"] = per_flow["gap_ranges"]
+    return out
+
+
+def part_sums(flows: Table, wire: Table, per_flow: dict, acks_lost: int) -> dict:
+    """What summary.json adds up over the capture, for the flows and output rows of a
+    capture or of one shard of it (flows disjoint): sums add_sums can add."""
+    timing = np.asarray(wire["evidence"], dtype=object) == "timing_only"
+    ranges = per_flow["gap_ranges"]
+    return {
+        "not_retransmitted": {
+            k: int(v.sum()) for k, v in per_flow.items() if not k.startswith("gap_")
+        },
+        "acks_lost": int(acks_lost),
+        "gaps": {
+            **{k: int(per_flow["gap_" + k].sum()) for k in FLOW_EXTRA_GAPS},
+            "flows": int((ranges > 0).sum()),
+        },
+        "timing_only": {
+            "retransmissions": int(timing.sum()),
+            "flows": int(len(set(wire["flow_id"][timing].tolist()))),
+        },
+        "senders": _sender_summary(flows, wire),
+    }
+
+
+def add_sums(sums: list[dict]) -> dict:
+    """part_sums of several shards as one capture's: numbers added, key by key."""
+
+    def add(a, b):
+        if isinstance(a, dict):
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = add(out[k], v) if k in out else v
+            return out
+        return a + b
+
+    out: dict = {}
+    for s in sums:
+        out = add(out, {k: v for k, v in s.items() if k != "kind_firsts"})
+    return out
+
+
+def _capture_summary(sums: dict, capture, summary: dict) -> None:
+    """summary.json's capture keys and warnings, from the classification's part_sums."""
+    summary.update(sums["not_retransmitted"])
+    summary["acks_lost_after_capture"] = sums["acks_lost"]
+    summary["capture_gaps"] = _gap_summary(sums["gaps"], capture.meta)
     if summary["capture_gaps"]["ranges"] or summary["capture_gaps"]["capture_drops"]:
         summary["warnings"].append(gap_warning(summary["capture_gaps"]))
-    timing = np.asarray(wire["evidence"], dtype=object) == "timing_only"
-    summary["timing_only"] = {
-        "retransmissions": int(timing.sum()),
-        "flows": int(len(set(wire["flow_id"][timing].tolist()))),
-    }
-    summary["senders"] = _sender_summary(flows, wire)
+    summary["timing_only"] = sums["timing_only"]
+    senders = sums["senders"]
+    senders["flows_by_stack"] = dict(sorted(senders["flows_by_stack"].items()))
+    summary["senders"] = senders
     if summary["senders"]["not_linux"]["retransmissions"]:
         summary["warnings"].append(not_linux_warning(summary["senders"]))
-    return flow_id, flows, wire, per_flow
 
 
 def default_jobs() -> int:
@@ -341,6 +412,8 @@ def _analyze(capture, events, jobs: int | None) -> Result:
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
     summary: dict = {"output_schema_version": None, "warnings": []}
+    if capture is not None and not hasattr(capture, "packets"):
+        return _analyze_spilled(capture, summary, jobs)  # never with events: run.py
     if capture is not None:
         flow_id, flows, wire, flows_extra = _capture_rows(
             capture, summary, jobs, whole=events is not None

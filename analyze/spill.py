@@ -8,9 +8,11 @@ capture order. The buckets are then dealt into shards of about SHARD_PACKETS pac
 (biggest first, to the least loaded), and each shard is read back, classified as if it
 were the whole capture (shards.classify_part's contract) and dropped before the next is
 read: peak memory follows the largest shard, not the capture. A 4-tuple is never split,
-so one connection bigger than memory still needs its own packets in memory. The parts
-are merged exactly as shards.merge_parts merges in-memory shards: the outputs are those
-of the whole capture classified at once (tests/test_spill.py).
+so one connection bigger than memory still needs its own packets in memory. Each shard's
+output rows are stored beside the buckets as it is done, and the outputs are merged from
+them a row group at a time, numbered exactly as shards.merge_parts numbers in-memory
+shards (analyze/streamed.py): the outputs are those of the whole capture classified at
+once (tests/test_spill.py).
 
 On disk, a bucket file is a sequence of blocks, one per chunk that had rows for it: each
 block is the packet table's columns one after the other (schemas/packets.SPILLED_DTYPES
@@ -42,9 +44,8 @@ from retranscope.analyze.shards import (
     bucket_of_hash,
     canonical_tuple,
     give_back_free_memory,
-    merge_parts,
 )
-from retranscope.analyze.table import Nullable
+from retranscope.analyze.streamed import Digest, Merged, finish_part, merge
 from retranscope.errors import RetranscopeError
 from retranscope.schemas.packets import SPILLED_DTYPES, empty_packets
 
@@ -175,26 +176,35 @@ class SpilledCapture:
                             raise OSError(f"{bucket.path} is shorter than what was written")
                     at += rows
 
-    def classify(self, classify: ClassifyPart, too_big: list[dict] | None, jobs: int = 1) -> Part:
-        """Every shard read back and classified, merged: in turn in this process, or with
-        ``jobs`` of 2 or more on that many forked workers, each reading its own shards
-        from the bucket files (peak memory: the shards classified at once)."""
+    def classify(self, classify: ClassifyPart, too_big: list[dict] | None, jobs: int = 1) -> Merged:
+        """Every shard read back and classified, its output rows stored as it is done
+        (streamed.finish_part), and the whole capture's outputs merged from them: in turn
+        in this process, or with ``jobs`` of 2 or more on that many forked workers, each
+        reading its own shards from the bucket files (peak memory: the shards classified
+        at once)."""
         if not self.n_packets:
-            return classify(empty_packets(), too_big)[1]
+            return merge([self._finish(classify(empty_packets(), too_big)[1], 0)])
         shards = self.shards()
         workers = self._workers(shards, jobs)
         if workers >= 2:
-            return merge_parts(self._classify_forked(shards, classify, too_big, workers))
-        parts = []
+            return merge(self._classify_forked(shards, classify, too_big, workers))
+        digests = []
         report = self._reporter(shards)
         # one table for every shard, sized for the largest: each shard's rows are read into
         # pages the one before faulted in (a fresh 400 MB table costs ~1 s of page faults
-        # on the machine measured), and peak memory is the largest shard's either way
+        # on the machine measured), and peak memory is the largest shard's either way; a
+        # shard's rows are stored before the next overwrites the table
         space = columns(max(self.rows_of(s) for s in shards), SPILLED_DTYPES)
-        for shard in shards:
-            parts.append(_own_memory(self.classify_shard(shard, classify, too_big, space), space))
+        for number, shard in enumerate(shards):
+            part = self.classify_shard(shard, classify, too_big, space)
+            digests.append(self._finish(part, number))
+            del part
             report(shard)
-        return merge_parts(parts)
+        return merge(digests)
+
+    def _finish(self, part: Part, number: int) -> Digest:
+        """Shard ``number``'s output rows stored beside the buckets; its digest."""
+        return finish_part(part, Path(self.directory.name), number)
 
     def _reporter(self, shards: list[list[int]]) -> Callable[[list[int] | None], None]:
         """A function to call as each shard is done: it tells ``progress`` (and tells it
@@ -239,8 +249,8 @@ class SpilledCapture:
         need = SHARD_PEAK_BYTES_PER_PACKET * max(self.rows_of(s) for s in shards)
         return int(max(1, min(n, room // max(need, 1))))
 
-    def _classify_forked(self, shards, classify, too_big, jobs: int) -> list[Part]:
-        """The shards' parts, in ``shards``' order, classified on ``jobs`` forked workers
+    def _classify_forked(self, shards, classify, too_big, jobs: int) -> list[Digest]:
+        """The shards' digests, in ``shards``' order, classified on ``jobs`` forked workers
         (_workers: no more than the shards), the biggest shards first (the last to finish
         is then a small one)."""
         give_back_free_memory()  # pages shared after the fork are copied on a write
@@ -249,7 +259,7 @@ class SpilledCapture:
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
                 by_size = sorted(range(len(shards)), key=lambda i: -self.rows_of(shards[i]))
-                futures = {i: pool.submit(_forked_shard, shards[i]) for i in by_size}
+                futures = {i: pool.submit(_forked_shard, shards[i], i) for i in by_size}
                 report = self._reporter(shards)
                 shard_of = {f: shards[i] for i, f in futures.items()}
                 for f in as_completed(futures.values()):
@@ -263,26 +273,11 @@ class SpilledCapture:
 _FORKED: dict = {}
 
 
-def _forked_shard(shard: list[int]) -> Part:
-    """A worker's shard, read into a table of its own."""
-    return _FORKED["spilled"].classify_shard(shard, _FORKED["classify"], _FORKED["too_big"])
-
-
-def _own_memory(part: Part, table: dict[str, np.ndarray]) -> Part:
-    """``part`` with a copy of any column that may be a view of ``table``'s memory, which
-    the next shard overwrites (the classifier's outputs are gathered copies; this makes
-    sure)."""
-    block = next(iter(table.values())).base
-
-    def own(col):
-        if isinstance(col, Nullable):
-            return Nullable(own(col.values), own(col.valid))
-        return col.copy() if np.may_share_memory(col, block) else col
-
-    for t in (part.flows, part.wire, part.per_flow):
-        for name in t:
-            t[name] = own(t[name])
-    return part
+def _forked_shard(shard: list[int], number: int) -> Digest:
+    """A worker's shard, read into a table of its own, its output rows stored."""
+    spilled = _FORKED["spilled"]
+    part = spilled.classify_shard(shard, _FORKED["classify"], _FORKED["too_big"])
+    return spilled._finish(part, number)
 
 
 def spill_capture(stream, directory: str | os.PathLike | None = None) -> SpilledCapture:

@@ -141,10 +141,13 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra:
     ``args_extra`` (--analyze-args) go to this tree's runs only."""
     base_src = Path(tmp, "baseline-src")
     base_src.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(HERE.parent), "archive", rev], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(base_src)], input=archive, check=True)
+    # piped, not read into this process (its high-water RSS floors every peak measured:
+    # same_outputs_apart)
+    git = subprocess.Popen(["git", "-C", str(HERE.parent), "archive", rev], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(base_src)], stdin=git.stdout, check=True)
+    git.stdout.close()
+    if git.wait() != 0:
+        raise SystemExit(f"git archive {rev} failed")
     sides = {
         "this tree": package_tree(HERE.parent, Path(tmp, "this")),
         f"baseline {rev}": package_tree(base_src, Path(tmp, "baseline")),
@@ -171,7 +174,7 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra:
     for name in sides:
         run(argvs[name], envs[name], cwd=tmp)  # untimed: fills the bytecode cache
     outs = [Path(argv[argv.index("--out") + 1]) for argv in argvs.values()]
-    print(f"outputs: {same_outputs(*outs) or 'identical'} (this tree against {rev})")
+    print(f"outputs: {same_outputs_apart(*outs) or 'identical'} (this tree against {rev})")
     check = "import retranscope.analyze.run as r; print(r.__file__)"
     for name in sides:
         where = subprocess.run(
@@ -185,6 +188,7 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra:
     for name, rs in runs.items():
         peaks = sorted(r["peak_mb"] for r in rs)
         print(f"peak  {name:24} median {peaks[len(peaks) // 2]:.0f} MB (max {peaks[-1]:.0f})")
+    print_peak_floor()
     for clock in ("wall_s", "cpu_s"):
         times = {name: [r[clock] for r in rs] for name, rs in runs.items()}
         med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
@@ -200,6 +204,26 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra:
             f"medians); per pair, median {ratios[len(ratios) // 2]:.3f}x (quartiles "
             f"{ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f})"
         )
+
+
+def print_peak_floor() -> None:
+    """The smallest peak this bench can report: what `true` shows (this process's own
+    high-water RSS, which every child's ru_maxrss starts from: same_outputs_apart)."""
+    print(f"peak  floor (`true` measured alike)  {run(['true'])['peak_mb']:.0f} MB")
+
+
+def same_outputs_apart(a: Path, b: Path) -> str:
+    """same_outputs in a process of its own. Not in this one: a child's ru_maxrss starts
+    from the high-water RSS of the process that spawned it (Python spawns with vfork, and
+    exec keeps the larger of the old memory's peak and the new one's), so reading two big
+    outputs here (~300 MB for a capture of 125k connections) would put a floor under every
+    peak measured after it."""
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_analyze as b; "
+    code += f"print(b.same_outputs(b.Path({str(a)!r}), b.Path({str(b)!r})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"comparing the outputs failed: {done.stderr.strip()[-300:]}")
+    return done.stdout.strip()
 
 
 def same_outputs(a: Path, b: Path) -> str:
@@ -286,6 +310,7 @@ def bench_capture(capture: Path, args, tmp: str, env: dict) -> None:
             f"{name:22} {len(rs):4} {m['wall_s']:8.2f} {m['cpu_s']:7.2f} {m['peak_mb']:8.0f} "
             f"{n / m['wall_s']:11,.0f}"
         )
+    print_peak_floor()
     ours = runs["retranscope analyze"]
     if "tcptrace -l" in runs:
         ratios = sorted(a["wall_s"] / b["wall_s"] for a, b in zip(ours, runs["tcptrace -l"]))
@@ -303,7 +328,7 @@ def bench_capture(capture: Path, args, tmp: str, env: dict) -> None:
     if args.memory_limit_mb:
         limited = Path(str(out) + "-limited")
         lim = run_limited(analyze_argv(limited), env, args.memory_limit_mb, tmp)
-        same = lim["exit"] == 0 and not same_outputs(out, limited)
+        same = lim["exit"] == 0 and not same_outputs_apart(out, limited)
         print(
             f"inside a {args.memory_limit_mb} MiB memory cgroup: exit {lim['exit']}, "
             f"peak {lim['peak_mb']:.0f} MB, wall {lim['wall_s']:.2f} s, outputs "

@@ -138,30 +138,6 @@ def test_no_space_to_spill_is_one_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_part_never_keeps_a_view_of_the_reused_table():
-    """Spilled shards are read into one table in turn: a classified part that kept a view
-    of it would change under the next shard. _own_memory copies any such column."""
-    from retranscope.analyze.capture.decode import columns
-    from retranscope.analyze.shards import Part
-    from retranscope.analyze.table import Nullable
-    from retranscope.schemas.packets import PACKET_DTYPES
-
-    table = columns(10, PACKET_DTYPES)
-    table["seq"][:] = 7
-    kept = np.arange(3)
-    part = Part(
-        flows={"view": table["seq"][:3], "own": kept},
-        wire={"nullable": Nullable(table["ack"][:2], table["opt_ts"][:2])},
-        per_flow={},
-        acks_lost=0,
-    )
-    part = spill._own_memory(part, table)
-    table["seq"][:] = 9
-    assert part.flows["view"].tolist() == [7, 7, 7]
-    assert part.flows["own"] is kept  # not copied: not a view
-    assert not np.may_share_memory(part.wire["nullable"].values, table["ack"])
-
-
 def test_tuple_numbers_name_each_rows_tuple_and_direction_across_chunks():
     """A spilled row carries its 4-tuple's number instead of its addresses: over chunks
     that bring new tuples and old ones, both directions, v4 and v6, every number names
@@ -284,3 +260,39 @@ def test_outputs_written_a_row_group_at_a_time_are_the_same_tables(tmp_path, mon
         assert groups.metadata.num_row_groups > 1
         assert groups.read().equals(whole.read())
         assert groups.schema_arrow.metadata == whole.schema_arrow.metadata
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_spilled_outputs_are_streamed_from_the_shards_in_row_groups(tmp_path, monkeypatch, jobs):
+    """A spilled capture's outputs are written from its shards' stored rows a row group at
+    a time (analyze/streamed.py): with groups of a few rows, each read from several
+    shards' files, and the object columns' pickled runs shorter than a group, the tables
+    are those of the capture classified whole in memory. And nothing the shards stored is
+    left behind."""
+    from retranscope.analyze import outputs, stored
+
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    run_analysis(pcap, None, tmp_path / "memory", spill=False)
+    want = _outputs(tmp_path / "memory")
+    monkeypatch.setattr(spill, "SHARD_PACKETS", 400)
+    monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", 3)
+    monkeypatch.setattr(stored, "OBJECT_RUN_ROWS", 2)
+    finished: list[int] = []
+    finish = spill.finish_part
+
+    def counted(part, directory, number):
+        finished.append(number)
+        return finish(part, directory, number)
+
+    monkeypatch.setattr(spill, "finish_part", counted)
+    run_analysis(pcap, None, tmp_path / "spilled", spill=True, jobs=jobs)
+    if jobs == 1:  # forked workers' calls are not seen here
+        assert sorted(finished) == list(range(len(finished))) and len(finished) >= 3
+    got = _outputs(tmp_path / "spilled")
+    for name in ("retransmits.parquet", "flows.parquet"):
+        assert pq.ParquetFile(tmp_path / "spilled" / name).metadata.num_row_groups > 2
+        assert got[name].equals(want[name]), name
+    assert got["summary.json"] == want["summary.json"]
+    assert sorted(p.name for p in (tmp_path / "spilled").iterdir()) == sorted(
+        p.name for p in (tmp_path / "memory").iterdir()
+    )

@@ -1,0 +1,112 @@
+"""A table on disk, read back a range of rows at a time (I/O edge).
+
+A spilled capture's shards are classified one after another (analyze/spill.py); each
+shard's output rows are written here as soon as it is done, and read back a row group at
+a time when the outputs are written (analyze/streamed.py), so that what the analysis
+holds in memory does not grow with the capture's flows and retransmissions.
+
+One file a table: every column's data one after the other. A numeric or boolean column is
+its raw bytes (a row range is one positioned read); a column of Python objects (text,
+None) is pickled in runs of OBJECT_RUN_ROWS rows; a Nullable is its values and its
+validity, each stored so.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retranscope.analyze.table import Nullable, Table, n_rows
+
+#: rows pickled together in an object column: a read of a few rows unpickles at most
+#: this many more of each such column
+OBJECT_RUN_ROWS = 4096
+
+
+@dataclass
+class _Column:
+    """Where one column's data lies in the file: ``dtype`` None for pickled objects
+    (``runs``: (offset, bytes) of each run), else raw values from ``offset``."""
+
+    dtype: np.dtype | None
+    offset: int = 0
+    runs: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class StoredTable:
+    """A table written by ``store``: its path, rows and columns (picklable: a forked
+    worker returns it to the process that writes the outputs)."""
+
+    path: Path
+    n_rows: int
+    columns: dict[str, tuple[_Column, _Column | None]]  # name -> (values, validity)
+
+    def read(self, lo: int, hi: int) -> Table:
+        """Rows lo .. hi - 1, as they were stored (numpy, object or Nullable columns)."""
+        lo, hi = max(0, lo), min(self.n_rows, hi)
+        hi = max(lo, hi)
+        out: Table = {}
+        with open(self.path, "rb", buffering=0) as f:
+            for name, (values, valid) in self.columns.items():
+                v = _read(f, values, lo, hi)
+                out[name] = v if valid is None else Nullable(v, _read(f, valid, lo, hi))
+        return out
+
+
+def store(table: Table, path: str | os.PathLike) -> StoredTable:
+    """Write ``table`` to ``path`` (a new file)."""
+    path = Path(path)
+    n = n_rows(table)
+    columns: dict[str, tuple[_Column, _Column | None]] = {}
+    with open(path, "wb") as f:
+        for name, col in table.items():
+            if isinstance(col, Nullable):
+                columns[name] = (_write(f, np.asarray(col.values)), _write(f, col.valid))
+            else:
+                columns[name] = (_write(f, np.asarray(col)), None)
+    return StoredTable(path, n, columns)
+
+
+def _write(f, col: np.ndarray) -> _Column:
+    if col.dtype != object:
+        c = _Column(col.dtype, f.tell())
+        f.write(np.ascontiguousarray(col).tobytes())
+        return c
+    c = _Column(None)
+    for lo in range(0, len(col), OBJECT_RUN_ROWS):
+        blob = pickle.dumps(col[lo : lo + OBJECT_RUN_ROWS].tolist(), protocol=5)
+        c.runs.append((f.tell(), len(blob)))
+        f.write(blob)
+    return c
+
+
+def _read(f, c: _Column, lo: int, hi: int) -> np.ndarray:
+    if c.dtype is not None:
+        out = np.empty(hi - lo, dtype=c.dtype)
+        if hi > lo:
+            f.seek(c.offset + lo * c.dtype.itemsize)
+            if f.readinto(out.view(np.uint8).data) != out.nbytes:
+                raise OSError(f"{f.name} is shorter than what was written")
+        return out
+    out = np.empty(hi - lo, dtype=object)
+    at = lo
+    while at < hi:
+        run = at // OBJECT_RUN_ROWS
+        offset, size = c.runs[run]
+        f.seek(offset)
+        blob = f.read(size)
+        if len(blob) != size:
+            raise OSError(f"{f.name} is shorter than what was written")
+        items = pickle.loads(blob)
+        start = at - run * OBJECT_RUN_ROWS
+        take = min(hi - at, len(items) - start)
+        # fromiter: a list assigned to an object slice would be taken apart if its items
+        # were sequences themselves
+        out[at - lo : at - lo + take] = np.fromiter(items[start : start + take], object, take)
+        at += take
+    return out

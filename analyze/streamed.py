@@ -1,0 +1,215 @@
+"""A spilled capture's outputs, merged from its shards' rows on disk.
+
+A spilled capture is classified a shard at a time (analyze/spill.py). Each shard's output
+rows (its flows.parquet rows and its retransmits.parquet rows) are written to the spill's
+directory as soon as the shard is done (``finish_part``, in the process that classified
+it) and dropped from memory; what stays is a ``Digest``: per flow its first frame, its
+4-tuple's first frame, its connection and reverse flow (the keys of the whole capture's
+numbering), per retransmission its time and frame (the key of the output order), and the
+shard's sums for summary.json. ``merge`` numbers the whole capture from the digests
+exactly as shards.merge_parts does, and the outputs are written a row group at a time
+(``StreamedTable.row_groups``), each group read back from the shards' files.
+
+What the analysis holds for the whole capture is then ~40 bytes a flow and ~24 a
+retransmission, not every output row (~250 bytes a flow, ~630 a retransmission, plus the
+merge's copies).
+
+Both orders are merges of the shards' own orders, which is what lets a row group be read
+as one contiguous range of rows from each shard's file:
+- flows by first frame: within a shard, flows are stored in first-frame order;
+- retransmissions by time, then frame (analyze: rows by ``ts_wall_ns``, stable over frame
+  order): within a shard they are stored in that order, and frames are the capture's, so
+  no two shards share one (the borrowed first packet's flow, the one frame that is in
+  several shards, is dropped with its rows before anything is stored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retranscope.analyze.shards import Part, _concat, _tuple_first_frame
+from retranscope.analyze.stored import StoredTable, store
+from retranscope.analyze.table import Table, n_rows, take
+
+
+@dataclass
+class Digest:
+    """What one shard leaves in memory once its output rows are stored."""
+
+    flows: StoredTable  # flows.parquet rows, local ids, in first-frame order
+    rows: StoredTable  # retransmits.parquet rows, local flow ids, in output order
+    first_frame: np.ndarray  # per flow
+    tuple_first: np.ndarray  # per flow: its 4-tuple's first frame
+    conn: np.ndarray  # per flow: the shard's connection number
+    rev: np.ndarray  # per flow: the shard's row of the reverse flow, -1: none
+    row_ts: np.ndarray  # per retransmission: ts_wall_ns
+    row_frame: np.ndarray  # per retransmission
+    sums: dict  # pipeline.part_sums, and the totals' partials (kind_firsts)
+
+
+def finish_part(part: Part, directory: Path, number: int) -> Digest:
+    """Shard ``number``'s Part as output rows stored in ``directory``, and its Digest."""
+    from retranscope.analyze.pipeline import _flows_out, flow_extra_columns, part_sums
+
+    n = n_rows(part.flows)
+    keep = np.flatnonzero(np.arange(n) != part.drop_flow)
+    keep = keep[np.argsort(part.flows["first_frame"][keep], kind="stable")]
+    local = np.full(n + 1, -1, dtype=np.int64)  # local flow id -> stored row; [-1] stays -1
+    local[keep] = np.arange(len(keep))
+    flows = take(part.flows, keep)
+    per_flow = {k: v[keep] for k, v in part.per_flow.items()}
+    cat = local[part.wire["flow_id"]]
+    wire = take(part.wire, np.flatnonzero(cat >= 0))
+    wire["flow_id"] = cat[cat >= 0]
+    by_frame = np.argsort(wire["frame"], kind="stable")
+    rows = take(wire, by_frame[np.argsort(wire["ts_wall_ns"][by_frame], kind="stable")])
+    sums = part_sums(flows, rows, per_flow, part.acks_lost)
+    del wire, part
+    sums["kind_firsts"] = _kind_firsts(rows)
+    out_flows = {**_flows_out(flows, rows), **flow_extra_columns(per_flow)}
+    digest = Digest(
+        flows=store(out_flows, directory / f"flows-{number}"),
+        rows=store(rows, directory / f"rows-{number}"),
+        first_frame=flows["first_frame"].astype(np.int64),
+        tuple_first=_tuple_first_frame(flows) if len(keep) else np.zeros(0, dtype=np.int64),
+        conn=flows["conn_id"].astype(np.int64),
+        rev=local[flows["rev_flow_id"]],
+        row_ts=rows["ts_wall_ns"].astype(np.int64),
+        row_frame=rows["frame"].astype(np.int64),
+        sums=sums,
+    )
+    return digest
+
+
+def _kind_firsts(rows: Table) -> dict:
+    """Per kind (all rows, and the spurious ones): [count, row of its first appearance in
+    the shard's output order] (summary.json orders kinds by count, ties by first
+    appearance: pipeline._value_counts)."""
+    from retranscope.analyze.pipeline import _true
+
+    kind = np.asarray(rows["kind"], dtype=object)
+    spurious = _true(rows["spurious"], len(kind))
+    out: dict = {"all": {}, "spurious": {}}
+    for key, mask in (("all", np.ones(len(kind), dtype=bool)), ("spurious", spurious)):
+        for i in np.flatnonzero(mask).tolist():
+            seen = out[key].setdefault(kind[i], [0, i])
+            seen[0] += 1
+    return out
+
+
+class StreamedTable:
+    """An output table whose rows are on disk in the shards' files, in a known order:
+    ``row_groups`` reads it back a group of rows at a time, ids renumbered."""
+
+    def __init__(self, stored: list[StoredTable], part_of: np.ndarray, patch):
+        self.stored = stored
+        self.part_of = part_of  # per output row, in output order: its shard
+        self._patch = patch  # (group table, output rows lo, hi, shard of each) -> None
+        self.n_rows = len(part_of)
+
+    def row_groups(self, size: int) -> Iterator[Table]:
+        cursor = [0] * len(self.stored)
+        for lo in range(0, max(self.n_rows, 1), size):
+            hi = min(self.n_rows, lo + size)
+            p = self.part_of[lo:hi]
+            counts = np.bincount(p, minlength=len(self.stored))
+            pieces = []
+            for s in np.flatnonzero(counts).tolist():
+                c = int(counts[s])
+                pieces.append(self.stored[s].read(cursor[s], cursor[s] + c))
+                cursor[s] += c
+            if not pieces:  # no rows at all: one empty group, as the in-memory path writes
+                pieces = [self.stored[0].read(0, 0)] if self.stored else []
+            group = {name: _concat([t[name] for t in pieces]) for name in pieces[0]}
+            # the group's rows, in output order, from the shards' pieces in shard order
+            order = np.argsort(p, kind="stable")
+            at = np.empty(len(p), dtype=np.int64)
+            at[order] = np.arange(len(p))
+            group = take(group, at)
+            self._patch(group, lo, hi, p)
+            yield group
+
+
+@dataclass
+class Merged:
+    """The whole capture's outputs (streamed) and the shards' sums added up."""
+
+    retransmits: StreamedTable
+    flows: StreamedTable
+    sums: dict
+
+
+def merge(digests: list[Digest]) -> Merged:
+    """The shards' digests as one capture, numbered as shards.merge_parts numbers it:
+    flows by first frame, connections by their 4-tuple's first frame then in capture
+    order, retransmissions by time then frame."""
+    from retranscope.analyze.pipeline import add_sums
+
+    sizes = np.array([len(d.first_frame) for d in digests], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    part_of_cat = np.repeat(np.arange(len(digests)), sizes)
+    first = np.concatenate([d.first_frame for d in digests])
+    order = np.argsort(first, kind="stable")  # output row -> concatenation row
+    new_id = np.empty(len(order), dtype=np.int64)
+    new_id[order] = np.arange(len(order))
+    rev_cat = np.concatenate([np.where(d.rev >= 0, d.rev + o, -1) for d, o in zip(digests, offsets)])
+    rev_id = np.where(rev_cat >= 0, new_id[np.clip(rev_cat, 0, None)], -1)
+    conn_key = np.concatenate([d.conn + (i << 40) for i, d in enumerate(digests)])
+    tuple_first = np.concatenate([d.tuple_first for d in digests])
+    _, conn_rank = np.unique(np.stack([tuple_first, conn_key], axis=1), axis=0, return_inverse=True)
+    conn_rank = conn_rank.ravel().astype(np.int64)
+    del first, conn_key, tuple_first, rev_cat
+
+    def patch_flows(group: Table, lo: int, hi: int, _part) -> None:
+        cat = order[lo:hi]
+        group["flow_id"] = np.arange(lo, hi, dtype=np.int64)
+        group["rev_flow_id"] = rev_id[cat]
+        group["conn_id"] = conn_rank[cat]
+
+    n_rtx = np.array([len(d.row_ts) for d in digests], dtype=np.int64)
+    row_part = np.repeat(np.arange(len(digests)), n_rtx)
+    pos = np.concatenate([np.arange(k) for k in n_rtx.tolist()] or [np.zeros(0, np.int64)])
+    ts = np.concatenate([d.row_ts for d in digests])
+    frame = np.concatenate([d.row_frame for d in digests])
+    row_order = np.lexsort((pos, row_part, frame, ts))
+    row_part = row_part[row_order]
+    del pos, ts, frame, row_order
+
+    def patch_rows(group: Table, _lo, _hi, part) -> None:
+        group["flow_id"] = new_id[offsets[part] + np.asarray(group["flow_id"], dtype=np.int64)]
+
+    sums = add_sums([d.sums for d in digests])
+    firsts = [d.sums["kind_firsts"] for d in digests]
+    sums["kind_firsts"] = {
+        key: _merged_firsts([f[key] for f in firsts], digests) for key in ("all", "spurious")
+    }
+    stored_rows = [d.rows for d in digests]
+    return Merged(
+        StreamedTable(stored_rows, row_part, patch_rows),
+        StreamedTable([d.flows for d in digests], part_of_cat[order], patch_flows),
+        sums,
+    )
+
+
+def _merged_firsts(per_part: list[dict], digests: list[Digest]) -> dict:
+    """Per kind: count, and the key of its first appearance in the capture's output order
+    (time, frame, shard, row in the shard: the order ``merge`` writes the rows in)."""
+    out: dict = {}
+    for s, (kinds, d) in enumerate(zip(per_part, digests)):
+        for kind, (count, row) in kinds.items():
+            key = (int(d.row_ts[row]), int(d.row_frame[row]), s, row)
+            if kind in out:
+                out[kind] = [out[kind][0] + count, min(out[kind][1], key)]
+            else:
+                out[kind] = [count, key]
+    return out
+
+
+def value_counts(firsts: dict) -> dict:
+    """{kind: count}, most frequent first, ties by first appearance (pipeline._value_counts
+    over the capture's rows)."""
+    return {k: c for k, (c, _) in sorted(firsts.items(), key=lambda kv: (-kv[1][0], kv[1][1]))}

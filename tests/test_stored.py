@@ -1,0 +1,74 @@
+"""A table stored on disk and read back a row range at a time (analyze/stored.py): what
+a spilled capture's shards leave for the outputs to be written from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retranscope.analyze import stored
+from retranscope.analyze.table import Nullable
+
+
+def _table(n: int) -> dict:
+    rng = np.random.default_rng(3)
+    text = np.array([None if i % 7 == 0 else f"row {i} ü" for i in range(n)], dtype=object)
+    mixed = np.array([[None, 1, "two", 3.5, True][i % 5] for i in range(n)], dtype=object)
+    return {
+        "i64": rng.integers(-(2**62), 2**62, n),
+        "u16": rng.integers(0, 2**16, n).astype(np.uint16),
+        "f64": np.where(np.arange(n) % 5 == 0, np.nan, rng.random(n)),
+        "flag": rng.random(n) < 0.5,
+        "nullable": Nullable(rng.integers(0, 9, n), rng.random(n) < 0.7),
+        "text": text,
+        "mixed": mixed,
+    }
+
+
+def _same(a, b) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        x, y = a[name], b[name]
+        assert isinstance(x, Nullable) == isinstance(y, Nullable), name
+        if isinstance(x, Nullable):
+            np.testing.assert_array_equal(x.values, y.values)
+            np.testing.assert_array_equal(x.valid, y.valid)
+            assert x.values.dtype == y.values.dtype
+        else:
+            assert x.dtype == y.dtype, name
+            if x.dtype == object:
+                assert x.tolist() == y.tolist(), name
+                assert [type(v) for v in x.tolist()] == [type(v) for v in y.tolist()]
+            else:
+                np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("run_rows", [3, 4096])
+def test_any_row_range_reads_back_what_was_stored(tmp_path, monkeypatch, run_rows):
+    """Ranges that start and end inside and across the pickled runs of object columns,
+    empty ranges and ranges past the end."""
+    monkeypatch.setattr(stored, "OBJECT_RUN_ROWS", run_rows)
+    table = _table(50)
+    st = stored.store(table, tmp_path / "t")
+    assert st.n_rows == 50
+    for lo, hi in [(0, 50), (0, 1), (2, 9), (3, 6), (49, 50), (10, 10), (0, 0), (45, 80)]:
+        want = {k: v[lo:hi] for k, v in table.items()}
+        _same(st.read(lo, hi), want)
+
+
+def test_an_empty_table_keeps_its_columns_and_types(tmp_path):
+    table = {k: v[:0] for k, v in _table(5).items()}
+    got = stored.store(table, tmp_path / "t").read(0, 0)
+    _same(got, table)
+
+
+@pytest.mark.parametrize("cut", ["numbers", "objects"])
+def test_a_file_cut_short_is_an_error_not_short_rows(tmp_path, cut):
+    """Cut inside the first (numeric) column, or inside the last pickled run of the last
+    (object) column."""
+    st = stored.store(_table(20), tmp_path / "t")
+    at = 8 if cut == "numbers" else st.columns["mixed"][0].runs[-1][0] + 1
+    with open(st.path, "r+b") as f:
+        f.truncate(at)
+    with pytest.raises(OSError, match="shorter than what was written"):
+        st.read(15, 20)
