@@ -163,18 +163,21 @@ class SpilledCapture:
         return table, pos
 
     def _read_into(self, table: dict[str, np.ndarray], bucket_numbers: list[int]) -> None:
-        """Each block's columns read from the file straight into the table's."""
+        """Each block's columns read from the file straight into the table's: one
+        preadv a block (a capture of many connections has many small blocks, and a read
+        a column cost ~2 us each: ~1 s on 13M packets of 125k connections)."""
         at = 0
         for i in bucket_numbers:
             bucket = self.buckets[i]
-            with open(bucket.path, "rb", buffering=0) as f:
+            fd = os.open(bucket.path, os.O_RDONLY)
+            try:
                 for offset, rows in bucket.blocks:
-                    f.seek(offset)
-                    for col in table.values():
-                        dest = col[at : at + rows].view(np.uint8).data
-                        if f.readinto(dest) != dest.nbytes:
-                            raise OSError(f"{bucket.path} is shorter than what was written")
+                    dest = [col[at : at + rows].view(np.uint8) for col in table.values()]
+                    if os.preadv(fd, dest, offset) != rows * ROW_BYTES:
+                        raise OSError(f"{bucket.path} is shorter than what was written")
                     at += rows
+            finally:
+                os.close(fd)
 
     def classify(self, classify: ClassifyPart, too_big: list[dict] | None, jobs: int = 1) -> Merged:
         """Every shard read back and classified, its output rows stored as it is done
@@ -328,10 +331,9 @@ def _spill(stream, directory) -> SpilledCapture:
             for lo, hi in zip(starts.tolist(), ends.tolist()):
                 i = int(sorted_b[lo])
                 if i not in files:
-                    files[i] = open(buckets[i].path, "wb")
-                f, bucket = files[i], buckets[i]
-                for col in grouped:
-                    f.write(col[lo:hi].data)
+                    files[i] = open(buckets[i].path, "wb", buffering=0)
+                bucket = buckets[i]
+                _write_all(files[i], [col[lo:hi] for col in grouped])  # one writev a block
                 bucket.blocks.append((bucket.written, hi - lo))
                 bucket.written += (hi - lo) * ROW_BYTES
                 bucket.rows += hi - lo
@@ -343,6 +345,22 @@ def _spill(stream, directory) -> SpilledCapture:
     for f in files.values():
         f.close()
     return SpilledCapture(stream.meta, buckets, tuples.table(), anchor, anchor_bucket, tmp)
+
+
+def _write_all(f: BinaryIO, parts: list[np.ndarray]) -> None:
+    """``parts``' bytes, one after the other, with one writev. A write that stops short
+    (a regular file's does only at a signal or a full disk) goes on from there, a part at
+    a time: a full disk then raises."""
+    fd = f.fileno()
+    views = [memoryview(p).cast("B") for p in parts]
+    done = os.writev(fd, views)
+    for v in views:
+        if done >= v.nbytes:
+            done -= v.nbytes
+            continue
+        v, done = v[done:], 0
+        while v.nbytes:
+            v = v[os.write(fd, v) :]
 
 
 class TupleNumbers:

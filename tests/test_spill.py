@@ -296,3 +296,18 @@ def test_spilled_outputs_are_streamed_from_the_shards_in_row_groups(tmp_path, mo
     assert sorted(p.name for p in (tmp_path / "spilled").iterdir()) == sorted(
         p.name for p in (tmp_path / "memory").iterdir()
     )
+
+
+def test_a_block_written_short_goes_on_from_where_it_stopped(tmp_path, monkeypatch):
+    """A bucket's block is one writev of its columns; one that stops short (a signal,
+    a disk filling) is finished a column at a time from the byte it stopped at."""
+    import os
+
+    parts = [np.arange(10, dtype=np.uint16), np.arange(5, dtype=np.int64), np.array([True, False])]
+    want = b"".join(p.tobytes() for p in parts)
+    for stop in (0, 7, 20, 21, 59):
+        path = tmp_path / f"b{stop}"
+        monkeypatch.setattr(os, "writev", lambda fd, views, n=stop: os.write(fd, want[:n]))
+        with open(path, "wb", buffering=0) as f:
+            spill._write_all(f, parts)
+        assert path.read_bytes() == want, stop
