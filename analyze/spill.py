@@ -370,26 +370,36 @@ class TupleNumbers:
     every packet. Rows find their number by their tuple's 64-bit hash, then every row is
     checked against the tuple its number names: exact, whatever the hash does."""
 
+    RECENT_TUPLES = 1 << 18
     FIELDS = {"a_hi": np.uint64, "a_lo": np.uint64, "a_port": np.uint16}
     FIELDS |= {"b_hi": np.uint64, "b_lo": np.uint64, "b_port": np.uint16}
 
     def __init__(self) -> None:
         self.n = 0
         self._cols = {k: np.zeros(256, dtype=dt) for k, dt in self.FIELDS.items()}
-        self._hash = np.zeros(0, dtype=np.uint64)  # known hashes, sorted
-        self._number = np.zeros(0, dtype=np.int64)  # the number of each
+        # known hashes, sorted, and the number of each: in two tables, a big one and one of
+        # the RECENT_TUPLES newest, which new tuples are inserted into (an insert into the
+        # big one would copy it at every chunk with a new tuple: ~1 s of 1M connections,
+        # growing with the square of their count)
+        self._hash = np.zeros(0, dtype=np.uint64)
+        self._number = np.zeros(0, dtype=np.int64)
+        self._recent_hash = np.zeros(0, dtype=np.uint64)
+        self._recent_number = np.zeros(0, dtype=np.int64)
 
     def code(self, h: np.ndarray, canon: list[np.ndarray], first_sent: np.ndarray) -> np.ndarray:
         """Each row's ``tuple`` cell (schemas/packets.SPILLED_DTYPES): its tuple's number
         times two, plus one when the greater endpoint sent it. ``h``, ``canon``,
         ``first_sent``: shards.tuple_hash and canonical_tuple of the rows."""
-        pos = np.searchsorted(self._hash, h)
-        known = pos < len(self._hash)
-        known[known] = self._hash[pos[known]] == h[known]
-        if not known.all():
-            self._add(h, canon, np.flatnonzero(~known))
-            pos = np.searchsorted(self._hash, h)
-        number = self._number[pos]
+        # looked up once a tuple, in hash order: searchsorted with sorted keys walks the
+        # table forwards (random keys cost a cache miss a step: ~6 s of a 13M-packet
+        # capture of 1M connections)
+        uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        number = self._lookup(uh)
+        new = number < 0
+        if new.any():
+            self._add(uh[new], first[new], canon)
+            number[new] = self._lookup(uh[new])
+        number = number[inv.ravel()]
         if not all(np.array_equal(self._cols[k][number], c) for k, c in zip(self.FIELDS, canon)):
             raise RetranscopeError(
                 "two of the capture's 4-tuples have one 64-bit hash (a chance of about one "
@@ -397,10 +407,9 @@ class TupleNumbers:
             )
         return ((number << 1) | ~first_sent).astype(np.uint32)
 
-    def _add(self, h: np.ndarray, canon: list[np.ndarray], rows: np.ndarray) -> None:
-        """Number the new tuples of ``rows`` in order of their first row."""
-        new_hash, first = np.unique(h[rows], return_index=True)
-        at = rows[first]
+    def _add(self, new_hash: np.ndarray, at: np.ndarray, canon: list[np.ndarray]) -> None:
+        """Number the new tuples (``new_hash``, sorted; ``at``: the first row of each) in
+        order of their first row."""
         rank = np.empty(len(at), dtype=np.int64)
         rank[np.argsort(at, kind="stable")] = np.arange(len(at))
         number = self.n + rank
@@ -417,9 +426,28 @@ class TupleNumbers:
         for col, c in zip(self._cols.values(), canon):
             col[number] = c[at]
         self.n += len(at)
-        where = np.searchsorted(self._hash, new_hash)
-        self._hash = np.insert(self._hash, where, new_hash)
-        self._number = np.insert(self._number, where, number)
+        where = np.searchsorted(self._recent_hash, new_hash)  # new_hash is sorted
+        self._recent_hash = np.insert(self._recent_hash, where, new_hash)
+        self._recent_number = np.insert(self._recent_number, where, number)
+        if len(self._recent_hash) > self.RECENT_TUPLES:
+            where = np.searchsorted(self._hash, self._recent_hash)
+            self._hash = np.insert(self._hash, where, self._recent_hash)
+            self._number = np.insert(self._number, where, self._recent_number)
+            self._recent_hash = self._recent_hash[:0]
+            self._recent_number = self._recent_number[:0]
+
+    def _lookup(self, uh: np.ndarray) -> np.ndarray:
+        """The number of each of the sorted hashes ``uh`` (-1: not known yet)."""
+        out = np.full(len(uh), -1, dtype=np.int64)
+        for hashes, numbers in (
+            (self._hash, self._number),
+            (self._recent_hash, self._recent_number),
+        ):
+            pos = np.searchsorted(hashes, uh)
+            hit = pos < len(hashes)
+            hit[hit] = hashes[pos[hit]] == uh[hit]
+            out[hit] = numbers[pos[hit]]
+        return out
 
     def table(self) -> dict[str, np.ndarray]:
         """The tuples by number (FIELDS: lesser endpoint a, greater b): flows.flow_table's

@@ -138,10 +138,13 @@ def test_no_space_to_spill_is_one_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
-def test_tuple_numbers_name_each_rows_tuple_and_direction_across_chunks():
+@pytest.mark.parametrize("recent", [3, spill.TupleNumbers.RECENT_TUPLES])
+def test_tuple_numbers_name_each_rows_tuple_and_direction_across_chunks(monkeypatch, recent):
     """A spilled row carries its 4-tuple's number instead of its addresses: over chunks
     that bring new tuples and old ones, both directions, v4 and v6, every number names
-    the row's own tuple and the direction bit its sender."""
+    the row's own tuple and the direction bit its sender; also when the table of recent
+    tuples is merged into the big one as chunks come."""
+    monkeypatch.setattr(spill.TupleNumbers, "RECENT_TUPLES", recent)
     from retranscope.analyze.flows import _mix64
     from retranscope.analyze.shards import canonical_tuple
 
@@ -172,7 +175,10 @@ def test_tuple_numbers_name_each_rows_tuple_and_direction_across_chunks():
             assert np.array_equal(table[name][number], col), (chunk_no, name)
         s_lo = np.where(by_b, table["b_lo"][number], table["a_lo"][number])
         assert np.array_equal(s_lo, chunk["saddr_lo"])
-    assert numbers.n == len(np.unique(numbers._hash))
+    known = np.concatenate([numbers._hash, numbers._recent_hash])
+    assert numbers.n == len(np.unique(known)) == len(known)
+    if recent == 3:
+        assert len(numbers._hash) > 0  # merged at least once
 
 
 def test_two_tuples_with_one_hash_are_one_clear_error():
