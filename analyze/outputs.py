@@ -134,7 +134,9 @@ def _row_groups(rows):
     n = len(rows) if hasattr(rows, "columns") else n_rows(rows)
     for lo in range(0, max(n, 1), ROW_GROUP_ROWS):
         hi = min(n, lo + ROW_GROUP_ROWS)
-        yield rows.iloc[lo:hi] if hasattr(rows, "columns") else {k: v[lo:hi] for k, v in rows.items()}
+        yield (
+            rows.iloc[lo:hi] if hasattr(rows, "columns") else {k: v[lo:hi] for k, v in rows.items()}
+        )
 
 
 def write_outputs(result, out_dir: str | Path) -> list[Path]:
@@ -145,16 +147,22 @@ def write_outputs(result, out_dir: str | Path) -> list[Path]:
         stale.unlink()  # until the new one is written, the directory is not a complete analysis
     version = str(result.summary["output_schema_version"]).encode()
     paths = [out / "retransmits.parquet", out / "flows.parquet", out / "summary.json"]
-    for path, rows, schema in (
-        (paths[0], result.retransmits, RETRANSMITS_SCHEMA),
-        (paths[1], result.flows, FLOWS_SCHEMA),
-    ):
-        schema = schema.with_metadata({**schema.metadata, b"schema_version": version})
-        write_atomic(path, lambda p, rows=rows, schema=schema: _write_parquet(rows, schema, p))
-    summary = dict(result.summary, complete=True)
-    write_atomic(
-        paths[2], lambda p: p.write_text(json.dumps(summary, indent=2, default=_json) + "\n")
-    )
+    try:
+        for path, rows, schema in (
+            (paths[0], result.retransmits, RETRANSMITS_SCHEMA),
+            (paths[1], result.flows, FLOWS_SCHEMA),
+        ):
+            schema = schema.with_metadata({**schema.metadata, b"schema_version": version})
+            write_atomic(path, lambda p, rows=rows, schema=schema: _write_parquet(rows, schema, p))
+        summary = dict(result.summary, complete=True)
+        write_atomic(
+            paths[2], lambda p: p.write_text(json.dumps(summary, indent=2, default=_json) + "\n")
+        )
+    except BaseException:
+        # a disk that filled half-way: no table of this analysis is left beside another's
+        for path in paths:
+            path.unlink(missing_ok=True)  # (write_atomic removed its temporary file)
+        raise
     return paths
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Union
 
 from retranscope.analyze.memory import reuse_freed_memory
 from retranscope.analyze.pipeline import Result, analyze
+from retranscope.errors import RetranscopeError
 
 #: called with analyze.capture.ReadProgress while reading, then (spilled) with
 #: analyze.spill.ShardProgress after each shard classified
@@ -46,16 +47,35 @@ def run_analysis(
     never with ``events``, whose join needs the whole packet table)."""
     reuse_freed_memory()
     capture = None
+    made = not out.exists()
     try:
         if pcap is not None:
             capture = _read(pcap, progress, decode_jobs, False if events else spill, out)
             for w in capture.meta.warnings:
                 warn(w)
-        result = _analyze(capture, events, out, jobs, warn)
+        try:
+            result = _analyze(capture, events, out, jobs, warn)
+        except OSError as err:  # a disk that filled under the shards' rows or the outputs
+            if capture is not None and hasattr(capture, "close"):
+                capture.close()  # the spill's directory, inside ``out``
+            if made and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise OutputFailed(out, err) from err
     finally:
         if capture is not None and hasattr(capture, "close"):
             capture.close()  # a spilled capture's files
     return result
+
+
+class OutputFailed(RetranscopeError):
+    """The analysis could not be written (or a spilled capture's shards kept) in --out."""
+
+    def __init__(self, out: Path, err: OSError):
+        where = f" ({err.filename})" if err.filename else ""
+        super().__init__(
+            f"cannot finish the analysis in {out}: {err.strerror or err}{where}; no output "
+            "was left there: free space there or give another --out"
+        )
 
 
 def _read(pcap: Captures, progress: Progress | None, decode_jobs, spill: bool | None, out: Path):

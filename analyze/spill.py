@@ -172,7 +172,7 @@ class SpilledCapture:
             fd = os.open(bucket.path, os.O_RDONLY)
             try:
                 for offset, rows in bucket.blocks:
-                    dest = [col[at : at + rows].view(np.uint8) for col in table.values()]
+                    dest = [col[at : at + rows].view(np.uint8).data for col in table.values()]
                     if os.preadv(fd, dest, offset) != rows * ROW_BYTES:
                         raise OSError(f"{bucket.path} is shorter than what was written")
                     at += rows
@@ -352,7 +352,7 @@ def _write_all(f: BinaryIO, parts: list[np.ndarray]) -> None:
     (a regular file's does only at a signal or a full disk) goes on from there, a part at
     a time: a full disk then raises."""
     fd = f.fileno()
-    views = [memoryview(p).cast("B") for p in parts]
+    views = [p.data.cast("B") for p in parts]
     done = os.writev(fd, views)
     for v in views:
         if done >= v.nbytes:

@@ -156,7 +156,9 @@ def merge(digests: list[Digest]) -> Merged:
     order = np.argsort(first, kind="stable")  # output row -> concatenation row
     new_id = np.empty(len(order), dtype=np.int64)
     new_id[order] = np.arange(len(order))
-    rev_cat = np.concatenate([np.where(d.rev >= 0, d.rev + o, -1) for d, o in zip(digests, offsets)])
+    rev_cat = np.concatenate(
+        [np.where(d.rev >= 0, d.rev + o, -1) for d, o in zip(digests, offsets)]
+    )
     rev_id = np.where(rev_cat >= 0, new_id[np.clip(rev_cat, 0, None)], -1)
     conn_key = np.concatenate([d.conn + (i << 40) for i, d in enumerate(digests)])
     tuple_first = np.concatenate([d.tuple_first for d in digests])

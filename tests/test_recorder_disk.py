@@ -9,29 +9,18 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from filesystems import small_fs
 
 from retranscope.analyze.events import read_events
 
 pytestmark = pytest.mark.root
 
 PORT = 5001
-
-
-@contextmanager
-def small_fs(path: Path, size: str):
-    path.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def _storm(lab, conns: int = 8):

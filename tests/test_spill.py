@@ -317,3 +317,58 @@ def test_a_block_written_short_goes_on_from_where_it_stopped(tmp_path, monkeypat
         with open(path, "wb", buffering=0) as f:
             spill._write_all(f, parts)
         assert path.read_bytes() == want, stop
+
+
+@pytest.mark.root
+def test_a_disk_that_fills_under_the_analysis_is_one_line_and_leaves_nothing(tmp_path):
+    """A real full disk (a small tmpfs, filled but for a little room) under --out, at
+    every step of a spilled analysis: the spill, the shards' stored rows, the outputs.
+    Each run ends with exit 0 and a complete analysis, or exit 1, one line, no
+    traceback, and no output left behind (nothing presented as an analysis)."""
+    import subprocess
+    import sys
+
+    from filesystems import small_fs
+
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    seen: dict[str, int] = {}
+    with small_fs(tmp_path / "fs", "1200k") as fs:
+        for free_kb in range(200, 330, 10):
+            for p in fs.iterdir():
+                subprocess.run(["rm", "-rf", str(p)], check=True)
+            (fs / "fill").write_bytes(bytes((1200 - free_kb) * 1024))
+            out = fs / "o"
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "retranscope",
+                    "analyze",
+                    "--pcap",
+                    str(pcap),
+                    "-o",
+                    str(out),
+                    "--spill",
+                    "-q",
+                ],
+                capture_output=True,
+                text=True,
+            )
+            lines = r.stderr.strip().splitlines()
+            if r.returncode == 0:
+                seen["complete"] = seen.get("complete", 0) + 1
+                assert sorted(p.name for p in out.iterdir()) == [
+                    "flows.parquet",
+                    "retransmits.parquet",
+                    "summary.json",
+                ]
+                continue
+            assert r.returncode == 1 and len(lines) == 1, (free_kb, r.stderr[-600:])
+            assert "No space left on device" in lines[0] and "Traceback" not in r.stderr
+            assert not out.exists(), (free_kb, sorted(p.name for p in out.iterdir()))
+            step = "spill" if "cannot spill" in lines[0] else "finish"
+            assert step == "spill" or "cannot finish the analysis" in lines[0]
+            seen[step] = seen.get(step, 0) + 1
+    # every step was reached by some room left: refused at the spill, at the shards'
+    # rows or the outputs, and complete
+    assert seen.keys() == {"spill", "finish", "complete"}, seen
