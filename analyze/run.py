@@ -7,13 +7,14 @@ errors are raised as RetranscopeError subclasses (retranscope/errors.py).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Union
 
 from retranscope.analyze.memory import reuse_freed_memory
 from retranscope.analyze.pipeline import Result, analyze
-from retranscope.errors import RetranscopeError
+from retranscope.errors import BadInput, RetranscopeError
 
 #: called with analyze.capture.ReadProgress while reading, then (spilled) with
 #: analyze.spill.ShardProgress after each shard classified
@@ -46,6 +47,8 @@ def run_analysis(
     the capture (analyze/spill.py; None: when the capture is at least SPILL_MIN_BYTES;
     never with ``events``, whose join needs the whole packet table)."""
     reuse_freed_memory()
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file: give a directory (made if it does not exist)")
     capture = None
     made = not out.exists()
     try:
@@ -71,10 +74,16 @@ class OutputFailed(RetranscopeError):
     """The analysis could not be written (or a spilled capture's shards kept) in --out."""
 
     def __init__(self, out: Path, err: OSError):
-        where = f" ({err.filename})" if err.filename else ""
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(out) else ""
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "free space there or give another --out"
+        elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            what = "give an --out this user can write to"
+        else:
+            what = "give another --out"
         super().__init__(
             f"cannot finish the analysis in {out}: {err.strerror or err}{where}; no output "
-            "was left there: free space there or give another --out"
+            f"was left there: {what}"
         )
 
 
@@ -90,7 +99,10 @@ def _read(pcap: Captures, progress: Progress | None, decode_jobs, spill: bool | 
         return read_capture(pcap, progress=progress, jobs=decode_jobs)
     with open_capture(pcap, progress=progress, jobs=decode_jobs) as stream:
         made = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputFailed(out, err) from err
         try:
             spilled = spill_capture(stream, out)
             spilled.progress = progress  # then the shards' classification

@@ -372,3 +372,43 @@ def test_a_disk_that_fills_under_the_analysis_is_one_line_and_leaves_nothing(tmp
     # every step was reached by some room left: refused at the spill, at the shards'
     # rows or the outputs, and complete
     assert seen.keys() == {"spill", "finish", "complete"}, seen
+
+
+@pytest.mark.parametrize("spilled", ["--spill", "--no-spill"])
+def test_an_out_that_is_a_file_is_one_line(tmp_path, spilled):
+    from typer.testing import CliRunner
+
+    from retranscope.cli import app
+
+    (tmp_path / "f").write_text("mine")
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    r = CliRunner().invoke(
+        app, ["analyze", "--pcap", str(pcap), "-o", str(tmp_path / "f"), spilled]
+    )
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        f"retranscope: error: --out {tmp_path / 'f'} is a file: give a directory (made if it "
+        "does not exist)"
+    ]
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("spilled", ["--spill", "--no-spill"])
+def test_an_out_on_a_read_only_filesystem_is_one_line(tmp_path, spilled):
+    """Root writes anywhere but on a read-only mount: a real one (tmpfs, remounted ro)."""
+    import subprocess
+
+    from filesystems import small_fs
+    from typer.testing import CliRunner
+
+    from retranscope.cli import app
+
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    with small_fs(tmp_path / "fs", "1m") as fs:
+        subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
+        r = CliRunner().invoke(app, ["analyze", "--pcap", str(pcap), "-o", str(fs / "o"), spilled])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "Read-only file system" in lines[0], r.output[-500:]
+    assert "give an --out this user can write to" in lines[0]
