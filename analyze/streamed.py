@@ -10,9 +10,10 @@ shard's sums for summary.json. ``merge`` numbers the whole capture from the dige
 exactly as shards.merge_parts does, and the outputs are written a row group at a time
 (``StreamedTable.row_groups``), each group read back from the shards' files.
 
-What the analysis holds for the whole capture is then ~40 bytes a flow and ~24 a
-retransmission, not every output row (~250 bytes a flow, ~630 a retransmission, plus the
-merge's copies).
+What the analysis holds for the whole capture is then 32 bytes a flow and 16 a
+retransmission while the shards are classified (their digests), ~40 and 8 while the
+outputs are written (the numbering), not every output row (~250 bytes a flow, ~630 a
+retransmission, plus the merge's copies, as before).
 
 Both orders are merges of the shards' own orders, which is what lets a row group be read
 as one contiguous range of rows from each shard's file:
