@@ -371,6 +371,8 @@ class TupleNumbers:
     checked against the tuple its number names: exact, whatever the hash does."""
 
     RECENT_TUPLES = 1 << 18
+    #: up to this many tuples known, rows are looked up one by one, not once a tuple
+    DIRECT_TUPLES = 1 << 16
     FIELDS = {"a_hi": np.uint64, "a_lo": np.uint64, "a_port": np.uint16}
     FIELDS |= {"b_hi": np.uint64, "b_lo": np.uint64, "b_port": np.uint16}
 
@@ -390,16 +392,29 @@ class TupleNumbers:
         """Each row's ``tuple`` cell (schemas/packets.SPILLED_DTYPES): its tuple's number
         times two, plus one when the greater endpoint sent it. ``h``, ``canon``,
         ``first_sent``: shards.tuple_hash and canonical_tuple of the rows."""
-        # looked up once a tuple, in hash order: searchsorted with sorted keys walks the
-        # table forwards (random keys cost a cache miss a step: ~6 s of a 13M-packet
-        # capture of 1M connections)
-        uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
-        number = self._lookup(uh)
-        new = number < 0
+        if self.n <= self.DIRECT_TUPLES:
+            # a table that stays in the cache: every row looked up as it comes (sorting
+            # the chunk's hashes would cost more: ~0.7 s of a 13M-packet capture)
+            keys, inv = h, None
+            number = self._lookup(keys)
+            new = number < 0
+            if new.any():
+                rows = np.flatnonzero(new)
+                new_hash, first = np.unique(h[rows], return_index=True)
+                self._add(new_hash, rows[first], canon)
+        else:
+            # looked up once a tuple, in hash order: searchsorted with sorted keys walks
+            # the table forwards (random keys cost a cache miss a step: ~6 s of a
+            # 13M-packet capture of 1M connections)
+            keys, first, inv = np.unique(h, return_index=True, return_inverse=True)
+            number = self._lookup(keys)
+            new = number < 0
+            if new.any():
+                self._add(keys[new], first[new], canon)
         if new.any():
-            self._add(uh[new], first[new], canon)
-            number[new] = self._lookup(uh[new])
-        number = number[inv.ravel()]
+            number[new] = self._lookup(keys[new])
+        if inv is not None:
+            number = number[inv.ravel()]
         if not all(np.array_equal(self._cols[k][number], c) for k, c in zip(self.FIELDS, canon)):
             raise RetranscopeError(
                 "two of the capture's 4-tuples have one 64-bit hash (a chance of about one "

@@ -138,13 +138,18 @@ def test_no_space_to_spill_is_one_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("direct", [0, 10, spill.TupleNumbers.DIRECT_TUPLES])
 @pytest.mark.parametrize("recent", [3, spill.TupleNumbers.RECENT_TUPLES])
-def test_tuple_numbers_name_each_rows_tuple_and_direction_across_chunks(monkeypatch, recent):
+def test_tuple_numbers_name_each_rows_tuple_and_direction_across_chunks(
+    monkeypatch, recent, direct
+):
     """A spilled row carries its 4-tuple's number instead of its addresses: over chunks
     that bring new tuples and old ones, both directions, v4 and v6, every number names
     the row's own tuple and the direction bit its sender; also when the table of recent
-    tuples is merged into the big one as chunks come."""
+    tuples is merged into the big one as chunks come, and whether rows are looked up one
+    by one (few tuples known), once a tuple, or first one way then the other."""
     monkeypatch.setattr(spill.TupleNumbers, "RECENT_TUPLES", recent)
+    monkeypatch.setattr(spill.TupleNumbers, "DIRECT_TUPLES", direct)
     from retranscope.analyze.flows import _mix64
     from retranscope.analyze.shards import canonical_tuple
 
