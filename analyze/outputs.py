@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retranscope.analyze.stored import ROW_GROUP_ROWS
 from retranscope.analyze.table import Nullable, n_rows
 from retranscope.fileio import write_atomic
 from retranscope.schemas.outputs import FLOWS_SCHEMA, RETRANSMITS_SCHEMA
@@ -110,12 +111,6 @@ def _strings(values: np.ndarray, valid: np.ndarray | None) -> pa.Array:
         [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
         null_count=nulls,
     )
-
-
-#: Rows of an output converted to Arrow and written at a time (one Parquet row group):
-#: only one group's Arrow arrays (and its strings' Python bytes) exist at once, ~40 MB for
-#: the 250k flows of a 13M-packet capture of 125k connections when it was converted whole
-ROW_GROUP_ROWS = 1 << 16
 
 
 def _write_parquet(rows, schema: pa.Schema, path: Path) -> None:

@@ -186,7 +186,7 @@ class SpilledCapture:
         reading its own shards from the bucket files (peak memory: the shards classified
         at once)."""
         if not self.n_packets:
-            return merge([self._finish(classify(empty_packets(), too_big)[1], 0)])
+            return merge([self._finish(classify(empty_packets(), too_big)[1], 0, 1)])
         shards = self.shards()
         workers = self._workers(shards, jobs)
         if workers >= 2:
@@ -200,14 +200,15 @@ class SpilledCapture:
         space = columns(max(self.rows_of(s) for s in shards), SPILLED_DTYPES)
         for number, shard in enumerate(shards):
             part = self.classify_shard(shard, classify, too_big, space)
-            digests.append(self._finish(part, number))
+            digests.append(self._finish(part, number, len(shards)))
             del part
             report(shard)
         return merge(digests)
 
-    def _finish(self, part: Part, number: int) -> Digest:
-        """Shard ``number``'s output rows stored beside the buckets; its digest."""
-        return finish_part(part, Path(self.directory.name), number)
+    def _finish(self, part: Part, number: int, shards: int) -> Digest:
+        """Shard ``number``'s (of ``shards``) output rows stored beside the buckets; its
+        digest."""
+        return finish_part(part, Path(self.directory.name), number, shards)
 
     def _reporter(self, shards: list[list[int]]) -> Callable[[list[int] | None], None]:
         """A function to call as each shard is done: it tells ``progress`` (and tells it
@@ -257,7 +258,7 @@ class SpilledCapture:
         (_workers: no more than the shards), the biggest shards first (the last to finish
         is then a small one)."""
         give_back_free_memory()  # pages shared after the fork are copied on a write
-        _FORKED.update(spilled=self, classify=classify, too_big=too_big)
+        _FORKED.update(spilled=self, classify=classify, too_big=too_big, shards=len(shards))
         try:
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
@@ -280,7 +281,7 @@ def _forked_shard(shard: list[int], number: int) -> Digest:
     """A worker's shard, read into a table of its own, its output rows stored."""
     spilled = _FORKED["spilled"]
     part = spilled.classify_shard(shard, _FORKED["classify"], _FORKED["too_big"])
-    return spilled._finish(part, number)
+    return spilled._finish(part, number, _FORKED["shards"])
 
 
 def spill_capture(stream, directory: str | os.PathLike | None = None) -> SpilledCapture:

@@ -22,9 +22,23 @@ import numpy as np
 
 from retranscope.analyze.table import Nullable, Table, n_rows
 
-#: rows pickled together in an object column: a read of a few rows unpickles at most
-#: this many more of each such column
+#: Rows of an output converted to Arrow and written at a time, one Parquet row group
+#: (analyze/outputs.py), and read back from here a group at a time: only one group's Arrow
+#: arrays (and its strings' Python bytes) exist at once, ~40 MB for the 250k flows of a
+#: 13M-packet capture of 125k connections when it was converted whole
+ROW_GROUP_ROWS = 1 << 16
+#: rows pickled together in an object column, at most: a read of a few rows unpickles at
+#: most a run more of each such column
 OBJECT_RUN_ROWS = 4096
+
+
+def run_rows_for(tables: int) -> int:
+    """Object rows a run for one of ``tables`` tables read back together a row group at a
+    time (a spilled capture's shards: each row group takes ~ROW_GROUP_ROWS / tables rows
+    of each). Runs that size keep what a row group unpickles to about twice what it
+    keeps, however many shards: with runs of OBJECT_RUN_ROWS, 1,000 shards would unpickle
+    4M rows for a group of 64k."""
+    return max(min(64, OBJECT_RUN_ROWS), min(OBJECT_RUN_ROWS, ROW_GROUP_ROWS // max(tables, 1)))
 
 
 @dataclass
@@ -45,6 +59,7 @@ class StoredTable:
     path: Path
     n_rows: int
     columns: dict[str, tuple[_Column, _Column | None]]  # name -> (values, validity)
+    run_rows: int = OBJECT_RUN_ROWS  # rows a pickled run of an object column
 
     def read(self, lo: int, hi: int) -> Table:
         """Rows lo .. hi - 1, as they were stored (numpy, object or Nullable columns)."""
@@ -53,39 +68,44 @@ class StoredTable:
         out: Table = {}
         with open(self.path, "rb", buffering=0) as f:
             for name, (values, valid) in self.columns.items():
-                v = _read(f, values, lo, hi)
-                out[name] = v if valid is None else Nullable(v, _read(f, valid, lo, hi))
+                v = _read(f, values, lo, hi, self.run_rows)
+                out[name] = (
+                    v if valid is None else Nullable(v, _read(f, valid, lo, hi, self.run_rows))
+                )
         return out
 
 
-def store(table: Table, path: str | os.PathLike) -> StoredTable:
-    """Write ``table`` to ``path`` (a new file)."""
+def store(table: Table, path: str | os.PathLike, run_rows: int | None = None) -> StoredTable:
+    """Write ``table`` to ``path`` (a new file); object columns in runs of ``run_rows``
+    (None: OBJECT_RUN_ROWS; run_rows_for)."""
     path = Path(path)
+    run = int(run_rows or OBJECT_RUN_ROWS)
     n = n_rows(table)
     columns: dict[str, tuple[_Column, _Column | None]] = {}
     with open(path, "wb") as f:
         for name, col in table.items():
             if isinstance(col, Nullable):
-                columns[name] = (_write(f, np.asarray(col.values)), _write(f, col.valid))
+                values, valid = np.asarray(col.values), col.valid
+                columns[name] = (_write(f, values, run), _write(f, valid, run))
             else:
-                columns[name] = (_write(f, np.asarray(col)), None)
-    return StoredTable(path, n, columns)
+                columns[name] = (_write(f, np.asarray(col), run), None)
+    return StoredTable(path, n, columns, run)
 
 
-def _write(f, col: np.ndarray) -> _Column:
+def _write(f, col: np.ndarray, run: int) -> _Column:
     if col.dtype != object:
         c = _Column(col.dtype, f.tell())
         f.write(np.ascontiguousarray(col).tobytes())
         return c
     c = _Column(None)
-    for lo in range(0, len(col), OBJECT_RUN_ROWS):
-        blob = pickle.dumps(col[lo : lo + OBJECT_RUN_ROWS].tolist(), protocol=5)
+    for lo in range(0, len(col), run):
+        blob = pickle.dumps(col[lo : lo + run].tolist(), protocol=5)
         c.runs.append((f.tell(), len(blob)))
         f.write(blob)
     return c
 
 
-def _read(f, c: _Column, lo: int, hi: int) -> np.ndarray:
+def _read(f, c: _Column, lo: int, hi: int, run_rows: int) -> np.ndarray:
     if c.dtype is not None:
         out = np.empty(hi - lo, dtype=c.dtype)
         if hi > lo:
@@ -96,14 +116,14 @@ def _read(f, c: _Column, lo: int, hi: int) -> np.ndarray:
     out = np.empty(hi - lo, dtype=object)
     at = lo
     while at < hi:
-        run = at // OBJECT_RUN_ROWS
+        run = at // run_rows
         offset, size = c.runs[run]
         f.seek(offset)
         blob = f.read(size)
         if len(blob) != size:
             raise OSError(f"{f.name} is shorter than what was written")
         items = pickle.loads(blob)
-        start = at - run * OBJECT_RUN_ROWS
+        start = at - run * run_rows
         take = min(hi - at, len(items) - start)
         # fromiter: a list assigned to an object slice would be taken apart if its items
         # were sequences themselves

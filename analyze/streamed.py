@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from retranscope.analyze.shards import Part, _concat, _tuple_first_frame
-from retranscope.analyze.stored import StoredTable, store
+from retranscope.analyze.stored import StoredTable, run_rows_for, store
 from retranscope.analyze.table import Table, n_rows, take
 
 
@@ -52,8 +52,9 @@ class Digest:
     sums: dict  # pipeline.part_sums, and the totals' partials (kind_firsts)
 
 
-def finish_part(part: Part, directory: Path, number: int) -> Digest:
-    """Shard ``number``'s Part as output rows stored in ``directory``, and its Digest."""
+def finish_part(part: Part, directory: Path, number: int, shards: int = 1) -> Digest:
+    """Shard ``number``'s Part (of ``shards``) as output rows stored in ``directory``, and
+    its Digest."""
     from retranscope.analyze.pipeline import _flows_out, flow_extra_columns, part_sums
 
     n = n_rows(part.flows)
@@ -73,8 +74,8 @@ def finish_part(part: Part, directory: Path, number: int) -> Digest:
     sums["kind_firsts"] = _kind_firsts(rows)
     out_flows = {**_flows_out(flows, rows), **flow_extra_columns(per_flow)}
     digest = Digest(
-        flows=store(out_flows, directory / f"flows-{number}"),
-        rows=store(rows, directory / f"rows-{number}"),
+        flows=store(out_flows, directory / f"flows-{number}", run_rows_for(shards)),
+        rows=store(rows, directory / f"rows-{number}", run_rows_for(shards)),
         first_frame=flows["first_frame"].astype(np.int64),
         tuple_first=_tuple_first_frame(flows) if len(keep) else np.zeros(0, dtype=np.int64),
         conn=flows["conn_id"].astype(np.int64),
@@ -215,4 +216,5 @@ def _merged_firsts(per_part: list[dict], digests: list[Digest]) -> dict:
 def value_counts(firsts: dict) -> dict:
     """{kind: count}, most frequent first, ties by first appearance (pipeline._value_counts
     over the capture's rows)."""
-    return {k: c for k, (c, _) in sorted(firsts.items(), key=lambda kv: (-kv[1][0], kv[1][1]))}
+    ranked = sorted(firsts.items(), key=lambda kv: (-kv[1][0], kv[1][1]))
+    return {str(k): int(c) for k, (c, _) in ranked}  # as pipeline._totals_table writes them

@@ -291,9 +291,9 @@ def test_spilled_outputs_are_streamed_from_the_shards_in_row_groups(tmp_path, mo
     finished: list[int] = []
     finish = spill.finish_part
 
-    def counted(part, directory, number):
+    def counted(part, directory, number, shards):
         finished.append(number)
-        return finish(part, directory, number)
+        return finish(part, directory, number, shards)
 
     monkeypatch.setattr(spill, "finish_part", counted)
     run_analysis(pcap, None, tmp_path / "spilled", spill=True, jobs=jobs)

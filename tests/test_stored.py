@@ -43,17 +43,24 @@ def _same(a, b) -> None:
                 np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("run_rows", [3, 4096])
-def test_any_row_range_reads_back_what_was_stored(tmp_path, monkeypatch, run_rows):
+@pytest.mark.parametrize("run_rows", [3, 4096, None])
+def test_any_row_range_reads_back_what_was_stored(tmp_path, run_rows):
     """Ranges that start and end inside and across the pickled runs of object columns,
     empty ranges and ranges past the end."""
-    monkeypatch.setattr(stored, "OBJECT_RUN_ROWS", run_rows)
     table = _table(50)
-    st = stored.store(table, tmp_path / "t")
+    st = stored.store(table, tmp_path / "t", run_rows)
     assert st.n_rows == 50
     for lo, hi in [(0, 50), (0, 1), (2, 9), (3, 6), (49, 50), (10, 10), (0, 0), (45, 80)]:
         want = {k: v[lo:hi] for k, v in table.items()}
         _same(st.read(lo, hi), want)
+
+
+def test_runs_follow_the_tables_read_together():
+    """A row group takes ~ROW_GROUP_ROWS / tables rows of each table read together:
+    runs about that size, within bounds."""
+    assert stored.run_rows_for(1) == stored.OBJECT_RUN_ROWS
+    assert stored.run_rows_for(64) == stored.ROW_GROUP_ROWS // 64
+    assert stored.run_rows_for(100_000) == 64
 
 
 def test_an_empty_table_keeps_its_columns_and_types(tmp_path):
@@ -66,7 +73,7 @@ def test_an_empty_table_keeps_its_columns_and_types(tmp_path):
 def test_a_file_cut_short_is_an_error_not_short_rows(tmp_path, cut):
     """Cut inside the first (numeric) column, or inside the last pickled run of the last
     (object) column."""
-    st = stored.store(_table(20), tmp_path / "t")
+    st = stored.store(_table(20), tmp_path / "t", 3)
     at = 8 if cut == "numbers" else st.columns["mixed"][0].runs[-1][0] + 1
     with open(st.path, "r+b") as f:
         f.truncate(at)
