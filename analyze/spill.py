@@ -49,8 +49,12 @@ from retranscope.analyze.streamed import Digest, Merged, finish_part, merge
 from retranscope.errors import RetranscopeError
 from retranscope.schemas.packets import SPILLED_DTYPES, empty_packets
 
-#: files the packets are spread over by 4-tuple (then dealt into shards)
-SPILL_BUCKETS = 64
+#: files the packets are spread over by 4-tuple (then dealt into shards of ~SHARD_PACKETS
+#: packets): no more shards than buckets, so with 64 a capture of many connections past
+#: 64M packets made shards of more than 1M packets, and its peak grew with its length;
+#: with 512, past 512M packets (~50 GB of headers-only capture). Opened as rows come, all
+#: of them for a capture of many connections (_open_files_for)
+SPILL_BUCKETS = 512
 #: a capture (its files as stored, compressed or not) at least this big is spilled when
 #: analyze chooses by itself. Measured on the 1.3M-packet capture (184 MB, docs/scale.md):
 #: spilled, the same time and 286 MB peak instead of 491 MB; small captures stay in
@@ -299,8 +303,9 @@ def spill_capture(stream, directory: str | os.PathLike | None = None) -> Spilled
 
 
 def _spill(stream, directory) -> SpilledCapture:
+    n_buckets = _open_files_for(SPILL_BUCKETS)
     tmp = tempfile.TemporaryDirectory(prefix="retranscope-spill-", dir=directory)
-    buckets = [Bucket(Path(tmp.name) / f"bucket{i:03d}") for i in range(SPILL_BUCKETS)]
+    buckets = [Bucket(Path(tmp.name) / f"bucket{i:04d}") for i in range(n_buckets)]
     files: dict[int, BinaryIO] = {}
     tuples = TupleNumbers()
     anchor, anchor_bucket, anchor_ts = None, -1, None
@@ -308,7 +313,7 @@ def _spill(stream, directory) -> SpilledCapture:
         for chunk in stream:
             first_sent, canon = canonical_tuple(chunk)
             h = _mix64(canon)  # shards.tuple_hash
-            bucket_of = bucket_of_hash(h, SPILL_BUCKETS)
+            bucket_of = bucket_of_hash(h, n_buckets)
             code = tuples.code(h, canon, first_sent)
             del canon, h, first_sent
             rows: dict[str, np.ndarray] = {
@@ -346,6 +351,27 @@ def _spill(stream, directory) -> SpilledCapture:
     for f in files.values():
         f.close()
     return SpilledCapture(stream.meta, buckets, tuples.table(), anchor, anchor_bucket, tmp)
+
+
+def _open_files_for(n: int) -> int:
+    """How many bucket files the spill may keep open, up to ``n``: the soft limit on open
+    files raised towards the hard one where it is lower (1,024 is a common default), else
+    a power of two that leaves 64 descriptors for the rest of the process."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n + 64
+    if soft != resource.RLIM_INFINITY and soft < want:
+        raised = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return n
+    room = max(1, int(soft) - 64)
+    return 1 << (room.bit_length() - 1)
 
 
 def _write_all(f: BinaryIO, parts: list[np.ndarray]) -> None:

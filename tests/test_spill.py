@@ -417,3 +417,33 @@ def test_an_out_on_a_read_only_filesystem_is_one_line(tmp_path, spilled):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and "Read-only file system" in lines[0], r.output[-500:]
     assert "give an --out this user can write to" in lines[0]
+
+
+def test_the_buckets_follow_the_open_file_limit(tmp_path):
+    """The spill keeps up to SPILL_BUCKETS files open: a soft limit below that is raised
+    towards the hard one; where the hard one is lower, fewer buckets (a power of two) and
+    the same outputs. In a process of its own, whose limits are its own."""
+    import subprocess
+    import sys
+
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    run_analysis(pcap, None, tmp_path / "memory", spill=False)
+    code = f"""
+import resource
+from pathlib import Path
+from retranscope.analyze import spill
+from retranscope.analyze.run import run_analysis
+resource.setrlimit(resource.RLIMIT_NOFILE, (200, 2000))
+print(spill._open_files_for(512), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+resource.setrlimit(resource.RLIMIT_NOFILE, (150, 150))
+print(spill._open_files_for(512), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+spill.SHARD_PACKETS = 500
+run_analysis(Path({str(pcap)!r}), None, Path({str(tmp_path / "spilled")!r}), spill=True)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert r.stdout.split() == ["512", "576", "64", "150"]
+    want, got = _outputs(tmp_path / "memory"), _outputs(tmp_path / "spilled")
+    assert got["summary.json"] == want["summary.json"]
+    for name in ("retransmits.parquet", "flows.parquet"):
+        assert got[name].equals(want[name]), name
