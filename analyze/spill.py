@@ -50,11 +50,18 @@ from retranscope.errors import RetranscopeError
 from retranscope.schemas.packets import SPILLED_DTYPES, empty_packets
 
 #: files the packets are spread over by 4-tuple (then dealt into shards of ~SHARD_PACKETS
-#: packets): no more shards than buckets, so with 64 a capture of many connections past
-#: 64M packets made shards of more than 1M packets, and its peak grew with its length;
-#: with 512, past 512M packets (~50 GB of headers-only capture). Opened as rows come, all
-#: of them for a capture of many connections (_open_files_for)
+#: packets), at most: there are no more shards than buckets, so with 64 a capture of many
+#: connections past 64M packets made shards of more than 1M packets, and its peak grew
+#: with its length; with 512, past 512M packets (~60 GB of headers-only capture). Opened
+#: as rows come, all of them for a capture of many connections (_open_files_for)
 SPILL_BUCKETS = 512
+#: and at least: more buckets than a capture needs cost time (more, smaller blocks:
+#: 512 instead of 64 took 1.12x the time on 13M packets of 125k connections)
+SPILL_BUCKETS_MIN = 64
+#: capture bytes (as stored, uncompressed) a bucket is planned for: two buckets a shard
+#: of SHARD_PACKETS packets at >= 64 bytes a packet on disk (a 16-byte record header and
+#: a 48-byte TCP/IP header at the least), so that shards are dealt evenly
+BUCKET_INPUT_BYTES = 32 << 20
 #: a capture (its files as stored, compressed or not) at least this big is spilled when
 #: analyze chooses by itself. Measured on the 1.3M-packet capture (184 MB, docs/scale.md):
 #: spilled, the same time and 286 MB peak instead of 491 MB; small captures stay in
@@ -303,7 +310,7 @@ def spill_capture(stream, directory: str | os.PathLike | None = None) -> Spilled
 
 
 def _spill(stream, directory) -> SpilledCapture:
-    n_buckets = _open_files_for(SPILL_BUCKETS)
+    n_buckets = _open_files_for(_buckets_for(stream))
     tmp = tempfile.TemporaryDirectory(prefix="retranscope-spill-", dir=directory)
     buckets = [Bucket(Path(tmp.name) / f"bucket{i:04d}") for i in range(n_buckets)]
     files: dict[int, BinaryIO] = {}
@@ -351,6 +358,27 @@ def _spill(stream, directory) -> SpilledCapture:
     for f in files.values():
         f.close()
     return SpilledCapture(stream.meta, buckets, tuples.table(), anchor, anchor_bucket, tmp)
+
+
+def _buckets_for(stream) -> int:
+    """Buckets for a capture: a power of two from SPILL_BUCKETS_MIN to SPILL_BUCKETS,
+    BUCKET_INPUT_BYTES of it each; its size unknown (a pipe) or compressed (10 times as
+    many packets a byte, headers-only captures compress about that well): the most."""
+    from retranscope.analyze.capture.stream import sniff_compression
+
+    size = getattr(stream, "input_bytes", None)
+    paths = getattr(stream, "paths", None) or []
+    if size is None or not paths:
+        return SPILL_BUCKETS
+    try:
+        for path in paths:
+            with open(path, "rb") as f:
+                if sniff_compression(f.read(8)):
+                    return SPILL_BUCKETS
+    except OSError:
+        return SPILL_BUCKETS
+    want = max(1, -(-int(size) // BUCKET_INPUT_BYTES))
+    return int(min(SPILL_BUCKETS, max(SPILL_BUCKETS_MIN, 1 << (want - 1).bit_length())))
 
 
 def _open_files_for(n: int) -> int:

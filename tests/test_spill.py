@@ -286,6 +286,7 @@ def test_spilled_outputs_are_streamed_from_the_shards_in_row_groups(tmp_path, mo
     run_analysis(pcap, None, tmp_path / "memory", spill=False)
     want = _outputs(tmp_path / "memory")
     monkeypatch.setattr(spill, "SHARD_PACKETS", 400)
+    monkeypatch.setattr(spill, "SPILL_BUCKETS_MIN", spill.SPILL_BUCKETS)  # the most buckets
     monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", 3)
     monkeypatch.setattr(stored, "OBJECT_RUN_ROWS", 2)
     finished: list[int] = []
@@ -447,3 +448,21 @@ run_analysis(Path({str(pcap)!r}), None, Path({str(tmp_path / "spilled")!r}), spi
     assert got["summary.json"] == want["summary.json"]
     for name in ("retransmits.parquet", "flows.parquet"):
         assert got[name].equals(want[name]), name
+
+
+def test_buckets_follow_the_capture_size(tmp_path, monkeypatch):
+    """A power of two from SPILL_BUCKETS_MIN to SPILL_BUCKETS, one per BUCKET_INPUT_BYTES
+    of capture; the most for a compressed capture or one of unknown size (a pipe)."""
+    import gzip
+    from types import SimpleNamespace
+
+    plain = tmp_path / "c.pcap"
+    plain.write_bytes((CORPUS / "multi_flow_rtt50" / "capture.pcap").read_bytes())
+    packed = tmp_path / "c.pcap.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    mib = spill.BUCKET_INPUT_BYTES
+    for size, want in [(1, 64), (64 * mib, 64), (65 * mib, 128), (300 * mib, 512), (10**12, 512)]:
+        stream = SimpleNamespace(input_bytes=size, paths=[str(plain)])
+        assert spill._buckets_for(stream) == want, size
+    assert spill._buckets_for(SimpleNamespace(input_bytes=1, paths=[str(packed)])) == 512
+    assert spill._buckets_for(SimpleNamespace(input_bytes=None, paths=["-"])) == 512
