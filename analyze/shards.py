@@ -227,6 +227,23 @@ def _tuple_first_frame(flows: Table) -> np.ndarray:
     return out[tid]
 
 
+def number_flows(
+    first_frame: np.ndarray, rev_cat: np.ndarray, conn_key: np.ndarray, tuple_first: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The whole capture's numbering of the flows of its shards, concatenated (see the
+    module docstring). Per flow: ``first_frame``; ``rev_cat``, its reverse flow's row in
+    the concatenation (-1: none); ``conn_key``, its connection (unique across shards, in
+    capture order within one); ``tuple_first``, its 4-tuple's first frame. Returns
+    ``order`` (output row -> concatenation row) and, per concatenation row, its flow id,
+    reverse flow id (-1: none) and connection id."""
+    order = np.argsort(first_frame, kind="stable")  # flows by first appearance
+    new_id = np.empty(len(order), dtype=np.int64)
+    new_id[order] = np.arange(len(order))
+    rev_id = np.where(rev_cat >= 0, new_id[np.clip(rev_cat, 0, None)], -1)
+    _, conn_id = np.unique(np.stack([tuple_first, conn_key], axis=1), axis=0, return_inverse=True)
+    return order, new_id, rev_id, conn_id.ravel().astype(np.int64)
+
+
 def merge_parts(parts: list[Part]) -> Part:
     """The parts as one capture's classification (see the module docstring)."""
     keeps, offsets, base = [], [], 0
@@ -248,21 +265,16 @@ def merge_parts(parts: list[Part]) -> Part:
         m = np.full(n_rows(p.flows) + 1, -1, dtype=np.int64)  # [-1] stays -1
         m[k] = off + np.arange(len(k))
         local_to_cat.append(m)
-    # global flow ids: first appearance in the capture
-    order = np.argsort(flows["first_frame"], kind="stable")
-    new_id = np.empty(len(order), dtype=np.int64)
-    new_id[order] = np.arange(len(order))
     rev_cat = np.concatenate(
         [m[p.flows["rev_flow_id"][k]] for p, k, m in zip(parts, keeps, local_to_cat)]
     )
     conn_key = np.concatenate(
         [p.flows["conn_id"][k] + (i << 40) for i, (p, k) in enumerate(zip(parts, keeps))]
     )
-    tuple_first = _tuple_first_frame(flows)
-    _, conn_rank = np.unique(np.stack([tuple_first, conn_key], axis=1), axis=0, return_inverse=True)
-    flows["flow_id"] = new_id
-    flows["rev_flow_id"] = np.where(rev_cat >= 0, new_id[np.clip(rev_cat, 0, None)], -1)
-    flows["conn_id"] = conn_rank.ravel().astype(np.int64)
+    order, new_id, rev_id, conn_id = number_flows(
+        flows["first_frame"], rev_cat, conn_key, _tuple_first_frame(flows)
+    )
+    flows["flow_id"], flows["rev_flow_id"], flows["conn_id"] = new_id, rev_id, conn_id
     flows = {name: col[order] for name, col in flows.items()}
     per_flow = {name: col[order] for name, col in per_flow.items()}
 

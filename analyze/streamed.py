@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retranscope.analyze.shards import Part, _concat, _tuple_first_frame
+from retranscope.analyze.shards import Part, _concat, _tuple_first_frame, number_flows
 from retranscope.analyze.stored import StoredTable, run_rows_for, store
 from retranscope.analyze.table import Table, n_rows, take
 
@@ -125,7 +125,7 @@ class StreamedTable:
                 pieces.append(self.stored[s].read(cursor[s], cursor[s] + c))
                 cursor[s] += c
             if not pieces:  # no rows at all: one empty group, as the in-memory path writes
-                pieces = [self.stored[0].read(0, 0)] if self.stored else []
+                pieces = [self.stored[0].read(0, 0)]
             group = {name: _concat([t[name] for t in pieces]) for name in pieces[0]}
             # the group's rows, in output order, from the shards' pieces in shard order
             order = np.argsort(p, kind="stable")
@@ -154,25 +154,18 @@ def merge(digests: list[Digest]) -> Merged:
     sizes = np.array([len(d.first_frame) for d in digests], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     part_of_cat = np.repeat(np.arange(len(digests)), sizes)
-    first = np.concatenate([d.first_frame for d in digests])
-    order = np.argsort(first, kind="stable")  # output row -> concatenation row
-    new_id = np.empty(len(order), dtype=np.int64)
-    new_id[order] = np.arange(len(order))
-    rev_cat = np.concatenate(
-        [np.where(d.rev >= 0, d.rev + o, -1) for d, o in zip(digests, offsets)]
+    order, new_id, rev_id, conn_id = number_flows(
+        np.concatenate([d.first_frame for d in digests]),
+        np.concatenate([np.where(d.rev >= 0, d.rev + o, -1) for d, o in zip(digests, offsets)]),
+        np.concatenate([d.conn + (i << 40) for i, d in enumerate(digests)]),
+        np.concatenate([d.tuple_first for d in digests]),
     )
-    rev_id = np.where(rev_cat >= 0, new_id[np.clip(rev_cat, 0, None)], -1)
-    conn_key = np.concatenate([d.conn + (i << 40) for i, d in enumerate(digests)])
-    tuple_first = np.concatenate([d.tuple_first for d in digests])
-    _, conn_rank = np.unique(np.stack([tuple_first, conn_key], axis=1), axis=0, return_inverse=True)
-    conn_rank = conn_rank.ravel().astype(np.int64)
-    del first, conn_key, tuple_first, rev_cat
 
     def patch_flows(group: Table, lo: int, hi: int, _part) -> None:
         cat = order[lo:hi]
         group["flow_id"] = np.arange(lo, hi, dtype=np.int64)
         group["rev_flow_id"] = rev_id[cat]
-        group["conn_id"] = conn_rank[cat]
+        group["conn_id"] = conn_id[cat]
 
     n_rtx = np.array([len(d.row_ts) for d in digests], dtype=np.int64)
     row_part = np.repeat(np.arange(len(digests)), n_rtx)
