@@ -57,17 +57,14 @@ def run_analysis(
             for w in capture.meta.warnings:
                 warn(w)
         try:
-            result = _analyze(capture, events, out, jobs, warn)
+            return _analyze(capture, events, out, jobs, warn)
         except OSError as err:  # a disk that filled under the shards' rows or the outputs
-            if capture is not None and hasattr(capture, "close"):
-                capture.close()  # the spill's directory, inside ``out``
-            if made and out.is_dir() and not any(out.iterdir()):
-                out.rmdir()
             raise OutputFailed(out, err) from err
     finally:
         if capture is not None and hasattr(capture, "close"):
-            capture.close()  # a spilled capture's files
-    return result
+            capture.close()  # a spilled capture's files, inside ``out``
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # what was refused or failed leaves no --out behind
 
 
 class OutputFailed(RetranscopeError):
@@ -98,19 +95,13 @@ def _read(pcap: Captures, progress: Progress | None, decode_jobs, spill: bool | 
     if not spill:
         return read_capture(pcap, progress=progress, jobs=decode_jobs)
     with open_capture(pcap, progress=progress, jobs=decode_jobs) as stream:
-        made = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputFailed(out, err) from err
-        try:
-            spilled = spill_capture(stream, out)
-            spilled.progress = progress  # then the shards' classification
-            return spilled
-        except BaseException:
-            if made:  # what is refused leaves nothing behind
-                out.rmdir()
-            raise
+        spilled = spill_capture(stream, out)
+        spilled.progress = progress  # then the shards' classification
+        return spilled
 
 
 def _analyze(capture, events: Path | None, out: Path, jobs, warn) -> Result:
