@@ -157,7 +157,7 @@ def classify_part(
 
 
 def _capture_rows(
-    capture, summary: dict, jobs: int | None = 1, whole: bool = False
+    capture, summary: dict, jobs: int = 1, whole: bool = False
 ) -> tuple[np.ndarray | None, Table, Table, dict]:
     """The capture's retransmissions as output rows, and what summary.json says about the
     capture beside them: its reader's metadata and warnings, keep-alives, zero-window
@@ -169,7 +169,6 @@ def _capture_rows(
     from retranscope.analyze.shards import assign_shards, classify_sharded, shard_count
 
     too_big = _read_summary(capture, summary)
-    jobs = default_jobs() if jobs is None else max(1, int(jobs))
     packets = capture.packets
     n_shards = 1 if whole else shard_count(len(packets["frame"]), jobs)
     shard_of_row = assign_shards(packets, n_shards) if n_shards > 1 else None
@@ -190,24 +189,13 @@ def _read_summary(capture, summary: dict) -> list[dict] | None:
     return getattr(capture.meta, "icmp_too_big", None)
 
 
-def _analyze_spilled(capture, summary: dict, jobs: int | None) -> Result:
+def _analyze_spilled(capture, summary: dict, jobs: int) -> Result:
     """A spilled capture (analyze/spill.py): classified a shard at a time, each shard's
     rows stored as it is done, the outputs streamed from them (analyze/streamed.py)."""
-    from retranscope.analyze.streamed import value_counts
-
     too_big = _read_summary(capture, summary)
-    jobs = default_jobs() if jobs is None else max(1, int(jobs))
     merged = capture.classify(classify_part, too_big, jobs=jobs)
     _capture_summary(merged.sums, capture, summary)
-    firsts = merged.sums["kind_firsts"]
-    summary.update(
-        {
-            "retransmissions": int(merged.retransmits.n_rows),
-            "by_kind": value_counts(firsts["all"]),
-            "spurious": int(sum(count for count, _ in firsts["spurious"].values())),
-            "spurious_by_kind": value_counts(firsts["spurious"]),
-        }
-    )
+    summary.update(totals(merged.sums["kind_firsts"], merged.retransmits.n_rows))
     return Result(merged.retransmits, merged.flows, summary)
 
 
@@ -412,6 +400,7 @@ def _analyze(capture, events, jobs: int | None) -> Result:
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
     summary: dict = {"output_schema_version": None, "warnings": []}
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
     if capture is not None and not hasattr(capture, "packets"):
         return _analyze_spilled(capture, summary, jobs)  # never with events: run.py
     if capture is not None:
@@ -818,14 +807,37 @@ def _value_counts(values: np.ndarray) -> dict:
 
 def _totals_table(rows: Table) -> dict:
     """Totals by kind and spurious (summary.json)."""
-    n = n_rows(rows)
-    spurious = _true(rows["spurious"], n)
+    return totals(kind_firsts(rows), n_rows(rows))
+
+
+def kind_firsts(rows: Table) -> dict:
+    """Per kind, of all the rows and of the spurious ones: [count, row of its first
+    appearance]: what ``totals`` needs, and what a spilled capture's shards add up
+    (analyze/streamed.py, which keys the first appearance by time and frame)."""
     kind = np.asarray(rows["kind"], dtype=object)
+    spurious = _true(rows["spurious"], len(kind))
+    out: dict = {"all": {}, "spurious": {}}
+    for key, mask in (("all", np.ones(len(kind), dtype=bool)), ("spurious", spurious)):
+        for i in np.flatnonzero(mask).tolist():
+            seen = out[key].setdefault(kind[i], [0, i])
+            seen[0] += 1
+    return out
+
+
+def totals(firsts: dict, n: int) -> dict:
+    """summary.json's totals by kind and spurious, of ``n`` rows whose kind_firsts are
+    ``firsts``: kinds most frequent first, ties in order of first appearance (as pandas'
+    value_counts orders them)."""
+
+    def ranked(kinds: dict) -> dict:
+        order = sorted(kinds.items(), key=lambda kv: (-kv[1][0], kv[1][1]))
+        return {str(k): int(count) for k, (count, _) in order}
+
     return {
         "retransmissions": int(n),
-        "by_kind": {str(k): int(v) for k, v in _value_counts(kind).items()},
-        "spurious": int(spurious.sum()),
-        "spurious_by_kind": {str(k): int(v) for k, v in _value_counts(kind[spurious]).items()},
+        "by_kind": ranked(firsts["all"]),
+        "spurious": int(sum(count for count, _ in firsts["spurious"].values())),
+        "spurious_by_kind": ranked(firsts["spurious"]),
     }
 
 

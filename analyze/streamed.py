@@ -55,7 +55,7 @@ class Digest:
 def finish_part(part: Part, directory: Path, number: int, shards: int = 1) -> Digest:
     """Shard ``number``'s Part (of ``shards``) as output rows stored in ``directory``, and
     its Digest."""
-    from retranscope.analyze.pipeline import _flows_out, flow_extra_columns, part_sums
+    from retranscope.analyze.pipeline import _flows_out, flow_extra_columns, kind_firsts, part_sums
 
     n = n_rows(part.flows)
     keep = np.flatnonzero(np.arange(n) != part.drop_flow)
@@ -71,7 +71,7 @@ def finish_part(part: Part, directory: Path, number: int, shards: int = 1) -> Di
     rows = take(wire, by_frame[np.argsort(wire["ts_wall_ns"][by_frame], kind="stable")])
     sums = part_sums(flows, rows, per_flow, part.acks_lost)
     del wire, part
-    sums["kind_firsts"] = _kind_firsts(rows)
+    sums["kind_firsts"] = kind_firsts(rows)
     out_flows = {**_flows_out(flows, rows), **flow_extra_columns(per_flow)}
     digest = Digest(
         flows=store(out_flows, directory / f"flows-{number}", run_rows_for(shards)),
@@ -85,22 +85,6 @@ def finish_part(part: Part, directory: Path, number: int, shards: int = 1) -> Di
         sums=sums,
     )
     return digest
-
-
-def _kind_firsts(rows: Table) -> dict:
-    """Per kind (all rows, and the spurious ones): [count, row of its first appearance in
-    the shard's output order] (summary.json orders kinds by count, ties by first
-    appearance: pipeline._value_counts)."""
-    from retranscope.analyze.pipeline import _true
-
-    kind = np.asarray(rows["kind"], dtype=object)
-    spurious = _true(rows["spurious"], len(kind))
-    out: dict = {"all": {}, "spurious": {}}
-    for key, mask in (("all", np.ones(len(kind), dtype=bool)), ("spurious", spurious)):
-        for i in np.flatnonzero(mask).tolist():
-            seen = out[key].setdefault(kind[i], [0, i])
-            seen[0] += 1
-    return out
 
 
 class StreamedTable:
@@ -204,10 +188,3 @@ def _merged_firsts(per_part: list[dict], digests: list[Digest]) -> dict:
             else:
                 out[kind] = [count, key]
     return out
-
-
-def value_counts(firsts: dict) -> dict:
-    """{kind: count}, most frequent first, ties by first appearance (pipeline._value_counts
-    over the capture's rows)."""
-    ranked = sorted(firsts.items(), key=lambda kv: (-kv[1][0], kv[1][1]))
-    return {str(k): int(c) for k, (c, _) in ranked}  # as pipeline._totals_table writes them
