@@ -87,6 +87,7 @@ class OutputFailed(RetranscopeError):
 def _read(pcap: Captures, progress: Progress | None, decode_jobs, spill: bool | None, out: Path):
     """The capture in memory (read_capture), or spilled to disk beside the outputs."""
     from retranscope.analyze.capture import open_capture, read_capture
+    from retranscope.analyze.capture.parallel import default_jobs
     from retranscope.analyze.spill import SPILL_MIN_BYTES, spill_capture
 
     if spill is None:
@@ -99,7 +100,8 @@ def _read(pcap: Captures, progress: Progress | None, decode_jobs, spill: bool | 
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputFailed(out, err) from err
-        spilled = spill_capture(stream, out)
+        parts = default_jobs() if decode_jobs is None else decode_jobs
+        spilled = spill_capture(stream, out, jobs=parts)
         spilled.progress = progress  # then the shards' classification
         return spilled
 

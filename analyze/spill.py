@@ -33,8 +33,11 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
+from retranscope.analyze.capture.chunks import FileState
 from retranscope.analyze.capture.decode import columns
+from retranscope.analyze.capture.pcap import PcapWalker
 from retranscope.analyze.capture.records import CaptureMeta
+from retranscope.analyze.capture.split import SplitPlan, part_reader
 from retranscope.analyze.flows import _mix64
 from retranscope.analyze.memory import available_memory_bytes
 from retranscope.analyze.shards import (
@@ -105,6 +108,9 @@ class Bucket:
     rows: int = 0
     blocks: list[tuple[int, int]] = field(default_factory=list)  # (file offset, rows)
     written: int = 0
+    #: the same bucket's blocks from the later parts of a split file, each read after this
+    #: one's and fixed up as it says (_Spiller.absorb)
+    later: list[tuple[Bucket, _Fix]] = field(default_factory=list)
 
 
 @dataclass
@@ -176,19 +182,15 @@ class SpilledCapture:
     def _read_into(self, table: dict[str, np.ndarray], bucket_numbers: list[int]) -> None:
         """Each block's columns read from the file straight into the table's: one
         preadv a block (a capture of many connections has many small blocks, and a read
-        a column cost ~2 us each: ~1 s on 13M packets of 125k connections)."""
+        a column cost ~2 us each: ~1 s on 13M packets of 125k connections). A bucket's
+        blocks from a split file's later parts follow its own, fixed up as they come."""
         at = 0
         for i in bucket_numbers:
-            bucket = self.buckets[i]
-            fd = os.open(bucket.path, os.O_RDONLY)
-            try:
-                for offset, rows in bucket.blocks:
-                    dest = [col[at : at + rows].view(np.uint8).data for col in table.values()]
-                    if os.preadv(fd, dest, offset) != rows * ROW_BYTES:
-                        raise OSError(f"{bucket.path} is shorter than what was written")
-                    at += rows
-            finally:
-                os.close(fd)
+            at = _read_blocks(self.buckets[i], table, at)
+            for later, fix in self.buckets[i].later:
+                start = at
+                at = _read_blocks(later, table, at)
+                fix.apply({name: table[name][start:at] for name in ("frame", "tuple")})
 
     def classify(self, classify: ClassifyPart, too_big: list[dict] | None, jobs: int = 1) -> Merged:
         """Every shard read back and classified, its output rows stored as it is done
@@ -295,12 +297,32 @@ def _forked_shard(shard: list[int], number: int) -> Digest:
     return spilled._finish(part, number, _FORKED["shards"])
 
 
-def spill_capture(stream, directory: str | os.PathLike | None = None) -> SpilledCapture:
+def _read_blocks(bucket: Bucket, table: dict[str, np.ndarray], at: int) -> int:
+    """``bucket``'s blocks read into ``table``'s rows from ``at`` on; returns the row
+    after them."""
+    if not bucket.blocks:  # a bucket only a split file's later parts wrote to
+        return at
+    fd = os.open(bucket.path, os.O_RDONLY)
+    try:
+        for offset, rows in bucket.blocks:
+            dest = [col[at : at + rows].view(np.uint8).data for col in table.values()]
+            if os.preadv(fd, dest, offset) != rows * ROW_BYTES:
+                raise OSError(f"{bucket.path} is shorter than what was written")
+            at += rows
+    finally:
+        os.close(fd)
+    return at
+
+
+def spill_capture(
+    stream, directory: str | os.PathLike | None = None, jobs: int = 1
+) -> SpilledCapture:
     """Read an open capture stream (analyze.capture.open_capture) to its end, spilling its
     packets into bucket files in a temporary directory made in ``directory`` (None: the
-    system's). The caller closes the result (which removes the files)."""
+    system's). The caller closes the result (which removes the files). ``jobs`` of 2 or
+    more: a pcap file is read in up to that many parts at once (capture/split.py)."""
     try:
-        return _spill(stream, directory)
+        return _spill(stream, directory, jobs)
     except OSError as err:  # no space, no permission: the machine's, not the input's
         raise RetranscopeError(
             f"cannot spill the capture's packets to {directory or tempfile.gettempdir()} "
@@ -309,55 +331,237 @@ def spill_capture(stream, directory: str | os.PathLike | None = None) -> Spilled
         ) from err
 
 
-def _spill(stream, directory) -> SpilledCapture:
+def _spill(stream, directory, jobs: int = 1) -> SpilledCapture:
     n_buckets = _open_files_for(_buckets_for(stream))
     tmp = tempfile.TemporaryDirectory(prefix="retranscope-spill-", dir=directory)
-    buckets = [Bucket(Path(tmp.name) / f"bucket{i:04d}") for i in range(n_buckets)]
-    files: dict[int, BinaryIO] = {}
-    tuples = TupleNumbers()
-    anchor, anchor_bucket, anchor_ts = None, -1, None
     try:
-        for chunk in stream:
-            first_sent, canon = canonical_tuple(chunk)
-            h = _mix64(canon)  # shards.tuple_hash
-            bucket_of = bucket_of_hash(h, n_buckets)
-            code = tuples.code(h, canon, first_sent)
-            del canon, h, first_sent
-            rows: dict[str, np.ndarray] = {
-                name: code if name == "tuple" else chunk[name] for name in SPILLED_DTYPES
-            }
-            first = int(np.argmin(chunk["ts_ns"]))
-            if anchor_ts is None or int(chunk["ts_ns"][first]) < anchor_ts:
-                anchor_ts = int(chunk["ts_ns"][first])
-                anchor = {name: col[first : first + 1].copy() for name, col in rows.items()}
-                anchor_bucket = int(bucket_of[first])
-            order = np.argsort(bucket_of, kind="stable")
-            sorted_b = bucket_of[order]
-            starts = np.flatnonzero(np.r_[True, sorted_b[1:] != sorted_b[:-1]])
-            ends = np.r_[starts[1:], len(order)]
-            # the rows grouped by bucket once; each bucket's block is then slices of them,
-            # written as they are (no copy into bytes)
-            grouped: list[np.ndarray] = [
-                col if len(starts) == 1 else col[order] for col in rows.values()
-            ]
-            del rows, code
-            for lo, hi in zip(starts.tolist(), ends.tolist()):
-                i = int(sorted_b[lo])
-                if i not in files:
-                    files[i] = open(buckets[i].path, "wb", buffering=0)
-                bucket = buckets[i]
-                _write_all(files[i], [col[lo:hi] for col in grouped])  # one writev a block
-                bucket.blocks.append((bucket.written, hi - lo))
-                bucket.written += (hi - lo) * ROW_BYTES
-                bucket.rows += hi - lo
+        plan = stream.split(jobs) if jobs >= 2 else None
+        parts = _Parts(plan, Path(tmp.name), n_buckets, stream) if plan else None
+        spiller = _Spiller(Path(tmp.name), n_buckets, "")
+        try:
+            for chunk in stream:
+                spiller.add(chunk)
+            spiller.close()
+            if parts is not None:
+                parts.join(spiller, stream)
+        finally:
+            spiller.close()
+            if parts is not None:
+                parts.stop()  # before the files go: they may still be writing
     except BaseException:
-        for f in files.values():
-            f.close()
         tmp.cleanup()
         raise
-    for f in files.values():
-        f.close()
-    return SpilledCapture(stream.meta, buckets, tuples.table(), anchor, anchor_bucket, tmp)
+    return SpilledCapture(
+        stream.meta,
+        spiller.buckets,
+        spiller.tuples.table(),
+        spiller.anchor,
+        spiller.anchor_bucket,
+        tmp,
+    )
+
+
+@dataclass
+class _Fix:
+    """What a bucket block from a later part of a split file (capture/split.py) needs
+    when it is read: its frames moved by the records before the part, and its tuple
+    numbers (the part's own) made the capture's."""
+
+    frames_before: int
+    tuple_number: np.ndarray  # the capture's number of each of the part's tuples
+
+    def apply(self, rows: dict[str, np.ndarray]) -> None:
+        rows["frame"] += self.frames_before
+        code = rows["tuple"]
+        code[:] = (self.tuple_number[code >> 1] << 1) | (code & 1)
+
+
+class _Spiller:
+    """The spill of one stream of chunks (a capture, or a part of a split file) into
+    bucket files named with ``suffix``: each chunk's rows grouped by bucket, a block a
+    bucket; the 4-tuples numbered; the first packet (in time) kept as the anchor."""
+
+    def __init__(self, directory: Path, n_buckets: int, suffix: str):
+        self.buckets = [Bucket(directory / f"bucket{i:04d}{suffix}") for i in range(n_buckets)]
+        self.files: dict[int, BinaryIO] = {}
+        self.tuples = TupleNumbers()
+        self.anchor: dict[str, np.ndarray] | None = None
+        self.anchor_bucket = -1
+        self.anchor_ts: int | None = None
+
+    def add(self, chunk: dict[str, np.ndarray]) -> None:
+        buckets, files = self.buckets, self.files
+        first_sent, canon = canonical_tuple(chunk)
+        h = _mix64(canon)  # shards.tuple_hash
+        bucket_of = bucket_of_hash(h, len(buckets))
+        code = self.tuples.code(h, canon, first_sent)
+        del canon, h, first_sent
+        rows: dict[str, np.ndarray] = {
+            name: code if name == "tuple" else chunk[name] for name in SPILLED_DTYPES
+        }
+        first = int(np.argmin(chunk["ts_ns"]))
+        if self.anchor_ts is None or int(chunk["ts_ns"][first]) < self.anchor_ts:
+            self.anchor_ts = int(chunk["ts_ns"][first])
+            self.anchor = {name: col[first : first + 1].copy() for name, col in rows.items()}
+            self.anchor_bucket = int(bucket_of[first])
+        order = np.argsort(bucket_of, kind="stable")
+        sorted_b = bucket_of[order]
+        starts = np.flatnonzero(np.r_[True, sorted_b[1:] != sorted_b[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        # the rows grouped by bucket once; each bucket's block is then slices of them,
+        # written as they are (no copy into bytes)
+        grouped: list[np.ndarray] = [
+            col if len(starts) == 1 else col[order] for col in rows.values()
+        ]
+        del rows, code
+        for lo, hi in zip(starts.tolist(), ends.tolist()):
+            i = int(sorted_b[lo])
+            if i not in files:
+                files[i] = open(buckets[i].path, "wb", buffering=0)
+            bucket = buckets[i]
+            _write_all(files[i], [col[lo:hi] for col in grouped])  # one writev a block
+            bucket.blocks.append((bucket.written, hi - lo))
+            bucket.written += (hi - lo) * ROW_BYTES
+            bucket.rows += hi - lo
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+    def absorb(self, later: _PartSpilled, frames_before: int) -> None:
+        """Add the spill of the file's next part (read on another process): its tuples
+        numbered after this one's, in their order of first appearance (as one process
+        reading on would have numbered them), its blocks read after this one's."""
+        fields = list(later.tuples.values())
+        code = self.tuples.code(_mix64(fields), fields, np.ones(len(fields[0]), bool))
+        fix = _Fix(frames_before, (code >> 1).astype(np.uint32))
+        for mine, theirs in zip(self.buckets, later.buckets):
+            if theirs.rows:
+                mine.later.append((theirs, fix))
+                mine.rows += theirs.rows
+        if later.anchor is not None:
+            fix.apply(later.anchor)
+            ts = int(later.anchor["ts_ns"][0])
+            if self.anchor_ts is None or ts < self.anchor_ts:  # ties: the earlier part's
+                self.anchor, self.anchor_bucket, self.anchor_ts = (
+                    later.anchor,
+                    later.anchor_bucket,
+                    ts,
+                )
+
+
+@dataclass
+class _PartSpilled:
+    """What the process reading a part of a split file sends back: its spill, and what
+    its reader learnt (capture/split.py)."""
+
+    buckets: list[Bucket]
+    tuples: dict[str, np.ndarray]
+    anchor: dict[str, np.ndarray] | None
+    anchor_bucket: int
+    state: FileState
+    walker: PcapWalker
+    ended_at_part_end: bool
+    bytes_read: int
+
+
+class _Parts:
+    """The processes reading a split file's later parts (capture/split.py), started at
+    once, each spilling into bucket files of its own; ``join`` adds those that follow on
+    from the first part to its spill, and drops the rest."""
+
+    def __init__(self, plan: SplitPlan, directory: Path, n_buckets: int, stream):
+        ctx = multiprocessing.get_context("fork")
+        self.procs: list = []
+        self.pipes: list = []
+        stream.others_done = []
+        try:
+            for k in range(1, len(plan.starts) + 1):
+                done = ctx.RawArray("q", 3)  # bytes, records, TCP packets: the progress
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_spill_part,
+                    args=(plan, k, directory, n_buckets, send, done),
+                    daemon=True,
+                )
+                proc.start()
+                send.close()
+                self.procs.append(proc)
+                self.pipes.append(receive)
+                stream.others_done.append(done)
+        except BaseException:
+            self.stop()
+            raise
+
+    def join(self, spiller: _Spiller, stream) -> None:
+        try:
+            for k, (proc, pipe) in enumerate(zip(self.procs, self.pipes), start=1):
+                if not stream.ended_at_part_end():
+                    break  # the part before read on: this one's start was no record's
+                try:
+                    status, value = pipe.recv()
+                except EOFError:
+                    proc.join()
+                    raise RetranscopeError(
+                        f"the process reading part {k + 1} of the capture ended without "
+                        f"its packets (exit code {proc.exitcode}): analyze with "
+                        "--decode-jobs 1"
+                    ) from None
+                if status == "error":
+                    raise value
+                frames_before = stream.absorb(
+                    value.state, value.walker, value.ended_at_part_end, value.bytes_read
+                )
+                spiller.absorb(value, frames_before)
+        finally:
+            stream.others_done = []  # parts dropped, if any, are no part of what was read
+            self.stop()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+        for pipe in self.pipes:
+            pipe.close()
+
+
+def _spill_part(plan: SplitPlan, k: int, directory: Path, n_buckets: int, send, done) -> None:
+    """A process's part ``k`` of a split file, spilled; the result sent on ``send``."""
+    try:
+        reader = part_reader(plan, k)
+        spiller = _Spiller(directory, n_buckets, f".{k}")
+        try:
+            for chunk in reader.chunks():
+                if chunk.packets["frame"].size:
+                    spiller.add(chunk.packets)
+                done[:] = [
+                    reader.consumed_bytes() - plan.starts[k - 1],
+                    reader.state.records,
+                    reader.state.tcp_packets,
+                ]
+        finally:
+            spiller.close()
+        assert isinstance(reader.walker, PcapWalker)
+        result = _PartSpilled(
+            spiller.buckets,
+            spiller.tuples.table(),
+            spiller.anchor,
+            spiller.anchor_bucket,
+            reader.state,
+            reader.walker,
+            reader.ended_at_part_end,
+            reader.consumed_bytes() - plan.starts[k - 1],
+        )
+        send.send(("ok", result))
+    except BaseException as err:  # the reading process says it; this one only reports
+        try:
+            send.send(("error", err))
+        except Exception:
+            send.send(("error", RetranscopeError(f"reading part {k + 1} of the capture: {err}")))
+    finally:
+        send.close()
 
 
 def _buckets_for(stream) -> int:

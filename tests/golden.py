@@ -48,15 +48,18 @@ def _summary_digest(path: Path, recording: Path) -> str:
     return _digest(json.loads(text))
 
 
-def analyze_digests(recording: Path, mode: str, out: Path, spill: bool | None = None) -> dict:
+def analyze_digests(
+    recording: Path, mode: str, out: Path, spill: bool | None = None, decode_jobs: int = 1
+) -> dict:
     """Analyze one recording in one mode (the production path, a function of paths) and
-    digest what it wrote. ``spill``: run_analysis's (None: as it chooses)."""
+    digest what it wrote. ``spill``, ``decode_jobs``: run_analysis's (spill None: as it
+    chooses)."""
     from retranscope.analyze.run import run_analysis
 
     pcap = recording / "capture.pcap" if mode in ("capture", "both") else None
     events = recording if mode in ("events", "both") else None
     try:
-        run_analysis(pcap, events, out, spill=spill)
+        run_analysis(pcap, events, out, spill=spill, decode_jobs=decode_jobs)
     except Exception as exc:  # a crash is an outcome to pin too (until it is fixed)
         return {"retransmits": {}, "flows": {}, "summary": f"raised {type(exc).__name__}"}
     return {

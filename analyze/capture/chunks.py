@@ -67,6 +67,25 @@ class FileState:
     present_linktypes: set[int] = field(default_factory=set)
     done: bool = False
 
+    def absorb(self, later: FileState, frames_before: int) -> None:
+        """Add what reading the file's next part learnt (capture/split.py): its frames
+        were numbered from 1, and ``frames_before`` records precede it."""
+        self.records += later.records
+        self.tcp_packets += later.tcp_packets
+        for why, count in later.skipped.items():
+            self.skipped[why] = self.skipped.get(why, 0) + count
+        later.notes.too_big = [(t[0] + frames_before, *t[1:]) for t in later.notes.too_big]
+        self.notes.merge(later.notes)
+        for mine, theirs, pick in (
+            ("first_ts_ns", later.first_ts_ns, min),
+            ("last_ts_ns", later.last_ts_ns, max),
+        ):
+            have = getattr(self, mine)
+            if theirs is not None:
+                setattr(self, mine, theirs if have is None else pick(have, theirs))
+        self.supported += later.supported
+        self.present_linktypes |= later.present_linktypes
+
 
 def make_walker(name: str, head: bytes, compression: str | None):
     """The walker for a file whose first bytes are ``head``; raises for what is not a
@@ -113,8 +132,17 @@ class FileReader:
         *,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         decoder: Decoder | None = None,
+        start: tuple[int, bytes] | None = None,
+        stop_at: int | None = None,
     ):
+        """A part of the file only (capture/split.py): ``start``, the byte its first record
+        starts at and the file's first bytes (``stream`` is positioned at that byte);
+        ``stop_at``, the byte it ends at. It reads on past that when no record ends
+        there: ``ended_at_part_end`` says which it did."""
         self.stream = stream
+        self.start = start
+        self.stop_at = stop_at
+        self.ended_at_part_end = False
         self.chunk_bytes = max(int(chunk_bytes), 64)
         self.decoder = decoder or Decoder(1)
         self.state = FileState(stream.name, stream.compression, stream.size_bytes)
@@ -159,27 +187,14 @@ class FileReader:
         carry and walk loop."""
         stream, st = self.stream, self.state
         buf = bytearray(self.chunk_bytes)
-        filled = stream.readinto(memoryview(buf))
-        eof = filled < len(buf)
-        if filled == 0:
-            if stream.damage:
-                raise CaptureError(f"{stream.name}: {stream.damage}, before any capture data")
-            what = (
-                f"decompresses to nothing ({stream.compression})"
-                if (stream.compression)
-                else "is empty (0 bytes)"
-            )
-            raise NotACapture(
-                f"{stream.name} {what}, not a pcap or pcapng file; "
-                "give a capture written by tcpdump -w"
-            )
-        walker = self.walker = make_walker(
-            stream.name,
-            bytes(buf[:64]) if filled >= 64 else bytes(buf[:filled]),
-            stream.compression,
-        )
+        base = self.start[0] if self.start else 0
+        filled, eof = self._read(buf, 0, base)
+        if self.start:
+            walker = self.walker = make_walker(stream.name, self.start[1], None)
+        else:
+            walker = self.walker = self._first_walker(buf, filled)
         st.format = walker.fmt
-        pos, base = walker.header_bytes, 0
+        pos = 0 if self.start else walker.header_bytes
         while True:
             if eof and stream.damage:
                 walker.eof_hint = stream.damage
@@ -192,6 +207,11 @@ class FileReader:
             pos += used
             if walker.stopped or eof:
                 break
+            if self.stop_at is not None and base + filled == self.stop_at:
+                if pos == filled:  # a record ends where the part does
+                    self.ended_at_part_end = True
+                    break
+                self.stop_at = None  # the part's end was no record's start: read on
             tail = filled - pos
             need = walker.need_bytes
             if need > len(buf) - 0 or (used == 0 and tail == len(buf)):
@@ -201,12 +221,40 @@ class FileReader:
             else:
                 buf[:tail] = buf[pos:filled]
             base += pos
-            pos, filled = 0, tail
-            with memoryview(buf) as mv:
-                filled += stream.readinto(mv[filled:])
-            eof = filled < len(buf)
+            pos = 0
+            filled, eof = self._read(buf, tail, base)
         if stream.damage and not walker.stopped:
             walker.end_of_data(base + pos, stream.damage)
+
+    def _read(self, buf: bytearray, filled: int, base: int) -> tuple[int, bool]:
+        """Fill ``buf`` from ``filled`` on (``buf[0]`` is the file's byte ``base``), up to
+        the part's end while it holds; returns the bytes in it and whether the file
+        ended."""
+        end = len(buf) if self.stop_at is None else min(len(buf), self.stop_at - base)
+        with memoryview(buf) as mv:
+            got = self.stream.readinto(mv[filled:end]) if end > filled else 0
+        return filled + got, filled + got < end
+
+    def _first_walker(self, buf: bytearray, filled: int):
+        """The walker for the file whose first ``filled`` bytes are in ``buf``."""
+        stream = self.stream
+        if filled == 0:
+            if stream.damage:
+                raise CaptureError(f"{stream.name}: {stream.damage}, before any capture data")
+            what = (
+                f"decompresses to nothing ({stream.compression})"
+                if (stream.compression)
+                else "is empty (0 bytes)"
+            )
+            raise NotACapture(
+                f"{stream.name} {what}, not a pcap or pcapng file; "
+                "give a capture written by tcpdump -w"
+            )
+        return make_walker(
+            stream.name,
+            bytes(buf[:64]) if filled >= 64 else bytes(buf[:filled]),
+            stream.compression,
+        )
 
     def _count(self, recs: Records) -> None:
         st = self.state

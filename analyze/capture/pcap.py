@@ -5,6 +5,7 @@ https://www.ietf.org/archive/id/draft-ietf-opsawg-pcap-04.html
 
 from __future__ import annotations
 
+import os
 import struct
 from array import array
 
@@ -60,6 +61,7 @@ class PcapWalker:
         # and additional information"); the link type proper is the low 16 bits.
         self.ifaces = [Iface(linktype_field & 0xFFFF, snaplen)]
         self.snaplen = snaplen
+        self.linktype_field = linktype_field
         self.header_bytes = PCAP_FILE_HEADER_BYTES
         self.header_warnings: list[str] = []
         if major != 2:
@@ -72,8 +74,12 @@ class PcapWalker:
             )
         self._unpack_caplen = struct.Struct(self.order + "8xI").unpack_from  # caplen, @8
         self.frames = 0  # records walked so far
+        # records before this walker's first one: a part of the file walked on a process
+        # of its own (capture/split.py) learns it when the parts before it are done, and
+        # its stop message is worded only then (stop_warning)
+        self.frames_before = 0
         self.stopped = False
-        self.stop_warning: str | None = None
+        self._stop_words: tuple[str, int, str, str, str] | None = None
         self.truncated_at: int | None = None
         self.need_bytes = PCAP_RECORD_HEADER_BYTES  # the smallest block that makes progress
         self.over_snaplen = 0
@@ -157,7 +163,7 @@ class PcapWalker:
             good = first_bad
             self._stop(
                 int(offsets[first_bad]) + base,
-                self._corrupt_message(
+                *self._corrupt_message(
                     first_bad, int(offsets[first_bad]) + base, caplen_u32, ts_frac, origlen
                 ),
             )
@@ -170,11 +176,8 @@ class PcapWalker:
                 at = consumed + base
                 self._stop(
                     at,
-                    (
-                        f"capture ends inside record {self.frames + good + 1} at offset {at} "
-                        f"(got {have} bytes, {need} needed): read the {self.frames + good} "
-                        f"records before it; {self.eof_hint}"
-                    ),
+                    ("capture ends inside record ", self.frames + good + 1, f" at offset {at} "),
+                    (f"(got {have} bytes, {need} needed)", f"; {self.eof_hint}"),
                 )
             self.need_bytes = need
         if good < offsets.size:
@@ -200,28 +203,59 @@ class PcapWalker:
         self.frames += good
         return recs, consumed
 
-    def _corrupt_message(self, i, at, caplen, ts_frac, origlen) -> str:
+    def _corrupt_message(self, i, at, caplen, ts_frac, origlen) -> tuple:
         return (
-            f"record {self.frames + i + 1} at offset {at} is corrupt (caplen "
-            f"{caplen[i]} bytes, at most {MAX_CAPLEN_BYTES}; sub-second field "
-            f"{ts_frac[i]}; wire length {origlen[i]}): read the {self.frames + i} "
-            "records before it and stopped there"
+            ("record ", self.frames + i + 1, f" at offset {at} is corrupt "),
+            (
+                f"(caplen {caplen[i]} bytes, at most {MAX_CAPLEN_BYTES}; sub-second field "
+                f"{ts_frac[i]}; wire length {origlen[i]})",
+                " and stopped there",
+            ),
         )
 
-    def _stop(self, at: int, message: str) -> None:
+    def _stop(self, at: int, record: tuple[str, int, str], why: tuple[str, str]) -> None:
+        """Stop at byte ``at``; the warning says ``record`` (text, this walker's number
+        of the record, text), ``why[0]``, the records read before it, then ``why[1]``."""
         self.stopped = True
         self.truncated_at = at
-        self.stop_warning = message
+        self._stop_words = (*record, *why)
+
+    @property
+    def stop_warning(self) -> str | None:
+        if self._stop_words is None:
+            return None
+        lead, record, at, why, tail = self._stop_words
+        record += self.frames_before
+        if not lead:  # the data ended between two records
+            return f"{at}: read the {record - 1} records before it{tail}"
+        return f"{lead}{record}{at}{why}: read the {record - 1} records before it{tail}"
 
     def end_of_data(self, at: int, why: str) -> None:
         """The stream ended early (damaged compressed data) at decompressed byte ``at``,
         between two records."""
         if not self.stopped:
             self._stop(
-                at,
-                f"{why}, after {at} bytes of capture data: read the "
-                f"{self.frames} records before it",
+                at, ("", self.frames + 1, f"{why}, after {at} bytes of capture data"), ("", "")
             )
+
+    def __getstate__(self) -> dict:  # a part's walker comes back from its process
+        return {k: v for k, v in self.__dict__.items() if k != "_unpack_caplen"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._unpack_caplen = struct.Struct(self.order + "8xI").unpack_from
+
+    def absorb(self, later: PcapWalker) -> None:
+        """Add the walk of the file's next part, walked by another process from the byte
+        where this walk stopped (capture/split.py)."""
+        later.frames_before = self.frames_before + self.frames
+        self.frames += later.frames
+        self.over_snaplen += later.over_snaplen
+        self.frac_over += later.frac_over
+        if later._stop_words is not None:
+            lead, record, at, why, tail = later._stop_words
+            record += later.frames_before - self.frames_before
+            self._stop(later.truncated_at or 0, (lead, record, at), (why, tail))
 
     def warnings(self) -> list[str]:
         """The file's warnings, in the order the whole-file reader gave them."""
@@ -242,3 +276,53 @@ class PcapWalker:
 
     def summary(self) -> dict:
         return {"snaplen": self.snaplen, "if_drops": None, "skipped": {}}
+
+
+#: a part of a pcap file walked on a process of its own (capture/split.py) starts where
+#: this many record headers in a row, read from there, look like what a writer produces
+RESYNC_CHAIN_RECORDS = 64
+#: the bytes after the wanted offset searched for such a start: more than one record of
+#: the longest kind, so that one starts inside them in any file
+RESYNC_SEARCH_BYTES = 512 << 10
+#: and the bytes read to follow the chains (a chain cut by them is taken when at least
+#: RESYNC_CHAIN_MIN_RECORDS long: a wrong start is caught anyway, capture/split.py)
+RESYNC_READ_BYTES = 4 << 20
+RESYNC_CHAIN_MIN_RECORDS = 16
+
+
+def record_start_near(fd: int, walker: PcapWalker, near: int, size_bytes: int) -> int | None:
+    """A byte offset at or after ``near`` in the pcap file open as ``fd`` (walked by
+    ``walker`` from its header) where a record seems to start: the first from which
+    RESYNC_CHAIN_RECORDS headers in a row are sane (a captured length a writer produces
+    and no more than the wire length, a sub-second field under a second) and each ends
+    where the next begins, or the file ends. None: no such offset in RESYNC_SEARCH_BYTES.
+    A guess: the part before it confirms it by ending exactly there (capture/split.py)."""
+    raw = os.pread(fd, RESYNC_READ_BYTES, near)
+    data = np.frombuffer(raw, np.uint8)
+    per_s = 1_000_000_000 // walker.frac_ns
+    limit = min(walker.snaplen or MAX_CAPLEN_BYTES, MAX_CAPLEN_BYTES)
+    n_cand = max(0, min(RESYNC_SEARCH_BYTES, data.size - PCAP_RECORD_HEADER_BYTES + 1))
+    hdr = windows(data, np.arange(n_cand), PCAP_RECORD_HEADER_BYTES).view(walker.order + "u4")
+    ts_frac, caplen, origlen = (
+        hdr[:, PCAP_RECORD_WORD[k]] for k in ("ts_frac", "caplen", "origlen")
+    )
+    sane = (caplen <= limit) & (caplen <= origlen) & (ts_frac < per_s) & (origlen > 0)
+    del hdr, ts_frac, caplen, origlen
+    unpack = struct.Struct(walker.order + "4I").unpack_from
+    for start in np.flatnonzero(sane).tolist():
+        off, chained = start, 0
+        while chained < RESYNC_CHAIN_RECORDS:
+            if near + off == size_bytes:  # the file ends after a whole record
+                return near + start
+            if off + PCAP_RECORD_HEADER_BYTES > data.size:
+                break
+            _, frac, cap, orig = unpack(raw, off)
+            if not (cap <= limit and cap <= orig and frac < per_s and orig > 0):
+                break
+            off += PCAP_RECORD_HEADER_BYTES + cap
+            chained += 1
+        if chained >= RESYNC_CHAIN_RECORDS or (
+            chained >= RESYNC_CHAIN_MIN_RECORDS and off + PCAP_RECORD_HEADER_BYTES > data.size
+        ):
+            return near + start
+    return None

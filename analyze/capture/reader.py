@@ -29,12 +29,14 @@ from typing import BinaryIO, Union
 
 import numpy as np
 
-from retranscope.analyze.capture.chunks import DEFAULT_CHUNK_BYTES, FileReader
+from retranscope.analyze.capture.chunks import DEFAULT_CHUNK_BYTES, FileReader, FileState
 from retranscope.analyze.capture.decode import SKIP_REASONS, columns, encapsulation_counts
 from retranscope.analyze.capture.merge import Merger
 from retranscope.analyze.capture.parallel import Decoder
+from retranscope.analyze.capture.pcap import PcapWalker
 from retranscope.analyze.capture.records import MAX_DROP_MARKS, Capture, CaptureMeta
 from retranscope.analyze.capture.sets import order_by_first_packet, resolve_inputs
+from retranscope.analyze.capture.split import SplitPlan, plan_split
 from retranscope.analyze.capture.stream import open_stream, stream_of_fileobj
 from retranscope.schemas.packets import PACKET_DTYPES, TOO_BIG_FIELDS, empty_packets
 
@@ -149,6 +151,12 @@ class CaptureStream:
         self.meta: CaptureMeta = self._meta()
         self._t0 = time.monotonic()
         self._tcp_done = 0
+        # read as the first part of a split file (capture/split.py): where that part ends,
+        # and how far the processes reading the other parts are: (bytes, records, TCP
+        # packets) each
+        self.part_end: int | None = None
+        self.others_done: list = []
+        self._absorbed_bytes = 0
 
     def __enter__(self) -> CaptureStream:
         return self
@@ -220,7 +228,9 @@ class CaptureStream:
             stream = stream_of_fileobj(sys.stdin.buffer, "<stdin>")
         else:
             stream = open_stream(path)
-        reader = FileReader(stream, chunk_bytes=self.chunk_bytes, decoder=self.decoder)
+        reader = FileReader(
+            stream, chunk_bytes=self.chunk_bytes, decoder=self.decoder, stop_at=self.part_end
+        )
         while len(self.readers) <= i:
             self.readers.append(reader)
         self.readers[i] = reader
@@ -251,6 +261,42 @@ class CaptureStream:
             packets["iface"] = np.asarray(mapping, np.int16)[packets["iface"]]
         return packets
 
+    def split(self, parts: int) -> SplitPlan | None:
+        """Plan reading the input (when it is one pcap file that can be) in up to
+        ``parts`` parts, a process each (capture/split.py): this stream then reads the
+        first part, in this process. None: it reads all of the input."""
+        if self.fileobj is not None or len(self.paths) != 1 or self.readers or parts < 2:
+            return None
+        plan = plan_split(self.paths[0], parts)
+        if plan is not None:
+            self.part_end = plan.starts[0]
+            self.decoder.close()
+            self.decoder = Decoder(1)  # the parts are the parallel decoding
+        return plan
+
+    def ended_at_part_end(self) -> bool:
+        """The first part ended where the next one starts (and the stream has ended)."""
+        return bool(self.readers) and self.readers[0].ended_at_part_end
+
+    def absorb(
+        self, later: FileState, walker: PcapWalker, ended_at_part_end: bool, bytes_read: int
+    ) -> int:
+        """Add what the process reading the next part of the file learnt (its FileState
+        and walker, the bytes it read); the metadata then covers both. Returns the
+        records before that part (what its frame numbers are to be moved by)."""
+        mine = self.readers[0]
+        assert isinstance(mine.walker, PcapWalker)
+        frames_before = mine.walker.frames_before + mine.walker.frames
+        mine.state.absorb(later, frames_before)
+        mine.walker.absorb(walker)
+        mine.ended_at_part_end = ended_at_part_end
+        self._tcp_done += later.tcp_packets
+        self._absorbed_bytes += bytes_read
+        self.others_done = self.others_done[1:]  # the parts are absorbed in order
+        self.meta = self._meta()
+        self._report()
+        return frames_before
+
     def _input_bytes(self) -> int | None:
         if self.fileobj is not None or "-" in self.paths:
             return None
@@ -264,12 +310,17 @@ class CaptureStream:
             return
         total = self._total_bytes
         done = sum(r.consumed_bytes() for r in self.readers)
+        records = sum(r.state.records for r in self.readers)
+        tcp = self._tcp_done
+        done += self._absorbed_bytes
+        for other in self.others_done:  # a split file: its other parts so far
+            done, records, tcp = done + other[0], records + other[1], tcp + other[2]
         self.progress(
             ReadProgress(
                 bytes_done=min(done, total) if total is not None else done,
                 bytes_total=total,
-                records_done=sum(r.state.records for r in self.readers),
-                tcp_packets_done=self._tcp_done,
+                records_done=records,
+                tcp_packets_done=tcp,
                 elapsed_s=time.monotonic() - self._t0,
                 files_done=sum(r.state.done for r in self.readers),
                 files_total=len(self.paths),

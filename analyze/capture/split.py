@@ -1,0 +1,92 @@
+"""One pcap file read by several processes at once, a part of its bytes each.
+
+The walk over a pcap file's records is sequential (each record header says where the
+next one starts), and decoding on worker processes did not pay: each block's bytes were
+copied to a worker and its packets back (docs/captures.md). Here each process reads its
+own part of the file from the page cache and spills its own packets (analyze/spill.py):
+nothing is copied between them but a few counters.
+
+A part after the first starts where a record seems to start (pcap.record_start_near: a
+chain of sane record headers). That is a guess, and the part before it checks it: it
+reads up to the guessed byte and stops there only if a record ends exactly there
+(FileReader.ended_at_part_end). Otherwise that part reads on to the file's end, and the
+parts after it are dropped. So what is read is always what one process walking the file
+from its header reads, and the output is the same for any number of parts
+(tests/test_split.py). A part's frames are numbered from 1; they are renumbered, and its
+counters added, once the parts before it are done.
+
+Only an uncompressed pcap file, one (not a set), of at least two SPLIT_MIN_PART_BYTES,
+is split: a compressed stream cannot be entered in its middle, pcapng blocks are not
+resynchronised here, and for a small file a process costs more than it saves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from retranscope.analyze.capture.chunks import DEFAULT_CHUNK_BYTES, FileReader
+from retranscope.analyze.capture.pcap import PCAP_MAGIC, PcapWalker, record_start_near
+from retranscope.analyze.capture.stream import ByteStream, sniff_compression
+
+#: the least bytes of a part: a process (fork, its own buffers and buckets) costs
+#: ~30 ms, what reading ~8 MB of headers-only capture takes
+SPLIT_MIN_PART_BYTES = 32 << 20
+#: the file's first bytes every part makes its walker from (FileReader: 64)
+HEAD_BYTES = 64
+
+
+@dataclass
+class SplitPlan:
+    """Where the parts of ``path`` start: the first at its first record, then
+    ``starts``; ``head``: the file's first bytes (its header, which every part reads by)."""
+
+    path: str
+    head: bytes
+    starts: list[int]
+    size_bytes: int
+
+    def ends(self) -> list[int | None]:
+        """Each part's end (the next one's start; None: the file's end), the first
+        part's included."""
+        return [*self.starts, None]
+
+
+def plan_split(path: str, parts: int) -> SplitPlan | None:
+    """How to read ``path`` in up to ``parts`` parts; None when it is not split (not an
+    uncompressed pcap file, too small, or no record start found where one was sought:
+    the caller reads it whole, and says what is wrong with it if anything is)."""
+    try:
+        size = os.path.getsize(path)
+        parts = min(parts, size // SPLIT_MIN_PART_BYTES)
+        if parts < 2 or not os.path.isfile(path):
+            return None
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, HEAD_BYTES, 0)
+        if len(head) < 24 or sniff_compression(head):
+            return None
+        if int.from_bytes(head[:4], "little") not in PCAP_MAGIC:
+            return None
+        walker = PcapWalker(path, head)
+        starts: list[int] = []
+        for k in range(1, parts):
+            start = record_start_near(fd, walker, size * k // parts, size)
+            if start is not None and start < size and (not starts or start > starts[-1]):
+                starts.append(start)
+    except Exception:  # an unreadable or odd header: the whole-file reader says what
+        return None
+    finally:
+        os.close(fd)
+    return SplitPlan(path, head, starts, size) if starts else None
+
+
+def part_reader(plan: SplitPlan, k: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> FileReader:
+    """A reader of part ``k`` (1 on: the first is read by the capture's own stream)."""
+    start, stop_at = plan.starts[k - 1], plan.ends()[k]
+    raw = open(plan.path, "rb", buffering=0)  # noqa: SIM115 - ByteStream.close() closes it
+    raw.seek(start)
+    stream = ByteStream(raw, plan.path, plan.size_bytes, b"")
+    return FileReader(stream, chunk_bytes=chunk_bytes, start=(start, plan.head), stop_at=stop_at)

@@ -1,0 +1,175 @@
+"""One pcap file read in parts by several processes (analyze/capture/split.py) gives what
+one process reading it whole gives: the same spilled packets (frames, tuple numbers, the
+anchor) and the same metadata, warnings included, whatever the file's damage and
+wherever the parts were guessed to start. Every corpus recording is also analyzed split,
+against the golden digests (tests/test_golden.py)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retranscope.analyze import spill
+from retranscope.analyze.capture import open_capture, split
+from retranscope.analyze.capture.pcap import PCAP_FILE_HEADER_BYTES, record_start_near
+from retranscope.errors import RetranscopeError
+
+CORPUS = Path(__file__).resolve().parent / "fixtures" / "corpus"
+CAPTURE = CORPUS / "random_loss_notso" / "capture.pcap"  # 2.1 MB, one connection
+
+
+@pytest.fixture(autouse=True)
+def _small_parts(monkeypatch):
+    monkeypatch.setattr(split, "SPLIT_MIN_PART_BYTES", 1)
+
+
+def _record_offsets(data: bytes) -> list[int]:
+    offsets, off = [], PCAP_FILE_HEADER_BYTES
+    while off + 16 <= len(data):
+        offsets.append(off)
+        off += 16 + struct.unpack_from("<I", data, off + 8)[0]
+    return offsets
+
+
+def _spilled(path: Path, jobs: int, tmp: Path, progress=None) -> tuple[dict, dict, dict, list]:
+    """(metadata, all packets loaded in capture order, tuples, parts joined)."""
+    joined: list = []
+    absorb = spill._Spiller.absorb
+
+    def counted(self, later, frames_before):
+        joined.append(frames_before)
+        absorb(self, later, frames_before)
+
+    spill._Spiller.absorb = counted  # type: ignore[method-assign]
+    try:
+        with open_capture(path, jobs=jobs, progress=progress) as stream:
+            sp = spill.spill_capture(stream, tmp, jobs=jobs)
+    finally:
+        spill._Spiller.absorb = absorb  # type: ignore[method-assign]
+    try:
+        used = [i for i, b in enumerate(sp.buckets) if b.rows]
+        packets, _ = sp.load(used)
+        return sp.meta.to_dict(), packets, sp.tuples, joined
+    finally:
+        sp.close()
+
+
+def _same_read(path: Path, tmp_path: Path, jobs: int = 3) -> list:
+    whole = _spilled(path, 1, tmp_path)
+    parts = _spilled(path, jobs, tmp_path)
+    assert parts[0] == whole[0]  # metadata and warnings
+    for got, want in ((parts[1], whole[1]), (parts[2], whole[2])):
+        assert got.keys() == want.keys()
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    return parts[3]
+
+
+@pytest.mark.parametrize("jobs", [2, 3, 5])
+def test_parts_give_what_one_process_reads(jobs, tmp_path):
+    joined = _same_read(CAPTURE, tmp_path, jobs)
+    assert len(joined) == jobs - 1
+    assert joined == sorted(joined) and joined[0] > 0  # frames before each part
+
+
+def test_a_capture_of_many_connections(tmp_path):
+    """Tuples first seen in a later part are numbered after the earlier parts' own, as
+    one process numbers them; tuples seen in several parts keep one number."""
+    from retranscope.analyze.capture.merge import Merger  # noqa: F401 - the set reader
+
+    data = b"".join(
+        (CORPUS / name / "capture.pcap").read_bytes()[PCAP_FILE_HEADER_BYTES if i else 0 :]
+        for i, name in enumerate(["multi_flow_rtt50", "multi_flow_rtt100", "multi_flow_rtt50"])
+    )
+    path = tmp_path / "many.pcap"
+    path.write_bytes(data)
+    assert len(_same_read(path, tmp_path, 4)) == 3
+
+
+def test_a_capture_cut_inside_its_last_record(tmp_path):
+    """The last part stops where the file ends inside a record: the warning numbers the
+    record as one process reading the file does."""
+    data = CAPTURE.read_bytes()
+    path = tmp_path / "cut.pcap"
+    path.write_bytes(data[: _record_offsets(data)[-1] + 20])
+    _same_read(path, tmp_path)
+    meta = _spilled(path, 3, tmp_path)[0]
+    assert meta["truncated"] and any("ends inside record" in w for w in meta["warnings"])
+
+
+def test_a_corrupt_record_in_a_middle_part(tmp_path):
+    """A record header no writer produces, in the second of three parts: reading stops
+    there, as one process stops, and the third part is dropped."""
+    data = bytearray(CAPTURE.read_bytes())
+    offsets = _record_offsets(bytes(data))
+    bad = offsets[len(offsets) // 2 + 10]
+    struct.pack_into("<I", data, bad + 8, 0x7FFFFFFF)  # caplen
+    path = tmp_path / "corrupt.pcap"
+    path.write_bytes(bytes(data))
+    assert len(_same_read(path, tmp_path, 3)) == 1
+    meta = _spilled(path, 3, tmp_path)[0]
+    assert any("is corrupt" in w for w in meta["warnings"])
+
+
+def test_a_wrong_guess_is_read_on(tmp_path, monkeypatch):
+    """A part guessed to start inside a record: the part before finds no record ending
+    there, reads on to the file's end itself, and the later part is dropped."""
+    monkeypatch.setattr(split, "record_start_near", lambda *a: record_start_near(*a) + 1)
+    assert _same_read(CAPTURE, tmp_path, 2) == []
+
+
+def test_the_guess_finds_record_starts():
+    data = CAPTURE.read_bytes()
+    offsets = set(_record_offsets(data))
+    with open(CAPTURE, "rb") as f:
+        plan = split.plan_split(str(CAPTURE), 9)
+        assert plan is not None and len(plan.starts) == 8
+        assert all(s in offsets for s in plan.starts)
+        walker = split.PcapWalker(str(CAPTURE), data[:64])
+        near = len(data) // 2
+        got = record_start_near(f.fileno(), walker, near, len(data))
+    assert got == min(o for o in offsets if o >= near)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x0a\x0d\x0d\x0a" + bytes(60), b"\x1f\x8b" + bytes(100)],
+    ids=["empty", "pcapng", "gzip"],
+)
+def test_what_is_not_split(content, tmp_path):
+    path = tmp_path / "x"
+    path.write_bytes(content)
+    assert split.plan_split(str(path), 4) is None
+
+
+def test_progress_counts_every_part(tmp_path):
+    seen = []
+    _spilled(CAPTURE, 3, tmp_path, progress=seen.append)
+    last = seen[-1]
+    assert last.bytes_done == last.bytes_total == os.path.getsize(CAPTURE)
+    whole = _spilled(CAPTURE, 1, tmp_path)[0]
+    assert last.records_done == whole["records"]
+    assert last.tcp_packets_done == whole["tcp_packets"]
+
+
+def test_a_part_whose_process_fails_is_one_line(tmp_path, monkeypatch):
+    """The error of a part's process is raised here, the spill's files removed."""
+
+    def fails(plan, k, chunk_bytes=0):
+        raise RetranscopeError(f"cannot read part {k}")
+
+    monkeypatch.setattr(spill, "part_reader", fails)
+    with pytest.raises(RetranscopeError, match="cannot read part 1"):
+        _spilled(CAPTURE, 2, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_part_whose_process_dies(tmp_path, monkeypatch):
+    monkeypatch.setattr(spill, "part_reader", lambda *a, **k: os._exit(3))
+    with pytest.raises(RetranscopeError, match="exit code 3.*--decode-jobs 1"):
+        _spilled(CAPTURE, 2, tmp_path)
+    assert not list(tmp_path.iterdir())
