@@ -34,18 +34,21 @@ def run_analysis(
     *,
     progress: Progress | None = None,
     jobs: int | None = 1,
-    decode_jobs: int | None = 1,
+    decode_jobs: int | None = None,
     spill: bool | None = None,
     warn: Callable[[str], None] = lambda _line: None,
 ) -> Result:
     """Analyze ``pcap`` and/or the recording directory ``events`` into ``out``
     (retransmits.parquet, flows.parquet, summary.json: analyze/outputs.py). ``pcap`` may
-    be several files, a directory or a glob (one capture); ``jobs``: processes that
-    classify it, in shards of connections (analyze/shards.py), ``decode_jobs``: that
-    decode it (None: every core). ``spill``: spill the capture's packets to disk and
-    classify them a shard at a time, in memory that follows the largest shard rather than
-    the capture (analyze/spill.py; None: when the capture is at least SPILL_MIN_BYTES;
-    never with ``events``, whose join needs the whole packet table)."""
+    be several files, a directory or a glob (one capture). ``jobs``: processes that
+    classify it, in shards of connections (analyze/shards.py). ``decode_jobs``: that read
+    and decode it: a spilled pcap file is read in that many parts at once
+    (capture/split.py; None: every core), other inputs are decoded on that many worker
+    processes (None: 1, which was faster on the 2-core machine measured). ``spill``:
+    spill the capture's packets to disk and classify them a shard at a time, in memory
+    that follows the largest shard rather than the capture (analyze/spill.py; None: when
+    the capture is at least SPILL_MIN_BYTES; never with ``events``, whose join needs the
+    whole packet table)."""
     reuse_freed_memory()
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file: give a directory (made if it does not exist)")
@@ -93,9 +96,10 @@ def _read(pcap: Captures, progress: Progress | None, decode_jobs, spill: bool | 
     if spill is None:
         with open_capture(pcap) as probe:  # resolves the inputs; reads nothing
             spill = (probe.input_bytes or 0) >= SPILL_MIN_BYTES
+    workers = 1 if decode_jobs is None else decode_jobs
     if not spill:
-        return read_capture(pcap, progress=progress, jobs=decode_jobs)
-    with open_capture(pcap, progress=progress, jobs=decode_jobs) as stream:
+        return read_capture(pcap, progress=progress, jobs=workers)
+    with open_capture(pcap, progress=progress, jobs=workers) as stream:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:

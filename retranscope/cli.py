@@ -255,11 +255,13 @@ def analyze(
         "the time for twice the memory (docs/scale.md).",
     ),
     decode_jobs: Optional[int] = typer.Option(
-        1,
+        None,
         "--decode-jobs",
         min=1,
-        help="Processes that decode the capture. Default 1: on the 2-core machine measured, "
-        "worker processes were slower (docs/captures.md).",
+        help="Processes that read and decode the capture. One uncompressed pcap file of "
+        "64 MiB or more is read in that many parts at once (default: every core); other "
+        "inputs are decoded on worker processes only when N is given, which was slower on "
+        "the 2-core machine measured (docs/captures.md).",
     ),
     spill: Optional[bool] = typer.Option(
         None,
@@ -288,7 +290,7 @@ def run_analysis(
     out: Path,
     quiet: bool = True,
     jobs: Optional[int] = 1,
-    decode_jobs: Optional[int] = 1,
+    decode_jobs: Optional[int] = None,
     spill: Optional[bool] = None,
 ):
     """analyze/run.py with a progress line and warnings on stderr, and the summary on

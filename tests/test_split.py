@@ -173,3 +173,33 @@ def test_a_part_whose_process_dies(tmp_path, monkeypatch):
     with pytest.raises(RetranscopeError, match="exit code 3.*--decode-jobs 1"):
         _spilled(CAPTURE, 2, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_analyze_reads_a_big_pcap_file_in_parts_by_default(tmp_path, monkeypatch):
+    """run_analysis (the CLI's) with no --decode-jobs: a pcap file it spills is read in
+    as many parts as there are cores, with the outputs of one process reading it."""
+    import pyarrow.parquet as pq
+
+    from retranscope.analyze.capture import parallel
+    from retranscope.analyze.run import run_analysis
+
+    monkeypatch.setattr(spill, "SPILL_MIN_BYTES", 1)
+    monkeypatch.setattr(parallel, "default_jobs", lambda: 3)
+    joined = []
+    absorb = spill._Spiller.absorb
+    monkeypatch.setattr(
+        spill._Spiller, "absorb", lambda self, *a: joined.append(1) or absorb(self, *a)
+    )
+    run_analysis(CAPTURE, None, tmp_path / "parts")
+    assert len(joined) == 2
+    run_analysis(CAPTURE, None, tmp_path / "one", decode_jobs=1)
+    assert len(joined) == 2
+    for name in ("retransmits.parquet", "flows.parquet"):
+        assert pq.read_table(tmp_path / "parts" / name).equals(
+            pq.read_table(tmp_path / "one" / name)
+        )
+    summaries = [
+        (tmp_path / d / "summary.json").read_text().replace(str(tmp_path / d), "")
+        for d in ("parts", "one")
+    ]
+    assert summaries[0] == summaries[1]
