@@ -79,8 +79,6 @@ def test_parts_give_what_one_process_reads(jobs, tmp_path):
 def test_a_capture_of_many_connections(tmp_path):
     """Tuples first seen in a later part are numbered after the earlier parts' own, as
     one process numbers them; tuples seen in several parts keep one number."""
-    from retranscope.analyze.capture.merge import Merger  # noqa: F401 - the set reader
-
     data = b"".join(
         (CORPUS / name / "capture.pcap").read_bytes()[PCAP_FILE_HEADER_BYTES if i else 0 :]
         for i, name in enumerate(["multi_flow_rtt50", "multi_flow_rtt100", "multi_flow_rtt50"])
