@@ -189,7 +189,7 @@ def _read_summary(capture, summary: dict) -> list[dict] | None:
     return getattr(capture.meta, "icmp_too_big", None)
 
 
-def _analyze_spilled(capture, summary: dict, jobs: int) -> Result:
+def _analyze_spilled(capture, summary: dict, jobs: int | None) -> Result:
     """A spilled capture (analyze/spill.py): classified a shard at a time, each shard's
     rows stored as it is done, the outputs streamed from them (analyze/streamed.py)."""
     too_big = _read_summary(capture, summary)
@@ -263,13 +263,6 @@ def _capture_summary(sums: dict, capture, summary: dict) -> None:
     summary["senders"] = senders
     if summary["senders"]["not_linux"]["retransmissions"]:
         summary["warnings"].append(not_linux_warning(summary["senders"]))
-
-
-def default_jobs() -> int:
-    """Every core this process may run on."""
-    from retranscope.analyze.capture.parallel import default_jobs as cores
-
-    return cores()
 
 
 def _sender_summary(flows: Table, classified: Table) -> dict:
@@ -384,9 +377,11 @@ RECORDING_KEYS = (
 
 def analyze(capture=None, events=None, jobs: int | None = 1) -> Result:
     """capture: analyze.capture.Capture (or a spilled one, analyze/spill.py) or None;
-    events: analyze.events.Events or None. ``jobs``: processes that classify the capture
-    (None: every core), in shards of connections (analyze/shards.py); the join with events
-    needs the whole capture's flow ids, so with events it is classified whole."""
+    events: analyze.events.Events or None. ``jobs``: processes that classify the capture,
+    in shards of connections (analyze/shards.py; None: a spilled capture on every core, in
+    the memory one process takes, spill.SpilledCapture._plan; one in memory on one); the
+    join with events needs the whole capture's flow ids, so with events it is classified
+    whole."""
     result = _analyze(capture, events, jobs)
     # imported only now: schemas/outputs.py loads pyarrow (~55 MB resident), which the
     # classification, where memory peaks, does not need
@@ -400,9 +395,10 @@ def _analyze(capture, events, jobs: int | None) -> Result:
     if capture is None and events is None:
         raise ValueError("nothing to analyze")
     summary: dict = {"output_schema_version": None, "warnings": []}
-    jobs = default_jobs() if jobs is None else max(1, int(jobs))
     if capture is not None and not hasattr(capture, "packets"):
         return _analyze_spilled(capture, summary, jobs)  # never with events: run.py
+    # in memory: None is one process (the capture is under SPILL_MIN_BYTES by default)
+    jobs = 1 if jobs is None else max(1, int(jobs))
     if capture is not None:
         flow_id, flows, wire, flows_extra = _capture_rows(
             capture, summary, jobs, whole=events is not None

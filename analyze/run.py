@@ -33,7 +33,7 @@ def run_analysis(
     out: Path,
     *,
     progress: Progress | None = None,
-    jobs: int | None = 1,
+    jobs: int | None = None,
     decode_jobs: int | None = None,
     spill: bool | None = None,
     warn: Callable[[str], None] = lambda _line: None,
@@ -41,7 +41,9 @@ def run_analysis(
     """Analyze ``pcap`` and/or the recording directory ``events`` into ``out``
     (retransmits.parquet, flows.parquet, summary.json: analyze/outputs.py). ``pcap`` may
     be several files, a directory or a glob (one capture). ``jobs``: processes that
-    classify it, in shards of connections (analyze/shards.py). ``decode_jobs``: that read
+    classify it, in shards of connections (analyze/shards.py; None: a spilled capture on
+    every core, holding no more shards at once than one process would, analyze/spill.py;
+    one in memory on one). ``decode_jobs``: that read
     and decode it: a spilled pcap file is read in that many parts at once
     (capture/split.py; None: every core), other inputs are decoded on that many worker
     processes (None: 1, which was faster on the 2-core machine measured). ``spill``:

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -35,6 +35,7 @@ import numpy as np
 
 from retranscope.analyze.capture.chunks import FileState
 from retranscope.analyze.capture.decode import columns
+from retranscope.analyze.capture.parallel import default_jobs
 from retranscope.analyze.capture.pcap import PcapWalker
 from retranscope.analyze.capture.records import CaptureMeta
 from retranscope.analyze.capture.split import SplitPlan, part_reader
@@ -133,11 +134,13 @@ class SpilledCapture:
     def close(self) -> None:
         self.directory.cleanup()
 
-    def shards(self) -> list[list[int]]:
+    def shards(self, packets: int | None = None) -> list[list[int]]:
         """Bucket numbers of each shard: buckets dealt biggest first to the least loaded
-        shard, as many shards as SHARD_PACKETS asks for (at least one)."""
+        shard, as many shards as shards of ``packets`` (None: SHARD_PACKETS) ask for (at
+        least one)."""
         used = [i for i, b in enumerate(self.buckets) if b.rows]
-        n_shards = max(1, min(len(used), -(-self.n_packets // SHARD_PACKETS)))
+        budget = max(1, SHARD_PACKETS if packets is None else packets)
+        n_shards = max(1, min(len(used), -(-self.n_packets // budget)))
         load = [0] * n_shards
         out: list[list[int]] = [[] for _ in range(n_shards)]
         for i in sorted(used, key=lambda i: -self.buckets[i].rows):
@@ -192,18 +195,19 @@ class SpilledCapture:
                 at = _read_blocks(later, table, at)
                 fix.apply({name: table[name][start:at] for name in ("frame", "tuple")})
 
-    def classify(self, classify: ClassifyPart, too_big: list[dict] | None, jobs: int = 1) -> Merged:
+    def classify(
+        self, classify: ClassifyPart, too_big: list[dict] | None, jobs: int | None = 1
+    ) -> Merged:
         """Every shard read back and classified, its output rows stored as it is done
         (streamed.finish_part), and the whole capture's outputs merged from them: in turn
-        in this process, or with ``jobs`` of 2 or more on that many forked workers, each
-        reading its own shards from the bucket files (peak memory: the shards classified
-        at once)."""
+        in this process, or on forked workers, each reading its own shards from the
+        bucket files, as many at once as ``_plan`` says for ``jobs`` (None: every core,
+        in no more memory than one process takes)."""
         if not self.n_packets:
             return merge([self._finish(classify(empty_packets(), too_big)[1], 0, 1)])
-        shards = self.shards()
-        workers = self._workers(shards, jobs)
+        shards, workers, budget = self._plan(jobs)
         if workers >= 2:
-            return merge(self._classify_forked(shards, classify, too_big, workers))
+            return merge(self._classify_forked(shards, classify, too_big, workers, budget))
         digests = []
         report = self._reporter(shards)
         # one table for every shard, sized for the largest: each shard's rows are read into
@@ -217,6 +221,36 @@ class SpilledCapture:
             del part
             report(shard)
         return merge(digests)
+
+    def _plan(self, jobs: int | None) -> tuple[list[list[int]], int, int | None]:
+        """(shards, processes, the most packets of shards classified at once; None: no
+        bound) for ``jobs``.
+
+        One process classifies the shards of SHARD_PACKETS in turn: its peak is the
+        largest. With N, the shards are cut N times smaller than that largest one, and a
+        shard starts only while the packets of those running, with it, stay within the
+        bound: for ``jobs`` None (the default: every core) the largest shard one process
+        would hold, so that the cores cost no memory (a capture of many connections is
+        classified on all of them, one of a few huge connections in turn as before); for
+        an explicit N the memory available (cgroup limits included), so that asking for
+        more cores never gets the analysis killed where memory is short. Where no two
+        shards fit at once, one process, in turn."""
+        whole = self.shards()
+        n = default_jobs() if jobs is None else max(1, int(jobs))
+        if n < 2:
+            return whole, 1, None
+        bound = max(self.rows_of(s) for s in whole)
+        fine = self.shards(bound // n)
+        room = available_memory_bytes()
+        room_packets = None if room is None else room // SHARD_PEAK_BYTES_PER_PACKET
+        if jobs is None:
+            budget = bound if room_packets is None else min(bound, room_packets)
+        else:
+            budget = room_packets
+        sizes = sorted(self.rows_of(s) for s in fine)
+        if len(fine) < 2 or (budget is not None and sizes[0] + sizes[1] > budget):
+            return whole, 1, None
+        return fine, min(n, len(fine)), budget
 
     def _finish(self, part: Part, number: int, shards: int) -> Digest:
         """Shard ``number``'s (of ``shards``) output rows stored beside the buckets; its
@@ -255,33 +289,42 @@ class SpilledCapture:
         part.drop_flow = int(flow_id[borrowed]) if borrowed >= 0 else -1
         return part
 
-    def _workers(self, shards: list[list[int]], jobs: int) -> int:
-        """Processes for ``jobs``: no more than there are shards, nor than the memory
-        available (cgroup limits included) holds largest shards at once, so that asking
-        for more cores never gets the analysis killed where memory is short."""
-        n = min(jobs, len(shards))
-        room = available_memory_bytes() if n >= 2 else None
-        if room is None:
-            return max(n, 1)
-        need = SHARD_PEAK_BYTES_PER_PACKET * max(self.rows_of(s) for s in shards)
-        return int(max(1, min(n, room // max(need, 1))))
-
-    def _classify_forked(self, shards, classify, too_big, jobs: int) -> list[Digest]:
-        """The shards' digests, in ``shards``' order, classified on ``jobs`` forked workers
-        (_workers: no more than the shards), the biggest shards first (the last to finish
-        is then a small one)."""
+    def _classify_forked(
+        self, shards, classify, too_big, jobs: int, budget: int | None
+    ) -> list[Digest]:
+        """The shards' digests, in ``shards``' order, classified on ``jobs`` forked
+        workers: the biggest shard first that fits beside those running (their packets
+        within ``budget``; the first always starts), so that the last to finish is a
+        small one."""
         give_back_free_memory()  # pages shared after the fork are copied on a write
         _FORKED.update(spilled=self, classify=classify, too_big=too_big, shards=len(shards))
+        rows = [self.rows_of(s) for s in shards]
+        pending = sorted(range(len(shards)), key=lambda i: -rows[i])
+        running: dict[Future, int] = {}
+        digests: dict[int, Digest] = {}
         try:
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                by_size = sorted(range(len(shards)), key=lambda i: -self.rows_of(shards[i]))
-                futures = {i: pool.submit(_forked_shard, shards[i], i) for i in by_size}
                 report = self._reporter(shards)
-                shard_of = {f: shards[i] for i, f in futures.items()}
-                for f in as_completed(futures.values()):
-                    report(shard_of[f])
-                return [futures[i].result() for i in range(len(shards))]
+                while pending or running:
+                    held = sum(rows[i] for i in running.values())
+                    while pending and len(running) < jobs:
+                        fits = [
+                            i
+                            for i in pending
+                            if budget is None or not running or held + rows[i] <= budget
+                        ]
+                        if not fits:
+                            break
+                        pending.remove(fits[0])
+                        running[pool.submit(_forked_shard, shards[fits[0]], fits[0])] = fits[0]
+                        held += rows[fits[0]]
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        i = running.pop(f)
+                        digests[i] = f.result()
+                        report(shards[i])
+                return [digests[i] for i in range(len(shards))]
         finally:
             _FORKED.clear()
 

@@ -116,7 +116,10 @@ def _analyze(job: Job, warnings: list[str]) -> dict:
     capture = Path(job.capture) if job.capture else None
     with tempfile.TemporaryDirectory(prefix="retranscope-fleet-") as scratch:
         out = Path(scratch)
-        run_analysis(capture, events, out, warn=warnings.append)
+        # one process a run: the engine runs as many runs at once as it has workers, and
+        # a worker may have threads, which a fork (split reading, shard workers) must not
+        # run beside
+        run_analysis(capture, events, out, jobs=1, decode_jobs=1, warn=warnings.append)
         summary = json.loads((out / "summary.json").read_text())
         started = (
             (summary.get("recording") or {}).get("started_wall_ns")

@@ -245,14 +245,15 @@ def analyze(
         ..., "--out", "-o", help="Directory for retransmits.parquet, flows.parquet, summary.json."
     ),
     jobs: Optional[int] = typer.Option(
-        1,
+        None,
         "--jobs",
         "-j",
         min=1,
-        help="Processes that classify the capture, in shards of connections (spilled: no "
-        "more than the memory available holds at once); the output is the same for any N. "
-        "Default 1, the least memory: on the 2-core machine measured, 2 took 0.89-0.93x "
-        "the time for twice the memory (docs/scale.md).",
+        help="Processes that classify the capture, in shards of connections; the output is "
+        "the same for any N. Default: a spilled capture (64 MiB and more) on every core, "
+        "holding no more shards at once than one process would (the same peak memory); "
+        "one process in memory. An explicit N holds up to N shards at once, as the memory "
+        "available allows (docs/scale.md).",
     ),
     decode_jobs: Optional[int] = typer.Option(
         None,
@@ -289,7 +290,7 @@ def run_analysis(
     events: Optional[Path],
     out: Path,
     quiet: bool = True,
-    jobs: Optional[int] = 1,
+    jobs: Optional[int] = None,
     decode_jobs: Optional[int] = None,
     spill: Optional[bool] = None,
 ):

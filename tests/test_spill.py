@@ -203,28 +203,77 @@ def test_two_tuples_with_one_hash_are_one_clear_error():
         spill.TupleNumbers().code(same_hash, canon, np.array([True, True]))
 
 
-def test_workers_are_as_many_as_memory_holds_largest_shards(tmp_path, monkeypatch):
-    """--jobs N asks for N processes; the spill classifies on no more than there are
-    shards, nor than the memory available holds of its largest shard at once."""
+def test_workers_hold_no_more_shards_than_memory_allows(tmp_path, monkeypatch):
+    """--jobs N asks for N processes; shards are cut N times smaller than one process's
+    largest, and held at once no more than: by default (None) that largest shard, so
+    that every core costs no memory; for an explicit N the memory available. Where no two
+    shards fit at once: one process, the shards of one."""
     from retranscope.analyze.capture import open_capture
 
-    monkeypatch.setattr(spill, "SHARD_PACKETS", 600)
+    monkeypatch.setattr(spill, "SHARD_PACKETS", 1200)
     with open_capture(CORPUS / "multi_flow_rtt50" / "capture.pcap") as stream:
-        spilled = spill.spill_capture(stream, tmp_path)
+        spilled = spill.spill_capture(stream, tmp_path)  # 4 tuples, 2,363 packets
     try:
-        groups = spilled.shards()
-        need = spill.SHARD_PEAK_BYTES_PER_PACKET * max(spilled.rows_of(g) for g in groups)
-        for room, jobs, want in [
-            (None, 8, len(groups)),  # nothing known of memory: the shards bound it
-            (100 * need, 3, 3),
-            (2 * need + 1, 8, 2),
-            (need - 1, 8, 1),  # not even one fits: one, in turn (the least memory)
-            (100 * need, 1, 1),
+        whole = spilled.shards()
+        largest = max(spilled.rows_of(g) for g in whole)
+        per = spill.SHARD_PEAK_BYTES_PER_PACKET
+        monkeypatch.setattr(spill, "default_jobs", lambda: 2)
+        for room, jobs, workers, budget in [
+            (None, None, 2, largest),  # every core, in one process's memory
+            (100 * largest * per, None, 2, largest),
+            (None, 8, 4, None),  # an explicit N: the shards (4 tuples) bound it
+            (100 * largest * per, 3, 3, 100 * largest),
+            (1 * per, 8, 1, None),  # no two fit: one process, in turn
+            (100 * largest * per, 1, 1, None),
         ]:
             monkeypatch.setattr(spill, "available_memory_bytes", lambda room=room: room)
-            assert spilled._workers(groups, jobs) == want, (room, jobs)
+            shards, got_workers, got_budget = spilled._plan(jobs)
+            assert (got_workers, got_budget) == (workers, budget), (room, jobs)
+            assert sorted(i for g in shards for i in g) == sorted(i for g in whole for i in g)
+            if workers == 1:
+                assert shards == whole
+            else:
+                assert max(spilled.rows_of(g) for g in shards) < largest
     finally:
         spilled.close()
+
+
+def test_the_default_classifies_on_every_core_in_one_process_s_memory(tmp_path, monkeypatch):
+    """With --jobs left out, the shards classified at once (as the parent waits on them)
+    never hold more packets than the largest shard one process would classify; two run
+    at once; the outputs are those of one process."""
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    run_analysis(pcap, None, tmp_path / "one", spill=True, jobs=1)
+    monkeypatch.setattr(spill, "SHARD_PACKETS", 1200)
+    monkeypatch.setattr(spill, "default_jobs", lambda: 2)
+    plans: list = []
+    plan = spill.SpilledCapture._plan
+
+    def planned(self, jobs):
+        out = plan(self, jobs)
+        plans.append((out, [self.rows_of(s) for s in out[0]]))
+        return out
+
+    held: list[tuple[int, int]] = []  # (shards running, their packets) at each wait
+    wait = spill.wait
+
+    def watched(running, **kw):
+        rows = plans[0][1]
+        held.append((len(running), sum(rows[i] for i in running.values())))
+        return wait(running, **kw)
+
+    monkeypatch.setattr(spill.SpilledCapture, "_plan", planned)
+    monkeypatch.setattr(spill, "wait", watched)
+    run_analysis(pcap, None, tmp_path / "all", spill=True)
+    (shards, workers, budget), rows = plans[0]
+    assert workers == 2 and budget is not None and len(shards) >= 3
+    assert max(n for n, _ in held) == 2
+    assert all(packets <= budget for n, packets in held if n > 1)
+    for name in ("retransmits.parquet", "flows.parquet"):
+        assert pq.read_table(tmp_path / "all" / name).equals(pq.read_table(tmp_path / "one" / name))
+    assert (tmp_path / "all" / "summary.json").read_text().replace("/all", "/one") == (
+        tmp_path / "one" / "summary.json"
+    ).read_text()
 
 
 def test_available_memory_sees_the_memory_cgroup_the_process_is_in(tmp_path):
