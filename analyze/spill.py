@@ -230,7 +230,7 @@ class SpilledCapture:
         largest. With N, the shards are cut N times smaller than that largest one, and a
         shard starts only while the packets of those running, with it, stay within the
         bound: for ``jobs`` None (the default: every core) the largest shard one process
-        would hold, so that the cores cost no memory (a capture of many connections is
+        would hold, so that the cores cost no more shard memory (a capture of many connections is
         classified on all of them, one of a few huge connections in turn as before); for
         an explicit N the memory available (cgroup limits included), so that asking for
         more cores never gets the analysis killed where memory is short. Where no two

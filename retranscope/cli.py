@@ -251,7 +251,8 @@ def analyze(
         min=1,
         help="Processes that classify the capture, in shards of connections; the output is "
         "the same for any N. Default: a spilled capture (64 MiB and more) on every core, "
-        "holding no more shards at once than one process would (the same peak memory); "
+        "holding no more shards at once than one process would (the peak memory of one, "
+        "plus an interpreter a worker); "
         "one process in memory. An explicit N holds up to N shards at once, as the memory "
         "available allows (docs/scale.md).",
     ),
