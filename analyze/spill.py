@@ -230,8 +230,9 @@ class SpilledCapture:
         largest. With N, the shards are cut N times smaller than that largest one, and a
         shard starts only while the packets of those running, with it, stay within the
         bound: for ``jobs`` None (the default: every core) the largest shard one process
-        would hold, so that the cores cost no more shard memory (a capture of many connections is
-        classified on all of them, one of a few huge connections in turn as before); for
+        would hold, so that the cores cost no more shard memory (a capture of many
+        connections is classified on all of them, one of a few huge connections in turn
+        as before); for
         an explicit N the memory available (cgroup limits included), so that asking for
         more cores never gets the analysis killed where memory is short. Where no two
         shards fit at once, one process, in turn."""
@@ -309,16 +310,19 @@ class SpilledCapture:
                 while pending or running:
                     held = sum(rows[i] for i in running.values())
                     while pending and len(running) < jobs:
-                        fits = [
-                            i
-                            for i in pending
-                            if budget is None or not running or held + rows[i] <= budget
-                        ]
-                        if not fits:
+                        fit = next(
+                            (
+                                i
+                                for i in pending
+                                if budget is None or not running or held + rows[i] <= budget
+                            ),
+                            None,
+                        )
+                        if fit is None:
                             break
-                        pending.remove(fits[0])
-                        running[pool.submit(_forked_shard, shards[fits[0]], fits[0])] = fits[0]
-                        held += rows[fits[0]]
+                        pending.remove(fit)
+                        running[pool.submit(_forked_shard, shards[fit], fit)] = fit
+                        held += rows[fit]
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for f in done:
                         i = running.pop(f)
@@ -443,8 +447,7 @@ class _Spiller:
             name: code if name == "tuple" else chunk[name] for name in SPILLED_DTYPES
         }
         first = int(np.argmin(chunk["ts_ns"]))
-        if self.anchor_ts is None or int(chunk["ts_ns"][first]) < self.anchor_ts:
-            self.anchor_ts = int(chunk["ts_ns"][first])
+        if self._earlier(int(chunk["ts_ns"][first])):
             self.anchor = {name: col[first : first + 1].copy() for name, col in rows.items()}
             self.anchor_bucket = int(bucket_of[first])
         order = np.argsort(bucket_of, kind="stable")
@@ -485,13 +488,16 @@ class _Spiller:
                 mine.rows += theirs.rows
         if later.anchor is not None:
             fix.apply(later.anchor)
-            ts = int(later.anchor["ts_ns"][0])
-            if self.anchor_ts is None or ts < self.anchor_ts:  # ties: the earlier part's
-                self.anchor, self.anchor_bucket, self.anchor_ts = (
-                    later.anchor,
-                    later.anchor_bucket,
-                    ts,
-                )
+            if self._earlier(int(later.anchor["ts_ns"][0])):
+                self.anchor, self.anchor_bucket = later.anchor, later.anchor_bucket
+
+    def _earlier(self, ts: int) -> bool:
+        """Whether a packet at ``ts`` is the capture's first so far (and note its time):
+        the first of the earliest, in file order, as chunks and then parts come in it."""
+        if self.anchor_ts is not None and ts >= self.anchor_ts:
+            return False
+        self.anchor_ts = ts
+        return True
 
 
 @dataclass

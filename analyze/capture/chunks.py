@@ -67,6 +67,11 @@ class FileState:
     present_linktypes: set[int] = field(default_factory=set)
     done: bool = False
 
+    def note_times(self, lo: int, hi: int) -> None:
+        """Widen the span of record times seen to [lo, hi]."""
+        self.first_ts_ns = lo if self.first_ts_ns is None else min(self.first_ts_ns, lo)
+        self.last_ts_ns = hi if self.last_ts_ns is None else max(self.last_ts_ns, hi)
+
     def absorb(self, later: FileState, frames_before: int) -> None:
         """Add what reading the file's next part learnt (capture/split.py): its frames
         were numbered from 1, and ``frames_before`` records precede it."""
@@ -76,13 +81,8 @@ class FileState:
             self.skipped[why] = self.skipped.get(why, 0) + count
         later.notes.too_big = [(t[0] + frames_before, *t[1:]) for t in later.notes.too_big]
         self.notes.merge(later.notes)
-        for mine, theirs, pick in (
-            ("first_ts_ns", later.first_ts_ns, min),
-            ("last_ts_ns", later.last_ts_ns, max),
-        ):
-            have = getattr(self, mine)
-            if theirs is not None:
-                setattr(self, mine, theirs if have is None else pick(have, theirs))
+        if later.first_ts_ns is not None and later.last_ts_ns is not None:
+            self.note_times(later.first_ts_ns, later.last_ts_ns)
         self.supported += later.supported
         self.present_linktypes |= later.present_linktypes
 
@@ -264,8 +264,7 @@ class FileReader:
         st.records += n
         ts = recs.ts_ns
         lo, hi = int(ts.min()), int(ts.max())
-        st.first_ts_ns = lo if st.first_ts_ns is None else min(st.first_ts_ns, lo)
-        st.last_ts_ns = hi if st.last_ts_ns is None else max(st.last_ts_ns, hi)
+        st.note_times(lo, hi)
         st.supported += supported_records(recs)
         linktypes = [i.linktype for i in recs.ifaces]
         if len(set(linktypes)) == 1:

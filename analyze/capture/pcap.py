@@ -61,7 +61,6 @@ class PcapWalker:
         # and additional information"); the link type proper is the low 16 bits.
         self.ifaces = [Iface(linktype_field & 0xFFFF, snaplen)]
         self.snaplen = snaplen
-        self.linktype_field = linktype_field
         self.header_bytes = PCAP_FILE_HEADER_BYTES
         self.header_warnings: list[str] = []
         if major != 2:
@@ -306,10 +305,14 @@ def record_start_near(fd: int, walker: PcapWalker, near: int, size_bytes: int) -
     ts_frac, caplen, origlen = (
         hdr[:, PCAP_RECORD_WORD[k]] for k in ("ts_frac", "caplen", "origlen")
     )
-    sane = (caplen <= limit) & (caplen <= origlen) & (ts_frac < per_s) & (origlen > 0)
+
+    def sane(caplen, origlen, frac):  # numpy columns or one header's ints alike
+        return (caplen <= limit) & (caplen <= origlen) & (frac < per_s) & (origlen > 0)
+
+    candidates = np.flatnonzero(sane(caplen, origlen, ts_frac))
     del hdr, ts_frac, caplen, origlen
     unpack = struct.Struct(walker.order + "4I").unpack_from
-    for start in np.flatnonzero(sane).tolist():
+    for start in candidates.tolist():
         off, chained = start, 0
         while chained < RESYNC_CHAIN_RECORDS:
             if near + off == size_bytes:  # the file ends after a whole record
@@ -317,7 +320,7 @@ def record_start_near(fd: int, walker: PcapWalker, near: int, size_bytes: int) -
             if off + PCAP_RECORD_HEADER_BYTES > data.size:
                 break
             _, frac, cap, orig = unpack(raw, off)
-            if not (cap <= limit and cap <= orig and frac < per_s and orig > 0):
+            if not sane(cap, orig, frac):
                 break
             off += PCAP_RECORD_HEADER_BYTES + cap
             chained += 1

@@ -26,7 +26,12 @@ import os
 from dataclasses import dataclass
 
 from retranscope.analyze.capture.chunks import DEFAULT_CHUNK_BYTES, FileReader
-from retranscope.analyze.capture.pcap import PCAP_MAGIC, PcapWalker, record_start_near
+from retranscope.analyze.capture.pcap import (
+    PCAP_FILE_HEADER_BYTES,
+    PCAP_MAGIC,
+    PcapWalker,
+    record_start_near,
+)
 from retranscope.analyze.capture.stream import ByteStream, sniff_compression
 
 #: the least bytes of a part: a process (fork, its own buffers and buckets) costs
@@ -72,7 +77,7 @@ def plan_split(path: str, parts: int) -> SplitPlan | None:
         return None
     try:
         head = os.pread(fd, HEAD_BYTES, 0)
-        if len(head) < 24 or sniff_compression(head):
+        if len(head) < PCAP_FILE_HEADER_BYTES or sniff_compression(head):
             return None
         if int.from_bytes(head[:4], "little") not in PCAP_MAGIC:
             return None
