@@ -140,10 +140,13 @@ class SpilledCapture:
         least one)."""
         used = [i for i, b in enumerate(self.buckets) if b.rows]
         budget = max(1, SHARD_PACKETS if packets is None else packets)
-        n_shards = max(1, min(len(used), -(-self.n_packets // budget)))
+        return self._deal(used, max(1, min(len(used), -(-self.n_packets // budget))))
+
+    def _deal(self, bucket_numbers: list[int], n_shards: int) -> list[list[int]]:
+        """These buckets dealt biggest first to the least loaded of ``n_shards`` shards."""
         load = [0] * n_shards
         out: list[list[int]] = [[] for _ in range(n_shards)]
-        for i in sorted(used, key=lambda i: -self.buckets[i].rows):
+        for i in sorted(bucket_numbers, key=lambda i: -self.buckets[i].rows):
             s = load.index(min(load))
             out[s].append(i)
             load[s] += self.buckets[i].rows
@@ -151,8 +154,15 @@ class SpilledCapture:
 
     def rows_of(self, bucket_numbers: list[int]) -> int:
         """Rows of the table ``load`` gives for these buckets."""
-        n = sum(self.buckets[i].rows for i in bucket_numbers)
+        n = self.packets_of(bucket_numbers)
         return n + (self.anchor is not None and self.anchor_bucket not in bucket_numbers)
+
+    def packets_of(self, bucket_numbers: list[int]) -> int:
+        """The packets of these buckets, without the anchor a shard borrows (``load``):
+        what a shard holds in memory, for the bound on shards classified at once (one
+        borrowed row is nothing, but counted it kept the pieces of one shard from ever
+        fitting together)."""
+        return sum(self.buckets[i].rows for i in bucket_numbers)
 
     def load(
         self, bucket_numbers: list[int], into: dict[str, np.ndarray] | None = None
@@ -227,7 +237,7 @@ class SpilledCapture:
         bound) for ``jobs``.
 
         One process classifies the shards of SHARD_PACKETS in turn: its peak is the
-        largest. With N, the shards are cut N times smaller than that largest one, and a
+        largest. With N, each of those shards is cut in N (its buckets dealt), and a
         shard starts only while the packets of those running, with it, stay within the
         bound: for ``jobs`` None (the default: every core) the largest shard one process
         would hold, so that the cores cost no more shard memory (a capture of many
@@ -240,15 +250,17 @@ class SpilledCapture:
         n = default_jobs() if jobs is None else max(1, int(jobs))
         if n < 2:
             return whole, 1, None
-        bound = max(self.rows_of(s) for s in whole)
-        fine = self.shards(bound // n)
+        bound = max(self.packets_of(s) for s in whole)
+        # each shard of one process cut in n: its pieces always fit at once in the bound
+        # (a cut of all the buckets afresh could pair none of its shards within it)
+        fine = [piece for s in whole for piece in self._deal(s, n)]
         room = available_memory_bytes()
         room_packets = None if room is None else room // SHARD_PEAK_BYTES_PER_PACKET
         if jobs is None:
             budget = bound if room_packets is None else min(bound, room_packets)
         else:
             budget = room_packets
-        sizes = sorted(self.rows_of(s) for s in fine)
+        sizes = sorted(self.packets_of(s) for s in fine)
         if len(fine) < 2 or (budget is not None and sizes[0] + sizes[1] > budget):
             return whole, 1, None
         return fine, min(n, len(fine)), budget
@@ -299,7 +311,7 @@ class SpilledCapture:
         small one."""
         give_back_free_memory()  # pages shared after the fork are copied on a write
         _FORKED.update(spilled=self, classify=classify, too_big=too_big, shards=len(shards))
-        rows = [self.rows_of(s) for s in shards]
+        rows = [self.packets_of(s) for s in shards]
         pending = sorted(range(len(shards)), key=lambda i: -rows[i])
         running: dict[Future, int] = {}
         digests: dict[int, Digest] = {}

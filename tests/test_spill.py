@@ -215,7 +215,7 @@ def test_workers_hold_no_more_shards_than_memory_allows(tmp_path, monkeypatch):
         spilled = spill.spill_capture(stream, tmp_path)  # 4 tuples, 2,363 packets
     try:
         whole = spilled.shards()
-        largest = max(spilled.rows_of(g) for g in whole)
+        largest = max(spilled.packets_of(g) for g in whole)
         per = spill.SHARD_PEAK_BYTES_PER_PACKET
         monkeypatch.setattr(spill, "default_jobs", lambda: 2)
         for room, jobs, workers, budget in [
@@ -233,7 +233,11 @@ def test_workers_hold_no_more_shards_than_memory_allows(tmp_path, monkeypatch):
             if workers == 1:
                 assert shards == whole
             else:
-                assert max(spilled.rows_of(g) for g in shards) < largest
+                assert max(spilled.packets_of(g) for g in shards) < largest
+                # each of one process's shards is cut: its pieces fit at once
+                for g in whole:
+                    pieces = [p for p in shards if set(p) <= set(g)]
+                    assert sum(spilled.packets_of(p) for p in pieces) <= largest
     finally:
         spilled.close()
 
@@ -251,7 +255,7 @@ def test_the_default_classifies_on_every_core_in_one_process_s_memory(tmp_path, 
 
     def planned(self, jobs):
         out = plan(self, jobs)
-        plans.append((out, [self.rows_of(s) for s in out[0]]))
+        plans.append((out, [self.packets_of(s) for s in out[0]]))
         return out
 
     held: list[tuple[int, int]] = []  # (shards running, their packets) at each wait
