@@ -28,6 +28,7 @@ from retranscope.analyze.table import (
 )
 from retranscope.schemas.packets import (
     ADDRESS_HALVES,
+    SACK_ROWS,
     TCP_ACK,
     TCP_FIN,
     TCP_RST,
@@ -717,7 +718,9 @@ def sequence_space(
 
     # SACK edges lie near the ACK number: offset them from it. Only rows carrying SACK
     # blocks are stored (sparse): see sack_blocks().
-    rows = np.flatnonzero(packets["sack_n"] > 0)
+    # A spilled shard has the edges of those rows only (schemas/packets.SACK_ROWS).
+    sparse = SACK_ROWS in packets
+    rows = packets[SACK_ROWS] if sparse else np.flatnonzero(packets["sack_n"] > 0)
     sack_l_abs = np.zeros((len(rows), 4), dtype=np.int64)
     sack_r_abs = np.zeros((len(rows), 4), dtype=np.int64)
     if len(rows):
@@ -729,7 +732,8 @@ def sequence_space(
             if not have.any():
                 break
             for side, out in (("l", sack_l_abs), ("r", sack_r_abs)):
-                d = packets[f"sack_{side}{b}"][rows].astype(np.int64) - base_raw
+                edge = packets[f"sack_{side}{b}"]
+                d = (edge if sparse else edge[rows]).astype(np.int64) - base_raw
                 d = ((d + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
                 out[:, b] = np.where(have, base_abs + d, 0)
     return {

@@ -16,8 +16,11 @@ once (tests/test_spill.py).
 
 On disk, a bucket file is a sequence of blocks, one per chunk that had rows for it: each
 block is the packet table's columns one after the other (schemas/packets.SPILLED_DTYPES
-order and dtypes: the addresses are the number of the row's 4-tuple, TupleNumbers);
-``Bucket.blocks`` says where each block starts and how many rows it holds.
+order and dtypes: the addresses are the number of the row's 4-tuple, TupleNumbers), then,
+for the block's rows that carry SACK blocks only, their row numbers in the block (uint32)
+and their SACK edges (SACK_EDGE_COLUMNS' order): a shard holds the edges sparse
+(schemas/packets.SACK_ROWS). ``Bucket.blocks`` says where each block starts, how many rows
+it holds and how many of them carry SACK blocks.
 """
 
 from __future__ import annotations
@@ -51,7 +54,12 @@ from retranscope.analyze.shards import (
 )
 from retranscope.analyze.streamed import Digest, Merged, finish_part, merge
 from retranscope.errors import RetranscopeError
-from retranscope.schemas.packets import SPILLED_DTYPES, empty_packets
+from retranscope.schemas.packets import (
+    SACK_EDGE_COLUMNS,
+    SACK_ROWS,
+    SPILLED_DTYPES,
+    empty_packets,
+)
 
 #: files the packets are spread over by 4-tuple (then dealt into shards of ~SHARD_PACKETS
 #: packets), at most: there are no more shards than buckets, so with 64 a capture of many
@@ -72,11 +80,14 @@ BUCKET_INPUT_BYTES = 32 << 20
 #: memory, where the spill's files cost more than they save
 SPILL_MIN_BYTES = 64 << 20
 ROW_BYTES = sum(dt.itemsize for dt in SPILLED_DTYPES.values())
+#: and a row that carries SACK blocks: its number in the block, its eight edges
+SACK_ROW_BYTES = 4 + 4 * len(SACK_EDGE_COLUMNS)
 #: Peak memory of classifying a spilled shard, in bytes a packet of the shard: its table
-#: (ROW_BYTES, 98) and the classifier's arrays at their worst stage (~80: every stage's
-#: own peak is ~37 bytes a packet on the 1.3M-packet capture, bench/memory_stages.py, on
-#: top of what earlier stages keep), plus a margin. Measured: 669 MB for a shard of
-#: 3.49M packets of the 13M-packet capture (docs/scale.md)
+#: (ROW_BYTES, 66, and SACK_ROW_BYTES a row with SACK blocks) and the classifier's arrays
+#: at their worst stage (~80: every stage's own peak is ~37 bytes a packet on the
+#: 1.3M-packet capture, bench/memory_stages.py, on top of what earlier stages keep), plus
+#: a margin. Measured: 669 MB for a shard of 3.49M packets of the 13M-packet capture
+#: with the SACK edges dense (32 bytes a packet more), ~600 MB since (docs/scale.md)
 SHARD_PEAK_BYTES_PER_PACKET = 220
 
 
@@ -107,8 +118,10 @@ class ShardProgress:
 class Bucket:
     path: Path
     rows: int = 0
-    blocks: list[tuple[int, int]] = field(default_factory=list)  # (file offset, rows)
+    #: (file offset, rows, rows that carry SACK blocks)
+    blocks: list[tuple[int, int, int]] = field(default_factory=list)
     written: int = 0
+    sack_rows: int = 0
     #: the same bucket's blocks from the later parts of a split file, each read after this
     #: one's and fixed up as it says (_Spiller.absorb)
     later: list[tuple[Bucket, _Fix]] = field(default_factory=list)
@@ -177,33 +190,57 @@ class SpilledCapture:
             table = columns(n + borrow, SPILLED_DTYPES)
         else:
             table = {name: col[: n + borrow] for name, col in into.items()}
-        self._read_into(table, bucket_numbers)
+        sack = self._read_into(table, bucket_numbers)
         if len(bucket_numbers) > 1:  # each file is in capture order; together they are not
             order = np.argsort(table["frame"][:n], kind="stable")
             for col in table.values():
                 col[:n] = col[:n][order]  # one column's temporary at a time
+            at = np.empty(n, dtype=np.int64)
+            at[order] = np.arange(n)  # where each row went
             del order
-        if not borrow:
-            return table, -1
-        assert self.anchor is not None
-        pos = int(np.searchsorted(table["frame"][:n], self.anchor["frame"][0]))
-        for name, col in table.items():
-            col[pos + 1 :] = col[pos:n]  # numpy copies overlapping ranges as if buffered
-            col[pos] = self.anchor[name][0]
-        return table, pos
+            rows = at[sack[SACK_ROWS]]
+            del at
+            by_row = np.argsort(rows, kind="stable")
+            sack = {name: col[by_row] for name, col in sack.items()}
+            sack[SACK_ROWS] = rows[by_row]
+        pos = -1
+        if borrow:
+            assert self.anchor is not None
+            pos = int(np.searchsorted(table["frame"][:n], self.anchor["frame"][0]))
+            for name, col in table.items():
+                col[pos + 1 :] = col[pos:n]  # numpy copies overlapping ranges as if buffered
+                col[pos] = self.anchor[name][0]
+            sack[SACK_ROWS][sack[SACK_ROWS] >= pos] += 1
+            if self.anchor["sack_n"][0] > 0:
+                k = int(np.searchsorted(sack[SACK_ROWS], pos))
+                sack = {
+                    name: np.insert(col, k, pos if name == SACK_ROWS else self.anchor[name][0])
+                    for name, col in sack.items()
+                }
+        return {**table, **sack}, pos
 
-    def _read_into(self, table: dict[str, np.ndarray], bucket_numbers: list[int]) -> None:
+    def _read_into(
+        self, table: dict[str, np.ndarray], bucket_numbers: list[int]
+    ) -> dict[str, np.ndarray]:
         """Each block's columns read from the file straight into the table's: one
         preadv a block (a capture of many connections has many small blocks, and a read
         a column cost ~2 us each: ~1 s on 13M packets of 125k connections). A bucket's
-        blocks from a split file's later parts follow its own, fixed up as they come."""
+        blocks from a split file's later parts follow its own, fixed up as they come.
+        Returns the SACK edges of the rows that have them, and those rows' numbers
+        (SACK_ROWS), in the order read."""
+        n_sack = sum(self.buckets[i].sack_rows for i in bucket_numbers)
+        sack = {name: np.empty(n_sack, dtype=np.uint32) for name in SACK_EDGE_COLUMNS}
+        sack[SACK_ROWS] = np.empty(n_sack, dtype=np.int64)
+        into = _SackInto(sack, np.empty(n_sack, dtype=np.uint32))
         at = 0
         for i in bucket_numbers:
-            at = _read_blocks(self.buckets[i], table, at)
+            at = _read_blocks(self.buckets[i], table, at, into)
             for later, fix in self.buckets[i].later:
                 start = at
-                at = _read_blocks(later, table, at)
+                at = _read_blocks(later, table, at, into)
                 fix.apply({name: table[name][start:at] for name in ("frame", "tuple")})
+        sack[SACK_ROWS] += into.in_block  # the block's first row, plus the row's in it
+        return sack
 
     def classify(
         self, classify: ClassifyPart, too_big: list[dict] | None, jobs: int | None = 1
@@ -356,16 +393,33 @@ def _forked_shard(shard: list[int], number: int) -> Digest:
     return spilled._finish(part, number, _FORKED["shards"])
 
 
-def _read_blocks(bucket: Bucket, table: dict[str, np.ndarray], at: int) -> int:
-    """``bucket``'s blocks read into ``table``'s rows from ``at`` on; returns the row
-    after them."""
+@dataclass
+class _SackInto:
+    """Where the SACK-carrying rows of the blocks being read go: ``sack``'s columns from
+    ``filled`` on, each row's number in its block into ``in_block`` (SACK_ROWS gets the
+    block's first row)."""
+
+    sack: dict[str, np.ndarray]
+    in_block: np.ndarray
+    filled: int = 0
+
+
+def _read_blocks(bucket: Bucket, table: dict[str, np.ndarray], at: int, into: _SackInto) -> int:
+    """``bucket``'s blocks read into ``table``'s rows from ``at`` on, their SACK-carrying
+    rows into ``into``; returns the row after them."""
     if not bucket.blocks:  # a bucket only a split file's later parts wrote to
         return at
     fd = os.open(bucket.path, os.O_RDONLY)
     try:
-        for offset, rows in bucket.blocks:
+        for offset, rows, n_sack in bucket.blocks:
             dest = [col[at : at + rows].view(np.uint8).data for col in table.values()]
-            if os.preadv(fd, dest, offset) != rows * ROW_BYTES:
+            if n_sack:
+                s = slice(into.filled, into.filled + n_sack)
+                into.sack[SACK_ROWS][s] = at
+                dest.append(into.in_block[s].view(np.uint8).data)
+                dest += [into.sack[name][s].view(np.uint8).data for name in SACK_EDGE_COLUMNS]
+                into.filled += n_sack
+            if os.preadv(fd, dest, offset) != rows * ROW_BYTES + n_sack * SACK_ROW_BYTES:
                 raise OSError(f"{bucket.path} is shorter than what was written")
             at += rows
     finally:
@@ -460,7 +514,10 @@ class _Spiller:
         }
         first = int(np.argmin(chunk["ts_ns"]))
         if self._earlier(int(chunk["ts_ns"][first])):
-            self.anchor = {name: col[first : first + 1].copy() for name, col in rows.items()}
+            self.anchor = {
+                name: col[first : first + 1].copy()
+                for name, col in (*rows.items(), *((e, chunk[e]) for e in SACK_EDGE_COLUMNS))
+            }
             self.anchor_bucket = int(bucket_of[first])
         order = np.argsort(bucket_of, kind="stable")
         sorted_b = bucket_of[order]
@@ -468,19 +525,28 @@ class _Spiller:
         ends = np.r_[starts[1:], len(order)]
         # the rows grouped by bucket once; each bucket's block is then slices of them,
         # written as they are (no copy into bytes)
-        grouped: list[np.ndarray] = [
-            col if len(starts) == 1 else col[order] for col in rows.values()
-        ]
+        one = len(starts) == 1
+        grouped: list[np.ndarray] = [col if one else col[order] for col in rows.values()]
+        # the rows that carry SACK blocks, where they are in that grouping, and their edges
+        at_sack = np.flatnonzero(chunk["sack_n"] if one else chunk["sack_n"][order])
+        edges = [chunk[e][at_sack if one else order[at_sack]] for e in SACK_EDGE_COLUMNS]
+        sack_lo, sack_hi = np.searchsorted(at_sack, starts), np.searchsorted(at_sack, ends)
         del rows, code
-        for lo, hi in zip(starts.tolist(), ends.tolist()):
+        blocks = zip(starts.tolist(), ends.tolist(), sack_lo.tolist(), sack_hi.tolist())
+        for lo, hi, s_lo, s_hi in blocks:
             i = int(sorted_b[lo])
             if i not in files:
                 files[i] = open(buckets[i].path, "wb", buffering=0)
             bucket = buckets[i]
-            _write_all(files[i], [col[lo:hi] for col in grouped])  # one writev a block
-            bucket.blocks.append((bucket.written, hi - lo))
-            bucket.written += (hi - lo) * ROW_BYTES
+            block = [col[lo:hi] for col in grouped]
+            if s_hi > s_lo:
+                block.append((at_sack[s_lo:s_hi] - lo).astype(np.uint32))
+                block += [col[s_lo:s_hi] for col in edges]
+            _write_all(files[i], block)  # one writev a block
+            bucket.blocks.append((bucket.written, hi - lo, s_hi - s_lo))
+            bucket.written += (hi - lo) * ROW_BYTES + (s_hi - s_lo) * SACK_ROW_BYTES
             bucket.rows += hi - lo
+            bucket.sack_rows += s_hi - s_lo
 
     def close(self) -> None:
         for f in self.files.values():
@@ -498,6 +564,7 @@ class _Spiller:
             if theirs.rows:
                 mine.later.append((theirs, fix))
                 mine.rows += theirs.rows
+                mine.sack_rows += theirs.sack_rows
         if later.anchor is not None:
             fix.apply(later.anchor)
             if self._earlier(int(later.anchor["ts_ns"][0])):

@@ -3,10 +3,10 @@
     .venv/bin/python bench/memory_stages.py [CAPTURE]   (default bench/data/big.pcap)
 
 Reads the capture whole and lays it out as a spilled shard holds it (analyze/spill.py:
-the addresses as numbered 4-tuples, schemas/packets.SPILLED_DTYPES), then runs the stages
-of pipeline.classify_capture one by one under tracemalloc (numpy reports its buffers to
-it) and prints, per stage, the bytes a packet still held after it (live) and the most
-held while it ran (peak), the packet table apart. The process's peak is the table plus
+the addresses as numbered 4-tuples, schemas/packets.SPILLED_DTYPES, the SACK edges
+sparse), then runs the stages of pipeline.classify_capture one by one under tracemalloc
+(numpy reports its buffers to it) and prints, per stage, the bytes a packet still held
+after it (live) and the most held while it ran (peak), the packet table apart. The process's peak is the table plus
 the largest stage peak plus the interpreter; a shard of N packets costs about N times
 (table + largest peak). Not a test: nothing here asserts.
 """
@@ -27,7 +27,7 @@ def main() -> int:
     from retranscope.analyze.retrans import capture_gaps, retransmission_table, sender_context
     from retranscope.analyze.shards import canonical_tuple
     from retranscope.analyze.spill import TupleNumbers
-    from retranscope.schemas.packets import SPILLED_DTYPES
+    from retranscope.schemas.packets import SPILLED_DTYPES, sparse_sack_edges
 
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "data" / "big.pcap"
     whole = read_capture(path).packets
@@ -36,6 +36,7 @@ def main() -> int:
     code = numbers.code(_mix64(canon), canon, first_sent)
     del first_sent, canon
     packets = {name: code if name == "tuple" else whole[name] for name in SPILLED_DTYPES}
+    packets |= sparse_sack_edges(whole)
     tuples = numbers.table()
     del whole, code
     n = max(len(packets["ts_ns"]), 1)

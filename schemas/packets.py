@@ -74,11 +74,25 @@ PACKET_DTYPES: dict[str, np.dtype] = {name: np.dtype(dt) for name, dt, _ in PACK
 #: when the lesser endpoint received the packet (flows.flow_table's direction 1): 4 bytes
 #: a packet instead of 32 in the table of the shard being classified.
 ADDRESS_HALVES = ("saddr_hi", "saddr_lo", "daddr_hi", "daddr_lo")
+#: The SACK blocks' edges: a spilled shard holds them only for the rows that carry SACK
+#: blocks (sack_n > 0; a few in a hundred of a bulk transfer's packets), as columns as
+#: long as SACK_ROWS, the numbers of those rows in the shard's table (ascending): 32
+#: bytes a packet less, on disk and in memory (flows.sequence_space reads either form).
+SACK_EDGE_COLUMNS = tuple(f"sack_{side}{b}" for b in range(4) for side in "lr")
+SACK_ROWS = "sack_rows"
 SPILLED_DTYPES: dict[str, np.dtype] = {
     ("tuple" if name == "saddr_hi" else name): (np.dtype(np.uint32) if name == "saddr_hi" else dt)
     for name, dt in PACKET_DTYPES.items()
-    if name not in ADDRESS_HALVES[1:]
+    if name not in ADDRESS_HALVES[1:] and name not in SACK_EDGE_COLUMNS
 }
+
+
+def sparse_sack_edges(packets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """SACK_ROWS and the SACK_EDGE_COLUMNS of those rows only, from a table that has the
+    edges for every row."""
+    rows = np.flatnonzero(packets["sack_n"] > 0)
+    return {SACK_ROWS: rows, **{name: packets[name][rows] for name in SACK_EDGE_COLUMNS}}
+
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02

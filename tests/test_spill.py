@@ -392,7 +392,7 @@ def test_a_disk_that_fills_under_the_analysis_is_one_line_and_leaves_nothing(tmp
     pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
     seen: dict[str, int] = {}
     with small_fs(tmp_path / "fs", "1200k") as fs:
-        for free_kb in range(200, 330, 10):
+        for free_kb in range(100, 330, 10):
             for p in fs.iterdir():
                 subprocess.run(["rm", "-rf", str(p)], check=True)
             (fs / "fill").write_bytes(bytes((1200 - free_kb) * 1024))
@@ -519,3 +519,53 @@ def test_buckets_follow_the_capture_size(tmp_path, monkeypatch):
         assert spill._buckets_for(stream) == want, size
     assert spill._buckets_for(SimpleNamespace(input_bytes=1, paths=[str(packed)])) == 512
     assert spill._buckets_for(SimpleNamespace(input_bytes=None, paths=["-"])) == 512
+
+
+def test_sack_edges_are_spilled_for_the_rows_that_carry_them(tmp_path):
+    """A shard holds the SACK edges of the rows that carry SACK blocks only
+    (schemas/packets.SACK_ROWS): read back from buckets of several 4-tuples each, in many
+    blocks, reordered into capture order, and with the capture's first packet borrowed,
+    here an ACK that carries SACK blocks, they are the edges each row was read with."""
+    import tempfile
+
+    from packet_builder import Trace
+
+    from retranscope.schemas.packets import SACK_EDGE_COLUMNS, SACK_ROWS
+
+    tr = Trace()
+    for k in range(6):
+        c = tr.conn(cport=40000 + k)
+        # the capture starts late: each connection's first packet is a SACK-carrying ACK
+        c.ack(k * 0.1, 1, sack=((1001, 2001),))
+        for i in range(12):
+            c.send(1 + k * 0.1 + i, 1 + 1000 * i, 1000)
+            blocks = tuple((1 + 1000 * j, 1001 + 1000 * j) for j in range(i + 1, i + 1 + k % 5))
+            c.ack(1.5 + k * 0.1 + i, 1 + 1000 * (i // 2), sack=blocks)
+    pk = tr.packets()
+    spiller = spill._Spiller(tmp_path, 3, "")
+    for lo in range(0, len(pk["frame"]), 7):  # chunks of 7 rows: many small blocks
+        spiller.add({name: col[lo : lo + 7] for name, col in pk.items()})
+    spiller.close()
+    assert spiller.anchor is not None and spiller.anchor["sack_n"][0] == 1
+    spilled = spill.SpilledCapture(
+        None,  # type: ignore[arg-type]
+        spiller.buckets,
+        spiller.tuples.table(),
+        spiller.anchor,
+        spiller.anchor_bucket,
+        tempfile.TemporaryDirectory(dir=tmp_path),
+    )
+    used = [i for i, b in enumerate(spilled.buckets) if b.rows]
+    assert len(used) >= 2
+    borrowed_seen = False
+    for shard in [used, *([i] for i in used)]:
+        table, borrowed = spilled.load(shard)
+        borrowed_seen |= borrowed >= 0
+        row_of = table["frame"] - 1  # frames number pk's rows from 1
+        for name in ("ts_ns", "seq", "ack", "sack_n", "payload_len"):
+            np.testing.assert_array_equal(table[name], pk[name][row_of], err_msg=name)
+        rows = table[SACK_ROWS]
+        np.testing.assert_array_equal(rows, np.flatnonzero(table["sack_n"] > 0))
+        for name in SACK_EDGE_COLUMNS:
+            np.testing.assert_array_equal(table[name], pk[name][row_of[rows]], err_msg=name)
+    assert borrowed_seen
