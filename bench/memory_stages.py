@@ -6,9 +6,9 @@ Reads the capture whole and lays it out as a spilled shard holds it (analyze/spi
 the addresses as numbered 4-tuples, schemas/packets.SPILLED_DTYPES, the SACK edges
 sparse), then runs the stages of pipeline.classify_capture one by one under tracemalloc
 (numpy reports its buffers to it) and prints, per stage, the bytes a packet still held
-after it (live) and the most held while it ran (peak), the packet table apart. The process's peak is the table plus
-the largest stage peak plus the interpreter; a shard of N packets costs about N times
-(table + largest peak). Not a test: nothing here asserts.
+after it (live) and the most held while it ran (peak), the packet table apart. The
+process's peak is the table plus the largest stage peak plus the interpreter; a shard of
+N packets costs about N times (table + largest peak). Not a test: nothing here asserts.
 """
 
 from __future__ import annotations
