@@ -530,9 +530,11 @@ class _Spiller:
         # the rows that carry SACK blocks, where they are in that grouping, and their edges
         at_sack = np.flatnonzero(chunk["sack_n"] if one else chunk["sack_n"][order])
         edges = [chunk[e][at_sack if one else order[at_sack]] for e in SACK_EDGE_COLUMNS]
-        sack_lo, sack_hi = np.searchsorted(at_sack, starts), np.searchsorted(at_sack, ends)
+        bounds: list[list[int]] = [
+            b.tolist() for b in (starts, ends, *np.searchsorted(at_sack, [starts, ends]))
+        ]
         del rows, code
-        blocks = zip(starts.tolist(), ends.tolist(), sack_lo.tolist(), sack_hi.tolist())
+        blocks = zip(*bounds)
         for lo, hi, s_lo, s_hi in blocks:
             i = int(sorted_b[lo])
             if i not in files:
