@@ -40,8 +40,9 @@ from retranscope.analyze.capture.chunks import FileState
 from retranscope.analyze.capture.decode import columns
 from retranscope.analyze.capture.parallel import default_jobs
 from retranscope.analyze.capture.pcap import PcapWalker
+from retranscope.analyze.capture.reader import CaptureStream, ReadProgress, SetRunRead
 from retranscope.analyze.capture.records import CaptureMeta
-from retranscope.analyze.capture.split import SplitPlan, part_reader
+from retranscope.analyze.capture.split import SetPlan, SplitPlan, part_reader
 from retranscope.analyze.flows import _mix64
 from retranscope.analyze.memory import available_memory_bytes
 from retranscope.analyze.shards import (
@@ -444,7 +445,21 @@ def spill_capture(
         ) from err
 
 
+class _RunsOverlap(Exception):
+    """A run of a set's files read on its own process starts before a packet of the runs
+    before it: the files overlap in time, and one stream merges them by timestamp."""
+
+
 def _spill(stream, directory, jobs: int = 1) -> SpilledCapture:
+    try:
+        return _spill_once(stream, directory, jobs)
+    except _RunsOverlap:
+        # a guess that cost time, never a packet: the set is read again, by one process
+        stream.restart()
+        return _spill_once(stream, directory, 1)
+
+
+def _spill_once(stream, directory, jobs: int) -> SpilledCapture:
     n_buckets = _open_files_for(_buckets_for(stream))
     tmp = tempfile.TemporaryDirectory(prefix="retranscope-spill-", dir=directory)
     try:
@@ -583,36 +598,42 @@ class _Spiller:
 
 @dataclass
 class _PartSpilled:
-    """What the process reading a part of a split file sends back: its spill, and what
-    its reader learnt (capture/split.py)."""
+    """What the process reading a part of a split file, or a run of a set's files,
+    sends back: its spill, and what its reader learnt (capture/split.py): a file's part
+    its FileState and walker, whether it ended at the part's end and the bytes it read;
+    a run, what the set's stream absorbs of it (``run``)."""
 
     buckets: list[Bucket]
     tuples: dict[str, np.ndarray]
     anchor: dict[str, np.ndarray] | None
     anchor_bucket: int
-    state: FileState
-    walker: PcapWalker
-    ended_at_part_end: bool
-    bytes_read: int
+    state: FileState | None = None
+    walker: PcapWalker | None = None
+    ended_at_part_end: bool = True
+    bytes_read: int = 0
+    run: SetRunRead | None = None
 
 
 class _Parts:
-    """The processes reading a split file's later parts (capture/split.py), started at
-    once, each spilling into bucket files of its own; ``join`` adds those that follow on
-    from the first part to its spill, and drops the rest."""
+    """The processes reading a split file's later parts, or a set's later runs of files
+    (capture/split.py), started at once, each spilling into bucket files of its own;
+    ``join`` adds those that follow on from the first part to its spill, and drops the
+    rest."""
 
-    def __init__(self, plan: SplitPlan, directory: Path, n_buckets: int, stream):
+    def __init__(self, plan: SplitPlan | SetPlan, directory: Path, n_buckets: int, stream):
         ctx = multiprocessing.get_context("fork")
+        self.plan = plan
         self.procs: list = []
         self.pipes: list = []
         stream.others_done = []
+        n_parts = len(plan.bounds) if isinstance(plan, SetPlan) else len(plan.starts) + 1
         try:
-            for k in range(1, len(plan.starts) + 1):
+            for k in range(1, n_parts):
                 done = ctx.RawArray("q", 3)  # bytes, records, TCP packets: the progress
                 receive, send = ctx.Pipe(duplex=False)
                 proc = ctx.Process(
                     target=_spill_part,
-                    args=(plan, k, directory, n_buckets, send, done),
+                    args=(plan, k, directory, n_buckets, send, done, stream.chunk_bytes),
                     daemon=True,
                 )
                 proc.start()
@@ -625,9 +646,13 @@ class _Parts:
             raise
 
     def join(self, spiller: _Spiller, stream) -> None:
+        """Raises _RunsOverlap when a run of a set starts before the latest packet of the
+        runs before it (they are then no part of what was read)."""
+        runs = isinstance(self.plan, SetPlan)
+        latest = stream.max_key if runs else 0
         try:
             for k, (proc, pipe) in enumerate(zip(self.procs, self.pipes), start=1):
-                if not stream.ended_at_part_end():
+                if not runs and not stream.ended_at_part_end():
                     break  # the part before read on: this one's start was no record's
                 try:
                     status, value = pipe.recv()
@@ -640,9 +665,17 @@ class _Parts:
                     ) from None
                 if status == "error":
                     raise value
-                frames_before = stream.absorb(
-                    value.state, value.walker, value.ended_at_part_end, value.bytes_read
-                )
+                if runs:
+                    assert isinstance(self.plan, SetPlan) and value.run is not None
+                    first = self.plan.run(k)[0].first_ts_ns
+                    if first is not None and first < latest:
+                        raise _RunsOverlap
+                    latest = max(latest, value.run.max_key)
+                    frames_before = stream.absorb_files(value.run)
+                else:
+                    frames_before = stream.absorb(
+                        value.state, value.walker, value.ended_at_part_end, value.bytes_read
+                    )
                 spiller.absorb(value, frames_before)
         finally:
             stream.others_done = []  # parts dropped, if any, are no part of what was read
@@ -657,9 +690,15 @@ class _Parts:
             pipe.close()
 
 
-def _spill_part(plan: SplitPlan, k: int, directory: Path, n_buckets: int, send, done) -> None:
-    """A process's part ``k`` of a split file, spilled; the result sent on ``send``."""
+def _spill_part(
+    plan: SplitPlan | SetPlan, k: int, directory: Path, n_buckets: int, send, done, chunk_bytes
+) -> None:
+    """A process's part ``k`` of a split file, or run ``k`` of a set, spilled; the result
+    sent on ``send``."""
     try:
+        if isinstance(plan, SetPlan):
+            send.send(("ok", _spill_run(plan, k, directory, n_buckets, done, chunk_bytes)))
+            return
         reader = part_reader(plan, k)
         spiller = _Spiller(directory, n_buckets, f".{k}")
         try:
@@ -692,6 +731,33 @@ def _spill_part(plan: SplitPlan, k: int, directory: Path, n_buckets: int, send, 
             send.send(("error", RetranscopeError(f"reading part {k + 1} of the capture: {err}")))
     finally:
         send.close()
+
+
+def _spill_run(
+    plan: SetPlan, k: int, directory: Path, n_buckets: int, done, chunk_bytes: int
+) -> _PartSpilled:
+    """Run ``k`` of a set's files read as the set's stream reads them, and spilled."""
+
+    def report(p: ReadProgress) -> None:
+        done[:] = [p.bytes_done, p.records_done, p.tcp_packets_done]
+
+    files = plan.run(k)
+    with CaptureStream(
+        [f.path for f in files], jobs=1, chunk_bytes=chunk_bytes, progress=report
+    ) as stream:
+        stream.set_run(plan, k)
+        spiller = _Spiller(directory, n_buckets, f".{k}")
+        try:
+            for chunk in stream:
+                spiller.add(chunk)
+        finally:
+            spiller.close()
+        read = [(r.state, r.walker, r.consumed_bytes()) for r in stream.readers]
+        assert stream._merger is not None
+        run = SetRunRead(read, stream._merger.frames, stream.max_key, stream._merger.overlaps)
+    return _PartSpilled(
+        spiller.buckets, spiller.tuples.table(), spiller.anchor, spiller.anchor_bucket, run=run
+    )
 
 
 def _buckets_for(stream) -> int:

@@ -201,3 +201,122 @@ def test_analyze_reads_a_big_pcap_file_in_parts_by_default(tmp_path, monkeypatch
         for d in ("parts", "one")
     ]
     assert summaries[0] == summaries[1]
+
+
+# -- capture sets: runs of files, a process each --------------------------------------
+
+
+def _records(path: Path) -> tuple[bytes, list[bytes]]:
+    data = path.read_bytes()
+    offsets = _record_offsets(data)
+    ends = [*offsets[1:], len(data)]
+    return data[:PCAP_FILE_HEADER_BYTES], [data[a:b] for a, b in zip(offsets, ends)]
+
+
+def _write_set(d: Path, files: list[tuple[str, bytes, list[bytes]]]) -> list[Path]:
+    """Files of a set (name, pcap header, records); a name ending in .gz is compressed."""
+    import gzip
+
+    d.mkdir(exist_ok=True)
+    paths = []
+    for name, header, recs in files:
+        body = header + b"".join(recs)
+        (d / name).write_bytes(gzip.compress(body, mtime=0) if name.endswith(".gz") else body)
+        paths.append(d / name)
+    return paths
+
+
+def _rotated(tmp_path: Path) -> list[Path]:
+    """Two recordings, one Ethernet, one Linux cooked (SLL2), each cut in consecutive
+    files as tcpdump -C rotates them, two of them gzip-compressed: their interfaces are
+    numbered through the set, and their flows span files."""
+    eth_head, eth = _records(CAPTURE)
+    sll_head, sll = _records(CORPUS / "random_loss__any" / "capture.pcap")
+    cut = [0, len(eth) // 3, len(eth) // 2, len(eth)]
+    files = [(f"eth.pcap{k}", eth_head, eth[cut[k] : cut[k + 1]]) for k in range(3)]
+    files[1] = ("eth.pcap1.gz", *files[1][1:])
+    half = len(sll) // 2
+    files += [("sll.pcap0", sll_head, sll[:half]), ("sll.pcap1.gz", sll_head, sll[half:])]
+    return _write_set(tmp_path / "set", files)
+
+
+@pytest.mark.parametrize("jobs", [2, 3, 5])
+def test_a_set_read_in_runs_of_files_gives_what_one_process_reads(jobs, tmp_path):
+    paths = _rotated(tmp_path)
+    from retranscope.analyze.capture.sets import order_by_first_packet
+
+    plan = split.plan_set_split(order_by_first_packet([str(p) for p in paths]), jobs)
+    assert plan is not None and 2 <= len(plan.bounds) <= jobs  # runs of about equal bytes
+    assert len({n for m in plan.maps for n in m}) >= 2  # Ethernet's, then SLL2's
+    joined = _same_read(paths, tmp_path, jobs)  # type: ignore[arg-type]
+    assert len(joined) == len(plan.bounds) - 1 and joined == sorted(joined)
+
+
+def test_runs_that_overlap_in_time_are_read_again_by_one_process(tmp_path, monkeypatch):
+    """A set whose files are not one after the other where the runs meet (the last
+    files interleave): one stream merges them by timestamp, and so the set is read
+    again by one process, with the outputs and warnings of one."""
+    head, recs = _records(CAPTURE)
+    cut = len(recs) * 6 // 10
+    files = [("a.pcap", head, recs[:cut])]
+    files += [("b.pcap", head, recs[cut::2]), ("c.pcap", head, recs[cut + 1 :: 2])]
+    paths = _write_set(tmp_path / "set", files)
+    restarts = []
+    restart = spill.CaptureStream.restart
+    monkeypatch.setattr(
+        spill.CaptureStream, "restart", lambda self: restarts.append(1) or restart(self)
+    )
+    _same_read(paths, tmp_path, 3)  # type: ignore[arg-type]
+    assert restarts == [1]
+    meta = _spilled(paths, 3, tmp_path)[0]  # type: ignore[arg-type]
+    assert any("overlap in time" in w for w in meta["warnings"])
+
+
+def test_a_set_with_a_pcapng_file_is_not_read_in_runs(tmp_path):
+    """A pcapng file may describe interfaces anywhere in it: the set's numbering of
+    them is not known before it is read."""
+    from retranscope.analyze.capture.sets import InputFile
+
+    files = [InputFile(str(CAPTURE), 1, "pcap"), InputFile(str(CAPTURE), 2, "pcapng")]
+    assert split.plan_set_split(files, 2) is None
+    assert split.plan_set_split([files[0], files[0]], 2) is not None
+
+
+def test_progress_counts_every_run(tmp_path):
+    paths = _rotated(tmp_path)
+    seen = []
+    meta = _spilled(paths, 3, tmp_path, progress=seen.append)[0]  # type: ignore[arg-type]
+    last = seen[-1]
+    assert last.bytes_done == last.bytes_total == sum(os.path.getsize(p) for p in paths)
+    assert (last.records_done, last.tcp_packets_done) == (meta["records"], meta["tcp_packets"])
+
+
+def test_analyze_reads_a_spilled_set_in_runs_by_default(tmp_path, monkeypatch):
+    """run_analysis with no --decode-jobs: a set of pcap files it spills is read in runs
+    of files on every core, with the outputs of one process reading it."""
+    import pyarrow.parquet as pq
+
+    from retranscope.analyze.capture import parallel
+    from retranscope.analyze.run import run_analysis
+
+    monkeypatch.setattr(spill, "SPILL_MIN_BYTES", 1)
+    monkeypatch.setattr(parallel, "default_jobs", lambda: 3)
+    paths = _rotated(tmp_path)
+    joined = []
+    absorb = spill._Spiller.absorb
+    monkeypatch.setattr(
+        spill._Spiller, "absorb", lambda self, *a: joined.append(1) or absorb(self, *a)
+    )
+    run_analysis(paths, None, tmp_path / "runs")
+    assert len(joined) == 2
+    run_analysis(paths, None, tmp_path / "one", decode_jobs=1)
+    assert len(joined) == 2
+    for name in ("retransmits.parquet", "flows.parquet"):
+        assert pq.read_table(tmp_path / "runs" / name).equals(
+            pq.read_table(tmp_path / "one" / name)
+        )
+    summaries = [
+        (tmp_path / d / "summary.json").read_text().replace(str(tmp_path / d), "")
+        for d in ("runs", "one")
+    ]
+    assert summaries[0] == summaries[1]

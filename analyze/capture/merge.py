@@ -102,6 +102,10 @@ class Merger:
         self.fix = fix
         self.frames = 0  # the last frame number handed out
         self.overlaps: set[tuple[int, int]] = set()
+        #: the greatest key (a record's time, made monotonic per file) handed out, once
+        #: the iteration has ended: a set read in parts (capture/split.py) checks that
+        #: the next part starts no earlier
+        self.max_key = -(1 << 63)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         opened: list[_Open] = []
@@ -121,6 +125,7 @@ class Merger:
                 nxt += 1
                 continue
             if not live:
+                self.max_key = max((f.running_max for f in opened), default=self.max_key)
                 return
             first_next = self.first[nxt] if nxt < n_files else NEVER
             out = self._emit(live, first_next)

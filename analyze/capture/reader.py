@@ -35,12 +35,41 @@ from retranscope.analyze.capture.merge import Merger
 from retranscope.analyze.capture.parallel import Decoder
 from retranscope.analyze.capture.pcap import PcapWalker
 from retranscope.analyze.capture.records import MAX_DROP_MARKS, Capture, CaptureMeta
-from retranscope.analyze.capture.sets import order_by_first_packet, resolve_inputs
-from retranscope.analyze.capture.split import SplitPlan, plan_split
+from retranscope.analyze.capture.sets import (
+    InputFile,
+    number_ifaces,
+    order_by_first_packet,
+    resolve_inputs,
+)
+from retranscope.analyze.capture.split import SetPlan, SplitPlan, plan_set_split, plan_split
 from retranscope.analyze.capture.stream import open_stream, stream_of_fileobj
 from retranscope.schemas.packets import PACKET_DTYPES, TOO_BIG_FIELDS, empty_packets
 
 Source = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]], BinaryIO]
+
+
+@dataclass
+class SetRunRead:
+    """What the process reading a run of a set's files learnt (capture/split.py): each
+    file's (FileState, walker, bytes read), the records its merge numbered, the latest
+    record time it read, and the pairs of its files (numbered in the run) it merged."""
+
+    files: list[tuple[FileState, PcapWalker, int]]
+    frames: int
+    max_key: int
+    overlaps: set[tuple[int, int]]
+
+
+@dataclass
+class _ReadElsewhere:
+    """A file of the set that another process read: what a FileReader would have kept."""
+
+    state: FileState
+    walker: PcapWalker
+    bytes_read: int
+
+    def consumed_bytes(self) -> int:
+        return self.bytes_read
 
 
 @dataclass
@@ -157,6 +186,15 @@ class CaptureStream:
         self.part_end: int | None = None
         self.others_done: list = []
         self._absorbed_bytes = 0
+        # a set read in runs of files (capture/split.py SetPlan): the files in the set's
+        # order (peeked once), how many of them this stream reads, the records numbered
+        # by the runs absorbed; and, on a run's process, the set's interface numbers and
+        # that it is a run of a set (merged as a set even when it is one file)
+        self._ordered: list[InputFile] | None = None
+        self.set_end: int | None = None
+        self._frames_absorbed = 0
+        self._preset_maps: list[list[int]] | None = None
+        self.in_set = False
 
     def __enter__(self) -> CaptureStream:
         return self
@@ -167,7 +205,8 @@ class CaptureStream:
     def close(self) -> None:
         self.decoder.close()
         for r in self.readers:
-            r.stream.close()
+            if isinstance(r, FileReader):
+                r.stream.close()
 
     @property
     def input_bytes(self) -> int | None:
@@ -177,7 +216,7 @@ class CaptureStream:
     def size_hint_rows(self) -> int | None:
         """How many rows the whole input will give, from the bytes per record of what
         has been read (uncompressed inputs of known size only), with 5% to spare."""
-        if self._total_bytes is None or any(r.stream.compression for r in self.readers):
+        if self._total_bytes is None or any(r.state.compression for r in self.readers):
             return None
         done = sum(r.consumed_bytes() for r in self.readers)
         records = sum(r.state.records for r in self.readers)
@@ -187,7 +226,7 @@ class CaptureStream:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         try:
-            if self.fileobj is not None or len(self.paths) == 1:
+            if self.fileobj is not None or (len(self.paths) == 1 and not self.in_set):
                 reader = self._open(0, self.paths[0])
                 for chunk in reader.chunks():
                     self._report()
@@ -204,9 +243,13 @@ class CaptureStream:
         self._report()
 
     def _iter_set(self) -> Iterator[dict[str, np.ndarray]]:
-        files = order_by_first_packet(self.paths)
+        files = self._ordered if self._ordered is not None else order_by_first_packet(self.paths)
         self.paths = [f.path for f in files]
-        self._iface_maps = [[] for _ in files]
+        if self._preset_maps is not None:
+            self._iface_maps = [list(m) for m in self._preset_maps]
+        else:
+            self._iface_maps = [[] for _ in files]
+        files = files[: self.set_end]  # the first run only, when the set is read in runs
 
         def start(i: int):
             reader = self._open(i, files[i].path)
@@ -237,22 +280,13 @@ class CaptureStream:
         return reader
 
     def _note_ifaces(self, i: int, reader: FileReader) -> None:
-        """Give the file's new interfaces their numbers in the set. As mergecap merges
-        identical interface descriptions: a file's interface k is the set's interface k
-        when it is the same as the first file's k (link type, snaplen, timestamp unit
-        and offset: rotated files of one capture); any other gets a number of its own,
-        in the order first seen. One file keeps its own numbers."""
-        while len(self._iface_maps) <= i:
-            self._iface_maps.append([])
-        known = self._iface_maps[i]
+        """Give the file's new interfaces their numbers in the set (sets.number_ifaces).
+        One file keeps its own numbers."""
+        if self._preset_maps is not None:
+            return  # a part of a set (capture/split.py): numbered in the set already
         ifaces = reader.walker.ifaces if reader.walker else []
         first = self.readers[0].walker.ifaces if self.readers and self.readers[0].walker else []
-        for k, iface in enumerate(ifaces[len(known) :], start=len(known)):
-            if i > 0 and k < len(first) and first[k] == iface and k < len(self._iface_maps[0]):
-                known.append(self._iface_maps[0][k])
-                continue
-            known.append(len(self._linktypes))
-            self._linktypes.append(iface.linktype)
+        number_ifaces(self._iface_maps, self._linktypes, i, ifaces, first)
 
     def _fix_ifaces(self, i: int, packets: dict) -> dict:
         mapping = self._iface_maps[i] if i < len(self._iface_maps) else []
@@ -261,18 +295,71 @@ class CaptureStream:
             packets["iface"] = np.asarray(mapping, np.int16)[packets["iface"]]
         return packets
 
-    def split(self, parts: int) -> SplitPlan | None:
-        """Plan reading the input (when it is one pcap file that can be) in up to
-        ``parts`` parts, a process each (capture/split.py): this stream then reads the
-        first part, in this process. None: it reads all of the input."""
-        if self.fileobj is not None or len(self.paths) != 1 or self.readers or parts < 2:
+    def split(self, parts: int) -> SplitPlan | SetPlan | None:
+        """Plan reading the input (when it is one pcap file, or a set of pcap files,
+        that can be) in up to ``parts`` parts, a process each (capture/split.py): this
+        stream then reads the first part, in this process. None: it reads all of the
+        input."""
+        if self.fileobj is not None or "-" in self.paths or self.readers or parts < 2:
             return None
-        plan = plan_split(self.paths[0], parts)
+        plan: SplitPlan | SetPlan | None
+        if len(self.paths) == 1:
+            plan = plan_split(self.paths[0], parts)
+            if plan is not None:
+                self.part_end = plan.starts[0]
+        else:
+            self._ordered = order_by_first_packet(self.paths)
+            plan = plan_set_split(self._ordered, parts)
+            if plan is not None:
+                self.set_end = plan.bounds[1]
         if plan is not None:
-            self.part_end = plan.starts[0]
             self.decoder.close()
             self.decoder = Decoder(1)  # the parts are the parallel decoding
         return plan
+
+    def set_run(self, plan: SetPlan, k: int) -> None:
+        """Make this stream (of ``plan.run(k)``'s files, not yet read) read them as
+        part ``k`` of the set: in the set's order and with its interface numbers."""
+        lo = plan.bounds[k]
+        self._ordered = plan.run(k)
+        self._preset_maps = plan.maps[lo : lo + len(self._ordered)]
+        self.in_set = True
+
+    @property
+    def max_key(self) -> int:
+        """The latest record time read (made monotonic per file; capture/merge.py)."""
+        return self._merger.max_key if self._merger is not None else -(1 << 63)
+
+    def absorb_files(self, run: SetRunRead) -> int:
+        """Add the files of the set's next run, read by another process (their state
+        and walker, the bytes read, what its merge numbered and found); the metadata then
+        covers them. Returns the records before that run (what its frame numbers are to
+        be moved by)."""
+        assert self._merger is not None
+        frames_before = self._merger.frames + self._frames_absorbed
+        lo = len(self.readers)
+        for state, walker, bytes_read in run.files:
+            self.readers.append(_ReadElsewhere(state, walker, bytes_read))  # type: ignore[arg-type]
+            self._note_ifaces(len(self.readers) - 1, self.readers[-1])
+            self._tcp_done += state.tcp_packets
+        self._merger.overlaps |= {(a + lo, b + lo) for a, b in run.overlaps}
+        self._frames_absorbed += run.frames
+        self.others_done = self.others_done[1:]  # the runs are absorbed in order
+        self.meta = self._meta()
+        self._report()
+        return frames_before
+
+    def restart(self) -> None:
+        """Forget what was read, to read the input again from its start, in this process
+        (a set whose runs turned out to overlap in time: analyze/spill.py)."""
+        self.close()
+        self.readers = []
+        self._iface_maps, self._linktypes, self._merger = [], [], None
+        self._tcp_done = self._absorbed_bytes = self._frames_absorbed = 0
+        self.part_end = self.set_end = None
+        self.others_done = []
+        self.decoder = Decoder(1)
+        self.meta = self._meta()
 
     def ended_at_part_end(self) -> bool:
         """The first part ended where the next one starts (and the stream has ended)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from retranscope.analyze.capture.chunks import make_walker
 from retranscope.analyze.capture.stream import open_stream
@@ -28,6 +28,10 @@ PEEK_MAX_BYTES = 64 << 20  # a first packet record further in than this is not l
 class InputFile:
     path: str
     first_ts_ns: int | None = None
+    #: the format ("pcap", "pcapng") and the interfaces its first bytes describe (a pcap
+    #: file's one, from its header: all it has; a pcapng file's first blocks only)
+    fmt: str = ""
+    ifaces: list = field(default_factory=list)
 
 
 def resolve_inputs(items: list[str]) -> tuple[list[str], list[str]]:
@@ -98,6 +102,12 @@ def _captures_in(directory: str) -> tuple[list[str], list[str]]:
 def peek_first_ts(path: str) -> int | None:
     """The timestamp of the file's first packet record (None if it has none). Raises
     what reading the file would raise (not a capture, unknown link type...)."""
+    return peek(path).first_ts_ns
+
+
+def peek(path: str) -> InputFile:
+    """The file's first packet time, its format and the interfaces its first bytes
+    describe (peek_first_ts)."""
     stream = open_stream(path)
     try:
         size = PEEK_BYTES
@@ -114,10 +124,9 @@ def peek_first_ts(path: str) -> int | None:
             eof = filled < size
             with memoryview(buf) as mv:
                 recs, _ = walker.walk(mv[walker.header_bytes : filled], walker.header_bytes, eof)
-            if len(recs):
-                return int(recs.ts_ns[0])
-            if eof or walker.stopped or size >= PEEK_MAX_BYTES:
-                return None
+            if len(recs) or eof or walker.stopped or size >= PEEK_MAX_BYTES:
+                first = int(recs.ts_ns[0]) if len(recs) else None
+                return InputFile(path, first, walker.fmt, list(walker.ifaces))
             # the first record lies further in: start over with a longer prefix
             stream.close()
             stream = open_stream(path)
@@ -128,10 +137,30 @@ def peek_first_ts(path: str) -> int | None:
 
 def order_by_first_packet(paths: list[str]) -> list[InputFile]:
     """The files ordered by the time of their first packet (then by the order given)."""
-    files = [InputFile(p, peek_first_ts(p)) for p in paths]
+    files = [peek(p) for p in paths]
     never = 1 << 63
     ranked = sorted(
         range(len(files)),
         key=lambda i: (files[i].first_ts_ns if files[i].first_ts_ns is not None else never, i),
     )
     return [files[i] for i in ranked]
+
+
+def number_ifaces(
+    maps: list[list[int]], linktypes: list[int], i: int, ifaces: list, first: list
+) -> None:
+    """Give file ``i``'s interfaces not numbered yet (``maps[i]``) their numbers in the
+    set, appending new ones' link types to ``linktypes``. As mergecap merges identical
+    interface descriptions: a file's interface k is the set's interface k when it is the
+    same as the first file's k (``first``: link type, snaplen, timestamp unit and
+    offset: rotated files of one capture); any other gets a number of its own, in the
+    order first seen."""
+    while len(maps) <= i:
+        maps.append([])
+    known = maps[i]
+    for k, iface in enumerate(ifaces[len(known) :], start=len(known)):
+        if i > 0 and k < len(first) and first[k] == iface and k < len(maps[0]):
+            known.append(maps[0][k])
+            continue
+        known.append(len(linktypes))
+        linktypes.append(iface.linktype)

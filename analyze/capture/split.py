@@ -18,6 +18,10 @@ counters added, once the parts before it are done.
 Only an uncompressed pcap file, one (not a set), of at least two SPLIT_MIN_PART_BYTES,
 is split: a compressed stream cannot be entered in its middle, pcapng blocks are not
 resynchronised here, and for a small file a process costs more than it saves.
+
+A capture set of pcap files (compressed or not) is read in runs of its files instead
+(SetPlan), a process each: each run is read as the set's stream reads those files, and
+the runs are joined as the parts of a file are.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from retranscope.analyze.capture.pcap import (
     PcapWalker,
     record_start_near,
 )
+from retranscope.analyze.capture.sets import InputFile, number_ifaces
 from retranscope.analyze.capture.stream import ByteStream, sniff_compression
 
 #: the least bytes of a part: a process (fork, its own buffers and buckets) costs
@@ -92,6 +97,59 @@ def plan_split(path: str, parts: int) -> SplitPlan | None:
     finally:
         os.close(fd)
     return SplitPlan(path, head, starts, size) if starts else None
+
+
+@dataclass
+class SetPlan:
+    """A capture set read in parts, a run of its files each (``bounds``: the index, in
+    the set's order, of each run's first file; the first run is read by the capture's
+    own stream). ``maps``: each file's interfaces numbered in the set, as one stream
+    reading the files in turn numbers them (sets.number_ifaces), so that every part's
+    rows carry the set's numbers."""
+
+    files: list[InputFile]
+    bounds: list[int]
+    maps: list[list[int]]
+
+    def run(self, k: int) -> list[InputFile]:
+        """The files of part ``k``."""
+        ends = [*self.bounds[1:], len(self.files)]
+        return self.files[self.bounds[k] : ends[k]]
+
+
+def plan_set_split(files: list[InputFile], parts: int) -> SetPlan | None:
+    """How to read a capture set (``files`` in the set's order) in up to ``parts`` runs
+    of files, cut where they hold about as many bytes each; None when it is not split.
+
+    Only a set of pcap files (compressed or not): a pcap file's one interface is in its
+    header, so the set's numbering of every file's interfaces is known before any is
+    read; a pcapng file may describe interfaces anywhere in it. The parts are joined in
+    order, and a part whose first packet is earlier than a packet of the parts before
+    it (files that overlap in time, which one stream merges by timestamp) makes the
+    whole set read again by one process (analyze/spill.py): the parts are a guess that
+    the files follow each other, as rotated files do."""
+    if len(files) < 2 or any(f.fmt != "pcap" for f in files):
+        return None
+    try:
+        sizes = [os.path.getsize(f.path) for f in files]
+    except OSError:
+        return None
+    total = sum(sizes)
+    parts = min(parts, SPLIT_MAX_PARTS, len(files), total // SPLIT_MIN_PART_BYTES)
+    if parts < 2:
+        return None
+    bounds, before = [0], 0
+    for i, size in enumerate(sizes[:-1]):
+        before += size
+        if len(bounds) < parts and before * parts >= total * len(bounds):
+            bounds.append(i + 1)
+    if len(bounds) < 2:
+        return None
+    maps: list[list[int]] = []
+    linktypes: list[int] = []
+    for i, f in enumerate(files):
+        number_ifaces(maps, linktypes, i, f.ifaces, files[0].ifaces)
+    return SetPlan(files, bounds, maps)
 
 
 def part_reader(plan: SplitPlan, k: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> FileReader:
