@@ -257,7 +257,7 @@ def test_runs_that_overlap_in_time_are_read_again_by_one_process(tmp_path, monke
     files interleave): one stream merges them by timestamp, and so the set is read
     again by one process, with the outputs and warnings of one."""
     head, recs = _records(CAPTURE)
-    cut = len(recs) * 6 // 10
+    cut = len(recs) * 4 // 10
     files = [("a.pcap", head, recs[:cut])]
     files += [("b.pcap", head, recs[cut::2]), ("c.pcap", head, recs[cut + 1 :: 2])]
     paths = _write_set(tmp_path / "set", files)

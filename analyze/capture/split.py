@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from retranscope.analyze.capture.chunks import DEFAULT_CHUNK_BYTES, FileReader
 from retranscope.analyze.capture.pcap import (
     PCAP_FILE_HEADER_BYTES,
@@ -138,11 +140,13 @@ def plan_set_split(files: list[InputFile], parts: int) -> SetPlan | None:
     parts = min(parts, SPLIT_MAX_PARTS, len(files), total // SPLIT_MIN_PART_BYTES)
     if parts < 2:
         return None
-    bounds, before = [0], 0
-    for i, size in enumerate(sizes[:-1]):
-        before += size
-        if len(bounds) < parts and before * parts >= total * len(bounds):
-            bounds.append(i + 1)
+    # each run ends at the file boundary nearest its share of the bytes
+    ends = np.cumsum(sizes)
+    bounds = [0]
+    for k in range(1, parts):
+        cut = int(np.argmin(np.abs(ends[:-1] - total * k / parts))) + 1
+        if cut > bounds[-1]:
+            bounds.append(cut)
     if len(bounds) < 2:
         return None
     maps: list[list[int]] = []
