@@ -710,8 +710,10 @@ def sequence_space(
     ack_abs[o_ack] = buf[: len(o_ack)]
     del o_ack
 
-    # SYN and FIN each take one sequence number; payload_len widens straight into int64.
-    seg_len = packets["payload_len"].astype(np.int64)
+    # SYN and FIN each take one sequence number. Kept as payload_len's uint32 (4 bytes a
+    # packet less than int64 in every shard): a segment never nears 2^32 bytes, and sums
+    # with the int64 sequence numbers are int64.
+    seg_len = packets["payload_len"].astype(np.uint32)
     for bit in (TCP_SYN, TCP_FIN):
         seg_len += (packets["flags"] & bit) != 0
     end_abs = np.add(seq_abs, seg_len, out=buf)
