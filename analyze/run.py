@@ -49,8 +49,9 @@ def run_analysis(
     processes (None: 1, which was faster on the 2-core machine measured). ``spill``:
     spill the capture's packets to disk and classify them a shard at a time, in memory
     that follows the largest shard rather than the capture (analyze/spill.py; None: when
-    the capture is at least SPILL_MIN_BYTES; never with ``events``, whose join needs the
-    whole packet table)."""
+    the capture is at least SPILL_MIN_BYTES, a compressed one counted at
+    COMPRESSED_EXPANSION times its size, and for a pipe; never with ``events``, whose
+    join needs the whole packet table)."""
     reuse_freed_memory()
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file: give a directory (made if it does not exist)")
@@ -97,7 +98,10 @@ def _read(pcap: Captures, progress: Progress | None, decode_jobs, spill: bool | 
 
     if spill is None:
         with open_capture(pcap) as probe:  # resolves the inputs; reads nothing
-            spill = (probe.input_bytes or 0) >= SPILL_MIN_BYTES
+            size = probe.expanded_bytes()
+            # a compressed capture by what it decompresses to; a pipe, whose size is not
+            # known, spilled: memory then follows neither
+            spill = size is None or size >= SPILL_MIN_BYTES
     workers = 1 if decode_jobs is None else decode_jobs
     if not spill:
         return read_capture(pcap, progress=progress, jobs=workers)

@@ -271,8 +271,8 @@ def analyze(
         "--spill/--no-spill",
         help="Spill the capture's packets to disk (in --out, removed after) and classify "
         "them a shard of connections at a time: memory follows the largest connection, not "
-        "the capture. Default: for captures of 64 MiB and more, without --events "
-        "(docs/scale.md).",
+        "the capture. Default: for captures of 64 MiB and more (a compressed file counted "
+        "at 10 times its size) and from a pipe, without --events (docs/scale.md).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stdout."),
 ) -> None:

@@ -569,3 +569,42 @@ def test_sack_edges_are_spilled_for_the_rows_that_carry_them(tmp_path):
         for name in SACK_EDGE_COLUMNS:
             np.testing.assert_array_equal(table[name], pk[name][row_of[rows]], err_msg=name)
     assert borrowed_seen
+
+
+@pytest.mark.parametrize("source", ["gzip", "pipe"])
+def test_compressed_and_piped_captures_are_spilled_by_their_decompressed_size(
+    source, tmp_path, monkeypatch
+):
+    """Whether to spill goes by what the capture decompresses to (COMPRESSED_EXPANSION
+    times a compressed file's size, before reading it), and a pipe, whose size is not
+    known, is spilled: memory follows neither. The outputs are those in memory."""
+    import gzip
+    import io
+    import sys
+
+    from retranscope.analyze.capture import stream as byte_stream
+
+    pcap = CORPUS / "multi_flow_rtt50" / "capture.pcap"
+    data = pcap.read_bytes()
+    given = tmp_path / "capture.pcap.gz"
+    given.write_bytes(gzip.compress(data, mtime=0))
+    stored = given.stat().st_size
+    # more than the file as stored, less than it counts for
+    monkeypatch.setattr(spill, "SPILL_MIN_BYTES", stored * byte_stream.COMPRESSED_EXPANSION)
+    spilled = []
+    real = spill.spill_capture
+    monkeypatch.setattr(spill, "spill_capture", lambda *a, **k: spilled.append(1) or real(*a, **k))
+    source_arg: object = given
+    if source == "pipe":
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        source_arg = "-"
+    run_analysis(source_arg, None, tmp_path / "default")  # type: ignore[arg-type]
+    assert spilled == [1]
+    if source == "pipe":
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    run_analysis(source_arg, None, tmp_path / "memory", spill=False)  # type: ignore[arg-type]
+    assert spilled == [1]
+    for name in ("retransmits.parquet", "flows.parquet"):
+        assert pq.read_table(tmp_path / "default" / name).equals(
+            pq.read_table(tmp_path / "memory" / name)
+        )

@@ -42,7 +42,12 @@ from retranscope.analyze.capture.sets import (
     resolve_inputs,
 )
 from retranscope.analyze.capture.split import SetPlan, SplitPlan, plan_set_split, plan_split
-from retranscope.analyze.capture.stream import open_stream, stream_of_fileobj
+from retranscope.analyze.capture.stream import (
+    COMPRESSED_EXPANSION,
+    open_stream,
+    sniff_compression,
+    stream_of_fileobj,
+)
 from retranscope.schemas.packets import PACKET_DTYPES, TOO_BIG_FIELDS, empty_packets
 
 Source = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]], BinaryIO]
@@ -212,6 +217,22 @@ class CaptureStream:
     def input_bytes(self) -> int | None:
         """The inputs' size as stored (None: unknown, a pipe)."""
         return self._total_bytes
+
+    def expanded_bytes(self) -> int | None:
+        """The inputs' size once decompressed, as far as it is known before reading: a
+        compressed file counts COMPRESSED_EXPANSION times its size. None: unknown (a
+        pipe)."""
+        if self._total_bytes is None:
+            return None
+        total = 0
+        try:
+            for path in self.paths:
+                with open(path, "rb") as f:
+                    grows = sniff_compression(f.read(8)) is not None
+                total += os.path.getsize(path) * (COMPRESSED_EXPANSION if grows else 1)
+        except OSError:
+            return self._total_bytes  # the reading says what is wrong
+        return total
 
     def size_hint_rows(self) -> int | None:
         """How many rows the whole input will give, from the bytes per record of what
