@@ -32,6 +32,7 @@ class InputFile:
     #: file's one, from its header: all it has; a pcapng file's first blocks only)
     fmt: str = ""
     ifaces: list = field(default_factory=list)
+    compression: str | None = None
 
 
 def resolve_inputs(items: list[str]) -> tuple[list[str], list[str]]:
@@ -126,7 +127,8 @@ def peek(path: str) -> InputFile:
                 recs, _ = walker.walk(mv[walker.header_bytes : filled], walker.header_bytes, eof)
             if len(recs) or eof or walker.stopped or size >= PEEK_MAX_BYTES:
                 first = int(recs.ts_ns[0]) if len(recs) else None
-                return InputFile(path, first, walker.fmt, list(walker.ifaces))
+                ifaces = list(walker.ifaces)
+                return InputFile(path, first, walker.fmt, ifaces, stream.compression)
             # the first record lies further in: start over with a longer prefix
             stream.close()
             stream = open_stream(path)

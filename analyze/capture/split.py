@@ -39,7 +39,11 @@ from retranscope.analyze.capture.pcap import (
     record_start_near,
 )
 from retranscope.analyze.capture.sets import InputFile, number_ifaces
-from retranscope.analyze.capture.stream import ByteStream, sniff_compression
+from retranscope.analyze.capture.stream import (
+    COMPRESSED_EXPANSION,
+    ByteStream,
+    sniff_compression,
+)
 
 #: the least bytes of a part: a process (fork, its own buffers and buckets) costs
 #: ~30 ms, what reading ~8 MB of headers-only capture takes
@@ -132,8 +136,10 @@ def plan_set_split(files: list[InputFile], parts: int) -> SetPlan | None:
     the files follow each other, as rotated files do."""
     if len(files) < 2 or any(f.fmt != "pcap" for f in files):
         return None
-    try:
-        sizes = [os.path.getsize(f.path) for f in files]
+    try:  # by what the files decompress to (a compressed one's size is not known)
+        sizes = [
+            os.path.getsize(f.path) * (COMPRESSED_EXPANSION if f.compression else 1) for f in files
+        ]
     except OSError:
         return None
     total = sum(sizes)
