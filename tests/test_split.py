@@ -173,36 +173,6 @@ def test_a_part_whose_process_dies(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_analyze_reads_a_big_pcap_file_in_parts_by_default(tmp_path, monkeypatch):
-    """run_analysis (the CLI's) with no --decode-jobs: a pcap file it spills is read in
-    as many parts as there are cores, with the outputs of one process reading it."""
-    import pyarrow.parquet as pq
-
-    from retranscope.analyze.capture import parallel
-    from retranscope.analyze.run import run_analysis
-
-    monkeypatch.setattr(spill, "SPILL_MIN_BYTES", 1)
-    monkeypatch.setattr(parallel, "default_jobs", lambda: 3)
-    joined = []
-    absorb = spill._Spiller.absorb
-    monkeypatch.setattr(
-        spill._Spiller, "absorb", lambda self, *a: joined.append(1) or absorb(self, *a)
-    )
-    run_analysis(CAPTURE, None, tmp_path / "parts")
-    assert len(joined) == 2
-    run_analysis(CAPTURE, None, tmp_path / "one", decode_jobs=1)
-    assert len(joined) == 2
-    for name in ("retransmits.parquet", "flows.parquet"):
-        assert pq.read_table(tmp_path / "parts" / name).equals(
-            pq.read_table(tmp_path / "one" / name)
-        )
-    summaries = [
-        (tmp_path / d / "summary.json").read_text().replace(str(tmp_path / d), "")
-        for d in ("parts", "one")
-    ]
-    assert summaries[0] == summaries[1]
-
-
 # -- capture sets: runs of files, a process each --------------------------------------
 
 
@@ -291,9 +261,11 @@ def test_progress_counts_every_run(tmp_path):
     assert (last.records_done, last.tcp_packets_done) == (meta["records"], meta["tcp_packets"])
 
 
-def test_analyze_reads_a_spilled_set_in_runs_by_default(tmp_path, monkeypatch):
-    """run_analysis with no --decode-jobs: a set of pcap files it spills is read in runs
-    of files on every core, with the outputs of one process reading it."""
+@pytest.mark.parametrize("given", ["file", "set"])
+def test_analyze_reads_a_spilled_capture_in_parts_by_default(given, tmp_path, monkeypatch):
+    """run_analysis (the CLI's) with no --decode-jobs: a pcap file it spills is read in
+    as many parts as there are cores, a set of pcap files in as many runs of files,
+    with the outputs of one process reading it."""
     import pyarrow.parquet as pq
 
     from retranscope.analyze.capture import parallel
@@ -301,22 +273,22 @@ def test_analyze_reads_a_spilled_set_in_runs_by_default(tmp_path, monkeypatch):
 
     monkeypatch.setattr(spill, "SPILL_MIN_BYTES", 1)
     monkeypatch.setattr(parallel, "default_jobs", lambda: 3)
-    paths = _rotated(tmp_path)
+    source = CAPTURE if given == "file" else _rotated(tmp_path)
     joined = []
     absorb = spill._Spiller.absorb
     monkeypatch.setattr(
         spill._Spiller, "absorb", lambda self, *a: joined.append(1) or absorb(self, *a)
     )
-    run_analysis(paths, None, tmp_path / "runs")
+    run_analysis(source, None, tmp_path / "parts")  # type: ignore[arg-type]
     assert len(joined) == 2
-    run_analysis(paths, None, tmp_path / "one", decode_jobs=1)
+    run_analysis(source, None, tmp_path / "one", decode_jobs=1)  # type: ignore[arg-type]
     assert len(joined) == 2
     for name in ("retransmits.parquet", "flows.parquet"):
-        assert pq.read_table(tmp_path / "runs" / name).equals(
+        assert pq.read_table(tmp_path / "parts" / name).equals(
             pq.read_table(tmp_path / "one" / name)
         )
     summaries = [
         (tmp_path / d / "summary.json").read_text().replace(str(tmp_path / d), "")
-        for d in ("runs", "one")
+        for d in ("parts", "one")
     ]
     assert summaries[0] == summaries[1]

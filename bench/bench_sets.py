@@ -1,0 +1,103 @@
+"""`retranscope analyze` on a capture set, against itself another way, in paired runs.
+
+    .venv/bin/python bench/bench_sets.py bench/data/big.pcap --files 8 --pairs 7
+    .venv/bin/python bench/bench_sets.py bench/data/big.pcap --files 8 --gzip --pairs 5 \\
+        --against "--decode-jobs 1 --no-spill"
+    .venv/bin/python bench/bench_sets.py bench/data/big13m.pcap --files 16 --gzip --pairs 3
+
+Rotates CAPTURE into ``--files`` files of about equal bytes, cut at record boundaries and
+named as `tcpdump -C` names them (cap.pcap, cap.pcap1, ...; gzip -6 compressed with
+``--gzip``, as `tcpdump -z gzip` leaves them), then runs `analyze --pcap DIR` as it is by
+default and with ``--against``'s arguments (default: `--decode-jobs 1`, the set read by
+one process) in turns, A B A B ..., and prints the medians, the median of the paired
+ratios and whether both wrote the same outputs. Not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import mmap
+import shlex
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_analyze import VENV_BIN, median, run, same_outputs_apart  # noqa: E402
+
+
+def rotate(capture: Path, into: Path, files: int, compress: bool) -> list[Path]:
+    """``capture`` (a pcap file) cut into ``files`` files at the record boundaries
+    nearest equal shares of its bytes, each with its file header."""
+    with open(capture, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        head, size = data[:24], len(data)
+        cuts, off, k = [24], 24, 1
+        while off + 16 <= size and k < files:
+            if off >= size * k // files:
+                cuts.append(off)
+                k += 1
+            off += 16 + struct.unpack_from(order + "I", data, off + 8)[0]
+        cuts.append(size)
+        paths = []
+        for i, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
+            path = into / ("cap.pcap" + (str(i) if i else "") + (".gz" if compress else ""))
+            with gzip.open(path, "wb", compresslevel=6) if compress else open(path, "wb") as out:
+                out.write(head)
+                out.write(data[lo:hi])
+            paths.append(path)
+    return paths
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("capture", type=Path)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--gzip", action="store_true")
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--against", default="--decode-jobs 1")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-sets-") as tmp:
+        sets = Path(tmp, "set")
+        sets.mkdir()
+        paths = rotate(args.capture, sets, args.files, args.gzip)
+        stored = sum(p.stat().st_size for p in paths)
+        print(f"{args.capture} as {len(paths)} files, {stored / 1e6:,.0f} MB as stored")
+        argv = {
+            "default": [],
+            args.against: shlex.split(args.against),
+        }
+        outs = {name: Path(tmp, f"out-{i}") for i, name in enumerate(argv)}
+        cmd = {
+            name: [str(VENV_BIN / "retranscope"), "analyze", "--pcap", str(sets)]
+            + ["-o", str(outs[name]), "-q", *extra]
+            for name, extra in argv.items()
+        }
+        for name in cmd:
+            run(cmd[name])  # untimed: fills the page cache and the bytecode cache
+        runs: dict[str, list[dict]] = {name: [] for name in cmd}
+        for _ in range(args.pairs):
+            for name in cmd:
+                runs[name].append(run(cmd[name]))
+        for name, rs in runs.items():
+            print(
+                f"{name:28} wall {median([r['wall_s'] for r in rs]):6.2f} s  "
+                f"peak {median([r['peak_mb'] for r in rs]):5.0f} MB  ({len(rs)} runs)"
+            )
+        a, b = runs.values()
+        ratios = sorted(x["wall_s"] / y["wall_s"] for x, y in zip(a, b))
+        print(
+            f"default takes {median(ratios):.3f}x the time of `{args.against}` (median of "
+            f"{len(ratios)} paired ratios; quartiles {ratios[len(ratios) // 4]:.3f}-"
+            f"{ratios[3 * len(ratios) // 4]:.3f})"
+        )
+        print(f"outputs: {same_outputs_apart(*outs.values()) or 'identical'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
