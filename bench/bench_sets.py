@@ -20,6 +20,7 @@ import gzip
 import mmap
 import shlex
 import struct
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +28,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_analyze import VENV_BIN, median, run, same_outputs_apart  # noqa: E402
+from bench_analyze import (  # noqa: E402
+    VENV_BIN,
+    median,
+    print_peak_floor,
+    run,
+    same_outputs_apart,
+)
 
 
 def rotate(capture: Path, into: Path, files: int, compress: bool) -> list[Path]:
@@ -64,7 +71,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sets-") as tmp:
         sets = Path(tmp, "set")
         sets.mkdir()
-        paths = rotate(args.capture, sets, args.files, args.gzip)
+        # in a process of its own: the capture's pages it touches would otherwise be this
+        # process's high-water RSS, which every child's ru_maxrss starts from
+        # (bench_analyze.same_outputs_apart)
+        code = (
+            f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_sets as b; "
+            f"b.rotate(b.Path({str(args.capture)!r}), b.Path({str(sets)!r}), "
+            f"{args.files}, {args.gzip})"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)
+        paths = sorted(sets.iterdir(), key=lambda p: (len(p.name), p.name))
         stored = sum(p.stat().st_size for p in paths)
         print(f"{args.capture} as {len(paths)} files, {stored / 1e6:,.0f} MB as stored")
         argv = {
@@ -95,6 +111,7 @@ def main() -> int:
             f"{len(ratios)} paired ratios; quartiles {ratios[len(ratios) // 4]:.3f}-"
             f"{ratios[3 * len(ratios) // 4]:.3f})"
         )
+        print_peak_floor()
         print(f"outputs: {same_outputs_apart(*outs.values()) or 'identical'}")
     return 0
 
