@@ -445,17 +445,26 @@ def spill_capture(
         ) from err
 
 
-class _RunsOverlap(Exception):
-    """A run of a set's files read on its own process starts before a packet of the runs
-    before it: the files overlap in time, and one stream merges them by timestamp."""
+class _ReadAgain(Exception):
+    """The parts read on processes of their own cannot be joined into what one process
+    reads: a run of a set's files starts before a packet of the runs before it (the files
+    overlap in time, and one stream merges them by timestamp), or a part's process ended
+    without its packets (killed: out of memory, say). The capture is then read again by
+    this process alone; ``why`` (None: nothing to tell) is said in a warning."""
+
+    def __init__(self, why: str | None = None):
+        super().__init__(why)
+        self.why = why
 
 
 def _spill(stream, directory, jobs: int = 1) -> SpilledCapture:
     try:
         return _spill_once(stream, directory, jobs)
-    except _RunsOverlap:
-        # a guess that cost time, never a packet: the set is read again, by one process
+    except _ReadAgain as again:
+        # a guess that cost time, never a packet
         stream.restart()
+        if again.why:
+            stream.set_warnings.append(again.why)
         return _spill_once(stream, directory, 1)
 
 
@@ -646,11 +655,14 @@ class _Parts:
             raise
 
     def join(self, spiller: _Spiller, stream) -> None:
-        """Raises _RunsOverlap when a run of a set starts before the latest packet of the
-        runs before it (they are then no part of what was read)."""
+        """Raises _ReadAgain when a run of a set starts before the latest packet of the
+        runs before it, or a part's process ended without its packets (what was read is
+        then no part of the result)."""
         runs = isinstance(self.plan, SetPlan)
         latest = stream.max_key if runs else 0
         try:
+            if isinstance(self.plan, SetPlan) and not stream.numbered_as(self.plan.maps):
+                raise _ReadAgain  # a file of this run described an interface later on
             for k, (proc, pipe) in enumerate(zip(self.procs, self.pipes), start=1):
                 if not runs and not stream.ended_at_part_end():
                     break  # the part before read on: this one's start was no record's
@@ -658,10 +670,10 @@ class _Parts:
                     status, value = pipe.recv()
                 except EOFError:
                     proc.join()
-                    raise RetranscopeError(
+                    raise _ReadAgain(
                         f"the process reading part {k + 1} of the capture ended without "
-                        f"its packets (exit code {proc.exitcode}): analyze with "
-                        "--decode-jobs 1"
+                        f"its packets (exit code {proc.exitcode}): the capture was read "
+                        "again, by one process"
                     ) from None
                 if status == "error":
                     raise value
@@ -669,9 +681,11 @@ class _Parts:
                     assert isinstance(self.plan, SetPlan) and value.run is not None
                     first = self.plan.run(k)[0].first_ts_ns
                     if first is not None and first < latest:
-                        raise _RunsOverlap
+                        raise _ReadAgain
                     latest = max(latest, value.run.max_key)
                     frames_before = stream.absorb_files(value.run)
+                    if not stream.numbered_as(self.plan.maps):
+                        raise _ReadAgain  # a file described an interface later on
                 else:
                     frames_before = stream.absorb(
                         value.state, value.walker, value.ended_at_part_end, value.bytes_read

@@ -261,10 +261,11 @@ def analyze(
         None,
         "--decode-jobs",
         min=1,
-        help="Processes that read and decode the capture. One uncompressed pcap file of "
-        "64 MiB or more is read in that many parts at once (default: every core); other "
-        "inputs are decoded on worker processes only when N is given, which was slower on "
-        "the 2-core machine measured (docs/captures.md).",
+        help="Processes that read and decode the capture. A spilled capture (see --spill) "
+        "is read in that many parts at once (default: every core): one uncompressed pcap "
+        "file in parts of its bytes, a set of files in runs of files. Other inputs are "
+        "decoded on worker processes only when N is given, which was slower on the 2-core "
+        "machine measured (docs/captures.md, docs/scale.md).",
     ),
     spill: Optional[bool] = typer.Option(
         None,

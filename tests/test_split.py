@@ -166,11 +166,25 @@ def test_a_part_whose_process_fails_is_one_line(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_part_whose_process_dies(tmp_path, monkeypatch):
+@pytest.mark.parametrize("given", ["file", "set"])
+def test_a_part_whose_process_dies_is_read_again_here(given, tmp_path, monkeypatch):
+    """A part's (or run's) process that ends without its packets (killed: out of memory,
+    say): the capture is read again by this process, with what one process reads and a
+    warning that says so; no spill file is left."""
+    source = CAPTURE if given == "file" else _rotated(tmp_path)
+    for d in ("one", "parts"):
+        (tmp_path / d).mkdir()
+    whole = _spilled(source, 1, tmp_path / "one")  # type: ignore[arg-type]
     monkeypatch.setattr(spill, "part_reader", lambda *a, **k: os._exit(3))
-    with pytest.raises(RetranscopeError, match="exit code 3.*--decode-jobs 1"):
-        _spilled(CAPTURE, 2, tmp_path)
-    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(spill, "_spill_run", lambda *a, **k: os._exit(3))
+    got = _spilled(source, 2, tmp_path / "parts")  # type: ignore[arg-type]
+    said = [w for w in got[0]["warnings"] if "exit code 3" in w]
+    assert len(said) == 1 and "read again, by one process" in said[0]
+    got[0]["warnings"].remove(said[0])
+    assert got[0] == whole[0]
+    for name in whole[1]:
+        np.testing.assert_array_equal(got[1][name], whole[1][name], err_msg=name)
+    assert not list((tmp_path / "parts").iterdir())
 
 
 # -- capture sets: runs of files, a process each --------------------------------------
@@ -242,14 +256,23 @@ def test_runs_that_overlap_in_time_are_read_again_by_one_process(tmp_path, monke
     assert any("overlap in time" in w for w in meta["warnings"])
 
 
-def test_a_set_with_a_pcapng_file_is_not_read_in_runs(tmp_path):
-    """A pcapng file may describe interfaces anywhere in it: the set's numbering of
-    them is not known before it is read."""
+def test_what_a_set_is_cut_into(tmp_path):
+    """Runs of consecutive files of about equal bytes, a compressed file counted at
+    COMPRESSED_EXPANSION times its size; pcap and pcapng alike; one file is no set."""
     from retranscope.analyze.capture.sets import InputFile
 
-    files = [InputFile(str(CAPTURE), 1, "pcap"), InputFile(str(CAPTURE), 2, "pcapng")]
-    assert split.plan_set_split(files, 2) is None
-    assert split.plan_set_split([files[0], files[0]], 2) is not None
+    big, small = tmp_path / "big", tmp_path / "small"
+    big.write_bytes(bytes(1000))
+    small.write_bytes(bytes(100))
+    files = [
+        InputFile(str(big), 1, "pcap"),
+        InputFile(str(small), 2, "pcapng", compression="gzip"),  # counts 1,000
+        InputFile(str(small), 3, "pcap"),
+        InputFile(str(big), 4, "pcap"),
+    ]
+    plan = split.plan_set_split(files, 3)
+    assert plan is not None and plan.bounds == [0, 1, 3]
+    assert split.plan_set_split(files[:1], 2) is None
 
 
 def test_progress_counts_every_run(tmp_path):
@@ -292,3 +315,59 @@ def test_analyze_reads_a_spilled_capture_in_parts_by_default(given, tmp_path, mo
         for d in ("parts", "one")
     ]
     assert summaries[0] == summaries[1]
+
+
+def _ng_generator():
+    import importlib.util
+
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location(
+        "make_reader_fixtures", here / "fixtures" / "make_reader_fixtures.py"
+    )
+    gen = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(gen)  # type: ignore[union-attr]
+    return gen
+
+
+def _as_pcapng(
+    header: bytes, recs: list[bytes], late_idb: int | None = None, snaplen: int = 262144
+) -> bytes:
+    """The records as one pcapng section (µs, the pcap header's link type); with
+    ``late_idb``, a second interface described after that many records."""
+    ng = _ng_generator().NgWriter("<")
+    ng.shb()
+    linktype = struct.unpack_from("<I", header, 20)[0] & 0xFFFF
+    ng.idb(linktype, snaplen=snaplen)
+    for i, r in enumerate(recs):
+        if i == late_idb:
+            ng.idb(linktype, snaplen=1000)  # described the way no file's first one is
+        sec, usec, caplen, wire = struct.unpack_from("<IIII", r)
+        ng.epb(0, sec * 10**6 + usec, r[16 : 16 + caplen], wirelen=wire)
+    return b"".join(ng.blocks)
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_pcapng_set_is_read_in_runs_unless_an_interface_comes_late(late, tmp_path, monkeypatch):
+    """A set of pcapng files is numbered from the interfaces their first blocks describe
+    (where dumpcap and tcpdump write them). A file that describes another one later on
+    numbers the set's interfaces otherwise: the set is then read again by one process.
+    Either way, what one process reads."""
+    head, recs = _records(CAPTURE)
+    cut = [0, len(recs) // 3, 2 * len(recs) // 3, len(recs)]
+    d = tmp_path / "set"
+    d.mkdir()
+    paths = []
+    for k in range(3):
+        body = recs[cut[k] : cut[k + 1]]
+        late_at = len(body) * 2 // 3 if late and k == 1 else None
+        paths.append(d / f"cap_{k}.pcapng")
+        # the last file's interface is its own in the set: numbered after the late one
+        snaplen = 65535 if k == 2 else 262144
+        paths[-1].write_bytes(_as_pcapng(head, body, late_at, snaplen))
+    restarts = []
+    restart = spill.CaptureStream.restart
+    monkeypatch.setattr(
+        spill.CaptureStream, "restart", lambda self: restarts.append(1) or restart(self)
+    )
+    _same_read(paths, tmp_path, 3)  # type: ignore[arg-type]
+    assert restarts == ([1] if late else [])

@@ -165,6 +165,12 @@ class PcapngWalker:
         self.drop_marks_total = 0
         self._block_struct = struct.Struct("<II")  # block type, total length (§3.1)
 
+    def __getstate__(self) -> dict:  # a run of a set's walker comes back from its process
+        return {**self.__dict__, "_block_struct": self._block_struct.format}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _block_struct=struct.Struct(state["_block_struct"]))
+
     @property
     def ifaces(self) -> list[Iface]:
         return [i for _, i in self.ifaces_at]

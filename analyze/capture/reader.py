@@ -34,6 +34,7 @@ from retranscope.analyze.capture.decode import SKIP_REASONS, columns, encapsulat
 from retranscope.analyze.capture.merge import Merger
 from retranscope.analyze.capture.parallel import Decoder
 from retranscope.analyze.capture.pcap import PcapWalker
+from retranscope.analyze.capture.pcapng import PcapngWalker
 from retranscope.analyze.capture.records import MAX_DROP_MARKS, Capture, CaptureMeta
 from retranscope.analyze.capture.sets import (
     InputFile,
@@ -59,7 +60,7 @@ class SetRunRead:
     file's (FileState, walker, bytes read), the records its merge numbered, the latest
     record time it read, and the pairs of its files (numbered in the run) it merged."""
 
-    files: list[tuple[FileState, PcapWalker, int]]
+    files: list[tuple[FileState, PcapWalker | PcapngWalker, int]]
     frames: int
     max_key: int
     overlaps: set[tuple[int, int]]
@@ -70,7 +71,7 @@ class _ReadElsewhere:
     """A file of the set that another process read: what a FileReader would have kept."""
 
     state: FileState
-    walker: PcapWalker
+    walker: PcapWalker | PcapngWalker
     bytes_read: int
 
     def consumed_bytes(self) -> int:
@@ -303,9 +304,14 @@ class CaptureStream:
     def _note_ifaces(self, i: int, reader: FileReader) -> None:
         """Give the file's new interfaces their numbers in the set (sets.number_ifaces).
         One file keeps its own numbers."""
-        if self._preset_maps is not None:
-            return  # a part of a set (capture/split.py): numbered in the set already
         ifaces = reader.walker.ifaces if reader.walker else []
+        if self._preset_maps is not None:
+            # a run of a set (capture/split.py): numbered in the set already, from the
+            # interfaces the files' first bytes describe; one described later on gets
+            # no number here (-1), and the set is read again (absorb_files)
+            known = self._iface_maps[i]
+            known += [-1] * (len(ifaces) - len(known))
+            return
         first = self.readers[0].walker.ifaces if self.readers and self.readers[0].walker else []
         number_ifaces(self._iface_maps, self._linktypes, i, ifaces, first)
 
@@ -317,7 +323,7 @@ class CaptureStream:
         return packets
 
     def split(self, parts: int) -> SplitPlan | SetPlan | None:
-        """Plan reading the input (when it is one pcap file, or a set of pcap files,
+        """Plan reading the input (when it is one pcap file, or a set of files,
         that can be) in up to ``parts`` parts, a process each (capture/split.py): this
         stream then reads the first part, in this process. None: it reads all of the
         input."""
@@ -350,6 +356,11 @@ class CaptureStream:
     def max_key(self) -> int:
         """The latest record time read (made monotonic per file; capture/merge.py)."""
         return self._merger.max_key if self._merger is not None else -(1 << 63)
+
+    def numbered_as(self, maps: list[list[int]]) -> bool:
+        """Whether the files read so far number their interfaces in the set as ``maps``
+        (a SetPlan's, for all the set's files) does."""
+        return self._iface_maps[: len(self.readers)] == maps[: len(self.readers)]
 
     def absorb_files(self, run: SetRunRead) -> int:
         """Add the files of the set's next run, read by another process (their state

@@ -19,9 +19,9 @@ Only an uncompressed pcap file, one (not a set), of at least two SPLIT_MIN_PART_
 is split: a compressed stream cannot be entered in its middle, pcapng blocks are not
 resynchronised here, and for a small file a process costs more than it saves.
 
-A capture set of pcap files (compressed or not) is read in runs of its files instead
-(SetPlan), a process each: each run is read as the set's stream reads those files, and
-the runs are joined as the parts of a file are.
+A capture set (pcap and pcapng files, compressed or not) is read in runs of its files
+instead (SetPlan), a process each: each run is read as the set's stream reads those
+files, and the runs are joined as the parts of a file are.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ class SetPlan:
     """A capture set read in parts, a run of its files each (``bounds``: the index, in
     the set's order, of each run's first file; the first run is read by the capture's
     own stream). ``maps``: each file's interfaces numbered in the set, as one stream
-    reading the files in turn numbers them (sets.number_ifaces), so that every part's
-    rows carry the set's numbers."""
+    reading the files in turn numbers them (sets.number_ifaces), from the interfaces
+    their first bytes describe, so that every part's rows carry the set's numbers."""
 
     files: list[InputFile]
     bounds: list[int]
@@ -127,14 +127,15 @@ def plan_set_split(files: list[InputFile], parts: int) -> SetPlan | None:
     """How to read a capture set (``files`` in the set's order) in up to ``parts`` runs
     of files, cut where they hold about as many bytes each; None when it is not split.
 
-    Only a set of pcap files (compressed or not): a pcap file's one interface is in its
-    header, so the set's numbering of every file's interfaces is known before any is
-    read; a pcapng file may describe interfaces anywhere in it. The parts are joined in
-    order, and a part whose first packet is earlier than a packet of the parts before
-    it (files that overlap in time, which one stream merges by timestamp) makes the
-    whole set read again by one process (analyze/spill.py): the parts are a guess that
-    the files follow each other, as rotated files do."""
-    if len(files) < 2 or any(f.fmt != "pcap" for f in files):
+    The set's numbering of every file's interfaces is taken from the interfaces each
+    file's first bytes describe (a pcap file's one, in its header; a pcapng file's
+    first blocks, where dumpcap and tcpdump write them), so that every part writes it.
+    The parts are joined in order, and the whole set is read again by one process
+    (analyze/spill.py) when they turn out to be a wrong guess: a part whose first packet
+    is earlier than a packet of the parts before it (files that overlap in time, which
+    one stream merges by timestamp), or a pcapng file that describes an interface later
+    on, which numbers the set's interfaces otherwise (CaptureStream.absorb_files)."""
+    if len(files) < 2 or any(f.fmt not in ("pcap", "pcapng") for f in files):
         return None
     try:  # by what the files decompress to (a compressed one's size is not known)
         sizes = [
