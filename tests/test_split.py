@@ -133,6 +133,57 @@ def test_the_guess_finds_record_starts():
     assert got == min(o for o in offsets if o >= near)
 
 
+@pytest.mark.parametrize("path", [CAPTURE, CORPUS / "random_loss__any" / "capture.pcap"])
+def test_the_first_look_gives_what_the_whole_search_gives(path, monkeypatch):
+    """record_start_near looks in RESYNC_FIRST_READ_BYTES first and reads on only where
+    that cannot decide: the same offset as the whole search, wherever it starts (here
+    with first looks so small that chains are cut by them, and offsets near the end)."""
+    import random
+
+    from retranscope.analyze.capture import pcap
+
+    data = path.read_bytes()
+    walker = split.PcapWalker(str(path), data[:64])
+    rng = random.Random(3)
+    nears = [rng.randrange(24, len(data)) for _ in range(40)] + [len(data) - 3000]
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        whole = []
+        for near in nears:
+            got = pcap._start_in(
+                os.pread(fd, pcap.RESYNC_READ_BYTES, near), walker, near, len(data), True
+            )
+            whole.append(None if got is None else near + got)
+        for first in (pcap.RESYNC_FIRST_READ_BYTES, 4096, 600):
+            monkeypatch.setattr(pcap, "RESYNC_FIRST_READ_BYTES", first)
+            assert [record_start_near(fd, walker, n, len(data)) for n in nears] == whole
+
+
+def test_a_false_chain_cut_by_the_first_look_is_judged_on_the_whole_read(tmp_path, monkeypatch):
+    """A payload that holds 20 sane-looking record headers, then garbage: a chain the
+    first look cuts after 18 (enough to be taken were the read all there is) and the
+    whole read breaks; the start found is the next true record's."""
+    from retranscope.analyze.capture import pcap
+
+    head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)  # Ethernet, µs
+    fake = struct.pack("<IIII", 0, 1, 0, 1) * 20 + b"\xff" * 16
+    recs = [
+        struct.pack("<IIII", 1_700_000_000 + i, 0, 1000, 1000)
+        + (fake + bytes(1000 - len(fake)) if i == 100 else bytes(1000))  # zeros: not sane
+        for i in range(200)
+    ]
+    data = head + b"".join(recs)
+    offsets = _record_offsets(data)
+    at = offsets[100]
+    path = tmp_path / "fake.pcap"
+    path.write_bytes(bytes(data))
+    walker = split.PcapWalker(str(path), data[:64])
+    monkeypatch.setattr(pcap, "RESYNC_FIRST_READ_BYTES", 300)  # 18 of the fake headers
+    with open(path, "rb") as f:
+        got = record_start_near(f.fileno(), walker, at + 16, len(data))
+    assert got == min(o for o in offsets if o > at)
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"\x0a\x0d\x0d\x0a" + bytes(60), b"\x1f\x8b" + bytes(100)],
