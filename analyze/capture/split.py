@@ -134,7 +134,7 @@ def plan_set_split(files: list[InputFile], parts: int) -> SetPlan | None:
     (analyze/spill.py) when they turn out to be a wrong guess: a part whose first packet
     is earlier than a packet of the parts before it (files that overlap in time, which
     one stream merges by timestamp), or a pcapng file that describes an interface later
-    on, which numbers the set's interfaces otherwise (CaptureStream.absorb_files)."""
+    on, which numbers the set's interfaces otherwise (CaptureStream.numbered_as)."""
     if len(files) < 2 or any(f.fmt not in ("pcap", "pcapng") for f in files):
         return None
     try:  # by what the files decompress to (a compressed one's size is not known)
