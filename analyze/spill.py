@@ -185,7 +185,7 @@ class SpilledCapture:
         packet added when they lack it; and that row's position (-1: not added). The
         table is one allocation (``into``'s first rows, when given), reordered in place:
         no second copy of the shard."""
-        n = sum(self.buckets[i].rows for i in bucket_numbers)
+        n = self.packets_of(bucket_numbers)
         borrow = self.anchor is not None and self.anchor_bucket not in bucket_numbers
         if into is None:
             table = columns(n + borrow, SPILLED_DTYPES)
@@ -434,7 +434,8 @@ def spill_capture(
     """Read an open capture stream (analyze.capture.open_capture) to its end, spilling its
     packets into bucket files in a temporary directory made in ``directory`` (None: the
     system's). The caller closes the result (which removes the files). ``jobs`` of 2 or
-    more: a pcap file is read in up to that many parts at once (capture/split.py)."""
+    more: a pcap file, or a set of files, is read in up to that many parts at once
+    (capture/split.py)."""
     try:
         return _spill(stream, directory, jobs)
     except OSError as err:  # no space, no permission: the machine's, not the input's
@@ -658,10 +659,10 @@ class _Parts:
         """Raises _ReadAgain when a run of a set starts before the latest packet of the
         runs before it, or a part's process ended without its packets (what was read is
         then no part of the result)."""
-        runs = isinstance(self.plan, SetPlan)
+        runs = self.plan if isinstance(self.plan, SetPlan) else None
         latest = stream.max_key if runs else 0
         try:
-            if isinstance(self.plan, SetPlan) and not stream.numbered_as(self.plan.maps):
+            if runs and not stream.numbered_as(runs.maps):
                 raise _ReadAgain  # a file of this run described an interface later on
             for k, (proc, pipe) in enumerate(zip(self.procs, self.pipes), start=1):
                 if not runs and not stream.ended_at_part_end():
@@ -678,13 +679,13 @@ class _Parts:
                 if status == "error":
                     raise value
                 if runs:
-                    assert isinstance(self.plan, SetPlan) and value.run is not None
-                    first = self.plan.run(k)[0].first_ts_ns
+                    assert value.run is not None
+                    first = runs.run(k)[0].first_ts_ns
                     if first is not None and first < latest:
                         raise _ReadAgain
                     latest = max(latest, value.run.max_key)
                     frames_before = stream.absorb_files(value.run)
-                    if not stream.numbered_as(self.plan.maps):
+                    if not stream.numbered_as(runs.maps):
                         raise _ReadAgain  # a file described an interface later on
                 else:
                     frames_before = stream.absorb(
@@ -766,9 +767,7 @@ def _spill_run(
                 spiller.add(chunk)
         finally:
             spiller.close()
-        read = [(r.state, r.walker, r.consumed_bytes()) for r in stream.readers]
-        assert stream._merger is not None
-        run = SetRunRead(read, stream._merger.frames, stream.max_key, stream._merger.overlaps)
+        run = stream.run_read()
     return _PartSpilled(
         spiller.buckets, spiller.tuples.table(), spiller.anchor, spiller.anchor_bucket, run=run
     )
@@ -778,17 +777,15 @@ def _buckets_for(stream) -> int:
     """Buckets for a capture: a power of two from SPILL_BUCKETS_MIN to SPILL_BUCKETS,
     BUCKET_INPUT_BYTES of it each; its size unknown (a pipe) or compressed (10 times as
     many packets a byte, headers-only captures compress about that well): the most."""
-    from retranscope.analyze.capture.stream import sniff_compression
+    from retranscope.analyze.capture.stream import file_compressed
 
     size = getattr(stream, "input_bytes", None)
     paths = getattr(stream, "paths", None) or []
     if size is None or not paths:
         return SPILL_BUCKETS
     try:
-        for path in paths:
-            with open(path, "rb") as f:
-                if sniff_compression(f.read(8)):
-                    return SPILL_BUCKETS
+        if any(file_compressed(path) for path in paths):
+            return SPILL_BUCKETS
     except OSError:
         return SPILL_BUCKETS
     want = max(1, -(-int(size) // BUCKET_INPUT_BYTES))

@@ -45,8 +45,8 @@ from retranscope.analyze.capture.sets import (
 from retranscope.analyze.capture.split import SetPlan, SplitPlan, plan_set_split, plan_split
 from retranscope.analyze.capture.stream import (
     COMPRESSED_EXPANSION,
+    file_compressed,
     open_stream,
-    sniff_compression,
     stream_of_fileobj,
 )
 from retranscope.schemas.packets import PACKET_DTYPES, TOO_BIG_FIELDS, empty_packets
@@ -228,9 +228,8 @@ class CaptureStream:
         total = 0
         try:
             for path in self.paths:
-                with open(path, "rb") as f:
-                    grows = sniff_compression(f.read(8)) is not None
-                total += os.path.getsize(path) * (COMPRESSED_EXPANSION if grows else 1)
+                grows = COMPRESSED_EXPANSION if file_compressed(path) else 1
+                total += os.path.getsize(path) * grows
         except OSError:
             return self._total_bytes  # the reading says what is wrong
         return total
@@ -351,6 +350,13 @@ class CaptureStream:
         self._ordered = plan.run(k)
         self._preset_maps = plan.maps[lo : lo + len(self._ordered)]
         self.in_set = True
+
+    def run_read(self) -> SetRunRead:
+        """What this stream, having read a run of a set (set_run), hands the set's
+        stream (absorb_files)."""
+        assert self._merger is not None
+        read = [(r.state, r.walker, r.consumed_bytes()) for r in self.readers]
+        return SetRunRead(read, self._merger.frames, self.max_key, self._merger.overlaps)
 
     @property
     def max_key(self) -> int:

@@ -51,6 +51,13 @@ def sniff_compression(head: bytes) -> str | None:
     return None
 
 
+def file_compressed(path: str) -> bool:
+    """Whether the file's first bytes announce a compression (sniff_compression).
+    Raises OSError where it cannot be read."""
+    with open(path, "rb") as f:
+        return sniff_compression(f.read(8)) is not None
+
+
 class ByteStream:
     """The decompressed bytes of one capture file, read front to back.
 
