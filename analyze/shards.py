@@ -188,9 +188,8 @@ def give_back_free_memory() -> None:
     analyze/memory.py otherwise keeps for reuse. Before a fork: pages the two processes
     share after it are copied on the first write by either, and the freed blocks are
     exactly what the next arrays are written into (fresh pages are only zero-filled).
-    Before a spilled shard (analyze/spill.py): freed blocks the shard's arrays do not fit
-    stay resident beside them; given back, the 13M-packet capture peaked at ~990 MiB
-    instead of ~1,060 MiB."""
+    Not between the spilled shards one process classifies in turn (analyze/spill.py):
+    there the freed pages are what the next shard's arrays are written into."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
