@@ -327,7 +327,7 @@ def run_analysis(
         from retranscope.report.render import load, render_terminal
 
         name = pcap if isinstance(pcap, Path) else (pcap[0] if pcap else events)
-        typer.echo(render_terminal([load(out, name=str(name))]))
+        typer.echo(render_terminal([load(out, name=str(name), terminal=True)]))
     return result
 
 

@@ -21,7 +21,14 @@ from retranscope.cli import app
 from retranscope.errors import BadInput
 from retranscope.report import compare, graphs, probegap, stats, tsg
 from retranscope.report.packets import unwrap
-from retranscope.report.render import load, render_html, render_markdown, top_flows
+from retranscope.report.render import (
+    TERMINAL_COLUMNS,
+    load,
+    render_html,
+    render_markdown,
+    render_terminal,
+    top_flows,
+)
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 runner = CliRunner()
@@ -495,3 +502,44 @@ def test_compare_through_the_cli(analyses, tmp_path):
         CORPUS / "slow_server_tlp" / "capture.pcap",
     )
     assert r.exit_code == 2 and "one --pcap per analysis" in one_error_line(r)
+
+
+CAPTURES = Path(__file__).parent / "fixtures" / "captures"
+
+
+@pytest.mark.parametrize(
+    "name, events",
+    [
+        ("slow_server_tlp", True),  # kernel events joined: the match lines
+        ("random_loss", False),
+        ("reqresp_loss_both", True),
+        ("captures/pmtu_v4_tso", False),  # the path MTU line, with its MTU
+        ("captures/tfo_data_not_acked", False),  # the Fast Open line
+        ("captures/ack_lost_after_capture", False),
+    ],
+)
+def test_terminal_summary_reads_only_its_columns(analyses, tmp_path, name, events):
+    """`analyze` prints its summary from TERMINAL_COLUMNS of retransmits.parquet alone
+    (no flows.parquet): the same lines as from the whole analysis."""
+    if name.startswith("captures/"):
+        out = tmp_path / "a"
+        run_analysis(CAPTURES / (name.split("/")[1] + ".pcap"), None, out)
+    else:
+        out = analyses(name, events=events)
+    whole, few = load(out), load(out, terminal=True)
+    assert set(few.retransmits.columns) <= set(TERMINAL_COLUMNS) and few.flows.empty
+    assert len(few.retransmits) == len(whole.retransmits) > 0
+    assert render_terminal([few]) == render_terminal([whole])
+
+
+def test_terminal_summary_counts_partly_spurious_from_its_columns(analyses, tmp_path):
+    """Retransmissions that also resent segments the receiver had (spurious_frames on a
+    row not spurious as a whole): none of the corpus has them, so they are written in."""
+    d = tmp_path / "partly"
+    shutil.copytree(analyses("random_loss", events=False), d)
+    r = pd.read_parquet(d / "retransmits.parquet")
+    r.loc[~r["spurious"].fillna(False).astype(bool), "spurious_frames"] = 2
+    r.to_parquet(d / "retransmits.parquet")
+    said = render_terminal([load(d, terminal=True)])
+    assert " more resent a lost segment together with " in said
+    assert said == render_terminal([load(d)])
