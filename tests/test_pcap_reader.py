@@ -1071,6 +1071,89 @@ def test_compressed_from_a_pipe(tmp_path):
     assert cap.meta.files[0]["compression"] == "gzip"
 
 
+@pytest.mark.parametrize("kind", COMPRESSIONS)
+def test_read_ahead_in_small_blocks_reads_as_the_plain_one(kind, tmp_path, monkeypatch):
+    """The decompressing thread (ByteStream.read_ahead) in blocks of 1,000 bytes, two
+    ahead: whole, the packets of the plain file and every compressed byte counted read;
+    cut, the packets before the cut and its warning. The threads end with the reading."""
+    from retranscope.analyze.capture import stream as stream_mod
+
+    made = []
+
+    class Counted(stream_mod._ReadAhead):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(stream_mod, "READ_AHEAD_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(stream_mod, "READ_AHEAD_BLOCKS", 2)
+    monkeypatch.setattr(stream_mod, "_ReadAhead", Counted)
+    plain = tmp_path / "plain.pcap"
+    _bench_module().make_synthetic_pcap(str(plain), 3000, snaplen=128, seed=5)
+    whole = read_capture(plain)
+    packed = _compress(plain.read_bytes(), kind)
+    path = tmp_path / "c.bin"
+    for cut in (len(packed), len(packed) * 2 // 3):
+        path.write_bytes(packed[:cut])
+        seen: list[int] = []
+        cap = read_capture(path, progress=lambda p, seen=seen: seen.append(p.bytes_done))
+        with monkeypatch.context() as m:  # the same file read without the thread
+            m.setattr(stream_mod.ByteStream, "read_ahead", lambda self: None)
+            alone = read_capture(path)
+        n = cap.packets["frame"].size
+        assert n == alone.packets["frame"].size and cap.meta.records == alone.meta.records
+        for col, _, _ in PACKET_COLUMNS:
+            assert np.array_equal(cap.packets[col], whole.packets[col][:n]), col
+        if cut == len(packed):
+            assert n == whole.packets["frame"].size and not cap.meta.truncated
+            assert seen[-1] == len(packed)
+        else:
+            assert 0 < n < whole.packets["frame"].size and cap.meta.truncated
+            assert len(cap.meta.warnings) == 1 and "damaged or cut short" in cap.meta.warnings[0]
+    assert len(made) == 2 and not any(r._thread.is_alive() for r in made)
+
+
+def test_read_ahead_stopped_early_ends_its_thread(tmp_path, monkeypatch):
+    """A stream closed before its end (a capture refused after its first blocks): the
+    thread waiting to hand over a block ends with it."""
+    from retranscope.analyze.capture import stream as stream_mod
+
+    monkeypatch.setattr(stream_mod, "READ_AHEAD_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(stream_mod, "READ_AHEAD_BLOCKS", 2)
+    plain = tmp_path / "plain.pcap"
+    _bench_module().make_synthetic_pcap(str(plain), 3000, snaplen=128, seed=5)
+    path = tmp_path / "c.pcap.gz"
+    path.write_bytes(_compress(plain.read_bytes(), "gzip"))
+    s = stream_mod.open_stream(path)
+    s.read_ahead()
+    buf = bytearray(100)
+    assert s.readinto(memoryview(buf)) == 100 and buf[:4] == plain.read_bytes()[:4]
+    ahead = s._ahead
+    assert ahead is not None and ahead._thread.is_alive()
+    s.close()
+    assert not ahead._thread.is_alive()
+
+
+def test_compressed_from_a_real_pipe_reads_ahead(tmp_path):
+    """A gzipped capture on a pipe, whose offset cannot be asked (tell: ESPIPE)."""
+    import os
+    import threading
+
+    data = _compress((FIXTURES / "eth_v4_v6.pcap").read_bytes(), "gzip")
+    r, w = os.pipe()
+
+    def feed():
+        with os.fdopen(w, "wb") as f:
+            f.write(data)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    with os.fdopen(r, "rb") as f:
+        cap = read_capture(f)
+    t.join()
+    assert cap.packets["frame"].tolist() == read("eth_v4_v6.pcap").packets["frame"].tolist()
+
+
 def test_compressed_non_capture_says_so(tmp_path):
     path = tmp_path / "notes.txt.gz"
     path.write_bytes(_compress(b"GET / HTTP/1.1\r\n\r\n", "gzip"))

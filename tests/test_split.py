@@ -422,3 +422,26 @@ def test_a_pcapng_set_is_read_in_runs_unless_an_interface_comes_late(late, tmp_p
     )
     _same_read(paths, tmp_path, 3)  # type: ignore[arg-type]
     assert restarts == ([1] if late else [])
+
+
+def test_compressed_files_are_read_ahead_only_by_a_process_reading_alone(tmp_path):
+    """The decompressing thread (ByteStream.read_ahead) where one process reads the set,
+    not where each reads a run of it beside the others: the cores are taken there."""
+    paths = [str(p) for p in _rotated(tmp_path)]
+    gz = [i for i, p in enumerate(paths) if p.endswith(".gz")]
+    with open_capture(paths) as alone:
+        for _ in alone:
+            pass
+        order = [r.stream.name for r in alone.readers]
+        assert all(alone.readers[order.index(paths[i])].read_ahead for i in gz)
+    with open_capture(paths) as first:
+        plan = first.split(2)
+        assert isinstance(plan, split.SetPlan)
+        for _ in first:
+            pass
+        assert first.readers and not any(r.read_ahead for r in first.readers)
+    with open_capture([f.path for f in plan.run(1)]) as run:  # as spill._spill_run
+        run.set_run(plan, 1)
+        for _ in run:
+            pass
+        assert run.readers and not any(r.read_ahead for r in run.readers)

@@ -134,12 +134,17 @@ class FileReader:
         decoder: Decoder | None = None,
         start: tuple[int, bytes] | None = None,
         stop_at: int | None = None,
+        read_ahead: bool = False,
     ):
         """A part of the file only (capture/split.py): ``start``, the byte its first record
         starts at and the file's first bytes (``stream`` is positioned at that byte);
         ``stop_at``, the byte it ends at. It reads on past that when no record ends
-        there: ``ended_at_part_end`` says which it did."""
+        there: ``ended_at_part_end`` says which it did. ``read_ahead``: a compressed file
+        is decompressed on a thread of its own (ByteStream.read_ahead), for a process
+        that reads alone; where other processes read the rest of the input beside it,
+        the cores are taken (a set of 8 gzipped files in runs: 1.04x the time with it)."""
         self.stream = stream
+        self.read_ahead = read_ahead
         self.start = start
         self.stop_at = stop_at
         self.ended_at_part_end = False
@@ -186,6 +191,8 @@ class FileReader:
         """(block bytes, its complete records) for each block of the file: the read,
         carry and walk loop."""
         stream, st = self.stream, self.state
+        if self.read_ahead:
+            stream.read_ahead()
         buf = bytearray(self.chunk_bytes)
         base = self.start[0] if self.start else 0
         filled, eof = self._read(buf, 0, base)

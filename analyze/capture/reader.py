@@ -292,8 +292,14 @@ class CaptureStream:
             stream = stream_of_fileobj(sys.stdin.buffer, "<stdin>")
         else:
             stream = open_stream(path)
+        # alone: not one of the processes reading a set in runs (split, set_run)
+        alone = self.set_end is None and not self.in_set
         reader = FileReader(
-            stream, chunk_bytes=self.chunk_bytes, decoder=self.decoder, stop_at=self.part_end
+            stream,
+            chunk_bytes=self.chunk_bytes,
+            decoder=self.decoder,
+            stop_at=self.part_end,
+            read_ahead=alone,
         )
         while len(self.readers) <= i:
             self.readers.append(reader)

@@ -20,8 +20,10 @@ import gzip
 import io
 import lzma
 import os
+import queue
+import threading
 import zlib
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Callable, cast
 
 from retranscope.errors import BadInput
 
@@ -36,6 +38,10 @@ COMPRESSIONS = ("gzip", "zstd", "xz", "bzip2")
 #: captures compress about 10:1 (the bench's (a): 184 MB to 15 MB with gzip -6)
 COMPRESSED_EXPANSION = 10
 SNIFF_BYTES = 10  # enough for every magic above
+#: A read-ahead (ByteStream.read_ahead) hands the reader the decompressed bytes in blocks
+#: of this size, and holds at most this many blocks ahead of it: 8 MB.
+READ_AHEAD_BLOCK_BYTES = 1 << 20
+READ_AHEAD_BLOCKS = 8
 
 
 def sniff_compression(head: bytes) -> str | None:
@@ -78,14 +84,29 @@ class ByteStream:
         if self.compression is not None:
             self._inner = _decompressor(self.compression, _Prefixed(head, raw))
             self._pending = b""
+        self._ahead: _ReadAhead | None = None  # read_ahead's thread
+        self._ahead_at = 0  # consumed_bytes when the block being handed over was made
+        self._block = memoryview(b"")  # what is left of that block
+
+    def read_ahead(self) -> None:
+        """Decompress on a thread of its own from now on, ahead of the reader (a no-op for
+        an uncompressed stream). For a reader that reads the whole stream: one that only
+        peeks at its first bytes would have megabytes decompressed for nothing."""
+        if self._inner is not None and self._ahead is None and not self._ended:
+            self._ahead = _ReadAhead(self._inner, self._raw_offset)
 
     def consumed_bytes(self) -> int:
         """How far into the file (as stored on disk) reading has come."""
         if self._closed_at is not None:
             return self._closed_at
+        if self._ahead is not None:
+            return self._ahead_at
+        return self._raw_offset()
+
+    def _raw_offset(self) -> int:
         try:
             return self.raw.tell() - len(self._pending)
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # a pipe
             return 0
 
     def readinto(self, buf: memoryview) -> int:
@@ -98,39 +119,125 @@ class ByteStream:
             self._pending = self._pending[k:]
             got = k
         while got < want and not self._ended:
-            try:
-                if self._inner is None:
-                    k = cast(Any, self.raw).readinto(buf[got:])
-                else:
-                    # readinto1: what one step of the decompressor gives, so that the
-                    # data before damage is handed over before the error is raised
-                    k = cast(Any, self._inner).readinto1(buf[got:])
-            except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as err:
-                k = 0
-                if self._inner is None:
-                    raise BadInput(f"cannot read {self.name}: {err}") from None
-                self.damage = _damage_message(self.compression or "", err)
-            except Exception as err:  # zstandard.ZstdError: a corrupt frame
-                if self._inner is None or type(err).__name__ != "ZstdError":
-                    raise
-                k = 0
-                self.damage = _damage_message(self.compression or "", err)
+            if self._ahead is not None:
+                k = self._from_ahead(buf[got:])
+            else:
+                try:
+                    if self._inner is None:
+                        k = cast(Any, self.raw).readinto(buf[got:])
+                    else:
+                        # readinto1: what one step of the decompressor gives, so that the
+                        # data before damage is handed over before the error is raised
+                        k = cast(Any, self._inner).readinto1(buf[got:])
+                except Exception as err:
+                    k = 0
+                    self._failed(err)
             if not k:
                 self._ended = True
                 break
             got += k
         return got
 
+    def _from_ahead(self, buf: memoryview) -> int:
+        """What the read-ahead has decompressed, into ``buf``; 0 at the end (or damage)."""
+        assert self._ahead is not None
+        if not len(self._block):
+            block, err, self._ahead_at = self._ahead.take()
+            if err is not None:
+                self._failed(err)
+                return 0
+            self._block = block
+        k = min(len(buf), len(self._block))
+        buf[:k] = self._block[:k]
+        self._block = self._block[k:]
+        return k
+
+    def _failed(self, err: Exception) -> None:
+        """A read that raised ``err``: damage of the compressed data ends the stream
+        (``damage`` says why); anything else is raised."""
+        if isinstance(err, (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError)):
+            if self._inner is None:
+                raise BadInput(f"cannot read {self.name}: {err}") from None
+        elif self._inner is None or type(err).__name__ != "ZstdError":
+            raise err  # zstandard.ZstdError is a corrupt frame; nothing else is damage
+        self.damage = _damage_message(self.compression or "", err)
+
     def close(self) -> None:
         if self._closed_at is not None:
             return
         self._closed_at = self.consumed_bytes()
+        if self._ahead is not None:
+            self._ahead.stop()
         try:
             if self._inner is not None:
                 self._inner.close()
         except Exception:  # closing a damaged decompressor may raise its error again
             pass
         self.raw.close()
+
+
+class _ReadAhead:
+    """A decompressor read on a thread of its own, READ_AHEAD_BLOCKS blocks ahead of the
+    reader. zlib, lzma, bz2 and zstandard let go of the interpreter while they work, so
+    a block is decompressed on one core while the one before is decoded on another: a
+    gzipped capture read alone by one process used one core for both. Each block comes
+    with what ``position`` (the compressed file's offset) said once it was made, and the
+    error that ended the stream comes after the data before it."""
+
+    def __init__(self, inner: Any, position: Callable[[], int]):
+        self._inner = inner
+        self._position = position
+        self._blocks: queue.Queue = queue.Queue(READ_AHEAD_BLOCKS)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="decompress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._decompress()
+        except Exception as err:  # the reader would otherwise wait for a block forever
+            self._put(memoryview(b""), err)
+
+    def _decompress(self) -> None:
+        err: Exception | None = None
+        while err is None and not self._stopped.is_set():
+            block = bytearray(READ_AHEAD_BLOCK_BYTES)
+            got = 0
+            with memoryview(block) as mv:
+                while got < len(block):
+                    try:
+                        k = self._inner.readinto1(mv[got:])
+                    except Exception as e:  # damage, or what the reader raises in turn
+                        err, k = e, 0
+                    if not k:
+                        break
+                    got += k
+            if got:
+                self._put(memoryview(block)[:got], None)
+            if got < len(block) or err is not None:  # the end, or the error after it
+                self._put(memoryview(b""), err)
+                return
+
+    def _put(self, block: memoryview, err: Exception | None) -> None:
+        item = (block, err, self._position())
+        while not self._stopped.is_set():
+            try:
+                self._blocks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def take(self) -> tuple[memoryview, Exception | None, int]:
+        """The next block (empty at the end), the error that ended the stream there (or
+        None), and the file's offset when it was made."""
+        return self._blocks.get()
+
+    def stop(self) -> None:
+        """The reader is done: the thread ends at its next block (at once if it waits
+        to hand one over). A thread blocked reading a pipe is left to end with the
+        process (it is a daemon) rather than waited for."""
+        self._stopped.set()
+        self._thread.join(timeout=1.0)
 
 
 def _damage_message(compression: str, err: BaseException) -> str:
