@@ -46,18 +46,21 @@ def reuse_freed_memory() -> bool:
 
 
 def no_huge_pages() -> bool:
-    """Ask the kernel not to back this process's memory, nor its forked workers', with
-    transparent huge pages (prctl PR_SET_THP_DISABLE). Returns whether it could.
+    """Ask the kernel not to back this process's memory, from now on, with transparent
+    huge pages (prctl PR_SET_THP_DISABLE; its forked children inherit it). Returns
+    whether it could. Called where one process classifies spilled shards in turn
+    (analyze/spill.py): shards too big for two at once, each ~150 bytes a packet.
 
-    numpy advises huge pages for every array of 4 MB and more, and the analysis of a
-    big connection writes hundreds of such arrays into memory it has not touched before
-    (the first shard's, each worker's). On the 2-core VMs measured, a fresh 2 MB page
-    took ~2 ms to fault when the host had to back it anew (500 MB of arrays in 1.1 s of
-    system time, and 0.05 s when it did not), against a steady 0.24 s for 500 MB of
-    4 KB pages. On the 13M-packet capture, whose four 3.25M-packet connections are each
-    classified in ~500 MB: system time 1.9 s -> 1.3 s, wall 0.89x (4 paired runs), user
-    time unchanged: the gathers over 28 MB columns did not slow for the smaller pages,
-    on a VM, where a TLB miss costs a two-level page walk."""
+    numpy advises huge pages for every array of 4 MB and more, and the first such shard
+    writes hundreds of them into memory the process has not touched before. On the 2-core
+    VMs measured, a fresh 2 MB page took ~2 ms to fault when the host had to back it anew
+    (500 MB of arrays in 1.1 s of system time; 0.05 s when it did not), against a steady
+    ~0.25 s for 500 MB of 4 KB pages. On the 13M-packet capture (four 3.25M-packet
+    connections, each classified in ~500 MB): system time 1.9 s -> 1.3 s, wall 0.89x (4
+    paired runs), user time unchanged, so the gathers over 28 MB columns did not slow for
+    the smaller pages (on a VM, where a TLB miss costs a two-level page walk). Not for the
+    whole process: on the capture of 125k connections (many small shards on forked
+    workers, warm memory) huge pages everywhere were a little faster (0.97x, 4 pairs)."""
     if not sys.platform.startswith("linux"):
         return False
     try:

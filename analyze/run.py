@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from retranscope.analyze.memory import no_huge_pages, reuse_freed_memory
+from retranscope.analyze.memory import reuse_freed_memory
 from retranscope.analyze.pipeline import Result, analyze
 from retranscope.errors import BadInput, RetranscopeError
 
@@ -53,7 +53,6 @@ def run_analysis(
     COMPRESSED_EXPANSION times its size, and for a pipe; never with ``events``, whose
     join needs the whole packet table)."""
     reuse_freed_memory()
-    no_huge_pages()
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out} is a file: give a directory (made if it does not exist)")
     capture = None

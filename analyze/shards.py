@@ -188,8 +188,9 @@ def give_back_free_memory() -> None:
     analyze/memory.py otherwise keeps for reuse. Before a fork: pages the two processes
     share after it are copied on the first write by either, and the freed blocks are
     exactly what the next arrays are written into (fresh pages are only zero-filled).
-    Not between the spilled shards one process classifies in turn (analyze/spill.py):
-    there the freed pages are what the next shard's arrays are written into."""
+    Before a spilled shard a forked worker classifies (analyze/spill.py), but not
+    between those one process classifies in turn into one table: there the freed pages
+    are what the next shard's arrays are written into."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
