@@ -29,14 +29,22 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 PR_SET_THP_DISABLE = 41
 
 
+def _libc(name: str):
+    """The C library's function ``name``; None off Linux or where it has none (a C
+    library other than glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def reuse_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for the next allocations. Returns whether
     it could (False where the C library is not glibc: nothing changes there)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(
@@ -61,11 +69,8 @@ def no_huge_pages() -> bool:
     the smaller pages (on a VM, where a TLB miss costs a two-level page walk). Not for the
     whole process: on the capture of 125k connections (many small shards on forked
     workers, warm memory) huge pages everywhere were a little faster (0.97x, 4 pairs)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        prctl = ctypes.CDLL(None).prctl
-    except (OSError, AttributeError):
+    prctl = _libc("prctl")
+    if prctl is None:
         return False
     prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
     return prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
