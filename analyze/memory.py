@@ -29,7 +29,7 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 PR_SET_THP_DISABLE = 41
 
 
-def _libc(name: str):
+def libc_function(name: str):
     """The C library's function ``name``; None off Linux or where it has none (a C
     library other than glibc)."""
     if not sys.platform.startswith("linux"):
@@ -43,7 +43,7 @@ def _libc(name: str):
 def reuse_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for the next allocations. Returns whether
     it could (False where the C library is not glibc: nothing changes there)."""
-    mallopt = _libc("mallopt")
+    mallopt = libc_function("mallopt")
     if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -69,7 +69,7 @@ def no_huge_pages() -> bool:
     the smaller pages (on a VM, where a TLB miss costs a two-level page walk). Not for the
     whole process: on the capture of 125k connections (many small shards on forked
     workers, warm memory) huge pages everywhere were a little faster (0.97x, 4 pairs)."""
-    prctl = _libc("prctl")
+    prctl = libc_function("prctl")
     if prctl is None:
         return False
     prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)

@@ -21,7 +21,6 @@ not copied; each takes its own rows) and in this process, one of them.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retranscope.analyze.memory import libc_function
 from retranscope.analyze.table import Nullable, Table, n_rows
 
 #: rows are hashed into this many buckets by 4-tuple; buckets are dealt to shards
@@ -191,10 +191,9 @@ def give_back_free_memory() -> None:
     Before a spilled shard a forked worker classifies (analyze/spill.py), but not
     between those one process classifies in turn into one table: there the freed pages
     are what the next shard's arrays are written into."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim = libc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 def _concat(cols: list) -> np.ndarray | Nullable:

@@ -292,8 +292,9 @@ class CaptureStream:
             stream = stream_of_fileobj(sys.stdin.buffer, "<stdin>")
         else:
             stream = open_stream(path)
-        # alone: not one of the processes reading a set in runs (split, set_run)
-        alone = self.set_end is None and not self.in_set
+        # alone: not one of the processes reading the input in parts or runs (split,
+        # set_run)
+        alone = self.part_end is None and self.set_end is None and not self.in_set
         reader = FileReader(
             stream,
             chunk_bytes=self.chunk_bytes,
