@@ -80,33 +80,55 @@ CLASSIFY_COLUMNS = (
 # --- bulk helpers ------------------------------------------------------------------------
 
 
+#: rows of an _affine_scan block: the blocks of each level are this wide
+SCAN_BLOCK = 16
+
+
 def _affine_scan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """y[i] = a[i] * y[i-1] + b[i] (y[-1] = 0), blocked: sequential over sqrt(n) positions
-    with every block at once, then over the blocks. A row with a = 0 restarts the
-    recurrence (how groups are kept apart); |a| <= 1 keeps it numerically stable.
+    """y[i] = a[i] * y[i-1] + b[i] (y[-1] = 0). A row with a = 0 restarts the recurrence
+    (how groups are kept apart); |a| <= 1 keeps it numerically stable.
+
+    Blocked, with every block at once: within blocks of SCAN_BLOCK rows, sequentially, as
+    if each block started from y = 0; then the same scan over the blocks' last values
+    (the carry into each block); then the carry added. The blocks are counted from each
+    group's first row, at every level, so a group's values (to the last bit) come from its
+    own rows alone, whatever other groups stand beside it: a flow gets the same SRTT in
+    a shard of the capture as in the whole (analyze/shards.py), and a window of a
+    connection could carry it on. (Blocks of sqrt(n) rows of all the groups together,
+    until stop 21, changed the last bits of half of one flow's values with the number of
+    samples of the flows before it.)
     """
     n = len(a)
     if n == 0:
         return np.zeros(0)
-    width = max(16, int(np.sqrt(n)))
-    nb = -(-n // width)
-    pad = nb * width - n
-    A = np.concatenate([a.astype(np.float64), np.ones(pad)]).reshape(nb, width)
-    B = np.concatenate([b.astype(np.float64), np.zeros(pad)]).reshape(nb, width)
-    Y = np.empty_like(B)  # within-block result, as if the block started from y = 0
-    P = np.empty_like(A)  # product of a over the block up to each position
-    Y[:, 0] = B[:, 0]
-    P[:, 0] = A[:, 0]
-    for i in range(1, width):
-        Y[:, i] = A[:, i] * Y[:, i - 1] + B[:, i]
-        P[:, i] = A[:, i] * P[:, i - 1]
-    carry = np.zeros(nb)  # y just before each block
-    c = 0.0
-    last_y, last_p = Y[:, -1].tolist(), P[:, -1].tolist()
-    for k in range(nb):
-        carry[k] = c
-        c = last_p[k] * c + last_y[k]
-    return (Y + P * carry[:, None]).ravel()[:n]
+    row = np.arange(n)
+    restart = a == 0
+    restart[0] = True
+    col = row - np.maximum.accumulate(np.where(restart, row, 0))  # row within its group
+    col %= SCAN_BLOCK  # ... within its block
+    first = np.flatnonzero(col == 0)  # each block's first row
+    # the blocks side by side, a block a column (padded with y = 1*y + 0): block k's row c
+    # at [c, k], so each step below is one contiguous row of every block
+    at = col * len(first) + np.cumsum(col == 0) - 1
+    del row, col
+    A = np.ones((SCAN_BLOCK, len(first)))
+    B = np.zeros((SCAN_BLOCK, len(first)))
+    A.ravel()[at] = a
+    B.ravel()[at] = b
+    # a block's own scan, as if it started from y = 0, and the product of its a so far
+    for c in range(1, SCAN_BLOCK):
+        B[c] += A[c] * B[c - 1]
+        A[c] *= A[c - 1]
+    if len(first) == int(restart.sum()):  # every group fits in one block: nothing carried
+        return B.ravel()[at]
+    # y at each block's end, over the blocks: the same recurrence, whose a (the block's
+    # product) is 0 exactly at a group's first block
+    y_end = _affine_scan(A[-1], B[-1])
+    carry = np.zeros(len(first))  # y just before each block
+    carry[1:] = y_end[:-1]
+    carry[restart[first]] = 0.0
+    B += A * carry
+    return B.ravel()[at]
 
 
 def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -333,8 +355,9 @@ def classify_table(
     want = np.zeros(n_flows, dtype=bool)
     want[data_flows] = True
     shift_us = _remote_shift_us(packets, flow_id, flows, want, space, r_pkt)
+    t_cap0 = int(packets["ts_ns"].min())  # the capture's first packet: every shard has it
     ack_sel, n_lost, lost_at = _received_acks(
-        packets, space, flows, flow_id, ack_sel, out, ~r_skip, shift_us
+        packets, space, flows, flow_id, ack_sel, out, ~r_skip, shift_us, t_cap0
     )
     if notes is not None:
         notes["acks_lost_after_capture"] = n_lost
@@ -364,7 +387,6 @@ def classify_table(
         packets, space, flows, flow_id, tx, is_rtx_pkt, A, a_start, a_end, origs
     )
     del tx, is_rtx_pkt
-    t_cap0 = int(packets["ts_ns"].min())
     k_last, k_ok, since_last_ack = _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_cap0)
     order_r, burst_of = _bursts(r_flow, r_frame, k_last, since_last_send, prev_tx_frame, r_skip)
     dsack_ts = _dsack_times(A, a_flow, out)
@@ -547,7 +569,15 @@ ACK_RACE_NS = 2 * ACK_CLOCK_NS
 
 
 def _received_acks(
-    packets, space, flows, flow_id, ack_sel, rtx: Table, real: np.ndarray, shift_us: np.ndarray
+    packets,
+    space,
+    flows,
+    flow_id,
+    ack_sel,
+    rtx: Table,
+    real: np.ndarray,
+    shift_us: np.ndarray,
+    t_cap0: int,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """The ACKs of ``ack_sel`` (grouped by the flow they acknowledge, capture order) that
     reached the sender, and how many did not.
@@ -560,7 +590,9 @@ def _received_acks(
     since that covered those bytes, did not arrive (lost after the capture point). The
     replay then runs without them. ``real``: the rows of ``rtx`` that are retransmissions
     (not probes: a keep-alive sits below snd_una by design). Also per row of ``rtx``, the
-    packet row of the first lost ACK that covered it (-1: none): the cause it cites."""
+    packet row of the first lost ACK that covered it (-1: none): the cause it cites.
+    ``t_cap0``: the capture's first packet's time, which every shard has (from it the
+    times are cut to µs, as the shift is: the same cut in any shard)."""
     n = len(ack_sel)
     lost_at = np.full(len(real), -1, dtype=np.int64)
     if not n or not real.any():
@@ -571,10 +603,9 @@ def _received_acks(
     # In the sender's time, the ACK arrived a trip after it passed here, and the
     # retransmission left a trip before it passes here (classify._remote_shift_us).
     arrive_by = r_ts - shift_us[r_flow] * 1000 - ACK_RACE_NS
-    t0 = int(packets["ts_ns"][ack_sel].min())
     hi = (
-        GroupedSearch(a_flow, (packets["ts_ns"][ack_sel] - t0) // 1000)(
-            r_flow, (arrive_by - t0) // 1000, "right"
+        GroupedSearch(a_flow, (packets["ts_ns"][ack_sel] - t_cap0) // 1000)(
+            r_flow, (arrive_by - t_cap0) // 1000, "right"
         )
         - 1
     )

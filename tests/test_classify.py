@@ -452,6 +452,59 @@ def test_rtt_estimator_matches_the_kernels_integer_arithmetic():
     assert srtt2.tolist() == [5_000, 50_000]
 
 
+def test_rtt_estimator_gives_a_flow_the_same_bits_whatever_flows_stand_beside_it():
+    # A flow's SRTT and RTO come from its own samples alone, to the last bit: a shard of
+    # the capture (analyze/shards.py) holds other flows than the whole does. Blocks of the
+    # scan laid over all flows together changed the last bits of ~half of these values
+    # with the number of samples before the flow.
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    m = rng.integers(1_000, 400_000, 20_000)
+    alone = rtt_estimator(np.zeros(len(m), dtype=np.int64), m)
+    for k in (1, 7, 100, 1_234, 30_000):
+        group = np.r_[np.zeros(k, dtype=np.int64), np.ones(len(m), dtype=np.int64)]
+        beside = rtt_estimator(group, np.r_[rng.integers(1_000, 400_000, k), m])
+        for x, y in zip(alone, beside):
+            assert np.array_equal(x, y[k:]), k
+    # and the blocked scan is the recurrence, run row by row
+    srtt = alone[0]
+    y = float(m[0])
+    for i in range(1, 200):
+        y = 7.0 / 8.0 * y + m[i] / 8.0
+        assert abs(srtt[i] - y) <= 1e-6 * y
+
+
+def test_acks_lost_after_the_capture_are_judged_alike_in_any_shard():
+    # _received_acks cuts times to µs; from the capture's first packet, which every shard
+    # holds, not from the earliest ACK it looks at, which other flows in a shard move:
+    # with nanosecond times, an ACK 300 ns after the moment it had to reach the sender
+    # by was judged lost or not by the flows beside it.
+    import numpy as np
+
+    from retranscope.analyze.classify import ACK_RACE_NS, _received_acks
+
+    arrive_by = 7_000_000_000
+    t_cap0 = arrive_by - 5_000_100  # arrive_by is 100 ns into a µs from here
+    # flow 0's data is ACKed by flow 1, flow 2's by flow 3; row 0: flow 1's ACK up to
+    # byte 1000, 300 ns late; row 1: an earlier ACK of flow 2, at an odd nanosecond
+    packets = {"ts_ns": np.array([arrive_by + 300, t_cap0 + 777], dtype=np.int64)}
+    space = {"ack_abs": np.array([1_000, 50], dtype=np.int64)}
+    flows = {"rev_flow_id": np.array([1, 0, 3, 2])}
+    flow_id = np.array([1, 3])
+    rtx = {  # flow 0 resends byte 0, below that ACK
+        "flow_id": np.array([0]),
+        "seq_abs": np.array([0], dtype=np.int64),
+        "ts_ns": np.array([arrive_by + ACK_RACE_NS], dtype=np.int64),
+    }
+    real, shift_us = np.array([True]), np.zeros(4, dtype=np.int64)
+    verdicts = [
+        _received_acks(packets, space, flows, flow_id, sel, rtx, real, shift_us, t_cap0)[1]
+        for sel in (np.array([0]), np.array([0, 1]))
+    ]
+    assert verdicts[0] == verdicts[1] == 1  # the same µs as arrive_by: lost
+
+
 def test_peer_sent_flow_is_judged_in_the_senders_time():
     # Captured on the client; the *server* retransmits. Our SACK reaches it half an RTT
     # after we see it leave, and its fast retransmit reaches us half an RTT later: one path
