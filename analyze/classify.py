@@ -40,6 +40,7 @@ from retranscope.analyze.table import (
     group_numbers,
     last_where,
     nullable,
+    ordered_in_groups,
     pair_search,
     present,
     seg_cummax,
@@ -224,6 +225,13 @@ def _kept(sel, start, end, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sel[keep], *_bounds(before[end] - before[start])
 
 
+def _ordered_in_bounds(val: np.ndarray, start: np.ndarray) -> bool:
+    """Does ``val`` never decrease inside a group (groups starting at ``start``)? (A
+    byte a row, where table.ordered_in_groups takes a group number a row.)"""
+    down = np.flatnonzero(val[1:] < val[:-1]) + 1  # rows below the one before: few
+    return bool(np.isin(down, start).all())  # each where a group starts
+
+
 class _Originals:
     """First transmissions of the data flows: by flow then sequence (``sel``, ``seq``;
     ``by_seq`` searches by sequence, ``seq_at``, ``end_at``, ``ts_at`` read them), and
@@ -242,7 +250,9 @@ class _Originals:
         sel, start, end = _kept(tx_sel, tx_start, tx_end, ~is_rtx_pkt[tx_sel])
         seq = self._seq[sel]
         in_order = ~is_ooo_pkt[sel]
-        if in_order.all():  # capture order is then sequence order too: one set serves both
+        if in_order.all() and _ordered_in_bounds(seq, start):
+            # capture order is sequence order (no out-of-order original, and no re-cut
+            # segment that begins below the one before it ended): one set serves both
             self.sel, self.seq, self.f_sel, f_start, f_end = sel, seq, sel, start, end
         else:
             flow = np.repeat(np.arange(len(start), dtype=np.int32), end - start)
@@ -604,7 +614,7 @@ def _received_acks(
     # retransmission left a trip before it passes here (classify._remote_shift_us).
     arrive_by = r_ts - shift_us[r_flow] * 1000 - ACK_RACE_NS
     hi = (
-        GroupedSearch(a_flow, (packets["ts_ns"][ack_sel] - t_cap0) // 1000)(
+        GroupedSearch(a_flow, _running_us(packets["ts_ns"][ack_sel], a_flow, t_cap0))(
             r_flow, (arrive_by - t_cap0) // 1000, "right"
         )
         - 1
@@ -843,6 +853,17 @@ def _since_last_send(packets, tx, sorted_cap: bool, rtx: Table) -> tuple[np.ndar
     )
 
 
+def _running_us(ts_ns: np.ndarray, grp: np.ndarray, t_ref: int) -> np.ndarray:
+    """µs since ``t_ref`` of rows grouped by ``grp`` (capture order in each group), as the
+    running maximum in each group: what a search for "the last row by time t" needs.
+    A capture's clock may step back (the reader keeps the records as they come); a
+    search over times out of order would answer by where the other groups' rows lie."""
+    us = (ts_ns - t_ref) // 1000
+    if ordered_in_groups(grp, us):
+        return us
+    return seg_cummax(us, group_numbers(grp))
+
+
 def _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_ref: int):
     """Per retransmission, the last ACK of the receiver before it (an ACK-table index, -1:
     none), whether there is one, and ns since it (_NONE: none), in the sender's time.
@@ -863,7 +884,7 @@ def _last_ack(A, a_flow, shift_us, r_flow, r_frame, r_ts, t_ref: int):
         k2 = (
             pair_search(
                 a_flow,
-                (A["ts"] - t_ref) // 1000,
+                _running_us(A["ts"], a_flow, t_ref),
                 r_flow[rem],
                 (r_ts[rem] - shift[rem] - t_ref) // 1000,
                 side="right",
@@ -934,8 +955,11 @@ def _unseen_below(origs: _Originals, r_flow, una, seq, una_seen) -> np.ndarray:
 
 def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
     """tp->packets_out: segments (MSS units of each skb) between snd_una and snd_nxt."""
+    # a flow whose first transmissions the capture does not hold (it began later): the
+    # bytes out in MSS-sized segments
+    guess = np.maximum(1, -(-(snd_nxt - una) // mss[r_flow]))
     if len(origs.sel) == 0:
-        return np.maximum(1, -(-(snd_nxt - una) // mss[r_flow]))
+        return guess
     cum = origs.segments(mss)
     lo = origs.by_seq(r_flow, una, "left")
     hi = origs.by_seq(r_flow, snd_nxt, "left")
@@ -944,7 +968,8 @@ def _packets_out(origs: _Originals, mss, r_flow, una, snd_nxt) -> np.ndarray:
     # The segment holding snd_una (partly acked) still counts.
     lo_in = origs.by_seq.holds(lo - 1, r_flow)
     lo_part = lo_in & (origs.end_at(lo - 1, lo_in, 0) > una)
-    return np.maximum(c_hi - c_lo + lo_part, 1)
+    none = origs.by_seq.start[r_flow] >= origs.by_seq.end[r_flow]
+    return np.where(none, guess, np.maximum(c_hi - c_lo + lo_part, 1))
 
 
 def _first_seq(space, flow_id, flows, frame, sorted_cap: bool) -> np.ndarray:
@@ -1177,8 +1202,10 @@ def _dsack_times(A, a_flow, rtx: Table) -> np.ndarray:
     if not len(qi):
         return out
     # Keep, per (D-SACK, start seq), the latest transmission before the D-SACK: the last
-    # in time order (ties: numpy's default sort, as pandas' sort_values uses).
-    by_t = np.argsort(st[cj], kind="quicksort")
+    # in time order, of two at the same time the later in capture order (a stable sort:
+    # numpy's default one, as pandas' sort_values used, ordered ties by what else was
+    # sorted with them, other flows' D-SACKs included).
+    by_t = np.argsort(st[cj], kind="stable")
     q_t, s_t = qi[by_t], ss[cj][by_t]
     o2 = np.lexsort((np.arange(len(by_t)), s_t, q_t))
     last = np.r_[(q_t[o2][1:] != q_t[o2][:-1]) | (s_t[o2][1:] != s_t[o2][:-1]), True]

@@ -177,7 +177,7 @@ def flow_table(
     # connection. Only the handshake packets are looked at.
     flags = packets["flags"]
     hs_pos = np.flatnonzero((flags[order] & TCP_SYN) != 0)
-    new_conn = first_in_tuple
+    starts_here = first_in_tuple[hs_pos]
     if len(hs_pos):
         hs_rows = order[hs_pos]
         has_ack = (flags[hs_rows] & TCP_ACK) != 0
@@ -196,8 +196,16 @@ def flow_table(
         tuple_no = np.cumsum(first_in_tuple)[hs_pos]
         same_tuple_prev = tuple_no[1:] == tuple_no[:-1]
         differs[1:][same_tuple_prev] = sig[1:][same_tuple_prev] != sig[:-1][same_tuple_prev]
-        new_conn[hs_pos] |= differs
-    conn_sorted = _number_by_first_row(np.cumsum(new_conn) - 1, order, first_in_tuple)
+        # the connections' starts are the 4-tuples' and these: marked in first_in_tuple
+        # for the count, then unmarked (a copy would cost a byte a packet at the peak);
+        # _number_by_first_row numbers the 4-tuples by it (until stop 21 it saw the
+        # connections' starts: the whole capture numbered connections by their own first
+        # packet, shards.merge_parts by their 4-tuple's)
+        first_in_tuple[hs_pos] |= differs
+    conn = np.cumsum(first_in_tuple) - 1
+    first_in_tuple[hs_pos] = starts_here
+    conn_sorted = _number_by_first_row(conn, order, first_in_tuple)
+    del conn
     n_conn = int(conn_sorted.max()) + 1
     conn_id = np.empty(n, dtype=np.int64)
     conn_id[order] = conn_sorted

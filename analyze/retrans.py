@@ -25,6 +25,7 @@ from retranscope.analyze.table import (
     GroupedSearch,
     Table,
     by_group,
+    by_value_in_group,
     capture_order,
     gather,
     group_numbers,
@@ -215,10 +216,11 @@ def retransmission_table(
     if len(past):
         like = _starts_like_earlier(flow_id, seq_abs, packets["frame"], seg_len > 0)
         below[past[like[past]]] = True
-    # The segments sent in order (each begins at or above everything before it: by flow,
-    # capture order is then sequence order).
+    # The segments sent in order, by flow then sequence (capture order but for a re-cut
+    # segment, begun below the end of the one before: the searches need sequence order).
     in_order = np.flatnonzero((seg_len > 0) & ~is_rst & ~below)
     in_order = by_group(in_order, flow_id[in_order])
+    in_order = by_value_in_group(in_order, flow_id, seq_abs)
     is_rtx, reordered, duplicate = resent_or_reordered(
         packets, flow_id, flows, space, context, below, in_order
     )
@@ -328,7 +330,7 @@ def resent_or_reordered(
     packets, flow_id, flows, space, context, below, in_order
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which segments below data already known sent (``below``; ``in_order``: the others
-    that carry data, by flow in capture order) were sent again, which
+    that carry data, by flow then sequence) were sent again, which
     are first transmissions that arrived out of order, and which are a packet the capture
     holds twice (_same_packet). Returns (resent, reordered, duplicate).
 
@@ -373,8 +375,8 @@ def resent_or_reordered(
     lr = sparse_at(context["rev_rows"], context["last_rev"], rows, -1)
     lrc = np.clip(lr, 0, None)
     seen = (lr >= 0) & space["ack_flag"][lrc] & ~is_rst[lrc] & (seq < space["ack_abs"][lrc])
-    # An earlier copy: among the segments sent in order (``in_order``: grouped by flow,
-    # each in capture order, which is then sequence order)...
+    # An earlier copy: among the segments sent in order (``in_order``: by flow, then
+    # sequence)...
     copy = np.zeros(len(rows), dtype=bool)
     if len(in_order):
         o_flow = flow_id[in_order]
