@@ -226,8 +226,8 @@ def _kept(sel, start, end, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _ordered_in_bounds(val: np.ndarray, start: np.ndarray) -> bool:
-    """Does ``val`` never decrease inside a group (groups starting at ``start``)? (A
-    byte a row, where table.ordered_in_groups takes a group number a row.)"""
+    """Does ``val`` never decrease inside a group (groups given by their first rows,
+    ``start``)? table.ordered_in_groups, for rows whose group numbers are not built."""
     down = np.flatnonzero(val[1:] < val[:-1]) + 1  # rows below the one before: few
     return bool(np.isin(down, start).all())  # each where a group starts
 
