@@ -53,11 +53,14 @@ def _capture(*conns) -> dict:
 
 
 def _same_alone_and_beside(write, others: list[list], cport: int = 40000, edit=None) -> None:
+    """The connection ``write`` makes (client port ``cport``) classified alone and beside
+    each list of ``others`` (their times place them before or after it); ``edit``: what
+    is done to each capture's packets before."""
     edit = edit or (lambda p: p)
     alone = _rows_of(edit(_capture(({}, write))), cport)
     assert alone[0], "the connection has retransmissions to compare"
     for beside in others:
-        together = _rows_of(edit(_capture(*beside[:1], ({}, write), *beside[1:])), cport)
+        together = _rows_of(edit(_capture(({}, write), *beside)), cport)
         assert together == alone, [kw for kw, _ in beside]
 
 
@@ -185,6 +188,11 @@ def test_last_ack_of_a_far_sender_when_the_clock_steps_back():
 
         return write
 
+    beside = [
+        [({"cport": 41000 + i}, other(-1.0 - 0.01 * i, 3 + i)) for i in range(n_before)]
+        + [({"cport": 42000 + i}, other(1.0 + 0.01 * i, 2 + i)) for i in range(n_after)]
+        for n_before, n_after in ((1, 0), (0, 1), (1, 1), (2, 0), (0, 2), (3, 1))
+    ]
     for which, late_ms in ((1, 300), (3, 30), (7, 5)):
 
         def skew(p: dict, which=which, late_ms=late_ms) -> dict:
@@ -195,19 +203,7 @@ def test_last_ack_of_a_far_sender_when_the_clock_steps_back():
             p["ts_ns"][acks[which]] += late_ms * 10**6
             return p
 
-        beside = []
-        for n_before, n_after in ((1, 0), (0, 1), (1, 1), (2, 0), (0, 2), (3, 1)):
-            before = [
-                ({"cport": 41000 + i}, other(-1.0 - 0.01 * i, 3 + i)) for i in range(n_before)
-            ]
-            after = [({"cport": 42000 + i}, other(1.0 + 0.01 * i, 2 + i)) for i in range(n_after)]
-            beside.append(before + after)
-        # (the connection goes between the ones before and after it)
-        alone = _rows_of(skew(_capture(({}, far))), 40000)
-        for b in beside:
-            n_before = sum(1 for kw, _ in b if kw["cport"] < 42000)
-            conns = b[:n_before] + [({}, far)] + b[n_before:]
-            assert _rows_of(skew(_capture(*conns)), 40000) == alone, (which, late_ms, len(b))
+        _same_alone_and_beside(far, beside, edit=skew)
 
 
 def test_connections_of_a_reused_port_are_numbered_alike_whole_and_in_shards():
