@@ -83,28 +83,50 @@ CLASSIFY_COLUMNS = (
 
 #: rows of an _affine_scan block: the blocks of each level are this wide
 SCAN_BLOCK = 16
+#: the level of _affine_scan run row by row: blocks of SCAN_BLOCK rows, side by side; then
+#: their ends (every SCAN_BLOCK-th row of a group) one after another
+SCAN_LEVELS = 1
 
 
-def _affine_scan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """y[i] = a[i] * y[i-1] + b[i] (y[-1] = 0). A row with a = 0 restarts the recurrence
-    (how groups are kept apart); |a| <= 1 keeps it numerically stable.
+def _affine_scan(
+    a: np.ndarray,
+    b: np.ndarray,
+    restart: np.ndarray | None = None,
+    carry0: np.ndarray | None = None,
+    level: int = 0,
+    carry_in: np.ndarray | None = None,
+) -> np.ndarray:
+    """y[i] = a[i] * y[i-1] + b[i]. A group of rows begins at each ``restart`` row (None:
+    where a = 0, and row 0) from y = ``carry0`` there (None: 0); |a| <= 1 keeps it
+    numerically stable.
 
-    Blocked, with every block at once: within blocks of SCAN_BLOCK rows, sequentially, as
-    if each block started from y = 0; then the same scan over the blocks' last values
-    (the carry into each block); then the carry added. The blocks are counted from each
-    group's first row, at every level, so a group's values (to the last bit) come from its
-    own rows alone, whatever other groups stand beside it: a flow gets the same SRTT in
-    a shard of the capture as in the whole (analyze/shards.py), and a window of a
-    connection could carry it on. (Blocks of sqrt(n) rows of all the groups together,
-    until stop 21, changed the last bits of half of one flow's values with the number of
-    samples of the flows before it.)
+    Blocked: within blocks of SCAN_BLOCK rows, each block as if it started from y = 0,
+    with the product of its a; the same over the blocks' last values (the carry into each
+    block), SCAN_LEVELS deep; above that, the blocks' ends one after another (a step per
+    block of every group at once). The blocks are counted from each group's first row, at
+    every level, so a group's values (to the last bit) come from its own rows alone,
+    whatever other groups stand beside it: a flow gets the same SRTT in a shard of the
+    capture as in the whole (analyze/shards.py). And a group that begins at a row that
+    is the start of a top block of a longer one (a multiple of SCAN_BLOCK**SCAN_LEVELS
+    rows in), from that one's y just before it, gets that one's values to the last bit:
+    how a window of a connection carries on its SRTT (analyze/windows.py). (Blocks of
+    sqrt(n) rows of all the groups together, until stop 21, changed the last bits of half
+    of one flow's values with the number of samples of the flows before it; a recursion
+    to any depth, until stop 22, could not be carried on.) ``carry_in``: filled at each
+    block's first row with the y carried into the block (what a group carrying this one
+    on starts from there; it may differ in the last bits from y at the row before).
     """
     n = len(a)
     if n == 0:
         return np.zeros(0)
+    if restart is None:
+        restart = a == 0
+        restart[0] = True
+    if carry0 is None:
+        carry0 = np.zeros(n)
+    if level == SCAN_LEVELS:
+        return _sequential_scan(a, b, restart, carry0)
     row = np.arange(n)
-    restart = a == 0
-    restart[0] = True
     col = row - np.maximum.accumulate(np.where(restart, row, 0))  # row within its group
     col %= SCAN_BLOCK  # ... within its block
     first = np.flatnonzero(col == 0)  # each block's first row
@@ -120,16 +142,32 @@ def _affine_scan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for c in range(1, SCAN_BLOCK):
         B[c] += A[c] * B[c - 1]
         A[c] *= A[c - 1]
-    if len(first) == int(restart.sum()):  # every group fits in one block: nothing carried
-        return B.ravel()[at]
-    # y at each block's end, over the blocks: the same recurrence, whose a (the block's
-    # product) is 0 exactly at a group's first block
-    y_end = _affine_scan(A[-1], B[-1])
-    carry = np.zeros(len(first))  # y just before each block
-    carry[1:] = y_end[:-1]
-    carry[restart[first]] = 0.0
+    starts = restart[first]
+    if len(first) == int(restart.sum()):  # every group fits in one block
+        carry = np.where(starts, carry0[first], 0.0)
+    else:
+        # y at each block's end, over the blocks: the same recurrence, a group's first
+        # block starting from the group's carry0
+        y_end = _affine_scan(A[-1], B[-1], starts, carry0[first], level + 1)
+        carry = np.zeros(len(first))  # y just before each block
+        carry[1:] = y_end[:-1]
+        carry[starts] = carry0[first][starts]
+    if carry_in is not None:
+        carry_in[first] = carry
     B += A * carry
     return B.ravel()[at]
+
+
+def _sequential_scan(a, b, restart, carry0) -> np.ndarray:
+    """_affine_scan's top level: y[i] = a[i] * y[i-1] + b[i] row after row (from carry0 at
+    a group's first row). In Python floats, IEEE doubles as numpy's: a long flow's block
+    ends are a chain that no array step shortens, and a step here costs ~0.1 us."""
+    y = []
+    prev = 0.0
+    for ai, bi, r, c in zip(a.tolist(), b.tolist(), restart.tolist(), carry0.tolist()):
+        prev = ai * (c if r else prev) + bi
+        y.append(prev)
+    return np.array(y, dtype=np.float64)
 
 
 def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,14 +186,8 @@ def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np
     m = rtt_us.astype(np.float64)
     start = np.ones(n, dtype=bool)
     start[1:] = group[1:] != group[:-1]
-    a = np.where(start, 0.0, 7.0 / 8.0)
-    b = np.where(start, m, m / 8.0)
-    srtt = _affine_scan(a, b)
-    prev = np.empty(n)
-    prev[0] = 0.0
-    prev[1:] = srtt[:-1]
-    err = m - prev
-    aerr = np.abs(err)
+    srtt = _affine_scan(np.where(start, 0.0, 7.0 / 8.0), np.where(start, m, m / 8.0))
+    aerr = np.abs(m - _before(srtt, start, None))
     # mdev <= max(2*m0, 4*max|err|): when that stays under TCP_RTO_MIN, rttvar is the
     # floor itself and the two mdev passes can be skipped (the common short-RTT case).
     if (
@@ -163,20 +195,58 @@ def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np
         < TCP_RTO_MIN_US
     ):
         return srtt, np.minimum(srtt + TCP_RTO_MIN_US, TCP_RTO_MAX_US)
+    state = rtt_state(group, rtt_us)
+    return state["srtt"], state["rto"]
+
+
+def _before(values: np.ndarray, start: np.ndarray, seed: np.ndarray | None) -> np.ndarray:
+    """Each row's previous value in its group: 0 (or the group's seed) at its first."""
+    prev = np.zeros(len(values))
+    prev[1:] = values[:-1]
+    prev[start] = 0.0 if seed is None else seed[start]
+    return prev
+
+
+def rtt_state(
+    group: np.ndarray,
+    rtt_us: np.ndarray,
+    seed: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """rtt_estimator's SRTT and RTO, with the two mdev passes (``mdev1``, ``mdev2``) always
+    run, and for each of the three scans the y carried into each block (``cin_`` + name,
+    _affine_scan's carry_in). ``seed``: where ``seed["on"]`` at a group's first sample,
+    the group carries on a longer one from the top block of _affine_scan's that it
+    begins there: the scans from the longer one's carry into it (``srtt``, ``mdev1``,
+    ``mdev2``), the error and the damping from its values at the sample before
+    (``srtt_prev``, ``mdev1_prev``); the group's values are then the longer one's, to the
+    last bit (analyze/windows.py)."""
+    m = rtt_us.astype(np.float64)
+    n = len(m)
+    first = np.ones(n, dtype=bool)
+    first[1:] = group[1:] != group[:-1]
+    on = np.zeros(n, dtype=bool) if seed is None else seed["on"] & first
+    start = first & ~on  # the flow's first sample: srtt = m, mdev = 2m
+    out: dict[str, np.ndarray] = {}
+
+    def scan(a, b, name):
+        carry = None if seed is None else np.where(on, seed[name], 0.0)
+        out["cin_" + name] = np.full(n, np.nan)
+        a = np.where(start, 0.0, a)
+        return _affine_scan(a, np.where(start, b[0], b[1]), first, carry, 0, out["cin_" + name])
+
+    def before(values, name):
+        return _before(values, first, None if seed is None else np.where(on, seed[name], 0.0))
+
+    out["srtt"] = srtt = scan(7.0 / 8.0, (m, m / 8.0), "srtt")
+    err = m - before(srtt, "srtt_prev")
+    aerr = np.abs(err)
     # mdev: linearise the branch (which depends on mdev itself) with one refinement pass.
-    a1 = np.where(start, 0.0, 0.75)
-    b1 = np.where(start, 2.0 * m, aerr)
-    mdev = _affine_scan(a1, b1)
-    prev_mdev = np.empty(n)
-    prev_mdev[0] = 0.0
-    prev_mdev[1:] = mdev[:-1]
-    damp = (err < 0) & (aerr > prev_mdev / 4.0) & ~start
-    a2 = np.where(start, 0.0, np.where(damp, 31.0 / 32.0, 0.75))
-    b2 = np.where(start, 2.0 * m, np.where(damp, aerr / 8.0, aerr))
-    mdev = _affine_scan(a2, b2)
-    rttvar = np.maximum(mdev, TCP_RTO_MIN_US)
-    rto = np.minimum(srtt + rttvar, TCP_RTO_MAX_US)
-    return srtt, rto
+    out["mdev1"] = mdev1 = scan(0.75, (2.0 * m, aerr), "mdev1")
+    damp = (err < 0) & (aerr > before(mdev1, "mdev1_prev") / 4.0) & ~start
+    b2 = (2.0 * m, np.where(damp, aerr / 8.0, aerr))
+    out["mdev2"] = mdev2 = scan(np.where(damp, 31.0 / 32.0, 0.75), b2, "mdev2")
+    out["rto"] = np.minimum(srtt + np.maximum(mdev2, TCP_RTO_MIN_US), TCP_RTO_MAX_US)
+    return out
 
 
 class _FlowSearch:
@@ -337,16 +407,16 @@ def classify_table(
     space: dict[str, np.ndarray] | None = None,
     notes: dict | None = None,
     too_big: list[dict] | None = None,
+    seam=None,
 ) -> Table:
     """``retrans`` (a retransmission_table) plus the kernel reason and the evidence for it
     (CLASSIFY_COLUMNS; the optional ones Nullable). ``notes``, when given, receives what
     the capture showed beside the rows (``acks_lost_after_capture``). ``too_big``: the
-    capture's ICMP too-big messages (CaptureMeta.icmp_too_big)."""
+    capture's ICMP too-big messages (CaptureMeta.icmp_too_big). ``seam``: the packets are
+    a window of a longer shard (analyze/windows.Seam), whose flows' SRTT it carries on."""
     out = dict(retrans)
-    if len(out["pkt"]) == 0:
-        for c in CLASSIFY_COLUMNS:
-            out[c] = np.zeros(0, dtype=object)
-        return out
+    if len(out["pkt"]) == 0 and seam is None:
+        return _no_rows(out)
     if space is None:
         space = sequence_space(packets, flow_id, flows)
     n_flows = len(flows["flow_id"])
@@ -355,7 +425,7 @@ def classify_table(
     # Out-of-order originals (retrans.resent_or_reordered) are first transmissions.
     r_ooo, r_dup = _row_mask(out, "out_of_order"), _row_mask(out, "duplicate")
     r_skip = r_probe | r_ooo | r_dup
-    data_flows = np.flatnonzero(np.bincount(r_flow))  # np.unique would import numpy.ma
+    data_flows = _data_flows(packets, flow_id, r_flow, n_flows, seam)
     frame = packets["frame"]
     sorted_cap = len(frame) < 2 or bool(np.all(frame[1:] > frame[:-1]))
 
@@ -382,13 +452,18 @@ def classify_table(
     origs = _Originals(packets, space, tx, is_rtx_pkt, is_ooo_pkt, sorted_cap)
     del is_ooo_pkt
     mss = _flow_mss(packets, flows, tx)
+    if notes is not None:  # what analyze/windows.py checks alike in every window
+        notes["flow_facts"] = {"mss": mss, "shift_us": shift_us, "want": want}
     _sack_tags(A, a_flow, origs, mss)
     _ack_news(A, a_flow, origs, frame)
 
     # RTT samples -> SRTT / RTO (tcp_ack_update_rtt); those in force at each retransmission.
+    acks = (A, a_flow, origs, out)
     s_ok, srtt_us, rto_us = _rtt_at_rows(
-        packets, space, flow_id, flows, A, a_flow, origs, out, r_ooo | r_dup, una_init, shift_us
+        packets, space, flow_id, flows, acks, (r_ooo | r_dup, una_init, shift_us), seam
     )
+    if not len(r_pkt):  # a window with no retransmission took its RTT samples: done
+        return _no_rows(out)
 
     # Per retransmission: its clock, bursts, spuriousness, snd_nxt and packets_out.
     since_last_send, prev_tx_frame = _since_last_send(packets, tx, sorted_cap, out)
@@ -501,23 +576,42 @@ def _row_mask(out: Table, column: str) -> np.ndarray:
     return np.zeros(len(out["pkt"]), dtype=bool)
 
 
+def _no_rows(out: Table) -> Table:
+    """classify_table's columns for a table of no rows."""
+    for c in CLASSIFY_COLUMNS:
+        out[c] = np.zeros(0, dtype=object)
+    return out
+
+
+def _data_flows(packets, flow_id, r_flow, n_flows: int, seam) -> np.ndarray:
+    """The flows with retransmissions (whose ACKs, first transmissions and RTT samples
+    classify_table looks at); in a window of a longer shard (``seam``), every flow that
+    sends data, retransmissions here or not, so that the next window can carry its SRTT
+    on (analyze/windows.Seam)."""
+    has = np.bincount(r_flow, minlength=n_flows) > 0
+    if seam is not None:
+        has |= np.bincount(flow_id[packets["payload_len"] > 0], minlength=n_flows) > 0
+    return np.flatnonzero(has)
+
+
 def _rtt_at_rows(
     packets: dict[str, np.ndarray],
     space: dict[str, np.ndarray],
     flow_id: np.ndarray,
     flows: Table,
-    A: dict[str, np.ndarray],
-    a_flow: np.ndarray,
-    origs: _Originals,
-    out: Table,
-    not_resent: np.ndarray,
-    una_init: np.ndarray,
-    shift_us: np.ndarray,
+    acks: tuple,
+    more: tuple[np.ndarray, np.ndarray, np.ndarray],
+    seam=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The SRTT and RTO in force at each retransmission (tcp_ack_update_rtt's samples up
-    to its frame): (has a sample, srtt_us, rto_us). ``not_resent``: rows that are not
-    re-sends (out of order, duplicates), left out of the ranges Karn's rule keeps from
-    sampling (RFC 6298 §3)."""
+    to its frame): (has a sample, srtt_us, rto_us). ``acks``: (A, a_flow, origs, out) as
+    classify_table has them; ``more``: (not_resent, una_init, shift_us); ``not_resent``:
+    rows that are not re-sends (out of order, duplicates), left out of the ranges Karn's
+    rule keeps from sampling (RFC 6298 §3). ``seam``: as classify_table's."""
+    A, a_flow, origs, out = acks
+    not_resent, una_init, shift_us = more
+    if seam is not None:
+        seam.flow_keys = flows["first_frame"]
     r_flow, r_frame = out["flow_id"], out["frame"]
     resent = (
         out
@@ -535,9 +629,12 @@ def _rtt_at_rows(
         flows["ts_ok"].astype(bool),
         una_init,
         shift_us,
+        seam,
     )
     s_pos = pair_search(s_flow, s_frame, r_flow, r_frame, side="left") - 1
     s_ok = (s_pos >= 0) & (gather(s_flow, s_pos, s_pos >= 0, -1) == r_flow)
+    if seam is not None:
+        seam.check_rows(r_flow, r_frame, s_pos, s_ok)
     srtt_us = gather(s_srtt, s_pos, s_ok, 0.0).astype(np.float64)
     # Before the first sample: TCP_TIMEOUT_INIT from the handshake (RFC 6298 §2.1); a flow
     # the capture joined mid-connection had its samples before, and an RTO of at least
@@ -1075,7 +1172,7 @@ def _remote_shift_us(
 
 
 def _rtt_samples(
-    packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_ok_f, una_init, shift_us
+    packets, space, A, a_flow, origs: _Originals, rtx, flow_id, ts_ok_f, una_init, shift_us, seam
 ):
     """RTT samples the sender took (tcp_clean_rtx_queue / tcp_sacktag / tcp_ack_update_rtt).
 
@@ -1129,7 +1226,10 @@ def _rtt_samples(
     # For a flow sent by the peer, ACK leaves here -> data arrived here is RTT less the path.
     rtt = rtt + np.where(keep, shift_us[a_flow], 0)
     s_flow = a_flow[keep]
-    srtt, rto = rtt_estimator(s_flow, np.maximum(rtt[keep], 1))
+    if seam is None:
+        srtt, rto = rtt_estimator(s_flow, np.maximum(rtt[keep], 1))
+    else:
+        srtt, rto = seam.rtt(s_flow, A["frame"][keep], np.maximum(rtt[keep], 1))
     return s_flow, A["frame"][keep], srtt, rto
 
 

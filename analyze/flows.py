@@ -666,7 +666,11 @@ def _unwrap_in_order(
 
 
 def sequence_space(
-    packets: dict[str, np.ndarray], flow_id: np.ndarray, flows, order: np.ndarray | None = None
+    packets: dict[str, np.ndarray],
+    flow_id: np.ndarray,
+    flows,
+    order: np.ndarray | None = None,
+    seam=None,
 ) -> dict[str, np.ndarray]:
     """Unwrapped sequence numbers per packet, as int64 offsets from each flow's base.
 
@@ -676,7 +680,9 @@ def sequence_space(
     SACK blocks, ``sack_l_abs``/``sack_r_abs`` (len(sack_rows) x 4, in the reverse flow's
     space, valid for block index < sack_n): use sack_blocks() for a dense view.
     ``order``: flow_order(packets["frame"], flow_id), when the caller has it (flows in
-    increasing flow_id, each in capture order).
+    increasing flow_id, each in capture order). ``seam``: the rows are a window of a
+    longer capture behind rows carried from before it (analyze/windows.Seam), whose true
+    offsets it knows: it corrects the unwrapping across the rows left out.
 
     Memory: a connection is never split across shards, so the largest one goes through
     here at once. Beside the 33 B/packet returned, at most ~12 B/packet of temporaries
@@ -717,6 +723,8 @@ def sequence_space(
     ack_abs = np.zeros(n, dtype=np.int64)
     ack_abs[o_ack] = buf[: len(o_ack)]
     del o_ack
+    if seam is not None:
+        seam.correct(seq_abs, ack_abs, ack_flag, flow_id)
 
     # SYN and FIN each take one sequence number. Kept as payload_len's uint32 (4 bytes a
     # packet less than int64 in every shard): a segment never nears 2^32 bytes, and sums

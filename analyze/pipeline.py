@@ -60,6 +60,7 @@ def classify_capture(
     notes: dict | None = None,
     too_big: list[dict] | None = None,
     tuples: dict[str, np.ndarray] | None = None,
+    seam=None,
 ) -> tuple[np.ndarray, Table, Table]:
     """flows + per-wire-segment classification of a capture (row index into packets kept).
 
@@ -67,21 +68,26 @@ def classify_capture(
     of retransmissions and their classification. ``notes`` receives what the capture
     showed beside the rows (classify_table); ``too_big``: the capture's ICMP too-big
     messages (CaptureMeta.icmp_too_big); ``tuples``: the packets' 4-tuples when they
-    carry them numbered (a spilled shard: flows.flow_table).
+    carry them numbered (a spilled shard: flows.flow_table); ``seam``: the packets are a
+    window of a longer shard (analyze/windows.py: flows.sequence_space corrects its
+    unwrapping, and it keeps the sequence space).
     """
     from retranscope.analyze.classify import classify_table
     from retranscope.analyze.flows import flow_table, sequence_space
     from retranscope.analyze.retrans import capture_gaps, retransmission_table, sender_context
 
     flow_id, flows = flow_table(packets, tuples)
-    space = sequence_space(packets, flow_id, flows)
+    space = sequence_space(packets, flow_id, flows, seam=seam)
+    if seam is not None:
+        seam.space = space
     context = sender_context(packets, flow_id, flows, space)
-    retrans = retransmission_table(packets, flow_id, flows, space, context)
+    carried = 0 if seam is None else seam.n_extra
+    retrans = retransmission_table(packets, flow_id, flows, space, context, carried)
     if notes is not None:
         notes["gaps"] = capture_gaps(packets, flow_id, flows, space, context)
     del context  # classify_table, where memory peaks, does not use it
     classified = classify_table(
-        packets, flow_id, flows, retrans, space=space, notes=notes, too_big=too_big
+        packets, flow_id, flows, retrans, space=space, notes=notes, too_big=too_big, seam=seam
     )
     return flow_id, flows, classified
 

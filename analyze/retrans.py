@@ -182,15 +182,15 @@ def retransmission_table(
     flows,
     space: dict[str, np.ndarray] | None = None,
     context: dict[str, np.ndarray] | None = None,
+    carried: int = 0,
 ) -> Table:
     """One row per retransmitted wire segment, per keep-alive / window probe, per
     out-of-order original and per packet the capture holds twice (``duplicate``), in frame
     order (RETRANS_COLUMNS; the optional columns are Nullable). Only the rows with none of
-    ``probe``, ``out_of_order``, ``duplicate`` are retransmissions."""
-    if space is None:
-        space = sequence_space(packets, flow_id, flows)
-    if context is None:
-        context = sender_context(packets, flow_id, flows, space)
+    ``probe``, ``out_of_order``, ``duplicate`` are retransmissions. ``carried``: as
+    resent_or_reordered's."""
+    space = sequence_space(packets, flow_id, flows) if space is None else space
+    context = sender_context(packets, flow_id, flows, space) if context is None else context
     flags = packets["flags"]
     seq_abs, end_abs, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
     is_rst = (flags & TCP_RST) != 0
@@ -222,7 +222,7 @@ def retransmission_table(
     in_order = by_group(in_order, flow_id[in_order])
     in_order = by_value_in_group(in_order, flow_id, seq_abs)
     is_rtx, reordered, duplicate = resent_or_reordered(
-        packets, flow_id, flows, space, context, below, in_order
+        packets, flow_id, flows, space, context, below, in_order, carried
     )
 
     # Keep-alive (RFC 9293 §3.8.4; Linux tcp_xmit_probe_skb): seq = snd_una - 1 with 0 or 1
@@ -327,7 +327,7 @@ def _starts_like_earlier(flow_id, seq_abs, frame, data) -> np.ndarray:
 
 
 def resent_or_reordered(
-    packets, flow_id, flows, space, context, below, in_order
+    packets, flow_id, flows, space, context, below, in_order, carried: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which segments below data already known sent (``below``; ``in_order``: the others
     that carry data, by flow then sequence) were sent again, which
@@ -357,6 +357,9 @@ def resent_or_reordered(
     Evidence that is not in the capture (the frames it dropped, a cut start) makes no
     retransmission: a gap in new data, or an ACK of bytes never seen, may be frames the
     capture missed as well as data sent before it began.
+
+    ``carried``: the first rows are carried into a window of a longer shard from before it
+    (analyze/windows.py): a hole among them is a re-send of bytes sent before them.
     """
     n = len(flow_id)
     resent = np.zeros(n, dtype=bool)
@@ -391,6 +394,8 @@ def resent_or_reordered(
     resent[rows[seen & ~copy]] = True
     duplicate[rows[copy]] = True
     hole = rows[~seen]
+    resent[hole[hole < carried]] = True  # ``carried``: retransmission_table's
+    hole = hole[hole >= carried]
     if not len(hole):
         return resent, reordered, duplicate
     verdict = _hole_verdict(packets, flow_id, flows, space, context, below, hole)
@@ -662,9 +667,11 @@ def capture_gaps(
     unless a later one fills it). ``ranges``, ``bytes`` (int64 per flow) and ``acked``
     (ranges the receiver's cumulative ACK later covered: the receiver had them, so the
     capture missed them; in a one-way capture nothing tells, and every range counts).
-    A range lost before the capture point is resent, and the resend fills it."""
+    A range lost before the capture point is resent, and the resend fills it. Also
+    ``hole_rows``: the packet rows that begin such a range."""
     n_flows = len(flows["flow_id"])
     out = {k: np.zeros(n_flows, dtype=np.int64) for k in ("ranges", "bytes", "acked")}
+    out["hole_rows"] = np.zeros(0, dtype=np.int64)
     seq, end, seg_len = space["seq_abs"], space["end_abs"], space["seg_len"]
     data = (seg_len > 0) & ((packets["flags"] & TCP_RST) == 0)
     at, before = context["rows"], context["snd_nxt"]  # elsewhere snd_nxt is seq_abs
@@ -687,6 +694,7 @@ def capture_gaps(
         covered = _overlap(r_f, r_s, r_e, jf, ja, jb)
     missing = (jb - ja) - covered
     hole = missing > 0
+    out["hole_rows"] = jump[hole]
     np.add.at(out["ranges"], jf[hole], 1)
     np.add.at(out["bytes"], jf[hole], missing[hole])
     rev = flows["rev_flow_id"]

@@ -126,7 +126,10 @@ def _analyze(capture, events: Path | None, out: Path, jobs, warn) -> Result:
             warn(w)
     result = analyze(capture=capture, events=ev, jobs=jobs)
     from retranscope.analyze.outputs import write_outputs  # pyarrow: after the peak
+    from retranscope.analyze.shards import give_back_free_memory
 
+    # pyarrow allocates from a pool of its own: the heap's free pages would stay beside it
+    give_back_free_memory()
     write_outputs(result, out)
     m = result.summary.get("match")
     if m and m["events"] and not m["events_matched"]:

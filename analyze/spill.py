@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,12 @@ from retranscope.analyze.shards import (
     give_back_free_memory,
 )
 from retranscope.analyze.streamed import Digest, Merged, finish_part, merge
+from retranscope.analyze.windows import (
+    WINDOW_FOOTPRINT_ROWS,
+    WINDOWED_MIN_ROWS,
+    classify_in_windows,
+    merged_blocks,
+)
 from retranscope.errors import RetranscopeError
 from retranscope.schemas.packets import (
     SACK_EDGE_COLUMNS,
@@ -90,6 +98,8 @@ SACK_ROW_BYTES = 4 + 4 * len(SACK_EDGE_COLUMNS)
 #: a margin. Measured: 669 MB for a shard of 3.49M packets of the 13M-packet capture
 #: with the SACK edges dense (32 bytes a packet more), ~600 MB since (docs/scale.md)
 SHARD_PEAK_BYTES_PER_PACKET = 220
+#: chunks spilled between two returns of the heap's free memory to the kernel
+TRIM_EVERY_CHUNKS = 16
 
 
 @dataclass
@@ -263,7 +273,8 @@ class SpilledCapture:
         # pages the one before faulted in (a fresh 400 MB table costs ~1 s of page faults
         # on the machine measured), and peak memory is the largest shard's either way; a
         # shard's rows are stored before the next overwrites the table
-        space = columns(max(self.rows_of(s) for s in shards), SPILLED_DTYPES)
+        whole = [self.rows_of(s) for s in shards if not self.windowed(s)]
+        space = columns(max(whole, default=0), SPILLED_DTYPES)
         for number, shard in enumerate(shards):
             part = self.classify_shard(shard, classify, too_big, space)
             digests.append(self._finish(part, number, len(shards)))
@@ -289,7 +300,10 @@ class SpilledCapture:
         n = default_jobs() if jobs is None else max(1, int(jobs))
         if n < 2:
             return whole, 1, None
-        bound = max(self.packets_of(s) for s in whole)
+        # one process holds a shard whole (~SHARD_PACKETS, more where a bucket is bigger)
+        # or, bigger than WINDOWED_MIN_ROWS, a window at a time (windows.py): the cores
+        # share what the largest holds, and windows a shard of SHARD_PACKETS
+        bound = max(SHARD_PACKETS if self.windowed(s) else self.packets_of(s) for s in whole)
         # each shard of one process cut in n: its pieces always fit at once in the bound
         # (a cut of all the buckets afresh could pair none of its shards within it)
         fine = [piece for s in whole for piece in self._deal(s, n)]
@@ -299,7 +313,7 @@ class SpilledCapture:
             budget = bound if room_packets is None else min(bound, room_packets)
         else:
             budget = room_packets
-        sizes = sorted(self.packets_of(s) for s in fine)
+        sizes = sorted(self.footprint(s) for s in fine)
         if len(fine) < 2 or (budget is not None and sizes[0] + sizes[1] > budget):
             return whole, 1, None
         return fine, min(n, len(fine)), budget
@@ -344,9 +358,49 @@ class SpilledCapture:
         one, in the same time."""
         if into is None:
             give_back_free_memory()  # what the shard before left free
+        if self.windowed(shard):
+            part = self._classify_windows(shard, too_big)
+            if part is not None:
+                return part
+            give_back_free_memory()
+            into = None  # sized for the shards classified whole
         packets, borrowed = self.load(shard, into=into)
         flow_id, part = classify(packets, too_big, tuples=self.tuples)
         part.drop_flow = int(flow_id[borrowed]) if borrowed >= 0 else -1
+        return part
+
+    def windowed(self, shard: list[int]) -> bool:
+        """Is this shard classified a window at a time (analyze/windows.py)?"""
+        return self.packets_of(shard) > WINDOWED_MIN_ROWS
+
+    def footprint(self, shard: list[int]) -> int:
+        """The rows this shard's classification holds at once: a window's or all."""
+        return WINDOW_FOOTPRINT_ROWS if self.windowed(shard) else self.packets_of(shard)
+
+    def _classify_windows(self, shard: list[int], too_big: list[dict] | None) -> Part | None:
+        """The shard classified a window at a time from its bucket files, or None where the
+        windows could not vouch for giving what the whole shard gives (windows.py)."""
+        streams = [_bucket_blocks(self.buckets[i]) for i in shard]
+        borrowed = -1
+        if self.anchor is not None and self.anchor_bucket not in shard:
+            streams.append(iter([_sparse_row(self.anchor)]))
+            borrowed = int(self.anchor["frame"][0])
+        anchor = -1 if self.anchor is None else int(self.anchor["frame"][0])
+        part, why = classify_in_windows(
+            merged_blocks(streams),
+            self.rows_of(shard),
+            too_big,
+            self.tuples,
+            anchor_frame=anchor,
+            borrowed_frame=borrowed,
+        )
+        if part is None:
+            # not a loss (the shard is classified whole next), but memory then follows it
+            print(
+                f"retranscope: notice: {self.packets_of(shard):,} packets of one shard "
+                f"classified whole, not a window at a time ({why}): memory follows them",
+                file=sys.stderr,
+            )
         return part
 
     def _classify_forked(
@@ -358,7 +412,7 @@ class SpilledCapture:
         small one."""
         give_back_free_memory()  # pages shared after the fork are copied on a write
         _FORKED.update(spilled=self, classify=classify, too_big=too_big, shards=len(shards))
-        rows = [self.packets_of(s) for s in shards]
+        rows = [self.footprint(s) for s in shards]
         pending = sorted(range(len(shards)), key=lambda i: -rows[i])
         running: dict[Future, int] = {}
         digests: dict[int, Digest] = {}
@@ -435,6 +489,39 @@ def _read_blocks(bucket: Bucket, table: dict[str, np.ndarray], at: int, into: _S
     finally:
         os.close(fd)
     return at
+
+
+def _bucket_blocks(bucket: Bucket) -> Iterator[dict[str, np.ndarray]]:
+    """A bucket's rows a block at a time (capture order), each block a packet table with
+    its sparse SACK edges (SACK_ROWS); a split file's later parts' blocks after, fixed
+    up (what _read_blocks reads into one table, for a shard read a window at a time)."""
+    for part, fix in [(bucket, None), *bucket.later]:
+        if not part.blocks:
+            continue
+        fd = os.open(part.path, os.O_RDONLY)
+        try:
+            for offset, rows, n_sack in part.blocks:
+                block = columns(rows, SPILLED_DTYPES)
+                in_block = np.empty(n_sack, dtype=np.uint32)
+                edges = {name: np.empty(n_sack, dtype=np.uint32) for name in SACK_EDGE_COLUMNS}
+                dest = [col.view(np.uint8).data for col in block.values()]
+                if n_sack:
+                    dest.append(in_block.view(np.uint8).data)
+                    dest += [edges[name].view(np.uint8).data for name in SACK_EDGE_COLUMNS]
+                if os.preadv(fd, dest, offset) != rows * ROW_BYTES + n_sack * SACK_ROW_BYTES:
+                    raise OSError(f"{part.path} is shorter than what was written")
+                if fix is not None:
+                    fix.apply(block)
+                yield {**block, SACK_ROWS: in_block.astype(np.int64), **edges}
+        finally:
+            os.close(fd)
+
+
+def _sparse_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A one-row packet table with dense SACK edges (the anchor) in the sparse form."""
+    has = np.flatnonzero(row["sack_n"] > 0)
+    out = {name: row[name] for name in SPILLED_DTYPES}
+    return {**out, SACK_ROWS: has, **{name: row[name][has] for name in SACK_EDGE_COLUMNS}}
 
 
 def spill_capture(
@@ -535,8 +622,15 @@ class _Spiller:
         self.anchor: dict[str, np.ndarray] | None = None
         self.anchor_bucket = -1
         self.anchor_ts: int | None = None
+        self.chunks = 0
 
     def add(self, chunk: dict[str, np.ndarray]) -> None:
+        self.chunks += 1
+        if self.chunks % TRIM_EVERY_CHUNKS == 0:
+            # chunks of a few rows more or less than the last leave holes their arrays do
+            # not fit: the heap would grow with the capture's length (the 13M-packet
+            # capture's reading process: 81 MB against the 1.3M one's 67; 76 trimmed)
+            give_back_free_memory()
         buckets, files = self.buckets, self.files
         first_sent, canon = canonical_tuple(chunk)
         h = _mix64(canon)  # shards.tuple_hash

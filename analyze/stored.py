@@ -25,8 +25,12 @@ from retranscope.analyze.table import Nullable, Table, n_rows
 #: Rows of an output converted to Arrow and written at a time, one Parquet row group
 #: (analyze/outputs.py), and read back from here a group at a time: only one group's Arrow
 #: arrays (and its strings' Python bytes) exist at once, ~40 MB for the 250k flows of a
-#: 13M-packet capture of 125k connections when it was converted whole
-ROW_GROUP_ROWS = 1 << 16
+#: 13M-packet capture of 125k connections when it was converted whole. 4k rows (64k
+#: until stop 22): a group of retransmissions with their cause sentences took ~85 MB
+#: beside pyarrow at 48k rows (the 13M-packet capture's, written in 200 MB), and the
+#: writing's peak followed the group up to 64k rows (the 1.3M-packet capture's 4k rows:
+#: 97 MB; 8k rows of the 13M one: 114 MB); with 4k the files are 6% bigger
+ROW_GROUP_ROWS = 1 << 12
 #: rows pickled together in an object column, at most: a read of a few rows unpickles at
 #: most a run more of each such column
 OBJECT_RUN_ROWS = 4096

@@ -1,0 +1,200 @@
+"""A shard classified a window of rows at a time (analyze/windows.py) gives what the whole
+shard gives, row for row, or says why it cannot vouch for that (and is then classified
+whole): on the corpus recordings, cut into windows far smaller than their connections; on
+a connection past 2**32 bytes; through the spilled analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from packet_builder import Trace
+
+from retranscope.analyze import spill, windows
+from retranscope.analyze.capture import chunks, read_capture
+from retranscope.analyze.classify import SCAN_BLOCK, SCAN_LEVELS, rtt_estimator, rtt_state
+from retranscope.analyze.pipeline import classify_part
+from retranscope.analyze.run import run_analysis
+
+CORPUS = Path(__file__).resolve().parent / "fixtures" / "corpus"
+RECORDINGS = sorted(d for d in CORPUS.iterdir() if (d / "capture.pcap").exists())
+
+
+def _blocks(packets: dict, size: int):
+    n = len(packets["frame"])
+    return (windows._take_rows(packets, np.arange(i, min(n, i + size))) for i in range(0, n, size))
+
+
+def _differ(got, want) -> list[str]:
+    """The columns of two shards.Parts that differ (empty: the same, row for row)."""
+    out = []
+    for name in ("flows", "wire", "per_flow"):
+        a, b = getattr(got, name), getattr(want, name)
+        if list(a) != list(b):
+            return [f"{name}: columns {list(a)} vs {list(b)}"]
+        out += [
+            f"{name}.{c}"
+            for c in a
+            if len(a[c]) != len(b[c]) or not windows._same_cells(a[c], b[c]).all()
+        ]
+    return out + [k for k in ("acks_lost", "drop_flow") if getattr(got, k) != getattr(want, k)]
+
+
+def _in_windows(packets: dict, window_rows: int, margin_rows: int, block: int = 777):
+    n = len(packets["frame"])
+    first = int(packets["frame"][int(np.argmin(packets["ts_ns"]))])
+    return windows.classify_in_windows(
+        _blocks(packets, block), n, None, None, first, -1, window_rows, margin_rows
+    )
+
+
+def test_the_srtt_carried_on_from_a_top_block_is_the_whole_flows_to_the_last_bit():
+    rng = np.random.default_rng(3)
+    m = rng.integers(1_000, 900_000, 5_000)
+    g = np.zeros(len(m), dtype=np.int64)
+    whole = rtt_state(g, m)
+    srtt, rto = rtt_estimator(g, m)  # the in-memory path's, which may skip the mdev passes
+    assert np.array_equal(srtt, whole["srtt"]) and np.array_equal(rto, whole["rto"])
+    top = SCAN_BLOCK**SCAN_LEVELS
+    for at in (top, 7 * top, (len(m) // top - 1) * top):
+        seed = {"on": np.zeros(len(m) - at, dtype=bool)}
+        seed["on"][0] = True
+        for name in ("srtt", "mdev1", "mdev2"):
+            seed[name] = np.full(len(m) - at, whole["cin_" + name][at])
+        seed["srtt_prev"] = np.full(len(m) - at, whole["srtt"][at - 1])
+        seed["mdev1_prev"] = np.full(len(m) - at, whole["mdev1"][at - 1])
+        carried = rtt_state(g[at:], m[at:], seed)
+        for k in ("srtt", "mdev1", "mdev2", "rto"):
+            assert np.array_equal(carried[k], whole[k][at:]), (at, k)
+    # from the value at the row before instead of the carry into the block, the last bits
+    # may differ: what the windows carry is the carry
+    assert not np.array_equal(whole["cin_srtt"][top::top], whole["srtt"][top - 1 :: top][:-1])
+
+
+@pytest.mark.parametrize("window_rows, margin_rows", [(1000, 250), (400, 200), (200, 100)])
+def test_windows_give_the_whole_shard_or_say_why(window_rows, margin_rows):
+    """Every corpus recording cut into windows: the same Part as classified whole, or
+    None with a reason; never another answer. Most recordings cut into several windows
+    come out whole-alike (the rest have gaps, ACKs lost after the capture point, or
+    retransmissions of bytes sent before their window: doubts, by design)."""
+    alike, doubted, cut = 0, {}, 0
+    for rec in RECORDINGS:
+        packets = read_capture(rec / "capture.pcap").packets
+        if not len(packets["frame"]):
+            continue
+        _, whole = classify_part(packets, None)
+        part, why = _in_windows(packets, window_rows, margin_rows)
+        several = len(packets["frame"]) > window_rows
+        cut += several
+        if part is None:
+            doubted[why] = doubted.get(why, 0) + 1
+            continue
+        assert not _differ(part, whole), (rec.name, _differ(part, whole))
+        alike += several
+    assert cut >= 40 and alike >= cut // 3, (alike, cut, doubted)
+
+
+def test_a_long_connection_in_many_windows():
+    """A 12,852-packet bulk transfer through random loss, cut into 10 windows: the same as
+    whole, its 350 retransmissions included."""
+    packets = read_capture(CORPUS / "random_loss_notso" / "capture.pcap").packets
+    n = len(packets["frame"])
+    _, whole = classify_part(packets, None)
+    part, why = _in_windows(packets, n // 10, 500)
+    assert part is not None, why
+    assert not _differ(part, whole)
+    assert len(whole.wire["frame"]) > 300
+
+
+def _past_4_gb(c) -> None:
+    """A bulk transfer of 3.3 * 2**32 bytes in 64 KB segments (each ACKed), some resent
+    after an RTO: the windows' rows lie more than 2**31 bytes from the handshake rows
+    they carry, where stepping from one to the next unwraps wrong."""
+    seg = 65_000
+    t = c.handshake(0, 1)
+    lost = {30_000, 120_000, 200_000}
+    for i in range(int(3.3 * (1 << 32)) // seg):
+        seq = 1 + i * seg
+        c.send(t, seq, seg)
+        if i in lost:
+            c.send(t + 210, seq, seg)  # the RTO's re-send
+            t += 210
+        c.ack(t + 0.5, seq + seg)
+        t += 0.01
+
+
+def test_a_connection_past_4_gb_is_unwrapped_across_the_rows_windows_leave_out(monkeypatch):
+    tr = Trace()
+    _past_4_gb(tr.conn())
+    packets = tr.packets()
+    n = len(packets["frame"])
+    _, whole = classify_part(packets, None)
+    assert len(whole.wire["frame"]) >= 3
+    part, why = _in_windows(packets, 40_000, 2_000, block=10_000)
+    assert part is not None, why
+    assert not _differ(part, whole)
+    # without the seam's correction the windows do not come out alike
+    monkeypatch.setattr(windows.Seam, "correct", lambda self, *a: None)
+    part, why = _in_windows(packets, 40_000, 2_000, block=10_000)
+    assert part is None or _differ(part, whole), n
+
+
+def test_merged_blocks_are_in_capture_order():
+    rng = np.random.default_rng(0)
+    frames = np.sort(rng.choice(10_000, 3_000, replace=False))
+    owner = rng.integers(0, 3, len(frames))
+    streams = []
+    for k in range(3):
+        f = frames[owner == k]
+        rows = {"frame": f, "x": f * 2}
+        streams.append(
+            iter([{c: v[i : i + 97] for c, v in rows.items()} for i in range(0, len(f), 97)])
+        )
+    got = list(windows.merged_blocks(streams))
+    merged = np.concatenate([b["frame"] for b in got])
+    assert np.array_equal(merged, frames)
+    assert np.array_equal(np.concatenate([b["x"] for b in got]), frames * 2)
+
+
+def _outputs(out: Path) -> dict:
+    got: dict = {
+        name: pq.read_table(out / name) for name in ("retransmits.parquet", "flows.parquet")
+    }
+    got["summary.json"] = (out / "summary.json").read_text()
+    return got
+
+
+@pytest.mark.parametrize("name", ["multi_flow_rtt50", "random_loss_v6_notso", "tail_drop_tlp"])
+def test_spilled_shards_in_windows_give_what_the_whole_capture_gives(name, tmp_path, monkeypatch):
+    """Spilled, every shard classified in windows (several buckets merged by frame, the
+    capture's first packet borrowed), in turn and on two workers: the outputs of the
+    whole capture; where the windows doubt, the shard is classified whole."""
+    pcap = CORPUS / name / "capture.pcap"
+    run_analysis(pcap, None, tmp_path / "memory", spill=False)
+    want = _outputs(tmp_path / "memory")
+    monkeypatch.setattr(chunks, "DECODE_CHUNK_RECORDS", 300)
+    monkeypatch.setattr(spill, "SHARD_PACKETS", 1500)
+    monkeypatch.setattr(spill, "WINDOWED_MIN_ROWS", 0)
+    monkeypatch.setattr(windows, "WINDOW_ROWS", 300)
+    monkeypatch.setattr(windows, "MARGIN_ROWS", 100)
+    tried: list[bool] = []
+    attempt = spill.SpilledCapture._classify_windows
+
+    def counted(self, shard, too_big):
+        part = attempt(self, shard, too_big)
+        tried.append(part is not None)
+        return part
+
+    monkeypatch.setattr(spill.SpilledCapture, "_classify_windows", counted)
+    for jobs in (1, 2):
+        out = tmp_path / f"windows{jobs}"
+        run_analysis(pcap, None, out, spill=True, jobs=jobs)
+        got = _outputs(out)
+        for key, value in want.items():
+            if key == "summary.json":
+                assert got[key].replace(f"/windows{jobs}", "/memory") == value
+            else:
+                assert value.equals(got[key]), (key, jobs)
+    assert tried and any(tried)
