@@ -102,8 +102,8 @@ def _affine_scan(
 
     Blocked: within blocks of SCAN_BLOCK rows, each block as if it started from y = 0,
     with the product of its a; the same over the blocks' last values (the carry into each
-    block), SCAN_LEVELS deep; above that, the blocks' ends one after another (a step per
-    block of every group at once). The blocks are counted from each group's first row, at
+    block), SCAN_LEVELS deep; above that, the blocks' ends one after another
+    (_sequential_scan). The blocks are counted from each group's first row, at
     every level, so a group's values (to the last bit) come from its own rows alone,
     whatever other groups stand beside it: a flow gets the same SRTT in a shard of the
     capture as in the whole (analyze/shards.py). And a group that begins at a row that
