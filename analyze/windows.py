@@ -35,7 +35,8 @@ assumed, and any doubt returns None (the caller then classifies the shard whole)
   retransmission whose data no ACK in the window covers; a gap in the capture
   (retrans.capture_gaps: whether a later segment fills it is the whole flow's question);
   an ACK lost after the capture point (decided from later retransmissions); an ICMP
-  too-big message (matched by the flows' first and last times);
+  too-big message naming a flow of the window (matched by the flows' first and last
+  times);
 - the rows near each cut, classified by both windows beside it (one owns them, the other
   holds M rows on their far side), come out the same in both.
 
@@ -506,8 +507,6 @@ def classify_in_windows(
     windows are not tried: a clock that steps back); ``borrowed_frame``: the same, when
     the shard holds it as a copy (its flow is dropped by the merge: Part.drop_flow);
     ``tuples``: as pipeline.classify_part's."""
-    if too_big:
-        return None, "the capture holds ICMP too-big messages"
     if n == 0:
         return None, "no rows"
     window_rows = window_rows or WINDOW_ROWS
@@ -569,6 +568,7 @@ class _Window:
 def _window(packets, gidx, bounds, seam, too_big, tuples, margin_rows, prev) -> _Window:
     """Classify one window (``bounds``: the rows it owns [s, e), its first row lo, and
     whether it is the shard's last)."""
+    from retranscope.analyze.classify import _too_big_by_flow
     from retranscope.analyze.pipeline import (
         _not_retransmitted,
         _wire_table,
@@ -583,6 +583,8 @@ def _window(packets, gidx, bounds, seam, too_big, tuples, margin_rows, prev) -> 
     assert space is not None
     if notes.get("acks_lost_after_capture", 0):
         raise _Doubt("an ACK was lost after the capture point")
+    if too_big and _too_big_by_flow(flows, too_big):  # matched by the flows' first, last times
+        raise _Doubt("an ICMP too-big message names a flow of the window")
     own = (gidx >= s) & (gidx < e)
     if own[notes["gaps"]["hole_rows"]].any():
         raise _Doubt("the capture misses data of a flow")

@@ -42,11 +42,11 @@ def _differ(got, want) -> list[str]:
     return out + [k for k in ("acks_lost", "drop_flow") if getattr(got, k) != getattr(want, k)]
 
 
-def _in_windows(packets: dict, window_rows: int, margin_rows: int, block: int = 777):
+def _in_windows(packets: dict, window_rows: int, margin_rows: int, block: int = 777, too_big=None):
     n = len(packets["frame"])
     first = int(packets["frame"][int(np.argmin(packets["ts_ns"]))])
     return windows.classify_in_windows(
-        _blocks(packets, block), n, None, None, first, -1, window_rows, margin_rows
+        _blocks(packets, block), n, too_big, None, first, -1, window_rows, margin_rows
     )
 
 
@@ -81,11 +81,12 @@ def test_windows_give_the_whole_shard_or_say_why(window_rows, margin_rows):
     retransmissions of bytes sent before their window: doubts, by design)."""
     alike, doubted, cut = 0, {}, 0
     for rec in RECORDINGS:
-        packets = read_capture(rec / "capture.pcap").packets
+        capture = read_capture(rec / "capture.pcap")
+        packets, too_big = capture.packets, capture.meta.icmp_too_big
         if not len(packets["frame"]):
             continue
-        _, whole = classify_part(packets, None)
-        part, why = _in_windows(packets, window_rows, margin_rows)
+        _, whole = classify_part(packets, too_big)
+        part, why = _in_windows(packets, window_rows, margin_rows, too_big=too_big)
         several = len(packets["frame"]) > window_rows
         cut += several
         if part is None:
