@@ -195,8 +195,7 @@ def rtt_estimator(group: np.ndarray, rtt_us: np.ndarray) -> tuple[np.ndarray, np
         < TCP_RTO_MIN_US
     ):
         return srtt, np.minimum(srtt + TCP_RTO_MIN_US, TCP_RTO_MAX_US)
-    state = rtt_state(group, rtt_us)
-    return state["srtt"], state["rto"]
+    return srtt, rtt_state(group, rtt_us, srtt=srtt)["rto"]
 
 
 def _before(values: np.ndarray, start: np.ndarray, seed: np.ndarray | None) -> np.ndarray:
@@ -211,15 +210,17 @@ def rtt_state(
     group: np.ndarray,
     rtt_us: np.ndarray,
     seed: dict[str, np.ndarray] | None = None,
+    srtt: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """rtt_estimator's SRTT and RTO, with the two mdev passes (``mdev1``, ``mdev2``) always
     run, and for each of the three scans the y carried into each block (``cin_`` + name,
-    _affine_scan's carry_in). ``seed``: where ``seed["on"]`` at a group's first sample,
-    the group carries on a longer one from the top block of _affine_scan's that it
-    begins there: the scans from the longer one's carry into it (``srtt``, ``mdev1``,
-    ``mdev2``), the error and the damping from its values at the sample before
-    (``srtt_prev``, ``mdev1_prev``); the group's values are then the longer one's, to the
-    last bit (analyze/windows.py)."""
+    _affine_scan's carry_in). ``srtt``: the SRTT scan's values where the caller has them
+    (rtt_estimator; its carries are then not given). ``seed``: where ``seed["on"]`` at a
+    group's first sample, the group carries on a longer one from the top block of
+    _affine_scan's that it begins there: the scans from the longer one's carry into it
+    (``srtt``, ``mdev1``, ``mdev2``), the error and the damping from its values at the
+    sample before (``srtt_prev``, ``mdev1_prev``); the group's values are then the longer
+    one's, to the last bit (analyze/windows.py)."""
     m = rtt_us.astype(np.float64)
     n = len(m)
     first = np.ones(n, dtype=bool)
@@ -237,7 +238,7 @@ def rtt_state(
     def before(values, name):
         return _before(values, first, None if seed is None else np.where(on, seed[name], 0.0))
 
-    out["srtt"] = srtt = scan(7.0 / 8.0, (m, m / 8.0), "srtt")
+    out["srtt"] = srtt = scan(7.0 / 8.0, (m, m / 8.0), "srtt") if srtt is None else srtt
     err = m - before(srtt, "srtt_prev")
     aerr = np.abs(err)
     # mdev: linearise the branch (which depends on mdev itself) with one refinement pass.

@@ -494,27 +494,18 @@ def _read_blocks(bucket: Bucket, table: dict[str, np.ndarray], at: int, into: _S
 def _bucket_blocks(bucket: Bucket) -> Iterator[dict[str, np.ndarray]]:
     """A bucket's rows a block at a time (capture order), each block a packet table with
     its sparse SACK edges (SACK_ROWS); a split file's later parts' blocks after, fixed
-    up (what _read_blocks reads into one table, for a shard read a window at a time)."""
+    up: what _read_into reads into one table, for a shard read a window at a time."""
     for part, fix in [(bucket, None), *bucket.later]:
-        if not part.blocks:
-            continue
-        fd = os.open(part.path, os.O_RDONLY)
-        try:
-            for offset, rows, n_sack in part.blocks:
-                block = columns(rows, SPILLED_DTYPES)
-                in_block = np.empty(n_sack, dtype=np.uint32)
-                edges = {name: np.empty(n_sack, dtype=np.uint32) for name in SACK_EDGE_COLUMNS}
-                dest = [col.view(np.uint8).data for col in block.values()]
-                if n_sack:
-                    dest.append(in_block.view(np.uint8).data)
-                    dest += [edges[name].view(np.uint8).data for name in SACK_EDGE_COLUMNS]
-                if os.preadv(fd, dest, offset) != rows * ROW_BYTES + n_sack * SACK_ROW_BYTES:
-                    raise OSError(f"{part.path} is shorter than what was written")
-                if fix is not None:
-                    fix.apply(block)
-                yield {**block, SACK_ROWS: in_block.astype(np.int64), **edges}
-        finally:
-            os.close(fd)
+        for offset, rows, n_sack in part.blocks:
+            block = columns(rows, SPILLED_DTYPES)
+            sack = {name: np.empty(n_sack, dtype=np.uint32) for name in SACK_EDGE_COLUMNS}
+            sack[SACK_ROWS] = np.empty(n_sack, dtype=np.int64)
+            into = _SackInto(sack, np.empty(n_sack, dtype=np.uint32))
+            _read_blocks(Bucket(part.path, blocks=[(offset, rows, n_sack)]), block, 0, into)
+            if fix is not None:
+                fix.apply(block)
+            sack[SACK_ROWS] += into.in_block  # the block's first row (0), plus the row's
+            yield {**block, **sack}
 
 
 def _sparse_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -96,6 +96,8 @@ class _Doubt(Exception):
 SEED_NAMES = ("srtt", "mdev1", "mdev2", "srtt_prev", "mdev1_prev")
 #: RTT samples of a flow a window keeps for the next to find where to carry on from
 RECORD_SAMPLES = 4096
+#: what classify.rtt_state gives per sample
+_STATE = ("srtt", "mdev1", "mdev2", "rto", "cin_srtt", "cin_mdev1", "cin_mdev2")
 
 
 @dataclass
@@ -164,10 +166,9 @@ class Seam:
 
         top = SCAN_BLOCK**SCAN_LEVELS
         n = len(m)
-        state = rtt_state(s_flow, m)
         self.trusted = np.zeros(n, dtype=bool)
         if n == 0:
-            return state["srtt"], state["rto"]
+            return np.zeros(0), np.zeros(0)
         assert self.flow_keys is not None
         keys = self.flow_keys[s_flow].astype(np.int64)
         gidx = np.full(n, -1, dtype=np.int64)
@@ -184,6 +185,15 @@ class Seam:
             found = _carry_point(rec, s_frame[i0:i1], m[i0:i1], top)
             if found is not None:
                 carried.append((i0 + found[0], i1, found[1], found[2]))
+        # from a flow's first sample here, as the estimator runs it; a flow carried on,
+        # only up to where it is (its values there on are the carried ones, below)
+        plain = np.ones(n, dtype=bool)
+        for a, b, _, _ in carried:
+            plain[a:b] = False
+        rows = np.flatnonzero(plain)
+        state = {k: np.empty(n) for k in _STATE}
+        for k, v in rtt_state(s_flow[rows], m[rows]).items():
+            state[k][rows] = v
         if carried:
             lengths = [b - a for a, b, _, _ in carried]
             idx = np.concatenate([np.arange(a, b) for a, b, _, _ in carried])
@@ -475,7 +485,7 @@ def _view(classified: Table, flows: Table, c_rows: np.ndarray, c_g: np.ndarray) 
 
     o = c_rows[np.argsort(c_g[c_rows], kind="stable")]
     c = take(classified, o)
-    out = {k: v for k, v in _wire_table(flows, c).items()}
+    out = _wire_table(flows, c)
     out["flow_id"] = flows["first_frame"][c["flow_id"]]
     out.update({k: c[k] for k in _ROW_FLAGS if k in c})
     out["row"] = c_g[o]
@@ -528,7 +538,7 @@ def classify_in_windows(
             extra = hist.for_window(np.concatenate([tuple_dir(c) for c in cur]) >> 1, anchor)
             size = hi - lo + len(extra.gidx)
             if not table or len(table["frame"]) < size:  # grown, with room to spare, seldom
-                table = {}
+                table = {}  # the old one's pages go before the new one's are taken
                 size += 4 * CARRY_ROWS
                 table = {k: np.empty(size, v.dtype) for k, v in cur[0].items() if k not in _SPARSE}
             packets = _concat_rows(cur if extra.rows is None else [extra.rows, *cur], table)
