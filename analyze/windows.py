@@ -34,9 +34,9 @@ assumed, and any doubt returns None (the caller then classifies the shard whole)
   none (a flow with no ACK), an SRTT from a sample not carried on; nor after them: a
   retransmission whose data no ACK in the window covers; a gap in the capture
   (retrans.capture_gaps: whether a later segment fills it is the whole flow's question);
-  an ACK lost after the capture point (decided from later retransmissions); an ICMP
-  too-big message naming a flow of the window (matched by the flows' first and last
-  times);
+  an ACK judged lost after the capture point by a retransmission past the rows compared
+  (_lost_acks); an ICMP too-big message naming a flow of the window (matched by the
+  flows' first and last times);
 - the rows near each cut, classified by both windows beside it (one owns them, the other
   holds M rows on their far side), come out the same in both.
 
@@ -573,6 +573,7 @@ class _Window:
     row_key: np.ndarray
     view_after: dict | None
     space: dict
+    acks_lost: int
 
 
 def _window(packets, gidx, bounds, seam, too_big, tuples, margin_rows, prev) -> _Window:
@@ -591,8 +592,7 @@ def _window(packets, gidx, bounds, seam, too_big, tuples, margin_rows, prev) -> 
     flow_id, flows, classified = classify_capture(packets, notes, too_big, tuples, seam=seam)
     space = seam.space
     assert space is not None
-    if notes.get("acks_lost_after_capture", 0):
-        raise _Doubt("an ACK was lost after the capture point")
+    n_lost = _lost_acks(notes, classified, gidx, bounds, seam.n_extra, margin_rows, prev)
     if too_big and _too_big_by_flow(flows, too_big):  # matched by the flows' first, last times
         raise _Doubt("an ICMP too-big message names a flow of the window")
     own = (gidx >= s) & (gidx < e)
@@ -632,7 +632,38 @@ def _window(packets, gidx, bounds, seam, too_big, tuples, margin_rows, prev) -> 
     wire["flow_id"] = key[wire["flow_id"]]
     _, per_flow = _not_retransmitted(flows, take(classified, np.flatnonzero(c_own)))
     facts = _facts(packets, flow_id, flows, own, notes.get("flow_facts", {}), per_flow)
-    return _Window(facts, wire, row_key, view_after, space)
+    return _Window(facts, wire, row_key, view_after, space, n_lost)
+
+
+def _lost_acks(notes, classified, gidx, bounds, n_extra: int, margin: int, prev) -> int:
+    """How many of the ACKs the window owns were lost after the capture point, as the
+    whole shard judges them (classify._received_acks), or raise _Doubt.
+
+    An ACK is judged lost by a later retransmission of bytes it covered, from the first
+    ACK that covered them (the range's first) to the last that had to reach the sender
+    before it. The whole shard's ranges over a window's rows are the window's where every
+    retransmission that marks rows up to the compared rows past its end (e + M) lies in
+    the window at or before them (those after are told by the window that holds them: a
+    range reaching back past the end of the window before's rows, e + 2M there, doubts);
+    and a retransmission the window owns cites the range's first ACK as the whole shard
+    does where that ACK is one of the window's own rows, not a carried one (the rows
+    carried hold each flow's highest ACK before and its last: the ACK before it is judged
+    on the same cumulative ACK)."""
+    lost_rows, lost_at = notes.get("lost_acks", (np.zeros(0, dtype=np.int64), None))
+    if not len(lost_rows):
+        return 0
+    s, e, _, _ = bounds
+    by = np.flatnonzero(lost_at >= 0)
+    by_g, first_g = gidx[classified["pkt"][by]], gidx[lost_at[by]]
+    if ((by_g >= e + margin) & (first_g < e + margin)).any():
+        raise _Doubt("an ACK lost after the capture point is told past the rows compared")
+    if prev is not None and ((by_g >= s + 2 * margin) & (first_g < s + 2 * margin)).any():
+        raise _Doubt("an ACK lost after the capture point is told past the window before")
+    own = (by_g >= s) & (by_g < e)
+    if (lost_at[by[own]] < n_extra).any():
+        raise _Doubt("a retransmission cites a lost ACK carried from before its window")
+    g = gidx[lost_rows]
+    return int(((g >= s) & (g < e)).sum())
 
 
 def _reaches_back(packets, flow_id, space, classified, rtx, n_extra: int) -> None:
@@ -697,10 +728,12 @@ class _Windows:
     def __init__(self):
         self.facts: list[dict] = []
         self.wires: list[Table] = []
+        self.acks_lost = 0
 
     def add(self, w: _Window) -> None:
         self.facts.append(w.facts)
         self.wires.append(w.wire)
+        self.acks_lost += w.acks_lost
 
     def part(self, borrowed_frame: int):
         from retranscope.analyze.shards import (
@@ -758,7 +791,7 @@ class _Windows:
         drop = -1
         if borrowed_frame >= 0:
             drop = int(new_id[np.searchsorted(keys, borrowed_frame)])
-        return Part(flows, wire, per_flow, 0, drop)
+        return Part(flows, wire, per_flow, self.acks_lost, drop)
 
 
 #: classify_part's per-flow counts (pipeline._not_retransmitted)

@@ -109,6 +109,27 @@ def test_a_long_connection_in_many_windows():
     assert len(whole.wire["frame"]) > 300
 
 
+@pytest.mark.parametrize("window_rows, margin_rows", [(400, 200), (200, 100)])
+def test_acks_lost_after_the_capture_point_are_judged_as_whole_across_cuts(
+    window_rows, margin_rows
+):
+    """A receiver whose ACKs a black hole ate after the capture point (27 ACKs the sender
+    never had), cut into 10-19 windows: the ACKs judged lost, their count and the causes
+    that cite them as the whole capture gives them. Where a range of lost ACKs would be
+    told by a retransmission past the rows a window compares, it says so instead."""
+    rec = CORPUS / "ack_blackhole_rto_notso" / "capture.pcap"
+    packets = read_capture(rec).packets
+    _, whole = classify_part(packets, None)
+    part, why = _in_windows(packets, window_rows, margin_rows)
+    assert part is not None, why
+    assert not _differ(part, whole) and part.acks_lost == whole.acks_lost > 20
+    assert len(packets["frame"]) > 9 * window_rows
+    assert list(whole.wire["cause"]) == ["rto_ack_lost"] * 3  # each citing a lost ACK
+    packets = read_capture(CORPUS / "bulk_ack_loss_rcv" / "capture.pcap").packets
+    part, why = _in_windows(packets, 200, 100)
+    assert part is None and "lost after the capture point" in why
+
+
 def _past_4_gb(c) -> None:
     """A bulk transfer of 3.3 * 2**32 bytes in 64 KB segments (each ACKed), some resent
     after an RTO: the windows' rows lie more than 2**31 bytes from the handshake rows
