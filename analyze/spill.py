@@ -300,10 +300,15 @@ class SpilledCapture:
         n = default_jobs() if jobs is None else max(1, int(jobs))
         if n < 2:
             return whole, 1, None
-        # one process holds a shard whole (~SHARD_PACKETS, more where a bucket is bigger)
-        # or, bigger than WINDOWED_MIN_ROWS, a window at a time (windows.py): the cores
-        # share what the largest holds, and windows a shard of SHARD_PACKETS
+        # one process holds a shard whole (up to SHARD_PACKETS, more where a bucket is
+        # bigger) or, bigger than WINDOWED_MIN_ROWS, a window at a time (windows.py): the
+        # cores share what one process may hold, SHARD_PACKETS or the largest shard. Not
+        # the largest where it is smaller: the pieces of shards packed below it would
+        # then pair only as they were packed, and a core waits (the 1.3M-packet capture's
+        # four connections, 298k-377k packets, packed in two shards of 625k and 675k: a
+        # core idle for a third of their classification)
         bound = max(SHARD_PACKETS if self.windowed(s) else self.packets_of(s) for s in whole)
+        bound = max(bound, SHARD_PACKETS)
         # each shard of one process cut in n: its pieces always fit at once in the bound
         # (a cut of all the buckets afresh could pair none of its shards within it)
         fine = [piece for s in whole for piece in self._deal(s, n)]
