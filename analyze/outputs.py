@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retranscope.analyze.stored import ROW_GROUP_ROWS
-from retranscope.analyze.table import Nullable, n_rows
+from retranscope.analyze.table import Nullable, Text, n_rows
 from retranscope.fileio import write_atomic
 from retranscope.schemas.outputs import FLOWS_SCHEMA, RETRANSMITS_SCHEMA
 
@@ -52,8 +52,14 @@ def to_arrow(rows, schema: pa.Schema) -> pa.Table:
     n = len(rows) if hasattr(rows, "columns") else (len(rows[names[0]]) if names else 0)
     arrays = []
     for f in schema:
-        if f.name in names:
-            data, valid = _column(rows[f.name])
+        col = rows[f.name] if f.name in names else None
+        if isinstance(col, Text):  # a spilled capture's text, encoded by its shards
+            if pa.types.is_string(f.type):
+                arrays.append(_text(col))
+                continue
+            col = col.to_objects()
+        if col is not None:
+            data, valid = _column(col)
         else:
             data, valid = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=bool)
         arrays.append(_array(data, valid, f.type))
@@ -109,6 +115,20 @@ def _strings(values: np.ndarray, valid: np.ndarray | None) -> pa.Array:
         pa.string(),
         len(items),
         [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+        null_count=nulls,
+    )
+
+
+def _text(col: Text) -> pa.Array:
+    """A Text column -> Arrow utf8 (int32 offsets: a row group is far below 2 GB)."""
+    offsets = col.offsets
+    if offsets[0] != 0 or offsets[-1] >= 1 << 31:
+        return _strings(col.to_objects(), None)
+    bitmap, nulls = _validity(col.valid)
+    return pa.Array.from_buffers(
+        pa.string(),
+        len(col),
+        [bitmap, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(col.data)],
         null_count=nulls,
     )
 

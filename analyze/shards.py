@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retranscope.analyze.memory import libc_function
-from retranscope.analyze.table import Nullable, Table, n_rows
+from retranscope.analyze.table import Nullable, Table, Text, n_rows
 
 #: rows are hashed into this many buckets by 4-tuple; buckets are dealt to shards
 HASH_BUCKETS = 4096
@@ -196,10 +196,14 @@ def give_back_free_memory() -> None:
         trim(0)
 
 
-def _concat(cols: list) -> np.ndarray | Nullable:
+def _concat(cols: list) -> np.ndarray | Nullable | Text:
     """One column of several parts. A part without rows may build a column of another
     kind (objects for a Nullable): only parts with rows count."""
     cols = [c for c in cols if len(c)] or cols[:1]
+    if isinstance(cols[0], Text):
+        if all(isinstance(c, Text) for c in cols):
+            return Text.concat(cols)
+        cols = [c.to_objects() if isinstance(c, Text) else c for c in cols]  # text and not
     if isinstance(cols[0], Nullable):
         return Nullable(
             np.concatenate([c.values for c in cols]), np.concatenate([c.valid for c in cols])

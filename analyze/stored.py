@@ -6,9 +6,11 @@ a time when the outputs are written (analyze/streamed.py), so that what the anal
 holds in memory does not grow with the capture's flows and retransmissions.
 
 One file a table: every column's data one after the other. A numeric or boolean column is
-its raw bytes (a row range is one positioned read); a column of Python objects (text,
-None) is pickled in runs of OBJECT_RUN_ROWS rows; a Nullable is its values and its
-validity, each stored so.
+its raw bytes (a row range is one positioned read); a column of text (str or None) is
+UTF-8 in Arrow's layout (table.Text: its offsets, validity and bytes, each raw: a row
+range is three positioned reads, and is read back as a Text, which the outputs hand to
+Arrow as it is); any other column of Python objects is pickled in runs of OBJECT_RUN_ROWS
+rows; a Nullable is its values and its validity, each stored so.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retranscope.analyze.table import Nullable, Table, n_rows
+from retranscope.analyze.table import Nullable, Table, Text, n_rows
 
 #: Rows of an output converted to Arrow and written at a time, one Parquet row group
 #: (analyze/outputs.py), and read back from here a group at a time: only one group's Arrow
@@ -48,11 +50,13 @@ def run_rows_for(tables: int) -> int:
 @dataclass
 class _Column:
     """Where one column's data lies in the file: ``dtype`` None for pickled objects
-    (``runs``: (offset, bytes) of each run), else raw values from ``offset``."""
+    (``runs``: (offset, bytes) of each run), else raw values from ``offset``; text, its
+    Text's three columns (``text``: offsets, validity, bytes)."""
 
     dtype: np.dtype | None
     offset: int = 0
     runs: list[tuple[int, int]] = field(default_factory=list)
+    text: tuple[_Column, _Column, _Column] | None = None
 
 
 @dataclass
@@ -101,6 +105,11 @@ def _write(f, col: np.ndarray, run: int) -> _Column:
         c = _Column(col.dtype, f.tell())
         f.write(np.ascontiguousarray(col).tobytes())
         return c
+    items = col.tolist()
+    if all(type(v) is str or v is None for v in items):
+        t = Text.encode(items)
+        parts = (_write(f, t.offsets, run), _write(f, t.valid, run), _write(f, t.data, run))
+        return _Column(None, text=parts)
     c = _Column(None)
     for lo in range(0, len(col), run):
         blob = pickle.dumps(col[lo : lo + run].tolist(), protocol=5)
@@ -109,7 +118,12 @@ def _write(f, col: np.ndarray, run: int) -> _Column:
     return c
 
 
-def _read(f, c: _Column, lo: int, hi: int, run_rows: int) -> np.ndarray:
+def _read(f, c: _Column, lo: int, hi: int, run_rows: int) -> np.ndarray | Text:
+    if c.text is not None:
+        offsets_at, valid_at, data_at = c.text
+        offsets = _read(f, offsets_at, lo, hi + 1, run_rows)
+        data = _read(f, data_at, int(offsets[0]), int(offsets[-1]), run_rows)
+        return Text(offsets - offsets[0], data, _read(f, valid_at, lo, hi, run_rows))
     if c.dtype is not None:
         out = np.empty(hi - lo, dtype=c.dtype)
         if hi > lo:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from retranscope.analyze import stored
-from retranscope.analyze.table import Nullable
+from retranscope.analyze.table import Nullable, Text
 
 
 def _table(n: int) -> dict:
@@ -29,6 +29,10 @@ def _same(a, b) -> None:
     assert a.keys() == b.keys()
     for name in a:
         x, y = a[name], b[name]
+        if isinstance(x, Text):  # text (str or None) comes back in Arrow's layout
+            assert all(v is None or type(v) is str for v in y.tolist()), name
+            assert x.to_objects().tolist() == y.tolist(), name
+            continue
         assert isinstance(x, Nullable) == isinstance(y, Nullable), name
         if isinstance(x, Nullable):
             np.testing.assert_array_equal(x.values, y.values)
@@ -79,3 +83,24 @@ def test_a_file_cut_short_is_an_error_not_short_rows(tmp_path, cut):
         f.truncate(at)
     with pytest.raises(OSError, match="shorter than what was written"):
         st.read(15, 20)
+
+
+def test_text_is_read_back_in_arrows_layout_and_other_objects_pickled(tmp_path):
+    st = stored.store(_table(20), tmp_path / "t", 3)
+    got = st.read(4, 13)
+    assert isinstance(got["text"], Text) and got["mixed"].dtype == object
+    assert st.columns["text"][0].text is not None and st.columns["mixed"][0].runs
+
+
+@pytest.mark.parametrize(
+    "idx", [slice(0, 0), slice(2, 5), slice(None), [4, 0, 0, 3], [], list(range(6))[::-1]]
+)
+def test_text_rows_taken_and_concatenated_are_the_strings(idx):
+    items = ["µs · ü", None, "", "plain", None, "ab"]
+    t = Text.encode(items)
+    want = np.array(items, dtype=object)[idx].tolist()
+    rows = idx if isinstance(idx, slice) else np.array(idx, dtype=np.int64)
+    assert t[rows].to_objects().tolist() == want
+    both = Text.concat([t, Text.encode([]), t[1:3]])
+    assert both.to_objects().tolist() == items + items[1:3]
+    assert both.offsets[0] == 0 and both.offsets[-1] == len(both.data)
