@@ -441,6 +441,7 @@ class SpilledCapture:
                         pending.remove(fit)
                         running[pool.submit(_forked_shard, shards[fit], fit)] = fit
                         held += rows[fit]
+                    _load_writer()
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for f in done:
                         i = running.pop(f)
@@ -453,6 +454,14 @@ class SpilledCapture:
 
 #: what a forked worker finds of its parent's SpilledCapture.classify (fork: inherited)
 _FORKED: dict = {}
+
+
+def _load_writer() -> None:
+    """Load what writes the outputs (pyarrow: ~30 ms, ~55 MB resident) while the workers
+    classify, once they are forked (a worker forked after it would carry its pages): this
+    process waits for them anyway, and the writing, which follows them, is the analysis's
+    serial end."""
+    import retranscope.analyze.outputs  # noqa: F401
 
 
 def _forked_shard(shard: list[int], number: int) -> Digest:
