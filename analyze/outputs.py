@@ -140,7 +140,13 @@ def _write_parquet(rows, schema: pa.Schema, path: Path) -> None:
 
     with pq.ParquetWriter(path, schema) as writer:
         for group in _row_groups(rows):
-            writer.write_table(to_arrow(group, schema))
+            table = to_arrow(group, schema)
+            del group
+            # what reading the group took (the shards' pieces, their concatenation, the
+            # rows in output order: ~3 copies of it), given back before the writer's own
+            give_back_free_memory()
+            writer.write_table(table)
+            del table
             # each group's arrays leave holes the next group's, a few rows more or less,
             # do not fit: the heap grew ~1 MB a group (the 13M-packet capture's 22: 18 MB)
             give_back_free_memory()

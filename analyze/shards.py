@@ -58,7 +58,8 @@ def shard_count(n_packets: int, jobs: int) -> int:
 @dataclass
 class Part:
     """One shard's classification: ``flows`` (flows.FLOW_COLUMNS, local ids), ``wire``
-    (output rows of its retransmissions, pipeline._wire_table, local flow ids),
+    (output rows of its retransmissions, pipeline._wire_table, local flow ids; a shard
+    classified in windows, its rows stored as they were done: windows.WindowRows),
     ``per_flow`` (per-flow counts for flows.parquet and summary.json), ``acks_lost`` (its
     ACKs lost after the capture point), ``drop_flow`` (the local id of the borrowed first
     packet's flow, -1: none)."""

@@ -398,6 +398,7 @@ class SpilledCapture:
             self.tuples,
             anchor_frame=anchor,
             borrowed_frame=borrowed,
+            directory=Path(self.directory.name),
         )
         if part is None:
             # not a loss (the shard is classified whole next), but memory then follows it

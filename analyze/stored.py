@@ -95,6 +95,8 @@ def store(table: Table, path: str | os.PathLike, run_rows: int | None = None) ->
             if isinstance(col, Nullable):
                 values, valid = np.asarray(col.values), col.valid
                 columns[name] = (_write(f, values, run), _write(f, valid, run))
+            elif isinstance(col, Text):  # read back from a table stored before
+                columns[name] = (_write_text(f, col, run), None)
             else:
                 columns[name] = (_write(f, np.asarray(col), run), None)
     return StoredTable(path, n, columns, run)
@@ -107,15 +109,19 @@ def _write(f, col: np.ndarray, run: int) -> _Column:
         return c
     items = col.tolist()
     if all(type(v) is str or v is None for v in items):
-        t = Text.encode(items)
-        parts = (_write(f, t.offsets, run), _write(f, t.valid, run), _write(f, t.data, run))
-        return _Column(None, text=parts)
+        return _write_text(f, Text.encode(items), run)
     c = _Column(None)
     for lo in range(0, len(col), run):
         blob = pickle.dumps(col[lo : lo + run].tolist(), protocol=5)
         c.runs.append((f.tell(), len(blob)))
         f.write(blob)
     return c
+
+
+def _write_text(f, t: Text, run: int) -> _Column:
+    offsets = t.offsets - t.offsets[0]
+    parts = (_write(f, offsets, run), _write(f, t.valid, run), _write(f, t.data, run))
+    return _Column(None, text=parts)
 
 
 def _read(f, c: _Column, lo: int, hi: int, run_rows: int) -> np.ndarray | Text:
@@ -148,3 +154,32 @@ def _read(f, c: _Column, lo: int, hi: int, run_rows: int) -> np.ndarray | Text:
         out[at - lo : at - lo + take] = np.fromiter(items[start : start + take], object, take)
         at += take
     return out
+
+
+@dataclass
+class Chained:
+    """A table stored in several StoredTables, one after the other (a windowed shard's
+    rows, written a run of rows at a time: analyze/windows.py), read as one."""
+
+    parts: list[StoredTable]
+
+    @property
+    def columns(self) -> dict:
+        return self.parts[0].columns
+
+    @property
+    def n_rows(self) -> int:
+        return sum(p.n_rows for p in self.parts)
+
+    def read(self, lo: int, hi: int) -> Table:
+        """Rows lo .. hi - 1, across the parts."""
+        from retranscope.analyze.shards import _concat
+
+        pieces: list[Table] = []
+        at = 0
+        for p in self.parts:
+            a, b = max(lo, at), min(hi, at + p.n_rows)
+            if a < b or not pieces and p is self.parts[-1]:
+                pieces.append(p.read(a - at, max(a, b) - at))
+            at += p.n_rows
+        return {name: _concat([t[name] for t in pieces]) for name in pieces[0]}

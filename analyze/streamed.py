@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retranscope.analyze.shards import Part, _concat, _tuple_first_frame, number_flows
-from retranscope.analyze.stored import StoredTable, run_rows_for, store
-from retranscope.analyze.table import Table, n_rows, take
+from retranscope.analyze.shards import Part, _tuple_first_frame, number_flows
+from retranscope.analyze.stored import ROW_GROUP_ROWS, Chained, StoredTable, run_rows_for, store
+from retranscope.analyze.table import Nullable, Table, Text, n_rows, take
 
 
 @dataclass
@@ -55,7 +55,14 @@ class Digest:
 def finish_part(part: Part, directory: Path, number: int, shards: int = 1) -> Digest:
     """Shard ``number``'s Part (of ``shards``) as output rows stored in ``directory``, and
     its Digest."""
-    from retranscope.analyze.pipeline import _flows_out, flow_extra_columns, kind_firsts, part_sums
+    from retranscope.analyze.pipeline import (
+        TUPLE_KEY,
+        _flows_out,
+        flow_extra_columns,
+        kind_firsts,
+        part_sums,
+    )
+    from retranscope.analyze.windows import WindowRows
 
     n = n_rows(part.flows)
     keep = np.flatnonzero(np.arange(n) != part.drop_flow)
@@ -64,18 +71,30 @@ def finish_part(part: Part, directory: Path, number: int, shards: int = 1) -> Di
     local[keep] = np.arange(len(keep))
     flows = take(part.flows, keep)
     per_flow = {k: v[keep] for k, v in part.per_flow.items()}
-    cat = local[part.wire["flow_id"]]
-    wire = take(part.wire, np.flatnonzero(cat >= 0))
-    wire["flow_id"] = cat[cat >= 0]
+    windowed = isinstance(part.wire, WindowRows)  # its rows on disk, a few columns here
+    wire = part.wire.brief if windowed else part.wire
+    cat = local[wire["flow_id"]]
+    src = np.flatnonzero(cat >= 0)
+    wire = take(wire, src)
+    wire["flow_id"] = cat[src]
     by_frame = np.argsort(wire["frame"], kind="stable")
-    rows = take(wire, by_frame[np.argsort(wire["ts_wall_ns"][by_frame], kind="stable")])
+    order = by_frame[np.argsort(wire["ts_wall_ns"][by_frame], kind="stable")]
+    rows = take(wire, order)
+    if windowed:  # the flow's 4-tuple, which flows.parquet's per-tuple counts read
+        rows.update({k: flows[k][rows["flow_id"]] for k in TUPLE_KEY})
     sums = part_sums(flows, rows, per_flow, part.acks_lost)
-    del wire, part
     sums["kind_firsts"] = kind_firsts(rows)
     out_flows = {**_flows_out(flows, rows), **flow_extra_columns(per_flow)}
+    run = run_rows_for(shards)
+    if windowed:
+        to = directory / f"rows-{number}"
+        stored_rows = _store_in_order(part.wire, src[order], local, to, run)
+    else:
+        stored_rows = store(rows, directory / f"rows-{number}", run)
+    del wire, part
     digest = Digest(
-        flows=store(out_flows, directory / f"flows-{number}", run_rows_for(shards)),
-        rows=store(rows, directory / f"rows-{number}", run_rows_for(shards)),
+        flows=store(out_flows, directory / f"flows-{number}", run),
+        rows=stored_rows,
         first_frame=flows["first_frame"].astype(np.int64),
         tuple_first=_tuple_first_frame(flows) if len(keep) else np.zeros(0, dtype=np.int64),
         conn=flows["conn_id"].astype(np.int64),
@@ -85,6 +104,18 @@ def finish_part(part: Part, directory: Path, number: int, shards: int = 1) -> Di
         sums=sums,
     )
     return digest
+
+
+def _store_in_order(window_rows, idx: np.ndarray, local: np.ndarray, path: Path, run: int):
+    """A windowed shard's rows ``idx`` (in the windows' order), their flow ids ``local``'s,
+    stored in that order a row group at a time (analyze/windows.WindowRows: what the
+    shard holds stays a group's), the windows' files then removed."""
+    parts: list[StoredTable] = []
+    for lo in range(0, max(len(idx), 1), ROW_GROUP_ROWS):
+        group = window_rows.rows(idx[lo : lo + ROW_GROUP_ROWS], lambda f: local[f])
+        parts.append(store(group, path.with_name(f"{path.name}.{len(parts)}"), run))
+    window_rows.remove()
+    return Chained(parts)
 
 
 class StreamedTable:
@@ -103,21 +134,53 @@ class StreamedTable:
             hi = min(self.n_rows, lo + size)
             p = self.part_of[lo:hi]
             counts = np.bincount(p, minlength=len(self.stored))
-            pieces = []
-            for s in np.flatnonzero(counts).tolist():
+            group: Table = {}
+            texts: dict[str, list] = {}  # text columns: their pieces, in shard order
+            for s in np.flatnonzero(counts).tolist() or [0]:
                 c = int(counts[s])
-                pieces.append(self.stored[s].read(cursor[s], cursor[s] + c))
+                piece = self.stored[s].read(cursor[s], cursor[s] + c)
                 cursor[s] += c
-            if not pieces:  # no rows at all: one empty group, as the in-memory path writes
-                pieces = [self.stored[0].read(0, 0)]
-            group = {name: _concat([t[name] for t in pieces]) for name in pieces[0]}
-            # the group's rows, in output order, from the shards' pieces in shard order
-            order = np.argsort(p, kind="stable")
-            at = np.empty(len(p), dtype=np.int64)
-            at[order] = np.arange(len(p))
-            group = take(group, at)
+                # each piece's rows straight into their places in output order (a copy of
+                # the group at a time, not the pieces, their concatenation and the rows
+                # taken from it: the writing's peak on the 13M-packet capture)
+                _scatter(group, texts, piece, np.flatnonzero(p == s), len(p))
+                del piece
+            if texts:
+                at = np.empty(len(p), dtype=np.int64)  # output row -> row of the pieces
+                at[np.argsort(p, kind="stable")] = np.arange(len(p))
+                for name, pieces in texts.items():
+                    group[name] = Text.concat(pieces)[at]
+            group = {name: group[name] for name in self.stored[0].columns}
             self._patch(group, lo, hi, p)
-            yield group
+            # handed over, not kept: the caller frees it before the next group is read
+            # (a suspended generator holds its locals: two groups at once)
+            held = [group]
+            del group, texts
+            yield held.pop()
+
+
+def _scatter(group: Table, texts: dict, piece: Table, pos: np.ndarray, n: int) -> None:
+    """A shard's piece of a row group into ``group``'s rows ``pos`` (its columns made, of
+    ``n`` rows, from the first piece's); its text columns kept aside in ``texts``."""
+    for name, col in piece.items():
+        if isinstance(col, Text) or name in texts:
+            texts.setdefault(name, []).append(col)
+            continue
+        if name not in group:
+            if isinstance(col, Nullable):
+                group[name] = Nullable(np.zeros(n, dtype=col.values.dtype), np.zeros(n, dtype=bool))
+            else:
+                group[name] = np.empty(n, dtype=np.asarray(col).dtype)
+        out = group[name]
+        values, valid = (col.values, col.valid) if isinstance(col, Nullable) else (col, True)
+        held = out.values if isinstance(out, Nullable) else out
+        values = np.asarray(values)
+        if not np.can_cast(values.dtype, held.dtype):  # as np.concatenate would: widened
+            held = held.astype(np.result_type(held, values))
+            group[name] = out = Nullable(held, out.valid) if isinstance(out, Nullable) else held
+        held[pos] = values
+        if isinstance(out, Nullable):
+            out.valid[pos] = valid
 
 
 @dataclass

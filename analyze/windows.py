@@ -50,8 +50,11 @@ the other window's; tests/test_windows.py compares windows with whole shards.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -509,6 +512,7 @@ def classify_in_windows(
     borrowed_frame: int = -1,
     window_rows: int | None = None,
     margin_rows: int | None = None,
+    directory: Path | None = None,
 ):
     """The shards.Part of a shard of ``n`` rows, read in ``blocks`` (consecutive packet
     tables in capture order), classified a window at a time, or (None, why) where the
@@ -516,7 +520,8 @@ def classify_in_windows(
     capture's first packet (carried into every window; the shard's first row, else the
     windows are not tried: a clock that steps back); ``borrowed_frame``: the same, when
     the shard holds it as a copy (its flow is dropped by the merge: Part.drop_flow);
-    ``tuples``: as pipeline.classify_part's."""
+    ``tuples``: as pipeline.classify_part's; ``directory``: where the windows' output rows
+    are stored as they are done (the Part's ``wire`` is then a WindowRows; None: held)."""
     if n == 0:
         return None, "no rows"
     window_rows = window_rows or WINDOW_ROWS
@@ -526,7 +531,7 @@ def classify_in_windows(
     table: dict[str, np.ndarray] = {}  # every window's table written into the same pages
     hist = _History()
     srtt: tuple[dict, set] = ({}, set())  # Seam.records, Seam.poisoned
-    acc = _Windows()
+    acc = _Windows(directory)
     prev = None  # (shard rows, their flows' keys, the view at the cut) of the window before
     try:
         for s in range(0, n, window_rows):
@@ -561,6 +566,7 @@ def classify_in_windows(
             del packets, w, gidx, later, seam
         return acc.part(borrowed_frame), None
     except _Doubt as why:
+        acc.remove()
         return None, str(why)
 
 
@@ -722,18 +728,90 @@ def _facts(packets, flow_id, flows, own, flow_facts, per_flow) -> dict[str, np.n
     return out
 
 
-class _Windows:
-    """The windows' outputs, merged into the shard's Part."""
+#: the columns of a shard's output rows that what follows its classification reads of
+#: every row (streamed.finish_part: the order, summary.json's sums, flows.parquet's
+#: per-flow counts): what a windowed shard holds of each, its rows being on disk
+BRIEF_COLUMNS = ("flow_id", "ts_wall_ns", "frame", "kind", "spurious", "srtt_us", "evidence")
 
-    def __init__(self):
+
+class WindowRows:
+    """A windowed shard's output rows: each window's on disk (``stored``, flow ids the
+    flows' first frames), and in memory only their BRIEF_COLUMNS (``brief``, flow ids the
+    shard's), in the windows' order. ~60 bytes a row held instead of ~560 (the sentences,
+    the addresses and ~40 columns): what the shard holds grows with its retransmissions
+    by those few columns only."""
+
+    def __init__(self, stored: list, brief: Table, keys: np.ndarray, new_id: np.ndarray):
+        self.stored = stored
+        self.starts = np.cumsum([0] + [t.n_rows for t in stored])
+        self.brief = brief
+        self.keys, self.new_id = keys, new_id
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def rows(self, idx: np.ndarray, flow_of) -> Table:
+        """Rows ``idx`` (numbers in the windows' order), their flow ids ``flow_of`` of the
+        shard's."""
+        from retranscope.analyze.shards import _concat
+
+        win = np.searchsorted(self.starts, idx, "right") - 1
+        order = np.argsort(win, kind="stable")
+        pieces = []
+        for k in np.unique(win).tolist() or [0]:
+            at = idx[win == k] - self.starts[k]
+            lo = int(at.min()) if len(at) else 0
+            got = self.stored[k].read(lo, int(at.max()) + 1 if len(at) else 0)
+            pieces.append(take(got, at - lo))
+        out = {c: _concat([t[c] for t in pieces]) for c in pieces[0]}
+        back = np.empty(len(idx), dtype=np.int64)
+        back[order] = np.arange(len(idx))
+        out = take(out, back)
+        out["flow_id"] = flow_of(self.new_id[np.searchsorted(self.keys, out["flow_id"])])
+        return out
+
+    def table(self) -> Table:
+        """All of them in memory, in frame order (as the windows' Part held them)."""
+        from retranscope.analyze.table import Text
+
+        rows = self.rows(np.arange(len(self)), lambda f: f)
+        rows = {c: v.to_objects() if isinstance(v, Text) else v for c, v in rows.items()}
+        return take(rows, np.argsort(rows["frame"], kind="stable"))
+
+    def remove(self) -> None:
+        for t in self.stored:
+            t.path.unlink(missing_ok=True)
+
+
+class _Windows:
+    """The windows' outputs, merged into the shard's Part; their output rows stored in
+    ``directory`` as each window is done (None: held, as the tests compare them)."""
+
+    def __init__(self, directory: Path | None = None):
         self.facts: list[dict] = []
-        self.wires: list[Table] = []
+        self.wires: list = []
+        self.briefs: list[Table] = []
         self.acks_lost = 0
+        self.directory = directory
 
     def add(self, w: _Window) -> None:
         self.facts.append(w.facts)
-        self.wires.append(w.wire)
+        if self.directory is None:
+            self.wires.append(w.wire)
+        else:
+            from retranscope.analyze.stored import store
+
+            fd, name = tempfile.mkstemp(prefix="window-", dir=self.directory)
+            os.close(fd)
+            self.wires.append(store(w.wire, name))
+            self.briefs.append({c: w.wire[c] for c in BRIEF_COLUMNS})
         self.acks_lost += w.acks_lost
+
+    def remove(self) -> None:
+        """The stored rows of windows whose shard is classified whole after all."""
+        for t in self.wires:
+            if hasattr(t, "path"):
+                t.path.unlink(missing_ok=True)
 
     def part(self, borrowed_frame: int):
         from retranscope.analyze.shards import (
@@ -784,10 +862,15 @@ class _Windows:
         per_flow = {c: sums[c][order].astype(np.int64) for c in per_flow_names}
         for g in ("ranges", "bytes", "acked"):
             per_flow["gap_" + g] = np.zeros(len(keys), dtype=np.int64)
-        wire = {c: _concat([w[c] for w in self.wires]) for c in self.wires[0]}
-        wire["flow_id"] = new_id[np.searchsorted(keys, wire["flow_id"])]
-        by_frame = np.argsort(wire["frame"], kind="stable")
-        wire = {c: v[by_frame] for c, v in wire.items()}
+        wire: Table | WindowRows
+        if self.directory is not None:
+            brief = {c: _concat([w[c] for w in self.briefs]) for c in BRIEF_COLUMNS}
+            brief["flow_id"] = new_id[np.searchsorted(keys, brief["flow_id"])]
+            wire = WindowRows(self.wires, brief, keys, new_id)
+        else:
+            held = {c: _concat([w[c] for w in self.wires]) for c in self.wires[0]}
+            held["flow_id"] = new_id[np.searchsorted(keys, held["flow_id"])]
+            wire = take(held, np.argsort(held["frame"], kind="stable"))
         drop = -1
         if borrowed_frame >= 0:
             drop = int(new_id[np.searchsorted(keys, borrowed_frame)])

@@ -42,11 +42,13 @@ def _differ(got, want) -> list[str]:
     return out + [k for k in ("acks_lost", "drop_flow") if getattr(got, k) != getattr(want, k)]
 
 
-def _in_windows(packets: dict, window_rows: int, margin_rows: int, block: int = 777, too_big=None):
+def _in_windows(
+    packets: dict, window_rows: int, margin_rows: int, block: int = 777, too_big=None, into=None
+):
     n = len(packets["frame"])
     first = int(packets["frame"][int(np.argmin(packets["ts_ns"]))])
     return windows.classify_in_windows(
-        _blocks(packets, block), n, too_big, None, first, -1, window_rows, margin_rows
+        _blocks(packets, block), n, too_big, None, first, -1, window_rows, margin_rows, into
     )
 
 
@@ -128,6 +130,52 @@ def test_acks_lost_after_the_capture_point_are_judged_as_whole_across_cuts(
     packets = read_capture(CORPUS / "bulk_ack_loss_rcv" / "capture.pcap").packets
     part, why = _in_windows(packets, 200, 100)
     assert part is None and "lost after the capture point" in why
+
+
+def test_a_windowed_shards_rows_stored_as_its_windows_are_done(tmp_path, monkeypatch):
+    """Stored a window at a time (what a spilled shard does), the rows read back are those
+    the windows held; finish_part writes them in output order from the windows' files,
+    a row group at a time, and removes those files; the digest is the held rows'."""
+    from retranscope.analyze import streamed
+    from retranscope.analyze.streamed import finish_part
+
+    packets = read_capture(CORPUS / "random_loss_notso" / "capture.pcap").packets
+    n = len(packets["frame"])
+    held, _ = _in_windows(packets, n // 10, 500)
+    kept, why = _in_windows(packets, n // 10, 500, into=tmp_path)
+    assert kept is not None, why
+    assert isinstance(kept.wire, windows.WindowRows) and len(kept.wire.stored) == 11
+    assert not _differ(
+        shards_part(kept.flows, kept.wire.table(), kept.per_flow, kept.acks_lost), held
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    b = finish_part(held, tmp_path / "b", 0)
+    monkeypatch.setattr(streamed, "ROW_GROUP_ROWS", 64)  # the stored order in many groups
+    a = finish_part(kept, tmp_path / "a", 0)
+    assert not list(tmp_path.glob("window-*"))  # the windows' files are gone
+    assert len(a.rows.parts) > 4 and a.rows.n_rows == b.rows.n_rows > 300
+    for x, y in ((a.rows, b.rows), (a.flows, b.flows)):
+        got, want = x.read(0, x.n_rows), y.read(0, y.n_rows)
+        assert got.keys() == want.keys()
+        assert not [c for c in got if not _alike(got[c], want[c])]
+    assert a.sums == b.sums and np.array_equal(a.row_ts, b.row_ts)
+
+
+def shards_part(flows, wire, per_flow, acks_lost):
+    from retranscope.analyze.shards import Part
+
+    return Part(flows, wire, per_flow, acks_lost)
+
+
+def _alike(x, y) -> bool:
+    """Two stored columns hold the same rows (text read back either way, NaN alike)."""
+    from retranscope.analyze.table import Text
+
+    x, y = (c.to_objects() if isinstance(c, Text) else c for c in (x, y))
+    if getattr(x, "dtype", None) is not None and x.dtype.kind == "f":
+        return np.array_equal(x, y, equal_nan=True)
+    return bool(windows._same_cells(x, y).all())
 
 
 def _past_4_gb(c) -> None:
