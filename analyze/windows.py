@@ -526,6 +526,8 @@ def classify_in_windows(
         return None, "no rows"
     window_rows = window_rows or WINDOW_ROWS
     margin_rows = margin_rows or MARGIN_ROWS
+    if 2 * margin_rows > window_rows:  # the next window would start before this one
+        raise ValueError(f"margins of {margin_rows} rows need windows of {2 * margin_rows}+")
     anchor = 0 if anchor_frame >= 0 else -1
     rows = _Rows(blocks)
     table: dict[str, np.ndarray] = {}  # every window's table written into the same pages

@@ -99,6 +99,15 @@ def test_windows_give_the_whole_shard_or_say_why(window_rows, margin_rows):
     assert cut >= 40 and alike >= cut // 3, (alike, cut, doubted)
 
 
+def test_margins_wider_than_half_a_window_are_refused():
+    """With 2M > W the next window would start before this one (and a window vouched for
+    rows it got wrong: the corpus's random_loss_v6_notso in windows of 1,000 rows with
+    margins of 1,000)."""
+    packets = read_capture(CORPUS / "tail_drop_tlp" / "capture.pcap").packets
+    with pytest.raises(ValueError, match="margins"):
+        _in_windows(packets, 100, 51)
+
+
 def test_a_long_connection_in_many_windows():
     """A 12,852-packet bulk transfer through random loss, cut into 10 windows: the same as
     whole, its 350 retransmissions included."""
