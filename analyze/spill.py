@@ -60,7 +60,9 @@ from retranscope.analyze.windows import (
     WINDOW_FOOTPRINT_ROWS,
     WINDOWED_MIN_ROWS,
     classify_in_windows,
+    margin_may_help,
     merged_blocks,
+    wider_margins,
 )
 from retranscope.errors import RetranscopeError
 from retranscope.schemas.packets import (
@@ -385,29 +387,38 @@ class SpilledCapture:
     def _classify_windows(self, shard: list[int], too_big: list[dict] | None) -> Part | None:
         """The shard classified a window at a time from its bucket files, or None where the
         windows could not vouch for giving what the whole shard gives (windows.py)."""
-        streams = [_bucket_blocks(self.buckets[i]) for i in shard]
         borrowed = -1
         if self.anchor is not None and self.anchor_bucket not in shard:
-            streams.append(iter([_sparse_row(self.anchor)]))
             borrowed = int(self.anchor["frame"][0])
         anchor = -1 if self.anchor is None else int(self.anchor["frame"][0])
-        part, why = classify_in_windows(
-            merged_blocks(streams),
-            self.rows_of(shard),
-            too_big,
-            self.tuples,
-            anchor_frame=anchor,
-            borrowed_frame=borrowed,
-            directory=Path(self.directory.name),
-        )
-        if part is None:
-            # not a loss (the shard is classified whole next), but memory then follows it
-            print(
-                f"retranscope: notice: {self.packets_of(shard):,} packets of one shard "
-                f"classified whole, not a window at a time ({why}): memory follows them",
-                file=sys.stderr,
+        tried = []
+        for margin in wider_margins():
+            streams = [_bucket_blocks(self.buckets[i]) for i in shard]
+            if borrowed >= 0 and self.anchor is not None:
+                streams.append(iter([_sparse_row(self.anchor)]))
+            part, why = classify_in_windows(
+                merged_blocks(streams),
+                self.rows_of(shard),
+                too_big,
+                self.tuples,
+                anchor_frame=anchor,
+                borrowed_frame=borrowed,
+                margin_rows=margin,
+                directory=Path(self.directory.name),
             )
-        return part
+            if part is not None:
+                return part
+            tried.append(f"{margin:,}")
+            if not margin_may_help(why):
+                break
+        # not a loss (the shard is classified whole next), but memory then follows it
+        print(
+            f"retranscope: notice: {self.packets_of(shard):,} packets of one shard "
+            f"classified whole, not a window at a time ({why}; margins of "
+            f"{', '.join(tried)} rows tried): memory follows them",
+            file=sys.stderr,
+        )
+        return None
 
     def _classify_forked(
         self, shards, classify, too_big, jobs: int, budget: int | None

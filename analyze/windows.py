@@ -22,7 +22,8 @@ to the last bit). Every flow that sends data takes its RTT samples in every wind
 that chain.
 
 Whether a window's rows come out as the whole shard would give them is checked, not
-assumed, and any doubt returns None (the caller then classifies the shard whole):
+assumed, and any doubt returns None (the caller then tries wider margins, where they may
+answer it, wider_margins, or classifies the shard whole):
 
 - the flows are the same: every row two windows both hold is in the same flow in each
   (by the flow's first frame; a 4-tuple reused after its carried handshake shows here);
@@ -99,6 +100,29 @@ _ROW_FLAGS = ("probe", "out_of_order", "duplicate", "seq_abs", "end_abs")
 
 class _Doubt(Exception):
     """A window's rows may not come out as the whole shard gives them (the reason)."""
+
+
+#: doubts that wider margins cannot answer: what the whole flow decides (a gap, a path
+#: MTU message, a reused 4-tuple, the flows' facts), or the capture's own order
+_NOT_MARGINS: tuple[str, ...] = ("the capture misses", "an ICMP", "a row is in another")
+_NOT_MARGINS += ("the windows disagree", "a flow without", "the capture's first", "no rows")
+
+
+def wider_margins() -> list[int]:
+    """The margins a shard's windows are tried with, in turn, while they doubt for want
+    of rows before or after them (a flow with many packets in flight: a retransmission's
+    original, its ACK, its episode lie further away): 4x wider each time, up to half a
+    window. What the widest holds is within the bound the cores share (spill._plan):
+    163,840 + 4 x 65,536 rows, ~430k, two at once below SHARD_PACKETS."""
+    out = [MARGIN_ROWS]
+    while out[-1] * 4 <= WINDOW_ROWS // 2 and len(out) < 3:
+        out.append(out[-1] * 4)
+    return out
+
+
+def margin_may_help(why: str | None) -> bool:
+    """Could wider margins answer this doubt?"""
+    return why is not None and not why.startswith(_NOT_MARGINS)
 
 
 #: what a window's SRTT carries on from (rtt_state's seed, but "on")

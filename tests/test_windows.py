@@ -283,3 +283,36 @@ def test_spilled_shards_in_windows_give_what_the_whole_capture_gives(
             else:
                 assert value.equals(got[key]), (key, jobs)
     assert any(tried) and (not all(tried)) == doubted, tried  # (the shards in this process)
+
+
+def test_a_shard_whose_windows_doubt_for_want_of_rows_is_tried_with_wider_margins(
+    tmp_path, monkeypatch, capfd
+):
+    """A bulk transfer through random loss (12,852 packets) in windows of 2,000 rows: with
+    margins of 125 a retransmission resends bytes sent before its window; tried again
+    4x wider (500), the windows vouch, and the outputs are those of the capture in
+    memory, no notice said. A doubt wider margins cannot answer (a gap) is not retried."""
+    pcap = CORPUS / "random_loss_notso" / "capture.pcap"
+    run_analysis(pcap, None, tmp_path / "memory", spill=False)
+    monkeypatch.setattr(spill, "WINDOWED_MIN_ROWS", 0)
+    monkeypatch.setattr(windows, "WINDOW_ROWS", 2000)
+    monkeypatch.setattr(windows, "MARGIN_ROWS", 125)
+    assert windows.wider_margins() == [125, 500]
+    margins: list = []
+    attempt = windows.classify_in_windows
+
+    def counted(*args, **kwargs):
+        part, why = attempt(*args, **kwargs)
+        margins.append((kwargs["margin_rows"], why))
+        return part, why
+
+    monkeypatch.setattr(spill, "classify_in_windows", counted)
+    run_analysis(pcap, None, tmp_path / "windows", spill=True, jobs=1)
+    assert [m for m, _ in margins] == [125, 500], margins
+    assert "before its window" in margins[0][1] and margins[1][1] is None
+    assert "notice" not in capfd.readouterr().err
+    want, got = _outputs(tmp_path / "memory"), _outputs(tmp_path / "windows")
+    for key in ("retransmits.parquet", "flows.parquet"):
+        assert want[key].equals(got[key]), key
+    assert not windows.margin_may_help("the capture misses data of a flow")
+    assert windows.margin_may_help("the windows beside a cut disagree on cause")
