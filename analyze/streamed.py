@@ -34,7 +34,7 @@ import numpy as np
 
 from retranscope.analyze.shards import Part, _tuple_first_frame, number_flows
 from retranscope.analyze.stored import ROW_GROUP_ROWS, Chained, StoredTable, run_rows_for, store
-from retranscope.analyze.table import Nullable, Table, Text, n_rows, take
+from retranscope.analyze.table import RowsAt, Table, n_rows, take
 
 
 @dataclass
@@ -134,53 +134,21 @@ class StreamedTable:
             hi = min(self.n_rows, lo + size)
             p = self.part_of[lo:hi]
             counts = np.bincount(p, minlength=len(self.stored))
-            group: Table = {}
-            texts: dict[str, list] = {}  # text columns: their pieces, in shard order
+            rows = RowsAt(len(p))
             for s in np.flatnonzero(counts).tolist() or [0]:
                 c = int(counts[s])
-                piece = self.stored[s].read(cursor[s], cursor[s] + c)
-                cursor[s] += c
                 # each piece's rows straight into their places in output order (a copy of
                 # the group at a time, not the pieces, their concatenation and the rows
                 # taken from it: the writing's peak on the 13M-packet capture)
-                _scatter(group, texts, piece, np.flatnonzero(p == s), len(p))
-                del piece
-            if texts:
-                at = np.empty(len(p), dtype=np.int64)  # output row -> row of the pieces
-                at[np.argsort(p, kind="stable")] = np.arange(len(p))
-                for name, pieces in texts.items():
-                    group[name] = Text.concat(pieces)[at]
-            group = {name: group[name] for name in self.stored[0].columns}
+                rows.add(self.stored[s].read(cursor[s], cursor[s] + c), np.flatnonzero(p == s))
+                cursor[s] += c
+            group = rows.result(self.stored[0].columns)
             self._patch(group, lo, hi, p)
             # handed over, not kept: the caller frees it before the next group is read
             # (a suspended generator holds its locals: two groups at once)
             held = [group]
-            del group, texts
+            del group, rows
             yield held.pop()
-
-
-def _scatter(group: Table, texts: dict, piece: Table, pos: np.ndarray, n: int) -> None:
-    """A shard's piece of a row group into ``group``'s rows ``pos`` (its columns made, of
-    ``n`` rows, from the first piece's); its text columns kept aside in ``texts``."""
-    for name, col in piece.items():
-        if isinstance(col, Text) or name in texts:
-            texts.setdefault(name, []).append(col)
-            continue
-        if name not in group:
-            if isinstance(col, Nullable):
-                group[name] = Nullable(np.zeros(n, dtype=col.values.dtype), np.zeros(n, dtype=bool))
-            else:
-                group[name] = np.empty(n, dtype=np.asarray(col).dtype)
-        out = group[name]
-        values, valid = (col.values, col.valid) if isinstance(col, Nullable) else (col, True)
-        held = out.values if isinstance(out, Nullable) else out
-        values = np.asarray(values)
-        if not np.can_cast(values.dtype, held.dtype):  # as np.concatenate would: widened
-            held = held.astype(np.result_type(held, values))
-            group[name] = out = Nullable(held, out.valid) if isinstance(out, Nullable) else held
-        held[pos] = values
-        if isinstance(out, Nullable):
-            out.valid[pos] = valid
 
 
 @dataclass

@@ -125,6 +125,54 @@ class Text:
         return out
 
 
+class RowsAt:
+    """A table of ``n`` rows assembled from pieces, each put at its rows (``pos``) as it
+    comes: one copy of the table at a time, not the pieces, their concatenation and the
+    rows taken from it (a spilled capture's row groups, from its shards' files, and a
+    windowed shard's rows, from its windows'). Text columns are kept aside and gathered
+    once all the pieces are in."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.table: Table = {}
+        self.texts: dict[str, list[Text]] = {}
+        self.pos: list[np.ndarray] = []
+
+    def add(self, piece: Table, pos: np.ndarray) -> None:
+        self.pos.append(pos)
+        for name, col in piece.items():
+            if isinstance(col, Text) or name in self.texts:
+                self.texts.setdefault(name, []).append(col)
+                continue
+            if name not in self.table:  # made from the first piece's kind and type
+                if isinstance(col, Nullable):
+                    self.table[name] = Nullable(
+                        np.zeros(self.n, dtype=col.values.dtype), np.zeros(self.n, dtype=bool)
+                    )
+                else:
+                    self.table[name] = np.empty(self.n, dtype=np.asarray(col).dtype)
+            out = self.table[name]
+            values, valid = (col.values, col.valid) if isinstance(col, Nullable) else (col, True)
+            held = out.values if isinstance(out, Nullable) else out
+            values = np.asarray(values)
+            if not np.can_cast(values.dtype, held.dtype):  # as np.concatenate would: widened
+                held = held.astype(np.result_type(held, values))
+                out = Nullable(held, out.valid) if isinstance(out, Nullable) else held
+                self.table[name] = out
+            held[pos] = values
+            if isinstance(out, Nullable):
+                out.valid[pos] = valid
+
+    def result(self, columns) -> Table:
+        """The table, its columns in the order of ``columns``."""
+        if self.texts:
+            at = np.empty(self.n, dtype=np.int64)  # row -> its place in the pieces, in turn
+            at[np.concatenate(self.pos)] = np.arange(self.n)
+            for name, parts in self.texts.items():
+                self.table[name] = Text.concat(parts)[at]
+        return {name: self.table[name] for name in columns}
+
+
 def nullable(values: np.ndarray, valid: np.ndarray, dtype=np.int64) -> Nullable:
     """``values`` where ``valid``, null elsewhere."""
     valid = np.asarray(valid, dtype=bool)

@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from retranscope.analyze.flows import FLOW_COLUMNS
-from retranscope.analyze.table import Nullable, Table, take
+from retranscope.analyze.table import Nullable, RowsAt, Table, take
 from retranscope.schemas.packets import SACK_EDGE_COLUMNS, SACK_ROWS, TCP_ACK, TCP_FIN, TCP_RST
 
 #: rows a window owns
@@ -785,20 +785,14 @@ class WindowRows:
     def rows(self, idx: np.ndarray, flow_of) -> Table:
         """Rows ``idx`` (numbers in the windows' order), their flow ids ``flow_of`` of the
         shard's."""
-        from retranscope.analyze.shards import _concat
-
         win = np.searchsorted(self.starts, idx, "right") - 1
-        order = np.argsort(win, kind="stable")
-        pieces = []
+        rows = RowsAt(len(idx))
         for k in np.unique(win).tolist() or [0]:
-            at = idx[win == k] - self.starts[k]
-            lo = int(at.min()) if len(at) else 0
-            got = self.stored[k].read(lo, int(at.max()) + 1 if len(at) else 0)
-            pieces.append(take(got, at - lo))
-        out = {c: _concat([t[c] for t in pieces]) for c in pieces[0]}
-        back = np.empty(len(idx), dtype=np.int64)
-        back[order] = np.arange(len(idx))
-        out = take(out, back)
+            pos = np.flatnonzero(win == k)
+            at = idx[pos] - self.starts[k]
+            lo, hi = (int(at.min()), int(at.max()) + 1) if len(at) else (0, 0)
+            rows.add(take(self.stored[k].read(lo, hi), at - lo), pos)
+        out = rows.result(self.stored[0].columns)
         out["flow_id"] = flow_of(self.new_id[np.searchsorted(self.keys, out["flow_id"])])
         return out
 

@@ -104,3 +104,28 @@ def test_text_rows_taken_and_concatenated_are_the_strings(idx):
     both = Text.concat([t, Text.encode([]), t[1:3]])
     assert both.to_objects().tolist() == items + items[1:3]
     assert both.offsets[0] == 0 and both.offsets[-1] == len(both.data)
+
+
+def test_rows_put_at_their_places_from_pieces_are_the_rows_in_order():
+    """table.RowsAt (a row group from the shards' pieces): numbers widened as concatenation
+    would, nulls kept, text gathered; the columns in the order asked."""
+    from retranscope.analyze.table import RowsAt
+
+    a = {
+        "n": np.array([1, 2], dtype=np.int32),
+        "z": Nullable(np.array([5, 0]), np.array([True, False])),
+        "t": Text.encode(["a", None]),
+    }
+    b = {
+        "n": np.array([2**40], dtype=np.int64),
+        "z": Nullable(np.array([7]), np.array([True])),
+        "t": Text.encode(["µs"]),
+    }
+    rows = RowsAt(3)
+    rows.add(a, np.array([0, 2]))
+    rows.add(b, np.array([1]))
+    got = rows.result(["t", "n", "z"])
+    assert list(got) == ["t", "n", "z"]
+    assert got["n"].tolist() == [1, 2**40, 2] and got["n"].dtype == np.int64
+    assert got["z"].values.tolist() == [5, 7, 0] and got["z"].valid.tolist() == [True, True, False]
+    assert got["t"].to_objects().tolist() == ["a", "µs", None]
