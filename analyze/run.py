@@ -134,7 +134,8 @@ def _analyze(capture, events: Path | None, out: Path, jobs, warn) -> Result:
     from retranscope.analyze.outputs import write_outputs  # pyarrow: after the peak
     from retranscope.analyze.shards import give_back_free_memory
 
-    # pyarrow allocates from a pool of its own: the heap's free pages would stay beside it
+    # what the classification freed goes back before the writing takes its own memory
+    # (reuse_freed_memory keeps it otherwise)
     give_back_free_memory()
     write_outputs(result, out)
     m = result.summary.get("match")

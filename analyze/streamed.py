@@ -134,12 +134,10 @@ class StreamedTable:
             hi = min(self.n_rows, lo + size)
             p = self.part_of[lo:hi]
             counts = np.bincount(p, minlength=len(self.stored))
-            rows = RowsAt(len(p))
+            rows = RowsAt(len(p))  # each shard's piece put at its rows in output order
+            # (no rows at all: one empty group, as the in-memory path writes)
             for s in np.flatnonzero(counts).tolist() or [0]:
                 c = int(counts[s])
-                # each piece's rows straight into their places in output order (a copy of
-                # the group at a time, not the pieces, their concatenation and the rows
-                # taken from it: the writing's peak on the 13M-packet capture)
                 rows.add(self.stored[s].read(cursor[s], cursor[s] + c), np.flatnonzero(p == s))
                 cursor[s] += c
             group = rows.result(self.stored[0].columns)

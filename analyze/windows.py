@@ -796,14 +796,6 @@ class WindowRows:
         out["flow_id"] = flow_of(self.new_id[np.searchsorted(self.keys, out["flow_id"])])
         return out
 
-    def table(self) -> Table:
-        """All of them in memory, in frame order (as the windows' Part held them)."""
-        from retranscope.analyze.table import Text
-
-        rows = self.rows(np.arange(len(self)), lambda f: f)
-        rows = {c: v.to_objects() if isinstance(v, Text) else v for c, v in rows.items()}
-        return take(rows, np.argsort(rows["frame"], kind="stable"))
-
     def remove(self) -> None:
         for t in self.stored:
             t.path.unlink(missing_ok=True)
