@@ -449,10 +449,7 @@ def classify_table(
     una_init = _first_seq(space, flow_id, flows, frame, sorted_cap)
     A = _ack_table(packets, space, ack_sel, a_flow, una_init)
     tx = _tx_rows(packets, space, flow_id, n_flows, data_flows, sorted_cap, not_rst)
-    is_rtx_pkt = np.zeros(len(flow_id), dtype=bool)
-    is_rtx_pkt[r_pkt[~r_ooo]] = True
-    is_ooo_pkt = np.zeros(len(flow_id), dtype=bool)
-    is_ooo_pkt[r_pkt[r_ooo]] = True
+    is_rtx_pkt, is_ooo_pkt = (_marked(len(flow_id), r_pkt[m]) for m in (~r_ooo, r_ooo))
     origs = _Originals(packets, space, tx, is_rtx_pkt, is_ooo_pkt, sorted_cap)
     del is_ooo_pkt
     mss = _flow_mss(packets, flows, tx)
@@ -510,9 +507,8 @@ def classify_table(
         "spans": _spans_originals(origs, r_flow, out["seq_abs"], out["end_abs"]),
     }
     flows_in.update(mss=mss, una0=una_init, trip_ns=shift_us * 1000)
-    A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
-    adv_ff, too_big_f = last_where(A["adv"], a_flow), _too_big_by_flow(flows, too_big or [])
-    res = replay(rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, t_cap0, too_big_f)
+    bursts = (rows_in, flows_in, order_r, burst_of, r_flow, r_frame)
+    res = _replayed(bursts, (A, a_flow, shift_us, t_cap0), (flows, too_big, flow_id, space, seam))
 
     _verdict_columns(out, res, ts_echo, dsack_ts, r_skip)
     out["since_last_send_ns"] = nullable(since_last_send, since_last_send != _NONE)
@@ -526,6 +522,55 @@ def classify_table(
     out["evidence"] = np.where(a_start[r_flow] >= a_end[r_flow], "timing_only", "acks").astype(
         object
     )
+    return out
+
+
+def _marked(n: int, rows: np.ndarray) -> np.ndarray:
+    """A mask of ``n`` rows, True at ``rows``."""
+    out = np.zeros(n, dtype=bool)
+    out[rows] = True
+    return out
+
+
+def _replayed(bursts: tuple, acks: tuple, shard: tuple) -> dict[str, list]:
+    """sender.replay of the bursts, and in a window (``seam``) its state at the cuts,
+    by flow key, into Seam.at_cut (windows.py compares them)."""
+    rows_in, flows_in, order_r, burst_of, r_flow, r_frame = bursts
+    A, a_flow, _, t_cap0 = acks
+    flows, too_big, flow_id, space, seam = shard
+    A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
+    adv_ff, too_big_f = last_where(A["adv"], a_flow), _too_big_by_flow(flows, too_big or [])
+    cuts = _cuts(seam, flow_id, space, acks)
+    res = replay(
+        rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, t_cap0, too_big_f, cuts, r_frame
+    )
+    if cuts:
+        key = flows["first_frame"].tolist()
+        seam.at_cut = [{key[f]: v for f, v in c.items()} for c in res["at_cut"]]
+    return res
+
+
+def _cuts(seam, flow_id, space, acks) -> list[tuple[int, list[int], list[int]]]:
+    """The cuts at which a window's replay gives its state (Seam.cuts: each one's frame,
+    time, and the rows of the table before which what a flow sent was sent before the
+    later window), with each flow's most data sent in those rows and its last ACK before
+    the cut that every burst after it has applied: by frame, and for a sender away from
+    the capture point also by when the ACKs reached it (_last_ack: no later than the
+    frame's ACK)."""
+    if seam is None or not seam.cuts:
+        return []
+    A, a_flow, shift_us, t_cap0 = acks
+    n_flows = len(shift_us)
+    fl = np.arange(n_flows)
+    out = []
+    for frame, ts_ns, before in seam.cuts:
+        sent = np.full(n_flows, _NONE, dtype=np.int64)
+        np.maximum.at(sent, flow_id[:before], space["end_abs"][:before])
+        at = np.full(n_flows, frame, dtype=np.int64)
+        k = pair_search(a_flow, A["frame"], fl, at, side="left") - 1
+        k = np.where((k >= 0) & (gather(a_flow, k, k >= 0, -1) == fl), k, -1)
+        k_time, _, _ = _last_ack(A, a_flow, shift_us, fl, at, np.full(n_flows, ts_ns), t_cap0)
+        out.append((frame, sent.tolist(), np.minimum(k, k_time).tolist()))
     return out
 
 

@@ -49,6 +49,7 @@ evidence each burst is judged on (its clock, SRTT/RTO, packets out, the ACK tabl
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from copy import copy
 
 import numpy as np
 
@@ -119,6 +120,11 @@ class SeqRanges:
         i = bisect_right(self.lo, lo) - 1
         return i >= 0 and self.hi[i] >= hi
 
+    def above(self, floor: int) -> tuple[tuple[int, int], ...]:
+        """The ranges, cut at ``floor``: what a query at or above it can see."""
+        i = bisect_right(self.hi, floor)
+        return tuple((max(lo, floor), hi) for lo, hi in zip(self.lo[i:], self.hi[i:]))
+
 
 class AckHistory:
     """The receiver's ACKs of every data flow (classify._ack_table), flow after flow, each
@@ -145,6 +151,7 @@ class AckHistory:
     payload: list[int]
     new_after: list[bool]
     sample_ff: list[int]
+    frame: list[int]
 
     def __init__(self, table: dict[str, np.ndarray], adv_ff: np.ndarray):
         self._columns = dict(table, adv_ff=adv_ff, sack_left=table["sack_hi_left"])
@@ -505,6 +512,78 @@ class SenderState:
             self.una_hint = max(self.una_hint, lo)
             return lo
         return una
+
+    def at_cut(self, k: int, sent_floor: int) -> tuple[tuple, int]:
+        """What of this sender the rest of its flow can still read, as of a cut after
+        which the next ACK it applies is at or after ``k`` (the flow's last ACK before
+        the cut, -1: none) and no retransmission resends below ``sent_floor`` (what was
+        sent before the later window's rows: windows._reaches_back): two replays of one
+        flow that give the same here go on alike (windows.py compares the replays of the
+        two windows beside a cut, the later one started afresh). And the earliest ACK (a
+        frame; NEVER: none) it refers to, or whose search starts at the flow's first,
+        whose successors the later window must hold.
+
+        The ACKs up to ``k`` are applied to a copy (tcp_ack, lazy in the replay: a burst
+        applies those since the one before). tcp_ack(k) then tcp_ack(k') is tcp_ack(k')
+        but in one thing: leaving Recovery, Loss or Disorder, it picks Disorder by
+        whether the segment at snd_una was ever resent (tcp_try_keep_open) at k's snd_una
+        as well as at k''s; so where a segment above snd_una was resent, the state before
+        the copy's ACKs (left by them, or Disorder, against Open) is compared too.
+        What is read only below the floor (the history sets, ``una_hint``) and what the
+        state no longer reads (the episode's marks outside one, the backoff's ACK without
+        backoff, the SYN's timer once ACKed) is left out. A flow's constants (MSS, SACK,
+        the path) are the flows' facts, compared elsewhere."""
+        if 0 <= k < self.last_k:  # a clock that stepped back: ACKs not in order
+            return ("ACKs applied out of order",), -1
+        a = copy(self)  # tcp_ack reassigns what it changes: the copy shares no state it sets
+        una = self.snd_una_at(k)
+        if k >= 0:
+            a.tcp_ack(k, una)
+        st = a.ca_state
+        episode = st == RECOVERY or st == LOSS
+        floor = min(una, sent_floor)
+        refs = []
+        if episode:  # tcp_process_loss reads the first ACKs after the episode began
+            floor = min(floor, a.snd_una_at(a.entry_k))
+            refs.append(a.entry_k)
+        if a.tlp_high_seq is not None:
+            refs.append(a.tlp_k)
+        if a.icsk_backoff:
+            refs.append(a.last_k)
+        frame = self.acks.frame if refs else []
+        resent = tuple(sorted((s, t) for s, t in a.last_rtx_ns.items() if s >= floor))
+        leaves = self.ca_state == DISORDER or (
+            (self.ca_state == RECOVERY or self.ca_state == LOSS) and not episode
+        )
+        state = (
+            a.timing_only,
+            a.no_probe,
+            st,
+            leaves if resent else None,
+            a.high_seq if st != OPEN else None,
+            tuple(frame[j] if j >= 0 else -1 for j in refs),
+            a.loss_ranges.above(floor),
+            a.ever_resent.above(floor),
+            a.frto if st == LOSS else None,
+            bool(a.undo_retrans),  # read as a flag (tcp_ack, tcp_retransmit_skb)
+            a.undo_dsack_ns,
+            a.retrans_stamp,
+            a.tlp_high_seq,
+            a.rto_head,
+            a.rto_una,
+            a.retransmits,
+            a.icsk_backoff,
+            a.syn_retransmits if k < 0 else None,
+            a.loss_cause if st == LOSS else None,
+            a.episode_ns,
+            a.episode_by,
+            a.prev_burst_ns if a.timing_only and st == RECOVERY else None,
+            max(a.una_hint, floor) if st == LOSS else None,
+            resent,
+        )
+        # -1 (no ACK yet): the searches start at the flow's first ACK (a_first)
+        first = frame[self.a_first] if refs and self.a_first < self.a_end else NEVER
+        return state, min((frame[j] if j >= 0 else first for j in refs), default=NEVER)
 
     # ---- a burst ---------------------------------------------------------------------
 
@@ -1253,6 +1332,45 @@ class SenderState:
         self.prev_burst_ns = b.ts_ns
 
 
+class _Senders:
+    """A new SenderState for a flow, from replay's per-flow inputs."""
+
+    def __init__(self, flows, acks: AckHistory, rows: RetransRows, t_cap0: int, too_big):
+        self.acks, self.rows, self.t_cap0, self.too_big = acks, rows, t_cap0, too_big or {}
+        names = ("sack_ok", "mss", "mss_known", "una0", "a_start", "a_end", "syn_end")
+        self.of = {k: flows[k].tolist() for k in (*names, "hdr_bytes")}
+        self.trip_ns = flows["trip_ns"].tolist() if "trip_ns" in flows else None
+        self.flows, self.loss0 = flows, flows.get("loss0_nxt")
+
+    def new(self, f: int, no_probe: bool) -> SenderState:
+        of = self.of
+        sender = SenderState(
+            self.acks,
+            self.rows,
+            of["a_start"][f],
+            of["a_end"][f],
+            of["sack_ok"][f],
+            of["mss"][f] if of["mss_known"][f] else None,
+            of["una0"][f],
+            self.t_cap0,
+            of["syn_end"][f],
+            of["hdr_bytes"][f],
+            self.too_big.get(f),
+        )
+        sender.no_probe = no_probe
+        sender.mss_est = of["mss"][f]
+        sender.trip_ns = self.trip_ns[f] if self.trip_ns is not None else 0
+        loss0 = self.loss0
+        if loss0 is not None and loss0[f] > NO_VALUE:
+            sender.capture_started_in_loss(
+                int(self.flows["loss0_seq"][f]),
+                int(self.flows["loss0_end"][f]),
+                int(self.flows["loss0_ts"][f]),
+                int(loss0[f]),
+            )
+        return sender
+
+
 def replay(
     rows: dict[str, np.ndarray],
     flows: dict[str, np.ndarray],
@@ -1263,6 +1381,8 @@ def replay(
     r_flow: np.ndarray,
     t_cap0: int,
     too_big: dict[int, list[tuple[int, int, int]]] | None = None,
+    cuts: list[tuple[int, list[int], list[int]]] | None = None,
+    r_frame: np.ndarray | None = None,
 ) -> dict[str, list]:
     """Walk each flow's retransmission bursts in order through its SenderState.
 
@@ -1274,7 +1394,11 @@ def replay(
     capture, [(ts_ns, mtu, frame), ...] in time order.
     Returns per row: cause, mtu, kind, clock, position, ca, backoff, trigger (ACK index),
     pto_ns, rto_ns; and per burst (``burst_of``'s numbers) its Verdict, None for a probe
-    (``verdicts``: the evidence analyze/causes.py words).
+    (``verdicts``: the evidence analyze/causes.py words). With ``cuts`` ((frame, each flow's
+    sent_floor, each flow's last ACK every burst after it applies: SenderState.at_cut's), in
+    frame order, and ``r_frame`` (each row's frame), ``at_cut``: per cut,
+    per flow replayed, (SenderState.at_cut before its first burst at or after the frame,
+    the earliest ACK frame that refers to, at_cut of a sender that replayed nothing).
     """
     m = len(r_flow)
     out: dict[str, list] = {
@@ -1296,47 +1420,28 @@ def replay(
     seg_hi = np.maximum.reduceat(rows["end"][order_r], b_first).tolist()
     b_flow = r_flow[order_r[b_first]].tolist()
 
-    ack_history = AckHistory(acks, adv_ff)
     r = RetransRows(rows)
-    sack_ok, mss, mss_known, una0, a_start, a_end = (
-        flows[k].tolist() for k in ("sack_ok", "mss", "mss_known", "una0", "a_start", "a_end")
-    )
-    loss0 = flows.get("loss0_nxt")
+    new_sender = _Senders(flows, AckHistory(acks, adv_ff), r, t_cap0, too_big).new
     rows_l = order_r.tolist()
     cause, mtu, kind, clock, position, ca, backoff, trigger, pto_ns, rto_ns = out.values()
-    syn_end, hdr_bytes = flows["syn_end"].tolist(), flows["hdr_bytes"].tolist()
-    trip_ns = flows["trip_ns"].tolist() if "trip_ns" in flows else None
-    too_big = too_big or {}
     verdicts: list[Verdict | None] = [None] * len(b_first)
 
-    def new_sender(f: int, no_probe: bool) -> SenderState:
-        sender = SenderState(
-            ack_history,
-            r,
-            a_start[f],
-            a_end[f],
-            sack_ok[f],
-            mss[f] if mss_known[f] else None,
-            una0[f],
-            t_cap0,
-            syn_end[f],
-            hdr_bytes[f],
-            too_big.get(f),
-        )
-        sender.no_probe = no_probe
-        sender.mss_est = mss[f]
-        sender.trip_ns = trip_ns[f] if trip_ns is not None else 0
-        if loss0 is not None and loss0[f] > NO_VALUE:
-            sender.capture_started_in_loss(
-                int(flows["loss0_seq"][f]),
-                int(flows["loss0_end"][f]),
-                int(flows["loss0_ts"][f]),
-                int(loss0[f]),
-            )
-        return sender
+    cuts = cuts or []
+    at_cut: list[dict] = [{} for _ in cuts]
+    b_frame = r_frame[order_r[b_first]].tolist() if cuts and r_frame is not None else []
+
+    def snap(sender: SenderState, f: int, ci: int) -> None:
+        """The sender's state at cut ``ci``, and a fresh one's."""
+        sent_floor, k = cuts[ci][1][f], cuts[ci][2][f]
+        state, ref = sender.at_cut(k, sent_floor)
+        at_cut[ci][f] = (state, ref, new_sender(f, False).at_cut(k, sent_floor)[0])
 
     def run_flow(sender: SenderState, bursts: range) -> None:
+        ci, f = 0, b_flow[bursts.start]
         for bi in bursts:
+            while ci < len(cuts) and b_frame[bi] >= cuts[ci][0]:
+                snap(sender, f, ci)
+                ci += 1
             burst_rows = rows_l[b_first_l[bi] : b_last_l[bi]]
             r0 = burst_rows[0]
             if r.probe[r0]:
@@ -1357,6 +1462,8 @@ def replay(
                 pto_ns[row] = v_pto_ns
                 rto_ns[row] = v_rto_ns
             clock[r0] = v.clock
+        for c in range(ci, len(cuts)):
+            snap(sender, f, c)
 
     b_first_l, b_last_l = b_first.tolist(), b_last.tolist()
     f_starts = [bi for bi in range(len(b_flow)) if bi == 0 or b_flow[bi] != b_flow[bi - 1]]
@@ -1369,4 +1476,5 @@ def replay(
             # are read again knowing it.
             run_flow(new_sender(b_flow[lo], True), range(lo, hi))
     out["verdicts"] = verdicts
+    out["at_cut"] = at_cut
     return out

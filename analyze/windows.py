@@ -39,20 +39,22 @@ answer it, wider_margins, or classifies the shard whole):
   (_lost_acks); an ICMP too-big message naming a flow of the window (matched by the
   flows' first and last times);
 - the rows near each cut, classified by both windows beside it (one owns them, the other
-  holds M rows on their far side), come out the same in both.
+  holds M rows on their far side), come out the same in both;
+- the sender's replay (sender.SenderState), started afresh in each window 2M rows before
+  its own, is in the same state at the cut as the window before's, which ran on to it
+  (SenderState.at_cut: the state once the ACKs before the cut are applied, without what
+  the rest of the flow cannot read; a flow one window did not replay is a fresh sender
+  there): from the cut on the two replays go alike, so this window's is the whole
+  shard's as the first window's is. Without that, a window came out alike at the cuts
+  and yet resent later rows in another recovery episode (reorder_mid_rtt50 in windows
+  of 300 rows with margins of 100, jitter_rcv_rtt30_v6 in 1,000 / 100-125: a sentence
+  citing another first re-send; tests/test_windows.py).
 
-What is not proven: that the sender's replay (sender.SenderState), started afresh at
-s - 2M, has forgotten that start by s (an episode begun before it resends bytes sent
-before it: a doubt above), and that nothing a row looks ahead at (the D-SACK or echo
-that calls it spurious, the end of its burst) lies past e + 2M. Both are checked at the
-cuts, where the rows with the least behind or ahead of them in one window lie, against
-the other window's; tests/test_windows.py compares windows with whole shards. The first
-is known to fail where margins are small against a recovery episode: in windows of 300
-and 1,000 rows with margins of 100-125, two corpus recordings (reorder_mid_rtt50,
-jitter_rcv_rtt30_v6) came out alike at the cuts and yet differed in the episode a later
-row's sentence cites ("in Recovery since its first re-send ..."), the replay's state
-being another than the whole's past the compared rows (docs/scale.md). What would prove
-it: the replays' states compared at the cut (their ACK indices made frames).
+What is not proven: that nothing a row looks ahead at (the D-SACK or echo that calls it
+spurious, the end of its burst) lies past e + 2M. It is checked at the cuts, where the
+rows with the least ahead of them in one window lie, against the other window's (and
+what the replay's state holds of it, a D-SACK's undo, in the comparison above);
+tests/test_windows.py compares windows with whole shards.
 """
 
 from __future__ import annotations
@@ -168,6 +170,13 @@ class Seam:
     #: the last frame the window owns: its samples after it (taken without the rows after
     #: the window) are not recorded
     last_frame: int = np.iinfo(np.int64).max
+    #: the cuts at which the replay gives its state (sender.replay's ``cuts``): each one's
+    #: frame and time (of the first row the window or the next owns) and the rows of the
+    #: table before which a flow's data was sent before the later window's rows;
+    #: ``at_cut``: per cut, {flow key: (SenderState.at_cut, the earliest ACK frame it
+    #: refers to, a fresh sender's at_cut)} for the flows replayed (the others: fresh)
+    cuts: list[tuple[int, int, int]] = field(default_factory=list)
+    at_cut: list[dict] = field(default_factory=list)
 
     def correct(self, seq_abs, ack_abs, ack_flag, flow_id) -> None:
         m = self.n_extra
@@ -584,14 +593,25 @@ def classify_in_windows(
             rows.drop_below(nxt)
             gidx = np.concatenate([extra.gidx, np.arange(lo, hi)])
             seam = Seam(len(extra.gidx), extra.seq, extra.ack, *srtt)
-            seam.last_frame = int(packets["frame"][seam.n_extra + e - 1 - lo])
+            m = seam.n_extra
+            seam.last_frame = int(packets["frame"][m + e - 1 - lo])
+            for at, sent in ((s, m), (e, m + nxt - lo)):  # the cuts before and after
+                if 0 < at < n:  # (what was sent before the later window's rows: sent)
+                    seam.cuts.append(
+                        (
+                            int(packets["frame"][m + at - lo]),
+                            int(packets["ts_ns"][m + at - lo]),
+                            sent,
+                        )
+                    )
             w = _window(
                 packets, gidx, (s, e, lo, hi == n), seam, too_big, tuples, margin_rows, prev
             )
             srtt[0].update(seam.new_records)
             acc.add(w)
             later = gidx >= nxt
-            prev = (gidx[later], w.row_key[later], w.view_after)
+            after = seam.at_cut[-1] if seam.at_cut and e < n else {}
+            prev = (gidx[later], w.row_key[later], w.view_after, after)
             if e < n:
                 hist = _carried(packets, gidx, tuple_dir(packets), w.space, nxt, anchor)
             # nothing of this window's table outlives it: the next one's is as big
@@ -661,6 +681,9 @@ def _window(packets, gidx, bounds, seam, too_big, tuples, margin_rows, prev) -> 
     ):
         raise _Doubt("a retransmission's SRTT is not carried on from the window before")
     margin = margin_rows
+    if prev is not None:  # the replays' states at the cut between the two (Seam.cuts)
+        here = seam.at_cut[0] if seam.at_cut else {}
+        _check_same_senders(prev[3], here, int(packets["frame"][seam.n_extra]))
     if prev is not None and prev[2] is not None:
         before = np.flatnonzero((c_g >= s - margin) & (c_g < s + margin))
         _check_same_view(prev[2], _view(classified, flows, before, c_g))
@@ -671,6 +694,27 @@ def _window(packets, gidx, bounds, seam, too_big, tuples, margin_rows, prev) -> 
     _, per_flow = _not_retransmitted(flows, take(classified, np.flatnonzero(c_own)))
     facts = _facts(packets, flow_id, flows, own, notes.get("flow_facts", {}), per_flow)
     return _Window(facts, wire, row_key, view_after, space, n_lost)
+
+
+def _check_same_senders(before: dict, here: dict, lo_frame: int) -> None:
+    """Raise _Doubt unless each flow's sender, replayed by the window before to the cut
+    and by this one from its first rows (both sender.SenderState.at_cut; a flow one of
+    them did not replay: a fresh sender there), is in the same state: from there on the
+    two replays go alike, and this window's is the whole shard's (the window before's
+    being so, in turn from the first window). And the ACKs the state refers to must be
+    among this window's own rows, with all that follows them (the carried rows before
+    are a flow's head and last rows, not all of them)."""
+    for key in before.keys() | here.keys():
+        fresh = (before.get(key) or here[key])[2]  # a fresh sender's, in either window
+        b, h = before.get(key), here.get(key)
+        theirs = b[0] if b is not None else fresh
+        mine = h[0] if h is not None else fresh
+        if theirs[1] != mine[1]:  # no_probe: read off the whole flow (sender.replay)
+            raise _Doubt("the windows disagree on whether a flow's sender arms loss probes")
+        if theirs != mine:
+            raise _Doubt("the sender's replayed state at a cut differs in the windows beside it")
+        if h is not None and h[1] < lo_frame:
+            raise _Doubt("the sender's state at a cut refers to an ACK before the window")
 
 
 def _lost_acks(notes, classified, gidx, bounds, n_extra: int, margin: int, prev) -> int:

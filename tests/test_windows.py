@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from packet_builder import Trace
 
-from retranscope.analyze import spill, windows
+from retranscope.analyze import sender, spill, windows
 from retranscope.analyze.capture import chunks, read_capture
 from retranscope.analyze.classify import SCAN_BLOCK, SCAN_LEVELS, rtt_estimator, rtt_state
 from retranscope.analyze.pipeline import classify_part
@@ -118,6 +118,73 @@ def test_a_long_connection_in_many_windows():
     assert part is not None, why
     assert not _differ(part, whole)
     assert len(whole.wire["frame"]) > 300
+
+
+@pytest.mark.parametrize(
+    "name, window_rows, margin_rows",
+    [("reorder_mid_rtt50", 300, 100), ("jitter_rcv_rtt30_v6", 1000, 125)],
+)
+def test_the_senders_replayed_state_is_compared_at_each_cut(
+    name, window_rows, margin_rows, monkeypatch
+):
+    """Two recordings whose windows, started afresh 2M rows before their own, came out
+    alike at the cuts and yet resent later rows in another recovery episode than the
+    whole shard does (a sentence cites another first re-send): the senders' states at
+    the cut (SenderState.at_cut) differ, and the windows say so instead."""
+    capture = read_capture(CORPUS / name / "capture.pcap")
+    packets, too_big = capture.packets, capture.meta.icmp_too_big
+    _, whole = classify_part(packets, too_big)
+    part, why = _in_windows(packets, window_rows, margin_rows, too_big=too_big)
+    assert part is None and "sender's replayed state" in why, why
+    # without that comparison, the windows vouch for rows the whole shard words otherwise
+    monkeypatch.setattr(windows, "_check_same_senders", lambda *args: None)
+    part, why = _in_windows(packets, window_rows, margin_rows, too_big=too_big)
+    assert part is not None and _differ(part, whole) == ["wire.cause_text"], why
+
+
+def _sender(una: list[int]) -> sender.SenderState:
+    """A SACK sender whose receiver's ACKs (frames 10, 11, ...) moved snd_una to ``una``."""
+    n = len(una)
+    table = {c: np.zeros(n, dtype=np.int64) for c in ("ack", "prev_una", "sack_hi", "tsecr")}
+    table.update({c: np.zeros(n, dtype=np.int64) for c in ("sack_hi_left", "sack_top")})
+    table.update({c: np.zeros(n, dtype=np.int64) for c in ("sack_n", "payload")})
+    table.update({c: np.zeros(n, dtype=bool) for c in ("dsack", "syn", "new_after")})
+    table.update(una=np.array(una), adv=np.ones(n, dtype=bool), frame=np.arange(10, 10 + n))
+    table.update(ts=np.arange(n) * 1_000_000, sample_ff=np.arange(n))
+    acks = sender.AckHistory(table, np.arange(n))
+    return sender.SenderState(acks, None, 0, n, True, 1000, 0, 0)  # type: ignore[arg-type]
+
+
+def test_a_senders_state_at_a_cut_is_what_the_rest_of_its_flow_can_read():
+    """SenderState.at_cut: a sender in Recovery is as a fresh one once the ACKs before the
+    cut reached high_seq (the next ACK ends the episode) and what it resent lies below
+    what a later retransmission may resend; not before, nor with a resent segment
+    above snd_una that a later ACK may land on (Disorder: tcp_try_keep_open)."""
+    una = [0, 1000, 3000, 5000, 5000]
+
+    def recovering() -> sender.SenderState:
+        s = _sender(una)
+        s.tcp_enter_recovery(1, 5000, ts_ns=7, by="fast_sack")
+        s.ever_resent.add(1000, 2000)
+        s.last_rtx_ns[1000] = 7
+        s.undo_retrans, s.undo_dsack_ns, s.retrans_stamp = 1, sender.NEVER, 99
+        return s
+
+    fresh = _sender(una)
+    assert recovering().at_cut(2, 4000)[0] != fresh.at_cut(2, 4000)[0]  # still in Recovery
+    assert recovering().at_cut(2, 4000)[1] == 11  # its episode's ACK (frame 11) read on
+    assert recovering().at_cut(3, 4000)[0] == fresh.at_cut(3, 4000)[0]
+    assert recovering().at_cut(3, 4000)[1] == sender.NEVER
+    assert recovering().at_cut(3, 0)[0] != fresh.at_cut(3, 0)[0]  # 1000-2000 may be resent
+    ahead = recovering()
+    ahead.last_rtx_ns[6000] = 8  # resent above snd_una: leaving Recovery may be Disorder
+    ahead.ever_resent.add(6000, 7000)
+    opened = _sender(una)
+    opened.last_rtx_ns[6000] = 8
+    opened.ever_resent.add(6000, 7000)
+    assert ahead.at_cut(3, 4000)[0] != opened.at_cut(3, 4000)[0]
+    opened.ca_state = sender.DISORDER  # Disorder leaves by the same test as Recovery
+    assert ahead.at_cut(3, 4000)[0] == opened.at_cut(3, 4000)[0]
 
 
 @pytest.mark.parametrize("window_rows, margin_rows", [(400, 200), (200, 100)])
