@@ -540,7 +540,7 @@ def _replayed(bursts: tuple, acks: tuple, shard: tuple) -> dict[str, list]:
     flows, too_big, flow_id, space, seam = shard
     A["sample_ff"] = last_where(A["rtt_sample"], a_flow)
     adv_ff, too_big_f = last_where(A["adv"], a_flow), _too_big_by_flow(flows, too_big or [])
-    cuts = _cuts(seam, flow_id, space, acks)
+    cuts = _cuts(seam, flow_id, flows["rev_flow_id"], space, acks)
     res = replay(
         rows_in, flows_in, A, adv_ff, order_r, burst_of, r_flow, t_cap0, too_big_f, cuts, r_frame
     )
@@ -550,18 +550,19 @@ def _replayed(bursts: tuple, acks: tuple, shard: tuple) -> dict[str, list]:
     return res
 
 
-def _cuts(seam, flow_id, space, acks) -> list[tuple[int, list[int], list[int]]]:
+def _cuts(seam, flow_id, rev_flow_id, space, acks) -> list[tuple[int, list, list, list]]:
     """The cuts at which a window's replay gives its state (Seam.cuts: each one's frame,
     time, and the rows of the table before which what a flow sent was sent before the
-    later window), with each flow's most data sent in those rows and its last ACK before
-    the cut that every burst after it has applied: by frame, and for a sender away from
-    the capture point also by when the ACKs reached it (_last_ack: no later than the
-    frame's ACK)."""
+    later window), with each flow's most data sent in those rows, its last ACK before the
+    cut that every burst after it has applied (by frame, and for a sender away from the
+    capture point also by when the ACKs reached it: _last_ack, no later than the frame's
+    ACK), and whether it or its reverse flow has rows in the later window."""
     if seam is None or not seam.cuts:
         return []
     A, a_flow, shift_us, t_cap0 = acks
     n_flows = len(shift_us)
     fl = np.arange(n_flows)
+    rev = np.clip(rev_flow_id, 0, None)
     out = []
     for frame, ts_ns, before in seam.cuts:
         sent = np.full(n_flows, _NONE, dtype=np.int64)
@@ -570,7 +571,11 @@ def _cuts(seam, flow_id, space, acks) -> list[tuple[int, list[int], list[int]]]:
         k = pair_search(a_flow, A["frame"], fl, at, side="left") - 1
         k = np.where((k >= 0) & (gather(a_flow, k, k >= 0, -1) == fl), k, -1)
         k_time, _, _ = _last_ack(A, a_flow, shift_us, fl, at, np.full(n_flows, ts_ns), t_cap0)
-        out.append((frame, sent.tolist(), np.minimum(k, k_time).tolist()))
+        # a flow with no row in the later window (nor its reverse flow) has no future
+        later = np.zeros(n_flows, dtype=bool)
+        later[flow_id[before:]] = True
+        later |= (rev_flow_id >= 0) & later[rev]
+        out.append((frame, sent.tolist(), np.minimum(k, k_time).tolist(), later.tolist()))
     return out
 
 

@@ -1381,7 +1381,7 @@ def replay(
     r_flow: np.ndarray,
     t_cap0: int,
     too_big: dict[int, list[tuple[int, int, int]]] | None = None,
-    cuts: list[tuple[int, list[int], list[int]]] | None = None,
+    cuts: list[tuple[int, list, list, list]] | None = None,
     r_frame: np.ndarray | None = None,
 ) -> dict[str, list]:
     """Walk each flow's retransmission bursts in order through its SenderState.
@@ -1395,10 +1395,11 @@ def replay(
     Returns per row: cause, mtu, kind, clock, position, ca, backoff, trigger (ACK index),
     pto_ns, rto_ns; and per burst (``burst_of``'s numbers) its Verdict, None for a probe
     (``verdicts``: the evidence analyze/causes.py words). With ``cuts`` ((frame, each flow's
-    sent_floor, each flow's last ACK every burst after it applies: SenderState.at_cut's), in
-    frame order, and ``r_frame`` (each row's frame), ``at_cut``: per cut,
-    per flow replayed, (SenderState.at_cut before its first burst at or after the frame,
-    the earliest ACK frame that refers to, at_cut of a sender that replayed nothing).
+    sent_floor, each flow's last ACK every burst after it applies: SenderState.at_cut's,
+    whether the flow has rows after the cut), in frame order, and ``r_frame`` (each row's
+    frame), ``at_cut``: per cut, per flow with rows after it that replayed a burst before
+    it, (SenderState.at_cut before its first burst at or after the frame, the earliest ACK
+    frame that refers to, at_cut of a sender that replayed nothing).
     """
     m = len(r_flow)
     out: dict[str, list] = {
@@ -1431,7 +1432,10 @@ def replay(
     b_frame = r_frame[order_r[b_first]].tolist() if cuts and r_frame is not None else []
 
     def snap(sender: SenderState, f: int, ci: int) -> None:
-        """The sender's state at cut ``ci``, and a fresh one's."""
+        """The sender's state at cut ``ci``, and a fresh one's; none for a flow with no
+        rows after the cut, or a sender that replayed nothing yet (fresh)."""
+        if not cuts[ci][3][f] or (sender.prev_burst_ns == NO_VALUE and not sender.no_probe):
+            return
         sent_floor, k = cuts[ci][1][f], cuts[ci][2][f]
         state, ref = sender.at_cut(k, sent_floor)
         at_cut[ci][f] = (state, ref, new_sender(f, False).at_cut(k, sent_floor)[0])
