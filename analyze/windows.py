@@ -32,7 +32,8 @@ answer it, wider_margins, or classifies the shard whole):
   its reverse flow; a flow without a handshake has its timestamp share counted whole;
 - nothing the window owns reaches before its rows: a retransmission of bytes first sent
   before them, a last ACK, last send or trigger before them, or a look-up that found
-  none (a flow with no ACK), an SRTT from a sample not carried on; nor after them: a
+  none (a flow with no ACK; not asked of a connection whose 4-tuple has no rows before
+  the window, none carried), an SRTT from a sample not carried on; nor after them: a
   retransmission whose data no ACK in the window covers; a gap in the capture
   (retrans.capture_gaps: whether a later segment fills it is the whole flow's question);
   an ACK judged lost after the capture point by a retransmission past the rows compared
@@ -152,9 +153,12 @@ class Seam:
     on from: SEED_NAMES). A flow's samples here are the whole flow's from the first such
     sample at which they match the record to its end: from there the estimator carries on
     (classify.rtt_state's seed) and its values are the whole flow's to the last bit. A flow
-    with no record and none in ``poisoned`` (samples no window could place) is seen from
-    its first sample. ``check_rows`` lists the frames of rows whose SRTT came from a sample
-    not placed so (``untrusted_frames``).
+    with no record and none in ``poisoned`` (samples no window could place), or whose
+    samples here begin with the first its record holds (``_from_first``: a short flow
+    begun in the rows two windows share), is seen from its first sample (``from_first``).
+    ``check_rows`` lists the frames of rows whose SRTT came from a sample not placed so,
+    or that have no sample before them in a flow seen before but not from its first here
+    (``untrusted_frames``).
     """
 
     n_extra: int
@@ -167,6 +171,8 @@ class Seam:
     trusted: np.ndarray | None = None
     untrusted_frames: np.ndarray | None = None
     new_records: dict = field(default_factory=dict)
+    #: the flows whose samples here begin with their first (keys)
+    from_first: set = field(default_factory=set)
     #: the last frame the window owns: its samples after it (taken without the rows after
     #: the window) are not recorded
     last_frame: int = np.iinfo(np.int64).max
@@ -219,10 +225,14 @@ class Seam:
         carried = []  # (first sample here, end, its number in the flow, seed)
         for i0, i1 in zip(starts.tolist(), ends.tolist()):
             rec = self.records.get(int(keys[i0]))
+            if (rec is None and int(keys[i0]) not in self.poisoned) or (
+                rec is not None and _from_first(rec, s_frame[i0:i1], m[i0:i1])
+            ):  # seen here from its first sample, as the estimator runs it
+                self.trusted[i0:i1] = True
+                gidx[i0:i1] = np.arange(i1 - i0)
+                self.from_first.add(int(keys[i0]))
+                continue
             if rec is None:
-                if int(keys[i0]) not in self.poisoned:
-                    self.trusted[i0:i1] = True
-                    gidx[i0:i1] = np.arange(i1 - i0)
                 continue
             found = _carry_point(rec, s_frame[i0:i1], m[i0:i1], top)
             if found is not None:
@@ -259,9 +269,13 @@ class Seam:
     def _record(self, key, rows, s_frame, m, gidx, state, top) -> None:
         """The flow ``key``'s samples here that are the whole flow's, for the next window."""
         assert self.trusted is not None
-        ok = rows[self.trusted[rows] & (s_frame[rows] <= self.last_frame)][-RECORD_SAMPLES:]
+        trusted = self.trusted[rows]
+        ok = rows[trusted & (s_frame[rows] <= self.last_frame)][-RECORD_SAMPLES:]
         if not len(ok):
-            if key not in self.records:
+            # samples no window could place: no later window can start it afresh. Those
+            # all placed and after the window (a flow begun in its last rows) are the next
+            # window's from the flow's first, as these are
+            if key not in self.records and not trusted.all():
                 self.poisoned.add(key)
             return
         rec = {"frame": s_frame[ok], "m": m[ok], "gidx": gidx[ok]}
@@ -280,8 +294,13 @@ class Seam:
     def check_rows(self, r_flow, r_frame, s_pos, s_ok) -> None:
         """The frames of rows whose SRTT here may not be the whole flow's."""
         assert self.flow_keys is not None and self.trusted is not None
+        # a flow seen before, but not here from its first sample: a row with no sample
+        # before it here may have had one before the window
         seen = np.array(
-            [int(k) in self.records or int(k) in self.poisoned for k in self.flow_keys.tolist()],
+            [
+                (k in self.records or k in self.poisoned) and k not in self.from_first
+                for k in self.flow_keys.tolist()
+            ],
             dtype=bool,
         )
         placed = np.zeros(len(s_ok), dtype=bool)
@@ -289,6 +308,18 @@ class Seam:
             placed = s_ok & self.trusted[np.clip(s_pos, 0, len(self.trusted) - 1)]
         bad = (s_ok & ~placed) | (~s_ok & seen[r_flow])
         self.untrusted_frames = r_frame[bad]
+
+
+def _from_first(rec: dict, frame: np.ndarray, m: np.ndarray) -> bool:
+    """Do a window's samples of a flow (``frame``, ``m``) begin with the flow's first
+    sample, as an earlier window's record holds it (its number 0), and match the record
+    to its end? (A short flow that began in the rows two windows share: no top block of
+    the estimator's scan to carry on from, and none needed.)"""
+    if not len(frame) or rec["gidx"][0] != 0 or frame[0] != rec["frame"][0]:
+        return False
+    end = int(np.searchsorted(frame, rec["frame"][-1], "right"))
+    n = len(rec["frame"])
+    return end == n and np.array_equal(frame[:n], rec["frame"]) and np.array_equal(m[:n], rec["m"])
 
 
 def _carry_point(rec: dict, frame: np.ndarray, m: np.ndarray, top: int):
@@ -750,7 +781,12 @@ def _lost_acks(notes, classified, gidx, bounds, n_extra: int, margin: int, prev)
 
 def _reaches_back(packets, flow_id, space, classified, rtx, n_extra: int) -> None:
     """Raise _Doubt where a retransmission a window owns depends on rows before the window
-    that it lacks (see the module docstring)."""
+    that it lacks (see the module docstring). A connection whose 4-tuple has no rows
+    before the window (none carried) lacks none: its look-ups that find nothing find
+    nothing in the whole shard either (a SYN's, the first data's before any ACK)."""
+    if n_extra:
+        tup = tuple_dir(packets) >> 1
+        rtx = rtx[np.isin(tup[classified["pkt"][rtx]], tup[:n_extra])]
     if not len(rtx):
         return
     n_flows = int(flow_id.max()) + 1

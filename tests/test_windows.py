@@ -142,6 +142,44 @@ def test_the_senders_replayed_state_is_compared_at_each_cut(
     assert part is not None and _differ(part, whole) == ["wire.cause_text"], why
 
 
+def _interleaved(packets: dict, copies: int, gap_ns: int) -> dict:
+    """``copies`` of a recording's connection, each from a client port of its own and
+    ``gap_ns`` after the one before, merged in time: a shard of many short connections."""
+    client = int(packets["sport"][0])  # the SYN's sender
+    parts = []
+    for i in range(copies):
+        p = {k: v.copy() for k, v in packets.items()}
+        p["sport"][p["sport"] == client] += i
+        p["dport"][p["dport"] == client] += i
+        p["ts_ns"] += i * gap_ns
+        parts.append(p)
+    out = {k: np.concatenate([p[k] for p in parts]) for k in packets}
+    order = np.argsort(out["ts_ns"], kind="stable")
+    out = {k: v[order] for k, v in out.items()}
+    out["frame"] = np.arange(1, len(order) + 1, dtype=out["frame"].dtype)
+    return out
+
+
+@pytest.mark.parametrize("name", ["slow_server_tlp", "fast_nth"])
+def test_a_shard_of_many_short_connections_in_windows(name, monkeypatch):
+    """40 copies of a short connection, each begun an eighth of its length after the one
+    before, cut into windows of 1,000 rows: the windows vouch, alike. A connection begun
+    in the rows two windows share is seen by the later one from its first RTT sample
+    (Seam.rtt: _from_first), and one whose 4-tuple has no rows before a window finds no
+    earlier ACK or send because there is none. Without the first, the windows doubt."""
+    packets = read_capture(CORPUS / name / "capture.pcap").packets
+    span = int(packets["ts_ns"].max() - packets["ts_ns"].min())
+    packets = _interleaved(packets, 40, span // 8)
+    _, whole = classify_part(packets, None)
+    part, why = _in_windows(packets, 1000, 250)
+    assert part is not None, why
+    assert not _differ(part, whole) and len(whole.wire["frame"]) >= 40
+    assert len(packets["frame"]) > 3 * 1000
+    monkeypatch.setattr(windows, "_from_first", lambda *args: False)
+    part, why = _in_windows(packets, 1000, 250)
+    assert part is None and "SRTT" in why, why
+
+
 def _sender(una: list[int]) -> sender.SenderState:
     """A SACK sender whose receiver's ACKs (frames 10, 11, ...) moved snd_una to ``una``."""
     n = len(una)
