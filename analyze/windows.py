@@ -26,7 +26,9 @@ assumed, and any doubt returns None (the caller then tries wider margins, where 
 answer it, wider_margins, or classifies the shard whole):
 
 - the flows are the same: every row two windows both hold is in the same flow in each
-  (by the flow's first frame; a 4-tuple reused after its carried handshake shows here);
+  (by the flow's first frame; a 4-tuple reused after its carried handshake shows here),
+  and every 4-tuple with rows before a window has rows carried into it (one silent for
+  a whole window has none: the rows carried are of the window before's tuples);
 - the facts of each flow (FLOW_COLUMNS but the counts, the MSS and the trip to the
   sender the classifier reads) are the same in every window that owns rows of it or of
   its reverse flow; a flow without a handshake has its timestamp share counted whole;
@@ -605,6 +607,7 @@ def classify_in_windows(
     srtt: tuple[dict, set] = ({}, set())  # Seam.records, Seam.poisoned
     acc = _Windows(directory)
     prev = None  # (shard rows, their flows' keys, the view at the cut) of the window before
+    before: set[int] = set()  # the 4-tuples of the rows before the next window's
     try:
         for s in range(0, n, window_rows):
             e = min(n, s + window_rows)
@@ -612,7 +615,9 @@ def classify_in_windows(
             cur = rows.get(lo, hi)
             if s == 0 and anchor_frame >= 0 and cur[0]["frame"][0] != anchor_frame:
                 raise _Doubt("the capture's first packet in time is not its first in order")
-            extra = hist.for_window(np.concatenate([tuple_dir(c) for c in cur]) >> 1, anchor)
+            tuples_in = np.concatenate([tuple_dir(c) for c in cur]) >> 1
+            extra = hist.for_window(tuples_in, anchor)
+            _check_carried(_distinct(tuples_in), extra.tdir >> 1, before)
             size = hi - lo + len(extra.gidx)
             if not table or len(table["frame"]) < size:  # grown, with room to spare, seldom
                 table = {}  # the old one's pages go before the new one's are taken
@@ -644,7 +649,10 @@ def classify_in_windows(
             after = seam.at_cut[-1] if seam.at_cut and e < n else {}
             prev = (gidx[later], w.row_key[later], w.view_after, after)
             if e < n:
-                hist = _carried(packets, gidx, tuple_dir(packets), w.space, nxt, anchor)
+                tdir = tuple_dir(packets)
+                hist = _carried(packets, gidx, tdir, w.space, nxt, anchor)
+                before.update(_distinct(tdir[: np.searchsorted(gidx, nxt)] >> 1).tolist())
+                del tdir
             # nothing of this window's table outlives it: the next one's is as big
             del packets, w, gidx, later, seam
         return acc.part(borrowed_frame), None
@@ -725,6 +733,24 @@ def _window(packets, gidx, bounds, seam, too_big, tuples, margin_rows, prev) -> 
     _, per_flow = _not_retransmitted(flows, take(classified, np.flatnonzero(c_own)))
     facts = _facts(packets, flow_id, flows, own, notes.get("flow_facts", {}), per_flow)
     return _Window(facts, wire, row_key, view_after, space, n_lost)
+
+
+def _distinct(a: np.ndarray) -> np.ndarray:
+    """The distinct values of ``a`` (a spilled shard's tuple numbers are small: a table)."""
+    if len(a) and 0 <= a.min() and a.max() < 4 * len(a) + 1024:
+        seen = np.zeros(int(a.max()) + 1, dtype=bool)
+        seen[a] = True
+        return np.flatnonzero(seen)
+    return np.unique(a)
+
+
+def _check_carried(tuples_in: np.ndarray, carried: np.ndarray, before: set[int]) -> None:
+    """Raise _Doubt where a 4-tuple of a window's rows had rows before it but none are
+    carried: a connection silent for a whole window (the rows carried are those of the
+    window before's tuples), whose handshake, offsets and history are lost here."""
+    lost = np.setdiff1d(tuples_in, carried)
+    if len(lost) and any(t in before for t in lost.tolist()):
+        raise _Doubt("a connection silent for a whole window has no rows carried into the next")
 
 
 def _check_same_senders(before: dict, here: dict, lo_frame: int) -> None:

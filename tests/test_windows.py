@@ -180,6 +180,33 @@ def test_a_shard_of_many_short_connections_in_windows(name, monkeypatch):
     assert part is None and "SRTT" in why, why
 
 
+def test_a_connection_silent_for_a_whole_window_is_not_split():
+    """A short request/response connection beside a bulk transfer, silent from the
+    bulk's first rows to its last tenth: the windows carry rows of the 4-tuples of the
+    window before only, so the later windows had none of it (its handshake, its offsets)
+    and, at stop 23, made it a second connection (8 flows where the whole shard has 6).
+    Now the windows say so instead."""
+    bulk = read_capture(CORPUS / "random_loss_notso" / "capture.pcap").packets
+    t0, span_ms = int(bulk["ts_ns"].min()), int(np.ptp(bulk["ts_ns"])) / 1e6
+    tr = Trace()
+    c = tr.conn()
+    t, seq = c.handshake(1.0, rtt_ms=2.0), 1
+    for at in [t, t + 5, t + 10, span_ms * 0.9, span_ms * 0.9 + 5]:
+        c.send(at + 1, seq, 100)
+        c.ack(at + 3, seq + 100)
+        seq += 100
+    quiet = tr.packets()
+    quiet["ts_ns"] += t0 - int(quiet["ts_ns"].min())
+    both = {k: np.concatenate([bulk[k], quiet[k].astype(bulk[k].dtype)]) for k in bulk}
+    order = np.argsort(both["ts_ns"], kind="stable")
+    both = {k: v[order] for k, v in both.items()}
+    both["frame"] = np.arange(1, len(order) + 1, dtype=both["frame"].dtype)
+    _, whole = classify_part(both, None)
+    assert len(whole.flows["flow_id"]) == 6
+    part, why = _in_windows(both, 2000, 500)
+    assert part is None and "silent for a whole window" in why, why
+
+
 def _sender(una: list[int]) -> sender.SenderState:
     """A SACK sender whose receiver's ACKs (frames 10, 11, ...) moved snd_una to ``una``."""
     n = len(una)
