@@ -5,6 +5,7 @@ a connection past 2**32 bytes; through the spilled analysis."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,60 @@ def test_a_connection_silent_for_a_whole_window_is_not_split():
     assert len(whole.flows["flow_id"]) == 6
     part, why = _in_windows(both, 2000, 500)
     assert part is None and "silent for a whole window" in why, why
+
+
+def _mixed(seed: int) -> tuple[dict, dict]:
+    """A bulk recording with 1-8 short ones mixed in at random times (a tenth split by a
+    silence, some reusing the 4-tuple of the one before), merged in time; and each
+    recording's packets."""
+    sizes, caps = {}, {}
+    for rec in RECORDINGS:
+        capture = read_capture(rec / "capture.pcap")
+        if not capture.meta.icmp_too_big:
+            caps[rec.name] = capture.packets
+            sizes[rec.name] = len(capture.packets["frame"])
+    odd = ("__", "hole", "ack_loss", "blackhole", "late", "gap")
+    smalls = [k for k, n in sizes.items() if 0 < n <= 400 and not any(x in k for x in odd)]
+    bulks = [k for k, n in sizes.items() if n >= 2000]
+    rng = random.Random(seed)
+    bulk = caps[rng.choice(bulks)]
+    t0, span = int(bulk["ts_ns"].min()), int(np.ptp(bulk["ts_ns"]))
+    parts, port = [bulk], 30000
+    for _ in range(rng.randint(1, 8)):
+        p = {k: v.copy() for k, v in caps[rng.choice(smalls)].items()}
+        client = int(p["sport"][0])
+        reuse = max(30000, port - 1) if rng.random() < 0.15 else port
+        port = reuse + 1
+        p["sport"][p["sport"] == client] = reuse
+        p["dport"][p["dport"] == client] = reuse
+        p["ts_ns"] += t0 - int(p["ts_ns"].min()) + rng.randint(0, span)
+        if rng.random() < 0.1 and len(p["frame"]) > 4:
+            p["ts_ns"][rng.randint(1, len(p["frame"]) - 1) :] += rng.randint(0, span)
+        parts.append(p)
+    out = {k: np.concatenate([q[k].astype(bulk[k].dtype) for q in parts]) for k in bulk}
+    order = np.argsort(out["ts_ns"], kind="stable")
+    out = {k: v[order] for k, v in out.items()}
+    out["frame"] = np.arange(1, len(order) + 1, dtype=out["frame"].dtype)
+    return out, bulk
+
+
+@pytest.mark.parametrize("seed", [145, 147, 259, 323, 373, 397, 451])
+def test_short_connections_mixed_into_a_bulk_transfer(seed):
+    """Random mixes of corpus recordings (_mixed) in windows of 500-3,000 rows: the whole
+    shard's answer or a doubt, never another answer. Over seeds 0-599 the stop-23 code
+    gave another answer in 13 of 707 windowed runs, this one in none (nor over 600-899);
+    these seeds are the mixes where it did (a connection silent for a whole window
+    split in two)."""
+    packets, bulk = _mixed(seed)
+    _, whole = classify_part(packets, None)
+    rng = random.Random(seed * 7)
+    for _ in range(3):
+        w = rng.choice([500, 1000, 2000, 3000])
+        m = w // rng.choice([4, 8])
+        if _in_windows(bulk, w, m)[0] is None:
+            continue
+        part, why = _in_windows(packets, w, m)
+        assert part is None or not _differ(part, whole), (w, m, _differ(part, whole))
 
 
 def _sender(una: list[int]) -> sender.SenderState:
