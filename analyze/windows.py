@@ -11,6 +11,9 @@ are classified in windows instead: window k owns rows [s, e) and is classified o
   direction's first HEAD_ROWS rows (the handshake, from which the options, the base of
   the sequence space, the sender's stack are read), its last CARRY_ROWS rows, and the
   rows that hold its running maxima (the most data sent, the highest ACK, the last ACK);
+  a 4-tuple silent for a whole window has its rows parked meanwhile (the first, the
+  maxima and the last PARKED_ROWS of each direction; up to PARKED_MAX_ROWS in all, the
+  longest silent let go past it) and carried into the window it is back in;
 - the shard's anchor row (the capture's first packet, which every shard holds).
 
 Its outputs are those of the rows it owns. Two states are carried on exactly from the
@@ -27,8 +30,8 @@ answer it, wider_margins, or classifies the shard whole):
 
 - the flows are the same: every row two windows both hold is in the same flow in each
   (by the flow's first frame; a 4-tuple reused after its carried handshake shows here),
-  and every 4-tuple with rows before a window has rows carried into it (one silent for
-  a whole window has none: the rows carried are of the window before's tuples);
+  and every 4-tuple with rows before a window has rows carried into it (one let go while
+  silent has none);
 - the facts of each flow (FLOW_COLUMNS but the counts, the MSS and the trip to the
   sender the classifier reads) are the same in every window that owns rows of it or of
   its reverse flow; a flow without a handshake has its timestamp share counted whole;
@@ -72,7 +75,14 @@ import numpy as np
 
 from retranscope.analyze.flows import FLOW_COLUMNS
 from retranscope.analyze.table import Nullable, RowsAt, Table, take
-from retranscope.schemas.packets import SACK_EDGE_COLUMNS, SACK_ROWS, TCP_ACK, TCP_FIN, TCP_RST
+from retranscope.schemas.packets import (
+    SACK_EDGE_COLUMNS,
+    SACK_ROWS,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+)
 
 #: rows a window owns
 WINDOW_ROWS = 5 << 15
@@ -464,22 +474,48 @@ class _Rows:
         self.held = [(g, b) for g, b in self.held if g + len(b["frame"]) > lo]
 
 
+#: rows of a 4-tuple direction kept while its 4-tuple is silent (in no window's rows):
+#: besides its first HEAD_ROWS and the rows that hold its maxima, its last PARKED_ROWS
+PARKED_ROWS = 64
+#: rows parked at most (~100 bytes each): past it the 4-tuples silent longest are let
+#: go, and a window they are back in doubts (_check_carried): memory does not grow with
+#: the number of connections a windowed shard has seen end
+PARKED_MAX_ROWS = 1 << 18
+
+
 @dataclass
 class _History:
     """Rows carried from before a window: a packet table and, per row, its row number in
-    the shard, its tuple_dir and its true offsets."""
+    the shard, its tuple_dir and its true offsets; and ``parked``, the rows of 4-tuples
+    silent in the windows since (their first, last and maxima rows), carried into the
+    first window their 4-tuple is in again."""
 
     rows: dict[str, np.ndarray] | None = None
     gidx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     tdir: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     seq: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     ack: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    parked: _History | None = None
 
     def for_window(self, tuples_in: np.ndarray, anchor: int) -> _History:
         """The carried rows of the 4-tuples of a window's rows (``tuples_in``, tuple_dir >> 1
-        of each), and the anchor."""
+        of each), and the anchor; the other 4-tuples' rows parked."""
+        here, gone = self._split(tuples_in, anchor)
+        back, still = (
+            self.parked._split(tuples_in, anchor) if self.parked is not None else (None, None)
+        )
+        out = _merged([h for h in (here, back) if h is not None])
+        parked = [h for h in (_trimmed(gone) if gone is not None else None, still) if h]
+        out.parked = _within_budget(_merged(parked)) if parked else None
+        return out
+
+    def __bool__(self) -> bool:
+        return self.rows is not None and len(self.gidx) > 0
+
+    def _split(self, tuples_in: np.ndarray, anchor: int):
+        """(the rows of ``tuples_in``'s 4-tuples and the anchor, the others) or Nones."""
         if self.rows is None:
-            return self
+            return None, None
         mine = self.tdir >> 1
         if len(mine) and 0 <= mine.min() and mine.max() < 4 * len(tuples_in) + 1024:
             seen = np.zeros(int(mine.max()) + 1, dtype=bool)  # small numbers: a table
@@ -488,11 +524,70 @@ class _History:
         else:
             keep = np.isin(mine, tuples_in)
         keep |= self.gidx == anchor
-        idx = np.flatnonzero(keep)
-        return _History(_take_rows(self.rows, idx), *(a[idx] for a in self._arrays()))
+        return self._take(np.flatnonzero(keep)), self._take(np.flatnonzero(~keep))
+
+    def _take(self, idx: np.ndarray) -> _History | None:
+        if not len(idx) or self.rows is None:
+            return None
+        gidx, tdir, seq, ack = (a[idx] for a in self._arrays())
+        return _History(_take_rows(self.rows, idx), gidx, tdir, seq, ack)
 
     def _arrays(self):
         return self.gidx, self.tdir, self.seq, self.ack
+
+
+def _merged(parts: list[_History]) -> _History:
+    """Histories' rows in one, in shard order."""
+    if not parts:
+        return _History()
+    if len(parts) == 1:
+        return parts[0]
+    rows = _concat_rows([h.rows for h in parts if h.rows is not None])
+    arrays = [np.concatenate(a) for a in zip(*(h._arrays() for h in parts))]
+    order = np.argsort(arrays[0], kind="stable")
+    gidx, tdir, seq, ack = (a[order] for a in arrays)
+    return _History(_take_rows(rows, order), gidx, tdir, seq, ack)
+
+
+def _within_budget(h: _History) -> _History | None:
+    """The parked rows, those of the 4-tuples silent longest let go past PARKED_MAX_ROWS."""
+    if len(h.gidx) <= PARKED_MAX_ROWS:
+        return h
+    t = h.tdir >> 1
+    names, inv = np.unique(t, return_inverse=True)
+    last = np.full(len(names), -1, dtype=np.int64)
+    np.maximum.at(last, inv, h.gidx)
+    count = np.bincount(inv, minlength=len(names))
+    newest = np.argsort(-last, kind="stable")
+    fits = newest[np.cumsum(count[newest]) <= PARKED_MAX_ROWS]
+    keep = np.zeros(len(names), dtype=bool)
+    keep[fits] = True
+    return h._take(np.flatnonzero(keep[inv]))
+
+
+def _trimmed(h: _History) -> _History | None:
+    """The rows of a silent 4-tuple's history it keeps while silent: per direction, its
+    first HEAD_ROWS and last PARKED_ROWS rows, and those that hold its most data sent
+    and its highest ACK, and its last ACK (what _carried keeps but the long tail)."""
+    rows = h.rows
+    assert rows is not None
+    o = np.lexsort((h.gidx, h.tdir))  # by direction, then in shard order
+    t = h.tdir[o]
+    start = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    size = np.diff(np.r_[start, len(o)])
+    group = np.repeat(np.arange(len(start)), size)
+    rank = np.arange(len(o)) - start[group]
+    keep = (rank < HEAD_ROWS) | (rank >= size[group] - PARKED_ROWS)
+    flags = rows["flags"][o]
+    end = h.seq[o] + rows["payload_len"][o] + ((flags & (TCP_SYN | TCP_FIN)) != 0)
+    keep |= end == np.maximum.reduceat(end, start)[group]
+    is_ack = (flags & TCP_ACK) != 0
+    ack = np.where(is_ack, h.ack[o], _NONE)
+    keep |= is_ack & (ack == np.maximum.reduceat(ack, start)[group])
+    a = np.flatnonzero(is_ack)
+    if len(a):  # each direction's last ACK
+        keep[a[np.r_[group[a][1:] != group[a][:-1], True]]] = True
+    return h._take(np.sort(o[keep]))
 
 
 def _carried(packets, gidx, tdir, space, below: int, anchor: int) -> _History:
@@ -607,7 +702,7 @@ def classify_in_windows(
     srtt: tuple[dict, set] = ({}, set())  # Seam.records, Seam.poisoned
     acc = _Windows(directory)
     prev = None  # (shard rows, their flows' keys, the view at the cut) of the window before
-    before: set[int] = set()  # the 4-tuples of the rows before the next window's
+    before = _Seen()  # the 4-tuples of the rows before the next window's
     try:
         for s in range(0, n, window_rows):
             e = min(n, s + window_rows)
@@ -651,7 +746,8 @@ def classify_in_windows(
             if e < n:
                 tdir = tuple_dir(packets)
                 hist = _carried(packets, gidx, tdir, w.space, nxt, anchor)
-                before.update(_distinct(tdir[: np.searchsorted(gidx, nxt)] >> 1).tolist())
+                hist.parked = extra.parked  # the silent 4-tuples' rows, carried on
+                before.add(_distinct(tdir[: np.searchsorted(gidx, nxt)] >> 1))
                 del tdir
             # nothing of this window's table outlives it: the next one's is as big
             del packets, w, gidx, later, seam
@@ -744,12 +840,39 @@ def _distinct(a: np.ndarray) -> np.ndarray:
     return np.unique(a)
 
 
-def _check_carried(tuples_in: np.ndarray, carried: np.ndarray, before: set[int]) -> None:
+class _Seen:
+    """A set of 4-tuple numbers: flags where they are small (a spilled shard numbers its
+    4-tuples from 0), else a set (tuple_dir's hashes, a table in memory)."""
+
+    SMALL = 1 << 28
+
+    def __init__(self) -> None:
+        self.flags = np.zeros(0, dtype=bool)
+        self.other: set[int] = set()
+
+    def add(self, t: np.ndarray) -> None:
+        small = (t >= 0) & (t < self.SMALL)
+        if small.any():
+            top = int(t[small].max()) + 1
+            if top > len(self.flags):
+                self.flags = np.concatenate(
+                    [self.flags, np.zeros(max(top, 2 * len(self.flags)) - len(self.flags), bool)]
+                )
+            self.flags[t[small]] = True
+        self.other.update(t[~small].tolist())
+
+    def any_of(self, t: np.ndarray) -> bool:
+        small = (t >= 0) & (t < self.SMALL)
+        inside = t[small & (t < len(self.flags))]
+        return bool(self.flags[inside].any()) or any(x in self.other for x in t[~small].tolist())
+
+
+def _check_carried(tuples_in: np.ndarray, carried: np.ndarray, before: _Seen) -> None:
     """Raise _Doubt where a 4-tuple of a window's rows had rows before it but none are
-    carried: a connection silent for a whole window (the rows carried are those of the
-    window before's tuples), whose handshake, offsets and history are lost here."""
+    carried: a connection silent for a whole window whose rows were let go (parked past
+    PARKED_MAX_ROWS), whose handshake, offsets and history are lost here."""
     lost = np.setdiff1d(tuples_in, carried)
-    if len(lost) and any(t in before for t in lost.tolist()):
+    if len(lost) and before.any_of(lost):
         raise _Doubt("a connection silent for a whole window has no rows carried into the next")
 
 

@@ -181,12 +181,14 @@ def test_a_shard_of_many_short_connections_in_windows(name, monkeypatch):
     assert part is None and "SRTT" in why, why
 
 
-def test_a_connection_silent_for_a_whole_window_is_not_split():
+def test_a_connection_silent_for_a_whole_window_is_not_split(monkeypatch):
     """A short request/response connection beside a bulk transfer, silent from the
-    bulk's first rows to its last tenth: the windows carry rows of the 4-tuples of the
-    window before only, so the later windows had none of it (its handshake, its offsets)
-    and, at stop 23, made it a second connection (8 flows where the whole shard has 6).
-    Now the windows say so instead."""
+    bulk's first rows to its last tenth. The windows carried rows of the window before's
+    4-tuples only: the later windows had none of it (its handshake, its offsets) and, at
+    stop 23, made it a second connection (8 flows where the whole shard has 6). Its rows
+    are now parked while it is silent (_History.parked: its first, last and maxima rows)
+    and carried into the window it is back in: the windows vouch, alike. Without them
+    (or let go past PARKED_MAX_ROWS), the windows say that it has no rows carried."""
     bulk = read_capture(CORPUS / "random_loss_notso" / "capture.pcap").packets
     t0, span_ms = int(bulk["ts_ns"].min()), int(np.ptp(bulk["ts_ns"])) / 1e6
     tr = Trace()
@@ -204,6 +206,13 @@ def test_a_connection_silent_for_a_whole_window_is_not_split():
     both["frame"] = np.arange(1, len(order) + 1, dtype=both["frame"].dtype)
     _, whole = classify_part(both, None)
     assert len(whole.flows["flow_id"]) == 6
+    part, why = _in_windows(both, 2000, 500)
+    assert part is not None and not _differ(part, whole), why
+    monkeypatch.setattr(windows, "PARKED_MAX_ROWS", 4)  # let go: the budget's bound
+    part, why = _in_windows(both, 2000, 500)
+    assert part is None and "silent for a whole window" in why, why
+    monkeypatch.setattr(windows, "PARKED_MAX_ROWS", 1 << 18)
+    monkeypatch.setattr(windows, "_trimmed", lambda history: None)  # nothing parked
     part, why = _in_windows(both, 2000, 500)
     assert part is None and "silent for a whole window" in why, why
 
