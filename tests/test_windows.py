@@ -314,6 +314,14 @@ def test_a_senders_state_at_a_cut_is_what_the_rest_of_its_flow_can_read():
     assert ahead.at_cut(3, 4000)[0] != opened.at_cut(3, 4000)[0]
     opened.ca_state = sender.DISORDER  # Disorder leaves by the same test as Recovery
     assert ahead.at_cut(3, 4000)[0] == opened.at_cut(3, 4000)[0]
+    # ACKs applied out of order (a clock that stepped back): a state no other equals
+    late = recovering()
+    late.last_k = 4
+    state, ref = late.at_cut(3, 4000)
+    with pytest.raises(windows._Doubt, match="replayed state"):
+        windows._check_same_senders({7: (state, ref, fresh.at_cut(3, 4000)[0])}, {}, 0)
+    with pytest.raises(windows._Doubt, match="replayed state"):
+        windows._check_same_senders({}, {7: (state, ref, fresh.at_cut(3, 4000)[0])}, 0)
 
 
 @pytest.mark.parametrize("window_rows, margin_rows", [(400, 200), (200, 100)])
