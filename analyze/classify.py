@@ -567,10 +567,9 @@ def _cuts(seam, flow_id, rev_flow_id, space, acks) -> list[tuple[int, list, list
     for frame, ts_ns, before in seam.cuts:
         sent = np.full(n_flows, _NONE, dtype=np.int64)
         np.maximum.at(sent, flow_id[:before], space["end_abs"][:before])
-        at = np.full(n_flows, frame, dtype=np.int64)
-        k = pair_search(a_flow, A["frame"], fl, at, side="left") - 1
-        k = np.where((k >= 0) & (gather(a_flow, k, k >= 0, -1) == fl), k, -1)
-        k_time, _, _ = _last_ack(A, a_flow, shift_us, fl, at, np.full(n_flows, ts_ns), t_cap0)
+        at, ts = np.full(n_flows, frame, dtype=np.int64), np.full(n_flows, ts_ns)
+        k, _, _ = _last_ack(A, a_flow, np.zeros_like(shift_us), fl, at, ts, t_cap0)  # by frame
+        k_time, _, _ = _last_ack(A, a_flow, shift_us, fl, at, ts, t_cap0)
         # a flow with no row in the later window (nor its reverse flow) has no future
         later = np.zeros(n_flows, dtype=bool)
         later[flow_id[before:]] = True

@@ -112,7 +112,7 @@ def _write(f, col: np.ndarray, run: int) -> _Column:
         return _write_text(f, Text.encode(items), run)
     c = _Column(None)
     for lo in range(0, len(col), run):
-        blob = pickle.dumps(col[lo : lo + run].tolist(), protocol=5)
+        blob = pickle.dumps(items[lo : lo + run], protocol=5)
         c.runs.append((f.tell(), len(blob)))
         f.write(blob)
     return c

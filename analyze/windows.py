@@ -74,7 +74,15 @@ from pathlib import Path
 import numpy as np
 
 from retranscope.analyze.flows import FLOW_COLUMNS
-from retranscope.analyze.table import Nullable, RowsAt, Table, take
+from retranscope.analyze.table import (
+    Nullable,
+    RowsAt,
+    Table,
+    group_numbers,
+    group_rank,
+    group_starts,
+    take,
+)
 from retranscope.schemas.packets import (
     SACK_EDGE_COLUMNS,
     SACK_ROWS,
@@ -505,12 +513,9 @@ class _History:
             self.parked._split(tuples_in, anchor) if self.parked is not None else (None, None)
         )
         out = _merged([h for h in (here, back) if h is not None])
-        parked = [h for h in (_trimmed(gone) if gone is not None else None, still) if h]
+        parked = [h for h in (_trimmed(gone) if gone is not None else None, still) if h is not None]
         out.parked = _within_budget(_merged(parked)) if parked else None
         return out
-
-    def __bool__(self) -> bool:
-        return self.rows is not None and len(self.gidx) > 0
 
     def _split(self, tuples_in: np.ndarray, anchor: int):
         """(the rows of ``tuples_in``'s 4-tuples and the anchor, the others) or Nones."""
@@ -573,11 +578,8 @@ def _trimmed(h: _History) -> _History | None:
     assert rows is not None
     o = np.lexsort((h.gidx, h.tdir))  # by direction, then in shard order
     t = h.tdir[o]
-    start = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
-    size = np.diff(np.r_[start, len(o)])
-    group = np.repeat(np.arange(len(start)), size)
-    rank = np.arange(len(o)) - start[group]
-    keep = (rank < HEAD_ROWS) | (rank >= size[group] - PARKED_ROWS)
+    start, group, rank = np.flatnonzero(group_starts(t)), group_numbers(t), group_rank(t)
+    keep = (rank < HEAD_ROWS) | (rank >= np.bincount(group)[group] - PARKED_ROWS)
     flags = rows["flags"][o]
     end = h.seq[o] + rows["payload_len"][o] + ((flags & (TCP_SYN | TCP_FIN)) != 0)
     keep |= end == np.maximum.reduceat(end, start)[group]
