@@ -15,6 +15,8 @@ command -v apt-get >/dev/null || die "no apt-get: install bcc (python3), tcpdump
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(python3-bpfcc bpfcc-tools tcpdump tshark tcptrace nftables iproute2 ethtool python3-venv
       python3-pip kmod chromium
+      # the capture reader's compiled record walk (analyze/capture/_walk.c)
+      gcc libc6-dev python3-dev
       # tests: a real Prometheus scrapes `record --metrics`; systemd-analyze verifies deploy/
       prometheus systemd util-linux)
 missing=()

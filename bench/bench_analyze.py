@@ -204,6 +204,27 @@ def package_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
+def build_extensions(src: Path) -> None:
+    """Build a git revision's compiled modules (pyproject's ext-modules: the record walk,
+    analyze/capture/_walk.c) in its tree, as the editable install builds this tree's:
+    without them a revision from before or after them would run its Python fallbacks."""
+    import tomllib
+
+    if not tomllib.loads((src / "pyproject.toml").read_text())["tool"]["setuptools"].get(
+        "ext-modules"
+    ):
+        return
+    done = subprocess.run(
+        [sys.executable, "-c", "from setuptools import setup; setup()"]
+        + ["-q", "build_ext", "--inplace"],
+        cwd=src,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"building the compiled modules of {src} failed: {done.stderr[-300:]}")
+
+
 def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra: list[str]) -> None:
     """This tree and git revision ``rev`` analyze the capture in turns (A B A B ...): the
     median wall and CPU (user + system) time of each, and their ratios. Both import the
@@ -218,6 +239,7 @@ def paired(capture: Path, rev: str, pairs: int, tmp: str, env: dict, args_extra:
     git.stdout.close()
     if git.wait() != 0:
         raise SystemExit(f"git archive {rev} failed")
+    build_extensions(base_src)
     sides = {
         "this tree": package_tree(HERE.parent, Path(tmp, "this")),
         f"baseline {rev}": package_tree(base_src, Path(tmp, "baseline")),

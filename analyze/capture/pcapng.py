@@ -6,6 +6,7 @@ https://www.ietf.org/archive/id/draft-ietf-opsawg-pcapng-02.html
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,11 @@ from retranscope.analyze.capture.records import (
     no_records,
 )
 from retranscope.errors import NotACapture, TruncatedCapture
+
+try:  # the EPB walk compiled (_walk.c); without it, a Python loop
+    from retranscope.analyze.capture._walk import pcapng_epbs
+except ImportError:  # pragma: no cover - built by setup.sh and CI
+    pcapng_epbs = None
 
 # pcapng (draft-ietf-opsawg-pcapng §4): every block is type, total length, body, length
 PCAPNG_SHB = 0x0A0D0D0A  # palindromic, so it reads the same in either byte order
@@ -131,7 +137,7 @@ class _NeedMore(Exception):
 class _Scan:
     """What one pass over a block of bytes found (offsets relative to the block)."""
 
-    epb: list[int]
+    epb: array  # of int64 ('q'): the EPBs' offsets
     simple: list[tuple[int, int]]  # (offset, block type) of SPBs and obsolete PBs
     isb_at: list[int]  # relative offsets of the ISBs read (for their place among frames)
     stop: _Stop | None = None
@@ -204,29 +210,29 @@ class PcapngWalker:
         """Walk the blocks: EPBs on a fast path (one unpack each), any other block through
         _block. Returns what was found and the offset up to which blocks were complete."""
         n = len(mv)
-        scan = _Scan([], [], [])
-        append = scan.epb.append
-        fast = self._block_struct.unpack_from
+        scan = _Scan(array("q"), [], [])
+        # the compiled walk's output: room for every EPB that fits, reused by each run
+        room = np.empty(n // EPB_MIN_BYTES + 1, dtype=np.int64) if pcapng_epbs else None
         off = 0
         try:
             while off < n:
                 # Fast path: runs of EPBs. Anything else is left to the block-by-block
-                # code below; the end of the bytes raises struct.error.
-                try:
-                    while True:
-                        btype, blen = fast(mv, off)
-                        # & 3 and the trailer are checked in bulk
-                        if btype != PCAPNG_EPB or not EPB_MIN_BYTES <= blen <= MAX_BLOCK_BYTES:
-                            break
-                        append(off)
-                        off += blen
-                except struct.error:
+                # code below.
+                if room is not None:
+                    big = self._block_struct.format[0] == ">"
+                    count, off = pcapng_epbs(
+                        mv, off, big, PCAPNG_EPB, EPB_MIN_BYTES, MAX_BLOCK_BYTES, room
+                    )
+                    scan.epb.frombytes(room[:count].tobytes())
                     if off >= n:  # clean end, or the last EPB runs past it (below)
+                        break
+                else:
+                    off = self._epbs_py(mv, off, scan)
+                    if off >= n:
                         break
                 order = self._block(mv, off, base, eof, scan)
                 if order is not None:  # a section header: the byte order may change
                     self._block_struct = struct.Struct(order + "II")
-                    fast = self._block_struct.unpack_from
                 off += self._block_struct.unpack_from(mv, off)[1]
         except _Stop as why:
             scan.stop = why
@@ -240,6 +246,24 @@ class PcapngWalker:
                 scan.more = _NeedMore(last, off - last)
                 off = last
         return scan, min(off, n)
+
+    def _epbs_py(self, mv: memoryview, off: int, scan: _Scan) -> int:
+        """The fast path's walk where the compiled one (_walk.c) was not built: appends
+        the offsets of the run of EPBs from ``off`` to ``scan.epb``; returns where the run
+        ends (at another block, or where a block header no longer fits in ``mv``)."""
+        fast = self._block_struct.unpack_from
+        append = scan.epb.append
+        try:
+            while True:
+                btype, blen = fast(mv, off)
+                # & 3 and the trailer are checked in bulk
+                if btype != PCAPNG_EPB or not EPB_MIN_BYTES <= blen <= MAX_BLOCK_BYTES:
+                    break
+                append(off)
+                off += blen
+        except struct.error:
+            pass  # the end of the bytes
+        return off
 
     def _first_damage(self, pk: dict, n: int, base: int, stop: _Stop | None) -> _Stop | None:
         """The earlier of the scan's stop and the first EPB that fails the bulk checks."""
