@@ -1314,14 +1314,19 @@ class SenderState:
         """What tcp_retransmit_skb records: the ranges resent in this Loss episode and ever
         (TCPCB_EVER_RETRANS), the episode's count for the undo (undo_retrans) and the TSval
         of its first retransmission (retrans_stamp; a probe, sent by __tcp_retransmit_skb,
-        sets neither), and each segment's latest retransmission time."""
+        sets neither, nor does a resent SYN: below), and each segment's latest
+        retransmission time."""
         r = self.rows
         if kind == "rto" or kind == "rto_recovery":
             self.loss_ranges.add(b.lo, b.hi)
         self.ever_resent.add(b.lo, b.hi)
-        if kind != "tlp":
+        # A resent SYN or SYN-ACK leaves no undo state behind: the ACK of the SYN clears
+        # retrans_stamp (tcp_clean_rtx_queue on FLAG_SYN_ACKED; tcp_rcv_state_process in
+        # SYN_RECV), and the first recovery episode starts undo_retrans afresh from the
+        # retransmissions then in flight (tcp_init_undo), none of them the SYN's.
+        if kind != "tlp" and kind != "syn" and kind != "synack":
             r0 = b.rows[0]
-            if not self.undo_retrans and kind != "syn" and kind != "synack":
+            if not self.undo_retrans:
                 self.retrans_stamp = r.tsval[r0] if r.has_ts[r0] else None
             self.undo_retrans += len(b.rows)
             for i in b.rows:

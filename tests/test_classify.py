@@ -358,6 +358,43 @@ def test_synack_resent():
     assert r["kind_pcap"].tolist() == ["synack"]
 
 
+def test_a_resent_syn_does_not_hold_back_the_first_episodes_undo():
+    # The SYN was resent. Later a fast retransmit of a late (not lost) head is reported
+    # duplicate by a D-SACK before snd_una reaches high_seq: tcp_try_undo_dsack undoes
+    # the episode and the socket is Open again, so the lost tail then goes by the probe
+    # timer. The SYN's retransmission is not part of that episode's undo count: its ACK
+    # cleared retrans_stamp and tcp_init_undo started undo_retrans from the
+    # retransmissions in flight. Counting it kept the episode from ever being undone,
+    # and the tail was called an RTO (the replay before this test).
+    def trace(resent_syn: bool) -> Trace:
+        tr = Trace()
+        c = tr.conn(ts=False)
+        c.syn(0)
+        t0 = 1000.0 if resent_syn else 0.0
+        if resent_syn:
+            c.syn(t0)
+        c.synack(t0 + RTT)
+        c.packet(t0 + RTT + 0.01, "c", seq=1, ack=1, flags=0)
+        t, seq = warm(c, t0 + RTT + 5)
+        c.burst(t, seq, 10, size=MSS)
+        segs = [seq + i * MSS for i in range(10)]
+        ta = t + RTT
+        for j in range(3):
+            c.ack(ta + 0.01 * j, seq, sack=((segs[1], segs[2 + j]),))
+        c.send(ta + 0.03, seq, MSS)  # fast retransmit of the head
+        c.ack(ta + 1, segs[4])  # the original head arrived after all
+        c.ack(ta + 2, segs[4], sack=((seq, seq + MSS),))  # D-SACK of the retransmission
+        c.ack(ta + 3, segs[9])  # all but the tail
+        c.send(ta + 3 + 22.5, segs[9], MSS)  # the tail, a PTO later
+        return tr
+
+    plain = run(trace(False))
+    assert plain["kind_pcap"].tolist() == ["fast", "tlp"]
+    after_syn = run(trace(True))
+    assert after_syn["kind_pcap"].tolist() == ["syn", "fast", "tlp"]
+    assert after_syn["spurious_by"].tolist()[1] == "dsack"
+
+
 # --- not retransmissions / odd captures ----------------------------------------------------
 
 
