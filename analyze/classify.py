@@ -34,6 +34,7 @@ from retranscope.analyze.table import (
     Side,
     Table,
     by_group,
+    count_where,
     filled,
     gather,
     group_bounds,
@@ -643,7 +644,7 @@ def _data_flows(packets, flow_id, r_flow, n_flows: int, seam) -> np.ndarray:
     on (analyze/windows.Seam)."""
     has = np.bincount(r_flow, minlength=n_flows) > 0
     if seam is not None:
-        has |= np.bincount(flow_id[packets["payload_len"] > 0], minlength=n_flows) > 0
+        has |= count_where(flow_id, packets["payload_len"] > 0, n_flows) > 0
     return np.flatnonzero(has)
 
 

@@ -23,6 +23,7 @@ from retranscope.analyze.table import (
     Table,
     by_group,
     capture_order,
+    count_where,
     group_sort,
     group_starts,
 )
@@ -193,7 +194,8 @@ def flow_table(
         # Within a tuple: another handshake than the tuple's previous one. The first
         # handshake packet of a tuple after packets of an older connection (capture
         # began mid-connection, then the tuple was reused) also starts one.
-        tuple_no = np.cumsum(first_in_tuple)[hs_pos]
+        # cumsum(first_in_tuple)[hs_pos], from the few starts: no pass over every packet
+        tuple_no = np.searchsorted(np.flatnonzero(first_in_tuple), hs_pos, side="right")
         same_tuple_prev = tuple_no[1:] == tuple_no[:-1]
         differs[1:][same_tuple_prev] = sig[1:][same_tuple_prev] != sig[:-1][same_tuple_prev]
         # the connections' starts are the 4-tuples' and these: marked in first_in_tuple
@@ -321,7 +323,7 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap, tu
     last_ts = np.full(n_flows, np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(last_ts, flow_id, ts)
     n_packets = np.bincount(flow_id, minlength=n_flows)
-    n_data = np.bincount(flow_id[packets["payload_len"] > 0], minlength=n_flows)
+    n_data = count_where(flow_id, packets["payload_len"] > 0, n_flows)
 
     syn = (flags & TCP_SYN) != 0
     ack = (flags & TCP_ACK) != 0
@@ -329,8 +331,8 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap, tu
     syn_seen = syn_idx >= 0
     synack_seen = np.zeros(n_flows, dtype=bool)
     synack_seen[syn_seen] = (flags[syn_idx[syn_seen]] & TCP_ACK) != 0
-    fin_seen = np.bincount(flow_id[(flags & TCP_FIN) != 0], minlength=n_flows) > 0
-    rst_seen = np.bincount(flow_id[(flags & TCP_RST) != 0], minlength=n_flows) > 0
+    fin_seen = count_where(flow_id, (flags & TCP_FIN) != 0, n_flows) > 0
+    rst_seen = count_where(flow_id, (flags & TCP_RST) != 0, n_flows) > 0
 
     seq = packets["seq"]
     fi = np.clip(first_idx, 0, None)
@@ -363,8 +365,8 @@ def _describe_flows(packets, flow_id, n_flows, rev_flow_id, key_of_flow, cap, tu
     # Negotiated options need both SYNs; without the handshake, infer from what the flows
     # carry (a SACK block proves SACK was negotiated, RFC 2018 §2; a TS option proves TS).
     both = syn_seen & (rev >= 0) & syn_seen[rev_c]
-    any_sack = np.bincount(flow_id[packets["sack_n"] > 0], minlength=n_flows) > 0
-    any_ts = np.bincount(flow_id[np.asarray(packets["opt_ts"], dtype=bool)], minlength=n_flows)
+    any_sack = count_where(flow_id, packets["sack_n"] > 0, n_flows) > 0
+    any_ts = count_where(flow_id, np.asarray(packets["opt_ts"], dtype=bool), n_flows)
     ts_frac = any_ts / np.maximum(n_packets, 1)
     sack_any_dir = any_sack | np.where(rev >= 0, any_sack[rev_c], False)
     # Without the handshake, assume SACK (every current stack offers it) unless the peer
@@ -543,8 +545,8 @@ def _local_side(packets, flow_id, n_flows, rev, syn_idx):
     trip_known = np.zeros(n_flows, dtype=bool)
     pt = packets["pkttype"]
     if (pt >= 0).any():
-        out_n = np.bincount(flow_id[pt == PACKET_OUTGOING], minlength=n_flows)
-        in_n = np.bincount(flow_id[(pt >= 0) & (pt != PACKET_OUTGOING)], minlength=n_flows)
+        out_n = count_where(flow_id, pt == PACKET_OUTGOING, n_flows)
+        in_n = count_where(flow_id, (pt >= 0) & (pt != PACKET_OUTGOING), n_flows)
         local_known = (out_n + in_n) > 0
         local = local_known & (out_n > in_n)
     known = local_known.copy()

@@ -219,6 +219,14 @@ def to_pandas(table: Mapping[str, np.ndarray]):
 # --- grouped rows ---------------------------------------------------------------------
 
 
+def count_where(groups: np.ndarray, mask: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group, its rows where ``mask`` holds: np.bincount(groups[mask]), with the rows
+    picked by np.compress. Boolean indexing branches on every row, and a mask like "the
+    row carries data" alternates with a bulk transfer's data and ACKs: ~3x slower than
+    compress on such a mask (176k rows, a window: 1.3 ms against 0.4)."""
+    return np.bincount(np.compress(mask, groups), minlength=n_groups)
+
+
 def group_starts(keys_sorted: np.ndarray) -> np.ndarray:
     """Boolean mask: the row starts a new run of equal keys."""
     start = np.ones(len(keys_sorted), dtype=bool)

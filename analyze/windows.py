@@ -78,6 +78,7 @@ from retranscope.analyze.table import (
     Nullable,
     RowsAt,
     Table,
+    count_where,
     group_numbers,
     group_rank,
     group_starts,
@@ -968,10 +969,10 @@ def _facts(packets, flow_id, flows, own, flow_facts, per_flow) -> dict[str, np.n
     flags = packets["flags"][own]
     counts = {
         "n_packets": np.bincount(fo, minlength=n_flows),
-        "n_data": np.bincount(fo[packets["payload_len"][own] > 0], minlength=n_flows),
-        "fin_seen": np.bincount(fo[(flags & TCP_FIN) != 0], minlength=n_flows),
-        "rst_seen": np.bincount(fo[(flags & TCP_RST) != 0], minlength=n_flows),
-        "n_ts": np.bincount(fo[packets["opt_ts"][own].astype(bool)], minlength=n_flows),
+        "n_data": count_where(fo, packets["payload_len"][own] > 0, n_flows),
+        "fin_seen": count_where(fo, (flags & TCP_FIN) != 0, n_flows),
+        "rst_seen": count_where(fo, (flags & TCP_RST) != 0, n_flows),
+        "n_ts": count_where(fo, packets["opt_ts"][own].astype(bool), n_flows),
     }
     last = np.full(n_flows, _NONE, dtype=np.int64)
     np.maximum.at(last, fo, packets["ts_ns"][own])
