@@ -97,10 +97,11 @@ class PcapWalker:
         and where the walk stopped (the offset after the last record, which may lie
         past the block's end when that record is cut by it).
 
-        The walk is compiled (_walk.c, ~2 ns a record). Its Python fallback (_caplens_py)
-        takes ~100 ns a record: ~0.13 s on 1.3M records (headers-only, 163 MB) with a
-        loop whose only exit is the struct.error unpack_from raises past the end of its
-        buffer, ~0.2 s with a bounds test per record. A vectorised alternative was tried
+        The walk is compiled (_walk.c, ~10-20 ns a record on a block just read, bound by
+        memory). Its Python fallback (_caplens_py) takes ~100 ns a record: ~0.13 s on 1.3M
+        records (headers-only, 163 MB) with a loop whose only exit is the struct.error
+        unpack_from raises past the end of its buffer, ~0.2 s with a bounds test per
+        record. A vectorised alternative was tried
         and dropped: ~2,500 walkers stepping through their own chunks of the file in
         lock-step (one numpy gather per record position, each chunk's start guessed from
         sane-looking headers and verified by the previous walker landing on it) gave the
