@@ -423,6 +423,12 @@ def _episode(e: dict, state: str) -> str:
     if e["episode_ns"] is None or e["episode_ns"] <= NO_VALUE or e["episode_ns"] == e["ts"]:
         return ""
     ago = _t(e["ts"] - e["episode_ns"])
+    if e["episode_by"] == "lost_out":
+        # tcp_fastretrans_alert re-opened Recovery on the ACK that ended the last episode
+        return (
+            f"; in {state} again since an ACK {ago} before ended the episode before it "
+            "with a re-sent segment still missing"
+        )
     at = f"frame {e['episode_frame']}, " if e["episode_frame"] >= 0 else ""
     return f"; in {state} since its first re-send ({at}{ago} before)"
 

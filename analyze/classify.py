@@ -366,6 +366,11 @@ class _Originals:
     def f_seq_at(self, nx, ok, fill) -> np.ndarray:
         return self.f_at(self._seq, nx, ok, fill)
 
+    @property
+    def end_col(self) -> np.ndarray:
+        """The packet table's end_abs (what f_at reads of an in-order transmission)."""
+        return self._end
+
     def segments(self, mss: np.ndarray) -> np.ndarray:
         """Running count, over the rows of ``sel``, of their segments in MSS units
         (tcp_skb_pcount: ceil(length / mss), at least 1), computed in place."""
@@ -973,11 +978,19 @@ def _ack_news(
     A: dict[str, np.ndarray], a_flow: np.ndarray, origs: _Originals, frame: np.ndarray
 ) -> None:
     """Add to the ACK table what the sender had been told before each ACK (``sack_top``,
-    the highest SACKed sequence) and whether it sent new data between this ACK and the next
-    (``new_after``: F-RTO step 2.b)."""
+    the highest SACKed sequence), whether it sent new data between this ACK and the next
+    (``new_after``: F-RTO step 2.b) and its snd_nxt when the ACK came (``snd_nxt``: new
+    data leaves at snd_nxt, so it is where the next first transmission starts; after the
+    last one, that one's end; _NONE before any)."""
     never = np.iinfo(np.int64).max
     A["sack_top"] = seg_cummax(A["sack_hi"], group_numbers(a_flow), exclusive=True)
     nx_ok, nx = origs.next_sent(a_flow, A["pkt"])
+    last_ok = origs.by_frame.holds(nx - 1, a_flow)
+    A["snd_nxt"] = np.where(
+        nx_ok,
+        origs.f_seq_at(nx, nx_ok, _NONE),
+        origs.f_at(origs.end_col, nx - 1, last_ok, _NONE),
+    )
     nx_frame = origs.f_at(frame, nx, nx_ok, never)
     next_ack_frame = np.r_[A["frame"][1:], never]
     same_next = np.r_[a_flow[1:] == a_flow[:-1], False]

@@ -152,6 +152,7 @@ class AckHistory:
     new_after: list[bool]
     sample_ff: list[int]
     frame: list[int]
+    snd_nxt: list[int]
 
     def __init__(self, table: dict[str, np.ndarray], adv_ff: np.ndarray):
         self._columns = dict(table, adv_ff=adv_ff, sack_left=table["sack_hi_left"])
@@ -870,20 +871,43 @@ class SenderState:
             self.icsk_backoff = 0
         self.last_k = k
         st = self.ca_state
-        if st == RECOVERY or st == LOSS:
+        while st == RECOVERY or st == LOSS:
             exit_k = self._high_seq_acked_at()
             undo_k = self.tcp_process_loss(min(k, exit_k)) if st == LOSS else NEVER
             if self.undo_retrans and min(exit_k, undo_k) > k:
                 undo_k = min(undo_k, self.tcp_try_undo_dsack(k))
-            if min(exit_k, undo_k) <= k:
-                self.tcp_try_to_open(una)
-        elif st == DISORDER and una not in self.last_rtx_ns:
+            if min(exit_k, undo_k) > k:
+                break
+            if st == RECOVERY and exit_k <= undo_k and self._lost_still_out(exit_k):
+                # Recovery ends at this ACK (tcp_fastretrans_alert step D), and step E
+                # opens the next episode at once: tcp_time_to_recover holds while lost_out
+                # does, and the segment now at snd_una was marked lost and re-sent in the
+                # episode that ended (data sent after that one began, lost in turn).
+                self.tcp_enter_recovery(
+                    exit_k, self.acks.snd_nxt[exit_k], self.acks.ts[exit_k], "lost_out"
+                )
+                continue  # the new episode may end within these ACKs too
+            self.tcp_try_to_open(una)
+            break
+        if st == DISORDER and una not in self.last_rtx_ns:
             self.ca_state = OPEN
         if self.tlp_high_seq is not None and self.tcp_process_tlp_ack(k):
             self.tlp_high_seq = None
         if self.rto_una is not None and una > self.rto_una:
             self.rto_head = self.rto_una = None
             self.retransmits = 0
+
+    def _lost_still_out(self, j: int) -> bool:
+        """At ACK ``j``, is the segment at snd_una one the current episode re-sent (marked
+        lost: tp->lost_out counts it until it is acknowledged)? Its first byte is the new
+        snd_una, and it went out after the episode began and before this ACK came."""
+        a = self.acks
+        sent_ns = self.last_rtx_ns.get(a.una[j])
+        return (
+            sent_ns is not None
+            and self.episode_ns <= sent_ns <= a.ts[j]
+            and a.snd_nxt[j] > a.una[j]
+        )
 
     def _high_seq_acked_at(self) -> int:
         """First ACK since the state was entered at which snd_una reaches high_seq (else

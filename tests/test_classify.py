@@ -716,6 +716,35 @@ def test_after_undo_a_resent_head_keeps_disorder_so_the_timer_is_an_rto():
     assert r["spurious_by"].tolist()[1] == "dsack"
 
 
+def test_recovery_ends_and_reopens_at_once_while_a_resent_segment_is_missing():
+    # Recovery for seg0; new data seg10-13 goes out during it, seg10 and seg13 are lost;
+    # RACK resends seg10 within the episode. The ACK that takes snd_una to high_seq
+    # (seg10) ends the episode (tcp_fastretrans_alert step D), but seg10 is marked lost
+    # and still missing: lost_out, so step E opens Recovery again at once, high_seq = snd_nxt
+    # (tcp_time_to_recover, tcp_enter_recovery). The next ACK, without SACK blocks, is a
+    # partial ACK in Recovery, and seg13 goes at once: a fast retransmit (RACK), not a
+    # probe. The sweep's loss10_rtt20 showed it (the kernel said fast, the replay TLP).
+    tr, c, t, seq = start()
+    s = [seq + i * MSS for i in range(15)]
+    c.burst(t, seq, 10, size=MSS)  # seg0..seg9; seg0 lost
+    ta = t + RTT
+    for j in range(3):
+        c.ack(ta + 0.01 * j, s[0], sack=((s[1], s[2 + j]),))
+    c.send(ta + 0.03, s[0], MSS)  # fast retransmit: Recovery, high_seq = s[10]
+    for i in range(10, 14):
+        c.send(ta + 0.05 + 0.01 * (i - 10), s[i], MSS)  # seg10 and seg13 lost
+    tb = ta + 0.05 + RTT
+    c.ack(tb, s[0], sack=((s[1], s[10]), (s[11], s[12])))
+    c.ack(tb + 0.01, s[0], sack=((s[1], s[10]), (s[11], s[13])))
+    c.send(tb + 5, s[10], MSS)  # RACK resends seg10, in the episode
+    c.ack(tb + 6, s[10], sack=((s[11], s[13]),))  # snd_una reaches high_seq
+    c.ack(tb + 5 + RTT, s[13])  # seg10 arrived; no SACK block left
+    c.send(tb + 5 + RTT + 0.02, s[13], MSS)
+    r = run(tr)
+    assert r["kind_pcap"].tolist() == ["fast", "fast", "fast"]
+    assert "in Recovery again since an ACK" in r["cause_text"].iloc[2]
+
+
 def test_row_order_does_not_matter():
     import numpy as np
 
