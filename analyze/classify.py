@@ -366,10 +366,8 @@ class _Originals:
     def f_seq_at(self, nx, ok, fill) -> np.ndarray:
         return self.f_at(self._seq, nx, ok, fill)
 
-    @property
-    def end_col(self) -> np.ndarray:
-        """The packet table's end_abs (what f_at reads of an in-order transmission)."""
-        return self._end
+    def f_end_at(self, nx, ok, fill) -> np.ndarray:
+        return self.f_at(self._end, nx, ok, fill)
 
     def segments(self, mss: np.ndarray) -> np.ndarray:
         """Running count, over the rows of ``sel``, of their segments in MSS units
@@ -989,7 +987,7 @@ def _ack_news(
     A["snd_nxt"] = np.where(
         nx_ok,
         origs.f_seq_at(nx, nx_ok, _NONE),
-        origs.f_at(origs.end_col, nx - 1, last_ok, _NONE),
+        origs.f_end_at(nx - 1, last_ok, _NONE),
     )
     nx_frame = origs.f_at(frame, nx, nx_ok, never)
     next_ack_frame = np.r_[A["frame"][1:], never]
